@@ -1,0 +1,6 @@
+//! `blockd` — not implemented yet (see the project's issues).
+
+fn main() {
+    eprintln!("blockd: not implemented yet");
+    std::process::exit(2);
+}

@@ -1,0 +1,6 @@
+//! `eggs` — not implemented yet (see the project's issues).
+
+fn main() {
+    eprintln!("eggs: not implemented yet");
+    std::process::exit(2);
+}

@@ -1,0 +1,109 @@
+//! Every limit of the system, in one place, with its unit and its reason.
+//!
+//! Relations between limits are checked at compile time at the bottom of this
+//! file; fixed wire layouts are checked beside their definitions.
+
+/// The largest UDP datagram we send or accept, in bytes. 1500 (Ethernet MTU)
+/// − 20 (IPv4 header) − 8 (UDP header): no jumbo frames are assumed, so no
+/// datagram is ever fragmented.
+pub const UDP_DATAGRAM_BYTES_MAX: usize = 1472;
+
+/// Longest directory entry name, in bytes of UTF-8.
+pub const NAME_BYTES_MAX: usize = 255;
+
+/// Largest block a block service stores, in bytes. The size travels as a u32
+/// on the wire; 100 MB keeps a block's transfer time bounded on slow links.
+pub const BLOCK_SIZE_BYTES_MAX: u32 = 100_000_000;
+
+/// Data + parity blocks in one span. Parity mode packs D and P in one nibble
+/// each; 16 keeps a span's block list inside one datagram.
+pub const SPAN_BLOCKS_MAX: usize = 16;
+
+/// Most data blocks in one span (low nibble of the parity mode).
+pub const DATA_BLOCKS_MAX: usize = 15;
+
+/// Most parity blocks in one span (high nibble of the parity mode).
+pub const PARITY_BLOCKS_MAX: usize = 15;
+
+/// Largest span: every data block at the block size limit.
+pub const SPAN_SIZE_BYTES_MAX: u64 = DATA_BLOCKS_MAX as u64 * BLOCK_SIZE_BYTES_MAX as u64;
+
+/// Largest inline span (storage class 0): it travels inside add_eden_span
+/// and fetch_spans datagrams, so it must leave room for their fixed parts.
+pub const INLINE_SPAN_BYTES_MAX: usize = 1024;
+
+/// Largest directory policy blob, in bytes (stat and set_directory_policy
+/// carry it in one datagram).
+pub const POLICY_BYTES_MAX: usize = 255;
+
+/// Longest human-readable text in an error or CDC response, in bytes.
+pub const ERROR_TEXT_BYTES_MAX: usize = 255;
+
+/// Longest block service host name (its failure domain), in bytes.
+pub const HOST_NAME_BYTES_MAX: usize = 64;
+
+/// One nanosecond-based duration unit, to keep the constants below legible.
+pub const NS_PER_SECOND: u64 = 1_000_000_000;
+
+/// An eden file may be expunged this long after its last successful write step.
+pub const EDEN_DEADLINE_NS: u64 = 3600 * NS_PER_SECOND;
+
+/// A block service refuses to create blocks whose id time is older than this
+/// (replay protection for write certificates).
+pub const BLOCK_ID_PAST_WINDOW_NS: u64 = 22 * 3600 * NS_PER_SECOND;
+
+/// A block service refuses to create blocks whose id time is this far ahead
+/// of its clock (bounds the clock skew we tolerate).
+pub const BLOCK_ID_FUTURE_WINDOW_NS: u64 = 2 * 3600 * NS_PER_SECOND;
+
+/// A dead directory entry may be purged only once it is this old.
+pub const PURGE_AGE_MIN_NS: u64 = 3600 * NS_PER_SECOND;
+
+/// Block services announce themselves to shuckle this often.
+pub const SHUCKLE_ANNOUNCE_PERIOD_NS: u64 = 60 * NS_PER_SECOND;
+
+/// Shards refresh their block service list from shuckle this often.
+pub const SHARD_REFRESH_PERIOD_NS: u64 = 60 * NS_PER_SECOND;
+
+/// A block service without a good check for this long is stale.
+pub const BLOCK_SERVICE_STALE_AFTER_NS: u64 = 600 * NS_PER_SECOND;
+
+/// Authenticated shuckle requests carry their send time; shuckle refuses ones
+/// further than this from its clock (replay protection).
+pub const AUTHENTICATED_REQUEST_SKEW_NS_MAX: u64 = 60 * NS_PER_SECOND;
+
+/// First client request timeout; doubled (with jitter) on every retry.
+pub const CLIENT_TIMEOUT_INITIAL_NS: u64 = 100_000_000;
+
+/// Longest single wait of a client request.
+pub const CLIENT_TIMEOUT_MAX_NS: u64 = 2 * NS_PER_SECOND;
+
+/// A client gives up on a request after this long in total.
+pub const CLIENT_REQUEST_DEADLINE_NS: u64 = 30 * NS_PER_SECOND;
+
+/// Number of metadata shards (shard ids are one byte).
+pub const SHARD_COUNT: usize = 256;
+
+/// Most block services shuckle lists in one paginated response: bounded so a
+/// page is one datagram; also the bound of one shard's placement table.
+pub const BLOCK_SERVICES_MAX: usize = 1 << 16;
+
+/// Default UDP port of shard 0; shard N listens on this + N.
+pub const SHARD_PORT_BASE: u16 = 22272;
+
+/// Default UDP port of the CDC.
+pub const CDC_PORT_DEFAULT: u16 = 36137;
+
+/// Default HTTP and UDP port of shuckle.
+pub const SHUCKLE_PORT_DEFAULT: u16 = 5000;
+
+const _: () = assert!(DATA_BLOCKS_MAX + PARITY_BLOCKS_MAX >= SPAN_BLOCKS_MAX);
+const _: () = assert!(DATA_BLOCKS_MAX < 16 && PARITY_BLOCKS_MAX < 16);
+const _: () = assert!(NAME_BYTES_MAX <= u8::MAX as usize);
+const _: () = assert!(POLICY_BYTES_MAX <= u8::MAX as usize);
+const _: () = assert!(ERROR_TEXT_BYTES_MAX <= u8::MAX as usize);
+const _: () = assert!(SPAN_SIZE_BYTES_MAX <= u32::MAX as u64);
+const _: () = assert!(INLINE_SPAN_BYTES_MAX + 128 <= UDP_DATAGRAM_BYTES_MAX);
+const _: () = assert!(BLOCK_ID_FUTURE_WINDOW_NS < BLOCK_ID_PAST_WINDOW_NS);
+const _: () = assert!(SHARD_PORT_BASE as usize + SHARD_COUNT <= u16::MAX as usize);
+const _: () = assert!(CLIENT_TIMEOUT_INITIAL_NS < CLIENT_TIMEOUT_MAX_NS);
