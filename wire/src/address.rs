@@ -6,8 +6,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use zerocopy::byteorder::little_endian::U16;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct Address {
     /// Network byte order, as `Ipv6Addr::octets`.

@@ -19,7 +19,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::codec::DecodeError;
 use crate::ids::BlockId;
-use crate::mac::{MacKey, Mac, constant_time_eq};
+use crate::mac::{Mac, MacKey, constant_time_eq};
 
 pub const TAG_WRITE: u8 = b'w';
 pub const TAG_WRITTEN: u8 = b'W';
@@ -270,7 +270,10 @@ mod tests {
         let block_id = BlockId::new(0x1122_3344_5566_7788);
         let req = WriteReq::new(&k, block_id, 0xa1b2_c3d4, 0x0102_0304);
         let bytes = req.as_bytes();
-        assert_eq!(&bytes[..17], &[b'w', 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0xd4, 0xc3, 0xb2, 0xa1, 0x04, 0x03, 0x02, 0x01]);
+        assert_eq!(
+            &bytes[..17],
+            &[b'w', 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0xd4, 0xc3, 0xb2, 0xa1, 0x04, 0x03, 0x02, 0x01]
+        );
         // The certificate is the MAC of the first 17 bytes, exactly.
         assert_eq!(&bytes[17..], &k.mac(&[&bytes[..17]]));
         assert!(req.certificate_valid(&k));

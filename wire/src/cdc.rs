@@ -9,8 +9,9 @@ use crate::ids::{EggsTime, InodeId};
 use crate::limits::ERROR_TEXT_BYTES_MAX;
 
 /// The outcome of a CDC transaction. Codes are part of the protocol.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-#[derive(zerocopy::TryFromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, Debug, zerocopy::TryFromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(u8)]
 pub enum CdcStatus {
     Ok = 0,

@@ -64,11 +64,11 @@ impl<'b> Writer<'b> {
 
     pub fn put(&mut self, bytes: &[u8]) {
         self.needed += bytes.len();
-        if let Some(target) = self.buf.get_mut(self.pos..self.pos + bytes.len()) {
-            if self.needed == self.pos + bytes.len() {
-                target.copy_from_slice(bytes);
-                self.pos += bytes.len();
-            }
+        if self.needed == self.pos + bytes.len()
+            && let Some(target) = self.buf.get_mut(self.pos..self.pos + bytes.len())
+        {
+            target.copy_from_slice(bytes);
+            self.pos += bytes.len();
         }
     }
 
@@ -212,7 +212,16 @@ macro_rules! fixed_wire {
     )*};
 }
 
-fixed_wire!(u8, [u8; 4], [u8; 8], [u8; 16], crate::ids::InodeId, crate::ids::BlockId, crate::ids::BlockServiceId, crate::ids::EggsTime);
+fixed_wire!(
+    u8,
+    [u8; 4],
+    [u8; 8],
+    [u8; 16],
+    crate::ids::InodeId,
+    crate::ids::BlockId,
+    crate::ids::BlockServiceId,
+    crate::ids::EggsTime
+);
 
 /// A directory entry name: 1–255 bytes of UTF-8, no `/`, no NUL, not `.` or
 /// `..`. On the wire: u8 length, then the bytes.
@@ -433,7 +442,9 @@ impl<'a, T: Encode + Decode<'a> + Clone> List<'a, T> {
     pub fn iter(&self) -> ListIter<'a, T> {
         match self.repr {
             ListRepr::Items(items) => ListIter::Items(items.iter()),
-            ListRepr::Encoded { count, bytes, .. } => ListIter::Encoded { left: count, reader: Reader::new(bytes), _marker: PhantomData },
+            ListRepr::Encoded { count, bytes, .. } => {
+                ListIter::Encoded { left: count, reader: Reader::new(bytes), _marker: PhantomData }
+            }
         }
     }
 

@@ -35,8 +35,7 @@ pub const CDC_MAGIC: [u8; 3] = *b"EGC";
 pub const SHUCKLE_MAGIC: [u8; 3] = *b"EGK";
 
 /// The first bytes of every datagram.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct Header {
     pub magic: [u8; 3],
@@ -70,7 +69,12 @@ pub trait Body<'a>: Sized {
 }
 
 /// Encodes a whole datagram into `buf`. Privileged kinds need `key`.
-pub fn encode<'a, B: Body<'a>>(buf: &mut [u8], request_id: u64, body: &B, key: Option<&MacKey>) -> Result<usize, EncodeError> {
+pub fn encode<'a, B: Body<'a>>(
+    buf: &mut [u8],
+    request_id: u64,
+    body: &B,
+    key: Option<&MacKey>,
+) -> Result<usize, EncodeError> {
     let kind = body.kind();
     let header = Header { magic: B::MAGIC, version: PROTOCOL_VERSION, request_id: U64::new(request_id), kind };
     let mut writer = Writer::new(buf);
@@ -83,7 +87,8 @@ pub fn encode<'a, B: Body<'a>>(buf: &mut [u8], request_id: u64, body: &B, key: O
     let key = key.ok_or(EncodeError::MissingKey)?;
     let mac = key.mac_message(&buf[..len]);
     let available = buf.len();
-    let slot = buf.get_mut(len..len + MAC_BYTES).ok_or(EncodeError::BufferTooSmall { needed: len + MAC_BYTES, available })?;
+    let slot =
+        buf.get_mut(len..len + MAC_BYTES).ok_or(EncodeError::BufferTooSmall { needed: len + MAC_BYTES, available })?;
     slot.copy_from_slice(&mac);
     Ok(len + MAC_BYTES)
 }

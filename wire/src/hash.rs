@@ -44,6 +44,9 @@ mod tests {
     #[test]
     fn md5_prefix_vectors() {
         assert_eq!(HashMode::Md5Prefix.hash(b""), u64::from_le_bytes([0xd4, 0x1d, 0x8c, 0xd9, 0x8f, 0x00, 0xb2, 0x04]));
-        assert_eq!(HashMode::Md5Prefix.hash(b"abc"), u64::from_le_bytes([0x90, 0x01, 0x50, 0x98, 0x3c, 0xd2, 0x4f, 0xb0]));
+        assert_eq!(
+            HashMode::Md5Prefix.hash(b"abc"),
+            u64::from_le_bytes([0x90, 0x01, 0x50, 0x98, 0x3c, 0xd2, 0x4f, 0xb0])
+        );
     }
 }

@@ -53,8 +53,9 @@ macro_rules! u64_id {
 }
 
 /// Type of an inode, bits 62–61 of its id.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-#[derive(zerocopy::TryFromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, Debug, zerocopy::TryFromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(u8)]
 pub enum InodeType {
     Directory = 0,
@@ -107,11 +108,7 @@ impl InodeId {
         if counter > INODE_COUNTER_MAX {
             return None;
         }
-        Some(Self::new(
-            ((inode_type as u64) << INODE_TYPE_SHIFT)
-                | ((shard as u64) << INODE_SHARD_SHIFT)
-                | counter,
-        ))
+        Some(Self::new(((inode_type as u64) << INODE_TYPE_SHIFT) | ((shard as u64) << INODE_SHARD_SHIFT) | counter))
     }
 
     pub const fn is_null(self) -> bool {
@@ -137,11 +134,7 @@ impl InodeId {
 
     /// This id with the owning bit set or cleared.
     pub const fn with_owning(self, owning: bool) -> Self {
-        if owning {
-            Self::new(self.get() | INODE_OWNING_BIT)
-        } else {
-            Self::new(self.get() & !INODE_OWNING_BIT)
-        }
+        if owning { Self::new(self.get() | INODE_OWNING_BIT) } else { Self::new(self.get() & !INODE_OWNING_BIT) }
     }
 
     /// The plain id, without the owning bit.

@@ -53,7 +53,13 @@ impl Policy {
     }
 
     pub fn encode(&self) -> [u8; POLICY_V1_BYTES] {
-        let v1 = PolicyV1 { version: POLICY_VERSION, storage_class: self.storage_class, parity: self.parity.0, reserved: 0, span_size_bytes: U32::new(self.span_size_bytes) };
+        let v1 = PolicyV1 {
+            version: POLICY_VERSION,
+            storage_class: self.storage_class,
+            parity: self.parity.0,
+            reserved: 0,
+            span_size_bytes: U32::new(self.span_size_bytes),
+        };
         let mut out = [0u8; POLICY_V1_BYTES];
         out.copy_from_slice(v1.as_bytes());
         out

@@ -17,8 +17,9 @@ use crate::span::SpanBody;
 pub type PolicyBlob<'a> = Blob<'a, POLICY_BYTES_MAX>;
 
 /// Which entry a resolve looks for.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-#[derive(zerocopy::TryFromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, Debug, zerocopy::TryFromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(u8)]
 pub enum ResolveMode {
     /// The living entry.
@@ -43,7 +44,10 @@ pub mod ls_flags {
 
 crate::fixed_message!(
     /// The CRC and size of a block to be written, as the client computed them.
-    pub struct NewBlock { pub crc: U32, pub size: U32 }
+    pub struct NewBlock {
+        pub crc: U32,
+        pub size: U32,
+    }
 );
 
 crate::fixed_message!(
@@ -93,7 +97,9 @@ crate::fixed_message!(
 );
 
 crate::fixed_message!(
-    pub struct StatReq { pub inode: InodeId }
+    pub struct StatReq {
+        pub inode: InodeId,
+    }
 );
 
 crate::tailed_message!(
@@ -108,7 +114,10 @@ crate::tailed_message!(
 );
 
 crate::fixed_message!(
-    pub struct StatFile { pub mtime: EggsTime, pub size: U64 }
+    pub struct StatFile {
+        pub mtime: EggsTime,
+        pub size: U64,
+    }
 );
 
 /// What stat answers: tag 0 directory, tag 1 file or symlink.
@@ -188,7 +197,10 @@ crate::fixed_message!(
 );
 
 crate::fixed_message!(
-    pub struct CreateEdenFileResp { pub inode: InodeId, pub cookie: Mac }
+    pub struct CreateEdenFileResp {
+        pub inode: InodeId,
+        pub cookie: Mac,
+    }
 );
 
 crate::tailed_message!(
@@ -232,11 +244,16 @@ crate::tailed_message!(
 );
 
 crate::fixed_message!(
-    pub struct LinkEdenFileResp { pub creation_time: EggsTime }
+    pub struct LinkEdenFileResp {
+        pub creation_time: EggsTime,
+    }
 );
 
 crate::fixed_message!(
-    pub struct FetchSpansReq { pub inode: InodeId, pub offset: U64 }
+    pub struct FetchSpansReq {
+        pub inode: InodeId,
+        pub offset: U64,
+    }
 );
 
 crate::tailed_message!(
@@ -264,7 +281,9 @@ crate::tailed_message!(
 );
 
 crate::fixed_message!(
-    pub struct SameDirRenameResp { pub creation_time: EggsTime }
+    pub struct SameDirRenameResp {
+        pub creation_time: EggsTime,
+    }
 );
 
 crate::tailed_message!(
@@ -273,7 +292,9 @@ crate::tailed_message!(
 );
 
 crate::fixed_message!(
-    pub struct ExpungeEdenSpanReq { pub inode: InodeId }
+    pub struct ExpungeEdenSpanReq {
+        pub inode: InodeId,
+    }
 );
 
 crate::tailed_message!(
@@ -297,7 +318,9 @@ crate::tailed_message!(
 );
 
 crate::fixed_message!(
-    pub struct ExpungeEdenFileReq { pub inode: InodeId }
+    pub struct ExpungeEdenFileReq {
+        pub inode: InodeId,
+    }
 );
 
 crate::tailed_message!(
@@ -334,7 +357,9 @@ crate::fixed_message!(
 );
 
 crate::fixed_message!(
-    pub struct VisitInodesReq { pub begin: InodeId }
+    pub struct VisitInodesReq {
+        pub begin: InodeId,
+    }
 );
 
 crate::tailed_message!(
@@ -346,11 +371,16 @@ crate::tailed_message!(
 );
 
 crate::fixed_message!(
-    pub struct VisitEdenReq { pub begin: InodeId }
+    pub struct VisitEdenReq {
+        pub begin: InodeId,
+    }
 );
 
 crate::fixed_message!(
-    pub struct EdenEntry { pub inode: InodeId, pub deadline: EggsTime }
+    pub struct EdenEntry {
+        pub inode: InodeId,
+        pub deadline: EggsTime,
+    }
 );
 
 crate::tailed_message!(
@@ -359,11 +389,18 @@ crate::tailed_message!(
 );
 
 crate::fixed_message!(
-    pub struct ReverseBlockQueryReq { pub block_service_id: BlockServiceId, pub begin: BlockId }
+    pub struct ReverseBlockQueryReq {
+        pub block_service_id: BlockServiceId,
+        pub begin: BlockId,
+    }
 );
 
 crate::fixed_message!(
-    pub struct ReverseBlockEntry { pub block_id: BlockId, pub inode: InodeId, pub span_offset: U64 }
+    pub struct ReverseBlockEntry {
+        pub block_id: BlockId,
+        pub inode: InodeId,
+        pub span_offset: U64,
+    }
 );
 
 crate::tailed_message!(
@@ -392,13 +429,18 @@ crate::fixed_message!(
 );
 
 crate::fixed_message!(
-    pub struct CreateUnlinkedDirResp { pub inode: InodeId }
+    pub struct CreateUnlinkedDirResp {
+        pub inode: InodeId,
+    }
 );
 
 crate::fixed_message!(
     /// Sets a directory's parent. Setting it to null (removal) fails with
     /// DIRECTORY_NOT_EMPTY while the directory has living entries.
-    pub struct SetParentReq { pub dir: InodeId, pub parent: InodeId }
+    pub struct SetParentReq {
+        pub dir: InodeId,
+        pub parent: InodeId,
+    }
 );
 
 crate::tailed_message!(
@@ -415,7 +457,9 @@ crate::tailed_message!(
 );
 
 crate::fixed_message!(
-    pub struct InjectDirentResp { pub creation_time: EggsTime }
+    pub struct InjectDirentResp {
+        pub creation_time: EggsTime,
+    }
 );
 
 crate::tailed_message!(
@@ -429,7 +473,10 @@ crate::tailed_message!(
 );
 
 crate::fixed_message!(
-    pub struct AcquireDirentResp { pub inode: InodeId, pub creation_time: EggsTime }
+    pub struct AcquireDirentResp {
+        pub inode: InodeId,
+        pub creation_time: EggsTime,
+    }
 );
 
 crate::tailed_message!(
@@ -456,7 +503,9 @@ crate::tailed_message!(
 crate::fixed_message!(
     /// Sends a linked file of this shard back to eden, deadline now, so its
     /// blocks are collected.
-    pub struct MoveFileToEdenReq { pub inode: InodeId }
+    pub struct MoveFileToEdenReq {
+        pub inode: InodeId,
+    }
 );
 
 pub use crate::shuckle::EmptyResp;
@@ -504,7 +553,13 @@ impl ShardKind {
     pub const fn is_mutation(self) -> bool {
         !matches!(
             self,
-            ShardKind::Resolve | ShardKind::Stat | ShardKind::LsDir | ShardKind::FetchSpans | ShardKind::VisitInodes | ShardKind::VisitEden | ShardKind::ReverseBlockQuery
+            ShardKind::Resolve
+                | ShardKind::Stat
+                | ShardKind::LsDir
+                | ShardKind::FetchSpans
+                | ShardKind::VisitInodes
+                | ShardKind::VisitEden
+                | ShardKind::ReverseBlockQuery
         )
     }
 }
@@ -512,7 +567,8 @@ impl ShardKind {
 /// Bytes of an ls_dir response before its entries (header, head, count).
 pub const LS_DIR_RESP_FIXED_BYTES: usize = crate::datagram::HEADER_BYTES + core::mem::size_of::<LsDirRespHead>() + 2;
 /// Bytes of a fetch_spans response before its spans.
-pub const FETCH_SPANS_RESP_FIXED_BYTES: usize = crate::datagram::HEADER_BYTES + core::mem::size_of::<FetchSpansRespHead>() + 2;
+pub const FETCH_SPANS_RESP_FIXED_BYTES: usize =
+    crate::datagram::HEADER_BYTES + core::mem::size_of::<FetchSpansRespHead>() + 2;
 /// Bytes of a visit/reverse-query response before its entries.
 pub const VISIT_RESP_FIXED_BYTES: usize = crate::datagram::HEADER_BYTES + 8 + 2;
 
@@ -520,16 +576,35 @@ const _: () = {
     use crate::limits::{INLINE_SPAN_BYTES_MAX, NAME_BYTES_MAX, SPAN_BLOCKS_MAX, UDP_DATAGRAM_BYTES_MAX};
     // A span with the most blocks fits one fetch_spans page.
     assert!(
-        FETCH_SPANS_RESP_FIXED_BYTES + core::mem::size_of::<FetchedSpanHead>() + 1 + 1 + 2 + SPAN_BLOCKS_MAX * core::mem::size_of::<FetchedBlock>()
+        FETCH_SPANS_RESP_FIXED_BYTES
+            + core::mem::size_of::<FetchedSpanHead>()
+            + 1
+            + 1
+            + 2
+            + SPAN_BLOCKS_MAX * core::mem::size_of::<FetchedBlock>()
             <= UDP_DATAGRAM_BYTES_MAX
     );
     // The largest inline span fits one add_eden_span request and one page.
-    assert!(crate::datagram::HEADER_BYTES + core::mem::size_of::<AddEdenSpanReqHead>() + 1 + 2 + INLINE_SPAN_BYTES_MAX <= UDP_DATAGRAM_BYTES_MAX);
-    assert!(FETCH_SPANS_RESP_FIXED_BYTES + core::mem::size_of::<FetchedSpanHead>() + 1 + 2 + INLINE_SPAN_BYTES_MAX <= UDP_DATAGRAM_BYTES_MAX);
+    assert!(
+        crate::datagram::HEADER_BYTES + core::mem::size_of::<AddEdenSpanReqHead>() + 1 + 2 + INLINE_SPAN_BYTES_MAX
+            <= UDP_DATAGRAM_BYTES_MAX
+    );
+    assert!(
+        FETCH_SPANS_RESP_FIXED_BYTES + core::mem::size_of::<FetchedSpanHead>() + 1 + 2 + INLINE_SPAN_BYTES_MAX
+            <= UDP_DATAGRAM_BYTES_MAX
+    );
     // An ls entry with the longest name fits one page.
-    assert!(LS_DIR_RESP_FIXED_BYTES + core::mem::size_of::<LsEntryHead>() + 1 + NAME_BYTES_MAX <= UDP_DATAGRAM_BYTES_MAX);
+    assert!(
+        LS_DIR_RESP_FIXED_BYTES + core::mem::size_of::<LsEntryHead>() + 1 + NAME_BYTES_MAX <= UDP_DATAGRAM_BYTES_MAX
+    );
     // Add-span certificates for a full span fit one response.
-    assert!(crate::datagram::HEADER_BYTES + 2 + SPAN_BLOCKS_MAX * core::mem::size_of::<BlockCertificate>() <= UDP_DATAGRAM_BYTES_MAX);
+    assert!(
+        crate::datagram::HEADER_BYTES + 2 + SPAN_BLOCKS_MAX * core::mem::size_of::<BlockCertificate>()
+            <= UDP_DATAGRAM_BYTES_MAX
+    );
     // Privileged requests with the longest names and their MAC fit.
-    assert!(crate::datagram::HEADER_BYTES + core::mem::size_of::<InjectDirentReqHead>() + 1 + NAME_BYTES_MAX + 8 <= UDP_DATAGRAM_BYTES_MAX);
+    assert!(
+        crate::datagram::HEADER_BYTES + core::mem::size_of::<InjectDirentReqHead>() + 1 + NAME_BYTES_MAX + 8
+            <= UDP_DATAGRAM_BYTES_MAX
+    );
 };

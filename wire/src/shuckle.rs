@@ -25,8 +25,7 @@ use crate::limits::HOST_NAME_BYTES_MAX;
 use crate::mac::SecretKey;
 
 /// The prototype's registration datagram: a block service announcing itself.
-#[derive(Clone, Copy, PartialEq, Eq)]
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct Registration {
     pub secret_key: [u8; 16],
@@ -39,7 +38,10 @@ const _: () = assert!(core::mem::size_of::<Registration>() == REGISTRATION_BYTES
 
 impl core::fmt::Debug for Registration {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Registration").field("port", &self.port.get()).field("storage_class", &self.storage_class).finish_non_exhaustive()
+        f.debug_struct("Registration")
+            .field("port", &self.port.get())
+            .field("storage_class", &self.storage_class)
+            .finish_non_exhaustive()
     }
 }
 
@@ -84,8 +86,7 @@ impl<'a> RegistrationDatagram<'a> {
 /// True when a datagram to shuckle's UDP port is a registration rather than
 /// a headered request.
 pub fn is_registration(bytes: &[u8]) -> bool {
-    bytes.len() >= REGISTRATION_BYTES && !bytes.starts_with(&SHUCKLE_MAGIC)
-        || bytes.len() == REGISTRATION_BYTES
+    bytes.len() >= REGISTRATION_BYTES && !bytes.starts_with(&SHUCKLE_MAGIC) || bytes.len() == REGISTRATION_BYTES
 }
 
 /// Flags of a block service, as shards and clients see them.
@@ -101,8 +102,9 @@ pub mod flags {
 }
 
 /// Operator status of a block service.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-#[derive(zerocopy::TryFromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, Debug, zerocopy::TryFromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(u8)]
 pub enum BlockServiceStatus {
     Ok = 0,
@@ -122,11 +124,17 @@ impl BlockServiceStatus {
 
 crate::fixed_message!(
     /// One page of shards, starting at `begin`.
-    pub struct ShardsReq { pub begin: u8 }
+    pub struct ShardsReq {
+        pub begin: u8,
+    }
 );
 
 crate::fixed_message!(
-    pub struct ShardInfo { pub shard: ShardId, pub address: Address, pub last_seen: EggsTime }
+    pub struct ShardInfo {
+        pub shard: ShardId,
+        pub address: Address,
+        pub last_seen: EggsTime,
+    }
 );
 
 crate::tailed_message!(
@@ -143,11 +151,16 @@ crate::fixed_message!(
 
 crate::fixed_message!(
     /// An unknown address with time zero when no CDC ever registered.
-    pub struct CdcResp { pub address: Address, pub last_seen: EggsTime }
+    pub struct CdcResp {
+        pub address: Address,
+        pub last_seen: EggsTime,
+    }
 );
 
 crate::fixed_message!(
-    pub struct BlockServicesReq { pub begin: BlockServiceId }
+    pub struct BlockServicesReq {
+        pub begin: BlockServiceId,
+    }
 );
 
 crate::tailed_message!(
@@ -178,7 +191,11 @@ crate::tailed_message!(
 crate::fixed_message!(
     /// Privileged: a page of block services with their wrapped keys. `nonce`
     /// must be fresh; `time` within the skew limit of shuckle's clock.
-    pub struct BlockServicesWithKeysReq { pub nonce: U64, pub time: EggsTime, pub begin: BlockServiceId }
+    pub struct BlockServicesWithKeysReq {
+        pub nonce: U64,
+        pub time: EggsTime,
+        pub begin: BlockServiceId,
+    }
 );
 
 crate::tailed_message!(
@@ -205,12 +222,19 @@ crate::tailed_message!(
 
 crate::fixed_message!(
     /// Privileged: a shard announces its address.
-    pub struct RegisterShardReq { pub shard: ShardId, pub address: Address, pub time: EggsTime }
+    pub struct RegisterShardReq {
+        pub shard: ShardId,
+        pub address: Address,
+        pub time: EggsTime,
+    }
 );
 
 crate::fixed_message!(
     /// Privileged: the CDC announces its address.
-    pub struct RegisterCdcReq { pub address: Address, pub time: EggsTime }
+    pub struct RegisterCdcReq {
+        pub address: Address,
+        pub time: EggsTime,
+    }
 );
 
 crate::fixed_message!(

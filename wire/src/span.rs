@@ -29,8 +29,7 @@ pub const STORAGE_CLASS_BLOCKS_MIN: u8 = 2;
 pub const RS_SHARD_ALIGN_BYTES: u64 = 64;
 
 /// Parity mode: low nibble D data blocks, high nibble P parity blocks.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(transparent)]
 pub struct Parity(pub u8);
 
@@ -42,7 +41,11 @@ impl Parity {
 
     /// `None` unless 1 ≤ D, D + P ≤ 16.
     pub const fn new(data_blocks: u8, parity_blocks: u8) -> Option<Self> {
-        if data_blocks == 0 || data_blocks > 15 || parity_blocks > 15 || data_blocks as usize + parity_blocks as usize > SPAN_BLOCKS_MAX {
+        if data_blocks == 0
+            || data_blocks > 15
+            || parity_blocks > 15
+            || data_blocks as usize + parity_blocks as usize > SPAN_BLOCKS_MAX
+        {
             return None;
         }
         Some(Parity(data_blocks | (parity_blocks << 4)))
@@ -198,7 +201,11 @@ impl SpanLayout {
         }
         let d = parity.data_blocks() as u64;
         let data_block_size = span_size.div_ceil(d);
-        let parity_block_size = if parity.is_mirroring() { span_size } else { data_block_size.div_ceil(RS_SHARD_ALIGN_BYTES) * RS_SHARD_ALIGN_BYTES };
+        let parity_block_size = if parity.is_mirroring() {
+            span_size
+        } else {
+            data_block_size.div_ceil(RS_SHARD_ALIGN_BYTES) * RS_SHARD_ALIGN_BYTES
+        };
         if span_size == 0 || parity_block_size > BLOCK_SIZE_BYTES_MAX as u64 {
             return Err(SpanError::BadSize(span_size, parity));
         }
@@ -252,7 +259,8 @@ impl SpanLayout {
             return Ok(());
         }
         let shard = self.parity_block_size as usize;
-        let mut encoder = reed_solomon_simd::ReedSolomonEncoder::new(self.parity.data_blocks(), p, shard).map_err(rs_error)?;
+        let mut encoder =
+            reed_solomon_simd::ReedSolomonEncoder::new(self.parity.data_blocks(), p, shard).map_err(rs_error)?;
         let mut padded = Vec::new();
         for index in 0..self.parity.data_blocks() {
             let range = self.data_block_range(index);
@@ -277,9 +285,15 @@ impl SpanLayout {
             return Err(SpanError::NotEnoughBlocks { available: blocks.len(), needed: total });
         }
         for (index, block) in blocks.iter().enumerate() {
-            if let Some(block) = block {
-                if block.len() as u64 != self.block_size(index) {
-                    return Err(SpanError::BadBlockSize { index, got: block.len(), expected: self.block_size(index) as usize });
+            if let Some(block) = block
+                && block.len() as u64 != self.block_size(index)
+            {
+                {
+                    return Err(SpanError::BadBlockSize {
+                        index,
+                        got: block.len(),
+                        expected: self.block_size(index) as usize,
+                    });
                 }
             }
         }
