@@ -19,13 +19,13 @@ use proptest::test_runner::TestRunner;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use common::exercise::{all_decoders, cluster_key};
+use common::exercise::{all_decoders, cluster_key, re_signed};
 use common::strategies::*;
 use wire::block::{self, BlockServiceStats};
 use wire::cdc::CdcKind;
-use wire::datagram::{self, Body, HEADER_BYTES, KIND_PRIVILEGED};
+use wire::datagram::{self, Body, HEADER_BYTES};
 use wire::ids::BlockId;
-use wire::mac::{MAC_BYTES, MacKey, SecretKey};
+use wire::mac::{MacKey, SecretKey};
 use wire::policy::Policy;
 use wire::shard::ShardKind;
 use wire::shuckle::{Registration, RegistrationDatagram, ShuckleKind};
@@ -156,16 +156,6 @@ fn mutate_once(rng: &mut StdRng, bytes: &mut Vec<u8>, corpus: &[Vec<u8>]) {
     }
 }
 
-/// Recomputes the MAC of a privileged-looking datagram, so that the body
-/// decoder behind the MAC check is fuzzed too.
-fn re_sign(bytes: &mut [u8], key: &MacKey) {
-    let len = bytes.len();
-    if len >= HEADER_BYTES + MAC_BYTES && bytes[12] & KIND_PRIVILEGED != 0 {
-        let mac = key.mac_message(&bytes[..len - MAC_BYTES]);
-        bytes[len - MAC_BYTES..].copy_from_slice(&mac);
-    }
-}
-
 /// One fuzz input: mostly a mutated corpus entry, sometimes random bytes.
 fn next_input(rng: &mut StdRng, corpus: &[Vec<u8>], key: &MacKey) -> Vec<u8> {
     if rng.random_range(0..10) == 0 {
@@ -182,8 +172,10 @@ fn next_input(rng: &mut StdRng, corpus: &[Vec<u8>], key: &MacKey) -> Vec<u8> {
     for _ in 0..rng.random_range(1..=3) {
         mutate_once(rng, &mut bytes, corpus);
     }
-    if rng.random_bool(0.5) {
-        re_sign(&mut bytes, key);
+    if rng.random_bool(0.5)
+        && let Some(signed) = re_signed(&bytes, key)
+    {
+        return signed;
     }
     bytes
 }

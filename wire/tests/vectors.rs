@@ -283,3 +283,97 @@ fn name_hash() {
     // The first 8 bytes of MD5("hello") = 5d41402abc4b2a76…, read LE.
     assert_eq!(HashMode::Md5Prefix.hash(b"hello"), 0x762a_4bbc_2a40_415d);
 }
+
+/// The fixed sizes PROTOCOL.md gives for every fixed part.
+#[test]
+fn fixed_layout_sizes_match_protocol_md() {
+    use core::mem::size_of;
+    use wire::{cdc, shuckle};
+    let sizes: &[(&str, usize, usize)] = &[
+        ("Header", size_of::<datagram::Header>(), 13),
+        ("Address", size_of::<wire::Address>(), 18),
+        ("ResolveReqHead", size_of::<ResolveReqHead>(), 17),
+        ("ResolveResp", size_of::<ResolveResp>(), 16),
+        ("StatReq", size_of::<StatReq>(), 8),
+        ("StatDirectoryHead", size_of::<StatDirectoryHead>(), 17),
+        ("StatFile", size_of::<StatFile>(), 16),
+        ("LsDirReq", size_of::<LsDirReq>(), 25),
+        ("LsEntryHead", size_of::<LsEntryHead>(), 24),
+        ("LsDirRespHead", size_of::<LsDirRespHead>(), 9),
+        ("CreateEdenFileReq", size_of::<CreateEdenFileReq>(), 1),
+        ("CreateEdenFileResp", size_of::<CreateEdenFileResp>(), 16),
+        ("AddEdenSpanReqHead", size_of::<AddEdenSpanReqHead>(), 32),
+        ("NewBlock", size_of::<NewBlock>(), 8),
+        ("BlockCertificate", size_of::<BlockCertificate>(), 42),
+        ("CertifyEdenSpanReqHead", size_of::<CertifyEdenSpanReqHead>(), 24),
+        ("LinkEdenFileReqHead", size_of::<LinkEdenFileReqHead>(), 24),
+        ("FetchSpansReq", size_of::<FetchSpansReq>(), 16),
+        ("FetchSpansRespHead", size_of::<FetchSpansRespHead>(), 8),
+        ("FetchedSpanHead", size_of::<FetchedSpanHead>(), 16),
+        ("FetchedBlock", size_of::<FetchedBlock>(), 43),
+        ("ExpungeEdenSpanRespHead", size_of::<ExpungeEdenSpanRespHead>(), 8),
+        ("CertifyExpungeReqHead", size_of::<CertifyExpungeReqHead>(), 16),
+        ("PurgeDirentReqHead", size_of::<PurgeDirentReqHead>(), 16),
+        ("RepairSpansReq", size_of::<RepairSpansReq>(), 32),
+        ("RepairBlockReq", size_of::<RepairBlockReq>(), 33),
+        ("EdenEntry", size_of::<EdenEntry>(), 16),
+        ("ReverseBlockQueryReq", size_of::<ReverseBlockQueryReq>(), 16),
+        ("ReverseBlockEntry", size_of::<ReverseBlockEntry>(), 24),
+        ("CreateUnlinkedDirReq", size_of::<CreateUnlinkedDirReq>(), 16),
+        ("SetParentReq", size_of::<SetParentReq>(), 16),
+        ("InjectDirentReqHead", size_of::<InjectDirentReqHead>(), 17),
+        ("AcquireDirentReqHead", size_of::<AcquireDirentReqHead>(), 9),
+        ("AcquireDirentResp", size_of::<AcquireDirentResp>(), 16),
+        ("ReleaseDirentReqHead", size_of::<ReleaseDirentReqHead>(), 17),
+        ("PurgeRemoteOwningDirentReqHead", size_of::<PurgeRemoteOwningDirentReqHead>(), 16),
+        ("MvFileReqHead", size_of::<cdc::MvFileReqHead>(), 16),
+        ("PurgeRemoteFileReqHead", size_of::<cdc::PurgeRemoteFileReqHead>(), 16),
+        ("CdcRespHead", size_of::<cdc::CdcRespHead>(), 9),
+        ("ShardInfo", size_of::<shuckle::ShardInfo>(), 27),
+        ("shuckle CdcResp", size_of::<shuckle::CdcResp>(), 26),
+        ("BlockServiceInfoHead", size_of::<shuckle::BlockServiceInfoHead>(), 69),
+        ("BlockServicesWithKeysReq", size_of::<shuckle::BlockServicesWithKeysReq>(), 24),
+        ("BlockServiceWithKeyHead", size_of::<shuckle::BlockServiceWithKeyHead>(), 52),
+        ("RegisterShardReq", size_of::<shuckle::RegisterShardReq>(), 27),
+        ("RegisterCdcReq", size_of::<shuckle::RegisterCdcReq>(), 26),
+    ];
+    for &(name, actual, documented) in sizes {
+        assert_eq!(actual, documented, "{name}");
+    }
+}
+
+/// The parity bytes are on disk forever, so the Reed–Solomon code must never
+/// change under us (a reed-solomon-simd upgrade that changed its output would
+/// make stored parity useless). These CRCs were produced by this crate with
+/// reed-solomon-simd 3.1 and are pinned, not independently derived.
+#[test]
+fn reed_solomon_parity_is_pinned() {
+    use wire::crc::crc32c;
+    use wire::span::SpanLayout;
+    let span: Vec<u8> = (0..1000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+    let mut pinned = Vec::new();
+    for (d, p) in [(4u8, 2u8), (10, 4), (1, 2)] {
+        let layout = SpanLayout::new(span.len() as u64, Parity::new(d, p).unwrap()).unwrap();
+        let mut parity = vec![Vec::new(); p as usize];
+        layout.encode_parity(&span, &mut parity).unwrap();
+        for block in &parity {
+            assert_eq!(block.len() as u64, layout.parity_block_size);
+            pinned.push((d, p, block.len(), crc32c(block)));
+        }
+    }
+    assert_eq!(pinned, PINNED_PARITY);
+    assert_eq!(crc32c(&span), 0x7604_7627);
+}
+
+/// (D, P, parity block bytes, CRC32C of the parity block), in block order.
+/// Mirrored copies (1+2) are the span itself.
+const PINNED_PARITY: &[(u8, u8, usize, u32)] = &[
+    (4, 2, 256, 0x46e4_ce75),
+    (4, 2, 256, 0x36e6_dd40),
+    (10, 4, 128, 0xe9e9_1bd8),
+    (10, 4, 128, 0x9892_93ef),
+    (10, 4, 128, 0x77b9_1044),
+    (10, 4, 128, 0x11b0_cbd8),
+    (1, 2, 1000, 0x7604_7627),
+    (1, 2, 1000, 0x7604_7627),
+];
