@@ -1,0 +1,585 @@
+//! One executor's work: accept connections on its own listener and serve
+//! their requests (DESIGN.md §6), in order, one connection per task.
+//!
+//! - **Listening.** Every executor owns a listening socket of its own, all
+//!   bound to the same address with `SO_REUSEPORT`, so the kernel spreads
+//!   new connections over the executors and no executor hands work to
+//!   another. `main` makes the sockets (with socket2) before the executors
+//!   start, so that the port is known and printed first and a bind failure
+//!   is a clean exit; each executor adopts its descriptor with glommio's
+//!   `TcpListener::from_raw_fd`.
+//! - **Writes** stream the payload in [`CHUNK_BYTES`] chunks from the socket
+//!   straight into aligned buffers, CRC them, and write them with O_DIRECT
+//!   through io_uring to `tmp/`, one chunk on the disk while the next is
+//!   read from the socket. On a CRC match the file is cut to its size,
+//!   fdatasync'ed, renamed into place with `RENAME_NOREPLACE` (an existing
+//!   block is never overwritten), and its folder fsync'ed; only then is the
+//!   proof sent. Nothing is acknowledged before it is durable.
+//! - **Fetch and crc** read the block through the page cache (buffered
+//!   io_uring reads) in [`CHUNK_BYTES`] chunks with one chunk of read-ahead,
+//!   so a block is never held whole in memory. The CRC is recomputed from the
+//!   stored bytes (no sidecar file: one file per block, nothing to keep in
+//!   step). See the crate docs for the measurements behind these choices.
+//! - **Refusals** (bad MAC, out-of-window id, oversize, CRC mismatch, a
+//!   conflicting existing block, an unknown block, a truncated request)
+//!   close the connection after logging the reason; the temporary file of a
+//!   refused write is removed.
+//! - **Stopping.** `main` closes this executor's end of a socket pair on
+//!   SIGTERM/SIGINT; the executor then stops accepting, lets every
+//!   connection finish the request it is in (a write in flight completes
+//!   and is acknowledged), closes idle connections, and returns.
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::future;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::io::{BufferedFile, Directory, OpenOptions, ReadResult};
+use glommio::net::{Preallocated, TcpListener, TcpStream, UnixStream};
+use glommio::sync::{Gate, Semaphore};
+use glommio::task::JoinHandle;
+use wire::block::{
+    BlockRequest, CrcReq, CrcResp, EraseReq, EraseResp, FetchReq, FetchRespHead, REQUEST_BYTES_MAX, StatsReq,
+    StatsResp, WriteReq, WriteResp, request_len,
+};
+use wire::crc::crc32c_append;
+use wire::ids::{BlockId, EggsTime};
+use wire::mac::MacKey;
+use zerocopy::IntoBytes;
+
+use crate::metrics::Counters;
+use crate::request::{Refusal, check_erase, check_write, existing_block_matches};
+use crate::store::{BLOCK_DIR_COUNT, Layout, free_space};
+
+/// Unit of disk and socket transfers of a block: large enough that the disk
+/// sees big sequential requests, small enough that a connection holds at
+/// most two of them (one being read, one being written).
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Bytes buffered from a socket for request headers. Payload chunks are at
+/// least this big, so they are read straight into their disk buffers.
+const RECEIVE_BUFFER_BYTES: usize = 16 << 10;
+
+/// A request whose bytes stop coming (or whose response is not read) for
+/// this long is abandoned. Idle connections between requests have no limit.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every executor shares (read-only, or atomics).
+pub struct Shared {
+    pub layout: Layout,
+    pub key: MacKey,
+    pub counters: Arc<Counters>,
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionEnd {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("socket: {0}")]
+    Socket(#[from] io::Error),
+    #[error("{operation} {path}: {source}")]
+    Storage {
+        operation: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn storage<'a, E: Into<io::Error>>(operation: &'static str, path: &'a Path) -> impl FnOnce(E) -> ConnectionEnd + 'a {
+    move |source| ConnectionEnd::Storage { operation, path: path.to_path_buf(), source: source.into() }
+}
+
+/// A failed socket read inside a request: end of stream means the request
+/// was cut short, a timeout means it stalled.
+fn read_failure(error: io::Error, truncated: Refusal) -> ConnectionEnd {
+    match error.kind() {
+        io::ErrorKind::UnexpectedEof => ConnectionEnd::Refused(truncated),
+        io::ErrorKind::TimedOut => ConnectionEnd::Refused(Refusal::Stalled),
+        _ => ConnectionEnd::Socket(error),
+    }
+}
+
+type Stream = TcpStream<Preallocated>;
+
+/// One executor's state.
+struct Executor {
+    index: usize,
+    shared: Arc<Shared>,
+    /// The 256 block folders, open for fsync after a rename or an unlink.
+    dirs: Vec<Directory>,
+    /// Makes temporary file names unique within this executor.
+    sequence: Cell<u64>,
+    stopping: Cell<bool>,
+    /// Never signalled, only closed: waiters wake when the executor stops.
+    stop: Semaphore,
+}
+
+impl Executor {
+    fn begin_stop(&self) {
+        self.stopping.set(true);
+        self.stop.close();
+    }
+
+    async fn stopped(&self) {
+        let _ = self.stop.acquire(1).await;
+    }
+
+    fn next_sequence(&self) -> u64 {
+        let sequence = self.sequence.get();
+        self.sequence.set(sequence + 1);
+        sequence
+    }
+
+    async fn sync_block_dir(&self, block_id: BlockId) -> Result<(), ConnectionEnd> {
+        let index = Layout::block_dir_index(block_id);
+        match self.dirs.get(index) {
+            Some(dir) => dir.sync().await.map_err(storage("syncing", &self.shared.layout.block_dir(index))),
+            None => Err(ConnectionEnd::Storage {
+                operation: "syncing",
+                path: self.shared.layout.block_dir(index),
+                source: io::Error::other("block folder not open"),
+            }),
+        }
+    }
+}
+
+/// Runs one executor until it is told to stop through `stop`. `listener` is
+/// a bound, listening TCP socket; `stop` one end of a socket pair whose
+/// other end `main` closes to stop the executor. `ready` is called once
+/// the executor accepts connections.
+///
+/// # Safety
+///
+/// `listener` and `stop` must be a listening TCP socket and a connected Unix
+/// stream socket, owned by nobody else.
+pub async unsafe fn run(
+    index: usize,
+    shared: Arc<Shared>,
+    listener: OwnedFd,
+    stop: OwnedFd,
+    ready: impl FnOnce(),
+) -> io::Result<()> {
+    // SAFETY: the caller hands us sockets of the right kinds, owned by us.
+    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    // SAFETY: as above.
+    let mut stop_stream = unsafe { UnixStream::from_raw_fd(stop.into_raw_fd()) };
+    let mut dirs = Vec::with_capacity(BLOCK_DIR_COUNT);
+    for dir_index in 0..BLOCK_DIR_COUNT {
+        dirs.push(Directory::open(shared.layout.block_dir(dir_index)).await?);
+    }
+    let executor = Rc::new(Executor {
+        index,
+        shared,
+        dirs,
+        sequence: Cell::new(0),
+        stopping: Cell::new(false),
+        stop: Semaphore::new(0),
+    });
+    let watcher = executor.clone();
+    glommio::spawn_local(async move {
+        let mut byte = [0u8; 1];
+        let _ = stop_stream.read(&mut byte).await;
+        watcher.begin_stop();
+    })
+    .detach();
+    ready();
+
+    let connections = Gate::new();
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            executor.stopped().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                executor.shared.counters.connection();
+                let connection = serve_connection(executor.clone(), stream);
+                match connections.spawn(connection) {
+                    Ok(task) => {
+                        task.detach();
+                    }
+                    Err(_) => break,
+                }
+            }
+            Some(Err(e)) => {
+                // Usually out of descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, executor = index, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(executor = index, "stopped accepting; finishing requests in flight");
+    let _ = connections.close().await;
+    Ok(())
+}
+
+async fn serve_connection(executor: Rc<Executor>, stream: TcpStream) {
+    let peer = stream.peer_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(STALL_TIMEOUT));
+    let mut stream = stream.buffered_with(Preallocated::new(RECEIVE_BUFFER_BYTES));
+    loop {
+        match serve_request(&executor, &mut stream).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(ConnectionEnd::Refused(refusal)) => {
+                tracing::warn!(?peer, %refusal, "request refused; closing the connection");
+                executor.shared.counters.refusal(&refusal);
+                break;
+            }
+            Err(failure) => {
+                tracing::warn!(?peer, error = %failure, "connection failed");
+                executor.shared.counters.io_error();
+                break;
+            }
+        }
+    }
+    let _ = stream.close().await;
+}
+
+/// Serves one request; `false` when the connection is done (closed by the
+/// peer between requests, or the executor is stopping).
+async fn serve_request(executor: &Executor, stream: &mut Stream) -> Result<bool, ConnectionEnd> {
+    if executor.stopping.get() {
+        return Ok(false);
+    }
+    let mut header = [0u8; REQUEST_BYTES_MAX];
+    stream.set_read_timeout(None).map_err(io::Error::from)?;
+    let first = future::or(async { Some(stream.read(&mut header[..1]).await) }, async {
+        executor.stopped().await;
+        None
+    })
+    .await;
+    match first {
+        None | Some(Ok(0)) => return Ok(false),
+        Some(Ok(_)) => {}
+        Some(Err(e)) => return Err(ConnectionEnd::Socket(e)),
+    }
+    let tag = header[0];
+    let len = request_len(tag).ok_or(Refusal::UnknownTag(tag))?;
+    stream.set_read_timeout(Some(STALL_TIMEOUT)).map_err(io::Error::from)?;
+    let rest = header.get_mut(1..len).ok_or(Refusal::UnknownTag(tag))?;
+    stream.read_exact(rest).await.map_err(|e| read_failure(e, Refusal::TruncatedHeader))?;
+    let request = header.get(..len).and_then(|bytes| BlockRequest::decode(bytes).ok());
+    let counters = &executor.shared.counters;
+    match request.ok_or(Refusal::UnknownTag(tag))? {
+        BlockRequest::Write(request) => {
+            counters.request(0);
+            write(executor, stream, &request).await?;
+        }
+        BlockRequest::Fetch(request) => {
+            counters.request(1);
+            fetch(executor, stream, &request).await?;
+        }
+        BlockRequest::Crc(request) => {
+            counters.request(2);
+            crc(executor, stream, &request).await?;
+        }
+        BlockRequest::Erase(request) => {
+            counters.request(3);
+            erase(executor, stream, &request).await?;
+        }
+        BlockRequest::Stats(request) => {
+            counters.request(4);
+            stats(executor, stream, &request).await?;
+        }
+    }
+    Ok(true)
+}
+
+async fn write(executor: &Executor, stream: &mut Stream, request: &WriteReq) -> Result<(), ConnectionEnd> {
+    check_write(request, &executor.shared.key, EggsTime::now())?;
+    let block_id = request.block_id;
+    let temp = executor.shared.layout.temp_path(block_id, executor.index, executor.next_sequence());
+    let staged = stage(stream, request, &temp).await;
+    let published = match staged {
+        Ok(()) => publish(executor, request, &temp).await,
+        Err(end) => Err(end),
+    };
+    if let Err(end) = published {
+        discard(&temp).await;
+        return Err(end);
+    }
+    let size = u64::from(request.size.get());
+    executor.shared.counters.written(size);
+    tracing::debug!(%block_id, size, "block written");
+    stream.write_all(WriteResp::new(&executor.shared.key, block_id).as_bytes()).await?;
+    Ok(())
+}
+
+/// Streams the payload into `temp`, checks its CRC, and makes the file
+/// durable at its exact size.
+async fn stage(stream: &mut Stream, request: &WriteReq, temp: &Path) -> Result<(), ConnectionEnd> {
+    let block_id = request.block_id;
+    let size = u64::from(request.size.get());
+    let file = OpenOptions::new().write(true).create_new(true).dma_open(temp).await.map_err(storage("creating", temp))?;
+    let file = Rc::new(file);
+    let mut crc = 0u32;
+    let mut position = 0u64;
+    let mut in_flight: Option<(JoinHandle<glommio::Result<usize, ()>>, usize)> = None;
+    while position < size {
+        let length = (size - position).min(CHUNK_BYTES as u64) as usize;
+        let aligned = file.align_up(length as u64) as usize;
+        let mut buffer = file.alloc_dma_buffer(aligned);
+        let bytes = buffer.as_bytes_mut();
+        let (data, padding) = bytes.split_at_mut(length.min(bytes.len()));
+        stream.read_exact(data).await.map_err(|e| read_failure(e, Refusal::TruncatedPayload(block_id)))?;
+        padding.fill(0);
+        crc = crc32c_append(crc, data);
+        if let Some((previous, expected)) = in_flight.take() {
+            finish_chunk(previous, expected, temp).await?;
+        }
+        let writer = file.clone();
+        let at = position;
+        in_flight = Some((glommio::spawn_local(async move { writer.write_at(buffer, at).await }).detach(), aligned));
+        position += length as u64;
+    }
+    if let Some((previous, expected)) = in_flight.take() {
+        finish_chunk(previous, expected, temp).await?;
+    }
+    if crc != request.crc.get() {
+        return Err(Refusal::CrcMismatch { block_id, expected: request.crc.get(), actual: crc }.into());
+    }
+    if file.align_up(size) != size {
+        file.truncate(size).await.map_err(storage("truncating", temp))?;
+    }
+    // After the truncation, so that the size is durable too.
+    file.fdatasync().await.map_err(storage("syncing", temp))?;
+    file.close_rc().await.map_err(storage("closing", temp))?;
+    Ok(())
+}
+
+async fn finish_chunk(
+    write: JoinHandle<glommio::Result<usize, ()>>,
+    expected: usize,
+    temp: &Path,
+) -> Result<(), ConnectionEnd> {
+    match write.await {
+        Some(Ok(written)) if written == expected => Ok(()),
+        Some(Ok(written)) => {
+            Err(storage("writing", temp)(io::Error::other(format!("short write: {written} of {expected} bytes"))))
+        }
+        Some(Err(e)) => Err(storage("writing", temp)(e)),
+        None => Err(storage("writing", temp)(io::Error::other("write task cancelled"))),
+    }
+}
+
+/// Moves a durable temporary file to its block's name, never replacing an
+/// existing block, and makes the new name durable.
+async fn publish(executor: &Executor, request: &WriteReq, temp: &Path) -> Result<(), ConnectionEnd> {
+    let block_id = request.block_id;
+    let target = executor.shared.layout.block_path(block_id);
+    let (from, to) = (temp.to_path_buf(), target.clone());
+    let renamed = glommio::executor()
+        .spawn_blocking(move || rename_no_replace(&from, &to))
+        .await
+        .map_err(storage("renaming to", &target))?;
+    if renamed {
+        executor.sync_block_dir(block_id).await?;
+        executor.shared.counters.block_added(u64::from(request.size.get()));
+        return Ok(());
+    }
+    // The block exists: a retry of a write that succeeded is answered again,
+    // anything else is refused. The stored block is never touched.
+    let stored = read_block(&target, |_| Ok(())).await?;
+    discard(temp).await;
+    match stored {
+        Some((size, crc)) if existing_block_matches(size, crc, request) => {
+            // The earlier write may not have synced the folder yet.
+            executor.sync_block_dir(block_id).await
+        }
+        Some(_) => Err(Refusal::Conflict(block_id).into()),
+        // Erased between the rename and the read: refuse, the client retries.
+        None => Err(Refusal::Conflict(block_id).into()),
+    }
+}
+
+/// `rename(from, to)` unless `to` exists: `Ok(false)` then.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<bool> {
+    let c_path = |path: &Path| {
+        std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with NUL"))
+    };
+    let (c_from, c_to) = (c_path(from)?, c_path(to)?);
+    // SAFETY: two valid C strings; no memory is shared with the kernel after the call.
+    let result = unsafe {
+        libc::renameat2(libc::AT_FDCWD, c_from.as_ptr(), libc::AT_FDCWD, c_to.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if result == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EEXIST) => Ok(false),
+        // A filesystem without RENAME_NOREPLACE: link is exclusive too.
+        Some(libc::EINVAL) => match std::fs::hard_link(from, to) {
+            Ok(()) => std::fs::remove_file(from).map(|()| true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        },
+        _ => Err(error),
+    }
+}
+
+/// Removes a temporary file; failures are only logged (start-up removes
+/// whatever is left).
+async fn discard(temp: &Path) {
+    match glommio::io::remove(temp).await {
+        Ok(()) => {}
+        Err(e) => {
+            let e = io::Error::from(e);
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %temp.display(), error = %e, "cannot remove a temporary file");
+            }
+        }
+    }
+}
+
+/// A stored block read in chunks, one chunk ahead of its consumer.
+struct BlockReader {
+    file: Rc<BufferedFile>,
+    path: PathBuf,
+    size: u64,
+    position: u64,
+    ahead: Option<JoinHandle<glommio::Result<ReadResult, ()>>>,
+}
+
+impl BlockReader {
+    /// `None` when the block does not exist.
+    async fn open(path: &Path) -> Result<Option<Self>, ConnectionEnd> {
+        let file = match BufferedFile::open(path).await {
+            Ok(file) => file,
+            Err(e) => {
+                let e = io::Error::from(e);
+                if e.kind() == io::ErrorKind::NotFound {
+                    return Ok(None);
+                }
+                return Err(storage("opening", path)(e));
+            }
+        };
+        let size = file.file_size().await.map_err(storage("reading the size of", path))?;
+        let mut reader = Self { file: Rc::new(file), path: path.to_path_buf(), size, position: 0, ahead: None };
+        reader.read_ahead();
+        Ok(Some(reader))
+    }
+
+    fn read_ahead(&mut self) {
+        if self.position < self.size {
+            let file = self.file.clone();
+            let (at, length) = (self.position, (self.size - self.position).min(CHUNK_BYTES as u64) as usize);
+            self.ahead = Some(glommio::spawn_local(async move { file.read_at(at, length).await }).detach());
+        }
+    }
+
+    /// The next chunk, `None` at the end.
+    async fn next_chunk(&mut self) -> Result<Option<ReadResult>, ConnectionEnd> {
+        let Some(read) = self.ahead.take() else { return Ok(None) };
+        let chunk = match read.await {
+            Some(Ok(chunk)) => chunk,
+            Some(Err(e)) => return Err(storage("reading", &self.path)(e)),
+            None => return Err(storage("reading", &self.path)(io::Error::other("read task cancelled"))),
+        };
+        if chunk.is_empty() {
+            return Err(storage("reading", &self.path)(io::Error::other("block shorter than its size")));
+        }
+        self.position += chunk.len() as u64;
+        self.read_ahead();
+        Ok(Some(chunk))
+    }
+}
+
+/// Reads a whole block, handing each chunk to `each`; its size and CRC, or
+/// `None` when it does not exist.
+async fn read_block(
+    path: &Path,
+    mut each: impl FnMut(&[u8]) -> Result<(), ConnectionEnd>,
+) -> Result<Option<(u64, u32)>, ConnectionEnd> {
+    let Some(mut reader) = BlockReader::open(path).await? else { return Ok(None) };
+    let mut crc = 0u32;
+    while let Some(chunk) = reader.next_chunk().await? {
+        crc = crc32c_append(crc, &chunk);
+        each(&chunk)?;
+    }
+    Ok(Some((reader.size, crc)))
+}
+
+async fn fetch(executor: &Executor, stream: &mut Stream, request: &FetchReq) -> Result<(), ConnectionEnd> {
+    let block_id = request.block_id;
+    let path = executor.shared.layout.block_path(block_id);
+    let mut reader = BlockReader::open(&path).await?.ok_or(Refusal::NotFound(block_id))?;
+    let size = u32::try_from(reader.size).map_err(|_| Refusal::StoredTooLarge(block_id))?;
+    stream.write_all(FetchRespHead::new(size).as_bytes()).await?;
+    while let Some(chunk) = reader.next_chunk().await? {
+        stream.write_all(&chunk).await?;
+    }
+    executor.shared.counters.fetched(u64::from(size));
+    Ok(())
+}
+
+async fn crc(executor: &Executor, stream: &mut Stream, request: &CrcReq) -> Result<(), ConnectionEnd> {
+    let block_id = request.block_id;
+    let path = executor.shared.layout.block_path(block_id);
+    let (size, crc) = read_block(&path, |_| Ok(())).await?.ok_or(Refusal::NotFound(block_id))?;
+    let size = u32::try_from(size).map_err(|_| Refusal::StoredTooLarge(block_id))?;
+    stream.write_all(CrcResp::new(size, crc).as_bytes()).await?;
+    Ok(())
+}
+
+async fn erase(executor: &Executor, stream: &mut Stream, request: &EraseReq) -> Result<(), ConnectionEnd> {
+    check_erase(request, &executor.shared.key)?;
+    let block_id = request.block_id;
+    let path = executor.shared.layout.block_path(block_id);
+    let target = path.clone();
+    let removed = glommio::executor()
+        .spawn_blocking(move || remove_block(&target))
+        .await
+        .map_err(storage("removing", &path))?;
+    // Also when the block was already gone: an earlier erase may not have
+    // synced the folder yet.
+    executor.sync_block_dir(block_id).await?;
+    if let Some(size) = removed {
+        executor.shared.counters.block_removed(size);
+        tracing::debug!(%block_id, size, "block erased");
+    }
+    stream.write_all(EraseResp::new(&executor.shared.key, block_id).as_bytes()).await?;
+    Ok(())
+}
+
+/// Removes a block file; its size, or `None` when there was none.
+fn remove_block(path: &Path) -> io::Result<Option<u64>> {
+    let size = match std::fs::metadata(path) {
+        Ok(metadata) => metadata.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(Some(size)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn stats(executor: &Executor, stream: &mut Stream, request: &StatsReq) -> Result<(), ConnectionEnd> {
+    let root = executor.shared.layout.root();
+    let (free_bytes, free_blocks) = free_space(root).map_err(storage("statvfs", root))?;
+    let usage = executor.shared.counters.usage();
+    let stats = wire::block::BlockServiceStats {
+        used_bytes: usage.used_bytes,
+        free_bytes,
+        used_blocks: usage.used_blocks,
+        free_blocks,
+    };
+    stream.write_all(StatsResp::new(&executor.shared.key, request.token, stats).as_bytes()).await?;
+    Ok(())
+}
