@@ -287,9 +287,12 @@ impl<'a> Decode<'a> for Name<'a> {
 pub struct Blob<'a, const MAX: usize>(&'a [u8]);
 
 impl<'a, const MAX: usize> Blob<'a, MAX> {
-    const _FITS_U8: () = assert!(MAX <= u8::MAX as usize);
+    /// The length travels as a u8. An associated const is checked only where
+    /// it is used, so every constructor names it.
+    const FITS_U8: () = assert!(MAX <= u8::MAX as usize);
 
     pub fn new(bytes: &'a [u8]) -> Result<Self, EncodeError> {
+        let () = Self::FITS_U8;
         if bytes.len() > MAX {
             return Err(EncodeError::TooLong("blob"));
         }
@@ -299,6 +302,7 @@ impl<'a, const MAX: usize> Blob<'a, MAX> {
     /// Cuts `bytes` to the limit (for human-readable texts), at a UTF-8
     /// boundary when the bytes are UTF-8.
     pub fn truncating(bytes: &'a [u8]) -> Self {
+        let () = Self::FITS_U8;
         let mut len = bytes.len().min(MAX);
         if let Ok(text) = core::str::from_utf8(bytes) {
             while len > 0 && !text.is_char_boundary(len) {
@@ -339,6 +343,7 @@ impl<const MAX: usize> Encode for Blob<'_, MAX> {
 
 impl<'a, const MAX: usize> Decode<'a> for Blob<'a, MAX> {
     fn decode(reader: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let () = Self::FITS_U8;
         let len = reader.u8()? as usize;
         if len > MAX {
             return Err(DecodeError::TooLong("blob"));
@@ -352,9 +357,11 @@ impl<'a, const MAX: usize> Decode<'a> for Blob<'a, MAX> {
 pub struct Payload<'a, const MAX: usize>(&'a [u8]);
 
 impl<'a, const MAX: usize> Payload<'a, MAX> {
-    const _FITS_U16: () = assert!(MAX <= u16::MAX as usize);
+    /// The length travels as a u16 (checked where used, as for [`Blob`]).
+    const FITS_U16: () = assert!(MAX <= u16::MAX as usize);
 
     pub fn new(bytes: &'a [u8]) -> Result<Self, EncodeError> {
+        let () = Self::FITS_U16;
         if bytes.len() > MAX {
             return Err(EncodeError::TooLong("payload"));
         }
@@ -384,6 +391,7 @@ impl<const MAX: usize> Encode for Payload<'_, MAX> {
 
 impl<'a, const MAX: usize> Decode<'a> for Payload<'a, MAX> {
     fn decode(reader: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let () = Self::FITS_U16;
         let len = reader.u16()? as usize;
         if len > MAX {
             return Err(DecodeError::TooLong("payload"));
@@ -419,7 +427,9 @@ impl<T> Clone for ListRepr<'_, T> {
 impl<T> Copy for ListRepr<'_, T> {}
 
 impl<'a, T: Encode + Decode<'a> + Clone> List<'a, T> {
-    /// A list to encode; `None` beyond u16::MAX elements.
+    /// A list to encode. The count is a u16: only the first 65 535 items of
+    /// a longer slice are encoded (such a list never fits a datagram anyway,
+    /// and the encoder reports that as a too-small buffer).
     pub fn new(items: &'a [T]) -> Self {
         Self { repr: ListRepr::Items(items) }
     }
@@ -493,7 +503,7 @@ impl<'a, T: Encode + Decode<'a> + Clone + PartialEq> PartialEq for List<'a, T> {
 impl<'a, T: Encode + Decode<'a> + Clone> Encode for List<'a, T> {
     fn encoded_len(&self) -> usize {
         2 + match self.repr {
-            ListRepr::Items(items) => items.iter().map(Encode::encoded_len).sum(),
+            ListRepr::Items(items) => items.iter().take(u16::MAX as usize).map(Encode::encoded_len).sum(),
             ListRepr::Encoded { bytes, .. } => bytes.len(),
         }
     }
@@ -598,6 +608,18 @@ mod tests {
         assert_eq!(decoded.iter().collect::<Vec<_>>(), vec![1, 2, 3]);
         // A count far beyond the input is refused up front.
         assert_eq!(decode_exact::<List<'_, u8>>(&[0xff, 0xff, 1]).err(), Some(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn list_longer_than_u16_max_encodes_as_many_bytes_as_it_says() {
+        let items = vec![7u8; u16::MAX as usize + 10];
+        let list = List::new(&items);
+        let mut buf = vec![0u8; items.len() + 2];
+        let len = encode_into(&list, &mut buf).unwrap();
+        assert_eq!(len, list.encoded_len());
+        assert_eq!(&buf[..2], &u16::MAX.to_le_bytes());
+        let decoded: List<'_, u8> = decode_exact(&buf[..len]).unwrap();
+        assert_eq!(decoded.len(), u16::MAX as usize);
     }
 
     #[test]

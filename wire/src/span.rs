@@ -27,6 +27,10 @@ pub const STORAGE_CLASS_BLOCKS_MIN: u8 = 2;
 
 /// Shard size granularity for Reed–Solomon coding.
 pub const RS_SHARD_ALIGN_BYTES: u64 = 64;
+// Rounding a data block of at most the block size limit up to the alignment
+// never takes a parity block over the limit, so a policy valid by its data
+// block size (`Policy`) is always laid out by `SpanLayout::new`.
+const _: () = assert!((BLOCK_SIZE_BYTES_MAX as u64).is_multiple_of(RS_SHARD_ALIGN_BYTES));
 
 /// Parity mode: low nibble D data blocks, high nibble P parity blocks.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -288,13 +292,11 @@ impl SpanLayout {
             if let Some(block) = block
                 && block.len() as u64 != self.block_size(index)
             {
-                {
-                    return Err(SpanError::BadBlockSize {
-                        index,
-                        got: block.len(),
-                        expected: self.block_size(index) as usize,
-                    });
-                }
+                return Err(SpanError::BadBlockSize {
+                    index,
+                    got: block.len(),
+                    expected: self.block_size(index) as usize,
+                });
             }
         }
         let available = blocks.iter().filter(|b| b.is_some()).count();
