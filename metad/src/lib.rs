@@ -1,0 +1,30 @@
+//! `metad`: one eggsfs metadata shard (DESIGN.md §3–§4).
+//!
+//! A shard owns the directories and files whose inode ids carry its number:
+//! living and dead directory maps, linked files and their spans, eden (files
+//! being written), the reverse block index, and the block services it places
+//! blocks on. State lives in LMDB ([`store`], which documents every key
+//! layout).
+//!
+//! - [`logic`]: what each request does — plain code over a request, the time,
+//!   the block service table and an LMDB transaction; tested without sockets.
+//! - [`block_services`]: the known block services and block placement (D+P
+//!   distinct services, weighted, spread over hosts).
+//! - [`server`]: the daemon's I/O — one glommio executor per core, each with
+//!   its own SO_REUSEPORT UDP socket, serving reads from LMDB read
+//!   transactions; one writer thread applying queued mutations in one write
+//!   transaction per batch (group commit) and answering after the commit;
+//!   retransmissions answered from a bounded cache.
+//! - [`shuckle_client`]: the small UDP request/retry code that fetches block
+//!   services (with wrapped keys) and registers the shard.
+//! - [`key_file`]: 16-byte key files, created with O_EXCL and mode 0600.
+//!
+//! Garbage collection of eden files past their deadline is driven from
+//! outside through expunge requests; the shard runs no collector itself.
+
+pub mod block_services;
+pub mod key_file;
+pub mod logic;
+pub mod server;
+pub mod shuckle_client;
+pub mod store;

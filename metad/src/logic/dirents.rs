@@ -1,0 +1,440 @@
+//! Directory entries: link, rename, delete, purge, and the CDC's privileged
+//! steps (create_unlinked_dir, set_parent, inject, acquire, release, purge
+//! remote, move to eden).
+//!
+//! The dead map keeps every version of a name by creation time. Deleting (or
+//! renaming away, or killing) a name moves its living entry there under its
+//! creation time and writes a "nothing" placeholder (null inode) at the
+//! deletion time. Overwriting moves the old entry there without a
+//! placeholder: the new living entry's creation time marks the change.
+//! Creation times of one name strictly increase, so versions never collide.
+
+use heed::{RoTxn, RwTxn};
+use std::ops::Bound;
+use wire::hash::HashMode;
+use wire::ids::{EggsTime, InodeId, InodeType};
+use wire::limits::{EDEN_DEADLINE_NS, PURGE_AGE_MIN_NS};
+use wire::shard::*;
+use wire::ErrorKind;
+
+use super::{HandleError, Mutation, Shard, refuse};
+use crate::store::*;
+
+/// A directory of this shard, or a refusal.
+pub(crate) fn directory(shard: &Shard, store: &Store, txn: &RoTxn, dir: InodeId) -> Result<DirectoryRecord, HandleError> {
+    let dir = dir.without_owning();
+    if dir.inode_type() != Some(InodeType::Directory) {
+        return refuse(ErrorKind::BadInodeType, format!("{dir} is not a directory"));
+    }
+    if dir.shard() != shard.shard {
+        return refuse(ErrorKind::NotFound, format!("{dir} is not on shard {}", shard.shard));
+    }
+    match store.directories.get(txn, &inode_key(dir))? {
+        Some(bytes) => Ok(DirectoryRecord::decode(bytes)?),
+        None => refuse(ErrorKind::NotFound, format!("no directory {dir}")),
+    }
+}
+
+/// A directory that is linked (not removed): new entries may go there.
+fn linked_directory(shard: &Shard, store: &Store, txn: &RoTxn, dir: InodeId) -> Result<DirectoryRecord, HandleError> {
+    let record = directory(shard, store, txn, dir)?;
+    if record.parent.is_null() && dir.without_owning() != InodeId::ROOT {
+        return refuse(ErrorKind::NotFound, format!("directory {dir} is removed"));
+    }
+    Ok(record)
+}
+
+pub(crate) fn hash_of(dir: &DirectoryRecord, name: &[u8]) -> Result<u64, HandleError> {
+    match HashMode::from_u8(dir.hash_mode) {
+        Some(mode) => Ok(mode.hash(name)),
+        None => Err(StoreError::Corrupt("directory hash mode").into()),
+    }
+}
+
+fn living(store: &Store, txn: &RoTxn, dir: InodeId, name_hash: u64, name: &[u8]) -> Result<Option<LivingRecord>, HandleError> {
+    match store.living.get(txn, &living_key(dir, name_hash, name))? {
+        Some(bytes) => Ok(Some(LivingRecord::decode(bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// The dead version of a name as of `time`: the largest creation time ≤
+/// `time`, or with `newer` the smallest ≥ `time`; `skip_nothing` passes over
+/// placeholders.
+#[allow(clippy::too_many_arguments)] // reason: a dead-map address (dir, hash, name) and the query
+pub(crate) fn version_as_of(
+    store: &Store,
+    txn: &RoTxn,
+    dir: InodeId,
+    name_hash: u64,
+    name: &[u8],
+    time: EggsTime,
+    newer: bool,
+    skip_nothing: bool,
+) -> Result<Option<(EggsTime, InodeId)>, HandleError> {
+    let low = dead_key(dir, name_hash, name, if newer { time } else { EggsTime::ZERO });
+    let high = dead_key(dir, name_hash, name, if newer { EggsTime::new(u64::MAX) } else { time });
+    let range = (Bound::Included(&low[..]), Bound::Included(&high[..]));
+    let pick = |item: heed::Result<(&[u8], &[u8])>| -> Result<Option<(EggsTime, InodeId)>, HandleError> {
+        let (key, value) = item?;
+        let inode = InodeId::new(decode_u64(value, "dead record")?);
+        if skip_nothing && inode.is_null() {
+            return Ok(None);
+        }
+        Ok(Some((parse_dead_key(key)?.creation_time, inode)))
+    };
+    if newer {
+        for item in store.dead.range(txn, &range)? {
+            if let Some(found) = pick(item)? {
+                return Ok(Some(found));
+            }
+        }
+    } else {
+        for item in store.dead.rev_range(txn, &range)? {
+            if let Some(found) = pick(item)? {
+                return Ok(Some(found));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A creation time for a new version of `name`: now, or just after the
+/// newest existing version if the clock has not moved past it.
+fn entry_time(
+    store: &Store,
+    txn: &RoTxn,
+    dir: InodeId,
+    name_hash: u64,
+    name: &[u8],
+    now: EggsTime,
+) -> Result<EggsTime, HandleError> {
+    let mut time = now;
+    if let Some(record) = living(store, txn, dir, name_hash, name)? {
+        time = time.max(EggsTime::new(record.creation_time.get().saturating_add(1)));
+    }
+    if let Some((newest, _)) = version_as_of(store, txn, dir, name_hash, name, EggsTime::new(u64::MAX), false, false)? {
+        time = time.max(EggsTime::new(newest.get().saturating_add(1)));
+    }
+    Ok(time)
+}
+
+/// The name's living entry is the address (dir, hash, name).
+struct Slot<'n> {
+    dir: InodeId,
+    name_hash: u64,
+    name: &'n [u8],
+}
+
+impl Mutation<'_, '_> {
+    /// Moves the living entry of `slot` to the dead map under its creation
+    /// time, with its owning bit set to `owning`, and a placeholder at
+    /// `nothing_at` if given.
+    fn bury(&self, txn: &mut RwTxn, slot: &Slot<'_>, record: LivingRecord, owning: bool, nothing_at: Option<EggsTime>) -> Result<(), HandleError> {
+        let store = self.store;
+        store.living.delete(txn, &living_key(slot.dir, slot.name_hash, slot.name))?;
+        let dead = dead_key(slot.dir, slot.name_hash, slot.name, record.creation_time);
+        store.dead.put(txn, &dead, &record.inode.with_owning(owning).get().to_le_bytes())?;
+        if let Some(time) = nothing_at {
+            let nothing = dead_key(slot.dir, slot.name_hash, slot.name, time);
+            store.dead.put(txn, &nothing, &0u64.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Clears the way for a new entry at `slot`: an owning file entry goes to
+    /// the dead map; a directory or non-owning entry cannot be overwritten.
+    fn overwrite(&self, txn: &mut RwTxn, slot: &Slot<'_>, dry_run: bool) -> Result<(), HandleError> {
+        let Some(existing) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)? else {
+            return Ok(());
+        };
+        if existing.inode.inode_type() == Some(InodeType::Directory) {
+            return refuse(ErrorKind::CannotOverrideTarget, "the target is a directory");
+        }
+        if !existing.inode.is_owning() {
+            return refuse(ErrorKind::CannotOverrideTarget, "the target is locked by the CDC (not owning)");
+        }
+        if dry_run {
+            return Ok(());
+        }
+        self.bury(txn, slot, existing, true, None)
+    }
+
+    fn touch(&self, txn: &mut RwTxn, dir: InodeId, mut record: DirectoryRecord) -> Result<(), HandleError> {
+        record.mtime = record.mtime.max(self.env.now);
+        self.store.directories.put(txn, &inode_key(dir), &record.encode())?;
+        Ok(())
+    }
+
+    pub(super) fn link_eden_file(&mut self, txn: &mut RwTxn, req: &LinkEdenFileReq<'_>) -> Result<LinkEdenFileResp, HandleError> {
+        let inode = req.inode.without_owning();
+        let eden = self.eden_for_write(txn, inode, &req.cookie, "link")?;
+        if let Some((_, span)) = self.last_span(txn, inode)?
+            && span.state != SpanState::Clean
+        {
+            return refuse(ErrorKind::BadSpanState, "the last span is not certified");
+        }
+        let dir = linked_directory(self.shard, self.store, txn, req.parent)?;
+        let name = req.name.as_bytes();
+        let slot = Slot { dir: req.parent, name_hash: hash_of(&dir, name)?, name };
+        self.overwrite(txn, &slot, false)?;
+        let creation_time = entry_time(self.store, txn, slot.dir, slot.name_hash, name, self.env.now)?;
+        let record = LivingRecord { creation_time, inode: inode.with_owning(true) };
+        self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, name), &record.encode())?;
+        self.store.eden.delete(txn, &inode_key(inode))?;
+        let file = FileRecord { mtime: self.env.now, size: eden.size, inode_type: eden.inode_type };
+        self.store.files.put(txn, &inode_key(inode), &file.encode())?;
+        self.touch(txn, req.parent, dir)?;
+        Ok(LinkEdenFileResp { creation_time })
+    }
+
+    pub(super) fn same_dir_rename(&mut self, txn: &mut RwTxn, req: &SameDirRenameReq<'_>) -> Result<SameDirRenameResp, HandleError> {
+        let dir = linked_directory(self.shard, self.store, txn, req.parent)?;
+        let old = Slot { dir: req.parent, name_hash: hash_of(&dir, req.old_name.as_bytes())?, name: req.old_name.as_bytes() };
+        let new = Slot { dir: req.parent, name_hash: hash_of(&dir, req.new_name.as_bytes())?, name: req.new_name.as_bytes() };
+        let Some(source) = living(self.store, txn, old.dir, old.name_hash, old.name)? else {
+            return refuse(ErrorKind::NotFound, format!("no entry {:?}", req.old_name));
+        };
+        if !source.inode.is_owning() {
+            return refuse(ErrorKind::NotOwning, "the source is locked by the CDC (not owning)");
+        }
+        if old.name == new.name {
+            return Ok(SameDirRenameResp { creation_time: source.creation_time });
+        }
+        self.overwrite(txn, &new, false)?;
+        let gone_at = entry_time(self.store, txn, old.dir, old.name_hash, old.name, self.env.now)?;
+        self.bury(txn, &old, source, false, Some(gone_at))?;
+        let creation_time = entry_time(self.store, txn, new.dir, new.name_hash, new.name, self.env.now)?;
+        let record = LivingRecord { creation_time, inode: source.inode.with_owning(true) };
+        self.store.living.put(txn, &living_key(new.dir, new.name_hash, new.name), &record.encode())?;
+        self.touch(txn, req.parent, dir)?;
+        Ok(SameDirRenameResp { creation_time })
+    }
+
+    pub(super) fn delete_file(&mut self, txn: &mut RwTxn, req: &DeleteFileReq<'_>) -> Result<EmptyResp, HandleError> {
+        let dir = directory(self.shard, self.store, txn, req.parent)?;
+        let slot = Slot { dir: req.parent, name_hash: hash_of(&dir, req.name.as_bytes())?, name: req.name.as_bytes() };
+        let Some(record) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)? else {
+            return refuse(ErrorKind::NotFound, format!("no entry {:?}", req.name));
+        };
+        if record.inode.inode_type() == Some(InodeType::Directory) {
+            return refuse(ErrorKind::BadInodeType, "a directory is removed through the CDC (rmdir)");
+        }
+        if !record.inode.is_owning() {
+            return refuse(ErrorKind::NotOwning, "the entry is locked by the CDC (not owning)");
+        }
+        let gone_at = entry_time(self.store, txn, slot.dir, slot.name_hash, slot.name, self.env.now)?;
+        self.bury(txn, &slot, record, true, Some(gone_at))?;
+        self.touch(txn, req.parent, dir)?;
+        Ok(EmptyResp {})
+    }
+
+    /// When the version at `creation_time` stopped being current: the next
+    /// version's creation time (dead or living).
+    fn death_time(&self, txn: &RoTxn, slot: &Slot<'_>, creation_time: EggsTime) -> Result<EggsTime, HandleError> {
+        let after = EggsTime::new(creation_time.get().saturating_add(1));
+        if let Some((time, _)) = version_as_of(self.store, txn, slot.dir, slot.name_hash, slot.name, after, true, false)? {
+            return Ok(time);
+        }
+        match living(self.store, txn, slot.dir, slot.name_hash, slot.name)? {
+            Some(record) => Ok(record.creation_time),
+            None => Ok(creation_time),
+        }
+    }
+
+    /// Removes one dead version, then drops a placeholder left with nothing
+    /// (or another placeholder) before it, so placeholders never touch.
+    fn remove_dead(&self, txn: &mut RwTxn, slot: &Slot<'_>, creation_time: EggsTime) -> Result<(), HandleError> {
+        self.store.dead.delete(txn, &dead_key(slot.dir, slot.name_hash, slot.name, creation_time))?;
+        let after = EggsTime::new(creation_time.get().saturating_add(1));
+        let next = version_as_of(self.store, txn, slot.dir, slot.name_hash, slot.name, after, true, false)?;
+        let Some((next_time, next_inode)) = next else { return Ok(()) };
+        if !next_inode.is_null() {
+            return Ok(());
+        }
+        let before = version_as_of(self.store, txn, slot.dir, slot.name_hash, slot.name, creation_time, false, false)?;
+        if before.is_none_or(|(_, inode)| inode.is_null()) {
+            self.store.dead.delete(txn, &dead_key(slot.dir, slot.name_hash, slot.name, next_time))?;
+        }
+        Ok(())
+    }
+
+    /// The dead entry (dir, name, creation_time), old enough to purge.
+    fn purgeable(&self, txn: &RoTxn, slot: &Slot<'_>, creation_time: EggsTime) -> Result<Option<InodeId>, HandleError> {
+        let key = dead_key(slot.dir, slot.name_hash, slot.name, creation_time);
+        let Some(value) = self.store.dead.get(txn, &key)? else { return Ok(None) };
+        let inode = InodeId::new(decode_u64(value, "dead record")?);
+        if inode.is_null() {
+            return refuse(ErrorKind::BadRequest, "a placeholder is not purged on its own");
+        }
+        let died = self.death_time(txn, slot, creation_time)?;
+        if self.env.now.get() < died.get().saturating_add(PURGE_AGE_MIN_NS) {
+            return refuse(ErrorKind::TooSoon, "dead entries are purged only after 1 h");
+        }
+        Ok(Some(inode))
+    }
+
+    pub(super) fn purge_dirent(&mut self, txn: &mut RwTxn, req: &PurgeDirentReq<'_>) -> Result<EmptyResp, HandleError> {
+        let dir = directory(self.shard, self.store, txn, req.parent)?;
+        let slot = Slot { dir: req.parent, name_hash: hash_of(&dir, req.name.as_bytes())?, name: req.name.as_bytes() };
+        let Some(inode) = self.purgeable(txn, &slot, req.creation_time)? else {
+            return refuse(ErrorKind::NotFound, format!("no dead entry {:?} at {}", req.name, req.creation_time.get()));
+        };
+        let plain = inode.without_owning();
+        if inode.is_owning() && plain.inode_type() != Some(InodeType::Directory) {
+            if plain.shard() != self.shard.shard {
+                return refuse(ErrorKind::BadRequest, "owning entry of another shard's file: purge through the CDC");
+            }
+            self.send_to_eden(txn, plain)?;
+        }
+        self.remove_dead(txn, &slot, req.creation_time)?;
+        Ok(EmptyResp {})
+    }
+
+    /// A linked file back to eden with deadline now (its blocks get
+    /// collected). False when the file is not linked here.
+    fn send_to_eden(&self, txn: &mut RwTxn, inode: InodeId) -> Result<bool, HandleError> {
+        let Some(bytes) = self.store.files.get(txn, &inode_key(inode))? else { return Ok(false) };
+        let file = FileRecord::decode(bytes)?;
+        self.store.files.delete(txn, &inode_key(inode))?;
+        let eden = EdenRecord { deadline: self.env.now, size: file.size, inode_type: file.inode_type };
+        self.store.eden.put(txn, &inode_key(inode), &eden.encode())?;
+        Ok(true)
+    }
+
+    pub(super) fn set_directory_policy(&mut self, txn: &mut RwTxn, req: &SetDirectoryPolicyReq<'_>) -> Result<EmptyResp, HandleError> {
+        let mut dir = directory(self.shard, self.store, txn, req.dir)?;
+        dir.policy = req.policy.as_bytes().to_vec();
+        self.touch(txn, req.dir.without_owning(), dir)?;
+        Ok(EmptyResp {})
+    }
+
+    pub(super) fn create_unlinked_dir(&mut self, txn: &mut RwTxn, req: &CreateUnlinkedDirReq) -> Result<CreateUnlinkedDirResp, HandleError> {
+        let transaction = req.transaction_id.get().to_be_bytes();
+        if let Some(bytes) = self.store.unlinked_dirs.get(txn, &transaction)? {
+            return Ok(CreateUnlinkedDirResp { inode: InodeId::new(decode_u64(bytes, "unlinked dir")?) });
+        }
+        let inode = self.next_inode(txn, InodeType::Directory)?;
+        let record = DirectoryRecord {
+            parent: req.parent.without_owning(),
+            mtime: self.env.now,
+            hash_mode: HashMode::Md5Prefix as u8,
+            policy: Vec::new(),
+        };
+        self.store.directories.put(txn, &inode_key(inode), &record.encode())?;
+        self.store.unlinked_dirs.put(txn, &transaction, &inode.get().to_le_bytes())?;
+        Ok(CreateUnlinkedDirResp { inode })
+    }
+
+    pub(super) fn set_parent(&mut self, txn: &mut RwTxn, req: &SetParentReq) -> Result<EmptyResp, HandleError> {
+        let dir_inode = req.dir.without_owning();
+        let mut dir = directory(self.shard, self.store, txn, dir_inode)?;
+        if dir_inode == InodeId::ROOT {
+            return refuse(ErrorKind::BadRequest, "the root has no parent");
+        }
+        if req.parent.is_null() {
+            let prefix = inode_key(dir_inode);
+            if self.store.living.prefix_iter(txn, &prefix)?.next().is_some() {
+                return refuse(ErrorKind::DirectoryNotEmpty, format!("{dir_inode} has living entries"));
+            }
+        }
+        dir.parent = req.parent.without_owning();
+        self.touch(txn, dir_inode, dir)?;
+        Ok(EmptyResp {})
+    }
+
+    pub(super) fn inject_dirent(&mut self, txn: &mut RwTxn, req: &InjectDirentReq<'_>) -> Result<InjectDirentResp, HandleError> {
+        let target = req.inode.without_owning();
+        if target.is_null() || target.inode_type().is_none() {
+            return refuse(ErrorKind::BadRequest, "not an inode");
+        }
+        let dir = linked_directory(self.shard, self.store, txn, req.dir)?;
+        let slot = Slot { dir: req.dir, name_hash: hash_of(&dir, req.name.as_bytes())?, name: req.name.as_bytes() };
+        if let Some(existing) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)?
+            && existing.inode.without_owning() == target
+        {
+            return Ok(InjectDirentResp { creation_time: existing.creation_time });
+        }
+        let dry_run = req.dry_run != 0;
+        self.overwrite(txn, &slot, dry_run)?;
+        if dry_run {
+            return Ok(InjectDirentResp { creation_time: self.env.now });
+        }
+        let creation_time = entry_time(self.store, txn, slot.dir, slot.name_hash, slot.name, self.env.now)?;
+        let record = LivingRecord { creation_time, inode: target.with_owning(false) };
+        self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &record.encode())?;
+        self.touch(txn, req.dir.without_owning(), dir)?;
+        Ok(InjectDirentResp { creation_time })
+    }
+
+    pub(super) fn acquire_dirent(&mut self, txn: &mut RwTxn, req: &AcquireDirentReq<'_>) -> Result<AcquireDirentResp, HandleError> {
+        let dir = directory(self.shard, self.store, txn, req.dir)?;
+        let slot = Slot { dir: req.dir, name_hash: hash_of(&dir, req.name.as_bytes())?, name: req.name.as_bytes() };
+        let Some(mut record) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)? else {
+            return refuse(ErrorKind::NotFound, format!("no entry {:?}", req.name));
+        };
+        if record.inode.inode_type() != Some(req.expected_type) {
+            return refuse(ErrorKind::BadInodeType, format!("{:?} is not a {}", req.name, req.expected_type.name()));
+        }
+        if record.inode.is_owning() {
+            record.inode = record.inode.with_owning(false);
+            self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &record.encode())?;
+        }
+        Ok(AcquireDirentResp { inode: record.inode.without_owning(), creation_time: record.creation_time })
+    }
+
+    /// Never refuses: an entry already released or killed (or never there)
+    /// is success, so the CDC can retry blindly.
+    pub(super) fn release_dirent(&mut self, txn: &mut RwTxn, req: &ReleaseDirentReq<'_>) -> Result<EmptyResp, HandleError> {
+        let dir = match directory(self.shard, self.store, txn, req.dir) {
+            Ok(dir) => dir,
+            Err(HandleError::Refused { .. }) => return Ok(EmptyResp {}),
+            Err(error) => return Err(error),
+        };
+        let slot = Slot { dir: req.dir, name_hash: hash_of(&dir, req.name.as_bytes())?, name: req.name.as_bytes() };
+        let Some(mut record) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)? else {
+            return Ok(EmptyResp {});
+        };
+        if record.inode.without_owning() != req.inode.without_owning() {
+            return Ok(EmptyResp {});
+        }
+        if req.kill != 0 {
+            // The killed entry is not owning: after a move the target owns
+            // the inode; after rmdir the directory's own (null) parent marks it.
+            let gone_at = entry_time(self.store, txn, slot.dir, slot.name_hash, slot.name, self.env.now)?;
+            self.bury(txn, &slot, record, false, Some(gone_at))?;
+            self.touch(txn, req.dir.without_owning(), dir)?;
+        } else if !record.inode.is_owning() {
+            record.inode = record.inode.with_owning(true);
+            self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &record.encode())?;
+        }
+        Ok(EmptyResp {})
+    }
+
+    pub(super) fn purge_remote_owning_dirent(&mut self, txn: &mut RwTxn, req: &PurgeRemoteOwningDirentReq<'_>) -> Result<EmptyResp, HandleError> {
+        let dir = directory(self.shard, self.store, txn, req.dir)?;
+        let slot = Slot { dir: req.dir, name_hash: hash_of(&dir, req.name.as_bytes())?, name: req.name.as_bytes() };
+        let Some(inode) = self.purgeable(txn, &slot, req.creation_time)? else {
+            // Already purged: a retry.
+            return Ok(EmptyResp {});
+        };
+        if !inode.is_owning() || inode.without_owning().shard() == self.shard.shard {
+            return refuse(ErrorKind::BadRequest, "not an owning entry of another shard's inode");
+        }
+        self.remove_dead(txn, &slot, req.creation_time)?;
+        Ok(EmptyResp {})
+    }
+
+    pub(super) fn move_file_to_eden(&mut self, txn: &mut RwTxn, req: &MoveFileToEdenReq) -> Result<EmptyResp, HandleError> {
+        let inode = req.inode.without_owning();
+        if self.send_to_eden(txn, inode)? || self.store.eden.get(txn, &inode_key(inode))?.is_some() {
+            return Ok(EmptyResp {});
+        }
+        refuse(ErrorKind::NotFound, format!("no file {inode}"))
+    }
+}
+
+/// The deadline of an eden file after a successful write step at `now`.
+pub(crate) fn eden_deadline(now: EggsTime) -> EggsTime {
+    now.saturating_add_ns(EDEN_DEADLINE_NS)
+}

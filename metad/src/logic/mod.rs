@@ -1,0 +1,265 @@
+//! What a shard does with a request: plain code over a request, the current
+//! time, the block service table and an LMDB transaction, producing the
+//! encoded response datagram. No sockets, no clocks, no threads: tests drive
+//! it directly.
+//!
+//! Reads ([`Shard::handle_read`]) run on any thread in a read transaction.
+//! Mutations ([`Shard::handle_mutation`]) run in a nested transaction of the
+//! writer's batch transaction: a refused request leaves no trace, an
+//! accepted one becomes durable when the batch commits.
+
+mod dirents;
+mod eden;
+mod read;
+
+use heed::{RoTxn, RwTxn};
+use rand::RngCore;
+use wire::datagram;
+use wire::hash::HashMode;
+use wire::ids::{BlockId, EggsTime, InodeId, InodeType, ShardId};
+use wire::mac::{KEY_BYTES, MacKey, SecretKey};
+use wire::shard::{ShardRequest, ShardResponse};
+use wire::{ErrorKind, ErrorResp};
+
+use crate::block_services::BlockServiceTable;
+use crate::store::{DirectoryRecord, MetaKey, Store, StoreError, decode_u64, inode_key};
+
+/// Why a request was not served.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The request is refused; the client gets this error kind and text.
+    #[error("{kind}: {text}")]
+    Refused { kind: ErrorKind, text: String },
+    /// The store failed: the whole batch is abandoned.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<heed::Error> for HandleError {
+    fn from(error: heed::Error) -> Self {
+        HandleError::Store(StoreError::Lmdb(error))
+    }
+}
+
+pub(crate) fn refuse<T>(kind: ErrorKind, text: impl Into<String>) -> Result<T, HandleError> {
+    Err(HandleError::Refused { kind, text: text.into() })
+}
+
+/// Everything a request may look at besides the store.
+pub struct Env<'a> {
+    pub now: EggsTime,
+    pub block_services: &'a BlockServiceTable,
+}
+
+/// What the writer needs to know after a mutation besides its response.
+#[derive(Default, Debug)]
+pub struct MutationEffects {
+    /// A placement found too few block services: refresh the table now.
+    pub wants_block_service_refresh: bool,
+}
+
+/// One shard's identity and keys.
+pub struct Shard {
+    pub shard: ShardId,
+    cookie_key: MacKey,
+    cluster_key: MacKey,
+}
+
+impl Shard {
+    /// Loads (creating on first start) the shard secret, and on shard 1 the
+    /// root directory.
+    pub fn open(store: &Store, shard: ShardId, cluster_key: &SecretKey, now: EggsTime) -> Result<Self, StoreError> {
+        let mut wtxn = store.write_txn()?;
+        let secret = match store.meta.get(&wtxn, MetaKey::SECRET)? {
+            Some(bytes) => {
+                SecretKey(<[u8; KEY_BYTES]>::try_from(bytes).map_err(|_| StoreError::Corrupt("shard secret"))?)
+            }
+            None => {
+                let mut secret = [0u8; KEY_BYTES];
+                rand::rng().fill_bytes(&mut secret);
+                store.meta.put(&mut wtxn, MetaKey::SECRET, &secret)?;
+                SecretKey(secret)
+            }
+        };
+        if shard == InodeId::ROOT.shard() && store.directories.get(&wtxn, &inode_key(InodeId::ROOT))?.is_none() {
+            let root = DirectoryRecord {
+                parent: InodeId::NULL,
+                mtime: now,
+                hash_mode: HashMode::Md5Prefix as u8,
+                policy: Vec::new(),
+            };
+            store.directories.put(&mut wtxn, &inode_key(InodeId::ROOT), &root.encode())?;
+        }
+        wtxn.commit()?;
+        Ok(Self { shard, cookie_key: MacKey::new(&secret), cluster_key: MacKey::new(cluster_key) })
+    }
+
+    pub fn cluster_key(&self) -> &MacKey {
+        &self.cluster_key
+    }
+
+    /// The cookie of an eden file.
+    pub fn cookie(&self, inode: InodeId) -> wire::mac::Mac {
+        self.cookie_key.eden_cookie(inode)
+    }
+
+    /// Encodes a response (MAC'd when it answers a privileged request).
+    pub fn encode(&self, out: &mut [u8], request_id: u64, response: &ShardResponse<'_>) -> usize {
+        match datagram::encode(out, request_id, response, Some(&self.cluster_key)) {
+            Ok(len) => len,
+            Err(error) => {
+                // Responses are built to fit (page budgets, limits); this is
+                // a bug, reported to the client rather than crashing.
+                tracing::error!(%error, "response does not fit a datagram");
+                self.encode_error(out, request_id, ErrorKind::LogicError, "response too large")
+            }
+        }
+    }
+
+    /// Encodes an error response.
+    pub fn encode_error(&self, out: &mut [u8], request_id: u64, kind: ErrorKind, text: &str) -> usize {
+        let response = ShardResponse::Error(ErrorResp::new(kind, text));
+        datagram::encode(out, request_id, &response, None).unwrap_or(0)
+    }
+
+    fn finish(&self, out: &mut [u8], request_id: u64, result: Result<usize, HandleError>) -> Result<usize, StoreError> {
+        match result {
+            Ok(len) => Ok(len),
+            Err(HandleError::Refused { kind, text }) => Ok(self.encode_error(out, request_id, kind, &text)),
+            Err(HandleError::Store(error)) => Err(error),
+        }
+    }
+
+    /// Serves a non-mutating request. A store failure is answered with
+    /// STORAGE_ERROR.
+    pub fn handle_read(
+        &self,
+        store: &Store,
+        rtxn: &RoTxn,
+        env: &Env<'_>,
+        request_id: u64,
+        request: &ShardRequest<'_>,
+        out: &mut [u8],
+    ) -> usize {
+        let result = read::handle(self, store, rtxn, env, request_id, request, out);
+        match self.finish(out, request_id, result) {
+            Ok(len) => len,
+            Err(error) => {
+                tracing::error!(%error, "read failed");
+                self.encode_error(out, request_id, ErrorKind::StorageError, "storage error")
+            }
+        }
+    }
+
+    /// Applies a mutation inside `parent` (the batch transaction), in its own
+    /// nested transaction so a refusal changes nothing. `Err` means the store
+    /// failed and the batch must be aborted.
+    #[allow(clippy::too_many_arguments)] // reason: the request's whole context, each distinct
+    pub fn handle_mutation(
+        &self,
+        store: &Store,
+        parent: &mut RwTxn,
+        env: &Env<'_>,
+        rng: &mut dyn RngCore,
+        effects: &mut MutationEffects,
+        request_id: u64,
+        request: &ShardRequest<'_>,
+        out: &mut [u8],
+    ) -> Result<usize, StoreError> {
+        let mut txn = store.env.nested_write_txn(parent)?;
+        let mut context = Mutation { shard: self, store, env, rng, effects };
+        let result = context.apply(&mut txn, request_id, request, out);
+        match result {
+            Ok(len) => {
+                txn.commit()?;
+                Ok(len)
+            }
+            Err(error) => {
+                txn.abort();
+                self.finish(out, request_id, Err(error))
+            }
+        }
+    }
+}
+
+/// The context of one mutation.
+pub(crate) struct Mutation<'a, 'e> {
+    pub shard: &'a Shard,
+    pub store: &'a Store,
+    pub env: &'a Env<'e>,
+    pub rng: &'a mut dyn RngCore,
+    pub effects: &'a mut MutationEffects,
+}
+
+impl Mutation<'_, '_> {
+    fn apply(
+        &mut self,
+        txn: &mut RwTxn,
+        request_id: u64,
+        request: &ShardRequest<'_>,
+        out: &mut [u8],
+    ) -> Result<usize, HandleError> {
+        use ShardRequest as R;
+        let response = match request {
+            R::CreateEdenFile(req) => ShardResponse::CreateEdenFile(self.create_eden_file(txn, req)?),
+            R::AddEdenSpan(req) => return self.add_eden_span(txn, request_id, req, out),
+            R::CertifyEdenSpan(req) => ShardResponse::CertifyEdenSpan(self.certify_eden_span(txn, req)?),
+            R::LinkEdenFile(req) => ShardResponse::LinkEdenFile(self.link_eden_file(txn, req)?),
+            R::SameDirRename(req) => ShardResponse::SameDirRename(self.same_dir_rename(txn, req)?),
+            R::DeleteFile(req) => ShardResponse::DeleteFile(self.delete_file(txn, req)?),
+            R::ExpungeEdenSpan(req) => return self.expunge_eden_span(txn, request_id, req, out),
+            R::CertifyExpunge(req) => ShardResponse::CertifyExpunge(self.certify_expunge(txn, req)?),
+            R::ExpungeEdenFile(req) => ShardResponse::ExpungeEdenFile(self.expunge_eden_file(txn, req)?),
+            R::PurgeDirent(req) => ShardResponse::PurgeDirent(self.purge_dirent(txn, req)?),
+            R::RepairSpans(req) => ShardResponse::RepairSpans(self.repair_spans(txn, req)?),
+            R::RepairBlock(req) => ShardResponse::RepairBlock(self.repair_block(txn, req)?),
+            R::SetDirectoryPolicy(req) => ShardResponse::SetDirectoryPolicy(self.set_directory_policy(txn, req)?),
+            R::CreateUnlinkedDir(req) => ShardResponse::CreateUnlinkedDir(self.create_unlinked_dir(txn, req)?),
+            R::SetParent(req) => ShardResponse::SetParent(self.set_parent(txn, req)?),
+            R::InjectDirent(req) => ShardResponse::InjectDirent(self.inject_dirent(txn, req)?),
+            R::AcquireDirent(req) => ShardResponse::AcquireDirent(self.acquire_dirent(txn, req)?),
+            R::ReleaseDirent(req) => ShardResponse::ReleaseDirent(self.release_dirent(txn, req)?),
+            R::PurgeRemoteOwningDirent(req) => {
+                ShardResponse::PurgeRemoteOwningDirent(self.purge_remote_owning_dirent(txn, req)?)
+            }
+            R::MoveFileToEden(req) => ShardResponse::MoveFileToEden(self.move_file_to_eden(txn, req)?),
+            R::Resolve(_)
+            | R::Stat(_)
+            | R::LsDir(_)
+            | R::FetchSpans(_)
+            | R::VisitInodes(_)
+            | R::VisitEden(_)
+            | R::ReverseBlockQuery(_) => return refuse(ErrorKind::LogicError, "not a mutation"),
+        };
+        Ok(self.shard.encode(out, request_id, &response))
+    }
+
+    /// A new inode id of `inode_type` (counters per type start at 1).
+    pub(crate) fn next_inode(&mut self, txn: &mut RwTxn, inode_type: InodeType) -> Result<InodeId, HandleError> {
+        let key = MetaKey::counter(inode_type);
+        let last = match self.store.meta.get(txn, &key)? {
+            Some(bytes) => decode_u64(bytes, "inode counter")?,
+            None => 0,
+        };
+        let next = last + 1;
+        let Some(inode) = InodeId::compose(inode_type, self.shard.shard, next) else {
+            return refuse(ErrorKind::LogicError, "inode counter exhausted");
+        };
+        self.store.meta.put(txn, &key, &next.to_le_bytes())?;
+        Ok(inode)
+    }
+
+    /// A new block id, strictly after every one handed out before.
+    pub(crate) fn next_block_id(&mut self, txn: &mut RwTxn) -> Result<BlockId, HandleError> {
+        let last = match self.store.meta.get(txn, MetaKey::LAST_BLOCK_ID)? {
+            Some(bytes) => BlockId::new(decode_u64(bytes, "last block id")?),
+            None => BlockId::new(0),
+        };
+        let next = BlockId::next(last, self.env.now, self.shard.shard);
+        self.store.meta.put(txn, MetaKey::LAST_BLOCK_ID, &next.get().to_le_bytes())?;
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,545 @@
+//! The shard's state in LMDB: databases, key layouts and record encodings.
+//!
+//! Keys are big-endian wherever LMDB's byte order must be numeric order, so a
+//! cursor walk is a listing in the protocol's order. Values are little-endian
+//! (like the wire). Every record decoder is total: a malformed record is
+//! [`StoreError::Corrupt`], never a panic.
+//!
+//! | database | key | value |
+//! |---|---|---|
+//! | `meta` | ASCII name (`secret`, `counter/<type>`, `last_block_id`) | see [`MetaKey`] |
+//! | `directories` | inode BE | [`DirectoryRecord`] |
+//! | `living` | dir BE ‖ name_hash BE ‖ name | [`LivingRecord`]: creation time, inode (with owning bit) |
+//! | `dead` | dir BE ‖ name_hash BE ‖ name ‖ 0x00 ‖ creation_time BE | inode (with owning bit; 0 = "nothing") |
+//! | `files` | inode BE | [`FileRecord`] (linked files and symlinks) |
+//! | `eden` | inode BE | [`EdenRecord`] (files being written) |
+//! | `spans` | inode BE ‖ byte offset BE | [`SpanRecord`] (of linked and eden files alike) |
+//! | `reverse_blocks` | block service BE ‖ block id BE | file inode LE ‖ span offset LE |
+//! | `block_services` | block service id BE | [`crate::block_services::BlockServiceRecord`] |
+//! | `unlinked_dirs` | CDC transaction id BE | inode LE (makes create_unlinked_dir idempotent) |
+//!
+//! Living keys sort by (hash, name) — the listing order. Dead keys end the
+//! name with a NUL (names never contain one) so that all versions of one name
+//! are adjacent and sorted by creation time, and names of one hash still sort
+//! by name.
+
+use heed::types::Bytes;
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use std::path::Path;
+use wire::codec::Reader;
+use wire::ids::{BlockId, BlockServiceId, EggsTime, InodeId, InodeType};
+use wire::limits::{POLICY_BYTES_MAX, SPAN_BLOCKS_MAX};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("LMDB: {0}")]
+    Lmdb(#[from] heed::Error),
+    #[error("corrupt record in {0}")]
+    Corrupt(&'static str),
+    #[error("cannot create the state folder {path}: {source}")]
+    Folder { path: String, source: std::io::Error },
+}
+
+/// The LMDB map size: address space only (the file grows as needed).
+const MAP_SIZE_BYTES: usize = 1 << 40;
+/// Named databases in the environment.
+const DATABASES_MAX: u32 = 16;
+
+type Db = Database<Bytes, Bytes>;
+
+/// The environment and its databases.
+pub struct Store {
+    pub env: Env<WithoutTls>,
+    pub meta: Db,
+    pub directories: Db,
+    pub living: Db,
+    pub dead: Db,
+    pub files: Db,
+    pub eden: Db,
+    pub spans: Db,
+    pub reverse_blocks: Db,
+    pub block_services: Db,
+    pub unlinked_dirs: Db,
+}
+
+impl Store {
+    /// Opens (creating if needed) the environment in `folder`. Commits are
+    /// synchronous (no NO_SYNC flags): a committed transaction is on disk.
+    pub fn open(folder: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(folder)
+            .map_err(|source| StoreError::Folder { path: folder.display().to_string(), source })?;
+        let mut options = EnvOpenOptions::new().read_txn_without_tls();
+        options.map_size(MAP_SIZE_BYTES).max_dbs(DATABASES_MAX).max_readers(1024);
+        // SAFETY: heed requires that one process does not open the same
+        // environment twice; the daemon opens its folder exactly once.
+        let env = unsafe { options.flags(EnvFlags::NO_READ_AHEAD).open(folder)? };
+        let mut wtxn = env.write_txn()?;
+        let mut create = |name: &str| env.create_database::<Bytes, Bytes>(&mut wtxn, Some(name));
+        let store = Store {
+            meta: create("meta")?,
+            directories: create("directories")?,
+            living: create("living")?,
+            dead: create("dead")?,
+            files: create("files")?,
+            eden: create("eden")?,
+            spans: create("spans")?,
+            reverse_blocks: create("reverse_blocks")?,
+            block_services: create("block_services")?,
+            unlinked_dirs: create("unlinked_dirs")?,
+            env: env.clone(),
+        };
+        wtxn.commit()?;
+        Ok(store)
+    }
+
+    pub fn read_txn(&self) -> Result<RoTxn<'_, WithoutTls>, StoreError> {
+        Ok(self.env.read_txn()?)
+    }
+
+    pub fn write_txn(&self) -> Result<RwTxn<'_>, StoreError> {
+        Ok(self.env.write_txn()?)
+    }
+}
+
+// ---- keys ----
+
+/// Keys of the `meta` database.
+pub struct MetaKey;
+
+impl MetaKey {
+    /// The 16-byte per-shard secret that derives eden cookies.
+    pub const SECRET: &'static [u8] = b"secret";
+    /// The last block id handed out (u64 LE).
+    pub const LAST_BLOCK_ID: &'static [u8] = b"last_block_id";
+
+    /// The last inode counter used for a type (u64 LE).
+    pub fn counter(inode_type: InodeType) -> [u8; 9] {
+        let mut key = *b"counter/\0";
+        key[8] = inode_type as u8;
+        key
+    }
+}
+
+pub fn inode_key(inode: InodeId) -> [u8; 8] {
+    inode.get().to_be_bytes()
+}
+
+/// Longest living key: dir, hash, name.
+pub const LIVING_KEY_BYTES_MAX: usize = 16 + wire::limits::NAME_BYTES_MAX;
+/// Longest dead key: dir, hash, name, NUL, creation time.
+pub const DEAD_KEY_BYTES_MAX: usize = LIVING_KEY_BYTES_MAX + 1 + 8;
+// LMDB's default key size limit is 511 bytes.
+const _: () = assert!(DEAD_KEY_BYTES_MAX <= 511);
+
+/// `dir ‖ hash` — the prefix of every entry of one hash in a directory.
+pub fn hash_prefix(dir: InodeId, name_hash: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&dir.get().to_be_bytes());
+    key[8..].copy_from_slice(&name_hash.to_be_bytes());
+    key
+}
+
+/// Living-map key.
+pub fn living_key(dir: InodeId, name_hash: u64, name: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + name.len());
+    key.extend_from_slice(&hash_prefix(dir, name_hash));
+    key.extend_from_slice(name);
+    key
+}
+
+/// Prefix of every dead-map key of one name: `dir ‖ hash ‖ name ‖ 0x00`.
+pub fn dead_name_prefix(dir: InodeId, name_hash: u64, name: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + name.len() + 9);
+    key.extend_from_slice(&hash_prefix(dir, name_hash));
+    key.extend_from_slice(name);
+    key.push(0);
+    key
+}
+
+/// Dead-map key of one version of a name.
+pub fn dead_key(dir: InodeId, name_hash: u64, name: &[u8], creation_time: EggsTime) -> Vec<u8> {
+    let mut key = dead_name_prefix(dir, name_hash, name);
+    key.extend_from_slice(&creation_time.get().to_be_bytes());
+    key
+}
+
+/// A living or dead key split into its parts.
+pub struct EntryKey<'a> {
+    pub dir: InodeId,
+    pub name_hash: u64,
+    pub name: &'a [u8],
+    /// Dead keys only.
+    pub creation_time: EggsTime,
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+pub fn parse_living_key(key: &[u8]) -> Result<EntryKey<'_>, StoreError> {
+    let corrupt = StoreError::Corrupt("living key");
+    let dir = be_u64(key).ok_or(StoreError::Corrupt("living key"))?;
+    let name_hash = key.get(8..).and_then(be_u64).ok_or(corrupt)?;
+    let name = key.get(16..).unwrap_or_default();
+    Ok(EntryKey { dir: InodeId::new(dir), name_hash, name, creation_time: EggsTime::ZERO })
+}
+
+pub fn parse_dead_key(key: &[u8]) -> Result<EntryKey<'_>, StoreError> {
+    let corrupt = || StoreError::Corrupt("dead key");
+    if key.len() < 16 + 1 + 1 + 8 {
+        return Err(corrupt());
+    }
+    let dir = be_u64(key).ok_or_else(corrupt)?;
+    let name_hash = key.get(8..).and_then(be_u64).ok_or_else(corrupt)?;
+    let split = key.len() - 8;
+    let name = key.get(16..split - 1).ok_or_else(corrupt)?;
+    let creation_time = key.get(split..).and_then(be_u64).ok_or_else(corrupt)?;
+    Ok(EntryKey { dir: InodeId::new(dir), name_hash, name, creation_time: EggsTime::new(creation_time) })
+}
+
+pub fn span_key(inode: InodeId, offset: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&inode.get().to_be_bytes());
+    key[8..].copy_from_slice(&offset.to_be_bytes());
+    key
+}
+
+pub fn parse_span_key(key: &[u8]) -> Result<(InodeId, u64), StoreError> {
+    let corrupt = || StoreError::Corrupt("span key");
+    let inode = be_u64(key).ok_or_else(corrupt)?;
+    let offset = key.get(8..).and_then(be_u64).ok_or_else(corrupt)?;
+    Ok((InodeId::new(inode), offset))
+}
+
+pub fn reverse_key(block_service: BlockServiceId, block: BlockId) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&block_service.get().to_be_bytes());
+    key[8..].copy_from_slice(&block.get().to_be_bytes());
+    key
+}
+
+pub fn parse_be_u64_key(key: &[u8], what: &'static str) -> Result<u64, StoreError> {
+    be_u64(key).ok_or(StoreError::Corrupt(what))
+}
+
+// ---- records ----
+
+fn reader_u64(reader: &mut Reader<'_>, what: &'static str) -> Result<u64, StoreError> {
+    reader.u64().map_err(|_| StoreError::Corrupt(what))
+}
+
+fn reader_u32(reader: &mut Reader<'_>, what: &'static str) -> Result<u32, StoreError> {
+    reader.u32().map_err(|_| StoreError::Corrupt(what))
+}
+
+fn reader_u8(reader: &mut Reader<'_>, what: &'static str) -> Result<u8, StoreError> {
+    reader.u8().map_err(|_| StoreError::Corrupt(what))
+}
+
+pub fn decode_u64(bytes: &[u8], what: &'static str) -> Result<u64, StoreError> {
+    let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt(what))?;
+    Ok(u64::from_le_bytes(array))
+}
+
+/// A directory: `parent u64 | mtime u64 | hash_mode u8 | policy_len u8 | policy`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DirectoryRecord {
+    /// Null when unlinked (removed), except for the root which has none.
+    pub parent: InodeId,
+    pub mtime: EggsTime,
+    pub hash_mode: u8,
+    pub policy: Vec<u8>,
+}
+
+impl DirectoryRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let policy = &self.policy[..self.policy.len().min(POLICY_BYTES_MAX)];
+        let mut out = Vec::with_capacity(18 + policy.len());
+        out.extend_from_slice(&self.parent.get().to_le_bytes());
+        out.extend_from_slice(&self.mtime.get().to_le_bytes());
+        out.push(self.hash_mode);
+        out.push(policy.len() as u8);
+        out.extend_from_slice(policy);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        const WHAT: &str = "directory record";
+        let mut reader = Reader::new(bytes);
+        let parent = InodeId::new(reader_u64(&mut reader, WHAT)?);
+        let mtime = EggsTime::new(reader_u64(&mut reader, WHAT)?);
+        let hash_mode = reader_u8(&mut reader, WHAT)?;
+        let len = reader_u8(&mut reader, WHAT)? as usize;
+        let policy = reader.take(len).map_err(|_| StoreError::Corrupt(WHAT))?.to_vec();
+        Ok(Self { parent, mtime, hash_mode, policy })
+    }
+}
+
+/// A living entry: `creation_time u64 | inode u64` (inode with owning bit).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LivingRecord {
+    pub creation_time: EggsTime,
+    pub inode: InodeId,
+}
+
+impl LivingRecord {
+    pub fn encode(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.creation_time.get().to_le_bytes());
+        out[8..].copy_from_slice(&self.inode.get().to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        const WHAT: &str = "living record";
+        let mut reader = Reader::new(bytes);
+        let creation_time = EggsTime::new(reader_u64(&mut reader, WHAT)?);
+        let inode = InodeId::new(reader_u64(&mut reader, WHAT)?);
+        Ok(Self { creation_time, inode })
+    }
+}
+
+/// A linked file: `mtime u64 | size u64 | type u8`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FileRecord {
+    pub mtime: EggsTime,
+    pub size: u64,
+    pub inode_type: InodeType,
+}
+
+fn decode_file_type(value: u8, what: &'static str) -> Result<InodeType, StoreError> {
+    match InodeType::from_bits(value) {
+        Some(t @ (InodeType::File | InodeType::Symlink)) => Ok(t),
+        _ => Err(StoreError::Corrupt(what)),
+    }
+}
+
+impl FileRecord {
+    pub fn encode(&self) -> [u8; 17] {
+        let mut out = [0u8; 17];
+        out[..8].copy_from_slice(&self.mtime.get().to_le_bytes());
+        out[8..16].copy_from_slice(&self.size.to_le_bytes());
+        out[16] = self.inode_type as u8;
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        const WHAT: &str = "file record";
+        let mut reader = Reader::new(bytes);
+        let mtime = EggsTime::new(reader_u64(&mut reader, WHAT)?);
+        let size = reader_u64(&mut reader, WHAT)?;
+        let inode_type = decode_file_type(reader_u8(&mut reader, WHAT)?, WHAT)?;
+        Ok(Self { mtime, size, inode_type })
+    }
+}
+
+/// An eden file: `deadline u64 | size u64 | type u8`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EdenRecord {
+    /// After this, the file may be expunged.
+    pub deadline: EggsTime,
+    /// Bytes of spans added so far (the offset of the next span).
+    pub size: u64,
+    pub inode_type: InodeType,
+}
+
+impl EdenRecord {
+    pub fn encode(&self) -> [u8; 17] {
+        let mut out = [0u8; 17];
+        out[..8].copy_from_slice(&self.deadline.get().to_le_bytes());
+        out[8..16].copy_from_slice(&self.size.to_le_bytes());
+        out[16] = self.inode_type as u8;
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        const WHAT: &str = "eden record";
+        let mut reader = Reader::new(bytes);
+        let deadline = EggsTime::new(reader_u64(&mut reader, WHAT)?);
+        let size = reader_u64(&mut reader, WHAT)?;
+        let inode_type = decode_file_type(reader_u8(&mut reader, WHAT)?, WHAT)?;
+        Ok(Self { deadline, size, inode_type })
+    }
+}
+
+/// State of an eden file's last span (spans of linked files are clean).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SpanState {
+    Clean = 0,
+    /// Blocks assigned, not yet certified.
+    Dirty = 1,
+    /// Being expunged: erase certificates handed out.
+    Condemned = 2,
+}
+
+/// One block of a stored span.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StoredBlock {
+    pub block_service_id: BlockServiceId,
+    pub block_id: BlockId,
+    pub crc: u32,
+    pub size: u32,
+}
+
+const STORED_BLOCK_BYTES: usize = 24;
+
+/// What a span holds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SpanPayload {
+    Inline(Vec<u8>),
+    ZeroFill,
+    Blocks { storage_class: u8, parity: wire::Parity, blocks: Vec<StoredBlock> },
+}
+
+/// A span: `size u32 | crc u32 | state u8 | storage_class u8 | parity u8 |
+/// payload` where the payload is the inline bytes, nothing (zero-fill), or
+/// D+P × `block_service u64 | block_id u64 | crc u32 | size u32`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanRecord {
+    pub size: u32,
+    pub crc: u32,
+    pub state: SpanState,
+    pub payload: SpanPayload,
+}
+
+impl SpanRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(11 + SPAN_BLOCKS_MAX * STORED_BLOCK_BYTES);
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.crc.to_le_bytes());
+        out.push(self.state as u8);
+        match &self.payload {
+            SpanPayload::Inline(bytes) => {
+                out.push(wire::span::STORAGE_CLASS_INLINE);
+                out.push(0);
+                out.extend_from_slice(bytes);
+            }
+            SpanPayload::ZeroFill => {
+                out.push(wire::span::STORAGE_CLASS_ZERO_FILL);
+                out.push(0);
+            }
+            SpanPayload::Blocks { storage_class, parity, blocks } => {
+                out.push(*storage_class);
+                out.push(parity.0);
+                for block in blocks {
+                    out.extend_from_slice(&block.block_service_id.get().to_le_bytes());
+                    out.extend_from_slice(&block.block_id.get().to_le_bytes());
+                    out.extend_from_slice(&block.crc.to_le_bytes());
+                    out.extend_from_slice(&block.size.to_le_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        const WHAT: &str = "span record";
+        let mut reader = Reader::new(bytes);
+        let size = reader_u32(&mut reader, WHAT)?;
+        let crc = reader_u32(&mut reader, WHAT)?;
+        let state = match reader_u8(&mut reader, WHAT)? {
+            0 => SpanState::Clean,
+            1 => SpanState::Dirty,
+            2 => SpanState::Condemned,
+            _ => return Err(StoreError::Corrupt(WHAT)),
+        };
+        let storage_class = reader_u8(&mut reader, WHAT)?;
+        let parity = wire::Parity(reader_u8(&mut reader, WHAT)?);
+        let payload = match storage_class {
+            wire::span::STORAGE_CLASS_INLINE => SpanPayload::Inline(reader.rest().to_vec()),
+            wire::span::STORAGE_CLASS_ZERO_FILL => SpanPayload::ZeroFill,
+            _ => {
+                let rest = reader.rest();
+                if rest.len() % STORED_BLOCK_BYTES != 0
+                    || rest.len() / STORED_BLOCK_BYTES != parity.total_blocks()
+                    || !parity.is_valid_for_blocks()
+                {
+                    return Err(StoreError::Corrupt(WHAT));
+                }
+                let mut blocks = Vec::with_capacity(parity.total_blocks());
+                for _ in 0..parity.total_blocks() {
+                    blocks.push(StoredBlock {
+                        block_service_id: BlockServiceId::new(reader_u64(&mut reader, WHAT)?),
+                        block_id: BlockId::new(reader_u64(&mut reader, WHAT)?),
+                        crc: reader_u32(&mut reader, WHAT)?,
+                        size: reader_u32(&mut reader, WHAT)?,
+                    });
+                }
+                SpanPayload::Blocks { storage_class, parity, blocks }
+            }
+        };
+        Ok(Self { size, crc, state, payload })
+    }
+
+    pub fn blocks(&self) -> &[StoredBlock] {
+        match &self.payload {
+            SpanPayload::Blocks { blocks, .. } => blocks,
+            _ => &[],
+        }
+    }
+}
+
+/// Reverse index value: `inode u64 | span offset u64`.
+pub fn encode_reverse(inode: InodeId, offset: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&inode.get().to_le_bytes());
+    out[8..].copy_from_slice(&offset.to_le_bytes());
+    out
+}
+
+pub fn decode_reverse(bytes: &[u8]) -> Result<(InodeId, u64), StoreError> {
+    const WHAT: &str = "reverse block record";
+    let mut reader = Reader::new(bytes);
+    Ok((InodeId::new(reader_u64(&mut reader, WHAT)?), reader_u64(&mut reader, WHAT)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_keys_of_one_name_are_adjacent_and_time_ordered() {
+        let dir = InodeId::ROOT;
+        let a1 = dead_key(dir, 7, b"a", EggsTime::new(5));
+        let a2 = dead_key(dir, 7, b"a", EggsTime::new(u64::MAX));
+        let ab = dead_key(dir, 7, b"ab", EggsTime::new(0));
+        assert!(a1 < a2 && a2 < ab);
+        let parsed = parse_dead_key(&a2).unwrap();
+        assert_eq!(parsed.name, b"a");
+        assert_eq!(parsed.creation_time, EggsTime::new(u64::MAX));
+        assert_eq!(parsed.name_hash, 7);
+    }
+
+    #[test]
+    fn records_round_trip_and_corruption_is_an_error() {
+        let span = SpanRecord {
+            size: 10,
+            crc: 3,
+            state: SpanState::Dirty,
+            payload: SpanPayload::Blocks {
+                storage_class: 2,
+                parity: wire::Parity::new(1, 1).unwrap(),
+                blocks: vec![
+                    StoredBlock {
+                        block_service_id: BlockServiceId::new(1),
+                        block_id: BlockId::new(2),
+                        crc: 3,
+                        size: 10
+                    };
+                    2
+                ],
+            },
+        };
+        let bytes = span.encode();
+        assert_eq!(SpanRecord::decode(&bytes).unwrap(), span);
+        for len in 0..bytes.len() {
+            assert!(SpanRecord::decode(&bytes[..len]).is_err());
+        }
+        let dir = DirectoryRecord { parent: InodeId::ROOT, mtime: EggsTime::new(9), hash_mode: 0, policy: vec![1, 2] };
+        assert_eq!(DirectoryRecord::decode(&dir.encode()).unwrap(), dir);
+        assert!(DirectoryRecord::decode(&dir.encode()[..17]).is_err());
+        assert!(FileRecord::decode(&[0; 17]).is_err());
+    }
+}
