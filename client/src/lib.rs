@@ -1,5 +1,25 @@
-//! `client`: the eggsfs client library.
+//! `client`: the eggsfs client library and the `eggs` CLI's engine.
 //!
 //! - [`udp`]: the generic datagram requester (retries, timeouts, request-id
 //!   demultiplexing) every datagram client is built on; cdcd uses it too.
+//! - [`client`]: [`client::Client`] — discovery through shuckle (with the
+//!   local default ports as fallback), typed shard and CDC requests, path
+//!   resolution from the root across shards, policy inheritance.
+//! - [`block`]: the block service TCP client (write with certificate → proof,
+//!   fetch).
+//! - [`plan`]: write and read planning without I/O (span encoding, which
+//!   blocks to read).
+//! - [`write`] and [`read`]: streaming, pipelined file writes and
+//!   reconstructing file reads.
+//! - [`path`]: absolute path parsing.
+pub mod block;
+pub mod client;
+pub mod error;
+pub mod path;
+pub mod plan;
+pub mod read;
 pub mod udp;
+pub mod write;
+
+pub use client::Client;
+pub use error::{ClientError, Result};

@@ -349,6 +349,17 @@ impl DatagramClient {
         addr: SocketAddr,
         request: &F::Request<'_>,
     ) -> Result<Reply<F>, RequestError> {
+        self.request_with::<F>(addr, request, self.inner.retry).await
+    }
+
+    /// [`DatagramClient::request`] with another retry policy for this one
+    /// request (e.g. a short deadline to probe whether a daemon is up).
+    pub async fn request_with<F: Family>(
+        &self,
+        addr: SocketAddr,
+        request: &F::Request<'_>,
+        retry: RetryPolicy,
+    ) -> Result<Reply<F>, RequestError> {
         let mut buffer = [0u8; UDP_DATAGRAM_BYTES_MAX];
         let (request_id, mut deliveries, _guard) = self.register();
         let len = datagram::encode(&mut buffer, request_id, request, self.inner.key.as_ref())
@@ -356,7 +367,6 @@ impl DatagramClient {
         let kind = request.kind();
         let datagram = buffer.get(..len).unwrap_or_default();
         let started = Instant::now();
-        let retry = self.inner.retry;
         let mut attempt = 0u32;
         loop {
             let elapsed = started.elapsed();

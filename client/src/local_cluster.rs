@@ -1,0 +1,431 @@
+//! `eggs local-cluster`: a whole eggsfs cluster on this machine, as child
+//! processes on loopback, in one folder.
+//!
+//! ```text
+//! DIR/cluster.key     the cluster key (16 random bytes, 0600), given to shuckle, shards and CDC
+//! DIR/shuckle/        shuckle's store
+//! DIR/meta/           the shards' and the CDC's data
+//! DIR/blocks/<i>/     block service i
+//! ```
+//!
+//! Binaries are found next to the running `eggs`. Each child prints
+//! `listening <proto> <ip:port>` lines then `ready` (ARCHITECTURE.md); we
+//! wait for them, then until a shard accepts a span with D+P blocks, set
+//! the root directory's policy if it has none, print every address and
+//! `ready`. A child that exits is reported and the others keep running;
+//! SIGINT/SIGTERM stops every child (SIGTERM, then SIGKILL after a grace
+//! period). Started again on the same folder, the cluster resumes its data.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use rand::RngCore;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
+use wire::limits::{CDC_PORT_DEFAULT, SHARD_COUNT, SHARD_PORT_BASE, SHUCKLE_PORT_DEFAULT};
+use wire::mac::KEY_BYTES;
+use wire::policy::Policy;
+use wire::span::Parity;
+use wire::{ErrorKind, InodeId, InodeType};
+
+use client::client::{Addresses, Client};
+use client::plan::{INLINE_THRESHOLD_BYTES, block_span};
+use client::udp::{ClientOptions, DatagramClient};
+use client::write::add_span;
+
+/// Flags of `eggs local-cluster`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterConfig {
+    /// Folder of the whole cluster (created if missing; reused on restart).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Number of metadata shards (0..N; the root lives on shard 1, so ≥ 2).
+    #[arg(long, default_value_t = 2)]
+    pub shards: usize,
+    /// Number of block services.
+    #[arg(long, default_value_t = 6)]
+    pub block_services: usize,
+    /// Storage class of the block services.
+    #[arg(long, default_value_t = 2)]
+    pub storage_class: u8,
+    /// Shuckle's HTTP and UDP port (0: any free port).
+    #[arg(long, default_value_t = SHUCKLE_PORT_DEFAULT)]
+    pub shuckle_port: u16,
+    /// Shard N listens on this + N (0: any free ports).
+    #[arg(long, default_value_t = SHARD_PORT_BASE)]
+    pub shard_port_base: u16,
+    /// The CDC's port (0: any free port).
+    #[arg(long, default_value_t = CDC_PORT_DEFAULT)]
+    pub cdc_port: u16,
+    /// Give up if the cluster cannot take a write within this many seconds.
+    #[arg(long, default_value_t = 180)]
+    pub ready_timeout_secs: u64,
+}
+
+/// How long a child has to stop after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a child has to print `ready`.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between write probes while waiting for the shards to see block services.
+const PROBE_PAUSE: Duration = Duration::from_millis(500);
+/// Bytes per data block of a span in the default policy.
+const DEFAULT_BLOCK_BYTES: u32 = 4 << 20;
+
+/// A running child.
+struct Daemon {
+    name: String,
+    child: Child,
+    /// `listening` addresses it printed, as (proto, address).
+    addresses: Vec<(String, SocketAddr)>,
+    exited: bool,
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the eggs executable")?;
+    let dir = exe.parent().ok_or_else(|| anyhow!("the eggs executable has no folder"))?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} not found (build the workspace: cargo build --release)", path.display());
+    }
+    Ok(path)
+}
+
+/// Creates the cluster key (O_EXCL, 0600) if missing.
+pub fn ensure_key_file(path: &Path) -> anyhow::Result<()> {
+    let mut key = [0u8; KEY_BYTES];
+    rand::rng().fill_bytes(&mut key);
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(mut file) => {
+            use std::io::Write;
+            file.write_all(&key).and_then(|()| file.sync_all()).with_context(|| format!("{}", path.display()))?;
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            let len = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
+            if len != KEY_BYTES as u64 {
+                bail!("{}: a key file must be exactly {KEY_BYTES} bytes", path.display());
+            }
+            Ok(())
+        }
+        Err(error) => Err(error).with_context(|| format!("{}: cannot create", path.display())),
+    }
+}
+
+/// Starts `program args`, waits for its `ready`, collects its `listening` lines.
+async fn start(name: String, program: &Path, args: &[String]) -> anyhow::Result<Daemon> {
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to send
+    // SIGTERM to the child when this thread (the one running local-cluster's
+    // main future) exits, so a killed local-cluster leaves no daemons behind.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().with_context(|| format!("cannot start {}", program.display()))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("{name}: no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut addresses = Vec::new();
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .map_err(|_| anyhow!("{name} did not become ready within {} s", START_TIMEOUT.as_secs()))?
+            .with_context(|| format!("{name}: reading its output"))?;
+        let Some(line) = line else {
+            let status = child.wait().await.ok();
+            bail!("{name} exited before it was ready ({})", status.map_or("unknown status".into(), |s| s.to_string()));
+        };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["ready"] => break,
+            ["listening", proto, addr] => {
+                let addr: SocketAddr = addr.parse().with_context(|| format!("{name}: bad address in `{line}`"))?;
+                addresses.push(((*proto).to_owned(), addr));
+            }
+            _ => tracing::debug!(%name, %line, "unexpected output"),
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Daemon { name, child, addresses, exited: false })
+}
+
+impl Daemon {
+    fn address(&self, proto: &str) -> anyhow::Result<SocketAddr> {
+        self.addresses
+            .iter()
+            .find(|(p, _)| p == proto)
+            .map(|(_, addr)| *addr)
+            .ok_or_else(|| anyhow!("{} printed no `listening {proto}` line", self.name))
+    }
+}
+
+fn loopback(port: u16) -> String {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port)).to_string()
+}
+
+/// The default root policy for `block_services` services: Reed–Solomon 4+2
+/// with six or more, fewer data blocks with fewer services, mirroring with two.
+pub fn default_policy(block_services: usize, storage_class: u8) -> Option<Policy> {
+    let (data, parity) = match block_services {
+        0 => return None,
+        1 => (1, 0),
+        2 => (1, 1),
+        3..=5 => (block_services as u8 - 2, 2),
+        _ => (4, 2),
+    };
+    let parity = Parity::new(data, parity)?;
+    Policy::new(storage_class, parity, DEFAULT_BLOCK_BYTES * data as u32)
+}
+
+/// Runs the cluster until SIGINT/SIGTERM.
+pub async fn run(config: ClusterConfig) -> anyhow::Result<()> {
+    if config.shards < 2 || config.shards > SHARD_COUNT {
+        bail!("--shards must be between 2 and {SHARD_COUNT} (the root directory lives on shard 1)");
+    }
+    if config.block_services == 0 {
+        bail!("--block-services must be at least 1");
+    }
+    let dir = &config.data_dir;
+    for sub in ["shuckle", "meta", "blocks"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("{}: cannot create", dir.join(sub).display()))?;
+    }
+    let key_file = dir.join("cluster.key");
+    ensure_key_file(&key_file)?;
+    let key_arg = key_file.display().to_string();
+    let mut daemons: Vec<Daemon> = Vec::new();
+    let result = start_all(&config, &key_arg, &mut daemons).await;
+    let outcome = match result {
+        Ok(addresses) => supervise(&config, addresses, &mut daemons).await,
+        Err(error) => Err(error),
+    };
+    stop_all(&mut daemons).await;
+    outcome
+}
+
+async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daemon>) -> anyhow::Result<Addresses> {
+    let dir = &config.data_dir;
+    let shuckle_bin = binary("shuckle")?;
+    let metad_bin = binary("metad")?;
+    let cdcd_bin = binary("cdcd")?;
+    let blockd_bin = binary("blockd")?;
+    let shuckle_addr = loopback(config.shuckle_port);
+    let shuckle = start(
+        "shuckle".into(),
+        &shuckle_bin,
+        &[
+            "--data-dir".into(),
+            dir.join("shuckle").display().to_string(),
+            "--http".into(),
+            shuckle_addr.clone(),
+            "--udp".into(),
+            shuckle_addr,
+            "--key-file".into(),
+            key_arg.into(),
+        ],
+    )
+    .await?;
+    let shuckle_udp = shuckle.address("udp")?;
+    daemons.push(shuckle);
+    let meta = dir.join("meta").display().to_string();
+    let mut addresses = Addresses::local_defaults(shuckle_udp);
+    for shard in 0..config.shards {
+        let port = if config.shard_port_base == 0 { 0 } else { config.shard_port_base + shard as u16 };
+        let daemon = start(
+            format!("shard {shard}"),
+            &metad_bin,
+            &[
+                meta.clone(),
+                "--shard".into(),
+                shard.to_string(),
+                "--listen".into(),
+                loopback(port),
+                "--shuckle".into(),
+                shuckle_udp.to_string(),
+                "--key-file".into(),
+                key_arg.into(),
+            ],
+        )
+        .await?;
+        addresses.shards[shard] = daemon.address("udp")?;
+        daemons.push(daemon);
+    }
+    let shard_list: Vec<String> = (0..config.shards).map(|shard| shard.to_string()).collect();
+    let mut cdc_args = vec![
+        meta.clone(),
+        "--listen".into(),
+        loopback(config.cdc_port),
+        "--shuckle".into(),
+        shuckle_udp.to_string(),
+        "--key-file".into(),
+        key_arg.into(),
+        "--shards".into(),
+        shard_list.join(","),
+    ];
+    for shard in 0..config.shards {
+        cdc_args.push("--shard-addr".into());
+        cdc_args.push(format!("{shard}={}", addresses.shards[shard]));
+    }
+    let cdc = start("cdc".into(), &cdcd_bin, &cdc_args).await?;
+    addresses.cdc = cdc.address("udp")?;
+    daemons.push(cdc);
+    for index in 0..config.block_services {
+        let block_dir = dir.join("blocks").join(index.to_string());
+        let daemon = start(
+            format!("block service {index}"),
+            &blockd_bin,
+            &[
+                block_dir.display().to_string(),
+                "--storage-class".into(),
+                config.storage_class.to_string(),
+                "--listen".into(),
+                loopback(0),
+                "--shuckle".into(),
+                shuckle_udp.to_string(),
+                "--cores".into(),
+                "1".into(),
+            ],
+        )
+        .await?;
+        daemons.push(daemon);
+    }
+    Ok(addresses)
+}
+
+/// Waits until a write can succeed, sets the root policy, prints the
+/// addresses and `ready`, then watches the children until a signal.
+async fn supervise(config: &ClusterConfig, addresses: Addresses, daemons: &mut [Daemon]) -> anyhow::Result<()> {
+    let client = Client::with_addresses(DatagramClient::bind_any(ClientOptions::default())?, addresses.clone());
+    let policy = match client.effective_policy(InodeId::ROOT).await? {
+        Some((policy, _)) => policy,
+        None => {
+            let policy = default_policy(config.block_services, config.storage_class)
+                .ok_or_else(|| anyhow!("no policy fits {} block services", config.block_services))?;
+            client.set_directory_policy(InodeId::ROOT, &policy.encode()).await?;
+            policy
+        }
+    };
+    wait_writable(&client, policy, Duration::from_secs(config.ready_timeout_secs)).await?;
+    for daemon in daemons.iter() {
+        for (proto, addr) in &daemon.addresses {
+            let pid = daemon.child.id().map_or(String::new(), |pid| format!(" pid {pid}"));
+            println!("{} {proto} {addr}{pid}", daemon.name);
+        }
+    }
+    println!(
+        "policy / storage_class={} parity={} span_size={}",
+        policy.storage_class, policy.parity, policy.span_size_bytes
+    );
+    println!("ready");
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => report_exits(daemons),
+        }
+    }
+}
+
+fn report_exits(daemons: &mut [Daemon]) {
+    for daemon in daemons.iter_mut().filter(|daemon| !daemon.exited) {
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            daemon.exited = true;
+            eprintln!("eggs local-cluster: {} exited ({status}); the others keep running", daemon.name);
+        }
+    }
+}
+
+/// Probes with an add_eden_span of D+P blocks (never written, never
+/// linked: the eden file is collected after its deadline) until a shard
+/// has enough block services.
+async fn wait_writable(client: &Client, policy: Policy, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let eden = client.create_eden_file(InodeId::ROOT.shard(), InodeType::File).await?;
+    let probe_bytes = (INLINE_THRESHOLD_BYTES + 1).max(policy.parity.data_blocks());
+    let span = block_span(0, vec![1u8; probe_bytes], policy.into())?;
+    loop {
+        match add_span(client, eden, &span).await {
+            Ok(_) => return Ok(()),
+            Err(error) if error.error_kind() == Some(ErrorKind::NotEnoughBlockServices) => {
+                if started.elapsed() > timeout {
+                    bail!("the shards still see too few block services after {} s: {error}", timeout.as_secs());
+                }
+                tokio::time::sleep(PROBE_PAUSE).await;
+            }
+            Err(error) => return Err(error).context("probing whether the cluster takes writes"),
+        }
+    }
+}
+
+/// SIGTERM to every child (block services first, shuckle last), then
+/// SIGKILL to those still running after the grace period.
+async fn stop_all(daemons: &mut [Daemon]) {
+    for daemon in daemons.iter_mut().rev() {
+        if let Some(pid) = daemon.child.id() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    for daemon in daemons.iter_mut().rev() {
+        match tokio::time::timeout_at(deadline, daemon.child.wait()).await {
+            Ok(Ok(status)) if !status.success() && !daemon.exited => {
+                eprintln!("eggs local-cluster: {} stopped ({status})", daemon.name);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!(
+                    "eggs local-cluster: {} did not stop within {} s; killing it",
+                    daemon.name,
+                    STOP_GRACE.as_secs()
+                );
+                let _ = daemon.child.kill().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_policy_fits_the_block_services() {
+        let six = default_policy(6, 2).expect("policy");
+        assert_eq!(six.parity, Parity::new(4, 2).expect("parity"));
+        assert_eq!(six.span_size_bytes, 4 * DEFAULT_BLOCK_BYTES);
+        for services in 1..=20 {
+            let policy = default_policy(services, 2).expect("policy");
+            assert!(policy.parity.total_blocks() <= services, "{services}: {}", policy.parity);
+        }
+        assert!(default_policy(0, 2).is_none());
+    }
+
+    #[test]
+    fn key_file_is_created_once_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cluster.key");
+        ensure_key_file(&path).expect("create");
+        let first = std::fs::read(&path).expect("read");
+        assert_eq!(first.len(), KEY_BYTES);
+        assert_eq!(std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777, 0o600);
+        ensure_key_file(&path).expect("reuse");
+        assert_eq!(std::fs::read(&path).expect("read"), first, "an existing key is kept");
+        std::fs::write(&path, b"short").expect("write");
+        assert!(ensure_key_file(&path).is_err());
+    }
+}

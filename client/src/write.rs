@@ -1,0 +1,238 @@
+//! Writing a file: create an eden file, then per span add → write blocks
+//! (in parallel, to the D+P services the shard chose) → certify, and link
+//! at the end. Nothing is visible until the link, so a failed write never
+//! leaves a linked, unreadable file.
+//!
+//! Pipelining: the shard accepts a new span only once the previous one is
+//! certified (only the last span may be dirty), so spans are written one at
+//! a time, but the next spans are read from the input and encoded (CRCs,
+//! Reed–Solomon) while the current one's blocks are on the wire. At most
+//! [`SPANS_AHEAD`] encoded spans wait, so memory stays bounded by a few
+//! spans whatever the input size.
+//!
+//! Failures: each block write is retried a few times on its service
+//! ([`BLOCK_WRITE_ATTEMPTS`]). If one still fails, the span stays dirty and
+//! the shard refuses a new span at the same offset; the write then fails
+//! with the eden file unlinked (the shard expunges it after its deadline).
+//! [`write_path`] callers with a seekable input (a local file) restart the
+//! whole file in a fresh eden file, where the shard picks the block
+//! services anew (see `put` in the CLI).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use wire::shard::{AddEdenSpanReq, AddEdenSpanReqHead, BlockCertificate, NewBlock, ShardRequest};
+use wire::span::{InlineBytes, SpanBody};
+use wire::{InodeId, InodeType, List};
+use zerocopy::byteorder::little_endian::{U32, U64};
+
+use crate::block::write_block;
+use crate::client::{Client, EdenFile};
+use crate::error::{ClientError, Result};
+use crate::plan::{EncodedSpan, SpanPayload, WritePolicy, encode_span};
+
+/// Encoded spans waiting while the current one is written.
+pub const SPANS_AHEAD: usize = 2;
+/// Attempts of one block write before the span is given up.
+pub const BLOCK_WRITE_ATTEMPTS: u32 = 3;
+/// Pause between block write attempts.
+const BLOCK_WRITE_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// What a finished write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteOutcome {
+    pub inode: InodeId,
+    pub size: u64,
+    pub spans: u64,
+}
+
+/// Reads `input` to its end, cutting it into spans of the policy's span
+/// size, and sends each encoded span to `spans` (bounded channel).
+pub async fn encode_input<R: AsyncRead + Unpin>(
+    mut input: R,
+    policy: WritePolicy,
+    spans: mpsc::Sender<Result<EncodedSpan>>,
+) {
+    let span_size = policy.span_size_bytes as usize;
+    let mut offset = 0u64;
+    loop {
+        let mut buffer = vec![0u8; span_size];
+        let mut filled = 0;
+        while filled < span_size {
+            match input.read(&mut buffer[filled..]).await {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(error) => {
+                    let _ = spans.send(Err(ClientError::io("reading the input", error))).await;
+                    return;
+                }
+            }
+        }
+        if filled == 0 {
+            return;
+        }
+        buffer.truncate(filled);
+        let encoded = tokio::task::spawn_blocking(move || encode_span(offset, buffer, policy)).await;
+        let encoded = match encoded {
+            Ok(result) => result.map_err(ClientError::from),
+            Err(error) => Err(ClientError::Invalid(format!("span encoder failed: {error}"))),
+        };
+        let failed = encoded.is_err();
+        if spans.send(encoded).await.is_err() || failed || filled < span_size {
+            return;
+        }
+        offset += filled as u64;
+    }
+}
+
+/// Writes a whole file from `input` as `parent/name` (overwriting an
+/// existing file of that name, which moves to the dead map).
+/// `progress` is called with the bytes written so far.
+pub async fn write_path<R: AsyncRead + Unpin + Send + 'static>(
+    client: &Client,
+    parent: InodeId,
+    name: &str,
+    input: R,
+    policy: WritePolicy,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<WriteOutcome> {
+    let (sender, receiver) = mpsc::channel(SPANS_AHEAD);
+    let producer = tokio::spawn(encode_input(input, policy, sender));
+    let result = write_spans(client, parent, name, receiver, progress).await;
+    producer.abort();
+    result
+}
+
+/// Writes the spans from `spans` into a new eden file on `parent`'s shard,
+/// then links it as `parent/name`.
+pub async fn write_spans(
+    client: &Client,
+    parent: InodeId,
+    name: &str,
+    mut spans: mpsc::Receiver<Result<EncodedSpan>>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<WriteOutcome> {
+    let eden = client.create_eden_file(parent.shard(), InodeType::File).await?;
+    let mut size = 0u64;
+    let mut count = 0u64;
+    while let Some(span) = spans.recv().await {
+        let span = span?;
+        if span.offset != size {
+            return Err(ClientError::Invalid(format!("span at {} after {size} bytes", span.offset)));
+        }
+        write_span(client, eden, &span).await?;
+        size += span.data.len() as u64;
+        count += 1;
+        progress(size);
+    }
+    client.link_eden_file(eden, parent, name).await?;
+    Ok(WriteOutcome { inode: eden.inode, size, spans: count })
+}
+
+/// Adds one span to an eden file, writes its blocks, certifies it.
+pub async fn write_span(client: &Client, eden: EdenFile, span: &EncodedSpan) -> Result<()> {
+    let certificates = add_span(client, eden, span).await?;
+    let proofs = write_blocks(eden.inode, span, &certificates).await?;
+    client.certify_eden_span(eden, span.offset, &proofs).await
+}
+
+/// add_eden_span for `span`: returns where each of its blocks goes.
+pub async fn add_span(client: &Client, eden: EdenFile, span: &EncodedSpan) -> Result<Vec<BlockCertificate>> {
+    let new_blocks: Vec<NewBlock> = match &span.payload {
+        SpanPayload::Blocks(blocks) => (0..blocks.layout.parity.total_blocks())
+            .map(|index| NewBlock {
+                crc: U32::new(blocks.block_crcs.get(index).copied().unwrap_or(0)),
+                size: U32::new(span.block_bytes(index).len() as u32),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let body = match &span.payload {
+        SpanPayload::Inline => SpanBody::Inline(
+            InlineBytes::new(&span.data).map_err(|error| ClientError::Invalid(format!("inline span: {error}")))?,
+        ),
+        SpanPayload::ZeroFill => SpanBody::ZeroFill,
+        SpanPayload::Blocks(blocks) => SpanBody::Blocks {
+            storage_class: blocks.storage_class,
+            parity: blocks.layout.parity,
+            blocks: List::new(&new_blocks),
+        },
+    };
+    let request = ShardRequest::AddEdenSpan(AddEdenSpanReq {
+        head: AddEdenSpanReqHead {
+            inode: eden.inode,
+            cookie: eden.cookie,
+            offset: U64::new(span.offset),
+            size: U32::new(span.size()),
+            crc: U32::new(span.crc),
+        },
+        body,
+    });
+    let certificates = client.add_eden_span(&request, eden.inode).await?;
+    if certificates.len() != new_blocks.len() {
+        return Err(ClientError::Inconsistent(format!(
+            "add_eden_span returned {} blocks for {}",
+            certificates.len(),
+            new_blocks.len()
+        )));
+    }
+    Ok(certificates)
+}
+
+/// Writes every block of `span` in parallel; returns the proofs in order.
+async fn write_blocks(
+    inode: InodeId,
+    span: &EncodedSpan,
+    certificates: &[BlockCertificate],
+) -> Result<Vec<wire::mac::Mac>> {
+    let SpanPayload::Blocks(blocks) = &span.payload else { return Ok(Vec::new()) };
+    let mut tasks = JoinSet::new();
+    for (index, certificate) in certificates.iter().copied().enumerate() {
+        let span = Arc::new(span.clone());
+        let crc = blocks.block_crcs.get(index).copied().unwrap_or(0);
+        tasks.spawn(async move {
+            let addr = certificate.address.socket_addr();
+            let mut last_error = None;
+            for attempt in 0..BLOCK_WRITE_ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(BLOCK_WRITE_RETRY_PAUSE * attempt).await;
+                }
+                let data = span.block_bytes(index);
+                match write_block(addr, certificate.block_id, crc, certificate.certificate, data).await {
+                    Ok(proof) => return (index, Ok(proof)),
+                    Err(error) => {
+                        tracing::debug!(%error, attempt, "block write failed");
+                        last_error = Some(error);
+                    }
+                }
+            }
+            (index, Err(last_error.unwrap_or(ClientError::Invalid("no attempt".into()))))
+        });
+    }
+    let mut proofs = vec![[0u8; 8]; certificates.len()];
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((index, Ok(proof))) => {
+                if let Some(slot) = proofs.get_mut(index) {
+                    *slot = proof;
+                }
+            }
+            Ok((_, Err(error))) => {
+                first_error.get_or_insert(error);
+            }
+            Err(error) => {
+                first_error.get_or_insert(ClientError::Invalid(format!("block writer failed: {error}")));
+            }
+        }
+    }
+    match first_error {
+        None => Ok(proofs),
+        Some(error) => {
+            Err(ClientError::Span { inode, offset: span.offset, reason: format!("block write failed: {error}") })
+        }
+    }
+}
