@@ -1,1 +1,654 @@
+//! The request logic driven directly: no sockets, a fake clock.
 
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use wire::codec::List;
+use wire::crc::{crc32c, crc32c_zeros};
+use wire::datagram;
+use wire::ids::{BlockServiceId, EggsTime, InodeId, InodeType};
+use wire::limits::{EDEN_DEADLINE_NS, NS_PER_SECOND, PURGE_AGE_MIN_NS, UDP_DATAGRAM_BYTES_MAX};
+use wire::mac::{Mac, MacKey, SecretKey};
+use wire::shard::*;
+use wire::span::{InlineBytes, SpanBody};
+use wire::{Address, ErrorKind, Name, Parity};
+use zerocopy::byteorder::little_endian::{U32, U64};
+
+use super::*;
+use crate::block_services::{BlockServiceRecord, BlockServiceTable};
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    store: Store,
+    shard: Shard,
+    table: BlockServiceTable,
+    now: EggsTime,
+    rng: StdRng,
+    cluster: MacKey,
+    next_request: u64,
+}
+
+fn service_key(id: u64) -> SecretKey {
+    SecretKey([id as u8 + 1; 16])
+}
+
+impl Harness {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cluster_key = SecretKey([7; 16]);
+        let now = EggsTime::now();
+        let shard = Shard::open(&store, 1, &cluster_key, now).unwrap();
+        let services = (0..6)
+            .map(|i| BlockServiceRecord {
+                id: wire::mac::block_service_id(&service_key(i)),
+                address: Address::from(std::net::SocketAddr::from(([127, 0, 0, 1], 4000 + i as u16))),
+                storage_class: 2,
+                flags: 0,
+                write_weight: 10,
+                key: service_key(i),
+                host: format!("host{i}").into_bytes(),
+            })
+            .collect();
+        Self {
+            _dir: dir,
+            store,
+            shard,
+            table: BlockServiceTable::new(services),
+            now,
+            rng: StdRng::seed_from_u64(1),
+            cluster: MacKey::new(&cluster_key),
+            next_request: 1,
+        }
+    }
+
+    fn advance(&mut self, ns: u64) {
+        self.now = self.now.saturating_add_ns(ns);
+    }
+
+    /// Runs a request, returns the encoded response datagram.
+    fn call(&mut self, request: ShardRequest<'_>) -> Vec<u8> {
+        self.now = self.now.saturating_add_ns(1000);
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let env = Env { now: self.now, block_services: &self.table };
+        let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+        let len = if request.kind().is_mutation() {
+            let mut txn = self.store.write_txn().unwrap();
+            let mut effects = MutationEffects::default();
+            let len = self
+                .shard
+                .handle_mutation(&self.store, &mut txn, &env, &mut self.rng, &mut effects, request_id, &request, &mut out)
+                .unwrap();
+            txn.commit().unwrap();
+            len
+        } else {
+            let txn = self.store.read_txn().unwrap();
+            self.shard.handle_read(&self.store, &txn, &env, request_id, &request, &mut out)
+        };
+        assert!(len <= UDP_DATAGRAM_BYTES_MAX);
+        out.truncate(len);
+        let (header, _) = datagram::decode::<ShardResponse>(&out, Some(&self.cluster)).unwrap();
+        assert_eq!(header.request_id(), request_id);
+        out
+    }
+}
+
+fn decode<'a>(bytes: &'a [u8], key: &MacKey) -> ShardResponse<'a> {
+    datagram::decode::<ShardResponse>(bytes, Some(key)).unwrap().1
+}
+
+macro_rules! ok {
+    ($harness:expr, $variant:ident, $request:expr) => {{
+        let bytes = $harness.call(ShardRequest::$variant($request));
+        match decode(&bytes, &$harness.cluster) {
+            ShardResponse::$variant(response) => response.clone(),
+            other => panic!("expected {}: {other:?}", stringify!($variant)),
+        }
+    }};
+}
+
+/// Owned copies of borrowed responses (for lists).
+macro_rules! with_ok {
+    ($harness:expr, $variant:ident, $request:expr, |$r:ident| $body:expr) => {{
+        let bytes = $harness.call(ShardRequest::$variant($request));
+        match decode(&bytes, &$harness.cluster) {
+            ShardResponse::$variant($r) => $body,
+            other => panic!("expected {}: {other:?}", stringify!($variant)),
+        }
+    }};
+}
+
+fn error(harness: &mut Harness, request: ShardRequest<'_>) -> ErrorKind {
+    let bytes = harness.call(request);
+    match decode(&bytes, &harness.cluster) {
+        ShardResponse::Error(error) => error.kind,
+        other => panic!("expected an error: {other:?}"),
+    }
+}
+
+fn name(text: &str) -> Name<'_> {
+    Name::new(text.as_bytes()).unwrap()
+}
+
+fn resolve_req(parent: InodeId, text: &str, mode: ResolveMode, time: EggsTime) -> ResolveReq<'_> {
+    ResolveReq { head: ResolveReqHead { mode, parent, creation_time: time }, name: name(text) }
+}
+
+fn inline_span(inode: InodeId, cookie: Mac, offset: u64, bytes: &[u8]) -> AddEdenSpanReq<'_> {
+    AddEdenSpanReq {
+        head: AddEdenSpanReqHead {
+            inode,
+            cookie,
+            offset: U64::new(offset),
+            size: U32::new(bytes.len() as u32),
+            crc: U32::new(crc32c(bytes)),
+        },
+        body: SpanBody::Inline(InlineBytes::new(bytes).unwrap()),
+    }
+}
+
+/// Creates a file with one inline span and links it; returns inode and
+/// creation time.
+fn create_file(h: &mut Harness, parent: InodeId, file_name: &str, contents: &[u8]) -> (InodeId, EggsTime) {
+    let created = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
+    with_ok!(h, AddEdenSpan, inline_span(created.inode, created.cookie, 0, contents), |r| assert!(r.blocks.is_empty()));
+    let link = LinkEdenFileReq {
+        head: LinkEdenFileReqHead { inode: created.inode, cookie: created.cookie, parent },
+        name: name(file_name),
+    };
+    let linked = ok!(h, LinkEdenFile, link);
+    (created.inode, linked.creation_time)
+}
+
+fn ls(h: &mut Harness, dir: InodeId, as_of: EggsTime, flags: u8) -> Vec<(String, InodeId, EggsTime)> {
+    let mut all = Vec::new();
+    let mut start = 0u64;
+    loop {
+        let request = LsDirReq { dir, as_of, start_hash: U64::new(start), flags };
+        let (more, next) = with_ok!(h, LsDir, request, |r| {
+            for entry in r.entries.iter() {
+                all.push((entry.name.as_str().to_string(), entry.inode, entry.creation_time));
+            }
+            (r.more != 0, r.next_hash.get())
+        });
+        if !more {
+            return all;
+        }
+        assert!(next >= start);
+        start = next;
+    }
+}
+
+fn names(entries: &[(String, InodeId, EggsTime)]) -> Vec<&str> {
+    let mut names: Vec<&str> = entries.iter().map(|(n, _, _)| n.as_str()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn root_exists_on_shard_one_and_stat_answers() {
+    let mut h = Harness::new();
+    with_ok!(h, Stat, StatReq { inode: InodeId::ROOT }, |stat| {
+        let StatResp::Directory(dir) = stat else { panic!("root is a directory") };
+        assert!(dir.parent.is_null());
+    });
+    assert_eq!(error(&mut h, ShardRequest::Stat(StatReq { inode: InodeId::new(0x2020_0000_0000_0099) })), ErrorKind::NotFound);
+}
+
+#[test]
+fn files_are_created_linked_resolved_and_read() {
+    let mut h = Harness::new();
+    let (inode, created) = create_file(&mut h, InodeId::ROOT, "hello.txt", b"hello, world");
+    let resolved = ok!(h, Resolve, resolve_req(InodeId::ROOT, "hello.txt", ResolveMode::Alive, EggsTime::ZERO));
+    assert_eq!(resolved.inode, inode.with_owning(true));
+    assert_eq!(resolved.creation_time, created);
+    with_ok!(h, Stat, StatReq { inode }, |stat| {
+        let StatResp::File(stat) = stat else { panic!() };
+        assert_eq!(stat.size.get(), 12);
+    });
+    with_ok!(h, FetchSpans, FetchSpansReq { inode, offset: U64::new(5) }, |r| {
+        assert_eq!(r.next_offset.get(), 0);
+        let span = r.spans.get(0).unwrap();
+        assert_eq!(span.offset.get(), 0);
+        let SpanBody::Inline(bytes) = span.body else { panic!() };
+        assert_eq!(bytes.as_bytes(), b"hello, world");
+    });
+    // Zero-fill spans and a wrong CRC.
+    let created = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::Symlink });
+    let zero = |crc| AddEdenSpanReq {
+        head: AddEdenSpanReqHead {
+            inode: created.inode,
+            cookie: created.cookie,
+            offset: U64::new(0),
+            size: U32::new(1000),
+            crc: U32::new(crc),
+        },
+        body: SpanBody::ZeroFill,
+    };
+    assert_eq!(error(&mut h, ShardRequest::AddEdenSpan(zero(1))), ErrorKind::CrcMismatch);
+    with_ok!(h, AddEdenSpan, zero(crc32c_zeros(1000)), |r| assert!(r.blocks.is_empty()));
+    // Appends only at the end; a bad cookie is refused.
+    assert_eq!(
+        error(&mut h, ShardRequest::AddEdenSpan(inline_span(created.inode, created.cookie, 5, b"x"))),
+        ErrorKind::BadRequest
+    );
+    assert_eq!(
+        error(&mut h, ShardRequest::AddEdenSpan(inline_span(created.inode, [0; 8], 1000, b"x"))),
+        ErrorKind::NotAuthorised
+    );
+    assert_eq!(error(&mut h, ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::Directory })), ErrorKind::BadInodeType);
+}
+
+#[test]
+fn eden_deadline_refuses_late_writes() {
+    let mut h = Harness::new();
+    let created = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
+    h.advance(EDEN_DEADLINE_NS + 1);
+    assert_eq!(
+        error(&mut h, ShardRequest::AddEdenSpan(inline_span(created.inode, created.cookie, 0, b"late"))),
+        ErrorKind::EdenDeadline
+    );
+}
+
+#[test]
+fn link_overwrites_owning_files_but_never_directories() {
+    let mut h = Harness::new();
+    let (first, first_time) = create_file(&mut h, InodeId::ROOT, "f", b"1");
+    let (second, _) = create_file(&mut h, InodeId::ROOT, "f", b"2");
+    let resolved = ok!(h, Resolve, resolve_req(InodeId::ROOT, "f", ResolveMode::Alive, EggsTime::ZERO));
+    assert_eq!(resolved.inode.without_owning(), second);
+    // The old version is in the dead map, owning.
+    let dead = ok!(h, Resolve, resolve_req(InodeId::ROOT, "f", ResolveMode::DeadLe, h.now));
+    assert_eq!(dead.inode, first.with_owning(true));
+    assert_eq!(dead.creation_time, first_time);
+    // A directory entry is never overwritten.
+    let dir = ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(1), parent: InodeId::ROOT });
+    let inject = InjectDirentReq { head: InjectDirentReqHead { dir: InodeId::ROOT, inode: dir.inode, dry_run: 0 }, name: name("d") };
+    ok!(h, InjectDirent, inject);
+    let created = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
+    let link = LinkEdenFileReq {
+        head: LinkEdenFileReqHead { inode: created.inode, cookie: created.cookie, parent: InodeId::ROOT },
+        name: name("d"),
+    };
+    assert_eq!(error(&mut h, ShardRequest::LinkEdenFile(link)), ErrorKind::CannotOverrideTarget);
+    // Linking the same eden file twice: the retry finds nothing in eden.
+    let (_, _) = create_file(&mut h, InodeId::ROOT, "g", b"g");
+    let link = LinkEdenFileReq {
+        head: LinkEdenFileReqHead { inode: second, cookie: h.shard.cookie(second), parent: InodeId::ROOT },
+        name: name("f"),
+    };
+    assert_eq!(error(&mut h, ShardRequest::LinkEdenFile(link)), ErrorKind::NotFound);
+}
+
+#[test]
+fn dead_map_across_delete_overwrite_and_rename_with_as_of_listings() {
+    let mut h = Harness::new();
+    let (a1, t_a1) = create_file(&mut h, InodeId::ROOT, "a", b"a1");
+    let (b, t_b) = create_file(&mut h, InodeId::ROOT, "b", b"b");
+    let after_create = h.now;
+    let (a2, t_a2) = create_file(&mut h, InodeId::ROOT, "a", b"a2"); // overwrite
+    let after_overwrite = h.now;
+    ok!(h, DeleteFile, DeleteFileReq { head: DeleteFileReqHead { parent: InodeId::ROOT }, name: name("a") });
+    let after_delete = h.now;
+    let rename = SameDirRenameReq { head: SameDirRenameReqHead { parent: InodeId::ROOT }, old_name: name("b"), new_name: name("c") };
+    let renamed = ok!(h, SameDirRename, rename);
+    assert!(renamed.creation_time > t_b);
+
+    assert_eq!(names(&ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0)), vec!["c"]);
+    // Dead map as of just after the first creation: a → a1 (b was not dead yet,
+    // but its version ≤ as_of is b itself).
+    let dead = ls(&mut h, InodeId::ROOT, after_create, ls_flags::USE_DEAD_MAP);
+    let a = dead.iter().find(|e| e.0 == "a").unwrap();
+    assert_eq!((a.1.without_owning(), a.2), (a1, t_a1));
+    let b_entry = dead.iter().find(|e| e.0 == "b").unwrap();
+    assert_eq!(b_entry.1, b.with_owning(false)); // renamed away: not owning
+    // As of after the overwrite: a → a2.
+    let dead = ls(&mut h, InodeId::ROOT, after_overwrite, ls_flags::USE_DEAD_MAP);
+    let a = dead.iter().find(|e| e.0 == "a").unwrap();
+    assert_eq!((a.1.without_owning(), a.2), (a2, t_a2));
+    // As of after the delete, "a" is nothing: hidden unless asked for.
+    let dead = ls(&mut h, InodeId::ROOT, after_delete, ls_flags::USE_DEAD_MAP);
+    assert!(dead.iter().all(|e| e.0 != "a"));
+    let dead = ls(&mut h, InodeId::ROOT, after_delete, ls_flags::USE_DEAD_MAP | ls_flags::INCLUDE_NOTHING);
+    let a = dead.iter().find(|e| e.0 == "a").unwrap();
+    assert!(a.1.is_null());
+    // Newer than: the first version at or after the time.
+    let dead = ls(&mut h, InodeId::ROOT, t_a1.saturating_add_ns(1), ls_flags::USE_DEAD_MAP | ls_flags::NEWER_THAN_AS_OF);
+    let a = dead.iter().find(|e| e.0 == "a").unwrap();
+    assert_eq!(a.1.without_owning(), a2);
+    // Resolve in the dead map skips placeholders.
+    let le = ok!(h, Resolve, resolve_req(InodeId::ROOT, "a", ResolveMode::DeadLe, h.now));
+    assert_eq!(le.inode.without_owning(), a2);
+    let ge = ok!(h, Resolve, resolve_req(InodeId::ROOT, "a", ResolveMode::DeadGe, EggsTime::ZERO));
+    assert_eq!(ge.inode.without_owning(), a1);
+    let now = h.now;
+    assert_eq!(
+        error(&mut h, ShardRequest::Resolve(resolve_req(InodeId::ROOT, "a", ResolveMode::DeadGe, now))),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        error(&mut h, ShardRequest::Resolve(resolve_req(InodeId::ROOT, "a", ResolveMode::Alive, EggsTime::ZERO))),
+        ErrorKind::NotFound
+    );
+    // Deleting again: nothing there.
+    let delete = DeleteFileReq { head: DeleteFileReqHead { parent: InodeId::ROOT }, name: name("a") };
+    assert_eq!(error(&mut h, ShardRequest::DeleteFile(delete)), ErrorKind::NotFound);
+}
+
+/// The prototype README: mkdir /c/d, rmdir /c/d, `ls_dead_ge /c ts` → d.
+#[test]
+fn prototype_readme_ls_dead_ge() {
+    let mut h = Harness::new();
+    let before = h.now;
+    let c = ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(1), parent: InodeId::ROOT }).inode;
+    // The retried creation returns the same directory.
+    let again = ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(1), parent: InodeId::ROOT });
+    assert_eq!(again.inode, c);
+    let d = ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(2), parent: c }).inode;
+    for (parent, child, child_name) in [(InodeId::ROOT, c, "c"), (c, d, "d")] {
+        let dry = InjectDirentReq { head: InjectDirentReqHead { dir: parent, inode: child, dry_run: 1 }, name: name(child_name) };
+        ok!(h, InjectDirent, dry);
+        let inject = InjectDirentReq { head: InjectDirentReqHead { dir: parent, inode: child, dry_run: 0 }, name: name(child_name) };
+        ok!(h, InjectDirent, inject);
+        let release = ReleaseDirentReq { head: ReleaseDirentReqHead { dir: parent, inode: child, kill: 0 }, name: name(child_name) };
+        ok!(h, ReleaseDirent, release);
+    }
+    assert_eq!(names(&ls(&mut h, c, EggsTime::ZERO, 0)), vec!["d"]);
+    // rmdir /c/d: acquire, unlink (parent null), kill.
+    let acquire = AcquireDirentReq { head: AcquireDirentReqHead { dir: c, expected_type: InodeType::Directory }, name: name("d") };
+    let acquired = ok!(h, AcquireDirent, acquire);
+    assert_eq!(acquired.inode, d);
+    // A non-owning entry cannot be renamed or deleted by ordinary requests.
+    let rename = SameDirRenameReq { head: SameDirRenameReqHead { parent: c }, old_name: name("d"), new_name: name("e") };
+    assert_eq!(error(&mut h, ShardRequest::SameDirRename(rename)), ErrorKind::NotOwning);
+    // c is not empty.
+    let unlink_c = SetParentReq { dir: c, parent: InodeId::NULL };
+    assert_eq!(error(&mut h, ShardRequest::SetParent(unlink_c)), ErrorKind::DirectoryNotEmpty);
+    ok!(h, SetParent, SetParentReq { dir: d, parent: InodeId::NULL });
+    let kill = ReleaseDirentReq { head: ReleaseDirentReqHead { dir: c, inode: d, kill: 1 }, name: name("d") };
+    ok!(h, ReleaseDirent, kill);
+    // Releasing again never fails.
+    ok!(h, ReleaseDirent, kill);
+    assert!(ls(&mut h, c, EggsTime::ZERO, 0).is_empty());
+    let dead = ls(&mut h, c, before, ls_flags::USE_DEAD_MAP | ls_flags::NEWER_THAN_AS_OF);
+    assert_eq!(names(&dead), vec!["d"]);
+    assert_eq!(dead[0].1.without_owning(), d);
+    // The removed directory takes no new entries.
+    let inject = InjectDirentReq { head: InjectDirentReqHead { dir: d, inode: c, dry_run: 0 }, name: name("x") };
+    assert_eq!(error(&mut h, ShardRequest::InjectDirent(inject)), ErrorKind::NotFound);
+    let acquire = AcquireDirentReq { head: AcquireDirentReqHead { dir: InodeId::ROOT, expected_type: InodeType::File }, name: name("c") };
+    assert_eq!(error(&mut h, ShardRequest::AcquireDirent(acquire)), ErrorKind::BadInodeType);
+}
+
+#[test]
+fn ten_thousand_entries_paginate_within_a_datagram() {
+    let mut h = Harness::new();
+    let dir = ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(9), parent: InodeId::ROOT }).inode;
+    let target = InodeId::compose(InodeType::File, 3, 1).unwrap();
+    let env_now = h.now;
+    {
+        // Bulk insert in one transaction (10 000 separate commits are slow).
+        let env = Env { now: env_now, block_services: &h.table };
+        let mut txn = h.store.write_txn().unwrap();
+        let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+        for i in 0..10_000 {
+            let text = format!("entry-{i:05}-{}", "x".repeat(i % 40));
+            let request = ShardRequest::InjectDirent(InjectDirentReq {
+                head: InjectDirentReqHead { dir, inode: target, dry_run: 0 },
+                name: Name::new(text.as_bytes()).unwrap(),
+            });
+            let mut effects = MutationEffects::default();
+            h.shard.handle_mutation(&h.store, &mut txn, &env, &mut h.rng, &mut effects, 1, &request, &mut out).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let all = ls(&mut h, dir, EggsTime::ZERO, 0);
+    assert_eq!(all.len(), 10_000);
+    let mut unique = names(&all);
+    unique.dedup();
+    assert_eq!(unique.len(), 10_000);
+    let hashes: Vec<u64> =
+        all.iter().map(|(n, _, _)| wire::hash::HashMode::Md5Prefix.hash(n.as_bytes())).collect();
+    assert!(hashes.windows(2).all(|w| w[0] <= w[1]), "listing is in hash order");
+}
+
+fn add_block_span(h: &mut Harness, inode: InodeId, cookie: Mac, offset: u64, data: &[u8], parity: Parity) -> Vec<BlockCertificate> {
+    let layout = wire::SpanLayout::new(data.len() as u64, parity).unwrap();
+    let blocks: Vec<NewBlock> = (0..parity.total_blocks())
+        .map(|i| {
+            let crc = if i < parity.data_blocks() {
+                let range = layout.data_block_range(i);
+                crc32c(&data[range.start as usize..range.end as usize])
+            } else {
+                crc32c(data) // mirrors only in these tests
+            };
+            NewBlock { crc: U32::new(crc), size: U32::new(layout.block_size(i) as u32) }
+        })
+        .collect();
+    let request = AddEdenSpanReq {
+        head: AddEdenSpanReqHead { inode, cookie, offset: U64::new(offset), size: U32::new(data.len() as u32), crc: U32::new(crc32c(data)) },
+        body: SpanBody::Blocks { storage_class: 2, parity, blocks: List::new(&blocks) },
+    };
+    with_ok!(h, AddEdenSpan, request, |r| r.blocks.iter().collect())
+}
+
+fn service_mac(h: &Harness, id: BlockServiceId) -> MacKey {
+    h.table.get(id).unwrap().1.clone()
+}
+
+#[test]
+fn block_spans_certificates_proofs_and_expunge() {
+    let mut h = Harness::new();
+    let created = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
+    let (inode, cookie) = (created.inode, created.cookie);
+    let mirrored = Parity::new(1, 2).unwrap();
+    let data = b"some block data";
+    let certificates = add_block_span(&mut h, inode, cookie, 0, data, mirrored);
+    assert_eq!(certificates.len(), 3);
+    let mut services: Vec<_> = certificates.iter().map(|c| c.block_service_id).collect();
+    services.sort();
+    services.dedup();
+    assert_eq!(services.len(), 3, "distinct block services");
+    for certificate in &certificates {
+        let key = service_mac(&h, certificate.block_service_id);
+        assert_eq!(certificate.certificate, key.write_certificate(certificate.block_id, crc32c(data), data.len() as u32));
+        assert_eq!(certificate.block_id.shard(), 1);
+    }
+    // The retried add gets the same answer.
+    assert_eq!(add_block_span(&mut h, inode, cookie, 0, data, mirrored), certificates);
+    // Another span cannot follow an uncertified one; a link neither.
+    assert_eq!(error(&mut h, ShardRequest::AddEdenSpan(inline_span(inode, cookie, data.len() as u64, b"x"))), ErrorKind::BadSpanState);
+    let link = LinkEdenFileReq { head: LinkEdenFileReqHead { inode, cookie, parent: InodeId::ROOT }, name: name("blocks") };
+    assert_eq!(error(&mut h, ShardRequest::LinkEdenFile(link)), ErrorKind::BadSpanState);
+    // Wrong proofs, then the right ones.
+    let mut proofs: Vec<Mac> =
+        certificates.iter().map(|c| service_mac(&h, c.block_service_id).write_proof(c.block_id)).collect();
+    fn certify_req(inode: InodeId, cookie: Mac, proofs: &[Mac]) -> CertifyEdenSpanReq<'_> {
+        CertifyEdenSpanReq { head: CertifyEdenSpanReqHead { inode, cookie, offset: U64::new(0) }, proofs: List::new(proofs) }
+    }
+    let certify = |proofs| certify_req(inode, cookie, proofs);
+    let good = proofs.clone();
+    proofs[1][0] ^= 1;
+    assert_eq!(error(&mut h, ShardRequest::CertifyEdenSpan(certify(&proofs))), ErrorKind::NotAuthorised);
+    assert_eq!(error(&mut h, ShardRequest::CertifyEdenSpan(certify(&good[..2]))), ErrorKind::BadRequest);
+    ok!(h, CertifyEdenSpan, certify(&good));
+    ok!(h, CertifyEdenSpan, certify(&good)); // idempotent
+    // fetch_spans lists the blocks with addresses; the reverse index finds them.
+    with_ok!(h, FetchSpans, FetchSpansReq { inode, offset: U64::new(0) }, |r| {
+        let span = r.spans.get(0).unwrap();
+        let SpanBody::Blocks { blocks, .. } = span.body else { panic!() };
+        for (block, certificate) in blocks.iter().zip(&certificates) {
+            assert_eq!(block.block_id, certificate.block_id);
+            assert_eq!(block.address, certificate.address);
+            assert_eq!(block.flags, 0);
+        }
+    });
+    let first = certificates[0];
+    with_ok!(h, ReverseBlockQuery, ReverseBlockQueryReq { block_service_id: first.block_service_id, begin: wire::BlockId::new(0) }, |r| {
+        let entry = r.entries.get(0).unwrap();
+        assert_eq!((entry.block_id, entry.inode, entry.span_offset.get()), (first.block_id, inode, 0));
+    });
+    // Seven mirrored blocks need seven services; there are six.
+    let created2 = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
+    let crc = crc32c(b"x");
+    let blocks = [NewBlock { crc: U32::new(crc), size: U32::new(1) }; 7];
+    let too_many = AddEdenSpanReq {
+        head: AddEdenSpanReqHead { inode: created2.inode, cookie: created2.cookie, offset: U64::new(0), size: U32::new(1), crc: U32::new(crc) },
+        body: SpanBody::Blocks { storage_class: 2, parity: Parity::new(1, 6).unwrap(), blocks: List::new(&blocks) },
+    };
+    assert_eq!(error(&mut h, ShardRequest::AddEdenSpan(too_many)), ErrorKind::NotEnoughBlockServices);
+
+    // Expunge: too soon, then condemn, erase proofs, remove.
+    let expunge = ExpungeEdenSpanReq { inode };
+    assert_eq!(error(&mut h, ShardRequest::ExpungeEdenSpan(expunge)), ErrorKind::TooSoon);
+    h.advance(EDEN_DEADLINE_NS + NS_PER_SECOND);
+    let erase: Vec<BlockCertificate> = with_ok!(h, ExpungeEdenSpan, expunge, |r| {
+        assert_eq!(r.offset.get(), 0);
+        r.blocks.iter().collect()
+    });
+    for certificate in &erase {
+        assert_eq!(certificate.certificate, service_mac(&h, certificate.block_service_id).erase_certificate(certificate.block_id));
+    }
+    let wrong: Vec<Mac> = erase.iter().map(|c| service_mac(&h, c.block_service_id).write_proof(c.block_id)).collect();
+    fn certify_expunge_req(inode: InodeId, proofs: &[Mac]) -> CertifyExpungeReq<'_> {
+        CertifyExpungeReq { head: CertifyExpungeReqHead { inode, offset: U64::new(0) }, proofs: List::new(proofs) }
+    }
+    let certify_expunge = |proofs| certify_expunge_req(inode, proofs);
+    assert_eq!(error(&mut h, ShardRequest::CertifyExpunge(certify_expunge(&wrong))), ErrorKind::NotAuthorised);
+    assert_eq!(error(&mut h, ShardRequest::ExpungeEdenFile(ExpungeEdenFileReq { inode })), ErrorKind::BadRequest);
+    let right: Vec<Mac> = erase.iter().map(|c| service_mac(&h, c.block_service_id).erase_proof(c.block_id)).collect();
+    ok!(h, CertifyExpunge, certify_expunge(&right));
+    with_ok!(h, ReverseBlockQuery, ReverseBlockQueryReq { block_service_id: first.block_service_id, begin: wire::BlockId::new(0) }, |r| assert!(r.entries.is_empty()));
+    with_ok!(h, VisitEden, VisitEdenReq { begin: InodeId::NULL }, |r| assert!(r.entries.iter().any(|e| e.inode == inode)));
+    ok!(h, ExpungeEdenFile, ExpungeEdenFileReq { inode });
+    with_ok!(h, VisitEden, VisitEdenReq { begin: InodeId::NULL }, |r| assert!(r.entries.iter().all(|e| e.inode != inode)));
+}
+
+#[test]
+fn a_thousand_spans_paginate_in_fetch_spans() {
+    let mut h = Harness::new();
+    let created = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
+    let env_now = h.now;
+    {
+        let env = Env { now: env_now, block_services: &h.table };
+        let mut txn = h.store.write_txn().unwrap();
+        let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+        for i in 0..1000u64 {
+            let bytes = [i as u8; 10];
+            let request = ShardRequest::AddEdenSpan(inline_span(created.inode, created.cookie, i * 10, &bytes));
+            let mut effects = MutationEffects::default();
+            let len = h.shard.handle_mutation(&h.store, &mut txn, &env, &mut h.rng, &mut effects, 1, &request, &mut out).unwrap();
+            assert!(matches!(decode(&out[..len], &h.cluster), ShardResponse::AddEdenSpan(_)));
+        }
+        txn.commit().unwrap();
+    }
+    let mut offset = 0u64;
+    let mut seen = 0u64;
+    let mut pages = 0;
+    loop {
+        let next = with_ok!(h, FetchSpans, FetchSpansReq { inode: created.inode, offset: U64::new(offset) }, |r| {
+            for span in r.spans.iter() {
+                assert_eq!(span.offset.get(), seen * 10);
+                let SpanBody::Inline(bytes) = span.body else { panic!() };
+                assert_eq!(bytes.as_bytes(), &[seen as u8; 10]);
+                seen += 1;
+            }
+            r.next_offset.get()
+        });
+        pages += 1;
+        if next == 0 {
+            break;
+        }
+        offset = next;
+    }
+    assert_eq!(seen, 1000);
+    assert!(pages > 1);
+}
+
+#[test]
+fn purge_waits_an_hour_and_sends_owned_files_to_eden() {
+    let mut h = Harness::new();
+    let (inode, created) = create_file(&mut h, InodeId::ROOT, "p", b"p");
+    ok!(h, DeleteFile, DeleteFileReq { head: DeleteFileReqHead { parent: InodeId::ROOT }, name: name("p") });
+    let purge = PurgeDirentReq { head: PurgeDirentReqHead { parent: InodeId::ROOT, creation_time: created }, name: name("p") };
+    assert_eq!(error(&mut h, ShardRequest::PurgeDirent(purge)), ErrorKind::TooSoon);
+    h.advance(PURGE_AGE_MIN_NS);
+    ok!(h, PurgeDirent, purge);
+    assert_eq!(error(&mut h, ShardRequest::PurgeDirent(purge)), ErrorKind::NotFound);
+    // The file is in eden with a passed deadline; the lone placeholder went too.
+    with_ok!(h, VisitEden, VisitEdenReq { begin: InodeId::NULL }, |r| assert!(r.entries.iter().any(|e| e.inode == inode)));
+    let now = h.now;
+    let dead = ls(&mut h, InodeId::ROOT, now, ls_flags::USE_DEAD_MAP | ls_flags::INCLUDE_NOTHING);
+    assert!(dead.is_empty(), "{dead:?}");
+    with_ok!(h, VisitInodes, VisitInodesReq { begin: InodeId::NULL }, |r| {
+        assert_eq!(r.inodes.iter().collect::<Vec<_>>(), vec![InodeId::ROOT]);
+    });
+}
+
+#[test]
+fn repair_block_swaps_in_a_matching_block() {
+    let mut h = Harness::new();
+    let created = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
+    let data = b"repair me";
+    let parity = Parity::new(1, 1).unwrap();
+    let certificates = add_block_span(&mut h, created.inode, created.cookie, 0, data, parity);
+    let proofs: Vec<Mac> = certificates.iter().map(|c| service_mac(&h, c.block_service_id).write_proof(c.block_id)).collect();
+    ok!(h, CertifyEdenSpan, CertifyEdenSpanReq { head: CertifyEdenSpanReqHead { inode: created.inode, cookie: created.cookie, offset: U64::new(0) }, proofs: List::new(&proofs) });
+    let link = LinkEdenFileReq { head: LinkEdenFileReqHead { inode: created.inode, cookie: created.cookie, parent: InodeId::ROOT }, name: name("r") };
+    ok!(h, LinkEdenFile, link);
+    // The source: one 1+0 span with the same bytes.
+    let source = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
+    let new = add_block_span(&mut h, source.inode, source.cookie, 0, data, Parity::new(1, 0).unwrap());
+    let repair = RepairBlockReq { inode: created.inode, offset: U64::new(0), block_index: 1, source_inode: source.inode, source_cookie: source.cookie };
+    assert_eq!(error(&mut h, ShardRequest::RepairBlock(repair)), ErrorKind::BadRequest, "source not certified");
+    let proof = [service_mac(&h, new[0].block_service_id).write_proof(new[0].block_id)];
+    ok!(h, CertifyEdenSpan, CertifyEdenSpanReq { head: CertifyEdenSpanReqHead { inode: source.inode, cookie: source.cookie, offset: U64::new(0) }, proofs: List::new(&proof) });
+    ok!(h, RepairBlock, repair);
+    with_ok!(h, FetchSpans, FetchSpansReq { inode: created.inode, offset: U64::new(0) }, |r| {
+        let SpanBody::Blocks { blocks, .. } = r.spans.get(0).unwrap().body else { panic!() };
+        assert_eq!(blocks.get(1).unwrap().block_id, new[0].block_id);
+        assert_eq!(blocks.get(0).unwrap().block_id, certificates[0].block_id);
+    });
+    with_ok!(h, ReverseBlockQuery, ReverseBlockQueryReq { block_service_id: new[0].block_service_id, begin: new[0].block_id }, |r| {
+        assert_eq!(r.entries.get(0).unwrap().inode, created.inode);
+    });
+    // RepairSpans: a whole-span replacement with a mismatching CRC is refused.
+    let source = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
+    with_ok!(h, AddEdenSpan, inline_span(source.inode, source.cookie, 0, b"different"), |_r| ());
+    let repair = RepairSpansReq { inode: created.inode, offset: U64::new(0), source_inode: source.inode, source_cookie: source.cookie };
+    assert_eq!(error(&mut h, ShardRequest::RepairSpans(repair)), ErrorKind::CrcMismatch);
+    let source = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
+    with_ok!(h, AddEdenSpan, inline_span(source.inode, source.cookie, 0, data), |_r| ());
+    let repair = RepairSpansReq { inode: created.inode, offset: U64::new(0), source_inode: source.inode, source_cookie: source.cookie };
+    ok!(h, RepairSpans, repair);
+    with_ok!(h, FetchSpans, FetchSpansReq { inode: created.inode, offset: U64::new(0) }, |r| {
+        assert!(matches!(r.spans.get(0).unwrap().body, SpanBody::Inline(_)));
+    });
+}
+
+#[test]
+fn policy_move_to_eden_and_remote_purge() {
+    let mut h = Harness::new();
+    let policy = [1u8, 2, 3];
+    ok!(h, SetDirectoryPolicy, SetDirectoryPolicyReq { head: SetDirectoryPolicyReqHead { dir: InodeId::ROOT }, policy: PolicyBlob::new(&policy).unwrap() });
+    let bytes = h.call(ShardRequest::Stat(StatReq { inode: InodeId::ROOT }));
+    let ShardResponse::Stat(StatResp::Directory(dir)) = decode(&bytes, &h.cluster) else { panic!() };
+    assert_eq!(dir.policy.as_bytes(), &policy);
+    let (inode, _) = create_file(&mut h, InodeId::ROOT, "m", b"m");
+    ok!(h, MoveFileToEden, MoveFileToEdenReq { inode });
+    ok!(h, MoveFileToEden, MoveFileToEdenReq { inode }); // retry
+    assert_eq!(error(&mut h, ShardRequest::MoveFileToEden(MoveFileToEdenReq { inode: InodeId::compose(InodeType::File, 1, 999).unwrap() })), ErrorKind::NotFound);
+    // A remote owning entry: injected non-owning, released owning, killed... the
+    // CDC path leaves it non-owning, so build one by overwrite instead.
+    let remote = InodeId::compose(InodeType::File, 9, 1).unwrap();
+    let inject = InjectDirentReq { head: InjectDirentReqHead { dir: InodeId::ROOT, inode: remote, dry_run: 0 }, name: name("r") };
+    let injected = ok!(h, InjectDirent, inject);
+    ok!(h, ReleaseDirent, ReleaseDirentReq { head: ReleaseDirentReqHead { dir: InodeId::ROOT, inode: remote, kill: 0 }, name: name("r") });
+    create_file(&mut h, InodeId::ROOT, "r", b"new"); // overwrites: remote entry dead, owning
+    let purge = PurgeDirentReq { head: PurgeDirentReqHead { parent: InodeId::ROOT, creation_time: injected.creation_time }, name: name("r") };
+    h.advance(PURGE_AGE_MIN_NS);
+    assert_eq!(error(&mut h, ShardRequest::PurgeDirent(purge)), ErrorKind::BadRequest);
+    let remote_purge = PurgeRemoteOwningDirentReq { head: PurgeRemoteOwningDirentReqHead { dir: InodeId::ROOT, creation_time: injected.creation_time }, name: name("r") };
+    ok!(h, PurgeRemoteOwningDirent, remote_purge);
+    ok!(h, PurgeRemoteOwningDirent, remote_purge); // retry
+}
