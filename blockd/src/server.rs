@@ -323,7 +323,15 @@ async fn write(executor: &Executor, stream: &mut Stream, request: &WriteReq) -> 
 async fn stage(stream: &mut Stream, request: &WriteReq, temp: &Path) -> Result<(), ConnectionEnd> {
     let block_id = request.block_id;
     let size = u64::from(request.size.get());
-    let file = OpenOptions::new().write(true).create_new(true).dma_open(temp).await.map_err(storage("creating", temp))?;
+    // Readable too: glommio probes the device's io_uring polling support
+    // with a read on the first O_DIRECT file it opens.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .dma_open(temp)
+        .await
+        .map_err(storage("creating", temp))?;
     let file = Rc::new(file);
     let mut crc = 0u32;
     let mut position = 0u64;

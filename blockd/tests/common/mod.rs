@@ -32,9 +32,11 @@ impl Daemon {
     /// `extra` flags; waits for `ready`.
     pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
         let mut command = Command::new(env!("CARGO_BIN_EXE_blockd"));
-        command.arg(dir).args(["--storage-class", "2", "--shuckle", "127.0.0.1:9"]);
-        if !extra.contains(&"--cores") {
-            command.args(["--cores", "1"]);
+        command.arg(dir);
+        for (flag, default) in [("--storage-class", "2"), ("--shuckle", "127.0.0.1:9"), ("--cores", "1")] {
+            if !extra.contains(&flag) {
+                command.args([flag, default]);
+            }
         }
         let mut child = command.args(extra).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();

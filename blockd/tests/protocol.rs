@@ -1,0 +1,217 @@
+//! The block protocol against the real daemon: every request kind,
+//! pipelining, refusals that leave nothing behind, retries and conflicts.
+
+mod common;
+
+use std::io::{Read, Write};
+
+use common::*;
+use wire::block::{
+    CrcReq, CrcResp, EraseReq, EraseResp, FetchReq, FetchRespHead, StatsReq, StatsResp, WriteReq, WriteResp,
+};
+use wire::ids::{BlockId, EggsTime};
+use wire::limits::{BLOCK_ID_FUTURE_WINDOW_NS, BLOCK_ID_PAST_WINDOW_NS, BLOCK_SIZE_BYTES_MAX};
+use wire::mac::{MacKey, SecretKey};
+use zerocopy::IntoBytes;
+
+#[test]
+fn every_request_kind_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--cores", "2"]);
+    let key = daemon.key();
+    let mut stream = daemon.connect();
+
+    let before = stats(&mut stream, &key);
+    assert_eq!((before.used_blocks, before.used_bytes), (0, 0));
+    assert!(before.free_bytes > 0 && before.free_blocks > 0);
+
+    // Several chunks and an unaligned tail; an empty block; a tiny one.
+    let big = random_bytes(2 * 1024 * 1024 + 12345);
+    let big_id = fresh_block_id(1);
+    let empty_id = fresh_block_id(2);
+    let tiny_id = fresh_block_id(3);
+    write_block(&mut stream, &key, big_id, &big);
+    write_block(&mut stream, &key, empty_id, &[]);
+    write_block(&mut stream, &key, tiny_id, b"x");
+
+    assert_eq!(fetch_block(&mut stream, big_id), big);
+    assert_eq!(fetch_block(&mut stream, empty_id), Vec::<u8>::new());
+    assert_eq!(fetch_block(&mut stream, tiny_id), b"x");
+    assert_eq!(block_crc(&mut stream, big_id), (big.len() as u32, wire::crc::crc32c(&big)));
+    assert_eq!(block_crc(&mut stream, empty_id), (0, 0));
+    // On disk under the prototype's name, exactly the bytes sent.
+    assert_eq!(std::fs::read(block_path(dir.path(), big_id)).unwrap(), big);
+
+    let after = stats(&mut stream, &key);
+    assert_eq!((after.used_blocks, after.used_bytes), (3, big.len() as u64 + 1));
+
+    erase_block(&mut stream, &key, big_id);
+    erase_block(&mut stream, &key, big_id); // idempotent
+    assert!(!block_path(dir.path(), big_id).exists());
+    let erased = stats(&mut stream, &key);
+    assert_eq!((erased.used_blocks, erased.used_bytes), (2, 1));
+
+    // A fetch of a missing block closes the connection; the next one works.
+    stream.write_all(FetchReq::new(big_id).as_bytes()).unwrap();
+    assert_closed(&mut stream);
+    let mut stream = daemon.connect();
+    assert_eq!(fetch_block(&mut stream, tiny_id), b"x");
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let key = daemon.key();
+    let mut stream = daemon.connect();
+    let first = random_bytes(1_500_000);
+    let second = random_bytes(777);
+    let (first_id, second_id) = (fresh_block_id(4), fresh_block_id(5));
+    let token = [7u8; 8];
+
+    let mut batch = Vec::new();
+    for (id, data) in [(first_id, &first), (second_id, &second)] {
+        batch.extend_from_slice(WriteReq::new(&key, id, wire::crc::crc32c(data), data.len() as u32).as_bytes());
+        batch.extend_from_slice(data);
+    }
+    batch.extend_from_slice(CrcReq::new(first_id).as_bytes());
+    batch.extend_from_slice(FetchReq::new(second_id).as_bytes());
+    batch.extend_from_slice(StatsReq::new(token).as_bytes());
+    batch.extend_from_slice(EraseReq::new(&key, first_id).as_bytes());
+    batch.extend_from_slice(CrcReq::new(second_id).as_bytes());
+    // Send everything before reading anything (from a thread: the
+    // responses to the first requests may fill the socket buffers).
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&batch).unwrap());
+
+    let written: WriteResp = read_struct(&mut stream);
+    assert_eq!(written.block_id, first_id);
+    assert!(written.proof_valid(&key));
+    let written: WriteResp = read_struct(&mut stream);
+    assert_eq!(written.block_id, second_id);
+    assert!(written.proof_valid(&key));
+    let crc: CrcResp = read_struct(&mut stream);
+    assert_eq!((crc.size.get(), crc.crc.get()), (first.len() as u32, wire::crc::crc32c(&first)));
+    let head: FetchRespHead = read_struct(&mut stream);
+    assert_eq!(head.size.get(), second.len() as u32);
+    let mut fetched = vec![0u8; second.len()];
+    stream.read_exact(&mut fetched).unwrap();
+    assert_eq!(fetched, second);
+    let stats: StatsResp = read_struct(&mut stream);
+    let stats = stats.verify(&key, token).expect("stats MAC");
+    assert_eq!(stats.used_blocks, 2);
+    let erased: EraseResp = read_struct(&mut stream);
+    assert_eq!(erased.block_id, first_id);
+    assert!(erased.proof_valid(&key));
+    let crc: CrcResp = read_struct(&mut stream);
+    assert_eq!((crc.size.get(), crc.crc.get()), (second.len() as u32, wire::crc::crc32c(&second)));
+    sender.join().unwrap();
+}
+
+/// Runs `attempt` on a fresh connection, expects the daemon to close it,
+/// then checks nothing of `block_id` is on disk and the daemon still serves.
+fn assert_refused(daemon: &Daemon, block_id: BlockId, attempt: impl FnOnce(&mut std::net::TcpStream)) {
+    let mut stream = daemon.connect();
+    attempt(&mut stream);
+    assert_closed(&mut stream);
+    let dir = daemon.dir.clone();
+    eventually("the temporary file to go", || std::fs::read_dir(dir.join("tmp")).unwrap().next().is_none());
+    assert!(!block_path(&daemon.dir, block_id).exists(), "a refused block was stored");
+    let key = daemon.key();
+    let mut stream = daemon.connect();
+    let probe = fresh_block_id(200);
+    write_block(&mut stream, &key, probe, b"still serving");
+    assert_eq!(fetch_block(&mut stream, probe), b"still serving");
+}
+
+#[test]
+fn refused_writes_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let key = daemon.key();
+    let data = random_bytes(300_000);
+    let crc = wire::crc::crc32c(&data);
+    let size = data.len() as u32;
+
+    // Wrong CRC: the certificate is for other bytes than the ones sent.
+    let id = fresh_block_id(10);
+    assert_refused(&daemon, id, |s| {
+        s.write_all(WriteReq::new(&key, id, crc ^ 1, size).as_bytes()).unwrap();
+        s.write_all(&data).unwrap();
+    });
+    // Bad MAC: another key's certificate.
+    let id = fresh_block_id(11);
+    let other = MacKey::new(&SecretKey([0x55; 16]));
+    assert_refused(&daemon, id, |s| s.write_all(WriteReq::new(&other, id, crc, size).as_bytes()).unwrap());
+    // Expired and future block ids, with valid certificates.
+    let now = EggsTime::now();
+    let expired = BlockId::compose(now.saturating_sub_ns(BLOCK_ID_PAST_WINDOW_NS + 60_000_000_000), 12);
+    assert_refused(&daemon, expired, |s| s.write_all(WriteReq::new(&key, expired, crc, size).as_bytes()).unwrap());
+    let future = BlockId::compose(now.saturating_add_ns(BLOCK_ID_FUTURE_WINDOW_NS + 60_000_000_000), 13);
+    assert_refused(&daemon, future, |s| s.write_all(WriteReq::new(&key, future, crc, size).as_bytes()).unwrap());
+    // Oversize, with a valid certificate: refused before any payload.
+    let id = fresh_block_id(14);
+    assert_refused(&daemon, id, |s| {
+        s.write_all(WriteReq::new(&key, id, crc, BLOCK_SIZE_BYTES_MAX + 1).as_bytes()).unwrap()
+    });
+    // Truncated header.
+    let id = fresh_block_id(15);
+    assert_refused(&daemon, id, |s| {
+        s.write_all(&WriteReq::new(&key, id, crc, size).as_bytes()[..12]).unwrap();
+        half_close(s);
+    });
+    // Closed in the middle of the payload.
+    let id = fresh_block_id(16);
+    assert_refused(&daemon, id, |s| {
+        s.write_all(WriteReq::new(&key, id, crc, size).as_bytes()).unwrap();
+        s.write_all(&data[..data.len() / 2]).unwrap();
+        half_close(s);
+    });
+    // An unknown request tag.
+    let id = fresh_block_id(17);
+    assert_refused(&daemon, id, |s| s.write_all(b"zzzzzzzzz").unwrap());
+    // A bad erase certificate erases nothing.
+    let mut stream = daemon.connect();
+    let kept = fresh_block_id(18);
+    write_block(&mut stream, &key, kept, b"keep me");
+    stream.write_all(EraseReq::new(&other, kept).as_bytes()).unwrap();
+    assert_closed(&mut stream);
+    let mut stream = daemon.connect();
+    assert_eq!(fetch_block(&mut stream, kept), b"keep me");
+}
+
+#[test]
+fn a_repeated_write_gets_its_proof_again_and_a_conflicting_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let key = daemon.key();
+    let mut stream = daemon.connect();
+    let id = fresh_block_id(20);
+    let data = random_bytes(5000);
+    write_block(&mut stream, &key, id, &data);
+    write_block(&mut stream, &key, id, &data);
+    let other = random_bytes(5000);
+    send_write(&mut stream, &key, id, &other);
+    assert_closed(&mut stream);
+    let mut stream = daemon.connect();
+    assert_eq!(fetch_block(&mut stream, id), data);
+    let counted = stats(&mut stream, &key);
+    assert_eq!(counted.used_blocks, 1);
+    eventually("no temporary file", || std::fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+}
+
+#[test]
+fn stats_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(dir.path(), &[]);
+    let key = daemon.key();
+    let mut stream = daemon.connect();
+    for (shard, len) in [(30u8, 10usize), (31, 20), (32, 4096)] {
+        write_block(&mut stream, &key, fresh_block_id(shard), &random_bytes(len));
+    }
+    daemon.kill();
+    let daemon = Daemon::start(dir.path(), &[]);
+    assert_eq!(daemon.key().write_proof(BlockId::new(1)), key.write_proof(BlockId::new(1)), "key kept");
+    let counted = stats(&mut daemon.connect(), &key);
+    assert_eq!((counted.used_blocks, counted.used_bytes), (3, 4126));
+}
