@@ -1,0 +1,196 @@
+//! Helpers shared by the integration tests: start real binaries, talk UDP.
+
+#![allow(dead_code)] // reason: each test file uses a different subset
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use wire::datagram;
+use wire::limits::UDP_DATAGRAM_BYTES_MAX;
+use wire::mac::{MacKey, SecretKey};
+use wire::shard::{ShardRequest, ShardResponse};
+
+/// A binary of the workspace, from the same target folder as this test.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    exe.parent().and_then(Path::parent).expect("target folder").join(name)
+}
+
+/// A running daemon, killed (SIGKILL) on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub addresses: Vec<(String, SocketAddr)>,
+}
+
+impl Daemon {
+    /// Starts `program args…`, waits for `ready`, collecting the
+    /// `listening <proto> <addr>` lines.
+    pub fn start(program: &Path, args: &[&str]) -> Daemon {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addresses = Vec::new();
+        loop {
+            let line = match lines.next() {
+                Some(Ok(line)) => line,
+                other => {
+                    let _ = child.kill();
+                    panic!("{} exited before ready: {other:?}", program.display());
+                }
+            };
+            if line == "ready" {
+                break;
+            }
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            if let ["listening", proto, address] = parts.as_slice() {
+                addresses.push((proto.to_string(), address.parse().expect("address")));
+            }
+        }
+        // Keep draining stdout so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Daemon { child, addresses }
+    }
+
+    pub fn address(&self, proto: &str) -> SocketAddr {
+        self.addresses.iter().find(|(p, _)| p == proto).map(|(_, a)| *a).expect("listening address")
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts metad for `shard` on `dir` (port 0, no shuckle unless given).
+pub fn start_metad(shard: u8, dir: &Path, shuckle: Option<SocketAddr>) -> Daemon {
+    let shuckle = shuckle.map_or_else(|| "127.0.0.1:9".to_string(), |a| a.to_string());
+    let shard = shard.to_string();
+    let dir = dir.to_str().expect("utf-8 path");
+    Daemon::start(&binary("metad"), &[&shard, dir, "--listen", "127.0.0.1:0", "--shuckle", &shuckle])
+}
+
+pub fn cluster_key(dir: &Path) -> SecretKey {
+    let bytes = std::fs::read(dir.join("cluster.key")).expect("cluster key");
+    SecretKey(bytes.try_into().expect("16 bytes"))
+}
+
+/// A UDP client that retries with the same request id until answered.
+pub struct Client {
+    pub socket: UdpSocket,
+    pub server: SocketAddr,
+    pub key: MacKey,
+    next_id: u64,
+    /// Give up after this long without an answer.
+    pub deadline: Duration,
+}
+
+impl Client {
+    pub fn new(server: SocketAddr, key: &SecretKey) -> Client {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        Client { socket, server, key: MacKey::new(key), next_id: rand::random::<u32>() as u64, deadline: Duration::from_secs(30) }
+    }
+
+    pub fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Sends raw bytes, returns the first datagram answering `request_id`
+    /// (or None after `wait`).
+    pub fn raw(&self, bytes: &[u8], request_id: u64, wait: Duration) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        let mut buf = vec![0u8; UDP_DATAGRAM_BYTES_MAX + 100];
+        self.socket.send_to(bytes, self.server).expect("send");
+        let mut resend = Duration::from_millis(300);
+        let mut last_send = Instant::now();
+        while started.elapsed() < wait {
+            self.socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+            if let Ok((len, _)) = self.socket.recv_from(&mut buf) {
+                if let Ok(header) = datagram::peek_header(&buf[..len], datagram::SHARD_MAGIC)
+                    && header.request_id() == request_id
+                {
+                    return Some(buf[..len].to_vec());
+                }
+            }
+            if last_send.elapsed() > resend {
+                let _ = self.socket.send_to(bytes, self.server);
+                last_send = Instant::now();
+                resend = (resend * 2).min(Duration::from_secs(2));
+            }
+        }
+        None
+    }
+
+    /// Encodes and sends `request` (MAC'd if privileged), retrying; the
+    /// response datagram, or None after the deadline.
+    pub fn try_call_with_id(&self, request_id: u64, request: &ShardRequest<'_>) -> Option<Vec<u8>> {
+        let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+        let len = datagram::encode(&mut out, request_id, request, Some(&self.key)).expect("encode");
+        self.raw(&out[..len], request_id, self.deadline)
+    }
+
+    pub fn call(&mut self, request: &ShardRequest<'_>) -> Vec<u8> {
+        let id = self.fresh_id();
+        self.try_call_with_id(id, request).expect("no answer from metad")
+    }
+}
+
+pub fn decode<'a>(bytes: &'a [u8], key: &MacKey) -> ShardResponse<'a> {
+    datagram::decode::<ShardResponse>(bytes, Some(key)).expect("decodable response").1
+}
+
+/// Sends many encoded requests (id, datagram) with up to `window` in flight,
+/// resending the unanswered ones; returns the responses by request order.
+pub fn pipeline(client: &Client, requests: &[(u64, Vec<u8>)], window: usize) -> Vec<Vec<u8>> {
+    use std::collections::HashMap;
+    let index: HashMap<u64, usize> = requests.iter().enumerate().map(|(i, (id, _))| (*id, i)).collect();
+    let mut responses: Vec<Option<Vec<u8>>> = vec![None; requests.len()];
+    let mut sent_at: Vec<Option<Instant>> = vec![None; requests.len()];
+    let mut answered = 0;
+    let mut next = 0;
+    let started = Instant::now();
+    let mut buf = vec![0u8; UDP_DATAGRAM_BYTES_MAX + 100];
+    client.socket.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+    while answered < requests.len() {
+        assert!(started.elapsed() < Duration::from_secs(600), "pipeline stalled");
+        let in_flight = sent_at.iter().zip(&responses).filter(|(s, r)| s.is_some() && r.is_none()).count();
+        for _ in in_flight..window {
+            if next >= requests.len() {
+                break;
+            }
+            client.socket.send_to(&requests[next].1, client.server).expect("send");
+            sent_at[next] = Some(Instant::now());
+            next += 1;
+        }
+        while let Ok((len, _)) = client.socket.recv_from(&mut buf) {
+            if let Ok(header) = datagram::peek_header(&buf[..len], datagram::SHARD_MAGIC)
+                && let Some(&i) = index.get(&header.request_id())
+                && responses[i].is_none()
+            {
+                responses[i] = Some(buf[..len].to_vec());
+                answered += 1;
+            }
+        }
+        for i in 0..next {
+            if responses[i].is_none() && sent_at[i].is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
+                let _ = client.socket.send_to(&requests[i].1, client.server);
+                sent_at[i] = Some(Instant::now());
+            }
+        }
+    }
+    responses.into_iter().map(|r| r.expect("answered")).collect()
+}

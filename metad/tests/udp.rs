@@ -1,0 +1,257 @@
+//! metad over real UDP: the real binary, started on port 0 in a temporary
+//! folder.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use wire::codec::List;
+use wire::crc::crc32c;
+use wire::datagram::{self, HEADER_BYTES};
+use wire::ids::{EggsTime, InodeId, InodeType};
+use wire::limits::UDP_DATAGRAM_BYTES_MAX;
+use wire::mac::MacKey;
+use wire::shard::*;
+use wire::span::{InlineBytes, SpanBody};
+use wire::{ErrorKind, Name};
+use zerocopy::byteorder::little_endian::{U32, U64};
+
+fn name(text: &str) -> Name<'_> {
+    Name::new(text.as_bytes()).unwrap()
+}
+
+fn error_kind(bytes: &[u8], key: &MacKey) -> Option<ErrorKind> {
+    match decode(bytes, key) {
+        ShardResponse::Error(error) => Some(error.kind),
+        _ => None,
+    }
+}
+
+/// create_eden_file + inline span + link; returns the inode.
+fn create_file(client: &mut Client, parent: InodeId, file_name: &str, contents: &[u8]) -> InodeId {
+    let bytes = client.call(&ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::File }));
+    let ShardResponse::CreateEdenFile(created) = decode(&bytes, &client.key) else { panic!("create failed") };
+    let span = AddEdenSpanReq {
+        head: AddEdenSpanReqHead {
+            inode: created.inode,
+            cookie: created.cookie,
+            offset: U64::new(0),
+            size: U32::new(contents.len() as u32),
+            crc: U32::new(crc32c(contents)),
+        },
+        body: SpanBody::Inline(InlineBytes::new(contents).unwrap()),
+    };
+    let bytes = client.call(&ShardRequest::AddEdenSpan(span));
+    assert!(matches!(decode(&bytes, &client.key), ShardResponse::AddEdenSpan(_)));
+    let link = LinkEdenFileReq {
+        head: LinkEdenFileReqHead { inode: created.inode, cookie: created.cookie, parent },
+        name: name(file_name),
+    };
+    let bytes = client.call(&ShardRequest::LinkEdenFile(link));
+    assert!(matches!(decode(&bytes, &client.key), ShardResponse::LinkEdenFile(_)), "{:?}", decode(&bytes, &client.key));
+    created.inode
+}
+
+#[test]
+fn files_and_privileged_requests_over_udp() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_metad(1, dir.path(), None);
+    let key = cluster_key(dir.path());
+    let mut client = Client::new(daemon.address("udp"), &key);
+
+    let inode = create_file(&mut client, InodeId::ROOT, "hello.txt", b"hello, world");
+    let resolve = ResolveReq {
+        head: ResolveReqHead { mode: ResolveMode::Alive, parent: InodeId::ROOT, creation_time: EggsTime::ZERO },
+        name: name("hello.txt"),
+    };
+    let bytes = client.call(&ShardRequest::Resolve(resolve));
+    let ShardResponse::Resolve(resolved) = decode(&bytes, &client.key) else { panic!() };
+    assert_eq!(resolved.inode, inode.with_owning(true));
+    let bytes = client.call(&ShardRequest::Stat(StatReq { inode }));
+    let ShardResponse::Stat(StatResp::File(stat)) = decode(&bytes, &client.key) else { panic!() };
+    assert_eq!(stat.size.get(), 12);
+
+    // The prototype README's ls_dead_ge: mkdir /c/d, rmdir /c/d, ls dead ≥ ts.
+    let before = EggsTime::now();
+    let create = |transaction: u64, parent| {
+        ShardRequest::CreateUnlinkedDir(CreateUnlinkedDirReq { transaction_id: U64::new(transaction), parent })
+    };
+    let bytes = client.call(&create(1, InodeId::ROOT));
+    let ShardResponse::CreateUnlinkedDir(c) = decode(&bytes, &client.key) else { panic!() };
+    let bytes = client.call(&create(2, c.inode));
+    let ShardResponse::CreateUnlinkedDir(d) = decode(&bytes, &client.key) else { panic!() };
+    for (parent, child, child_name) in [(InodeId::ROOT, c.inode, "c"), (c.inode, d.inode, "d")] {
+        let inject = InjectDirentReq {
+            head: InjectDirentReqHead { dir: parent, inode: child, dry_run: 0 },
+            name: name(child_name),
+        };
+        assert!(matches!(decode(&client.call(&ShardRequest::InjectDirent(inject)), &client.key), ShardResponse::InjectDirent(_)));
+        let release = ReleaseDirentReq {
+            head: ReleaseDirentReqHead { dir: parent, inode: child, kill: 0 },
+            name: name(child_name),
+        };
+        assert!(matches!(decode(&client.call(&ShardRequest::ReleaseDirent(release)), &client.key), ShardResponse::ReleaseDirent(_)));
+    }
+    let acquire = AcquireDirentReq {
+        head: AcquireDirentReqHead { dir: c.inode, expected_type: InodeType::Directory },
+        name: name("d"),
+    };
+    assert!(matches!(decode(&client.call(&ShardRequest::AcquireDirent(acquire)), &client.key), ShardResponse::AcquireDirent(_)));
+    let unlink = ShardRequest::SetParent(SetParentReq { dir: d.inode, parent: InodeId::NULL });
+    assert!(matches!(decode(&client.call(&unlink), &client.key), ShardResponse::SetParent(_)));
+    let kill = ReleaseDirentReq { head: ReleaseDirentReqHead { dir: c.inode, inode: d.inode, kill: 1 }, name: name("d") };
+    assert!(matches!(decode(&client.call(&ShardRequest::ReleaseDirent(kill)), &client.key), ShardResponse::ReleaseDirent(_)));
+    let ls = |flags, as_of| ShardRequest::LsDir(LsDirReq { dir: c.inode, as_of, start_hash: U64::new(0), flags });
+    let bytes = client.call(&ls(0, EggsTime::ZERO));
+    let ShardResponse::LsDir(living) = decode(&bytes, &client.key) else { panic!() };
+    assert!(living.entries.is_empty());
+    let bytes = client.call(&ls(ls_flags::USE_DEAD_MAP | ls_flags::NEWER_THAN_AS_OF, before));
+    let ShardResponse::LsDir(dead) = decode(&bytes, &client.key) else { panic!() };
+    let dead_names: Vec<&str> = dead.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(dead_names, vec!["d"]);
+
+    // Privileged requests without a MAC, or with a MAC of another key.
+    let request = create(3, InodeId::ROOT);
+    let id = client.fresh_id();
+    let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+    let len = datagram::encode(&mut out, id, &request, Some(&client.key)).unwrap();
+    let unmacd = client.raw(&out[..len - 8], id, Duration::from_secs(10)).expect("answer");
+    assert_eq!(error_kind(&unmacd, &client.key), Some(ErrorKind::NotAuthorised));
+    let other = MacKey::new(&wire::SecretKey([0x55; 16]));
+    let id = client.fresh_id();
+    let len = datagram::encode(&mut out, id, &request, Some(&other)).unwrap();
+    let wrong = client.raw(&out[..len], id, Duration::from_secs(10)).expect("answer");
+    assert_eq!(error_kind(&wrong, &client.key), Some(ErrorKind::NotAuthorised));
+    // The responses to privileged requests are MAC'd: they verify only with the key.
+    let bytes = client.call(&create(1, InodeId::ROOT));
+    assert!(datagram::decode::<ShardResponse>(&bytes, Some(&other)).is_err());
+    let ShardResponse::CreateUnlinkedDir(again) = decode(&bytes, &client.key) else { panic!() };
+    assert_eq!(again.inode, c.inode, "create_unlinked_dir is idempotent per transaction");
+}
+
+#[test]
+fn malformed_datagrams_are_answered_or_dropped_and_serving_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_metad(1, dir.path(), None);
+    let key = cluster_key(dir.path());
+    let mut client = Client::new(daemon.address("udp"), &key);
+    let quick = Duration::from_millis(500);
+
+    // Garbage without our magic: dropped.
+    for garbage in [&b""[..], b"x", &[0xff; 100], &[0u8; 2000]] {
+        assert!(client.raw(garbage, 0, quick).is_none());
+    }
+    // Our header with a bad body: DECODE_ERROR with the request id.
+    let id = client.fresh_id();
+    let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+    let len = datagram::encode(&mut out, id, &ShardRequest::Stat(StatReq { inode: InodeId::ROOT }), None).unwrap();
+    let truncated = client.raw(&out[..len - 3], id, Duration::from_secs(10)).expect("answer");
+    assert_eq!(error_kind(&truncated, &client.key), Some(ErrorKind::DecodeError));
+    let mut trailing = out[..len].to_vec();
+    trailing.push(0);
+    let answer = client.raw(&trailing, id, Duration::from_secs(10)).expect("answer");
+    assert_eq!(error_kind(&answer, &client.key), Some(ErrorKind::DecodeError));
+    // Unknown kind, bad version, an over-long datagram.
+    let mut unknown = out[..len].to_vec();
+    unknown[HEADER_BYTES - 1] = 0x7e;
+    let answer = client.raw(&unknown, id, Duration::from_secs(10)).expect("answer");
+    assert_eq!(error_kind(&answer, &client.key), Some(ErrorKind::DecodeError));
+    let mut version = out[..len].to_vec();
+    version[3] = 99;
+    let answer = client.raw(&version, id, Duration::from_secs(10)).expect("answer");
+    assert_eq!(error_kind(&answer, &client.key), Some(ErrorKind::UnsupportedVersion));
+    let mut long = out[..len].to_vec();
+    long.resize(1600, 0);
+    let answer = client.raw(&long, id, Duration::from_secs(10)).expect("answer");
+    assert_eq!(error_kind(&answer, &client.key), Some(ErrorKind::DecodeError));
+    // An invalid name inside a mutation.
+    let mut bad_name = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+    let delete = ShardRequest::DeleteFile(DeleteFileReq { head: DeleteFileReqHead { parent: InodeId::ROOT }, name: name("ab") });
+    let len = datagram::encode(&mut bad_name, id, &delete, None).unwrap();
+    bad_name[len - 1] = b'/';
+    let answer = client.raw(&bad_name[..len], id, Duration::from_secs(10)).expect("answer");
+    assert_eq!(error_kind(&answer, &client.key), Some(ErrorKind::DecodeError));
+
+    // Still serving.
+    let bytes = client.call(&ShardRequest::Stat(StatReq { inode: InodeId::ROOT }));
+    assert!(matches!(decode(&bytes, &client.key), ShardResponse::Stat(StatResp::Directory(_))));
+    create_file(&mut client, InodeId::ROOT, "after", b"still here");
+}
+
+#[test]
+fn a_retransmitted_mutation_is_executed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_metad(1, dir.path(), None);
+    let key = cluster_key(dir.path());
+    let mut client = Client::new(daemon.address("udp"), &key);
+    let request = ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::File });
+    let id = client.fresh_id();
+    let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+    let len = datagram::encode(&mut out, id, &request, None).unwrap();
+    // Three copies back to back (some still queued when the first commits),
+    // then one more later.
+    for _ in 0..3 {
+        client.socket.send_to(&out[..len], client.server).unwrap();
+    }
+    let first = client.raw(&out[..len], id, Duration::from_secs(10)).expect("answer");
+    std::thread::sleep(Duration::from_millis(100));
+    let later = client.raw(&out[..len], id, Duration::from_secs(10)).expect("answer");
+    let ShardResponse::CreateEdenFile(a) = decode(&first, &client.key) else { panic!() };
+    let ShardResponse::CreateEdenFile(b) = decode(&later, &client.key) else { panic!() };
+    assert_eq!(a.inode, b.inode);
+    // A new request id gets the very next inode: nothing was created twice.
+    let bytes = client.call(&request);
+    let ShardResponse::CreateEdenFile(c) = decode(&bytes, &client.key) else { panic!() };
+    assert_eq!(c.inode.counter(), a.inode.counter() + 1);
+}
+
+#[test]
+fn ten_thousand_entries_over_udp_with_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_metad(1, dir.path(), None);
+    let key = cluster_key(dir.path());
+    let mut client = Client::new(daemon.address("udp"), &key);
+    let bytes = client.call(&ShardRequest::CreateUnlinkedDir(CreateUnlinkedDirReq {
+        transaction_id: U64::new(77),
+        parent: InodeId::ROOT,
+    }));
+    let ShardResponse::CreateUnlinkedDir(created) = decode(&bytes, &client.key) else { panic!() };
+    let target = InodeId::compose(InodeType::File, 4, 1).unwrap();
+    let texts: Vec<String> = (0..10_000).map(|i| format!("file-{i:05}")).collect();
+    let requests: Vec<(u64, Vec<u8>)> = texts
+        .iter()
+        .map(|text| {
+            let id = client.fresh_id();
+            let request = ShardRequest::InjectDirent(InjectDirentReq {
+                head: InjectDirentReqHead { dir: created.inode, inode: target, dry_run: 0 },
+                name: Name::new(text.as_bytes()).unwrap(),
+            });
+            let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+            let len = datagram::encode(&mut out, id, &request, Some(&client.key)).unwrap();
+            out.truncate(len);
+            (id, out)
+        })
+        .collect();
+    for response in pipeline(&client, &requests, 256) {
+        assert!(matches!(decode(&response, &client.key), ShardResponse::InjectDirent(_)));
+    }
+    let mut listed = Vec::new();
+    let mut start = 0;
+    let mut pages = 0;
+    loop {
+        let ls = ShardRequest::LsDir(LsDirReq { dir: created.inode, as_of: EggsTime::ZERO, start_hash: U64::new(start), flags: 0 });
+        let bytes = client.call(&ls);
+        assert!(bytes.len() <= UDP_DATAGRAM_BYTES_MAX);
+        let ShardResponse::LsDir(page) = decode(&bytes, &client.key) else { panic!() };
+        pages += 1;
+        listed.extend(page.entries.iter().map(|e| e.name.as_str().to_string()));
+        if page.more == 0 {
+            break;
+        }
+        start = page.next_hash.get();
+    }
+    assert!(pages > 10);
+    listed.sort();
+    assert_eq!(listed, texts);
+    let _ = List::<u8>::empty();
+}
