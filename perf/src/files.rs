@@ -1,0 +1,99 @@
+//! Whole-file figures through the `eggs` CLI: put of a local file and cat
+//! to a pipe this process drains (counting and checksumming the bytes, so a
+//! fast but wrong cat is reported as an error, not a figure).
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::error::{PerfError, Result};
+use crate::limits::{MIB, mb_per_second, pseudo_random_bytes};
+
+/// Writes `bytes` of incompressible data to `path`; its CRC32C.
+pub fn make_input(path: &Path, bytes: usize) -> Result<u32> {
+    let chunk = pseudo_random_bytes(4 * MIB, 13);
+    let mut file = std::fs::File::create(path).map_err(PerfError::io(format!("create {}", path.display())))?;
+    let mut crc = 0u32;
+    let mut written = 0usize;
+    while written < bytes {
+        let take = (bytes - written).min(chunk.len());
+        // Vary each chunk so no two blocks of the file are equal.
+        let mut piece = chunk[..take].to_vec();
+        piece[..8.min(take)].copy_from_slice(&(written as u64).to_le_bytes()[..8.min(take)]);
+        file.write_all(&piece).map_err(PerfError::io("write input file"))?;
+        crc = wire::crc::crc32c_append(crc, &piece);
+        written += take;
+    }
+    file.sync_all().map_err(PerfError::io("fsync input file"))?;
+    Ok(crc)
+}
+
+fn failed(what: &str, status: std::process::ExitStatus, stderr: &[u8]) -> PerfError {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+    PerfError::Component(format!("{what} failed ({status}): {line}"))
+}
+
+/// `eggs put <local> <remote>`: MB/s of the local file's size.
+pub fn put(eggs: &Path, envs: &[(String, String)], local: &Path, remote: &str, bytes: usize) -> Result<f64> {
+    let started = Instant::now();
+    let output = Command::new(eggs)
+        .arg("put")
+        .arg(local)
+        .arg(remote)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(PerfError::io(format!("run {}", eggs.display())))?;
+    let elapsed = started.elapsed();
+    if !output.status.success() {
+        return Err(failed(&format!("eggs put {remote}"), output.status, &output.stderr));
+    }
+    Ok(mb_per_second(bytes as u64, elapsed))
+}
+
+/// `eggs cat <remote>` into a pipe: MB/s, after checking the size and CRC.
+pub fn cat(eggs: &Path, envs: &[(String, String)], remote: &str, bytes: usize, crc: u32) -> Result<f64> {
+    let started = Instant::now();
+    let mut child = Command::new(eggs)
+        .arg("cat")
+        .arg(remote)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(PerfError::io(format!("run {}", eggs.display())))?;
+    let mut stdout = child.stdout.take().ok_or_else(|| PerfError::Component("eggs cat: no stdout pipe".into()))?;
+    let mut stderr = child.stderr.take().ok_or_else(|| PerfError::Component("eggs cat: no stderr pipe".into()))?;
+    // Drain stderr beside stdout so a chatty cat cannot block.
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let mut buf = vec![0u8; MIB];
+    let mut received = 0usize;
+    let mut received_crc = 0u32;
+    loop {
+        let n = stdout.read(&mut buf).map_err(PerfError::io("read eggs cat output"))?;
+        if n == 0 {
+            break;
+        }
+        received_crc = wire::crc::crc32c_append(received_crc, &buf[..n]);
+        received += n;
+    }
+    let status = child.wait().map_err(PerfError::io("wait for eggs cat"))?;
+    let elapsed = started.elapsed();
+    let stderr = stderr_reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(failed(&format!("eggs cat {remote}"), status, &stderr));
+    }
+    if received != bytes || received_crc != crc {
+        return Err(PerfError::Protocol(format!(
+            "eggs cat {remote} returned {received} bytes (crc {received_crc:08x}), expected {bytes} (crc {crc:08x})"
+        )));
+    }
+    Ok(mb_per_second(bytes as u64, elapsed))
+}

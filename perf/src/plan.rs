@@ -1,0 +1,91 @@
+//! How much each mode measures.
+
+use std::time::Duration;
+
+use perf::limits::MIB;
+
+/// The sizes and durations of one run.
+pub struct Plan {
+    pub mode: &'static str,
+    /// Loopback TCP, per stream count.
+    pub tcp: Duration,
+    /// Each UDP / shard read measurement, per client count.
+    pub udp: Duration,
+    /// Client counts for the UDP baseline and the shard reads.
+    pub client_counts: Vec<usize>,
+    pub sequential_write_bytes: usize,
+    pub fsync: Duration,
+    /// CRC32C and each Reed–Solomon measurement.
+    pub cpu: Duration,
+    /// Parity modes for the Reed–Solomon speed.
+    pub parities: Vec<(u8, u8)>,
+    pub block_sizes: Vec<usize>,
+    pub block_connections: Vec<usize>,
+    /// Each phase (write, fetch) of each block cell.
+    pub block_phase: Duration,
+    /// Each create measurement.
+    pub creates: Duration,
+    /// Client counts for durable creates.
+    pub create_clients: Vec<usize>,
+    /// Files in the shard before the second create measurement.
+    pub shard_files: u64,
+    /// Longest time spent filling the shard.
+    pub fill_max: Duration,
+    /// mkdir and mv measurements.
+    pub cdc: Duration,
+    pub cdc_clients: usize,
+    /// Files prepared for the mv measurement.
+    pub mv_files: u64,
+    /// Size of the file for put / cat.
+    pub file_bytes: usize,
+}
+
+impl Plan {
+    pub fn short() -> Self {
+        Self {
+            mode: "short",
+            tcp: Duration::from_millis(1500),
+            udp: Duration::from_secs(1),
+            client_counts: vec![1, 8, 64],
+            sequential_write_bytes: 512 * MIB,
+            fsync: Duration::from_millis(1500),
+            cpu: Duration::from_millis(500),
+            parities: vec![(4, 2)],
+            block_sizes: vec![MIB, 64 * MIB],
+            block_connections: vec![1, 16],
+            block_phase: Duration::from_millis(1500),
+            creates: Duration::from_secs(2),
+            create_clients: vec![1, 64],
+            shard_files: 20_000,
+            fill_max: Duration::from_secs(15),
+            cdc: Duration::from_secs(2),
+            cdc_clients: 8,
+            mv_files: 2_000,
+            file_bytes: 256 * MIB,
+        }
+    }
+
+    pub fn full() -> Self {
+        Self {
+            mode: "full",
+            tcp: Duration::from_secs(3),
+            udp: Duration::from_secs(3),
+            client_counts: vec![1, 2, 4, 8, 16, 32, 64],
+            sequential_write_bytes: 2048 * MIB,
+            fsync: Duration::from_secs(3),
+            cpu: Duration::from_secs(1),
+            parities: vec![(4, 2), (8, 3), (10, 4)],
+            block_sizes: vec![MIB, 4 * MIB, 16 * MIB, 64 * MIB],
+            block_connections: vec![1, 2, 4, 8, 16],
+            block_phase: Duration::from_secs(3),
+            creates: Duration::from_secs(5),
+            create_clients: vec![1, 8, 64],
+            shard_files: 1_000_000,
+            fill_max: Duration::from_secs(900),
+            cdc: Duration::from_secs(5),
+            cdc_clients: 8,
+            mv_files: 20_000,
+            file_bytes: 1024 * MIB,
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! One run: the machine's limits, then each component, then the report.
+//! A component that is missing or fails turns its rows into "not measured"
+//! with the reason; the run goes on with the others.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use perf::blocks::{self, BlockService};
+use perf::limits::{self, EchoServer, MIB};
+use perf::machine::Machine;
+use perf::process::{self, Daemon};
+use perf::report::{Report, Row, Target};
+use perf::{cdc, files, shard, udp};
+use tokio::runtime::Runtime;
+use wire::limits::{CDC_PORT_DEFAULT, SHARD_PORT_BASE, SHUCKLE_PORT_DEFAULT};
+use wire::span::Parity;
+
+use crate::plan::Plan;
+
+type Figure = Result<f64, String>;
+
+fn figure<T: Into<f64>>(result: perf::error::Result<T>) -> Figure {
+    result.map(Into::into).map_err(|e| e.to_string())
+}
+
+fn progress(text: &str) {
+    eprintln!("eggs-perf: {text}");
+}
+
+/// Seconds to wait for a daemon's `ready`: generous, the machine is shared.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The limits eggsfs rows are compared to.
+struct Limits {
+    tcp_one: Figure,
+    tcp_two: Figure,
+    echo: Vec<(usize, Figure)>,
+    sequential_write: Figure,
+    fsync: Figure,
+}
+
+impl Limits {
+    fn tcp_for(&self, connections: usize) -> Figure {
+        if connections > 1 { self.tcp_two.clone() } else { self.tcp_one.clone() }
+    }
+
+    fn echo_for(&self, clients: usize) -> Option<Figure> {
+        self.echo.iter().find(|(c, _)| *c == clients).map(|(_, f)| f.clone())
+    }
+}
+
+/// Runs everything; `Ok(true)` when every figure was measured.
+pub fn run(plan: &Plan, dir: Option<&Path>, results: &Path) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let stamp = wire::ids::EggsTime::now().human();
+    let base = dir.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+    let temp = tempfile::Builder::new()
+        .prefix("eggs-perf-")
+        .tempdir_in(&base)
+        .with_context(|| format!("make a temporary folder in {}", base.display()))?;
+    let folder = temp.path();
+    let machine = Machine::describe(folder);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(machine.cores.max(1))
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    progress(&format!(
+        "{} mode, data in {}, binaries from {}",
+        plan.mode,
+        folder.display(),
+        process::binary_folder().display()
+    ));
+
+    let mut report = Report::default();
+    let limits = measure_limits(plan, folder, &runtime, machine.cores, &mut report);
+    blockd_figures(plan, folder, &limits, &mut report);
+    shard_figures(plan, folder, &limits, &runtime, &mut report);
+    cluster_figures(plan, folder, &limits, &runtime, &mut report);
+
+    let elapsed = started.elapsed();
+    println!("{}", report.text_table());
+    let missing = report.missing();
+    for (figure, why) in &missing {
+        println!("not measured: {figure}: {why}");
+    }
+    write_results(plan, &machine, &report, &stamp, elapsed, results)?;
+    Ok(missing.is_empty())
+}
+
+fn measure_limits(plan: &Plan, folder: &Path, runtime: &Runtime, cores: usize, report: &mut Report) -> Limits {
+    progress("machine limits: loopback TCP");
+    let tcp_one = figure(limits::tcp_loopback(1, plan.tcp));
+    let tcp_two = figure(limits::tcp_loopback(2, plan.tcp));
+    report.push(Row::limit("loopback TCP, 1 stream", "MB/s", tcp_one.clone()));
+    report.push(Row::limit("loopback TCP, 2 streams", "MB/s", tcp_two.clone()));
+
+    progress("machine limits: UDP request/response");
+    let mut echo = Vec::new();
+    match EchoServer::start(cores) {
+        Ok(server) => {
+            for &clients in &plan.client_counts {
+                let rate = figure(runtime.block_on(udp::echo_rate(server.addr, clients, plan.udp)));
+                report.push(Row::limit(format!("UDP echo, {clients} clients"), "ops/s", rate.clone()));
+                echo.push((clients, rate));
+            }
+        }
+        Err(error) => {
+            for &clients in &plan.client_counts {
+                report.push(Row::limit(format!("UDP echo, {clients} clients"), "ops/s", Err(error.to_string())));
+                echo.push((clients, Err(error.to_string())));
+            }
+        }
+    }
+
+    progress("machine limits: disk");
+    let sequential_write = figure(limits::sequential_write(folder, plan.sequential_write_bytes));
+    report.push(Row::limit(
+        format!("sequential write + fsync, {} MiB", plan.sequential_write_bytes / MIB),
+        "MB/s",
+        sequential_write.clone(),
+    ));
+    let fsync = figure(limits::fsync_rate(folder, plan.fsync));
+    report.push(Row::limit("fsync of 4 KiB appends", "/s", fsync.clone()));
+
+    progress("machine limits: CRC32C and Reed–Solomon");
+    report.push(Row::limit("CRC32C, 1 core", "MB/s", figure(limits::crc32c_speed(plan.cpu))));
+    for &(d, p) in &plan.parities {
+        let parity = Parity::new(d, p).unwrap_or(Parity::NONE);
+        let (encode, decode) = match limits::reed_solomon_speed(parity, plan.cpu) {
+            Ok((encode, decode)) => (Ok(encode), Ok(decode)),
+            Err(error) => (Err(error.to_string()), Err(error.to_string())),
+        };
+        report.push(Row::limit(format!("RS {parity} encode, 4 MiB spans, 1 core"), "MB/s", encode));
+        report.push(Row::limit(format!("RS {parity} decode ({p} lost), 4 MiB spans, 1 core"), "MB/s", decode));
+    }
+    Limits { tcp_one, tcp_two, echo, sequential_write, fsync }
+}
+
+/// A UDP socket that swallows registrations (a stand-in shuckle address
+/// for daemons measured alone).
+fn registration_sink() -> Result<(UdpSocket, SocketAddr), String> {
+    let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind a registration sink: {e}"))?;
+    let addr = socket.local_addr().map_err(|e| format!("registration sink address: {e}"))?;
+    Ok((socket, addr))
+}
+
+fn start_blockd(folder: &Path, shuckle: SocketAddr) -> perf::error::Result<(Daemon, BlockService)> {
+    let blockd = process::binary("blockd")?;
+    let data = folder.join("blockd");
+    std::fs::create_dir_all(&data).map_err(perf::PerfError::io(format!("create {}", data.display())))?;
+    let args: Vec<String> = vec![
+        data.display().to_string(),
+        "--storage-class".into(),
+        "2".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--shuckle".into(),
+        shuckle.to_string(),
+    ];
+    let daemon = Daemon::start("blockd", &blockd, &args, &[], folder, READY_TIMEOUT)?;
+    let addr = daemon.address("tcp")?;
+    let key = blocks::read_key(&data)?;
+    Ok((daemon, BlockService::new(addr, &key)))
+}
+
+fn blockd_figures(plan: &Plan, folder: &Path, limits: &Limits, report: &mut Report) {
+    progress("blockd: write and fetch");
+    let started = registration_sink()
+        .and_then(|(sink, addr)| start_blockd(folder, addr).map(|started| (sink, started)).map_err(|e| e.to_string()));
+    let largest = plan.block_sizes.iter().copied().max().unwrap_or(MIB);
+    let data = Arc::new(limits::pseudo_random_bytes(largest, 17));
+    for &size in &plan.block_sizes {
+        let block = Arc::new(data[..size].to_vec());
+        for &connections in &plan.block_connections {
+            let cell = match &started {
+                Ok((_, (_, service))) => blocks::write_and_fetch(service, block.clone(), connections, plan.block_phase)
+                    .map_err(|e| e.to_string()),
+                Err(why) => Err(why.clone()),
+            };
+            let label = format!("{} MiB blocks × {connections} conn", size / MIB);
+            report.push(Row::against(
+                format!("blockd durable write, {label}"),
+                "MB/s",
+                cell.as_ref().map(|c| c.write_mb_per_second).map_err(Clone::clone),
+                Some(limits.sequential_write.clone()),
+                Target::RatioAtLeast(0.5),
+            ));
+            report.push(Row::against(
+                format!("blockd cached fetch, {label}"),
+                "MB/s",
+                cell.as_ref().map(|c| c.fetch_mb_per_second).map_err(Clone::clone),
+                Some(limits.tcp_for(connections)),
+                Target::RatioAtLeast(0.7),
+            ));
+        }
+    }
+}
+
+/// Shuckle on port 0 with the run's cluster key, when it works.
+fn start_shuckle(folder: &Path) -> perf::error::Result<Daemon> {
+    let shuckle = process::binary("shuckle")?;
+    let args: Vec<String> = vec![
+        "--data-dir".into(),
+        folder.join("shuckle").display().to_string(),
+        "--http".into(),
+        "127.0.0.1:0".into(),
+        "--udp".into(),
+        "127.0.0.1:0".into(),
+        "--key-file".into(),
+        folder.join("cluster.key").display().to_string(),
+    ];
+    Daemon::start("shuckle", &shuckle, &args, &[], folder, READY_TIMEOUT)
+}
+
+fn start_metad(folder: &Path, shuckle: SocketAddr) -> perf::error::Result<Daemon> {
+    let metad = process::binary("metad")?;
+    let args: Vec<String> = vec![
+        "1".into(),
+        folder.join("shard-1").display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--shuckle".into(),
+        shuckle.to_string(),
+        "--key-file".into(),
+        folder.join("cluster.key").display().to_string(),
+    ];
+    Daemon::start("metad", &metad, &args, &[], folder, READY_TIMEOUT)
+}
+
+fn shard_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime, report: &mut Report) {
+    progress("metad: stat, resolve, creates");
+    // Shuckle is only where the shard registers; a sink stands in for it
+    // when shuckle itself is not there yet.
+    let shuckle = start_shuckle(folder);
+    let sink = registration_sink();
+    let shuckle_addr = match (&shuckle, &sink) {
+        (Ok(daemon), _) => daemon.address("udp").map_err(|e| e.to_string()),
+        (Err(_), Ok((_, addr))) => Ok(*addr),
+        (Err(_), Err(why)) => Err(why.clone()),
+    };
+    let started = shuckle_addr.and_then(|addr| start_metad(folder, addr).map_err(|e| e.to_string()));
+    let shard_addr = started.as_ref().map_err(Clone::clone).and_then(|d| d.address("udp").map_err(|e| e.to_string()));
+    let resolve_target = "perf-resolve-target";
+    let prepared = shard_addr.clone().and_then(|addr| {
+        runtime
+            .block_on(async {
+                let mut client = udp::Client::new(addr, wire::datagram::SHARD_MAGIC).await?;
+                shard::create_small_file(&mut client, shard::ROOT, resolve_target, b"resolve me").await
+            })
+            .map(|()| addr)
+            .map_err(|e| e.to_string())
+    });
+    for &clients in &plan.client_counts {
+        let stat = prepared.clone().and_then(|addr| {
+            figure(runtime.block_on(shard::stat_rate(addr, clients, plan.udp)).map(|r| r.per_second()))
+        });
+        report.push(Row::against(
+            format!("metad stat, {clients} clients"),
+            "ops/s",
+            stat,
+            limits.echo_for(clients),
+            Target::AtLeast(100_000.0),
+        ));
+    }
+    for &clients in &plan.client_counts {
+        let resolve = prepared.clone().and_then(|addr| {
+            figure(
+                runtime.block_on(shard::resolve_rate(addr, resolve_target, clients, plan.udp)).map(|r| r.per_second()),
+            )
+        });
+        report.push(Row::against(
+            format!("metad resolve, {clients} clients"),
+            "ops/s",
+            resolve,
+            limits.echo_for(clients),
+            Target::AtLeast(100_000.0),
+        ));
+    }
+    let mut made = 0u64;
+    let creates = |prefix: &str, clients: usize, made: &mut u64| -> Figure {
+        let addr = prepared.clone()?;
+        let rate = runtime
+            .block_on(shard::create_rate(addr, shard::ROOT, prefix, clients, plan.creates, u64::MAX))
+            .map_err(|e| e.to_string())?;
+        *made += rate.ops;
+        Ok(rate.per_second())
+    };
+    for &clients in &plan.create_clients {
+        let rate = creates(&format!("perf-create-{clients}"), clients, &mut made);
+        report.push(Row::against(
+            format!("metad durable creates, {clients} clients"),
+            "files/s",
+            rate,
+            Some(limits.fsync.clone()),
+            Target::TimesAtLeast(10.0),
+        ));
+    }
+    // Fill the shard, then measure again with the most clients.
+    let most = plan.create_clients.iter().copied().max().unwrap_or(1);
+    let filled = prepared.clone().and_then(|addr| {
+        let wanted = plan.shard_files.saturating_sub(made);
+        progress(&format!("metad: filling the shard with {wanted} more files"));
+        runtime
+            .block_on(shard::create_rate(addr, shard::ROOT, "perf-fill", most, plan.fill_max, wanted))
+            .map(|rate| made + rate.ops)
+            .map_err(|e| e.to_string())
+    });
+    let (label, rate) = match filled {
+        Ok(files) => (format!("{files} files"), creates("perf-create-filled", most, &mut made)),
+        Err(why) => (format!("{} files", plan.shard_files), Err(why)),
+    };
+    report.push(Row::against(
+        format!("metad durable creates, {most} clients, shard holding {label}"),
+        "files/s",
+        rate,
+        Some(limits.fsync.clone()),
+        Target::TimesAtLeast(10.0),
+    ));
+    drop(started);
+    drop(shuckle);
+}
+
+/// The address local-cluster printed for `keyword` (a line naming it and
+/// holding an ip:port), else the default.
+fn cluster_address(daemon: &Daemon, keyword: &str, default: SocketAddr) -> SocketAddr {
+    daemon
+        .other_lines
+        .iter()
+        .filter(|line| line.to_lowercase().contains(keyword))
+        .flat_map(|line| line.split_whitespace().filter_map(|word| word.parse::<SocketAddr>().ok()).collect::<Vec<_>>())
+        .next()
+        .unwrap_or(default)
+}
+
+fn cluster_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime, report: &mut Report) {
+    progress("eggs local-cluster: ready, memory, CDC, put, cat");
+    let cluster = process::binary("eggs").and_then(|eggs| {
+        let args: Vec<String> =
+            vec!["local-cluster".into(), "--data-dir".into(), folder.join("cluster").display().to_string()];
+        Daemon::start("eggs local-cluster", &eggs, &args, &[], folder, READY_TIMEOUT).map(|daemon| (eggs, daemon))
+    });
+    let cluster = cluster.map_err(|e| e.to_string());
+    report.push(Row::against(
+        "eggs local-cluster start → ready",
+        "s",
+        cluster.as_ref().map(|(_, d)| d.ready_after.as_secs_f64()).map_err(Clone::clone),
+        None,
+        Target::AtMost(2.0),
+    ));
+    let resident = |cluster: &Result<(std::path::PathBuf, Daemon), String>| -> Figure {
+        let (_, daemon) = cluster.as_ref().map_err(Clone::clone)?;
+        let pids: Vec<u32> = std::iter::once(daemon.pid())
+            .chain(process::descendants(daemon.pid()).into_iter().map(|(p, _)| p))
+            .collect();
+        Ok(pids.iter().map(|&pid| process::resident_bytes(pid)).sum::<u64>() as f64 / 1e6)
+    };
+    report.push(Row::against(
+        "local cluster resident memory, idle",
+        "MB",
+        resident(&cluster),
+        None,
+        Target::AtMost(300.0),
+    ));
+
+    let localhost = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let addresses = cluster.as_ref().map_err(Clone::clone).map(|(_, daemon)| {
+        (
+            cluster_address(daemon, "shard 1", localhost(SHARD_PORT_BASE + 1)),
+            cluster_address(daemon, "cdc", localhost(CDC_PORT_DEFAULT)),
+            cluster_address(daemon, "shuckle", localhost(SHUCKLE_PORT_DEFAULT)),
+        )
+    });
+
+    let mkdir = addresses.clone().and_then(|(_, cdc_addr, _)| {
+        figure(
+            runtime
+                .block_on(cdc::mkdir_rate(cdc_addr, "perf-mkdir", plan.cdc_clients, plan.cdc))
+                .map(|r| r.per_second()),
+        )
+    });
+    report.push(Row::against(
+        format!("CDC mkdir, {} clients", plan.cdc_clients),
+        "dirs/s",
+        mkdir,
+        None,
+        Target::AtLeast(1000.0),
+    ));
+    let mv = addresses.clone().and_then(|(shard_addr, cdc_addr, _)| {
+        runtime
+            .block_on(async {
+                let target = cdc::mkdir(&mut cdc::client(cdc_addr).await?, "perf-mv-target").await?;
+                let made =
+                    shard::create_rate(shard_addr, shard::ROOT, "perf-mv", 64, plan.cdc * 10, plan.mv_files).await?;
+                cdc::mv_rate(cdc_addr, "perf-mv", made.ops, target, plan.cdc_clients, plan.cdc).await
+            })
+            .map(|r| r.per_second())
+            .map_err(|e| e.to_string())
+    });
+    report.push(Row::against(format!("CDC mv file, {} clients", plan.cdc_clients), "files/s", mv, None, Target::None));
+
+    let size = format!("{} MiB", plan.file_bytes / MIB);
+    let input = folder.join("perf-input");
+    let prepared = addresses.clone().and_then(|(_, _, shuckle_addr)| {
+        progress(&format!("making a {size} input file"));
+        let crc = files::make_input(&input, plan.file_bytes).map_err(|e| e.to_string())?;
+        let (eggs, _) = cluster.as_ref().map_err(Clone::clone)?;
+        Ok((eggs.clone(), vec![("EGGS_SHUCKLE".to_string(), shuckle_addr.to_string())], crc))
+    });
+    let remote = "/perf-file";
+    let put = prepared.clone().and_then(|(eggs, envs, _)| {
+        progress("eggs put");
+        figure(files::put(&eggs, &envs, &input, remote, plan.file_bytes))
+    });
+    report.push(Row::against(
+        format!("eggs put {size} (root policy, RS 4+2)"),
+        "MB/s",
+        put.clone(),
+        Some(limits.sequential_write.clone()),
+        Target::RatioAtLeast(0.4),
+    ));
+    let cat = |label: &str| -> Figure {
+        put.clone()?;
+        let (eggs, envs, crc) = prepared.clone()?;
+        progress(label);
+        figure(files::cat(&eggs, &envs, remote, plan.file_bytes, crc))
+    };
+    report.push(Row::against(
+        format!("eggs cat {size}"),
+        "MB/s",
+        cat("eggs cat"),
+        Some(limits.tcp_two.clone()),
+        Target::RatioAtLeast(0.6),
+    ));
+    report.push(Row::against(
+        "local cluster resident memory, after put and cat",
+        "MB",
+        resident(&cluster),
+        None,
+        Target::None,
+    ));
+    let killed = cluster.as_ref().map_err(Clone::clone).and_then(|(_, daemon)| kill_one_block_service(daemon.pid()));
+    let degraded = killed.and_then(|()| cat("eggs cat, one block service killed"));
+    report.push(Row::against(
+        format!("eggs cat {size}, one block service killed"),
+        "MB/s",
+        degraded,
+        Some(limits.tcp_two.clone()),
+        Target::None,
+    ));
+    let _ = std::fs::remove_file(&input);
+}
+
+/// SIGKILLs one blockd child of the local cluster and waits until it is gone.
+fn kill_one_block_service(cluster_pid: u32) -> Result<(), String> {
+    let (pid, _) = process::descendants(cluster_pid)
+        .into_iter()
+        .find(|(_, name)| name == "blockd")
+        .ok_or_else(|| "the local cluster has no blockd child to kill".to_string())?;
+    process::signal(pid, libc::SIGKILL);
+    let started = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() && started.elapsed() < Duration::from_secs(10) {
+        // A killed child stays a zombie until local-cluster reaps it: that counts as gone.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn write_results(
+    plan: &Plan,
+    machine: &Machine,
+    report: &Report,
+    stamp: &str,
+    elapsed: Duration,
+    results: &Path,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(results).with_context(|| format!("create {}", results.display()))?;
+    let date = stamp.get(..10).unwrap_or(stamp);
+    let base = results.join(format!("{date}-{}", plan.mode));
+    let mut markdown = format!(
+        "# eggs-perf, {} mode, {stamp}\n\n`cargo run --release -p perf --bin eggs-perf -- --{}` (took {:.0} s)\n\n## Machine\n\n{}\n\
+         The machine is shared: other builds and tests ran during the measurement, so absolute figures are \
+         noisy; limits and eggsfs were measured in the same run so that the ratios stay meaningful.\n\n## Figures\n\n{}",
+        plan.mode,
+        plan.mode,
+        elapsed.as_secs_f64(),
+        machine.markdown(),
+        report.markdown_table()
+    );
+    let missing = report.missing();
+    if !missing.is_empty() {
+        markdown.push_str("\n## Not measured\n\n");
+        for (figure, why) in missing {
+            markdown.push_str(&format!("- {figure}: {why}\n"));
+        }
+    }
+    std::fs::write(base.with_extension("md"), markdown).with_context(|| format!("write {}.md", base.display()))?;
+    std::fs::write(base.with_extension("csv"), report.csv())
+        .with_context(|| format!("write {}.csv", base.display()))?;
+    progress(&format!("results in {}.md and .csv", base.display()));
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! Metadata shard figures: stat and resolve rates, and durable small-file
+//! creates (create_eden_file + add_eden_span with an inline span +
+//! link_eden_file), each a closed loop of clients over loopback UDP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use wire::codec::Name;
+use wire::datagram::SHARD_MAGIC;
+use wire::ids::{EggsTime, InodeId, InodeType};
+use wire::shard::{
+    AddEdenSpanReq, AddEdenSpanReqHead, CreateEdenFileReq, LinkEdenFileReq, LinkEdenFileReqHead, ResolveMode,
+    ResolveReq, ResolveReqHead, ShardRequest, ShardResponse, StatReq,
+};
+use wire::span::{InlineBytes, SpanBody};
+use zerocopy::byteorder::little_endian::{U32, U64};
+
+use crate::error::{PerfError, Result};
+use crate::udp::{Client, Rate, run_clients};
+
+/// The root directory (shard 1).
+pub const ROOT: InodeId = InodeId::new(0x0020_0000_0000_0000);
+
+/// Bytes of each small file: well inside an inline span.
+pub const SMALL_FILE_BYTES: usize = 100;
+
+fn refused(what: &str, response: &ShardResponse<'_>) -> PerfError {
+    match response {
+        ShardResponse::Error(error) => PerfError::Protocol(format!("{what}: {} {}", error.kind, error.text.as_str())),
+        other => PerfError::Protocol(format!("{what}: unexpected answer {:?}", other.kind())),
+    }
+}
+
+fn name(text: &str) -> Result<Name<'_>> {
+    Name::new(text.as_bytes()).map_err(|e| PerfError::Protocol(format!("name {text:?}: {e}")))
+}
+
+/// stat of the root directory, per second, with `clients` clients.
+pub async fn stat_rate(shard: SocketAddr, clients: usize, duration: Duration) -> Result<Rate> {
+    run_clients(clients, duration, move |_, deadline| async move {
+        let mut client = Client::new(shard, SHARD_MAGIC).await?;
+        let request = ShardRequest::Stat(StatReq { inode: ROOT });
+        let mut ops = 0;
+        while Instant::now() < deadline {
+            match client.call::<_, ShardResponse<'_>>(&request, None).await? {
+                ShardResponse::Stat(_) => ops += 1,
+                other => return Err(refused("stat /", &other)),
+            }
+        }
+        Ok(ops)
+    })
+    .await
+}
+
+/// resolve of `/<target>` (which must exist), per second.
+pub async fn resolve_rate(shard: SocketAddr, target: &str, clients: usize, duration: Duration) -> Result<Rate> {
+    let target: Arc<str> = target.into();
+    run_clients(clients, duration, move |_, deadline| {
+        let target = target.clone();
+        async move {
+            let mut client = Client::new(shard, SHARD_MAGIC).await?;
+            let request = ShardRequest::Resolve(ResolveReq {
+                head: ResolveReqHead { mode: ResolveMode::Alive, parent: ROOT, creation_time: EggsTime::ZERO },
+                name: name(&target)?,
+            });
+            let mut ops = 0;
+            while Instant::now() < deadline {
+                match client.call::<_, ShardResponse<'_>>(&request, None).await? {
+                    ShardResponse::Resolve(_) => ops += 1,
+                    other => return Err(refused("resolve", &other)),
+                }
+            }
+            Ok(ops)
+        }
+    })
+    .await
+}
+
+/// Creates `parent/file_name` holding `contents` as one inline span, the
+/// way a client writes a small file. Durable when this returns.
+pub async fn create_small_file(client: &mut Client, parent: InodeId, file_name: &str, contents: &[u8]) -> Result<()> {
+    let created = match client
+        .call::<_, ShardResponse<'_>>(
+            &ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::File }),
+            None,
+        )
+        .await?
+    {
+        ShardResponse::CreateEdenFile(created) => created,
+        other => return Err(refused("create_eden_file", &other)),
+    };
+    let size = u32::try_from(contents.len()).map_err(|_| PerfError::Protocol("small file too large".into()))?;
+    let add = ShardRequest::AddEdenSpan(AddEdenSpanReq {
+        head: AddEdenSpanReqHead {
+            inode: created.inode,
+            cookie: created.cookie,
+            offset: U64::new(0),
+            size: U32::new(size),
+            crc: U32::new(wire::crc::crc32c(contents)),
+        },
+        body: SpanBody::Inline(
+            InlineBytes::new(contents).map_err(|e| PerfError::Protocol(format!("inline span: {e}")))?,
+        ),
+    });
+    match client.call::<_, ShardResponse<'_>>(&add, None).await? {
+        ShardResponse::AddEdenSpan(_) => {}
+        other => return Err(refused("add_eden_span (inline)", &other)),
+    }
+    let link = ShardRequest::LinkEdenFile(LinkEdenFileReq {
+        head: LinkEdenFileReqHead { inode: created.inode, cookie: created.cookie, parent },
+        name: name(file_name)?,
+    });
+    match client.call::<_, ShardResponse<'_>>(&link, None).await? {
+        ShardResponse::LinkEdenFile(_) => Ok(()),
+        other => Err(refused("link_eden_file", &other)),
+    }
+}
+
+/// Small files created per second by `clients` clients in `parent`, until
+/// `duration` passes or `count_max` files were made (whichever is first).
+/// Names are `<prefix>-<n>` with n counting from 0 across the clients.
+pub async fn create_rate(
+    shard: SocketAddr,
+    parent: InodeId,
+    prefix: &str,
+    clients: usize,
+    duration: Duration,
+    count_max: u64,
+) -> Result<Rate> {
+    let next = Arc::new(AtomicU64::new(0));
+    let prefix: Arc<str> = prefix.into();
+    run_clients(clients, duration, move |_, deadline| {
+        let next = next.clone();
+        let prefix = prefix.clone();
+        async move {
+            let mut client = Client::new(shard, SHARD_MAGIC).await?;
+            let contents = crate::limits::pseudo_random_bytes(SMALL_FILE_BYTES, 5);
+            let mut ops = 0;
+            while Instant::now() < deadline {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= count_max {
+                    break;
+                }
+                create_small_file(&mut client, parent, &format!("{prefix}-{n}"), &contents).await?;
+                ops += 1;
+            }
+            Ok(ops)
+        }
+    })
+    .await
+}
