@@ -122,7 +122,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         let listener = TcpListener::bind(address).map_err(|e| UsageError(format!("--metrics {address}: {e}")))?;
         writeln!(stdout, "listening http {}", listener.local_addr()?)?;
         let counters = counters.clone();
-        std::thread::Builder::new().name("blockd-metrics".into()).spawn(move || blockd::metrics::serve(listener, counters))?;
+        std::thread::Builder::new()
+            .name("blockd-metrics".into())
+            .spawn(move || blockd::metrics::serve(listener, counters))?;
     }
 
     let (executors, stops) = start_executors(&shared, listeners, &cpus[..cores])?;
@@ -227,7 +229,8 @@ fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
         return Err(std::io::Error::last_os_error()).context("reading the CPU affinity");
     }
     // SAFETY: `set` was filled by sched_getaffinity; CPU_ISSET only reads it.
-    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect();
+    let cpus: Vec<usize> =
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect();
     if cpus.is_empty() {
         bail!("no CPU available");
     }

@@ -54,7 +54,10 @@ impl Counters {
     }
 
     pub fn usage(&self) -> Usage {
-        Usage { used_bytes: self.used_bytes.load(Ordering::Relaxed), used_blocks: self.used_blocks.load(Ordering::Relaxed) }
+        Usage {
+            used_bytes: self.used_bytes.load(Ordering::Relaxed),
+            used_blocks: self.used_blocks.load(Ordering::Relaxed),
+        }
     }
 
     pub fn block_added(&self, size: u64) {

@@ -133,7 +133,10 @@ mod tests {
         altered.size = zerocopy::byteorder::little_endian::U32::new(11);
         assert_eq!(check_write(&altered, &k, NOW), Err(Refusal::BadWriteCertificate(block_id)));
         let size = BLOCK_SIZE_BYTES_MAX + 1;
-        assert_eq!(check_write(&WriteReq::new(&k, block_id, 5, size), &k, NOW), Err(Refusal::TooLarge { block_id, size }));
+        assert_eq!(
+            check_write(&WriteReq::new(&k, block_id, 5, size), &k, NOW),
+            Err(Refusal::TooLarge { block_id, size })
+        );
         assert_eq!(check_write(&WriteReq::new(&k, block_id, 5, BLOCK_SIZE_BYTES_MAX), &k, NOW), Ok(()));
     }
 
@@ -158,7 +161,10 @@ mod tests {
         let k = key();
         let old = BlockId::compose(EggsTime::new(1), 1);
         assert_eq!(check_erase(&EraseReq::new(&k, old), &k), Ok(()));
-        assert_eq!(check_erase(&EraseReq::new(&MacKey::new(&SecretKey([9; 16])), old), &k), Err(Refusal::BadEraseCertificate(old)));
+        assert_eq!(
+            check_erase(&EraseReq::new(&MacKey::new(&SecretKey([9; 16])), old), &k),
+            Err(Refusal::BadEraseCertificate(old))
+        );
     }
 
     #[test]

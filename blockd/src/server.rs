@@ -549,10 +549,8 @@ async fn erase(executor: &Executor, stream: &mut Stream, request: &EraseReq) -> 
     let block_id = request.block_id;
     let path = executor.shared.layout.block_path(block_id);
     let target = path.clone();
-    let removed = glommio::executor()
-        .spawn_blocking(move || remove_block(&target))
-        .await
-        .map_err(storage("removing", &path))?;
+    let removed =
+        glommio::executor().spawn_blocking(move || remove_block(&target)).await.map_err(storage("removing", &path))?;
     // Also when the block was already gone: an earlier erase may not have
     // synced the folder yet.
     executor.sync_block_dir(block_id).await?;

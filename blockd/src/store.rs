@@ -150,8 +150,10 @@ fn lock_and_read_key(mut file: File, path: &Path) -> Result<KeyHolder, StoreErro
     }
     let mut bytes = Vec::with_capacity(KEY_BYTES + 1);
     Read::by_ref(&mut file).take(KEY_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(io_error("reading", path))?;
-    let key: [u8; KEY_BYTES] =
-        bytes.as_slice().try_into().map_err(|_| StoreError::BadKeyLength { path: path.to_path_buf(), len: bytes.len() })?;
+    let key: [u8; KEY_BYTES] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| StoreError::BadKeyLength { path: path.to_path_buf(), len: bytes.len() })?;
     Ok(KeyHolder { key: SecretKey(key), _locked_file: file })
 }
 

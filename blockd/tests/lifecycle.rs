@@ -29,7 +29,8 @@ fn kill_9_during_concurrent_writes_loses_nothing_acknowledged() {
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..6u8)
         .map(|writer| {
-            let (key, attempted, acknowledged, stop) = (key.clone(), attempted.clone(), acknowledged.clone(), stop.clone());
+            let (key, attempted, acknowledged, stop) =
+                (key.clone(), attempted.clone(), acknowledged.clone(), stop.clone());
             std::thread::spawn(move || {
                 let Ok(mut stream) = std::net::TcpStream::connect(address) else { return };
                 stream.set_read_timeout(Some(TIMEOUT)).unwrap();
