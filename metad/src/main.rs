@@ -35,9 +35,7 @@ extern "C" fn exit_cleanly(_signal: libc::c_int) {
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = match Args::try_parse() {
         Ok(args) => args,
@@ -72,9 +70,7 @@ fn main() {
         shuckle: args.shuckle.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], SHUCKLE_PORT_DEFAULT))),
         folder: args.dir,
         cluster_key,
-        executors: args
-            .executors
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        executors: args.executors.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
     };
     if let Err(error) = metad::server::run(config) {
         eprintln!("metad: {error}");

@@ -220,12 +220,7 @@ fn refusal(bytes: &[u8], error: DecodeError, out: &mut [u8]) -> Option<usize> {
     datagram::encode(out, header.request_id(), &response, None).ok()
 }
 
-async fn serve(
-    socket: glommio::net::UdpSocket,
-    reply: Arc<UdpSocket>,
-    shared: Arc<Shared>,
-    writer: SyncSender<Job>,
-) {
+async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: Arc<Shared>, writer: SyncSender<Job>) {
     let mut buf = vec![0u8; RECEIVE_BUFFER_BYTES];
     let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
     loop {
@@ -250,12 +245,22 @@ async fn serve(
                     match writer.try_send(job) {
                         Ok(()) => None,
                         Err(TrySendError::Full(_)) => {
-                            let len = shared.shard.encode_error(&mut out, header.request_id(), ErrorKind::Overloaded, "write queue full");
+                            let len = shared.shard.encode_error(
+                                &mut out,
+                                header.request_id(),
+                                ErrorKind::Overloaded,
+                                "write queue full",
+                            );
                             Some(len)
                         }
                         Err(TrySendError::Disconnected(_)) => {
                             tracing::error!("writer thread is gone");
-                            let len = shared.shard.encode_error(&mut out, header.request_id(), ErrorKind::StorageError, "writer stopped");
+                            let len = shared.shard.encode_error(
+                                &mut out,
+                                header.request_id(),
+                                ErrorKind::StorageError,
+                                "writer stopped",
+                            );
                             Some(len)
                         }
                     }
@@ -347,7 +352,8 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
             Err(error) => {
                 tracing::error!(%error, jobs = batch.len(), "write batch failed");
                 for job in &batch {
-                    let len = shared.shard.encode_error(&mut out, job.request_id, ErrorKind::StorageError, "storage error");
+                    let len =
+                        shared.shard.encode_error(&mut out, job.request_id, ErrorKind::StorageError, "storage error");
                     send(job, out.get(..len).unwrap_or_default());
                 }
                 batch.clear();
@@ -394,12 +400,17 @@ fn apply_batch(
             continue;
         }
         let len = match datagram::decode::<ShardRequest>(&job.datagram, Some(shared.shard.cluster_key())) {
-            Ok((_, request)) => {
-                shared.shard.handle_mutation(&shared.store, &mut txn, &env, rng, effects, job.request_id, &request, out)?
-            }
-            Err(error) => {
-                shared.shard.encode_error(out, job.request_id, ErrorKind::DecodeError, &error.to_string())
-            }
+            Ok((_, request)) => shared.shard.handle_mutation(
+                &shared.store,
+                &mut txn,
+                &env,
+                rng,
+                effects,
+                job.request_id,
+                &request,
+                out,
+            )?,
+            Err(error) => shared.shard.encode_error(out, job.request_id, ErrorKind::DecodeError, &error.to_string()),
         };
         in_batch.insert(key, ());
         answers.push(Some(out.get(..len).unwrap_or_default().to_vec()));

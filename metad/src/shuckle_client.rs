@@ -9,9 +9,7 @@ use wire::datagram;
 use wire::ids::{BlockServiceId, EggsTime, ShardId};
 use wire::limits::{BLOCK_SERVICES_MAX, CLIENT_TIMEOUT_INITIAL_NS, CLIENT_TIMEOUT_MAX_NS, UDP_DATAGRAM_BYTES_MAX};
 use wire::mac::{MacKey, SecretKey, block_service_id};
-use wire::shuckle::{
-    BlockServicesWithKeysReq, RegisterShardReq, ShuckleRequest, ShuckleResponse,
-};
+use wire::shuckle::{BlockServicesWithKeysReq, RegisterShardReq, ShuckleRequest, ShuckleResponse};
 use wire::{Address, ErrorKind};
 use zerocopy::byteorder::little_endian::U64;
 
@@ -43,9 +41,8 @@ pub struct ShuckleClient {
 
 impl ShuckleClient {
     pub fn new(shuckle: SocketAddr, cluster_key: &SecretKey) -> Result<Self, ShuckleError> {
-        let bind: SocketAddr = if shuckle.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-            .parse()
-            .map_err(|_| ShuckleError::Unexpected)?;
+        let bind: SocketAddr =
+            if shuckle.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(|_| ShuckleError::Unexpected)?;
         let socket = UdpSocket::bind(bind)?;
         Ok(Self { socket, shuckle, key: MacKey::new(cluster_key) })
     }
@@ -59,7 +56,8 @@ impl ShuckleClient {
     ) -> Result<T, ShuckleError> {
         let request_id: u64 = rand::random();
         let mut out = [0u8; UDP_DATAGRAM_BYTES_MAX];
-        let len = datagram::encode(&mut out, request_id, request, Some(&self.key)).map_err(|_| ShuckleError::Unexpected)?;
+        let len =
+            datagram::encode(&mut out, request_id, request, Some(&self.key)).map_err(|_| ShuckleError::Unexpected)?;
         let started = Instant::now();
         let mut timeout = Duration::from_nanos(CLIENT_TIMEOUT_INITIAL_NS);
         let mut buf = [0u8; UDP_DATAGRAM_BYTES_MAX + 64];
@@ -70,7 +68,11 @@ impl ShuckleClient {
                 self.socket.set_read_timeout(Some(left))?;
                 let (got, from) = match self.socket.recv_from(&mut buf) {
                     Ok(received) => received,
-                    Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                    Err(error)
+                        if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                    {
+                        break;
+                    }
                     // ICMP port unreachable surfaces as a refused read: shuckle is down.
                     Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => break,
                     Err(error) => return Err(error.into()),

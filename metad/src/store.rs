@@ -452,10 +452,7 @@ impl SpanRecord {
             wire::span::STORAGE_CLASS_ZERO_FILL => SpanPayload::ZeroFill,
             _ => {
                 let rest = reader.rest();
-                if rest.len() % STORED_BLOCK_BYTES != 0
-                    || rest.len() / STORED_BLOCK_BYTES != parity.total_blocks()
-                    || !parity.is_valid_for_blocks()
-                {
+                if rest.len() != parity.total_blocks() * STORED_BLOCK_BYTES || !parity.is_valid_for_blocks() {
                     return Err(StoreError::Corrupt(WHAT));
                 }
                 let mut blocks = Vec::with_capacity(parity.total_blocks());

@@ -22,8 +22,7 @@ use zerocopy::{FromBytes, IntoBytes};
 fn write_block(certificate: &BlockCertificate, crc: u32, data: &[u8]) -> Mac {
     let mut stream = TcpStream::connect(certificate.address.socket_addr()).expect("connect to blockd");
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let request =
-        WriteReq::with_certificate(certificate.block_id, crc, data.len() as u32, certificate.certificate);
+    let request = WriteReq::with_certificate(certificate.block_id, crc, data.len() as u32, certificate.certificate);
     stream.write_all(request.as_bytes()).unwrap();
     stream.write_all(data).unwrap();
     let mut response = [0u8; 17];
@@ -59,7 +58,16 @@ fn certificates_and_proofs_with_real_block_services() {
     let key_arg = key_file.to_str().unwrap();
     let shuckle = Daemon::start(
         &shuckle_binary,
-        &["--data-dir", root.join("shuckle").to_str().unwrap(), "--http", "127.0.0.1:0", "--udp", "127.0.0.1:0", "--key-file", key_arg],
+        &[
+            "--data-dir",
+            root.join("shuckle").to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--udp",
+            "127.0.0.1:0",
+            "--key-file",
+            key_arg,
+        ],
     );
     let shuckle_udp = shuckle.address("udp").to_string();
     let _block_services: Vec<Daemon> = (0..3)
@@ -68,7 +76,17 @@ fn certificates_and_proofs_with_real_block_services() {
             let host = format!("host{i}");
             Daemon::start(
                 &blockd_binary,
-                &[folder.to_str().unwrap(), "--storage-class", "2", "--shuckle", &shuckle_udp, "--host", &host, "--cores", "1"],
+                &[
+                    folder.to_str().unwrap(),
+                    "--storage-class",
+                    "2",
+                    "--shuckle",
+                    &shuckle_udp,
+                    "--host",
+                    &host,
+                    "--cores",
+                    "1",
+                ],
             )
         })
         .collect();
@@ -124,7 +142,11 @@ fn certificates_and_proofs_with_real_block_services() {
     let bytes = client.call(&certify(&forged));
     assert!(matches!(decode(&bytes, &client.key), ShardResponse::Error(e) if e.kind == ErrorKind::NotAuthorised));
     let bytes = client.call(&certify(&proofs));
-    assert!(matches!(decode(&bytes, &client.key), ShardResponse::CertifyEdenSpan(_)), "{:?}", decode(&bytes, &client.key));
+    assert!(
+        matches!(decode(&bytes, &client.key), ShardResponse::CertifyEdenSpan(_)),
+        "{:?}",
+        decode(&bytes, &client.key)
+    );
 
     let link = ShardRequest::LinkEdenFile(LinkEdenFileReq {
         head: LinkEdenFileReqHead { inode: created.inode, cookie: created.cookie, parent: InodeId::ROOT },

@@ -40,7 +40,13 @@ fn ok(bytes: Option<Vec<u8>>, client: &Client) -> Option<ShardResponse<'static>>
 
 /// One client: create/link files, rename every third, until `stop` or
 /// the server stops answering. Acknowledged links are pushed to `files`.
-fn workload(mut client: Client, index: usize, stop: Arc<AtomicBool>, acked: Arc<AtomicUsize>, files: Arc<Mutex<Vec<FileState>>>) {
+fn workload(
+    mut client: Client,
+    index: usize,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+    files: Arc<Mutex<Vec<FileState>>>,
+) {
     client.deadline = Duration::from_secs(3);
     for i in 0.. {
         if stop.load(Ordering::Relaxed) {
@@ -49,7 +55,9 @@ fn workload(mut client: Client, index: usize, stop: Arc<AtomicBool>, acked: Arc<
         let name = format!("c{index}-{i}");
         let id = client.fresh_id();
         let create = ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::File });
-        let Some(ShardResponse::CreateEdenFile(created)) = ok(client.try_call_with_id(id, &create), &client) else { return };
+        let Some(ShardResponse::CreateEdenFile(created)) = ok(client.try_call_with_id(id, &create), &client) else {
+            return;
+        };
         let contents = name.as_bytes();
         let span = ShardRequest::AddEdenSpan(AddEdenSpanReq {
             head: AddEdenSpanReqHead {
@@ -114,7 +122,12 @@ fn list_root(client: &mut Client) -> HashMap<String, InodeId> {
     let mut entries = HashMap::new();
     let mut start = 0;
     loop {
-        let ls = ShardRequest::LsDir(LsDirReq { dir: InodeId::ROOT, as_of: EggsTime::ZERO, start_hash: U64::new(start), flags: 0 });
+        let ls = ShardRequest::LsDir(LsDirReq {
+            dir: InodeId::ROOT,
+            as_of: EggsTime::ZERO,
+            start_hash: U64::new(start),
+            flags: 0,
+        });
         let bytes = client.call(&ls);
         let ShardResponse::LsDir(page) = decode(&bytes, &client.key) else { panic!() };
         for entry in page.entries.iter() {
@@ -175,7 +188,11 @@ fn kill_nine_during_create_link_rename_loses_nothing_acknowledged() {
     }
     // Consistency: every listed entry is a readable file with the right
     // contents, and at most one in-flight link per client is extra.
-    assert!(listed.len() >= expected_names && listed.len() <= expected_names + CLIENTS, "{} vs {expected_names}", listed.len());
+    assert!(
+        listed.len() >= expected_names && listed.len() <= expected_names + CLIENTS,
+        "{} vs {expected_names}",
+        listed.len()
+    );
     for (entry_name, inode) in &listed {
         let bytes = client.call(&ShardRequest::FetchSpans(FetchSpansReq { inode: *inode, offset: U64::new(0) }));
         let ShardResponse::FetchSpans(spans) = decode(&bytes, &client.key) else { panic!("{entry_name}") };

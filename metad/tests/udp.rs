@@ -85,22 +85,35 @@ fn files_and_privileged_requests_over_udp() {
             head: InjectDirentReqHead { dir: parent, inode: child, dry_run: 0 },
             name: name(child_name),
         };
-        assert!(matches!(decode(&client.call(&ShardRequest::InjectDirent(inject)), &client.key), ShardResponse::InjectDirent(_)));
+        assert!(matches!(
+            decode(&client.call(&ShardRequest::InjectDirent(inject)), &client.key),
+            ShardResponse::InjectDirent(_)
+        ));
         let release = ReleaseDirentReq {
             head: ReleaseDirentReqHead { dir: parent, inode: child, kill: 0 },
             name: name(child_name),
         };
-        assert!(matches!(decode(&client.call(&ShardRequest::ReleaseDirent(release)), &client.key), ShardResponse::ReleaseDirent(_)));
+        assert!(matches!(
+            decode(&client.call(&ShardRequest::ReleaseDirent(release)), &client.key),
+            ShardResponse::ReleaseDirent(_)
+        ));
     }
     let acquire = AcquireDirentReq {
         head: AcquireDirentReqHead { dir: c.inode, expected_type: InodeType::Directory },
         name: name("d"),
     };
-    assert!(matches!(decode(&client.call(&ShardRequest::AcquireDirent(acquire)), &client.key), ShardResponse::AcquireDirent(_)));
+    assert!(matches!(
+        decode(&client.call(&ShardRequest::AcquireDirent(acquire)), &client.key),
+        ShardResponse::AcquireDirent(_)
+    ));
     let unlink = ShardRequest::SetParent(SetParentReq { dir: d.inode, parent: InodeId::NULL });
     assert!(matches!(decode(&client.call(&unlink), &client.key), ShardResponse::SetParent(_)));
-    let kill = ReleaseDirentReq { head: ReleaseDirentReqHead { dir: c.inode, inode: d.inode, kill: 1 }, name: name("d") };
-    assert!(matches!(decode(&client.call(&ShardRequest::ReleaseDirent(kill)), &client.key), ShardResponse::ReleaseDirent(_)));
+    let kill =
+        ReleaseDirentReq { head: ReleaseDirentReqHead { dir: c.inode, inode: d.inode, kill: 1 }, name: name("d") };
+    assert!(matches!(
+        decode(&client.call(&ShardRequest::ReleaseDirent(kill)), &client.key),
+        ShardResponse::ReleaseDirent(_)
+    ));
     let ls = |flags, as_of| ShardRequest::LsDir(LsDirReq { dir: c.inode, as_of, start_hash: U64::new(0), flags });
     let bytes = client.call(&ls(0, EggsTime::ZERO));
     let ShardResponse::LsDir(living) = decode(&bytes, &client.key) else { panic!() };
@@ -166,7 +179,8 @@ fn malformed_datagrams_are_answered_or_dropped_and_serving_continues() {
     assert_eq!(error_kind(&answer, &client.key), Some(ErrorKind::DecodeError));
     // An invalid name inside a mutation.
     let mut bad_name = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
-    let delete = ShardRequest::DeleteFile(DeleteFileReq { head: DeleteFileReqHead { parent: InodeId::ROOT }, name: name("ab") });
+    let delete =
+        ShardRequest::DeleteFile(DeleteFileReq { head: DeleteFileReqHead { parent: InodeId::ROOT }, name: name("ab") });
     let len = datagram::encode(&mut bad_name, id, &delete, None).unwrap();
     bad_name[len - 1] = b'/';
     let answer = client.raw(&bad_name[..len], id, Duration::from_secs(10)).expect("answer");
@@ -239,7 +253,12 @@ fn ten_thousand_entries_over_udp_with_group_commit() {
     let mut start = 0;
     let mut pages = 0;
     loop {
-        let ls = ShardRequest::LsDir(LsDirReq { dir: created.inode, as_of: EggsTime::ZERO, start_hash: U64::new(start), flags: 0 });
+        let ls = ShardRequest::LsDir(LsDirReq {
+            dir: created.inode,
+            as_of: EggsTime::ZERO,
+            start_hash: U64::new(start),
+            flags: 0,
+        });
         let bytes = client.call(&ls);
         assert!(bytes.len() <= UDP_DATAGRAM_BYTES_MAX);
         let ShardResponse::LsDir(page) = decode(&bytes, &client.key) else { panic!() };

@@ -11,17 +11,22 @@
 
 use heed::{RoTxn, RwTxn};
 use std::ops::Bound;
+use wire::ErrorKind;
 use wire::hash::HashMode;
 use wire::ids::{EggsTime, InodeId, InodeType};
 use wire::limits::{EDEN_DEADLINE_NS, PURGE_AGE_MIN_NS};
 use wire::shard::*;
-use wire::ErrorKind;
 
 use super::{HandleError, Mutation, Shard, refuse};
 use crate::store::*;
 
 /// A directory of this shard, or a refusal.
-pub(crate) fn directory(shard: &Shard, store: &Store, txn: &RoTxn, dir: InodeId) -> Result<DirectoryRecord, HandleError> {
+pub(crate) fn directory(
+    shard: &Shard,
+    store: &Store,
+    txn: &RoTxn,
+    dir: InodeId,
+) -> Result<DirectoryRecord, HandleError> {
     let dir = dir.without_owning();
     if dir.inode_type() != Some(InodeType::Directory) {
         return refuse(ErrorKind::BadInodeType, format!("{dir} is not a directory"));
@@ -51,7 +56,13 @@ pub(crate) fn hash_of(dir: &DirectoryRecord, name: &[u8]) -> Result<u64, HandleE
     }
 }
 
-fn living(store: &Store, txn: &RoTxn, dir: InodeId, name_hash: u64, name: &[u8]) -> Result<Option<LivingRecord>, HandleError> {
+fn living(
+    store: &Store,
+    txn: &RoTxn,
+    dir: InodeId,
+    name_hash: u64,
+    name: &[u8],
+) -> Result<Option<LivingRecord>, HandleError> {
     match store.living.get(txn, &living_key(dir, name_hash, name))? {
         Some(bytes) => Ok(Some(LivingRecord::decode(bytes)?)),
         None => Ok(None),
@@ -130,7 +141,14 @@ impl Mutation<'_, '_> {
     /// Moves the living entry of `slot` to the dead map under its creation
     /// time, with its owning bit set to `owning`, and a placeholder at
     /// `nothing_at` if given.
-    fn bury(&self, txn: &mut RwTxn, slot: &Slot<'_>, record: LivingRecord, owning: bool, nothing_at: Option<EggsTime>) -> Result<(), HandleError> {
+    fn bury(
+        &self,
+        txn: &mut RwTxn,
+        slot: &Slot<'_>,
+        record: LivingRecord,
+        owning: bool,
+        nothing_at: Option<EggsTime>,
+    ) -> Result<(), HandleError> {
         let store = self.store;
         store.living.delete(txn, &living_key(slot.dir, slot.name_hash, slot.name))?;
         let dead = dead_key(slot.dir, slot.name_hash, slot.name, record.creation_time);
@@ -166,7 +184,11 @@ impl Mutation<'_, '_> {
         Ok(())
     }
 
-    pub(super) fn link_eden_file(&mut self, txn: &mut RwTxn, req: &LinkEdenFileReq<'_>) -> Result<LinkEdenFileResp, HandleError> {
+    pub(super) fn link_eden_file(
+        &mut self,
+        txn: &mut RwTxn,
+        req: &LinkEdenFileReq<'_>,
+    ) -> Result<LinkEdenFileResp, HandleError> {
         let inode = req.inode.without_owning();
         let eden = self.eden_for_write(txn, inode, &req.cookie, "link")?;
         if let Some((_, span)) = self.last_span(txn, inode)?
@@ -188,10 +210,16 @@ impl Mutation<'_, '_> {
         Ok(LinkEdenFileResp { creation_time })
     }
 
-    pub(super) fn same_dir_rename(&mut self, txn: &mut RwTxn, req: &SameDirRenameReq<'_>) -> Result<SameDirRenameResp, HandleError> {
+    pub(super) fn same_dir_rename(
+        &mut self,
+        txn: &mut RwTxn,
+        req: &SameDirRenameReq<'_>,
+    ) -> Result<SameDirRenameResp, HandleError> {
         let dir = linked_directory(self.shard, self.store, txn, req.parent)?;
-        let old = Slot { dir: req.parent, name_hash: hash_of(&dir, req.old_name.as_bytes())?, name: req.old_name.as_bytes() };
-        let new = Slot { dir: req.parent, name_hash: hash_of(&dir, req.new_name.as_bytes())?, name: req.new_name.as_bytes() };
+        let old =
+            Slot { dir: req.parent, name_hash: hash_of(&dir, req.old_name.as_bytes())?, name: req.old_name.as_bytes() };
+        let new =
+            Slot { dir: req.parent, name_hash: hash_of(&dir, req.new_name.as_bytes())?, name: req.new_name.as_bytes() };
         let Some(source) = living(self.store, txn, old.dir, old.name_hash, old.name)? else {
             return refuse(ErrorKind::NotFound, format!("no entry {:?}", req.old_name));
         };
@@ -233,7 +261,9 @@ impl Mutation<'_, '_> {
     /// version's creation time (dead or living).
     fn death_time(&self, txn: &RoTxn, slot: &Slot<'_>, creation_time: EggsTime) -> Result<EggsTime, HandleError> {
         let after = EggsTime::new(creation_time.get().saturating_add(1));
-        if let Some((time, _)) = version_as_of(self.store, txn, slot.dir, slot.name_hash, slot.name, after, true, false)? {
+        if let Some((time, _)) =
+            version_as_of(self.store, txn, slot.dir, slot.name_hash, slot.name, after, true, false)?
+        {
             return Ok(time);
         }
         match living(self.store, txn, slot.dir, slot.name_hash, slot.name)? {
@@ -302,14 +332,22 @@ impl Mutation<'_, '_> {
         Ok(true)
     }
 
-    pub(super) fn set_directory_policy(&mut self, txn: &mut RwTxn, req: &SetDirectoryPolicyReq<'_>) -> Result<EmptyResp, HandleError> {
+    pub(super) fn set_directory_policy(
+        &mut self,
+        txn: &mut RwTxn,
+        req: &SetDirectoryPolicyReq<'_>,
+    ) -> Result<EmptyResp, HandleError> {
         let mut dir = directory(self.shard, self.store, txn, req.dir)?;
         dir.policy = req.policy.as_bytes().to_vec();
         self.touch(txn, req.dir.without_owning(), dir)?;
         Ok(EmptyResp {})
     }
 
-    pub(super) fn create_unlinked_dir(&mut self, txn: &mut RwTxn, req: &CreateUnlinkedDirReq) -> Result<CreateUnlinkedDirResp, HandleError> {
+    pub(super) fn create_unlinked_dir(
+        &mut self,
+        txn: &mut RwTxn,
+        req: &CreateUnlinkedDirReq,
+    ) -> Result<CreateUnlinkedDirResp, HandleError> {
         let transaction = req.transaction_id.get().to_be_bytes();
         if let Some(bytes) = self.store.unlinked_dirs.get(txn, &transaction)? {
             return Ok(CreateUnlinkedDirResp { inode: InodeId::new(decode_u64(bytes, "unlinked dir")?) });
@@ -343,7 +381,11 @@ impl Mutation<'_, '_> {
         Ok(EmptyResp {})
     }
 
-    pub(super) fn inject_dirent(&mut self, txn: &mut RwTxn, req: &InjectDirentReq<'_>) -> Result<InjectDirentResp, HandleError> {
+    pub(super) fn inject_dirent(
+        &mut self,
+        txn: &mut RwTxn,
+        req: &InjectDirentReq<'_>,
+    ) -> Result<InjectDirentResp, HandleError> {
         let target = req.inode.without_owning();
         if target.is_null() || target.inode_type().is_none() {
             return refuse(ErrorKind::BadRequest, "not an inode");
@@ -367,7 +409,11 @@ impl Mutation<'_, '_> {
         Ok(InjectDirentResp { creation_time })
     }
 
-    pub(super) fn acquire_dirent(&mut self, txn: &mut RwTxn, req: &AcquireDirentReq<'_>) -> Result<AcquireDirentResp, HandleError> {
+    pub(super) fn acquire_dirent(
+        &mut self,
+        txn: &mut RwTxn,
+        req: &AcquireDirentReq<'_>,
+    ) -> Result<AcquireDirentResp, HandleError> {
         let dir = directory(self.shard, self.store, txn, req.dir)?;
         let slot = Slot { dir: req.dir, name_hash: hash_of(&dir, req.name.as_bytes())?, name: req.name.as_bytes() };
         let Some(mut record) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)? else {
@@ -385,7 +431,11 @@ impl Mutation<'_, '_> {
 
     /// Never refuses: an entry already released or killed (or never there)
     /// is success, so the CDC can retry blindly.
-    pub(super) fn release_dirent(&mut self, txn: &mut RwTxn, req: &ReleaseDirentReq<'_>) -> Result<EmptyResp, HandleError> {
+    pub(super) fn release_dirent(
+        &mut self,
+        txn: &mut RwTxn,
+        req: &ReleaseDirentReq<'_>,
+    ) -> Result<EmptyResp, HandleError> {
         let dir = match directory(self.shard, self.store, txn, req.dir) {
             Ok(dir) => dir,
             Err(HandleError::Refused { .. }) => return Ok(EmptyResp {}),
@@ -411,7 +461,11 @@ impl Mutation<'_, '_> {
         Ok(EmptyResp {})
     }
 
-    pub(super) fn purge_remote_owning_dirent(&mut self, txn: &mut RwTxn, req: &PurgeRemoteOwningDirentReq<'_>) -> Result<EmptyResp, HandleError> {
+    pub(super) fn purge_remote_owning_dirent(
+        &mut self,
+        txn: &mut RwTxn,
+        req: &PurgeRemoteOwningDirentReq<'_>,
+    ) -> Result<EmptyResp, HandleError> {
         let dir = directory(self.shard, self.store, txn, req.dir)?;
         let slot = Slot { dir: req.dir, name_hash: hash_of(&dir, req.name.as_bytes())?, name: req.name.as_bytes() };
         let Some(inode) = self.purgeable(txn, &slot, req.creation_time)? else {
@@ -425,7 +479,11 @@ impl Mutation<'_, '_> {
         Ok(EmptyResp {})
     }
 
-    pub(super) fn move_file_to_eden(&mut self, txn: &mut RwTxn, req: &MoveFileToEdenReq) -> Result<EmptyResp, HandleError> {
+    pub(super) fn move_file_to_eden(
+        &mut self,
+        txn: &mut RwTxn,
+        req: &MoveFileToEdenReq,
+    ) -> Result<EmptyResp, HandleError> {
         let inode = req.inode.without_owning();
         if self.send_to_eden(txn, inode)? || self.store.eden.get(txn, &inode_key(inode))?.is_some() {
             return Ok(EmptyResp {});

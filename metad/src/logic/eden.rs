@@ -244,7 +244,10 @@ impl Mutation<'_, '_> {
     ) -> Result<(), HandleError> {
         let blocks = span.blocks();
         if proofs.len() != blocks.len() {
-            return refuse(ErrorKind::BadRequest, format!("{} {what} proofs for {} blocks", proofs.len(), blocks.len()));
+            return refuse(
+                ErrorKind::BadRequest,
+                format!("{} {what} proofs for {} blocks", proofs.len(), blocks.len()),
+            );
         }
         for (index, (block, proof)) in blocks.iter().zip(proofs.iter()).enumerate() {
             let Some((_, key)) = self.env.block_services.get(block.block_service_id) else {

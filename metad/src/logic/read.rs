@@ -455,7 +455,6 @@ fn reverse_block_query(
         let (inode, offset) = decode_reverse(value)?;
         entries.push(ReverseBlockEntry { block_id, inode, span_offset: U64::new(offset) });
     }
-    let response =
-        ReverseBlockQueryResp { head: ReverseBlockQueryRespHead { next }, entries: List::new(&entries) };
+    let response = ReverseBlockQueryResp { head: ReverseBlockQueryRespHead { next }, entries: List::new(&entries) };
     Ok(shard.encode(out, request_id, &ShardResponse::ReverseBlockQuery(response)))
 }

@@ -77,7 +77,16 @@ impl Harness {
             let mut effects = MutationEffects::default();
             let len = self
                 .shard
-                .handle_mutation(&self.store, &mut txn, &env, &mut self.rng, &mut effects, request_id, &request, &mut out)
+                .handle_mutation(
+                    &self.store,
+                    &mut txn,
+                    &env,
+                    &mut self.rng,
+                    &mut effects,
+                    request_id,
+                    &request,
+                    &mut out,
+                )
                 .unwrap();
             txn.commit().unwrap();
             len
@@ -192,7 +201,10 @@ fn root_exists_on_shard_one_and_stat_answers() {
         let StatResp::Directory(dir) = stat else { panic!("root is a directory") };
         assert!(dir.parent.is_null());
     });
-    assert_eq!(error(&mut h, ShardRequest::Stat(StatReq { inode: InodeId::new(0x2020_0000_0000_0099) })), ErrorKind::NotFound);
+    assert_eq!(
+        error(&mut h, ShardRequest::Stat(StatReq { inode: InodeId::new(0x2020_0000_0000_0099) })),
+        ErrorKind::NotFound
+    );
 }
 
 #[test]
@@ -236,7 +248,10 @@ fn files_are_created_linked_resolved_and_read() {
         error(&mut h, ShardRequest::AddEdenSpan(inline_span(created.inode, [0; 8], 1000, b"x"))),
         ErrorKind::NotAuthorised
     );
-    assert_eq!(error(&mut h, ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::Directory })), ErrorKind::BadInodeType);
+    assert_eq!(
+        error(&mut h, ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::Directory })),
+        ErrorKind::BadInodeType
+    );
 }
 
 #[test]
@@ -263,7 +278,10 @@ fn link_overwrites_owning_files_but_never_directories() {
     assert_eq!(dead.creation_time, first_time);
     // A directory entry is never overwritten.
     let dir = ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(1), parent: InodeId::ROOT });
-    let inject = InjectDirentReq { head: InjectDirentReqHead { dir: InodeId::ROOT, inode: dir.inode, dry_run: 0 }, name: name("d") };
+    let inject = InjectDirentReq {
+        head: InjectDirentReqHead { dir: InodeId::ROOT, inode: dir.inode, dry_run: 0 },
+        name: name("d"),
+    };
     ok!(h, InjectDirent, inject);
     let created = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
     let link = LinkEdenFileReq {
@@ -290,7 +308,11 @@ fn dead_map_across_delete_overwrite_and_rename_with_as_of_listings() {
     let after_overwrite = h.now;
     ok!(h, DeleteFile, DeleteFileReq { head: DeleteFileReqHead { parent: InodeId::ROOT }, name: name("a") });
     let after_delete = h.now;
-    let rename = SameDirRenameReq { head: SameDirRenameReqHead { parent: InodeId::ROOT }, old_name: name("b"), new_name: name("c") };
+    let rename = SameDirRenameReq {
+        head: SameDirRenameReqHead { parent: InodeId::ROOT },
+        old_name: name("b"),
+        new_name: name("c"),
+    };
     let renamed = ok!(h, SameDirRename, rename);
     assert!(renamed.creation_time > t_b);
 
@@ -313,7 +335,8 @@ fn dead_map_across_delete_overwrite_and_rename_with_as_of_listings() {
     let a = dead.iter().find(|e| e.0 == "a").unwrap();
     assert!(a.1.is_null());
     // Newer than: the first version at or after the time.
-    let dead = ls(&mut h, InodeId::ROOT, t_a1.saturating_add_ns(1), ls_flags::USE_DEAD_MAP | ls_flags::NEWER_THAN_AS_OF);
+    let dead =
+        ls(&mut h, InodeId::ROOT, t_a1.saturating_add_ns(1), ls_flags::USE_DEAD_MAP | ls_flags::NEWER_THAN_AS_OF);
     let a = dead.iter().find(|e| e.0 == "a").unwrap();
     assert_eq!(a.1.without_owning(), a2);
     // Resolve in the dead map skips placeholders.
@@ -340,26 +363,40 @@ fn dead_map_across_delete_overwrite_and_rename_with_as_of_listings() {
 fn prototype_readme_ls_dead_ge() {
     let mut h = Harness::new();
     let before = h.now;
-    let c = ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(1), parent: InodeId::ROOT }).inode;
+    let c =
+        ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(1), parent: InodeId::ROOT }).inode;
     // The retried creation returns the same directory.
     let again = ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(1), parent: InodeId::ROOT });
     assert_eq!(again.inode, c);
     let d = ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(2), parent: c }).inode;
     for (parent, child, child_name) in [(InodeId::ROOT, c, "c"), (c, d, "d")] {
-        let dry = InjectDirentReq { head: InjectDirentReqHead { dir: parent, inode: child, dry_run: 1 }, name: name(child_name) };
+        let dry = InjectDirentReq {
+            head: InjectDirentReqHead { dir: parent, inode: child, dry_run: 1 },
+            name: name(child_name),
+        };
         ok!(h, InjectDirent, dry);
-        let inject = InjectDirentReq { head: InjectDirentReqHead { dir: parent, inode: child, dry_run: 0 }, name: name(child_name) };
+        let inject = InjectDirentReq {
+            head: InjectDirentReqHead { dir: parent, inode: child, dry_run: 0 },
+            name: name(child_name),
+        };
         ok!(h, InjectDirent, inject);
-        let release = ReleaseDirentReq { head: ReleaseDirentReqHead { dir: parent, inode: child, kill: 0 }, name: name(child_name) };
+        let release = ReleaseDirentReq {
+            head: ReleaseDirentReqHead { dir: parent, inode: child, kill: 0 },
+            name: name(child_name),
+        };
         ok!(h, ReleaseDirent, release);
     }
     assert_eq!(names(&ls(&mut h, c, EggsTime::ZERO, 0)), vec!["d"]);
     // rmdir /c/d: acquire, unlink (parent null), kill.
-    let acquire = AcquireDirentReq { head: AcquireDirentReqHead { dir: c, expected_type: InodeType::Directory }, name: name("d") };
+    let acquire = AcquireDirentReq {
+        head: AcquireDirentReqHead { dir: c, expected_type: InodeType::Directory },
+        name: name("d"),
+    };
     let acquired = ok!(h, AcquireDirent, acquire);
     assert_eq!(acquired.inode, d);
     // A non-owning entry cannot be renamed or deleted by ordinary requests.
-    let rename = SameDirRenameReq { head: SameDirRenameReqHead { parent: c }, old_name: name("d"), new_name: name("e") };
+    let rename =
+        SameDirRenameReq { head: SameDirRenameReqHead { parent: c }, old_name: name("d"), new_name: name("e") };
     assert_eq!(error(&mut h, ShardRequest::SameDirRename(rename)), ErrorKind::NotOwning);
     // c is not empty.
     let unlink_c = SetParentReq { dir: c, parent: InodeId::NULL };
@@ -376,14 +413,18 @@ fn prototype_readme_ls_dead_ge() {
     // The removed directory takes no new entries.
     let inject = InjectDirentReq { head: InjectDirentReqHead { dir: d, inode: c, dry_run: 0 }, name: name("x") };
     assert_eq!(error(&mut h, ShardRequest::InjectDirent(inject)), ErrorKind::NotFound);
-    let acquire = AcquireDirentReq { head: AcquireDirentReqHead { dir: InodeId::ROOT, expected_type: InodeType::File }, name: name("c") };
+    let acquire = AcquireDirentReq {
+        head: AcquireDirentReqHead { dir: InodeId::ROOT, expected_type: InodeType::File },
+        name: name("c"),
+    };
     assert_eq!(error(&mut h, ShardRequest::AcquireDirent(acquire)), ErrorKind::BadInodeType);
 }
 
 #[test]
 fn ten_thousand_entries_paginate_within_a_datagram() {
     let mut h = Harness::new();
-    let dir = ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(9), parent: InodeId::ROOT }).inode;
+    let dir =
+        ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(9), parent: InodeId::ROOT }).inode;
     let target = InodeId::compose(InodeType::File, 3, 1).unwrap();
     let env_now = h.now;
     {
@@ -407,12 +448,18 @@ fn ten_thousand_entries_paginate_within_a_datagram() {
     let mut unique = names(&all);
     unique.dedup();
     assert_eq!(unique.len(), 10_000);
-    let hashes: Vec<u64> =
-        all.iter().map(|(n, _, _)| wire::hash::HashMode::Md5Prefix.hash(n.as_bytes())).collect();
+    let hashes: Vec<u64> = all.iter().map(|(n, _, _)| wire::hash::HashMode::Md5Prefix.hash(n.as_bytes())).collect();
     assert!(hashes.windows(2).all(|w| w[0] <= w[1]), "listing is in hash order");
 }
 
-fn add_block_span(h: &mut Harness, inode: InodeId, cookie: Mac, offset: u64, data: &[u8], parity: Parity) -> Vec<BlockCertificate> {
+fn add_block_span(
+    h: &mut Harness,
+    inode: InodeId,
+    cookie: Mac,
+    offset: u64,
+    data: &[u8],
+    parity: Parity,
+) -> Vec<BlockCertificate> {
     let layout = wire::SpanLayout::new(data.len() as u64, parity).unwrap();
     let blocks: Vec<NewBlock> = (0..parity.total_blocks())
         .map(|i| {
@@ -426,7 +473,13 @@ fn add_block_span(h: &mut Harness, inode: InodeId, cookie: Mac, offset: u64, dat
         })
         .collect();
     let request = AddEdenSpanReq {
-        head: AddEdenSpanReqHead { inode, cookie, offset: U64::new(offset), size: U32::new(data.len() as u32), crc: U32::new(crc32c(data)) },
+        head: AddEdenSpanReqHead {
+            inode,
+            cookie,
+            offset: U64::new(offset),
+            size: U32::new(data.len() as u32),
+            crc: U32::new(crc32c(data)),
+        },
         body: SpanBody::Blocks { storage_class: 2, parity, blocks: List::new(&blocks) },
     };
     with_ok!(h, AddEdenSpan, request, |r| r.blocks.iter().collect())
@@ -451,20 +504,30 @@ fn block_spans_certificates_proofs_and_expunge() {
     assert_eq!(services.len(), 3, "distinct block services");
     for certificate in &certificates {
         let key = service_mac(&h, certificate.block_service_id);
-        assert_eq!(certificate.certificate, key.write_certificate(certificate.block_id, crc32c(data), data.len() as u32));
+        assert_eq!(
+            certificate.certificate,
+            key.write_certificate(certificate.block_id, crc32c(data), data.len() as u32)
+        );
         assert_eq!(certificate.block_id.shard(), 1);
     }
     // The retried add gets the same answer.
     assert_eq!(add_block_span(&mut h, inode, cookie, 0, data, mirrored), certificates);
     // Another span cannot follow an uncertified one; a link neither.
-    assert_eq!(error(&mut h, ShardRequest::AddEdenSpan(inline_span(inode, cookie, data.len() as u64, b"x"))), ErrorKind::BadSpanState);
-    let link = LinkEdenFileReq { head: LinkEdenFileReqHead { inode, cookie, parent: InodeId::ROOT }, name: name("blocks") };
+    assert_eq!(
+        error(&mut h, ShardRequest::AddEdenSpan(inline_span(inode, cookie, data.len() as u64, b"x"))),
+        ErrorKind::BadSpanState
+    );
+    let link =
+        LinkEdenFileReq { head: LinkEdenFileReqHead { inode, cookie, parent: InodeId::ROOT }, name: name("blocks") };
     assert_eq!(error(&mut h, ShardRequest::LinkEdenFile(link)), ErrorKind::BadSpanState);
     // Wrong proofs, then the right ones.
     let mut proofs: Vec<Mac> =
         certificates.iter().map(|c| service_mac(&h, c.block_service_id).write_proof(c.block_id)).collect();
     fn certify_req(inode: InodeId, cookie: Mac, proofs: &[Mac]) -> CertifyEdenSpanReq<'_> {
-        CertifyEdenSpanReq { head: CertifyEdenSpanReqHead { inode, cookie, offset: U64::new(0) }, proofs: List::new(proofs) }
+        CertifyEdenSpanReq {
+            head: CertifyEdenSpanReqHead { inode, cookie, offset: U64::new(0) },
+            proofs: List::new(proofs),
+        }
     }
     let certify = |proofs| certify_req(inode, cookie, proofs);
     let good = proofs.clone();
@@ -484,16 +547,27 @@ fn block_spans_certificates_proofs_and_expunge() {
         }
     });
     let first = certificates[0];
-    with_ok!(h, ReverseBlockQuery, ReverseBlockQueryReq { block_service_id: first.block_service_id, begin: wire::BlockId::new(0) }, |r| {
-        let entry = r.entries.get(0).unwrap();
-        assert_eq!((entry.block_id, entry.inode, entry.span_offset.get()), (first.block_id, inode, 0));
-    });
+    with_ok!(
+        h,
+        ReverseBlockQuery,
+        ReverseBlockQueryReq { block_service_id: first.block_service_id, begin: wire::BlockId::new(0) },
+        |r| {
+            let entry = r.entries.get(0).unwrap();
+            assert_eq!((entry.block_id, entry.inode, entry.span_offset.get()), (first.block_id, inode, 0));
+        }
+    );
     // Seven mirrored blocks need seven services; there are six.
     let created2 = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
     let crc = crc32c(b"x");
     let blocks = [NewBlock { crc: U32::new(crc), size: U32::new(1) }; 7];
     let too_many = AddEdenSpanReq {
-        head: AddEdenSpanReqHead { inode: created2.inode, cookie: created2.cookie, offset: U64::new(0), size: U32::new(1), crc: U32::new(crc) },
+        head: AddEdenSpanReqHead {
+            inode: created2.inode,
+            cookie: created2.cookie,
+            offset: U64::new(0),
+            size: U32::new(1),
+            crc: U32::new(crc),
+        },
         body: SpanBody::Blocks { storage_class: 2, parity: Parity::new(1, 6).unwrap(), blocks: List::new(&blocks) },
     };
     assert_eq!(error(&mut h, ShardRequest::AddEdenSpan(too_many)), ErrorKind::NotEnoughBlockServices);
@@ -507,7 +581,10 @@ fn block_spans_certificates_proofs_and_expunge() {
         r.blocks.iter().collect()
     });
     for certificate in &erase {
-        assert_eq!(certificate.certificate, service_mac(&h, certificate.block_service_id).erase_certificate(certificate.block_id));
+        assert_eq!(
+            certificate.certificate,
+            service_mac(&h, certificate.block_service_id).erase_certificate(certificate.block_id)
+        );
     }
     let wrong: Vec<Mac> = erase.iter().map(|c| service_mac(&h, c.block_service_id).write_proof(c.block_id)).collect();
     fn certify_expunge_req(inode: InodeId, proofs: &[Mac]) -> CertifyExpungeReq<'_> {
@@ -518,10 +595,19 @@ fn block_spans_certificates_proofs_and_expunge() {
     assert_eq!(error(&mut h, ShardRequest::ExpungeEdenFile(ExpungeEdenFileReq { inode })), ErrorKind::BadRequest);
     let right: Vec<Mac> = erase.iter().map(|c| service_mac(&h, c.block_service_id).erase_proof(c.block_id)).collect();
     ok!(h, CertifyExpunge, certify_expunge(&right));
-    with_ok!(h, ReverseBlockQuery, ReverseBlockQueryReq { block_service_id: first.block_service_id, begin: wire::BlockId::new(0) }, |r| assert!(r.entries.is_empty()));
-    with_ok!(h, VisitEden, VisitEdenReq { begin: InodeId::NULL }, |r| assert!(r.entries.iter().any(|e| e.inode == inode)));
+    with_ok!(
+        h,
+        ReverseBlockQuery,
+        ReverseBlockQueryReq { block_service_id: first.block_service_id, begin: wire::BlockId::new(0) },
+        |r| assert!(r.entries.is_empty())
+    );
+    with_ok!(h, VisitEden, VisitEdenReq { begin: InodeId::NULL }, |r| assert!(
+        r.entries.iter().any(|e| e.inode == inode)
+    ));
     ok!(h, ExpungeEdenFile, ExpungeEdenFileReq { inode });
-    with_ok!(h, VisitEden, VisitEdenReq { begin: InodeId::NULL }, |r| assert!(r.entries.iter().all(|e| e.inode != inode)));
+    with_ok!(h, VisitEden, VisitEdenReq { begin: InodeId::NULL }, |r| assert!(
+        r.entries.iter().all(|e| e.inode != inode)
+    ));
 }
 
 #[test]
@@ -537,7 +623,10 @@ fn a_thousand_spans_paginate_in_fetch_spans() {
             let bytes = [i as u8; 10];
             let request = ShardRequest::AddEdenSpan(inline_span(created.inode, created.cookie, i * 10, &bytes));
             let mut effects = MutationEffects::default();
-            let len = h.shard.handle_mutation(&h.store, &mut txn, &env, &mut h.rng, &mut effects, 1, &request, &mut out).unwrap();
+            let len = h
+                .shard
+                .handle_mutation(&h.store, &mut txn, &env, &mut h.rng, &mut effects, 1, &request, &mut out)
+                .unwrap();
             assert!(matches!(decode(&out[..len], &h.cluster), ShardResponse::AddEdenSpan(_)));
         }
         txn.commit().unwrap();
@@ -570,13 +659,16 @@ fn purge_waits_an_hour_and_sends_owned_files_to_eden() {
     let mut h = Harness::new();
     let (inode, created) = create_file(&mut h, InodeId::ROOT, "p", b"p");
     ok!(h, DeleteFile, DeleteFileReq { head: DeleteFileReqHead { parent: InodeId::ROOT }, name: name("p") });
-    let purge = PurgeDirentReq { head: PurgeDirentReqHead { parent: InodeId::ROOT, creation_time: created }, name: name("p") };
+    let purge =
+        PurgeDirentReq { head: PurgeDirentReqHead { parent: InodeId::ROOT, creation_time: created }, name: name("p") };
     assert_eq!(error(&mut h, ShardRequest::PurgeDirent(purge)), ErrorKind::TooSoon);
     h.advance(PURGE_AGE_MIN_NS);
     ok!(h, PurgeDirent, purge);
     assert_eq!(error(&mut h, ShardRequest::PurgeDirent(purge)), ErrorKind::NotFound);
     // The file is in eden with a passed deadline; the lone placeholder went too.
-    with_ok!(h, VisitEden, VisitEdenReq { begin: InodeId::NULL }, |r| assert!(r.entries.iter().any(|e| e.inode == inode)));
+    with_ok!(h, VisitEden, VisitEdenReq { begin: InodeId::NULL }, |r| assert!(
+        r.entries.iter().any(|e| e.inode == inode)
+    ));
     let now = h.now;
     let dead = ls(&mut h, InodeId::ROOT, now, ls_flags::USE_DEAD_MAP | ls_flags::INCLUDE_NOTHING);
     assert!(dead.is_empty(), "{dead:?}");
@@ -592,34 +684,73 @@ fn repair_block_swaps_in_a_matching_block() {
     let data = b"repair me";
     let parity = Parity::new(1, 1).unwrap();
     let certificates = add_block_span(&mut h, created.inode, created.cookie, 0, data, parity);
-    let proofs: Vec<Mac> = certificates.iter().map(|c| service_mac(&h, c.block_service_id).write_proof(c.block_id)).collect();
-    ok!(h, CertifyEdenSpan, CertifyEdenSpanReq { head: CertifyEdenSpanReqHead { inode: created.inode, cookie: created.cookie, offset: U64::new(0) }, proofs: List::new(&proofs) });
-    let link = LinkEdenFileReq { head: LinkEdenFileReqHead { inode: created.inode, cookie: created.cookie, parent: InodeId::ROOT }, name: name("r") };
+    let proofs: Vec<Mac> =
+        certificates.iter().map(|c| service_mac(&h, c.block_service_id).write_proof(c.block_id)).collect();
+    ok!(
+        h,
+        CertifyEdenSpan,
+        CertifyEdenSpanReq {
+            head: CertifyEdenSpanReqHead { inode: created.inode, cookie: created.cookie, offset: U64::new(0) },
+            proofs: List::new(&proofs)
+        }
+    );
+    let link = LinkEdenFileReq {
+        head: LinkEdenFileReqHead { inode: created.inode, cookie: created.cookie, parent: InodeId::ROOT },
+        name: name("r"),
+    };
     ok!(h, LinkEdenFile, link);
     // The source: one 1+0 span with the same bytes.
     let source = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
     let new = add_block_span(&mut h, source.inode, source.cookie, 0, data, Parity::new(1, 0).unwrap());
-    let repair = RepairBlockReq { inode: created.inode, offset: U64::new(0), block_index: 1, source_inode: source.inode, source_cookie: source.cookie };
+    let repair = RepairBlockReq {
+        inode: created.inode,
+        offset: U64::new(0),
+        block_index: 1,
+        source_inode: source.inode,
+        source_cookie: source.cookie,
+    };
     assert_eq!(error(&mut h, ShardRequest::RepairBlock(repair)), ErrorKind::BadRequest, "source not certified");
     let proof = [service_mac(&h, new[0].block_service_id).write_proof(new[0].block_id)];
-    ok!(h, CertifyEdenSpan, CertifyEdenSpanReq { head: CertifyEdenSpanReqHead { inode: source.inode, cookie: source.cookie, offset: U64::new(0) }, proofs: List::new(&proof) });
+    ok!(
+        h,
+        CertifyEdenSpan,
+        CertifyEdenSpanReq {
+            head: CertifyEdenSpanReqHead { inode: source.inode, cookie: source.cookie, offset: U64::new(0) },
+            proofs: List::new(&proof)
+        }
+    );
     ok!(h, RepairBlock, repair);
     with_ok!(h, FetchSpans, FetchSpansReq { inode: created.inode, offset: U64::new(0) }, |r| {
         let SpanBody::Blocks { blocks, .. } = r.spans.get(0).unwrap().body else { panic!() };
         assert_eq!(blocks.get(1).unwrap().block_id, new[0].block_id);
         assert_eq!(blocks.get(0).unwrap().block_id, certificates[0].block_id);
     });
-    with_ok!(h, ReverseBlockQuery, ReverseBlockQueryReq { block_service_id: new[0].block_service_id, begin: new[0].block_id }, |r| {
-        assert_eq!(r.entries.get(0).unwrap().inode, created.inode);
-    });
+    with_ok!(
+        h,
+        ReverseBlockQuery,
+        ReverseBlockQueryReq { block_service_id: new[0].block_service_id, begin: new[0].block_id },
+        |r| {
+            assert_eq!(r.entries.get(0).unwrap().inode, created.inode);
+        }
+    );
     // RepairSpans: a whole-span replacement with a mismatching CRC is refused.
     let source = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
     with_ok!(h, AddEdenSpan, inline_span(source.inode, source.cookie, 0, b"different"), |_r| ());
-    let repair = RepairSpansReq { inode: created.inode, offset: U64::new(0), source_inode: source.inode, source_cookie: source.cookie };
+    let repair = RepairSpansReq {
+        inode: created.inode,
+        offset: U64::new(0),
+        source_inode: source.inode,
+        source_cookie: source.cookie,
+    };
     assert_eq!(error(&mut h, ShardRequest::RepairSpans(repair)), ErrorKind::CrcMismatch);
     let source = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
     with_ok!(h, AddEdenSpan, inline_span(source.inode, source.cookie, 0, data), |_r| ());
-    let repair = RepairSpansReq { inode: created.inode, offset: U64::new(0), source_inode: source.inode, source_cookie: source.cookie };
+    let repair = RepairSpansReq {
+        inode: created.inode,
+        offset: U64::new(0),
+        source_inode: source.inode,
+        source_cookie: source.cookie,
+    };
     ok!(h, RepairSpans, repair);
     with_ok!(h, FetchSpans, FetchSpansReq { inode: created.inode, offset: U64::new(0) }, |r| {
         assert!(matches!(r.spans.get(0).unwrap().body, SpanBody::Inline(_)));
@@ -630,25 +761,53 @@ fn repair_block_swaps_in_a_matching_block() {
 fn policy_move_to_eden_and_remote_purge() {
     let mut h = Harness::new();
     let policy = [1u8, 2, 3];
-    ok!(h, SetDirectoryPolicy, SetDirectoryPolicyReq { head: SetDirectoryPolicyReqHead { dir: InodeId::ROOT }, policy: PolicyBlob::new(&policy).unwrap() });
+    ok!(
+        h,
+        SetDirectoryPolicy,
+        SetDirectoryPolicyReq {
+            head: SetDirectoryPolicyReqHead { dir: InodeId::ROOT },
+            policy: PolicyBlob::new(&policy).unwrap()
+        }
+    );
     let bytes = h.call(ShardRequest::Stat(StatReq { inode: InodeId::ROOT }));
     let ShardResponse::Stat(StatResp::Directory(dir)) = decode(&bytes, &h.cluster) else { panic!() };
     assert_eq!(dir.policy.as_bytes(), &policy);
     let (inode, _) = create_file(&mut h, InodeId::ROOT, "m", b"m");
     ok!(h, MoveFileToEden, MoveFileToEdenReq { inode });
     ok!(h, MoveFileToEden, MoveFileToEdenReq { inode }); // retry
-    assert_eq!(error(&mut h, ShardRequest::MoveFileToEden(MoveFileToEdenReq { inode: InodeId::compose(InodeType::File, 1, 999).unwrap() })), ErrorKind::NotFound);
+    assert_eq!(
+        error(
+            &mut h,
+            ShardRequest::MoveFileToEden(MoveFileToEdenReq {
+                inode: InodeId::compose(InodeType::File, 1, 999).unwrap()
+            })
+        ),
+        ErrorKind::NotFound
+    );
     // A remote owning entry: injected non-owning, released owning, killed... the
     // CDC path leaves it non-owning, so build one by overwrite instead.
     let remote = InodeId::compose(InodeType::File, 9, 1).unwrap();
-    let inject = InjectDirentReq { head: InjectDirentReqHead { dir: InodeId::ROOT, inode: remote, dry_run: 0 }, name: name("r") };
+    let inject = InjectDirentReq {
+        head: InjectDirentReqHead { dir: InodeId::ROOT, inode: remote, dry_run: 0 },
+        name: name("r"),
+    };
     let injected = ok!(h, InjectDirent, inject);
-    ok!(h, ReleaseDirent, ReleaseDirentReq { head: ReleaseDirentReqHead { dir: InodeId::ROOT, inode: remote, kill: 0 }, name: name("r") });
+    ok!(
+        h,
+        ReleaseDirent,
+        ReleaseDirentReq { head: ReleaseDirentReqHead { dir: InodeId::ROOT, inode: remote, kill: 0 }, name: name("r") }
+    );
     create_file(&mut h, InodeId::ROOT, "r", b"new"); // overwrites: remote entry dead, owning
-    let purge = PurgeDirentReq { head: PurgeDirentReqHead { parent: InodeId::ROOT, creation_time: injected.creation_time }, name: name("r") };
+    let purge = PurgeDirentReq {
+        head: PurgeDirentReqHead { parent: InodeId::ROOT, creation_time: injected.creation_time },
+        name: name("r"),
+    };
     h.advance(PURGE_AGE_MIN_NS);
     assert_eq!(error(&mut h, ShardRequest::PurgeDirent(purge)), ErrorKind::BadRequest);
-    let remote_purge = PurgeRemoteOwningDirentReq { head: PurgeRemoteOwningDirentReqHead { dir: InodeId::ROOT, creation_time: injected.creation_time }, name: name("r") };
+    let remote_purge = PurgeRemoteOwningDirentReq {
+        head: PurgeRemoteOwningDirentReqHead { dir: InodeId::ROOT, creation_time: injected.creation_time },
+        name: name("r"),
+    };
     ok!(h, PurgeRemoteOwningDirent, remote_purge);
     ok!(h, PurgeRemoteOwningDirent, remote_purge); // retry
 }

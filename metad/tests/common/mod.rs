@@ -101,7 +101,13 @@ pub struct Client {
 impl Client {
     pub fn new(server: SocketAddr, key: &SecretKey) -> Client {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        Client { socket, server, key: MacKey::new(key), next_id: rand::random::<u32>() as u64, deadline: Duration::from_secs(30) }
+        Client {
+            socket,
+            server,
+            key: MacKey::new(key),
+            next_id: rand::random::<u32>() as u64,
+            deadline: Duration::from_secs(30),
+        }
     }
 
     pub fn fresh_id(&mut self) -> u64 {
@@ -119,12 +125,11 @@ impl Client {
         let mut last_send = Instant::now();
         while started.elapsed() < wait {
             self.socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
-            if let Ok((len, _)) = self.socket.recv_from(&mut buf) {
-                if let Ok(header) = datagram::peek_header(&buf[..len], datagram::SHARD_MAGIC)
-                    && header.request_id() == request_id
-                {
-                    return Some(buf[..len].to_vec());
-                }
+            if let Ok((len, _)) = self.socket.recv_from(&mut buf)
+                && let Ok(header) = datagram::peek_header(&buf[..len], datagram::SHARD_MAGIC)
+                && header.request_id() == request_id
+            {
+                return Some(buf[..len].to_vec());
             }
             if last_send.elapsed() > resend {
                 let _ = self.socket.send_to(bytes, self.server);
