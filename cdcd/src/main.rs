@@ -113,8 +113,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("listening udp {listen}");
 
     let overrides: HashMap<ShardId, SocketAddr> = args.shard_addr.iter().copied().collect();
-    let addresses = Arc::new(AddressBook::new(overrides));
-    let registered = registered_shards(shuckle).await;
+    let addresses = Arc::new(AddressBook::new(overrides.clone()));
+    // Shuckle is asked at start only when the flags leave something open
+    // (the announce loop keeps asking in the background).
+    let flags_complete = !args.shards.is_empty() && args.shards.iter().all(|shard| overrides.contains_key(shard));
+    let registered = if flags_complete { None } else { registered_shards(shuckle).await };
     let mut new_dir_shards = args.shards.clone();
     match &registered {
         Some(shards) => {
@@ -123,6 +126,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 new_dir_shards = shards.iter().map(|(shard, _)| *shard).collect();
             }
         }
+        None if flags_complete => {}
         None => tracing::warn!(%shuckle, "shuckle did not answer; using default shard addresses"),
     }
     new_dir_shards.sort_unstable();
