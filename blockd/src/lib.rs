@@ -50,8 +50,8 @@
 //!
 //! # Measurements
 //!
-//! See the `Measurements` section of `server.rs` docs in this crate's
-//! README-free layout: the numbers are recorded in [`server`]'s module
+//! The numbers behind the chunk size, the write-behind depth and the choice
+//! of O_DIRECT writes and page-cache reads are in [`server`]'s module
 //! documentation, next to the code they justify.
 
 pub mod metrics;

@@ -10,8 +10,8 @@
 //!   `TcpListener::from_raw_fd`.
 //! - **Writes** stream the payload in [`CHUNK_BYTES`] chunks from the socket
 //!   straight into aligned buffers, CRC them, and write them with O_DIRECT
-//!   through io_uring to `tmp/`, one chunk on the disk while the next is
-//!   read from the socket. On a CRC match the file is cut to its size,
+//!   through io_uring to `tmp/`, up to [`WRITE_BEHIND_CHUNKS`] chunks on
+//!   the disk while the next is read from the socket. On a CRC match the file is cut to its size,
 //!   fdatasync'ed, renamed into place with `RENAME_NOREPLACE` (an existing
 //!   block is never overwritten), and its folder fsync'ed; only then is the
 //!   proof sent. Nothing is acknowledged before it is durable.
@@ -19,7 +19,7 @@
 //!   io_uring reads) in [`CHUNK_BYTES`] chunks with one chunk of read-ahead,
 //!   so a block is never held whole in memory. The CRC is recomputed from the
 //!   stored bytes (no sidecar file: one file per block, nothing to keep in
-//!   step). See the crate docs for the measurements behind these choices.
+//!   step). See "Measurements" below.
 //! - **Refusals** (bad MAC, out-of-window id, oversize, CRC mismatch, a
 //!   conflicting existing block, an unknown block, a truncated request)
 //!   close the connection after logging the reason; the temporary file of a
@@ -30,6 +30,7 @@
 //!   and is acknowledged), closes idle connections, and returns.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -58,9 +59,14 @@ use crate::request::{Refusal, check_erase, check_write, existing_block_matches};
 use crate::store::{BLOCK_DIR_COUNT, Layout, free_space};
 
 /// Unit of disk and socket transfers of a block: large enough that the disk
-/// sees big sequential requests, small enough that a connection holds at
-/// most two of them (one being read, one being written).
+/// sees big sequential requests, small enough that a connection holds only
+/// a few of them (see [`WRITE_BEHIND_CHUNKS`]; a fetch holds two).
 pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Chunks of one write on their way to the disk while the next one is read
+/// from the socket: the disk and the network work at the same time, and a
+/// connection holds at most this + 1 chunks of memory.
+pub const WRITE_BEHIND_CHUNKS: usize = 2;
 
 /// Bytes buffered from a socket for request headers. Payload chunks are at
 /// least this big, so they are read straight into their disk buffers.
@@ -335,7 +341,7 @@ async fn stage(stream: &mut Stream, request: &WriteReq, temp: &Path) -> Result<(
     let file = Rc::new(file);
     let mut crc = 0u32;
     let mut position = 0u64;
-    let mut in_flight: Option<(JoinHandle<glommio::Result<usize, ()>>, usize)> = None;
+    let mut in_flight: VecDeque<(JoinHandle<glommio::Result<usize, ()>>, usize)> = VecDeque::new();
     while position < size {
         let length = (size - position).min(CHUNK_BYTES as u64) as usize;
         let aligned = file.align_up(length as u64) as usize;
@@ -345,15 +351,17 @@ async fn stage(stream: &mut Stream, request: &WriteReq, temp: &Path) -> Result<(
         stream.read_exact(data).await.map_err(|e| read_failure(e, Refusal::TruncatedPayload(block_id)))?;
         padding.fill(0);
         crc = crc32c_append(crc, data);
-        if let Some((previous, expected)) = in_flight.take() {
+        if in_flight.len() >= WRITE_BEHIND_CHUNKS
+            && let Some((previous, expected)) = in_flight.pop_front()
+        {
             finish_chunk(previous, expected, temp).await?;
         }
         let writer = file.clone();
         let at = position;
-        in_flight = Some((glommio::spawn_local(async move { writer.write_at(buffer, at).await }).detach(), aligned));
+        in_flight.push_back((glommio::spawn_local(async move { writer.write_at(buffer, at).await }).detach(), aligned));
         position += length as u64;
     }
-    if let Some((previous, expected)) = in_flight.take() {
+    while let Some((previous, expected)) = in_flight.pop_front() {
         finish_chunk(previous, expected, temp).await?;
     }
     if crc != request.crc.get() {
