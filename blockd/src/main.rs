@@ -131,7 +131,9 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let host = args.host.unwrap_or_else(machine_host_name);
     let datagram = registration_bytes(&key.key, bound.port(), args.storage_class, &host);
-    let source = SocketAddr::new(if bound.ip().is_unspecified() { bound.ip() } else { args.listen.ip() }, 0);
+    // From the listening IP: shuckle takes a registration's source address
+    // as the block service's address.
+    let source = SocketAddr::new(bound.ip(), 0);
     std::thread::Builder::new()
         .name("blockd-register".into())
         .spawn(move || announce_forever(source, shuckle, datagram))?;

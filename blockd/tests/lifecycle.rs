@@ -186,3 +186,33 @@ fn http_get(address: std::net::SocketAddr, path: &str) -> String {
     stream.read_to_string(&mut text).unwrap();
     text
 }
+
+#[test]
+fn two_daemons_started_together_on_an_empty_folder_leave_exactly_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_blockd"))
+            .arg(dir.path())
+            .args(["--storage-class", "2", "--cores", "1", "--shuckle", "127.0.0.1:9"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut children = [spawn(), spawn()];
+    // The loser exits 2 at once; the winner runs until told to stop.
+    let mut exited = Vec::new();
+    eventually("one daemon to give up", || {
+        exited = children.iter_mut().filter_map(|c| c.try_wait().unwrap()).collect();
+        !exited.is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let exited: Vec<_> = children.iter_mut().filter_map(|c| c.try_wait().unwrap()).collect();
+    assert_eq!(exited.len(), 1, "exactly one daemon must keep the folder");
+    assert_eq!(exited[0].code(), Some(2));
+    assert_eq!(std::fs::read(dir.path().join("secret.key")).unwrap().len(), 16);
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -215,3 +215,26 @@ fn stats_survive_a_restart() {
     let counted = stats(&mut daemon.connect(), &key);
     assert_eq!((counted.used_blocks, counted.used_bytes), (3, 4126));
 }
+
+#[test]
+fn garbage_is_refused_and_the_daemon_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--cores", "2"]);
+    let key = daemon.key();
+    for round in 0..50usize {
+        let mut stream = daemon.connect();
+        let mut garbage = random_bytes(1 + round * 37 % 600);
+        // Sometimes a valid tag in front, so the header parsers see it too.
+        garbage[0] = [b'w', b'f', b'c', b'e', b's', b'?'][round % 6];
+        let _ = stream.write_all(&garbage);
+        half_close(&stream);
+        // Whatever it makes of it, the daemon ends the connection.
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+    }
+    let mut stream = daemon.connect();
+    let id = fresh_block_id(70);
+    write_block(&mut stream, &key, id, b"after the garbage");
+    assert_eq!(fetch_block(&mut stream, id), b"after the garbage");
+    eventually("no temporary file", || std::fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+}
