@@ -274,3 +274,33 @@ fn ten_thousand_entries_over_udp_with_group_commit() {
     assert_eq!(listed, texts);
     let _ = List::<u8>::empty();
 }
+
+#[test]
+fn without_shuckle_the_shard_serves_but_places_no_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_metad(1, dir.path(), None);
+    let key = cluster_key(dir.path());
+    let mut client = Client::new(daemon.address("udp"), &key);
+    let bytes = client.call(&ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::File }));
+    let ShardResponse::CreateEdenFile(created) = decode(&bytes, &client.key) else { panic!() };
+    let crc = crc32c(b"x");
+    let blocks = [NewBlock { crc: U32::new(crc), size: U32::new(1) }; 2];
+    let add = ShardRequest::AddEdenSpan(AddEdenSpanReq {
+        head: AddEdenSpanReqHead {
+            inode: created.inode,
+            cookie: created.cookie,
+            offset: U64::new(0),
+            size: U32::new(1),
+            crc: U32::new(crc),
+        },
+        body: SpanBody::Blocks {
+            storage_class: 2,
+            parity: wire::Parity::new(1, 1).unwrap(),
+            blocks: List::new(&blocks),
+        },
+    });
+    let bytes = client.call(&add);
+    assert_eq!(error_kind(&bytes, &client.key), Some(ErrorKind::NotEnoughBlockServices));
+    // Inline data still works.
+    create_file(&mut client, InodeId::ROOT, "inline", b"no blocks needed");
+}

@@ -176,7 +176,15 @@ impl Shard {
             }
             Err(error) => {
                 txn.abort();
-                self.finish(out, request_id, Err(error))
+                match error {
+                    // A corrupt record refuses this request only; the batch
+                    // transaction is intact (the nested one was aborted).
+                    HandleError::Store(StoreError::Corrupt(what)) => {
+                        tracing::error!(what, request_id, "corrupt record");
+                        Ok(self.encode_error(out, request_id, ErrorKind::StorageError, "corrupt record"))
+                    }
+                    error => self.finish(out, request_id, Err(error)),
+                }
             }
         }
     }

@@ -811,3 +811,100 @@ fn policy_move_to_eden_and_remote_purge() {
     ok!(h, PurgeRemoteOwningDirent, remote_purge);
     ok!(h, PurgeRemoteOwningDirent, remote_purge); // retry
 }
+
+/// Valid datagrams of many kinds, to be mutated by the fuzz test.
+fn seed_datagrams(h: &mut Harness) -> Vec<Vec<u8>> {
+    let created = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
+    let (file, _) = create_file(h, InodeId::ROOT, "seed", b"seed");
+    let mut requests: Vec<ShardRequest<'static>> = vec![
+        ShardRequest::Resolve(resolve_req(InodeId::ROOT, "seed", ResolveMode::Alive, EggsTime::ZERO)),
+        ShardRequest::Stat(StatReq { inode: file }),
+        ShardRequest::LsDir(LsDirReq { dir: InodeId::ROOT, as_of: h.now, start_hash: U64::new(0), flags: 7 }),
+        ShardRequest::FetchSpans(FetchSpansReq { inode: file, offset: U64::new(0) }),
+        ShardRequest::AddEdenSpan(inline_span(created.inode, created.cookie, 0, b"fuzz")),
+        ShardRequest::SameDirRename(SameDirRenameReq {
+            head: SameDirRenameReqHead { parent: InodeId::ROOT },
+            old_name: name("seed"),
+            new_name: name("seed2"),
+        }),
+        ShardRequest::DeleteFile(DeleteFileReq {
+            head: DeleteFileReqHead { parent: InodeId::ROOT },
+            name: name("seed"),
+        }),
+        ShardRequest::ExpungeEdenSpan(ExpungeEdenSpanReq { inode: created.inode }),
+        ShardRequest::VisitInodes(VisitInodesReq { begin: InodeId::NULL }),
+        ShardRequest::CreateUnlinkedDir(CreateUnlinkedDirReq { transaction_id: U64::new(5), parent: InodeId::ROOT }),
+        ShardRequest::SetParent(SetParentReq { dir: InodeId::ROOT, parent: InodeId::NULL }),
+        ShardRequest::MoveFileToEden(MoveFileToEdenReq { inode: file }),
+    ];
+    requests.push(ShardRequest::InjectDirent(InjectDirentReq {
+        head: InjectDirentReqHead { dir: InodeId::ROOT, inode: file, dry_run: 0 },
+        name: name("inj"),
+    }));
+    requests
+        .iter()
+        .map(|request| {
+            let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+            let len = datagram::encode(&mut out, 1, request, Some(&h.cluster)).unwrap();
+            out.truncate(len);
+            out
+        })
+        .collect()
+}
+
+struct Fuzz {
+    harness: Harness,
+    seeds: Vec<Vec<u8>>,
+}
+
+fn fuzz_state() -> &'static std::sync::Mutex<Fuzz> {
+    static STATE: std::sync::OnceLock<std::sync::Mutex<Fuzz>> = std::sync::OnceLock::new();
+    STATE.get_or_init(|| {
+        let mut harness = Harness::new();
+        let seeds = seed_datagrams(&mut harness);
+        std::sync::Mutex::new(Fuzz { harness, seeds })
+    })
+}
+
+proptest::proptest! {
+    /// Mutated datagrams never panic the shard: each one that decodes is
+    /// handled and answered with a response that fits a datagram.
+    #[test]
+    fn mutated_requests_are_handled_without_panics(
+        seed in 0usize..64,
+        flips in proptest::collection::vec((0usize..1500, proptest::prelude::any::<u8>()), 0..6),
+        cut in 0usize..1600,
+        resign in proptest::prelude::any::<bool>(),
+    ) {
+        let mut state = fuzz_state().lock().unwrap_or_else(|p| p.into_inner());
+        let Fuzz { harness, seeds } = &mut *state;
+        let mut bytes = seeds[seed % seeds.len()].clone();
+        for (at, value) in flips {
+            let len = bytes.len();
+            bytes[at % len] ^= value;
+        }
+        bytes.truncate(cut.max(1));
+        if resign && bytes.len() >= datagram::HEADER_BYTES + 8 && bytes[datagram::HEADER_BYTES - 1] & 0x80 != 0 {
+            // Re-MAC so mutations reach the privileged handlers too.
+            let end = bytes.len() - 8;
+            let mac = harness.cluster.mac_message(&bytes[..end]);
+            bytes[end..].copy_from_slice(&mac);
+        }
+        if let Ok((header, request)) = datagram::decode::<ShardRequest>(&bytes, Some(&harness.cluster)) {
+            let env = Env { now: harness.now, block_services: &harness.table };
+            let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+            let len = if request.kind().is_mutation() {
+                let mut txn = harness.store.write_txn().unwrap();
+                let mut effects = MutationEffects::default();
+                let len = harness.shard.handle_mutation(&harness.store, &mut txn, &env, &mut harness.rng, &mut effects, header.request_id(), &request, &mut out).unwrap();
+                txn.commit().unwrap();
+                len
+            } else {
+                let txn = harness.store.read_txn().unwrap();
+                harness.shard.handle_read(&harness.store, &txn, &env, header.request_id(), &request, &mut out)
+            };
+            proptest::prop_assert!(len > 0 && len <= UDP_DATAGRAM_BYTES_MAX);
+            proptest::prop_assert!(datagram::decode::<ShardResponse>(&out[..len], Some(&harness.cluster)).is_ok());
+        }
+    }
+}
