@@ -519,7 +519,7 @@ pub fn probably_succeeded(error: &ClientError) -> bool {
 
 /// Asks shuckle for the shards' and the CDC's addresses; the rest are the
 /// local defaults.
-async fn discover(udp: &DatagramClient, shuckle: SocketAddr) -> Addresses {
+pub async fn discover(udp: &DatagramClient, shuckle: SocketAddr) -> Addresses {
     let mut addresses = Addresses::local_defaults(shuckle);
     let probe = RetryPolicy { deadline: SHUCKLE_PROBE_DEADLINE, ..RetryPolicy::default() };
     let mut begin = 0u8;

@@ -33,7 +33,7 @@ use wire::policy::Policy;
 use wire::span::Parity;
 use wire::{ErrorKind, InodeId, InodeType};
 
-use client::client::{Addresses, Client};
+use client::client::{Addresses, Client, discover};
 use client::plan::{INLINE_THRESHOLD_BYTES, block_span};
 use client::udp::{ClientOptions, DatagramClient};
 use client::write::add_span;
@@ -244,9 +244,10 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
             format!("shard {shard}"),
             &metad_bin,
             &[
-                meta.clone(),
-                "--shard".into(),
                 shard.to_string(),
+                meta.clone(),
+                "--executors".into(),
+                "1".into(),
                 "--listen".into(),
                 loopback(port),
                 "--shuckle".into(),
@@ -314,7 +315,9 @@ async fn supervise(config: &ClusterConfig, addresses: Addresses, daemons: &mut [
             policy
         }
     };
-    wait_writable(&client, policy, Duration::from_secs(config.ready_timeout_secs)).await?;
+    let timeout = Duration::from_secs(config.ready_timeout_secs);
+    wait_registered(&client, &addresses, config.shards, timeout).await?;
+    wait_writable(&client, policy, timeout).await?;
     for daemon in daemons.iter() {
         for (proto, addr) in &daemon.addresses {
             let pid = daemon.child.id().map_or(String::new(), |pid| format!(" pid {pid}"));
@@ -343,6 +346,28 @@ fn report_exits(daemons: &mut [Daemon]) {
             daemon.exited = true;
             eprintln!("eggs local-cluster: {} exited ({status}); the others keep running", daemon.name);
         }
+    }
+}
+
+/// Waits until shuckle lists every shard and the CDC at their addresses,
+/// so that clients find them through shuckle.
+async fn wait_registered(
+    client: &Client,
+    expected: &Addresses,
+    shards: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let found = discover(client.datagram_client(), expected.shuckle).await;
+        let shards_match = found.shards.get(..shards) == expected.shards.get(..shards);
+        if shards_match && found.cdc == expected.cdc {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("the shards and the CDC did not register with shuckle within {} s", timeout.as_secs());
+        }
+        tokio::time::sleep(PROBE_PAUSE).await;
     }
 }
 

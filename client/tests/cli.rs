@@ -1,0 +1,241 @@
+//! End-to-end tests of `eggs` against a real cluster (`eggs local-cluster`
+//! with real shuckle, metad, cdcd and blockd binaries, run-time ports,
+//! temporary folders).
+
+mod common;
+
+use std::path::Path;
+
+use common::{Cluster, test_bytes};
+
+const MIB: usize = 1 << 20;
+
+/// The prototype README's session, command by command.
+#[test]
+fn prototype_session() {
+    let cluster = Cluster::start(6);
+    cluster.ok(&["mkdir", "/a"]);
+    let stat = cluster.lines(&["stat", "/a"]);
+    assert!(stat[0].starts_with("inode=0x") && stat[0].len() == "inode=0x".len() + 16, "{stat:?}");
+    assert_eq!(stat[1], "type=DIRECTORY");
+    assert!(stat[2].starts_with("mtime="));
+    assert_eq!(stat[3], "parent=0x0020000000000000");
+    cluster.ok(&["rmdir", "/a"]);
+    assert!(cluster.lines(&["ls", "/"]).is_empty());
+
+    cluster.ok(&["mkdir", "/b"]);
+    cluster.ok(&["mkdir", "/a"]);
+    cluster.ok(&["mv", "/a", "/b/a"]);
+    assert_eq!(cluster.lines(&["ls", "/b"]), ["a"]);
+    assert_eq!(cluster.lines(&["ls", "/"]), ["b"]);
+    let moved = cluster.lines(&["stat", "/b/a"]);
+    let b_inode = cluster.lines(&["stat", "/b"])[0].replace("inode=", "parent=");
+    assert_eq!(moved[3], b_inode, "moved directory's parent is /b");
+
+    cluster.ok(&["mkdir", "/c"]);
+    cluster.ok(&["mkdir", "/c/d"]);
+    assert_eq!(cluster.lines(&["ls", "/c"]), ["d"]);
+    cluster.ok(&["rmdir", "/c/d"]);
+    assert!(cluster.lines(&["ls", "/c"]).is_empty());
+    assert_eq!(cluster.lines(&["ls", "--dead-ge", "0", "/c"]), ["d"]);
+
+    cluster.ok(&["create-test-file", "/hello.txt"]);
+    let mut expected = b"hello, world".to_vec();
+    expected.extend_from_slice(&[0; 10]);
+    assert_eq!(cluster.ok(&["cat", "/hello.txt"]), expected);
+    let stat = cluster.lines(&["stat", "/hello.txt"]);
+    assert_eq!(stat[1], "type=FILE");
+    assert_eq!(stat[3], "size=22");
+    let json: serde_json::Value = serde_json::from_slice(&cluster.ok(&["stat", "--json", "/hello.txt"])).expect("json");
+    assert_eq!(json["size"], 22);
+
+    cluster.ok(&["rm", "/hello.txt"]);
+    assert!(!cluster.lines(&["ls", "/"]).contains(&"hello.txt".to_owned()));
+    assert!(cluster.fails(&["cat", "/hello.txt"]).contains("no such file"));
+    assert_eq!(cluster.lines(&["ls", "--dead-ge", "0", "/"]).iter().filter(|name| *name == "hello.txt").count(), 1);
+}
+
+/// put, get and cat of `data` at `path` with `flags`: all byte-identical,
+/// from a file and (for small data) from stdin.
+fn check_round_trip(cluster: &Cluster, scratch: &Path, path: &str, data: &[u8], flags: &[&str]) {
+    let local = scratch.join("in");
+    std::fs::write(&local, data).expect("write input");
+    let local_text = local.to_str().expect("utf-8 path");
+    let mut args = vec!["put", local_text, path];
+    args.extend_from_slice(flags);
+    cluster.ok(&args);
+    let out = scratch.join("out");
+    let out_text = out.to_str().expect("utf-8 path");
+    cluster.ok(&["get", path, out_text]);
+    assert!(std::fs::read(&out).expect("read output") == data, "get {path} ({} bytes, {flags:?})", data.len());
+    assert!(cluster.ok(&["cat", path]) == data, "cat {path} ({} bytes, {flags:?})", data.len());
+    let stat = cluster.lines(&["stat", path]);
+    assert_eq!(stat[3], format!("size={}", data.len()));
+    if data.len() <= MIB + 1 {
+        let mut args = vec!["put", "-", path];
+        args.extend_from_slice(flags);
+        let output = cluster.eggs_with_input(&args, Some(data));
+        assert!(output.status.success(), "put - {path}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(cluster.ok(&["cat", path]) == data, "cat {path} after put from stdin");
+    }
+}
+
+/// Every write path (inline, zero-fill, mirrored, Reed–Solomon, the root
+/// default policy; small and large; many spans) with one expectation.
+#[test]
+fn put_get_cat_byte_identical_on_every_path() {
+    let cluster = Cluster::start(6);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let policies: [(&str, &[&str]); 3] = [
+        ("default", &[]),
+        ("mirrored", &["--parity", "1+2", "--span-size", "1048576"]),
+        ("rs", &["--parity", "4+2", "--span-size", "1048576"]),
+    ];
+    for (name, flags) in policies {
+        for (index, size) in [0usize, 1, 255, 256, 1024, 1025, MIB + 1].into_iter().enumerate() {
+            let data = test_bytes(size, index as u64 + 1);
+            check_round_trip(&cluster, scratch.path(), &format!("/{name}-{size}"), &data, flags);
+        }
+        // Zero spans in the middle become zero-fill spans.
+        let mut zeros = test_bytes(100, 9);
+        zeros.extend(std::iter::repeat_n(0u8, 2 * MIB));
+        zeros.extend(test_bytes(MIB / 2, 10));
+        check_round_trip(&cluster, scratch.path(), &format!("/{name}-zeros"), &zeros, flags);
+    }
+    let big = test_bytes(100 * MIB, 42);
+    check_round_trip(&cluster, scratch.path(), "/rs-100MiB", &big, &["--parity", "4+2"]);
+    check_round_trip(
+        &cluster,
+        scratch.path(),
+        "/mirrored-100MiB",
+        &big,
+        &["--parity", "1+1", "--span-size", "8388608"],
+    );
+    // Policy inheritance: a directory policy is used by files below it.
+    cluster.ok(&["mkdir", "/mirrored"]);
+    cluster.ok(&["policy", "set", "/mirrored", "--parity", "1+1", "--span-size", "65536"]);
+    cluster.ok(&["mkdir", "/mirrored/below"]);
+    let policy = cluster.lines(&["policy", "get", "/mirrored/below"]);
+    assert!(policy.contains(&"parity=1+1".to_owned()) && policy.contains(&"span_size=65536".to_owned()), "{policy:?}");
+    check_round_trip(&cluster, scratch.path(), "/mirrored/below/f", &test_bytes(300_000, 5), &[]);
+}
+
+/// Reed–Solomon and mirrored files stay readable with one, then P, block
+/// services killed; -v says the data came from parity.
+#[test]
+fn cat_survives_killed_block_services() {
+    let cluster = Cluster::start(6);
+    let rs = test_bytes(5 * MIB + 7, 1);
+    let mirrored = test_bytes(3 * MIB + 3, 2);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let put = |path: &str, data: &[u8], flags: &[&str]| {
+        let local = scratch.path().join(path.trim_start_matches('/'));
+        std::fs::write(&local, data).expect("write");
+        let mut args = vec!["put", local.to_str().expect("utf-8"), path];
+        args.extend_from_slice(flags);
+        cluster.ok(&args);
+    };
+    put("/rs", &rs, &["--parity", "4+2", "--span-size", "1048576"]);
+    put("/mirrored", &mirrored, &["--parity", "1+2", "--span-size", "1048576"]);
+    let services = cluster.block_services();
+    assert_eq!(services.len(), 6);
+    for killed in 1..=2 {
+        cluster.kill(&services[killed - 1]);
+        for (path, data) in [("/rs", &rs), ("/mirrored", &mirrored)] {
+            let output = cluster.eggs(&["-v", "cat", path]);
+            assert!(output.status.success(), "cat {path}: {}", String::from_utf8_lossy(&output.stderr));
+            assert!(output.stdout == *data, "cat {path} with {killed} block services down");
+        }
+        let output = cluster.eggs(&["-v", "cat", "/rs"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("parity"), "-v reports the reconstruction: {stderr}");
+    }
+}
+
+/// Flips a byte in every block file of a block service folder; returns how many.
+fn corrupt_blocks(dir: &Path) -> usize {
+    let mut corrupted = 0;
+    for shard_dir in std::fs::read_dir(dir).expect("block service dir").flatten() {
+        let name = shard_dir.file_name().to_string_lossy().into_owned();
+        if name.len() != 2 || !shard_dir.path().is_dir() {
+            continue;
+        }
+        for block in std::fs::read_dir(shard_dir.path()).expect("block dir").flatten() {
+            let mut bytes = std::fs::read(block.path()).expect("read block");
+            if bytes.is_empty() {
+                continue;
+            }
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x5a;
+            std::fs::write(block.path(), &bytes).expect("write block");
+            corrupted += 1;
+        }
+    }
+    corrupted
+}
+
+/// A block corrupted on disk: cat is still byte-identical, and -v reports it.
+#[test]
+fn corrupted_block_is_reconstructed_and_reported() {
+    let cluster = Cluster::start(6);
+    let data = test_bytes(3 * MIB + 11, 3);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let local = scratch.path().join("f");
+    std::fs::write(&local, &data).expect("write");
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/f", "--parity", "4+2", "--span-size", "1048576"]);
+    // Every span has a block on every one of the 6 services (4+2).
+    let corrupted = corrupt_blocks(&cluster.dir.join("blocks").join("0"));
+    assert!(corrupted >= 3, "corrupted {corrupted} blocks");
+    let output = cluster.eggs(&["-v", "cat", "/f"]);
+    assert!(output.status.success(), "cat: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.stdout == data, "byte-identical despite the corruption");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("reconstructed"), "corruption reported: {stderr}");
+}
+
+/// Overwriting keeps the old version in the dead map; a restarted cluster
+/// on the same folder still has everything.
+#[test]
+fn overwrite_keeps_old_version_and_restart_resumes() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::start_in(temp.path(), 6);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let first = test_bytes(2000, 1);
+    let second = test_bytes(3000, 2);
+    let local = scratch.path().join("f");
+    std::fs::write(&local, &first).expect("write");
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/f"]);
+    let first_inode = cluster.lines(&["resolve", "/f"])[0].clone();
+    std::fs::write(&local, &second).expect("write");
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/f"]);
+    assert_eq!(cluster.ok(&["cat", "/f"]), second);
+    let current_inode = cluster.lines(&["resolve", "/f"])[0].clone();
+    assert_ne!(first_inode, current_inode);
+    let dead = cluster.lines(&["resolve", "--dead-ge", "0", "/f"]);
+    assert_eq!(dead[0], first_inode, "the old version is in the dead map");
+    assert!(cluster.lines(&["ls", "--dead-ge", "0", "/"]).contains(&"f".to_owned()));
+
+    assert!(cluster.stop(), "local-cluster stops cleanly on SIGTERM");
+    drop(cluster);
+    let cluster = Cluster::start_in(temp.path(), 6);
+    assert_eq!(cluster.ok(&["cat", "/f"]), second, "data survives a restart");
+    assert_eq!(cluster.lines(&["resolve", "--dead-ge", "0", "/f"])[0], first_inode);
+}
+
+/// Bad paths and missing files: one line on stderr, non-zero exit.
+#[test]
+fn bad_paths_and_missing_files_give_one_line_errors() {
+    let cluster = Cluster::start(2);
+    cluster.ok(&["create-test-file", "/file"]);
+    assert!(cluster.fails(&["cat", "relative/path"]).contains("absolute"));
+    assert!(cluster.fails(&["cat", "/missing"]).contains("no such file"));
+    assert!(cluster.fails(&["stat", "/missing/deeper"]).contains("no such file"));
+    assert!(cluster.fails(&["ls", "/file/x"]).contains("not a directory"));
+    assert!(cluster.fails(&["ls", "/file"]).contains("not a directory"));
+    assert!(cluster.fails(&["mkdir", "/a/../b"]).contains("`..`"));
+    cluster.fails(&["rmdir", "/missing"]);
+    cluster.fails(&["rm", "/"]);
+    let missing_local = cluster.fails(&["put", "/nonexistent/local/file", "/x"]);
+    assert!(missing_local.contains("cannot open"), "{missing_local}");
+    cluster.fails(&["put", "-", "/missing/x"]);
+}
