@@ -47,6 +47,10 @@ struct Args {
     /// Serve Prometheus text metrics on this HTTP address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Seconds a request may stall (no bytes in or out) before its
+    /// connection is dropped.
+    #[arg(long, default_value_t = server::STALL_TIMEOUT_DEFAULT.as_secs())]
+    stall_timeout_seconds: u64,
 }
 
 /// A failure that is the operator's to fix (exit 2) rather than a runtime one (exit 1).
@@ -112,7 +116,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         "block service folder ready"
     );
     let counters = Arc::new(Counters::new(usage));
-    let shared = Arc::new(Shared { layout, key: MacKey::new(&key.key), counters: counters.clone() });
+    if args.stall_timeout_seconds == 0 {
+        return Err(UsageError("--stall-timeout-seconds must be at least 1".into()).into());
+    }
+    let shared = Arc::new(Shared {
+        layout,
+        key: MacKey::new(&key.key),
+        counters: counters.clone(),
+        stall_timeout: std::time::Duration::from_secs(args.stall_timeout_seconds),
+    });
 
     let (listeners, bound) = bind_listeners(args.listen, cores)?;
     let mut stdout = std::io::stdout().lock();

@@ -72,15 +72,19 @@ pub const WRITE_BEHIND_CHUNKS: usize = 2;
 /// least this big, so they are read straight into their disk buffers.
 const RECEIVE_BUFFER_BYTES: usize = 16 << 10;
 
-/// A request whose bytes stop coming (or whose response is not read) for
-/// this long is abandoned. Idle connections between requests have no limit.
-pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default of [`Shared::stall_timeout`]: a minute covers any pause of a
+/// healthy client, and bounds how long a stop waits for a stuck one.
+pub const STALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 
 /// What every executor shares (read-only, or atomics).
 pub struct Shared {
     pub layout: Layout,
     pub key: MacKey,
     pub counters: Arc<Counters>,
+    /// A request whose bytes stop coming (or whose response is not read)
+    /// for this long is abandoned. Idle connections between requests have
+    /// no limit.
+    pub stall_timeout: Duration,
 }
 
 /// Why a connection ended early.
@@ -233,7 +237,7 @@ pub async unsafe fn run(
 async fn serve_connection(executor: Rc<Executor>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(STALL_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(executor.shared.stall_timeout));
     let mut stream = stream.buffered_with(Preallocated::new(RECEIVE_BUFFER_BYTES));
     loop {
         match serve_request(&executor, &mut stream).await {
@@ -274,7 +278,7 @@ async fn serve_request(executor: &Executor, stream: &mut Stream) -> Result<bool,
     }
     let tag = header[0];
     let len = request_len(tag).ok_or(Refusal::UnknownTag(tag))?;
-    stream.set_read_timeout(Some(STALL_TIMEOUT)).map_err(io::Error::from)?;
+    stream.set_read_timeout(Some(executor.shared.stall_timeout)).map_err(io::Error::from)?;
     let rest = header.get_mut(1..len).ok_or(Refusal::UnknownTag(tag))?;
     stream.read_exact(rest).await.map_err(|e| read_failure(e, Refusal::TruncatedHeader))?;
     let request = header.get(..len).and_then(|bytes| BlockRequest::decode(bytes).ok());

@@ -238,3 +238,23 @@ fn garbage_is_refused_and_the_daemon_keeps_serving() {
     assert_eq!(fetch_block(&mut stream, id), b"after the garbage");
     eventually("no temporary file", || std::fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
 }
+
+#[test]
+fn a_stalled_write_is_dropped_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--stall-timeout-seconds", "1"]);
+    let key = daemon.key();
+    let id = fresh_block_id(80);
+    let data = random_bytes(100_000);
+    let mut stream = daemon.connect();
+    stream.write_all(WriteReq::new(&key, id, wire::crc::crc32c(&data), data.len() as u32).as_bytes()).unwrap();
+    stream.write_all(&data[..50_000]).unwrap();
+    // The client neither sends the rest nor closes: the daemon gives up.
+    assert_closed(&mut stream);
+    eventually("the temporary file to go", || std::fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+    assert!(!block_path(dir.path(), id).exists());
+    // An idle connection is not a stalled request: it still works later.
+    let mut idle = daemon.connect();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    write_block(&mut idle, &key, id, &data);
+}
