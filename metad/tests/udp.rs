@@ -304,3 +304,184 @@ fn without_shuckle_the_shard_serves_but_places_no_blocks() {
     // Inline data still works.
     create_file(&mut client, InodeId::ROOT, "inline", b"no blocks needed");
 }
+
+/// The response's kind, or its error kind.
+fn outcome(bytes: &[u8], key: &MacKey) -> Result<ShardKind, ErrorKind> {
+    match decode(bytes, key) {
+        ShardResponse::Error(error) => Err(error.kind),
+        response => Ok(response.kind().expect("kind")),
+    }
+}
+
+#[test]
+fn every_remaining_request_kind_answers_over_udp() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_metad(1, dir.path(), None);
+    let key = cluster_key(dir.path());
+    let mut client = Client::new(daemon.address("udp"), &key);
+    let file = create_file(&mut client, InodeId::ROOT, "a", b"aaa");
+    let bytes = client.call(&ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::File }));
+    let ShardResponse::CreateEdenFile(eden) = decode(&bytes, &client.key) else { panic!() };
+    let policy = [1u8, 2];
+    let no_proofs: [wire::mac::Mac; 0] = [];
+    let remote = InodeId::compose(InodeType::File, 7, 1).unwrap();
+    let cases: Vec<(ShardRequest<'_>, Result<ShardKind, ErrorKind>)> = vec![
+        (ShardRequest::VisitInodes(VisitInodesReq { begin: InodeId::NULL }), Ok(ShardKind::VisitInodes)),
+        (ShardRequest::VisitEden(VisitEdenReq { begin: InodeId::NULL }), Ok(ShardKind::VisitEden)),
+        (
+            ShardRequest::ReverseBlockQuery(ReverseBlockQueryReq {
+                block_service_id: wire::BlockServiceId::new(1),
+                begin: wire::BlockId::new(0),
+            }),
+            Ok(ShardKind::ReverseBlockQuery),
+        ),
+        (
+            ShardRequest::SetDirectoryPolicy(SetDirectoryPolicyReq {
+                head: SetDirectoryPolicyReqHead { dir: InodeId::ROOT },
+                policy: PolicyBlob::new(&policy).unwrap(),
+            }),
+            Ok(ShardKind::SetDirectoryPolicy),
+        ),
+        (
+            ShardRequest::SetDirectoryPolicy(SetDirectoryPolicyReq {
+                head: SetDirectoryPolicyReqHead { dir: file },
+                policy: PolicyBlob::new(&policy).unwrap(),
+            }),
+            Err(ErrorKind::BadInodeType),
+        ),
+        (
+            ShardRequest::CertifyEdenSpan(CertifyEdenSpanReq {
+                head: CertifyEdenSpanReqHead { inode: eden.inode, cookie: eden.cookie, offset: U64::new(0) },
+                proofs: List::new(&no_proofs),
+            }),
+            Err(ErrorKind::NotFound),
+        ),
+        (
+            ShardRequest::SameDirRename(SameDirRenameReq {
+                head: SameDirRenameReqHead { parent: InodeId::ROOT },
+                old_name: name("a"),
+                new_name: name("b"),
+            }),
+            Ok(ShardKind::SameDirRename),
+        ),
+        (
+            ShardRequest::DeleteFile(DeleteFileReq {
+                head: DeleteFileReqHead { parent: InodeId::ROOT },
+                name: name("b"),
+            }),
+            Ok(ShardKind::DeleteFile),
+        ),
+        (ShardRequest::ExpungeEdenSpan(ExpungeEdenSpanReq { inode: eden.inode }), Err(ErrorKind::TooSoon)),
+        (
+            ShardRequest::CertifyExpunge(CertifyExpungeReq {
+                head: CertifyExpungeReqHead { inode: eden.inode, offset: U64::new(0) },
+                proofs: List::new(&no_proofs),
+            }),
+            Err(ErrorKind::NotFound),
+        ),
+        (ShardRequest::ExpungeEdenFile(ExpungeEdenFileReq { inode: eden.inode }), Err(ErrorKind::TooSoon)),
+        (
+            ShardRequest::PurgeDirent(PurgeDirentReq {
+                head: PurgeDirentReqHead { parent: InodeId::ROOT, creation_time: EggsTime::new(1) },
+                name: name("a"),
+            }),
+            Err(ErrorKind::NotFound),
+        ),
+        (
+            ShardRequest::RepairSpans(RepairSpansReq {
+                inode: file,
+                offset: U64::new(0),
+                source_inode: eden.inode,
+                source_cookie: eden.cookie,
+            }),
+            Err(ErrorKind::BadRequest),
+        ),
+        (
+            ShardRequest::RepairBlock(RepairBlockReq {
+                inode: file,
+                offset: U64::new(0),
+                block_index: 0,
+                source_inode: eden.inode,
+                source_cookie: [0; 8],
+            }),
+            Err(ErrorKind::NotAuthorised),
+        ),
+        (
+            ShardRequest::PurgeRemoteOwningDirent(PurgeRemoteOwningDirentReq {
+                head: PurgeRemoteOwningDirentReqHead { dir: InodeId::ROOT, creation_time: EggsTime::new(1) },
+                name: name("gone"),
+            }),
+            Ok(ShardKind::PurgeRemoteOwningDirent),
+        ),
+        (
+            ShardRequest::InjectDirent(InjectDirentReq {
+                head: InjectDirentReqHead { dir: InodeId::ROOT, inode: remote, dry_run: 0 },
+                name: name("remote"),
+            }),
+            Ok(ShardKind::InjectDirent),
+        ),
+        (
+            ShardRequest::DeleteFile(DeleteFileReq {
+                head: DeleteFileReqHead { parent: InodeId::ROOT },
+                name: name("remote"),
+            }),
+            Err(ErrorKind::NotOwning),
+        ),
+        (ShardRequest::MoveFileToEden(MoveFileToEdenReq { inode: file }), Ok(ShardKind::MoveFileToEden)),
+        (ShardRequest::Stat(StatReq { inode: remote }), Err(ErrorKind::NotFound)),
+    ];
+    for (request, expected) in cases {
+        let kind = request.kind();
+        let bytes = client.call(&request);
+        assert_eq!(outcome(&bytes, &client.key), expected, "{kind:?}");
+    }
+}
+
+#[test]
+fn a_thousand_spans_page_through_fetch_spans_over_udp() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_metad(1, dir.path(), None);
+    let key = cluster_key(dir.path());
+    let mut client = Client::new(daemon.address("udp"), &key);
+    let bytes = client.call(&ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::File }));
+    let ShardResponse::CreateEdenFile(eden) = decode(&bytes, &client.key) else { panic!() };
+    for i in 0..1000u64 {
+        let contents = [i as u8; 7];
+        let span = AddEdenSpanReq {
+            head: AddEdenSpanReqHead {
+                inode: eden.inode,
+                cookie: eden.cookie,
+                offset: U64::new(i * 7),
+                size: U32::new(7),
+                crc: U32::new(crc32c(&contents)),
+            },
+            body: SpanBody::Inline(InlineBytes::new(&contents).unwrap()),
+        };
+        let bytes = client.call(&ShardRequest::AddEdenSpan(span));
+        assert_eq!(outcome(&bytes, &client.key), Ok(ShardKind::AddEdenSpan));
+    }
+    let link = LinkEdenFileReq {
+        head: LinkEdenFileReqHead { inode: eden.inode, cookie: eden.cookie, parent: InodeId::ROOT },
+        name: name("big"),
+    };
+    assert_eq!(outcome(&client.call(&ShardRequest::LinkEdenFile(link)), &client.key), Ok(ShardKind::LinkEdenFile));
+    let (mut offset, mut seen, mut pages) = (0u64, 0u64, 0);
+    loop {
+        let bytes =
+            client.call(&ShardRequest::FetchSpans(FetchSpansReq { inode: eden.inode, offset: U64::new(offset) }));
+        assert!(bytes.len() <= UDP_DATAGRAM_BYTES_MAX);
+        let ShardResponse::FetchSpans(page) = decode(&bytes, &client.key) else { panic!() };
+        pages += 1;
+        for span in page.spans.iter() {
+            assert_eq!(span.offset.get(), seen * 7);
+            let SpanBody::Inline(contents) = span.body else { panic!() };
+            assert_eq!(contents.as_bytes(), &[seen as u8; 7]);
+            seen += 1;
+        }
+        if page.next_offset.get() == 0 {
+            break;
+        }
+        offset = page.next_offset.get();
+    }
+    assert_eq!((seen, pages > 10), (1000, true));
+}
