@@ -72,7 +72,12 @@ fn unix_ms(eggs_ns: u64) -> Option<u64> {
     (eggs_ns != 0).then(|| EggsTime::new(eggs_ns).unix_ns() / (NS_PER_SECOND / 1000))
 }
 
-fn block_service_json(registry: &Registry, record: &BlockServiceRecord, weight: u64, now: EggsTime) -> BlockServiceJson {
+fn block_service_json(
+    registry: &Registry,
+    record: &BlockServiceRecord,
+    weight: u64,
+    now: EggsTime,
+) -> BlockServiceJson {
     BlockServiceJson {
         id: record.id().to_string(),
         addr: record.addr.to_string(),
@@ -126,7 +131,12 @@ async fn block_services(State(shuckle): State<Arc<Shuckle>>) -> Json<Vec<BlockSe
 async fn shards(State(shuckle): State<Arc<Shuckle>>) -> Json<Vec<ShardJson>> {
     let now = EggsTime::now();
     let registry = shuckle.registry();
-    Json(registry.shards_from(0).map(|(shard, record)| ShardJson { shard, peer: peer_json(Some(record), now) }).collect())
+    Json(
+        registry
+            .shards_from(0)
+            .map(|(shard, record)| ShardJson { shard, peer: peer_json(Some(record), now) })
+            .collect(),
+    )
 }
 
 async fn cdc(State(shuckle): State<Arc<Shuckle>>) -> Json<PeerJson> {

@@ -237,9 +237,7 @@ impl Registry {
         match self.block_services.get(&target.id()) {
             None => true,
             Some(record) => {
-                record.addr != target.addr
-                    || record.storage_class != target.storage_class
-                    || record.host != target.host
+                record.addr != target.addr || record.storage_class != target.storage_class || record.host != target.host
             }
         }
     }

@@ -180,7 +180,9 @@ impl Shuckle {
             ShuckleRequest::Cdc(_) => {
                 let registry = self.registry();
                 let response = match registry.cdc() {
-                    Some(cdc) => CdcResp { address: Address::from(cdc.addr), last_seen: EggsTime::new(cdc.last_seen_ns) },
+                    Some(cdc) => {
+                        CdcResp { address: Address::from(cdc.addr), last_seen: EggsTime::new(cdc.last_seen_ns) }
+                    }
                     None => CdcResp { address: Address::UNKNOWN, last_seen: EggsTime::ZERO },
                 };
                 self.encode(out, request_id, &ShuckleResponse::Cdc(response))
@@ -193,21 +195,17 @@ impl Shuckle {
                 self.answer_block_services_with_keys(request_id, request, now, out)
             }
             ShuckleRequest::RegisterShard(request) => {
-                let result = stale_request(request.time, now)
-                    .map(Err)
-                    .unwrap_or_else(|| {
-                        let done = ShuckleResponse::RegisterShard(EmptyResp {});
-                        self.register_peer(request.address, done, |addr| self.register_shard(request.shard, addr, now))
-                    });
+                let result = stale_request(request.time, now).map(Err).unwrap_or_else(|| {
+                    let done = ShuckleResponse::RegisterShard(EmptyResp {});
+                    self.register_peer(request.address, done, |addr| self.register_shard(request.shard, addr, now))
+                });
                 self.encode(out, request_id, &result.unwrap_or_else(|refusal| refusal))
             }
             ShuckleRequest::RegisterCdc(request) => {
-                let result = stale_request(request.time, now)
-                    .map(Err)
-                    .unwrap_or_else(|| {
-                        let done = ShuckleResponse::RegisterCdc(EmptyResp {});
-                        self.register_peer(request.address, done, |addr| self.register_cdc(addr, now))
-                    });
+                let result = stale_request(request.time, now).map(Err).unwrap_or_else(|| {
+                    let done = ShuckleResponse::RegisterCdc(EmptyResp {});
+                    self.register_peer(request.address, done, |addr| self.register_cdc(addr, now))
+                });
                 self.encode(out, request_id, &result.unwrap_or_else(|refusal| refusal))
             }
         }
@@ -238,7 +236,8 @@ impl Shuckle {
         let mut shards = Vec::new();
         let mut next = 0u8;
         for (shard, record) in registry.shards_from(request.begin) {
-            let info = ShardInfo { shard, address: Address::from(record.addr), last_seen: EggsTime::new(record.last_seen_ns) };
+            let info =
+                ShardInfo { shard, address: Address::from(record.addr), last_seen: EggsTime::new(record.last_seen_ns) };
             if !budget.admit(info.encoded_len()) {
                 next = shard;
                 break;
@@ -459,6 +458,9 @@ mod tests {
         };
         assert_eq!(target.addr, SocketAddr::from(([10, 0, 0, 9], 4000)));
         // Nothing changes before the check succeeds.
-        assert_eq!(shuckle.registry().block_service(target.id()).unwrap().addr, SocketAddr::from(([10, 0, 0, 0], 4000)));
+        assert_eq!(
+            shuckle.registry().block_service(target.id()).unwrap().addr,
+            SocketAddr::from(([10, 0, 0, 0], 4000))
+        );
     }
 }

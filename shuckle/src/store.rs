@@ -67,7 +67,8 @@ impl Store {
     }
 
     pub fn put_block_service(&self, record: &BlockServiceRecord) -> Result<(), StoreError> {
-        let value = serde_json::to_vec(record).map_err(|source| StoreError::Corrupt { what: "block service", source })?;
+        let value =
+            serde_json::to_vec(record).map_err(|source| StoreError::Corrupt { what: "block service", source })?;
         self.put(self.block_services, &record.id().get().to_be_bytes(), &value)
     }
 
@@ -87,8 +88,8 @@ impl Store {
         let txn = self.env.read_txn().map_err(lmdb("begin"))?;
         for entry in self.block_services.iter(&txn).map_err(lmdb("iterate"))? {
             let (_, value) = entry.map_err(lmdb("iterate"))?;
-            let record: BlockServiceRecord =
-                serde_json::from_slice(value).map_err(|source| StoreError::Corrupt { what: "block service", source })?;
+            let record: BlockServiceRecord = serde_json::from_slice(value)
+                .map_err(|source| StoreError::Corrupt { what: "block service", source })?;
             registry.insert(record);
         }
         for entry in self.shards.iter(&txn).map_err(lmdb("iterate"))? {

@@ -88,41 +88,44 @@ mod tests {
         Space { used_bytes, free_bytes }
     }
 
-    /// Every way to hand out `units` units of `unit` bytes among the
-    /// services, respecting free space; the best by the objective.
-    fn brute_force(spaces: &[Space], units: usize, unit: f64) -> (Vec<f64>, f64) {
-        fn walk(spaces: &[Space], left: usize, unit: f64, current: &mut Vec<f64>, best: &mut (Vec<f64>, f64)) {
+    /// Every way to hand out `amount`: each service but the last takes a
+    /// multiple of `unit` (or all its free space), the last takes the rest
+    /// if it can. The best by the objective.
+    fn brute_force(spaces: &[Space], amount: f64, unit: f64) -> (Vec<f64>, f64) {
+        fn walk(spaces: &[Space], left: f64, unit: f64, current: &mut Vec<f64>, best: &mut (Vec<f64>, f64)) {
             let index = current.len();
-            if index == spaces.len() {
-                if left == 0 {
+            let free = spaces[index].free_bytes as f64;
+            if index + 1 == spaces.len() {
+                if left >= -1e-9 && left <= free + 1e-9 {
+                    current.push(left.max(0.0));
                     let value = objective(spaces, current);
                     if value < best.1 {
                         *best = (current.clone(), value);
                     }
+                    current.pop();
                 }
                 return;
             }
-            for take in 0..=left {
-                let x = take as f64 * unit;
-                if x > spaces[index].free_bytes as f64 + 1e-9 {
-                    break;
-                }
+            let mut candidates: Vec<f64> = (0..).map(|k| k as f64 * unit).take_while(|x| *x < free.min(left)).collect();
+            candidates.push(free.min(left));
+            for x in candidates {
                 current.push(x);
-                walk(spaces, left - take, unit, current, best);
+                walk(spaces, left - x, unit, current, best);
                 current.pop();
             }
         }
         let mut best = (Vec::new(), f64::INFINITY);
-        walk(spaces, units, unit, &mut Vec::new(), &mut best);
+        walk(spaces, amount, unit, &mut Vec::new(), &mut best);
         best
     }
 
     fn check_against_brute_force(spaces: &[Space], units: usize) {
         let capacity: f64 = spaces.iter().map(|s| s.capacity()).sum();
-        let amount = GROWTH_FRACTION * capacity;
+        let free: f64 = spaces.iter().map(|s| s.free_bytes as f64).sum();
+        let amount = (GROWTH_FRACTION * capacity).min(free);
         let unit = amount / units as f64;
         let filled = water_fill(spaces, amount);
-        let (grid_best, grid_value) = brute_force(spaces, units, unit);
+        let (grid_best, grid_value) = brute_force(spaces, amount, unit);
         assert!(grid_value.is_finite(), "no feasible grid point for {spaces:?}");
         let value = objective(spaces, &filled);
         let total: f64 = filled.iter().sum();
@@ -189,7 +192,7 @@ mod tests {
         let weights = write_weights(&[space(100, 0), space(900, 100), space(0, 1000)]);
         assert_eq!(weights[0], 0);
         assert_eq!(weights[1], 0);
-        assert_eq!(weights[2], 400);
+        assert_eq!(weights[2], 420);
     }
 
     #[test]

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
-use wire::mac::SecretKey;
+use wire::EggsTime;
+use wire::address::Address;
+use wire::mac::{MacKey, SecretKey};
+use wire::shuckle::{RegisterCdcReq, RegisterShardReq, ShuckleRequest};
 
 const CHROMIUM_CANDIDATES: &[&str] = &["/usr/bin/chromium", "/usr/bin/chromium-browser"];
 const CHROMEDRIVER_CANDIDATES: &[&str] = &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"];
@@ -109,6 +112,20 @@ async fn browser_drains_a_block_service() {
         let id = service.id_hex();
         tokio::task::block_in_place(|| wait_for("the block service to be listed", || listed(shuckle.http, &id)));
     }
+    let cluster_key = MacKey::new(&CLUSTER_KEY);
+    for shard in [0u8, 1, 2] {
+        let request = ShuckleRequest::RegisterShard(RegisterShardReq {
+            shard,
+            address: Address::from(SocketAddr::from(([127, 0, 0, 1], 22272 + u16::from(shard)))),
+            time: EggsTime::now(),
+        });
+        tokio::task::block_in_place(|| udp_exchange(shuckle.udp, &request, Some(&cluster_key)));
+    }
+    let request = ShuckleRequest::RegisterCdc(RegisterCdcReq {
+        address: Address::from(SocketAddr::from(([127, 0, 0, 1], 36137))),
+        time: EggsTime::now(),
+    });
+    tokio::task::block_in_place(|| udp_exchange(shuckle.udp, &request, Some(&cluster_key)));
     let target = &services[1];
     let row = format!("tr[data-id='{}']", target.id_hex());
 
@@ -136,6 +153,8 @@ async fn browser_drains_a_block_service() {
     let message = wait_for_text(&client, "#message", |t| t.contains("refusing")).await;
     assert!(message.contains("not stale"), "{message}");
     assert_eq!(wait_for_text(&client, &format!("{row} td.status"), |_| true).await.trim(), "drain");
+    wait_for_text(&client, "#shards tbody", |t| t.contains("127.0.0.1:22274")).await;
+    wait_for_text(&client, "#cdc tbody", |t| t.contains("127.0.0.1:36137")).await;
 
     let screenshot = client.screenshot().await.unwrap();
     let path = temp_path("shuckle-ui.png");

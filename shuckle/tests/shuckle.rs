@@ -54,7 +54,11 @@ fn registration_is_checked_and_listed() {
     assert_eq!(wait_listed(&shuckle, &second.id_hex())["host"], "127.0.0.1");
 
     // The binary listing says the same, without keys.
-    let bytes = udp_exchange(shuckle.udp, &ShuckleRequest::BlockServices(BlockServicesReq { begin: BlockServiceId::new(0) }), None);
+    let bytes = udp_exchange(
+        shuckle.udp,
+        &ShuckleRequest::BlockServices(BlockServicesReq { begin: BlockServiceId::new(0) }),
+        None,
+    );
     let ShuckleResponse::BlockServices(page) = decode_response(&bytes, None) else { panic!("not a listing") };
     assert_eq!(page.next, BlockServiceId::new(0));
     let info = page.block_services.iter().find(|s| s.id == block_service_id(&service.key)).unwrap();
@@ -80,9 +84,8 @@ fn silent_block_service_becomes_stale_and_only_then_may_be_terminated() {
     assert_eq!(listed(shuckle.http, &id).unwrap()["status"], "ok");
 
     service.set_mode(Mode::Silent);
-    let stale = wait_for("the silent service to become stale", || {
-        listed(shuckle.http, &id).filter(|s| s["stale"] == true)
-    });
+    let stale =
+        wait_for("the silent service to become stale", || listed(shuckle.http, &id).filter(|s| s["stale"] == true));
     assert_eq!(stale["write_weight"], 0);
     assert_eq!(stale["status"], "ok");
 
@@ -153,7 +156,8 @@ fn restart_keeps_everything() {
     });
     let bytes = udp_exchange(shuckle.udp, &request, Some(&cluster_key));
     assert!(matches!(decode_response(&bytes, Some(&cluster_key)), ShuckleResponse::RegisterShard(_)));
-    let request = ShuckleRequest::RegisterCdc(RegisterCdcReq { address: Address::from(cdc_addr), time: EggsTime::now() });
+    let request =
+        ShuckleRequest::RegisterCdc(RegisterCdcReq { address: Address::from(cdc_addr), time: EggsTime::now() });
     let bytes = udp_exchange(shuckle.udp, &request, Some(&cluster_key));
     assert!(matches!(decode_response(&bytes, Some(&cluster_key)), ShuckleResponse::RegisterCdc(_)));
 
@@ -331,9 +335,6 @@ fn privileged_requests_need_the_cluster_key_and_keys_stay_private() {
     }
 }
 
-fn decode_response_checked_with<'a>(
-    bytes: &'a [u8],
-    key: &MacKey,
-) -> Result<ShuckleResponse<'a>, wire::DecodeError> {
+fn decode_response_checked_with<'a>(bytes: &'a [u8], key: &MacKey) -> Result<ShuckleResponse<'a>, wire::DecodeError> {
     wire::datagram::decode::<ShuckleResponse>(bytes, Some(key)).map(|(_, response)| response)
 }

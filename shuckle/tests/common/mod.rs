@@ -43,7 +43,6 @@ impl ShuckleProcess {
             .arg("--key-file")
             .arg(&key_file)
             .args(["--http", "127.0.0.1:0", "--udp", "127.0.0.1:0", "--check-interval-ms", "200"])
-            .args(["--check-timeout-ms", "1000"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -136,7 +135,13 @@ impl FakeBlockService {
     }
 }
 
-fn serve_stats(mut stream: TcpStream, key: SecretKey, stats: BlockServiceStats, mode: &AtomicU8, contacts: &AtomicUsize) {
+fn serve_stats(
+    mut stream: TcpStream,
+    key: SecretKey,
+    stats: BlockServiceStats,
+    mode: &AtomicU8,
+    contacts: &AtomicUsize,
+) {
     let mut request = [0u8; 9];
     while stream.read_exact(&mut request).is_ok() {
         contacts.fetch_add(1, Ordering::SeqCst);
@@ -204,13 +209,15 @@ pub fn decode_response<'a>(bytes: &'a [u8], key: Option<&MacKey>) -> ShuckleResp
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
     let text = String::from_utf8(response).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").expect("no header end");
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { unchunk(body) } else { body.to_owned() };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { unchunk(body) } else { body.to_owned() };
     (status, body)
 }
 
