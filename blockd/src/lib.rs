@@ -22,8 +22,9 @@
 //! # Threads
 //!
 //! One glommio executor per core (`--cores`, default all the cores this
-//! process may run on), pinned, each with its own listener and io_uring
-//! rings; nothing on the request path takes a lock (shared counters are
+//! process may run on), each with its own listener and io_uring rings,
+//! pinned to its core when there is one per core (with fewer, as when
+//! several daemons share a machine, the kernel places them); nothing on the request path takes a lock (shared counters are
 //! relaxed atomics). Besides them: the main thread (waits for signals with
 //! `sigwait`), a registration thread (one datagram a minute) and, with
 //! `--metrics`, the metrics thread. Renames, unlinks and `statvfs` are

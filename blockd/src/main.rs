@@ -139,7 +139,15 @@ fn run(args: Args) -> anyhow::Result<()> {
             .spawn(move || blockd::metrics::serve(listener, counters))?;
     }
 
-    let (executors, stops) = start_executors(&shared, listeners, &cpus[..cores])?;
+    // Pinned when there is one executor per core. With fewer (several
+    // daemons sharing a machine, as in a local cluster), they float: pinning
+    // each daemon to the first cores would pile them all on the same ones.
+    let placements: Vec<Placement> = if cores == cpus.len() {
+        cpus.iter().map(|&cpu| Placement::Fixed(cpu)).collect()
+    } else {
+        (0..cores).map(|_| Placement::Unbound).collect()
+    };
+    let (executors, stops) = start_executors(&shared, listeners, placements)?;
 
     let host = args.host.unwrap_or_else(machine_host_name);
     let datagram = registration_bytes(&key.key, bound.port(), args.storage_class, &host);
@@ -193,17 +201,17 @@ type Executors = Vec<glommio::ExecutorJoinHandle<std::io::Result<()>>>;
 fn start_executors(
     shared: &Arc<Shared>,
     listeners: Vec<OwnedFd>,
-    cpus: &[usize],
+    placements: Vec<Placement>,
 ) -> anyhow::Result<(Executors, Vec<UnixStream>)> {
     let (ready_sender, ready_receiver) = mpsc::channel::<()>();
     let mut executors = Vec::with_capacity(listeners.len());
     let mut stops = Vec::with_capacity(listeners.len());
-    for (index, (listener, &cpu)) in listeners.into_iter().zip(cpus).enumerate() {
+    for (index, (listener, placement)) in listeners.into_iter().zip(placements).enumerate() {
         let (stop_here, stop_there) = UnixStream::pair()?;
         stops.push(stop_here);
         let shared = shared.clone();
         let ready = ready_sender.clone();
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("blockd-{index}"))
             .io_memory(blockd::IO_MEMORY_BYTES)
             .spawn(move || async move {
@@ -216,7 +224,7 @@ fn start_executors(
                 unsafe { server::run(index, shared, listener, stop, ready) }.await
             })
             .map_err(std::io::Error::from)
-            .with_context(|| format!("starting executor {index} on cpu {cpu}"))?;
+            .with_context(|| format!("starting executor {index}"))?;
         executors.push(handle);
     }
     drop(ready_sender);
