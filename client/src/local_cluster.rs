@@ -6,6 +6,7 @@
 //! DIR/shuckle/        shuckle's store
 //! DIR/meta/           the shards' and the CDC's data
 //! DIR/blocks/<i>/     block service i
+//! DIR/blocks/<i>.port its TCP port, reused on restart (the shards' tables hold it)
 //! ```
 //!
 //! Binaries are found next to the running `eggs`. Each child prints
@@ -281,22 +282,36 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
     daemons.push(cdc);
     for index in 0..config.block_services {
         let block_dir = dir.join("blocks").join(index.to_string());
-        let daemon = start(
-            format!("block service {index}"),
-            &blockd_bin,
-            &[
+        let port_file = dir.join("blocks").join(format!("{index}.port"));
+        let remembered = std::fs::read_to_string(&port_file).ok().and_then(|text| text.trim().parse::<u16>().ok());
+        let name = format!("block service {index}");
+        let args = |port: u16| {
+            vec![
                 block_dir.display().to_string(),
                 "--storage-class".into(),
                 config.storage_class.to_string(),
                 "--listen".into(),
-                loopback(0),
+                loopback(port),
                 "--shuckle".into(),
                 shuckle_udp.to_string(),
                 "--cores".into(),
                 "1".into(),
-            ],
-        )
-        .await?;
+            ]
+        };
+        let daemon = match remembered {
+            Some(port) => match start(name.clone(), &blockd_bin, &args(port)).await {
+                Ok(daemon) => daemon,
+                Err(error) => {
+                    eprintln!("eggs local-cluster: {name} cannot reuse port {port} ({error}); taking a new one");
+                    start(name, &blockd_bin, &args(0)).await?
+                }
+            },
+            None => start(name, &blockd_bin, &args(0)).await?,
+        };
+        // Block addresses are in the shards' tables: keep the port across
+        // restarts so existing blocks stay reachable at once.
+        let port = daemon.address("tcp")?.port();
+        std::fs::write(&port_file, port.to_string()).with_context(|| format!("{}", port_file.display()))?;
         daemons.push(daemon);
     }
     Ok(addresses)
