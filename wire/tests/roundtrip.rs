@@ -17,10 +17,11 @@ use zerocopy::{FromBytes, IntoBytes};
 use common::strategies::*;
 use wire::block::{self, BlockRequest, BlockServiceStats};
 use wire::cdc::{CdcKind, CdcRequest, CdcResponse};
+use wire::codec::Name;
 use wire::codec::{DecodeError, EncodeError};
 use wire::crc::{crc32c, crc32c_append, crc32c_combine, crc32c_zeros};
 use wire::datagram::{self, Body, HEADER_BYTES, PROTOCOL_VERSION};
-use wire::ids::BlockId;
+use wire::ids::{BlockId, InodeId};
 use wire::limits::BLOCK_SIZE_BYTES_MAX;
 use wire::mac::{MAC_BYTES, MacKey, SecretKey};
 use wire::policy::Policy;
@@ -462,4 +463,40 @@ fn span_layout_refuses_what_it_cannot_lay_out() {
     assert!(layout.encode_parity(&[0; 100], &mut [Vec::new()]).is_err());
     let mut wrong_size: Vec<Option<Vec<u8>>> = vec![Some(vec![0; 24]), None, None, None, None, None];
     assert!(layout.reconstruct(&mut wrong_size).is_err());
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 256, failure_persistence: None, ..Config::default() })]
+
+    /// A name that breaks a rule (empty, `.`, `..`, a `/` or NUL anywhere, not
+    /// UTF-8) makes the whole datagram a decode error.
+    #[test]
+    fn invalid_names_are_refused_in_datagrams(
+        text in name_text(),
+        position in any::<proptest::sample::Index>(),
+        breakage in 0usize..6,
+    ) {
+        let mut name = text.into_bytes();
+        let at = position.index(name.len() + 1);
+        match breakage {
+            0 => name.insert(at, b'/'),
+            1 => name.insert(at, 0),
+            2 => name.insert(at, 0xff),
+            3 => name = b".".to_vec(),
+            4 => name = b"..".to_vec(),
+            _ => name.clear(),
+        }
+        // delete_file: header, parent, then the name with its u8 length.
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&datagram::SHARD_MAGIC);
+        bytes.push(PROTOCOL_VERSION);
+        bytes.extend_from_slice(&1u64.to_le_bytes());
+        bytes.push(ShardKind::DeleteFile as u8);
+        bytes.extend_from_slice(&InodeId::ROOT.get().to_le_bytes());
+        bytes.push(name.len().min(255) as u8);
+        bytes.extend_from_slice(&name);
+        let result = datagram::decode::<ShardRequest>(&bytes, None);
+        prop_assert!(result.is_err(), "{:?} accepted as a name", name);
+        prop_assert!(Name::new(&name).is_err());
+    }
 }

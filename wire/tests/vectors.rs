@@ -352,7 +352,7 @@ fn reed_solomon_parity_is_pinned() {
     use wire::span::SpanLayout;
     let span: Vec<u8> = (0..1000u32).map(|i| (i * 7 + i / 13) as u8).collect();
     let mut pinned = Vec::new();
-    for (d, p) in [(4u8, 2u8), (10, 4), (1, 2)] {
+    for (d, p) in [(4u8, 2u8), (10, 4), (3, 2), (1, 2)] {
         let layout = SpanLayout::new(span.len() as u64, Parity::new(d, p).unwrap()).unwrap();
         let mut parity = vec![Vec::new(); p as usize];
         layout.encode_parity(&span, &mut parity).unwrap();
@@ -374,6 +374,24 @@ const PINNED_PARITY: &[(u8, u8, usize, u32)] = &[
     (10, 4, 128, 0x9892_93ef),
     (10, 4, 128, 0x77b9_1044),
     (10, 4, 128, 0x11b0_cbd8),
+    (3, 2, 384, 0xc732_5b1a),
+    (3, 2, 384, 0x0562_e4d7),
     (1, 2, 1000, 0x7604_7627),
     (1, 2, 1000, 0x7604_7627),
 ];
+
+/// The examples of PROTOCOL.md §12.
+#[test]
+fn span_layout_examples() {
+    use wire::span::SpanLayout;
+    let layout = SpanLayout::new(1000, Parity::new(4, 2).unwrap()).unwrap();
+    assert_eq!((layout.data_block_size, layout.parity_block_size), (250, 256));
+    let layout = SpanLayout::new(1000, Parity::new(3, 2).unwrap()).unwrap();
+    assert_eq!((layout.data_block_size, layout.parity_block_size), (334, 384));
+    assert_eq!([layout.block_size(0), layout.block_size(1), layout.block_size(2)], [334, 334, 332]);
+    let layout = SpanLayout::new(5, Parity::new(8, 2).unwrap()).unwrap();
+    let sizes: Vec<u64> = (0..10).map(|i| layout.block_size(i)).collect();
+    assert_eq!(sizes, [1, 1, 1, 1, 1, 0, 0, 0, 64, 64]);
+    let layout = SpanLayout::new(1000, Parity::new(1, 2).unwrap()).unwrap();
+    assert_eq!((layout.block_size(0), layout.block_size(1), layout.block_size(2)), (1000, 1000, 1000));
+}
