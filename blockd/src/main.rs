@@ -180,6 +180,14 @@ fn run(args: Args) -> anyhow::Result<()> {
 /// Binds one SO_REUSEPORT listener per executor on the same address (the
 /// first one picks the port when it is 0).
 fn bind_listeners(listen: SocketAddr, count: usize) -> anyhow::Result<(Vec<OwnedFd>, SocketAddr)> {
+    if listen.port() != 0 {
+        // SO_REUSEPORT would let us share a port that another daemon of the
+        // same user listens on (connections then split between two disks):
+        // first make sure nobody listens there.
+        let probe = Socket::new(Domain::for_address(listen), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&listen.into()).map_err(|e| UsageError(format!("--listen {listen}: {e}")))?;
+    }
     let mut listeners = Vec::with_capacity(count);
     let mut address = listen;
     for _ in 0..count {

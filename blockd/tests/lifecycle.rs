@@ -90,15 +90,21 @@ fn kill_9_during_concurrent_writes_loses_nothing_acknowledged() {
 fn a_second_daemon_on_the_same_folder_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), &[]);
-    let output = Command::new(env!("CARGO_BIN_EXE_blockd"))
-        .arg(dir.path())
-        .args(["--storage-class", "2", "--cores", "1", "--shuckle", "127.0.0.1:9"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert!(output.stdout.is_empty(), "the second daemon must not announce itself");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut second = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_blockd"))
+            .arg(dir.path())
+            .args(["--storage-class", "2", "--cores", "1", "--shuckle", "127.0.0.1:9"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(wait_with_timeout(&mut second.0).code(), Some(2));
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    second.0.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    second.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(stdout.is_empty(), "the second daemon must not announce itself: {stdout}");
     assert!(stderr.contains("another blockd"), "{stderr}");
     // The first one is untouched.
     let key = daemon.key();
@@ -214,5 +220,41 @@ fn two_daemons_started_together_on_an_empty_folder_leave_exactly_one() {
     for child in &mut children {
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+#[test]
+fn a_port_in_use_is_refused_even_by_another_blockd() {
+    let first_dir = tempfile::tempdir().unwrap();
+    let first = Daemon::start(first_dir.path(), &[]);
+    let second_dir = tempfile::tempdir().unwrap();
+    let mut second = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_blockd"))
+            .arg(second_dir.path())
+            .args(["--storage-class", "2", "--cores", "1", "--shuckle", "127.0.0.1:9"])
+            .args(["--listen", &first.address.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Must exit by itself (a daemon sharing the port would run forever).
+    assert_eq!(wait_with_timeout(&mut second.0).code(), Some(2));
+    let mut stderr = String::new();
+    second.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(stderr.contains("--listen"), "{stderr}");
+    // Every connection still reaches the first daemon.
+    let key = first.key();
+    for shard in 0..8 {
+        write_block(&mut first.connect(), &key, fresh_block_id(90 + shard), b"mine");
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
