@@ -88,8 +88,15 @@ impl Checker {
         tokio::spawn(async move {
             match check(&target, checker.timeout).await {
                 Ok(stats) => {
-                    if let Err(error) = checker.shuckle.apply_good_check(&target, stats, EggsTime::now()) {
-                        tracing::error!(%error, id = %slot.0, "cannot record a good check");
+                    // The store fsyncs: off the async workers.
+                    let shuckle = Arc::clone(&checker.shuckle);
+                    let target = target.clone();
+                    let stored =
+                        tokio::task::spawn_blocking(move || shuckle.apply_good_check(&target, stats, EggsTime::now()));
+                    match stored.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => tracing::error!(%error, id = %slot.0, "cannot record a good check"),
+                        Err(error) => tracing::error!(%error, id = %slot.0, "recording a good check failed"),
                     }
                 }
                 Err(error) if target.from_registration => {

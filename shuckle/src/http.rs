@@ -164,7 +164,16 @@ async fn status_action(State(shuckle): State<Arc<Shuckle>>, Path((id, action)): 
         return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a block service id (16 hex digits)"));
     };
     let now = EggsTime::now();
-    match shuckle.status_action(id, action, now) {
+    // The store fsyncs: off the async workers.
+    let acting = Arc::clone(&shuckle);
+    let result = match tokio::task::spawn_blocking(move || acting.status_action(id, action, now)).await {
+        Ok(result) => result,
+        Err(failure) => {
+            tracing::error!(%failure, "status change task failed");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "the change failed; nothing changed".to_owned());
+        }
+    };
+    match result {
         Ok(record) => {
             let registry = shuckle.registry();
             let weight = registry.write_weights(now).get(&id).copied().unwrap_or(0);

@@ -5,6 +5,7 @@
 //! and the registry lock is held across both so that the order of changes
 //! on disk is the order in memory.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 
@@ -49,15 +50,43 @@ pub enum DatagramOutcome {
     Ignore,
 }
 
+/// A round-robin check that changes only times and counts is stored at
+/// most this often per service: every check (about one per second per
+/// service) would be an fsync each. What a crash loses is at most this much
+/// of `last_check`, far below the stale-after time; anything else a check
+/// changes (address, host, storage class, a new service) and every status
+/// change is stored at once.
+pub const REFRESH_STORE_PERIOD_NS: u64 = 60 * wire::limits::NS_PER_SECOND;
+const _: () = assert!(REFRESH_STORE_PERIOD_NS * 5 <= wire::limits::BLOCK_SERVICE_STALE_AFTER_NS);
+
 pub struct Shuckle {
     registry: Mutex<Registry>,
+    /// `last_check_ns` of each service as last stored; locked only while
+    /// holding `registry`.
+    stored_check_ns: Mutex<HashMap<BlockServiceId, u64>>,
     store: Store,
     cluster_key: MacKey,
 }
 
 impl Shuckle {
     pub fn new(store: Store, registry: Registry, cluster_key: &SecretKey) -> Self {
-        Self { registry: Mutex::new(registry), store, cluster_key: MacKey::new(cluster_key) }
+        let stored = registry.block_services_from(BlockServiceId::new(0)).map(|r| (r.id(), r.last_check_ns)).collect();
+        Self {
+            registry: Mutex::new(registry),
+            stored_check_ns: Mutex::new(stored),
+            store,
+            cluster_key: MacKey::new(cluster_key),
+        }
+    }
+
+    fn stored_check_ns(&self) -> MutexGuard<'_, HashMap<BlockServiceId, u64>> {
+        self.stored_check_ns.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn store_block_service(&self, record: &BlockServiceRecord) -> Result<(), StoreError> {
+        self.store.put_block_service(record)?;
+        self.stored_check_ns().insert(record.id(), record.last_check_ns);
+        Ok(())
     }
 
     /// The registry, read-only. A poisoned lock means a panic elsewhere
@@ -67,7 +96,8 @@ impl Shuckle {
         self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records a verified stats answer. `Ok(false)` when it changed nothing.
+    /// Records a verified stats answer (stored as [`REFRESH_STORE_PERIOD_NS`]
+    /// says). `Ok(false)` when it changed nothing.
     pub fn apply_good_check(
         &self,
         target: &CheckTarget,
@@ -76,8 +106,18 @@ impl Shuckle {
     ) -> Result<bool, StoreError> {
         let mut registry = self.registry();
         let Some(record) = registry.after_good_check(target, stats, now) else { return Ok(false) };
-        let is_new = registry.block_service(record.id()).is_none();
-        self.store.put_block_service(&record)?;
+        let previous = registry.block_service(record.id());
+        let is_new = previous.is_none();
+        let stored_check_ns = self.stored_check_ns().get(&record.id()).copied().unwrap_or(0);
+        let must_store = previous.is_none_or(|previous| {
+            previous.addr != record.addr
+                || previous.host != record.host
+                || previous.storage_class != record.storage_class
+                || record.last_check_ns.saturating_sub(stored_check_ns) >= REFRESH_STORE_PERIOD_NS
+        });
+        if must_store {
+            self.store_block_service(&record)?;
+        }
         if is_new {
             tracing::info!(id = %record.id(), addr = %record.addr, host = %record.host, "new block service verified");
         }
@@ -93,7 +133,7 @@ impl Shuckle {
     ) -> Result<BlockServiceRecord, ActionError> {
         let mut registry = self.registry();
         let record = registry.after_status_action(id, action, now)?;
-        self.store.put_block_service(&record)?;
+        self.store_block_service(&record)?;
         tracing::info!(id = %id, status = record.status.name(), "block service status changed");
         registry.insert(record.clone());
         Ok(record)
@@ -416,6 +456,58 @@ mod tests {
             assert_eq!(seen.len(), 100);
             assert!(seen.windows(2).all(|pair| pair[0] < pair[1]));
         }
+    }
+
+    #[test]
+    fn refreshes_are_stored_at_most_once_a_period_but_changes_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = CheckTarget {
+            secret_key: SecretKey([9; 16]),
+            addr: SocketAddr::from(([10, 0, 0, 9], 4000)),
+            host: "h".to_owned(),
+            storage_class: 2,
+            from_registration: false,
+        };
+        let stats = |used_bytes| BlockServiceStats { used_bytes, free_bytes: 100, used_blocks: 1, free_blocks: 1 };
+        let second = wire::limits::NS_PER_SECOND;
+        let stored = |dir: &std::path::Path| {
+            let registry = Store::open(dir).unwrap().load(1).unwrap();
+            let record = registry.block_service(target.id()).unwrap();
+            (record.last_check_ns, record.used_bytes, record.addr)
+        };
+        let reopen = |dir: &std::path::Path| {
+            let store = Store::open(dir).unwrap();
+            let registry = store.load(1).unwrap();
+            Shuckle::new(store, registry, &SecretKey([0; 16]))
+        };
+        {
+            let shuckle = reopen(dir.path());
+            let new = CheckTarget { from_registration: true, ..target.clone() };
+            assert!(shuckle.apply_good_check(&new, stats(1), EggsTime::new(1000 * second)).unwrap());
+            assert!(shuckle.apply_good_check(&target, stats(2), EggsTime::new(1001 * second)).unwrap());
+            assert_eq!(shuckle.registry().block_service(target.id()).unwrap().used_bytes, 2);
+        }
+        assert_eq!(stored(dir.path()), (1000 * second, 1, target.addr));
+        {
+            let shuckle = reopen(dir.path());
+            let later = EggsTime::new(1000 * second + REFRESH_STORE_PERIOD_NS);
+            assert!(shuckle.apply_good_check(&target, stats(3), later).unwrap());
+        }
+        assert_eq!(stored(dir.path()), (1000 * second + REFRESH_STORE_PERIOD_NS, 3, target.addr));
+        {
+            let shuckle = reopen(dir.path());
+            let moved = CheckTarget {
+                addr: SocketAddr::from(([10, 0, 0, 10], 4000)),
+                from_registration: true,
+                ..target.clone()
+            };
+            let now = EggsTime::new(1001 * second + REFRESH_STORE_PERIOD_NS);
+            assert!(shuckle.apply_good_check(&moved, stats(4), now).unwrap());
+        }
+        assert_eq!(
+            stored(dir.path()),
+            (1001 * second + REFRESH_STORE_PERIOD_NS, 4, SocketAddr::from(([10, 0, 0, 10], 4000)))
+        );
     }
 
     #[test]

@@ -69,7 +69,7 @@ async fn connect(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
             "args": [
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--window-size=1500,800",
+                "--no-first-run", "--window-size=1500,1000",
                 format!("--user-data-dir={}", profile.display()),
             ],
         }
