@@ -10,7 +10,7 @@
 //! accepts to the same bytes.
 //!
 //! `WIRE_FUZZ_INPUTS=N` changes the number of inputs of the default test; the
-//! ignored `a_million_inputs` test runs 1,000,000 (see PROTOCOL.md).
+//! ignored `a_million_inputs` test runs 1,000,000 (see `fuzz/README.md`).
 
 mod common;
 
