@@ -323,7 +323,7 @@ impl Client {
             ShardRequest::DeleteFile(DeleteFileReq { head: DeleteFileReqHead { parent }, name: name(name_text)? });
         match self.shard_request(parent.shard(), &request).await {
             Ok(_) => Ok(()),
-            Err(error) if error.error_kind() == Some(ErrorKind::BadRequestIdempotentHint) => Ok(()),
+            Err(error) if probably_succeeded(&error) => Ok(()),
             Err(error) => Err(error),
         }
     }
@@ -510,11 +510,18 @@ const MAX_DIRECTORY_DEPTH: usize = 4096;
 const PAGES_MAX: usize = 1 << 16;
 
 /// True for the errors that mean "an earlier attempt of this request
-/// probably succeeded" (DESIGN §4): BAD_REQUEST_IDEMPOTENT_HINT, and
-/// NOT_FOUND for link_eden_file / renames (the source is gone because it
-/// was already moved).
+/// probably succeeded" (DESIGN §4): BAD_REQUEST_IDEMPOTENT_HINT always, and
+/// NOT_FOUND when the request was sent more than once (the eden file or
+/// source name is gone because the first transmission moved it).
 pub fn probably_succeeded(error: &ClientError) -> bool {
-    matches!(error.error_kind(), Some(ErrorKind::BadRequestIdempotentHint | ErrorKind::NotFound))
+    match error {
+        ClientError::Request(request) => match request.error_kind() {
+            Some(ErrorKind::BadRequestIdempotentHint) => true,
+            Some(ErrorKind::NotFound) => request.maybe_retried(),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// Asks shuckle for the shards' and the CDC's addresses; the rest are the

@@ -5,13 +5,16 @@
 //! (mirrors: any copy). Up to [`READ_AHEAD_SPANS`] spans are fetched ahead
 //! of the one being output, so output is in order with bounded memory.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::OnceCell;
 use tokio::task::{JoinHandle, JoinSet};
-use wire::InodeId;
 use wire::crc::crc32c;
 use wire::span::SpanLayout;
+use wire::{BlockServiceId, InodeId};
 
 use crate::block::fetch_block;
 use crate::client::{Client, FileSpan, FileSpanBody};
@@ -35,6 +38,34 @@ pub struct ReadReport {
     pub notices: Vec<String>,
 }
 
+/// Block service addresses as shuckle knows them now, fetched once per
+/// read on the first block that cannot be fetched at the address the shard
+/// gave (the shard's table may predate a block service moving).
+#[derive(Clone)]
+struct AddressBook {
+    client: Client,
+    addresses: Arc<OnceCell<HashMap<BlockServiceId, SocketAddr>>>,
+}
+
+impl AddressBook {
+    /// The current address of `id` if shuckle knows a different one than `listed`.
+    async fn moved(&self, id: BlockServiceId, listed: SocketAddr) -> Option<SocketAddr> {
+        let addresses = self
+            .addresses
+            .get_or_init(|| async {
+                match self.client.block_services().await {
+                    Ok(services) => services.into_iter().map(|(id, addr, _, _)| (id, addr)).collect(),
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot list block services");
+                        HashMap::new()
+                    }
+                }
+            })
+            .await;
+        addresses.get(&id).copied().filter(|addr| *addr != listed && addr.port() != 0)
+    }
+}
+
 /// A span's bytes and what went wrong on the way.
 struct SpanRead {
     data: Vec<u8>,
@@ -55,6 +86,7 @@ pub async fn read_file<W: AsyncWrite + Unpin>(
     let mut report = ReadReport::default();
     let mut in_flight: VecDeque<(FileSpan, JoinHandle<Result<SpanRead>>)> = VecDeque::new();
     let mut pending: VecDeque<FileSpan> = VecDeque::new();
+    let book = AddressBook { client: client.clone(), addresses: Arc::new(OnceCell::new()) };
     let mut next_offset = Some(0u64);
     let mut expected_offset = 0u64;
     for _ in 0..SPAN_PAGES_MAX {
@@ -73,7 +105,7 @@ pub async fn read_file<W: AsyncWrite + Unpin>(
                 pending.extend(page.spans);
             }
             let Some(span) = pending.pop_front() else { break };
-            let task = tokio::spawn(read_span(client.clone(), inode, span.clone()));
+            let task = tokio::spawn(read_span(book.clone(), inode, span.clone()));
             in_flight.push_back((span, task));
         }
         let Some((span, task)) = in_flight.pop_front() else { break };
@@ -104,8 +136,7 @@ pub async fn read_file<W: AsyncWrite + Unpin>(
 }
 
 /// Reads one span's bytes, rebuilding from parity when needed.
-async fn read_span(client: Client, inode: InodeId, span: FileSpan) -> Result<SpanRead> {
-    let _ = client;
+async fn read_span(book: AddressBook, inode: InodeId, span: FileSpan) -> Result<SpanRead> {
     let span_error = |reason: String| ClientError::Span { inode, offset: span.offset, reason };
     let (data, reconstructed, notices) = match &span.body {
         FileSpanBody::Inline(bytes) => (bytes.clone(), false, Vec::new()),
@@ -113,7 +144,7 @@ async fn read_span(client: Client, inode: InodeId, span: FileSpan) -> Result<Spa
         FileSpanBody::Blocks { parity, blocks, .. } => {
             let layout =
                 SpanLayout::new(u64::from(span.size), *parity).map_err(|error| span_error(error.to_string()))?;
-            read_blocks(inode, &span, &layout, blocks).await?
+            read_blocks(&book, inode, &span, &layout, blocks).await?
         }
     };
     if data.len() != span.size as usize {
@@ -126,6 +157,7 @@ async fn read_span(client: Client, inode: InodeId, span: FileSpan) -> Result<Spa
 }
 
 async fn read_blocks(
+    book: &AddressBook,
     inode: InodeId,
     span: &FileSpan,
     layout: &SpanLayout,
@@ -160,17 +192,20 @@ async fn read_blocks(
         for index in batch {
             let block = blocks[index];
             let expected = layout.block_size(index);
+            let book = book.clone();
             tasks.spawn(async move {
-                let fetched = if u64::from(block.size.get()) != expected {
-                    Err(format!("listed with {} bytes, layout says {expected}", block.size.get()))
-                } else {
-                    match fetch_block(block.address.socket_addr(), block.block_id, block.size.get()).await {
-                        Ok(bytes) if crc32c(&bytes) == block.crc.get() => Ok(bytes),
-                        Ok(_) => Err("CRC mismatch (corrupted block)".to_owned()),
-                        Err(error) => Err(error.to_string()),
-                    }
-                };
-                (index, fetched)
+                if u64::from(block.size.get()) != expected {
+                    let reason = format!("listed with {} bytes, layout says {expected}", block.size.get());
+                    return (index, Err(reason));
+                }
+                let listed = block.address.socket_addr();
+                let mut fetched = fetch_checked(listed, &block).await;
+                if fetched.is_err()
+                    && let Some(current) = book.moved(block.block_service_id, listed).await
+                {
+                    fetched = fetch_checked(current, &block).await;
+                }
+                (index, fetched.map_err(|error| error.to_string()))
             });
         }
         while let Some(joined) = tasks.join_next().await {
@@ -207,4 +242,16 @@ async fn read_blocks(
         data.extend_from_slice(slot.as_deref().unwrap_or_default());
     }
     Ok((data, reconstructed, notices))
+}
+
+/// Fetches a block and checks its CRC.
+async fn fetch_checked(addr: SocketAddr, block: &wire::shard::FetchedBlock) -> Result<Vec<u8>> {
+    let bytes = fetch_block(addr, block.block_id, block.size.get()).await?;
+    if crc32c(&bytes) != block.crc.get() {
+        return Err(ClientError::Inconsistent(format!(
+            "block {} on {addr}: CRC mismatch (corrupted block)",
+            block.block_id
+        )));
+    }
+    Ok(bytes)
 }

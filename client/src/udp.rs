@@ -136,9 +136,12 @@ pub enum RequestError {
     /// unreachable, or every response was malformed).
     #[error("{family} request {kind} to {addr} timed out after {attempts} attempts ({elapsed_ms} ms)")]
     Timeout { family: &'static str, kind: u8, addr: SocketAddr, attempts: u32, elapsed_ms: u64 },
-    /// The daemon answered with an error response.
+    /// The daemon answered with an error response. `attempts` is how many
+    /// times the request was sent: more than one means an earlier
+    /// transmission may have been executed (see
+    /// [`RequestError::maybe_retried`]).
     #[error("{family} at {addr}: {kind}{}", if text.is_empty() { String::new() } else { format!(": {text}") })]
-    Response { family: &'static str, addr: SocketAddr, kind: ErrorKind, text: String },
+    Response { family: &'static str, addr: SocketAddr, kind: ErrorKind, text: String, attempts: u32 },
     /// The daemon answered with a response of the right kind whose content
     /// does not make sense for the request (e.g. the wrong variant).
     #[error("{family} at {addr}: unexpected response: {detail}")]
@@ -162,6 +165,13 @@ impl RequestError {
             RequestError::Response { kind, .. } => Some(*kind),
             _ => None,
         }
+    }
+
+    /// True for an error response to a request sent more than once: an
+    /// earlier transmission may have succeeded and this is the answer to
+    /// the retry (e.g. NOT_FOUND for a link whose eden file is gone).
+    pub fn maybe_retried(&self) -> bool {
+        matches!(self, RequestError::Response { attempts, .. } if *attempts > 1)
     }
 
     /// True for [`RequestError::Timeout`].
@@ -389,7 +399,7 @@ impl DatagramClient {
             attempt += 1;
             let attempt_deadline = tokio::time::Instant::now() + wait;
             while let Ok(Some((from, bytes))) = tokio::time::timeout_at(attempt_deadline, deliveries.recv()).await {
-                if let Some(reply) = self.accept::<F>(addr, kind, from, bytes)? {
+                if let Some(reply) = self.accept::<F>(addr, kind, from, bytes, attempt)? {
                     return Ok(reply);
                 }
             }
@@ -405,6 +415,7 @@ impl DatagramClient {
         kind: u8,
         from: SocketAddr,
         bytes: Vec<u8>,
+        attempts: u32,
     ) -> Result<Option<Reply<F>>, RequestError> {
         if from != addr {
             tracing::debug!(%from, expected = %addr, "ignoring response from an unexpected address");
@@ -417,7 +428,7 @@ impl DatagramClient {
                     return Ok(None);
                 }
                 if let Some((kind, text)) = F::error_of(&response) {
-                    return Err(RequestError::Response { family: F::NAME, addr, kind, text });
+                    return Err(RequestError::Response { family: F::NAME, addr, kind, text, attempts });
                 }
                 header
             }
@@ -571,6 +582,14 @@ mod tests {
         }
         let ids = server.await.expect("server");
         assert_eq!(ids.len(), 3, "two dropped + one answered");
+        let error = RequestError::Response {
+            family: "shuckle",
+            addr,
+            kind: ErrorKind::NotFound,
+            text: String::new(),
+            attempts: 3,
+        };
+        assert!(error.maybe_retried());
         assert!(ids.iter().all(|id| *id == ids[0]), "retries reuse the request id: {ids:?}");
         assert!(client.inner.pending.lock().expect("lock").is_empty(), "mailbox removed");
     }

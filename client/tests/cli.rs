@@ -217,9 +217,22 @@ fn overwrite_keeps_old_version_and_restart_resumes() {
 
     assert!(cluster.stop(), "local-cluster stops cleanly on SIGTERM");
     drop(cluster);
-    let cluster = Cluster::start_in(temp.path(), 6);
+    let mut cluster = Cluster::start_in(temp.path(), 6);
     assert_eq!(cluster.ok(&["cat", "/f"]), second, "data survives a restart");
     assert_eq!(cluster.lines(&["resolve", "--dead-ge", "0", "/f"])[0], first_inode);
+    let big = test_bytes(200_000, 3);
+    std::fs::write(&local, &big).expect("write");
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/big", "--parity", "4+2", "--span-size", "65536"]);
+
+    // Block services on new ports: the shards' tables are stale until their
+    // next refresh, so the client finds the services through shuckle.
+    assert!(cluster.stop(), "local-cluster stops cleanly on SIGTERM");
+    drop(cluster);
+    for index in 0..6 {
+        std::fs::remove_file(temp.path().join("blocks").join(format!("{index}.port"))).expect("port file");
+    }
+    let cluster = Cluster::start_in(temp.path(), 6);
+    assert!(cluster.ok(&["cat", "/big"]) == big, "blocks found at their new addresses");
 }
 
 /// Bad paths and missing files: one line on stderr, non-zero exit.
