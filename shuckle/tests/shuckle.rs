@@ -72,7 +72,7 @@ fn registration_is_checked_and_listed() {
 #[test]
 fn silent_block_service_becomes_stale_and_only_then_may_be_terminated() {
     let dir = tempfile::tempdir().unwrap();
-    let shuckle = ShuckleProcess::start(dir.path(), &["--stale-after-secs", "3", "--check-timeout-ms", "300"]);
+    let shuckle = ShuckleProcess::start(dir.path(), &["--stale-after-secs", "5", "--check-timeout-ms", "1000"]);
     let service = FakeBlockService::start(test_key(3), Mode::Good);
     register(shuckle.udp, &service.key, service.addr.port(), 2, None);
     let id = service.id_hex();
@@ -339,4 +339,48 @@ fn privileged_requests_need_the_cluster_key_and_keys_stay_private() {
 
 fn decode_response_checked_with<'a>(bytes: &'a [u8], key: &MacKey) -> Result<ShuckleResponse<'a>, wire::DecodeError> {
     wire::datagram::decode::<ShuckleResponse>(bytes, Some(key)).map(|(_, response)| response)
+}
+
+/// The real block service, when the workspace built it beside shuckle
+/// (`cargo test --workspace` does; CI requires it).
+#[test]
+fn real_blockd_registers_and_is_verified() {
+    let shuckle_binary = std::path::Path::new(env!("CARGO_BIN_EXE_shuckle"));
+    let blockd_binary = shuckle_binary.with_file_name("blockd");
+    if !blockd_binary.exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI must build blockd beside shuckle ({})", blockd_binary.display());
+        eprintln!("SKIPPED: {} is not built; run `cargo test --workspace`", blockd_binary.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shuckle = ShuckleProcess::start(dir.path(), &[]);
+    let block_dir = dir.path().join("disk0");
+    let mut blockd = std::process::Command::new(&blockd_binary)
+        .arg(&block_dir)
+        .args(["--storage-class", "2", "--cores", "1", "--host", "real-disk"])
+        .arg("--shuckle")
+        .arg(shuckle.udp.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(blockd.stdout.take().unwrap());
+    let mut addr = None;
+    for line in std::io::BufRead::lines(stdout) {
+        let line = line.unwrap();
+        if let Some(listening) = line.strip_prefix("listening tcp ") {
+            addr = Some(listening.to_owned());
+        }
+        if line == "ready" {
+            break;
+        }
+    }
+    let key: [u8; 16] = std::fs::read(block_dir.join("secret.key")).unwrap().try_into().unwrap();
+    let id = block_service_id(&SecretKey(key)).to_string();
+    let listed = wait_listed(&shuckle, &id);
+    let _ = blockd.kill();
+    let _ = blockd.wait();
+    assert_eq!(listed["addr"].as_str(), addr.as_deref());
+    assert_eq!(listed["host"], "real-disk");
+    assert_eq!(listed["status"], "ok");
+    assert!(listed["free_bytes"].as_u64().unwrap() > 0);
 }
