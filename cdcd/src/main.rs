@@ -69,10 +69,32 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+        Err(Failure::Config(error)) => {
+            eprintln!("cdcd: {error:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(error)) => {
             eprintln!("cdcd: {error:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Exit codes (ARCHITECTURE.md): 2 bad configuration, 1 runtime failure.
+enum Failure {
+    Config(anyhow::Error),
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure::Runtime(error)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(error: std::io::Error) -> Self {
+        Failure::Runtime(error.into())
     }
 }
 
@@ -94,18 +116,18 @@ fn lock_directory(state_dir: &std::path::Path) -> anyhow::Result<std::fs::File> 
     Ok(file)
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args) -> Result<(), Failure> {
     let state_dir = args.dir.join("cdc");
     std::fs::create_dir_all(&state_dir).with_context(|| format!("create {}", state_dir.display()))?;
     let _lock = lock_directory(&state_dir)?;
     let key_path = args.key_file.clone().unwrap_or_else(|| args.dir.join("cluster.key"));
-    let key = MacKey::new(&cdcd::keyfile::load_or_create(&key_path)?);
+    let key = MacKey::new(&cdcd::keyfile::load_or_create(&key_path).map_err(|e| Failure::Config(e.into()))?);
     let shuckle = args
         .shuckle
         .to_socket_addrs()
         .ok()
         .and_then(|mut addresses| addresses.next())
-        .ok_or_else(|| anyhow!("cannot resolve shuckle address {:?}", args.shuckle))?;
+        .ok_or_else(|| Failure::Config(anyhow!("cannot resolve shuckle address {:?}", args.shuckle)))?;
     let store = Arc::new(TxnStore::open(&state_dir, true).context("open the transaction store")?);
 
     let socket = Arc::new(UdpSocket::bind(args.listen).await.with_context(|| format!("bind {}", args.listen))?);

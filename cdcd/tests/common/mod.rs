@@ -21,8 +21,8 @@ use wire::cdc::{
 use wire::datagram::{self, CDC_MAGIC, SHARD_MAGIC};
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
 use wire::shard::{
-    CreateEdenFileReq, LinkEdenFileReq, LinkEdenFileReqHead, LsDirReq, ShardRequest, ShardResponse, StatReq,
-    StatResp, VisitInodesReq,
+    CreateEdenFileReq, LinkEdenFileReq, LinkEdenFileReqHead, LsDirReq, ShardRequest, ShardResponse, StatReq, StatResp,
+    VisitInodesReq,
 };
 use wire::{EggsTime, InodeId, InodeType, MacKey, Name, SecretKey, ShardId};
 use zerocopy::byteorder::little_endian::U64;
@@ -31,7 +31,11 @@ use zerocopy::byteorder::little_endian::U64;
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let path = exe.parent().and_then(Path::parent).expect("target folder").join(name);
-    assert!(path.exists(), "{} is missing: build it first (`cargo build -p {name}` or `cargo test --workspace`)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build -p {name}` or `cargo test --workspace`)",
+        path.display()
+    );
     path
 }
 
@@ -286,15 +290,14 @@ impl ShardClient {
         let mut inodes = Vec::new();
         let mut begin = InodeId::NULL;
         loop {
-            let next = self.call(shard, &ShardRequest::VisitInodes(VisitInodesReq { begin }), |response| {
-                match response {
+            let next =
+                self.call(shard, &ShardRequest::VisitInodes(VisitInodesReq { begin }), |response| match response {
                     ShardResponse::VisitInodes(page) => {
                         inodes.extend(page.inodes.iter());
                         page.next
                     }
                     other => panic!("visit_inodes: {other:?}"),
-                }
-            });
+                });
             if next.is_null() {
                 return inodes;
             }
