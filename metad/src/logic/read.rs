@@ -458,3 +458,39 @@ fn reverse_block_query(
     let response = ReverseBlockQueryResp { head: ReverseBlockQueryRespHead { next }, entries: List::new(&entries) };
     Ok(shard.encode(out, request_id, &ShardResponse::ReverseBlockQuery(response)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name_hash: u64, name: &[u8]) -> Listed<'_> {
+        Listed { name_hash, inode: InodeId::ROOT, creation_time: EggsTime::ZERO, name }
+    }
+
+    #[test]
+    fn a_page_never_splits_the_names_of_one_hash() {
+        let long = [b'n'; 255];
+        let mut pager = Pager::new();
+        // Four long names of hash 1 fill most of the page; then three names
+        // sharing hash 2 do not all fit: the whole hash-2 group moves on.
+        for _ in 0..4 {
+            assert!(pager.push(entry(1, &long)));
+        }
+        let mut pushed = 0;
+        while pager.push(entry(2, &long[..200])) {
+            pushed += 1;
+        }
+        assert!(pushed >= 1, "some of the group fitted before the overflow");
+        assert_eq!(pager.entries.len(), 4, "the partial group was taken back");
+        assert_eq!(pager.full, Some((2, true)));
+    }
+
+    #[test]
+    fn a_group_larger_than_a_page_is_cut_not_looped_on() {
+        let long = [b'n'; 255];
+        let mut pager = Pager::new();
+        while pager.push(entry(9, &long)) {}
+        assert!(!pager.entries.is_empty());
+        assert_eq!(pager.full, Some((10, true)), "the next page starts after the group");
+    }
+}
