@@ -332,7 +332,9 @@ async fn supervise(config: &ClusterConfig, addresses: Addresses, daemons: &mut [
     };
     let timeout = Duration::from_secs(config.ready_timeout_secs);
     wait_registered(&client, &addresses, config.shards, timeout).await?;
-    wait_writable(&client, policy, timeout).await?;
+    for shard in 0..config.shards {
+        wait_writable(&client, shard as u8, policy, timeout).await?;
+    }
     for daemon in daemons.iter() {
         for (proto, addr) in &daemon.addresses {
             let pid = daemon.child.id().map_or(String::new(), |pid| format!(" pid {pid}"));
@@ -387,11 +389,11 @@ async fn wait_registered(
 }
 
 /// Probes with an add_eden_span of D+P blocks (never written, never
-/// linked: the eden file is collected after its deadline) until a shard
-/// has enough block services.
-async fn wait_writable(client: &Client, policy: Policy, timeout: Duration) -> anyhow::Result<()> {
+/// linked: the eden file is collected after its deadline) until `shard`
+/// has enough block services (a refused add makes it refresh its table).
+async fn wait_writable(client: &Client, shard: u8, policy: Policy, timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
-    let eden = client.create_eden_file(InodeId::ROOT.shard(), InodeType::File).await?;
+    let eden = client.create_eden_file(shard, InodeType::File).await?;
     let probe_bytes = (INLINE_THRESHOLD_BYTES + 1).max(policy.parity.data_blocks());
     let span = block_span(0, vec![1u8; probe_bytes], policy.into())?;
     loop {

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use wire::shard::{AddEdenSpanReq, AddEdenSpanReqHead, BlockCertificate, NewBlock, ShardRequest};
 use wire::span::{InlineBytes, SpanBody};
-use wire::{InodeId, InodeType, List};
+use wire::{ErrorKind, InodeId, InodeType, List};
 use zerocopy::byteorder::little_endian::{U32, U64};
 
 use crate::block::write_block;
@@ -38,6 +38,10 @@ use crate::plan::{EncodedSpan, SpanPayload, WritePolicy, encode_span};
 pub const SPANS_AHEAD: usize = 2;
 /// Attempts of one block write before the span is given up.
 pub const BLOCK_WRITE_ATTEMPTS: u32 = 3;
+/// Retries of an add_eden_span refused for lack of block services.
+const NOT_ENOUGH_SERVICES_RETRIES: u32 = 5;
+/// First pause after such a refusal (grows linearly).
+const NOT_ENOUGH_SERVICES_PAUSE: Duration = Duration::from_millis(500);
 /// Pause between block write attempts.
 const BLOCK_WRITE_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
@@ -171,7 +175,7 @@ pub async fn add_span(client: &Client, eden: EdenFile, span: &EncodedSpan) -> Re
         },
         body,
     });
-    let certificates = client.add_eden_span(&request, eden.inode).await?;
+    let certificates = add_with_patience(client, &request, eden.inode).await?;
     if certificates.len() != new_blocks.len() {
         return Err(ClientError::Inconsistent(format!(
             "add_eden_span returned {} blocks for {}",
@@ -180,6 +184,28 @@ pub async fn add_span(client: &Client, eden: EdenFile, span: &EncodedSpan) -> Re
         )));
     }
     Ok(certificates)
+}
+
+/// add_eden_span, waiting a little when the shard has too few block
+/// services: a refused add makes it refresh its table from shuckle.
+async fn add_with_patience(
+    client: &Client,
+    request: &ShardRequest<'_>,
+    inode: InodeId,
+) -> Result<Vec<BlockCertificate>> {
+    let mut attempt = 0;
+    loop {
+        match client.add_eden_span(request, inode).await {
+            Err(error)
+                if error.error_kind() == Some(ErrorKind::NotEnoughBlockServices)
+                    && attempt < NOT_ENOUGH_SERVICES_RETRIES =>
+            {
+                attempt += 1;
+                tokio::time::sleep(NOT_ENOUGH_SERVICES_PAUSE * attempt).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Writes every block of `span` in parallel; returns the proofs in order.
