@@ -500,7 +500,9 @@ async fn put(client: &Client, local: &str, path: &str, flags: &PolicyFlags, verb
                 if let Some(bar) = bar {
                     bar.abandon();
                 }
-                eprintln!("eggs: {error}; writing the file again in a new eden file");
+                if verbose {
+                    eprintln!("eggs: {error}; writing the file again in a new eden file");
+                }
                 attempt += 1;
             }
             Err(error) => return Err(error.into()),

@@ -150,6 +150,13 @@ fn cat_survives_killed_block_services() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("parity"), "-v reports the reconstruction: {stderr}");
     }
+    // A write that needs every service (4+2 on 6) cannot succeed with two
+    // down: it fails with one line and never links an unreadable file.
+    let local = scratch.path().join("new");
+    std::fs::write(&local, test_bytes(3 * MIB, 4)).expect("write");
+    let error = cluster.fails(&["put", local.to_str().expect("utf-8"), "/new", "--parity", "4+2"]);
+    assert!(error.contains("block"), "{error}");
+    assert!(!cluster.lines(&["ls", "/"]).contains(&"new".to_owned()), "nothing linked");
 }
 
 /// Flips a byte in every block file of a block service folder; returns how many.
