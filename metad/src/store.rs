@@ -140,27 +140,57 @@ pub fn hash_prefix(dir: InodeId, name_hash: u64) -> [u8; 16] {
     key
 }
 
+/// A living or dead key built on the stack (keys are built on every
+/// request; no allocation).
+#[derive(Clone, Copy)]
+pub struct KeyBuf {
+    bytes: [u8; DEAD_KEY_BYTES_MAX],
+    len: usize,
+}
+
+impl KeyBuf {
+    fn new() -> Self {
+        Self { bytes: [0; DEAD_KEY_BYTES_MAX], len: 0 }
+    }
+
+    /// Appends; the callers' inputs are bounded (names ≤ 255 bytes) so the
+    /// buffer cannot overflow, and an overflow would be cut, not a panic.
+    fn push(&mut self, part: &[u8]) {
+        let end = (self.len + part.len()).min(DEAD_KEY_BYTES_MAX);
+        let take = end - self.len;
+        if let (Some(target), Some(source)) = (self.bytes.get_mut(self.len..end), part.get(..take)) {
+            target.copy_from_slice(source);
+        }
+        self.len = end;
+    }
+}
+
+impl std::ops::Deref for KeyBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+}
+
 /// Living-map key.
-pub fn living_key(dir: InodeId, name_hash: u64, name: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(16 + name.len());
-    key.extend_from_slice(&hash_prefix(dir, name_hash));
-    key.extend_from_slice(name);
+pub fn living_key(dir: InodeId, name_hash: u64, name: &[u8]) -> KeyBuf {
+    let mut key = KeyBuf::new();
+    key.push(&hash_prefix(dir, name_hash));
+    key.push(name);
     key
 }
 
 /// Prefix of every dead-map key of one name: `dir ‖ hash ‖ name ‖ 0x00`.
-pub fn dead_name_prefix(dir: InodeId, name_hash: u64, name: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(16 + name.len() + 9);
-    key.extend_from_slice(&hash_prefix(dir, name_hash));
-    key.extend_from_slice(name);
-    key.push(0);
+pub fn dead_name_prefix(dir: InodeId, name_hash: u64, name: &[u8]) -> KeyBuf {
+    let mut key = living_key(dir, name_hash, name);
+    key.push(&[0]);
     key
 }
 
 /// Dead-map key of one version of a name.
-pub fn dead_key(dir: InodeId, name_hash: u64, name: &[u8], creation_time: EggsTime) -> Vec<u8> {
+pub fn dead_key(dir: InodeId, name_hash: u64, name: &[u8], creation_time: EggsTime) -> KeyBuf {
     let mut key = dead_name_prefix(dir, name_hash, name);
-    key.extend_from_slice(&creation_time.get().to_be_bytes());
+    key.push(&creation_time.get().to_be_bytes());
     key
 }
 
@@ -502,7 +532,7 @@ mod tests {
         let a1 = dead_key(dir, 7, b"a", EggsTime::new(5));
         let a2 = dead_key(dir, 7, b"a", EggsTime::new(u64::MAX));
         let ab = dead_key(dir, 7, b"ab", EggsTime::new(0));
-        assert!(a1 < a2 && a2 < ab);
+        assert!(*a1 < *a2 && *a2 < *ab);
         let parsed = parse_dead_key(&a2).unwrap();
         assert_eq!(parsed.name, b"a");
         assert_eq!(parsed.creation_time, EggsTime::new(u64::MAX));
