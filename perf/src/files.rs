@@ -35,13 +35,21 @@ fn failed(what: &str, status: std::process::ExitStatus, stderr: &[u8]) -> PerfEr
     PerfError::Component(format!("{what} failed ({status}): {line}"))
 }
 
-/// `eggs put <local> <remote>`: MB/s of the local file's size.
-pub fn put(eggs: &Path, envs: &[(String, String)], local: &Path, remote: &str, bytes: usize) -> Result<f64> {
+/// `eggs put <local> <remote> <flags…>`: MB/s of the local file's size.
+pub fn put(
+    eggs: &Path,
+    envs: &[(String, String)],
+    flags: &[&str],
+    local: &Path,
+    remote: &str,
+    bytes: usize,
+) -> Result<f64> {
     let started = Instant::now();
     let output = Command::new(eggs)
         .arg("put")
         .arg(local)
         .arg(remote)
+        .args(flags)
         .envs(envs.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .output()

@@ -15,12 +15,16 @@ use perf::process::{self, Daemon};
 use perf::report::{Report, Row, Target};
 use perf::{cdc, files, shard, udp};
 use tokio::runtime::Runtime;
-use wire::limits::{CDC_PORT_DEFAULT, SHARD_PORT_BASE, SHUCKLE_PORT_DEFAULT};
 use wire::span::Parity;
 
 use crate::plan::Plan;
 
 type Figure = Result<f64, String>;
+
+/// "1 client", "8 clients".
+fn clients_label(count: usize) -> String {
+    if count == 1 { "1 client".to_string() } else { format!("{count} clients") }
+}
 
 fn figure<T: Into<f64>>(result: perf::error::Result<T>) -> Figure {
     result.map(Into::into).map_err(|e| e.to_string())
@@ -104,13 +108,17 @@ fn measure_limits(plan: &Plan, folder: &Path, runtime: &Runtime, cores: usize, r
         Ok(server) => {
             for &clients in &plan.client_counts {
                 let rate = figure(runtime.block_on(udp::echo_rate(server.addr, clients, plan.udp)));
-                report.push(Row::limit(format!("UDP echo, {clients} clients"), "ops/s", rate.clone()));
+                report.push(Row::limit(format!("UDP echo, {}", clients_label(clients)), "ops/s", rate.clone()));
                 echo.push((clients, rate));
             }
         }
         Err(error) => {
             for &clients in &plan.client_counts {
-                report.push(Row::limit(format!("UDP echo, {clients} clients"), "ops/s", Err(error.to_string())));
+                report.push(Row::limit(
+                    format!("UDP echo, {}", clients_label(clients)),
+                    "ops/s",
+                    Err(error.to_string()),
+                ));
                 echo.push((clients, Err(error.to_string())));
             }
         }
@@ -259,7 +267,7 @@ fn shard_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime,
             figure(runtime.block_on(shard::stat_rate(addr, clients, plan.udp)).map(|r| r.per_second()))
         });
         report.push(Row::against(
-            format!("metad stat, {clients} clients"),
+            format!("metad stat, {}", clients_label(clients)),
             "ops/s",
             stat,
             limits.echo_for(clients),
@@ -273,7 +281,7 @@ fn shard_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime,
             )
         });
         report.push(Row::against(
-            format!("metad resolve, {clients} clients"),
+            format!("metad resolve, {}", clients_label(clients)),
             "ops/s",
             resolve,
             limits.echo_for(clients),
@@ -292,7 +300,7 @@ fn shard_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime,
     for &clients in &plan.create_clients {
         let rate = creates(&format!("perf-create-{clients}"), clients, &mut made);
         report.push(Row::against(
-            format!("metad durable creates, {clients} clients"),
+            format!("metad durable creates, {}", clients_label(clients)),
             "files/s",
             rate,
             Some(limits.fsync.clone()),
@@ -314,7 +322,7 @@ fn shard_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime,
         Err(why) => (format!("{} files", plan.shard_files), Err(why)),
     };
     report.push(Row::against(
-        format!("metad durable creates, {most} clients, shard holding {label}"),
+        format!("metad durable creates, {}, shard holding {label}", clients_label(most)),
         "files/s",
         rate,
         Some(limits.fsync.clone()),
@@ -324,23 +332,34 @@ fn shard_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime,
     drop(shuckle);
 }
 
-/// The address local-cluster printed for `keyword` (a line naming it and
-/// holding an ip:port), else the default.
-fn cluster_address(daemon: &Daemon, keyword: &str, default: SocketAddr) -> SocketAddr {
+/// The address local-cluster printed for `keyword`: its lines are
+/// `<daemon name> <proto> <ip:port> pid <pid>`, e.g. `shard 1 udp …`.
+fn cluster_address(daemon: &Daemon, keyword: &str) -> Result<SocketAddr, String> {
     daemon
         .other_lines
         .iter()
-        .filter(|line| line.to_lowercase().contains(keyword))
+        .filter(|line| line.to_lowercase().starts_with(keyword))
         .flat_map(|line| line.split_whitespace().filter_map(|word| word.parse::<SocketAddr>().ok()).collect::<Vec<_>>())
         .next()
-        .unwrap_or(default)
+        .ok_or_else(|| format!("eggs local-cluster printed no `{keyword} <ip:port>` line"))
 }
 
 fn cluster_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime, report: &mut Report) {
     progress("eggs local-cluster: ready, memory, CDC, put, cat");
     let cluster = process::binary("eggs").and_then(|eggs| {
-        let args: Vec<String> =
-            vec!["local-cluster".into(), "--data-dir".into(), folder.join("cluster").display().to_string()];
+        // Every port chosen at run time: the machine is shared, and the
+        // default ports may be taken by someone else's cluster.
+        let args: Vec<String> = vec![
+            "local-cluster".into(),
+            "--data-dir".into(),
+            folder.join("cluster").display().to_string(),
+            "--shuckle-port".into(),
+            "0".into(),
+            "--shard-port-base".into(),
+            "0".into(),
+            "--cdc-port".into(),
+            "0".into(),
+        ];
         Daemon::start("eggs local-cluster", &eggs, &args, &[], folder, READY_TIMEOUT).map(|daemon| (eggs, daemon))
     });
     let cluster = cluster.map_err(|e| e.to_string());
@@ -366,13 +385,12 @@ fn cluster_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtim
         Target::AtMost(300.0),
     ));
 
-    let localhost = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    let addresses = cluster.as_ref().map_err(Clone::clone).map(|(_, daemon)| {
-        (
-            cluster_address(daemon, "shard 1", localhost(SHARD_PORT_BASE + 1)),
-            cluster_address(daemon, "cdc", localhost(CDC_PORT_DEFAULT)),
-            cluster_address(daemon, "shuckle", localhost(SHUCKLE_PORT_DEFAULT)),
-        )
+    let addresses = cluster.as_ref().map_err(Clone::clone).and_then(|(_, daemon)| {
+        Ok((
+            cluster_address(daemon, "shard 1 udp")?,
+            cluster_address(daemon, "cdc udp")?,
+            cluster_address(daemon, "shuckle udp")?,
+        ))
     });
 
     let mkdir = addresses.clone().and_then(|(_, cdc_addr, _)| {
@@ -413,10 +431,10 @@ fn cluster_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtim
     let remote = "/perf-file";
     let put = prepared.clone().and_then(|(eggs, envs, _)| {
         progress("eggs put");
-        figure(files::put(&eggs, &envs, &input, remote, plan.file_bytes))
+        figure(files::put(&eggs, &envs, &["--parity", "4+2"], &input, remote, plan.file_bytes))
     });
     report.push(Row::against(
-        format!("eggs put {size} (root policy, RS 4+2)"),
+        format!("eggs put {size}, RS 4+2"),
         "MB/s",
         put.clone(),
         Some(limits.sequential_write.clone()),
