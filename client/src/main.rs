@@ -542,9 +542,18 @@ async fn get(client: &Client, path: &str, local: &str, verbose: bool) -> anyhow:
         read_file(client, inode, &mut out, &notice, &progress).await?
     } else {
         let mut out = tokio::fs::File::create(local).await.with_context(|| format!("{local}: cannot create"))?;
-        let report = read_file(client, inode, &mut out, &notice, &progress).await?;
-        out.sync_all().await.with_context(|| format!("{local}: cannot sync"))?;
-        report
+        match read_file(client, inode, &mut out, &notice, &progress).await {
+            Ok(report) => {
+                out.sync_all().await.with_context(|| format!("{local}: cannot sync"))?;
+                report
+            }
+            Err(error) => {
+                // Leave no partial copy that could be mistaken for the file.
+                drop(out);
+                let _ = tokio::fs::remove_file(local).await;
+                return Err(error.into());
+            }
+        }
     };
     if report.bytes != size {
         bail!("{path}: read {} bytes, the file has {size}", report.bytes);

@@ -61,15 +61,15 @@ use rand::Rng;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use wire::cdc::{CdcRequest, CdcResponse};
+use wire::cdc::{CdcKind, CdcRequest, CdcResponse};
 use wire::codec::Reader;
 use wire::datagram::{self, Body, HEADER_BYTES, KIND_ERROR};
 use wire::limits::{
     CLIENT_REQUEST_DEADLINE_NS, CLIENT_TIMEOUT_INITIAL_NS, CLIENT_TIMEOUT_MAX_NS, UDP_DATAGRAM_BYTES_MAX,
 };
 use wire::mac::{MAC_BYTES, MacKey};
-use wire::shard::{ShardRequest, ShardResponse};
-use wire::shuckle::{ShuckleRequest, ShuckleResponse};
+use wire::shard::{ShardKind, ShardRequest, ShardResponse};
+use wire::shuckle::{ShuckleKind, ShuckleRequest, ShuckleResponse};
 use wire::{DecodeError, EncodeError, ErrorKind};
 
 /// One datagram protocol family: ties a request enum to its response enum.
@@ -84,6 +84,8 @@ pub trait Family: Send + Sync + 'static {
     const NAME: &'static str;
     /// The error kind and text if `response` is an error response.
     fn error_of(response: &Self::Response<'_>) -> Option<(ErrorKind, String)>;
+    /// The name of a request kind, for messages.
+    fn kind_name(kind: u8) -> &'static str;
 }
 
 /// The metadata shard family ([`ShardRequest`] → [`ShardResponse`]).
@@ -97,6 +99,9 @@ impl Family for Shard {
     type Request<'a> = ShardRequest<'a>;
     type Response<'a> = ShardResponse<'a>;
     const NAME: &'static str = "shard";
+    fn kind_name(kind: u8) -> &'static str {
+        ShardKind::from_u8(kind).map_or("unknown", ShardKind::name)
+    }
     fn error_of(response: &ShardResponse<'_>) -> Option<(ErrorKind, String)> {
         match response {
             ShardResponse::Error(error) => Some((error.kind, error.text.as_str().to_owned())),
@@ -109,6 +114,9 @@ impl Family for Cdc {
     type Request<'a> = CdcRequest<'a>;
     type Response<'a> = CdcResponse<'a>;
     const NAME: &'static str = "CDC";
+    fn kind_name(kind: u8) -> &'static str {
+        CdcKind::from_u8(kind).map_or("unknown", CdcKind::name)
+    }
     fn error_of(response: &CdcResponse<'_>) -> Option<(ErrorKind, String)> {
         match response {
             CdcResponse::Error(error) => Some((error.kind, error.text.as_str().to_owned())),
@@ -121,6 +129,9 @@ impl Family for Shuckle {
     type Request<'a> = ShuckleRequest;
     type Response<'a> = ShuckleResponse<'a>;
     const NAME: &'static str = "shuckle";
+    fn kind_name(kind: u8) -> &'static str {
+        ShuckleKind::from_u8(kind).map_or("unknown", ShuckleKind::name)
+    }
     fn error_of(response: &ShuckleResponse<'_>) -> Option<(ErrorKind, String)> {
         match response {
             ShuckleResponse::Error(error) => Some((error.kind, error.text.as_str().to_owned())),
@@ -135,7 +146,7 @@ pub enum RequestError {
     /// No acceptable response before the deadline (the daemon is down,
     /// unreachable, or every response was malformed).
     #[error("{family} request {kind} to {addr} timed out after {attempts} attempts ({elapsed_ms} ms)")]
-    Timeout { family: &'static str, kind: u8, addr: SocketAddr, attempts: u32, elapsed_ms: u64 },
+    Timeout { family: &'static str, kind: &'static str, addr: SocketAddr, attempts: u32, elapsed_ms: u64 },
     /// The daemon answered with an error response. `attempts` is how many
     /// times the request was sent: more than one means an earlier
     /// transmission may have been executed (see
@@ -383,7 +394,7 @@ impl DatagramClient {
             if elapsed >= retry.deadline {
                 return Err(RequestError::Timeout {
                     family: F::NAME,
-                    kind,
+                    kind: F::kind_name(kind),
                     addr,
                     attempts: attempt,
                     elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
