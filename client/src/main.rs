@@ -130,6 +130,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         shard: ShardId,
     },
+    /// List the block services shuckle knows: id, address, storage class, flags.
+    BlockServices,
     /// Write a local file (or `-` for stdin) to an eggsfs path.
     Put {
         local: String,
@@ -281,6 +283,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Policy { action } => policy(&client, action).await?,
+        Command::BlockServices => {
+            for (id, addr, storage_class, flags) in client.block_services().await? {
+                println!("{id} {addr} storage_class={storage_class} flags={flags:#x}");
+            }
+        }
         Command::LocalCluster(_) => unreachable_local_cluster()?,
     }
     Ok(())

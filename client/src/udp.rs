@@ -654,4 +654,53 @@ mod tests {
         assert!(matches!(reply.get().expect("decodes"), ShuckleResponse::RegisterCdc(_)));
         server.await.expect("server");
     }
+
+    /// Many requests in flight on one socket get their own responses, even
+    /// when the server answers them in reverse order.
+    #[tokio::test]
+    async fn concurrent_requests_are_demultiplexed_by_id() {
+        const REQUESTS: usize = 64;
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let mut received = Vec::new();
+            let mut buffer = [0u8; 2048];
+            while received.len() < REQUESTS {
+                let (len, from) = socket.recv_from(&mut buffer).await.expect("recv");
+                let (header, request) = datagram::decode::<ShuckleRequest>(&buffer[..len], None).expect("decode");
+                let ShuckleRequest::Shards(shards) = request else { panic!("unexpected request") };
+                if !received.iter().any(|(id, _, _)| *id == header.request_id()) {
+                    received.push((header.request_id(), shards.begin, from));
+                }
+            }
+            for (request_id, begin, from) in received.into_iter().rev() {
+                // Echo `begin` back as `next`, so each requester can check it got its own answer.
+                let response = ShuckleResponse::Shards(wire::shuckle::ShardsResp {
+                    head: wire::shuckle::ShardsRespHead { next: begin },
+                    shards: wire::List::empty(),
+                });
+                let mut out = [0u8; 256];
+                let len = datagram::encode(&mut out, request_id, &response, None).expect("encode");
+                socket.send_to(&out[..len], from).await.expect("send");
+            }
+        });
+        let retry = RetryPolicy { timeout_initial: Duration::from_secs(2), ..RetryPolicy::default() };
+        let client = DatagramClient::bind_any(ClientOptions { key: None, retry }).expect("bind");
+        let mut tasks = tokio::task::JoinSet::new();
+        for begin in 0..REQUESTS as u8 {
+            let client = client.clone();
+            tasks.spawn(async move {
+                let request = ShuckleRequest::Shards(wire::shuckle::ShardsReq { begin });
+                let reply = client.request::<Shuckle>(addr, &request).await.expect("answered");
+                match reply.get().expect("decodes") {
+                    ShuckleResponse::Shards(page) => assert_eq!(page.next, begin, "own response"),
+                    other => panic!("unexpected {other:?}"),
+                }
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.expect("requester");
+        }
+        server.await.expect("server");
+    }
 }

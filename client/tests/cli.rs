@@ -259,3 +259,31 @@ fn bad_paths_and_missing_files_give_one_line_errors() {
     assert!(missing_local.contains("cannot open"), "{missing_local}");
     cluster.fails(&["put", "-", "/missing/x"]);
 }
+
+/// The prototype's maintenance commands: eden files, inode and block visits.
+#[test]
+fn maintenance_commands() {
+    let cluster = Cluster::start(3);
+    let eden = cluster.lines(&["create-eden-file", "--shard", "0"]);
+    let inode = eden[0].strip_prefix("inode=").expect("inode line").to_owned();
+    assert!(eden[1].starts_with("cookie=") && eden[1].len() == "cookie=".len() + 16, "{eden:?}");
+    let listed = cluster.lines(&["visit-eden", "--shard", "0"]);
+    assert!(listed.iter().any(|line| line.starts_with(&inode)), "{inode} in {listed:?}");
+    // Not past its deadline: refused, with one line.
+    assert!(cluster.fails(&["expunge-file", &inode]).contains("TOO_SOON"));
+
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let local = scratch.path().join("f");
+    std::fs::write(&local, test_bytes(100_000, 7)).expect("write");
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/f", "--parity", "1+2"]);
+    let file = cluster.lines(&["resolve", "/f"])[0].strip_prefix("inode=").expect("inode").to_owned();
+    assert!(cluster.lines(&["visit-inodes", "--shard", "1"]).contains(&file), "the file is on the root's shard");
+    let services = cluster.lines(&["block-services"]);
+    assert_eq!(services.len(), 3, "{services:?}");
+    // 1+2 on 3 services: every service holds a copy of the span.
+    for service in &services {
+        let id = service.split_whitespace().next().expect("id");
+        let blocks = cluster.lines(&["reverse-block-query", id, "--shard", "1"]);
+        assert!(blocks.iter().any(|line| line.contains(&format!("inode={file}"))), "{id}: {blocks:?}");
+    }
+}
