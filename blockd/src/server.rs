@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::io::{BufferedFile, Directory, OpenOptions, ReadResult};
+use glommio::io::{BufferedFile, Directory, DmaFile, OpenOptions, ReadResult};
 use glommio::net::{Preallocated, TcpListener, TcpStream, UnixStream};
 use glommio::sync::{Gate, Semaphore};
 use glommio::task::JoinHandle;
@@ -181,6 +181,9 @@ pub async unsafe fn run(
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
     // SAFETY: as above.
     let mut stop_stream = unsafe { UnixStream::from_raw_fd(stop.into_raw_fd()) };
+    // Settles glommio's per-device polling probe on real data (store docs).
+    let probe = shared.layout.io_probe_path();
+    DmaFile::open(&probe).await?.close().await?;
     let mut dirs = Vec::with_capacity(BLOCK_DIR_COUNT);
     for dir_index in 0..BLOCK_DIR_COUNT {
         dirs.push(Directory::open(shared.layout.block_dir(dir_index)).await?);
@@ -333,8 +336,6 @@ async fn write(executor: &Executor, stream: &mut Stream, request: &WriteReq) -> 
 async fn stage(stream: &mut Stream, request: &WriteReq, temp: &Path) -> Result<(), ConnectionEnd> {
     let block_id = request.block_id;
     let size = u64::from(request.size.get());
-    // Readable too: glommio probes the device's io_uring polling support
-    // with a read on the first O_DIRECT file it opens.
     let file = OpenOptions::new()
         .read(true)
         .write(true)

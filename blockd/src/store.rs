@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! <DIR>/secret.key           16 random bytes, mode 0600, flock'ed for the daemon's life
+//! <DIR>/io-probe             4 KiB that each executor reads once with O_DIRECT (see below)
 //! <DIR>/tmp/<block>.<n>.<m>  a block being written (removed at start: a crash leftover)
 //! <DIR>/<hh>/<16 hex>        a block: the 16 hex digits of the block id's
 //!                            little-endian bytes; <hh> is the first two of them
@@ -18,6 +19,13 @@
 //! A block file is only ever created by a rename from `tmp/` after its bytes
 //! and size are durable, so a block visible under its final name is always
 //! complete; a crash leaves at most a file in `tmp/`, which start-up removes.
+//!
+//! `io-probe` exists for glommio: the first O_DIRECT file it opens on a
+//! device decides, with one read, whether the device supports io_uring
+//! polling. Read from an empty temporary file, that read succeeds without
+//! touching the device and wrongly enables polling (reads then fail with
+//! EOPNOTSUPP on devices without poll queues), so every executor opens this
+//! non-empty file first and the answer is the device's own.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -32,6 +40,10 @@ use wire::mac::{KEY_BYTES, SecretKey};
 pub const SECRET_KEY_FILE: &str = "secret.key";
 /// Folder of blocks being written.
 pub const TEMP_DIR: &str = "tmp";
+/// The file every executor reads once at start (see the module docs).
+pub const IO_PROBE_FILE: &str = "io-probe";
+/// Size of the probe file: at least one O_DIRECT block of any device.
+const IO_PROBE_BYTES: usize = 4096;
 /// Number of block folders: one per value of a block id's low byte.
 pub const BLOCK_DIR_COUNT: usize = 256;
 /// A key must not start with shuckle's datagram magic: shuckle tells a
@@ -113,6 +125,10 @@ impl Layout {
 
     pub fn key_path(&self) -> PathBuf {
         self.root.join(SECRET_KEY_FILE)
+    }
+
+    pub fn io_probe_path(&self) -> PathBuf {
+        self.root.join(IO_PROBE_FILE)
     }
 }
 
@@ -233,6 +249,10 @@ pub fn prepare(layout: &Layout) -> Result<Usage, StoreError> {
                 _ => tracing::warn!(path = %entry.path().display(), "not a block file; ignored"),
             }
         }
+    }
+    let probe = layout.io_probe_path();
+    if fs::metadata(&probe).map(|m| m.len() != IO_PROBE_BYTES as u64).unwrap_or(true) {
+        fs::write(&probe, [0u8; IO_PROBE_BYTES]).map_err(io_error("creating", &probe))?;
     }
     sync_dir(layout.root())?;
     Ok(usage)
