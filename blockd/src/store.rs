@@ -338,5 +338,6 @@ mod tests {
         fs::write(layout.block_dir(1).join(Layout::block_file_name(block_id)), [7u8; 3]).unwrap();
         assert_eq!(prepare(&layout).unwrap(), Usage { used_bytes: 10, used_blocks: 1 });
         assert_eq!(fs::read_dir(layout.temp_dir()).unwrap().count(), 0);
+        assert_eq!(fs::metadata(layout.io_probe_path()).unwrap().len(), IO_PROBE_BYTES as u64);
     }
 }
