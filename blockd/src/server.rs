@@ -113,6 +113,12 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 /// connection holds at most this + 1 chunks of memory.
 pub const WRITE_BEHIND_CHUNKS: usize = 2;
 
+/// Open connections one executor serves at once. A connection holds at
+/// most `WRITE_BEHIND_CHUNKS + 1` chunks, so this also bounds an executor's
+/// buffer memory (3 GiB at 1024 × 3 MiB, reached only if every connection
+/// writes at once).
+const CONNECTIONS_PER_EXECUTOR_MAX: u64 = 1024;
+
 /// Bytes buffered from a socket for request headers. Payload chunks are at
 /// least this big, so they are read straight into their disk buffers.
 const RECEIVE_BUFFER_BYTES: usize = 16 << 10;
@@ -251,17 +257,30 @@ pub async unsafe fn run(
     ready();
 
     let connections = Gate::new();
+    let slots = Rc::new(Semaphore::new(CONNECTIONS_PER_EXECUTOR_MAX));
     loop {
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            executor.stopped().await;
-            None
-        })
+        // A free connection slot first: at the limit, new connections wait
+        // in the listen backlog.
+        let accepted = future::or(
+            async {
+                let slot = slots.acquire_static_permit(1).await.ok()?;
+                Some((slot, listener.accept().await))
+            },
+            async {
+                executor.stopped().await;
+                None
+            },
+        )
         .await;
         match accepted {
             None => break,
-            Some(Ok(stream)) => {
+            Some((slot, Ok(stream))) => {
                 executor.shared.counters.connection();
                 let connection = serve_connection(executor.clone(), stream);
+                let connection = async move {
+                    connection.await;
+                    drop(slot);
+                };
                 match connections.spawn(connection) {
                     Ok(task) => {
                         task.detach();
@@ -269,7 +288,7 @@ pub async unsafe fn run(
                     Err(_) => break,
                 }
             }
-            Some(Err(e)) => {
+            Some((_, Err(e))) => {
                 // Usually out of descriptors: back off instead of spinning.
                 tracing::warn!(error = %e, executor = index, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
