@@ -4,9 +4,10 @@
 //! client costs nothing but the socket.
 //!
 //! One cell = one block size × one connection count: every connection
-//! writes blocks back to back for the duration (at least one each), then
-//! fetches the blocks it wrote (now in the page cache) for the duration,
-//! then erases them so the folder does not grow across cells.
+//! writes blocks back to back for the duration (at least one each), reads
+//! each block back once untimed (checking its bytes, and bringing it into
+//! the page cache), then fetches its blocks round-robin for the duration;
+//! finally every block is erased so the folder does not grow across cells.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -166,19 +167,23 @@ pub fn write_and_fetch(
                 blocks.push(service.write(&mut stream, &data, crc)?);
             }
             let write = (write_start, Instant::now(), blocks.len() as u64 * data.len() as u64);
-            let fetch_start = Instant::now();
+            // Untimed pass: checks every block's bytes and brings it into
+            // the page cache (blockd writes with O_DIRECT, so a block just
+            // written is on disk only).
             let mut buf = Vec::new();
+            for block_id in &blocks {
+                let size = service.fetch(&mut stream, *block_id, &mut buf)?;
+                if size != data.len() || wire::crc::crc32c(&buf) != crc {
+                    return Err(PerfError::Protocol(format!("blockd returned wrong bytes for {block_id}")));
+                }
+            }
+            let fetch_start = Instant::now();
             let mut fetched = 0u64;
             for (round, block_id) in blocks.iter().cycle().enumerate() {
                 if round > 0 && fetch_start.elapsed() >= duration {
                     break;
                 }
-                let size = service.fetch(&mut stream, *block_id, &mut buf)?;
-                // Check the bytes once per connection, outside the hot loop.
-                if round == 0 && (size != data.len() || wire::crc::crc32c(&buf) != crc) {
-                    return Err(PerfError::Protocol(format!("blockd returned wrong bytes for {block_id}")));
-                }
-                fetched += size as u64;
+                fetched += service.fetch(&mut stream, *block_id, &mut buf)? as u64;
             }
             Ok(Worked { write, fetch: (fetch_start, Instant::now(), fetched), blocks })
         }));
