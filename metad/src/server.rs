@@ -43,6 +43,8 @@ const RETRANSMIT_CACHE_ENTRIES: usize = 32 * 1024;
 /// Receive buffer: larger than any valid datagram so oversized ones are seen
 /// (and refused) rather than silently truncated.
 const RECEIVE_BUFFER_BYTES: usize = UDP_DATAGRAM_BYTES_MAX + 64;
+/// A flood of malformed datagrams is logged once per this many.
+const MALFORMED_LOG_EVERY: u64 = 1000;
 /// First retry of shuckle after a failure; doubles up to the refresh period.
 const SHUCKLE_RETRY_INITIAL: Duration = Duration::from_millis(500);
 /// glommio's registered I/O memory per executor; small because we only do
@@ -223,6 +225,7 @@ fn refusal(bytes: &[u8], error: DecodeError, out: &mut [u8]) -> Option<usize> {
 async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: Arc<Shared>, writer: SyncSender<Job>) {
     let mut buf = vec![0u8; RECEIVE_BUFFER_BYTES];
     let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+    let mut malformed: u64 = 0;
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
             Ok(received) => received,
@@ -269,7 +272,12 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
                 }
             }
             Err(error) => {
-                tracing::warn!(%peer, %error, len, "malformed datagram");
+                malformed += 1;
+                // The first one is logged, then one in every MALFORMED_LOG_EVERY
+                // (the count is in the line), so a flood cannot fill the log.
+                if malformed % MALFORMED_LOG_EVERY == 1 {
+                    tracing::warn!(%peer, %error, len, malformed, "malformed datagram");
+                }
                 refusal(bytes, error, &mut out)
             }
         };

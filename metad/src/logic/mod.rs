@@ -7,6 +7,28 @@
 //! Mutations ([`Shard::handle_mutation`]) run in a nested transaction of the
 //! writer's batch transaction: a refused request leaves no trace, an
 //! accepted one becomes durable when the batch commits.
+//!
+//! Choices made here where DESIGN.md and the wire docs leave room:
+//!
+//! - Deleting, renaming away and killing (release_dirent with `kill`) write
+//!   a "nothing" placeholder at the deletion time; overwriting does not (the
+//!   new living entry's creation time marks the change). Creation times of
+//!   one name strictly increase (now, or the newest version + 1 ns).
+//! - Killed and renamed-away entries go to the dead map non-owning (the new
+//!   name, or the move's target, owns the inode; a removed directory is
+//!   marked by its null parent). Overwritten and deleted files stay owning.
+//! - Dead-map resolves and listings look at the dead map only, like the
+//!   prototype; resolve skips placeholders, listings show them only with
+//!   INCLUDE_NOTHING.
+//! - A dead entry's purge age counts from when it stopped being current
+//!   (the next version's creation time).
+//! - Writes to an eden file past its deadline: EDEN_DEADLINE. Expunging
+//!   before the deadline: TOO_SOON.
+//! - stat of an eden file answers like a file (size so far; mtime = deadline
+//!   − 1 h). visit_inodes lists directories and linked files; eden files are
+//!   listed by visit_eden.
+//! - release_dirent never refuses, and purge_remote_owning_dirent of an
+//!   entry already gone succeeds: the CDC retries steps blindly.
 
 mod dirents;
 mod eden;
