@@ -24,6 +24,10 @@ use crate::mac::{MAC_BYTES, MacKey, constant_time_eq};
 pub const PROTOCOL_VERSION: u8 = 1;
 /// The kind of an error response.
 pub const KIND_ERROR: u8 = 0x00;
+/// The kind of an error response to a privileged request: MAC'd like every
+/// other response to a privileged request, so a forged error cannot push
+/// the requester (the CDC) into a rollback.
+pub const KIND_PRIVILEGED_ERROR: u8 = KIND_ERROR | KIND_PRIVILEGED;
 /// Kinds with this bit set are privileged: they carry a MAC.
 pub const KIND_PRIVILEGED: u8 = 0x80;
 
@@ -75,7 +79,43 @@ pub fn encode<'a, B: Body<'a>>(
     body: &B,
     key: Option<&MacKey>,
 ) -> Result<usize, EncodeError> {
-    let kind = body.kind();
+    encode_with_kind(buf, request_id, body.kind(), body, key)
+}
+
+/// Encodes the response `body` to the request whose header is `request`.
+/// Servers use this rather than [`encode`]: an error answering a privileged
+/// request goes out as [`KIND_PRIVILEGED_ERROR`], MAC'd with `key`.
+pub fn encode_response<'a, B: Body<'a>>(
+    buf: &mut [u8],
+    request: &Header,
+    body: &B,
+    key: Option<&MacKey>,
+) -> Result<usize, EncodeError> {
+    let mut kind = body.kind();
+    if kind == KIND_ERROR && request.is_privileged() {
+        kind = KIND_PRIVILEGED_ERROR;
+    }
+    encode_with_kind(buf, request.request_id(), kind, body, key)
+}
+
+/// Whether `response` may answer the request `request_kind`: the same kind,
+/// or an error — which must be the MAC'd [`KIND_PRIVILEGED_ERROR`] when the
+/// request was privileged. Requesters check this before trusting a reply.
+pub fn response_kind_matches(request_kind: u8, response: &Header) -> bool {
+    if request_kind & KIND_PRIVILEGED != 0 {
+        response.kind == request_kind || response.kind == KIND_PRIVILEGED_ERROR
+    } else {
+        response.kind == request_kind || response.kind == KIND_ERROR
+    }
+}
+
+fn encode_with_kind<'a, B: Body<'a>>(
+    buf: &mut [u8],
+    request_id: u64,
+    kind: u8,
+    body: &B,
+    key: Option<&MacKey>,
+) -> Result<usize, EncodeError> {
     let header = Header { magic: B::MAGIC, version: PROTOCOL_VERSION, request_id: U64::new(request_id), kind };
     let mut writer = Writer::new(buf);
     writer.put(header.as_bytes());
@@ -242,6 +282,8 @@ macro_rules! message_family {
         #[repr(u8)]
         pub enum $Kind { $( $(#[$vmeta])* $Variant = $code, )* }
 
+        const _: () = { $( assert!($code != $crate::datagram::KIND_ERROR && $code != $crate::datagram::KIND_PRIVILEGED_ERROR); )* };
+
         impl $Kind {
             pub const ALL: &'static [$Kind] = &[$( $Kind::$Variant, )*];
             pub const fn from_u8(kind: u8) -> Option<Self> {
@@ -319,7 +361,7 @@ macro_rules! message_family {
                 }
             }
             fn decode_body(kind: u8, reader: &mut $crate::codec::Reader<'a>) -> Result<Self, $crate::codec::DecodeError> {
-                if kind == $crate::datagram::KIND_ERROR {
+                if kind == $crate::datagram::KIND_ERROR || kind == $crate::datagram::KIND_PRIVILEGED_ERROR {
                     return Ok(Self::Error(<$crate::datagram::ErrorResp<'a> as $crate::codec::Decode<'a>>::decode(reader)?));
                 }
                 match $Kind::from_u8(kind) {
@@ -403,4 +445,59 @@ macro_rules! fixed_message {
 
         $crate::fixed_wire!($Name);
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::InodeId;
+    use crate::mac::SecretKey;
+    use crate::shard::{SetParentReq, ShardRequest, ShardResponse, StatReq};
+
+    fn header_of(bytes: &[u8]) -> Header {
+        peek_header(bytes, SHARD_MAGIC).unwrap()
+    }
+
+    // An error answering a privileged request is MAC'd: without the key, or
+    // forged as a plain error, the requester refuses it.
+    #[test]
+    fn errors_to_privileged_requests_are_authenticated() {
+        let key = MacKey::new(&SecretKey([3; 16]));
+        let mut request = [0u8; 64];
+        let set_parent = ShardRequest::SetParent(SetParentReq { dir: InodeId::ROOT, parent: InodeId::NULL });
+        let len = encode(&mut request, 7, &set_parent, Some(&key)).unwrap();
+        let request_header = header_of(&request[..len]);
+
+        let error = ShardResponse::Error(ErrorResp::new(ErrorKind::DirectoryNotEmpty, "not empty"));
+        let mut response = [0u8; 64];
+        let len = encode_response(&mut response, &request_header, &error, Some(&key)).unwrap();
+        let response_header = header_of(&response[..len]);
+        assert_eq!(response_header.kind, KIND_PRIVILEGED_ERROR);
+        assert!(response_kind_matches(request_header.kind, &response_header));
+        assert_eq!(decode::<ShardResponse>(&response[..len], Some(&key)).unwrap().1, error);
+        assert_eq!(decode::<ShardResponse>(&response[..len], None).err(), Some(DecodeError::BadMac));
+        assert!(encode_response(&mut response, &request_header, &error, None).is_err());
+
+        // A plain (unMAC'd) error is not an acceptable answer to it.
+        let len = encode(&mut response, 7, &error, None).unwrap();
+        assert!(!response_kind_matches(request_header.kind, &header_of(&response[..len])));
+    }
+
+    #[test]
+    fn errors_to_public_requests_stay_plain() {
+        let mut request = [0u8; 64];
+        let stat = ShardRequest::Stat(StatReq { inode: InodeId::ROOT });
+        let len = encode(&mut request, 9, &stat, None).unwrap();
+        let request_header = header_of(&request[..len]);
+        let error = ShardResponse::Error(ErrorResp::new(ErrorKind::NotFound, ""));
+        let mut response = [0u8; 64];
+        let len = encode_response(&mut response, &request_header, &error, None).unwrap();
+        let response_header = header_of(&response[..len]);
+        assert_eq!(response_header.kind, KIND_ERROR);
+        assert!(response_kind_matches(request_header.kind, &response_header));
+        assert!(!response_kind_matches(
+            ShardRequest::SetParent(SetParentReq { dir: InodeId::ROOT, parent: InodeId::NULL }).kind() as u8,
+            &response_header
+        ));
+    }
 }

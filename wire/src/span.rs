@@ -385,7 +385,7 @@ mod tests {
             let layout = SpanLayout::new(size, Parity::new(d, 2).unwrap()).unwrap();
             let total: u64 = (0..d as usize).map(|i| layout.block_size(i)).sum();
             assert_eq!(total, size);
-            assert_eq!(layout.parity_block_size % RS_SHARD_ALIGN_BYTES, 0);
+            assert!(layout.parity_block_size.is_multiple_of(RS_SHARD_ALIGN_BYTES));
         }
     }
 

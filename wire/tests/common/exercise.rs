@@ -96,8 +96,12 @@ macro_rules! decode_and_reencode {
                 $walk(&body);
                 let _ = format!("{body:?}");
                 let mut buf = vec![0u8; bytes.len() + 16];
+                // A MAC'd error answers a privileged request: re-encode it as
+                // a server would, as the response to such a request.
+                let mut request = header;
+                request.kind = if header.kind == datagram::KIND_PRIVILEGED_ERROR { 0x81 } else { header.kind };
                 let len =
-                    datagram::encode(&mut buf, header.request_id(), &body, key).expect("a decoded datagram re-encodes");
+                    datagram::encode_response(&mut buf, &request, &body, key).expect("a decoded datagram re-encodes");
                 assert_eq!(&buf[..len], bytes, concat!(stringify!($T), ": decode then encode changed the bytes"));
             }
         }
