@@ -141,40 +141,39 @@ fn list_root(client: &mut Client) -> HashMap<String, InodeId> {
     }
 }
 
-#[test]
-fn kill_nine_during_create_link_rename_loses_nothing_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut daemon = start_metad(1, dir.path(), None);
-    let key = cluster_key(dir.path());
+/// Runs the workload against `daemon` until `threshold` acknowledgements,
+/// then kills it with SIGKILL; returns the acknowledged files.
+fn run_until_killed(daemon: &mut Daemon, key: &wire::SecretKey, cycle: usize, threshold: usize) -> Vec<FileState> {
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicUsize::new(0));
     let files = Arc::new(Mutex::new(Vec::new()));
     let threads: Vec<_> = (0..CLIENTS)
         .map(|index| {
-            let client = Client::new(daemon.address("udp"), &key);
+            let client = Client::new(daemon.address("udp"), key);
             let (stop, acked, files) = (stop.clone(), acked.clone(), files.clone());
-            std::thread::spawn(move || workload(client, index, stop, acked, files))
+            std::thread::spawn(move || workload(client, cycle * CLIENTS + index, stop, acked, files))
         })
         .collect();
     let started = Instant::now();
-    while acked.load(Ordering::Relaxed) < 400 && started.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(10));
+    while acked.load(Ordering::Relaxed) < threshold && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
     }
     daemon.kill(); // SIGKILL, mid-workload
     stop.store(true, Ordering::Relaxed);
     for thread in threads {
         thread.join().unwrap();
     }
-    let files = files.lock().unwrap().clone();
-    assert!(files.len() >= 50, "workload too small: {}", files.len());
+    files.lock().unwrap().clone()
+}
 
-    let daemon = start_metad(1, dir.path(), None);
-    let mut client = Client::new(daemon.address("udp"), &key);
-    let listed = list_root(&mut client);
-    let mut expected_names = 0;
-    for file in &files {
-        let old = resolve(&mut client, &file.name);
-        let new = resolve(&mut client, &renamed_name(&file.name));
+/// Every acknowledged link and rename is there; every listed entry is a
+/// readable file with its contents; at most `in_flight_max` entries come
+/// from unacknowledged links.
+fn verify(client: &mut Client, files: &[FileState], in_flight_max: usize) {
+    let listed = list_root(client);
+    for file in files {
+        let old = resolve(client, &file.name);
+        let new = resolve(client, &renamed_name(&file.name));
         match file.renamed {
             None => assert_eq!((old, new), (Ok(file.inode), Err(ErrorKind::NotFound)), "{file:?}"),
             Some(true) => assert_eq!((old, new), (Err(ErrorKind::NotFound), Ok(file.inode)), "{file:?}"),
@@ -184,14 +183,12 @@ fn kill_nine_during_create_link_rename_loses_nothing_acknowledged() {
                 "{file:?}: {old:?} {new:?}"
             ),
         }
-        expected_names += 1;
     }
-    // Consistency: every listed entry is a readable file with the right
-    // contents, and at most one in-flight link per client is extra.
     assert!(
-        listed.len() >= expected_names && listed.len() <= expected_names + CLIENTS,
-        "{} vs {expected_names}",
-        listed.len()
+        listed.len() >= files.len() && listed.len() <= files.len() + in_flight_max,
+        "{} listed, {} acknowledged",
+        listed.len(),
+        files.len()
     );
     for (entry_name, inode) in &listed {
         let bytes = client.call(&ShardRequest::FetchSpans(FetchSpansReq { inode: *inode, offset: U64::new(0) }));
@@ -200,5 +197,24 @@ fn kill_nine_during_create_link_rename_loses_nothing_acknowledged() {
         let SpanBody::Inline(bytes) = span.body else { panic!() };
         let original = entry_name.strip_suffix("-r").unwrap_or(entry_name);
         assert_eq!(bytes.as_bytes(), original.as_bytes());
+    }
+}
+
+#[test]
+fn kill_nine_during_create_link_rename_loses_nothing_acknowledged() {
+    const CYCLES: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = start_metad(1, dir.path(), None);
+    let key = cluster_key(dir.path());
+    let mut all_files = Vec::new();
+    for cycle in 0..CYCLES {
+        // Kill at a different point of the workload each time.
+        let threshold = rand::random_range(100..400);
+        let files = run_until_killed(&mut daemon, &key, cycle, threshold);
+        assert!(files.len() >= 20, "workload too small: {}", files.len());
+        all_files.extend(files);
+        daemon = start_metad(1, dir.path(), None);
+        let mut client = Client::new(daemon.address("udp"), &key);
+        verify(&mut client, &all_files, CLIENTS * (cycle + 1));
     }
 }
