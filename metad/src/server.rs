@@ -22,12 +22,12 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 use wire::codec::Reader;
-use wire::datagram::{self, HEADER_BYTES, Header, SHARD_MAGIC};
+use wire::datagram::{self, HEADER_BYTES, Header, KIND_PRIVILEGED, SHARD_MAGIC};
 use wire::ids::{EggsTime, ShardId};
 use wire::limits::{SHARD_REFRESH_PERIOD_NS, UDP_DATAGRAM_BYTES_MAX};
 use wire::mac::SecretKey;
-use wire::shard::{ShardRequest, ShardResponse};
-use wire::{DecodeError, ErrorKind, ErrorResp};
+use wire::shard::ShardRequest;
+use wire::{DecodeError, ErrorKind};
 
 use crate::block_services::{BlockServiceRecord, BlockServiceTable};
 use crate::logic::{Env, MutationEffects, Shard};
@@ -207,7 +207,7 @@ fn bind_sockets(listen: SocketAddr, count: usize) -> Result<Vec<socket2::Socket>
 
 /// The error answer to a datagram that did not decode, if its header can be
 /// read (otherwise it is dropped).
-fn refusal(bytes: &[u8], error: DecodeError, out: &mut [u8]) -> Option<usize> {
+fn refusal(shard: &Shard, bytes: &[u8], error: DecodeError, out: &mut [u8]) -> Option<usize> {
     let header: Header = Reader::new(bytes).fixed().ok()?;
     if header.magic != SHARD_MAGIC {
         return None;
@@ -218,8 +218,7 @@ fn refusal(bytes: &[u8], error: DecodeError, out: &mut [u8]) -> Option<usize> {
         _ => ErrorKind::DecodeError,
     };
     let text = error.to_string();
-    let response = ShardResponse::Error(ErrorResp::new(kind, &text));
-    datagram::encode(out, header.request_id(), &response, None).ok()
+    Some(shard.encode_error(out, header.request_id(), header.is_privileged(), kind, &text))
 }
 
 async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: Arc<Shared>, writer: SyncSender<Job>) {
@@ -251,6 +250,7 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
                             let len = shared.shard.encode_error(
                                 &mut out,
                                 header.request_id(),
+                                header.is_privileged(),
                                 ErrorKind::Overloaded,
                                 "write queue full",
                             );
@@ -261,6 +261,7 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
                             let len = shared.shard.encode_error(
                                 &mut out,
                                 header.request_id(),
+                                header.is_privileged(),
                                 ErrorKind::StorageError,
                                 "writer stopped",
                             );
@@ -278,7 +279,7 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
                 if malformed % MALFORMED_LOG_EVERY == 1 {
                     tracing::warn!(%peer, %error, len, malformed, "malformed datagram");
                 }
-                refusal(bytes, error, &mut out)
+                refusal(&shared.shard, bytes, error, &mut out)
             }
         };
         if let Some(len) = answer
@@ -296,7 +297,7 @@ fn read(shared: &Shared, request_id: u64, request: &ShardRequest<'_>, out: &mut 
         Ok(txn) => shared.shard.handle_read(&shared.store, &txn, &env, request_id, request, out),
         Err(error) => {
             tracing::error!(%error, "cannot open a read transaction");
-            shared.shard.encode_error(out, request_id, ErrorKind::StorageError, "storage error")
+            shared.shard.encode_error(out, request_id, false, ErrorKind::StorageError, "storage error")
         }
     }
 }
@@ -360,8 +361,14 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
             Err(error) => {
                 tracing::error!(%error, jobs = batch.len(), "write batch failed");
                 for job in &batch {
-                    let len =
-                        shared.shard.encode_error(&mut out, job.request_id, ErrorKind::StorageError, "storage error");
+                    let privileged = job.kind & KIND_PRIVILEGED != 0;
+                    let len = shared.shard.encode_error(
+                        &mut out,
+                        job.request_id,
+                        privileged,
+                        ErrorKind::StorageError,
+                        "storage error",
+                    );
                     send(job, out.get(..len).unwrap_or_default());
                 }
                 batch.clear();
@@ -418,7 +425,13 @@ fn apply_batch(
                 &request,
                 out,
             )?,
-            Err(error) => shared.shard.encode_error(out, job.request_id, ErrorKind::DecodeError, &error.to_string()),
+            Err(error) => shared.shard.encode_error(
+                out,
+                job.request_id,
+                job.kind & KIND_PRIVILEGED != 0,
+                ErrorKind::DecodeError,
+                &error.to_string(),
+            ),
         };
         in_batch.insert(key, ());
         answers.push(Some(out.get(..len).unwrap_or_default().to_vec()));
@@ -452,8 +465,14 @@ fn refresher(shared: Arc<Shared>, shuckle: SocketAddr, cluster_key: SecretKey, s
         }
         let fetched = client.block_services();
         let registered = client.register_shard(shard, local);
+        // Until shuckle lists a writable service (right after a cluster
+        // starts, before shuckle has checked any), keep asking at the short
+        // pace rather than leaving the shard unable to place for a period.
+        let writable = fetched
+            .as_ref()
+            .is_ok_and(|services| services.iter().any(|service| service.flags == 0 && service.write_weight > 0));
         match (&fetched, &registered) {
-            (Ok(_), Ok(())) => wait = period,
+            (Ok(_), Ok(())) if writable => wait = period,
             _ => wait = (wait * 2).clamp(SHUCKLE_RETRY_INITIAL, period),
         }
         match fetched {

@@ -81,7 +81,12 @@ impl ShuckleClient {
                     continue;
                 }
                 match datagram::decode::<ShuckleResponse>(&buf[..got], Some(&self.key)) {
-                    Ok((header, response)) if header.request_id() == request_id => {
+                    // Only our kind or, for our privileged kinds, a MAC'd
+                    // error: a forged plain error is ignored like noise.
+                    Ok((header, response))
+                        if header.request_id() == request_id
+                            && datagram::response_kind_matches(request.kind() as u8, &header) =>
+                    {
                         if let ShuckleResponse::Error(error) = response {
                             return Err(ShuckleError::Refused {
                                 kind: error.kind,

@@ -135,6 +135,18 @@ fn files_and_privileged_requests_over_udp() {
     let len = datagram::encode(&mut out, id, &request, Some(&other)).unwrap();
     let wrong = client.raw(&out[..len], id, Duration::from_secs(10)).expect("answer");
     assert_eq!(error_kind(&wrong, &client.key), Some(ErrorKind::NotAuthorised));
+    // Errors answering privileged requests are MAC'd (kind 0x80): the CDC
+    // cannot be fed a forged one.
+    for answer in [&unmacd, &wrong] {
+        let header = datagram::peek_header(answer, datagram::SHARD_MAGIC).unwrap();
+        assert_eq!(header.kind, datagram::KIND_PRIVILEGED_ERROR);
+        assert!(datagram::decode::<ShardResponse>(answer, None).is_err());
+    }
+    let refused =
+        ShardRequest::SetParent(SetParentReq { dir: InodeId::new(0x0000_0000_0000_7777), parent: InodeId::ROOT });
+    let bytes = client.call(&refused);
+    assert_eq!(datagram::peek_header(&bytes, datagram::SHARD_MAGIC).unwrap().kind, datagram::KIND_PRIVILEGED_ERROR);
+    assert!(error_kind(&bytes, &client.key).is_some());
     // The responses to privileged requests are MAC'd: they verify only with the key.
     let bytes = client.call(&create(1, InodeId::ROOT));
     assert!(datagram::decode::<ShardResponse>(&bytes, Some(&other)).is_err());

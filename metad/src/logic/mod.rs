@@ -36,12 +36,13 @@ mod read;
 
 use heed::{RoTxn, RwTxn};
 use rand::RngCore;
-use wire::datagram;
+use wire::datagram::{self, Header, KIND_ERROR, KIND_PRIVILEGED, PROTOCOL_VERSION, SHARD_MAGIC};
 use wire::hash::HashMode;
 use wire::ids::{BlockId, EggsTime, InodeId, InodeType, ShardId};
 use wire::mac::{KEY_BYTES, MacKey, SecretKey};
 use wire::shard::{ShardRequest, ShardResponse};
 use wire::{ErrorKind, ErrorResp};
+use zerocopy::byteorder::little_endian::U64;
 
 use crate::block_services::BlockServiceTable;
 use crate::store::{DirectoryRecord, MetaKey, Store, StoreError, decode_u64, inode_key};
@@ -133,21 +134,42 @@ impl Shard {
                 // Responses are built to fit (page budgets, limits); this is
                 // a bug, reported to the client rather than crashing.
                 tracing::error!(%error, "response does not fit a datagram");
-                self.encode_error(out, request_id, ErrorKind::LogicError, "response too large")
+                let privileged = response.kind().is_some_and(|kind| kind.is_privileged());
+                self.encode_error(out, request_id, privileged, ErrorKind::LogicError, "response too large")
             }
         }
     }
 
-    /// Encodes an error response.
-    pub fn encode_error(&self, out: &mut [u8], request_id: u64, kind: ErrorKind, text: &str) -> usize {
+    /// Encodes an error response. One answering a privileged request is
+    /// MAC'd (kind 0x80), so the CDC can trust it as much as a success.
+    pub fn encode_error(
+        &self,
+        out: &mut [u8],
+        request_id: u64,
+        privileged: bool,
+        kind: ErrorKind,
+        text: &str,
+    ) -> usize {
         let response = ShardResponse::Error(ErrorResp::new(kind, text));
-        datagram::encode(out, request_id, &response, None).unwrap_or(0)
+        let request = Header {
+            magic: SHARD_MAGIC,
+            version: PROTOCOL_VERSION,
+            request_id: U64::new(request_id),
+            kind: if privileged { KIND_PRIVILEGED } else { KIND_ERROR },
+        };
+        datagram::encode_response(out, &request, &response, Some(&self.cluster_key)).unwrap_or(0)
     }
 
-    fn finish(&self, out: &mut [u8], request_id: u64, result: Result<usize, HandleError>) -> Result<usize, StoreError> {
+    fn finish(
+        &self,
+        out: &mut [u8],
+        request_id: u64,
+        privileged: bool,
+        result: Result<usize, HandleError>,
+    ) -> Result<usize, StoreError> {
         match result {
             Ok(len) => Ok(len),
-            Err(HandleError::Refused { kind, text }) => Ok(self.encode_error(out, request_id, kind, &text)),
+            Err(HandleError::Refused { kind, text }) => Ok(self.encode_error(out, request_id, privileged, kind, &text)),
             Err(HandleError::Store(error)) => Err(error),
         }
     }
@@ -164,11 +186,11 @@ impl Shard {
         out: &mut [u8],
     ) -> usize {
         let result = read::handle(self, store, rtxn, env, request_id, request, out);
-        match self.finish(out, request_id, result) {
+        match self.finish(out, request_id, false, result) {
             Ok(len) => len,
             Err(error) => {
                 tracing::error!(%error, "read failed");
-                self.encode_error(out, request_id, ErrorKind::StorageError, "storage error")
+                self.encode_error(out, request_id, false, ErrorKind::StorageError, "storage error")
             }
         }
     }
@@ -188,6 +210,7 @@ impl Shard {
         request: &ShardRequest<'_>,
         out: &mut [u8],
     ) -> Result<usize, StoreError> {
+        let privileged = request.kind().is_privileged();
         let mut txn = store.env.nested_write_txn(parent)?;
         let mut context = Mutation { shard: self, store, env, rng, effects };
         let result = context.apply(&mut txn, request_id, request, out);
@@ -203,9 +226,9 @@ impl Shard {
                     // transaction is intact (the nested one was aborted).
                     HandleError::Store(StoreError::Corrupt(what)) => {
                         tracing::error!(what, request_id, "corrupt record");
-                        Ok(self.encode_error(out, request_id, ErrorKind::StorageError, "corrupt record"))
+                        Ok(self.encode_error(out, request_id, privileged, ErrorKind::StorageError, "corrupt record"))
                     }
-                    error => self.finish(out, request_id, Err(error)),
+                    error => self.finish(out, request_id, privileged, Err(error)),
                 }
             }
         }
