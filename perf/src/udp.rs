@@ -168,11 +168,35 @@ pub async fn echo_rate(target: SocketAddr, clients: usize, duration: Duration) -
 mod tests {
     use super::*;
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
     #[test]
-    fn echo_rate_against_the_echo_server_is_positive() {
+    fn a_request_comes_back_from_the_echo_server() {
         let server = crate::limits::EchoServer::start(1).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let rate = runtime.block_on(echo_rate(server.addr, 2, Duration::from_millis(200))).unwrap();
-        assert!(rate > 0.0);
+        let result = runtime().block_on(async {
+            let mut client = Client::new(server.addr, wire::datagram::SHARD_MAGIC).await?;
+            let request = wire::shard::ShardRequest::Stat(wire::shard::StatReq { inode: crate::shard::ROOT });
+            client.echo(&request).await?;
+            client.echo(&request).await
+        });
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    #[test]
+    fn run_clients_adds_up_every_worker() {
+        let rate = runtime()
+            .block_on(run_clients(3, Duration::from_millis(1), |index, _| async move { Ok(index as u64 + 1) }))
+            .unwrap();
+        assert_eq!(rate.ops, 6);
+    }
+
+    #[test]
+    fn a_failing_worker_fails_the_run() {
+        let result = runtime().block_on(run_clients(2, Duration::from_millis(1), |index, _| async move {
+            if index == 1 { Err(PerfError::Protocol("refused".into())) } else { Ok(1) }
+        }));
+        assert!(matches!(result, Err(PerfError::Protocol(_))), "{result:?}");
     }
 }
