@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use wire::address::Address;
 use wire::block::BlockServiceStats;
 use wire::codec::{Encode, PageBudget};
-use wire::datagram::{self, HEADER_BYTES, peek_header};
+use wire::datagram::{self, HEADER_BYTES, Header, peek_header};
 use wire::limits::{AUTHENTICATED_REQUEST_SKEW_NS_MAX, UDP_DATAGRAM_BYTES_MAX};
 use wire::mac::{MAC_BYTES, MacKey, SecretKey};
 use wire::shuckle::{
@@ -161,21 +161,29 @@ impl Shuckle {
         if is_registration(bytes) {
             return self.handle_registration(bytes, source);
         }
-        let (request_id, response) = match datagram::decode::<ShuckleRequest>(bytes, Some(&self.cluster_key)) {
-            Ok((header, request)) => (header.request_id(), request),
+        let (header, request) = match datagram::decode::<ShuckleRequest>(bytes, Some(&self.cluster_key)) {
+            Ok(decoded) => decoded,
             Err(error) => {
-                let Ok(header) = peek_header(bytes, wire::datagram::SHUCKLE_MAGIC) else {
+                let Ok(mut header) = peek_header(bytes, wire::datagram::SHUCKLE_MAGIC) else {
                     tracing::warn!(%source, %error, len = bytes.len(), "dropping malformed datagram");
                     return DatagramOutcome::Ignore;
                 };
                 tracing::warn!(%source, %error, kind = header.kind, "refusing undecodable request");
+                if !is_authenticated(bytes, &header, error) {
+                    // A request whose MAC did not verify gets a plain error:
+                    // MAC'ing the refusal would let anyone obtain an
+                    // authenticated error for a request id of their choice
+                    // and replay it to a real requester. A privileged
+                    // requester ignores a plain error, as it should.
+                    header.kind &= !wire::datagram::KIND_PRIVILEGED;
+                }
                 let kind = if error == DecodeError::BadMac { ErrorKind::NotAuthorised } else { ErrorKind::DecodeError };
                 let text = error.to_string();
                 let response = ShuckleResponse::Error(ErrorResp::new(kind, &text));
-                return self.encode(out, header.request_id(), &response);
+                return self.encode(out, &header, &response);
             }
         };
-        self.answer(request_id, &response, now, out)
+        self.answer(&header, &request, now, out)
     }
 
     fn handle_registration(&self, bytes: &[u8], source: SocketAddr) -> DatagramOutcome {
@@ -204,8 +212,10 @@ impl Shuckle {
         }
     }
 
-    fn encode(&self, out: &mut [u8], request_id: u64, response: &ShuckleResponse<'_>) -> DatagramOutcome {
-        match datagram::encode(out, request_id, response, Some(&self.cluster_key)) {
+    /// Encodes the response to the request `header`: errors to privileged
+    /// requests go out MAC'd, as kind 0x80 (see [`datagram::encode_response`]).
+    fn encode(&self, out: &mut [u8], header: &Header, response: &ShuckleResponse<'_>) -> DatagramOutcome {
+        match datagram::encode_response(out, header, response, Some(&self.cluster_key)) {
             Ok(len) => DatagramOutcome::Reply(len),
             Err(error) => {
                 tracing::error!(%error, "cannot encode a response");
@@ -214,9 +224,9 @@ impl Shuckle {
         }
     }
 
-    fn answer(&self, request_id: u64, request: &ShuckleRequest, now: EggsTime, out: &mut [u8]) -> DatagramOutcome {
+    fn answer(&self, header: &Header, request: &ShuckleRequest, now: EggsTime, out: &mut [u8]) -> DatagramOutcome {
         match request {
-            ShuckleRequest::Shards(request) => self.answer_shards(request_id, request, out),
+            ShuckleRequest::Shards(request) => self.answer_shards(header, request, out),
             ShuckleRequest::Cdc(_) => {
                 let registry = self.registry();
                 let response = match registry.cdc() {
@@ -225,28 +235,28 @@ impl Shuckle {
                     }
                     None => CdcResp { address: Address::UNKNOWN, last_seen: EggsTime::ZERO },
                 };
-                self.encode(out, request_id, &ShuckleResponse::Cdc(response))
+                self.encode(out, header, &ShuckleResponse::Cdc(response))
             }
-            ShuckleRequest::BlockServices(request) => self.answer_block_services(request_id, request, now, out),
+            ShuckleRequest::BlockServices(request) => self.answer_block_services(header, request, now, out),
             ShuckleRequest::BlockServicesWithKeys(request) => {
                 if let Some(refusal) = stale_request(request.time, now) {
-                    return self.encode(out, request_id, &refusal);
+                    return self.encode(out, header, &refusal);
                 }
-                self.answer_block_services_with_keys(request_id, request, now, out)
+                self.answer_block_services_with_keys(header, request, now, out)
             }
             ShuckleRequest::RegisterShard(request) => {
                 let result = stale_request(request.time, now).map(Err).unwrap_or_else(|| {
                     let done = ShuckleResponse::RegisterShard(EmptyResp {});
                     self.register_peer(request.address, done, |addr| self.register_shard(request.shard, addr, now))
                 });
-                self.encode(out, request_id, &result.unwrap_or_else(|refusal| refusal))
+                self.encode(out, header, &result.unwrap_or_else(|refusal| refusal))
             }
             ShuckleRequest::RegisterCdc(request) => {
                 let result = stale_request(request.time, now).map(Err).unwrap_or_else(|| {
                     let done = ShuckleResponse::RegisterCdc(EmptyResp {});
                     self.register_peer(request.address, done, |addr| self.register_cdc(addr, now))
                 });
-                self.encode(out, request_id, &result.unwrap_or_else(|refusal| refusal))
+                self.encode(out, header, &result.unwrap_or_else(|refusal| refusal))
             }
         }
     }
@@ -269,7 +279,7 @@ impl Shuckle {
         }
     }
 
-    fn answer_shards(&self, request_id: u64, request: &ShardsReq, out: &mut [u8]) -> DatagramOutcome {
+    fn answer_shards(&self, header: &Header, request: &ShardsReq, out: &mut [u8]) -> DatagramOutcome {
         let registry = self.registry();
         let fixed = HEADER_BYTES + size_of::<ShardsRespHead>() + LIST_COUNT_BYTES;
         let mut budget = PageBudget::new(UDP_DATAGRAM_BYTES_MAX, fixed);
@@ -285,12 +295,12 @@ impl Shuckle {
             shards.push(info);
         }
         let response = ShardsResp { head: ShardsRespHead { next }, shards: List::new(&shards) };
-        self.encode(out, request_id, &ShuckleResponse::Shards(response))
+        self.encode(out, header, &ShuckleResponse::Shards(response))
     }
 
     fn answer_block_services(
         &self,
-        request_id: u64,
+        header: &Header,
         request: &BlockServicesReq,
         now: EggsTime,
         out: &mut [u8],
@@ -325,12 +335,12 @@ impl Shuckle {
             infos.push(info);
         }
         let response = BlockServicesResp { head: BlockServicesRespHead { next }, block_services: List::new(&infos) };
-        self.encode(out, request_id, &ShuckleResponse::BlockServices(response))
+        self.encode(out, header, &ShuckleResponse::BlockServices(response))
     }
 
     fn answer_block_services_with_keys(
         &self,
-        request_id: u64,
+        header: &Header,
         request: &BlockServicesWithKeysReq,
         now: EggsTime,
         out: &mut [u8],
@@ -364,8 +374,14 @@ impl Shuckle {
             head: BlockServicesWithKeysRespHead { next },
             block_services: List::new(&entries),
         };
-        self.encode(out, request_id, &ShuckleResponse::BlockServicesWithKeys(response))
+        self.encode(out, header, &ShuckleResponse::BlockServicesWithKeys(response))
     }
+}
+
+/// Whether a datagram that failed to decode with `error` carried a MAC that
+/// verified (its body was at fault), or was not privileged at all.
+fn is_authenticated(bytes: &[u8], header: &Header, error: DecodeError) -> bool {
+    !header.is_privileged() || (error != DecodeError::BadMac && bytes.len() >= HEADER_BYTES + MAC_BYTES)
 }
 
 /// The refusal of an authenticated request whose time is too far from ours
@@ -525,8 +541,59 @@ mod tests {
             time: EggsTime::new(2),
         });
         let len = request(&shuckle, &body, Some(&MacKey::new(&SecretKey([1; 16]))), &mut out);
-        let (_, response) = decode::<ShuckleResponse>(&out[..len], None).unwrap();
+        let (header, response) = decode::<ShuckleResponse>(&out[..len], None).unwrap();
         assert!(matches!(response, ShuckleResponse::Error(e) if e.kind == ErrorKind::NotAuthorised));
+        // Unauthenticated, so not MAC'd: a plain error no privileged requester accepts.
+        assert_eq!(header.kind, wire::datagram::KIND_ERROR);
+        assert!(!datagram::response_kind_matches(body.kind() as u8, &header));
+        assert!(shuckle.registry().cdc().is_none());
+    }
+
+    /// Refusals of authenticated privileged requests (bad time, bad
+    /// arguments) are MAC'd errors of kind 0x80 that the requester accepts,
+    /// and do not verify under another key.
+    #[test]
+    fn privileged_refusals_are_macd() {
+        let dir = tempfile::tempdir().unwrap();
+        let shuckle = shuckle_with(1, dir.path());
+        let cluster_key = MacKey::new(&SecretKey([0xcc; 16]));
+        let source = SocketAddr::from(SOURCE);
+        let stale = EggsTime::new(2 + 2 * AUTHENTICATED_REQUEST_SKEW_NS_MAX);
+        let requests = [
+            (
+                ShuckleRequest::BlockServicesWithKeys(wire::shuckle::BlockServicesWithKeysReq {
+                    begin: BlockServiceId::new(0),
+                    nonce: U64::new(1),
+                    time: stale,
+                }),
+                ErrorKind::NotAuthorised,
+            ),
+            (
+                ShuckleRequest::RegisterCdc(wire::shuckle::RegisterCdcReq {
+                    address: Address::from(source),
+                    time: stale,
+                }),
+                ErrorKind::NotAuthorised,
+            ),
+            (
+                ShuckleRequest::RegisterShard(wire::shuckle::RegisterShardReq {
+                    shard: 3,
+                    address: Address::UNKNOWN,
+                    time: EggsTime::new(2),
+                }),
+                ErrorKind::BadRequest,
+            ),
+        ];
+        for (body, expected) in requests {
+            let mut out = [0u8; UDP_DATAGRAM_BYTES_MAX];
+            let len = request(&shuckle, &body, Some(&cluster_key), &mut out);
+            let (header, response) = decode::<ShuckleResponse>(&out[..len], Some(&cluster_key)).unwrap();
+            assert_eq!(header.kind, wire::datagram::KIND_PRIVILEGED_ERROR, "{body:?}");
+            assert!(datagram::response_kind_matches(body.kind() as u8, &header));
+            assert!(matches!(response, ShuckleResponse::Error(e) if e.kind == expected), "{body:?}");
+            let other = MacKey::new(&SecretKey([1; 16]));
+            assert_eq!(decode::<ShuckleResponse>(&out[..len], Some(&other)).unwrap_err(), DecodeError::BadMac);
+        }
         assert!(shuckle.registry().cdc().is_none());
     }
 
