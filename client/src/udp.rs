@@ -8,7 +8,8 @@
 //!   tasks (the client is `Clone` and cheap to clone): responses are
 //!   demultiplexed by request id to the waiting request.
 //! - Each request gets a fresh random 64-bit request id that is not in use by
-//!   another in-flight request of this client. **The same id is reused on
+//!   another in-flight request of this client, unless the caller chooses it
+//!   ([`DatagramClient::request_with_id`], for the CDC's per-step ids). **The same id is reused on
 //!   every retransmission**, so the daemon can recognise a retry of a request
 //!   it already executed (DESIGN §4).
 //! - The first attempt waits [`RetryPolicy::timeout_initial`]
@@ -21,7 +22,10 @@
 //! - A response is accepted only if it comes from the address the request was
 //!   sent to, carries the right family magic, version, request id, and either
 //!   the request's kind or the error kind, decodes completely, and — when
-//!   privileged — carries a valid MAC under the cluster key. Anything else is
+//!   privileged — carries a valid MAC under the cluster key. A privileged
+//!   request accepts only its own kind or the MAC'd error kind 0x80
+//!   ([`wire::datagram::response_kind_matches`]): a plain error, which anyone
+//!   can forge, does not answer it. Anything else is
 //!   logged at debug level and ignored (the request keeps waiting), so a stray
 //!   or forged datagram can delay but never corrupt a request.
 //! - Privileged requests (kind ≥ 0x80) are MAC'd with the cluster key given to
@@ -63,7 +67,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use wire::cdc::{CdcKind, CdcRequest, CdcResponse};
 use wire::codec::Reader;
-use wire::datagram::{self, Body, HEADER_BYTES, KIND_ERROR};
+use wire::datagram::{self, Body, HEADER_BYTES};
 use wire::limits::{
     CLIENT_REQUEST_DEADLINE_NS, CLIENT_TIMEOUT_INITIAL_NS, CLIENT_TIMEOUT_MAX_NS, UDP_DATAGRAM_BYTES_MAX,
 };
@@ -164,6 +168,10 @@ pub enum RequestError {
     /// validated on receipt; kept so decoding stays total).
     #[error("{family} response from {addr} does not decode: {source}")]
     Decode { family: &'static str, addr: SocketAddr, source: DecodeError },
+    /// [`DatagramClient::request_with_id`] was given an id that another
+    /// request of this client is using.
+    #[error("request id {request_id} is already in flight")]
+    IdInUse { request_id: u64 },
     /// The socket failed.
     #[error("datagram socket: {0}")]
     Io(#[from] std::io::Error),
@@ -381,8 +389,44 @@ impl DatagramClient {
         request: &F::Request<'_>,
         retry: RetryPolicy,
     ) -> Result<Reply<F>, RequestError> {
+        let (request_id, deliveries, guard) = self.register();
+        self.exchange::<F>(addr, request_id, request, retry, deliveries, guard).await
+    }
+
+    /// [`DatagramClient::request_with`] under a request id chosen by the
+    /// caller rather than a fresh random one.
+    ///
+    /// For requesters that must reuse one id across calls, not only across
+    /// the retransmissions of one call: the CDC sends each mutation of a
+    /// transaction step under an id derived from the persisted transaction,
+    /// so that its retries — even after a CDC restart — are recognised by
+    /// the shard as retransmissions. The caller must keep its ids distinct
+    /// from the random ones of concurrent requests on this client (a 64-bit
+    /// random collision is negligible); an id already in flight on this
+    /// client fails at once with [`RequestError::IdInUse`].
+    pub async fn request_with_id<F: Family>(
+        &self,
+        addr: SocketAddr,
+        request_id: u64,
+        request: &F::Request<'_>,
+        retry: RetryPolicy,
+    ) -> Result<Reply<F>, RequestError> {
+        let (deliveries, guard) = self.register_id(request_id).ok_or(RequestError::IdInUse { request_id })?;
+        self.exchange::<F>(addr, request_id, request, retry, deliveries, guard).await
+    }
+
+    /// Sends `request` under `request_id` (whose mailbox is `deliveries`)
+    /// until an acceptable response or the deadline.
+    async fn exchange<F: Family>(
+        &self,
+        addr: SocketAddr,
+        request_id: u64,
+        request: &F::Request<'_>,
+        retry: RetryPolicy,
+        mut deliveries: mpsc::Receiver<Delivery>,
+        _guard: PendingGuard,
+    ) -> Result<Reply<F>, RequestError> {
         let mut buffer = [0u8; UDP_DATAGRAM_BYTES_MAX];
-        let (request_id, mut deliveries, _guard) = self.register();
         let len = datagram::encode(&mut buffer, request_id, request, self.inner.key.as_ref())
             .map_err(|source| RequestError::Encode { family: F::NAME, source })?;
         let kind = request.kind();
@@ -434,7 +478,9 @@ impl DatagramClient {
         }
         let header = match datagram::decode::<F::Response<'_>>(&bytes, self.inner.key.as_ref()) {
             Ok((header, response)) => {
-                if header.kind != kind && header.kind != KIND_ERROR {
+                // Also refuses a plain (unMAC'd, so forgeable) error to a
+                // privileged request: only the MAC'd error kind may answer it.
+                if !datagram::response_kind_matches(kind, &header) {
                     tracing::debug!(%from, got = header.kind, expected = kind, "ignoring response of another kind");
                     return Ok(None);
                 }
@@ -465,6 +511,18 @@ impl DatagramClient {
         };
         pending.insert(request_id, sender);
         (request_id, receiver, PendingGuard { pending: self.inner.pending.clone(), request_id })
+    }
+
+    /// Registers a mailbox for the caller's `request_id`; `None` when that
+    /// id is already in flight on this client.
+    fn register_id(&self, request_id: u64) -> Option<(mpsc::Receiver<Delivery>, PendingGuard)> {
+        let (sender, receiver) = mpsc::channel(DELIVERIES_PER_REQUEST_MAX);
+        let mut pending = self.inner.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if pending.contains_key(&request_id) {
+            return None;
+        }
+        pending.insert(request_id, sender);
+        Some((receiver, PendingGuard { pending: self.inner.pending.clone(), request_id }))
     }
 }
 
@@ -653,6 +711,71 @@ mod tests {
         let reply = client.request::<Shuckle>(addr, &privileged_request()).await.expect("answered");
         assert!(matches!(reply.get().expect("decodes"), ShuckleResponse::RegisterCdc(_)));
         server.await.expect("server");
+    }
+
+    /// A fake shuckle that answers the first request with a plain (forgeable)
+    /// error, then, if `then_macd`, with the MAC'd error kind 0x80.
+    async fn forging_server(key: MacKey, then_macd: bool) -> (SocketAddr, tokio::task::JoinHandle<u64>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let handle = tokio::spawn(async move {
+            let mut buffer = [0u8; 2048];
+            let (len, from) = socket.recv_from(&mut buffer).await.expect("recv");
+            let (header, _) = datagram::decode::<ShuckleRequest>(&buffer[..len], Some(&key)).expect("MAC ok");
+            let mut out = [0u8; 256];
+            let forged = ShuckleResponse::Error(ErrorResp::new(ErrorKind::NotFound, "forged"));
+            let len = datagram::encode(&mut out, header.request_id(), &forged, None).expect("encode");
+            socket.send_to(&out[..len], from).await.expect("send");
+            if then_macd {
+                let real = ShuckleResponse::Error(ErrorResp::new(ErrorKind::BadRequest, "real"));
+                let len = datagram::encode_response(&mut out, &header, &real, Some(&key)).expect("encode");
+                assert_eq!(out[HEADER_BYTES - 1], datagram::KIND_PRIVILEGED_ERROR);
+                socket.send_to(&out[..len], from).await.expect("send");
+            }
+            header.request_id()
+        });
+        (addr, handle)
+    }
+
+    #[tokio::test]
+    async fn privileged_request_ignores_a_forged_plain_error() {
+        let key = MacKey::new(&SecretKey([7; 16]));
+        let (addr, server) = forging_server(key.clone(), true).await;
+        let client =
+            DatagramClient::bind_any(ClientOptions { key: Some(key.clone()), retry: short_retry() }).expect("bind");
+        let error = client.request::<Shuckle>(addr, &privileged_request()).await.expect_err("error response");
+        match error {
+            RequestError::Response { kind: ErrorKind::BadRequest, text, .. } => assert_eq!(text, "real"),
+            other => panic!("expected the MAC'd BAD_REQUEST, got {other:?}"),
+        }
+        server.await.expect("server");
+
+        // With only the forged error, the request times out.
+        let (addr, server) = forging_server(key.clone(), false).await;
+        let error = client.request::<Shuckle>(addr, &privileged_request()).await.expect_err("no answer");
+        assert!(error.is_timeout(), "{error:?}");
+        server.await.expect("server");
+    }
+
+    #[tokio::test]
+    async fn caller_chosen_ids_are_used_and_exclusive() {
+        let key = MacKey::new(&SecretKey([7; 16]));
+        let (addr, server) = forging_server(key.clone(), true).await;
+        let client = DatagramClient::bind_any(ClientOptions { key: Some(key), retry: short_retry() }).expect("bind");
+        let request_id = 0x1234_5678_9abc_def0;
+        let error = client
+            .request_with_id::<Shuckle>(addr, request_id, &privileged_request(), short_retry())
+            .await
+            .expect_err("error response");
+        assert_eq!(error.error_kind(), Some(ErrorKind::BadRequest));
+        assert_eq!(server.await.expect("server"), request_id, "sent under the caller's id");
+        // An id in flight cannot be taken by a second request.
+        let _held = client.register_id(request_id).expect("free again");
+        let error = client
+            .request_with_id::<Shuckle>(addr, request_id, &privileged_request(), short_retry())
+            .await
+            .expect_err("in use");
+        assert!(matches!(error, RequestError::IdInUse { request_id: id } if id == request_id), "{error:?}");
     }
 
     /// Many requests in flight on one socket get their own responses, even
