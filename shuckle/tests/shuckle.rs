@@ -304,8 +304,13 @@ fn privileged_requests_need_the_cluster_key_and_keys_stay_private() {
 
     let replayed = EggsTime::now().saturating_sub_ns(120 * wire::limits::NS_PER_SECOND);
     let bytes = udp_exchange(shuckle.udp, &listing(replayed), Some(&cluster_key));
-    let ShuckleResponse::Error(error) = decode_response(&bytes, None) else { panic!("old request accepted") };
+    // The refusal of an authenticated request is itself MAC'd (kind 0x80).
+    let ShuckleResponse::Error(error) = decode_response(&bytes, Some(&cluster_key)) else {
+        panic!("old request accepted")
+    };
     assert_eq!(error.kind, ErrorKind::NotAuthorised);
+    assert_eq!(bytes.get(wire::datagram::HEADER_BYTES - 1), Some(&wire::datagram::KIND_PRIVILEGED_ERROR));
+    assert!(decode_response_checked_with(&bytes, &wrong_key).is_err(), "refusal not MAC'd");
 
     let bytes = udp_exchange(shuckle.udp, &listing(EggsTime::now()), Some(&cluster_key));
     // The response is MAC'd with the cluster key: decoding checks it.
