@@ -15,6 +15,7 @@ use cdcd::coordinator::{Coordinator, RetryPolicy};
 use cdcd::store::TxnStore;
 use cdcd::udp::{AddressBook, UdpShards, register_with_shuckle, registered_shards};
 use clap::Parser;
+use client::udp::{ClientOptions, DatagramClient};
 use tokio::net::UdpSocket;
 use wire::limits::{CDC_PORT_DEFAULT, SHUCKLE_ANNOUNCE_PERIOD_NS, SHUCKLE_PORT_DEFAULT};
 use wire::{MacKey, ShardId};
@@ -142,7 +143,11 @@ async fn run(args: Args) -> Result<(), Failure> {
     // Shuckle is asked at start only when the flags leave something open
     // (the announce loop keeps asking in the background).
     let flags_complete = !args.shards.is_empty() && args.shards.iter().all(|shard| overrides.contains_key(shard));
-    let registered = if flags_complete { None } else { registered_shards(shuckle).await };
+    // One requester (socket, timeouts, acceptance rules: the client
+    // library's) for every request the CDC sends, to shards and shuckle.
+    let options = ClientOptions { key: Some(key.clone()), ..ClientOptions::default() };
+    let requester = DatagramClient::bind_any(options).context("bind the request socket")?;
+    let registered = if flags_complete { None } else { registered_shards(&requester, shuckle).await };
     let mut new_dir_shards = args.shards.clone();
     match &registered {
         Some(shards) => {
@@ -158,11 +163,10 @@ async fn run(args: Args) -> Result<(), Failure> {
     new_dir_shards.dedup();
     tracing::info!(?new_dir_shards, "new directories go to these shards (empty: 0 and 1)");
 
-    let shard_socket = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await.context("bind shard socket")?;
-    let shards = UdpShards::new(shard_socket, key.clone(), addresses.clone());
+    let shards = UdpShards::new(requester.clone(), addresses.clone());
     let coordinator = Arc::new(Coordinator::new(shards, store, new_dir_shards, RetryPolicy::default()));
 
-    tokio::spawn(announce(shuckle, key, listen, addresses));
+    tokio::spawn(announce(requester, shuckle, listen, addresses));
     println!("ready");
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -176,14 +180,14 @@ async fn run(args: Args) -> Result<(), Failure> {
 }
 
 /// Registers with shuckle and refreshes the shard addresses, periodically.
-async fn announce(shuckle: SocketAddr, key: MacKey, listen: SocketAddr, addresses: Arc<AddressBook>) {
+async fn announce(requester: DatagramClient, shuckle: SocketAddr, listen: SocketAddr, addresses: Arc<AddressBook>) {
     let mut interval = tokio::time::interval(Duration::from_nanos(SHUCKLE_ANNOUNCE_PERIOD_NS));
     loop {
         interval.tick().await;
-        if !register_with_shuckle(shuckle, &key, listen).await {
+        if !register_with_shuckle(&requester, shuckle, listen).await {
             tracing::warn!(%shuckle, "registration with shuckle failed; will retry");
         }
-        if let Some(shards) = registered_shards(shuckle).await {
+        if let Some(shards) = registered_shards(&requester, shuckle).await {
             addresses.set_registered(&shards);
         }
     }

@@ -15,9 +15,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use wire::cdc::{CdcKind, CdcRequest, CdcResp, CdcRespHead, CdcResponse};
 use wire::codec::Blob;
-use wire::datagram::{self, CDC_MAGIC};
+use wire::datagram::{self, CDC_MAGIC, Header};
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
 use wire::{ErrorKind, ErrorResp, InodeId};
+use zerocopy::byteorder::little_endian::U64;
 
 use crate::coordinator::{Coordinator, RunError};
 use crate::shards::Shards;
@@ -52,7 +53,15 @@ pub fn encode_reply(buf: &mut [u8], request_id: u64, kind: CdcKind, outcome: &Ou
         CdcKind::MvDir => CdcResponse::MvDir(resp),
         CdcKind::PurgeRemoteFile => CdcResponse::PurgeRemoteFile(resp),
     };
-    datagram::encode(buf, request_id, &body, None).ok()
+    // The header of the request this answers: CDC requests are public, so
+    // nothing is MAC'd, but every response goes through the one function.
+    let request = Header {
+        magic: CDC_MAGIC,
+        version: datagram::PROTOCOL_VERSION,
+        request_id: U64::new(request_id),
+        kind: kind as u8,
+    };
+    datagram::encode_response(buf, &request, &body, None).ok()
 }
 
 async fn send_reply(socket: &UdpSocket, client: &ClientKey, args: &TxnArgs, outcome: &Outcome) {
@@ -141,7 +150,7 @@ async fn handle_datagram<S: Shards>(
                 let text = error.to_string();
                 let body = CdcResponse::Error(ErrorResp::new(ErrorKind::DecodeError, &text));
                 let mut out = [0u8; UDP_DATAGRAM_BYTES_MAX];
-                if let Ok(len) = datagram::encode(&mut out, header.request_id(), &body, None) {
+                if let Ok(len) = datagram::encode_response(&mut out, &header, &body, None) {
                     let _ = socket.send_to(&out[..len], from).await;
                 }
             }

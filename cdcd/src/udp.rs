@@ -2,23 +2,27 @@
 //! and the two shuckle exchanges the CDC needs (shard addresses, its own
 //! registration).
 //!
-//! One socket, one request in flight at a time (transactions run serially).
-//! A response is accepted only from the shard's address, with the request's
-//! id and kind, decoding completely, and for privileged kinds with a valid
-//! MAC; anything else is ignored while the attempt's timeout runs.
+//! Both go through the client library's requester
+//! ([`client::udp::DatagramClient`]), which owns the socket, the timeouts and
+//! the acceptance rules: a response counts only from the address asked, with
+//! the request's id, decoding completely, of the request's kind or the error
+//! kind allowed for it (a privileged request accepts only the MAC'd error
+//! 0x80, never a forgeable plain one), with a valid MAC when privileged.
+//! What is the CDC's own lives here and in the coordinator: the request id of
+//! a step is the caller's (the same on every attempt, across restarts), and
+//! [`UdpShards::request`] makes exactly one attempt per call, because the
+//! coordinator decides how long to keep trying (mutations until answered).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
-use tokio::time::Instant;
-use wire::datagram;
-use wire::limits::{SHARD_PORT_BASE, UDP_DATAGRAM_BYTES_MAX};
-use wire::shard::{ShardRequest, ShardResponse};
+use client::udp::{DatagramClient, RequestError, RetryPolicy, Shard, Shuckle};
+use wire::limits::SHARD_PORT_BASE;
+use wire::shard::ShardRequest;
 use wire::shuckle::{RegisterCdcReq, ShardsReq, ShuckleRequest, ShuckleResponse};
-use wire::{Address, EggsTime, MacKey, ShardId};
+use wire::{Address, EggsTime, ShardId};
 
 use crate::shards::{ShardReply, Shards, TransportError};
 
@@ -52,16 +56,22 @@ impl AddressBook {
     }
 }
 
+/// Sends the CDC's shard requests. The [`DatagramClient`] must hold the
+/// cluster key (every CDC step but stat and resolve is privileged).
 pub struct UdpShards {
-    socket: tokio::sync::Mutex<UdpSocket>,
-    key: MacKey,
+    client: DatagramClient,
     addresses: std::sync::Arc<AddressBook>,
 }
 
 impl UdpShards {
-    pub fn new(socket: UdpSocket, key: MacKey, addresses: std::sync::Arc<AddressBook>) -> Self {
-        Self { socket: tokio::sync::Mutex::new(socket), key, addresses }
+    pub fn new(client: DatagramClient, addresses: std::sync::Arc<AddressBook>) -> Self {
+        Self { client, addresses }
     }
+}
+
+/// One transmission, waiting `timeout` for its answer.
+fn single_attempt(timeout: Duration) -> RetryPolicy {
+    RetryPolicy { timeout_initial: timeout, timeout_max: timeout, deadline: timeout }
 }
 
 impl Shards for UdpShards {
@@ -73,139 +83,123 @@ impl Shards for UdpShards {
         timeout: Duration,
     ) -> Result<ShardReply, TransportError> {
         let address = self.addresses.address(shard);
-        let mut buf = [0u8; UDP_DATAGRAM_BYTES_MAX];
-        let len = match datagram::encode(&mut buf, request_id, request, Some(&self.key)) {
-            Ok(len) => len,
+        let reply =
+            match self.client.request_with_id::<Shard>(address, request_id, request, single_attempt(timeout)).await {
+                Ok(reply) => reply,
+                Err(RequestError::Response { kind, .. }) => return Ok(ShardReply::Error(kind)),
+                Err(RequestError::Timeout { .. }) => return Err(TransportError::Timeout(shard)),
+                Err(error) => {
+                    // Cannot encode (wire checks at compile time that every
+                    // CDC request fits a datagram), id in use (one request in
+                    // flight at a time), or a socket failure: like a lost
+                    // datagram, the coordinator tries again.
+                    tracing::error!(%error, shard, kind = request.kind().name(), "shard request failed");
+                    tokio::time::sleep(timeout).await;
+                    return Err(TransportError::Timeout(shard));
+                }
+            };
+        let response = match reply.get() {
+            Ok(response) => response,
             Err(error) => {
-                // Cannot happen: wire checks at compile time that the
-                // largest CDC request fits one datagram.
-                tracing::error!(%error, kind = request.kind().name(), "cannot encode a shard request");
+                tracing::warn!(%error, shard, "shard response does not decode");
                 return Err(TransportError::Timeout(shard));
             }
         };
-        let socket = self.socket.lock().await;
-        let deadline = Instant::now() + timeout;
-        if let Err(error) = socket.send_to(&buf[..len], address).await {
-            tracing::debug!(%error, %address, "send to shard failed");
-            tokio::time::sleep_until(deadline).await;
-            return Err(TransportError::Timeout(shard));
-        }
-        let mut answer = [0u8; UDP_DATAGRAM_BYTES_MAX];
-        loop {
-            let (received, from) = match tokio::time::timeout_at(deadline, socket.recv_from(&mut answer)).await {
-                Err(_) => return Err(TransportError::Timeout(shard)),
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, "receive from shard failed");
-                    continue;
-                }
-                Ok(Ok(received)) => received,
-            };
-            if from != address {
-                tracing::debug!(%from, %address, "datagram from an unexpected address ignored");
-                continue;
-            }
-            let Some(bytes) = answer.get(..received) else { continue };
-            let (header, response) = match datagram::decode::<ShardResponse<'_>>(bytes, Some(&self.key)) {
-                Ok(decoded) => decoded,
-                Err(error) => {
-                    tracing::debug!(%error, %from, "undecodable shard response ignored");
-                    continue;
-                }
-            };
-            if header.request_id() != request_id {
-                continue; // a late answer to an earlier request
-            }
-            match ShardReply::from_response(request.kind(), &response) {
-                Some(reply) => return Ok(reply),
-                None => tracing::warn!(%from, "shard response of the wrong kind ignored"),
+        match ShardReply::from_response(request.kind(), &response) {
+            Some(reply) => Ok(reply),
+            None => {
+                // The requester checked the kind, so this is a variant the
+                // CDC never reads (e.g. a stat of another shape).
+                tracing::warn!(shard, ?response, "shard response the CDC cannot use");
+                Err(TransportError::Timeout(shard))
             }
         }
     }
 }
 
-/// Asks shuckle once per attempt, with growing timeouts; `None` when it
-/// never answered. `handle` reduces the response (or refuses it).
-async fn ask_shuckle<T>(
-    shuckle: SocketAddr,
-    request: &ShuckleRequest,
-    key: Option<&MacKey>,
-    handle: impl Fn(&ShuckleResponse<'_>) -> Option<T>,
-) -> Option<T> {
-    let bind: SocketAddr = if shuckle.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
-    let socket = UdpSocket::bind(bind).await.ok()?;
-    let request_id: u64 = rand::random();
-    let mut buf = [0u8; UDP_DATAGRAM_BYTES_MAX];
-    let len = datagram::encode(&mut buf, request_id, request, key).ok()?;
-    let mut answer = [0u8; UDP_DATAGRAM_BYTES_MAX];
-    for attempt in 0..3u32 {
-        socket.send_to(&buf[..len], shuckle).await.ok()?;
-        let deadline = Instant::now() + Duration::from_millis(200 << attempt);
-        while let Ok(Ok((received, from))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut answer)).await {
-            let Some(bytes) = answer.get(..received) else { continue };
-            if from != shuckle {
-                continue;
-            }
-            if let Ok((header, response)) = datagram::decode::<ShuckleResponse<'_>>(bytes, key)
-                && header.request_id() == request_id
-            {
-                return handle(&response);
-            }
-        }
+/// How long to wait for shuckle: a few growing attempts, then give up (the
+/// announce loop asks again later).
+fn shuckle_retry() -> RetryPolicy {
+    RetryPolicy {
+        timeout_initial: Duration::from_millis(200),
+        timeout_max: Duration::from_millis(800),
+        deadline: Duration::from_millis(1400),
     }
-    None
 }
 
 /// The shards registered with shuckle (every page); `None` when shuckle did
 /// not answer.
-pub async fn registered_shards(shuckle: SocketAddr) -> Option<Vec<(ShardId, SocketAddr)>> {
+pub async fn registered_shards(client: &DatagramClient, shuckle: SocketAddr) -> Option<Vec<(ShardId, SocketAddr)>> {
     let mut shards = Vec::new();
     let mut begin = 0u8;
     // At most one page per possible shard: a bound against a looping peer.
     for _ in 0..wire::limits::SHARD_COUNT {
         let request = ShuckleRequest::Shards(ShardsReq { begin });
-        let page = ask_shuckle(shuckle, &request, None, |response| match response {
-            ShuckleResponse::Shards(page) => Some((
-                page.next,
-                page.shards
-                    .iter()
-                    .filter(|info| !info.address.is_unknown())
-                    .map(|info| (info.shard, info.address.socket_addr()))
-                    .collect::<Vec<_>>(),
-            )),
-            _ => None,
-        })
-        .await?;
-        shards.extend(page.1);
-        if page.0 == 0 || page.0 <= begin {
+        let reply = match client.request_with::<Shuckle>(shuckle, &request, shuckle_retry()).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::debug!(%error, "shard list from shuckle");
+                return None;
+            }
+        };
+        let next = match reply.get().ok()? {
+            ShuckleResponse::Shards(page) => {
+                shards.extend(
+                    page.shards
+                        .iter()
+                        .filter(|info| !info.address.is_unknown())
+                        .map(|info| (info.shard, info.address.socket_addr())),
+                );
+                page.next
+            }
+            _ => return None,
+        };
+        if next == 0 || next <= begin {
             break;
         }
-        begin = page.0;
+        begin = next;
     }
     Some(shards)
 }
 
-/// Announces the CDC's address to shuckle (privileged). True when shuckle
-/// acknowledged.
-pub async fn register_with_shuckle(shuckle: SocketAddr, key: &MacKey, address: SocketAddr) -> bool {
+/// Announces the CDC's address to shuckle (privileged: `client` must hold
+/// the cluster key). True when shuckle acknowledged.
+pub async fn register_with_shuckle(client: &DatagramClient, shuckle: SocketAddr, address: SocketAddr) -> bool {
     let request =
         ShuckleRequest::RegisterCdc(RegisterCdcReq { address: Address::from(address), time: EggsTime::now() });
-    ask_shuckle(shuckle, &request, Some(key), |response| match response {
-        ShuckleResponse::RegisterCdc(_) => Some(()),
-        ShuckleResponse::Error(error) => {
-            tracing::warn!(kind = %error.kind, text = error.text.as_str(), "shuckle refused the registration");
-            None
+    match client.request_with::<Shuckle>(shuckle, &request, shuckle_retry()).await {
+        Ok(reply) => matches!(reply.get(), Ok(ShuckleResponse::RegisterCdc(_))),
+        Err(RequestError::Response { kind, text, .. }) => {
+            tracing::warn!(%kind, text, "shuckle refused the registration");
+            false
         }
-        _ => None,
-    })
-    .await
-    .is_some()
+        Err(error) => {
+            tracing::debug!(%error, "registration with shuckle");
+            false
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wire::shard::{EmptyResp, ReleaseDirentReq, ReleaseDirentReqHead, StatReq};
-    use wire::{InodeId, Name, SecretKey};
+    use client::udp::ClientOptions;
+    use tokio::net::UdpSocket;
+    use wire::datagram;
+    use wire::limits::UDP_DATAGRAM_BYTES_MAX;
+    use wire::shard::{EmptyResp, ReleaseDirentReq, ReleaseDirentReqHead, ShardResponse, StatReq};
+    use wire::{ErrorKind, ErrorResp, InodeId, MacKey, Name, SecretKey};
+
+    fn udp_shards(key: MacKey, book: std::sync::Arc<AddressBook>) -> UdpShards {
+        let client = DatagramClient::bind_any(ClientOptions { key: Some(key), ..ClientOptions::default() }).unwrap();
+        UdpShards::new(client, book)
+    }
+
+    fn release_dirent() -> ShardRequest<'static> {
+        let name = Name::new(b"x").unwrap();
+        let head = ReleaseDirentReqHead { dir: InodeId::ROOT, inode: InodeId::new(5), kill: 0 };
+        ShardRequest::ReleaseDirent(ReleaseDirentReq { head, name })
+    }
 
     /// A shard stand-in answering `answers(request)` for each datagram.
     async fn fake_shard(key: MacKey, answers: usize, wrong_first: bool) -> SocketAddr {
@@ -257,12 +251,47 @@ mod tests {
         let key = MacKey::new(&SecretKey([3; 16]));
         let address = fake_shard(key.clone(), 1, true).await;
         let book = std::sync::Arc::new(AddressBook::new([(0, address)].into_iter().collect()));
-        let shards = UdpShards::new(UdpSocket::bind("127.0.0.1:0").await.unwrap(), key, book);
-        let name = Name::new(b"x").unwrap();
-        let head = ReleaseDirentReqHead { dir: InodeId::ROOT, inode: InodeId::new(5), kill: 0 };
-        let request = ShardRequest::ReleaseDirent(ReleaseDirentReq { head, name });
-        let reply = shards.request(0, 77, &request, Duration::from_secs(5)).await.unwrap();
+        let shards = udp_shards(key, book);
+        let reply = shards.request(0, 77, &release_dirent(), Duration::from_secs(5)).await.unwrap();
         assert_eq!(reply, ShardReply::Empty);
+    }
+
+    /// A shard stand-in that answers one request with a plain error (which
+    /// anyone can forge), then, if `then_macd`, with the MAC'd error 0x80.
+    async fn forging_shard(key: MacKey, then_macd: bool) -> SocketAddr {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; UDP_DATAGRAM_BYTES_MAX];
+            let (len, from) = socket.recv_from(&mut buf).await.unwrap();
+            let (header, _) = datagram::decode::<ShardRequest<'_>>(&buf[..len], Some(&key)).unwrap();
+            let mut out = [0u8; UDP_DATAGRAM_BYTES_MAX];
+            let forged = ShardResponse::Error(ErrorResp::new(ErrorKind::NotFound, "forged"));
+            let n = datagram::encode(&mut out, header.request_id(), &forged, None).unwrap();
+            socket.send_to(&out[..n], from).await.unwrap();
+            if then_macd {
+                let real = ShardResponse::Error(ErrorResp::new(ErrorKind::DirectoryNotEmpty, "real"));
+                let n = datagram::encode_response(&mut out, &header, &real, Some(&key)).unwrap();
+                socket.send_to(&out[..n], from).await.unwrap();
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_forged_plain_error_does_not_answer_a_privileged_step() {
+        let key = MacKey::new(&SecretKey([3; 16]));
+        let address = forging_shard(key.clone(), true).await;
+        let book = std::sync::Arc::new(AddressBook::new([(0, address)].into_iter().collect()));
+        let shards = udp_shards(key.clone(), book);
+        let reply = shards.request(0, 78, &release_dirent(), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(reply, ShardReply::Error(ErrorKind::DirectoryNotEmpty), "the MAC'd error, not the forged one");
+
+        let address = forging_shard(key.clone(), false).await;
+        let book = std::sync::Arc::new(AddressBook::new([(1, address)].into_iter().collect()));
+        let shards = udp_shards(key, book);
+        let result = shards.request(1, 79, &release_dirent(), Duration::from_millis(300)).await;
+        assert_eq!(result, Err(TransportError::Timeout(1)), "only a forged error: no answer");
     }
 
     #[tokio::test]
@@ -270,7 +299,7 @@ mod tests {
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let book = std::sync::Arc::new(AddressBook::new([(4, silent.local_addr().unwrap())].into_iter().collect()));
         let key = MacKey::new(&SecretKey([3; 16]));
-        let shards = UdpShards::new(UdpSocket::bind("127.0.0.1:0").await.unwrap(), key, book);
+        let shards = udp_shards(key, book);
         let request = ShardRequest::Stat(StatReq { inode: InodeId::ROOT });
         let result = shards.request(4, 1, &request, Duration::from_millis(50)).await;
         assert_eq!(result, Err(TransportError::Timeout(4)));
