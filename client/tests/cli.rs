@@ -287,3 +287,47 @@ fn maintenance_commands() {
         assert!(blocks.iter().any(|line| line.contains(&format!("inode={file}"))), "{id}: {blocks:?}");
     }
 }
+
+/// The shard of the inode `eggs stat` prints first (`inode=0x…`).
+fn shard_of(cluster: &Cluster, path: &str) -> u8 {
+    let stat = cluster.lines(&["stat", path]);
+    let hex = stat[0].strip_prefix("inode=0x").expect("inode line");
+    wire::InodeId::new(u64::from_str_radix(hex, 16).expect("hex inode")).shard()
+}
+
+/// Regression: right after `ready`, a shard could still hold a block-service
+/// table fetched before shuckle had checked the block services, and refuse
+/// a write with NOT_ENOUGH_BLOCK_SERVICES. On fresh clusters, 20 MiB writes
+/// to every shard, issued as soon as `ready` is printed, succeed.
+#[test]
+fn writes_right_after_ready_succeed_on_every_shard() {
+    const SHARDS: usize = 3;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let local = scratch.path().join("data");
+    let data = test_bytes(20 * MIB, 11);
+    std::fs::write(&local, &data).expect("write local file");
+    let local = local.to_str().expect("utf-8 path");
+    for iteration in 0..2 {
+        let cluster = Cluster::start_with_shards(6, SHARDS);
+        // The root lives on shard 1: the first write right after `ready`.
+        cluster.ok(&["put", local, "/f"]);
+        let mut written = vec![1u8];
+        // New directories land on shards chosen by a hash of the CDC's
+        // transaction id: make directories until every shard has one.
+        for n in 0..40 {
+            if written.len() == SHARDS {
+                break;
+            }
+            let dir = format!("/d{n}");
+            cluster.ok(&["mkdir", &dir]);
+            let shard = shard_of(&cluster, &dir);
+            if !written.contains(&shard) {
+                cluster.ok(&["put", local, &format!("{dir}/f")]);
+                written.push(shard);
+            }
+        }
+        written.sort_unstable();
+        assert_eq!(written, (0..SHARDS as u8).collect::<Vec<_>>(), "iteration {iteration}: a write on every shard");
+        assert!(cluster.ok(&["cat", "/f"]) == data, "iteration {iteration}: /f reads back");
+    }
+}

@@ -49,12 +49,27 @@ impl Cluster {
         cluster
     }
 
+    /// A fresh cluster of `shards` shards and `block_services` block services.
+    pub fn start_with_shards(block_services: usize, shards: usize) -> Self {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let dir = temp.path().to_path_buf();
+        let mut cluster = Self::start_in_with(&dir, block_services, &["--shards", &shards.to_string()]);
+        cluster._temp = Some(temp);
+        cluster
+    }
+
     /// A cluster on `dir` (resumes what is there).
     pub fn start_in(dir: &Path, block_services: usize) -> Self {
+        Self::start_in_with(dir, block_services, &[])
+    }
+
+    /// A cluster on `dir` with more `local-cluster` flags.
+    pub fn start_in_with(dir: &Path, block_services: usize, flags: &[&str]) -> Self {
         let mut process = Command::new(binary("eggs"))
             .args(["local-cluster", "--data-dir"])
             .arg(dir)
             .args(["--block-services", &block_services.to_string()])
+            .args(flags)
             .args(["--shuckle-port", "0", "--shard-port-base", "0", "--cdc-port", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
