@@ -19,7 +19,6 @@
 //! did and is enough for a coordinator of rare directory operations.
 
 pub mod coordinator;
-pub mod keyfile;
 pub mod server;
 pub mod shards;
 pub mod store;

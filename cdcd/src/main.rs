@@ -125,7 +125,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     std::fs::create_dir_all(&state_dir).with_context(|| format!("create {}", state_dir.display()))?;
     let _lock = lock_directory(&state_dir)?;
     let key_path = args.key_file.clone().unwrap_or_else(|| args.dir.join("cluster.key"));
-    let key = MacKey::new(&cdcd::keyfile::load_or_create(&key_path).map_err(|e| Failure::Config(e.into()))?);
+    let key = MacKey::new(&client::keyfile::load_or_create(&key_path).map_err(|e| Failure::Config(e.into()))?);
     let shuckle = args
         .shuckle
         .to_socket_addrs()

@@ -1,5 +1,6 @@
-//! The cluster key file: 16 raw bytes, mode 0600, created with O_EXCL (from
-//! the OS's random source) when missing. Its bytes are never printed.
+//! Key files: 16 raw bytes, mode 0600, created with O_EXCL (from the OS's
+//! random source) when missing. Its bytes are never printed. The one loader
+//! of the cluster key for the client (`eggs local-cluster`) and cdcd.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};

@@ -12,9 +12,11 @@
 //! - [`write`] and [`read`]: streaming, pipelined file writes and
 //!   reconstructing file reads.
 //! - [`path`]: absolute path parsing.
+//! - [`keyfile`]: the cluster key file, created when missing (cdcd uses it too).
 pub mod block;
 pub mod client;
 pub mod error;
+pub mod keyfile;
 pub mod path;
 pub mod plan;
 pub mod read;

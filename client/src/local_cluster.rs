@@ -18,18 +18,15 @@
 //! period). Started again on the same folder, the cluster resumes its data.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use rand::RngCore;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 use wire::limits::{CDC_PORT_DEFAULT, SHARD_COUNT, SHARD_PORT_BASE, SHUCKLE_PORT_DEFAULT};
-use wire::mac::KEY_BYTES;
 use wire::policy::Policy;
 use wire::span::Parity;
 use wire::{ErrorKind, InodeId, InodeType};
@@ -96,25 +93,10 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Creates the cluster key (O_EXCL, 0600) if missing.
+/// Creates the cluster key (O_EXCL, 0600) if missing; checks an existing one.
 pub fn ensure_key_file(path: &Path) -> anyhow::Result<()> {
-    let mut key = [0u8; KEY_BYTES];
-    rand::rng().fill_bytes(&mut key);
-    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-        Ok(mut file) => {
-            use std::io::Write;
-            file.write_all(&key).and_then(|()| file.sync_all()).with_context(|| format!("{}", path.display()))?;
-            Ok(())
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-            let len = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
-            if len != KEY_BYTES as u64 {
-                bail!("{}: a key file must be exactly {KEY_BYTES} bytes", path.display());
-            }
-            Ok(())
-        }
-        Err(error) => Err(error).with_context(|| format!("{}: cannot create", path.display())),
-    }
+    client::keyfile::load_or_create(path)?;
+    Ok(())
 }
 
 /// Starts `program args`, waits for its `ready`, collects its `listening` lines.
@@ -459,6 +441,7 @@ mod tests {
     #[test]
     fn key_file_is_created_once_with_mode_0600() {
         use std::os::unix::fs::PermissionsExt;
+        use wire::mac::KEY_BYTES;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("cluster.key");
         ensure_key_file(&path).expect("create");
