@@ -17,13 +17,13 @@
 //!   retransmissions answered from a bounded cache.
 //! - [`shuckle_client`]: the small UDP request/retry code that fetches block
 //!   services (with wrapped keys) and registers the shard.
-//! - [`key_file`]: 16-byte key files, created with O_EXCL and mode 0600.
+//!
+//! The cluster key file is loaded with `client::keyfile`.
 //!
 //! Garbage collection of eden files past their deadline is driven from
 //! outside through expunge requests; the shard runs no collector itself.
 
 pub mod block_services;
-pub mod key_file;
 pub mod logic;
 pub mod server;
 pub mod shuckle_client;

@@ -56,7 +56,7 @@ fn main() {
         std::process::exit(2);
     }
     let key_path = args.key_file.clone().unwrap_or_else(|| args.dir.join("cluster.key"));
-    let cluster_key = match metad::key_file::load_or_create(&key_path) {
+    let cluster_key = match client::keyfile::load_or_create(&key_path) {
         Ok(key) => key,
         Err(error) => {
             eprintln!("metad: {error}");

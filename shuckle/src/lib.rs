@@ -8,7 +8,8 @@
 //!   code over inputs and the current time (staleness, drain / resume /
 //!   terminate, which check results count);
 //! - [`weights`]: write weights by water-filling;
-//! - [`store`]: the LMDB store; [`keyfile`]: the cluster key file;
+//! - [`store`]: the LMDB store (the cluster key file is loaded with
+//!   `client::keyfile`);
 //! - [`service`]: the state and what each UDP datagram does (registrations,
 //!   paginated listings, privileged requests MAC'd with the cluster key);
 //! - [`checker`]: the TCP stats checks (at once for new or changed
@@ -19,7 +20,6 @@
 
 pub mod checker;
 pub mod http;
-pub mod keyfile;
 pub mod registry;
 pub mod service;
 pub mod store;

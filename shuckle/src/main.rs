@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use client::keyfile;
+use shuckle::Timing;
 use shuckle::service::Shuckle;
 use shuckle::store::Store;
-use shuckle::{Timing, keyfile};
 use wire::limits::{BLOCK_SERVICE_STALE_AFTER_NS, NS_PER_SECOND};
 
 #[derive(Parser, Debug)]
