@@ -160,8 +160,12 @@ impl<S: Shards, T: std::ops::Deref<Target = TxnStore> + Send + Sync> Coordinator
                     tracing::trace!(txn = state.txn_id, from = ?before, to = ?state.step, "step");
                     if mutation {
                         state.mutation_seq += 1;
-                        saved = false;
                     }
+                    // Any move, a read's too, makes the stored state stale:
+                    // the next mutation must save before it is sent, or a
+                    // crash after the shard executed it would resume from an
+                    // older step that no longer matches the shards.
+                    saved = false;
                     uncertain_at_start = false;
                 }
                 Advance::Retry => {

@@ -549,6 +549,44 @@ async fn random_operations_with_crashes_on_a_lossy_network() {
     }
 }
 
+// Regression: a transaction resumed at a read step skipped the save before
+// its first mutation (the stored state was still the read step). A second
+// crash right after the shard executed that mutation then resumed from the
+// read step, found its own acquired entry non-owning, answered "held by
+// another transaction" and left the entry non-owning for good.
+#[tokio::test]
+async fn a_transaction_resumed_at_a_read_saves_before_its_first_mutation() {
+    for seed in 0..16 {
+        let h = Harness::new(200 + seed, Faults::default());
+        let target = h.mkdir_ok(ROOT, "t").await;
+        let file = h.link_file(ROOT, "a", 1);
+        let args = TxnArgs::Move {
+            directory: false,
+            source_parent: ROOT,
+            target_parent: target,
+            source_name: "a".into(),
+            target_name: "a".into(),
+        };
+        // First crash on the first call (a read: stat of the target parent).
+        let calls = h.cluster.lock().calls;
+        h.cluster.lock().crash_at = Some(calls + 1);
+        let Begin::New(state) = h.coordinator().begin(None, args).unwrap() else { panic!() };
+        assert!(h.coordinator().run(state, false).await.is_err());
+        // Resumed, it reads (stat, stat, resolve) and acquires: crash on the
+        // acquire, which the shard executes or not (the fake flips a coin).
+        let calls = h.cluster.lock().calls;
+        h.cluster.lock().crash_at = Some(calls + 4);
+        assert!(h.coordinator().resume_unfinished().await.is_err());
+        let finished = h.coordinator().resume_unfinished().await.unwrap();
+        assert_eq!(finished.len(), 1);
+        assert_eq!(finished[0].outcome, Outcome::ok(InodeId::new(file)), "seed {seed}");
+        assert_eq!(h.entry(target, "a"), Some(file));
+        assert_eq!(h.entry(ROOT, "a"), None);
+        let problems = h.cluster.lock().violations();
+        assert!(problems.is_empty(), "seed {seed}: {problems:#?}");
+    }
+}
+
 #[tokio::test]
 async fn a_crash_mid_purge_resumes_and_finishes() {
     for seed in 0..20 {
