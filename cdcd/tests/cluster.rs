@@ -133,10 +133,11 @@ fn a_retransmission_is_answered_again_not_executed_again() {
     assert_eq!(cdc.run(&mkdir(InodeId::ROOT, "after")).0, CdcStatus::Ok);
 }
 
-/// Runs `ops` random operations through `cluster`'s CDC, checking each
+/// Runs at least `ops` random operations through `cluster`'s CDC — more,
+/// up to ten times as many, while `keep_going` says so — checking each
 /// answer against the model (and so that the CDC applied exactly the
 /// acknowledged operations), with a few files created directly on shards.
-fn random_stream(cluster: &Mutex<Cluster>, seed: u64, ops: usize) -> Model {
+fn random_stream(cluster: &Mutex<Cluster>, seed: u64, ops: usize, keep_going: impl Fn() -> bool) -> Model {
     let (cdc, shards) = {
         let cluster = cluster.lock().unwrap();
         (cluster.cdc_client(), cluster.shard_client())
@@ -144,7 +145,10 @@ fn random_stream(cluster: &Mutex<Cluster>, seed: u64, ops: usize) -> Model {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut model = Model::new();
     let mut seen = std::collections::HashMap::new();
-    for op_index in 0..ops {
+    for op_index in 0..ops * 10 {
+        if op_index >= ops && !keep_going() {
+            break;
+        }
         if rng.random_bool(0.15) {
             let mut dirs: Vec<InodeId> = model.entries.keys().copied().collect();
             dirs.sort_unstable();
@@ -185,7 +189,9 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             }
         })
     };
-    let model = random_stream(&cluster, 5, 200);
+    // However fast the machine, the stream lasts until the CDC was killed a
+    // few times (a quiet machine once finished 200 operations in 2 kills).
+    let model = random_stream(&cluster, 5, 200, || kills.load(Ordering::Relaxed) < 5);
     stop.store(true, Ordering::Relaxed);
     killer.join().unwrap();
     let kills = kills.load(Ordering::Relaxed);
@@ -200,7 +206,7 @@ fn ten_percent_loss_between_cdc_and_shards() {
     let stop = Arc::new(AtomicBool::new(false));
     let cluster = Cluster::start(|shards| shards.iter().map(|s| lossy_proxy(*s, 0.1, stop.clone())).collect());
     let cluster = Mutex::new(cluster);
-    let model = random_stream(&cluster, 11, 120);
+    let model = random_stream(&cluster, 11, 120, || false);
     let tree = cluster.lock().unwrap().shard_client().check_tree();
     model.assert_matches(&tree);
     stop.store(true, Ordering::Relaxed);
