@@ -88,6 +88,12 @@ pub const SHARD_COUNT: usize = 256;
 /// page is one datagram; also the bound of one shard's placement table.
 pub const BLOCK_SERVICES_MAX: usize = 1 << 16;
 
+/// Most block services one add_eden_span may ask placement to avoid (the
+/// services a client just failed to write to): a client that failed on
+/// more than this many services has a bigger problem than placement, and
+/// the bound keeps the largest request within one datagram.
+pub const ADD_SPAN_BLACKLIST_MAX: usize = 16;
+
 /// Default UDP port of shard 0; shard N listens on this + N.
 pub const SHARD_PORT_BASE: u16 = 22272;
 

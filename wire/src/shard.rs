@@ -213,7 +213,12 @@ crate::tailed_message!(
         /// CRC32C of the span's bytes.
         pub crc: U32,
     }
-    tail { pub body: SpanBody<'a, NewBlock> }
+    tail {
+        pub body: SpanBody<'a, NewBlock>,
+        /// Block services the client could not write to; placement avoids
+        /// them (at most `ADD_SPAN_BLACKLIST_MAX`).
+        pub blacklist: List<'a, BlockServiceId>,
+    }
 );
 
 crate::tailed_message!(
@@ -573,7 +578,9 @@ pub const FETCH_SPANS_RESP_FIXED_BYTES: usize =
 pub const VISIT_RESP_FIXED_BYTES: usize = crate::datagram::HEADER_BYTES + 8 + 2;
 
 const _: () = {
-    use crate::limits::{INLINE_SPAN_BYTES_MAX, NAME_BYTES_MAX, SPAN_BLOCKS_MAX, UDP_DATAGRAM_BYTES_MAX};
+    use crate::limits::{
+        ADD_SPAN_BLACKLIST_MAX, INLINE_SPAN_BYTES_MAX, NAME_BYTES_MAX, SPAN_BLOCKS_MAX, UDP_DATAGRAM_BYTES_MAX,
+    };
     // A span with the most blocks fits one fetch_spans page.
     assert!(
         FETCH_SPANS_RESP_FIXED_BYTES
@@ -584,9 +591,28 @@ const _: () = {
             + SPAN_BLOCKS_MAX * core::mem::size_of::<FetchedBlock>()
             <= UDP_DATAGRAM_BYTES_MAX
     );
-    // The largest inline span fits one add_eden_span request and one page.
+    // The largest inline span with a full blacklist fits one add_eden_span
+    // request, and the largest inline span fits one page.
     assert!(
-        crate::datagram::HEADER_BYTES + core::mem::size_of::<AddEdenSpanReqHead>() + 1 + 2 + INLINE_SPAN_BYTES_MAX
+        crate::datagram::HEADER_BYTES
+            + core::mem::size_of::<AddEdenSpanReqHead>()
+            + 1
+            + 2
+            + INLINE_SPAN_BYTES_MAX
+            + 2
+            + ADD_SPAN_BLACKLIST_MAX * core::mem::size_of::<BlockServiceId>()
+            <= UDP_DATAGRAM_BYTES_MAX
+    );
+    // A span with the most blocks and a full blacklist fits one request.
+    assert!(
+        crate::datagram::HEADER_BYTES
+            + core::mem::size_of::<AddEdenSpanReqHead>()
+            + 1
+            + 1
+            + 2
+            + SPAN_BLOCKS_MAX * core::mem::size_of::<NewBlock>()
+            + 2
+            + ADD_SPAN_BLACKLIST_MAX * core::mem::size_of::<BlockServiceId>()
             <= UDP_DATAGRAM_BYTES_MAX
     );
     assert!(

@@ -16,7 +16,7 @@ use wire::cdc::{CdcRequest, MkDirReq, MkDirReqHead};
 use wire::codec::{DecodeError, List, Name, Payload};
 use wire::datagram::{self, ErrorKind, ErrorResp};
 use wire::hash::HashMode;
-use wire::ids::{BlockId, InodeId};
+use wire::ids::{BlockId, BlockServiceId, InodeId};
 use wire::mac::{MacKey, SecretKey, block_service_id};
 use wire::policy::Policy;
 use wire::shard::*;
@@ -200,12 +200,14 @@ fn add_eden_span_with_blocks() {
     let expected = hex("454753 01 0807060504030201 05
          0300000000002020 0102030405060708 0000100000000000 00200000 44332211
          02 12 0300
-         aaaaaaaa 00100000  bbbbbbbb 00100000  cccccccc 00100000");
+         aaaaaaaa 00100000  bbbbbbbb 00100000  cccccccc 00100000
+         0200 0900000000000000 0a0b000000000000");
     let blocks = [
         NewBlock { crc: 0xaaaa_aaaa.into(), size: 4096.into() },
         NewBlock { crc: 0xbbbb_bbbb.into(), size: 4096.into() },
         NewBlock { crc: 0xcccc_cccc.into(), size: 4096.into() },
     ];
+    let blacklist = [BlockServiceId::new(9), BlockServiceId::new(0x0b0a)];
     let request = ShardRequest::AddEdenSpan(AddEdenSpanReq {
         head: AddEdenSpanReqHead {
             inode: InodeId::new(0x2020_0000_0000_0003),
@@ -215,14 +217,16 @@ fn add_eden_span_with_blocks() {
             crc: 0x1122_3344.into(),
         },
         body: SpanBody::Blocks { storage_class: 2, parity: Parity::new(2, 1).unwrap(), blocks: List::new(&blocks) },
+        blacklist: List::new(&blacklist),
     });
     assert_eq!(encode(&request, None), expected);
     assert_eq!(datagram::decode::<ShardRequest>(&expected, None).unwrap().1, request);
 
-    // A block count other than D+P is refused.
+    // A block count other than D+P is refused (the third block removed:
+    // bytes 65..73, before the blacklist).
     let mut wrong_count = expected.clone();
     wrong_count[47] = 2;
-    wrong_count.truncate(wrong_count.len() - 8);
+    wrong_count.drain(65..73);
     assert_eq!(
         datagram::decode::<ShardRequest>(&wrong_count, None).err(),
         Some(DecodeError::InvalidField("block count ≠ D+P"))
@@ -238,14 +242,25 @@ fn add_eden_span_inline_and_zero_fill() {
         size: 2.into(),
         crc: 0.into(),
     };
-    // Storage class 0, u16 length, the bytes.
-    let inline =
-        ShardRequest::AddEdenSpan(AddEdenSpanReq { head, body: SpanBody::Inline(Payload::new(b"hi").unwrap()) });
+    // Storage class 0, u16 length, the bytes; then the empty blacklist.
+    let inline = ShardRequest::AddEdenSpan(AddEdenSpanReq {
+        head,
+        body: SpanBody::Inline(Payload::new(b"hi").unwrap()),
+        blacklist: List::empty(),
+    });
     let encoded = encode(&inline, None);
-    assert_eq!(&encoded[13 + 32..], &hex("00 0200 6869")[..]);
-    // Storage class 1, nothing else.
-    let zero_fill = ShardRequest::AddEdenSpan(AddEdenSpanReq { head, body: SpanBody::ZeroFill });
-    assert_eq!(&encode(&zero_fill, None)[13 + 32..], &hex("01")[..]);
+    assert_eq!(&encoded[13 + 32..], &hex("00 0200 6869 0000")[..]);
+    // Storage class 1, nothing else; then a blacklist of one service.
+    let blacklist = [BlockServiceId::new(0x0102_0304_0506_0708)];
+    let zero_fill =
+        ShardRequest::AddEdenSpan(AddEdenSpanReq { head, body: SpanBody::ZeroFill, blacklist: List::new(&blacklist) });
+    let encoded = encode(&zero_fill, None);
+    assert_eq!(&encoded[13 + 32..], &hex("01 0100 0807060504030201")[..]);
+    assert_eq!(datagram::decode::<ShardRequest>(&encoded, None).unwrap().1, zero_fill);
+    // A blacklist count beyond the bytes sent is refused.
+    let mut short = encoded.clone();
+    short.truncate(short.len() - 1);
+    assert!(datagram::decode::<ShardRequest>(&short, None).is_err());
 }
 
 #[test]

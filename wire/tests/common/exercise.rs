@@ -47,7 +47,10 @@ fn walk_span<'a, B: Encode + Decode<'a> + Clone>(body: &SpanBody<'a, B>) {
 
 fn walk_shard_request(request: &ShardRequest<'_>) {
     match request {
-        ShardRequest::AddEdenSpan(req) => walk_span(&req.body),
+        ShardRequest::AddEdenSpan(req) => {
+            walk_span(&req.body);
+            drop(walk_list(&req.blacklist));
+        }
         ShardRequest::CertifyEdenSpan(req) => drop(walk_list(&req.proofs)),
         ShardRequest::CertifyExpunge(req) => drop(walk_list(&req.proofs)),
         _ => {}

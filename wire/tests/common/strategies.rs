@@ -18,7 +18,7 @@ use wire::cdc::{self, CdcKind, CdcRequest, CdcResponse, CdcStatus};
 use wire::codec::{Blob, Decode, Encode, List, Name, Payload};
 use wire::datagram::{ErrorKind, ErrorResp};
 use wire::ids::{BlockServiceId, EggsTime, InodeId, InodeType};
-use wire::limits::{INLINE_SPAN_BYTES_MAX, NAME_BYTES_MAX};
+use wire::limits::{ADD_SPAN_BLACKLIST_MAX, INLINE_SPAN_BYTES_MAX, NAME_BYTES_MAX};
 use wire::shard::*;
 use wire::shuckle::{self, BlockServiceStatus, ShuckleKind, ShuckleRequest, ShuckleResponse};
 use wire::span::{Parity, SpanBody};
@@ -183,9 +183,11 @@ pub fn shard_request(kind: ShardKind) -> BoxedStrategy<ShardRequest<'static>> {
         K::CreateEdenFile => {
             inode_type().prop_map(|inode_type| R::CreateEdenFile(CreateEdenFileReq { inode_type })).boxed()
         }
-        K::AddEdenSpan => (fixed(), span_body(fixed::<NewBlock>()))
-            .prop_map(|(head, body)| R::AddEdenSpan(AddEdenSpanReq { head, body }))
-            .boxed(),
+        K::AddEdenSpan => {
+            (fixed(), span_body(fixed::<NewBlock>()), list_of(block_service_id(), ADD_SPAN_BLACKLIST_MAX))
+                .prop_map(|(head, body, blacklist)| R::AddEdenSpan(AddEdenSpanReq { head, body, blacklist }))
+                .boxed()
+        }
         K::CertifyEdenSpan => (fixed(), list(mac()))
             .prop_map(|(head, proofs)| R::CertifyEdenSpan(CertifyEdenSpanReq { head, proofs }))
             .boxed(),
