@@ -379,7 +379,7 @@ async fn wait_writable(client: &Client, shard: u8, policy: Policy, timeout: Dura
     let probe_bytes = (INLINE_THRESHOLD_BYTES + 1).max(policy.parity.data_blocks());
     let span = block_span(0, vec![1u8; probe_bytes], policy.into())?;
     loop {
-        match add_span(client, eden, &span).await {
+        match add_span(client, eden, &span, &[]).await {
             Ok(_) => return Ok(()),
             Err(error) if error.error_kind() == Some(ErrorKind::NotEnoughBlockServices) => {
                 if started.elapsed() > timeout {

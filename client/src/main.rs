@@ -13,7 +13,7 @@ use client::client::{Client, DirEntry, SHUCKLE_ENV, Stat, default_shuckle};
 use client::path::EggsPath;
 use client::plan::{DEFAULT_POLICY, WritePolicy, block_span, inline_span, zero_fill_span};
 use client::read::read_file;
-use client::write::{write_path, write_spans};
+use client::write::{FailedServices, write_path, write_spans};
 use client::{ClientError, block};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
@@ -485,10 +485,13 @@ async fn put(client: &Client, local: &str, path: &str, flags: &PolicyFlags, verb
                 bar.set_position(bytes);
             }
         };
-        let outcome = write_path(client, parent, name, tokio::io::stdin(), policy, &progress).await?;
+        let failed = FailedServices::new();
+        let outcome = write_path(client, parent, name, tokio::io::stdin(), policy, &failed, &progress).await?;
         finish(bar, verbose, &format!("wrote {} bytes in {} spans as {}", outcome.size, outcome.spans, outcome.inode));
         return Ok(());
     }
+    // Shared by the attempts: a restart avoids the services that failed.
+    let failed = FailedServices::new();
     let mut attempt = 1;
     loop {
         let file = tokio::fs::File::open(local).await.with_context(|| format!("{local}: cannot open"))?;
@@ -499,7 +502,7 @@ async fn put(client: &Client, local: &str, path: &str, flags: &PolicyFlags, verb
                 bar.set_position(bytes);
             }
         };
-        match write_path(client, parent, name, file, policy, &progress).await {
+        match write_path(client, parent, name, file, policy, &failed, &progress).await {
             Ok(outcome) => {
                 let text = format!("wrote {} bytes in {} spans as {}", outcome.size, outcome.spans, outcome.inode);
                 finish(bar, verbose, &text);
@@ -594,7 +597,7 @@ async fn create_test_file(client: &Client, path: &str) -> anyhow::Result<()> {
         sender.send(Ok(span)).await.map_err(|_| anyhow!("span channel closed"))?;
     }
     drop(sender);
-    write_spans(client, parent, name, receiver, &|_| {}).await?;
+    write_spans(client, parent, name, receiver, &FailedServices::new(), &|_| {}).await?;
     Ok(())
 }
 

@@ -15,18 +15,22 @@
 //! the shard refuses a new span at the same offset; the write then fails
 //! with the eden file unlinked (the shard expunges it after its deadline).
 //! [`write_path`] callers with a seekable input (a local file) restart the
-//! whole file in a fresh eden file, where the shard picks the block
-//! services anew (see `put` in the CLI).
+//! whole file in a fresh eden file (see `put` in the CLI). The services
+//! whose writes failed are remembered in a [`FailedServices`] shared by the
+//! attempts, and every add_eden_span sends them as its blacklist, so the
+//! shard places the new spans elsewhere instead of on a service that is
+//! dead but not yet stale in shuckle.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use wire::limits::ADD_SPAN_BLACKLIST_MAX;
 use wire::shard::{AddEdenSpanReq, AddEdenSpanReqHead, BlockCertificate, NewBlock, ShardRequest};
 use wire::span::{InlineBytes, SpanBody};
-use wire::{ErrorKind, InodeId, InodeType, List};
+use wire::{BlockServiceId, ErrorKind, InodeId, InodeType, List};
 use zerocopy::byteorder::little_endian::{U32, U64};
 
 use crate::block::write_block;
@@ -44,6 +48,37 @@ const NOT_ENOUGH_SERVICES_RETRIES: u32 = 5;
 const NOT_ENOUGH_SERVICES_PAUSE: Duration = Duration::from_millis(500);
 /// Pause between block write attempts.
 const BLOCK_WRITE_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// The block services a write could not write to (after the per-block
+/// retries), most recent last, at most [`ADD_SPAN_BLACKLIST_MAX`]: sent as
+/// the blacklist of every add_eden_span of the write and of its restarts.
+#[derive(Debug, Default)]
+pub struct FailedServices {
+    services: Mutex<Vec<BlockServiceId>>,
+}
+
+impl FailedServices {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Remembers a failed service; the oldest is forgotten beyond the limit.
+    pub fn record(&self, service: BlockServiceId) {
+        let mut services = self.services.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if services.contains(&service) {
+            return;
+        }
+        if services.len() >= ADD_SPAN_BLACKLIST_MAX {
+            services.remove(0);
+        }
+        services.push(service);
+    }
+
+    /// The services to avoid now.
+    pub fn snapshot(&self) -> Vec<BlockServiceId> {
+        self.services.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+}
 
 /// What a finished write did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,29 +129,32 @@ pub async fn encode_input<R: AsyncRead + Unpin>(
 
 /// Writes a whole file from `input` as `parent/name` (overwriting an
 /// existing file of that name, which moves to the dead map).
-/// `progress` is called with the bytes written so far.
+/// `progress` is called with the bytes written so far. Placement avoids the
+/// services in `failed`, and block services that fail are added to it.
 pub async fn write_path<R: AsyncRead + Unpin + Send + 'static>(
     client: &Client,
     parent: InodeId,
     name: &str,
     input: R,
     policy: WritePolicy,
+    failed: &FailedServices,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<WriteOutcome> {
     let (sender, receiver) = mpsc::channel(SPANS_AHEAD);
     let producer = tokio::spawn(encode_input(input, policy, sender));
-    let result = write_spans(client, parent, name, receiver, progress).await;
+    let result = write_spans(client, parent, name, receiver, failed, progress).await;
     producer.abort();
     result
 }
 
 /// Writes the spans from `spans` into a new eden file on `parent`'s shard,
-/// then links it as `parent/name`.
+/// then links it as `parent/name`, avoiding and extending `failed`.
 pub async fn write_spans(
     client: &Client,
     parent: InodeId,
     name: &str,
     mut spans: mpsc::Receiver<Result<EncodedSpan>>,
+    failed: &FailedServices,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<WriteOutcome> {
     let eden = client.create_eden_file(parent.shard(), InodeType::File).await?;
@@ -127,7 +165,7 @@ pub async fn write_spans(
         if span.offset != size {
             return Err(ClientError::Invalid(format!("span at {} after {size} bytes", span.offset)));
         }
-        write_span(client, eden, &span).await?;
+        write_span(client, eden, &span, failed).await?;
         size += span.data.len() as u64;
         count += 1;
         progress(size);
@@ -136,15 +174,25 @@ pub async fn write_spans(
     Ok(WriteOutcome { inode: eden.inode, size, spans: count })
 }
 
-/// Adds one span to an eden file, writes its blocks, certifies it.
-pub async fn write_span(client: &Client, eden: EdenFile, span: &EncodedSpan) -> Result<()> {
-    let certificates = add_span(client, eden, span).await?;
-    let proofs = write_blocks(eden.inode, span, &certificates).await?;
+/// Adds one span to an eden file (avoiding the services in `failed`),
+/// writes its blocks (recording the services that fail in `failed`),
+/// certifies it.
+pub async fn write_span(client: &Client, eden: EdenFile, span: &EncodedSpan, failed: &FailedServices) -> Result<()> {
+    let avoid = failed.snapshot();
+    let certificates = add_span(client, eden, span, &avoid).await?;
+    let proofs = write_blocks(eden.inode, span, &certificates, failed).await?;
     client.certify_eden_span(eden, span.offset, &proofs).await
 }
 
-/// add_eden_span for `span`: returns where each of its blocks goes.
-pub async fn add_span(client: &Client, eden: EdenFile, span: &EncodedSpan) -> Result<Vec<BlockCertificate>> {
+/// add_eden_span for `span`, placed on none of the services in `avoid`
+/// (at most [`ADD_SPAN_BLACKLIST_MAX`] are sent): returns where each of its
+/// blocks goes.
+pub async fn add_span(
+    client: &Client,
+    eden: EdenFile,
+    span: &EncodedSpan,
+    avoid: &[BlockServiceId],
+) -> Result<Vec<BlockCertificate>> {
     let new_blocks: Vec<NewBlock> = match &span.payload {
         SpanPayload::Blocks(blocks) => (0..blocks.layout.parity.total_blocks())
             .map(|index| NewBlock {
@@ -174,6 +222,7 @@ pub async fn add_span(client: &Client, eden: EdenFile, span: &EncodedSpan) -> Re
             crc: U32::new(span.crc),
         },
         body,
+        blacklist: List::new(avoid.get(..ADD_SPAN_BLACKLIST_MAX).unwrap_or(avoid)),
     });
     let certificates = add_with_patience(client, &request, eden.inode).await?;
     if certificates.len() != new_blocks.len() {
@@ -213,6 +262,7 @@ async fn write_blocks(
     inode: InodeId,
     span: &EncodedSpan,
     certificates: &[BlockCertificate],
+    failed: &FailedServices,
 ) -> Result<Vec<wire::mac::Mac>> {
     let SpanPayload::Blocks(blocks) = &span.payload else { return Ok(Vec::new()) };
     let mut tasks = JoinSet::new();
@@ -247,7 +297,10 @@ async fn write_blocks(
                     *slot = proof;
                 }
             }
-            Ok((_, Err(error))) => {
+            Ok((index, Err(error))) => {
+                if let Some(certificate) = certificates.get(index) {
+                    failed.record(certificate.block_service_id);
+                }
                 first_error.get_or_insert(error);
             }
             Err(error) => {

@@ -159,6 +159,37 @@ fn cat_survives_killed_block_services() {
     assert!(!cluster.lines(&["ls", "/"]).contains(&"new".to_owned()), "nothing linked");
 }
 
+/// A block service killed (and not yet stale in shuckle) does not stop
+/// writes: `put` restarts the file avoiding the service its block writes
+/// failed on. RS 4+2 on 7 services, 1 MiB spans: every put of 4 MiB almost
+/// surely meets the dead service (each span picks 6 of the 7).
+#[test]
+fn put_avoids_a_killed_block_service() {
+    let cluster = Cluster::start(7);
+    let services = cluster.block_services();
+    assert_eq!(services.len(), 7);
+    cluster.kill(&services[3]);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    for round in 0..3u64 {
+        let data = test_bytes(4 * MIB + 1000 * round as usize + 1, 40 + round);
+        let path = format!("/after-kill-{round}");
+        let local = scratch.path().join(format!("f{round}"));
+        std::fs::write(&local, &data).expect("write");
+        let output = cluster.eggs(&[
+            "-v",
+            "put",
+            local.to_str().expect("utf-8"),
+            &path,
+            "--parity",
+            "4+2",
+            "--span-size",
+            "1048576",
+        ]);
+        assert!(output.status.success(), "put {path}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(cluster.ok(&["cat", &path]) == data, "cat {path} byte-identical");
+    }
+}
+
 /// Flips a byte in every block file of a block service folder; returns how many.
 fn corrupt_blocks(dir: &Path) -> usize {
     let mut corrupted = 0;

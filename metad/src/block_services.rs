@@ -118,7 +118,8 @@ impl NotEnoughBlockServices {
     pub const ERROR_KIND: ErrorKind = ErrorKind::NotEnoughBlockServices;
 }
 
-/// Picks `count` DISTINCT writable services of `storage_class`, each draw
+/// Picks `count` DISTINCT writable services of `storage_class`, none of
+/// them in `excluded` (services a client just failed to write to), each draw
 /// weighted by write weight. Hosts are spread: a draw only considers the
 /// services whose host holds the fewest of the blocks chosen so far, so with
 /// at least `count` hosts every block lands on a different host.
@@ -126,12 +127,18 @@ pub fn place(
     services: &[BlockServiceRecord],
     storage_class: u8,
     count: usize,
+    excluded: &[BlockServiceId],
     rng: &mut impl Rng,
 ) -> Result<Vec<usize>, NotEnoughBlockServices> {
     let candidates: Vec<usize> = services
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.storage_class == storage_class && s.flags & NOT_WRITABLE == 0 && s.write_weight > 0)
+        .filter(|(_, s)| {
+            s.storage_class == storage_class
+                && s.flags & NOT_WRITABLE == 0
+                && s.write_weight > 0
+                && !excluded.contains(&s.id)
+        })
         .map(|(index, _)| index)
         .collect();
     if candidates.len() < count {
@@ -210,13 +217,37 @@ mod tests {
         ];
         let mut rng = StdRng::seed_from_u64(1);
         for _ in 0..200 {
-            let mut chosen = place(&services, 2, 3, &mut rng).unwrap();
+            let mut chosen = place(&services, 2, 3, &[], &mut rng).unwrap();
             chosen.sort();
             assert_eq!(chosen, vec![0, 1, 7]);
         }
-        let error = place(&services, 2, 4, &mut rng).unwrap_err();
+        let error = place(&services, 2, 4, &[], &mut rng).unwrap_err();
         assert_eq!(error, NotEnoughBlockServices { storage_class: 2, needed: 4, available: 3 });
-        assert!(place(&services, 9, 1, &mut rng).is_err());
+        assert!(place(&services, 9, 1, &[], &mut rng).is_err());
+    }
+
+    #[test]
+    fn never_picks_an_excluded_service() {
+        let services: Vec<_> = (1..=7).map(|i| service(i, 2, &format!("h{i}"), 1, 0)).collect();
+        let excluded = [BlockServiceId::new(3), BlockServiceId::new(6), BlockServiceId::new(99)];
+        let mut rng = StdRng::seed_from_u64(4);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..500 {
+            let chosen = place(&services, 2, 5, &excluded, &mut rng).unwrap();
+            assert_eq!(chosen.len(), 5);
+            for index in chosen {
+                assert!(!excluded.contains(&services[index].id), "picked excluded {:?}", services[index].id);
+                seen.insert(index);
+            }
+        }
+        // The five remaining services are all used; the excluded ones never.
+        assert_eq!(seen.len(), 5);
+        // Excluding one more leaves 4 for 5 blocks: not enough.
+        let more = [BlockServiceId::new(3), BlockServiceId::new(6), BlockServiceId::new(1)];
+        let error = place(&services, 2, 5, &more, &mut rng).unwrap_err();
+        assert_eq!(error, NotEnoughBlockServices { storage_class: 2, needed: 5, available: 4 });
+        // Without exclusions all seven are eligible.
+        assert!(place(&services, 2, 7, &[], &mut rng).is_ok());
     }
 
     #[test]
@@ -228,7 +259,7 @@ mod tests {
         services.push(service(101, 2, "small2", 1, 0));
         let mut rng = StdRng::seed_from_u64(2);
         for _ in 0..200 {
-            let chosen = place(&services, 2, 3, &mut rng).unwrap();
+            let chosen = place(&services, 2, 3, &[], &mut rng).unwrap();
             let mut hosts: Vec<&[u8]> = chosen.iter().map(|&i| services[i].host.as_slice()).collect();
             hosts.sort();
             hosts.dedup();
@@ -236,7 +267,7 @@ mod tests {
         }
         // With 5 blocks over 3 hosts, no host gets more than 2.
         for _ in 0..200 {
-            let chosen = place(&services, 2, 5, &mut rng).unwrap();
+            let chosen = place(&services, 2, 5, &[], &mut rng).unwrap();
             let on_big = chosen.iter().filter(|&&i| services[i].host == b"big").count();
             assert!(on_big <= 3, "{on_big}");
             let mut unique = chosen.clone();
@@ -253,7 +284,7 @@ mod tests {
         let mut heavy = 0;
         let draws = 20_000;
         for _ in 0..draws {
-            if place(&services, 2, 1, &mut rng).unwrap() == vec![1] {
+            if place(&services, 2, 1, &[], &mut rng).unwrap() == vec![1] {
                 heavy += 1;
             }
         }

@@ -109,6 +109,7 @@ fn certificates_and_proofs_with_real_block_services() {
             crc: U32::new(crc),
         },
         body: SpanBody::Blocks { storage_class: 2, parity, blocks: List::new(&blocks) },
+        blacklist: List::empty(),
     });
     // Until shuckle has checked the block services and metad has fetched
     // them, placement fails (and triggers a refresh).

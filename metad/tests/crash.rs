@@ -68,6 +68,7 @@ fn workload(
                 crc: U32::new(crc32c(contents)),
             },
             body: SpanBody::Inline(InlineBytes::new(contents).unwrap()),
+            blacklist: List::empty(),
         });
         let id = client.fresh_id();
         if ok(client.try_call_with_id(id, &span), &client).is_none() {

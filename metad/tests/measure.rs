@@ -99,6 +99,7 @@ fn creates_per_second(server: std::net::SocketAddr, key: &wire::SecretKey, clien
                             crc: U32::new(crc32c(contents)),
                         },
                         body: SpanBody::Inline(InlineBytes::new(contents).unwrap()),
+                        blacklist: List::empty(),
                     };
                     client.call(&ShardRequest::AddEdenSpan(span));
                     let file_name = format!("f-{index}-{i}");

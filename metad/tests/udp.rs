@@ -40,6 +40,7 @@ fn create_file(client: &mut Client, parent: InodeId, file_name: &str, contents: 
             crc: U32::new(crc32c(contents)),
         },
         body: SpanBody::Inline(InlineBytes::new(contents).unwrap()),
+        blacklist: List::empty(),
     };
     let bytes = client.call(&ShardRequest::AddEdenSpan(span));
     assert!(matches!(decode(&bytes, &client.key), ShardResponse::AddEdenSpan(_)));
@@ -310,6 +311,7 @@ fn without_shuckle_the_shard_serves_but_places_no_blocks() {
             parity: wire::Parity::new(1, 1).unwrap(),
             blocks: List::new(&blocks),
         },
+        blacklist: List::empty(),
     });
     let bytes = client.call(&add);
     assert_eq!(error_kind(&bytes, &client.key), Some(ErrorKind::NotEnoughBlockServices));
@@ -468,6 +470,7 @@ fn a_thousand_spans_page_through_fetch_spans_over_udp() {
                 crc: U32::new(crc32c(&contents)),
             },
             body: SpanBody::Inline(InlineBytes::new(&contents).unwrap()),
+            blacklist: List::empty(),
         };
         let bytes = client.call(&ShardRequest::AddEdenSpan(span));
         assert_eq!(outcome(&bytes, &client.key), Ok(ShardKind::AddEdenSpan));

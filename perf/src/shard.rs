@@ -103,6 +103,7 @@ pub async fn create_small_file(client: &mut Client, parent: InodeId, file_name: 
         body: SpanBody::Inline(
             InlineBytes::new(contents).map_err(|e| PerfError::Protocol(format!("inline span: {e}")))?,
         ),
+        blacklist: List::empty(),
     });
     match client.call::<_, ShardResponse<'_>>(&add, None).await? {
         ShardResponse::AddEdenSpan(_) => {}

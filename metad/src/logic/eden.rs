@@ -6,6 +6,7 @@ use std::ops::Bound;
 use wire::codec::List;
 use wire::crc::{crc32c, crc32c_zeros};
 use wire::ids::{InodeId, InodeType};
+use wire::limits::ADD_SPAN_BLACKLIST_MAX;
 use wire::mac::{Mac, constant_time_eq};
 use wire::shard::*;
 use wire::span::{SpanBody, SpanLayout};
@@ -166,6 +167,12 @@ impl Mutation<'_, '_> {
         let inode = req.inode.without_owning();
         let mut eden = self.eden_for_write(txn, inode, &req.cookie, "add a span to")?;
         let offset = req.offset.get();
+        if req.blacklist.len() > ADD_SPAN_BLACKLIST_MAX {
+            return refuse(
+                ErrorKind::BadRequest,
+                format!("{} blacklisted block services, at most {ADD_SPAN_BLACKLIST_MAX}", req.blacklist.len()),
+            );
+        }
         let mut span = Self::checked_span(req)?;
         if let Some(bytes) = self.store.spans.get(txn, &span_key(inode, offset))? {
             let stored = SpanRecord::decode(bytes)?;
@@ -184,7 +191,9 @@ impl Mutation<'_, '_> {
         }
         if let SpanPayload::Blocks { storage_class, blocks, .. } = &mut span.payload {
             let services = self.env.block_services.services();
-            let chosen = match place(services, *storage_class, blocks.len(), &mut self.rng) {
+            // Empty in the common case: collecting allocates nothing then.
+            let excluded: Vec<wire::BlockServiceId> = req.blacklist.iter().collect();
+            let chosen = match place(services, *storage_class, blocks.len(), &excluded, &mut self.rng) {
                 Ok(chosen) => chosen,
                 Err(error) => {
                     self.effects.wants_block_service_refresh = true;

@@ -153,6 +153,7 @@ fn inline_span(inode: InodeId, cookie: Mac, offset: u64, bytes: &[u8]) -> AddEde
             crc: U32::new(crc32c(bytes)),
         },
         body: SpanBody::Inline(InlineBytes::new(bytes).unwrap()),
+        blacklist: List::empty(),
     }
 }
 
@@ -236,6 +237,7 @@ fn files_are_created_linked_resolved_and_read() {
             crc: U32::new(crc),
         },
         body: SpanBody::ZeroFill,
+        blacklist: List::empty(),
     };
     assert_eq!(error(&mut h, ShardRequest::AddEdenSpan(zero(1))), ErrorKind::CrcMismatch);
     with_ok!(h, AddEdenSpan, zero(crc32c_zeros(1000)), |r| assert!(r.blocks.is_empty()));
@@ -481,12 +483,67 @@ fn add_block_span(
             crc: U32::new(crc32c(data)),
         },
         body: SpanBody::Blocks { storage_class: 2, parity, blocks: List::new(&blocks) },
+        blacklist: List::empty(),
     };
     with_ok!(h, AddEdenSpan, request, |r| r.blocks.iter().collect())
 }
 
 fn service_mac(h: &Harness, id: BlockServiceId) -> MacKey {
     h.table.get(id).unwrap().1.clone()
+}
+
+/// A mirrored 1+2 span of one byte on a fresh eden file, avoiding `blacklist`.
+fn add_avoiding(h: &mut Harness, blacklist: &[BlockServiceId]) -> Result<Vec<BlockCertificate>, ErrorKind> {
+    let created = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
+    let crc = crc32c(b"x");
+    let blocks = [NewBlock { crc: U32::new(crc), size: U32::new(1) }; 3];
+    let request = AddEdenSpanReq {
+        head: AddEdenSpanReqHead {
+            inode: created.inode,
+            cookie: created.cookie,
+            offset: U64::new(0),
+            size: U32::new(1),
+            crc: U32::new(crc),
+        },
+        body: SpanBody::Blocks { storage_class: 2, parity: Parity::new(1, 2).unwrap(), blocks: List::new(&blocks) },
+        blacklist: List::new(blacklist),
+    };
+    let bytes = h.call(ShardRequest::AddEdenSpan(request));
+    match decode(&bytes, &h.cluster) {
+        ShardResponse::AddEdenSpan(r) => Ok(r.blocks.iter().collect()),
+        ShardResponse::Error(e) => Err(e.kind),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn placement_avoids_blacklisted_block_services() {
+    let mut h = Harness::new();
+    let ids: Vec<BlockServiceId> = (0..6).map(|i| wire::mac::block_service_id(&service_key(i))).collect();
+    // Three of six excluded (plus an unknown id): every span lands on the
+    // other three.
+    let blacklist = [ids[0], ids[2], ids[4], BlockServiceId::new(12345)];
+    for _ in 0..30 {
+        let certificates = add_avoiding(&mut h, &blacklist).unwrap();
+        let mut chosen: Vec<_> = certificates.iter().map(|c| c.block_service_id).collect();
+        chosen.sort();
+        let mut expected = vec![ids[1], ids[3], ids[5]];
+        expected.sort();
+        assert_eq!(chosen, expected);
+    }
+    // Without a blacklist the excluded ones are used again.
+    let mut used = std::collections::HashSet::new();
+    for _ in 0..30 {
+        used.extend(add_avoiding(&mut h, &[]).unwrap().iter().map(|c| c.block_service_id));
+    }
+    assert_eq!(used.len(), 6);
+    // Four excluded leave two for three blocks.
+    assert_eq!(add_avoiding(&mut h, &ids[..4]), Err(ErrorKind::NotEnoughBlockServices));
+    // A blacklist longer than the limit is a bad request.
+    let too_long = vec![BlockServiceId::new(1); wire::limits::ADD_SPAN_BLACKLIST_MAX + 1];
+    assert_eq!(add_avoiding(&mut h, &too_long), Err(ErrorKind::BadRequest));
+    let longest = vec![BlockServiceId::new(1); wire::limits::ADD_SPAN_BLACKLIST_MAX];
+    assert!(add_avoiding(&mut h, &longest).is_ok());
 }
 
 #[test]
@@ -569,6 +626,7 @@ fn block_spans_certificates_proofs_and_expunge() {
             crc: U32::new(crc),
         },
         body: SpanBody::Blocks { storage_class: 2, parity: Parity::new(1, 6).unwrap(), blocks: List::new(&blocks) },
+        blacklist: List::empty(),
     };
     assert_eq!(error(&mut h, ShardRequest::AddEdenSpan(too_many)), ErrorKind::NotEnoughBlockServices);
 
