@@ -12,7 +12,7 @@ use wire::crc::crc32c;
 use wire::ids::{EggsTime, InodeId, InodeType};
 use wire::shard::*;
 use wire::span::{InlineBytes, SpanBody};
-use wire::{ErrorKind, Name};
+use wire::{ErrorKind, List, Name};
 use zerocopy::byteorder::little_endian::{U32, U64};
 
 const CLIENTS: usize = 4;

@@ -9,13 +9,13 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use wire::Name;
 use wire::crc::crc32c;
 use wire::datagram;
 use wire::ids::{InodeId, InodeType};
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
 use wire::shard::*;
 use wire::span::{InlineBytes, SpanBody};
+use wire::{List, Name};
 use zerocopy::byteorder::little_endian::{U32, U64};
 
 const RUN: Duration = Duration::from_secs(3);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use wire::codec::Name;
+use wire::codec::{List, Name};
 use wire::datagram::SHARD_MAGIC;
 use wire::ids::{EggsTime, InodeId, InodeType};
 use wire::shard::{
