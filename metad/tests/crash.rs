@@ -8,12 +8,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wire::crc::crc32c;
 use wire::ids::{EggsTime, InodeId, InodeType};
 use wire::shard::*;
-use wire::span::{InlineBytes, SpanBody};
-use wire::{ErrorKind, List, Name};
-use zerocopy::byteorder::little_endian::{U32, U64};
+use wire::span::SpanBody;
+use wire::{ErrorKind, Name};
+use zerocopy::byteorder::little_endian::U64;
 
 const CLIENTS: usize = 4;
 
@@ -59,17 +58,7 @@ fn workload(
             return;
         };
         let contents = name.as_bytes();
-        let span = ShardRequest::AddEdenSpan(AddEdenSpanReq {
-            head: AddEdenSpanReqHead {
-                inode: created.inode,
-                cookie: created.cookie,
-                offset: U64::new(0),
-                size: U32::new(contents.len() as u32),
-                crc: U32::new(crc32c(contents)),
-            },
-            body: SpanBody::Inline(InlineBytes::new(contents).unwrap()),
-            blacklist: List::empty(),
-        });
+        let span = ShardRequest::AddEdenSpan(inline_span(&created, contents));
         let id = client.fresh_id();
         if ok(client.try_call_with_id(id, &span), &client).is_none() {
             return;

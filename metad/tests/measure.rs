@@ -9,14 +9,11 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use wire::crc::crc32c;
+use wire::Name;
 use wire::datagram;
 use wire::ids::{InodeId, InodeType};
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
 use wire::shard::*;
-use wire::span::{InlineBytes, SpanBody};
-use wire::{List, Name};
-use zerocopy::byteorder::little_endian::{U32, U64};
 
 const RUN: Duration = Duration::from_secs(3);
 
@@ -90,17 +87,7 @@ fn creates_per_second(server: std::net::SocketAddr, key: &wire::SecretKey, clien
                         client.call(&ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::File }));
                     let ShardResponse::CreateEdenFile(created) = decode(&bytes, &client.key) else { panic!() };
                     let contents = b"small file";
-                    let span = AddEdenSpanReq {
-                        head: AddEdenSpanReqHead {
-                            inode: created.inode,
-                            cookie: created.cookie,
-                            offset: U64::new(0),
-                            size: U32::new(contents.len() as u32),
-                            crc: U32::new(crc32c(contents)),
-                        },
-                        body: SpanBody::Inline(InlineBytes::new(contents).unwrap()),
-                        blacklist: List::empty(),
-                    };
+                    let span = inline_span(&created, contents);
                     client.call(&ShardRequest::AddEdenSpan(span));
                     let file_name = format!("f-{index}-{i}");
                     let link = LinkEdenFileReq {

@@ -31,17 +31,7 @@ fn error_kind(bytes: &[u8], key: &MacKey) -> Option<ErrorKind> {
 fn create_file(client: &mut Client, parent: InodeId, file_name: &str, contents: &[u8]) -> InodeId {
     let bytes = client.call(&ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::File }));
     let ShardResponse::CreateEdenFile(created) = decode(&bytes, &client.key) else { panic!("create failed") };
-    let span = AddEdenSpanReq {
-        head: AddEdenSpanReqHead {
-            inode: created.inode,
-            cookie: created.cookie,
-            offset: U64::new(0),
-            size: U32::new(contents.len() as u32),
-            crc: U32::new(crc32c(contents)),
-        },
-        body: SpanBody::Inline(InlineBytes::new(contents).unwrap()),
-        blacklist: List::empty(),
-    };
+    let span = inline_span(&created, contents);
     let bytes = client.call(&ShardRequest::AddEdenSpan(span));
     assert!(matches!(decode(&bytes, &client.key), ShardResponse::AddEdenSpan(_)));
     let link = LinkEdenFileReq {

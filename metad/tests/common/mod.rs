@@ -199,3 +199,23 @@ pub fn pipeline(client: &Client, requests: &[(u64, Vec<u8>)], window: usize) -> 
     }
     responses.into_iter().map(|r| r.expect("answered")).collect()
 }
+
+/// add_eden_span of `contents` as the one inline span of the eden file
+/// `created` (offset 0): the request every workload here builds.
+pub fn inline_span<'a>(
+    created: &wire::shard::CreateEdenFileResp,
+    contents: &'a [u8],
+) -> wire::shard::AddEdenSpanReq<'a> {
+    use zerocopy::byteorder::little_endian::{U32, U64};
+    wire::shard::AddEdenSpanReq {
+        head: wire::shard::AddEdenSpanReqHead {
+            inode: created.inode,
+            cookie: created.cookie,
+            offset: U64::new(0),
+            size: U32::new(contents.len() as u32),
+            crc: U32::new(wire::crc::crc32c(contents)),
+        },
+        body: wire::span::SpanBody::Inline(wire::span::InlineBytes::new(contents).unwrap()),
+        blacklist: wire::codec::List::empty(),
+    }
+}
