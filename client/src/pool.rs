@@ -144,6 +144,9 @@ struct Connection {
 #[derive(Default)]
 pub struct BlockPool {
     services: Mutex<HashMap<SocketAddr, Vec<Arc<Connection>>>>,
+    /// Held while a connection to the address is being opened, so that a
+    /// burst of first requests opens a few connections, not one each.
+    opening: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The process's pool.
@@ -157,16 +160,15 @@ impl BlockPool {
     /// one while fewer than [`CONNECTIONS_PER_SERVICE`] are busy, or (with
     /// `fresh`) always a new one.
     async fn connection(&self, addr: SocketAddr, fresh: bool) -> Result<Arc<Connection>, Failure> {
-        if !fresh {
-            let mut services = self.services.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let list = services.entry(addr).or_default();
-            list.retain(|connection| !connection.ops.is_closed());
-            let best = list.iter().min_by_key(|connection| connection.outstanding.load(Ordering::Relaxed)).cloned();
-            if let Some(best) = best
-                && (best.outstanding.load(Ordering::Relaxed) == 0 || list.len() >= CONNECTIONS_PER_SERVICE)
-            {
-                return Ok(best);
-            }
+        if !fresh && let Some(pooled) = self.pooled(addr) {
+            return Ok(pooled);
+        }
+        let opening =
+            self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(addr).or_default().clone();
+        let _opening = opening.lock().await;
+        // Another request may have opened one meanwhile.
+        if !fresh && let Some(pooled) = self.pooled(addr) {
+            return Ok(pooled);
         }
         let connection = Arc::new(open(addr).await?);
         let mut services = self.services.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -178,6 +180,16 @@ impl BlockPool {
             list.remove(0);
         }
         Ok(connection)
+    }
+
+    /// The least loaded pooled connection to `addr`, if it is idle or no
+    /// more may be opened.
+    fn pooled(&self, addr: SocketAddr) -> Option<Arc<Connection>> {
+        let mut services = self.services.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let list = services.entry(addr).or_default();
+        list.retain(|connection| !connection.ops.is_closed());
+        let best = list.iter().min_by_key(|connection| connection.outstanding.load(Ordering::Relaxed)).cloned()?;
+        (best.outstanding.load(Ordering::Relaxed) == 0 || list.len() >= CONNECTIONS_PER_SERVICE).then_some(best)
     }
 
     /// Sends `op` on a pooled connection and waits for its answer; a
