@@ -39,6 +39,10 @@ pub struct Counters {
     pub bytes_fetched: AtomicU64,
     pub io_errors: AtomicU64,
     pub connections: AtomicU64,
+    /// New connections refused because every open one was busy.
+    pub connections_refused: AtomicU64,
+    /// Waiting connections closed to make room for new ones.
+    pub connections_shed: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, value: u64) {
@@ -101,6 +105,14 @@ impl Counters {
         add(&self.connections, 1);
     }
 
+    pub fn connection_refused(&self) {
+        add(&self.connections_refused, 1);
+    }
+
+    pub fn connection_shed(&self) {
+        add(&self.connections_shed, 1);
+    }
+
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -124,6 +136,18 @@ impl Counters {
             ("blockd_fetched_bytes_total", "counter", "Block bytes sent by fetches.", &self.bytes_fetched),
             ("blockd_io_errors_total", "counter", "Disk or socket failures that ended a connection.", &self.io_errors),
             ("blockd_connections_total", "counter", "Connections accepted.", &self.connections),
+            (
+                "blockd_connections_refused_total",
+                "counter",
+                "New connections refused: every open one was busy.",
+                &self.connections_refused,
+            ),
+            (
+                "blockd_connections_shed_total",
+                "counter",
+                "Idle or header-incomplete connections closed to make room.",
+                &self.connections_shed,
+            ),
             ("blockd_used_bytes", "gauge", "Bytes of stored blocks.", &self.used_bytes),
             ("blockd_used_blocks", "gauge", "Stored blocks.", &self.used_blocks),
         ];

@@ -35,6 +35,12 @@ pub enum Refusal {
     StoredTooLarge(BlockId),
     #[error("request stalled past the timeout")]
     Stalled,
+    #[error("request header not complete within the header timeout")]
+    HeaderTimeout,
+    #[error("connection shed to make room for a new one")]
+    Shed,
+    #[error("connection idle past the idle timeout")]
+    IdleTimeout,
 }
 
 impl Refusal {
@@ -52,11 +58,14 @@ impl Refusal {
             Self::NotFound(_) => "not_found",
             Self::StoredTooLarge(_) => "stored_too_large",
             Self::Stalled => "stalled",
+            Self::HeaderTimeout => "header_timeout",
+            Self::Shed => "shed",
+            Self::IdleTimeout => "idle_timeout",
         }
     }
 
     /// Every label, in a fixed order (metrics keep one counter each).
-    pub const LABELS: [&'static str; 11] = [
+    pub const LABELS: [&'static str; 14] = [
         "unknown_tag",
         "truncated_header",
         "truncated_payload",
@@ -68,6 +77,9 @@ impl Refusal {
         "not_found",
         "stored_too_large",
         "stalled",
+        "header_timeout",
+        "shed",
+        "idle_timeout",
     ];
 
     /// Index of this refusal's label in [`Self::LABELS`].

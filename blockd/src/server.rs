@@ -15,11 +15,21 @@
 //!   fdatasync'ed, renamed into place with `RENAME_NOREPLACE` (an existing
 //!   block is never overwritten), and its folder fsync'ed; only then is the
 //!   proof sent. Nothing is acknowledged before it is durable.
-//! - **Fetch and crc** read the block through the page cache (buffered
-//!   io_uring reads) in [`CHUNK_BYTES`] chunks with one chunk of read-ahead,
-//!   so a block is never held whole in memory. The CRC is recomputed from the
+//! - **Fetch** sends the block from the page cache with `sendfile(2)` (see
+//!   [`send_file`]): no copy through user space, no buffer per chunk. The
+//!   client checks the bytes against the CRC the shard holds.
+//! - **Crc** reads the block through the page cache (buffered io_uring
+//!   reads) in [`CHUNK_BYTES`] chunks with one chunk of read-ahead, so a
+//!   block is never held whole in memory. The CRC is recomputed from the
 //!   stored bytes (no sidecar file: one file per block, nothing to keep in
 //!   step). See "Measurements" below.
+//! - **Connections** (issue 17 E, slowloris): a request header must be
+//!   complete within [`HEADER_TIMEOUT`] of its first byte; a connection idle
+//!   between requests is closed after [`IDLE_TIMEOUT`]; one source address
+//!   holds at most [`CONNECTIONS_PER_SOURCE_MAX`] connections per executor.
+//!   At a limit the oldest *waiting* connection (idle, or inside its header)
+//!   is shed, so new clients always get in; only when every connection is
+//!   busy serving a request is the new one refused. Both count in metrics.
 //! - **Refusals** (bad MAC, out-of-window id, oversize, CRC mismatch, a
 //!   conflicting existing block, an unknown block, a truncated request)
 //!   close the connection after logging the reason; the temporary file of a
@@ -56,7 +66,9 @@
 //! page cache 926/1640/1481 and 923/575/2091; O_DIRECT 443/483/912 and
 //! 464/618/400. The page cache wins once a block has been read (typical:
 //! a block is read by many clients), and is no slower the first time.
-//! Splice and registered buffers were not tried.
+//! `sendfile` from the page cache replaced the buffered reads for fetches
+//! (issue 11; figures in `perf/README.md`); registered buffers were not
+//! tried.
 //!
 //! Chunk size and write-behind depth, 16 MiB blocks, 1 / 4 connections
 //! (measured before the io-probe fix in [`crate::store`], while glommio
@@ -77,7 +89,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -108,6 +120,10 @@ use crate::store::{BLOCK_DIR_COUNT, Layout, free_space};
 /// a few of them (see [`WRITE_BEHIND_CHUNKS`]; a fetch holds two).
 pub const CHUNK_BYTES: usize = 1 << 20;
 
+/// Bytes written through user space when a fetch's socket is full (the
+/// write waits for room; `sendfile` then resumes).
+const BOUNCE_BYTES: usize = 16 << 10;
+
 /// Chunks of one write on their way to the disk while the next one is read
 /// from the socket: the disk and the network work at the same time, and a
 /// connection holds at most this + 1 chunks of memory.
@@ -116,8 +132,32 @@ pub const WRITE_BEHIND_CHUNKS: usize = 2;
 /// Open connections one executor serves at once. A connection holds at
 /// most `WRITE_BEHIND_CHUNKS + 1` chunks, so this also bounds an executor's
 /// buffer memory (3 GiB at 1024 × 3 MiB, reached only if every connection
-/// writes at once).
-const CONNECTIONS_PER_EXECUTOR_MAX: u64 = 1024;
+/// writes at once). Lowered to fit the descriptor limit (see
+/// [`connection_limit`]).
+const CONNECTIONS_PER_EXECUTOR_MAX: usize = 1024;
+
+/// Open connections one executor keeps from one source address. Beyond
+/// it the source's oldest waiting connection is shed (or, if all of them
+/// are busy, the new one refused), so one host cannot take every slot.
+pub const CONNECTIONS_PER_SOURCE_MAX: usize = 128;
+
+/// Time a request header may take to arrive once its first byte has: a
+/// header is at most 25 bytes, so only a deliberately slow client needs
+/// more. Separate from the stall timeout of a transfer in progress.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A connection idle between requests this long is closed (clients close
+/// their pooled connections sooner).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Open connections that make a burst worth giving memory back after.
+const TRIM_PEAK_CONNECTIONS: usize = 256;
+
+/// Descriptors kept free of connections (block files, folders, rings).
+const DESCRIPTORS_RESERVED: usize = 384;
+
+/// Executors running in this process (for [`connection_limit`]).
+static EXECUTORS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Bytes buffered from a socket for request headers. Payload chunks are at
 /// least this big, so they are read straight into their disk buffers.
@@ -181,6 +221,140 @@ struct Executor {
     stopping: Cell<bool>,
     /// Never signalled, only closed: waiters wake when the executor stops.
     stop: Semaphore,
+    /// The open connections, for the limits and for shedding.
+    connections: std::cell::RefCell<ConnectionTable>,
+}
+
+/// Where a connection is: waiting (idle between requests, or in the
+/// middle of a request header: either may be shed) or serving a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Busy,
+}
+
+struct Tracked {
+    source: std::net::IpAddr,
+    phase: Phase,
+    since: std::time::Instant,
+    /// Closed to shed the connection: its task sees it and ends.
+    shed: Rc<Semaphore>,
+}
+
+/// One executor's open connections.
+#[derive(Default)]
+struct ConnectionTable {
+    /// Most connections open at once since memory was last given back.
+    peak_since_trim: usize,
+    next_id: u64,
+    open: std::collections::HashMap<u64, Tracked>,
+    per_source: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+impl ConnectionTable {
+    /// Takes a slot for a new connection from `source`, shedding the
+    /// oldest waiting connection (of that source when the source is at its
+    /// bound) if needed. `None`: every candidate is busy; refuse.
+    fn admit(&mut self, source: std::net::IpAddr, limit: usize) -> Option<(u64, Rc<Semaphore>, usize)> {
+        let mut shed = 0;
+        if self.per_source.get(&source).copied().unwrap_or(0) >= CONNECTIONS_PER_SOURCE_MAX {
+            if !self.shed_oldest(Some(source)) {
+                return None;
+            }
+            shed += 1;
+        }
+        if self.open.len() >= limit {
+            if !self.shed_oldest(None) {
+                return None;
+            }
+            shed += 1;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let signal = Rc::new(Semaphore::new(0));
+        let tracked = Tracked { source, phase: Phase::Waiting, since: std::time::Instant::now(), shed: signal.clone() };
+        self.open.insert(id, tracked);
+        *self.per_source.entry(source).or_default() += 1;
+        self.peak_since_trim = self.peak_since_trim.max(self.open.len());
+        Some((id, signal, shed))
+    }
+
+    /// Sheds the waiting connection that has waited longest (of `source`
+    /// if given); false when there is none.
+    fn shed_oldest(&mut self, source: Option<std::net::IpAddr>) -> bool {
+        let oldest = self
+            .open
+            .iter()
+            .filter(|(_, t)| t.phase == Phase::Waiting && source.is_none_or(|s| s == t.source))
+            .min_by_key(|(_, t)| t.since)
+            .map(|(id, _)| *id);
+        match oldest {
+            Some(id) => {
+                if let Some(tracked) = self.remove(id) {
+                    tracked.shed.close();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Tracked> {
+        let tracked = self.open.remove(&id)?;
+        if let Some(count) = self.per_source.get_mut(&tracked.source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_source.remove(&tracked.source);
+            }
+        }
+        Some(tracked)
+    }
+
+    /// After a burst of connections has mostly closed, gives the freed
+    /// heap back to the system (issue 17 G4: a thousand connections' buffers
+    /// and tasks left RSS at its high-water mark — glibc keeps freed small
+    /// allocations — not a leak: a second burst reused the same memory).
+    fn trim_after_burst(&mut self) {
+        if self.peak_since_trim >= TRIM_PEAK_CONNECTIONS && self.open.len() <= self.peak_since_trim / 4 {
+            self.peak_since_trim = self.open.len();
+            // SAFETY: malloc_trim only releases free heap pages.
+            unsafe { libc::malloc_trim(0) };
+        }
+    }
+
+    fn set_phase(&mut self, id: u64, phase: Phase) {
+        if let Some(tracked) = self.open.get_mut(&id) {
+            tracked.phase = phase;
+            tracked.since = std::time::Instant::now();
+        }
+    }
+}
+
+/// Connections one executor may hold: [`CONNECTIONS_PER_EXECUTOR_MAX`],
+/// or less when the descriptor limit shared by the executors is lower.
+fn connection_limit() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    let executors = EXECUTORS.load(std::sync::atomic::Ordering::Relaxed).max(1);
+    (soft.saturating_sub(DESCRIPTORS_RESERVED) / executors).clamp(16, CONNECTIONS_PER_EXECUTOR_MAX)
+}
+
+/// Raises the soft descriptor limit to the hard one (connections are
+/// descriptors; the default soft limit is often 1024).
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 impl Executor {
@@ -246,7 +420,10 @@ pub async unsafe fn run(
         sequence: Cell::new(0),
         stopping: Cell::new(false),
         stop: Semaphore::new(0),
+        connections: std::cell::RefCell::new(ConnectionTable::default()),
     });
+    raise_descriptor_limit();
+    EXECUTORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let watcher = executor.clone();
     glommio::spawn_local(async move {
         let mut byte = [0u8; 1];
@@ -257,30 +434,31 @@ pub async unsafe fn run(
     ready();
 
     let connections = Gate::new();
-    let slots = Rc::new(Semaphore::new(CONNECTIONS_PER_EXECUTOR_MAX));
+    let limit = connection_limit();
     loop {
-        // A free connection slot first: at the limit, new connections wait
-        // in the listen backlog.
-        let accepted = future::or(
-            async {
-                let slot = slots.acquire_static_permit(1).await.ok()?;
-                Some((slot, listener.accept().await))
-            },
-            async {
-                executor.stopped().await;
-                None
-            },
-        )
+        // Always accept: at the limit the oldest waiting connection is
+        // shed, so slow or idle clients cannot lock new ones out.
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            executor.stopped().await;
+            None
+        })
         .await;
         match accepted {
             None => break,
-            Some((slot, Ok(stream))) => {
-                executor.shared.counters.connection();
-                let connection = serve_connection(executor.clone(), stream);
-                let connection = async move {
-                    connection.await;
-                    drop(slot);
+            Some(Ok(stream)) => {
+                let source = stream.peer_addr().map(|addr| addr.ip()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+                let admitted = executor.connections.borrow_mut().admit(source, limit);
+                let Some((id, shed, shed_count)) = admitted else {
+                    executor.shared.counters.connection_refused();
+                    tracing::debug!(%source, "every connection busy; new connection refused");
+                    drop(stream);
+                    continue;
                 };
+                for _ in 0..shed_count {
+                    executor.shared.counters.connection_shed();
+                }
+                executor.shared.counters.connection();
+                let connection = serve_connection(executor.clone(), stream, id, shed);
                 match connections.spawn(connection) {
                     Ok(task) => {
                         task.detach();
@@ -288,7 +466,7 @@ pub async unsafe fn run(
                     Err(_) => break,
                 }
             }
-            Some((_, Err(e))) => {
+            Some(Err(e)) => {
                 // Usually out of descriptors: back off instead of spinning.
                 tracing::warn!(error = %e, executor = index, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
@@ -301,17 +479,25 @@ pub async unsafe fn run(
     Ok(())
 }
 
-async fn serve_connection(executor: Rc<Executor>, stream: TcpStream) {
+async fn serve_connection(executor: Rc<Executor>, stream: TcpStream, id: u64, shed: Rc<Semaphore>) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(executor.shared.stall_timeout));
+    // Non-blocking, for `sendfile` (glommio's own calls never block anyway).
+    set_nonblocking(stream.as_raw_fd());
     let mut stream = stream.buffered_with(Preallocated::new(RECEIVE_BUFFER_BYTES));
     loop {
-        match serve_request(&executor, &mut stream).await {
+        match serve_request(&executor, &mut stream, id, &shed).await {
             Ok(true) => {}
             Ok(false) => break,
             Err(ConnectionEnd::Refused(refusal)) => {
-                tracing::warn!(?peer, %refusal, "request refused; closing the connection");
+                match refusal {
+                    // Expected under load or attack: not worth a warning each.
+                    Refusal::HeaderTimeout | Refusal::Shed | Refusal::IdleTimeout => {
+                        tracing::debug!(?peer, %refusal, "closing the connection")
+                    }
+                    _ => tracing::warn!(?peer, %refusal, "request refused; closing the connection"),
+                }
                 executor.shared.counters.refusal(&refusal);
                 break;
             }
@@ -323,32 +509,112 @@ async fn serve_connection(executor: Rc<Executor>, stream: TcpStream) {
         }
     }
     let _ = stream.close().await;
+    drop(stream);
+    let mut table = executor.connections.borrow_mut();
+    table.remove(id);
+    table.trim_after_burst();
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor we own; no memory is involved.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// How waiting for a request ended early.
+enum Wait {
+    Stopped,
+    Shed,
+    TimedOut,
+}
+
+/// Waits for `operation`, unless the executor stops, the connection is
+/// shed, or `limit` passes.
+async fn guarded<T>(
+    executor: &Executor,
+    shed: &Semaphore,
+    limit: Duration,
+    operation: impl Future<Output = T>,
+) -> Result<T, Wait> {
+    future::or(async { Ok(operation.await) }, async {
+        future::or(
+            async {
+                executor.stopped().await;
+                Wait::Stopped
+            },
+            future::or(
+                async {
+                    let _ = shed.acquire(1).await;
+                    Wait::Shed
+                },
+                async {
+                    glommio::timer::sleep(limit).await;
+                    Wait::TimedOut
+                },
+            ),
+        )
+        .await
+        .into_err()
+    })
+    .await
+}
+
+trait IntoErr<T> {
+    fn into_err(self) -> Result<T, Self>
+    where
+        Self: Sized;
+}
+
+impl<T> IntoErr<T> for Wait {
+    fn into_err(self) -> Result<T, Self> {
+        Err(self)
+    }
 }
 
 /// Serves one request; `false` when the connection is done (closed by the
 /// peer between requests, or the executor is stopping).
-async fn serve_request(executor: &Executor, stream: &mut Stream) -> Result<bool, ConnectionEnd> {
+async fn serve_request(
+    executor: &Executor,
+    stream: &mut Stream,
+    id: u64,
+    shed: &Semaphore,
+) -> Result<bool, ConnectionEnd> {
     if executor.stopping.get() {
         return Ok(false);
     }
     let mut header = [0u8; REQUEST_BYTES_MAX];
     stream.set_read_timeout(None).map_err(io::Error::from)?;
-    let first = future::or(async { Some(stream.read(&mut header[..1]).await) }, async {
-        executor.stopped().await;
-        None
-    })
-    .await;
+    let first = guarded(executor, shed, IDLE_TIMEOUT, stream.read(&mut header[..1])).await;
     match first {
-        None | Some(Ok(0)) => return Ok(false),
-        Some(Ok(_)) => {}
-        Some(Err(e)) => return Err(ConnectionEnd::Socket(e)),
+        Err(Wait::Stopped) | Ok(Ok(0)) => return Ok(false),
+        Err(Wait::Shed) => return Err(Refusal::Shed.into()),
+        Err(Wait::TimedOut) => return Err(Refusal::IdleTimeout.into()),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(ConnectionEnd::Socket(e)),
     }
     let tag = header[0];
     let len = request_len(tag).ok_or(Refusal::UnknownTag(tag))?;
-    stream.set_read_timeout(Some(executor.shared.stall_timeout)).map_err(io::Error::from)?;
     let rest = header.get_mut(1..len).ok_or(Refusal::UnknownTag(tag))?;
-    stream.read_exact(rest).await.map_err(|e| read_failure(e, Refusal::TruncatedHeader))?;
-    let request = header.get(..len).and_then(|bytes| BlockRequest::decode(bytes).ok());
+    // The whole header within HEADER_TIMEOUT, however it trickles in.
+    match guarded(executor, shed, HEADER_TIMEOUT, stream.read_exact(rest)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(read_failure(e, Refusal::TruncatedHeader)),
+        Err(Wait::Shed) => return Err(Refusal::Shed.into()),
+        Err(Wait::Stopped) | Err(Wait::TimedOut) => return Err(Refusal::HeaderTimeout.into()),
+    }
+    stream.set_read_timeout(Some(executor.shared.stall_timeout)).map_err(io::Error::from)?;
+    executor.connections.borrow_mut().set_phase(id, Phase::Busy);
+    let served = serve_decoded(executor, stream, &header[..len], tag).await;
+    executor.connections.borrow_mut().set_phase(id, Phase::Waiting);
+    served.map(|()| true)
+}
+
+async fn serve_decoded(executor: &Executor, stream: &mut Stream, bytes: &[u8], tag: u8) -> Result<(), ConnectionEnd> {
+    let request = BlockRequest::decode(bytes).ok();
     let counters = &executor.shared.counters;
     match request.ok_or(Refusal::UnknownTag(tag))? {
         BlockRequest::Write(request) => {
@@ -372,7 +638,7 @@ async fn serve_request(executor: &Executor, stream: &mut Stream) -> Result<bool,
             stats(executor, stream, &request).await?;
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 async fn write(executor: &Executor, stream: &mut Stream, request: &WriteReq) -> Result<(), ConnectionEnd> {
@@ -404,6 +670,7 @@ async fn stage(stream: &mut Stream, request: &WriteReq, temp: &Path) -> Result<(
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(crate::store::BLOCK_FILE_MODE as libc::mode_t)
         .dma_open(temp)
         .await
         .map_err(storage("creating", temp))?;
@@ -452,9 +719,11 @@ async fn finish_chunk(
 ) -> Result<(), ConnectionEnd> {
     match write.await {
         Some(Ok(written)) if written == expected => Ok(()),
-        Some(Ok(written)) => {
-            Err(storage("writing", temp)(io::Error::other(format!("short write: {written} of {expected} bytes"))))
-        }
+        // A regular file takes a short write only when the disk is full.
+        Some(Ok(written)) => Err(storage("writing", temp)(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("no space left on device (wrote {written} of {expected} bytes)"),
+        ))),
         Some(Err(e)) => Err(storage("writing", temp)(e)),
         None => Err(storage("writing", temp)(io::Error::other("write task cancelled"))),
     }
@@ -602,13 +871,73 @@ async fn read_block(
 async fn fetch(executor: &Executor, stream: &mut Stream, request: &FetchReq) -> Result<(), ConnectionEnd> {
     let block_id = request.block_id;
     let path = executor.shared.layout.block_path(block_id);
-    let mut reader = BlockReader::open(&path).await?.ok_or(Refusal::NotFound(block_id))?;
-    let size = u32::try_from(reader.size).map_err(|_| Refusal::StoredTooLarge(block_id))?;
+    let file = match BufferedFile::open(&path).await {
+        Ok(file) => file,
+        Err(e) => {
+            let e = io::Error::from(e);
+            if e.kind() == io::ErrorKind::NotFound {
+                return Err(Refusal::NotFound(block_id).into());
+            }
+            return Err(storage("opening", &path)(e));
+        }
+    };
+    let size = file.file_size().await.map_err(storage("reading the size of", &path))?;
+    let size = u32::try_from(size).map_err(|_| Refusal::StoredTooLarge(block_id))?;
     stream.write_all(FetchRespHead::new(size).as_bytes()).await?;
-    while let Some(chunk) = reader.next_chunk().await? {
-        stream.write_all(&chunk).await?;
-    }
+    send_file(stream, file.as_raw_fd(), u64::from(size), &path).await?;
+    let _ = file.close().await;
     executor.shared.counters.fetched(u64::from(size));
+    Ok(())
+}
+
+/// Sends `size` bytes of the file `file` on `stream` with `sendfile(2)`:
+/// from the page cache to the socket with no copy through user space.
+///
+/// The socket is non-blocking (see [`serve_connection`]), so `sendfile`
+/// never blocks the executor on a slow client: when the socket is full it
+/// says so, and the next [`BOUNCE_BYTES`] go through an ordinary write,
+/// which waits (under the stall timeout) for room like any other. The file
+/// is asked into the page cache first (`POSIX_FADV_WILLNEED`), so a block
+/// read for the first time is mostly being read by the kernel while the
+/// first chunks are sent.
+async fn send_file(stream: &mut Stream, file: RawFd, size: u64, path: &Path) -> Result<(), ConnectionEnd> {
+    let socket = stream.as_raw_fd();
+    // SAFETY: plain advisory call on a descriptor we hold open.
+    unsafe { libc::posix_fadvise(file, 0, size as libc::off_t, libc::POSIX_FADV_WILLNEED) };
+    let mut offset: libc::off_t = 0;
+    let mut bounce: Vec<u8> = Vec::new();
+    while (offset as u64) < size {
+        let want = ((size - offset as u64) as usize).min(CHUNK_BYTES);
+        // SAFETY: both descriptors are open; `offset` is a valid, exclusive pointer.
+        let sent = unsafe { libc::sendfile(socket, file, &mut offset, want) };
+        if sent > 0 {
+            continue;
+        }
+        if sent == 0 {
+            return Err(storage("reading", path)(io::Error::other("block shorter than its size")));
+        }
+        let error = io::Error::last_os_error();
+        match error.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => {
+                let length = ((size - offset as u64) as usize).min(BOUNCE_BYTES);
+                bounce.resize(length, 0);
+                // SAFETY: `bounce` holds `length` writable bytes.
+                let read = unsafe { libc::pread(file, bounce.as_mut_ptr().cast(), length, offset) };
+                if read <= 0 {
+                    let error = if read == 0 {
+                        io::Error::other("block shorter than its size")
+                    } else {
+                        io::Error::last_os_error()
+                    };
+                    return Err(storage("reading", path)(error));
+                }
+                stream.write_all(&bounce[..read as usize]).await?;
+                offset += read as libc::off_t;
+            }
+            _ => return Err(ConnectionEnd::Socket(error)),
+        }
+    }
     Ok(())
 }
 

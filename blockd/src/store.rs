@@ -10,6 +10,9 @@
 //!                            little-endian bytes; <hh> is the first two of them
 //! ```
 //!
+//! The folders are 0700 and block files 0600 (the service's user only;
+//! start-up tightens what older versions made 0755/0644).
+//!
 //! This is the prototype's layout (DESIGN.md §6), kept so that tools which
 //! look at a block service's folder keep working. The first byte of a block
 //! id's little-endian form is the shard that made it, so the 256 folders
@@ -30,7 +33,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use wire::ids::BlockId;
@@ -215,12 +218,28 @@ pub struct Usage {
     pub used_blocks: u64,
 }
 
+/// Mode of block files: readable and writable by the service only.
+pub const BLOCK_FILE_MODE: u32 = 0o600;
+/// Mode of the service's folder, `tmp/` and the block folders.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` (and its parents) if missing, and makes it [`DIR_MODE`].
+fn make_private_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
+    let mode = fs::metadata(dir).map_err(io_error("reading", dir))?.permissions().mode();
+    if mode & 0o777 != DIR_MODE {
+        fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE)).map_err(io_error("restricting", dir))?;
+    }
+    Ok(())
+}
+
 /// Makes the block folders and `tmp/`, removes what a crash left in `tmp/`,
 /// and counts the stored blocks. Files in block folders whose names are not
 /// block names are left alone and not counted (logged).
 pub fn prepare(layout: &Layout) -> Result<Usage, StoreError> {
     let temp_dir = layout.temp_dir();
-    fs::create_dir_all(&temp_dir).map_err(io_error("creating", &temp_dir))?;
+    make_private_dir(layout.root())?;
+    make_private_dir(&temp_dir)?;
     let mut removed = 0usize;
     for entry in fs::read_dir(&temp_dir).map_err(io_error("listing", &temp_dir))? {
         let entry = entry.map_err(io_error("listing", &temp_dir))?;
@@ -235,7 +254,7 @@ pub fn prepare(layout: &Layout) -> Result<Usage, StoreError> {
     let mut usage = Usage::default();
     for index in 0..BLOCK_DIR_COUNT {
         let dir = layout.block_dir(index);
-        fs::create_dir_all(&dir).map_err(io_error("creating", &dir))?;
+        make_private_dir(&dir)?;
         for entry in fs::read_dir(&dir).map_err(io_error("listing", &dir))? {
             let entry = entry.map_err(io_error("listing", &dir))?;
             let name = entry.file_name();
@@ -243,6 +262,12 @@ pub fn prepare(layout: &Layout) -> Result<Usage, StoreError> {
             match block_id {
                 Some(block_id) if Layout::block_dir_index(block_id) == index => {
                     let metadata = entry.metadata().map_err(io_error("reading", &entry.path()))?;
+                    // Blocks written by older versions were 0644.
+                    if metadata.permissions().mode() & 0o077 != 0 {
+                        let path = entry.path();
+                        fs::set_permissions(&path, fs::Permissions::from_mode(BLOCK_FILE_MODE))
+                            .map_err(io_error("restricting", &path))?;
+                    }
                     usage.used_bytes += metadata.len();
                     usage.used_blocks += 1;
                 }

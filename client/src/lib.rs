@@ -5,8 +5,9 @@
 //! - [`client`]: [`client::Client`] — discovery through shuckle (with the
 //!   local default ports as fallback), typed shard and CDC requests, path
 //!   resolution from the root across shards, policy inheritance.
+//! - [`pool`]: pooled, pipelined connections to block services.
 //! - [`block`]: the block service TCP client (write with certificate → proof,
-//!   fetch).
+//!   fetch, erase) over the pool.
 //! - [`plan`]: write and read planning without I/O (span encoding, which
 //!   blocks to read).
 //! - [`write`] and [`read`]: streaming, pipelined file writes and
@@ -19,6 +20,7 @@ pub mod client;
 pub mod error;
 pub mod path;
 pub mod plan;
+pub mod pool;
 pub mod read;
 pub mod udp;
 pub mod write;

@@ -550,8 +550,11 @@ async fn get(client: &Client, path: &str, local: &str, verbose: bool) -> anyhow:
         }
     };
     let report = if local == "-" {
-        let mut out = tokio::io::stdout();
-        read_file(client, inode, &mut out, &notice, &progress).await?
+        match client::read::read_file_to_stdout(client, inode, &notice, &progress).await {
+            // The reader of our output went away (`eggs cat | head`): stop quietly.
+            Err(error) if client::read::is_broken_pipe(&error) => return Ok(()),
+            result => result?,
+        }
     } else {
         let mut out = tokio::fs::File::create(local).await.with_context(|| format!("{local}: cannot create"))?;
         match read_file(client, inode, &mut out, &notice, &progress).await {

@@ -1,28 +1,57 @@
 //! Reading a file: fetch_spans page by page; each span's data blocks are
-//! fetched in parallel and checked (CRC per block, CRC of the span); when a
-//! block service is flagged (terminal, unknown, stale), unreachable, or
-//! returns wrong bytes, parity blocks are fetched and the span rebuilt
-//! (mirrors: any copy). Up to [`READ_AHEAD_SPANS`] spans are fetched ahead
-//! of the one being output, so output is in order with bounded memory.
+//! fetched in parallel over pooled, pipelined connections ([`crate::pool`])
+//! straight into their place in one span buffer, and checked (CRC per
+//! block, computed as the bytes arrive; the span CRC derived from the block
+//! CRCs with `crc32c_combine`, never a second pass over the bytes). When a
+//! block service is flagged (terminal, unknown, stale), unreachable, hung,
+//! or returns wrong bytes, parity blocks are fetched and the missing data
+//! blocks rebuilt into their place (mirrors: any copy).
+//!
+//! - **Read-ahead** is sized in bytes: it starts at [`READ_AHEAD_BYTES_MIN`]
+//!   (at least [`READ_AHEAD_SPANS_MIN`] spans) and doubles, up to
+//!   [`READ_AHEAD_BYTES_MAX`], each time the output had to wait for the
+//!   next span; output stays in order and memory bounded.
+//! - **Buffers** are reused: a span's buffer goes back to the free list
+//!   once written out; a block never gets a buffer of its own (parity
+//!   blocks of a degraded span excepted).
+//! - **Dead services** are routed around for the rest of the read: a
+//!   service that refuses connections or stalls for
+//!   [`crate::pool::STALL_TIMEOUT`] is tried last from then on, so a hung
+//!   or dead service costs one stall per read, not one per span.
+//! - **Output** goes to a [`SpanSink`]: plain `write(2)` from the span
+//!   buffer for a file descriptor ([`FdSink`], used for stdout), or any
+//!   tokio `AsyncWrite` ([`AsyncWriteSink`]).
+//! - [`FileReader`] reads byte ranges of a file (for the mount).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::OnceCell;
 use tokio::task::{JoinHandle, JoinSet};
-use wire::crc::crc32c;
+use wire::crc::{crc32c, crc32c_combine, crc32c_zeros};
+use wire::shard::FetchedBlock;
 use wire::span::SpanLayout;
 use wire::{BlockServiceId, InodeId};
 
-use crate::block::fetch_block;
+use crate::block::fetch_block_into;
 use crate::client::{Client, FileSpan, FileSpanBody};
 use crate::error::{ClientError, Result};
 use crate::plan::BlockChoice;
+use crate::pool::FailureKind;
 
-/// Spans fetched ahead of the one being written out.
-pub const READ_AHEAD_SPANS: usize = 3;
+/// Bytes fetched ahead of the output at first.
+pub const READ_AHEAD_BYTES_MIN: u64 = 16 << 20;
+/// The most the read-ahead grows to.
+pub const READ_AHEAD_BYTES_MAX: u64 = 64 << 20;
+/// Spans in flight at least, whatever their size.
+pub const READ_AHEAD_SPANS_MIN: usize = 2;
+/// Kept for callers of the first version: the old fixed window in spans.
+pub const READ_AHEAD_SPANS: usize = READ_AHEAD_SPANS_MIN;
 
 /// Guard against a span listing that does not advance.
 const SPAN_PAGES_MAX: u64 = 1 << 40;
@@ -36,6 +65,86 @@ pub struct ReadReport {
     pub reconstructed_spans: u64,
     /// One line per block that could not be used, and why.
     pub notices: Vec<String>,
+}
+
+/// Where a read's spans go, in order. Each call gets the span's bytes and
+/// gives the buffer back for reuse.
+pub trait SpanSink: Send {
+    fn write_span(&mut self, data: BytesMut) -> impl Future<Output = io::Result<BytesMut>> + Send;
+    fn finish(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// Any tokio writer.
+pub struct AsyncWriteSink<'a, W>(pub &'a mut W);
+
+impl<W: AsyncWrite + Unpin + Send> SpanSink for AsyncWriteSink<'_, W> {
+    async fn write_span(&mut self, data: BytesMut) -> io::Result<BytesMut> {
+        self.0.write_all(&data).await?;
+        Ok(data)
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        self.0.flush().await
+    }
+}
+
+/// A file descriptor written with plain `write(2)` from the span buffer, on
+/// a blocking thread (a pipe may block), while the next spans arrive. The
+/// descriptor stays the caller's (not closed).
+pub struct FdSink {
+    fd: RawFd,
+}
+
+impl FdSink {
+    /// # Safety-free contract
+    ///
+    /// `fd` must stay open for the life of the sink.
+    pub fn new(fd: RawFd) -> Self {
+        Self { fd }
+    }
+
+    /// Standard output.
+    pub fn stdout() -> Self {
+        Self { fd: libc::STDOUT_FILENO }
+    }
+}
+
+fn write_all_fd(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a valid, initialised slice for the whole call.
+        let written = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if written < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[written as usize..];
+    }
+    Ok(())
+}
+
+impl SpanSink for FdSink {
+    async fn write_span(&mut self, data: BytesMut) -> io::Result<BytesMut> {
+        let fd = self.fd;
+        tokio::task::spawn_blocking(move || write_all_fd(fd, &data).map(|()| data))
+            .await
+            .unwrap_or_else(|error| Err(io::Error::other(format!("output thread: {error}"))))
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// True when `error` is the output's reader having gone away (EPIPE), as
+/// with `eggs cat | head -c 1`: the read stopped, nothing went wrong.
+pub fn is_broken_pipe(error: &ClientError) -> bool {
+    matches!(error, ClientError::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
 }
 
 /// Block service addresses as shuckle knows them now, fetched once per
@@ -66,9 +175,35 @@ impl AddressBook {
     }
 }
 
+/// What one read shares between its span tasks.
+#[derive(Clone)]
+struct ReadState {
+    book: AddressBook,
+    /// Services that refused connections or stalled during this read:
+    /// tried last from then on.
+    avoid: Arc<Mutex<HashSet<BlockServiceId>>>,
+}
+
+impl ReadState {
+    fn new(client: &Client) -> Self {
+        Self {
+            book: AddressBook { client: client.clone(), addresses: Arc::new(OnceCell::new()) },
+            avoid: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    fn avoided(&self, id: BlockServiceId) -> bool {
+        self.avoid.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&id)
+    }
+
+    fn mark_down(&self, id: BlockServiceId) {
+        self.avoid.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(id);
+    }
+}
+
 /// A span's bytes and what went wrong on the way.
 struct SpanRead {
-    data: Vec<u8>,
+    data: BytesMut,
     reconstructed: bool,
     notices: Vec<String>,
 }
@@ -76,22 +211,52 @@ struct SpanRead {
 /// Reads the whole file `inode` into `out`. `notice` is called at once for
 /// every block that could not be used (the CLI prints it with `-v`);
 /// `progress` with the bytes written so far.
-pub async fn read_file<W: AsyncWrite + Unpin>(
+pub async fn read_file<W: AsyncWrite + Unpin + Send>(
     client: &Client,
     inode: InodeId,
     out: &mut W,
     notice: &(dyn Fn(&str) + Sync),
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ReadReport> {
+    read_file_to(client, inode, &mut AsyncWriteSink(out), notice, progress).await
+}
+
+/// Reads the whole file `inode` to standard output with `write(2)`. An
+/// output closed by its reader comes back as an error that
+/// [`is_broken_pipe`] recognises.
+pub async fn read_file_to_stdout(
+    client: &Client,
+    inode: InodeId,
+    notice: &(dyn Fn(&str) + Sync),
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ReadReport> {
+    read_file_to(client, inode, &mut FdSink::stdout(), notice, progress).await
+}
+
+/// Reads the whole file `inode` into `sink`, span by span, in order.
+pub async fn read_file_to<S: SpanSink>(
+    client: &Client,
+    inode: InodeId,
+    sink: &mut S,
+    notice: &(dyn Fn(&str) + Sync),
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ReadReport> {
     let mut report = ReadReport::default();
     let mut in_flight: VecDeque<(FileSpan, JoinHandle<Result<SpanRead>>)> = VecDeque::new();
+    let mut in_flight_bytes = 0u64;
+    let mut window = READ_AHEAD_BYTES_MIN;
     let mut pending: VecDeque<FileSpan> = VecDeque::new();
-    let book = AddressBook { client: client.clone(), addresses: Arc::new(OnceCell::new()) };
+    let mut free: Vec<BytesMut> = Vec::new();
+    let state = ReadState::new(client);
     let mut next_offset = Some(0u64);
     let mut expected_offset = 0u64;
     for _ in 0..SPAN_PAGES_MAX {
         // Keep the read-ahead window full, fetching span pages as needed.
-        while in_flight.len() < READ_AHEAD_SPANS {
+        loop {
+            let room = in_flight.len() < READ_AHEAD_SPANS_MIN || in_flight_bytes < window;
+            if !room {
+                break;
+            }
             if pending.is_empty()
                 && let Some(offset) = next_offset
             {
@@ -105,15 +270,22 @@ pub async fn read_file<W: AsyncWrite + Unpin>(
                 pending.extend(page.spans);
             }
             let Some(span) = pending.pop_front() else { break };
-            let task = tokio::spawn(read_span(book.clone(), inode, span.clone()));
+            let buffer = free.pop().unwrap_or_default();
+            in_flight_bytes += u64::from(span.size);
+            let task = tokio::spawn(read_span(state.clone(), inode, span.clone(), buffer));
             in_flight.push_back((span, task));
         }
         let Some((span, task)) = in_flight.pop_front() else { break };
+        in_flight_bytes -= u64::from(span.size);
         if span.offset != expected_offset {
             return Err(ClientError::Inconsistent(format!(
                 "file {inode}: span at {} where {expected_offset} was expected",
                 span.offset
             )));
+        }
+        // The output waits for the network: fetch further ahead.
+        if !task.is_finished() {
+            window = (window * 2).min(READ_AHEAD_BYTES_MAX.max(2 * u64::from(span.size)));
         }
         let read = task.await.map_err(|error| ClientError::Span {
             inode,
@@ -123,66 +295,161 @@ pub async fn read_file<W: AsyncWrite + Unpin>(
         for line in &read.notices {
             notice(line);
         }
-        out.write_all(&read.data).await.map_err(|error| ClientError::io("writing the output", error))?;
-        expected_offset += read.data.len() as u64;
-        report.bytes += read.data.len() as u64;
+        let length = read.data.len() as u64;
+        let mut buffer =
+            sink.write_span(read.data).await.map_err(|error| ClientError::io("writing the output", error))?;
+        buffer.clear();
+        free.push(buffer);
+        expected_offset += length;
+        report.bytes += length;
         report.spans += 1;
         report.reconstructed_spans += u64::from(read.reconstructed);
         report.notices.extend(read.notices);
         progress(report.bytes);
     }
-    out.flush().await.map_err(|error| ClientError::io("writing the output", error))?;
+    sink.finish().await.map_err(|error| ClientError::io("writing the output", error))?;
     Ok(report)
 }
 
-/// Reads one span's bytes, rebuilding from parity when needed.
-async fn read_span(book: AddressBook, inode: InodeId, span: FileSpan) -> Result<SpanRead> {
+/// Reads one span's bytes into `buffer` (reused), rebuilding from parity
+/// when needed, and checks the span's CRC.
+async fn read_span(state: ReadState, inode: InodeId, span: FileSpan, mut buffer: BytesMut) -> Result<SpanRead> {
     let span_error = |reason: String| ClientError::Span { inode, offset: span.offset, reason };
-    let (data, reconstructed, notices) = match &span.body {
-        FileSpanBody::Inline(bytes) => (bytes.clone(), false, Vec::new()),
-        FileSpanBody::ZeroFill => (vec![0u8; span.size as usize], false, Vec::new()),
+    buffer.clear();
+    match &span.body {
+        FileSpanBody::Inline(bytes) => {
+            buffer.extend_from_slice(bytes);
+            if crc32c(&buffer) != span.crc {
+                return Err(span_error("inline span CRC mismatch".into()));
+            }
+            check_size(&buffer, &span).map_err(span_error)?;
+            Ok(SpanRead { data: buffer, reconstructed: false, notices: Vec::new() })
+        }
+        FileSpanBody::ZeroFill => {
+            if crc32c_zeros(u64::from(span.size)) != span.crc {
+                return Err(span_error("zero-fill span CRC mismatch".into()));
+            }
+            buffer.resize(span.size as usize, 0);
+            Ok(SpanRead { data: buffer, reconstructed: false, notices: Vec::new() })
+        }
         FileSpanBody::Blocks { parity, blocks, .. } => {
             let layout =
                 SpanLayout::new(u64::from(span.size), *parity).map_err(|error| span_error(error.to_string()))?;
-            read_blocks(&book, inode, &span, &layout, blocks).await?
+            let read = read_blocks(&state, inode, &span, &layout, blocks, buffer).await?;
+            check_size(&read.data, &span).map_err(span_error)?;
+            Ok(read)
         }
-    };
+    }
+}
+
+fn check_size(data: &[u8], span: &FileSpan) -> std::result::Result<(), String> {
     if data.len() != span.size as usize {
-        return Err(span_error(format!("{} bytes where the span has {}", data.len(), span.size)));
+        return Err(format!("{} bytes where the span has {}", data.len(), span.size));
     }
-    if crc32c(&data) != span.crc {
-        return Err(span_error("span CRC mismatch after reading its blocks".into()));
+    Ok(())
+}
+
+/// One block fetch's outcome, with the buffer back either way.
+struct Fetched {
+    index: usize,
+    buffer: BytesMut,
+    result: std::result::Result<u32, (FailureKind, String)>,
+}
+
+/// Fetches block `index` into `dst`, at its listed address and, if that
+/// fails, at the address shuckle knows now; checks its CRC.
+async fn fetch_one(state: ReadState, index: usize, block: FetchedBlock, dst: BytesMut) -> Fetched {
+    let listed = block.address.socket_addr();
+    let size = block.size.get();
+    let mut attempt = fetch_block_into(listed, block.block_id, size, dst).await;
+    if let Err((_, failure, dst)) = &mut attempt
+        && matches!(failure.kind, FailureKind::Down | FailureKind::Retry)
+        && let Some(current) = state.book.moved(block.block_service_id, listed).await
+    {
+        let dst = dst.take().unwrap_or_default();
+        attempt = fetch_block_into(current, block.block_id, size, dst).await;
     }
-    Ok(SpanRead { data, reconstructed, notices })
+    match attempt {
+        Ok((buffer, crc)) if crc == block.crc.get() => Fetched { index, buffer, result: Ok(crc) },
+        Ok((mut buffer, crc)) => {
+            buffer.clear();
+            let reason = format!(
+                "corrupted data on {listed}: CRC {crc:08x}, the block was written with {:08x}",
+                block.crc.get()
+            );
+            Fetched { index, buffer, result: Err((FailureKind::Failed, reason)) }
+        }
+        Err((error, failure, dst)) => {
+            let buffer = dst.unwrap_or_default();
+            Fetched { index, buffer, result: Err((failure.kind, error.to_string())) }
+        }
+    }
 }
 
 async fn read_blocks(
-    book: &AddressBook,
+    state: &ReadState,
     inode: InodeId,
     span: &FileSpan,
     layout: &SpanLayout,
-    blocks: &[wire::shard::FetchedBlock],
-) -> Result<(Vec<u8>, bool, Vec<String>)> {
+    blocks: &[FetchedBlock],
+    mut buffer: BytesMut,
+) -> Result<SpanRead> {
     let parity = layout.parity;
     let total = parity.total_blocks();
+    let d = parity.data_blocks();
+    let mirroring = parity.is_mirroring();
     let span_error = |reason: String| ClientError::Span { inode, offset: span.offset, reason };
     if blocks.len() != total {
         return Err(span_error(format!("{} blocks listed for parity {parity}", blocks.len())));
     }
-    let flags: Vec<u8> = blocks.iter().map(|block| block.flags).collect();
+    for (index, block) in blocks.iter().enumerate() {
+        let expected = layout.block_size(index);
+        if u64::from(block.size.get()) != expected {
+            return Err(span_error(format!(
+                "block {index} listed with {} bytes, layout says {expected}",
+                block.size.get()
+            )));
+        }
+    }
+    // Services this read found down count as stale: tried only when needed.
+    let flags: Vec<u8> = blocks
+        .iter()
+        .map(|block| {
+            let avoided = state.avoided(block.block_service_id);
+            block.flags | if avoided { wire::shuckle::flags::STALE } else { 0 }
+        })
+        .collect();
     let known: Vec<bool> = blocks.iter().map(|block| !block.address.is_unknown()).collect();
     let mut choice = BlockChoice::new(parity, &flags, &known);
     let mut notices = Vec::new();
-    for (index, block) in blocks.iter().enumerate().take(parity.data_blocks()) {
-        if choice.is_flagged(index) {
+    for (index, block) in blocks.iter().enumerate().take(d) {
+        if choice.is_flagged(index) && !mirroring {
             notices.push(format!(
-                "block {} of span at {} on {} is flagged ({:#x}); using other blocks",
-                block.block_id, span.offset, block.address, block.flags
+                "block {} of span at {} on {} is flagged ({:#x}) or its service is down; using other blocks",
+                block.block_id, span.offset, block.address, flags[index]
             ));
         }
     }
-    let mut slots: Vec<Option<Vec<u8>>> = vec![None; total];
+
+    // Carve the span buffer into the data blocks' places (capacity only:
+    // nothing is zeroed). With mirroring every copy is the whole span.
+    let size = span.size as usize;
+    buffer.clear();
+    buffer.reserve(size);
+    let mut pieces: Vec<Option<BytesMut>> = Vec::with_capacity(d);
+    let mut rest = buffer;
+    for index in 0..d {
+        let piece_size = if mirroring { size } else { layout.block_size(index) as usize };
+        let tail = rest.split_off(piece_size);
+        pieces.push(Some(rest));
+        rest = tail;
+    }
+    let tail = rest;
+    let mut parity_blocks: Vec<Option<BytesMut>> = vec![None; total - d];
+    let mut crcs = vec![0u32; d];
+    let mut have = vec![false; d];
     let mut good = 0usize;
+    let mut mirror_used = None;
     loop {
         let batch = choice.next(good);
         if batch.is_empty() {
@@ -190,68 +457,217 @@ async fn read_blocks(
         }
         let mut tasks = JoinSet::new();
         for index in batch {
-            let block = blocks[index];
-            let expected = layout.block_size(index);
-            let book = book.clone();
-            tasks.spawn(async move {
-                if u64::from(block.size.get()) != expected {
-                    let reason = format!("listed with {} bytes, layout says {expected}", block.size.get());
-                    return (index, Err(reason));
-                }
-                let listed = block.address.socket_addr();
-                let mut fetched = fetch_checked(listed, &block).await;
-                if fetched.is_err()
-                    && let Some(current) = book.moved(block.block_service_id, listed).await
-                {
-                    fetched = fetch_checked(current, &block).await;
-                }
-                (index, fetched.map_err(|error| error.to_string()))
-            });
+            let dst = if mirroring {
+                pieces[0].take().unwrap_or_default()
+            } else if index < d {
+                pieces[index].take().unwrap_or_default()
+            } else {
+                BytesMut::with_capacity(layout.parity_block_size as usize)
+            };
+            tasks.spawn(fetch_one(state.clone(), index, blocks[index], dst));
         }
         while let Some(joined) = tasks.join_next().await {
-            let Ok((index, fetched)) = joined else { continue };
-            match fetched {
-                Ok(bytes) => {
-                    slots[index] = Some(bytes);
+            let fetched = joined.map_err(|error| span_error(format!("block reader: {error}")))?;
+            let index = fetched.index;
+            let slot = if mirroring { 0 } else { index };
+            match fetched.result {
+                Ok(crc) => {
                     good += 1;
+                    mirror_used = Some(index);
+                    if slot < d {
+                        pieces[slot] = Some(fetched.buffer);
+                        crcs[slot] = crc;
+                        have[slot] = true;
+                    } else {
+                        parity_blocks[slot - d] = Some(fetched.buffer);
+                    }
                 }
-                Err(reason) => notices.push(format!(
-                    "block {} (index {index}) of span at {}: {reason}; reading parity",
-                    blocks[index].block_id, span.offset
-                )),
+                Err((kind, reason)) => {
+                    if kind == FailureKind::Down {
+                        state.mark_down(blocks[index].block_service_id);
+                    }
+                    notices.push(format!(
+                        "block {} (index {index}) of span at {}: {reason}; reading parity",
+                        blocks[index].block_id, span.offset
+                    ));
+                    if slot < d {
+                        pieces[slot] = Some(fetched.buffer);
+                    }
+                }
             }
         }
-        if good >= parity.data_blocks() {
+        if good >= d {
             break;
         }
     }
-    if good < parity.data_blocks() {
-        return Err(span_error(format!(
-            "only {good} of the {} blocks needed could be read ({})",
-            parity.data_blocks(),
-            notices.join("; ")
-        )));
+    if good < d {
+        return Err(span_error(format!("only {good} of the {d} blocks needed could be read ({})", notices.join("; "))));
     }
-    let reconstructed = slots[..parity.data_blocks()].iter().any(Option::is_none);
-    if reconstructed {
-        layout.reconstruct(&mut slots).map_err(|error| span_error(error.to_string()))?;
+    let reconstructed = if mirroring {
+        // Another copy than the first was used.
+        mirror_used.is_some_and(|index| index != 0)
+    } else {
+        have.iter().any(|&present| !present)
+    };
+    if !mirroring && reconstructed {
+        rebuild(layout, blocks, &mut pieces, &mut crcs, &have, &parity_blocks).map_err(span_error)?;
         notices.push(format!("span at {} reconstructed from parity", span.offset));
     }
-    let mut data = Vec::with_capacity(span.size as usize);
-    for slot in slots.iter().take(parity.data_blocks()) {
-        data.extend_from_slice(slot.as_deref().unwrap_or_default());
-    }
-    Ok((data, reconstructed, notices))
-}
-
-/// Fetches a block and checks its CRC.
-async fn fetch_checked(addr: SocketAddr, block: &wire::shard::FetchedBlock) -> Result<Vec<u8>> {
-    let bytes = fetch_block(addr, block.block_id, block.size.get()).await?;
-    if crc32c(&bytes) != block.crc.get() {
-        return Err(ClientError::Inconsistent(format!(
-            "block {} on {addr}: CRC mismatch (corrupted block)",
-            block.block_id
+    // The span CRC from the block CRCs: no second pass over the bytes.
+    let span_crc = if mirroring {
+        crcs[0]
+    } else {
+        let mut crc = 0u32;
+        for (index, block_crc) in crcs.iter().enumerate() {
+            crc = crc32c_combine(crc, *block_crc, layout.block_size(index));
+        }
+        crc
+    };
+    if span_crc != span.crc {
+        return Err(span_error(format!(
+            "span CRC {span_crc:08x} from its blocks, the span was written with {:08x}",
+            span.crc
         )));
     }
-    Ok(bytes)
+    // Join the pieces back into one buffer: contiguous, so no copy.
+    let mut data = BytesMut::new();
+    for piece in pieces.into_iter().flatten() {
+        data.unsplit(piece);
+    }
+    data.unsplit(tail);
+    data.truncate(size);
+    Ok(SpanRead { data, reconstructed, notices })
+}
+
+/// Rebuilds the missing data blocks (`have[i]` false) into their pieces from
+/// the present data blocks and parity blocks, and checks each rebuilt
+/// block against the CRC it was written with.
+fn rebuild(
+    layout: &SpanLayout,
+    blocks: &[FetchedBlock],
+    pieces: &mut [Option<BytesMut>],
+    crcs: &mut [u32],
+    have: &[bool],
+    parity_blocks: &[Option<BytesMut>],
+) -> std::result::Result<(), String> {
+    let d = layout.parity.data_blocks();
+    let p = layout.parity.parity_blocks();
+    let shard = layout.parity_block_size as usize;
+    let rs = |error: reed_solomon_simd::Error| format!("Reed–Solomon: {error}");
+    let mut decoder = reed_solomon_simd::ReedSolomonDecoder::new(d, p, shard).map_err(rs)?;
+    let mut padded = Vec::new();
+    for index in 0..d {
+        if !have[index] {
+            continue;
+        }
+        let piece = pieces[index].as_deref().unwrap_or_default();
+        if piece.len() == shard {
+            decoder.add_original_shard(index, piece).map_err(rs)?;
+        } else {
+            padded.clear();
+            padded.extend_from_slice(piece);
+            padded.resize(shard, 0);
+            decoder.add_original_shard(index, &padded).map_err(rs)?;
+        }
+    }
+    for (index, block) in parity_blocks.iter().enumerate() {
+        if let Some(block) = block {
+            decoder.add_recovery_shard(index, block).map_err(rs)?;
+        }
+    }
+    let result = decoder.decode().map_err(rs)?;
+    for (index, restored) in result.restored_original_iter() {
+        let size = layout.block_size(index) as usize;
+        let Some(piece) = pieces.get_mut(index).and_then(Option::as_mut) else {
+            return Err(format!("no place for rebuilt block {index}"));
+        };
+        piece.clear();
+        piece.extend_from_slice(&restored[..size]);
+        let crc = crc32c(piece);
+        if crc != blocks[index].crc.get() {
+            return Err(format!(
+                "rebuilt block {index} has CRC {crc:08x}, written with {:08x}",
+                blocks[index].crc.get()
+            ));
+        }
+        crcs[index] = crc;
+    }
+    for index in (0..d).filter(|&index| !have[index]) {
+        let rebuilt = pieces[index].as_ref().map_or(0, |piece| piece.len());
+        if rebuilt as u64 != layout.block_size(index) {
+            return Err(format!("block {index} could not be rebuilt"));
+        }
+    }
+    Ok(())
+}
+
+/// Reads byte ranges of one file: the span list is fetched once, the last
+/// span read is kept, so sequential small reads (a FUSE mount's) fetch each
+/// span once.
+pub struct FileReader {
+    client: Client,
+    inode: InodeId,
+    spans: Vec<FileSpan>,
+    size: u64,
+    state: ReadState,
+    cached: Option<(usize, BytesMut)>,
+}
+
+impl FileReader {
+    /// Lists the spans of `inode`.
+    pub async fn open(client: &Client, inode: InodeId) -> Result<Self> {
+        let mut spans: Vec<FileSpan> = Vec::new();
+        let mut offset = 0u64;
+        for _ in 0..SPAN_PAGES_MAX {
+            let page = client.fetch_spans(inode, offset).await?;
+            spans.extend(page.spans);
+            if page.next_offset == 0 {
+                break;
+            }
+            if page.next_offset <= offset {
+                return Err(ClientError::Inconsistent(format!("fetch_spans of {inode} does not advance")));
+            }
+            offset = page.next_offset;
+        }
+        let mut size = 0u64;
+        for span in &spans {
+            if span.offset != size {
+                return Err(ClientError::Inconsistent(format!(
+                    "file {inode}: span at {} where {size} was expected",
+                    span.offset
+                )));
+            }
+            size += u64::from(span.size);
+        }
+        Ok(Self { client: client.clone(), inode, spans, size, state: ReadState::new(client), cached: None })
+    }
+
+    /// The file's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Up to `len` bytes at `offset` (fewer at the end of the file, none
+    /// past it), every byte CRC-checked.
+    pub async fn read_at(&mut self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let end = offset.saturating_add(len as u64).min(self.size);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut at = offset;
+        while at < end {
+            let index = self.spans.partition_point(|span| span.offset + u64::from(span.size) <= at);
+            let Some(span) = self.spans.get(index).cloned() else { break };
+            if self.cached.as_ref().is_none_or(|(cached, _)| *cached != index) {
+                let buffer = self.cached.take().map(|(_, buffer)| buffer).unwrap_or_default();
+                let read = read_span(self.state.clone(), self.inode, span.clone(), buffer).await?;
+                self.cached = Some((index, read.data));
+            }
+            let Some((_, data)) = &self.cached else { break };
+            let from = (at - span.offset) as usize;
+            let to = ((end - span.offset) as usize).min(data.len());
+            out.extend_from_slice(&data[from..to]);
+            at = span.offset + to as u64;
+        }
+        let _ = &self.client;
+        Ok(out)
+    }
 }

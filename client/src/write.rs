@@ -24,6 +24,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -33,7 +34,7 @@ use wire::span::{InlineBytes, SpanBody};
 use wire::{BlockServiceId, ErrorKind, InodeId, InodeType, List};
 use zerocopy::byteorder::little_endian::{U32, U64};
 
-use crate::block::write_block;
+use crate::block::write_block_bytes;
 use crate::client::{Client, EdenFile};
 use crate::error::{ClientError, Result};
 use crate::plan::{EncodedSpan, SpanPayload, WritePolicy, encode_span};
@@ -98,22 +99,23 @@ pub async fn encode_input<R: AsyncRead + Unpin>(
     let span_size = policy.span_size_bytes as usize;
     let mut offset = 0u64;
     loop {
-        let mut buffer = vec![0u8; span_size];
-        let mut filled = 0;
-        while filled < span_size {
-            match input.read(&mut buffer[filled..]).await {
+        // Read into spare capacity: nothing is zeroed first.
+        let mut buffer = Vec::with_capacity(span_size);
+        while buffer.len() < span_size {
+            let room = span_size - buffer.len();
+            match input.read_buf(&mut (&mut buffer).limit(room)).await {
                 Ok(0) => break,
-                Ok(read) => filled += read,
+                Ok(_) => {}
                 Err(error) => {
                     let _ = spans.send(Err(ClientError::io("reading the input", error))).await;
                     return;
                 }
             }
         }
+        let filled = buffer.len();
         if filled == 0 {
             return;
         }
-        buffer.truncate(filled);
         let encoded = tokio::task::spawn_blocking(move || encode_span(offset, buffer, policy)).await;
         let encoded = match encoded {
             Ok(result) => result.map_err(ClientError::from),
@@ -257,6 +259,41 @@ async fn add_with_patience(
     }
 }
 
+/// The span's bytes, shareable with the connection tasks without a copy.
+struct SpanBytes(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SpanBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// One parity block, shareable likewise.
+struct ParityBytes(Arc<Vec<Vec<u8>>>, usize);
+
+impl AsRef<[u8]> for ParityBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.get(self.1).map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
+/// Block `index` of `span` as shared bytes: a slice of the span (data
+/// blocks, mirrors) or of its parity blocks; never a copy.
+fn shared_block_bytes(span: &EncodedSpan, index: usize) -> Bytes {
+    let SpanPayload::Blocks(blocks) = &span.payload else { return Bytes::new() };
+    let layout = &blocks.layout;
+    let whole = Bytes::from_owner(SpanBytes(span.data.clone()));
+    if layout.parity.is_mirroring() {
+        return whole;
+    }
+    let d = layout.parity.data_blocks();
+    if index < d {
+        let range = layout.data_block_range(index);
+        return whole.slice(range.start as usize..range.end as usize);
+    }
+    Bytes::from_owner(ParityBytes(blocks.parity_blocks.clone(), index - d))
+}
+
 /// Writes every block of `span` in parallel; returns the proofs in order.
 async fn write_blocks(
     inode: InodeId,
@@ -267,7 +304,7 @@ async fn write_blocks(
     let SpanPayload::Blocks(blocks) = &span.payload else { return Ok(Vec::new()) };
     let mut tasks = JoinSet::new();
     for (index, certificate) in certificates.iter().copied().enumerate() {
-        let span = Arc::new(span.clone());
+        let data = shared_block_bytes(span, index);
         let crc = blocks.block_crcs.get(index).copied().unwrap_or(0);
         tasks.spawn(async move {
             let addr = certificate.address.socket_addr();
@@ -276,8 +313,7 @@ async fn write_blocks(
                 if attempt > 0 {
                     tokio::time::sleep(BLOCK_WRITE_RETRY_PAUSE * attempt).await;
                 }
-                let data = span.block_bytes(index);
-                match write_block(addr, certificate.block_id, crc, certificate.certificate, data).await {
+                match write_block_bytes(addr, certificate.block_id, crc, certificate.certificate, data.clone()).await {
                     Ok(proof) => return (index, Ok(proof)),
                     Err(error) => {
                         tracing::debug!(%error, attempt, "block write failed");

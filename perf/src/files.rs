@@ -12,7 +12,12 @@ use crate::limits::{MIB, mb_per_second, pseudo_random_bytes};
 
 /// Writes `bytes` of incompressible data to `path`; its CRC32C.
 pub fn make_input(path: &Path, bytes: usize) -> Result<u32> {
-    let chunk = pseudo_random_bytes(4 * MIB, 13);
+    make_input_seeded(path, bytes, 0)
+}
+
+/// [`make_input`] with a seed, for files that differ from each other.
+pub fn make_input_seeded(path: &Path, bytes: usize, seed: u64) -> Result<u32> {
+    let chunk = pseudo_random_bytes(4 * MIB, 13 + seed);
     let mut file = std::fs::File::create(path).map_err(PerfError::io(format!("create {}", path.display())))?;
     let mut crc = 0u32;
     let mut written = 0usize;
@@ -61,8 +66,22 @@ pub fn put(
     Ok(mb_per_second(bytes as u64, elapsed))
 }
 
+/// What one `eggs cat` took.
+#[derive(Clone, Copy, Debug)]
+pub struct CatRun {
+    pub mb_per_second: f64,
+    /// The cat process's user + system CPU time, seconds.
+    pub cpu_seconds: f64,
+}
+
 /// `eggs cat <remote>` into a pipe: MB/s, after checking the size and CRC.
 pub fn cat(eggs: &Path, envs: &[(String, String)], remote: &str, bytes: usize, crc: u32) -> Result<f64> {
+    cat_measured(eggs, envs, remote, bytes, crc).map(|run| run.mb_per_second)
+}
+
+/// `eggs cat <remote>` into a pipe this process drains (counting and
+/// CRC-checking every byte); its rate and its CPU time (from `wait4`).
+pub fn cat_measured(eggs: &Path, envs: &[(String, String)], remote: &str, bytes: usize, crc: u32) -> Result<CatRun> {
     let started = Instant::now();
     let mut child = Command::new(eggs)
         .arg("cat")
@@ -92,7 +111,7 @@ pub fn cat(eggs: &Path, envs: &[(String, String)], remote: &str, bytes: usize, c
         received_crc = wire::crc::crc32c_append(received_crc, &buf[..n]);
         received += n;
     }
-    let status = child.wait().map_err(PerfError::io("wait for eggs cat"))?;
+    let (status, cpu_seconds) = wait_with_cpu(&mut child)?;
     let elapsed = started.elapsed();
     let stderr = stderr_reader.join().unwrap_or_default();
     if !status.success() {
@@ -103,5 +122,27 @@ pub fn cat(eggs: &Path, envs: &[(String, String)], remote: &str, bytes: usize, c
             "eggs cat {remote} returned {received} bytes (crc {received_crc:08x}), expected {bytes} (crc {crc:08x})"
         )));
     }
-    Ok(mb_per_second(bytes as u64, elapsed))
+    Ok(CatRun { mb_per_second: mb_per_second(bytes as u64, elapsed), cpu_seconds })
+}
+
+/// Reaps `child` with `wait4`: its exit status and user + system CPU seconds.
+fn wait_with_cpu(child: &mut std::process::Child) -> Result<(std::process::ExitStatus, f64)> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 fills it in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pid is our unreaped child; the pointers are valid for the call.
+        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if reaped == pid {
+            break;
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(PerfError::io("wait for eggs cat")(error));
+        }
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok((std::process::ExitStatus::from_raw(status), seconds(usage.ru_utime) + seconds(usage.ru_stime)))
 }

@@ -19,8 +19,11 @@ use clap::Parser;
 #[command(name = "eggs-perf", about = "Measure eggsfs against this machine's own limits")]
 struct Args {
     /// Short mode (at most about 2 minutes; the default).
-    #[arg(long, conflicts_with = "full")]
+    #[arg(long, conflicts_with_all = ["full", "datapath"])]
     short: bool,
+    /// Only the data path (blockd, put, cat, concurrent and degraded cats) at 1 GiB.
+    #[arg(long, conflicts_with = "full")]
+    datapath: bool,
     /// Full mode: every block size and connection count, 1 GiB files, a shard with 1 M files.
     #[arg(long)]
     full: bool,
@@ -34,7 +37,13 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let plan = if args.full { plan::Plan::full() } else { plan::Plan::short() };
+    let plan = if args.full {
+        plan::Plan::full()
+    } else if args.datapath {
+        plan::Plan::datapath()
+    } else {
+        plan::Plan::short()
+    };
     let results = args.results.unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results")));
     match run::run(&plan, args.dir.as_deref(), &results) {
         Ok(true) => ExitCode::SUCCESS,

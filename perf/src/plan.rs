@@ -38,6 +38,13 @@ pub struct Plan {
     pub mv_files: u64,
     /// Size of the file for put / cat.
     pub file_bytes: usize,
+    /// Healthy cats of that file (the median is reported).
+    pub cat_repeats: usize,
+    /// Concurrent cats of different files, and each file's size.
+    pub concurrent_cats: usize,
+    pub concurrent_file_bytes: usize,
+    /// Only the data path: no UDP, shard or CDC figures.
+    pub data_only: bool,
 }
 
 impl Plan {
@@ -62,6 +69,10 @@ impl Plan {
             cdc_clients: 8,
             mv_files: 2_000,
             file_bytes: 256 * MIB,
+            cat_repeats: 1,
+            concurrent_cats: 4,
+            concurrent_file_bytes: 64 * MIB,
+            data_only: false,
         }
     }
 
@@ -86,6 +97,33 @@ impl Plan {
             cdc_clients: 8,
             mv_files: 20_000,
             file_bytes: 1024 * MIB,
+            cat_repeats: 3,
+            concurrent_cats: 4,
+            concurrent_file_bytes: 256 * MIB,
+            data_only: false,
         }
+    }
+
+    /// The data path only, at issue 11's sizes: loopback TCP and the disk,
+    /// blockd write/fetch, put and cat of 1 GiB (cat three times), 4
+    /// concurrent cats of 256 MiB files, the degraded cat.
+    pub fn datapath() -> Self {
+        Self {
+            mode: "datapath",
+            client_counts: vec![],
+            parities: vec![(4, 2)],
+            create_clients: vec![],
+            data_only: true,
+            ..Self::full()
+        }
+        .with_blocks(vec![MIB, 64 * MIB], vec![1, 16])
+    }
+
+    fn with_blocks(mut self, sizes: Vec<usize>, connections: Vec<usize>) -> Self {
+        self.block_sizes = sizes;
+        self.block_connections = connections;
+        self.block_phase = Duration::from_secs(2);
+        self.sequential_write_bytes = 1024 * MIB;
+        self
     }
 }

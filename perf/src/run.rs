@@ -82,7 +82,9 @@ pub fn run(plan: &Plan, dir: Option<&Path>, results: &Path) -> anyhow::Result<bo
     let mut report = Report::default();
     let limits = measure_limits(plan, folder, &runtime, machine.cores, &mut report);
     blockd_figures(plan, folder, &limits, &mut report);
-    shard_figures(plan, folder, &limits, &runtime, &mut report);
+    if !plan.data_only {
+        shard_figures(plan, folder, &limits, &runtime, &mut report);
+    }
     cluster_figures(plan, folder, &limits, &runtime, &mut report);
 
     let elapsed = started.elapsed();
@@ -102,8 +104,10 @@ fn measure_limits(plan: &Plan, folder: &Path, runtime: &Runtime, cores: usize, r
     report.push(Row::limit("loopback TCP, 1 stream", "MB/s", tcp_one.clone()));
     report.push(Row::limit("loopback TCP, 2 streams", "MB/s", tcp_two.clone()));
 
-    progress("machine limits: UDP request/response");
     let mut echo = Vec::new();
+    if !plan.client_counts.is_empty() {
+        progress("machine limits: UDP request/response");
+    }
     match EchoServer::start(cores) {
         Ok(server) => {
             for &clients in &plan.client_counts {
@@ -131,8 +135,13 @@ fn measure_limits(plan: &Plan, folder: &Path, runtime: &Runtime, cores: usize, r
         "MB/s",
         sequential_write.clone(),
     ));
-    let fsync = figure(limits::fsync_rate(folder, plan.fsync));
-    report.push(Row::limit("fsync of 4 KiB appends", "/s", fsync.clone()));
+    let fsync = if plan.data_only {
+        Err("not measured in this mode".to_string())
+    } else {
+        let fsync = figure(limits::fsync_rate(folder, plan.fsync));
+        report.push(Row::limit("fsync of 4 KiB appends", "/s", fsync.clone()));
+        fsync
+    };
 
     progress("machine limits: CRC32C and Reed–Solomon");
     report.push(Row::limit("CRC32C, 1 core", "MB/s", figure(limits::crc32c_speed(plan.cpu))));
@@ -375,17 +384,10 @@ fn cluster_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtim
         None,
         Target::AtMost(2.0),
     ));
-    let resident = |cluster: &Result<(std::path::PathBuf, Daemon), String>| -> Figure {
-        let (_, daemon) = cluster.as_ref().map_err(Clone::clone)?;
-        let pids: Vec<u32> = std::iter::once(daemon.pid())
-            .chain(process::descendants(daemon.pid()).into_iter().map(|(p, _)| p))
-            .collect();
-        Ok(pids.iter().map(|&pid| process::resident_bytes(pid)).sum::<u64>() as f64 / 1e6)
-    };
     report.push(Row::against(
         "local cluster resident memory, idle",
         "MB",
-        resident(&cluster),
+        resident_of(&cluster),
         None,
         Target::AtMost(300.0),
     ));
@@ -398,6 +400,16 @@ fn cluster_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtim
         ))
     });
 
+    if !plan.data_only {
+        cdc_figures(plan, &addresses, runtime, report);
+    }
+    data_figures(plan, folder, limits, &cluster, &addresses, report);
+}
+
+type Addresses = Result<(SocketAddr, SocketAddr, SocketAddr), String>;
+type Cluster = Result<(std::path::PathBuf, Daemon), String>;
+
+fn cdc_figures(plan: &Plan, addresses: &Addresses, runtime: &Runtime, report: &mut Report) {
     let mkdir = addresses.clone().and_then(|(_, cdc_addr, _)| {
         figure(
             runtime
@@ -424,7 +436,28 @@ fn cluster_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtim
             .map_err(|e| e.to_string())
     });
     report.push(Row::against(format!("CDC mv file, {} clients", plan.cdc_clients), "files/s", mv, None, Target::None));
+}
 
+fn resident_of(cluster: &Cluster) -> Figure {
+    let (_, daemon) = cluster.as_ref().map_err(Clone::clone)?;
+    let pids: Vec<u32> =
+        std::iter::once(daemon.pid()).chain(process::descendants(daemon.pid()).into_iter().map(|(p, _)| p)).collect();
+    Ok(pids.iter().map(|&pid| process::resident_bytes(pid)).sum::<u64>() as f64 / 1e6)
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
+fn data_figures(
+    plan: &Plan,
+    folder: &Path,
+    limits: &Limits,
+    cluster: &Cluster,
+    addresses: &Addresses,
+    report: &mut Report,
+) {
     let size = format!("{} MiB", plan.file_bytes / MIB);
     let input = folder.join("perf-input");
     let prepared = addresses.clone().and_then(|(_, _, shuckle_addr)| {
@@ -447,38 +480,103 @@ fn cluster_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtim
         "MB/s",
         put.clone(),
         Some(sequential_write),
-        Target::RatioAtLeast(0.4),
+        Target::RatioAtLeast(0.6),
     ));
-    let cat = |label: &str| -> Figure {
+    let cat = |label: &str| -> Result<files::CatRun, String> {
         put.clone()?;
         let (eggs, envs, crc) = prepared.clone()?;
         progress(label);
-        figure(files::cat(&eggs, &envs, remote, plan.file_bytes, crc))
+        files::cat_measured(&eggs, &envs, remote, plan.file_bytes, crc).map_err(|e| e.to_string())
     };
+    let runs: Vec<Result<files::CatRun, String>> =
+        (0..plan.cat_repeats.max(1)).map(|round| cat(&format!("eggs cat ({})", round + 1))).collect();
+    let healthy: Figure = match runs.iter().find_map(|run| run.as_ref().err()) {
+        Some(why) => Err(why.clone()),
+        None => median(runs.iter().flatten().map(|run| run.mb_per_second).collect()).ok_or("no cat".to_string()),
+    };
+    let repeats = if plan.cat_repeats > 1 { format!(", median of {}", plan.cat_repeats) } else { String::new() };
     report.push(Row::against(
-        format!("eggs cat {size}"),
+        format!("eggs cat {size}{repeats}"),
         "MB/s",
-        cat("eggs cat"),
+        healthy.clone(),
         Some(limits.tcp_two.clone()),
         Target::RatioAtLeast(0.6),
     ));
+    let cpu: Figure = healthy.clone().and_then(|_| {
+        let gib = plan.file_bytes as f64 / (1u64 << 30) as f64;
+        median(runs.iter().flatten().map(|run| run.cpu_seconds / gib).collect()).ok_or("no cat".to_string())
+    });
+    report.push(Row::against("eggs cat client CPU (user+sys) per GiB", "s/GiB", cpu, None, Target::AtMost(0.6)));
     report.push(Row::against(
         "local cluster resident memory, after put and cat",
         "MB",
-        resident(&cluster),
+        resident_of(cluster),
         None,
         Target::None,
     ));
+    let concurrent = prepared.clone().and_then(|(eggs, envs, _)| {
+        put.clone()?;
+        concurrent_cats(plan, folder, &eggs, &envs)
+    });
+    report.push(Row::against(
+        format!(
+            "{} concurrent eggs cat of different {} MiB files, aggregate",
+            plan.concurrent_cats,
+            plan.concurrent_file_bytes / MIB
+        ),
+        "MB/s",
+        concurrent,
+        Some(limits.tcp_two.clone()),
+        Target::RatioAtLeast(0.6),
+    ));
     let killed = cluster.as_ref().map_err(Clone::clone).and_then(|(_, daemon)| kill_one_block_service(daemon.pid()));
-    let degraded = killed.and_then(|()| cat("eggs cat, one block service killed"));
+    let degraded = killed.and_then(|()| cat("eggs cat, one block service killed").map(|run| run.mb_per_second));
     report.push(Row::against(
         format!("eggs cat {size}, one block service killed"),
         "MB/s",
-        degraded,
+        degraded.clone(),
         Some(limits.tcp_two.clone()),
         Target::None,
     ));
+    let degraded_ratio = degraded.and_then(|value| healthy.clone().map(|healthy| (value, healthy)));
+    report.push(Row::against(
+        format!("eggs cat {size}, one block service killed, against the healthy cat"),
+        "MB/s",
+        degraded_ratio.clone().map(|(value, _)| value),
+        Some(degraded_ratio.map(|(_, healthy)| healthy)),
+        Target::RatioAtLeast(0.8),
+    ));
     let _ = std::fs::remove_file(&input);
+}
+
+/// Puts `plan.concurrent_cats` different files, then cats them all at once:
+/// the aggregate MB/s (all bytes over the time until the last one ends).
+fn concurrent_cats(plan: &Plan, folder: &Path, eggs: &Path, envs: &[(String, String)]) -> Figure {
+    let bytes = plan.concurrent_file_bytes;
+    let mut files = Vec::new();
+    for index in 0..plan.concurrent_cats {
+        let input = folder.join(format!("perf-input-{index}"));
+        let crc = files::make_input_seeded(&input, bytes, index as u64 + 1).map_err(|e| e.to_string())?;
+        let remote = format!("/perf-concurrent-{index}");
+        progress(&format!("eggs put {remote}"));
+        files::put(eggs, envs, &["--parity", "4+2"], &input, &remote, bytes).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&input);
+        files.push((remote, crc));
+    }
+    progress(&format!("{} concurrent eggs cat", files.len()));
+    let started = Instant::now();
+    let handles: Vec<_> = files
+        .into_iter()
+        .map(|(remote, crc)| {
+            let (eggs, envs) = (eggs.to_path_buf(), envs.to_vec());
+            std::thread::spawn(move || files::cat(&eggs, &envs, &remote, bytes, crc).map_err(|e| e.to_string()))
+        })
+        .collect();
+    let count = handles.len();
+    for handle in handles {
+        handle.join().map_err(|_| "a cat thread panicked".to_string())??;
+    }
+    Ok(limits::mb_per_second((bytes * count) as u64, started.elapsed()))
 }
 
 /// SIGKILLs one blockd child of the local cluster and waits until it is gone.

@@ -1,0 +1,518 @@
+//! Block service connections: a small pool per service address, with
+//! requests pipelined on each connection.
+//!
+//! The block protocol answers the requests of one connection in order, so a
+//! connection is two tasks: a *writer* that sends each request (and a
+//! write's payload) as soon as it is queued, and a *reader* that takes the
+//! answers in the same order. A fetch's bytes are read straight into the
+//! buffer the caller handed over (a slice of its span buffer: no copy, no
+//! zero-fill) while their CRC32C is computed, in cache, as they arrive.
+//!
+//! Failures are classified so the reader of a file can act on them
+//! ([`FailureKind`]): a service that refuses connections or stops sending
+//! for [`STALL_TIMEOUT`] is *down* (route around it); a request that was
+//! only queued behind a failed one is *retried* on a new connection; a
+//! request the service itself refused (block missing, wrong size) just
+//! failed.
+//!
+//! Idle connections close themselves after [`IDLE_CLOSE`] (below blockd's
+//! idle limit), so a pooled connection is rarely one the server already
+//! dropped; when it is, the request comes back as a retry.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use wire::BlockId;
+use wire::block::{
+    EraseReq, EraseResp, FetchReq, FetchRespHead, TAG_ERASED, TAG_FETCHED, TAG_WRITTEN, WriteReq, WriteResp,
+};
+use wire::crc::crc32c_append;
+use wire::mac::Mac;
+use zerocopy::{FromBytes, IntoBytes};
+
+/// Time to connect to a block service.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A connection with a request outstanding that moves no byte for this long
+/// is dropped and its service treated as down by the read that saw it. Also
+/// the bound on how long a hung service delays a read before parity is used.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(4);
+/// A write waits this long for its proof after its last byte is sent
+/// (blockd syncs the file and its folder first).
+const WRITE_PROOF_TIMEOUT: Duration = Duration::from_secs(30);
+/// An idle connection closes itself after this long.
+pub const IDLE_CLOSE: Duration = Duration::from_secs(10);
+/// Connections kept per block service address. Two let a service with
+/// several executors serve one client in parallel, and let a request that
+/// follows a large one not wait behind it.
+pub const CONNECTIONS_PER_SERVICE: usize = 2;
+/// Unit of socket reads and writes of block bytes.
+const IO_CHUNK_BYTES: usize = 1 << 20;
+
+/// Why an operation failed, for the caller's next move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Connection refused, connect timed out, or bytes stopped coming:
+    /// avoid this service for the rest of the read.
+    Down,
+    /// The connection ended before this request was answered, through no
+    /// fault of the request (queued behind a failed one, or a pooled
+    /// connection the server had closed): try again on a new connection.
+    Retry,
+    /// The service answered this request wrongly or refused it.
+    Failed,
+}
+
+/// A failed block operation.
+#[derive(Debug)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub reason: String,
+}
+
+impl Failure {
+    fn new(kind: FailureKind, reason: impl Into<String>) -> Self {
+        Self { kind, reason: reason.into() }
+    }
+}
+
+/// What a request expects back.
+enum Expect {
+    /// `size` bytes into `dst` (empty, capacity ≥ size).
+    Fetch {
+        size: u32,
+        dst: BytesMut,
+    },
+    Write {
+        block_id: BlockId,
+    },
+    Erase {
+        block_id: BlockId,
+    },
+}
+
+/// The answer handed back to the caller.
+pub enum Answer {
+    /// The buffer (holding exactly the block) and the block's CRC32C.
+    Fetched {
+        data: BytesMut,
+        crc: u32,
+    },
+    Proof(Mac),
+}
+
+/// A failed fetch gives its buffer back (cleared) for the next attempt.
+pub type Reply = Result<Answer, (Failure, Option<BytesMut>)>;
+
+struct Op {
+    header: [u8; 32],
+    header_len: usize,
+    payload: Option<Bytes>,
+    expect: Expect,
+    reply: oneshot::Sender<Reply>,
+}
+
+impl Op {
+    fn fail(self, failure: Failure) {
+        let dst = match self.expect {
+            Expect::Fetch { mut dst, .. } => {
+                dst.clear();
+                Some(dst)
+            }
+            _ => None,
+        };
+        let _ = self.reply.send(Err((failure, dst)));
+    }
+}
+
+/// One pooled connection: the queue into its writer task.
+struct Connection {
+    ops: mpsc::UnboundedSender<Op>,
+    /// Bytes requested and not yet answered (picks the least loaded).
+    outstanding: Arc<AtomicU64>,
+}
+
+/// Connections to block services, shared by every operation of a process.
+#[derive(Default)]
+pub struct BlockPool {
+    services: Mutex<HashMap<SocketAddr, Vec<Arc<Connection>>>>,
+    /// Held while a connection to the address is being opened, so that a
+    /// burst of first requests opens a few connections, not one each.
+    opening: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The process's pool.
+pub fn pool() -> &'static BlockPool {
+    static POOL: OnceLock<BlockPool> = OnceLock::new();
+    POOL.get_or_init(BlockPool::default)
+}
+
+impl BlockPool {
+    /// A live connection to `addr`: the least loaded pooled one, or a new
+    /// one while fewer than [`CONNECTIONS_PER_SERVICE`] are busy, or (with
+    /// `fresh`) always a new one.
+    async fn connection(&self, addr: SocketAddr, fresh: bool) -> Result<Arc<Connection>, Failure> {
+        if !fresh && let Some(pooled) = self.pooled(addr) {
+            return Ok(pooled);
+        }
+        let opening =
+            self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(addr).or_default().clone();
+        let _opening = opening.lock().await;
+        // Another request may have opened one meanwhile.
+        if !fresh && let Some(pooled) = self.pooled(addr) {
+            return Ok(pooled);
+        }
+        let connection = Arc::new(open(addr).await?);
+        let mut services = self.services.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let list = services.entry(addr).or_default();
+        list.retain(|connection| !connection.ops.is_closed());
+        list.push(connection.clone());
+        if list.len() > CONNECTIONS_PER_SERVICE {
+            // Forget the oldest: it finishes what it has and then idles out.
+            list.remove(0);
+        }
+        Ok(connection)
+    }
+
+    /// The least loaded pooled connection to `addr`, if it is idle or no
+    /// more may be opened.
+    fn pooled(&self, addr: SocketAddr) -> Option<Arc<Connection>> {
+        let mut services = self.services.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let list = services.entry(addr).or_default();
+        list.retain(|connection| !connection.ops.is_closed());
+        let best = list.iter().min_by_key(|connection| connection.outstanding.load(Ordering::Relaxed)).cloned()?;
+        (best.outstanding.load(Ordering::Relaxed) == 0 || list.len() >= CONNECTIONS_PER_SERVICE).then_some(best)
+    }
+
+    /// Sends `op` on a pooled connection and waits for its answer; a
+    /// [`FailureKind::Retry`] is tried once more on a new connection.
+    async fn run(&self, addr: SocketAddr, make: impl Fn(Option<BytesMut>) -> (Op, oneshot::Receiver<Reply>)) -> Reply {
+        let mut dst = None;
+        for attempt in 0..2 {
+            let connection = match self.connection(addr, attempt > 0).await {
+                Ok(connection) => connection,
+                Err(failure) => return Err((failure, dst)),
+            };
+            let (op, receiver) = make(dst.take());
+            let cost = op_cost(&op);
+            connection.outstanding.fetch_add(cost, Ordering::Relaxed);
+            if let Err(refused) = connection.ops.send(op) {
+                connection.outstanding.fetch_sub(cost, Ordering::Relaxed);
+                let op = refused.0;
+                dst = match op.expect {
+                    Expect::Fetch { dst, .. } => Some(dst),
+                    _ => None,
+                };
+                continue;
+            }
+            let reply = receiver.await;
+            connection.outstanding.fetch_sub(cost, Ordering::Relaxed);
+            match reply {
+                Ok(Err((failure, back))) if failure.kind == FailureKind::Retry && attempt == 0 => dst = back,
+                Ok(reply) => return reply,
+                // The connection's tasks are gone (their runtime ended).
+                Err(_) if attempt == 0 => {}
+                Err(_) => return Err((Failure::new(FailureKind::Retry, "connection lost"), None)),
+            }
+        }
+        Err((Failure::new(FailureKind::Retry, "connection lost twice"), dst))
+    }
+
+    /// Fetches block `block_id` (`size` bytes) into `dst` (cleared; its
+    /// capacity is grown if short). Returns the filled buffer and the CRC.
+    pub async fn fetch(&self, addr: SocketAddr, block_id: BlockId, size: u32, dst: BytesMut) -> Reply {
+        let first = Mutex::new(Some(dst));
+        self.run(addr, |back| {
+            let mut dst = back
+                .or_else(|| first.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take())
+                .unwrap_or_default();
+            dst.clear();
+            dst.reserve(size as usize);
+            let (reply, receiver) = oneshot::channel();
+            let mut op =
+                Op { header: [0; 32], header_len: 0, payload: None, expect: Expect::Fetch { size, dst }, reply };
+            set_header(&mut op, FetchReq::new(block_id).as_bytes());
+            (op, receiver)
+        })
+        .await
+    }
+
+    /// Writes `data` as block `block_id`; returns the write proof.
+    pub async fn write(
+        &self,
+        addr: SocketAddr,
+        block_id: BlockId,
+        crc: u32,
+        certificate: Mac,
+        data: Bytes,
+    ) -> Result<Mac, Failure> {
+        let size = u32::try_from(data.len()).map_err(|_| Failure::new(FailureKind::Failed, "block too large"))?;
+        let reply = self
+            .run(addr, |_| {
+                let (reply, receiver) = oneshot::channel();
+                let mut op = Op {
+                    header: [0; 32],
+                    header_len: 0,
+                    payload: Some(data.clone()),
+                    expect: Expect::Write { block_id },
+                    reply,
+                };
+                set_header(&mut op, WriteReq::with_certificate(block_id, crc, size, certificate).as_bytes());
+                (op, receiver)
+            })
+            .await;
+        match reply {
+            Ok(Answer::Proof(proof)) => Ok(proof),
+            Ok(Answer::Fetched { .. }) => Err(Failure::new(FailureKind::Failed, "answer of another kind")),
+            Err((failure, _)) => Err(failure),
+        }
+    }
+
+    /// Erases block `block_id` with its certificate; returns the proof.
+    pub async fn erase(&self, addr: SocketAddr, block_id: BlockId, certificate: Mac) -> Result<Mac, Failure> {
+        let reply = self
+            .run(addr, |_| {
+                let (reply, receiver) = oneshot::channel();
+                let mut op =
+                    Op { header: [0; 32], header_len: 0, payload: None, expect: Expect::Erase { block_id }, reply };
+                set_header(&mut op, EraseReq::with_certificate(block_id, certificate).as_bytes());
+                (op, receiver)
+            })
+            .await;
+        match reply {
+            Ok(Answer::Proof(proof)) => Ok(proof),
+            Ok(Answer::Fetched { .. }) => Err(Failure::new(FailureKind::Failed, "answer of another kind")),
+            Err((failure, _)) => Err(failure),
+        }
+    }
+}
+
+fn set_header(op: &mut Op, bytes: &[u8]) {
+    op.header_len = bytes.len().min(op.header.len());
+    op.header[..op.header_len].copy_from_slice(&bytes[..op.header_len]);
+}
+
+fn op_cost(op: &Op) -> u64 {
+    match &op.expect {
+        Expect::Fetch { size, .. } => u64::from(*size) + 1,
+        _ => op.payload.as_ref().map_or(1, |payload| payload.len() as u64 + 1),
+    }
+}
+
+/// Connects and starts the connection's writer and reader tasks.
+async fn open(addr: SocketAddr) -> Result<Connection, Failure> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Err(_) => return Err(Failure::new(FailureKind::Down, "connect timed out")),
+        Ok(Err(error)) => return Err(Failure::new(FailureKind::Down, format!("connect: {error}"))),
+        Ok(Ok(stream)) => stream,
+    };
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let (ops, queue) = mpsc::unbounded_channel();
+    let (sent, answers) = mpsc::unbounded_channel();
+    tokio::spawn(writer(write, queue, sent));
+    tokio::spawn(reader(read, answers));
+    Ok(Connection { ops, outstanding: Arc::new(AtomicU64::new(0)) })
+}
+
+/// Sends each queued request, then hands it to the reader. Ends after
+/// [`IDLE_CLOSE`] without requests, or when the socket or reader fails.
+async fn writer(mut socket: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<Op>, sent: mpsc::UnboundedSender<Op>) {
+    loop {
+        let op = match tokio::time::timeout(IDLE_CLOSE, queue.recv()).await {
+            Ok(Some(op)) => op,
+            Ok(None) => return,
+            Err(_) => {
+                // Idle: stop taking requests; those raced in are retried.
+                queue.close();
+                while let Ok(op) = queue.try_recv() {
+                    op.fail(Failure::new(FailureKind::Retry, "connection idled out"));
+                }
+                return;
+            }
+        };
+        let header = op.header;
+        let header_len = op.header_len;
+        let payload = op.payload.clone();
+        // Queued for an answer before the request goes out, so answers and
+        // requests stay in the same order.
+        if let Err(refused) = sent.send(op) {
+            refused.0.fail(Failure::new(FailureKind::Retry, "connection closed"));
+            break;
+        }
+        if send(&mut socket, &header[..header_len], payload.as_deref()).await.is_err() {
+            // The reader sees the end of the connection and fails what is queued.
+            break;
+        }
+    }
+    queue.close();
+    while let Ok(op) = queue.try_recv() {
+        op.fail(Failure::new(FailureKind::Retry, "connection closed"));
+    }
+}
+
+async fn send(socket: &mut OwnedWriteHalf, header: &[u8], payload: Option<&[u8]>) -> io::Result<()> {
+    let timed = |result: Result<io::Result<()>, tokio::time::error::Elapsed>| {
+        result.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "send stalled")))
+    };
+    match payload {
+        None => timed(tokio::time::timeout(STALL_TIMEOUT, socket.write_all(header)).await),
+        Some(payload) => {
+            timed(tokio::time::timeout(STALL_TIMEOUT, socket.write_all(header)).await)?;
+            for chunk in payload.chunks(IO_CHUNK_BYTES) {
+                timed(tokio::time::timeout(STALL_TIMEOUT, socket.write_all(chunk)).await)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Takes the answers in order. On the first failure the connection is
+/// done: the request at the head fails, the ones behind it are retried.
+async fn reader(mut socket: OwnedReadHalf, mut answers: mpsc::UnboundedReceiver<Op>) {
+    // A service that stalled is down for the requests behind too.
+    let mut behind = FailureKind::Retry;
+    while let Some(mut op) = answers.recv().await {
+        let expect = std::mem::replace(&mut op.expect, Expect::Write { block_id: BlockId::new(0) });
+        match answer(&mut socket, expect).await {
+            Ok(answer) => {
+                let _ = op.reply.send(Ok(answer));
+            }
+            Err((failure, dst)) => {
+                if failure.kind == FailureKind::Down {
+                    behind = FailureKind::Down;
+                }
+                let dst = dst.map(|mut dst| {
+                    dst.clear();
+                    dst
+                });
+                let _ = op.reply.send(Err((failure, dst)));
+                break;
+            }
+        }
+    }
+    answers.close();
+    while let Ok(op) = answers.try_recv() {
+        op.fail(Failure::new(behind, "an earlier request on the connection failed"));
+    }
+}
+
+/// Reads `buffer.len()` bytes with the stall bound on each read.
+async fn read_exact_stalling(socket: &mut OwnedReadHalf, buffer: &mut [u8]) -> Result<(), (bool, io::Error)> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match tokio::time::timeout(STALL_TIMEOUT, socket.read(&mut buffer[filled..])).await {
+            Err(_) => return Err((filled > 0, io::Error::new(io::ErrorKind::TimedOut, "stalled"))),
+            Ok(Ok(0)) => return Err((filled > 0, io::ErrorKind::UnexpectedEof.into())),
+            Ok(Ok(read)) => filled += read,
+            Ok(Err(error)) => return Err((filled > 0, error)),
+        }
+    }
+    Ok(())
+}
+
+/// The failure of a request whose answer did not come: a stall means the
+/// service is down; the end of the stream before any byte of the answer is
+/// worth one retry on a new connection (a pooled connection the server
+/// closed looks like that; a refusal fails again on the retry).
+fn no_answer(started: bool, error: io::Error, what: &str) -> Failure {
+    if error.kind() == io::ErrorKind::TimedOut {
+        return Failure::new(FailureKind::Down, format!("{what}: no byte for {} s", STALL_TIMEOUT.as_secs()));
+    }
+    if !started && matches!(error.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset) {
+        return Failure::new(
+            FailureKind::Retry,
+            format!("{what}: connection closed (request refused or service failed)"),
+        );
+    }
+    Failure::new(FailureKind::Failed, format!("{what}: {error}"))
+}
+
+async fn answer(socket: &mut OwnedReadHalf, expect: Expect) -> Result<Answer, (Failure, Option<BytesMut>)> {
+    match expect {
+        Expect::Fetch { size, mut dst } => {
+            let mut head = [0u8; size_of::<FetchRespHead>()];
+            if let Err((started, error)) = read_exact_stalling(socket, &mut head).await {
+                return Err((no_answer(started, error, "fetch"), Some(dst)));
+            }
+            let Ok(head) = FetchRespHead::read_from_bytes(&head) else {
+                return Err((Failure::new(FailureKind::Failed, "malformed fetch response"), Some(dst)));
+            };
+            if head.tag != TAG_FETCHED {
+                return Err((Failure::new(FailureKind::Failed, "malformed fetch response"), Some(dst)));
+            }
+            if head.size.get() != size {
+                let reason = format!("block has {} bytes, expected {size}", head.size.get());
+                return Err((Failure::new(FailureKind::Failed, reason), Some(dst)));
+            }
+            let size = size as usize;
+            dst.reserve(size);
+            let mut crc = 0u32;
+            while dst.len() < size {
+                let before = dst.len();
+                let want = (size - before).min(IO_CHUNK_BYTES);
+                let mut limited = (&mut dst).limit(want);
+                match tokio::time::timeout(STALL_TIMEOUT, socket.read_buf(&mut limited)).await {
+                    Err(_) => {
+                        let reason = format!("fetch stalled after {before} of {size} bytes");
+                        return Err((Failure::new(FailureKind::Down, reason), Some(dst)));
+                    }
+                    Ok(Ok(0)) => {
+                        let reason = format!("connection closed after {before} of {size} bytes");
+                        return Err((Failure::new(FailureKind::Failed, reason), Some(dst)));
+                    }
+                    Ok(Ok(_)) => crc = crc32c_append(crc, &dst[before..]),
+                    Ok(Err(error)) => {
+                        return Err((Failure::new(FailureKind::Failed, format!("fetch: {error}")), Some(dst)));
+                    }
+                }
+            }
+            Ok(Answer::Fetched { data: dst, crc })
+        }
+        Expect::Write { block_id } => {
+            let mut response = [0u8; size_of::<WriteResp>()];
+            // No stall bound here: blockd syncs the file and its folder
+            // before it answers, which may take a while on a busy disk.
+            let read = tokio::time::timeout(WRITE_PROOF_TIMEOUT, socket.read_exact(&mut response)).await;
+            match read {
+                Err(_) => return Err((Failure::new(FailureKind::Down, "no write proof in time"), None)),
+                Ok(Err(error)) => {
+                    let failure = no_answer(false, error, "no write proof (write refused or service failed)");
+                    return Err((failure, None));
+                }
+                Ok(Ok(_)) => {}
+            }
+            let Ok(response) = WriteResp::read_from_bytes(&response) else {
+                return Err((Failure::new(FailureKind::Failed, "malformed write response"), None));
+            };
+            if response.tag != TAG_WRITTEN || response.block_id != block_id {
+                return Err((Failure::new(FailureKind::Failed, "write response for another block"), None));
+            }
+            Ok(Answer::Proof(response.proof))
+        }
+        Expect::Erase { block_id } => {
+            let mut response = [0u8; size_of::<EraseResp>()];
+            let read = tokio::time::timeout(WRITE_PROOF_TIMEOUT, socket.read_exact(&mut response)).await;
+            match read {
+                Err(_) => return Err((Failure::new(FailureKind::Down, "no erase proof in time"), None)),
+                Ok(Err(error)) => return Err((no_answer(false, error, "erase"), None)),
+                Ok(Ok(_)) => {}
+            }
+            let Ok(response) = EraseResp::read_from_bytes(&response) else {
+                return Err((Failure::new(FailureKind::Failed, "malformed erase response"), None));
+            };
+            if response.tag != TAG_ERASED || response.block_id != block_id {
+                return Err((Failure::new(FailureKind::Failed, "erase response for another block"), None));
+            }
+            Ok(Answer::Proof(response.proof))
+        }
+    }
+}

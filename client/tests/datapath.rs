@@ -1,0 +1,238 @@
+//! The data path (issue 11): pooled connections, a service that stalls
+//! mid-transfer, and an output closed by its reader. Real binaries on
+//! loopback.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, binary, test_bytes};
+use wire::block::{FetchReq, FetchRespHead, TAG_FETCH};
+use wire::ids::{BlockId, EggsTime};
+use wire::mac::{MacKey, SecretKey};
+use zerocopy::{FromBytes, IntoBytes};
+
+const MIB: usize = 1 << 20;
+
+/// A standalone blockd with its metrics endpoint.
+struct Blockd {
+    child: Child,
+    tcp: SocketAddr,
+    http: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Blockd {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(binary("blockd"))
+            .arg(dir.path())
+            .args(["--storage-class", "2", "--shuckle", "127.0.0.1:9", "--cores", "1"])
+            .args(["--metrics", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start blockd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut tcp, mut http) = (None, None);
+        for line in lines.by_ref() {
+            let line = line.expect("blockd stdout");
+            if let Some(rest) = line.strip_prefix("listening tcp ") {
+                tcp = rest.parse().ok();
+            } else if let Some(rest) = line.strip_prefix("listening http ") {
+                http = rest.parse().ok();
+            } else if line == "ready" {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, tcp: tcp.expect("tcp address"), http: http.expect("metrics address"), dir }
+    }
+
+    fn key(&self) -> MacKey {
+        let bytes = std::fs::read(self.dir.path().join("secret.key")).expect("secret.key");
+        MacKey::new(&SecretKey(bytes.try_into().expect("16-byte key")))
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let mut stream = TcpStream::connect(self.http).expect("metrics");
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("metrics request");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("metrics response");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+}
+
+impl Drop for Blockd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fresh_block_id(last: &mut u64) -> BlockId {
+    let id = BlockId::next(BlockId::new(*last), EggsTime::now(), 7);
+    *last = id.get();
+    id
+}
+
+/// Many fetches, sequential and concurrent, go over the pool's few
+/// connections instead of one connection each.
+#[test]
+fn one_pooled_connection_serves_many_fetches() {
+    let blockd = Blockd::start();
+    let key = blockd.key();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let mut last = 0u64;
+    let blocks: Vec<(BlockId, Vec<u8>)> =
+        (0..16).map(|index| (fresh_block_id(&mut last), test_bytes(100_000 + index * 1000, index as u64))).collect();
+    let addr = blockd.tcp;
+    runtime.block_on(async {
+        for (id, data) in &blocks {
+            let crc = wire::crc::crc32c(data);
+            let certificate = key.write_certificate(*id, crc, data.len() as u32);
+            client::block::write_block(addr, *id, crc, certificate, data).await.expect("write");
+        }
+        // One at a time, then all at once, four times over.
+        for (id, data) in &blocks {
+            let got = client::block::fetch_block(addr, *id, data.len() as u32).await.expect("fetch");
+            assert!(got == *data, "block {id} bytes");
+        }
+        for _ in 0..4 {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (id, data) in blocks.clone() {
+                tasks.spawn(async move {
+                    let got = client::block::fetch_block(addr, id, data.len() as u32).await.expect("fetch");
+                    assert!(got == data, "block {id} bytes");
+                });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                joined.expect("fetch task");
+            }
+        }
+    });
+    let fetches = blockd.metric("blockd_requests_total{kind=\"fetch\"}");
+    let connections = blockd.metric("blockd_connections_total");
+    assert_eq!(fetches, 16 * 5);
+    // 96 requests (16 writes, 80 fetches); one connection each before the pool.
+    assert!(
+        connections <= client::pool::CONNECTIONS_PER_SERVICE as u64 + 1,
+        "{connections} connections for {fetches} fetches"
+    );
+}
+
+/// Where local-cluster keeps block service `index` and the port it had.
+fn block_service_dir(cluster: &Cluster, index: usize) -> (PathBuf, u16) {
+    let dir = cluster.dir.join("blocks").join(index.to_string());
+    let port = std::fs::read_to_string(cluster.dir.join("blocks").join(format!("{index}.port")))
+        .expect("port file")
+        .trim()
+        .parse()
+        .expect("port");
+    (dir, port)
+}
+
+/// A block service stand-in that answers each fetch with the block's real
+/// header and half its bytes, read from the dead service's folder, then
+/// sends nothing more (and never closes). Counts the fetches it stalled.
+fn stalling_service(listener: TcpListener, dir: PathBuf, stalled: Arc<AtomicUsize>) {
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 9];
+            if stream.read_exact(&mut request).is_err() || request[0] != TAG_FETCH {
+                continue;
+            }
+            let Ok(request) = FetchReq::read_from_bytes(&request) else { continue };
+            let name = format!("{:016x}", request.block_id.get().swap_bytes());
+            let path = dir.join(&name[..2]).join(&name);
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let _ = stream.write_all(FetchRespHead::new(bytes.len() as u32).as_bytes());
+            let _ = stream.write_all(&bytes[..bytes.len() / 2]);
+            stalled.fetch_add(1, Ordering::Relaxed);
+            held.push(stream);
+        }
+    });
+}
+
+/// A service that accepts a fetch and stalls mid-transfer costs the read
+/// one stall bound, after which the read completes from parity.
+#[test]
+fn a_service_stalling_mid_transfer_turns_into_parity_reads() {
+    let cluster = Cluster::start(6);
+    let data = test_bytes(12 * MIB + 5, 21);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let local = scratch.path().join("stall");
+    std::fs::write(&local, &data).expect("write");
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/stall", "--parity", "4+2", "--span-size", "1048576"]);
+    // Every span of 4+2 on 6 services has a block on each: take service 0.
+    let services = cluster.block_services();
+    let victim = services.iter().find(|s| s.name == "block service 0").expect("block service 0");
+    let (dir, port) = block_service_dir(&cluster, 0);
+    cluster.kill(victim);
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let listener = {
+        let started = Instant::now();
+        loop {
+            match TcpListener::bind(address) {
+                Ok(listener) => break listener,
+                Err(error) if started.elapsed() < Duration::from_secs(10) => {
+                    eprintln!("waiting for port {port}: {error}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(error) => panic!("cannot take over port {port}: {error}"),
+            }
+        }
+    };
+    let stalled = Arc::new(AtomicUsize::new(0));
+    stalling_service(listener, dir, stalled.clone());
+    let started = Instant::now();
+    let output = cluster.eggs(&["-v", "cat", "/stall"]);
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "cat failed: {stderr}");
+    assert!(output.stdout == data, "cat returned other bytes");
+    assert!(stalled.load(Ordering::Relaxed) >= 1, "the stalling service was never asked: {stderr}");
+    // One stall (4 s) plus a retry's, not one per span: 12 spans in flight
+    // behind a 20 s deadline each took minutes before.
+    let bound = client::pool::STALL_TIMEOUT * 2 + Duration::from_secs(7);
+    assert!(took < bound, "cat took {took:?} (bound {bound:?}); stderr: {stderr}");
+    assert!(stderr.contains("parity"), "-v says the blocks came from parity: {stderr}");
+}
+
+/// `eggs cat | head -c 1`: the reader goes away; cat stops quietly.
+#[test]
+fn cat_into_a_reader_that_stops_ends_cleanly() {
+    let cluster = Cluster::start(6);
+    let data = test_bytes(24 * MIB, 22);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let local = scratch.path().join("big");
+    std::fs::write(&local, &data).expect("write");
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/big", "--parity", "4+2"]);
+    let mut child = Command::new(binary("eggs"))
+        .args(["--shuckle", &cluster.shuckle, "cat", "/big"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run eggs cat");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).expect("first byte");
+    assert_eq!(first[0], data[0]);
+    drop(stdout);
+    let output = child.wait_with_output().expect("eggs cat");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.is_empty(), "no error noise: {stderr}");
+    assert!(output.status.success(), "cat exits cleanly: {:?}", output.status);
+}
