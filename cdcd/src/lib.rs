@@ -6,19 +6,22 @@
 //! MAC'd shard requests.
 //!
 //! - [`txn`]: each transaction kind as a plain state machine (no I/O).
-//! - [`coordinator`]: drives a transaction to its end over [`shards::Shards`],
-//!   persisting it in [`store`] (LMDB) before every mutation, retrying
-//!   timeouts with backoff; resumes unfinished transactions at start.
+//! - [`coordinator`]: drives transactions to their end over
+//!   [`shards::Shards`], many at once: each waits for its locks
+//!   ([`locks`]: per directory entry, and a tree lock that rmdir and mv dir
+//!   take alone), persists its state before every mutation through the
+//!   group commit ([`commit`]) into [`store`] (LMDB, CRC-sealed values),
+//!   and retries timeouts with backoff; resumes unfinished transactions at
+//!   start.
 //! - [`udp`]: the real [`shards::Shards`]: UDP datagrams to the shards, whose
 //!   addresses come from flags, shuckle or the defaults, sent through the
 //!   client library's requester (`client::udp`) under the step's request id.
 //! - [`server`]: the CDC's own UDP port: decodes client requests, answers
 //!   retransmissions from the store, queues new transactions.
 //!
-//! Transactions run one at a time (serially), which is what the prototype
-//! did and is enough for a coordinator of rare directory operations.
-
+pub mod commit;
 pub mod coordinator;
+pub mod locks;
 pub mod server;
 pub mod shards;
 pub mod store;

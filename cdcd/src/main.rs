@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
+use cdcd::commit::{CommitMode, GroupCommit};
 use cdcd::coordinator::{Coordinator, RetryPolicy};
 use cdcd::store::TxnStore;
 use cdcd::udp::{AddressBook, UdpShards, register_with_shuckle, registered_shards};
@@ -128,7 +129,9 @@ async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     tracing::info!(?new_dir_shards, "new directories go to these shards (empty: 0 and 1)");
 
     let shards = UdpShards::new(requester.clone(), addresses.clone());
-    let coordinator = Arc::new(Coordinator::new(shards, store, new_dir_shards, RetryPolicy::default()));
+    let commits = GroupCommit::new(store, CommitMode::Blocking);
+    tokio::spawn(commits.clone().run());
+    let coordinator = Arc::new(Coordinator::new(shards, commits, new_dir_shards, RetryPolicy::default(), None));
 
     tokio::spawn(announce(requester, shuckle, listen, addresses));
     announce::ready()?;

@@ -1,18 +1,26 @@
 //! The CDC's UDP port.
 //!
-//! A receive loop decodes client requests and records each new one in the
-//! store before queueing it (so it survives a crash before it runs); a
-//! retransmission (same source address and request id) is answered from the
-//! store when its transaction is done, and otherwise ignored (the answer is
-//! sent when it finishes). One executor task runs the queued transactions
-//! one at a time, after first finishing those a previous run left
-//! unfinished.
+//! A receive loop decodes client requests. A retransmission (same source
+//! address and request id) of a running transaction is ignored (the answer
+//! goes out when it finishes); one of a finished transaction is answered
+//! from the store. A new request that can be refused on its arguments alone
+//! (bad names, ids, shards that do not exist) is answered at once, without
+//! a store write. Any other starts a transaction: it is queued for its locks
+//! in arrival order and runs on its own task, concurrently with every
+//! transaction it does not conflict with. At start, the transactions a
+//! previous run left unfinished are queued first.
+//!
+//! While the transaction store cannot commit (disk full), new transactions
+//! are refused with STORAGE_ERROR; running ones wait for the store.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+
+use tokio::task::JoinSet;
 use wire::cdc::{CdcKind, CdcRequest, CdcResp, CdcRespHead, CdcResponse};
 use wire::codec::Blob;
 use wire::datagram::{self, CDC_MAGIC, Header};
@@ -21,13 +29,15 @@ use wire::{ErrorKind, ErrorResp, InodeId};
 use zerocopy::byteorder::little_endian::U64;
 
 use crate::coordinator::{Coordinator, RunError};
+use crate::locks::Ticket;
 use crate::shards::Shards;
-use crate::store::{Begin, ClientKey, TxnStore};
+use crate::store::ClientKey;
+use crate::store::StoreError;
 use crate::txn::{Outcome, TxnArgs, TxnState};
 
-/// Transactions waiting for the executor. Beyond it, new requests are
+/// Transactions running or waiting for locks. Beyond it, new requests are
 /// dropped (and logged): their clients retry.
-pub const QUEUED_TXNS_MAX: usize = 4096;
+pub const RUNNING_TXNS_MAX: usize = 4096;
 
 /// The kind a transaction's answer carries.
 pub fn reply_kind(args: &TxnArgs) -> CdcKind {
@@ -64,63 +74,166 @@ pub fn encode_reply(buf: &mut [u8], request_id: u64, kind: CdcKind, outcome: &Ou
     datagram::encode_response(buf, &request, &body, None).ok()
 }
 
-async fn send_reply(socket: &UdpSocket, client: &ClientKey, args: &TxnArgs, outcome: &Outcome) {
+/// Where answers go: (client, the transaction's arguments, its outcome).
+pub type ReplySink = Arc<dyn Fn(&ClientKey, &TxnArgs, &Outcome) + Send + Sync>;
+
+/// What became of a client's request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Answered at once (refused on its arguments, or finished before).
+    Answer(Outcome),
+    /// A retransmission of a running transaction: its answer comes later.
+    Running,
+    /// A new transaction started; its answer goes to the sink.
+    Started(u64),
+    /// Refused with STORAGE_ERROR: the store cannot be written or read.
+    StorageError(&'static str),
+    /// Too many transactions: dropped (the client retries).
+    Busy,
+}
+
+/// The request handling of the CDC, without sockets: the UDP server and the
+/// simulation both drive it.
+pub struct Frontend<S> {
+    coordinator: Arc<Coordinator<S>>,
+    running: Mutex<HashMap<ClientKey, u64>>,
+    tasks: Mutex<JoinSet<()>>,
+    reply: ReplySink,
+}
+
+impl<S: Shards + 'static> Frontend<S> {
+    pub fn new(coordinator: Arc<Coordinator<S>>, reply: ReplySink) -> Arc<Self> {
+        Arc::new(Self { coordinator, running: Mutex::default(), tasks: Mutex::default(), reply })
+    }
+
+    pub fn coordinator(&self) -> &Arc<Coordinator<S>> {
+        &self.coordinator
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<ClientKey, u64>> {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
+        self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Transactions running or waiting for locks.
+    pub fn in_flight(&self) -> usize {
+        let mut tasks = self.tasks();
+        while tasks.try_join_next().is_some() {}
+        tasks.len()
+    }
+
+    /// Queues every transaction a previous run left unfinished (call before
+    /// the first [`Frontend::submit`]). Returns how many.
+    pub fn resume(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let unfinished = self.coordinator.resume_unfinished()?;
+        let count = unfinished.len();
+        for (record, ticket) in unfinished {
+            self.start(record.client, record.state, ticket, true);
+        }
+        Ok(count)
+    }
+
+    /// Handles one client request.
+    pub fn submit(self: &Arc<Self>, client: ClientKey, args: TxnArgs) -> Submitted {
+        // Reap finished tasks (their results are nothing).
+        while self.tasks().try_join_next().is_some() {}
+        if self.running().contains_key(&client) {
+            return Submitted::Running;
+        }
+        match self.coordinator.store().find_client(&client) {
+            Ok(Some(record)) => {
+                return match record.state.outcome() {
+                    Some(outcome) => Submitted::Answer(outcome.clone()),
+                    // Resumed at start, so in `running`; only a race with
+                    // its end gets here.
+                    None => Submitted::Running,
+                };
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, address = %client.address, "cannot look up the request");
+                return Submitted::StorageError("transaction store damaged");
+            }
+        }
+        let state = self.coordinator.new_txn(args);
+        if let Some(outcome) = state.outcome() {
+            tracing::debug!(kind = state.args.kind_name(), text = outcome.text, "refused at once");
+            return Submitted::Answer(outcome.clone());
+        }
+        if !self.coordinator.commits().healthy() {
+            return Submitted::StorageError("the CDC cannot write its transaction store");
+        }
+        if self.tasks().len() >= RUNNING_TXNS_MAX {
+            tracing::warn!(address = %client.address, "too many transactions, request dropped");
+            return Submitted::Busy;
+        }
+        let txn_id = state.txn_id;
+        tracing::debug!(txn = txn_id, kind = state.args.kind_name(), "started");
+        let ticket = self.coordinator.enqueue(&state);
+        self.start(Some(client), state, ticket, false);
+        Submitted::Started(txn_id)
+    }
+
+    /// Runs a transaction on its own task and answers its client.
+    fn start(self: &Arc<Self>, client: Option<ClientKey>, state: TxnState, ticket: Ticket, resumed: bool) {
+        if let Some(client) = client {
+            self.running().insert(client, state.txn_id);
+        }
+        let this = self.clone();
+        self.tasks().spawn(async move {
+            let args = state.args.clone();
+            let txn_id = state.txn_id;
+            match this.coordinator.run_locked(ticket, client, state, resumed).await {
+                Ok(outcome) => {
+                    tracing::debug!(txn = txn_id, kind = args.kind_name(), status = outcome.status.name(), "done");
+                    if let Some(client) = &client {
+                        (this.reply)(client, &args, &outcome);
+                    }
+                }
+                Err(error) => tracing::warn!(txn = txn_id, %error, "transaction stopped"),
+            }
+            if let Some(client) = &client {
+                this.running().remove(client);
+            }
+        });
+    }
+
+    /// Stops every transaction where it is (the simulation's crash).
+    pub fn abort_all(&self) {
+        self.tasks().abort_all();
+    }
+}
+
+fn send_reply(socket: &UdpSocket, client: &ClientKey, args: &TxnArgs, outcome: &Outcome) {
     let mut buf = [0u8; UDP_DATAGRAM_BYTES_MAX];
     if let Some(len) = encode_reply(&mut buf, client.request_id, reply_kind(args), outcome)
-        && let Err(error) = socket.send_to(&buf[..len], client.address).await
+        && let Err(error) = socket.try_send_to(&buf[..len], client.address)
     {
+        // The client retransmits and gets the answer from the store.
         tracing::debug!(%error, address = %client.address, "reply not sent");
     }
 }
 
-/// Serves until the socket fails or the executor stops. Returns the error
-/// that stopped it.
+fn send_error(socket: &UdpSocket, header: &Header, from: SocketAddr, kind: ErrorKind, text: &str) {
+    let body = CdcResponse::Error(ErrorResp::new(kind, text));
+    let mut out = [0u8; UDP_DATAGRAM_BYTES_MAX];
+    if let Ok(len) = datagram::encode_response(&mut out, header, &body, None) {
+        let _ = socket.try_send_to(&out[..len], from);
+    }
+}
+
+/// Serves until the socket fails. Returns the error that stopped it.
 pub async fn serve<S: Shards + 'static>(
     socket: Arc<UdpSocket>,
-    coordinator: Arc<Coordinator<S, Arc<TxnStore>>>,
+    coordinator: Arc<Coordinator<S>>,
 ) -> Result<(), RunError> {
-    let (queue, queued) = mpsc::channel::<(Option<ClientKey>, TxnState)>(QUEUED_TXNS_MAX);
-    let executor = tokio::spawn(execute(socket.clone(), coordinator.clone(), queued));
-    let receiver = receive(socket, coordinator, queue);
-    tokio::select! {
-        result = executor => match result {
-            Ok(result) => result,
-            Err(join) => {
-                tracing::error!(%join, "executor task failed");
-                Err(RunError::Transport(crate::shards::TransportError::Shutdown))
-            }
-        },
-        result = receiver => result,
-    }
-}
-
-async fn execute<S: Shards>(
-    socket: Arc<UdpSocket>,
-    coordinator: Arc<Coordinator<S, Arc<TxnStore>>>,
-    mut queued: mpsc::Receiver<(Option<ClientKey>, TxnState)>,
-) -> Result<(), RunError> {
-    for finished in coordinator.resume_unfinished().await? {
-        if let (Some(client), Some(record)) = (finished.client, coordinator.store().get(finished.txn_id)?) {
-            send_reply(&socket, &client, &record.state.args, &finished.outcome).await;
-        }
-    }
-    while let Some((client, state)) = queued.recv().await {
-        let args = state.args.clone();
-        let txn_id = state.txn_id;
-        let outcome = coordinator.run(state, false).await?;
-        tracing::info!(txn = txn_id, kind = args.kind_name(), status = outcome.status.name(), "done");
-        if let Some(client) = client {
-            send_reply(&socket, &client, &args, &outcome).await;
-        }
-    }
-    Ok(())
-}
-
-async fn receive<S: Shards>(
-    socket: Arc<UdpSocket>,
-    coordinator: Arc<Coordinator<S, Arc<TxnStore>>>,
-    queue: mpsc::Sender<(Option<ClientKey>, TxnState)>,
-) -> Result<(), RunError> {
+    let reply_socket = socket.clone();
+    let sink: ReplySink = Arc::new(move |client, args, outcome| send_reply(&reply_socket, client, args, outcome));
+    let frontend = Frontend::new(coordinator, sink);
+    frontend.resume()?;
     let mut buf = [0u8; UDP_DATAGRAM_BYTES_MAX];
     loop {
         let (len, from) = match socket.recv_from(&mut buf).await {
@@ -131,54 +244,31 @@ async fn receive<S: Shards>(
             }
         };
         let Some(bytes) = buf.get(..len) else { continue };
-        handle_datagram(&socket, &coordinator, &queue, bytes, from).await?;
+        handle_datagram(&socket, &frontend, bytes, from);
     }
 }
 
-async fn handle_datagram<S: Shards>(
+fn handle_datagram<S: Shards + 'static>(
     socket: &UdpSocket,
-    coordinator: &Coordinator<S, Arc<TxnStore>>,
-    queue: &mpsc::Sender<(Option<ClientKey>, TxnState)>,
+    frontend: &Arc<Frontend<S>>,
     bytes: &[u8],
     from: SocketAddr,
-) -> Result<(), RunError> {
+) {
     let (header, request) = match datagram::decode::<CdcRequest<'_>>(bytes, None) {
         Ok(decoded) => decoded,
         Err(error) => {
             tracing::info!(%error, %from, "malformed request");
             if let Ok(header) = datagram::peek_header(bytes, CDC_MAGIC) {
-                let text = error.to_string();
-                let body = CdcResponse::Error(ErrorResp::new(ErrorKind::DecodeError, &text));
-                let mut out = [0u8; UDP_DATAGRAM_BYTES_MAX];
-                if let Ok(len) = datagram::encode_response(&mut out, &header, &body, None) {
-                    let _ = socket.send_to(&out[..len], from).await;
-                }
+                send_error(socket, &header, from, ErrorKind::DecodeError, &error.to_string());
             }
-            return Ok(());
+            return;
         }
     };
     let client = ClientKey { address: from, request_id: header.request_id() };
     let args = TxnArgs::from_request(&request);
-    // Check for room before recording, so a recorded transaction is always
-    // queued (this task is the only sender, so the room stays).
-    if queue.capacity() == 0 && coordinator.store().find_client(&client)?.is_none() {
-        tracing::warn!(%from, "transaction queue full, request dropped");
-        return Ok(());
+    match frontend.submit(client, args.clone()) {
+        Submitted::Answer(outcome) => send_reply(socket, &client, &args, &outcome),
+        Submitted::StorageError(text) => send_error(socket, &header, from, ErrorKind::StorageError, text),
+        Submitted::Running | Submitted::Started(_) | Submitted::Busy => {}
     }
-    match coordinator.begin(Some(client), args.clone())? {
-        Begin::New(state) if state.outcome().is_some() => {
-            if let Some(outcome) = state.outcome() {
-                send_reply(socket, &client, &args, outcome).await;
-            }
-        }
-        Begin::New(state) => {
-            tracing::debug!(txn = state.txn_id, kind = args.kind_name(), %from, "queued");
-            if queue.send((Some(client), state)).await.is_err() {
-                return Err(RunError::Transport(crate::shards::TransportError::Shutdown));
-            }
-        }
-        Begin::InProgress(txn_id) => tracing::debug!(txn = txn_id, %from, "retransmission of a running request"),
-        Begin::Finished(outcome) => send_reply(socket, &client, &args, &outcome).await,
-    }
-    Ok(())
 }

@@ -87,6 +87,12 @@ pub trait Shards: Send + Sync {
         request: &ShardRequest<'_>,
         timeout: Duration,
     ) -> impl Future<Output = Result<ShardReply, TransportError>> + Send;
+
+    /// Whether `shard` exists, as far as the implementation knows: a
+    /// transaction naming another shard is refused before it starts.
+    fn knows(&self, _shard: ShardId) -> bool {
+        true
+    }
 }
 
 /// Error kinds that say "not now" rather than "no": the step is retried.

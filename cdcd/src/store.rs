@@ -14,12 +14,20 @@
 //! - `clients`: client address (18 bytes, wire form) ‖ request id (u64 BE)
 //!   → txn id (u64 BE): a retransmitted request finds its transaction.
 //!
-//! Every write is one LMDB transaction committed with fsync (unless the
-//! store was opened non-durable, for tests), so what a write returned
-//! survives SIGKILL.
+//! Every value is sealed: CRC32C (u32 LE) of the key ‖ payload, then the
+//! payload. A value whose CRC does not match is [`StoreError::Corrupt`],
+//! naming the table and key: never a wrong answer.
+//!
+//! A transaction is written the first time just before its first mutation
+//! (a transaction that only read is lost in a crash, and its client's
+//! retransmission starts it again). Writes come in batches:
+//! [`TxnStore::write_batch`] persists many transactions' records in one
+//! LMDB commit (with fsync, unless the store was opened non-durable, for
+//! tests); [`crate::commit::GroupCommit`] collects them.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, RwTxn};
@@ -27,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use wire::{Address, EggsTime};
 use zerocopy::IntoBytes;
 
-use crate::txn::{Outcome, TxnArgs, TxnState};
+use crate::txn::{TxnArgs, TxnState};
 
 /// Finished transactions kept to answer retransmissions (bounds the store).
 pub const FINISHED_TXNS_KEPT: usize = 65_536;
@@ -37,6 +45,7 @@ pub const FINISHED_TXNS_KEPT: usize = 65_536;
 const MAP_SIZE_BYTES: usize = 1 << 30;
 
 const NEXT_TXN_ID_KEY: &[u8] = b"next_txn_id";
+const CRC_BYTES: usize = 4;
 
 /// Which client request a transaction answers.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -61,25 +70,35 @@ pub struct TxnRecord {
     pub state: TxnState,
 }
 
-/// What [`TxnStore::begin`] found or made.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Begin {
-    /// A new transaction, persisted, to be run.
-    New(TxnState),
-    /// The client's request is already being worked on.
-    InProgress(u64),
-    /// The client's request was answered before: send the same answer.
-    Finished(Outcome),
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("transaction store: {0}")]
     Lmdb(#[from] heed::Error),
     #[error("transaction store: record {txn_id} is corrupt: {reason}")]
     Corrupt { txn_id: u64, reason: String },
-    #[error("transaction store: record {0} to update does not exist")]
-    Missing(u64),
+    #[error("transaction store: table {table}, key {key}: CRC mismatch (damaged value)")]
+    Damaged { table: &'static str, key: String },
+}
+
+/// `crc32c(key ‖ payload)` ‖ payload.
+fn seal(key: &[u8], payload: &[u8]) -> Vec<u8> {
+    let crc = wire::crc::crc32c_append(wire::crc::crc32c(key), payload);
+    let mut sealed = Vec::with_capacity(CRC_BYTES + payload.len());
+    sealed.extend_from_slice(&crc.to_le_bytes());
+    sealed.extend_from_slice(payload);
+    sealed
+}
+
+/// The payload of a sealed value, if its CRC matches.
+fn unseal<'a>(table: &'static str, key: &[u8], value: &'a [u8]) -> Result<&'a [u8], StoreError> {
+    let damaged = || StoreError::Damaged { table, key: key.iter().map(|b| format!("{b:02x}")).collect() };
+    let (crc, payload) = value.split_at_checked(CRC_BYTES).ok_or_else(damaged)?;
+    let stored = u32::from_le_bytes(crc.try_into().map_err(|_| damaged())?);
+    if wire::crc::crc32c_append(wire::crc::crc32c(key), payload) != stored {
+        tracing::error!(table, key = ?key, "CRC mismatch in the transaction store");
+        return Err(damaged());
+    }
+    Ok(payload)
 }
 
 /// The LMDB store.
@@ -89,7 +108,15 @@ pub struct TxnStore {
     txns: Database<Bytes, Bytes>,
     pending: Database<Bytes, Bytes>,
     clients: Database<Bytes, Bytes>,
+    /// The next transaction id to hand out (ids of transactions never
+    /// written may be reused after a restart: no shard ever saw them).
+    next_txn_id: AtomicU64,
+    /// Eggs time in ns (replaced by the simulation's virtual clock).
+    clock: Clock,
 }
+
+/// A source of the current eggs time in ns.
+pub type Clock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
 
 impl TxnStore {
     /// Opens (creating) the store in `dir`. `durable` false skips fsync
@@ -113,48 +140,51 @@ impl TxnStore {
         let txns = env.create_database(&mut wtxn, Some("txns"))?;
         let pending = env.create_database(&mut wtxn, Some("pending"))?;
         let clients = env.create_database(&mut wtxn, Some("clients"))?;
+        let stored = match meta.get(&wtxn, NEXT_TXN_ID_KEY)? {
+            Some(value) => be_u64(unseal("meta", NEXT_TXN_ID_KEY, value)?),
+            None => 0,
+        };
         wtxn.commit()?;
-        Ok(Self { env, meta, txns, pending, clients })
+        let clock: Clock = std::sync::Arc::new(|| EggsTime::now().get());
+        Ok(Self { env, meta, txns, pending, clients, next_txn_id: AtomicU64::new(stored), clock })
     }
 
-    /// Starts the transaction for `client`'s request, unless that request
-    /// is known already. A transaction refused without asking a shard (bad
-    /// arguments) is stored finished at once.
-    pub fn begin(&self, client: Option<ClientKey>, args: TxnArgs) -> Result<Begin, StoreError> {
-        let mut wtxn = self.env.write_txn()?;
-        if let Some(client) = &client
-            && let Some(txn_id) = self.clients.get(&wtxn, &client.key_bytes())?
-        {
-            let txn_id = be_u64(txn_id);
-            let record = self.read(&wtxn, txn_id)?.ok_or(StoreError::Missing(txn_id))?;
-            return Ok(match record.state.outcome() {
-                Some(outcome) => Begin::Finished(outcome.clone()),
-                None => Begin::InProgress(txn_id),
-            });
-        }
-        let stored = self.meta.get(&wtxn, NEXT_TXN_ID_KEY)?.map(be_u64).unwrap_or(0);
-        let txn_id = stored.max(EggsTime::now().get()).max(1);
-        self.meta.put(&mut wtxn, NEXT_TXN_ID_KEY, &(txn_id + 1).to_be_bytes())?;
-        let state = TxnState::new(txn_id, args);
-        if let Some(client) = &client {
-            self.clients.put(&mut wtxn, &client.key_bytes(), &txn_id.to_be_bytes())?;
-        }
-        self.write(&mut wtxn, &TxnRecord { client, state: state.clone() })?;
-        if state.outcome().is_some() {
-            self.prune(&mut wtxn)?;
-        }
-        wtxn.commit()?;
-        Ok(Begin::New(state))
+    /// The same store reading time from `clock` (the simulation).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
-    /// Persists the transaction's current state (before a mutation, and
-    /// when it is done).
-    pub fn save(&self, state: &TxnState) -> Result<(), StoreError> {
+    /// A new transaction id: at least the current eggs time, above every id
+    /// handed out or stored before.
+    pub fn allocate_txn_id(&self) -> u64 {
+        let now = (self.clock)().max(1);
+        let mut current = self.next_txn_id.load(Ordering::Relaxed);
+        loop {
+            let id = current.max(now);
+            match self.next_txn_id.compare_exchange_weak(current, id + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return id,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Persists `records` (later records of one transaction win) in one
+    /// LMDB commit.
+    pub fn write_batch(&self, records: &[TxnRecord]) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
-        let mut record = self.read(&wtxn, state.txn_id)?.ok_or(StoreError::Missing(state.txn_id))?;
-        record.state = state.clone();
-        self.write(&mut wtxn, &record)?;
-        if state.outcome().is_some() {
+        let mut next = match self.meta.get(&wtxn, NEXT_TXN_ID_KEY)? {
+            Some(value) => be_u64(unseal("meta", NEXT_TXN_ID_KEY, value)?),
+            None => 0,
+        };
+        let mut finished = false;
+        for record in records {
+            next = next.max(record.state.txn_id + 1);
+            self.write(&mut wtxn, record)?;
+            finished |= record.state.outcome().is_some();
+        }
+        self.meta.put(&mut wtxn, NEXT_TXN_ID_KEY, &seal(NEXT_TXN_ID_KEY, &next.to_be_bytes()))?;
+        if finished {
             self.prune(&mut wtxn)?;
         }
         wtxn.commit()?;
@@ -170,8 +200,9 @@ impl TxnStore {
     /// The transaction that answers `client`, if any.
     pub fn find_client(&self, client: &ClientKey) -> Result<Option<TxnRecord>, StoreError> {
         let rtxn = self.env.read_txn()?;
-        match self.clients.get(&rtxn, &client.key_bytes())? {
-            Some(txn_id) => self.read(&rtxn, be_u64(txn_id)),
+        let key = client.key_bytes();
+        match self.clients.get(&rtxn, &key)? {
+            Some(value) => self.read(&rtxn, be_u64(unseal("clients", &key, value)?)),
             None => Ok(None),
         }
     }
@@ -183,7 +214,10 @@ impl TxnStore {
         for entry in self.pending.iter(&rtxn)? {
             let (key, _) = entry?;
             let txn_id = be_u64(key);
-            records.push(self.read(&rtxn, txn_id)?.ok_or(StoreError::Missing(txn_id))?);
+            records.push(
+                self.read(&rtxn, txn_id)?
+                    .ok_or(StoreError::Corrupt { txn_id, reason: "pending without a record".into() })?,
+            );
         }
         Ok(records)
     }
@@ -199,9 +233,11 @@ impl TxnStore {
     }
 
     fn read(&self, txn: &heed::RoTxn<'_>, txn_id: u64) -> Result<Option<TxnRecord>, StoreError> {
-        let Some(bytes) = self.txns.get(txn, &txn_id.to_be_bytes())? else {
+        let key = txn_id.to_be_bytes();
+        let Some(value) = self.txns.get(txn, &key)? else {
             return Ok(None);
         };
+        let bytes = unseal("txns", &key, value)?;
         let record: TxnRecord =
             serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt { txn_id, reason: error.to_string() })?;
         if record.state.txn_id != txn_id {
@@ -215,7 +251,11 @@ impl TxnStore {
         let bytes =
             serde_json::to_vec(record).map_err(|error| StoreError::Corrupt { txn_id, reason: error.to_string() })?;
         let key = txn_id.to_be_bytes();
-        self.txns.put(wtxn, &key, &bytes)?;
+        self.txns.put(wtxn, &key, &seal(&key, &bytes))?;
+        if let Some(client) = &record.client {
+            let client_key = client.key_bytes();
+            self.clients.put(wtxn, &client_key, &seal(&client_key, &key))?;
+        }
         if record.state.outcome().is_some() {
             self.pending.delete(wtxn, &key)?;
         } else {
@@ -229,9 +269,11 @@ impl TxnStore {
         let finished = self.txns.len(wtxn)?.saturating_sub(self.pending.len(wtxn)?);
         let mut excess = finished.saturating_sub(FINISHED_TXNS_KEPT as u64);
         while excess > 0 {
-            let Some((key, bytes)) = self.txns.first(wtxn)? else { break };
+            let Some((key, value)) = self.txns.first(wtxn)? else { break };
             let txn_id = be_u64(key);
-            let record: Option<TxnRecord> = serde_json::from_slice(bytes).ok();
+            // A damaged oldest record is dropped like any other.
+            let record: Option<TxnRecord> =
+                unseal("txns", key, value).ok().and_then(|bytes| serde_json::from_slice(bytes).ok());
             if record.as_ref().is_some_and(|r| r.state.outcome().is_none()) {
                 // The oldest is still running: nothing older to drop.
                 break;
@@ -243,6 +285,11 @@ impl TxnStore {
             excess -= 1;
         }
         Ok(())
+    }
+
+    /// A new transaction for `args` (not written: see the module doc).
+    pub fn new_txn(&self, args: TxnArgs) -> TxnState {
+        TxnState::new(self.allocate_txn_id(), args)
     }
 }
 
@@ -256,9 +303,8 @@ fn be_u64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::txn::Step;
+    use crate::txn::{Outcome, Step};
     use wire::InodeId;
-    use wire::cdc::CdcStatus;
 
     fn mkdir(name: &str) -> TxnArgs {
         TxnArgs::MkDir { parent: InodeId::ROOT.get(), name: name.into() }
@@ -268,68 +314,63 @@ mod tests {
         ClientKey { address: "127.0.0.1:4000".parse().unwrap(), request_id }
     }
 
-    #[test]
-    fn a_retransmission_finds_its_transaction_and_then_its_outcome() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = TxnStore::open(dir.path(), false).unwrap();
-        let Begin::New(mut state) = store.begin(Some(client(7)), mkdir("a")).unwrap() else { panic!() };
-        assert_eq!(store.begin(Some(client(7)), mkdir("a")).unwrap(), Begin::InProgress(state.txn_id));
-        // Another request id of the same client is another transaction.
-        let Begin::New(other) = store.begin(Some(client(8)), mkdir("b")).unwrap() else { panic!() };
-        assert!(other.txn_id > state.txn_id);
-        state.step = Step::Done(Outcome::ok(InodeId::new(5)));
-        store.save(&state).unwrap();
-        assert_eq!(store.begin(Some(client(7)), mkdir("a")).unwrap(), Begin::Finished(Outcome::ok(InodeId::new(5))));
-        let unfinished = store.unfinished().unwrap();
-        assert_eq!(unfinished.len(), 1);
-        assert_eq!(unfinished[0].state.txn_id, other.txn_id);
+    fn record(store: &TxnStore, request_id: u64, args: TxnArgs) -> TxnRecord {
+        TxnRecord { client: Some(client(request_id)), state: store.new_txn(args) }
     }
 
     #[test]
-    fn state_survives_reopening() {
+    fn a_client_finds_its_transaction_and_then_its_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TxnStore::open(dir.path(), false).unwrap();
+        let mut first = record(&store, 7, mkdir("a"));
+        let other = record(&store, 8, mkdir("b"));
+        assert!(other.state.txn_id > first.state.txn_id);
+        assert!(store.find_client(&client(7)).unwrap().is_none(), "nothing written yet");
+        store.write_batch(&[first.clone(), other.clone()]).unwrap();
+        assert_eq!(store.find_client(&client(7)).unwrap().unwrap().state, first.state);
+        first.state.step = Step::Done(Outcome::ok(InodeId::new(5)));
+        store.write_batch(&[first.clone()]).unwrap();
+        let found = store.find_client(&client(7)).unwrap().unwrap();
+        assert_eq!(found.state.outcome(), Some(&Outcome::ok(InodeId::new(5))));
+        let unfinished = store.unfinished().unwrap();
+        assert_eq!(unfinished.len(), 1);
+        assert_eq!(unfinished[0].state.txn_id, other.state.txn_id);
+    }
+
+    #[test]
+    fn state_survives_reopening_and_ids_keep_growing() {
         let dir = tempfile::tempdir().unwrap();
         let txn_id;
         {
             let store = TxnStore::open(dir.path(), true).unwrap();
-            let Begin::New(mut state) = store.begin(Some(client(1)), mkdir("a")).unwrap() else { panic!() };
-            state.step = Step::MkDirInject { dir: 99 };
-            state.mutation_seq = 1;
-            store.save(&state).unwrap();
-            txn_id = state.txn_id;
+            let mut first = record(&store, 1, mkdir("a"));
+            first.state.step = Step::MkDirInject { dir: 99 };
+            first.state.mutation_seq = 1;
+            // The id is far in the future: reopening must still go above it.
+            first.state.txn_id = u64::MAX / 2;
+            store.write_batch(&[first.clone()]).unwrap();
+            txn_id = first.state.txn_id;
         }
         let store = TxnStore::open(dir.path(), true).unwrap();
         let unfinished = store.unfinished().unwrap();
         assert_eq!(unfinished.len(), 1);
         assert_eq!(unfinished[0].state.step, Step::MkDirInject { dir: 99 });
         assert_eq!(unfinished[0].client, Some(client(1)));
-        // Ids keep growing after a reopen.
-        let Begin::New(next) = store.begin(None, mkdir("b")).unwrap() else { panic!() };
-        assert!(next.txn_id > txn_id);
-    }
-
-    #[test]
-    fn refused_at_once_is_stored_finished() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = TxnStore::open(dir.path(), false).unwrap();
-        let file_parent = InodeId::new(0x2020_0000_0000_0003).get();
-        let Begin::New(state) =
-            store.begin(Some(client(3)), TxnArgs::MkDir { parent: file_parent, name: "x".into() }).unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(state.outcome().unwrap().status, CdcStatus::ParentInvalid);
-        assert!(store.unfinished().unwrap().is_empty());
-        assert!(matches!(store.begin(Some(client(3)), mkdir("x")).unwrap(), Begin::Finished(_)));
+        assert!(store.allocate_txn_id() > txn_id);
     }
 
     #[test]
     fn finished_records_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let store = TxnStore::open(dir.path(), false).unwrap();
-        let bad_parent = InodeId::new(0x2020_0000_0000_0003).get();
-        for request_id in 0..(FINISHED_TXNS_KEPT as u64 + 10) {
-            store.begin(Some(client(request_id)), TxnArgs::RmDir { parent: bad_parent, name: "x".into() }).unwrap();
-        }
+        let batch: Vec<TxnRecord> = (0..(FINISHED_TXNS_KEPT as u64 + 10))
+            .map(|request_id| {
+                let mut r = record(&store, request_id, mkdir("x"));
+                r.state.step = Step::Done(Outcome::ok(InodeId::new(5)));
+                r
+            })
+            .collect();
+        store.write_batch(&batch).unwrap();
         assert_eq!(store.len().unwrap(), FINISHED_TXNS_KEPT as u64);
         // The oldest are forgotten (a new transaction), the newest remembered.
         assert!(store.find_client(&client(0)).unwrap().is_none());
@@ -341,9 +382,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = TxnStore::open(dir.path(), false).unwrap();
         let mut wtxn = store.env.write_txn().unwrap();
-        store.txns.put(&mut wtxn, &5u64.to_be_bytes(), b"{not json").unwrap();
-        store.pending.put(&mut wtxn, &5u64.to_be_bytes(), &[]).unwrap();
+        let key = 5u64.to_be_bytes();
+        store.txns.put(&mut wtxn, &key, &seal(&key, b"{not json")).unwrap();
+        store.pending.put(&mut wtxn, &key, &[]).unwrap();
         wtxn.commit().unwrap();
         assert!(matches!(store.unfinished(), Err(StoreError::Corrupt { txn_id: 5, .. })));
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_value_is_a_crc_error_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TxnStore::open(dir.path(), false).unwrap();
+        let first = record(&store, 3, mkdir("abc"));
+        store.write_batch(&[first.clone()]).unwrap();
+        let key = first.state.txn_id.to_be_bytes();
+        let mut wtxn = store.env.write_txn().unwrap();
+        let mut value = store.txns.get(&wtxn, &key).unwrap().unwrap().to_vec();
+        // Flip a bit inside the name: the JSON still parses, the CRC does not match.
+        let at = value.windows(3).position(|w| w == b"abc").unwrap();
+        value[at] ^= 0x02;
+        store.txns.put(&mut wtxn, &key, &value).unwrap();
+        wtxn.commit().unwrap();
+        match store.get(first.state.txn_id) {
+            Err(StoreError::Damaged { table: "txns", key: named }) => {
+                assert!(named.ends_with(&format!("{:02x}", key[7])))
+            }
+            other => panic!("expected a CRC error, got {other:?}"),
+        }
+        assert!(matches!(store.find_client(&client(3)), Err(StoreError::Damaged { .. })));
     }
 }

@@ -113,6 +113,16 @@ impl TxnArgs {
         }
     }
 
+    /// The directory ids the client named.
+    pub fn parents(&self) -> Vec<u64> {
+        match self {
+            TxnArgs::MkDir { parent, .. } | TxnArgs::RmDir { parent, .. } | TxnArgs::PurgeRemoteFile { parent, .. } => {
+                vec![*parent]
+            }
+            TxnArgs::Move { source_parent, target_parent, .. } => vec![*source_parent, *target_parent],
+        }
+    }
+
     /// The kind's name, for logs.
     pub fn kind_name(&self) -> &'static str {
         match self {

@@ -49,6 +49,17 @@ impl AddressBook {
         })
     }
 
+    /// Whether `shard` is known to exist: named by a flag or registered
+    /// with shuckle. With neither (shuckle never answered), every shard is
+    /// assumed to exist.
+    pub fn knows(&self, shard: ShardId) -> bool {
+        if self.overrides.contains_key(&shard) {
+            return true;
+        }
+        let registered = self.registered.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        registered.contains_key(&shard) || (registered.is_empty() && self.overrides.is_empty())
+    }
+
     /// Replaces the addresses learnt from shuckle.
     pub fn set_registered(&self, shards: &[(ShardId, SocketAddr)]) {
         let mut registered = self.registered.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -75,6 +86,10 @@ fn single_attempt(timeout: Duration) -> RetryPolicy {
 }
 
 impl Shards for UdpShards {
+    fn knows(&self, shard: ShardId) -> bool {
+        self.addresses.knows(shard)
+    }
+
     async fn request(
         &self,
         shard: ShardId,

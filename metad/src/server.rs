@@ -6,8 +6,9 @@
 //!    recv → decode (MAC for privileged kinds)
 //!      read  → LMDB read txn → reply at once
 //!      write → bounded queue ──▶ writer thread: drain the queue, apply every
-//!                                mutation in ONE write txn, commit (fsync),
-//!                                then reply to each from the same socket
+//!                                mutation in ONE write txn, commit (one
+//!                                fsync: NO_META_SYNC), reply to the previous
+//!                                batch (now durable), or sync when idle
 //! ```
 //!
 //! Retransmissions: the writer remembers the responses of recent mutations
@@ -108,6 +109,12 @@ struct Job {
 /// and serves until killed.
 pub fn run(config: Config) -> Result<(), ServerError> {
     let store = Store::open(&config.folder.join(format!("shard-{:03}", config.shard)))?;
+    // The writer syncs the meta page itself (see `writer`): one fsync per
+    // commit instead of two.
+    // SAFETY: NO_META_SYNC keeps LMDB consistent after a crash (at worst the
+    // last commit is undone); the writer replies only after a later sync.
+    unsafe { store.env.set_flags(heed::EnvFlags::NO_META_SYNC, heed::FlagSetMode::Enable) }
+        .map_err(|error| ServerError::Store(StoreError::Lmdb(error)))?;
     let shard = Shard::open(&store, config.shard, &config.cluster_key, EggsTime::now())?;
     let table = load_block_services(&store)?;
     let shared = Arc::new(Shared {
@@ -328,13 +335,46 @@ fn send(job: &Job, bytes: &[u8]) {
     }
 }
 
-/// The single writer: batches, group commit, replies after the commit.
+/// The single writer: batches, group commit, replies once durable.
+///
+/// The environment runs with NO_META_SYNC: a commit fsyncs its data pages
+/// once and writes the meta page without a second fsync. The meta page of
+/// commit N becomes durable with the data fsync of commit N+1 (same file),
+/// or with an explicit sync when nothing else is queued. So the replies of
+/// batch N go out after commit N+1, or after the sync if the queue is
+/// empty: one fsync per commit under load (was two), durable before every
+/// reply as before.
 fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
     let mut cache = RetransmitCache::default();
     let mut rng = rand::rng();
     let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH_MAX);
-    while let Ok(first) = receiver.recv() {
+    // Committed, meta page not yet synced: replies wait.
+    let mut unsynced: Vec<(Job, Vec<u8>)> = Vec::new();
+    loop {
+        let first = if unsynced.is_empty() {
+            match receiver.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        } else {
+            match receiver.try_recv() {
+                Ok(job) => job,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    match shared.store.env.force_sync() {
+                        Ok(()) => reply_all(&mut unsynced),
+                        // Not answered: the clients retransmit, and the
+                        // retransmissions are answered after a later commit.
+                        Err(error) => {
+                            tracing::error!(%error, "sync failed");
+                            unsynced.clear();
+                        }
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+            }
+        };
         batch.push(first);
         while batch.len() < BATCH_MAX {
             match receiver.try_recv() {
@@ -362,6 +402,8 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
                 continue;
             }
         };
+        // This commit's data fsync made the previous batch's meta durable.
+        reply_all(&mut unsynced);
         for (job, answer) in batch.drain(..).zip(answers) {
             let key = (job.peer, job.request_id, job.kind);
             let bytes = match answer {
@@ -371,11 +413,17 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
                 }
                 None => cache.get(&key).cloned().unwrap_or_default(),
             };
-            send(&job, &bytes);
+            unsynced.push((job, bytes));
         }
         if effects.wants_block_service_refresh {
             shared.request_refresh();
         }
+    }
+}
+
+fn reply_all(durable: &mut Vec<(Job, Vec<u8>)>) {
+    for (job, bytes) in durable.drain(..) {
+        send(&job, &bytes);
     }
 }
 

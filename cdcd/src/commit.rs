@@ -1,0 +1,136 @@
+//! Group commit of the transaction store.
+//!
+//! A transaction's state must be durable before its next mutation goes to a
+//! shard. With many transactions running at once, each waiting for "my
+//! state is on disk", one committer task takes every record queued since
+//! its last commit and writes them all in one LMDB commit (one fsync), then
+//! wakes each waiter. Nobody waits for a timer: a commit starts as soon as
+//! the previous one ends, so the batch is whatever arrived during it.
+//!
+//! When a commit fails (disk full, I/O error) the committer keeps the
+//! records and tries again with backoff, for as long as it takes; meanwhile
+//! [`GroupCommit::healthy`] is false, and the server refuses new
+//! transactions with STORAGE_ERROR instead of accepting work it cannot
+//! record. Transactions already running simply wait: none is lost, and all
+//! continue once space returns.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+
+use crate::store::{TxnRecord, TxnStore};
+
+/// First wait after a failed commit; doubled up to [`RETRY_MAX`].
+const RETRY_INITIAL: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// How commits run: on tokio's blocking pool (the daemon), or inline in the
+/// committer task (the deterministic simulation: no other thread).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CommitMode {
+    Blocking,
+    Inline,
+}
+
+/// Counts, for the metrics and the perf reading.
+#[derive(Default, Debug)]
+pub struct CommitStats {
+    pub commits: AtomicU64,
+    pub records: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+type Waiter = (TxnRecord, oneshot::Sender<()>);
+
+pub struct GroupCommit {
+    store: Arc<TxnStore>,
+    queue: Mutex<Vec<Waiter>>,
+    wake: Notify,
+    healthy: AtomicBool,
+    mode: CommitMode,
+    pub stats: CommitStats,
+}
+
+impl GroupCommit {
+    /// The committer; run [`GroupCommit::run`] on a task.
+    pub fn new(store: Arc<TxnStore>, mode: CommitMode) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            queue: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            healthy: AtomicBool::new(true),
+            mode,
+            stats: CommitStats::default(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<TxnStore> {
+        &self.store
+    }
+
+    /// False while the last commit failed (the disk is full or failing).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Returns once `record` is durable. Waits as long as the disk fails.
+    /// `None` when the committer is gone (shutting down).
+    pub async fn save(&self, record: TxnRecord) -> Option<()> {
+        let (done, durable) = oneshot::channel();
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push((record, done));
+        self.wake.notify_one();
+        durable.await.ok()
+    }
+
+    /// The committer loop: never returns.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let batch: Vec<Waiter> =
+                std::mem::take(&mut *self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+            if batch.is_empty() {
+                self.wake.notified().await;
+                continue;
+            }
+            let (records, waiters): (Vec<TxnRecord>, Vec<oneshot::Sender<()>>) = batch.into_iter().unzip();
+            let mut wait = RETRY_INITIAL;
+            loop {
+                match self.commit(&records).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        if self.healthy.swap(false, Ordering::Relaxed) {
+                            tracing::error!(%error, "transaction store commit failed; refusing new transactions and retrying");
+                        }
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+            if !self.healthy.swap(true, Ordering::Relaxed) {
+                tracing::warn!("transaction store commits again; accepting new transactions");
+            }
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            self.stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
+            for waiter in waiters {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    async fn commit(&self, records: &[TxnRecord]) -> Result<(), String> {
+        match self.mode {
+            CommitMode::Inline => self.store.write_batch(records).map_err(|e| e.to_string()),
+            CommitMode::Blocking => {
+                let store = self.store.clone();
+                let records = records.to_vec();
+                match tokio::task::spawn_blocking(move || store.write_batch(&records)).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(join) => Err(join.to_string()),
+                }
+            }
+        }
+    }
+}

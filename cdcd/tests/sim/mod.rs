@@ -1,0 +1,505 @@
+//! A deterministic simulation of a cluster: the real CDC (frontend,
+//! coordinator, locks, group commit, LMDB store) and real shards (metad's
+//! request logic on temporary LMDB environments, in-process), joined by a
+//! seeded network that drops, delays, duplicates and reorders datagrams,
+//! with a virtual clock (tokio's paused time on one thread) and crashes of
+//! the CDC at any moment.
+//!
+//! Everything runs on one thread in virtual time, so a seed replays the same
+//! run: every randomised test prints its seed, and `SIM_SEED=N` reruns one.
+//!
+//! What a crash is: every CDC task is dropped where it stands and the CDC
+//! restarts from its LMDB store (what was committed survives, what was
+//! queued for the next commit is lost), exactly like SIGKILL. Datagrams
+//! already in the network keep arriving at the shards.
+
+#![allow(dead_code)] // each test file uses a part of the bed
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cdcd::commit::{CommitMode, GroupCommit};
+use cdcd::coordinator::{Coordinator, RetryPolicy};
+use cdcd::server::{Frontend, ReplySink, Submitted};
+use cdcd::shards::{ShardReply, Shards, TransportError};
+use cdcd::store::{ClientKey, TxnStore};
+use cdcd::txn::{Outcome, TxnArgs};
+use metad::block_services::BlockServiceTable;
+use metad::logic::{Env, MutationEffects, Shard};
+use metad::store::Store;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use wire::datagram;
+use wire::limits::UDP_DATAGRAM_BYTES_MAX;
+use wire::shard::{
+    CreateEdenFileReq, LinkEdenFileReq, LinkEdenFileReqHead, LsDirReq, ShardRequest, ShardResponse, StatReq, StatResp,
+    VisitInodesReq,
+};
+use wire::{EggsTime, InodeId, InodeType, MacKey, Name, SecretKey, ShardId};
+use zerocopy::byteorder::little_endian::U64;
+
+/// The seed of a randomised test: `SIM_SEED` if set, else `default`.
+/// Printed, so a failure can be replayed.
+pub fn seed(test: &str, default: u64) -> u64 {
+    let seed = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    eprintln!("{test}: seed {seed} (replay with SIM_SEED={seed})");
+    seed
+}
+
+/// Network faults, each a probability per datagram.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    pub drop_request: f64,
+    pub drop_response: f64,
+    pub duplicate: f64,
+    /// Delivered late (possibly after the CDC gave up on it and resent).
+    pub delay: f64,
+}
+
+impl Faults {
+    pub fn lossy() -> Self {
+        Self { drop_request: 0.1, drop_response: 0.1, duplicate: 0.1, delay: 0.15 }
+    }
+}
+
+/// The virtual clock: eggs time = a fixed base + tokio's (paused) clock.
+#[derive(Clone)]
+pub struct Clock {
+    base: u64,
+    start: tokio::time::Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Self { base: 1_700_000_000_000_000_000, start: tokio::time::Instant::now(), last: Arc::default() }
+    }
+
+    /// Strictly increasing eggs time (ns).
+    pub fn now(&self) -> u64 {
+        let now = self.base + self.start.elapsed().as_nanos() as u64;
+        let last = self.last.fetch_max(now, Ordering::Relaxed);
+        if now > last { now } else { self.last.fetch_add(1, Ordering::Relaxed) + 1 }
+    }
+}
+
+/// One real shard: metad's logic over its own LMDB, plus the retransmission
+/// cache metad's writer keeps (keyed like metad's: request id and kind; the
+/// CDC is the only sender).
+pub struct SimShard {
+    _dir: tempfile::TempDir,
+    store: Store,
+    shard: Shard,
+    cache: Mutex<HashMap<(u64, u8), Vec<u8>>>,
+}
+
+pub struct SimNet {
+    shards: Vec<SimShard>,
+    key: MacKey,
+    rng: Mutex<StdRng>,
+    pub faults: Mutex<Faults>,
+    clock: Clock,
+    table: BlockServiceTable,
+    /// Datagrams delivered, and how many of them executed a mutation.
+    pub delivered: AtomicU64,
+    pub late: AtomicU64,
+    /// Shards that answer nothing (a dead host).
+    pub down: Mutex<std::collections::HashSet<ShardId>>,
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    // tmpfs when there is one: the shards fsync every commit.
+    tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap()
+}
+
+impl SimNet {
+    pub fn new(shards: u8, seed: u64, faults: Faults, clock: Clock) -> Arc<Self> {
+        let secret = SecretKey([0x5a; 16]);
+        let shards = (0..shards)
+            .map(|id| {
+                let dir = temp_dir();
+                let store = Store::open(dir.path()).unwrap();
+                let shard = Shard::open(&store, id, &secret, EggsTime::new(clock.now())).unwrap();
+                SimShard { _dir: dir, store, shard, cache: Mutex::default() }
+            })
+            .collect();
+        Arc::new(Self {
+            shards,
+            key: MacKey::new(&secret),
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            faults: Mutex::new(faults),
+            clock,
+            table: BlockServiceTable::new(Vec::new()),
+            delivered: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            down: Mutex::default(),
+        })
+    }
+
+    pub fn shard_count(&self) -> u8 {
+        self.shards.len() as u8
+    }
+
+    fn chance(&self, p: f64) -> bool {
+        p > 0.0 && self.rng.lock().unwrap().random_bool(p.min(1.0))
+    }
+
+    fn random_below(&self, ns: u64) -> Duration {
+        Duration::from_nanos(self.rng.lock().unwrap().random_range(0..ns.max(1)))
+    }
+
+    /// Executes one datagram at a shard; the response datagram.
+    pub fn execute(&self, shard: ShardId, bytes: &[u8]) -> Vec<u8> {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        let sim = &self.shards[usize::from(shard)];
+        let (header, request) = datagram::decode::<ShardRequest<'_>>(bytes, Some(&self.key)).expect("sim datagram");
+        let env = Env { now: EggsTime::new(self.clock.now()), block_services: &self.table };
+        let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+        if request.kind().is_mutation() {
+            let key = (header.request_id(), header.kind);
+            if let Some(cached) = sim.cache.lock().unwrap().get(&key) {
+                return cached.clone();
+            }
+            let mut txn = sim.store.write_txn().unwrap();
+            let mut rng = StdRng::seed_from_u64(header.request_id());
+            let mut effects = MutationEffects::default();
+            let len = sim
+                .shard
+                .handle_mutation(
+                    &sim.store,
+                    &mut txn,
+                    &env,
+                    &mut rng,
+                    &mut effects,
+                    header.request_id(),
+                    &request,
+                    &mut out,
+                )
+                .unwrap();
+            txn.commit().unwrap();
+            out.truncate(len);
+            sim.cache.lock().unwrap().insert(key, out.clone());
+        } else {
+            let txn = sim.store.read_txn().unwrap();
+            let len = sim.shard.handle_read(&sim.store, &txn, &env, header.request_id(), &request, &mut out);
+            out.truncate(len);
+        }
+        out
+    }
+
+    fn encode(&self, request_id: u64, request: &ShardRequest<'_>) -> Vec<u8> {
+        let mut buf = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+        let len = datagram::encode(&mut buf, request_id, request, Some(&self.key)).unwrap();
+        buf.truncate(len);
+        buf
+    }
+
+    /// A request outside the fault model (clients' own shard calls, checks).
+    pub fn call<T>(&self, shard: ShardId, request: &ShardRequest<'_>, read: impl FnOnce(ShardResponse<'_>) -> T) -> T {
+        let request_id = self.rng.lock().unwrap().random();
+        let response = self.execute(shard, &self.encode(request_id, request));
+        let (_, decoded) = datagram::decode::<ShardResponse<'_>>(&response, Some(&self.key)).unwrap();
+        read(decoded)
+    }
+
+    /// Creates and links a file `parent/name` (as a client would); its inode,
+    /// or `None` when the name is taken.
+    pub fn create_file(&self, parent: InodeId, name: &str) -> Option<InodeId> {
+        let shard = parent.shard();
+        let request = ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::File });
+        let (inode, cookie) = self.call(shard, &request, |response| match response {
+            ShardResponse::CreateEdenFile(resp) => (resp.inode, resp.cookie),
+            other => panic!("create_eden_file: {other:?}"),
+        });
+        let head = LinkEdenFileReqHead { inode, cookie, parent };
+        let request = ShardRequest::LinkEdenFile(LinkEdenFileReq { head, name: Name::new(name.as_bytes()).unwrap() });
+        self.call(shard, &request, |response| matches!(response, ShardResponse::LinkEdenFile(_))).then_some(inode)
+    }
+
+    /// Living entries of `dir`: name → inode with its owning bit.
+    pub fn list(&self, dir: InodeId) -> BTreeMap<String, InodeId> {
+        let mut entries = BTreeMap::new();
+        let mut start_hash = 0u64;
+        loop {
+            let request = ShardRequest::LsDir(LsDirReq {
+                dir,
+                as_of: EggsTime::ZERO,
+                start_hash: U64::new(start_hash),
+                flags: 0,
+            });
+            let (more, next) = self.call(dir.shard(), &request, |response| match response {
+                ShardResponse::LsDir(page) => {
+                    for entry in page.entries.iter() {
+                        entries.insert(entry.name.as_str().to_string(), entry.inode);
+                    }
+                    (page.more != 0, page.next_hash.get())
+                }
+                other => panic!("ls_dir {dir}: {other:?}"),
+            });
+            if !more {
+                return entries;
+            }
+            start_hash = next;
+        }
+    }
+
+    /// A directory's parent; `None` when it is not a directory.
+    pub fn parent(&self, dir: InodeId) -> Option<InodeId> {
+        self.call(dir.shard(), &ShardRequest::Stat(StatReq { inode: dir }), |response| match response {
+            ShardResponse::Stat(StatResp::Directory(d)) => Some(d.parent),
+            _ => None,
+        })
+    }
+
+    /// Every inode of `shard`.
+    pub fn inodes(&self, shard: ShardId) -> Vec<InodeId> {
+        let mut inodes = Vec::new();
+        let mut begin = InodeId::NULL;
+        loop {
+            let next =
+                self.call(shard, &ShardRequest::VisitInodes(VisitInodesReq { begin }), |response| match response {
+                    ShardResponse::VisitInodes(page) => {
+                        inodes.extend(page.inodes.iter());
+                        page.next
+                    }
+                    other => panic!("visit_inodes: {other:?}"),
+                });
+            if next.is_null() {
+                return inodes;
+            }
+            begin = next;
+        }
+    }
+
+    /// Walks the tree from the root and checks the invariants of a quiet
+    /// cluster: every living entry owning (no dangling non-owning entry),
+    /// every directory's parent is the directory holding its entry, no
+    /// directory linked twice, every directory with a parent reachable (no
+    /// orphans). Returns the tree: directory → name → inode (plain), or the
+    /// first violation.
+    pub fn check_tree(&self) -> Result<BTreeMap<u64, BTreeMap<String, u64>>, String> {
+        let mut tree = BTreeMap::new();
+        let mut queue = vec![InodeId::ROOT];
+        while let Some(dir) = queue.pop() {
+            let mut plain = BTreeMap::new();
+            for (name, inode) in self.list(dir) {
+                if !inode.is_owning() {
+                    return Err(format!("dangling non-owning entry {dir}/{name}"));
+                }
+                let inode = inode.without_owning();
+                if inode.inode_type() == Some(InodeType::Directory) {
+                    if self.parent(inode) != Some(dir) {
+                        return Err(format!("parent of {dir}/{name} is {:?}", self.parent(inode)));
+                    }
+                    if tree.contains_key(&inode.get()) || queue.contains(&inode) {
+                        return Err(format!("{inode} linked twice"));
+                    }
+                    queue.push(inode);
+                }
+                plain.insert(name, inode.get());
+            }
+            tree.insert(dir.get(), plain);
+        }
+        for shard in 0..self.shard_count() {
+            for inode in self.inodes(shard) {
+                if inode.inode_type() != Some(InodeType::Directory) || inode == InodeId::ROOT {
+                    continue;
+                }
+                let parent = self.parent(inode).ok_or(format!("{inode} is not a directory"))?;
+                if !parent.is_null() && !tree.contains_key(&inode.get()) {
+                    return Err(format!("orphan directory {inode} (parent {parent})"));
+                }
+            }
+        }
+        Ok(tree)
+    }
+}
+
+/// The CDC's shard requests through the faulty network.
+#[derive(Clone)]
+pub struct NetShards(pub Arc<SimNet>);
+
+impl Shards for NetShards {
+    fn knows(&self, shard: ShardId) -> bool {
+        shard < self.0.shard_count()
+    }
+
+    async fn request(
+        &self,
+        shard: ShardId,
+        request_id: u64,
+        request: &ShardRequest<'_>,
+        timeout: Duration,
+    ) -> Result<ShardReply, TransportError> {
+        let net = &self.0;
+        if shard >= net.shard_count() || net.down.lock().unwrap().contains(&shard) {
+            // Nobody listens there.
+            tokio::time::sleep(timeout).await;
+            return Err(TransportError::Timeout(shard));
+        }
+        let faults = *net.faults.lock().unwrap();
+        let bytes = net.encode(request_id, request);
+        // Half a millisecond of network each way, plus jitter.
+        let one_way = Duration::from_micros(500) + net.random_below(500_000);
+        if net.chance(faults.duplicate) {
+            let (copy, net2) = (bytes.clone(), net.clone());
+            let later = net.random_below(timeout.as_nanos() as u64 * 3 + 1);
+            tokio::spawn(async move {
+                tokio::time::sleep(later).await;
+                net2.late.fetch_add(1, Ordering::Relaxed);
+                net2.execute(shard, &copy);
+            });
+        }
+        if net.chance(faults.drop_request) {
+            tokio::time::sleep(timeout).await;
+            return Err(TransportError::Timeout(shard));
+        }
+        if net.chance(faults.delay) {
+            // Arrives after the attempt timed out: executed late, answer lost.
+            let late = timeout + net.random_below(timeout.as_nanos() as u64 * 2 + 1);
+            let net2 = net.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(late).await;
+                net2.late.fetch_add(1, Ordering::Relaxed);
+                net2.execute(shard, &bytes);
+            });
+            tokio::time::sleep(timeout).await;
+            return Err(TransportError::Timeout(shard));
+        }
+        tokio::time::sleep(one_way.min(timeout)).await;
+        let response = net.execute(shard, &bytes);
+        if net.chance(faults.drop_response) || one_way * 2 > timeout {
+            tokio::time::sleep(timeout.saturating_sub(one_way)).await;
+            return Err(TransportError::Timeout(shard));
+        }
+        tokio::time::sleep(one_way).await;
+        let (_, decoded) = datagram::decode::<ShardResponse<'_>>(&response, Some(&net.key))
+            .map_err(|_| TransportError::Timeout(shard))?;
+        ShardReply::from_response(request.kind(), &decoded).ok_or(TransportError::Timeout(shard))
+    }
+}
+
+/// Retries at simulation pace: fast, and a read deadline long enough that
+/// a lossy network does not fail transactions.
+pub fn sim_retry() -> RetryPolicy {
+    RetryPolicy {
+        timeout_initial: Duration::from_millis(20),
+        timeout_max: Duration::from_millis(200),
+        read_deadline: Duration::from_secs(600),
+    }
+}
+
+/// Answers the CDC gave, by client request.
+#[derive(Default)]
+pub struct Answers {
+    outcomes: Mutex<HashMap<ClientKey, Outcome>>,
+}
+
+/// A running CDC incarnation.
+struct Incarnation {
+    frontend: Arc<Frontend<NetShards>>,
+    committer: tokio::task::JoinHandle<()>,
+}
+
+/// The simulated cluster.
+pub struct Sim {
+    pub net: Arc<SimNet>,
+    pub clock: Clock,
+    store: Arc<TxnStore>,
+    _cdc_dir: tempfile::TempDir,
+    answers: Arc<Answers>,
+    cdc: Mutex<Option<Incarnation>>,
+    seed: u64,
+    pub crashes: AtomicU64,
+    retry: RetryPolicy,
+}
+
+impl Sim {
+    pub fn new(seed: u64, shards: u8, faults: Faults) -> Arc<Self> {
+        Self::with_retry(seed, shards, faults, sim_retry())
+    }
+
+    pub fn with_retry(seed: u64, shards: u8, faults: Faults, retry: RetryPolicy) -> Arc<Self> {
+        let clock = Clock::new();
+        let net = SimNet::new(shards, seed, faults, clock.clone());
+        let dir = temp_dir();
+        let clock_for_store = clock.clone();
+        let store =
+            Arc::new(TxnStore::open(dir.path(), false).unwrap().with_clock(Arc::new(move || clock_for_store.now())));
+        let sim = Arc::new(Self {
+            net,
+            clock,
+            store,
+            _cdc_dir: dir,
+            answers: Arc::default(),
+            cdc: Mutex::new(None),
+            seed,
+            crashes: AtomicU64::new(0),
+            retry,
+        });
+        sim.start_cdc();
+        sim
+    }
+
+    fn start_cdc(&self) {
+        let commits = GroupCommit::new(self.store.clone(), CommitMode::Inline);
+        let committer = tokio::spawn(commits.clone().run());
+        let shards: Vec<ShardId> = (0..self.net.shard_count()).collect();
+        let seed = self.seed ^ self.crashes.load(Ordering::Relaxed);
+        let coordinator =
+            Arc::new(Coordinator::new(NetShards(self.net.clone()), commits, shards, self.retry, Some(seed)));
+        let answers = self.answers.clone();
+        let sink: ReplySink = Arc::new(move |client, _args, outcome| {
+            answers.outcomes.lock().unwrap().insert(*client, outcome.clone());
+        });
+        let frontend = Frontend::new(coordinator, sink);
+        frontend.resume().unwrap();
+        *self.cdc.lock().unwrap() = Some(Incarnation { frontend, committer });
+    }
+
+    /// SIGKILL and restart: every CDC task stops where it is.
+    pub async fn crash(&self) {
+        if let Some(old) = self.cdc.lock().unwrap().take() {
+            old.frontend.abort_all();
+            old.committer.abort();
+        }
+        // Let the aborted tasks drop (their locks and queued commits go).
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        self.crashes.fetch_add(1, Ordering::Relaxed);
+        self.start_cdc();
+    }
+
+    pub fn frontend(&self) -> Arc<Frontend<NetShards>> {
+        self.cdc.lock().unwrap().as_ref().unwrap().frontend.clone()
+    }
+
+    /// Sends `args` as `client` until it is answered (retransmitting every
+    /// `resend`), like a client over UDP.
+    pub async fn request(&self, client: ClientKey, args: &TxnArgs) -> Outcome {
+        let resend = Duration::from_millis(300);
+        loop {
+            match self.frontend().submit(client, args.clone()) {
+                Submitted::Answer(outcome) => return outcome,
+                Submitted::Running | Submitted::Started(_) | Submitted::Busy | Submitted::StorageError(_) => {}
+            }
+            let waited = tokio::time::Instant::now();
+            while waited.elapsed() < resend {
+                if let Some(outcome) = self.answers.outcomes.lock().unwrap().remove(&client) {
+                    return outcome;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// Waits until the CDC has nothing running.
+    pub async fn quiesce(&self) {
+        while self.frontend().in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! The CDC under concurrency, in the deterministic simulation (`sim/`):
+//! real coordinator, real shard logic, a faulty network, crashes at any
+//! moment, a virtual clock. Each randomised test prints its seed.
+//!
+//! The linearizability check: clients run operations in rounds; inside a
+//! round they overlap (random start times, retransmissions, crashes). After
+//! each round the cluster is quiet and its tree is read from the shards.
+//! The round's history is accepted when some order of its operations that
+//! respects real time (an operation answered before another was sent comes
+//! first) gives, applied one by one to the sequential model, exactly the
+//! statuses the clients received and exactly the tree the shards hold.
+
+mod sim;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cdcd::store::ClientKey;
+use cdcd::txn::{Outcome, TxnArgs};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sim::{Faults, Sim};
+use wire::cdc::CdcStatus;
+use wire::{InodeId, InodeType};
+
+const ROOT: u64 = InodeId::ROOT.get();
+const SHARDS: u8 = 3;
+
+/// The sequential model: living entries per linked directory.
+#[derive(Clone, Default, PartialEq, Eq, Debug)]
+struct Model {
+    entries: BTreeMap<u64, BTreeMap<String, u64>>,
+    parents: BTreeMap<u64, u64>,
+    removed: BTreeSet<u64>,
+}
+
+fn is_dir(inode: u64) -> bool {
+    InodeId::new(inode).inode_type() == Some(InodeType::Directory)
+}
+
+impl Model {
+    fn new() -> Self {
+        let mut model = Self::default();
+        model.entries.insert(ROOT, BTreeMap::new());
+        model
+    }
+
+    fn linked(&self, dir: u64) -> bool {
+        is_dir(dir) && self.entries.contains_key(&dir)
+    }
+
+    fn inside(&self, dir: u64, ancestor: u64) -> bool {
+        let mut cursor = dir;
+        loop {
+            if cursor == ancestor {
+                return true;
+            }
+            match self.parents.get(&cursor) {
+                Some(parent) => cursor = *parent,
+                None => return false,
+            }
+        }
+    }
+
+    fn bad_shard(&self, dir: u64) -> bool {
+        InodeId::new(dir).shard() >= SHARDS
+    }
+
+    /// The status the CDC must answer, in the CDC's order of checks.
+    fn expect(&self, args: &TxnArgs) -> CdcStatus {
+        match args {
+            TxnArgs::MkDir { parent, name } => {
+                if !is_dir(*parent) {
+                    CdcStatus::ParentInvalid
+                } else if self.bad_shard(*parent) {
+                    CdcStatus::BadRequest
+                } else if !self.linked(*parent) {
+                    CdcStatus::ParentInvalid
+                } else if self.entries[parent].contains_key(name) {
+                    CdcStatus::AlreadyExists
+                } else {
+                    CdcStatus::Ok
+                }
+            }
+            TxnArgs::RmDir { parent, name } => {
+                if !is_dir(*parent) {
+                    return CdcStatus::ParentInvalid;
+                }
+                if self.bad_shard(*parent) {
+                    return CdcStatus::BadRequest;
+                }
+                if !self.linked(*parent) {
+                    return CdcStatus::ParentInvalid;
+                }
+                match self.entries[parent].get(name) {
+                    None => CdcStatus::NotFound,
+                    Some(child) if !is_dir(*child) => CdcStatus::BadInodeType,
+                    Some(child) if !self.entries[child].is_empty() => CdcStatus::DirectoryNotEmpty,
+                    Some(_) => CdcStatus::Ok,
+                }
+            }
+            TxnArgs::Move { directory, source_parent, target_parent, source_name, target_name } => {
+                if source_parent == target_parent && source_name == target_name {
+                    return CdcStatus::BadRequest;
+                }
+                if !is_dir(*target_parent) || !is_dir(*source_parent) {
+                    return CdcStatus::ParentInvalid;
+                }
+                if self.bad_shard(*source_parent) || self.bad_shard(*target_parent) {
+                    return CdcStatus::BadRequest;
+                }
+                if !self.linked(*target_parent) || !self.linked(*source_parent) {
+                    return CdcStatus::ParentInvalid;
+                }
+                let Some(source) = self.entries[source_parent].get(source_name) else {
+                    return CdcStatus::NotFound;
+                };
+                if is_dir(*source) != *directory {
+                    return CdcStatus::BadInodeType;
+                }
+                if self.entries[target_parent].get(target_name).is_some_and(|t| is_dir(*t)) {
+                    return CdcStatus::CannotOverrideTarget;
+                }
+                if *directory && self.inside(*target_parent, *source) {
+                    return CdcStatus::LoopDetected;
+                }
+                CdcStatus::Ok
+            }
+            TxnArgs::PurgeRemoteFile { .. } => unreachable!("not generated"),
+        }
+    }
+
+    /// Applies a successful operation; `false` when the outcome cannot be
+    /// this operation's (a move of another inode).
+    fn apply(&mut self, args: &TxnArgs, outcome: &Outcome) -> bool {
+        match args {
+            TxnArgs::MkDir { parent, name } => {
+                self.entries.get_mut(parent).unwrap().insert(name.clone(), outcome.inode);
+                self.entries.insert(outcome.inode, BTreeMap::new());
+                self.parents.insert(outcome.inode, *parent);
+            }
+            TxnArgs::RmDir { parent, name } => {
+                let child = self.entries.get_mut(parent).unwrap().remove(name).unwrap();
+                self.entries.remove(&child);
+                self.parents.remove(&child);
+                self.removed.insert(child);
+            }
+            TxnArgs::Move { directory, source_parent, target_parent, source_name, target_name } => {
+                let moved = self.entries.get_mut(source_parent).unwrap().remove(source_name).unwrap();
+                if moved != outcome.inode {
+                    return false;
+                }
+                self.entries.get_mut(target_parent).unwrap().insert(target_name.clone(), moved);
+                if *directory {
+                    self.parents.insert(moved, *target_parent);
+                }
+            }
+            TxnArgs::PurgeRemoteFile { .. } => unreachable!(),
+        }
+        true
+    }
+}
+
+/// One operation of a history.
+#[derive(Clone, Debug)]
+struct Event {
+    args: TxnArgs,
+    outcome: Outcome,
+    sent: tokio::time::Instant,
+    answered: tokio::time::Instant,
+}
+
+/// A serial order of `events` (respecting real time) that the model
+/// accepts with the same statuses and ending in `tree`; the model after it.
+fn linearize(
+    start: &Model,
+    events: &[Event],
+    tree: &BTreeMap<u64, BTreeMap<String, u64>>,
+) -> Option<(Model, Vec<usize>)> {
+    fn search(
+        model: &Model,
+        events: &[Event],
+        placed: &mut Vec<usize>,
+        tree: &BTreeMap<u64, BTreeMap<String, u64>>,
+        explored: &mut u64,
+    ) -> Option<Model> {
+        *explored += 1;
+        if placed.len() == events.len() {
+            return (&model.entries == tree).then(|| model.clone());
+        }
+        for (index, event) in events.iter().enumerate() {
+            if placed.contains(&index) {
+                continue;
+            }
+            // Every operation answered before this one was sent goes first.
+            let ready = events
+                .iter()
+                .enumerate()
+                .all(|(other, e)| other == index || placed.contains(&other) || e.answered >= event.sent);
+            if !ready || model.expect(&event.args) != event.outcome.status {
+                continue;
+            }
+            let mut next = model.clone();
+            if event.outcome.status == CdcStatus::Ok && !next.apply(&event.args, &event.outcome) {
+                continue;
+            }
+            placed.push(index);
+            if let Some(found) = search(&next, events, placed, tree, explored) {
+                return Some(found);
+            }
+            placed.pop();
+        }
+        None
+    }
+    let mut placed = Vec::new();
+    let mut explored = 0;
+    search(start, events, &mut placed, tree, &mut explored).map(|model| (model, placed))
+}
+
+const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
+fn random_args(rng: &mut StdRng, model: &Model) -> TxnArgs {
+    let dirs: Vec<u64> = model.entries.keys().copied().collect();
+    let pick_dir = |rng: &mut StdRng| -> u64 {
+        match rng.random_range(0..30) {
+            0 => InodeId::compose(InodeType::Directory, 2, 9999).unwrap().get(),
+            // A directory on a shard that does not exist (issue 17 A).
+            1 => InodeId::compose(InodeType::Directory, 5, 1).unwrap().get(),
+            2 if !model.removed.is_empty() => *model.removed.iter().next().unwrap(),
+            3 => model.entries.values().flat_map(|m| m.values()).copied().find(|i| !is_dir(*i)).unwrap_or(ROOT),
+            _ => dirs[rng.random_range(0..dirs.len())],
+        }
+    };
+    let name = |rng: &mut StdRng| NAMES[rng.random_range(0..NAMES.len())].to_string();
+    match rng.random_range(0..10) {
+        0..=2 => TxnArgs::MkDir { parent: pick_dir(rng), name: name(rng) },
+        3 => TxnArgs::RmDir { parent: pick_dir(rng), name: name(rng) },
+        kind => TxnArgs::Move {
+            directory: kind >= 8,
+            source_parent: pick_dir(rng),
+            target_parent: pick_dir(rng),
+            source_name: name(rng),
+            target_name: name(rng),
+        },
+    }
+}
+
+struct Stats {
+    rounds: usize,
+    ops: usize,
+    statuses: BTreeMap<String, usize>,
+    max_overlap: usize,
+}
+
+/// Runs `rounds` rounds of `clients` concurrent operations; returns stats.
+async fn concurrent_history(seed: u64, faults: Faults, rounds: usize, clients: usize, crashes: bool) -> Stats {
+    let sim = Sim::new(seed, SHARDS, faults);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xc0ffee);
+    let mut model = Model::new();
+    let mut stats = Stats { rounds, ops: 0, statuses: BTreeMap::new(), max_overlap: 0 };
+    let mut request_id = 0u64;
+    for round in 0..rounds {
+        // Clients link files now and then (between rounds, outside the CDC).
+        for _ in 0..rng.random_range(0..3) {
+            let dir = *model.entries.keys().nth(rng.random_range(0..model.entries.len())).unwrap();
+            let name = ["a", "b", "c", "d", "e"][rng.random_range(0..5)];
+            if !model.entries[&dir].contains_key(name)
+                && let Some(file) = sim.net.create_file(InodeId::new(dir), name)
+            {
+                model.entries.get_mut(&dir).unwrap().insert(name.into(), file.get());
+            }
+        }
+        let mut tasks = Vec::new();
+        for client in 0..clients {
+            let args = random_args(&mut rng, &model);
+            request_id += 1;
+            let key = ClientKey { address: format!("10.0.0.{}:1000", client + 1).parse().unwrap(), request_id };
+            let delay = Duration::from_micros(rng.random_range(0..30_000));
+            let sim = sim.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let sent = tokio::time::Instant::now();
+                let outcome = sim.request(key, &args).await;
+                Event { args, outcome, sent, answered: tokio::time::Instant::now() }
+            }));
+        }
+        let crasher = crashes.then(|| {
+            let sim = sim.clone();
+            let times: Vec<u64> = (0..rng.random_range(0..3)).map(|_| rng.random_range(0..150_000)).collect::<Vec<_>>();
+            tokio::spawn(async move {
+                let mut sorted = times;
+                sorted.sort_unstable();
+                let start = tokio::time::Instant::now();
+                for at in sorted {
+                    tokio::time::sleep_until(start + Duration::from_micros(at)).await;
+                    sim.crash().await;
+                }
+            })
+        });
+        let mut events = Vec::new();
+        for task in tasks {
+            events.push(task.await.unwrap());
+        }
+        if let Some(crasher) = crasher {
+            crasher.await.unwrap();
+        }
+        sim.quiesce().await;
+        let overlap = events
+            .iter()
+            .map(|e| events.iter().filter(|o| o.sent <= e.answered && o.answered >= e.sent).count())
+            .max()
+            .unwrap_or(0);
+        stats.max_overlap = stats.max_overlap.max(overlap);
+        let tree = match sim.net.check_tree() {
+            Ok(tree) => tree,
+            Err(violation) => panic!("seed {seed}, round {round}: {violation}\nhistory: {events:#?}"),
+        };
+        match linearize(&model, &events, &tree) {
+            Some((next, _order)) => model = next,
+            None => panic!(
+                "seed {seed}, round {round}: no serial order explains the history\nmodel before: {model:#?}\nhistory: {events:#?}\ntree after: {tree:#?}"
+            ),
+        }
+        for event in &events {
+            *stats.statuses.entry(event.outcome.status.name().to_string()).or_default() += 1;
+            stats.ops += 1;
+        }
+    }
+    // Late copies of old requests change nothing.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let tree = sim.net.check_tree().unwrap_or_else(|v| panic!("seed {seed}, after late datagrams: {v}"));
+    assert_eq!(tree, model.entries, "seed {seed}: late datagrams changed the tree");
+    eprintln!(
+        "seed {seed}: {} ops in {} rounds, {} crashes, max overlap {}, statuses {:?}",
+        stats.ops,
+        stats.rounds,
+        sim.crashes.load(std::sync::atomic::Ordering::Relaxed),
+        stats.max_overlap,
+        stats.statuses
+    );
+    stats
+}
+
+fn assert_varied(stats: &Stats) {
+    for status in ["OK", "NOT_FOUND", "PARENT_INVALID", "ALREADY_EXISTS", "BAD_REQUEST"] {
+        assert!(stats.statuses.get(status).copied().unwrap_or(0) > 0, "{status} never happened: {:?}", stats.statuses);
+    }
+    assert!(stats.max_overlap >= 4, "operations hardly overlapped");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn concurrent_operations_on_a_perfect_network_are_linearizable() {
+    let seed = sim::seed("perfect network", 1);
+    let stats = concurrent_history(seed, Faults::default(), 60, 6, false).await;
+    assert_varied(&stats);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn concurrent_operations_on_a_lossy_network_are_linearizable() {
+    let seed = sim::seed("lossy network", 2);
+    let stats = concurrent_history(seed, Faults::lossy(), 60, 6, false).await;
+    assert_varied(&stats);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn concurrent_operations_with_crashes_on_a_lossy_network_are_linearizable() {
+    let seed = sim::seed("crashes on a lossy network", 3);
+    let stats = concurrent_history(seed, Faults::lossy(), 80, 6, true).await;
+    assert_varied(&stats);
+}
+
+/// A few more seeds with crashes (each prints its seed).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn concurrent_operations_with_crashes_more_seeds() {
+    for default in 10..14 {
+        let seed = sim::seed("crashes, more seeds", default);
+        concurrent_history(seed, Faults::lossy(), 30, 8, true).await;
+        if std::env::var("SIM_SEED").is_ok() {
+            break;
+        }
+    }
+}
+
+async fn mkdir(sim: &Sim, request_id: u64, parent: u64, name: &str) -> Outcome {
+    let key = ClientKey { address: "10.0.0.9:9".parse().unwrap(), request_id };
+    sim.request(key, &TxnArgs::MkDir { parent, name: name.into() }).await
+}
+
+fn mv_dir(source: (u64, &str), target: (u64, &str)) -> TxnArgs {
+    TxnArgs::Move {
+        directory: true,
+        source_parent: source.0,
+        target_parent: target.0,
+        source_name: source.1.into(),
+        target_name: target.1.into(),
+    }
+}
+
+/// `mv /a /b/x` and `mv /b /a/y` at once: exactly one wins, the other is
+/// LOOP_DETECTED, whatever the interleaving.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn crossing_directory_moves_one_succeeds_the_other_detects_the_loop() {
+    for seed in 0..20 {
+        let faults = if seed % 2 == 0 { Faults::default() } else { Faults::lossy() };
+        let sim = Sim::new(seed, SHARDS, faults);
+        let a = mkdir(&sim, 1, ROOT, "a").await.inode;
+        let b = mkdir(&sim, 2, ROOT, "b").await.inode;
+        let (s1, s2) = (sim.clone(), sim.clone());
+        let one = tokio::spawn(async move {
+            let key = ClientKey { address: "10.0.0.1:1".parse().unwrap(), request_id: 10 };
+            s1.request(key, &mv_dir((ROOT, "a"), (b, "x"))).await
+        });
+        let two = tokio::spawn(async move {
+            let key = ClientKey { address: "10.0.0.2:1".parse().unwrap(), request_id: 11 };
+            s2.request(key, &mv_dir((ROOT, "b"), (a, "y"))).await
+        });
+        let (one, two) = (one.await.unwrap().status, two.await.unwrap().status);
+        let mut statuses = [one, two];
+        statuses.sort_by_key(|s| *s as u8);
+        assert_eq!(statuses, [CdcStatus::Ok, CdcStatus::LoopDetected], "seed {seed}");
+        sim.net.check_tree().unwrap();
+    }
+}
+
+/// Issue 17 A in the simulation: requests naming a shard that does not
+/// exist are refused at once; a shard that is down stalls only the
+/// transactions that need it, and reads of it fail by the read deadline.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_unreachable_shard_blocks_only_the_transactions_that_need_it() {
+    let retry = cdcd::coordinator::RetryPolicy {
+        timeout_initial: Duration::from_millis(20),
+        timeout_max: Duration::from_millis(200),
+        read_deadline: Duration::from_secs(5),
+    };
+    let sim = Sim::with_retry(7, SHARDS, Faults::default(), retry);
+    let on_two = InodeId::compose(InodeType::Directory, 2, 9999).unwrap().get();
+    let poison = InodeId::compose(InodeType::Directory, 5, 1).unwrap().get();
+    for i in 0..100 {
+        let started = tokio::time::Instant::now();
+        let outcome = mkdir(&sim, 1000 + i, poison, "x").await;
+        assert_eq!(outcome.status, CdcStatus::BadRequest);
+        assert!(started.elapsed() < Duration::from_millis(1));
+    }
+    sim.net.down.lock().unwrap().insert(2);
+    // A read of the dead shard: fails by the read deadline.
+    let stuck = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let outcome = mkdir(&sim, 1, on_two, "x").await;
+            (outcome, started.elapsed())
+        })
+    };
+    // Meanwhile mkdirs in the root: those whose new directory would live on
+    // shard 2 wait for it; every other one answers at once.
+    let mut waiting = Vec::new();
+    let mut answered = 0;
+    for i in 0..30 {
+        let sim2 = sim.clone();
+        let task = tokio::spawn(async move { mkdir(&sim2, 100 + i, ROOT, &format!("d{i}")).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if task.is_finished() {
+            assert_eq!(task.await.unwrap().status, CdcStatus::Ok);
+            answered += 1;
+        } else {
+            waiting.push(task);
+        }
+    }
+    assert!(answered >= 10, "only {answered} of 30 mkdirs answered while shard 2 was down");
+    let (outcome, took) = stuck.await.unwrap();
+    assert_eq!(outcome.status, CdcStatus::GeneralError, "{outcome:?}");
+    assert!(took < Duration::from_secs(7), "the read gave up after {took:?}");
+    // The shard comes back: the waiting ones finish.
+    sim.net.down.lock().unwrap().clear();
+    for task in waiting {
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.status, CdcStatus::Ok);
+        assert_eq!(InodeId::new(outcome.inode).shard(), 2);
+    }
+    sim.net.check_tree().unwrap();
+}
+
+/// Independent mkdirs share commits: far fewer CDC commits than saves.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn concurrent_transactions_share_commits() {
+    let sim = Sim::new(9, SHARDS, Faults::default());
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let sim = sim.clone();
+            tokio::spawn(async move { mkdir(&sim, 1 + i, ROOT, &format!("m{i}")).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().status, CdcStatus::Ok);
+    }
+    let frontend = sim.frontend();
+    let stats = &frontend.coordinator().commits().stats;
+    let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let records = stats.records.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{records} records in {commits} commits");
+    // Four saves per mkdir (before create, inject, release, and done).
+    assert_eq!(records, 64 * 4);
+    assert!(commits * 8 <= records, "{commits} commits for {records} records");
+    let _ = Arc::clone(&sim);
+}
