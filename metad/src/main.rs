@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use wire::limits::{SHARD_PORT_BASE, SHUCKLE_PORT_DEFAULT};
 
 #[derive(Parser)]
-#[command(about = "eggsfs metadata shard")]
+#[command(
+    about = "eggsfs metadata shard",
+    after_help = "metad --verify DIR checks a stopped shard's store for damage."
+)]
 struct Args {
     /// Shard number, 0..=255.
     shard: u8,
@@ -33,6 +36,10 @@ extern "C" fn exit_cleanly(_signal: libc::c_int) {
 }
 
 fn main() {
+    // `metad --verify DIR`: check a store offline (metad::verify).
+    if let Some(status) = metad::verify::main_hook() {
+        std::process::exit(status);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -14,6 +14,9 @@
 //! by (client address, request id, kind) and resends them instead of
 //! executing a request twice; a retransmission of a request still queued is
 //! answered from the same cache once its original has committed.
+//! Privileged requests first pass the replay check of [`crate::replay`]
+//! (keyed by request, not address: a replay from another port is answered
+//! from the record, never executed).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
@@ -31,6 +34,7 @@ use wire::{DecodeError, ErrorKind};
 
 use crate::block_services::{BlockServiceRecord, BlockServiceTable};
 use crate::logic::{Env, MutationEffects, Shard};
+use crate::replay::{Gate, Screen, Ticket};
 use crate::shuckle_client::ShuckleClient;
 use crate::store::{Store, StoreError, parse_be_u64_key};
 
@@ -76,6 +80,8 @@ struct Shared {
     shard: Shard,
     block_services: RwLock<Arc<BlockServiceTable>>,
     refresh: (Mutex<bool>, Condvar),
+    /// Replay check of privileged requests ([`crate::replay`]).
+    replay: Arc<Gate>,
 }
 
 impl Shared {
@@ -102,6 +108,8 @@ struct Job {
     kind: u8,
     datagram: Vec<u8>,
     socket: Arc<UdpSocket>,
+    /// A privileged request's place in the replay record.
+    replay: Option<Ticket>,
 }
 
 /// Opens the state, binds the sockets, prints `listening udp …` and `ready`,
@@ -115,6 +123,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         shard,
         block_services: RwLock::new(Arc::new(table)),
         refresh: (Mutex::new(true), Condvar::new()),
+        replay: Gate::new(EggsTime::now()),
     });
     let sockets = bind_sockets(config.listen, config.executors.max(1))?;
     let local = sockets
@@ -234,6 +243,17 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
             }
         };
         let bytes = buf.get(..len).unwrap_or_default();
+        let mut ticket = match crate::replay::screen(&shared.replay, shared.shard.cluster_key(), bytes, peer, &mut out)
+        {
+            Screen::Serve(ticket) => ticket,
+            Screen::Answer(len) => {
+                if let Err(error) = socket.send_to(out.get(..len).unwrap_or_default(), peer).await {
+                    tracing::warn!(%peer, %error, "UDP send failed");
+                }
+                continue;
+            }
+            Screen::Drop => continue,
+        };
         let answer = match datagram::decode::<ShardRequest>(bytes, Some(shared.shard.cluster_key())) {
             Ok((header, request)) => {
                 if request.kind().is_mutation() {
@@ -243,6 +263,7 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
                         kind: header.kind,
                         datagram: bytes.to_vec(),
                         socket: reply.clone(),
+                        replay: ticket.take(),
                     };
                     match writer.try_send(job) {
                         Ok(()) => None,
@@ -282,6 +303,9 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
                 refusal(&shared.shard, bytes, error, &mut out)
             }
         };
+        if let (Some(ticket), Some(len)) = (ticket.as_mut(), answer) {
+            ticket.finish(out.get(..len).unwrap_or_default());
+        }
         if let Some(len) = answer
             && let Err(error) = socket.send_to(out.get(..len).unwrap_or_default(), peer).await
         {
@@ -328,7 +352,10 @@ impl RetransmitCache {
     }
 }
 
-fn send(job: &Job, bytes: &[u8]) {
+fn send(job: &mut Job, bytes: &[u8]) {
+    if let Some(ticket) = job.replay.as_mut() {
+        ticket.finish(bytes);
+    }
     for _ in 0..100 {
         match job.socket.send_to(bytes, job.peer) {
             Ok(_) => return,
@@ -360,7 +387,7 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
             Ok(answers) => answers,
             Err(error) => {
                 tracing::error!(%error, jobs = batch.len(), "write batch failed");
-                for job in &batch {
+                for job in &mut batch {
                     let privileged = job.kind & KIND_PRIVILEGED != 0;
                     let len = shared.shard.encode_error(
                         &mut out,
@@ -375,7 +402,7 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
                 continue;
             }
         };
-        for (job, answer) in batch.drain(..).zip(answers) {
+        for (mut job, answer) in batch.drain(..).zip(answers) {
             let key = (job.peer, job.request_id, job.kind);
             let bytes = match answer {
                 Some(bytes) => {
@@ -384,7 +411,7 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
                 }
                 None => cache.get(&key).cloned().unwrap_or_default(),
             };
-            send(&job, &bytes);
+            send(&mut job, &bytes);
         }
         if effects.wants_block_service_refresh {
             shared.request_refresh();

@@ -85,7 +85,7 @@ fn run(flags: Flags) -> Result<(), Failure> {
     let store = Store::open(&flags.data_dir).map_err(|e| config(e.into()))?;
     let stale_after_ns = flags.stale_after_secs.saturating_mul(NS_PER_SECOND);
     let registry = store.load(stale_after_ns).map_err(|e| config(e.into()))?;
-    let shuckle = Arc::new(Shuckle::new(store, registry, &cluster_key));
+    let shuckle = Arc::new(Shuckle::new(store, registry, &cluster_key, wire::EggsTime::now()));
     let timing = Timing {
         check_period: Duration::from_millis(flags.check_interval_ms),
         check_timeout: Duration::from_millis(flags.check_timeout_ms),
