@@ -60,7 +60,7 @@ fn stores_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Runs the check over `dir` and prints the report; the exit status.
-pub fn run(dir: &Path) -> i32 {
+pub fn run(dir: &Path) -> u8 {
     let stores = stores_under(dir);
     if stores.is_empty() {
         eprintln!("metad: no store in {} (expected data.mdb or shard-NNN folders)", dir.display());
@@ -89,7 +89,7 @@ pub fn run(dir: &Path) -> i32 {
 
 /// The hook `main` calls first: `Some(exit status)` when the command line
 /// is `metad --verify DIR`.
-pub fn main_hook() -> Option<i32> {
+pub fn main_hook() -> Option<u8> {
     let mut args = std::env::args_os().skip(1);
     if args.next()? != "--verify" {
         return None;
