@@ -71,7 +71,7 @@ use wire::datagram::{self, Body, HEADER_BYTES};
 use wire::limits::{
     CLIENT_REQUEST_DEADLINE_NS, CLIENT_TIMEOUT_INITIAL_NS, CLIENT_TIMEOUT_MAX_NS, UDP_DATAGRAM_BYTES_MAX,
 };
-use wire::mac::{MAC_BYTES, MacKey};
+use wire::mac::MacKey;
 use wire::shard::{ShardKind, ShardRequest, ShardResponse};
 use wire::shuckle::{ShuckleKind, ShuckleRequest, ShuckleResponse};
 use wire::{DecodeError, EncodeError, ErrorKind};
@@ -494,7 +494,7 @@ impl DatagramClient {
                 return Ok(None);
             }
         };
-        let body_end = if header.is_privileged() { bytes.len().saturating_sub(MAC_BYTES) } else { bytes.len() };
+        let body_end = datagram::body_end(&header, bytes.len());
         Ok(Some(Reply { bytes, body_end, kind: header.kind, addr, family: PhantomData }))
     }
 

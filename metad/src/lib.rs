@@ -15,6 +15,10 @@
 //!   transactions; one writer thread applying queued mutations in one write
 //!   transaction per batch (group commit) and answering after the commit;
 //!   retransmissions answered from a bounded cache.
+//! - [`replay`]: the replay check of privileged (CDC) requests: a freshness
+//!   window on their MAC'd send time and a record of those seen in it.
+//! - [`verify`]: `metad --verify DIR`, the offline check of every record's
+//!   checksum and of the file size.
 //! - [`shuckle_client`]: the small UDP request/retry code that fetches block
 //!   services (with wrapped keys) and registers the shard.
 //!
@@ -26,6 +30,8 @@
 
 pub mod block_services;
 pub mod logic;
+pub mod replay;
 pub mod server;
 pub mod shuckle_client;
 pub mod store;
+pub mod verify;

@@ -20,7 +20,8 @@ use wire::limits::{SHARD_PORT_BASE, SHUCKLE_PORT_DEFAULT};
                   io_uring (5.8 or later); the UDP port of --listen, reachable from clients and the CDC; UDP to \
                   shuckle; the cluster key file readable only by this user. Exit codes: 0 stopped by \
                   SIGTERM/SIGINT, 1 runtime failure, 2 bad usage or configuration (incl. a port in use or a \
-                  folder locked by another metad)."
+                  folder locked by another metad). `metad --verify DIR` checks a stopped shard's store for damage \
+                  (exit 0 intact, 1 damaged, 2 unreadable)."
 )]
 struct Args {
     /// Shard number, 0..=255.
@@ -43,6 +44,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // `metad --verify DIR`: check a stopped shard's store (metad::verify).
+    if let Some(status) = metad::verify::main_hook() {
+        return ExitCode::from(status);
+    }
     let signals = StopSignals::block();
     let args = Args::parse();
     daemon::log::init(daemon::log::Tag { process: "metad", shard: Some(args.shard) });

@@ -15,6 +15,9 @@
 //! by (client address, request id, kind) and resends them instead of
 //! executing a request twice; a retransmission of a request still queued is
 //! answered from the same cache once its original has committed.
+//! Privileged requests first pass the replay check of [`crate::replay`]
+//! (keyed by request, not address: a replay from another port is answered
+//! from the record, never executed).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
@@ -32,6 +35,7 @@ use wire::{DecodeError, ErrorKind};
 
 use crate::block_services::{BlockServiceRecord, BlockServiceTable};
 use crate::logic::{Env, MutationEffects, Shard};
+use crate::replay::{Gate, Screen, Ticket};
 use crate::shuckle_client::ShuckleClient;
 use crate::store::{Store, StoreError, parse_be_u64_key};
 
@@ -77,6 +81,8 @@ struct Shared {
     shard: Shard,
     block_services: RwLock<Arc<BlockServiceTable>>,
     refresh: (Mutex<bool>, Condvar),
+    /// Replay check of privileged requests ([`crate::replay`]).
+    replay: Arc<Gate>,
 }
 
 impl Shared {
@@ -103,6 +109,8 @@ struct Job {
     kind: u8,
     datagram: Vec<u8>,
     socket: Arc<UdpSocket>,
+    /// A privileged request's place in the replay record.
+    replay: Option<Ticket>,
 }
 
 /// Opens the state, binds the sockets, prints `listening udp …` and `ready`,
@@ -122,6 +130,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         shard,
         block_services: RwLock::new(Arc::new(table)),
         refresh: (Mutex::new(true), Condvar::new()),
+        replay: Gate::new(EggsTime::now()),
     });
     let sockets = bind_sockets(config.listen, config.executors.max(1))?;
     let local = sockets
@@ -228,6 +237,17 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
             }
         };
         let bytes = buf.get(..len).unwrap_or_default();
+        let mut ticket = match crate::replay::screen(&shared.replay, shared.shard.cluster_key(), bytes, peer, &mut out)
+        {
+            Screen::Serve(ticket) => ticket,
+            Screen::Answer(len) => {
+                if let Err(error) = socket.send_to(out.get(..len).unwrap_or_default(), peer).await {
+                    tracing::warn!(%peer, %error, "UDP send failed");
+                }
+                continue;
+            }
+            Screen::Drop => continue,
+        };
         let answer = match datagram::decode::<ShardRequest>(bytes, Some(shared.shard.cluster_key())) {
             Ok((header, request)) => {
                 if request.kind().is_mutation() {
@@ -237,6 +257,7 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
                         kind: header.kind,
                         datagram: bytes.to_vec(),
                         socket: reply.clone(),
+                        replay: ticket.take(),
                     };
                     match writer.try_send(job) {
                         Ok(()) => None,
@@ -276,6 +297,9 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
                 refusal(&shared.shard, bytes, error, &mut out)
             }
         };
+        if let (Some(ticket), Some(len)) = (ticket.as_mut(), answer) {
+            ticket.finish(out.get(..len).unwrap_or_default());
+        }
         if let Some(len) = answer
             && let Err(error) = socket.send_to(out.get(..len).unwrap_or_default(), peer).await
         {
@@ -322,7 +346,10 @@ impl RetransmitCache {
     }
 }
 
-fn send(job: &Job, bytes: &[u8]) {
+fn send(job: &mut Job, bytes: &[u8]) {
+    if let Some(ticket) = job.replay.as_mut() {
+        ticket.finish(bytes);
+    }
     for _ in 0..100 {
         match job.socket.send_to(bytes, job.peer) {
             Ok(_) => return,
@@ -387,7 +414,7 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
             Ok(answers) => answers,
             Err(error) => {
                 tracing::error!(%error, jobs = batch.len(), "write batch failed");
-                for job in &batch {
+                for job in &mut batch {
                     let privileged = job.kind & KIND_PRIVILEGED != 0;
                     let len = shared.shard.encode_error(
                         &mut out,
@@ -422,8 +449,8 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
 }
 
 fn reply_all(durable: &mut Vec<(Job, Vec<u8>)>) {
-    for (job, bytes) in durable.drain(..) {
-        send(&job, &bytes);
+    for (mut job, bytes) in durable.drain(..) {
+        send(&mut job, &bytes);
     }
 }
 

@@ -7,7 +7,7 @@
 //!
 //! | database | key | value |
 //! |---|---|---|
-//! | `meta` | ASCII name (`secret`, `counter/<type>`, `last_block_id`) | see [`MetaKey`] |
+//! | `meta` | ASCII name (`format`, `secret`, `counter/<type>`, `last_block_id`) | see [`MetaKey`] |
 //! | `directories` | inode BE | [`DirectoryRecord`] |
 //! | `living` | dir BE ‖ name_hash BE ‖ name | [`LivingRecord`]: creation time, inode (with owning bit) |
 //! | `dead` | dir BE ‖ name_hash BE ‖ name ‖ 0x00 ‖ creation_time BE | inode (with owning bit; 0 = "nothing") |
@@ -18,6 +18,18 @@
 //! | `block_services` | block service id BE | [`crate::block_services::BlockServiceRecord`] |
 //! | `unlinked_dirs` | CDC transaction id BE | inode LE (makes create_unlinked_dir idempotent) |
 //!
+//! Every value is stored with a 4-byte trailer: the CRC32C of
+//! `key_len u16 LE ‖ key ‖ value`, checked on every read ([`Db`]). A record
+//! whose checksum does not match is never returned: the read fails as
+//! [`StoreError::Corrupt`] (the request gets STORAGE_ERROR), the database
+//! and key are logged, and [`checksum_mismatches`] counts it. LMDB itself
+//! has no checksums, so without this a flipped bit in a page was served as
+//! a wrong inode, a mangled name or a short listing. `meta/format` holds
+//! [`STORE_FORMAT`]; a store without it (written before the checksums) is
+//! refused. At open, the file size is checked against LMDB's own record of
+//! its last page ([`check_file_size`]): a truncated `data.mdb` is refused
+//! with one line instead of killing the daemon with SIGBUS on first touch.
+//!
 //! Living keys sort by (hash, name) — the listing order. Dead keys end the
 //! name with a NUL (names never contain one) so that all versions of one name
 //! are adjacent and sorted by creation time, and names of one hash still sort
@@ -25,8 +37,11 @@
 
 use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use std::ops::RangeBounds;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use wire::codec::Reader;
+use wire::crc::{crc32c, crc32c_append};
 use wire::ids::{BlockId, BlockServiceId, EggsTime, InodeId, InodeType};
 use wire::limits::{POLICY_BYTES_MAX, SPAN_BLOCKS_MAX};
 
@@ -34,19 +49,256 @@ use wire::limits::{POLICY_BYTES_MAX, SPAN_BLOCKS_MAX};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("LMDB: {0}")]
-    Lmdb(#[from] heed::Error),
+    Lmdb(heed::Error),
     #[error("corrupt record in {0}")]
     Corrupt(&'static str),
     #[error("cannot create the state folder {path}: {source}")]
     Folder { path: String, source: std::io::Error },
+    #[error(
+        "{path} is truncated: {size} bytes, but LMDB's metadata says its last page ends at {needed} bytes; restore it from a copy"
+    )]
+    Truncated { path: String, size: u64, needed: u64 },
+    #[error("{path} is not an LMDB file metad can open: {reason}")]
+    NotLmdb { path: String, reason: &'static str },
+    #[error("{path} was written without record checksums (store format {found}, this metad needs {STORE_FORMAT})")]
+    Format { path: String, found: u32 },
+}
+
+impl From<heed::Error> for StoreError {
+    /// A checksum mismatch surfaces through heed's decoding error (so that
+    /// [`Db`]'s iterators keep heed's item type); it is a corrupt record.
+    fn from(error: heed::Error) -> Self {
+        if let heed::Error::Decoding(inner) = &error
+            && let Some(mismatch) = inner.downcast_ref::<ChecksumMismatch>()
+        {
+            return StoreError::Corrupt(mismatch.what);
+        }
+        StoreError::Lmdb(error)
+    }
+}
+
+/// The on-disk format: 2 = every value carries a CRC32C of key and value.
+pub const STORE_FORMAT: u32 = 2;
+/// Bytes of the checksum trailer of every stored value.
+pub const CHECKSUM_BYTES: usize = 4;
+
+static CHECKSUM_MISMATCHES: AtomicU64 = AtomicU64::new(0);
+
+/// Records refused for a checksum mismatch since the process started.
+pub fn checksum_mismatches() -> u64 {
+    CHECKSUM_MISMATCHES.load(Ordering::Relaxed)
+}
+
+/// The checksum stored after a value.
+pub fn record_checksum(key: &[u8], value: &[u8]) -> u32 {
+    let key_len = u16::try_from(key.len()).unwrap_or(u16::MAX).to_le_bytes();
+    crc32c_append(crc32c_append(crc32c(&key_len), key), value)
+}
+
+/// A record whose checksum did not match (carried inside heed's error).
+#[derive(Debug)]
+pub struct ChecksumMismatch {
+    /// "checksum of a <database> record", for [`StoreError::Corrupt`].
+    pub what: &'static str,
+}
+
+impl std::fmt::Display for ChecksumMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.what)
+    }
+}
+
+impl std::error::Error for ChecksumMismatch {}
+
+/// One LMDB database whose values carry a checksum of key and value. Same
+/// methods and item types as heed's `Database<Bytes, Bytes>`, so the logic
+/// reads it like one; every value it returns has been checked and has its
+/// trailer removed.
+#[derive(Clone, Copy)]
+pub struct Db {
+    inner: Database<Bytes, Bytes>,
+    /// The database's name, for logs.
+    pub name: &'static str,
+    what: &'static str,
+}
+
+impl Db {
+    fn check<'txn>(&self, key: &[u8], stored: &'txn [u8]) -> heed::Result<&'txn [u8]> {
+        if let Some(split) = stored.len().checked_sub(CHECKSUM_BYTES) {
+            let (value, trailer) = stored.split_at(split);
+            if trailer == record_checksum(key, value).to_le_bytes() {
+                return Ok(value);
+            }
+        }
+        let count = CHECKSUM_MISMATCHES.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::error!(database = self.name, key = %hex(key), count, "record checksum mismatch: refusing to serve it");
+        Err(heed::Error::Decoding(Box::new(ChecksumMismatch { what: self.what })))
+    }
+
+    fn check_item<'txn>(&self, item: heed::Result<(&'txn [u8], &'txn [u8])>) -> heed::Result<(&'txn [u8], &'txn [u8])> {
+        let (key, stored) = item?;
+        Ok((key, self.check(key, stored)?))
+    }
+
+    pub fn get<'txn>(&self, txn: &'txn RoTxn, key: &[u8]) -> heed::Result<Option<&'txn [u8]>> {
+        match self.inner.get(txn, key)? {
+            Some(stored) => self.check(key, stored).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put(&self, txn: &mut RwTxn, key: &[u8], value: &[u8]) -> heed::Result<()> {
+        let mut stored = Vec::with_capacity(value.len() + CHECKSUM_BYTES);
+        stored.extend_from_slice(value);
+        stored.extend_from_slice(&record_checksum(key, value).to_le_bytes());
+        self.inner.put(txn, key, &stored)
+    }
+
+    pub fn delete(&self, txn: &mut RwTxn, key: &[u8]) -> heed::Result<bool> {
+        self.inner.delete(txn, key)
+    }
+
+    pub fn clear(&self, txn: &mut RwTxn) -> heed::Result<()> {
+        self.inner.clear(txn)
+    }
+
+    pub fn get_lower_than_or_equal_to<'txn>(
+        &self,
+        txn: &'txn RoTxn,
+        key: &[u8],
+    ) -> heed::Result<Option<(&'txn [u8], &'txn [u8])>> {
+        self.inner.get_lower_than_or_equal_to(txn, key)?.map(|item| self.check_item(Ok(item))).transpose()
+    }
+
+    pub fn iter<'txn>(
+        &self,
+        txn: &'txn RoTxn,
+    ) -> heed::Result<impl Iterator<Item = heed::Result<(&'txn [u8], &'txn [u8])>> + use<'txn>> {
+        let db = *self;
+        Ok(self.inner.iter(txn)?.map(move |item| db.check_item(item)))
+    }
+
+    pub fn range<'a, 'txn, R: RangeBounds<[u8]>>(
+        &self,
+        txn: &'txn RoTxn,
+        range: &'a R,
+    ) -> heed::Result<impl Iterator<Item = heed::Result<(&'txn [u8], &'txn [u8])>> + use<'txn, R>> {
+        let db = *self;
+        Ok(self.inner.range(txn, range)?.map(move |item| db.check_item(item)))
+    }
+
+    pub fn rev_range<'a, 'txn, R: RangeBounds<[u8]>>(
+        &self,
+        txn: &'txn RoTxn,
+        range: &'a R,
+    ) -> heed::Result<impl Iterator<Item = heed::Result<(&'txn [u8], &'txn [u8])>> + use<'txn, R>> {
+        let db = *self;
+        Ok(self.inner.rev_range(txn, range)?.map(move |item| db.check_item(item)))
+    }
+
+    pub fn prefix_iter<'txn>(
+        &self,
+        txn: &'txn RoTxn,
+        prefix: &[u8],
+    ) -> heed::Result<impl Iterator<Item = heed::Result<(&'txn [u8], &'txn [u8])>> + use<'txn>> {
+        let db = *self;
+        Ok(self.inner.prefix_iter(txn, prefix)?.map(move |item| db.check_item(item)))
+    }
+
+    /// Every record, checked, without stopping at the first damage: the
+    /// keys whose checksum does not match (for `metad --verify`).
+    pub fn damaged_keys(&self, txn: &RoTxn) -> heed::Result<(u64, Vec<Vec<u8>>)> {
+        let mut count = 0u64;
+        let mut damaged = Vec::new();
+        for item in self.inner.iter(txn)? {
+            let (key, stored) = item?;
+            count += 1;
+            let intact = stored.len().checked_sub(CHECKSUM_BYTES).is_some_and(|split| {
+                let (value, trailer) = stored.split_at(split);
+                trailer == record_checksum(key, value).to_le_bytes()
+            });
+            if !intact {
+                damaged.push(key.to_vec());
+            }
+        }
+        Ok((count, damaged))
+    }
+}
+
+/// Lower-case hex of a key, for logs.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// LMDB's meta page layout (64-bit builds): a 16-byte page header, then
+/// `MDB_meta`: magic u32 @0, version u32 @4, address @8, map size @16,
+/// two `MDB_db` of 48 bytes @24 (the first one's `md_pad` is the page
+/// size), last page number u64 @120, transaction id u64 @128.
+const LMDB_PAGE_HEADER_BYTES: usize = 16;
+const LMDB_MAGIC: u32 = 0xBEEF_C0DE;
+const LMDB_META_PAGE_SIZE_AT: usize = 24;
+const LMDB_META_LAST_PAGE_AT: usize = 120;
+const LMDB_META_TXNID_AT: usize = 128;
+/// Smallest page size LMDB uses; meta page 1 starts one page in.
+const LMDB_PAGE_SIZE_MIN: u64 = 512;
+
+/// Refuses a `data.mdb` shorter than LMDB's newest meta page says it is
+/// (mapping it would SIGBUS on the first touch of a missing page). A
+/// folder without `data.mdb` is a new store and passes.
+pub fn check_file_size(folder: &Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    let path = folder.join("data.mdb");
+    let display = path.display().to_string();
+    let mut file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(StoreError::Folder { path: display, source: error }),
+    };
+    let size = file.metadata().map_err(|source| StoreError::Folder { path: display.clone(), source })?.len();
+    let mut head = vec![0u8; 2 * 65536];
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(source) => return Err(StoreError::Folder { path: display, source }),
+        }
+    }
+    head.truncate(filled);
+    let u32_at = |at: usize| head.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let u64_at = |at: usize| head.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+    let meta = |page_start: usize| -> Option<(u64, u64, u64)> {
+        let base = page_start + LMDB_PAGE_HEADER_BYTES;
+        if u32_at(base)? != LMDB_MAGIC {
+            return None;
+        }
+        let page_size = u64::from(u32_at(base + LMDB_META_PAGE_SIZE_AT)?);
+        Some((u64_at(base + LMDB_META_TXNID_AT)?, u64_at(base + LMDB_META_LAST_PAGE_AT)?, page_size))
+    };
+    let Some(first) = meta(0) else {
+        return Err(StoreError::NotLmdb { path: display, reason: "no LMDB meta page at its start" });
+    };
+    let page_size = first.2;
+    if !(LMDB_PAGE_SIZE_MIN..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+        return Err(StoreError::NotLmdb { path: display, reason: "implausible page size in its meta page" });
+    }
+    let second = usize::try_from(page_size).ok().and_then(meta);
+    // The newer meta page (higher transaction id) is the one LMDB uses.
+    let (_, last_page, _) = match second {
+        Some(second) if second.0 > first.0 => second,
+        _ => first,
+    };
+    let needed = last_page.saturating_add(1).saturating_mul(page_size);
+    if size < needed {
+        return Err(StoreError::Truncated { path: display, size, needed });
+    }
+    Ok(())
 }
 
 /// The LMDB map size: address space only (the file grows as needed).
 const MAP_SIZE_BYTES: usize = 1 << 40;
 /// Named databases in the environment.
 const DATABASES_MAX: u32 = 16;
-
-type Db = Database<Bytes, Bytes>;
 
 /// The environment and its databases.
 pub struct Store {
@@ -69,28 +321,68 @@ impl Store {
     pub fn open(folder: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(folder)
             .map_err(|source| StoreError::Folder { path: folder.display().to_string(), source })?;
+        check_file_size(folder)?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
         options.map_size(MAP_SIZE_BYTES).max_dbs(DATABASES_MAX).max_readers(1024);
         // SAFETY: heed requires that one process does not open the same
         // environment twice; the daemon opens its folder exactly once.
         let env = unsafe { options.flags(EnvFlags::NO_READ_AHEAD).open(folder)? };
         let mut wtxn = env.write_txn()?;
-        let mut create = |name: &str| env.create_database::<Bytes, Bytes>(&mut wtxn, Some(name));
+        let mut create = |name: &'static str, what: &'static str| -> Result<Db, StoreError> {
+            let inner = env.create_database::<Bytes, Bytes>(&mut wtxn, Some(name))?;
+            Ok(Db { inner, name, what })
+        };
         let store = Store {
-            meta: create("meta")?,
-            directories: create("directories")?,
-            living: create("living")?,
-            dead: create("dead")?,
-            files: create("files")?,
-            eden: create("eden")?,
-            spans: create("spans")?,
-            reverse_blocks: create("reverse_blocks")?,
-            block_services: create("block_services")?,
-            unlinked_dirs: create("unlinked_dirs")?,
+            meta: create("meta", "checksum of a meta record")?,
+            directories: create("directories", "checksum of a directory record")?,
+            living: create("living", "checksum of a living entry")?,
+            dead: create("dead", "checksum of a dead entry")?,
+            files: create("files", "checksum of a file record")?,
+            eden: create("eden", "checksum of an eden record")?,
+            spans: create("spans", "checksum of a span record")?,
+            reverse_blocks: create("reverse_blocks", "checksum of a reverse block record")?,
+            block_services: create("block_services", "checksum of a block service record")?,
+            unlinked_dirs: create("unlinked_dirs", "checksum of an unlinked directory record")?,
             env: env.clone(),
         };
+        store.check_format(&mut wtxn, folder)?;
         wtxn.commit()?;
         Ok(store)
+    }
+
+    /// Every database, for walks over all records.
+    pub fn databases(&self) -> [Db; 10] {
+        [
+            self.meta,
+            self.directories,
+            self.living,
+            self.dead,
+            self.files,
+            self.eden,
+            self.spans,
+            self.reverse_blocks,
+            self.block_services,
+            self.unlinked_dirs,
+        ]
+    }
+
+    /// Stamps a new store with [`STORE_FORMAT`]; refuses one written by an
+    /// older metad (values without checksums would all read as damage).
+    fn check_format(&self, wtxn: &mut RwTxn, folder: &Path) -> Result<(), StoreError> {
+        let path = folder.display().to_string();
+        match self.meta.inner.get(wtxn, MetaKey::FORMAT)? {
+            Some(_) => {
+                let stored = self.meta.get(wtxn, MetaKey::FORMAT)?.ok_or(StoreError::Corrupt("store format"))?;
+                let found =
+                    stored.try_into().map(u32::from_le_bytes).map_err(|_| StoreError::Corrupt("store format"))?;
+                if found != STORE_FORMAT {
+                    return Err(StoreError::Format { path, found });
+                }
+            }
+            None if self.meta.inner.len(wtxn)? > 0 => return Err(StoreError::Format { path, found: 1 }),
+            None => self.meta.put(wtxn, MetaKey::FORMAT, &STORE_FORMAT.to_le_bytes())?,
+        }
+        Ok(())
     }
 
     pub fn read_txn(&self) -> Result<RoTxn<'_, WithoutTls>, StoreError> {
@@ -112,6 +404,8 @@ impl MetaKey {
     pub const SECRET: &'static [u8] = b"secret";
     /// The last block id handed out (u64 LE).
     pub const LAST_BLOCK_ID: &'static [u8] = b"last_block_id";
+    /// The store format (u32 LE), [`STORE_FORMAT`].
+    pub const FORMAT: &'static [u8] = b"format";
 
     /// The last inode counter used for a type (u64 LE).
     pub fn counter(inode_type: InodeType) -> [u8; 9] {
@@ -525,6 +819,39 @@ pub fn decode_reverse(bytes: &[u8]) -> Result<(InodeId, u64), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // A flipped bit in a stored key or value is refused as corrupt, never
+    // returned; the truncated file is refused at open with one line.
+    #[test]
+    fn damaged_records_are_refused_and_truncation_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut txn = store.write_txn().unwrap();
+        store.files.put(&mut txn, b"key-1", b"value").unwrap();
+        store.files.inner.put(&mut txn, b"key-2", b"valuf\0\0\0\0").unwrap();
+        let mut flipped = b"value".to_vec();
+        flipped.extend_from_slice(&record_checksum(b"key-3", b"value").to_le_bytes());
+        flipped[1] ^= 4;
+        store.files.inner.put(&mut txn, b"key-3", &flipped).unwrap();
+        txn.commit().unwrap();
+        let txn = store.read_txn().unwrap();
+        assert_eq!(store.files.get(&txn, b"key-1").unwrap(), Some(&b"value"[..]));
+        for key in [&b"key-2"[..], b"key-3"] {
+            let error = StoreError::from(store.files.get(&txn, key).unwrap_err());
+            assert!(matches!(error, StoreError::Corrupt(_)), "{error}");
+        }
+        let items: Vec<_> = store.files.iter(&txn).unwrap().collect();
+        assert!(items[0].is_ok() && items[1].is_err() && items[2].is_err());
+        let (records, damaged) = store.files.damaged_keys(&txn).unwrap();
+        assert_eq!((records, damaged), (3, vec![b"key-2".to_vec(), b"key-3".to_vec()]));
+        drop(txn);
+        drop(store);
+        let data = dir.path().join("data.mdb");
+        let len = std::fs::metadata(&data).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(len / 2).unwrap();
+        let error = check_file_size(dir.path()).unwrap_err();
+        assert!(matches!(error, StoreError::Truncated { .. }), "{error}");
+    }
 
     #[test]
     fn dead_keys_of_one_name_are_adjacent_and_time_ordered() {

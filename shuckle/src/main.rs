@@ -73,7 +73,7 @@ fn run(flags: Flags, signals: StopSignals) -> Result<(), Failure> {
     let store = Store::open(&data_dir).or_usage()?;
     let stale_after_ns = flags.stale_after_secs.saturating_mul(NS_PER_SECOND);
     let registry = store.load(stale_after_ns).or_usage()?;
-    let shuckle = Arc::new(Shuckle::new(store, registry, &cluster_key));
+    let shuckle = Arc::new(Shuckle::new(store, registry, &cluster_key, wire::EggsTime::now()));
     let timing = Timing {
         check_period: Duration::from_millis(flags.check_interval_ms),
         check_timeout: Duration::from_millis(flags.check_timeout_ms),

@@ -12,9 +12,10 @@ use std::sync::{Mutex, MutexGuard};
 use wire::address::Address;
 use wire::block::BlockServiceStats;
 use wire::codec::{Encode, PageBudget};
-use wire::datagram::{self, HEADER_BYTES, Header, peek_header};
+use wire::datagram::{self, HEADER_BYTES, Header, PRIVILEGED_TRAILER_BYTES, peek_header};
 use wire::limits::{AUTHENTICATED_REQUEST_SKEW_NS_MAX, UDP_DATAGRAM_BYTES_MAX};
-use wire::mac::{MAC_BYTES, MacKey, SecretKey};
+use wire::mac::{MacKey, SecretKey};
+use wire::replay::{Admission, Fingerprint, ReplayGuard};
 use wire::shuckle::{
     BlockServiceInfo, BlockServiceInfoHead, BlockServiceWithKey, BlockServiceWithKeyHead, BlockServicesReq,
     BlockServicesResp, BlockServicesRespHead, BlockServicesWithKeysReq, BlockServicesWithKeysResp,
@@ -66,17 +67,34 @@ pub struct Shuckle {
     stored_check_ns: Mutex<HashMap<BlockServiceId, u64>>,
     store: Store,
     cluster_key: MacKey,
+    /// Privileged requests seen within the freshness window, with their
+    /// answers: a replay is answered from here, never executed again.
+    replay: Mutex<ReplayGuard>,
 }
 
 impl Shuckle {
-    pub fn new(store: Store, registry: Registry, cluster_key: &SecretKey) -> Self {
+    /// `started` is now: privileged datagrams sent before it are refused
+    /// (the replay record of an earlier run is gone).
+    pub fn new(store: Store, registry: Registry, cluster_key: &SecretKey, started: EggsTime) -> Self {
         let stored = registry.block_services_from(BlockServiceId::new(0)).map(|r| (r.id(), r.last_check_ns)).collect();
         Self {
             registry: Mutex::new(registry),
             stored_check_ns: Mutex::new(stored),
             store,
             cluster_key: MacKey::new(cluster_key),
+            replay: Mutex::new(ReplayGuard::new(started)),
         }
+    }
+
+    fn replay(&self) -> MutexGuard<'_, ReplayGuard> {
+        self.replay.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Privileged datagrams refused as stale, and duplicates answered from
+    /// the replay record, so far.
+    pub fn replay_counts(&self) -> (u64, u64) {
+        let guard = self.replay();
+        (guard.stale_count(), guard.duplicate_count())
     }
 
     fn stored_check_ns(&self) -> MutexGuard<'_, HashMap<BlockServiceId, u64>> {
@@ -183,7 +201,30 @@ impl Shuckle {
                 return self.encode(out, &header, &response);
             }
         };
-        self.answer(&header, &request, now, out)
+        if !header.is_privileged() {
+            return self.answer(&header, &request, now, out);
+        }
+        let fingerprint = Fingerprint::of(&header, bytes);
+        let sent_at = datagram::sent_at(bytes).unwrap_or(EggsTime::ZERO);
+        match self.replay().admit(fingerprint, sent_at, now) {
+            Admission::New => {}
+            Admission::Answered(answer) => {
+                let Some(slot) = out.get_mut(..answer.len()) else { return DatagramOutcome::Ignore };
+                slot.copy_from_slice(answer);
+                return DatagramOutcome::Reply(answer.len());
+            }
+            Admission::InFlight => return DatagramOutcome::Ignore,
+            Admission::Stale => {
+                tracing::warn!(%source, kind = header.kind, sent_at = %sent_at.human(), "dropping a stale privileged datagram (replayed, or clocks out of sync)");
+                return DatagramOutcome::Ignore;
+            }
+        }
+        let outcome = self.answer(&header, &request, now, out);
+        match outcome {
+            DatagramOutcome::Reply(len) => self.replay().complete(fingerprint, out.get(..len).unwrap_or_default()),
+            _ => self.replay().abandon(fingerprint),
+        }
+        outcome
     }
 
     fn handle_registration(&self, bytes: &[u8], source: SocketAddr) -> DatagramOutcome {
@@ -347,7 +388,8 @@ impl Shuckle {
     ) -> DatagramOutcome {
         let registry = self.registry();
         let weights = registry.write_weights(now);
-        let fixed = HEADER_BYTES + size_of::<BlockServicesWithKeysRespHead>() + LIST_COUNT_BYTES + MAC_BYTES;
+        let fixed =
+            HEADER_BYTES + size_of::<BlockServicesWithKeysRespHead>() + LIST_COUNT_BYTES + PRIVILEGED_TRAILER_BYTES;
         let mut budget = PageBudget::new(UDP_DATAGRAM_BYTES_MAX, fixed);
         let mut entries = Vec::new();
         let mut next = BlockServiceId::new(0);
@@ -381,7 +423,7 @@ impl Shuckle {
 /// Whether a datagram that failed to decode with `error` carried a MAC that
 /// verified (its body was at fault), or was not privileged at all.
 fn is_authenticated(bytes: &[u8], header: &Header, error: DecodeError) -> bool {
-    !header.is_privileged() || (error != DecodeError::BadMac && bytes.len() >= HEADER_BYTES + MAC_BYTES)
+    !header.is_privileged() || (error != DecodeError::BadMac && bytes.len() >= HEADER_BYTES + PRIVILEGED_TRAILER_BYTES)
 }
 
 /// The refusal of an authenticated request whose time is too far from ours
@@ -419,12 +461,12 @@ mod tests {
             let record = registry.after_good_check(&target, stats, EggsTime::new(1)).unwrap();
             registry.insert(record);
         }
-        Shuckle::new(store, registry, &SecretKey([0xcc; 16]))
+        Shuckle::new(store, registry, &SecretKey([0xcc; 16]), EggsTime::new(1))
     }
 
     fn request(shuckle: &Shuckle, request: &ShuckleRequest, key: Option<&MacKey>, out: &mut [u8]) -> usize {
         let mut bytes = [0u8; UDP_DATAGRAM_BYTES_MAX];
-        let len = datagram::encode(&mut bytes, 5, request, key).unwrap();
+        let len = datagram::encode_at(&mut bytes, 5, request, key, EggsTime::new(2)).unwrap();
         match shuckle.handle_datagram(&bytes[..len], SocketAddr::from(SOURCE), EggsTime::new(2), out) {
             DatagramOutcome::Reply(len) => len,
             other => panic!("no reply: {other:?}"),
@@ -494,7 +536,7 @@ mod tests {
         let reopen = |dir: &std::path::Path| {
             let store = Store::open(dir).unwrap();
             let registry = store.load(1).unwrap();
-            Shuckle::new(store, registry, &SecretKey([0; 16]))
+            Shuckle::new(store, registry, &SecretKey([0; 16]), EggsTime::new(1))
         };
         {
             let shuckle = reopen(dir.path());

@@ -1,27 +1,36 @@
 //! The envelope of every UDP message: a 13-byte header, the body, and for
-//! privileged kinds an 8-byte MAC.
+//! privileged kinds a 16-byte trailer: the send time and a MAC.
 //!
 //! ```text
-//! magic [3] | version u8 | request_id u64 | kind u8 | body … | MAC [8] (kinds ≥ 0x80)
+//! magic [3] | version u8 | request_id u64 | kind u8 | body … | sent_at u64 | MAC [8] (kinds ≥ 0x80)
 //! ```
 //!
 //! The magic names the protocol family (shard, CDC, shuckle), so a datagram
 //! sent to the wrong daemon is refused rather than misread. A response
 //! repeats the request's id and kind; kind 0x00 is an error response.
-//! The MAC is `MAC(key, len ‖ header ‖ body)` with the cluster key
+//! The MAC is `MAC(key, len ‖ header ‖ body ‖ sent_at)` with the cluster key
 //! ([`crate::mac::MacKey::mac_message`]); responses to privileged requests are
-//! MAC'd too, so a requester also knows who answered.
+//! MAC'd too, so a requester also knows who answered. The MAC proves who
+//! wrote a datagram; `sent_at`, inside the MAC'd bytes, says when, so a
+//! server can refuse a captured datagram replayed later
+//! ([`crate::replay::ReplayGuard`], PROTOCOL.md §3).
 
 use core::fmt;
 use zerocopy::byteorder::little_endian::U64;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::codec::{Blob, Decode, DecodeError, Encode, EncodeError, Reader, Writer};
+use crate::ids::EggsTime;
 use crate::limits::ERROR_TEXT_BYTES_MAX;
 use crate::mac::{MAC_BYTES, MacKey, constant_time_eq};
 
 /// Version of every datagram protocol; bumped on incompatible changes.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: privileged datagrams carry their send time before the MAC.
+pub const PROTOCOL_VERSION: u8 = 2;
+/// Bytes of a privileged datagram's send time (an [`EggsTime`], u64 LE).
+pub const SENT_AT_BYTES: usize = 8;
+/// Bytes after the body of a privileged datagram: send time, then MAC.
+pub const PRIVILEGED_TRAILER_BYTES: usize = SENT_AT_BYTES + MAC_BYTES;
 /// The kind of an error response.
 pub const KIND_ERROR: u8 = 0x00;
 /// The kind of an error response to a privileged request: MAC'd like every
@@ -72,14 +81,28 @@ pub trait Body<'a>: Sized {
     fn decode_body(kind: u8, reader: &mut Reader<'a>) -> Result<Self, DecodeError>;
 }
 
-/// Encodes a whole datagram into `buf`. Privileged kinds need `key`.
+/// Encodes a whole datagram into `buf`. Privileged kinds need `key` and are
+/// stamped with the wall clock now: the stamp is the moment of sending, like
+/// a kernel's packet timestamp, so requesters need not thread a clock
+/// through. [`encode_at`] takes the time explicitly (tests, replays).
 pub fn encode<'a, B: Body<'a>>(
     buf: &mut [u8],
     request_id: u64,
     body: &B,
     key: Option<&MacKey>,
 ) -> Result<usize, EncodeError> {
-    encode_with_kind(buf, request_id, body.kind(), body, key)
+    encode_at(buf, request_id, body, key, EggsTime::now())
+}
+
+/// [`encode`] with the send time `sent_at` of a privileged datagram given.
+pub fn encode_at<'a, B: Body<'a>>(
+    buf: &mut [u8],
+    request_id: u64,
+    body: &B,
+    key: Option<&MacKey>,
+    sent_at: EggsTime,
+) -> Result<usize, EncodeError> {
+    encode_with_kind(buf, request_id, body.kind(), body, key, sent_at)
 }
 
 /// Encodes the response `body` to the request whose header is `request`.
@@ -91,11 +114,22 @@ pub fn encode_response<'a, B: Body<'a>>(
     body: &B,
     key: Option<&MacKey>,
 ) -> Result<usize, EncodeError> {
+    encode_response_at(buf, request, body, key, EggsTime::now())
+}
+
+/// [`encode_response`] with the send time of a privileged answer given.
+pub fn encode_response_at<'a, B: Body<'a>>(
+    buf: &mut [u8],
+    request: &Header,
+    body: &B,
+    key: Option<&MacKey>,
+    sent_at: EggsTime,
+) -> Result<usize, EncodeError> {
     let mut kind = body.kind();
     if kind == KIND_ERROR && request.is_privileged() {
         kind = KIND_PRIVILEGED_ERROR;
     }
-    encode_with_kind(buf, request.request_id(), kind, body, key)
+    encode_with_kind(buf, request.request_id(), kind, body, key, sent_at)
 }
 
 /// Whether `response` may answer the request `request_kind`: the same kind,
@@ -115,13 +149,18 @@ fn encode_with_kind<'a, B: Body<'a>>(
     kind: u8,
     body: &B,
     key: Option<&MacKey>,
+    sent_at: EggsTime,
 ) -> Result<usize, EncodeError> {
     let header = Header { magic: B::MAGIC, version: PROTOCOL_VERSION, request_id: U64::new(request_id), kind };
+    let privileged = kind & KIND_PRIVILEGED != 0;
     let mut writer = Writer::new(buf);
     writer.put(header.as_bytes());
     body.encode_body(&mut writer);
+    if privileged {
+        writer.put_u64(sent_at.get());
+    }
     let len = writer.finish()?;
-    if kind & KIND_PRIVILEGED == 0 {
+    if !privileged {
         return Ok(len);
     }
     let key = key.ok_or(EncodeError::MissingKey)?;
@@ -151,7 +190,7 @@ pub fn decode<'a, B: Body<'a>>(bytes: &'a [u8], key: Option<&MacKey>) -> Result<
     let header = peek_header(bytes, B::MAGIC)?;
     let mut end = bytes.len();
     if header.is_privileged() {
-        if bytes.len() < HEADER_BYTES + MAC_BYTES {
+        if bytes.len() < HEADER_BYTES + PRIVILEGED_TRAILER_BYTES {
             return Err(DecodeError::Truncated);
         }
         end -= MAC_BYTES;
@@ -160,11 +199,30 @@ pub fn decode<'a, B: Body<'a>>(bytes: &'a [u8], key: Option<&MacKey>) -> Result<
         if !constant_time_eq(&expected, &bytes[end..]) {
             return Err(DecodeError::BadMac);
         }
+        end -= SENT_AT_BYTES;
     }
     let mut reader = Reader::new(&bytes[HEADER_BYTES..end]);
     let body = B::decode_body(header.kind, &mut reader)?;
     reader.finish()?;
     Ok((header, body))
+}
+
+/// Where the body of a datagram of `len` bytes with `header` ends: before
+/// the trailer of a privileged kind.
+pub fn body_end(header: &Header, len: usize) -> usize {
+    if header.is_privileged() { len.saturating_sub(PRIVILEGED_TRAILER_BYTES) } else { len }
+}
+
+/// The send time of a privileged datagram, `None` for a public one (or one
+/// too short to hold it). Read it only after [`decode`] has checked the MAC.
+pub fn sent_at(bytes: &[u8]) -> Option<EggsTime> {
+    let header = Reader::new(bytes).fixed::<Header>().ok()?;
+    if !header.is_privileged() || bytes.len() < HEADER_BYTES + PRIVILEGED_TRAILER_BYTES {
+        return None;
+    }
+    let start = bytes.len() - PRIVILEGED_TRAILER_BYTES;
+    let stamp: [u8; SENT_AT_BYTES] = bytes.get(start..start + SENT_AT_BYTES)?.try_into().ok()?;
+    Some(EggsTime::new(u64::from_le_bytes(stamp)))
 }
 
 macro_rules! error_kinds {

@@ -5,7 +5,9 @@
 //! - [`limits`]: every limit, named, with compile-time checks of relations.
 //! - [`codec`]: total decoding and allocation-free encoding ([`codec::Name`],
 //!   [`codec::List`], …) over `zerocopy` fixed layouts.
-//! - [`datagram`]: the UDP envelope (header, kinds, MACs, error kinds).
+//! - [`datagram`]: the UDP envelope (header, kinds, MACs, send times, error kinds).
+//! - [`replay`]: the freshness window and record that refuse replayed
+//!   privileged datagrams.
 //! - [`shard`], [`cdc`], [`shuckle`]: the datagram protocol families.
 //! - [`block`]: the block service TCP protocol, byte-exact.
 //! - [`crc`], [`mac`], [`hash`]: CRC32C, AES-128 CBC-MAC, name hash.
@@ -25,6 +27,7 @@ pub mod ids;
 pub mod limits;
 pub mod mac;
 pub mod policy;
+pub mod replay;
 pub mod shard;
 pub mod shuckle;
 pub mod span;

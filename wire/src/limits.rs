@@ -72,6 +72,20 @@ pub const BLOCK_SERVICE_STALE_AFTER_NS: u64 = 600 * NS_PER_SECOND;
 /// further than this from its clock (replay protection).
 pub const AUTHENTICATED_REQUEST_SKEW_NS_MAX: u64 = 60 * NS_PER_SECOND;
 
+/// A privileged datagram (CDC → shard, shard → shuckle, and their answers)
+/// sent further than this from the receiver's clock is stale and dropped:
+/// the freshness window of replay protection (`wire::replay`). It bounds
+/// the clock skew between daemons we tolerate, and must exceed a
+/// requester's deadline, since a requester stamps a request once and
+/// retransmits the same bytes until its deadline.
+pub const PRIVILEGED_DATAGRAM_WINDOW_NS: u64 = 60 * NS_PER_SECOND;
+
+/// Privileged requests a server remembers within the window (with their
+/// answers, at most one datagram each: a bound of about 24 MB). Filling it
+/// raises the replay floor rather than forgetting a request that could
+/// still be replayed; at the CDC's pace it covers the window many times.
+pub const REPLAY_RECORD_ENTRIES_MAX: usize = 16 * 1024;
+
 /// First client request timeout; doubled (with jitter) on every retry.
 pub const CLIENT_TIMEOUT_INITIAL_NS: u64 = 100_000_000;
 
@@ -113,3 +127,5 @@ const _: () = assert!(INLINE_SPAN_BYTES_MAX + 128 <= UDP_DATAGRAM_BYTES_MAX);
 const _: () = assert!(BLOCK_ID_FUTURE_WINDOW_NS < BLOCK_ID_PAST_WINDOW_NS);
 const _: () = assert!(SHARD_PORT_BASE as usize + SHARD_COUNT <= u16::MAX as usize);
 const _: () = assert!(CLIENT_TIMEOUT_INITIAL_NS < CLIENT_TIMEOUT_MAX_NS);
+const _: () = assert!(CLIENT_REQUEST_DEADLINE_NS < PRIVILEGED_DATAGRAM_WINDOW_NS);
+const _: () = assert!(REPLAY_RECORD_ENTRIES_MAX * UDP_DATAGRAM_BYTES_MAX <= 32 << 20);

@@ -57,7 +57,10 @@ macro_rules! check_datagram {
         let mut buf = vec![0u8; 1 << 16];
         let len = datagram::encode(&mut buf, request_id, value, Some(&key)).expect("encode");
         let bytes = &buf[..len];
-        prop_assert_eq!(len, HEADER_BYTES + value.body_len() + if privileged { MAC_BYTES } else { 0 });
+        prop_assert_eq!(
+            len,
+            HEADER_BYTES + value.body_len() + if privileged { datagram::PRIVILEGED_TRAILER_BYTES } else { 0 }
+        );
         prop_assert_eq!(&bytes[..3], &<$T as Body>::MAGIC[..]);
         prop_assert_eq!(bytes[3], PROTOCOL_VERSION);
         prop_assert_eq!(&bytes[4..12], &request_id.to_le_bytes()[..]);
@@ -71,7 +74,8 @@ macro_rules! check_datagram {
         // Re-encoding the decoded value (whose lists are views of `bytes`)
         // gives the same bytes.
         let mut again = vec![0u8; len];
-        let again_len = datagram::encode(&mut again, request_id, &decoded, Some(&key)).expect("re-encode");
+        let sent_at = datagram::sent_at(bytes).unwrap_or(wire::EggsTime::ZERO);
+        let again_len = datagram::encode_at(&mut again, request_id, &decoded, Some(&key), sent_at).expect("re-encode");
         prop_assert_eq!(&again[..again_len], bytes);
         // One byte short is an error, never a panic or a partial datagram.
         let mut short = vec![0u8; len - 1];

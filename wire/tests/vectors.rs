@@ -16,7 +16,7 @@ use wire::cdc::{CdcRequest, MkDirReq, MkDirReqHead};
 use wire::codec::{DecodeError, List, Name, Payload};
 use wire::datagram::{self, ErrorKind, ErrorResp};
 use wire::hash::HashMode;
-use wire::ids::{BlockId, BlockServiceId, InodeId};
+use wire::ids::{BlockId, BlockServiceId, EggsTime, InodeId};
 use wire::mac::{MacKey, SecretKey, block_service_id};
 use wire::policy::Policy;
 use wire::shard::*;
@@ -39,6 +39,15 @@ const REQUEST_ID: u64 = 0x0102_0304_0506_0708;
 fn encode<'a, B: datagram::Body<'a>>(body: &B, key: Option<&MacKey>) -> Vec<u8> {
     let mut buf = [0u8; 1472];
     let len = datagram::encode(&mut buf, REQUEST_ID, body, key).expect("encode");
+    buf[..len].to_vec()
+}
+
+/// The send time in the privileged vectors.
+const SENT_AT: EggsTime = EggsTime::new(0x17a2_b3c4_d5e6_f708);
+
+fn encode_privileged<'a, B: datagram::Body<'a>>(body: &B) -> Vec<u8> {
+    let mut buf = [0u8; 1472];
+    let len = datagram::encode_at(&mut buf, REQUEST_ID, body, Some(&cluster_key()), SENT_AT).expect("encode");
     buf[..len].to_vec()
 }
 
@@ -126,8 +135,8 @@ fn registration_datagram() {
 
 #[test]
 fn datagram_header_of_a_public_request() {
-    // magic "EGS", version 1, request id LE, kind 0x02 (stat), inode LE.
-    let expected = hex("454753 01 0807060504030201 02 0000000000002000");
+    // magic "EGS", version 2, request id LE, kind 0x02 (stat), inode LE.
+    let expected = hex("454753 02 0807060504030201 02 0000000000002000");
     let request = ShardRequest::Stat(StatReq { inode: InodeId::ROOT });
     assert_eq!(encode(&request, None), expected);
     let (header, decoded) = datagram::decode::<ShardRequest>(&expected, None).unwrap();
@@ -139,7 +148,7 @@ fn datagram_header_of_a_public_request() {
 #[test]
 fn resolve_request_with_a_name() {
     // mode 0 (alive), parent root, creation time 0, name "hello" (u8 length).
-    let expected = hex("454753 01 0807060504030201 01 00 0000000000002000 0000000000000000 05 68656c6c6f");
+    let expected = hex("454753 02 0807060504030201 01 00 0000000000002000 0000000000000000 05 68656c6c6f");
     let request = ShardRequest::Resolve(ResolveReq {
         head: ResolveReqHead { mode: ResolveMode::Alive, parent: InodeId::ROOT, creation_time: Default::default() },
         name: Name::new(b"hello").unwrap(),
@@ -151,7 +160,7 @@ fn resolve_request_with_a_name() {
 #[test]
 fn error_response() {
     // Kind 0x00, error kind u16 LE (9 = NOT_FOUND), text with a u8 length.
-    let expected = hex("454753 01 0807060504030201 00 0900 0c 6e6f20737563682066696c65");
+    let expected = hex("454753 02 0807060504030201 00 0900 0c 6e6f20737563682066696c65");
     let response = ShardResponse::Error(ErrorResp::new(ErrorKind::NotFound, "no such file"));
     assert_eq!(encode(&response, None), expected);
     assert_eq!(datagram::decode::<ShardResponse>(&expected, None).unwrap().1, response);
@@ -171,13 +180,16 @@ fn error_kind_codes() {
 
 #[test]
 fn privileged_shard_request_with_its_mac() {
-    // set_parent (0x82): dir 0x0020000000000005, parent root, then
-    // MAC(cluster key, u32 LE length of the 29 bytes before ‖ those bytes).
-    let expected = hex("454753 01 0807060504030201 82 0500000000002000 0000000000002000 676a755d6f968f95");
+    // set_parent (0x82): dir 0x0020000000000005, parent root, the send time
+    // SENT_AT, then MAC(cluster key, u32 LE length of the 37 bytes before ‖
+    // those bytes).
+    let expected =
+        hex("454753 02 0807060504030201 82 0500000000002000 0000000000002000 08f7e6d5c4b3a217 30e3699aea79cf2a");
     let request =
         ShardRequest::SetParent(SetParentReq { dir: InodeId::new(0x0020_0000_0000_0005), parent: InodeId::ROOT });
-    assert_eq!(encode(&request, Some(&cluster_key())), expected);
+    assert_eq!(encode_privileged(&request), expected);
     assert_eq!(datagram::decode::<ShardRequest>(&expected, Some(&cluster_key())).unwrap().1, request);
+    assert_eq!(datagram::sent_at(&expected), Some(SENT_AT));
     assert_eq!(datagram::decode::<ShardRequest>(&expected, None).err(), Some(DecodeError::BadMac));
     let mut tampered = expected.clone();
     tampered[13] ^= 1;
@@ -186,10 +198,10 @@ fn privileged_shard_request_with_its_mac() {
 
 #[test]
 fn privileged_shard_response_with_its_mac() {
-    let expected = hex("454753 01 0807060504030201 81 0700000000004000 d3a723e4cf7d9315");
+    let expected = hex("454753 02 0807060504030201 81 0700000000004000 08f7e6d5c4b3a217 764e20cd37282b57");
     let response =
         ShardResponse::CreateUnlinkedDir(CreateUnlinkedDirResp { inode: InodeId::new(0x0040_0000_0000_0007) });
-    assert_eq!(encode(&response, Some(&cluster_key())), expected);
+    assert_eq!(encode_privileged(&response), expected);
     assert_eq!(datagram::decode::<ShardResponse>(&expected, Some(&cluster_key())).unwrap().1, response);
 }
 
@@ -197,7 +209,7 @@ fn privileged_shard_response_with_its_mac() {
 fn add_eden_span_with_blocks() {
     // inode, cookie, offset, size, crc; then storage class 2, parity 0x12
     // (D=2, P=1), u16 count 3, and (crc, size) per block.
-    let expected = hex("454753 01 0807060504030201 05
+    let expected = hex("454753 02 0807060504030201 05
          0300000000002020 0102030405060708 0000100000000000 00200000 44332211
          02 12 0300
          aaaaaaaa 00100000  bbbbbbbb 00100000  cccccccc 00100000
@@ -267,9 +279,9 @@ fn add_eden_span_inline_and_zero_fill() {
 fn cdc_and_shuckle_magics() {
     let mkdir =
         CdcRequest::MkDir(MkDirReq { head: MkDirReqHead { parent: InodeId::ROOT }, name: Name::new(b"d").unwrap() });
-    assert_eq!(encode(&mkdir, None), hex("454743 01 0807060504030201 01 0000000000002000 01 64"));
+    assert_eq!(encode(&mkdir, None), hex("454743 02 0807060504030201 01 0000000000002000 01 64"));
     let shards = ShuckleRequest::Shards(ShardsReq { begin: 7 });
-    assert_eq!(encode(&shards, None), hex("45474b 01 0807060504030201 01 07"));
+    assert_eq!(encode(&shards, None), hex("45474b 02 0807060504030201 01 07"));
 }
 
 #[test]

@@ -60,7 +60,7 @@ pub enum HandleError {
 
 impl From<heed::Error> for HandleError {
     fn from(error: heed::Error) -> Self {
-        HandleError::Store(StoreError::Lmdb(error))
+        HandleError::Store(StoreError::from(error))
     }
 }
 

@@ -103,8 +103,9 @@ macro_rules! decode_and_reencode {
                 // a server would, as the response to such a request.
                 let mut request = header;
                 request.kind = if header.kind == datagram::KIND_PRIVILEGED_ERROR { 0x81 } else { header.kind };
-                let len =
-                    datagram::encode_response(&mut buf, &request, &body, key).expect("a decoded datagram re-encodes");
+                let sent_at = datagram::sent_at(bytes).unwrap_or(wire::EggsTime::ZERO);
+                let len = datagram::encode_response_at(&mut buf, &request, &body, key, sent_at)
+                    .expect("a decoded datagram re-encodes");
                 assert_eq!(&buf[..len], bytes, concat!(stringify!($T), ": decode then encode changed the bytes"));
             }
         }
