@@ -599,6 +599,16 @@ impl Collector {
         if good {
             return true;
         }
+        // An eden file's blocks may never have been written (a write that
+        // died): eden collection erases them; only linked files are repaired.
+        match is_eden(client, inode).await {
+            Ok(false) => {}
+            Ok(true) => return true,
+            Err(error) => {
+                failed(&self.metrics, "visit_eden for a scrub", &error);
+                return true;
+            }
+        }
         self.metrics.corruptions_found.inc();
         tracing::warn!(%inode, offset, index, %block_id, ?answer, "bad block found; rebuilding it");
         match self.replace_block(client, inode, offset, block_id, false).await {
@@ -680,6 +690,12 @@ async fn purge_dirent(
     });
     client.shard_request(dir.shard(), &request).await?;
     Ok(())
+}
+
+/// Whether `inode` is an eden file (being written, or waiting for collection).
+async fn is_eden(client: &Client, inode: InodeId) -> Result<bool, ClientError> {
+    let (entries, _) = client.visit_eden(inode.shard(), inode).await?;
+    Ok(entries.first().is_some_and(|entry| entry.inode == inode))
 }
 
 /// The linked file's span at `offset` and the index of `block_id` in it;
