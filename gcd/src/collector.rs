@@ -125,19 +125,21 @@ impl Collector {
         let collected_before = self.metrics.files_collected.get();
         let migrated_before = self.metrics.blocks_migrated.get();
         let (client, shards) = self.connect().await;
-        let mut report = CycleReport::default();
-        report.eden_files_due = self.collect_eden(&client, &shards).await;
+        let mut eden_files_due = self.collect_eden(&client, &shards).await;
         self.retain(&client, &shards).await;
         // Files purged just now went to eden with deadline now: collect
         // them in the same cycle.
-        report.eden_files_due += self.collect_eden(&client, &shards).await;
-        report.blocks_awaiting_migration = self.migrate(&client, &shards).await;
+        eden_files_due += self.collect_eden(&client, &shards).await;
+        let blocks_awaiting_migration = self.migrate(&client, &shards).await;
         self.metrics.cycles.inc();
-        report.errors = self.metrics.errors.get() - errors_before;
-        report.dirents_purged = self.metrics.dirents_purged.get() - purged_before;
-        report.eden_files_collected = self.metrics.files_collected.get() - collected_before;
-        report.blocks_migrated = self.metrics.blocks_migrated.get() - migrated_before;
-        report
+        CycleReport {
+            eden_files_due,
+            eden_files_collected: self.metrics.files_collected.get() - collected_before,
+            dirents_purged: self.metrics.dirents_purged.get() - purged_before,
+            blocks_migrated: self.metrics.blocks_migrated.get() - migrated_before,
+            blocks_awaiting_migration,
+            errors: self.metrics.errors.get() - errors_before,
+        }
     }
 
     // ---- eden ----
