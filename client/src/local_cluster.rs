@@ -63,6 +63,57 @@ pub struct ClusterConfig {
     /// Give up if the cluster cannot take a write within this many seconds.
     #[arg(long, default_value_t = 180)]
     pub ready_timeout_secs: u64,
+    #[command(flatten)]
+    pub gc: GcConfig,
+}
+
+/// The cluster's time rules and the collector (passed to the shards and to
+/// gcd; unset = the daemons' production defaults).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct GcConfig {
+    /// The shards' eden deadline: an unfinished write is collected this long after its last step.
+    #[arg(long)]
+    pub eden_deadline_secs: Option<u64>,
+    /// The shards' minimum age of a dead entry before it may be purged.
+    #[arg(long)]
+    pub purge_age_min_secs: Option<u64>,
+    /// gcd's pause between collection cycles.
+    #[arg(long)]
+    pub gc_interval_secs: Option<u64>,
+    /// gcd's pause between scrub passes.
+    #[arg(long)]
+    pub scrub_interval_secs: Option<u64>,
+    /// Do not start gcd (tests that run their own).
+    #[arg(long)]
+    pub no_gcd: bool,
+}
+
+impl GcConfig {
+    fn shard_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(secs) = self.eden_deadline_secs {
+            args.extend(["--eden-deadline-secs".to_owned(), secs.to_string()]);
+        }
+        if let Some(secs) = self.purge_age_min_secs {
+            args.extend(["--purge-age-min-secs".to_owned(), secs.to_string()]);
+        }
+        args
+    }
+
+    /// Starts gcd (after everything else) unless `--no-gcd`.
+    async fn start_gcd(&self, shuckle_udp: SocketAddr) -> anyhow::Result<Option<Daemon>> {
+        if self.no_gcd {
+            return Ok(None);
+        }
+        let mut args = vec!["--shuckle".to_owned(), shuckle_udp.to_string(), "--metrics".into(), loopback(0)];
+        if let Some(secs) = self.gc_interval_secs {
+            args.extend(["--gc-interval-secs".to_owned(), secs.to_string()]);
+        }
+        if let Some(secs) = self.scrub_interval_secs {
+            args.extend(["--scrub-interval-secs".to_owned(), secs.to_string()]);
+        }
+        Ok(Some(start("gcd".into(), &binary("gcd")?, &args).await?))
+    }
 }
 
 /// How long a child has to stop after SIGTERM before SIGKILL.
@@ -241,7 +292,10 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
                 shuckle_udp.to_string(),
                 "--key-file".into(),
                 key_arg.into(),
-            ],
+            ]
+            .into_iter()
+            .chain(config.gc.shard_args())
+            .collect::<Vec<String>>(),
         )
         .await?;
         addresses.shards[shard] = daemon.address("udp")?;
@@ -300,6 +354,9 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
         std::fs::write(&port_file, port.to_string()).with_context(|| format!("{}", port_file.display()))?;
         daemons.push(daemon);
     }
+    if let Some(gcd) = config.gc.start_gcd(shuckle_udp).await? {
+        daemons.push(gcd);
+    }
     Ok(addresses)
 }
 
@@ -326,6 +383,9 @@ async fn supervise(config: &ClusterConfig, addresses: Addresses, daemons: &mut [
             let pid = daemon.child.id().map_or(String::new(), |pid| format!(" pid {pid}"));
             println!("{} {proto} {addr}{pid}", daemon.name);
         }
+    }
+    if let Some(gcd) = daemons.iter().find(|daemon| daemon.name == "gcd") {
+        println!("listening gcd-metrics {}", gcd.address("http")?);
     }
     println!(
         "policy / storage_class={} parity={} span_size={}",

@@ -17,6 +17,7 @@ use client::write::{FailedServices, write_path, write_spans};
 use client::{ClientError, block};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
+use wire::policy::Retention;
 use wire::shard::{ResolveMode, ls_flags};
 use wire::span::Parity;
 use wire::{BlockId, BlockServiceId, EggsTime, InodeId, InodeType, ShardId};
@@ -50,6 +51,22 @@ struct PolicyFlags {
     /// Largest span, in bytes.
     #[arg(long)]
     span_size: Option<u32>,
+    /// Keep dead versions at least this many seconds after they died (gcd purges them later).
+    #[arg(long)]
+    retention_secs: Option<u64>,
+    /// Also keep this many newest dead versions of each name, however old (0: no count rule).
+    #[arg(long)]
+    retention_versions: Option<u32>,
+}
+
+impl PolicyFlags {
+    fn is_empty(&self) -> bool {
+        self.parity.is_none()
+            && self.storage_class.is_none()
+            && self.span_size.is_none()
+            && self.retention_secs.is_none()
+            && self.retention_versions.is_none()
+    }
 }
 
 /// Which version of a name to look at.
@@ -141,10 +158,15 @@ enum Command {
     },
     /// Read an eggsfs file into a local file (or `-` for stdout).
     Get { path: String, local: String },
-    /// Show or set a directory's write policy.
+    /// Show or set a directory's write and retention policy
+    /// (`eggs policy PATH [FLAGS]`: shows it, or sets the flags given).
+    #[command(args_conflicts_with_subcommands = true)]
     Policy {
         #[command(subcommand)]
-        action: PolicyAction,
+        action: Option<PolicyAction>,
+        path: Option<String>,
+        #[command(flatten)]
+        policy: PolicyFlags,
     },
     /// Run a whole cluster on this machine as child processes.
     LocalCluster(ClusterConfig),
@@ -284,7 +306,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 begin = next;
             }
         }
-        Command::Policy { action } => policy(&client, action).await?,
+        Command::Policy { action, path, policy: flags } => {
+            let action = match (action, path) {
+                (Some(action), _) => action,
+                (None, Some(path)) if flags.is_empty() => PolicyAction::Get { path },
+                (None, Some(path)) => PolicyAction::Set { path, policy: flags },
+                (None, None) => bail!("eggs policy: give a PATH (or `get PATH` / `set PATH FLAGS`)"),
+            };
+            policy(&client, action).await?
+        }
         Command::BlockServices => {
             for (id, addr, storage_class, flags) in client.block_services().await? {
                 println!("{id} {addr} storage_class={storage_class} flags={flags:#x}");
@@ -628,13 +658,15 @@ async fn policy(client: &Client, action: PolicyAction) -> anyhow::Result<()> {
             if dir.inode_type() != Some(InodeType::Directory) {
                 return Err(ClientError::NotADirectory { path: path.to_string() }.into());
             }
-            let (policy, from) = match client.effective_policy(dir).await? {
-                Some((policy, from)) => (WritePolicy::from(policy), from.to_string()),
-                None => (DEFAULT_POLICY, "default".to_owned()),
+            let (policy, retention, from) = match client.effective_policy(dir).await? {
+                Some((policy, from)) => (WritePolicy::from(policy), policy.retention, from.to_string()),
+                None => (DEFAULT_POLICY, Retention::DEFAULT, "default".to_owned()),
             };
             println!("storage_class={}", policy.storage_class);
             println!("parity={}", policy.parity);
             println!("span_size={}", policy.span_size_bytes);
+            println!("retention_secs={}", retention.secs);
+            println!("retention_versions={}", retention.versions);
             println!("from={from}");
         }
         PolicyAction::Set { path, policy } => {
@@ -644,7 +676,13 @@ async fn policy(client: &Client, action: PolicyAction) -> anyhow::Result<()> {
                 return Err(ClientError::NotADirectory { path: path.to_string() }.into());
             }
             let new = write_policy(client, dir, &policy).await?;
-            let blob = new.to_policy().ok_or_else(|| anyhow!("invalid policy"))?.encode();
+            let inherited =
+                client.effective_policy(dir).await?.map_or(Retention::DEFAULT, |(policy, _)| policy.retention);
+            let retention = Retention {
+                secs: policy.retention_secs.unwrap_or(inherited.secs),
+                versions: policy.retention_versions.unwrap_or(inherited.versions),
+            };
+            let blob = new.to_policy().ok_or_else(|| anyhow!("invalid policy"))?.with_retention(retention).encode();
             client.set_directory_policy(dir, &blob).await?;
         }
     }

@@ -41,6 +41,12 @@ struct Args {
     /// I/O executors (default: one per core).
     #[arg(long)]
     executors: Option<usize>,
+    /// An eden file may be expunged this long after its last write step.
+    #[arg(long, default_value_t = wire::limits::EDEN_DEADLINE_NS / wire::limits::NS_PER_SECOND)]
+    eden_deadline_secs: u64,
+    /// A dead entry may be purged this long after it died.
+    #[arg(long, default_value_t = wire::limits::PURGE_AGE_MIN_NS / wire::limits::NS_PER_SECOND)]
+    purge_age_min_secs: u64,
 }
 
 fn main() -> ExitCode {
@@ -79,6 +85,10 @@ fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
         folder: dir,
         cluster_key,
         executors: args.executors.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        durations: metad::logic::Durations {
+            eden_deadline_ns: args.eden_deadline_secs.saturating_mul(wire::limits::NS_PER_SECOND),
+            purge_age_min_ns: args.purge_age_min_secs.saturating_mul(wire::limits::NS_PER_SECOND),
+        },
     };
     match metad::server::run(config) {
         Ok(()) => Err(Failure::Runtime(anyhow!("the executors stopped"))),

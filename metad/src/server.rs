@@ -34,7 +34,7 @@ use wire::shard::ShardRequest;
 use wire::{DecodeError, ErrorKind};
 
 use crate::block_services::{BlockServiceRecord, BlockServiceTable};
-use crate::logic::{Env, MutationEffects, Shard};
+use crate::logic::{Durations, Env, MutationEffects, Shard};
 use crate::replay::{Gate, Screen, Ticket};
 use crate::shuckle_client::ShuckleClient;
 use crate::store::{Store, StoreError, parse_be_u64_key};
@@ -73,6 +73,8 @@ pub struct Config {
     pub shuckle: SocketAddr,
     pub cluster_key: SecretKey,
     pub executors: usize,
+    /// The shard's time rules (eden deadline, purge age).
+    pub durations: Durations,
 }
 
 /// State shared by the executors, the writer and the refresher.
@@ -83,6 +85,7 @@ struct Shared {
     refresh: (Mutex<bool>, Condvar),
     /// Replay check of privileged requests ([`crate::replay`]).
     replay: Arc<Gate>,
+    durations: Durations,
 }
 
 impl Shared {
@@ -131,6 +134,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         block_services: RwLock::new(Arc::new(table)),
         refresh: (Mutex::new(true), Condvar::new()),
         replay: Gate::new(EggsTime::now()),
+        durations: config.durations,
     });
     let sockets = bind_sockets(config.listen, config.executors.max(1))?;
     let local = sockets
@@ -310,7 +314,7 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
 
 fn read(shared: &Shared, request_id: u64, request: &ShardRequest<'_>, out: &mut [u8]) -> usize {
     let table = shared.table();
-    let env = Env { now: EggsTime::now(), block_services: &table };
+    let env = Env { now: EggsTime::now(), block_services: &table, durations: shared.durations };
     match shared.store.read_txn() {
         Ok(txn) => shared.shard.handle_read(&shared.store, &txn, &env, request_id, request, out),
         Err(error) => {
@@ -466,7 +470,7 @@ fn apply_batch(
     out: &mut [u8],
 ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
     let table = shared.table();
-    let env = Env { now: EggsTime::now(), block_services: &table };
+    let env = Env { now: EggsTime::now(), block_services: &table, durations: shared.durations };
     let mut txn = shared.store.write_txn()?;
     let mut answers = Vec::with_capacity(batch.len());
     let mut in_batch: HashMap<CacheKey, ()> = HashMap::new();

@@ -14,7 +14,7 @@ use std::ops::Bound;
 use wire::ErrorKind;
 use wire::hash::HashMode;
 use wire::ids::{EggsTime, InodeId, InodeType};
-use wire::limits::{EDEN_DEADLINE_NS, PURGE_AGE_MIN_NS};
+use wire::limits::NS_PER_SECOND;
 use wire::shard::*;
 
 use super::{HandleError, Mutation, Shard, refuse};
@@ -298,8 +298,12 @@ impl Mutation<'_, '_> {
             return refuse(ErrorKind::BadRequest, "a placeholder is not purged on its own");
         }
         let died = self.death_time(txn, slot, creation_time)?;
-        if self.env.now.get() < died.get().saturating_add(PURGE_AGE_MIN_NS) {
-            return refuse(ErrorKind::TooSoon, "dead entries are purged only after 1 h");
+        let age_min_ns = self.env.durations.purge_age_min_ns;
+        if self.env.now.get() < died.get().saturating_add(age_min_ns) {
+            return refuse(
+                ErrorKind::TooSoon,
+                format!("dead entries are purged only {} s after they died", age_min_ns / NS_PER_SECOND),
+            );
         }
         Ok(Some(inode))
     }
@@ -493,6 +497,6 @@ impl Mutation<'_, '_> {
 }
 
 /// The deadline of an eden file after a successful write step at `now`.
-pub(crate) fn eden_deadline(now: EggsTime) -> EggsTime {
-    now.saturating_add_ns(EDEN_DEADLINE_NS)
+pub(crate) fn eden_deadline(env: &super::Env<'_>) -> EggsTime {
+    env.now.saturating_add_ns(env.durations.eden_deadline_ns)
 }

@@ -5,7 +5,7 @@ use heed::{RoTxn, RwTxn};
 use std::ops::Bound;
 use wire::codec::List;
 use wire::crc::{crc32c, crc32c_zeros};
-use wire::ids::{InodeId, InodeType};
+use wire::ids::{EggsTime, InodeId, InodeType};
 use wire::limits::ADD_SPAN_BLACKLIST_MAX;
 use wire::mac::{Mac, constant_time_eq};
 use wire::shard::*;
@@ -77,7 +77,7 @@ impl Mutation<'_, '_> {
             return refuse(ErrorKind::BadInodeType, "eden files are files or symlinks");
         }
         let inode = self.next_inode(txn, req.inode_type)?;
-        let eden = EdenRecord { deadline: eden_deadline(self.env.now), size: 0, inode_type: req.inode_type };
+        let eden = EdenRecord { deadline: eden_deadline(self.env), size: 0, inode_type: req.inode_type };
         self.put_eden(txn, inode, &eden)?;
         Ok(CreateEdenFileResp { inode, cookie: self.shard.cookie(inode) })
     }
@@ -212,7 +212,7 @@ impl Mutation<'_, '_> {
         }
         self.store.spans.put(txn, &span_key(inode, offset), &span.encode())?;
         eden.size += u64::from(span.size);
-        eden.deadline = eden_deadline(self.env.now);
+        eden.deadline = eden_deadline(self.env);
         self.put_eden(txn, inode, &eden)?;
         Ok(self.certificates(request_id, &span, out))
     }
@@ -269,6 +269,28 @@ impl Mutation<'_, '_> {
         Ok(())
     }
 
+    /// One erase proof per block, except that a block on a terminal block
+    /// service (declared dead by an operator: it will never answer) needs
+    /// none; its proof slot is ignored.
+    fn check_erase_proofs(&self, span: &SpanRecord, proofs: &List<'_, Mac>) -> Result<(), HandleError> {
+        let blocks = span.blocks();
+        if proofs.len() != blocks.len() {
+            return refuse(ErrorKind::BadRequest, format!("{} erase proofs for {} blocks", proofs.len(), blocks.len()));
+        }
+        for (index, (block, proof)) in blocks.iter().zip(proofs.iter()).enumerate() {
+            let Some((service, key)) = self.env.block_services.get(block.block_service_id) else {
+                return refuse(ErrorKind::BadRequest, format!("block {index} is on an unknown block service"));
+            };
+            if service.flags & wire::shuckle::flags::TERMINAL != 0 {
+                continue;
+            }
+            if !constant_time_eq(&key.erase_proof(block.block_id), &proof) {
+                return refuse(ErrorKind::NotAuthorised, format!("bad erase proof for block {index}"));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn certify_eden_span(
         &mut self,
         txn: &mut RwTxn,
@@ -289,9 +311,17 @@ impl Mutation<'_, '_> {
         self.check_proofs(&span, &req.proofs, "write", |key, block| key.write_proof(block))?;
         span.state = SpanState::Clean;
         self.store.spans.put(txn, &key, &span.encode())?;
-        eden.deadline = eden_deadline(self.env.now);
+        eden.deadline = eden_deadline(self.env);
         self.put_eden(txn, inode, &eden)?;
         Ok(EmptyResp {})
+    }
+
+    /// The eden record of `inode`, whatever its deadline.
+    fn expired_or_not(&self, txn: &RoTxn, inode: InodeId) -> Result<EdenRecord, HandleError> {
+        match self.store.eden.get(txn, &inode_key(inode))? {
+            Some(bytes) => Ok(EdenRecord::decode(bytes)?),
+            None => refuse(ErrorKind::NotFound, format!("no eden file {inode}")),
+        }
     }
 
     /// An eden file whose deadline has passed.
@@ -337,7 +367,12 @@ impl Mutation<'_, '_> {
                 self.store.spans.put(txn, &span_key(inode, offset), &span.encode())?;
             }
             for block in span.blocks() {
+                // A terminal service will never answer: no certificate, and
+                // certify_expunge needs no proof for it.
                 let (address, certificate) = match self.env.block_services.get(block.block_service_id) {
+                    Some((service, _)) if service.flags & wire::shuckle::flags::TERMINAL != 0 => {
+                        (Address::UNKNOWN, [0; 8])
+                    }
                     Some((service, key)) => (service.address, key.erase_certificate(block.block_id)),
                     None => (Address::UNKNOWN, [0; 8]),
                 };
@@ -374,7 +409,7 @@ impl Mutation<'_, '_> {
         if span.state != SpanState::Condemned || offset + u64::from(span.size) != eden.size {
             return refuse(ErrorKind::BadSpanState, "only the condemned last span can be expunged");
         }
-        self.check_proofs(&span, &req.proofs, "erase", |key, block| key.erase_proof(block))?;
+        self.check_erase_proofs(&span, &req.proofs)?;
         self.drop_span(txn, inode, offset, &span)?;
         eden.size = offset;
         self.put_eden(txn, inode, &eden)?;
@@ -474,15 +509,30 @@ impl Mutation<'_, '_> {
         if new.crc != old.crc || new.size != old.size {
             return refuse(ErrorKind::CrcMismatch, "the new block differs in CRC or size");
         }
-        self.store.reverse_blocks.delete(txn, &reverse_key(old.block_service_id, old.block_id))?;
         if let SpanPayload::Blocks { blocks, .. } = &mut target.payload
             && let Some(slot) = blocks.get_mut(index)
         {
             *slot = new;
         }
-        self.store.spans.delete(txn, &span_key(source, 0))?;
         self.put_span_indexed(txn, inode, offset, &target)?;
-        self.store.eden.delete(txn, &inode_key(source))?;
+        // The swapped-out block is not forgotten: it takes the new block's
+        // place in the source eden file, condemned and past its deadline,
+        // so eden collection erases it with a certificate like any other
+        // (a rotten copy does not stay on its disk, and a block is listed
+        // until an erase proof or its service's termination lets it go).
+        let Some((_, mut source_span)) = sources.into_iter().next() else {
+            return refuse(ErrorKind::LogicError, "the source span vanished");
+        };
+        if let SpanPayload::Blocks { blocks, .. } = &mut source_span.payload
+            && let Some(slot) = blocks.first_mut()
+        {
+            *slot = old;
+        }
+        source_span.state = SpanState::Condemned;
+        self.put_span_indexed(txn, source, 0, &source_span)?;
+        let mut eden = self.expired_or_not(txn, source)?;
+        eden.deadline = EggsTime::new(self.env.now.get().saturating_sub(1));
+        self.put_eden(txn, source, &eden)?;
         Ok(EmptyResp {})
     }
 }

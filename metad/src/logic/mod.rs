@@ -72,6 +72,24 @@ pub(crate) fn refuse<T>(kind: ErrorKind, text: impl Into<String>) -> Result<T, H
 pub struct Env<'a> {
     pub now: EggsTime,
     pub block_services: &'a BlockServiceTable,
+    pub durations: Durations,
+}
+
+/// The shard's time rules, cluster configuration (`metad --eden-deadline-secs`,
+/// `--purge-age-min-secs`) so that tests run them in seconds; the defaults
+/// are the production values of `wire::limits`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Durations {
+    /// An eden file's deadline after its last write step.
+    pub eden_deadline_ns: u64,
+    /// How long a dead entry must have been dead before purge_dirent takes it.
+    pub purge_age_min_ns: u64,
+}
+
+impl Default for Durations {
+    fn default() -> Self {
+        Self { eden_deadline_ns: wire::limits::EDEN_DEADLINE_NS, purge_age_min_ns: wire::limits::PURGE_AGE_MIN_NS }
+    }
 }
 
 /// What the writer needs to know after a mutation besides its response.

@@ -29,7 +29,7 @@ pub(super) fn handle(
         ShardRequest::Resolve(req) => ShardResponse::Resolve(resolve(shard, store, txn, req)?),
         ShardRequest::Stat(req) => {
             let mut policy = Vec::new();
-            let stat = stat(shard, store, txn, req, &mut policy)?;
+            let stat = stat(shard, store, txn, env, req, &mut policy)?;
             return Ok(shard.encode(out, request_id, &ShardResponse::Stat(stat.into_resp(&policy)?)));
         }
         ShardRequest::LsDir(req) => return ls_dir(shard, store, txn, request_id, req, out),
@@ -81,7 +81,14 @@ impl Stat {
     }
 }
 
-fn stat(shard: &Shard, store: &Store, txn: &RoTxn, req: &StatReq, policy: &mut Vec<u8>) -> Result<Stat, HandleError> {
+fn stat(
+    shard: &Shard,
+    store: &Store,
+    txn: &RoTxn,
+    env: &Env<'_>,
+    req: &StatReq,
+    policy: &mut Vec<u8>,
+) -> Result<Stat, HandleError> {
     let inode = req.inode.without_owning();
     if inode.inode_type() == Some(InodeType::Directory) {
         let dir = directory(shard, store, txn, inode)?;
@@ -98,7 +105,7 @@ fn stat(shard: &Shard, store: &Store, txn: &RoTxn, req: &StatReq, policy: &mut V
     if let Some(bytes) = store.eden.get(txn, &inode_key(inode))? {
         // An eden file's mtime is the start of its deadline window.
         let eden = EdenRecord::decode(bytes)?;
-        let mtime = eden.deadline.saturating_sub_ns(wire::limits::EDEN_DEADLINE_NS);
+        let mtime = eden.deadline.saturating_sub_ns(env.durations.eden_deadline_ns);
         return Ok(Stat::File(StatFile { mtime, size: U64::new(eden.size) }));
     }
     refuse(ErrorKind::NotFound, format!("no inode {inode}"))

@@ -22,6 +22,7 @@ struct Harness {
     shard: Shard,
     table: BlockServiceTable,
     now: EggsTime,
+    durations: Durations,
     rng: StdRng,
     cluster: MacKey,
     next_request: u64,
@@ -55,6 +56,7 @@ impl Harness {
             shard,
             table: BlockServiceTable::new(services),
             now,
+            durations: Durations::default(),
             rng: StdRng::seed_from_u64(1),
             cluster: MacKey::new(&cluster_key),
             next_request: 1,
@@ -70,7 +72,7 @@ impl Harness {
         self.now = self.now.saturating_add_ns(1000);
         let request_id = self.next_request;
         self.next_request += 1;
-        let env = Env { now: self.now, block_services: &self.table };
+        let env = Env { now: self.now, block_services: &self.table, durations: self.durations };
         let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
         let len = if request.kind().is_mutation() {
             let mut txn = self.store.write_txn().unwrap();
@@ -431,7 +433,7 @@ fn ten_thousand_entries_paginate_within_a_datagram() {
     let env_now = h.now;
     {
         // Bulk insert in one transaction (10 000 separate commits are slow).
-        let env = Env { now: env_now, block_services: &h.table };
+        let env = Env { now: env_now, block_services: &h.table, durations: Default::default() };
         let mut txn = h.store.write_txn().unwrap();
         let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
         for i in 0..10_000 {
@@ -674,7 +676,7 @@ fn a_thousand_spans_paginate_in_fetch_spans() {
     let created = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
     let env_now = h.now;
     {
-        let env = Env { now: env_now, block_services: &h.table };
+        let env = Env { now: env_now, block_services: &h.table, durations: Default::default() };
         let mut txn = h.store.write_txn().unwrap();
         let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
         for i in 0..1000u64 {
@@ -791,6 +793,27 @@ fn repair_block_swaps_in_a_matching_block() {
             assert_eq!(r.entries.get(0).unwrap().inode, created.inode);
         }
     );
+    // The swapped-out block is still listed, in the source eden file, due
+    // now: eden collection erases it with a certificate.
+    with_ok!(
+        h,
+        ReverseBlockQuery,
+        ReverseBlockQueryReq { block_service_id: certificates[1].block_service_id, begin: certificates[1].block_id },
+        |r| {
+            let entry = r.entries.get(0).unwrap();
+            assert_eq!((entry.block_id, entry.inode), (certificates[1].block_id, source.inode));
+        }
+    );
+    with_ok!(h, ExpungeEdenSpan, ExpungeEdenSpanReq { inode: source.inode }, |r| {
+        let certificate = r.blocks.get(0).unwrap();
+        assert_eq!(certificate.block_id, certificates[1].block_id, "the old block is the one to erase");
+    });
+    // A retried repair finds its source spent: the file keeps the new block.
+    assert_eq!(error(&mut h, ShardRequest::RepairBlock(repair)), ErrorKind::EdenDeadline);
+    with_ok!(h, FetchSpans, FetchSpansReq { inode: created.inode, offset: U64::new(0) }, |r| {
+        let SpanBody::Blocks { blocks, .. } = r.spans.get(0).unwrap().body else { panic!() };
+        assert_eq!(blocks.get(1).unwrap().block_id, new[0].block_id);
+    });
     // RepairSpans: a whole-span replacement with a mismatching CRC is refused.
     let source = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
     with_ok!(h, AddEdenSpan, inline_span(source.inode, source.cookie, 0, b"different"), |_r| ());
@@ -949,7 +972,7 @@ proptest::proptest! {
             bytes[end..].copy_from_slice(&mac);
         }
         if let Ok((header, request)) = datagram::decode::<ShardRequest>(&bytes, Some(&harness.cluster)) {
-            let env = Env { now: harness.now, block_services: &harness.table };
+            let env = Env { now: harness.now, block_services: &harness.table, durations: Default::default() };
             let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
             let len = if request.kind().is_mutation() {
                 let mut txn = harness.store.write_txn().unwrap();
@@ -965,4 +988,76 @@ proptest::proptest! {
             proptest::prop_assert!(datagram::decode::<ShardResponse>(&out[..len], Some(&harness.cluster)).is_ok());
         }
     }
+}
+
+#[test]
+fn durations_from_the_flags_set_the_eden_deadline_and_the_purge_age() {
+    let mut h = Harness::new();
+    h.durations = Durations { eden_deadline_ns: 2 * NS_PER_SECOND, purge_age_min_ns: 3 * NS_PER_SECOND };
+    let created = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
+    let expunge = ExpungeEdenFileReq { inode: created.inode };
+    h.advance(NS_PER_SECOND);
+    assert_eq!(error(&mut h, ShardRequest::ExpungeEdenFile(expunge)), ErrorKind::TooSoon, "before the 2 s deadline");
+    h.advance(NS_PER_SECOND);
+    ok!(h, ExpungeEdenFile, expunge);
+    // A file deleted now may be purged 3 s later, not before.
+    let created = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
+    let link = LinkEdenFileReq {
+        head: LinkEdenFileReqHead { inode: created.inode, cookie: created.cookie, parent: InodeId::ROOT },
+        name: name("d"),
+    };
+    let linked = ok!(h, LinkEdenFile, link);
+    ok!(h, DeleteFile, DeleteFileReq { head: DeleteFileReqHead { parent: InodeId::ROOT }, name: name("d") });
+    let purge = || PurgeDirentReq {
+        head: PurgeDirentReqHead { parent: InodeId::ROOT, creation_time: linked.creation_time },
+        name: name("d"),
+    };
+    h.advance(2 * NS_PER_SECOND);
+    assert_eq!(error(&mut h, ShardRequest::PurgeDirent(purge())), ErrorKind::TooSoon);
+    h.advance(NS_PER_SECOND);
+    ok!(h, PurgeDirent, purge());
+}
+
+#[test]
+fn a_terminal_block_service_needs_no_erase_proof_and_a_live_one_does() {
+    let mut h = Harness::new();
+    let created = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
+    let certificates = add_block_span(&mut h, created.inode, created.cookie, 0, b"doomed", Parity::new(1, 1).unwrap());
+    h.advance(EDEN_DEADLINE_NS + NS_PER_SECOND);
+    // The first block's service is declared dead by an operator.
+    let services: Vec<BlockServiceRecord> = h
+        .table
+        .services()
+        .iter()
+        .map(|service| {
+            let mut service = service.clone();
+            if service.id == certificates[0].block_service_id {
+                service.flags |= wire::shuckle::flags::TERMINAL;
+            }
+            service
+        })
+        .collect();
+    h.table = BlockServiceTable::new(services);
+    let inode = created.inode;
+    let erase: Vec<BlockCertificate> =
+        with_ok!(h, ExpungeEdenSpan, ExpungeEdenSpanReq { inode }, |r| r.blocks.iter().collect());
+    assert!(erase[0].address.is_unknown() && erase[0].certificate == [0; 8], "no certificate for a dead disk");
+    assert!(!erase[1].address.is_unknown());
+    let request = |proofs: &[Mac]| {
+        let proofs = proofs.to_vec();
+        move |h: &mut Harness| {
+            let request = ShardRequest::CertifyExpunge(CertifyExpungeReq {
+                head: CertifyExpungeReqHead { inode, offset: U64::new(0) },
+                proofs: List::new(&proofs),
+            });
+            h.call(request)
+        }
+    };
+    // Without the live service's proof: refused, the span stays.
+    let refused = request(&[[0; 8], [0; 8]])(&mut h);
+    assert!(matches!(decode(&refused, &h.cluster), ShardResponse::Error(e) if e.kind == ErrorKind::NotAuthorised));
+    let live_proof = service_mac(&h, erase[1].block_service_id).erase_proof(erase[1].block_id);
+    let accepted = request(&[[0; 8], live_proof])(&mut h);
+    assert!(matches!(decode(&accepted, &h.cluster), ShardResponse::CertifyExpunge(_)));
+    ok!(h, ExpungeEdenFile, ExpungeEdenFileReq { inode });
 }

@@ -1,0 +1,755 @@
+//! The jobs, as I/O around the decisions of [`crate::plan`]: eden
+//! collection, retention of dead versions, migration, and scrub.
+//!
+//! Every step is one idempotent shard request, and the shard is the only
+//! state: gcd keeps nothing on disk. Killed at any moment, it finds the
+//! same work again next cycle (a condemned span is re-condemned and its
+//! erase certificates re-issued; an erased block erases again; a purge
+//! already done is NOT_FOUND), so a restart finishes what was half done.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use client::ClientError;
+use client::client::{Addresses, Client, DirEntry, FileSpan, FileSpanBody, Stat, discover};
+use client::plan::{WritePolicy, block_span};
+use client::udp::{Cdc, DatagramClient, Shuckle};
+use client::write::{FailedServices, write_span};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use wire::cdc::{CdcRequest, CdcResponse, CdcStatus, PurgeRemoteFileReq, PurgeRemoteFileReqHead};
+use wire::crc::crc32c;
+use wire::mac::Mac;
+use wire::policy::Retention;
+use wire::shard::{BlockCertificate, FetchedBlock, RepairBlockReq, ResolveMode, ShardRequest, ShardResponse, ls_flags};
+use wire::shuckle::{ShardsReq, ShuckleRequest, ShuckleResponse, flags};
+use wire::span::Parity;
+use wire::{BlockId, BlockServiceId, EggsTime, ErrorKind, InodeId, InodeType, Name, ShardId};
+
+use crate::blocks::{CrcAnswer, block_crc};
+use crate::metrics::Metrics;
+use crate::plan::{self, DeadEntry, Evacuation, RateLimit, StaleWatch};
+
+/// Pages of any listing gcd walks, at most (a bound on a listing that never ends).
+const PAGES_MAX: usize = 1 << 20;
+/// Spans of one eden file expunged in one visit, at most.
+const SPANS_PER_FILE_MAX: usize = 1 << 20;
+/// Dead versions of one name looked at, at most.
+const VERSIONS_PER_NAME_MAX: usize = 1 << 16;
+/// Eden files collected at once.
+const EDEN_FILES_IN_FLIGHT: usize = 32;
+/// Blocks migrated at once.
+const MIGRATIONS_IN_FLIGHT: usize = 8;
+
+/// gcd's configuration (flags of `main.rs`).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub shuckle: SocketAddr,
+    /// Pause between the end of a cycle and the next.
+    pub interval: Duration,
+    /// Scrub read rate per block service, bytes/s (0 = unlimited).
+    pub scrub_bytes_per_second: u64,
+    /// Pause between scrub passes (0 = no scrub).
+    pub scrub_interval: Duration,
+    /// A block service stale this long is emptied like a terminal one.
+    pub migrate_stale_after: Duration,
+}
+
+/// What one cycle did, for its log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CycleReport {
+    pub eden_files_due: u64,
+    pub eden_files_collected: u64,
+    pub dirents_purged: u64,
+    pub blocks_migrated: u64,
+    pub blocks_awaiting_migration: u64,
+    pub errors: u64,
+}
+
+/// The collector: a datagram requester, shuckle's address, the counters.
+#[derive(Clone)]
+pub struct Collector {
+    udp: DatagramClient,
+    config: Config,
+    pub metrics: Metrics,
+    stale: Arc<std::sync::Mutex<StaleWatch>>,
+}
+
+/// The outcome of one step that failed; counted and retried next cycle.
+fn failed(metrics: &Metrics, what: &str, error: &dyn std::fmt::Display) {
+    metrics.errors.inc();
+    tracing::warn!(%error, "{what}");
+}
+
+fn kind(error: &ClientError) -> Option<ErrorKind> {
+    error.error_kind()
+}
+
+impl Collector {
+    pub fn new(udp: DatagramClient, config: Config, metrics: Metrics) -> Self {
+        Self { udp, config, metrics, stale: Arc::default() }
+    }
+
+    /// Where the daemons are now (asked of shuckle every cycle) and which
+    /// shards are registered.
+    pub async fn connect(&self) -> (Client, Vec<ShardId>) {
+        let addresses = discover(&self.udp, self.config.shuckle).await;
+        let shards = self.registered_shards().await;
+        (Client::with_addresses(self.udp.clone(), addresses), shards)
+    }
+
+    async fn registered_shards(&self) -> Vec<ShardId> {
+        let mut shards = Vec::new();
+        let mut begin = 0u8;
+        for _ in 0..wire::limits::SHARD_COUNT {
+            let request = ShuckleRequest::Shards(ShardsReq { begin });
+            let Ok(reply) = self.udp.request::<Shuckle>(self.config.shuckle, &request).await else { break };
+            let Ok(ShuckleResponse::Shards(page)) = reply.get() else { break };
+            shards.extend(page.shards.iter().filter(|info| !info.address.is_unknown()).map(|info| info.shard));
+            if page.next == 0 || page.next <= begin {
+                break;
+            }
+            begin = page.next;
+        }
+        shards.sort_unstable();
+        shards.dedup();
+        shards
+    }
+
+    /// One cycle: eden, retention, migration, in that order of priority.
+    pub async fn cycle(&self) -> CycleReport {
+        let errors_before = self.metrics.errors.get();
+        let purged_before = self.metrics.dirents_purged.get();
+        let collected_before = self.metrics.files_collected.get();
+        let migrated_before = self.metrics.blocks_migrated.get();
+        let (client, shards) = self.connect().await;
+        let mut eden_files_due = self.collect_eden(&client, &shards).await;
+        self.retain(&client, &shards).await;
+        // Files purged just now went to eden with deadline now: collect
+        // them in the same cycle.
+        eden_files_due += self.collect_eden(&client, &shards).await;
+        let blocks_awaiting_migration = self.migrate(&client, &shards).await;
+        self.metrics.cycles.inc();
+        CycleReport {
+            eden_files_due,
+            eden_files_collected: self.metrics.files_collected.get() - collected_before,
+            dirents_purged: self.metrics.dirents_purged.get() - purged_before,
+            blocks_migrated: self.metrics.blocks_migrated.get() - migrated_before,
+            blocks_awaiting_migration,
+            errors: self.metrics.errors.get() - errors_before,
+        }
+    }
+
+    // ---- eden ----
+
+    /// Collects every eden file past its deadline; returns how many were due.
+    pub async fn collect_eden(&self, client: &Client, shards: &[ShardId]) -> u64 {
+        let mut due_total = 0;
+        let in_flight = Arc::new(Semaphore::new(EDEN_FILES_IN_FLIGHT));
+        let mut tasks = JoinSet::new();
+        for &shard in shards {
+            let mut begin = InodeId::NULL;
+            for _ in 0..PAGES_MAX {
+                let (entries, next) = match client.visit_eden(shard, begin).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        failed(&self.metrics, "visit_eden", &error);
+                        break;
+                    }
+                };
+                let entries: Vec<(InodeId, EggsTime)> =
+                    entries.iter().map(|entry| (entry.inode, entry.deadline)).collect();
+                for inode in plan::eden_due(&entries, EggsTime::now()) {
+                    due_total += 1;
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+                    let (this, client) = (self.clone(), client.clone());
+                    tasks.spawn(async move {
+                        this.collect_eden_file(&client, inode).await;
+                        drop(permit);
+                    });
+                }
+                if next.is_null() {
+                    break;
+                }
+                begin = next;
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        due_total
+    }
+
+    /// Expunges an eden file's spans, last first, erasing each block with
+    /// its certificate before certify_expunge sends the proofs; then the
+    /// file. Any failure leaves the file (and the condemned span, with all
+    /// its blocks listed) for the next cycle.
+    pub async fn collect_eden_file(&self, client: &Client, inode: InodeId) -> bool {
+        let mut size = match client.stat(inode).await {
+            Ok(Stat::File { size, .. }) => size,
+            Ok(Stat::Directory { .. }) => return false,
+            Err(error) if kind(&error) == Some(ErrorKind::NotFound) => return true,
+            Err(error) => {
+                failed(&self.metrics, "stat of an eden file", &error);
+                return false;
+            }
+        };
+        for _ in 0..SPANS_PER_FILE_MAX {
+            let (offset, certificates) = match client.expunge_eden_span(inode).await {
+                Ok(answer) => answer,
+                // "no spans left": the file is empty.
+                Err(error) if kind(&error) == Some(ErrorKind::BadRequest) => break,
+                // Gone (collected by an earlier attempt) or not due after all.
+                Err(error) if matches!(kind(&error), Some(ErrorKind::NotFound | ErrorKind::TooSoon)) => {
+                    return false;
+                }
+                Err(error) => {
+                    failed(&self.metrics, "expunge_eden_span", &error);
+                    return false;
+                }
+            };
+            if !certificates.is_empty() {
+                let Some(proofs) = self.erase_all(inode, &certificates).await else { return false };
+                match client.certify_expunge(inode, offset, &proofs).await {
+                    Ok(()) => {}
+                    // A retry of a certify that went through.
+                    Err(error) if kind(&error) == Some(ErrorKind::NotFound) => {}
+                    Err(error) => {
+                        failed(&self.metrics, "certify_expunge", &error);
+                        return false;
+                    }
+                }
+                self.metrics.blocks_erased.inc_by(certificates.len() as u64);
+            }
+            self.metrics.bytes_freed.inc_by(size.saturating_sub(offset));
+            size = offset;
+        }
+        match client.expunge_eden_file(inode).await {
+            Ok(()) => {
+                self.metrics.files_collected.inc();
+                tracing::debug!(%inode, "eden file collected");
+                true
+            }
+            Err(error) if kind(&error) == Some(ErrorKind::NotFound) => true,
+            Err(error) => {
+                failed(&self.metrics, "expunge_eden_file", &error);
+                false
+            }
+        }
+    }
+
+    /// Erases every block with its certificate, in parallel; the proofs in
+    /// block order, or `None` if any block could not be erased (logged and
+    /// counted; nothing is sent to the shard then).
+    async fn erase_all(&self, inode: InodeId, certificates: &[BlockCertificate]) -> Option<Vec<Mac>> {
+        let mut tasks = JoinSet::new();
+        for (index, certificate) in certificates.iter().copied().enumerate() {
+            tasks.spawn(async move {
+                if certificate.address.is_unknown() {
+                    // No certificate: the service is terminal (the shard
+                    // needs no proof then) or unknown to the shard (it
+                    // refuses, and the span stays listed).
+                    return (index, Ok([0u8; 8]));
+                }
+                let addr = certificate.address.socket_addr();
+                let result = client::block::erase_block(addr, certificate.block_id, certificate.certificate)
+                    .await
+                    .map_err(|error| error.to_string());
+                (index, result)
+            });
+        }
+        let mut proofs = vec![[0u8; 8]; certificates.len()];
+        let mut complete = true;
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((index, result)) = joined else {
+                complete = false;
+                continue;
+            };
+            match result {
+                Ok(proof) => proofs[index] = proof,
+                Err(reason) => {
+                    complete = false;
+                    self.metrics.erase_failures.inc();
+                    self.metrics.errors.inc();
+                    let block = certificates.get(index).map(|c| c.block_id);
+                    tracing::warn!(%inode, ?block, %reason, "erase failed; the block stays listed, retried next cycle");
+                }
+            }
+        }
+        complete.then_some(proofs)
+    }
+
+    // ---- retention ----
+
+    /// Purges, in every directory of every shard, the dead versions that the
+    /// directory's retention lets go.
+    pub async fn retain(&self, client: &Client, shards: &[ShardId]) {
+        let mut retentions: HashMap<InodeId, Retention> = HashMap::new();
+        for &shard in shards {
+            let mut begin = InodeId::NULL;
+            for _ in 0..PAGES_MAX {
+                let (inodes, next) = match client.visit_inodes(shard, begin).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        failed(&self.metrics, "visit_inodes", &error);
+                        break;
+                    }
+                };
+                for dir in inodes.into_iter().filter(|inode| inode.inode_type() == Some(InodeType::Directory)) {
+                    let retention = match retentions.get(&dir) {
+                        Some(retention) => *retention,
+                        None => match client.effective_policy(dir).await {
+                            Ok(policy) => {
+                                let retention = policy.map_or(Retention::DEFAULT, |(policy, _)| policy.retention);
+                                retentions.insert(dir, retention);
+                                retention
+                            }
+                            Err(error) => {
+                                failed(&self.metrics, "policy of a directory", &error);
+                                continue;
+                            }
+                        },
+                    };
+                    self.retain_directory(client, dir, retention).await;
+                }
+                if next.is_null() {
+                    break;
+                }
+                begin = next;
+            }
+        }
+    }
+
+    async fn retain_directory(&self, client: &Client, dir: InodeId, retention: Retention) {
+        let newest =
+            match client.ls_dir(dir, EggsTime::new(u64::MAX), ls_flags::USE_DEAD_MAP | ls_flags::INCLUDE_NOTHING).await
+            {
+                Ok(entries) => entries,
+                Err(error) => {
+                    failed(&self.metrics, "ls_dir of the dead map", &error);
+                    return;
+                }
+            };
+        if newest.is_empty() {
+            return;
+        }
+        let living: HashMap<String, EggsTime> = match client.ls_dir(dir, EggsTime::ZERO, 0).await {
+            Ok(entries) => entries.into_iter().map(|entry| (entry.name, entry.creation_time)).collect(),
+            Err(error) => {
+                failed(&self.metrics, "ls_dir", &error);
+                return;
+            }
+        };
+        for newest_entry in newest {
+            self.retain_name(client, dir, &newest_entry, living.get(&newest_entry.name).copied(), retention).await;
+        }
+    }
+
+    /// The dead versions of one name: every version (resolve DEAD_GE walks
+    /// them, skipping placeholders) and the newest entry if it is a placeholder.
+    async fn dead_entries(&self, client: &Client, dir: InodeId, newest: &DirEntry) -> Option<Vec<DeadEntry>> {
+        let mut entries = Vec::new();
+        let mut from = EggsTime::ZERO;
+        for _ in 0..VERSIONS_PER_NAME_MAX {
+            match client.resolve(dir, &newest.name, ResolveMode::DeadGe, from).await {
+                Ok(Some((inode, creation_time))) => {
+                    entries.push(DeadEntry { creation_time, inode });
+                    from = EggsTime::new(creation_time.get().checked_add(1)?);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    failed(&self.metrics, "resolve of a dead version", &error);
+                    return None;
+                }
+            }
+        }
+        if newest.inode.is_null() && entries.last().is_none_or(|last| last.creation_time < newest.creation_time) {
+            entries.push(DeadEntry { creation_time: newest.creation_time, inode: InodeId::NULL });
+        }
+        Some(entries)
+    }
+
+    async fn retain_name(
+        &self,
+        client: &Client,
+        dir: InodeId,
+        newest: &DirEntry,
+        living: Option<EggsTime>,
+        retention: Retention,
+    ) {
+        let Some(entries) = self.dead_entries(client, dir, newest).await else { return };
+        for creation_time in plan::purgeable_versions(&entries, living, retention, EggsTime::now()) {
+            let Some(entry) = entries.iter().find(|entry| entry.creation_time == creation_time) else { continue };
+            let inode = entry.inode;
+            let remote_owning_file = inode.is_owning()
+                && inode.inode_type() != Some(InodeType::Directory)
+                && inode.without_owning().shard() != dir.shard();
+            let result = if remote_owning_file {
+                self.purge_remote_file(client, dir, &newest.name, creation_time).await
+            } else {
+                purge_dirent(client, dir, &newest.name, creation_time).await
+            };
+            match result {
+                Ok(()) => {
+                    self.metrics.dirents_purged.inc();
+                    tracing::debug!(%dir, name = %newest.name, creation_time = creation_time.get(), "purged");
+                }
+                // The shard's own floor (--purge-age-min-secs) is longer
+                // than this directory's retention: later.
+                Err(error) if kind(&error) == Some(ErrorKind::TooSoon) => {}
+                Err(error) if kind(&error) == Some(ErrorKind::NotFound) => {}
+                Err(error) => failed(&self.metrics, "purge of a dead entry", &error),
+            }
+        }
+    }
+
+    async fn purge_remote_file(
+        &self,
+        client: &Client,
+        dir: InodeId,
+        name_text: &str,
+        creation_time: EggsTime,
+    ) -> Result<(), ClientError> {
+        let name = Name::new(name_text.as_bytes()).map_err(|error| ClientError::Invalid(error.to_string()))?;
+        let request = CdcRequest::PurgeRemoteFile(PurgeRemoteFileReq {
+            head: PurgeRemoteFileReqHead { parent: dir, creation_time },
+            name,
+        });
+        let reply = self.udp.request::<Cdc>(client.addresses().cdc, &request).await?;
+        match reply.get()? {
+            CdcResponse::PurgeRemoteFile(resp) if resp.status == CdcStatus::Ok => Ok(()),
+            CdcResponse::PurgeRemoteFile(resp) => {
+                Err(ClientError::cdc("purge-remote-file", name_text, resp.status, resp.text.as_str()))
+            }
+            other => Err(reply.unexpected(&other).into()),
+        }
+    }
+
+    // ---- migration ----
+
+    /// Moves every block off the block services being emptied; returns how
+    /// many blocks still await migration after this pass.
+    pub async fn migrate(&self, client: &Client, shards: &[ShardId]) -> u64 {
+        let services = match client.block_services().await {
+            Ok(services) => services,
+            Err(error) => {
+                failed(&self.metrics, "block services from shuckle", &error);
+                return 0;
+            }
+        };
+        let listed: Vec<(BlockServiceId, u8)> = services.iter().map(|(id, _, _, flags)| (*id, *flags)).collect();
+        let evacuations = {
+            let mut stale = self.stale.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let limit_ns = u64::try_from(self.config.migrate_stale_after.as_nanos()).unwrap_or(u64::MAX);
+            stale.evacuations(&listed, EggsTime::now(), limit_ns)
+        };
+        let mut awaiting = 0;
+        for (service, why) in evacuations {
+            let moved_before = self.metrics.blocks_migrated.get();
+            let left = self.evacuate(client, shards, service, why).await;
+            let moved = self.metrics.blocks_migrated.get() - moved_before;
+            if moved > 0 || left > 0 {
+                tracing::info!(%service, ?why, moved, left, "migration pass");
+            }
+            awaiting += left;
+        }
+        awaiting
+    }
+
+    /// One pass over the blocks of `service`; returns how many are left.
+    async fn evacuate(&self, client: &Client, shards: &[ShardId], service: BlockServiceId, why: Evacuation) -> u64 {
+        let in_flight = Arc::new(Semaphore::new(MIGRATIONS_IN_FLIGHT));
+        let mut tasks = JoinSet::new();
+        for &shard in shards {
+            let mut begin = BlockId::new(0);
+            for _ in 0..PAGES_MAX {
+                let (entries, next) = match client.reverse_block_query(shard, service, begin).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        failed(&self.metrics, "reverse_block_query", &error);
+                        break;
+                    }
+                };
+                for entry in entries {
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+                    let (this, client) = (self.clone(), client.clone());
+                    tasks.spawn(async move {
+                        let result = this
+                            .replace_block(&client, entry.inode, entry.span_offset.get(), entry.block_id, true)
+                            .await;
+                        drop(permit);
+                        match result {
+                            Ok(Some(bytes)) => {
+                                this.metrics.blocks_migrated.inc();
+                                this.metrics.bytes_migrated.inc_by(bytes);
+                            }
+                            Ok(None) => {}
+                            Err(error) => failed(&this.metrics, "migration of a block", &error),
+                        }
+                    });
+                }
+                if next.get() == 0 {
+                    break;
+                }
+                begin = next;
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        tracing::debug!(%service, ?why, "evacuation pass done");
+        let mut left = 0;
+        for &shard in shards {
+            let mut begin = BlockId::new(0);
+            for _ in 0..PAGES_MAX {
+                let Ok((entries, next)) = client.reverse_block_query(shard, service, begin).await else { break };
+                left += entries.len() as u64;
+                if next.get() == 0 {
+                    break;
+                }
+                begin = next;
+            }
+        }
+        left
+    }
+
+    // ---- scrub ----
+
+    /// One scrub pass over every block service that is not terminal, each
+    /// at its own rate limit, in parallel (one disk each).
+    pub async fn scrub_pass(&self) {
+        let (client, shards) = self.connect().await;
+        let services = match client.block_services().await {
+            Ok(services) => services,
+            Err(error) => {
+                failed(&self.metrics, "block services from shuckle", &error);
+                return;
+            }
+        };
+        let mut tasks = JoinSet::new();
+        for (service, addr, _, service_flags) in services {
+            if service_flags & (flags::TERMINAL | flags::STALE) != 0 {
+                continue;
+            }
+            let (this, client, shards) = (self.clone(), client.clone(), shards.clone());
+            tasks.spawn(async move { this.scrub_service(&client, &shards, service, addr).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn scrub_service(&self, client: &Client, shards: &[ShardId], service: BlockServiceId, addr: SocketAddr) {
+        let mut limit = RateLimit::new(self.config.scrub_bytes_per_second);
+        for &shard in shards {
+            let mut begin = BlockId::new(0);
+            for _ in 0..PAGES_MAX {
+                let (entries, next) = match client.reverse_block_query(shard, service, begin).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        failed(&self.metrics, "reverse_block_query", &error);
+                        break;
+                    }
+                };
+                for entry in entries {
+                    if !self
+                        .scrub_block(client, &mut limit, addr, entry.inode, entry.span_offset.get(), entry.block_id)
+                        .await
+                    {
+                        // The service stopped answering: the rest of the pass waits.
+                        return;
+                    }
+                }
+                if next.get() == 0 {
+                    break;
+                }
+                begin = next;
+            }
+        }
+    }
+
+    /// Checks one block; false when its service is unreachable.
+    async fn scrub_block(
+        &self,
+        client: &Client,
+        limit: &mut RateLimit,
+        addr: SocketAddr,
+        inode: InodeId,
+        offset: u64,
+        block_id: BlockId,
+    ) -> bool {
+        let Some((_, index, block)) = (match linked_span(client, inode, offset, block_id).await {
+            Ok(found) => found,
+            Err(error) => {
+                failed(&self.metrics, "fetch_spans for a scrub", &error);
+                return true;
+            }
+        }) else {
+            // An eden file's block (not readable as a file) or gone.
+            return true;
+        };
+        let wait = limit.take(u64::from(block.size.get()), EggsTime::now().get());
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_nanos(wait)).await;
+        }
+        let answer = match block_crc(addr, block_id, block.size.get()).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                failed(&self.metrics, "crc request", &error);
+                return false;
+            }
+        };
+        self.metrics.blocks_scrubbed.inc();
+        self.metrics.bytes_scrubbed.inc_by(u64::from(block.size.get()));
+        let good = answer == CrcAnswer::Stored { size: block.size.get(), crc: block.crc.get() };
+        if good {
+            return true;
+        }
+        // An eden file's blocks may never have been written (a write that
+        // died): eden collection erases them; only linked files are repaired.
+        match is_eden(client, inode).await {
+            Ok(false) => {}
+            Ok(true) => return true,
+            Err(error) => {
+                failed(&self.metrics, "visit_eden for a scrub", &error);
+                return true;
+            }
+        }
+        self.metrics.corruptions_found.inc();
+        tracing::warn!(%inode, offset, index, %block_id, ?answer, "bad block found; rebuilding it");
+        match self.replace_block(client, inode, offset, block_id, false).await {
+            Ok(Some(_)) => {
+                self.metrics.corruptions_repaired.inc();
+                tracing::info!(%inode, offset, index, %block_id, "bad block rebuilt and swapped in");
+            }
+            Ok(None) => {}
+            Err(error) => failed(&self.metrics, "repair of a bad block", &error),
+        }
+        true
+    }
+
+    // ---- rebuilding one block ----
+
+    /// Rebuilds block `block_id` of the span at (`inode`, `offset`) from the
+    /// span's other blocks, writes it as a one-block eden file on a service
+    /// holding no other block of the span, and swaps it in with
+    /// repair_block (which checks CRC and size). Returns the bytes moved, or
+    /// `None` when the block is no longer in that span (done already, or an
+    /// eden file's block, which eden collection handles).
+    pub async fn replace_block(
+        &self,
+        client: &Client,
+        inode: InodeId,
+        offset: u64,
+        block_id: BlockId,
+        avoid_own_service: bool,
+    ) -> Result<Option<u64>, ClientError> {
+        let Some((span, index, bad)) = linked_span(client, inode, offset, block_id).await? else { return Ok(None) };
+        let FileSpanBody::Blocks { storage_class, parity, blocks } = &span.body else { return Ok(None) };
+        let others = fetch_other_blocks(blocks, index).await;
+        let crcs: Vec<u32> = blocks.iter().map(|block| block.crc.get()).collect();
+        let rebuilt = plan::rebuild_block(span.size, span.crc, *parity, &crcs, others, index)
+            .map_err(|error| ClientError::Span { inode, offset, reason: format!("block {index}: {error}") })?;
+        let bytes = rebuilt.len() as u64;
+        let policy = WritePolicy {
+            storage_class: *storage_class,
+            parity: Parity::new(1, 0).ok_or_else(|| ClientError::Invalid("parity 1+0".into()))?,
+            span_size_bytes: bad.size.get(),
+        };
+        let encoded = block_span(0, rebuilt, policy)?;
+        // The new block goes where no other block of the span is, so one
+        // disk never holds two blocks of a span.
+        let avoid = FailedServices::new();
+        for (other_index, block) in blocks.iter().enumerate() {
+            if other_index != index || avoid_own_service {
+                avoid.record(block.block_service_id);
+            }
+        }
+        let eden = client.create_eden_file(inode.shard(), InodeType::File).await?;
+        write_span(client, eden, &encoded, &avoid).await?;
+        let block_index = u8::try_from(index).map_err(|_| ClientError::Invalid("block index".into()))?;
+        let request = ShardRequest::RepairBlock(RepairBlockReq {
+            inode,
+            offset: zerocopy::byteorder::little_endian::U64::new(offset),
+            block_index,
+            source_inode: eden.inode,
+            source_cookie: eden.cookie,
+        });
+        let reply = client.shard_request(inode.shard(), &request).await?;
+        match reply.get()? {
+            ShardResponse::RepairBlock(_) => Ok(Some(bytes)),
+            other => Err(reply.unexpected(&other).into()),
+        }
+    }
+}
+
+async fn purge_dirent(
+    client: &Client,
+    dir: InodeId,
+    name_text: &str,
+    creation_time: EggsTime,
+) -> Result<(), ClientError> {
+    let name = Name::new(name_text.as_bytes()).map_err(|error| ClientError::Invalid(error.to_string()))?;
+    let request = ShardRequest::PurgeDirent(wire::shard::PurgeDirentReq {
+        head: wire::shard::PurgeDirentReqHead { parent: dir, creation_time },
+        name,
+    });
+    client.shard_request(dir.shard(), &request).await?;
+    Ok(())
+}
+
+/// Whether `inode` is an eden file (being written, or waiting for collection).
+async fn is_eden(client: &Client, inode: InodeId) -> Result<bool, ClientError> {
+    let (entries, _) = client.visit_eden(inode.shard(), inode).await?;
+    Ok(entries.first().is_some_and(|entry| entry.inode == inode))
+}
+
+/// The linked file's span at `offset` and the index of `block_id` in it;
+/// `None` when the file is not linked (an eden file) or the block is no
+/// longer there.
+async fn linked_span(
+    client: &Client,
+    inode: InodeId,
+    offset: u64,
+    block_id: BlockId,
+) -> Result<Option<(FileSpan, usize, FetchedBlock)>, ClientError> {
+    let page = match client.fetch_spans(inode, offset).await {
+        Ok(page) => page,
+        Err(error) if kind(&error) == Some(ErrorKind::NotFound) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let Some(span) = page.spans.into_iter().find(|span| span.offset == offset) else { return Ok(None) };
+    let FileSpanBody::Blocks { blocks, .. } = &span.body else { return Ok(None) };
+    let Some((index, block)) = blocks.iter().enumerate().find(|(_, block)| block.block_id == block_id) else {
+        return Ok(None);
+    };
+    let block = *block;
+    Ok(Some((span, index, block)))
+}
+
+/// Every block of the span but `index`, fetched in parallel and checked
+/// against its recorded CRC; `None` where unavailable or bad.
+async fn fetch_other_blocks(blocks: &[FetchedBlock], index: usize) -> Vec<Option<Vec<u8>>> {
+    let mut tasks = JoinSet::new();
+    for (other_index, block) in blocks.iter().copied().enumerate() {
+        let unusable = block.flags & (flags::TERMINAL | flags::UNKNOWN) != 0 || block.address.is_unknown();
+        if other_index == index || unusable {
+            continue;
+        }
+        tasks.spawn(async move {
+            let bytes = client::block::fetch_block(block.address.socket_addr(), block.block_id, block.size.get()).await;
+            let good = bytes.ok().filter(|bytes| crc32c(bytes) == block.crc.get());
+            (other_index, good)
+        });
+    }
+    let mut out = vec![None; blocks.len()];
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((other_index, bytes)) = joined
+            && let Some(slot) = out.get_mut(other_index)
+        {
+            *slot = bytes;
+        }
+    }
+    out
+}
+
+/// Addresses as shuckle knows them (for tests and tools).
+pub async fn addresses(udp: &DatagramClient, shuckle: SocketAddr) -> Addresses {
+    discover(udp, shuckle).await
+}

@@ -1,0 +1,32 @@
+//! gcd: the garbage collector, scrubber and migrator of eggsfs.
+//!
+//! It finds the shards, the CDC and the block services through shuckle (as
+//! every daemon does) and works in the background, in cycles:
+//!
+//! 1. **Eden collection.** Every eden file past its deadline loses its
+//!    spans, last first: expunge_eden_span yields erase certificates, the
+//!    blocks are erased on their block services, certify_expunge carries
+//!    the erase proofs, then expunge_eden_file. A block service that is
+//!    down or refuses leaves the span condemned and listed: retried next
+//!    cycle, never forgotten.
+//! 2. **Retention.** Dead versions that the directory's retention
+//!    (`wire::policy::Retention`, inherited like the write policy) lets go
+//!    are purged: a local owning file goes to eden (and is collected in the
+//!    same cycle), a remote one through the CDC's purge-remote-file.
+//! 3. **Migration.** Blocks on terminal (drained then terminated) or
+//!    long-stale block services are rebuilt from their spans' other blocks
+//!    onto a service that holds no other block of the span, and swapped in
+//!    with repair_block.
+//! 4. **Scrub**, in its own task: every block's CRC is checked on its block
+//!    service (blockd's `c` request) at a rate limit per disk; a bad or
+//!    missing block is rebuilt and swapped in like a migration.
+//!
+//! The decisions are plain code over inputs and "now" ([`plan`]); the I/O
+//! around them is [`collector`]. gcd keeps no state of its own: the shards
+//! are the state, and every step is an idempotent request, so gcd can be
+//! killed at any moment and a restart finishes what was half done.
+
+pub mod blocks;
+pub mod collector;
+pub mod metrics;
+pub mod plan;
