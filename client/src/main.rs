@@ -66,7 +66,10 @@ pub enum Command {
     /// Create directories (through the CDC).
     Mkdir(cli::tree_ops::MkdirArgs),
     /// Remove empty directories (soft delete: they stay in the dead map).
-    Rmdir { #[arg(required = true)] paths: Vec<String> },
+    Rmdir {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
     /// Remove files, or trees with -r (soft delete: they stay in the dead map).
     Rm(cli::tree_ops::RmArgs),
     /// Move or rename a file or directory (into DIR when the target is a directory).

@@ -30,8 +30,8 @@ fn eggs_alone(args: &[&str], env: &[(&str, &str)]) -> (bool, String, Duration) {
     let started = Instant::now();
     let output = Command::new(binary("eggs"))
         .args(args)
-        .envs(env.iter().copied())
         .env_remove("EGGS_SHUCKLE")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("run eggs");
@@ -72,7 +72,7 @@ fn timeout_bounds_the_command() {
     assert!(!ok);
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
     assert!(stderr.contains("timed out after 0.5 s"), "{stderr}");
-    let (ok, stderr, _) = eggs_alone(&["--timeout", "-1", "ls", "/"], &[]);
+    let (ok, stderr, _) = eggs_alone(&["--timeout=-1", "ls", "/"], &[]);
     assert!(!ok && stderr.contains("--timeout"), "{stderr}");
 }
 
@@ -93,7 +93,8 @@ fn completions_and_man_pages() {
     let page = String::from_utf8_lossy(&output.stdout);
     assert!(page.starts_with(".ie") || page.contains(".TH eggs"), "roff: {}", &page[..page.len().min(200)]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let output = Command::new(binary("eggs")).args(["man", "--dir"]).arg(dir.path().join("man1")).output().expect("run");
+    let output =
+        Command::new(binary("eggs")).args(["man", "--dir"]).arg(dir.path().join("man1")).output().expect("run");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     for page in ["eggs.1", "eggs-ls.1", "eggs-put.1", "eggs-df.1"] {
         assert!(dir.path().join("man1").join(page).exists(), "{page} written");
@@ -178,7 +179,8 @@ fn host_name_shuckle_address_works(cluster: &Cluster) {
         .output()
         .expect("run");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let output = Command::new(binary("eggs")).args(["ls", "/"]).env("EGGS_SHUCKLE", &cluster.shuckle).output().expect("run");
+    let output =
+        Command::new(binary("eggs")).args(["ls", "/"]).env("EGGS_SHUCKLE", &cluster.shuckle).output().expect("run");
     assert!(output.status.success(), "EGGS_SHUCKLE: {}", String::from_utf8_lossy(&output.stderr));
 }
 
@@ -186,9 +188,12 @@ fn errors_speak_the_users_language(cluster: &Cluster) {
     let stderr = cluster.fails(&["rmdir", "/nope"]);
     assert!(stderr.contains("no such file or directory: /nope"), "{stderr}");
     assert!(!stderr.contains("NOT_FOUND") && !stderr.contains("acquire"), "no protocol names: {stderr}");
-    let output = cluster.eggs(&["-v", "rmdir", "/nope"]);
+    cluster.ok(&["mkdir", "/exists"]);
+    let stderr = cluster.fails(&["mkdir", "/exists"]);
+    assert!(stderr.contains("file exists: /exists") && !stderr.contains("ALREADY_EXISTS"), "{stderr}");
+    let output = cluster.eggs(&["-v", "mkdir", "/exists"]);
     let verbose = String::from_utf8_lossy(&output.stderr);
-    assert!(verbose.contains("no such file or directory: /nope") && verbose.contains("NOT_FOUND"), "-v detail: {verbose}");
+    assert!(verbose.contains("file exists: /exists") && verbose.contains("ALREADY_EXISTS"), "-v detail: {verbose}");
     let stderr = cluster.fails(&["cat", "/nope/deeper"]);
     assert!(stderr.contains("no such file or directory: /nope"), "{stderr}");
     let stderr = cluster.fails(&["ls", "relative"]);

@@ -44,9 +44,8 @@ pub fn shuckle_address(given: Option<&str>) -> anyhow::Result<(String, SocketAdd
     if !text.contains(':') {
         bail!("shuckle address `{text}` needs a port (HOST:PORT)");
     }
-    let mut resolved = text
-        .to_socket_addrs()
-        .map_err(|error| anyhow!("cannot resolve shuckle address `{text}`: {error} ({HINT})"))?;
+    let mut resolved =
+        text.to_socket_addrs().map_err(|error| anyhow!("cannot resolve shuckle address `{text}`: {error} ({HINT})"))?;
     // Prefer IPv4 like the daemons, which listen on IPv4.
     let all: Vec<SocketAddr> = resolved.by_ref().collect();
     let addr = all
@@ -77,11 +76,7 @@ pub async fn connect(text: &str, shuckle: SocketAddr) -> anyhow::Result<Client> 
         }
         .into()
     };
-    let mut addresses = Addresses {
-        shuckle,
-        shards: vec![unknown_address(); SHARD_COUNT],
-        cdc: unknown_address(),
-    };
+    let mut addresses = Addresses { shuckle, shards: vec![unknown_address(); SHARD_COUNT], cdc: unknown_address() };
     let mut begin = 0u8;
     for _ in 0..SHARD_COUNT {
         let request = ShuckleRequest::Shards(ShardsReq { begin });
@@ -102,8 +97,10 @@ pub async fn connect(text: &str, shuckle: SocketAddr) -> anyhow::Result<Client> 
         }
         begin = page.next;
     }
-    let reply =
-        udp.request_with::<Shuckle>(shuckle, &ShuckleRequest::Cdc(CdcReq {}), probe).await.map_err(|e| unreachable(&e))?;
+    let reply = udp
+        .request_with::<Shuckle>(shuckle, &ShuckleRequest::Cdc(CdcReq {}), probe)
+        .await
+        .map_err(|e| unreachable(&e))?;
     if let ShuckleResponse::Cdc(cdc) = reply.get()?
         && !cdc.address.is_unknown()
     {

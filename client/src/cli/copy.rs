@@ -134,11 +134,7 @@ fn local_name(path: &Path) -> anyhow::Result<String> {
 
 /// Where a source goes, given the target (cp(1) rules): `into_dir` when
 /// the target is an existing directory or ends with `/`.
-async fn eggs_target(
-    client: &Client,
-    target: &str,
-    sources: usize,
-) -> anyhow::Result<(EggsPath, bool)> {
+async fn eggs_target(client: &Client, target: &str, sources: usize) -> anyhow::Result<(EggsPath, bool)> {
     let path = EggsPath::parse(target)?;
     match existing(client, &path).await? {
         Existing::Directory => Ok((path, true)),
@@ -173,7 +169,13 @@ pub async fn put(client: &Client, args: &PutArgs, verbose: bool) -> anyhow::Resu
 }
 
 /// `put -r`: the local tree under `local` becomes `destination`.
-async fn put_tree(client: &Client, args: &PutArgs, local: &Path, destination: &EggsPath, verbose: bool) -> anyhow::Result<()> {
+async fn put_tree(
+    client: &Client,
+    args: &PutArgs,
+    local: &Path,
+    destination: &EggsPath,
+    verbose: bool,
+) -> anyhow::Result<()> {
     let mut stack = vec![(local.to_path_buf(), destination.clone())];
     while let Some((dir, eggs_dir)) = stack.pop() {
         match existing(client, &eggs_dir).await? {
@@ -224,8 +226,7 @@ async fn put_file(
         let progress = Progress::new(None, args.progress, &shown);
         let failed = FailedServices::new();
         let outcome =
-            write_path(client, parent, name, tokio::io::stdin(), policy, &failed, &|bytes| progress.set(bytes))
-                .await?;
+            write_path(client, parent, name, tokio::io::stdin(), policy, &failed, &|bytes| progress.set(bytes)).await?;
         progress.finish();
         if verbose {
             eprintln!("wrote {} bytes in {} spans as {} ({shown})", outcome.size, outcome.spans, outcome.inode);
@@ -276,8 +277,8 @@ pub async fn cat(client: &Client, args: &CatArgs, verbose: bool) -> anyhow::Resu
     for text in &paths {
         let (shown, inode, size, _) = eggs_file(client, text).await?;
         let progress = Progress::new(Some(size), args.progress, &shown);
-        let report = read_file(client, inode, &mut out, &|line| notice(verbose, line), &|bytes| progress.set(bytes))
-            .await?;
+        let report =
+            read_file(client, inode, &mut out, &|line| notice(verbose, line), &|bytes| progress.set(bytes)).await?;
         tokio::io::AsyncWriteExt::flush(&mut out).await.map_err(|error| anyhow!("writing to stdout: {error}"))?;
         progress.finish();
         check_report(&shown, size, &report, verbose)?;
@@ -356,7 +357,8 @@ async fn get_tree(client: &Client, args: &GetArgs, eggs_dir: &str, local: &Path,
 async fn get_file(client: &Client, args: &GetArgs, source: &str, local: &Path, verbose: bool) -> anyhow::Result<()> {
     let (shown, inode, size, _) = eggs_file(client, source).await?;
     let progress = Progress::new(Some(size), args.progress, &shown);
-    let mut out = tokio::fs::File::create(local).await.with_context(|| format!("{}: cannot create", local.display()))?;
+    let mut out =
+        tokio::fs::File::create(local).await.with_context(|| format!("{}: cannot create", local.display()))?;
     let result = read_file(client, inode, &mut out, &|line| notice(verbose, line), &|bytes| progress.set(bytes)).await;
     let report = match result {
         Ok(report) => report,
@@ -379,11 +381,8 @@ pub async fn cp(client: &Client, args: &CpArgs, verbose: bool) -> anyhow::Result
     for source in &sources {
         let path = EggsPath::parse(source)?;
         let Some(name) = path.components().last() else { bail!("cannot copy the root directory; copy its entries") };
-        let destination = if into_dir {
-            EggsPath::parse(&eggs_join(target_path.as_str(), name))?
-        } else {
-            target_path.clone()
-        };
+        let destination =
+            if into_dir { EggsPath::parse(&eggs_join(target_path.as_str(), name))? } else { target_path.clone() };
         let inode = client.resolve_path(&path).await?;
         if inode.inode_type() == Some(InodeType::Directory) {
             if !args.recursive {
@@ -397,7 +396,13 @@ pub async fn cp(client: &Client, args: &CpArgs, verbose: bool) -> anyhow::Result
     Ok(())
 }
 
-async fn cp_tree(client: &Client, args: &CpArgs, source: &str, destination: &EggsPath, verbose: bool) -> anyhow::Result<()> {
+async fn cp_tree(
+    client: &Client,
+    args: &CpArgs,
+    source: &str,
+    destination: &EggsPath,
+    verbose: bool,
+) -> anyhow::Result<()> {
     if normalise(destination).starts_with(&format!("{}/", source.trim_end_matches('/'))) {
         bail!("cannot copy a directory into itself: {source} → {}", normalise(destination));
     }
@@ -453,7 +458,13 @@ impl AsyncRead for CheckedPipe {
     }
 }
 
-async fn cp_file(client: &Client, args: &CpArgs, source: &str, destination: &EggsPath, verbose: bool) -> anyhow::Result<()> {
+async fn cp_file(
+    client: &Client,
+    args: &CpArgs,
+    source: &str,
+    destination: &EggsPath,
+    verbose: bool,
+) -> anyhow::Result<()> {
     let (shown_source, inode, size, _) = eggs_file(client, source).await?;
     let shown = normalise(destination);
     let (parent, name) = client.resolve_parent(destination).await?;
@@ -485,7 +496,10 @@ async fn cp_file(client: &Client, args: &CpArgs, source: &str, destination: &Egg
     let outcome = write?;
     progress.finish();
     if verbose {
-        eprintln!("copied {shown_source} to {shown}: {} bytes in {} spans as {}", outcome.size, outcome.spans, outcome.inode);
+        eprintln!(
+            "copied {shown_source} to {shown}: {} bytes in {} spans as {}",
+            outcome.size, outcome.spans, outcome.inode
+        );
     }
     Ok(())
 }

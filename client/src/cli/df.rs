@@ -80,7 +80,10 @@ pub async fn df(client: &Client, args: &DfArgs) -> anyhow::Result<()> {
     }
     let size = |bytes: u64| size_text(bytes, args.human);
     let percent = if capacity == 0 { 0 } else { (used as u128 * 100).div_ceil(capacity as u128) };
-    output::line(format_args!("{:>14} {:>14} {:>14} {:>5} {:>6} {:>14}", "Size", "Used", "Avail", "Use%", "Disks", "Block services"))?;
+    output::line(format_args!(
+        "{:>14} {:>14} {:>14} {:>5} {:>6} {:>14}",
+        "Size", "Used", "Avail", "Use%", "Disks", "Block services"
+    ))?;
     output::line(format_args!(
         "{:>14} {:>14} {:>14} {:>4}% {:>6} {:>14}",
         size(capacity),

@@ -137,9 +137,7 @@ pub async fn stat_many(client: &Client, inodes: &[InodeId]) -> Vec<Option<Stat>>
         let mut tasks = Vec::with_capacity(chunk.len());
         for &inode in chunk {
             let client = client.clone();
-            tasks.push(tokio::spawn(async move {
-                if inode.is_null() { None } else { client.stat(inode).await.ok() }
-            }));
+            tasks.push(tokio::spawn(async move { if inode.is_null() { None } else { client.stat(inode).await.ok() } }));
         }
         for task in tasks {
             out.push(task.await.ok().flatten());
@@ -193,11 +191,8 @@ fn sort_by_name(entries: &mut [Described]) {
 }
 
 fn print_long(entries: &[Described], human: bool, labels: impl Fn(&Described) -> String) -> anyhow::Result<()> {
-    let width = entries
-        .iter()
-        .map(|entry| entry.size().map_or(1, |size| size_text(size, human).len()))
-        .max()
-        .unwrap_or(1);
+    let width =
+        entries.iter().map(|entry| entry.size().map_or(1, |size| size_text(size, human).len())).max().unwrap_or(1);
     for entry in entries {
         output::line(entry.long_line(human, width, &labels(entry)))?;
     }
@@ -353,7 +348,11 @@ pub async fn tree(client: &Client, args: &TreeArgs) -> anyhow::Result<()> {
         if visit.depth == 0 {
             return output::line(&visit.entry.path);
         }
-        if visit.entry.is_dir() { dirs += 1 } else { files += 1 }
+        if visit.entry.is_dir() {
+            dirs += 1
+        } else {
+            files += 1
+        }
         lasts.truncate(visit.depth - 1);
         let mut prefix: String = lasts.iter().map(|&last| if last { "    " } else { "│   " }).collect();
         prefix.push_str(if visit.last { "└── " } else { "├── " });
@@ -460,7 +459,12 @@ pub async fn du(client: &Client, args: &DuArgs) -> anyhow::Result<()> {
                 parent.files += 1;
             } else {
                 // du of a file: just the file.
-                report.push(Usage { path: entry.path.clone(), bytes: entry.size().unwrap_or(0), files: 1, directories: 0 });
+                report.push(Usage {
+                    path: entry.path.clone(),
+                    bytes: entry.size().unwrap_or(0),
+                    files: 1,
+                    directories: 0,
+                });
             }
             Ok(())
         })

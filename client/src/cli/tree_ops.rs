@@ -93,6 +93,11 @@ pub async fn rmdir(client: &Client, paths: &[String]) -> anyhow::Result<()> {
     for text in paths {
         let path = EggsPath::parse(text)?;
         let (parent, name) = client.resolve_parent(&path).await?;
+        // Resolve first, so a missing or wrong-type path is named.
+        let inode = client.resolve_path(&path).await?;
+        if inode.inode_type() != Some(InodeType::Directory) {
+            return Err(ClientError::NotADirectory { path: normalise(&path) }.into());
+        }
         client.rmdir(parent, name, &normalise(&path)).await?;
     }
     Ok(())
