@@ -39,7 +39,6 @@ use client::udp::{ClientOptions, DatagramClient};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::OnceCell;
 use wire::limits::SHARD_COUNT;
-use wire::shuckle::flags;
 use wire::{BlockServiceId, EggsTime, InodeId, InodeType};
 
 use crate::registry::Status;
@@ -306,7 +305,7 @@ async fn directory_page(client: &Client, path: &EggsPath, dir: InodeId) -> Resul
 }
 
 /// A block service's state as the UI shows it, and its host.
-fn service_state(shuckle: &Shuckle, id: BlockServiceId, shard_flags: u8) -> (String, String) {
+fn service_state(shuckle: &Shuckle, id: BlockServiceId) -> (String, String) {
     let registry = shuckle.registry();
     let now = EggsTime::now();
     match registry.block_services_from(id).next().filter(|record| record.id() == id) {
@@ -319,7 +318,7 @@ fn service_state(shuckle: &Shuckle, id: BlockServiceId, shard_flags: u8) -> (Str
             };
             (state.to_owned(), record.host.clone())
         }
-        None if shard_flags & flags::UNKNOWN != 0 => ("unknown".to_owned(), "?".to_owned()),
+        // Shuckle has never seen it.
         None => ("unknown".to_owned(), "?".to_owned()),
     }
 }
@@ -360,7 +359,7 @@ async fn file_page(
                 for (index, block) in blocks.iter().enumerate() {
                     let (state, host) = states
                         .entry(block.block_service_id)
-                        .or_insert_with(|| service_state(shuckle, block.block_service_id, block.flags))
+                        .or_insert_with(|| service_state(shuckle, block.block_service_id))
                         .clone();
                     let addr = if block.address.is_unknown() {
                         "?".to_owned()

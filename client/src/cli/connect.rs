@@ -44,10 +44,11 @@ pub fn shuckle_address(given: Option<&str>) -> anyhow::Result<(String, SocketAdd
     if !text.contains(':') {
         bail!("shuckle address `{text}` needs a port (HOST:PORT)");
     }
-    let mut resolved =
-        text.to_socket_addrs().map_err(|error| anyhow!("cannot resolve shuckle address `{text}`: {error} ({HINT})"))?;
+    let all: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|error| anyhow!("cannot resolve shuckle address `{text}`: {error} ({HINT})"))?
+        .collect();
     // Prefer IPv4 like the daemons, which listen on IPv4.
-    let all: Vec<SocketAddr> = resolved.by_ref().collect();
     let addr = all
         .iter()
         .find(|addr| addr.is_ipv4())

@@ -273,7 +273,7 @@ async fn eggs_file(client: &Client, text: &str) -> anyhow::Result<(String, Inode
 
 pub async fn cat(client: &Client, args: &CatArgs, verbose: bool) -> anyhow::Result<()> {
     let paths = glob::expand_all(client, &args.paths).await?;
-    let mut out = output::Stdout::new();
+    let mut out = output::Stdout::default();
     for text in &paths {
         let (shown, inode, size, _) = eggs_file(client, text).await?;
         let progress = Progress::new(Some(size), args.progress, &shown);

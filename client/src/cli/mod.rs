@@ -130,7 +130,7 @@ pub fn main(cli: crate::Cli) -> ExitCode {
 }
 
 fn timeout_duration(seconds: f64) -> anyhow::Result<Duration> {
-    if !(seconds > 0.0 && seconds.is_finite()) {
+    if seconds.is_nan() || seconds <= 0.0 || seconds.is_infinite() {
         anyhow::bail!("--timeout must be a positive number of seconds");
     }
     Duration::try_from_secs_f64(seconds).map_err(|_| anyhow::anyhow!("--timeout {seconds} is too large"))

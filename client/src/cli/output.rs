@@ -70,8 +70,8 @@ pub struct Stdout {
     inner: tokio::io::Stdout,
 }
 
-impl Stdout {
-    pub fn new() -> Self {
+impl Default for Stdout {
+    fn default() -> Self {
         Self { inner: tokio::io::stdout() }
     }
 }
