@@ -14,12 +14,12 @@
 //! - [`path`]: absolute path parsing.
 //! - [`capacity`]: the cluster's capacity with each disk counted once
 //!   (`eggs df` and shuckle's UI).
-//! - [`keyfile`]: the cluster key file, created when missing (cdcd uses it too).
+//! - [`keyfile`]: the cluster key file, created when missing: a re-export of
+//!   `daemon::keyfile`, where the loader lives for the daemons.
 pub mod block;
 pub mod capacity;
 pub mod client;
 pub mod error;
-pub mod keyfile;
 pub mod path;
 pub mod plan;
 pub mod read;
@@ -27,4 +27,5 @@ pub mod udp;
 pub mod write;
 
 pub use client::Client;
+pub use daemon::keyfile;
 pub use error::{ClientError, Result};
