@@ -13,9 +13,12 @@
 //! - [`write`] and [`read`]: streaming, pipelined file writes and
 //!   reconstructing file reads.
 //! - [`path`]: absolute path parsing.
+//! - [`capacity`]: the cluster's capacity with each disk counted once
+//!   (`eggs df` and shuckle's UI).
 //! - [`keyfile`]: the cluster key file, created when missing: a re-export of
 //!   `daemon::keyfile`, where the loader lives for the daemons.
 pub mod block;
+pub mod capacity;
 pub mod client;
 pub mod error;
 pub mod path;

@@ -110,6 +110,7 @@ pub fn router(shuckle: Arc<Shuckle>) -> Router {
         .route("/api/shards", get(shards))
         .route("/api/cdc", get(cdc))
         .route("/api/block_services/{id}/{action}", post(status_action))
+        .merge(crate::browse::routes())
         .with_state(shuckle)
 }
 

@@ -14,10 +14,13 @@
 //!   paginated listings, privileged requests MAC'd with the cluster key);
 //! - [`checker`]: the TCP stats checks (at once for new or changed
 //!   registrations, round-robin for all);
-//! - [`http`]: the JSON API and the web UI (`ui/index.html`, embedded).
+//! - [`http`]: the JSON API and the web UI (`ui/index.html`, embedded);
+//! - [`browse`]: the web UI's file browser, eden files and per-disk
+//!   capacity (shuckle acting as a client through the `client` library).
 //!
 //! `main.rs` only parses flags, binds sockets and calls [`serve`].
 
+pub mod browse;
 pub mod checker;
 pub mod http;
 pub mod registry;

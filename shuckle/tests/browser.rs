@@ -173,3 +173,170 @@ async fn browser_drains_a_block_service() {
     println!("screenshot of the shuckle UI: {}", path.display());
     client.close().await.unwrap();
 }
+
+/// A real cluster (`eggs local-cluster` from the same target folder) for
+/// the file browser; SIGTERM'd on drop.
+struct LocalCluster {
+    child: Child,
+    eggs: PathBuf,
+    shuckle_udp: String,
+    shuckle_http: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalCluster {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let eggs = Path::new(env!("CARGO_BIN_EXE_shuckle")).with_file_name("eggs");
+        assert!(eggs.exists(), "{} is missing: cargo build -p client -p blockd -p metad -p cdcd", eggs.display());
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(&eggs)
+            .args(["local-cluster", "--data-dir"])
+            .arg(dir.path())
+            .args(["--shuckle-port", "0", "--shard-port-base", "0", "--cdc-port", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start eggs local-cluster");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let (mut udp, mut http) = (None, None);
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.as_slice() {
+                    ["shuckle", "udp", addr, ..] => udp = Some(addr.to_string()),
+                    ["shuckle", "http", addr, ..] => http = Some(addr.to_string()),
+                    ["ready"] => {
+                        let _ = sender.send((udp.take(), http.take()));
+                        for _ in lines.by_ref() {}
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let (udp, http) = receiver.recv_timeout(Duration::from_secs(240)).expect("local-cluster did not become ready");
+        Self {
+            child,
+            eggs,
+            shuckle_udp: udp.expect("shuckle udp line"),
+            shuckle_http: http.expect("shuckle http line"),
+            _dir: dir,
+        }
+    }
+
+    fn eggs(&self, args: &[&str]) {
+        let output = Command::new(&self.eggs).arg("--shuckle").arg(&self.shuckle_udp).args(args).output().unwrap();
+        assert!(output.status.success(), "eggs {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of our own child.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn file_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// The file browser in a real browser over a real cluster: clicks from
+/// `/browse/` down to a file, sees its spans with every block's service,
+/// host and state, downloads it through the page's link (bytes compared),
+/// and sees the eden files page and the per-disk capacity tile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_browses_files_spans_and_downloads() {
+    let chromium = find(CHROMIUM_CANDIDATES, "chromium");
+    let chromedriver = find(CHROMEDRIVER_CANDIDATES, "chromium-driver");
+    let cluster = tokio::task::block_in_place(LocalCluster::start);
+    let scratch = tempfile::tempdir().unwrap();
+    let data = file_bytes((1 << 20) + 123, 77);
+    let local = scratch.path().join("data.bin");
+    std::fs::write(&local, &data).unwrap();
+    tokio::task::block_in_place(|| {
+        cluster.eggs(&["mkdir", "-p", "/docs/deep"]);
+        cluster.eggs(&["mkdir", "/docs/a <b>&"]);
+        let local = local.to_str().unwrap();
+        cluster.eggs(&["put", local, "/docs/deep/", "--parity", "4+2", "--span-size", "262144"]);
+        cluster.eggs(&["put", local, "/docs/zz.bin"]);
+    });
+
+    let driver = start_chromedriver(&chromedriver);
+    let profile = scratch.path().join("chromium-profile");
+    let client = connect(&driver, &chromium, &profile).await;
+    let base = format!("http://{}", cluster.shuckle_http);
+    client.goto(&format!("{base}/")).await.unwrap();
+    client.find(Locator::Css("#nav-files")).await.unwrap().click().await.unwrap();
+    client.find(Locator::Css("tr[data-name='docs'] td.name a")).await.unwrap().click().await.unwrap();
+    wait_for_text(&client, "#crumbs", |t| t.contains("docs")).await;
+    // Sorted, names escaped (the odd name shows as text, not markup).
+    let names = wait_for_text(&client, "#entries tbody", |t| t.contains("zz.bin")).await;
+    let order: Vec<&str> = names.lines().map(|line| line.split_whitespace().next().unwrap_or("")).collect();
+    assert_eq!(order, ["a", "deep/", "zz.bin"], "{names}");
+    assert!(names.contains("a <b>&/"), "{names}");
+    let row = wait_for_text(&client, "tr[data-name='zz.bin']", |_| true).await;
+    assert!(row.contains("1.0 MiB") && row.contains("FILE"), "size and type: {row}");
+    client.find(Locator::Css("tr[data-name='deep'] td.name a")).await.unwrap().click().await.unwrap();
+    client.find(Locator::Css("tr[data-name='data.bin'] td.name a")).await.unwrap().click().await.unwrap();
+
+    // The span view: 5 spans of ≤ 256 KiB, each with 4+2 blocks.
+    let size = wait_for_text(&client, "#size", |t| t.contains("bytes")).await;
+    assert!(size.starts_with(&data.len().to_string()), "{size}");
+    let spans = client.find_all(Locator::Css("#spans tr.span")).await.unwrap();
+    assert_eq!(spans.len(), 5);
+    let blocks = client.find_all(Locator::Css("#spans tr.block")).await.unwrap();
+    assert_eq!(blocks.len(), 30);
+    for block in &blocks {
+        let state = block.find(Locator::Css("td.state")).await.unwrap().text().await.unwrap();
+        assert_eq!(state.trim(), "ok");
+        let service = block.find(Locator::Css("td.service")).await.unwrap().text().await.unwrap();
+        assert!(service.starts_with("0x"), "{service}");
+        let host = block.find(Locator::Css("td.host")).await.unwrap().text().await.unwrap();
+        assert!(!host.trim().is_empty() && host.trim() != "?", "{host}");
+        let addr = block.find(Locator::Css("td.addr")).await.unwrap().text().await.unwrap();
+        assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    }
+
+    // Download through the page's link; the bytes come back as hex.
+    let href = client.find(Locator::Css("#download")).await.unwrap().attr("href").await.unwrap().unwrap();
+    assert!(href.ends_with("/download/docs/deep/data.bin"), "{href}");
+    let script = "const [url, done] = arguments;\
+        fetch(url).then(r => r.arrayBuffer()).then(b => {\
+          const bytes = new Uint8Array(b); let hex = '';\
+          for (let i = 0; i < bytes.length; i++) hex += bytes[i].toString(16).padStart(2, '0');\
+          done(hex); }).catch(e => done('error: ' + e));";
+    let downloaded = client.execute_async(script, vec![serde_json::json!(href)]).await.unwrap();
+    let hex = downloaded.as_str().unwrap();
+    let expected: String = data.iter().map(|byte| format!("{byte:02x}")).collect();
+    assert!(hex == expected, "downloaded {} hex digits, expected {}", hex.len(), expected.len());
+
+    // Eden files of each shard; capacity counts the one disk once.
+    client.find(Locator::Css("#nav-eden")).await.unwrap().click().await.unwrap();
+    let sections = client.find_all(Locator::Css("section.shard-eden")).await.unwrap();
+    assert_eq!(sections.len(), 2, "one section per shard");
+    client.goto(&format!("{base}/")).await.unwrap();
+    let summary = wait_for_text(&client, "#summary", |t| t.contains("DISKS") || t.contains("Disks")).await;
+    assert!(summary.contains("Disks\n1") || summary.contains("DISKS\n1"), "{summary}");
+
+    let screenshot = client.screenshot().await.unwrap();
+    let path = temp_path("shuckle-browse.png");
+    std::fs::write(&path, &screenshot).unwrap();
+    println!("screenshot of the file browser: {}", path.display());
+    client.close().await.unwrap();
+}
