@@ -22,6 +22,7 @@ use wire::span::Parity;
 use wire::{BlockId, BlockServiceId, EggsTime, InodeId, InodeType, ShardId};
 
 mod local_cluster;
+mod mount;
 
 use local_cluster::ClusterConfig;
 
@@ -148,6 +149,8 @@ enum Command {
     },
     /// Run a whole cluster on this machine as child processes.
     LocalCluster(ClusterConfig),
+    /// Mount the cluster's namespace as a local filesystem (FUSE).
+    Mount(mount::MountArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,6 +206,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let verbose = cli.verbose;
     if let Command::LocalCluster(config) = cli.command {
         return local_cluster::run(config).await;
+    }
+    if let Command::Mount(args) = cli.command {
+        return mount::run(args, cli.shuckle).await;
     }
     let client = Client::connect(cli.shuckle).await?;
     match cli.command {
@@ -290,7 +296,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{id} {addr} storage_class={storage_class} flags={flags:#x}");
             }
         }
-        Command::LocalCluster(_) => unreachable_local_cluster()?,
+        Command::LocalCluster(_) | Command::Mount(_) => unreachable_local_cluster()?,
     }
     Ok(())
 }

@@ -135,6 +135,16 @@ pub async fn read_file<W: AsyncWrite + Unpin>(
     Ok(report)
 }
 
+/// Reads one span of `inode` (as listed by `fetch_spans`): its bytes,
+/// CRC-checked, rebuilt from parity when blocks are missing, and one notice
+/// per block that could not be used. For random access (the FUSE mount),
+/// where the caller picks which spans to read and caches them.
+pub async fn read_one_span(client: &Client, inode: InodeId, span: FileSpan) -> Result<(Vec<u8>, Vec<String>)> {
+    let book = AddressBook { client: client.clone(), addresses: Arc::new(OnceCell::new()) };
+    let read = read_span(book, inode, span).await?;
+    Ok((read.data, read.notices))
+}
+
 /// Reads one span's bytes, rebuilding from parity when needed.
 async fn read_span(book: AddressBook, inode: InodeId, span: FileSpan) -> Result<SpanRead> {
     let span_error = |reason: String| ClientError::Span { inode, offset: span.offset, reason };
