@@ -146,8 +146,28 @@ fn quote(path: &Path) -> String {
 /// The local tree: 200 files in 10 directories, 0 B to 30 MiB (about
 /// 100 MiB), random bytes and runs of zeros, sizes around span edges.
 fn make_tree(root: &Path) -> Vec<(String, usize)> {
-    const SIZES: [usize; 20] =
-        [0, 1, 255, 256, 4095, 4096, 4097, 65_537, 200_000, MIB - 1, MIB, MIB + 1, 3 * MIB + 5, 10, 100, 1000, 7, 0, 12_345, 99_999];
+    const SIZES: [usize; 20] = [
+        0,
+        1,
+        255,
+        256,
+        4095,
+        4096,
+        4097,
+        65_537,
+        200_000,
+        MIB - 1,
+        MIB,
+        MIB + 1,
+        3 * MIB + 5,
+        10,
+        100,
+        1000,
+        7,
+        0,
+        12_345,
+        99_999,
+    ];
     let mut files = Vec::new();
     for index in 0..200 {
         let dir = format!("d{}", index % 10);
@@ -338,7 +358,9 @@ print("unlink-dir", code(lambda: os.unlink({dir:?})))
 
     eprintln!("case: O_TRUNC replaces a file entirely");
     sh(&format!("echo replaced > {}", m("tree/d0/f010.bin")));
-    eventually("the new content", || std::fs::read(mount.path("tree/d0/f010.bin")).ok().as_deref() == Some(b"replaced\n"));
+    eventually("the new content", || {
+        std::fs::read(mount.path("tree/d0/f010.bin")).ok().as_deref() == Some(b"replaced\n")
+    });
     assert_eq!(cluster.ok(&["cat", "/tree/d0/f010.bin"]), b"replaced\n");
 
     eprintln!("case: symlink and readlink");
@@ -438,7 +460,9 @@ fn daemon_read_only_and_fusermount_unmount() {
     let other = scratch.path().join("other");
     std::fs::write(&other, b"from another client").expect("write");
     cluster.ok(&["put", other.to_str().expect("utf-8"), "/dir/other"]);
-    eventually("the other client's file", || std::fs::read(dir.join("dir/other")).is_ok_and(|bytes| bytes == b"from another client"));
+    eventually("the other client's file", || {
+        std::fs::read(dir.join("dir/other")).is_ok_and(|bytes| bytes == b"from another client")
+    });
     sh(&format!("fusermount3 -u {}", quote(&dir)));
     eventually("unmounted", || !is_mounted(&dir));
     drop(guard);

@@ -135,7 +135,10 @@ fn read_through(path: &Path, bytes: usize, crc: u32) -> Result<f64> {
     }
     let elapsed = started.elapsed();
     if total != bytes || sum != crc {
-        return Err(PerfError::Component(format!("{}: {total} bytes read, CRC {sum:#x} (expected {crc:#x})", path.display())));
+        return Err(PerfError::Component(format!(
+            "{}: {total} bytes read, CRC {sum:#x} (expected {crc:#x})",
+            path.display()
+        )));
     }
     Ok(mb_per_second(bytes as u64, elapsed))
 }

@@ -156,9 +156,13 @@ mod tests {
         let mtime = EggsTime::from_unix_ns(1_700_000_000_123_456_789).expect("after the epoch");
         let owner = Owner { uid: 10, gid: 20 };
         let attr = attributes(file, &Stat::File { mtime, size: 1000 }, owner);
-        assert_eq!((attr.size, attr.blocks, attr.kind, attr.perm, attr.uid, attr.gid), (1000, 2, FileType::RegularFile, 0o644, 10, 20));
+        assert_eq!(
+            (attr.size, attr.blocks, attr.kind, attr.perm, attr.uid, attr.gid),
+            (1000, 2, FileType::RegularFile, 0o644, 10, 20)
+        );
         assert_eq!(attr.mtime.duration_since(UNIX_EPOCH).expect("after 1970").as_nanos(), 1_700_000_000_123_456_789);
-        let dir = attributes(InodeId::ROOT, &Stat::Directory { mtime, parent: InodeId::NULL, policy: Vec::new() }, owner);
+        let dir =
+            attributes(InodeId::ROOT, &Stat::Directory { mtime, parent: InodeId::NULL, policy: Vec::new() }, owner);
         assert_eq!((dir.kind, dir.perm, dir.nlink, dir.ino), (FileType::Directory, 0o755, 1, INodeNo::ROOT));
         let link = InodeId::compose(InodeType::Symlink, 0, 5).expect("fits");
         assert_eq!(attributes_of(link, 3, mtime, owner).kind, FileType::Symlink);

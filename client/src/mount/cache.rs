@@ -49,7 +49,8 @@ impl State {
     fn touch(&mut self, key: (InodeId, u64)) -> Arc<OnceCell<SpanResult>> {
         let tick = self.next_tick;
         self.next_tick += 1;
-        let entry = self.entries.entry(key).or_insert_with(|| Entry { cell: Arc::new(OnceCell::new()), tick, bytes: 0 });
+        let entry =
+            self.entries.entry(key).or_insert_with(|| Entry { cell: Arc::new(OnceCell::new()), tick, bytes: 0 });
         self.order.remove(&entry.tick);
         entry.tick = tick;
         self.order.insert(tick, key);
@@ -158,7 +159,12 @@ impl Sequence {
     /// ahead. A read is sequential when it starts in the span the previous
     /// one started in or in the next one (the kernel's own read-ahead sends
     /// a few requests at once, not always in order), or at the start.
-    fn next(&mut self, range: std::ops::Range<usize>, window: usize, span_count: usize) -> Option<std::ops::Range<usize>> {
+    fn next(
+        &mut self,
+        range: std::ops::Range<usize>,
+        window: usize,
+        span_count: usize,
+    ) -> Option<std::ops::Range<usize>> {
         let sequential = match self.last_first {
             None => range.start == 0,
             Some(last) => range.start == last || range.start == last + 1,

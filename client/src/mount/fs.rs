@@ -33,7 +33,7 @@ use zerocopy::byteorder::little_endian::U64;
 use super::MountOptions;
 use super::attrs::{Owner, attributes, attributes_of, eggs_inode, errno_of, fuse_ino, kind_of};
 use super::cache::{ReadHandle, SpanCache};
-use super::writer::{WriteHandle, killed_by_signal};
+use super::writer::{WriteHandle, killed_by_signal, still_open_elsewhere};
 
 /// Stats of a readdirplus page run at once.
 const LISTING_STATS_IN_FLIGHT: usize = 64;
@@ -69,9 +69,12 @@ struct Inner {
     next_handle: AtomicU64,
     /// inode → (parent, name) it was last seen under.
     names: Mutex<HashMap<InodeId, (InodeId, String)>>,
-    /// Files being written, by inode (their attributes come from here).
+    /// Files being written, by the inode the kernel opened (their
+    /// attributes come from here).
     writing: Mutex<HashMap<InodeId, Arc<WriteHandle>>>,
     notifier: Arc<OnceLock<Notifier>>,
+    /// Where the mount is (to recognise a writer's other descriptors).
+    mountpoint: std::path::PathBuf,
 }
 
 /// The filesystem given to fuser.
@@ -101,7 +104,7 @@ fn failed(operation: &str, error: &client::ClientError) -> Errno {
 }
 
 impl EggsFs {
-    pub fn new(client: Client, runtime: Runtime, options: MountOptions) -> Self {
+    pub fn new(client: Client, runtime: Runtime, options: MountOptions, mountpoint: std::path::PathBuf) -> Self {
         // SAFETY: getuid/getgid cannot fail.
         let owner = unsafe { Owner { uid: libc::getuid(), gid: libc::getgid() } };
         let cache = Arc::new(SpanCache::new(client.clone(), options.cache_bytes));
@@ -116,6 +119,7 @@ impl EggsFs {
             names: Mutex::new(HashMap::new()),
             writing: Mutex::new(HashMap::new()),
             notifier: Arc::new(OnceLock::new()),
+            mountpoint,
         }))
     }
 
@@ -184,21 +188,39 @@ impl Inner {
     }
 
     /// Starts writing a new file to be linked as `parent/name`.
-    async fn start_write(&self, parent: InodeId, name: &str) -> Result<Arc<WriteHandle>, Errno> {
+    /// `replacing`: the inode the kernel opened with O_TRUNC, if any.
+    async fn start_write(
+        &self,
+        parent: InodeId,
+        name: &str,
+        replacing: Option<InodeId>,
+    ) -> Result<Arc<WriteHandle>, Errno> {
         let policy = self.policy(parent).await?;
         let eden = self
             .client
             .create_eden_file(parent.shard(), InodeType::File)
             .await
             .map_err(|error| failed("create_eden_file", &error))?;
-        let writer = Arc::new(WriteHandle::start(self.client.clone(), eden, parent, name.to_owned(), policy));
-        lock(&self.writing).insert(eden.inode, writer.clone());
+        let kernel_ino = fuse_ino(replacing.unwrap_or(eden.inode)).0;
+        let writer =
+            Arc::new(WriteHandle::start(self.client.clone(), eden, kernel_ino, parent, name.to_owned(), policy));
+        lock(&self.writing).insert(replacing.unwrap_or(eden.inode), writer.clone());
         Ok(writer)
     }
 
     /// Links a written file: waits for its last span and the link.
     async fn finish_write(&self, writer: &WriteHandle, pid: u32) -> Result<(), Errno> {
         let killed = killed_by_signal(pid);
+        if !killed {
+            let ino = writer.kernel_ino;
+            let mountpoint = self.mountpoint.clone();
+            let elsewhere =
+                tokio::task::spawn_blocking(move || still_open_elsewhere(pid, &mountpoint, ino)).await.unwrap_or(false);
+            if elsewhere {
+                // A duplicate descriptor was closed; the file is not done.
+                return Ok(());
+            }
+        }
         let task = match writer.close(killed) {
             Ok(Some(task)) => task,
             Ok(None) => {
@@ -220,7 +242,7 @@ impl Inner {
             }
         };
         writer.finished(result.err());
-        lock(&self.writing).remove(&writer.eden.inode);
+        lock(&self.writing).remove(&eggs_inode(INodeNo(writer.kernel_ino)));
         if result.is_ok() {
             self.remember(writer.eden.inode, writer.parent, &writer.name);
             // A file linked over an older one is a new inode: drop the
@@ -235,7 +257,7 @@ impl Inner {
     /// Forgets an abandoned file, and the kernel's entry for its name (it
     /// was never linked, so the name is what it was before).
     fn abandoned(&self, writer: &WriteHandle) {
-        lock(&self.writing).remove(&writer.eden.inode);
+        lock(&self.writing).remove(&eggs_inode(INodeNo(writer.kernel_ino)));
         if let Some(notifier) = self.notifier.get() {
             let _ = notifier.inval_entry(fuse_ino(writer.parent), OsStr::new(&writer.name));
         }
@@ -258,9 +280,9 @@ impl Inner {
                 tracing::error!(dir = %listing.dir, "ls_dir: unexpected response");
                 return Err(Errno::EIO);
             };
-            listing
-                .entries
-                .extend(page.entries.iter().map(|entry| (entry.name.as_str().to_owned(), entry.inode.without_owning())));
+            listing.entries.extend(
+                page.entries.iter().map(|entry| (entry.name.as_str().to_owned(), entry.inode.without_owning())),
+            );
             let next = page.next_hash.get();
             listing.next_hash = (page.more != 0 && next > start_hash).then_some(next);
         }
@@ -343,6 +365,16 @@ impl Filesystem for EggsFs {
             };
             if inner.options.read_only {
                 return reply.error(Errno::EROFS);
+            }
+            if lock(&inner.writing).contains_key(&inode) && size.is_none_or(|size| size == attr.size) {
+                // A file being written has no mode or owner of its own yet;
+                // mkstemp (rsync's temporary files) fchmods it to 0600 at
+                // once. Answered, and not kept: linked files are 0644.
+                let mut attr = attr;
+                if let Some(mode) = mode {
+                    attr.perm = (mode & 0o7777) as u16;
+                }
+                return reply.attr(&inner.attr_ttl(), &attr);
             }
             if mode.is_some_and(|mode| (mode & 0o7777) as u16 != attr.perm) {
                 return reply.error(Errno::EPERM);
@@ -489,8 +521,11 @@ impl Filesystem for EggsFs {
                         .await
                         .map_err(|error| failed("symlink", &error))?;
                 }
-                let mtime =
-                    inner.client.link_eden_file(eden, parent, &name).await.map_err(|error| failed("symlink", &error))?;
+                let mtime = inner
+                    .client
+                    .link_eden_file(eden, parent, &name)
+                    .await
+                    .map_err(|error| failed("symlink", &error))?;
                 inner.remember(eden.inode, parent, &name);
                 Ok::<_, Errno>(attributes_of(eden.inode, size, mtime, inner.owner))
             }
@@ -598,7 +633,7 @@ impl Filesystem for EggsFs {
                     tracing::warn!(%inode, "open(O_TRUNC) of a file whose name the mount does not know");
                     return reply.error(Errno::EPERM);
                 };
-                return match inner.start_write(parent, &name).await {
+                return match inner.start_write(parent, &name, Some(inode)).await {
                     Ok(writer) => {
                         let handle = inner.add_handle(Handle::Write(writer));
                         reply.opened(handle, FopenFlags::FOPEN_DIRECT_IO)
@@ -717,16 +752,16 @@ impl Filesystem for EggsFs {
             let dir = eggs_inode(ino);
             let parent = match inner.client.stat(dir).await {
                 Ok(Stat::Directory { parent, .. }) => {
-                    if parent.is_null() { dir } else { parent.without_owning() }
+                    if parent.is_null() {
+                        dir
+                    } else {
+                        parent.without_owning()
+                    }
                 }
                 Ok(Stat::File { .. }) => return reply.error(Errno::ENOTDIR),
                 Err(error) => return reply.error(failed("opendir", &error)),
             };
-            let listing = Listing {
-                dir,
-                entries: vec![(".".into(), dir), ("..".into(), parent)],
-                next_hash: Some(0),
-            };
+            let listing = Listing { dir, entries: vec![(".".into(), dir), ("..".into(), parent)], next_hash: Some(0) };
             let handle = inner.add_handle(Handle::Directory(Arc::new(tokio::sync::Mutex::new(listing))));
             reply.opened(handle, FopenFlags::empty());
         });
@@ -897,7 +932,7 @@ impl Filesystem for EggsFs {
                 Ok(_) | Err(Errno::ENOENT) => {}
                 Err(errno) => return reply.error(errno),
             }
-            match inner.start_write(parent, &name).await {
+            match inner.start_write(parent, &name, None).await {
                 Ok(writer) => {
                     let attr = attributes_of(writer.eden.inode, 0, EggsTime::now(), inner.owner);
                     let handle = inner.add_handle(Handle::Write(writer));

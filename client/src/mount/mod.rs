@@ -134,7 +134,8 @@ pub async fn run(args: MountArgs, shuckle: SocketAddr) -> anyhow::Result<()> {
     let client = Client::connect(shuckle).await?;
     // Fail now, not at the first `ls`, when the cluster is not there.
     client.stat(wire::InodeId::ROOT).await.context("the cluster does not answer")?;
-    let filesystem = fs::EggsFs::new(client, tokio::runtime::Handle::current(), options.clone());
+    let absolute = mountpoint.canonicalize().with_context(|| format!("{}", mountpoint.display()))?;
+    let filesystem = fs::EggsFs::new(client, tokio::runtime::Handle::current(), options.clone(), absolute);
     let notifier_slot = filesystem.notifier_slot();
     let mut config = Config::default();
     config.mount_options = vec![
@@ -269,7 +270,9 @@ mod tests {
 
     #[test]
     fn bad_options_are_one_line_errors() {
-        for words in [&["/mnt", "-o", "attr_timeout=x"][..], &["/mnt", "-o", "bogus"], &["/mnt", "-o", "attr_timeout=-1"]] {
+        for words in
+            [&["/mnt", "-o", "attr_timeout=x"][..], &["/mnt", "-o", "bogus"], &["/mnt", "-o", "attr_timeout=-1"]]
+        {
             let error = parse(words).expect_err("refused").to_string();
             assert!(!error.contains('\n') && error.starts_with("-o "), "{error}");
         }

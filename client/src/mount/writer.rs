@@ -77,7 +77,10 @@ impl AsyncRead for ChunkStream {
 
 /// The state of a file being written.
 enum State {
-    Open { chunks: mpsc::UnboundedSender<Chunk>, task: JoinHandle<client::Result<u64>> },
+    Open {
+        chunks: mpsc::UnboundedSender<Chunk>,
+        task: JoinHandle<client::Result<u64>>,
+    },
     /// Linked (or failed, with the errno every later call gets).
     Closed(Option<Errno>),
 }
@@ -85,6 +88,9 @@ enum State {
 /// A file being written through the mount.
 pub struct WriteHandle {
     pub eden: EdenFile,
+    /// The inode number the kernel opened: the eden file's for a create,
+    /// the replaced file's for an `open(O_TRUNC)`.
+    pub kernel_ino: u64,
     pub parent: InodeId,
     pub name: String,
     state: Mutex<(u64, State)>,
@@ -92,7 +98,14 @@ pub struct WriteHandle {
 
 impl WriteHandle {
     /// Starts writing `eden` to be linked as `parent/name` with `policy`.
-    pub fn start(client: Client, eden: EdenFile, parent: InodeId, name: String, policy: WritePolicy) -> Self {
+    pub fn start(
+        client: Client,
+        eden: EdenFile,
+        kernel_ino: u64,
+        parent: InodeId,
+        name: String,
+        policy: WritePolicy,
+    ) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
         let stream = ChunkStream { chunks: receiver, current: Vec::new(), position: 0 };
         let link_name = name.clone();
@@ -116,7 +129,7 @@ impl WriteHandle {
             producer.abort();
             result
         });
-        Self { eden, parent, name, state: Mutex::new((0, State::Open { chunks: sender, task })) }
+        Self { eden, kernel_ino, parent, name, state: Mutex::new((0, State::Open { chunks: sender, task })) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (u64, State)> {
@@ -197,6 +210,23 @@ impl WriteHandle {
 pub fn killed_by_signal(pid: u32) -> bool {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
     exiting_with_signal(&text)
+}
+
+/// True when process `pid` still has another descriptor open on the file
+/// whose FUSE inode number is `ino` under `mountpoint`. A close is not the
+/// end of a file when the program keeps a duplicate: a shell's `echo x >
+/// file` opens the file, moves it to descriptor 1 with dup2 and closes the
+/// original before `echo` writes anything. (The descriptor being closed is
+/// already gone from `/proc/PID/fd` when the flush arrives.)
+pub fn still_open_elsewhere(pid: u32, mountpoint: &std::path::Path, ino: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    entries.flatten().any(|entry| {
+        // Only descriptors on this mount are looked at (no stat of pipes,
+        // sockets or other filesystems).
+        let on_mount = std::fs::read_link(entry.path()).is_ok_and(|target| target.starts_with(mountpoint));
+        on_mount && std::fs::metadata(entry.path()).is_ok_and(|metadata| metadata.ino() == ino)
+    })
 }
 
 /// `PF_EXITING` in `include/linux/sched.h`.
