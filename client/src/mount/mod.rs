@@ -192,8 +192,8 @@ fn daemonise(args: &MountArgs, shuckle: SocketAddr) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the eggs binary")?;
     let mut command = Command::new(exe);
     // The same command line (its flags come last, after `mount`), plus
-    // the daemon flag; shuckle is passed resolved.
-    command.arg("--shuckle").arg(shuckle.to_string()).args(std::env::args_os().skip(1));
+    // the daemon flag; shuckle's address as this process resolved it.
+    command.env(client::client::SHUCKLE_ENV, shuckle.to_string()).args(std::env::args_os().skip(1));
     command.arg(DAEMON_FLAG).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     // SAFETY: setsid is async-signal-safe; it detaches the child from our
     // terminal and session so that closing the terminal does not stop it.
