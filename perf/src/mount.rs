@@ -158,36 +158,27 @@ fn timed(program: &str, args: &[&str], envs: &[(&str, String)]) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Everything measured, or why not.
+/// Everything measured: (mount, CLI) pairs.
 struct Figures {
-    cat: Result<(f64, f64)>,
-    put: Result<(f64, f64)>,
-    ls: Result<(f64, f64, bool)>,
-    stat_micros: Result<f64>,
+    cat: (f64, f64),
+    put: (f64, f64),
+    /// With whether the CLI listing was `ls -l`.
+    ls: (f64, f64, bool),
+    stat_micros: f64,
 }
 
 /// Measures the mount and pushes its rows to `report`.
 pub fn figures(file_bytes: usize, folder: &Path, runtime: &Runtime, report: &mut Report) {
     let size = format!("{} MiB", file_bytes >> 20);
     let figures = match fuse_missing() {
-        Some(reason) => Err(PerfError::Component(reason)),
-        None => measure(file_bytes, folder, runtime),
+        Some(reason) => Err(reason),
+        None => measure(file_bytes, folder, runtime).map_err(|error| error.to_string()),
     };
-    let (cat, put, ls, stat) = match figures {
-        Ok(figures) => (figures.cat, figures.put, figures.ls, figures.stat_micros),
-        Err(error) => {
-            let text = error.to_string();
-            let fail = |_| Err(PerfError::Component(text.clone()));
-            (fail(()), fail(()), fail(()), fail(()))
-        }
+    let pick = |choose: fn(&Figures) -> (f64, f64)| match &figures {
+        Ok(figures) => (Ok(choose(figures).0), Ok(choose(figures).1)),
+        Err(error) => (Err(error.clone()), Err(error.clone())),
     };
-    let split = |pair: &Result<(f64, f64)>| -> (std::result::Result<f64, String>, std::result::Result<f64, String>) {
-        match pair {
-            Ok((mounted, cli)) => (Ok(*mounted), Ok(*cli)),
-            Err(error) => (Err(error.to_string()), Err(error.to_string())),
-        }
-    };
-    let (cat_mounted, cat_cli) = split(&cat);
+    let (cat_mounted, cat_cli) = pick(|figures| figures.cat);
     report.push(Row::against(
         format!("cat MOUNT/file > /dev/null, {size}, RS 4+2 (limit: eggs cat, same run, medians of {ROUNDS})"),
         "MB/s",
@@ -195,7 +186,7 @@ pub fn figures(file_bytes: usize, folder: &Path, runtime: &Runtime, report: &mut
         Some(cat_cli),
         Target::RatioAtLeast(0.7),
     ));
-    let (put_mounted, put_cli) = split(&put);
+    let (put_mounted, put_cli) = pick(|figures| figures.put);
     report.push(Row::against(
         format!("cp local MOUNT/, {size}, RS 4+2 (limit: eggs put, same run, medians of {ROUNDS})"),
         "MB/s",
@@ -203,11 +194,8 @@ pub fn figures(file_bytes: usize, folder: &Path, runtime: &Runtime, report: &mut
         Some(put_cli),
         Target::RatioAtLeast(0.7),
     ));
-    let (ls_mounted, ls_cli) = match &ls {
-        Ok((mounted, cli, _)) => (Ok(*mounted), Ok(*cli)),
-        Err(error) => (Err(error.to_string()), Err(error.to_string())),
-    };
-    let long = matches!(ls, Ok((_, _, true)));
+    let (ls_mounted, ls_cli) = pick(|figures| (figures.ls.0, figures.ls.1));
+    let long = figures.as_ref().is_ok_and(|figures| figures.ls.2);
     report.push(Row::against(
         format!(
             "ls -l MOUNT/dir, {LISTED_FILES} files (limit: eggs ls{}, same run; ≥ 50% is ≤ 2× its time)",
@@ -221,7 +209,7 @@ pub fn figures(file_bytes: usize, folder: &Path, runtime: &Runtime, report: &mut
     report.push(Row::against(
         "stat through the mount, warm attribute cache",
         "µs",
-        stat.map_err(|error| error.to_string()),
+        figures.as_ref().map(|figures| figures.stat_micros).map_err(Clone::clone),
         None,
         Target::None,
     ));
@@ -344,5 +332,5 @@ fn measure(file_bytes: usize, folder: &Path, runtime: &Runtime) -> Result<Figure
     let stat_micros = started.elapsed().as_secs_f64() * 1e6 / f64::from(STATS);
     drop(mounted);
     drop(cluster);
-    Ok(Figures { cat: Ok(cat), put: Ok(put), ls: Ok(ls), stat_micros: Ok(stat_micros) })
+    Ok(Figures { cat, put, ls, stat_micros })
 }
