@@ -86,9 +86,8 @@ impl Drop for Mount {
         if self.process.is_some() {
             let _ = Command::new("fusermount3").arg("-uz").arg(&self.dir).status();
             if let Some(mut process) = self.process.take() {
-                if !wait_exit(&mut process) {
-                    let _ = process.kill();
-                }
+                // Killed there if it does not exit.
+                wait_exit(&mut process);
             }
         }
     }
