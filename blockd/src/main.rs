@@ -1,7 +1,7 @@
 //! `blockd <DIR> --storage-class N`: the block service daemon. Flags,
-//! wiring and I/O only; the logic lives in the `blockd` library.
+//! wiring and I/O only; the logic lives in the `blockd` library, the
+//! plumbing shared with the other daemons in the `daemon` crate.
 
-use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -16,16 +16,25 @@ use blockd::registration::{announce_forever, machine_host_name, registration_byt
 use blockd::server::{self, Shared};
 use blockd::store::{self, Layout, StoreError};
 use clap::Parser;
+use daemon::announce::{self, Proto};
+use daemon::bind::{Transport, reuse_port};
+use daemon::folder::{self, FolderLock};
+use daemon::signals::StopSignals;
+use daemon::{Failure, OrUsage};
 use glommio::{LocalExecutorBuilder, Placement};
-use socket2::{Domain, Protocol, Socket, Type};
 use wire::mac::{MacKey, block_service_id};
 use wire::span::STORAGE_CLASS_BLOCKS_MIN;
 
-/// Listen backlog of each executor's socket.
-const LISTEN_BACKLOG: i32 = 1024;
-
 #[derive(Parser, Debug)]
-#[command(name = "blockd", about = "eggsfs block service: stores blocks on one disk")]
+#[command(
+    name = "blockd",
+    about = "eggsfs block service: stores blocks on one disk",
+    after_help = "Needs from the OS: a locked-memory limit of at least 8 MiB per executor (glommio registers \
+                  its I/O buffers with io_uring: `ulimit -l`, or LimitMEMLOCK=infinity in systemd); a kernel \
+                  with io_uring (5.8 or later); the TCP port of --listen, reachable from clients; UDP to \
+                  shuckle. Exit codes: 0 stopped by SIGTERM/SIGINT, 1 runtime failure, 2 bad usage or \
+                  configuration (incl. a port in use or a folder locked by another blockd)."
+)]
 struct Args {
     /// Folder of this block service (one per disk); created if missing.
     dir: PathBuf,
@@ -53,72 +62,53 @@ struct Args {
     stall_timeout_seconds: u64,
 }
 
-/// A failure that is the operator's to fix (exit 2) rather than a runtime one (exit 1).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct UsageError(String);
-
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let signals = StopSignals::block();
+    daemon::log::init(daemon::log::Tag { process: "blockd", shard: None });
     let args = Args::parse();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("blockd: {error:#}");
-            if error.downcast_ref::<UsageError>().is_some() { ExitCode::from(2) } else { ExitCode::from(1) }
-        }
-    }
+    let outcome = signals.map_err(Failure::from).and_then(|signals| run(args, signals));
+    daemon::exit_with("blockd", outcome)
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     if args.storage_class < STORAGE_CLASS_BLOCKS_MIN {
-        return Err(UsageError(format!(
+        return Err(Failure::usage(anyhow!(
             "storage class {} is not for blocks (0 is inline, 1 is zero-fill); use {STORAGE_CLASS_BLOCKS_MIN}..=255",
             args.storage_class
-        ))
-        .into());
+        )));
     }
-    let signals = block_stop_signals()?;
     let cpus = allowed_cpus()?;
     let cores = args.cores.unwrap_or(cpus.len());
     if cores == 0 || cores > cpus.len() {
-        return Err(UsageError(format!("--cores {cores}: this process may use 1..={} cores", cpus.len())).into());
+        return Err(Failure::usage(anyhow!("--cores {cores}: this process may use 1..={} cores", cpus.len())));
+    }
+    if args.stall_timeout_seconds == 0 {
+        return Err(Failure::usage(anyhow!("--stall-timeout-seconds must be at least 1")));
     }
     let shuckle = args
         .shuckle
         .to_socket_addrs()
         .ok()
         .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| UsageError(format!("--shuckle {}: not an address", args.shuckle)))?;
+        .ok_or_else(|| Failure::usage(anyhow!("--shuckle {}: not an address", args.shuckle)))?;
 
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
-    let layout = Layout::new(&args.dir);
+    let dir = folder::prepare(&args.dir).or_usage()?;
+    let _lock = FolderLock::acquire(&dir, "blockd").or_usage()?;
+    let layout = Layout::new(&dir);
     let key = match store::open_key(&layout) {
         Ok(holder) => holder,
-        Err(e @ (StoreError::Locked { .. } | StoreError::BadKeyLength { .. })) => {
-            return Err(UsageError(e.to_string()).into());
-        }
-        Err(e) => return Err(e.into()),
+        Err(e @ (StoreError::Locked { .. } | StoreError::BadKeyLength { .. })) => return Err(Failure::usage(e)),
+        Err(e) => return Err(anyhow::Error::from(e).into()),
     };
-    let usage = store::prepare(&layout)?;
+    let usage = store::prepare(&layout).map_err(anyhow::Error::from)?;
     tracing::info!(
-        dir = %args.dir.display(),
+        dir = %dir.display(),
         block_service_id = %block_service_id(&key.key),
         used_blocks = usage.used_blocks,
         used_bytes = usage.used_bytes,
         "block service folder ready"
     );
     let counters = Arc::new(Counters::new(usage));
-    if args.stall_timeout_seconds == 0 {
-        return Err(UsageError("--stall-timeout-seconds must be at least 1".into()).into());
-    }
     let shared = Arc::new(Shared {
         layout,
         key: MacKey::new(&key.key),
@@ -126,13 +116,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         stall_timeout: std::time::Duration::from_secs(args.stall_timeout_seconds),
     });
 
-    let (listeners, bound) = bind_listeners(args.listen, cores)?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening tcp {bound}")?;
+    let (sockets, bound) = reuse_port(Transport::Tcp, args.listen, cores).or_usage()?;
+    let listeners: Vec<OwnedFd> = sockets.into_iter().map(OwnedFd::from).collect();
+    announce::listening(Proto::Tcp, bound)?;
     tracing::info!(%bound, cores, "listening");
     if let Some(address) = args.metrics {
-        let listener = TcpListener::bind(address).map_err(|e| UsageError(format!("--metrics {address}: {e}")))?;
-        writeln!(stdout, "listening http {}", listener.local_addr()?)?;
+        let listener = TcpListener::bind(address).with_context(|| format!("--metrics {address}")).or_usage()?;
+        announce::listening(Proto::Http, listener.local_addr()?)?;
         let counters = counters.clone();
         std::thread::Builder::new()
             .name("blockd-metrics".into())
@@ -158,12 +148,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         .name("blockd-register".into())
         .spawn(move || announce_forever(source, shuckle, datagram))?;
 
-    writeln!(stdout, "ready")?;
-    stdout.flush()?;
-    drop(stdout);
-
-    let signal = wait_for_signal(&signals)?;
-    tracing::info!(signal, "stopping");
+    announce::ready()?;
+    signals.wait()?;
+    // Closing the stop sockets ends each executor after its request in flight.
     drop(stops);
     for executor in executors {
         match executor.join() {
@@ -177,35 +164,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds one SO_REUSEPORT listener per executor on the same address (the
-/// first one picks the port when it is 0).
-fn bind_listeners(listen: SocketAddr, count: usize) -> anyhow::Result<(Vec<OwnedFd>, SocketAddr)> {
-    if listen.port() != 0 {
-        // SO_REUSEPORT would let us share a port that another daemon of the
-        // same user listens on (connections then split between two disks):
-        // first make sure nobody listens there.
-        let probe = Socket::new(Domain::for_address(listen), Type::STREAM, Some(Protocol::TCP))?;
-        probe.set_reuse_address(true)?;
-        probe.bind(&listen.into()).map_err(|e| UsageError(format!("--listen {listen}: {e}")))?;
-    }
-    let mut listeners = Vec::with_capacity(count);
-    let mut address = listen;
-    for _ in 0..count {
-        let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_port(true)?;
-        socket.set_reuse_address(true)?;
-        socket.bind(&address.into()).map_err(|e| UsageError(format!("--listen {listen}: {e}")))?;
-        socket.listen(LISTEN_BACKLOG)?;
-        address = socket.local_addr()?.as_socket().ok_or_else(|| anyhow!("listener has no IP address"))?;
-        listeners.push(OwnedFd::from(socket));
-    }
-    Ok((listeners, address))
-}
-
 type Executors = Vec<glommio::ExecutorJoinHandle<std::io::Result<()>>>;
 
-/// Starts one pinned executor per listener; returns once all accept, with
-/// the socket ends whose closing stops them.
+/// Starts one executor per listener; returns once all accept, with the
+/// socket ends whose closing stops them.
 fn start_executors(
     shared: &Arc<Shared>,
     listeners: Vec<OwnedFd>,
@@ -265,31 +227,4 @@ fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
         bail!("no CPU available");
     }
     Ok(cpus)
-}
-
-/// Blocks SIGTERM and SIGINT in this thread and every thread started after,
-/// so that only `sigwait` takes them.
-fn block_stop_signals() -> anyhow::Result<libc::sigset_t> {
-    // SAFETY: sigset_t manipulation on a local value, then the thread mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        let result = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if result != 0 {
-            return Err(std::io::Error::from_raw_os_error(result)).context("blocking signals");
-        }
-        Ok(set)
-    }
-}
-
-fn wait_for_signal(set: &libc::sigset_t) -> anyhow::Result<i32> {
-    let mut signal = 0;
-    // SAFETY: `set` is a valid signal set and `signal` a valid out-parameter.
-    let result = unsafe { libc::sigwait(set, &mut signal) };
-    if result != 0 {
-        return Err(std::io::Error::from_raw_os_error(result)).context("waiting for a signal");
-    }
-    Ok(signal)
 }

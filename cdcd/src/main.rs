@@ -2,20 +2,22 @@
 //! I/O only; the logic is in the library.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use cdcd::coordinator::{Coordinator, RetryPolicy};
 use cdcd::store::TxnStore;
 use cdcd::udp::{AddressBook, UdpShards, register_with_shuckle, registered_shards};
 use clap::Parser;
 use client::udp::{ClientOptions, DatagramClient};
+use daemon::announce::{self, Proto};
+use daemon::folder::{self, FolderLock};
+use daemon::signals::StopSignals;
+use daemon::{Failure, OrUsage};
 use tokio::net::UdpSocket;
 use wire::limits::{CDC_PORT_DEFAULT, SHUCKLE_ANNOUNCE_PERIOD_NS, SHUCKLE_PORT_DEFAULT};
 use wire::{MacKey, ShardId};
@@ -23,7 +25,15 @@ use wire::{MacKey, ShardId};
 /// The cross-directory coordinator of eggsfs: mkdir, rmdir and moves as
 /// durable transactions over the shards.
 #[derive(Parser, Debug)]
-#[command(name = "cdcd", version)]
+#[command(
+    name = "cdcd",
+    version,
+    after_help = "Needs from the OS: the UDP port of --listen, reachable from clients; UDP to the shards and \
+                  shuckle; the cluster key file readable only by this user; a folder on a disk that honours \
+                  fsync (transactions are persisted before every step). Exit codes: 0 stopped by \
+                  SIGTERM/SIGINT, 1 runtime failure, 2 bad usage or configuration (incl. a port in use or a \
+                  folder locked by another cdcd)."
+)]
 struct Args {
     /// Data directory (transaction state goes to DIR/cdc).
     dir: PathBuf,
@@ -54,89 +64,43 @@ fn parse_shard_addr(text: &str) -> Result<(ShardId, SocketAddr), String> {
 }
 
 fn main() -> ExitCode {
+    let signals = StopSignals::block();
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person watching a terminal, not in log files.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cdcd: cannot start the runtime: {error}");
-            return ExitCode::from(1);
-        }
+    daemon::log::init(daemon::log::Tag { process: "cdcd", shard: None });
+    let outcome = signals.map_err(Failure::from).and_then(|signals| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("cannot start the runtime")?;
+        runtime.block_on(run(args, signals))
+    });
+    daemon::exit_with("cdcd", outcome)
+}
+
+async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
+    let dir = folder::prepare(&args.dir).or_usage()?;
+    // Exactly one CDC per folder: its transactions must run once.
+    let state_dir = folder::prepare(&dir.join("cdc")).or_usage()?;
+    let _lock = FolderLock::acquire(&state_dir, "cdcd").or_usage()?;
+    let key_path = match &args.key_file {
+        Some(path) => folder::absolute(path).or_usage()?,
+        None => dir.join("cluster.key"),
     };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Config(error)) => {
-            eprintln!("cdcd: {error:#}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Runtime(error)) => {
-            eprintln!("cdcd: {error:#}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// Exit codes (ARCHITECTURE.md): 2 bad configuration, 1 runtime failure.
-enum Failure {
-    Config(anyhow::Error),
-    Runtime(anyhow::Error),
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(error: anyhow::Error) -> Self {
-        Failure::Runtime(error)
-    }
-}
-
-impl From<std::io::Error> for Failure {
-    fn from(error: std::io::Error) -> Self {
-        Failure::Runtime(error.into())
-    }
-}
-
-/// Takes an exclusive lock on `DIR/cdc/lock` for the life of the process:
-/// exactly one CDC runs per directory.
-fn lock_directory(state_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    let path = state_dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("open {}", path.display()))?;
-    // SAFETY: flock on a file descriptor we own.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if locked != 0 {
-        bail!("{} is locked: another cdcd runs on this directory", path.display());
-    }
-    Ok(file)
-}
-
-async fn run(args: Args) -> Result<(), Failure> {
-    let state_dir = args.dir.join("cdc");
-    std::fs::create_dir_all(&state_dir).with_context(|| format!("create {}", state_dir.display()))?;
-    let _lock = lock_directory(&state_dir)?;
-    let key_path = args.key_file.clone().unwrap_or_else(|| args.dir.join("cluster.key"));
-    let key = MacKey::new(&client::keyfile::load_or_create(&key_path).map_err(|e| Failure::Config(e.into()))?);
+    let key = MacKey::new(&daemon::keyfile::load_or_create(&key_path).or_usage()?);
     let shuckle = args
         .shuckle
         .to_socket_addrs()
         .ok()
         .and_then(|mut addresses| addresses.next())
-        .ok_or_else(|| Failure::Config(anyhow!("cannot resolve shuckle address {:?}", args.shuckle)))?;
+        .ok_or_else(|| Failure::usage(anyhow!("cannot resolve shuckle address {:?}", args.shuckle)))?;
     let store = Arc::new(TxnStore::open(&state_dir, true).context("open the transaction store")?);
 
-    let socket = Arc::new(UdpSocket::bind(args.listen).await.with_context(|| format!("bind {}", args.listen))?);
+    let socket =
+        UdpSocket::bind(args.listen).await.with_context(|| format!("cannot bind udp {}", args.listen)).or_usage()?;
+    let socket = Arc::new(socket);
     let listen = socket.local_addr()?;
-    println!("listening udp {listen}");
+    announce::listening(Proto::Udp, listen)?;
 
     let overrides: HashMap<ShardId, SocketAddr> = args.shard_addr.iter().copied().collect();
     let addresses = Arc::new(AddressBook::new(overrides.clone()));
@@ -167,13 +131,11 @@ async fn run(args: Args) -> Result<(), Failure> {
     let coordinator = Arc::new(Coordinator::new(shards, store, new_dir_shards, RetryPolicy::default()));
 
     tokio::spawn(announce(requester, shuckle, listen, addresses));
-    println!("ready");
+    announce::ready()?;
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         result = cdcd::server::serve(socket, coordinator) => result.context("serving")?,
-        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        () = signals.stopped() => {}
     }
     // Any transaction in progress is persisted and resumes at the next start.
     Ok(())

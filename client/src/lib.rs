@@ -12,11 +12,11 @@
 //! - [`write`] and [`read`]: streaming, pipelined file writes and
 //!   reconstructing file reads.
 //! - [`path`]: absolute path parsing.
-//! - [`keyfile`]: the cluster key file, created when missing (cdcd uses it too).
+//! - [`keyfile`]: the cluster key file, created when missing: a re-export of
+//!   `daemon::keyfile`, where the loader lives for the daemons.
 pub mod block;
 pub mod client;
 pub mod error;
-pub mod keyfile;
 pub mod path;
 pub mod plan;
 pub mod read;
@@ -24,4 +24,5 @@ pub mod udp;
 pub mod write;
 
 pub use client::Client;
+pub use daemon::keyfile;
 pub use error::{ClientError, Result};

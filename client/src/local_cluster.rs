@@ -93,7 +93,7 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Creates the cluster key (O_EXCL, 0600) if missing; checks an existing one.
+/// Creates the cluster key (staged and hard-linked, 0600) if missing; checks an existing one.
 pub fn ensure_key_file(path: &Path) -> anyhow::Result<()> {
     client::keyfile::load_or_create(path)?;
     Ok(())
@@ -170,7 +170,11 @@ pub fn default_policy(block_services: usize, storage_class: u8) -> Option<Policy
 }
 
 /// Runs the cluster until SIGINT/SIGTERM.
-pub async fn run(config: ClusterConfig) -> anyhow::Result<()> {
+pub async fn run(mut config: ClusterConfig) -> anyhow::Result<()> {
+    // The children get absolute folders: glommio cannot open relative
+    // directory paths on some kernels (the daemons also make their own
+    // folders absolute), and the README's command uses `./eggsfs-data`.
+    config.data_dir = daemon::folder::absolute(&config.data_dir)?;
     if config.shards < 2 || config.shards > SHARD_COUNT {
         bail!("--shards must be between 2 and {SHARD_COUNT} (the root directory lives on shard 1)");
     }

@@ -18,7 +18,8 @@
 //! - [`shuckle_client`]: the small UDP request/retry code that fetches block
 //!   services (with wrapped keys) and registers the shard.
 //!
-//! The cluster key file is loaded with `client::keyfile`.
+//! The daemon's plumbing (folder lock, key file, logs, exit codes, signals,
+//! the SO_REUSEPORT bind) is the shared `daemon` crate's.
 //!
 //! Garbage collection of eden files past their deadline is driven from
 //! outside through expunge requests; the shard runs no collector itself.

@@ -1,16 +1,32 @@
-//! `metad <SHARD> <DIR>`: runs one metadata shard. See the library docs.
+//! `metad <SHARD> <DIR>`: runs one metadata shard. Flags and wiring only;
+//! the logic is in the library, the plumbing in the `daemon` crate.
 
-use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use clap::Parser;
+use daemon::folder::{self, FolderLock};
+use daemon::signals::StopSignals;
+use daemon::{Failure, OrUsage};
 use wire::limits::{SHARD_PORT_BASE, SHUCKLE_PORT_DEFAULT};
 
 #[derive(Parser)]
-#[command(about = "eggsfs metadata shard")]
+#[command(
+    about = "eggsfs metadata shard",
+    after_help = "Needs from the OS: a locked-memory limit of at least 1 MiB per executor (glommio registers \
+                  I/O memory with io_uring: `ulimit -l`, or LimitMEMLOCK=infinity in systemd); a kernel with \
+                  io_uring (5.8 or later); the UDP port of --listen, reachable from clients and the CDC; UDP to \
+                  shuckle; the cluster key file readable only by this user. Exit codes: 0 stopped by \
+                  SIGTERM/SIGINT, 1 runtime failure, 2 bad usage or configuration (incl. a port in use or a \
+                  folder locked by another metad)."
+)]
 struct Args {
     /// Shard number, 0..=255.
     shard: u8,
-    /// State folder (the shard's LMDB lives in `<DIR>/shard-NNN/`).
+    /// State folder (the shard's LMDB lives in `<DIR>/shard-NNN/`, locked
+    /// for the daemon's life).
     dir: PathBuf,
     /// UDP address to serve on (default 127.0.0.1:22272+SHARD; port 0 = any).
     #[arg(long)]
@@ -26,55 +42,42 @@ struct Args {
     executors: Option<usize>,
 }
 
-extern "C" fn exit_cleanly(_signal: libc::c_int) {
-    // Every acknowledged mutation is already committed; nothing to flush.
-    // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(0) }
+fn main() -> ExitCode {
+    let signals = StopSignals::block();
+    let args = Args::parse();
+    daemon::log::init(daemon::log::Tag { process: "metad", shard: Some(args.shard) });
+    let outcome = signals.map_err(Failure::from).and_then(|signals| run(args, signals));
+    daemon::exit_with("metad", outcome)
 }
 
-fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
-    let args = match Args::try_parse() {
-        Ok(args) => args,
-        Err(error) => {
-            let code = if error.use_stderr() { 2 } else { 0 };
-            let _ = error.print();
-            std::process::exit(code);
-        }
+fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
+    let dir = folder::prepare(&args.dir).or_usage()?;
+    let shard_folder = folder::prepare(&dir.join(format!("shard-{:03}", args.shard))).or_usage()?;
+    let _lock = FolderLock::acquire(&shard_folder, "metad").or_usage()?;
+    let key_path = match &args.key_file {
+        Some(path) => folder::absolute(path).or_usage()?,
+        None => dir.join("cluster.key"),
     };
-    // SAFETY: installing a handler that only calls _exit.
-    unsafe {
-        libc::signal(libc::SIGTERM, exit_cleanly as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, exit_cleanly as *const () as libc::sighandler_t);
-    }
-    if let Err(error) = std::fs::create_dir_all(&args.dir) {
-        eprintln!("metad: cannot create {}: {error}", args.dir.display());
-        std::process::exit(2);
-    }
-    let key_path = args.key_file.clone().unwrap_or_else(|| args.dir.join("cluster.key"));
-    let cluster_key = match client::keyfile::load_or_create(&key_path) {
-        Ok(key) => key,
-        Err(error) => {
-            eprintln!("metad: {error}");
-            std::process::exit(2);
-        }
-    };
+    let cluster_key = daemon::keyfile::load_or_create(&key_path).or_usage()?;
+    // Every acknowledged mutation is already committed: a stop signal needs
+    // no flush, and ends the process at once.
+    std::thread::Builder::new().name("metad-signals".into()).spawn(move || {
+        let _ = signals.wait();
+        std::process::exit(i32::from(daemon::exit::EXIT_CLEAN));
+    })?;
     let config = metad::server::Config {
         shard: args.shard,
         listen: args
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], SHARD_PORT_BASE + u16::from(args.shard)))),
         shuckle: args.shuckle.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], SHUCKLE_PORT_DEFAULT))),
-        folder: args.dir,
+        folder: dir,
         cluster_key,
         executors: args.executors.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
     };
-    if let Err(error) = metad::server::run(config) {
-        eprintln!("metad: {error}");
-        std::process::exit(1);
+    match metad::server::run(config) {
+        Ok(()) => Err(Failure::Runtime(anyhow!("the executors stopped"))),
+        Err(error @ metad::server::ServerError::Bind(..)) => Err(Failure::usage(error)),
+        Err(error) => Err(Failure::Runtime(error.into())),
     }
 }

@@ -122,7 +122,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .and_then(|s| s.local_addr().ok())
         .and_then(|a| a.as_socket())
         .ok_or_else(|| ServerError::Start("no socket".into()))?;
-    println!("listening udp {local}");
+    daemon::announce::listening(daemon::announce::Proto::Udp, local).map_err(|e| ServerError::Start(e.to_string()))?;
 
     let (sender, receiver) = std::sync::mpsc::sync_channel::<Job>(WRITE_QUEUE_BOUND);
     let writer_shared = shared.clone();
@@ -156,7 +156,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             .map_err(|e| ServerError::Start(format!("executor: {e}")))?;
         handles.push(handle);
     }
-    println!("ready");
+    daemon::announce::ready().map_err(|e| ServerError::Start(e.to_string()))?;
     for handle in handles {
         handle.join().map_err(|e| ServerError::Start(format!("executor: {e}")))?;
     }
@@ -184,24 +184,11 @@ fn save_block_services(store: &Store, services: &[BlockServiceRecord]) -> Result
     Ok(())
 }
 
-/// One socket per executor on the same address (SO_REUSEPORT); with port 0
-/// the first socket picks the port and the others join it.
+/// One socket per executor on the same address (SO_REUSEPORT, with the
+/// port-sharing probe of `daemon::bind`).
 fn bind_sockets(listen: SocketAddr, count: usize) -> Result<Vec<socket2::Socket>, ServerError> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let mut sockets = Vec::with_capacity(count);
-    let mut address = listen;
-    for _ in 0..count {
-        let bind_error = |e| ServerError::Bind(address, e);
-        let socket = Socket::new(Domain::for_address(address), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_error)?;
-        socket.set_reuse_port(true).map_err(bind_error)?;
-        // Room for bursts from many clients while an executor is busy.
-        let _ = socket.set_recv_buffer_size(8 << 20);
-        socket.bind(&address.into()).map_err(bind_error)?;
-        if let Some(bound) = socket.local_addr().ok().and_then(|a| a.as_socket()) {
-            address = bound;
-        }
-        sockets.push(socket);
-    }
+    let (sockets, _) = daemon::bind::reuse_port(daemon::bind::Transport::Udp, listen, count)
+        .map_err(|error| ServerError::Bind(error.address, error.source))?;
     Ok(sockets)
 }
 

@@ -9,7 +9,7 @@
 //!   terminate, which check results count);
 //! - [`weights`]: write weights by water-filling;
 //! - [`store`]: the LMDB store (the cluster key file is loaded with
-//!   `client::keyfile`);
+//!   `daemon::keyfile`);
 //! - [`service`]: the state and what each UDP datagram does (registrations,
 //!   paginated listings, privileged requests MAC'd with the cluster key);
 //! - [`checker`]: the TCP stats checks (at once for new or changed

@@ -3,8 +3,10 @@
 //! service with its button and sees the status change, is refused when it
 //! asks to terminate a fresh service, and leaves a screenshot behind.
 //!
-//! Needs Debian's `chromium` and `chromium-driver`; without them the test
-//! fails and says so.
+//! Needs Debian's `chromium` and `chromium-driver`. Without them the test
+//! prints one line naming the packages and skips, so that `cargo test
+//! --workspace` passes on a machine without a browser; under CI (`CI=true`)
+//! a missing browser is a failure.
 
 mod common;
 
@@ -23,13 +25,23 @@ use wire::shuckle::{RegisterCdcReq, RegisterShardReq, ShuckleRequest};
 const CHROMIUM_CANDIDATES: &[&str] = &["/usr/bin/chromium", "/usr/bin/chromium-browser"];
 const CHROMEDRIVER_CANDIDATES: &[&str] = &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"];
 
-fn find(candidates: &[&str], package: &str) -> PathBuf {
-    candidates.iter().map(PathBuf::from).find(|path| path.exists()).unwrap_or_else(|| {
-        panic!(
-            "the browser test needs Debian's {package} (looked for {candidates:?}); \
-             install it with `apt-get install -y chromium chromium-driver`"
-        )
-    })
+fn find(candidates: &[&str]) -> Option<PathBuf> {
+    candidates.iter().map(PathBuf::from).find(|path| path.exists())
+}
+
+/// Chromium and chromedriver, or `None` (after saying so) when the test
+/// must skip. Panics under CI, where the browser must be there.
+fn browser() -> Option<(PathBuf, PathBuf)> {
+    if let (Some(chromium), Some(chromedriver)) = (find(CHROMIUM_CANDIDATES), find(CHROMEDRIVER_CANDIDATES)) {
+        return Some((chromium, chromedriver));
+    }
+    let message = "the browser test needs Debian's chromium and chromium-driver \
+                   (apt-get install -y chromium chromium-driver)";
+    if std::env::var("CI").is_ok_and(|value| value == "true") {
+        panic!("{message}; under CI they must be installed");
+    }
+    eprintln!("skipping: {message}");
+    None
 }
 
 struct Driver {
@@ -99,8 +111,7 @@ async fn wait_for_text(client: &Client, css: &str, accept: impl Fn(&str) -> bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_drains_a_block_service() {
-    let chromium = find(CHROMIUM_CANDIDATES, "chromium");
-    let chromedriver = find(CHROMEDRIVER_CANDIDATES, "chromium-driver");
+    let Some((chromium, chromedriver)) = browser() else { return };
     let dir = tempfile::tempdir().unwrap();
     let shuckle = ShuckleProcess::start(dir.path(), &[]);
     let services: Vec<FakeBlockService> =

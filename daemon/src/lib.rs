@@ -1,0 +1,26 @@
+//! `daemon`: the plumbing every eggsfs daemon shares, written once.
+//!
+//! Each daemon's `main.rs` is flags and wiring on top of this crate:
+//!
+//! - [`folder`]: folder flags made absolute before anything opens them
+//!   (glommio cannot open relative directory paths on some kernels), and the
+//!   folder lock (`flock` on `FOLDER/lock`, held for life, naming the holder).
+//! - [`keyfile`]: key files (16 random bytes, 0600), created atomically
+//!   (staged and hard-linked) when missing.
+//! - [`log`]: log set-up on stderr, tagged with the process and shard.
+//! - [`exit`]: the one exit-code scheme (0 clean stop, 1 runtime failure,
+//!   2 usage or configuration).
+//! - [`signals`]: SIGTERM/SIGINT taken by `sigwait`, never by a handler.
+//! - [`announce`]: the `listening <proto> <ip:port>` and `ready` lines.
+//! - [`bind`]: the SO_REUSEPORT bind with its port-sharing probe.
+//!
+//! Daemons depend on this crate and on `wire`, never on the client library.
+pub mod announce;
+pub mod bind;
+pub mod exit;
+pub mod folder;
+pub mod keyfile;
+pub mod log;
+pub mod signals;
+
+pub use exit::{Failure, OrUsage, exit_with};
