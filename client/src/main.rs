@@ -15,6 +15,7 @@ use wire::ShardId;
 
 mod cli;
 mod local_cluster;
+mod mount;
 
 use cli::{Context, DeadFlags};
 use local_cluster::ClusterConfig;
@@ -144,6 +145,8 @@ pub enum Command {
     BlockServices,
     /// Run a whole cluster on this machine as child processes.
     LocalCluster(ClusterConfig),
+    /// Mount the cluster's namespace as a local filesystem (FUSE).
+    Mount(mount::MountArgs),
 }
 
 fn main() -> ExitCode {
@@ -158,6 +161,7 @@ async fn run(command: Command, context: &Context) -> anyhow::Result<()> {
         Command::LocalCluster(config) => local_cluster::run(config).await,
         Command::Completions { shell } => shell::completions(shell),
         Command::Man { dir } => shell::man(dir.as_deref()),
+        Command::Mount(args) => mount::run(args, context.shuckle_address()?).await,
         // Everything else talks to the cluster.
         Command::Ls(args) => list::ls(&context.client().await?, &args).await,
         Command::Stat(args) => list::stat(&context.client().await?, &args).await,

@@ -311,6 +311,15 @@ pub async fn read_file_to<S: SpanSink>(
     Ok(report)
 }
 
+/// Reads one span of `inode` (as listed by `fetch_spans`): its bytes,
+/// CRC-checked, rebuilt from parity when blocks are missing, and one notice
+/// per block that could not be used. For random access (the FUSE mount),
+/// where the caller picks which spans to read and caches them.
+pub async fn read_one_span(client: &Client, inode: InodeId, span: FileSpan) -> Result<(Vec<u8>, Vec<String>)> {
+    let read = read_span(ReadState::new(client), inode, span, BytesMut::new()).await?;
+    Ok((Vec::from(read.data), read.notices))
+}
+
 /// Reads one span's bytes into `buffer` (reused), rebuilding from parity
 /// when needed, and checks the span's CRC.
 async fn read_span(state: ReadState, inode: InodeId, span: FileSpan, mut buffer: BytesMut) -> Result<SpanRead> {

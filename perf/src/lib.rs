@@ -22,6 +22,7 @@ pub mod error;
 pub mod files;
 pub mod limits;
 pub mod machine;
+pub mod mount;
 pub mod process;
 pub mod report;
 pub mod shard;

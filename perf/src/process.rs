@@ -18,10 +18,15 @@ use crate::error::{PerfError, Result};
 /// The folder holding the workspace's binaries: the one `eggs-perf` runs
 /// from (`target/release/`).
 pub fn binary_folder() -> PathBuf {
-    std::env::current_exe()
+    let folder = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."))
+        .unwrap_or_else(|| PathBuf::from("."));
+    // An example (`target/release/examples/`) uses the binaries beside it.
+    match folder.file_name() {
+        Some(name) if name == "examples" => folder.parent().map(Path::to_path_buf).unwrap_or(folder),
+        _ => folder,
+    }
 }
 
 /// The path of binary `name` beside eggs-perf, if it was built.

@@ -86,6 +86,8 @@ pub fn run(plan: &Plan, dir: Option<&Path>, results: &Path) -> anyhow::Result<bo
         shard_figures(plan, folder, &limits, &runtime, &mut report);
     }
     cluster_figures(plan, folder, &limits, &runtime, &mut report);
+    progress("eggs mount: cat, cp, ls -l, stat against the CLI");
+    perf::mount::figures(plan.file_bytes, folder, &runtime, &mut report);
 
     let elapsed = started.elapsed();
     println!("{}", report.text_table());

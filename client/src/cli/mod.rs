@@ -69,6 +69,11 @@ pub struct Context {
 }
 
 impl Context {
+    /// Shuckle's address as given (`--shuckle`, `EGGS_SHUCKLE`) or the default.
+    pub fn shuckle_address(&self) -> anyhow::Result<SocketAddr> {
+        Ok(connect::shuckle_address(self.shuckle.as_deref())?.1)
+    }
+
     /// The client, discovering the cluster through shuckle the first time.
     pub async fn client(&self) -> anyhow::Result<Client> {
         let client = self
