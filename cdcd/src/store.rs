@@ -394,7 +394,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = TxnStore::open(dir.path(), false).unwrap();
         let first = record(&store, 3, mkdir("abc"));
-        store.write_batch(&[first.clone()]).unwrap();
+        store.write_batch(std::slice::from_ref(&first)).unwrap();
         let key = first.state.txn_id.to_be_bytes();
         let mut wtxn = store.env.write_txn().unwrap();
         let mut value = store.txns.get(&wtxn, &key).unwrap().unwrap().to_vec();
