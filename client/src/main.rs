@@ -181,7 +181,9 @@ async fn run(command: Command, context: &Context) -> anyhow::Result<()> {
             let action = match (action, path) {
                 (Some(action), _) => action,
                 (None, Some(path)) => admin::PolicyAction::from_path(path, policy, retention),
-                (None, None) => return Err(anyhow::anyhow!("eggs policy: give a PATH (or `get PATH` / `set PATH FLAGS`)")),
+                (None, None) => {
+                    return Err(anyhow::anyhow!("eggs policy: give a PATH (or `get PATH` / `set PATH FLAGS`)"));
+                }
             };
             admin::policy(&context.client().await?, action).await
         }
