@@ -262,8 +262,7 @@ fn file_bytes(len: usize, seed: u64) -> Vec<u8> {
 /// and sees the eden files page and the per-disk capacity tile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_browses_files_spans_and_downloads() {
-    let chromium = find(CHROMIUM_CANDIDATES, "chromium");
-    let chromedriver = find(CHROMEDRIVER_CANDIDATES, "chromium-driver");
+    let Some((chromium, chromedriver)) = browser() else { return };
     let cluster = tokio::task::block_in_place(LocalCluster::start);
     let scratch = tempfile::tempdir().unwrap();
     let data = file_bytes((1 << 20) + 123, 77);
