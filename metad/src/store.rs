@@ -178,19 +178,19 @@ impl Db {
         Ok(self.inner.iter(txn)?.map(move |item| db.check_item(item)))
     }
 
-    pub fn range<'a, 'txn, R: RangeBounds<[u8]>>(
+    pub fn range<'txn, R: RangeBounds<[u8]>>(
         &self,
         txn: &'txn RoTxn,
-        range: &'a R,
+        range: &R,
     ) -> heed::Result<impl Iterator<Item = heed::Result<(&'txn [u8], &'txn [u8])>> + use<'txn, R>> {
         let db = *self;
         Ok(self.inner.range(txn, range)?.map(move |item| db.check_item(item)))
     }
 
-    pub fn rev_range<'a, 'txn, R: RangeBounds<[u8]>>(
+    pub fn rev_range<'txn, R: RangeBounds<[u8]>>(
         &self,
         txn: &'txn RoTxn,
-        range: &'a R,
+        range: &R,
     ) -> heed::Result<impl Iterator<Item = heed::Result<(&'txn [u8], &'txn [u8])>> + use<'txn, R>> {
         let db = *self;
         Ok(self.inner.rev_range(txn, range)?.map(move |item| db.check_item(item)))
