@@ -155,7 +155,8 @@ impl SimNet {
         self.delivered.fetch_add(1, Ordering::Relaxed);
         let sim = &self.shards[usize::from(shard)];
         let (header, request) = datagram::decode::<ShardRequest<'_>>(bytes, Some(&self.key)).expect("sim datagram");
-        let env = Env { now: EggsTime::new(self.clock.now()), block_services: &self.table };
+        let env =
+            Env { now: EggsTime::new(self.clock.now()), block_services: &self.table, durations: Default::default() };
         let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
         if request.kind().is_mutation() {
             let key = (header.request_id(), header.kind);
