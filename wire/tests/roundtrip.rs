@@ -23,7 +23,7 @@ use wire::crc::{crc32c, crc32c_append, crc32c_combine, crc32c_zeros};
 use wire::datagram::{self, Body, HEADER_BYTES, PROTOCOL_VERSION};
 use wire::ids::{BlockId, InodeId};
 use wire::limits::BLOCK_SIZE_BYTES_MAX;
-use wire::mac::{MAC_BYTES, MacKey, SecretKey};
+use wire::mac::{MacKey, SecretKey};
 use wire::policy::Policy;
 use wire::shard::{ShardKind, ShardRequest, ShardResponse};
 use wire::shuckle::{self, Registration, RegistrationDatagram, ShuckleKind, ShuckleRequest, ShuckleResponse};
