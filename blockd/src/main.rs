@@ -116,7 +116,7 @@ fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
         stall_timeout: std::time::Duration::from_secs(args.stall_timeout_seconds),
     });
 
-    let (sockets, bound) = reuse_port(Transport::Tcp, args.listen, cores).or_usage()?;
+    let (sockets, bound) = reuse_port(Transport::Tcp, args.listen, cores).context("--listen").or_usage()?;
     let listeners: Vec<OwnedFd> = sockets.into_iter().map(OwnedFd::from).collect();
     announce::listening(Proto::Tcp, bound)?;
     tracing::info!(%bound, cores, "listening");

@@ -22,15 +22,20 @@
 //!   buffer for a file descriptor ([`FdSink`], used for stdout), or any
 //!   tokio `AsyncWrite` ([`AsyncWriteSink`]).
 //! - [`FileReader`] reads byte ranges of a file (for the mount).
+//! - [`checked_pipe`] hands a file's bytes to a consumer that must never
+//!   take a short read for the whole file (`eggs cp`, shuckle's download).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::sync::OnceCell;
 use tokio::task::{JoinHandle, JoinSet};
 use wire::crc::{crc32c, crc32c_combine, crc32c_zeros};
@@ -610,6 +615,35 @@ fn rebuild(
     Ok(())
 }
 
+/// Every span of `inode` in offset order, checked to cover `0..size`
+/// without gaps, and the file's size.
+pub async fn list_spans(client: &Client, inode: InodeId) -> Result<(Vec<FileSpan>, u64)> {
+    let mut spans: Vec<FileSpan> = Vec::new();
+    let mut offset = 0u64;
+    for _ in 0..SPAN_PAGES_MAX {
+        let page = client.fetch_spans(inode, offset).await?;
+        spans.extend(page.spans);
+        if page.next_offset == 0 {
+            break;
+        }
+        if page.next_offset <= offset {
+            return Err(ClientError::Inconsistent(format!("fetch_spans of {inode} does not advance")));
+        }
+        offset = page.next_offset;
+    }
+    let mut size = 0u64;
+    for span in &spans {
+        if span.offset != size {
+            return Err(ClientError::Inconsistent(format!(
+                "file {inode}: span at {} where {size} was expected",
+                span.offset
+            )));
+        }
+        size += u64::from(span.size);
+    }
+    Ok((spans, size))
+}
+
 /// Reads byte ranges of one file: the span list is fetched once, the last
 /// span read is kept, so sequential small reads (a FUSE mount's) fetch each
 /// span once.
@@ -625,29 +659,7 @@ pub struct FileReader {
 impl FileReader {
     /// Lists the spans of `inode`.
     pub async fn open(client: &Client, inode: InodeId) -> Result<Self> {
-        let mut spans: Vec<FileSpan> = Vec::new();
-        let mut offset = 0u64;
-        for _ in 0..SPAN_PAGES_MAX {
-            let page = client.fetch_spans(inode, offset).await?;
-            spans.extend(page.spans);
-            if page.next_offset == 0 {
-                break;
-            }
-            if page.next_offset <= offset {
-                return Err(ClientError::Inconsistent(format!("fetch_spans of {inode} does not advance")));
-            }
-            offset = page.next_offset;
-        }
-        let mut size = 0u64;
-        for span in &spans {
-            if span.offset != size {
-                return Err(ClientError::Inconsistent(format!(
-                    "file {inode}: span at {} where {size} was expected",
-                    span.offset
-                )));
-            }
-            size += u64::from(span.size);
-        }
+        let (spans, size) = list_spans(client, inode).await?;
         Ok(Self { client: client.clone(), inode, spans, size, state: ReadState::new(client), cached: None })
     }
 
@@ -678,5 +690,55 @@ impl FileReader {
         }
         let _ = &self.client;
         Ok(out)
+    }
+}
+
+/// The reading side's outcome, seen by the consumer at end of input.
+const PIPE_READ_RUNNING: u8 = 0;
+const PIPE_READ_OK: u8 = 1;
+const PIPE_READ_FAILED: u8 = 2;
+
+/// A bounded in-memory pipe whose end of input is an error unless the
+/// producer declared the whole file read and checked: a consumer that
+/// writes a new file (`eggs cp`) or an HTTP body (shuckle's download) then
+/// fails instead of taking a truncated read for the whole file.
+pub fn checked_pipe(capacity_bytes: usize) -> (PipeSource, CheckedPipe) {
+    let (writer, reader) = tokio::io::duplex(capacity_bytes);
+    let state = Arc::new(AtomicU8::new(PIPE_READ_RUNNING));
+    (PipeSource { writer, state: Arc::clone(&state) }, CheckedPipe { inner: reader, state })
+}
+
+/// The producer's end of a [`checked_pipe`].
+pub struct PipeSource {
+    /// Where the file's bytes go ([`read_file`] writes here).
+    pub writer: DuplexStream,
+    state: Arc<AtomicU8>,
+}
+
+impl PipeSource {
+    /// Ends the input: `complete` when every byte of the file was read and
+    /// checked, otherwise the consumer's next read at the end fails.
+    pub fn finish(self, complete: bool) {
+        self.state.store(if complete { PIPE_READ_OK } else { PIPE_READ_FAILED }, Ordering::SeqCst);
+    }
+}
+
+/// The consumer's end of a [`checked_pipe`].
+pub struct CheckedPipe {
+    inner: DuplexStream,
+    state: Arc<AtomicU8>,
+}
+
+impl AsyncRead for CheckedPipe {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled
+            && buf.filled().len() == before
+            && self.state.load(Ordering::SeqCst) != PIPE_READ_OK
+        {
+            return Poll::Ready(Err(io::Error::other("the source file could not be read to its end")));
+        }
+        polled
     }
 }

@@ -37,7 +37,7 @@ impl std::fmt::Display for Transport {
 /// The address cannot be bound (in use, not local, not permitted): the
 /// operator's to fix.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot bind {transport} {address}: {source}")]
+#[error("cannot bind {transport} {address}")]
 pub struct BindError {
     pub transport: Transport,
     pub address: SocketAddr,

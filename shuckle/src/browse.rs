@@ -19,10 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
 
 use axum::Json;
 use axum::Router;
@@ -36,7 +33,7 @@ use client::capacity::{self, ServiceSpace};
 use client::client::{Addresses, FileSpanBody, Stat};
 use client::path::EggsPath;
 use client::udp::{ClientOptions, DatagramClient};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tokio::sync::OnceCell;
 use wire::limits::SHARD_COUNT;
 use wire::{BlockServiceId, EggsTime, InodeId, InodeType};
@@ -404,31 +401,6 @@ async fn file_page(
 
 // ---- download ----
 
-const READ_RUNNING: u8 = 0;
-const READ_OK: u8 = 1;
-const READ_FAILED: u8 = 2;
-
-/// The body's side of the pipe: its end is an error unless the read
-/// finished and checked out (so hyper aborts a truncated response).
-struct CheckedPipe {
-    inner: tokio::io::DuplexStream,
-    state: Arc<AtomicU8>,
-}
-
-impl AsyncRead for CheckedPipe {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled
-            && buf.filled().len() == before
-            && self.state.load(Ordering::SeqCst) != READ_OK
-        {
-            return Poll::Ready(Err(std::io::Error::other("the file could not be read to its end")));
-        }
-        polled
-    }
-}
-
 async fn download(State(shuckle): State<Arc<Shuckle>>, Path(text): Path<String>) -> Response {
     let text = format!("/{text}");
     let client = match cluster_client(&shuckle).await {
@@ -448,18 +420,14 @@ async fn download(State(shuckle): State<Arc<Shuckle>>, Path(text): Path<String>)
         Ok(Stat::Directory { .. }) => return page_error(StatusCode::BAD_REQUEST, &format!("{text}: is a directory")),
         Err(error) => return client_error(&text, error),
     };
-    let (mut writer, reader) = tokio::io::duplex(DOWNLOAD_PIPE_BYTES);
-    let state = Arc::new(AtomicU8::new(READ_RUNNING));
-    let read_state = Arc::clone(&state);
+    let (mut source, pipe) = client::read::checked_pipe(DOWNLOAD_PIPE_BYTES);
     tokio::spawn(async move {
-        let result = client::read::read_file(&client, inode, &mut writer, &|_| {}, &|_| {}).await;
-        let ok = matches!(&result, Ok(report) if report.bytes == size);
+        let result = client::read::read_file(&client, inode, &mut source.writer, &|_| {}, &|_| {}).await;
         if let Err(error) = &result {
             tracing::warn!(%inode, %error, "download failed");
         }
-        read_state.store(if ok { READ_OK } else { READ_FAILED }, Ordering::SeqCst);
+        source.finish(matches!(&result, Ok(report) if report.bytes == size));
     });
-    let pipe = CheckedPipe { inner: reader, state };
     let stream = futures_lite::stream::unfold(Some(pipe), |pipe| async move {
         let mut pipe = pipe?;
         let mut chunk = vec![0u8; DOWNLOAD_CHUNK_BYTES];

@@ -8,19 +8,14 @@
 //! copy.
 
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
 
 use anyhow::{Context as _, anyhow, bail};
 use client::client::Stat;
 use client::path::EggsPath;
 use client::plan::{DEFAULT_POLICY, WritePolicy};
-use client::read::read_file;
+use client::read::{checked_pipe, read_file};
 use client::write::{FailedServices, write_path};
 use client::{Client, ClientError};
-use tokio::io::{AsyncRead, ReadBuf};
 use wire::{EggsTime, InodeId, InodeType};
 
 use super::PolicyFlags;
@@ -432,32 +427,6 @@ async fn cp_tree(
     Ok(())
 }
 
-/// The read side's outcome, seen by the write side at end of input.
-const READ_RUNNING: u8 = 0;
-const READ_OK: u8 = 1;
-const READ_FAILED: u8 = 2;
-
-/// The write side's input: the pipe from the reader, whose end of input
-/// is an error unless the read finished and checked out.
-struct CheckedPipe {
-    inner: tokio::io::DuplexStream,
-    state: Arc<AtomicU8>,
-}
-
-impl AsyncRead for CheckedPipe {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled
-            && buf.filled().len() == before
-            && self.state.load(Ordering::SeqCst) != READ_OK
-        {
-            return Poll::Ready(Err(std::io::Error::other("the source could not be read")));
-        }
-        polled
-    }
-}
-
 async fn cp_file(
     client: &Client,
     args: &CpArgs,
@@ -476,18 +445,13 @@ async fn cp_file(
     }
     let policy = write_policy(client, parent, &args.policy).await?;
     let progress = Progress::new(Some(size), args.progress, &shown);
-    let (mut writer, reader) = tokio::io::duplex(COPY_PIPE_BYTES);
-    let state = Arc::new(AtomicU8::new(READ_RUNNING));
-    let read_state = Arc::clone(&state);
+    let (mut source, input) = checked_pipe(COPY_PIPE_BYTES);
     let read = async move {
-        let result = read_file(client, inode, &mut writer, &|line| notice(verbose, line), &|_| {}).await;
-        let ok = matches!(&result, Ok(report) if report.bytes == size);
-        read_state.store(if ok { READ_OK } else { READ_FAILED }, Ordering::SeqCst);
-        drop(writer);
+        let result = read_file(client, inode, &mut source.writer, &|line| notice(verbose, line), &|_| {}).await;
+        source.finish(matches!(&result, Ok(report) if report.bytes == size));
         result
     };
     let failed = FailedServices::new();
-    let input = CheckedPipe { inner: reader, state };
     let report_progress = |bytes: u64| progress.set(bytes);
     let write = write_path(client, parent, name, input, policy, &failed, &report_progress);
     let (read, write) = tokio::join!(read, write);

@@ -22,9 +22,6 @@ use client::read::read_one_span;
 use tokio::sync::OnceCell;
 use wire::InodeId;
 
-/// Guard against a span listing that does not advance.
-const SPAN_PAGES_MAX: usize = 1 << 20;
-
 /// One span's bytes, or why it could not be read.
 type SpanResult = Result<Arc<Vec<u8>>, String>;
 
@@ -195,29 +192,7 @@ pub struct ReadHandle {
 impl ReadHandle {
     /// Lists the spans of `inode`.
     pub async fn open(client: &Client, inode: InodeId) -> client::Result<Self> {
-        let mut spans = Vec::new();
-        let mut offset = 0u64;
-        for _ in 0..SPAN_PAGES_MAX {
-            let page = client.fetch_spans(inode, offset).await?;
-            spans.extend(page.spans);
-            if page.next_offset == 0 {
-                break;
-            }
-            if page.next_offset <= offset {
-                return Err(client::ClientError::Inconsistent(format!("fetch_spans of {inode} does not advance")));
-            }
-            offset = page.next_offset;
-        }
-        let mut size = 0u64;
-        for span in &spans {
-            if span.offset != size {
-                return Err(client::ClientError::Inconsistent(format!(
-                    "file {inode}: span at {} where {size} was expected",
-                    span.offset
-                )));
-            }
-            size += u64::from(span.size);
-        }
+        let (spans, size) = client::read::list_spans(client, inode).await?;
         Ok(Self { inode, size, spans, sequence: Mutex::new(Sequence::default()) })
     }
 
