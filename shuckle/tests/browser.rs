@@ -294,13 +294,14 @@ async fn browser_browses_files_spans_and_downloads() {
     client.find(Locator::Css("tr[data-name='deep'] td.name a")).await.unwrap().click().await.unwrap();
     client.find(Locator::Css("tr[data-name='data.bin'] td.name a")).await.unwrap().click().await.unwrap();
 
-    // The span view: 5 spans of ≤ 256 KiB, each with 4+2 blocks.
+    // The span view: 5 spans, four of 256 KiB with 4+2 blocks each and an
+    // inline tail of 123 bytes (≤ INLINE_SPAN_BYTES_MAX, no blocks).
     let size = wait_for_text(&client, "#size", |t| t.contains("bytes")).await;
     assert!(size.starts_with(&data.len().to_string()), "{size}");
     let spans = client.find_all(Locator::Css("#spans tr.span")).await.unwrap();
     assert_eq!(spans.len(), 5);
     let blocks = client.find_all(Locator::Css("#spans tr.block")).await.unwrap();
-    assert_eq!(blocks.len(), 30);
+    assert_eq!(blocks.len(), 4 * 6);
     for block in &blocks {
         let state = block.find(Locator::Css("td.state")).await.unwrap().text().await.unwrap();
         assert_eq!(state.trim(), "ok");

@@ -234,7 +234,7 @@ fn forged_or_malformed_registrations_and_bad_stats_change_nothing() {
 
     // Malformed datagrams of every shape.
     let mut header = SHUCKLE_MAGIC.to_vec();
-    header.extend_from_slice(&[1, 9, 0, 0, 0, 0, 0, 0, 0]);
+    header.extend_from_slice(&[wire::datagram::PROTOCOL_VERSION, 9, 0, 0, 0, 0, 0, 0, 0]);
     let garbage: Vec<Vec<u8>> = vec![
         vec![],
         vec![0xff; 5],

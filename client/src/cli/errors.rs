@@ -26,7 +26,10 @@ fn kind_words(kind: ErrorKind) -> &'static str {
         ErrorKind::CannotOverrideTarget => "the target exists and cannot be replaced",
         ErrorKind::NotEnoughBlockServices => "not enough block services to write (too few are up)",
         ErrorKind::StorageError => "the metadata store failed",
-        ErrorKind::Overloaded | ErrorKind::TooSoon => "the cluster is busy; try again",
+        ErrorKind::Overloaded => "the cluster is busy; try again",
+        // The shard's time rules: an eden file before its deadline, a dead
+        // entry younger than the purge age.
+        ErrorKind::TooSoon => "too soon: its deadline has not passed yet",
         ErrorKind::EdenDeadline => "the file being written expired",
         ErrorKind::NotAuthorised => "not allowed",
         ErrorKind::CrcMismatch => "data does not match its checksum",

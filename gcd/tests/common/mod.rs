@@ -102,11 +102,12 @@ impl Cluster {
         output.stdout
     }
 
-    /// `eggs put` of `bytes` (through a local file).
+    /// `eggs put -f` of `bytes` (through a local file; replaces a file of
+    /// that name, which the collection tests do on purpose).
     pub fn put(&self, path: &str, bytes: &[u8]) {
         let local = self.dir.join("upload");
         std::fs::write(&local, bytes).expect("write upload");
-        self.ok(&["put", local.to_str().expect("utf-8"), path]);
+        self.ok(&["put", "-f", local.to_str().expect("utf-8"), path]);
     }
 
     pub fn cat(&self, path: &str) -> Vec<u8> {
