@@ -45,6 +45,13 @@ pub struct Plan {
     pub concurrent_file_bytes: usize,
     /// Only the data path: no UDP, shard or CDC figures.
     pub data_only: bool,
+    /// Only the metadata path: UDP, shard and CDC figures (no blockd, put,
+    /// cat or mount).
+    pub metadata_only: bool,
+    /// Only gcd's rates (and the disk limits they are compared to).
+    pub gc_only: bool,
+    /// gcd's rates (`None`: not measured in this mode).
+    pub gc: Option<perf::gcd::GcPlan>,
 }
 
 impl Plan {
@@ -73,6 +80,9 @@ impl Plan {
             concurrent_cats: 4,
             concurrent_file_bytes: 64 * MIB,
             data_only: false,
+            metadata_only: false,
+            gc_only: false,
+            gc: Some(perf::gcd::GcPlan { dead_files: 50, dead_file_bytes: 4 * MIB, living_bytes: 256 * MIB }),
         }
     }
 
@@ -101,6 +111,9 @@ impl Plan {
             concurrent_cats: 4,
             concurrent_file_bytes: 256 * MIB,
             data_only: false,
+            metadata_only: false,
+            gc_only: false,
+            gc: Some(perf::gcd::GcPlan { dead_files: 200, dead_file_bytes: 4 * MIB, living_bytes: 1024 * MIB }),
         }
     }
 
@@ -114,9 +127,22 @@ impl Plan {
             parities: vec![(4, 2)],
             create_clients: vec![],
             data_only: true,
+            gc: None,
             ..Self::full()
         }
         .with_blocks(vec![MIB, 64 * MIB], vec![1, 16])
+    }
+
+    /// The metadata path at full size (issue 12): UDP echo, fsync, metad
+    /// stat/resolve and durable creates (also in a shard of 1 M files),
+    /// CDC mkdir and mv.
+    pub fn metadata() -> Self {
+        Self { mode: "metadata", metadata_only: true, gc: None, ..Self::full() }
+    }
+
+    /// gcd's rates at full size (issue 13).
+    pub fn gcd() -> Self {
+        Self { mode: "gcd", gc_only: true, client_counts: vec![], ..Self::full() }
     }
 
     fn with_blocks(mut self, sizes: Vec<usize>, connections: Vec<usize>) -> Self {

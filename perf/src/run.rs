@@ -81,13 +81,23 @@ pub fn run(plan: &Plan, dir: Option<&Path>, results: &Path) -> anyhow::Result<bo
 
     let mut report = Report::default();
     let limits = measure_limits(plan, folder, &runtime, machine.cores, &mut report);
-    blockd_figures(plan, folder, &limits, &mut report);
-    if !plan.data_only {
+    let data = !plan.metadata_only && !plan.gc_only;
+    if data {
+        blockd_figures(plan, folder, &limits, &mut report);
+    }
+    if !plan.data_only && !plan.gc_only {
         shard_figures(plan, folder, &limits, &runtime, &mut report);
     }
-    cluster_figures(plan, folder, &limits, &runtime, &mut report);
-    progress("eggs mount: cat, cp, ls -l, stat against the CLI");
-    perf::mount::figures(plan.file_bytes, folder, &runtime, &mut report);
+    if !plan.gc_only {
+        cluster_figures(plan, folder, &limits, &runtime, &mut report);
+    }
+    if let Some(gc) = plan.gc {
+        gcd_figures(gc, folder, &limits, &mut report);
+    }
+    if data {
+        progress("eggs mount: cat, cp, ls -l, stat against the CLI");
+        perf::mount::figures(plan.file_bytes, folder, &runtime, &mut report);
+    }
 
     let elapsed = started.elapsed();
     println!("{}", report.text_table());
@@ -405,7 +415,9 @@ fn cluster_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtim
     if !plan.data_only {
         cdc_figures(plan, &addresses, runtime, report);
     }
-    data_figures(plan, folder, limits, &cluster, &addresses, report);
+    if !plan.metadata_only {
+        data_figures(plan, folder, limits, &cluster, &addresses, report);
+    }
 }
 
 type Addresses = Result<(SocketAddr, SocketAddr, SocketAddr), String>;
@@ -453,6 +465,41 @@ fn cdc_figures(plan: &Plan, addresses: &Addresses, runtime: &Runtime, report: &m
         mv,
         None,
         Target::AtLeast(2000.0),
+    ));
+}
+
+/// gcd's rates on a cluster of its own (issue 13's speed acceptance).
+fn gcd_figures(gc: perf::gcd::GcPlan, folder: &Path, limits: &Limits, report: &mut Report) {
+    progress("gcd: collection, scrub and migration rates");
+    let read_limit = figure(perf::gcd::sequential_read(folder, gc.living_bytes));
+    report.push(Row::limit(
+        format!("sequential read (page cache dropped), {} MiB", gc.living_bytes / MIB),
+        "MB/s",
+        read_limit.clone(),
+    ));
+    let rates = perf::gcd::rates(gc, folder, READY_TIMEOUT).map_err(|error| error.to_string());
+    let pick = |get: fn(&perf::gcd::GcRates) -> f64| rates.as_ref().map(get).map_err(Clone::clone);
+    report.push(Row::against(
+        format!("gcd dead files collected, {} × {} MiB RS 4+2", gc.dead_files, gc.dead_file_bytes / MIB),
+        "files/s",
+        pick(|r| r.files_collected_per_second),
+        None,
+        Target::None,
+    ));
+    report.push(Row::against("gcd blocks erased", "blocks/s", pick(|r| r.blocks_erased_per_second), None, Target::None));
+    report.push(Row::against(
+        "gcd scrub, unthrottled, 8 services on one disk",
+        "MB/s",
+        pick(|r| r.scrub_mb_per_second),
+        Some(read_limit),
+        Target::RatioAtLeast(0.5),
+    ));
+    report.push(Row::against(
+        "gcd migration of one service's blocks",
+        "MB/s",
+        pick(|r| r.migration_mb_per_second),
+        Some(limits.sequential_write.clone()),
+        Target::RatioAtLeast(0.3),
     ));
 }
 
