@@ -39,12 +39,12 @@ pub struct GcPlan {
 }
 
 /// The measured rates.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct GcRates {
-    pub files_collected_per_second: f64,
-    pub blocks_erased_per_second: f64,
-    pub scrub_mb_per_second: f64,
-    pub migration_mb_per_second: f64,
+    pub files_collected_per_second: std::result::Result<f64, String>,
+    pub blocks_erased_per_second: std::result::Result<f64, String>,
+    pub scrub_mb_per_second: std::result::Result<f64, String>,
+    pub migration_mb_per_second: std::result::Result<f64, String>,
 }
 
 /// A local cluster with gcd's time rules short, and `eggs` against it.
@@ -152,25 +152,28 @@ impl Gcd {
             .collect())
     }
 
-    fn counter(&self, name: &str) -> Result<f64> {
-        Ok(self.counters()?.get(name).copied().unwrap_or(0.0))
-    }
-
-    /// Polls `counter` until it reaches `goal`: (its value at the first poll
-    /// that saw it move, when; the value at the end, when).
-    fn follow(&self, counter: &str, goal: f64) -> Result<Progress> {
+    /// Polls `counter` until it reaches `goal`. The progress is taken from
+    /// the first poll that saw `counter` move to the poll that saw it reach
+    /// `goal`; `also` is read at the same two polls.
+    fn follow(&self, counter: &str, goal: f64, also: Option<&str>) -> Result<Progress> {
         let started = Instant::now();
-        let initial = self.counter(counter)?;
-        let mut first: Option<(f64, Instant)> = None;
+        let read = |counters: &HashMap<String, f64>, name: &str| counters.get(name).copied().unwrap_or(0.0);
+        let initial = read(&self.counters()?, counter);
+        let mut first: Option<(f64, f64, Instant)> = None;
         loop {
-            let value = self.counter(counter)?;
+            let counters = self.counters()?;
+            let (value, other) = (read(&counters, counter), also.map(|name| read(&counters, name)).unwrap_or(0.0));
             let now = Instant::now();
             if value > initial && first.is_none() {
-                first = Some((value, now));
+                first = Some((value, other, now));
             }
             if value >= goal {
-                let (first_value, first_at) = first.unwrap_or((initial, started));
-                return Ok(Progress { amount: value - first_value, elapsed: now - first_at });
+                let (first_value, first_other, first_at) = first.unwrap_or((initial, 0.0, started));
+                return Ok(Progress {
+                    amount: value - first_value,
+                    also: other - first_other,
+                    elapsed: now - first_at,
+                });
             }
             if started.elapsed() > PHASE_TIMEOUT {
                 return Err(PerfError::Timeout(format!("gcd's {counter} reached {value} of {goal}")));
@@ -183,22 +186,51 @@ impl Gcd {
 /// Progress between two polls.
 struct Progress {
     amount: f64,
+    /// The change of the `also` counter over the same time.
+    also: f64,
     elapsed: Duration,
 }
 
 impl Progress {
+    fn seconds(&self) -> f64 {
+        self.elapsed.as_secs_f64().max(POLL.as_secs_f64())
+    }
+
     fn per_second(&self) -> f64 {
-        self.amount / self.elapsed.as_secs_f64().max(POLL.as_secs_f64())
+        self.amount / self.seconds()
     }
 }
 
-/// Runs the three phases on one cluster.
+/// Runs the three phases on one cluster; a phase that fails says why in
+/// its own figure, and the next phases still run.
 pub fn rates(plan: GcPlan, folder: &Path, ready_timeout: Duration) -> Result<GcRates> {
     let cluster = GcCluster::start(folder, ready_timeout)?;
-    let mut rates = GcRates::default();
+    let (files, blocks) = match collection(&cluster, plan, folder) {
+        Ok((files, blocks)) => (Ok(files), Ok(blocks)),
+        Err(error) => (Err(error.to_string()), Err(error.to_string())),
+    };
+    let scrub = scrub(&cluster, plan, folder).map_err(|error| error.to_string());
+    // Migration: the fullest block service stops answering (SIGSTOP: a hung
+    // disk; a killed one would be restarted by local-cluster), is drained
+    // and, once stale, terminated; gcd rebuilds its blocks on the others.
+    let migration = fullest_block_service(&cluster).and_then(|(victim_pid, victim_addr, victim_bytes)| {
+        process::signal(victim_pid, libc::SIGSTOP);
+        let result = migrate(&cluster, victim_addr, victim_bytes);
+        process::signal(victim_pid, libc::SIGKILL);
+        process::signal(victim_pid, libc::SIGCONT);
+        result
+    });
+    Ok(GcRates {
+        files_collected_per_second: files,
+        blocks_erased_per_second: blocks,
+        scrub_mb_per_second: scrub,
+        migration_mb_per_second: migration.map_err(|error| error.to_string()),
+    })
+}
 
-    // 1. Collection: files put, removed, purged at once (retention 0),
-    //    then collected from eden past its 1 s deadline.
+/// Files put, removed, purged at once (retention 0), then collected from
+/// eden past its 1 s deadline: (files/s, blocks/s).
+fn collection(cluster: &GcCluster, plan: GcPlan, folder: &Path) -> Result<(f64, f64)> {
     cluster.eggs(&["policy", "/", "--retention-secs", "0"])?;
     cluster.eggs(&["mkdir", "/dead"])?;
     let input = folder.join("gc-input");
@@ -209,47 +241,29 @@ pub fn rates(plan: GcPlan, folder: &Path, ready_timeout: Duration) -> Result<GcR
     for index in 0..plan.dead_files {
         cluster.eggs(&["rm", &format!("/dead/{index}")])?;
     }
-    {
-        let gcd = cluster.start_gcd("gcd (collection)", &["--gc-interval-secs", "1", "--scrub-interval-secs", "86400"])?;
-        // local-cluster's write probes are eden files too: count from what
-        // gcd had collected when the first of ours went.
-        let goal = plan.dead_files as f64;
-        let files = gcd.follow("files_collected", goal)?;
-        rates.files_collected_per_second = files.per_second();
-        let blocks = gcd.counter("blocks_erased")?;
-        rates.blocks_erased_per_second = blocks / files.elapsed.as_secs_f64().max(POLL.as_secs_f64())
-            * (files.amount / goal.max(1.0)).min(1.0);
-    }
+    let gcd = cluster.start_gcd("gcd (collection)", &["--gc-interval-secs", "1", "--scrub-interval-secs", "86400"])?;
+    // local-cluster's write probes are eden files too, with blocks never
+    // written: the rate counts from the first collection gcd reports.
+    let files = gcd.follow("files_collected", plan.dead_files as f64, Some("blocks_erased"))?;
+    Ok((files.per_second(), files.also / files.seconds()))
+}
 
-    // 2. Scrub: every block of the living files, CRC checked next to the
-    //    data, unthrottled.
+/// Every block of the living files, CRC checked next to the data,
+/// unthrottled: MB/s.
+fn scrub(cluster: &GcCluster, plan: GcPlan, folder: &Path) -> Result<f64> {
+    let input = folder.join("gc-input");
     let chunk = (64 * MIB).min(plan.living_bytes.max(MIB));
     crate::files::make_input(&input, chunk)?;
-    let living_files = plan.living_bytes.div_ceil(chunk);
-    for index in 0..living_files {
+    for index in 0..plan.living_bytes.div_ceil(chunk) {
         cluster.put(&input, &format!("/living-{index}"))?;
     }
     let stored = stored_bytes(&cluster.folder.join("gc-cluster").join("blocks"));
-    {
-        let gcd = cluster.start_gcd(
-            "gcd (scrub)",
-            &["--gc-interval-secs", "86400", "--scrub-interval-secs", "1", "--scrub-bytes-per-second", "0"],
-        )?;
-        let scrubbed = gcd.follow("bytes_scrubbed", stored as f64)?;
-        rates.scrub_mb_per_second = scrubbed.per_second() / 1e6;
-    }
-
-    // 3. Migration: the fullest block service stops answering (SIGSTOP: a
-    //    hung disk; a killed one would be restarted by local-cluster), is
-    //    drained and, once stale, terminated; gcd rebuilds its blocks on
-    //    the others.
-    let (victim_pid, victim_addr, victim_bytes) = fullest_block_service(&cluster)?;
-    process::signal(victim_pid, libc::SIGSTOP);
-    let result = migrate(&cluster, victim_addr, victim_bytes);
-    process::signal(victim_pid, libc::SIGKILL);
-    process::signal(victim_pid, libc::SIGCONT);
-    rates.migration_mb_per_second = result?;
-    Ok(rates)
+    let gcd = cluster.start_gcd(
+        "gcd (scrub)",
+        &["--gc-interval-secs", "86400", "--scrub-interval-secs", "1", "--scrub-bytes-per-second", "0"],
+    )?;
+    let scrubbed = gcd.follow("bytes_scrubbed", stored as f64, None)?;
+    Ok(scrubbed.per_second() / 1e6)
 }
 
 fn migrate(cluster: &GcCluster, victim: SocketAddr, victim_bytes: u64) -> Result<f64> {
@@ -277,37 +291,27 @@ fn migrate(cluster: &GcCluster, victim: SocketAddr, victim_bytes: u64) -> Result
         }
     }
     let gcd = cluster.start_gcd("gcd (migration)", &["--gc-interval-secs", "1", "--scrub-interval-secs", "86400"])?;
-    let moved = gcd.follow("bytes_migrated", victim_bytes as f64)?;
+    let moved = gcd.follow("bytes_migrated", victim_bytes as f64, None)?;
     Ok(moved.per_second() / 1e6)
 }
 
-/// The block service holding the most bytes: (blockd pid, address, bytes).
+/// The block service holding the most bytes: (blockd pid, address, bytes),
+/// from local-cluster's `block service N tcp ADDR pid PID` lines (its
+/// folder is `blocks/N`).
 fn fullest_block_service(cluster: &GcCluster) -> Result<(u32, SocketAddr, u64)> {
     let blocks = cluster.folder.join("gc-cluster").join("blocks");
     let mut best: Option<(u32, SocketAddr, u64)> = None;
-    for (pid, name) in process::descendants(cluster.cluster.pid()) {
-        if name != "blockd" {
-            continue;
-        }
-        let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let words: Vec<String> =
-            command.split(|byte| *byte == 0).map(|word| String::from_utf8_lossy(word).into_owned()).collect();
-        let Some(folder) = words.iter().find(|word| Path::new(word).starts_with(&blocks)) else { continue };
-        let Some(addr) = listen_address(&words) else { continue };
-        let bytes = stored_bytes(Path::new(folder));
+    for line in &cluster.cluster.other_lines {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let ["block", "service", index, "tcp", addr, "pid", pid] = words.as_slice() else { continue };
+        let (Ok(addr), Ok(pid)) = (addr.parse::<SocketAddr>(), pid.parse::<u32>()) else { continue };
+        let bytes = stored_bytes(&blocks.join(index));
         if best.as_ref().is_none_or(|(_, _, most)| bytes > *most) {
             best = Some((pid, addr, bytes));
         }
     }
     best.filter(|(_, _, bytes)| *bytes > 0)
         .ok_or_else(|| PerfError::Component("no block service of the cluster holds blocks".into()))
-}
-
-/// blockd's `--listen ADDR`, read back from its command line; port 0 is
-/// not it (local-cluster passes the bound port).
-fn listen_address(words: &[String]) -> Option<SocketAddr> {
-    let at = words.iter().position(|word| word == "--listen")?;
-    words.get(at + 1)?.parse::<SocketAddr>().ok().filter(|addr| addr.port() != 0)
 }
 
 /// Bytes of the block files under `folder` (its two-hex-digit folders).

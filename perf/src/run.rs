@@ -478,26 +478,33 @@ fn gcd_figures(gc: perf::gcd::GcPlan, folder: &Path, limits: &Limits, report: &m
         read_limit.clone(),
     ));
     let rates = perf::gcd::rates(gc, folder, READY_TIMEOUT).map_err(|error| error.to_string());
-    let pick = |get: fn(&perf::gcd::GcRates) -> f64| rates.as_ref().map(get).map_err(Clone::clone);
+    let pick =
+        |get: fn(&perf::gcd::GcRates) -> &Figure| rates.as_ref().map_err(Clone::clone).and_then(|r| get(r).clone());
     report.push(Row::against(
         format!("gcd dead files collected, {} × {} MiB RS 4+2", gc.dead_files, gc.dead_file_bytes / MIB),
         "files/s",
-        pick(|r| r.files_collected_per_second),
+        pick(|r| &r.files_collected_per_second),
         None,
         Target::None,
     ));
-    report.push(Row::against("gcd blocks erased", "blocks/s", pick(|r| r.blocks_erased_per_second), None, Target::None));
+    report.push(Row::against(
+        "gcd blocks erased",
+        "blocks/s",
+        pick(|r| &r.blocks_erased_per_second),
+        None,
+        Target::None,
+    ));
     report.push(Row::against(
         "gcd scrub, unthrottled, 8 services on one disk",
         "MB/s",
-        pick(|r| r.scrub_mb_per_second),
+        pick(|r| &r.scrub_mb_per_second),
         Some(read_limit),
         Target::RatioAtLeast(0.5),
     ));
     report.push(Row::against(
         "gcd migration of one service's blocks",
         "MB/s",
-        pick(|r| r.migration_mb_per_second),
+        pick(|r| &r.migration_mb_per_second),
         Some(limits.sequential_write.clone()),
         Target::RatioAtLeast(0.3),
     ));
