@@ -66,6 +66,7 @@ fn a_terminated_block_service_is_emptied_onto_the_others() {
 
     let http = cluster.shuckle_http();
     assert_eq!(post(&http, &format!("/api/block_services/{victim_id}/drain")).0, 200, "drain");
+    assert_eq!(awaiting(&http, &victim_id), Some(held as u64), "shuckle's UI counts what awaits migration");
     wait_for(Duration::from_secs(60), "shuckle to call the killed service stale", || {
         let (status, body) = post(&http, &format!("/api/block_services/{victim_id}/terminate"));
         match status {
@@ -79,12 +80,15 @@ fn a_terminated_block_service_is_emptied_onto_the_others() {
         (counters.get("gcd_blocks_migrated").copied().unwrap_or(0.0) >= held as f64).then_some(())
     });
     assert_eq!(scrape(&metrics)["gcd_blocks_migrated"], held as f64, "exactly the victim's blocks moved");
-    // The swapped-out copies wait in eden files until the next collection,
-    // which lets them go without erase proofs: their service is terminal.
-    wait_for(Duration::from_secs(60), "nothing left on the terminated service", || {
+    // The swapped-out copies wait in eden files until a collection lets
+    // them go without erase proofs, once the shard has learned that their
+    // service is terminal (it refreshes its block services from shuckle
+    // every SHARD_REFRESH_PERIOD_NS, 60 s).
+    wait_for(Duration::from_secs(150), "nothing left on the terminated service", || {
         reverse_block_query(&cluster, &victim_id).is_empty().then_some(())
     });
 
+    assert_eq!(awaiting(&http, &victim_id), Some(0), "shuckle's UI shows nothing left to migrate");
     for (path, contents) in &files {
         let output = cluster.eggs(&["-v", "cat", path]);
         assert!(output.status.success(), "{path}: {}", String::from_utf8_lossy(&output.stderr));
@@ -133,13 +137,28 @@ fn reverse_block_query(cluster: &Cluster, id: &str) -> Vec<String> {
     lines
 }
 
+/// Shuckle's count of the blocks awaiting migration off `id`, if it
+/// counts that service (and the count is whole).
+fn awaiting(addr: &str, id: &str) -> Option<u64> {
+    let (status, body) = request(addr, "GET", "/api/awaiting_migration");
+    assert_eq!(status, 200, "awaiting_migration: {body}");
+    let counts: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let entry = counts.get(id)?;
+    assert_eq!(entry["complete"], true, "a whole count: {body}");
+    entry["blocks"].as_u64()
+}
+
 /// A JSON POST to shuckle's HTTP API: (status, body).
 fn post(addr: &str, path: &str) -> (u16, String) {
+    request(addr, "POST", path)
+}
+
+fn request(addr: &str, method: &str, path: &str) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to shuckle");
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\
          Connection: close\r\n\r\n{{}}"
     )
     .expect("request");
