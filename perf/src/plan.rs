@@ -27,6 +27,8 @@ pub struct Plan {
     pub creates: Duration,
     /// Client counts for durable creates.
     pub create_clients: Vec<usize>,
+    /// Runs in a row of the creates with the most clients.
+    pub create_runs: usize,
     /// Files in the shard before the second create measurement.
     pub shard_files: u64,
     /// Longest time spent filling the shard.
@@ -70,6 +72,7 @@ impl Plan {
             block_phase: Duration::from_millis(1500),
             creates: Duration::from_secs(2),
             create_clients: vec![1, 64],
+            create_runs: 1,
             shard_files: 20_000,
             fill_max: Duration::from_secs(15),
             cdc: Duration::from_secs(2),
@@ -101,6 +104,7 @@ impl Plan {
             block_phase: Duration::from_secs(3),
             creates: Duration::from_secs(5),
             create_clients: vec![1, 8, 64],
+            create_runs: 3,
             shard_files: 1_000_000,
             fill_max: Duration::from_secs(900),
             cdc: Duration::from_secs(5),

@@ -292,7 +292,7 @@ fn shard_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime,
             "ops/s",
             stat,
             limits.echo_for(clients),
-            Target::AtLeast(100_000.0),
+            Target::RatioAtLeast(0.9),
         ));
     }
     for &clients in &plan.client_counts {
@@ -306,7 +306,7 @@ fn shard_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime,
             "ops/s",
             resolve,
             limits.echo_for(clients),
-            Target::AtLeast(100_000.0),
+            Target::None,
         ));
     }
     // The disk's fsync rate swings by 10× on this shared machine within
@@ -323,18 +323,29 @@ fn shard_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime,
         *made += rate.ops;
         Ok(rate.per_second())
     };
+    // Issue 12's targets: ≥ 4 × the fsync rate with 8 clients, ≥ 10 × with
+    // 64, in `create_runs` runs in a row (one client: reported).
+    let create_target = |clients: usize| match clients {
+        64.. => Target::TimesAtLeast(10.0),
+        8.. => Target::TimesAtLeast(4.0),
+        _ => Target::None,
+    };
+    let most = plan.create_clients.iter().copied().max().unwrap_or(1);
     for &clients in &plan.create_clients {
-        let rate = creates(&format!("perf-create-{clients}"), clients, &mut made);
-        report.push(Row::against(
-            format!("metad durable creates, {}", clients_label(clients)),
-            "files/s",
-            rate,
-            Some(fsync.clone()),
-            Target::TimesAtLeast(10.0),
-        ));
+        let runs = if clients == most { plan.create_runs.max(1) } else { 1 };
+        for run in 1..=runs {
+            let rate = creates(&format!("perf-create-{clients}-{run}"), clients, &mut made);
+            let label = if runs > 1 { format!(", run {run} of {runs}") } else { String::new() };
+            report.push(Row::against(
+                format!("metad durable creates, {}{label}", clients_label(clients)),
+                "files/s",
+                rate,
+                Some(fsync.clone()),
+                create_target(clients),
+            ));
+        }
     }
     // Fill the shard, then measure again with the most clients.
-    let most = plan.create_clients.iter().copied().max().unwrap_or(1);
     let filled = prepared.clone().and_then(|addr| {
         let wanted = plan.shard_files.saturating_sub(made);
         progress(&format!("metad: filling the shard with {wanted} more files"));
@@ -343,17 +354,21 @@ fn shard_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime,
             .map(|rate| made + rate.ops)
             .map_err(|e| e.to_string())
     });
-    let (label, rate) = match filled {
-        Ok(files) => (format!("{files} files"), creates("perf-create-filled", most, &mut made)),
-        Err(why) => (format!("{} files", plan.shard_files), Err(why)),
-    };
-    report.push(Row::against(
-        format!("metad durable creates, {}, shard holding {label}", clients_label(most)),
-        "files/s",
-        rate,
-        Some(fsync),
-        Target::TimesAtLeast(10.0),
-    ));
+    let runs = plan.create_runs.max(1);
+    for run in 1..=runs {
+        let (label, rate) = match &filled {
+            Ok(files) => (format!("{files} files"), creates(&format!("perf-create-filled-{run}"), most, &mut made)),
+            Err(why) => (format!("{} files", plan.shard_files), Err(why.clone())),
+        };
+        let of = if runs > 1 { format!(", run {run} of {runs}") } else { String::new() };
+        report.push(Row::against(
+            format!("metad durable creates, {}, shard holding {label}{of}", clients_label(most)),
+            "files/s",
+            rate,
+            Some(fsync.clone()),
+            create_target(most),
+        ));
+    }
     drop(started);
     drop(shuckle);
 }
