@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::sync::OnceCell;
 use tokio::task::{JoinHandle, JoinSet};
@@ -320,9 +320,10 @@ pub async fn read_file_to<S: SpanSink>(
 /// CRC-checked, rebuilt from parity when blocks are missing, and one notice
 /// per block that could not be used. For random access (the FUSE mount),
 /// where the caller picks which spans to read and caches them.
-pub async fn read_one_span(client: &Client, inode: InodeId, span: FileSpan) -> Result<(Vec<u8>, Vec<String>)> {
+/// The bytes come back shared (`Bytes`): the span buffer itself, no copy.
+pub async fn read_one_span(client: &Client, inode: InodeId, span: FileSpan) -> Result<(Bytes, Vec<String>)> {
     let read = read_span(ReadState::new(client), inode, span, BytesMut::new()).await?;
-    Ok((Vec::from(read.data), read.notices))
+    Ok((read.data.freeze(), read.notices))
 }
 
 /// Reads one span's bytes into `buffer` (reused), rebuilding from parity
@@ -449,7 +450,9 @@ async fn read_blocks(
     // nothing is zeroed). With mirroring every copy is the whole span.
     let size = span.size as usize;
     buffer.clear();
-    buffer.reserve(size);
+    if buffer.capacity() < size {
+        buffer = span_buffer(size);
+    }
     let mut pieces: Vec<Option<BytesMut>> = Vec::with_capacity(d);
     let mut rest = buffer;
     for index in 0..d {
@@ -551,6 +554,31 @@ async fn read_blocks(
     data.unsplit(tail);
     data.truncate(size);
     Ok(SpanRead { data, reconstructed, notices })
+}
+
+/// Transparent huge pages are used for a span buffer when it is at least this long.
+const HUGE_PAGE_BYTES: usize = 2 << 20;
+
+/// A new span buffer of `size` bytes' capacity, nothing written (so not
+/// yet backed by memory). Its whole 2 MiB pages are marked for transparent
+/// huge pages (where the kernel leaves that to the program): the kernel's
+/// copy from the socket into the buffer then takes far fewer TLB misses
+/// (figures in `perf/results/2026-11-27-profile.md`).
+fn span_buffer(size: usize) -> BytesMut {
+    let mut buffer = BytesMut::with_capacity(size);
+    if size >= 2 * HUGE_PAGE_BYTES {
+        let start = buffer.spare_capacity_mut().as_mut_ptr() as usize;
+        let aligned = start.next_multiple_of(HUGE_PAGE_BYTES);
+        let end = (start + size) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
+        if end > aligned {
+            // SAFETY: the range lies within the buffer's own allocation;
+            // madvise only changes how its pages will be backed.
+            unsafe {
+                libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    buffer
 }
 
 /// Rebuilds the missing data blocks (`have[i]` false) into their pieces from
