@@ -13,7 +13,10 @@
 //!   next span; output stays in order and memory bounded.
 //! - **Buffers** are reused: a span's buffer goes back to the free list
 //!   once written out; a block never gets a buffer of its own (parity
-//!   blocks of a degraded span excepted).
+//!   blocks of a degraded span excepted, and those are kept for the next
+//!   degraded span). Span buffers ask for transparent huge pages. A
+//!   degraded span is rebuilt with the thread's Reed–Solomon decoder,
+//!   reset, not built anew.
 //! - **Dead services** are routed around for the rest of the read: a
 //!   service that refuses connections or stalls for
 //!   [`crate::pool::STALL_TIMEOUT`] is tried last from then on, so a hung
@@ -25,6 +28,7 @@
 //! - [`checked_pipe`] hands a file's bytes to a consumer that must never
 //!   take a short read for the whole file (`eggs cp`, shuckle's download).
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
@@ -34,7 +38,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::sync::OnceCell;
 use tokio::task::{JoinHandle, JoinSet};
@@ -57,6 +61,9 @@ pub const READ_AHEAD_BYTES_MAX: u64 = 64 << 20;
 pub const READ_AHEAD_SPANS_MIN: usize = 2;
 /// Kept for callers of the first version: the old fixed window in spans.
 pub const READ_AHEAD_SPANS: usize = READ_AHEAD_SPANS_MIN;
+
+/// Parity block buffers one read keeps for reuse (degraded spans).
+const PARITY_BUFFERS_KEPT: usize = 8;
 
 /// Guard against a span listing that does not advance.
 const SPAN_PAGES_MAX: u64 = 1 << 40;
@@ -187,6 +194,8 @@ struct ReadState {
     /// Services that refused connections or stalled during this read:
     /// tried last from then on.
     avoid: Arc<Mutex<HashSet<BlockServiceId>>>,
+    /// Parity block buffers of degraded spans, kept for the next ones.
+    parity_buffers: Arc<Mutex<Vec<BytesMut>>>,
 }
 
 impl ReadState {
@@ -194,6 +203,27 @@ impl ReadState {
         Self {
             book: AddressBook { client: client.clone(), addresses: Arc::new(OnceCell::new()) },
             avoid: Arc::new(Mutex::new(HashSet::new())),
+            parity_buffers: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// A buffer for a parity block of `size` bytes: a kept one if any.
+    fn parity_buffer(&self, size: usize) -> BytesMut {
+        let kept = self.parity_buffers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        match kept {
+            Some(mut buffer) if buffer.capacity() >= size => {
+                buffer.clear();
+                buffer
+            }
+            _ => span_buffer(size),
+        }
+    }
+
+    /// Keeps `buffer` for the next degraded span (a few at most).
+    fn return_parity_buffer(&self, buffer: BytesMut) {
+        let mut kept = self.parity_buffers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if kept.len() < PARITY_BUFFERS_KEPT {
+            kept.push(buffer);
         }
     }
 
@@ -320,9 +350,10 @@ pub async fn read_file_to<S: SpanSink>(
 /// CRC-checked, rebuilt from parity when blocks are missing, and one notice
 /// per block that could not be used. For random access (the FUSE mount),
 /// where the caller picks which spans to read and caches them.
-pub async fn read_one_span(client: &Client, inode: InodeId, span: FileSpan) -> Result<(Vec<u8>, Vec<String>)> {
+/// The bytes come back shared (`Bytes`): the span buffer itself, no copy.
+pub async fn read_one_span(client: &Client, inode: InodeId, span: FileSpan) -> Result<(Bytes, Vec<String>)> {
     let read = read_span(ReadState::new(client), inode, span, BytesMut::new()).await?;
-    Ok((Vec::from(read.data), read.notices))
+    Ok((read.data.freeze(), read.notices))
 }
 
 /// Reads one span's bytes into `buffer` (reused), rebuilding from parity
@@ -449,7 +480,9 @@ async fn read_blocks(
     // nothing is zeroed). With mirroring every copy is the whole span.
     let size = span.size as usize;
     buffer.clear();
-    buffer.reserve(size);
+    if buffer.capacity() < size {
+        buffer = span_buffer(size);
+    }
     let mut pieces: Vec<Option<BytesMut>> = Vec::with_capacity(d);
     let mut rest = buffer;
     for index in 0..d {
@@ -476,7 +509,7 @@ async fn read_blocks(
             } else if index < d {
                 pieces[index].take().unwrap_or_default()
             } else {
-                BytesMut::with_capacity(layout.parity_block_size as usize)
+                state.parity_buffer(layout.parity_block_size as usize)
             };
             tasks.spawn(fetch_one(state.clone(), index, blocks[index], dst));
         }
@@ -543,6 +576,9 @@ async fn read_blocks(
             span.crc
         )));
     }
+    for buffer in parity_blocks.into_iter().flatten() {
+        state.return_parity_buffer(buffer);
+    }
     // Join the pieces back into one buffer: contiguous, so no copy.
     let mut data = BytesMut::new();
     for piece in pieces.into_iter().flatten() {
@@ -551,6 +587,31 @@ async fn read_blocks(
     data.unsplit(tail);
     data.truncate(size);
     Ok(SpanRead { data, reconstructed, notices })
+}
+
+/// Transparent huge pages are used for a span buffer when it is at least this long.
+const HUGE_PAGE_BYTES: usize = 2 << 20;
+
+/// A new span buffer of `size` bytes' capacity, nothing written (so not
+/// yet backed by memory). Its whole 2 MiB pages are marked for transparent
+/// huge pages (where the kernel leaves that to the program): the kernel's
+/// copy from the socket into the buffer then takes far fewer TLB misses
+/// (figures in `perf/results/2026-11-27-profile.md`).
+fn span_buffer(size: usize) -> BytesMut {
+    let mut buffer = BytesMut::with_capacity(size);
+    if size >= 2 * HUGE_PAGE_BYTES {
+        let start = buffer.spare_capacity_mut().as_mut_ptr() as usize;
+        let aligned = start.next_multiple_of(HUGE_PAGE_BYTES);
+        let end = (start + size) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
+        if end > aligned {
+            // SAFETY: the range lies within the buffer's own allocation;
+            // madvise only changes how its pages will be backed.
+            unsafe {
+                libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    buffer
 }
 
 /// Rebuilds the missing data blocks (`have[i]` false) into their pieces from
@@ -568,7 +629,36 @@ fn rebuild(
     let p = layout.parity.parity_blocks();
     let shard = layout.parity_block_size as usize;
     let rs = |error: reed_solomon_simd::Error| format!("Reed–Solomon: {error}");
-    let mut decoder = reed_solomon_simd::ReedSolomonDecoder::new(d, p, shard).map_err(rs)?;
+    // One decoder per thread, reset for each span: its work space (several
+    // shards long) is allocated and zeroed once, not once per span.
+    thread_local! {
+        static DECODER: RefCell<Option<reed_solomon_simd::ReedSolomonDecoder>> = const { RefCell::new(None) };
+    }
+    DECODER.with_borrow_mut(|slot| {
+        let decoder = match slot {
+            Some(decoder) => {
+                decoder.reset(d, p, shard).map_err(rs)?;
+                decoder
+            }
+            None => slot.insert(reed_solomon_simd::ReedSolomonDecoder::new(d, p, shard).map_err(rs)?),
+        };
+        decode_into(layout, blocks, pieces, crcs, have, parity_blocks, decoder)
+    })
+}
+
+/// [`rebuild`]'s work with a ready `decoder`.
+fn decode_into(
+    layout: &SpanLayout,
+    blocks: &[FetchedBlock],
+    pieces: &mut [Option<BytesMut>],
+    crcs: &mut [u32],
+    have: &[bool],
+    parity_blocks: &[Option<BytesMut>],
+    decoder: &mut reed_solomon_simd::ReedSolomonDecoder,
+) -> std::result::Result<(), String> {
+    let d = layout.parity.data_blocks();
+    let shard = layout.parity_block_size as usize;
+    let rs = |error: reed_solomon_simd::Error| format!("Reed–Solomon: {error}");
     let mut padded = Vec::new();
     for index in 0..d {
         if !have[index] {

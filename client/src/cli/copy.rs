@@ -7,13 +7,14 @@
 //! the new file's spans are written; a failed read never links a partial
 //! copy.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
 use client::client::Stat;
 use client::path::EggsPath;
 use client::plan::{DEFAULT_POLICY, WritePolicy};
-use client::read::{checked_pipe, read_file};
+use client::read::{FdSink, checked_pipe, is_broken_pipe, read_file, read_file_to, read_file_to_stdout};
 use client::write::{FailedServices, write_path};
 use client::{Client, ClientError};
 use wire::{EggsTime, InodeId, InodeType};
@@ -268,13 +269,19 @@ async fn eggs_file(client: &Client, text: &str) -> anyhow::Result<(String, Inode
 
 pub async fn cat(client: &Client, args: &CatArgs, verbose: bool) -> anyhow::Result<()> {
     let paths = glob::expand_all(client, &args.paths).await?;
-    let mut out = output::Stdout::default();
     for text in &paths {
         let (shown, inode, size, _) = eggs_file(client, text).await?;
         let progress = Progress::new(Some(size), args.progress, &shown);
-        let report =
-            read_file(client, inode, &mut out, &|line| notice(verbose, line), &|bytes| progress.set(bytes)).await?;
-        tokio::io::AsyncWriteExt::flush(&mut out).await.map_err(|error| anyhow!("writing to stdout: {error}"))?;
+        // Plain write(2) from each span buffer: no copy into a stdout buffer.
+        let report = read_file_to_stdout(client, inode, &|line| notice(verbose, line), &|bytes| progress.set(bytes))
+            .await
+            .map_err(|error| {
+                if is_broken_pipe(&error) {
+                    output::stdout_error(std::io::ErrorKind::BrokenPipe.into())
+                } else {
+                    error.into()
+                }
+            })?;
         progress.finish();
         check_report(&shown, size, &report, verbose)?;
     }
@@ -352,19 +359,21 @@ async fn get_tree(client: &Client, args: &GetArgs, eggs_dir: &str, local: &Path,
 async fn get_file(client: &Client, args: &GetArgs, source: &str, local: &Path, verbose: bool) -> anyhow::Result<()> {
     let (shown, inode, size, _) = eggs_file(client, source).await?;
     let progress = Progress::new(Some(size), args.progress, &shown);
-    let mut out =
-        tokio::fs::File::create(local).await.with_context(|| format!("{}: cannot create", local.display()))?;
-    let result = read_file(client, inode, &mut out, &|line| notice(verbose, line), &|bytes| progress.set(bytes)).await;
+    let out = std::fs::File::create(local).with_context(|| format!("{}: cannot create", local.display()))?;
+    // Plain write(2) from each span buffer: no copy into a file buffer.
+    let mut sink = FdSink::new(out.as_raw_fd());
+    let result =
+        read_file_to(client, inode, &mut sink, &|line| notice(verbose, line), &|bytes| progress.set(bytes)).await;
     let report = match result {
         Ok(report) => report,
         Err(error) => {
             // Leave no partial copy that could be mistaken for the file.
             drop(out);
-            let _ = tokio::fs::remove_file(local).await;
+            let _ = std::fs::remove_file(local);
             return Err(error.into());
         }
     };
-    out.sync_all().await.with_context(|| format!("{}: cannot sync", local.display()))?;
+    out.sync_all().with_context(|| format!("{}: cannot sync", local.display()))?;
     progress.finish();
     check_report(&shown, size, &report, verbose)
 }

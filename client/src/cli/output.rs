@@ -4,14 +4,11 @@
 //! human sizes, ISO-8601 times, the JSON entry schema, and progress bars.
 
 use std::io::{IsTerminal, Write};
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 
 use client::client::{DirEntry, Stat};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
-use tokio::io::AsyncWrite;
 use wire::{EggsTime, InodeId, InodeType};
 
 /// Set once a write to stdout found the reader gone.
@@ -27,7 +24,7 @@ pub fn is_stdout_closed(error: &anyhow::Error) -> bool {
     STDOUT_CLOSED.load(Ordering::Relaxed) || error.chain().any(|cause| cause.is::<StdoutClosed>())
 }
 
-fn stdout_error(error: std::io::Error) -> anyhow::Error {
+pub fn stdout_error(error: std::io::Error) -> anyhow::Error {
     if error.kind() == std::io::ErrorKind::BrokenPipe {
         STDOUT_CLOSED.store(true, Ordering::Relaxed);
         StdoutClosed.into()
@@ -62,38 +59,6 @@ pub fn flush_stdout() -> ExitCode {
             eprintln!("eggs: writing to stdout: {error}");
             ExitCode::from(1)
         }
-    }
-}
-
-/// Async stdout (for file contents) that turns EPIPE into [`StdoutClosed`].
-pub struct Stdout {
-    inner: tokio::io::Stdout,
-}
-
-impl Default for Stdout {
-    fn default() -> Self {
-        Self { inner: tokio::io::stdout() }
-    }
-}
-
-fn mark_closed<T>(result: std::io::Result<T>) -> std::io::Result<T> {
-    if let Err(error) = &result
-        && error.kind() == std::io::ErrorKind::BrokenPipe
-    {
-        STDOUT_CLOSED.store(true, Ordering::Relaxed);
-    }
-    result
-}
-
-impl AsyncWrite for Stdout {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf).map(mark_closed)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx).map(mark_closed)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx).map(mark_closed)
     }
 }
 

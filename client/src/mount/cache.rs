@@ -5,10 +5,15 @@
 //! A read asks the cache for the spans that cover it, and only those: a
 //! random read of 4 KiB fetches one span. A read that starts where the
 //! previous one on the same handle ended is sequential, and starts fetching
-//! the next [`super::MountOptions::read_ahead_spans`] spans in the
-//! background, so a streaming reader finds them ready (like `eggs cat`'s
-//! window). Spans are read with [`client::read::read_one_span`]: blocks
-//! CRC-checked, degraded spans rebuilt from parity, exactly as `eggs cat`.
+//! the spans ahead of it in the background, so a streaming reader finds
+//! them ready. The read-ahead is sized in bytes, as `eggs cat`'s: it starts
+//! at [`client::read::READ_AHEAD_BYTES_MIN`] (at least
+//! [`client::read::READ_AHEAD_SPANS_MIN`] spans) and doubles, up to
+//! [`super::MountOptions::read_ahead_bytes`], each time a sequential read
+//! had to wait for its span. Spans are read with
+//! [`client::read::read_one_span`]: blocks CRC-checked, degraded spans
+//! rebuilt from parity, exactly as `eggs cat`. A read within one span is
+//! answered from the cached span's bytes without a copy.
 //!
 //! Two readers of the same span share one fetch (a `OnceCell` per span);
 //! a failed fetch is not cached, so the next read tries again.
@@ -16,14 +21,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use client::Client;
 use client::client::FileSpan;
-use client::read::read_one_span;
+use client::read::{READ_AHEAD_BYTES_MIN, READ_AHEAD_SPANS_MIN, read_one_span};
 use tokio::sync::OnceCell;
 use wire::InodeId;
 
-/// One span's bytes, or why it could not be read.
-type SpanResult = Result<Arc<Vec<u8>>, String>;
+/// One span's bytes (shared, not copied), or why it could not be read.
+pub type SpanResult = Result<Bytes, String>;
 
 struct Entry {
     cell: Arc<OnceCell<SpanResult>>,
@@ -108,7 +114,7 @@ impl SpanCache {
                         for notice in notices {
                             tracing::warn!(%inode, "{notice}");
                         }
-                        Ok(Arc::new(bytes))
+                        Ok(bytes)
                     }
                     Err(error) => {
                         tracing::error!(%inode, offset = span.offset, %error, "span unreadable");
@@ -142,36 +148,57 @@ impl SpanCache {
     }
 }
 
+impl SpanCache {
+    /// True when span `offset` of `inode` is fetched and cached.
+    fn is_ready(&self, inode: InodeId, offset: u64) -> bool {
+        self.lock().entries.get(&(inode, offset)).is_some_and(|entry| entry.cell.initialized())
+    }
+}
+
 /// Which spans a handle has read and asked for ahead.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 struct Sequence {
     /// Index of the first span of the previous read.
     last_first: Option<usize>,
     /// Spans below this index were already asked for ahead.
     fetched_until: usize,
+    /// Bytes to keep fetched ahead of the reader now.
+    window: u64,
+    /// The most `window` grows to (0: no read-ahead).
+    window_max: u64,
 }
 
 impl Sequence {
-    /// Records a read of the spans `range`; returns the spans to fetch
-    /// ahead. A read is sequential when it starts in the span the previous
-    /// one started in or in the next one (the kernel's own read-ahead sends
-    /// a few requests at once, not always in order), or at the start.
-    fn next(
-        &mut self,
-        range: std::ops::Range<usize>,
-        window: usize,
-        span_count: usize,
-    ) -> Option<std::ops::Range<usize>> {
+    fn new(window_max: u64) -> Self {
+        Self { last_first: None, fetched_until: 0, window: READ_AHEAD_BYTES_MIN.min(window_max), window_max }
+    }
+
+    /// Records a read of the spans `range` (`sizes`: every span's size);
+    /// `waited` when the read found its first span not yet fetched, which
+    /// doubles the window. Returns the spans to fetch ahead. A read is
+    /// sequential when it starts in the span the previous one started in
+    /// or in the next one (the kernel's own read-ahead sends a few requests
+    /// at once, not always in order), or at the start.
+    fn next(&mut self, range: std::ops::Range<usize>, sizes: &[u64], waited: bool) -> Option<std::ops::Range<usize>> {
         let sequential = match self.last_first {
             None => range.start == 0,
             Some(last) => range.start == last || range.start == last + 1,
         };
+        let moved_on = self.last_first != Some(range.start);
         self.last_first = Some(range.start);
-        if !sequential || window == 0 {
+        if !sequential || self.window_max == 0 {
             return None;
         }
+        if waited && moved_on && range.start > 0 {
+            self.window = (self.window * 2).min(self.window_max);
+        }
+        let mut to = range.end;
+        let mut ahead = 0u64;
+        while to < sizes.len() && (to - range.end < READ_AHEAD_SPANS_MIN || ahead < self.window) {
+            ahead += sizes[to];
+            to += 1;
+        }
         let from = self.fetched_until.max(range.end);
-        let to = (range.end + window).min(span_count);
         (from < to).then(|| {
             self.fetched_until = to;
             from..to
@@ -185,15 +212,19 @@ pub struct ReadHandle {
     pub size: u64,
     /// Every span, in offset order, covering 0..size.
     spans: Vec<FileSpan>,
+    /// Their sizes.
+    sizes: Vec<u64>,
     /// Read-ahead state of this handle.
     sequence: Mutex<Sequence>,
 }
 
 impl ReadHandle {
-    /// Lists the spans of `inode`.
-    pub async fn open(client: &Client, inode: InodeId) -> client::Result<Self> {
+    /// Lists the spans of `inode`; a sequential reader gets up to
+    /// `read_ahead_bytes` fetched ahead.
+    pub async fn open(client: &Client, inode: InodeId, read_ahead_bytes: u64) -> client::Result<Self> {
         let (spans, size) = client::read::list_spans(client, inode).await?;
-        Ok(Self { inode, size, spans, sequence: Mutex::new(Sequence::default()) })
+        let sizes = spans.iter().map(|span| u64::from(span.size)).collect();
+        Ok(Self { inode, size, spans, sizes, sequence: Mutex::new(Sequence::new(read_ahead_bytes)) })
     }
 
     /// The index range of the spans overlapping `offset..end`.
@@ -203,16 +234,21 @@ impl ReadHandle {
         first..last.max(first)
     }
 
-    /// Reads `size` bytes at `offset` (fewer at the end of the file).
-    pub async fn read(&self, cache: &Arc<SpanCache>, offset: u64, size: u32, read_ahead_spans: usize) -> SpanResult {
+    /// Reads `size` bytes at `offset` (fewer at the end of the file). A
+    /// read within one span is a slice of the cached span, not a copy.
+    pub async fn read(&self, cache: &Arc<SpanCache>, offset: u64, size: u32) -> SpanResult {
         let end = offset.saturating_add(u64::from(size)).min(self.size);
         if offset >= end {
-            return Ok(Arc::new(Vec::new()));
+            return Ok(Bytes::new());
         }
         let range = self.covering(offset, end);
+        let Some(first) = self.spans.get(range.start) else {
+            return Err("span list shorter than the file".to_owned());
+        };
+        let waited = !cache.is_ready(self.inode, first.offset);
         let ahead = {
             let mut sequence = self.sequence.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            sequence.next(range.clone(), read_ahead_spans, self.spans.len())
+            sequence.next(range.clone(), &self.sizes, waited)
         };
         if let Some(ahead) = ahead {
             for span in &self.spans[ahead] {
@@ -221,6 +257,18 @@ impl ReadHandle {
                     let _ = cache.span(inode, &span).await;
                 });
             }
+        }
+        let slice = |bytes: &Bytes, span: &FileSpan| -> Result<Bytes, String> {
+            let from = offset.saturating_sub(span.offset) as usize;
+            let to = (end - span.offset).min(bytes.len() as u64) as usize;
+            if from > to {
+                return Err("span shorter than listed".to_owned());
+            }
+            Ok(bytes.slice(from..to))
+        };
+        if range.len() == 1 {
+            let bytes = cache.span(self.inode, first).await?;
+            return slice(&bytes, first);
         }
         // Fetch every span the read needs at once (a read may cross spans).
         let mut fetches = Vec::with_capacity(range.len());
@@ -231,17 +279,15 @@ impl ReadHandle {
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (span, fetch) in self.spans[range].iter().zip(fetches) {
             let bytes = fetch.await.map_err(|error| format!("span reader: {error}"))??;
-            let from = offset.saturating_sub(span.offset) as usize;
-            let to = (end - span.offset).min(bytes.len() as u64) as usize;
-            out.extend_from_slice(bytes.get(from..to).ok_or_else(|| "span shorter than listed".to_owned())?);
+            out.extend_from_slice(&slice(&bytes, span)?);
         }
-        Ok(Arc::new(out))
+        Ok(Bytes::from(out))
     }
 
     /// The whole content (symlink targets).
     pub async fn read_all(&self, cache: &Arc<SpanCache>) -> SpanResult {
         let size = u32::try_from(self.size).map_err(|_| "too long".to_owned())?;
-        self.read(cache, 0, size, 0).await
+        self.read(cache, 0, size).await
     }
 }
 
@@ -249,15 +295,35 @@ impl ReadHandle {
 mod tests {
     use super::*;
 
+    const MIB: u64 = 1 << 20;
+
     #[test]
     fn sequential_reads_fetch_each_span_ahead_once() {
-        let mut sequence = Sequence::default();
-        assert_eq!(sequence.next(0..1, 3, 10), Some(1..4));
-        assert_eq!(sequence.next(0..1, 3, 10), None, "same span: already asked for");
-        assert_eq!(sequence.next(1..2, 3, 10), Some(4..5));
-        assert_eq!(sequence.next(2..3, 3, 10), Some(5..6));
-        assert_eq!(sequence.next(9..10, 3, 10), None, "a jump is random access: nothing ahead");
-        assert_eq!(sequence.next(9..10, 3, 10), None, "end of file");
+        // 16 MiB spans, window 16 MiB at first: the minimum of 2 spans.
+        let sizes = [16 * MIB; 10];
+        let mut sequence = Sequence::new(64 * MIB);
+        assert_eq!(sequence.next(0..1, &sizes, true), Some(1..3));
+        assert_eq!(sequence.next(0..1, &sizes, false), None, "same span: already asked for");
+        assert_eq!(sequence.next(1..2, &sizes, false), Some(3..4));
+        assert_eq!(sequence.next(2..3, &sizes, false), Some(4..5));
+        assert_eq!(sequence.next(9..10, &sizes, false), None, "a jump is random access: nothing ahead");
+        assert_eq!(sequence.next(9..10, &sizes, false), None, "end of file");
+    }
+
+    #[test]
+    fn the_read_ahead_is_sized_in_bytes_and_grows_when_the_reader_waits() {
+        // 1 MiB spans: 16 of them make the first window.
+        let sizes = [MIB; 200];
+        let mut sequence = Sequence::new(64 * MIB);
+        assert_eq!(sequence.next(0..1, &sizes, true), Some(1..17), "16 MiB ahead, not 2 spans");
+        assert_eq!(sequence.next(1..2, &sizes, true), Some(17..34), "waited: 32 MiB ahead");
+        assert_eq!(sequence.next(2..3, &sizes, true), Some(34..67), "waited: 64 MiB ahead");
+        assert_eq!(sequence.next(3..4, &sizes, true), Some(67..68), "at its bound");
+        assert_eq!(sequence.next(4..5, &sizes, false), Some(68..69));
+        assert_eq!(sequence.window, 64 * MIB);
+        // A bound below the starting window is the window.
+        let mut small = Sequence::new(4 * MIB);
+        assert_eq!(small.next(0..1, &sizes, true), Some(1..5));
     }
 
     #[test]
@@ -266,7 +332,7 @@ mod tests {
         let mut state = State::default();
         for offset in [0u64, 10, 20] {
             let cell = state.touch((inode, offset));
-            cell.set(Ok(Arc::new(vec![0; 10]))).expect("empty cell");
+            cell.set(Ok(Bytes::from(vec![0; 10]))).expect("empty cell");
             state.entries.get_mut(&(inode, offset)).expect("entry").bytes = 10;
             state.used_bytes += 10;
         }
@@ -282,9 +348,11 @@ mod tests {
 
     #[test]
     fn random_reads_fetch_nothing_ahead() {
-        let mut sequence = Sequence::default();
-        assert_eq!(sequence.next(5..6, 3, 10), None);
-        assert_eq!(sequence.next(2..3, 3, 10), None);
-        assert_eq!(sequence.next(0..1, 0, 10), None, "read-ahead off");
+        let sizes = [16 * MIB; 10];
+        let mut sequence = Sequence::new(64 * MIB);
+        assert_eq!(sequence.next(5..6, &sizes, true), None);
+        assert_eq!(sequence.next(2..3, &sizes, true), None);
+        let mut off = Sequence::new(0);
+        assert_eq!(off.next(0..1, &sizes, true), None, "read-ahead off");
     }
 }

@@ -400,7 +400,7 @@ impl Filesystem for EggsFs {
             if inode.inode_type() != Some(InodeType::Symlink) {
                 return reply.error(Errno::EINVAL);
             }
-            let handle = match ReadHandle::open(&inner.client, inode).await {
+            let handle = match ReadHandle::open(&inner.client, inode, inner.options.read_ahead_bytes).await {
                 Ok(handle) => handle,
                 Err(error) => return reply.error(failed("readlink", &error)),
             };
@@ -641,7 +641,7 @@ impl Filesystem for EggsFs {
                     Err(errno) => reply.error(errno),
                 };
             }
-            match ReadHandle::open(&inner.client, inode).await {
+            match ReadHandle::open(&inner.client, inode, inner.options.read_ahead_bytes).await {
                 Ok(read) => {
                     let handle = inner.add_handle(Handle::Read(Arc::new(read)));
                     // Linked files never change, so the kernel may keep
@@ -671,7 +671,7 @@ impl Filesystem for EggsFs {
         };
         let inner = self.0.clone();
         self.spawn(async move {
-            match read.read(&inner.cache, offset, size, inner.options.read_ahead_spans).await {
+            match read.read(&inner.cache, offset, size).await {
                 Ok(bytes) => reply.data(&bytes),
                 Err(reason) => {
                     tracing::error!(inode = %read.inode, offset, %reason, "read failed");

@@ -31,9 +31,9 @@ use fuser::{Config, MountOption, SessionACL};
 
 /// Default bound of the span cache.
 const CACHE_MIB_DEFAULT: u64 = 256;
-/// Default spans read ahead of a sequential reader (`eggs cat` keeps 3
-/// in flight; one more hides the gap between the kernel's requests).
-const READ_AHEAD_SPANS_DEFAULT: usize = 4;
+/// Default bound of the read-ahead of a sequential reader, in MiB: as
+/// `eggs cat`'s ([`client::read::READ_AHEAD_BYTES_MAX`]).
+const READ_AHEAD_MIB_DEFAULT: u64 = client::read::READ_AHEAD_BYTES_MAX >> 20;
 /// What the daemon prints on stdout once mounted (for the parent).
 const READY_LINE: &str = "mounted";
 /// Hidden flag: this process is the background daemon.
@@ -57,9 +57,11 @@ pub struct MountArgs {
     /// Bound of the span cache, in MiB.
     #[arg(long, default_value_t = CACHE_MIB_DEFAULT)]
     pub cache_mib: u64,
-    /// Spans fetched ahead of a sequential reader.
-    #[arg(long, default_value_t = READ_AHEAD_SPANS_DEFAULT)]
-    pub read_ahead_spans: usize,
+    /// Most bytes fetched ahead of a sequential reader, in MiB (it starts
+    /// at 16 MiB and doubles while the reader waits; 0: none; at most half
+    /// the span cache).
+    #[arg(long, default_value_t = READ_AHEAD_MIB_DEFAULT)]
+    pub read_ahead_mib: u64,
     /// Where the background daemon logs (default: nowhere).
     #[arg(long)]
     pub log_file: Option<PathBuf>,
@@ -77,7 +79,8 @@ pub struct MountOptions {
     /// How long the kernel trusts a name → inode answer.
     pub entry_timeout: Duration,
     pub cache_bytes: u64,
-    pub read_ahead_spans: usize,
+    /// Bound of the read-ahead of one sequential reader.
+    pub read_ahead_bytes: u64,
 }
 
 /// Default attribute and entry timeouts: one second, libfuse's default. A
@@ -93,7 +96,7 @@ impl MountOptions {
             attr_timeout: TIMEOUT_DEFAULT,
             entry_timeout: TIMEOUT_DEFAULT,
             cache_bytes: args.cache_mib.saturating_mul(1 << 20),
-            read_ahead_spans: args.read_ahead_spans,
+            read_ahead_bytes: 0,
         };
         for option in args.options.iter().flat_map(|list| list.split(',')).filter(|option| !option.is_empty()) {
             let seconds = |text: &str| -> anyhow::Result<Duration> {
@@ -117,6 +120,8 @@ impl MountOptions {
         if options.cache_bytes < 16 << 20 {
             bail!("--cache-mib {}: at least 16", args.cache_mib);
         }
+        // Spans fetched ahead must not push each other out of the cache.
+        options.read_ahead_bytes = args.read_ahead_mib.saturating_mul(1 << 20).min(options.cache_bytes / 2);
         Ok(options)
     }
 }
