@@ -144,6 +144,7 @@ fn every_daemon_serves_metrics_that_count_the_operations() {
 #[test]
 fn bad_requests_to_a_metrics_port_get_errors_and_the_port_keeps_serving() {
     let cluster = Cluster::start(1);
+    assert_eq!(cluster.metrics.len(), 6, "shuckle, 2 shards, the CDC, 1 block service, gcd: {:?}", cluster.metrics);
     for (name, url) in &cluster.metrics {
         let addr = url.trim_start_matches("http://").trim_end_matches("/metrics");
         // A slow client holding a connection open does not stop the others.
