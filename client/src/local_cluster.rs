@@ -402,7 +402,8 @@ async fn supervise(config: &ClusterConfig, addresses: Addresses, daemons: &mut [
         wait_writable(&client, shard as u8, policy, timeout).await?;
     }
     for daemon in daemons.iter() {
-        for (proto, addr) in &daemon.addresses {
+        // The metrics addresses get their own `metrics NAME URL` lines below.
+        for (proto, addr) in daemon.addresses.iter().filter(|(proto, _)| proto != "metrics") {
             let pid = daemon.child.id().map_or(String::new(), |pid| format!(" pid {pid}"));
             println!("{} {proto} {addr}{pid}", daemon.name);
         }
