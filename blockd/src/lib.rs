@@ -12,7 +12,8 @@
 //! - [`request`]: the decisions (certificate, creation window, size limit,
 //!   what an existing block means) and the reasons for refusals.
 //! - [`server`]: one glommio executor's accept loop and connection handling.
-//! - [`metrics`]: counters and the Prometheus text endpoint.
+//! - [`metrics`]: counters, gauges and latency histograms (lock-free),
+//!   served by the shared `/metrics` endpoint (`daemon::metrics`).
 //! - [`registration`]: the periodic announcement to shuckle.
 //!
 //! `main.rs` parses flags, prepares the folder, binds one `SO_REUSEPORT`
@@ -27,7 +28,7 @@
 //! several daemons share a machine, the kernel places them); nothing on the request path takes a lock (shared counters are
 //! relaxed atomics). Besides them: the main thread (waits for signals with
 //! `sigwait`), a registration thread (one datagram a minute) and, with
-//! `--metrics`, the metrics thread. Renames, unlinks and `statvfs` are
+//! `--metrics`, the metrics thread (`daemon::metrics`). Renames, unlinks and `statvfs` are
 //! metadata calls; renames and unlinks go to glommio's blocking pool so that
 //! a slow directory never stalls an executor.
 //!

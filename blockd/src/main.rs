@@ -2,7 +2,7 @@
 //! wiring and I/O only; the logic lives in the `blockd` library, the
 //! plumbing shared with the other daemons in the `daemon` crate.
 
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -53,7 +53,8 @@ struct Args {
     /// Host name announced to shuckle (the failure domain); default: this machine's.
     #[arg(long)]
     host: Option<String>,
-    /// Serve Prometheus text metrics on this HTTP address.
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port;
+    /// printed as `listening metrics ADDR`).
     #[arg(long)]
     metrics: Option<SocketAddr>,
     /// Seconds a request may stall (no bytes in or out) before its
@@ -108,7 +109,8 @@ fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
         used_bytes = usage.used_bytes,
         "block service folder ready"
     );
-    let counters = Arc::new(Counters::new(usage));
+    let mut registry = daemon::metrics::Registry::default();
+    let counters = Arc::new(Counters::new(usage, &mut registry));
     let shared = Arc::new(Shared {
         layout,
         key: MacKey::new(&key.key),
@@ -121,12 +123,7 @@ fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     announce::listening(Proto::Tcp, bound)?;
     tracing::info!(%bound, cores, "listening");
     if let Some(address) = args.metrics {
-        let listener = TcpListener::bind(address).with_context(|| format!("--metrics {address}")).or_usage()?;
-        announce::listening(Proto::Http, listener.local_addr()?)?;
-        let counters = counters.clone();
-        std::thread::Builder::new()
-            .name("blockd-metrics".into())
-            .spawn(move || blockd::metrics::serve(listener, counters))?;
+        daemon::metrics::serve(address, registry, "blockd")?;
     }
 
     // Pinned when there is one executor per core. With fewer (several

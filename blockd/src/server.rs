@@ -94,7 +94,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -614,31 +614,27 @@ async fn serve_request(
 }
 
 async fn serve_decoded(executor: &Executor, stream: &mut Stream, bytes: &[u8], tag: u8) -> Result<(), ConnectionEnd> {
-    let request = BlockRequest::decode(bytes).ok();
+    let request = BlockRequest::decode(bytes).ok().ok_or(Refusal::UnknownTag(tag))?;
+    // Index in metrics::REQUEST_KINDS.
+    let kind = match &request {
+        BlockRequest::Write(_) => 0,
+        BlockRequest::Fetch(_) => 1,
+        BlockRequest::Crc(_) => 2,
+        BlockRequest::Erase(_) => 3,
+        BlockRequest::Stats(_) => 4,
+    };
     let counters = &executor.shared.counters;
-    match request.ok_or(Refusal::UnknownTag(tag))? {
-        BlockRequest::Write(request) => {
-            counters.request(0);
-            write(executor, stream, &request).await?;
-        }
-        BlockRequest::Fetch(request) => {
-            counters.request(1);
-            fetch(executor, stream, &request).await?;
-        }
-        BlockRequest::Crc(request) => {
-            counters.request(2);
-            crc(executor, stream, &request).await?;
-        }
-        BlockRequest::Erase(request) => {
-            counters.request(3);
-            erase(executor, stream, &request).await?;
-        }
-        BlockRequest::Stats(request) => {
-            counters.request(4);
-            stats(executor, stream, &request).await?;
-        }
-    }
-    Ok(())
+    counters.request(kind);
+    let started = Instant::now();
+    let served = match request {
+        BlockRequest::Write(request) => write(executor, stream, &request).await,
+        BlockRequest::Fetch(request) => fetch(executor, stream, &request).await,
+        BlockRequest::Crc(request) => crc(executor, stream, &request).await,
+        BlockRequest::Erase(request) => erase(executor, stream, &request).await,
+        BlockRequest::Stats(request) => stats(executor, stream, &request).await,
+    };
+    counters.request_done(kind, started.elapsed(), served.is_ok());
+    served
 }
 
 async fn write(executor: &Executor, stream: &mut Stream, request: &WriteReq) -> Result<(), ConnectionEnd> {

@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use daemon::metrics::{Counter, Histogram};
 use tokio::sync::{Notify, oneshot};
 
 use crate::store::{TxnRecord, TxnStore};
@@ -36,11 +37,28 @@ pub enum CommitMode {
 }
 
 /// Counts, for the metrics and the perf reading.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct CommitStats {
     pub commits: AtomicU64,
     pub records: AtomicU64,
-    pub failures: AtomicU64,
+    /// Failed commits (each retried).
+    pub failures: Counter,
+    /// Records per commit.
+    pub batch_size: Histogram,
+    /// Time of one commit (write and fsync), failed attempts included.
+    pub duration: Histogram,
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        Self {
+            commits: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            failures: Counter::default(),
+            batch_size: Histogram::sizes(),
+            duration: Histogram::seconds(),
+        }
+    }
 }
 
 type Waiter = (TxnRecord, oneshot::Sender<()>);
@@ -96,14 +114,18 @@ impl GroupCommit {
             }
             let (records, waiters): (Vec<TxnRecord>, Vec<oneshot::Sender<()>>) = batch.into_iter().unzip();
             let mut wait = RETRY_INITIAL;
+            self.stats.batch_size.observe(records.len() as u64);
             loop {
-                match self.commit(&records).await {
+                let started = std::time::Instant::now();
+                let committed = self.commit(&records).await;
+                self.stats.duration.observe_duration(started.elapsed());
+                match committed {
                     Ok(()) => break,
                     Err(error) => {
                         if self.healthy.swap(false, Ordering::Relaxed) {
                             tracing::error!(%error, "transaction store commit failed; refusing new transactions and retrying");
                         }
-                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        self.stats.failures.inc();
                         tokio::time::sleep(wait).await;
                         wait = (wait * 2).min(RETRY_MAX);
                     }

@@ -18,10 +18,13 @@
 //!   client library's requester (`client::udp`) under the step's request id.
 //! - [`server`]: the CDC's own UDP port: decodes client requests, answers
 //!   retransmissions from the store, queues new transactions.
+//! - [`metrics`]: requests, statuses and latencies per kind, transactions
+//!   in flight, the group commit's batch sizes and durations.
 //!
 pub mod commit;
 pub mod coordinator;
 pub mod locks;
+pub mod metrics;
 pub mod server;
 pub mod shards;
 pub mod store;

@@ -52,6 +52,10 @@ struct Args {
     /// shards registered with shuckle, else 0 and 1.
     #[arg(long, value_delimiter = ',')]
     shards: Vec<ShardId>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port;
+    /// printed as `listening metrics ADDR`).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// A shard's address, overriding shuckle: `N=IP:PORT` (repeatable).
     #[arg(long = "shard-addr", value_parser = parse_shard_addr)]
     shard_addr: Vec<(ShardId, SocketAddr)>,
@@ -130,6 +134,11 @@ async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
 
     let shards = UdpShards::new(requester.clone(), addresses.clone());
     let commits = GroupCommit::new(store, CommitMode::Blocking);
+    let mut registry = daemon::metrics::Registry::default();
+    let metrics = cdcd::metrics::Metrics::new(&mut registry, &commits.stats);
+    if let Some(address) = args.metrics {
+        daemon::metrics::serve(address, registry, "cdcd")?;
+    }
     tokio::spawn(commits.clone().run());
     let coordinator = Arc::new(Coordinator::new(shards, commits, new_dir_shards, RetryPolicy::default(), None));
 
@@ -137,7 +146,7 @@ async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     announce::ready()?;
 
     tokio::select! {
-        result = cdcd::server::serve(socket, coordinator) => result.context("serving")?,
+        result = cdcd::server::serve(socket, coordinator, metrics) => result.context("serving")?,
         () = signals.stopped() => {}
     }
     // Any transaction in progress is persisted and resumes at the next start.

@@ -15,6 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,6 +31,7 @@ use zerocopy::byteorder::little_endian::U64;
 
 use crate::coordinator::{Coordinator, RunError};
 use crate::locks::Ticket;
+use crate::metrics::Metrics;
 use crate::shards::Shards;
 use crate::store::ClientKey;
 use crate::store::StoreError;
@@ -99,11 +101,17 @@ pub struct Frontend<S> {
     running: Mutex<HashMap<ClientKey, u64>>,
     tasks: Mutex<JoinSet<()>>,
     reply: ReplySink,
+    metrics: Metrics,
 }
 
 impl<S: Shards + 'static> Frontend<S> {
     pub fn new(coordinator: Arc<Coordinator<S>>, reply: ReplySink) -> Arc<Self> {
-        Arc::new(Self { coordinator, running: Mutex::default(), tasks: Mutex::default(), reply })
+        Self::with_metrics(coordinator, reply, Metrics::unregistered())
+    }
+
+    /// A frontend counting into `metrics`.
+    pub fn with_metrics(coordinator: Arc<Coordinator<S>>, reply: ReplySink, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self { coordinator, running: Mutex::default(), tasks: Mutex::default(), reply, metrics })
     }
 
     pub fn coordinator(&self) -> &Arc<Coordinator<S>> {
@@ -131,13 +139,27 @@ impl<S: Shards + 'static> Frontend<S> {
         let unfinished = self.coordinator.resume_unfinished()?;
         let count = unfinished.len();
         for (record, ticket) in unfinished {
-            self.start(record.client, record.state, ticket, true);
+            self.start(record.client, record.state, ticket, true, None);
         }
         Ok(count)
     }
 
     /// Handles one client request.
     pub fn submit(self: &Arc<Self>, client: ClientKey, args: TxnArgs) -> Submitted {
+        let arrived = Instant::now();
+        let kind = reply_kind(&args);
+        self.metrics.arrived(kind);
+        let submitted = self.submit_counted(client, args, arrived);
+        match &submitted {
+            Submitted::Answer(outcome) => self.metrics.answered(kind, arrived.elapsed(), Some(outcome.status)),
+            Submitted::StorageError(_) | Submitted::Busy => self.metrics.answered(kind, arrived.elapsed(), None),
+            // Answered when the transaction ends (a retransmission: not again).
+            Submitted::Running | Submitted::Started(_) => {}
+        }
+        submitted
+    }
+
+    fn submit_counted(self: &Arc<Self>, client: ClientKey, args: TxnArgs, arrived: Instant) -> Submitted {
         // Reap finished tasks (their results are nothing).
         while self.tasks().try_join_next().is_some() {}
         if self.running().contains_key(&client) {
@@ -173,22 +195,34 @@ impl<S: Shards + 'static> Frontend<S> {
         let txn_id = state.txn_id;
         tracing::debug!(txn = txn_id, kind = state.args.kind_name(), "started");
         let ticket = self.coordinator.enqueue(&state);
-        self.start(Some(client), state, ticket, false);
+        self.start(Some(client), state, ticket, false, Some(arrived));
         Submitted::Started(txn_id)
     }
 
     /// Runs a transaction on its own task and answers its client.
-    fn start(self: &Arc<Self>, client: Option<ClientKey>, state: TxnState, ticket: Ticket, resumed: bool) {
+    /// `arrived`: when its request came (`None` for a resumed transaction).
+    fn start(
+        self: &Arc<Self>,
+        client: Option<ClientKey>,
+        state: TxnState,
+        ticket: Ticket,
+        resumed: bool,
+        arrived: Option<Instant>,
+    ) {
         if let Some(client) = client {
             self.running().insert(client, state.txn_id);
         }
         let this = self.clone();
+        self.metrics.in_flight.inc();
         self.tasks().spawn(async move {
             let args = state.args.clone();
             let txn_id = state.txn_id;
             match this.coordinator.run_locked(ticket, client, state, resumed).await {
                 Ok(outcome) => {
                     tracing::debug!(txn = txn_id, kind = args.kind_name(), status = outcome.status.name(), "done");
+                    if let Some(arrived) = arrived {
+                        this.metrics.answered(reply_kind(&args), arrived.elapsed(), Some(outcome.status));
+                    }
                     if let Some(client) = &client {
                         (this.reply)(client, &args, &outcome);
                     }
@@ -198,6 +232,7 @@ impl<S: Shards + 'static> Frontend<S> {
             if let Some(client) = &client {
                 this.running().remove(client);
             }
+            this.metrics.in_flight.dec();
         });
     }
 
@@ -229,10 +264,11 @@ fn send_error(socket: &UdpSocket, header: &Header, from: SocketAddr, kind: Error
 pub async fn serve<S: Shards + 'static>(
     socket: Arc<UdpSocket>,
     coordinator: Arc<Coordinator<S>>,
+    metrics: Metrics,
 ) -> Result<(), RunError> {
     let reply_socket = socket.clone();
     let sink: ReplySink = Arc::new(move |client, args, outcome| send_reply(&reply_socket, client, args, outcome));
-    let frontend = Frontend::new(coordinator, sink);
+    let frontend = Frontend::with_metrics(coordinator, sink, metrics);
     frontend.resume()?;
     let mut buf = [0u8; UDP_DATAGRAM_BYTES_MAX];
     loop {

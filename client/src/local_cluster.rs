@@ -12,7 +12,9 @@
 //! Binaries are found next to the running `eggs`. Each child prints
 //! `listening <proto> <ip:port>` lines then `ready` (ARCHITECTURE.md); we
 //! wait for them, then until a shard accepts a span with D+P blocks, set
-//! the root directory's policy if it has none, print every address and
+//! the root directory's policy if it has none, print every address, one
+//! `metrics NAME http://ADDR/metrics` line per child (every child serves
+//! Prometheus metrics on a free loopback port, `--metrics 127.0.0.1:0`) and
 //! `ready`. A child that exits is reported and the others keep running;
 //! SIGINT/SIGTERM stops every child (SIGTERM, then SIGKILL after a grace
 //! period). Started again on the same folder, the cluster resumes its data.
@@ -113,7 +115,7 @@ impl GcConfig {
         if self.no_gcd {
             return Ok(None);
         }
-        let mut args = vec!["--shuckle".to_owned(), shuckle_udp.to_string(), "--metrics".into(), loopback(0)];
+        let mut args = vec!["--shuckle".to_owned(), shuckle_udp.to_string(), METRICS_FLAG.into(), loopback(0)];
         if let Some(secs) = self.gc_interval_secs {
             args.extend(["--gc-interval-secs".to_owned(), secs.to_string()]);
         }
@@ -123,6 +125,9 @@ impl GcConfig {
         Ok(Some(start("gcd".into(), &binary("gcd")?, &args).await?))
     }
 }
+
+/// The flag giving a child its metrics address (always port 0 here).
+const METRICS_FLAG: &str = "--metrics";
 
 /// How long a child has to stop after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -210,6 +215,16 @@ impl Daemon {
     }
 }
 
+/// A child's name in its `metrics NAME URL` line: `shuckle`, `shard-0`,
+/// `cdc`, `block-3`, `gcd`.
+fn metrics_name(name: &str) -> String {
+    if let Some(index) = name.strip_prefix("block service ") {
+        format!("block-{index}")
+    } else {
+        name.replace(' ', "-")
+    }
+}
+
 fn loopback(port: u16) -> String {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port)).to_string()
 }
@@ -274,6 +289,8 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
         shuckle_addr,
         "--key-file".into(),
         key_arg.into(),
+        METRICS_FLAG.into(),
+        loopback(0),
     ];
     shuckle_args.extend(config.gc.shuckle_args());
     let shuckle = start("shuckle".into(), &shuckle_bin, &shuckle_args).await?;
@@ -297,6 +314,8 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
                 shuckle_udp.to_string(),
                 "--key-file".into(),
                 key_arg.into(),
+                METRICS_FLAG.into(),
+                loopback(0),
             ]
             .into_iter()
             .chain(config.gc.shard_args())
@@ -317,6 +336,8 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
         key_arg.into(),
         "--shards".into(),
         shard_list.join(","),
+        METRICS_FLAG.into(),
+        loopback(0),
     ];
     for shard in 0..config.shards {
         cdc_args.push("--shard-addr".into());
@@ -341,6 +362,8 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
                 shuckle_udp.to_string(),
                 "--cores".into(),
                 "1".into(),
+                METRICS_FLAG.into(),
+                loopback(0),
             ]
         };
         let daemon = match remembered {
@@ -384,13 +407,19 @@ async fn supervise(config: &ClusterConfig, addresses: Addresses, daemons: &mut [
         wait_writable(&client, shard as u8, policy, timeout).await?;
     }
     for daemon in daemons.iter() {
-        for (proto, addr) in &daemon.addresses {
+        // The metrics addresses get their own `metrics NAME URL` lines below.
+        for (proto, addr) in daemon.addresses.iter().filter(|(proto, _)| proto != "metrics") {
             let pid = daemon.child.id().map_or(String::new(), |pid| format!(" pid {pid}"));
             println!("{} {proto} {addr}{pid}", daemon.name);
         }
     }
-    if let Some(gcd) = daemons.iter().find(|daemon| daemon.name == "gcd") {
-        println!("listening gcd-metrics {}", gcd.address("http")?);
+    for daemon in daemons.iter() {
+        let metrics = daemon.address("metrics")?;
+        println!("metrics {} http://{metrics}/metrics", metrics_name(&daemon.name));
+        if daemon.name == "gcd" {
+            // Issue 13's line, which scripts rely on, beside issue 14's.
+            println!("listening gcd-metrics {metrics}");
+        }
     }
     println!(
         "policy / storage_class={} parity={} span_size={}",
@@ -494,6 +523,14 @@ async fn stop_all(daemons: &mut [Daemon]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_names_have_no_spaces() {
+        assert_eq!(metrics_name("shuckle"), "shuckle");
+        assert_eq!(metrics_name("shard 12"), "shard-12");
+        assert_eq!(metrics_name("block service 3"), "block-3");
+        assert_eq!(metrics_name("cdc"), "cdc");
+    }
 
     #[test]
     fn default_policy_fits_the_block_services() {

@@ -46,7 +46,7 @@ impl Blockd {
             let line = line.expect("blockd stdout");
             if let Some(rest) = line.strip_prefix("listening tcp ") {
                 tcp = rest.parse().ok();
-            } else if let Some(rest) = line.strip_prefix("listening http ") {
+            } else if let Some(rest) = line.strip_prefix("listening metrics ") {
                 http = rest.parse().ok();
             } else if line == "ready" {
                 break;

@@ -13,6 +13,8 @@
 //! - [`signals`]: SIGTERM/SIGINT taken by `sigwait`, never by a handler.
 //! - [`announce`]: the `listening <proto> <ip:port>` and `ready` lines.
 //! - [`bind`]: the SO_REUSEPORT bind with its port-sharing probe.
+//! - [`metrics`]: the Prometheus `/metrics` endpoint (`--metrics ADDR`) and
+//!   the lock-free metric types the daemons update on their request paths.
 //!
 //! Daemons depend on this crate and on `wire`, never on the client library.
 pub mod announce;
@@ -21,6 +23,7 @@ pub mod exit;
 pub mod folder;
 pub mod keyfile;
 pub mod log;
+pub mod metrics;
 pub mod signals;
 
 pub use exit::{Failure, OrUsage, exit_with};

@@ -1,5 +1,6 @@
-//! `gcd`: runs the collector. Prints `listening http ADDR` (the `/metrics`
-//! endpoint) and `ready`, then one log line per cycle on stderr.
+//! `gcd`: runs the collector. Prints `listening metrics ADDR` (the
+//! `/metrics` endpoint, served by `daemon::metrics`) and `ready`, then one
+//! log line per cycle on stderr.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -15,7 +16,8 @@ struct Args {
     /// Shuckle's UDP address.
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], wire::limits::SHUCKLE_PORT_DEFAULT)))]
     shuckle: SocketAddr,
-    /// The Prometheus `/metrics` endpoint (port 0 = any free port).
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port;
+    /// printed as `listening metrics ADDR`).
     #[arg(long, default_value = "127.0.0.1:0")]
     metrics: SocketAddr,
     /// Seconds between the end of a collection cycle and the next.
@@ -64,10 +66,8 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> Result<(), (u8, anyhow::Error)> {
     let metrics = Metrics::default();
-    let listener = gcd::metrics::bind(args.metrics)
-        .await
-        .map_err(|error| (2, anyhow::anyhow!("cannot bind {}: {error}", args.metrics)))?;
-    let local = listener.local_addr().map_err(|error| (1, error.into()))?;
+    daemon::metrics::serve(args.metrics, metrics.registry(), "gcd")
+        .map_err(|failure| (failure.code(), anyhow::anyhow!(failure.line())))?;
     let udp = DatagramClient::bind_any(ClientOptions::default()).map_err(|error| (1, error.into()))?;
     let config = Config {
         shuckle: args.shuckle,
@@ -77,8 +77,6 @@ async fn run(args: Args) -> Result<(), (u8, anyhow::Error)> {
         migrate_stale_after: Duration::from_secs(args.migrate_stale_after_secs),
     };
     let collector = Collector::new(udp, config.clone(), metrics.clone());
-    tokio::spawn(gcd::metrics::serve(listener, metrics.registry()));
-    println!("listening http {local}");
     println!("ready");
     if !config.scrub_interval.is_zero() {
         let scrubber = collector.clone();

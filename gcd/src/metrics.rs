@@ -1,11 +1,7 @@
 //! gcd's counters, in a `prometheus_client` registry. [`Metrics::register`]
-//! adds them to any registry (the daemons' shared `/metrics` server takes
-//! one); [`serve`] is gcd's own endpoint until then.
+//! adds them to a registry, which `main.rs` hands to the daemons' shared
+//! `/metrics` endpoint (`daemon::metrics::serve`, `--metrics ADDR`).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
@@ -70,36 +66,4 @@ impl Metrics {
         self.register(&mut registry);
         registry
     }
-}
-
-/// The Prometheus text exposition of `registry`.
-pub fn render(registry: &Registry) -> String {
-    let mut text = String::new();
-    if let Err(error) = encode(&mut text, registry) {
-        tracing::error!(%error, "cannot encode the metrics");
-    }
-    text
-}
-
-/// Serves `GET /metrics` on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, registry: Registry) -> std::io::Result<()> {
-    let registry = Arc::new(registry);
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-                    render(&registry),
-                )
-            }
-        }),
-    );
-    axum::serve(listener, app).await
-}
-
-/// Binds the metrics endpoint.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
 }

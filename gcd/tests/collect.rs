@@ -157,7 +157,7 @@ fn space_comes_back_within_one_cycle() {
             "1",
         ],
     );
-    let metrics = cluster.gcd_metrics.clone().expect("local-cluster prints `listening gcd-metrics ADDR`");
+    let metrics = cluster.gcd_metrics.clone().expect("local-cluster prints `metrics gcd http://ADDR/metrics`");
     let expected = make_garbage(&cluster);
     one_full_cycle_after_the_deadlines(&metrics);
     assert_space_came_back(&cluster, &expected);

@@ -15,6 +15,8 @@
 //!   transactions; one writer thread applying queued mutations in one write
 //!   transaction per batch (group commit) and answering after the commit;
 //!   retransmissions answered from a bounded cache.
+//! - [`metrics`]: request counts, errors by code, latencies and the group
+//!   commit's batch sizes and durations, for `--metrics ADDR`.
 //! - [`replay`]: the replay check of privileged (CDC) requests: a freshness
 //!   window on their MAC'd send time and a record of those seen in it.
 //! - [`verify`]: `metad --verify DIR`, the offline check of every record's
@@ -30,6 +32,7 @@
 
 pub mod block_services;
 pub mod logic;
+pub mod metrics;
 pub mod replay;
 pub mod server;
 pub mod shuckle_client;

@@ -38,6 +38,10 @@ struct Args {
     /// Cluster key file (16 bytes; created if missing). Default `<DIR>/cluster.key`.
     #[arg(long)]
     key_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port;
+    /// printed as `listening metrics ADDR`).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// I/O executors (default: one per core).
     #[arg(long)]
     executors: Option<usize>,
@@ -76,6 +80,11 @@ fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
         let _ = signals.wait();
         std::process::exit(i32::from(daemon::exit::EXIT_CLEAN));
     })?;
+    let mut registry = daemon::metrics::Registry::default();
+    let metrics = metad::metrics::Metrics::new(&mut registry);
+    if let Some(address) = args.metrics {
+        daemon::metrics::serve(address, registry, "metad")?;
+    }
     let config = metad::server::Config {
         shard: args.shard,
         listen: args
@@ -89,6 +98,7 @@ fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
             eden_deadline_ns: args.eden_deadline_secs.saturating_mul(wire::limits::NS_PER_SECOND),
             purge_age_min_ns: args.purge_age_min_secs.saturating_mul(wire::limits::NS_PER_SECOND),
         },
+        metrics,
     };
     match metad::server::run(config) {
         Ok(()) => Err(Failure::Runtime(anyhow!("the executors stopped"))),

@@ -24,17 +24,20 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wire::codec::Reader;
 use wire::datagram::{self, HEADER_BYTES, Header, KIND_PRIVILEGED, SHARD_MAGIC};
 use wire::ids::{EggsTime, ShardId};
 use wire::limits::{SHARD_REFRESH_PERIOD_NS, UDP_DATAGRAM_BYTES_MAX};
 use wire::mac::SecretKey;
+#[cfg(doc)]
+use wire::shard::ShardKind;
 use wire::shard::ShardRequest;
 use wire::{DecodeError, ErrorKind};
 
 use crate::block_services::{BlockServiceRecord, BlockServiceTable};
 use crate::logic::{Durations, Env, MutationEffects, Shard};
+use crate::metrics::Metrics;
 use crate::replay::{Gate, Screen, Ticket};
 use crate::shuckle_client::ShuckleClient;
 use crate::store::{Store, StoreError, parse_be_u64_key};
@@ -75,6 +78,8 @@ pub struct Config {
     pub executors: usize,
     /// The shard's time rules (eden deadline, purge age).
     pub durations: Durations,
+    /// Where requests and commits are counted.
+    pub metrics: Metrics,
 }
 
 /// State shared by the executors, the writer and the refresher.
@@ -86,6 +91,7 @@ struct Shared {
     /// Replay check of privileged requests ([`crate::replay`]).
     replay: Arc<Gate>,
     durations: Durations,
+    metrics: Metrics,
 }
 
 impl Shared {
@@ -114,6 +120,9 @@ struct Job {
     socket: Arc<UdpSocket>,
     /// A privileged request's place in the replay record.
     replay: Option<Ticket>,
+    /// When it arrived, and its kind's index in [`ShardKind::ALL`], for the metrics.
+    arrived: Instant,
+    kind_index: Option<usize>,
 }
 
 /// Opens the state, binds the sockets, prints `listening udp …` and `ready`,
@@ -135,6 +144,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         refresh: (Mutex::new(true), Condvar::new()),
         replay: Gate::new(EggsTime::now()),
         durations: config.durations,
+        metrics: config.metrics,
     });
     let sockets = bind_sockets(config.listen, config.executors.max(1))?;
     let local = sockets
@@ -240,6 +250,7 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
                 continue;
             }
         };
+        let arrived = Instant::now();
         let bytes = buf.get(..len).unwrap_or_default();
         let mut ticket = match crate::replay::screen(&shared.replay, shared.shard.cluster_key(), bytes, peer, &mut out)
         {
@@ -252,8 +263,13 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
             }
             Screen::Drop => continue,
         };
+        let mut kind_index = None;
         let answer = match datagram::decode::<ShardRequest>(bytes, Some(shared.shard.cluster_key())) {
             Ok((header, request)) => {
+                kind_index = Metrics::kind_index(header.kind);
+                if let Some(kind) = kind_index {
+                    shared.metrics.arrived(kind);
+                }
                 if request.kind().is_mutation() {
                     let job = Job {
                         peer,
@@ -262,6 +278,8 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
                         datagram: bytes.to_vec(),
                         socket: reply.clone(),
                         replay: ticket.take(),
+                        arrived,
+                        kind_index,
                     };
                     match writer.try_send(job) {
                         Ok(()) => None,
@@ -292,6 +310,7 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
                 }
             }
             Err(error) => {
+                shared.metrics.malformed.inc();
                 malformed += 1;
                 // The first one is logged, then one in every MALFORMED_LOG_EVERY
                 // (the count is in the line), so a flood cannot fill the log.
@@ -301,6 +320,9 @@ async fn serve(socket: glommio::net::UdpSocket, reply: Arc<UdpSocket>, shared: A
                 refusal(&shared.shard, bytes, error, &mut out)
             }
         };
+        if let (Some(kind), Some(len)) = (kind_index, answer) {
+            shared.metrics.answered(kind, arrived.elapsed(), out.get(..len).unwrap_or_default());
+        }
         if let (Some(ticket), Some(len)) = (ticket.as_mut(), answer) {
             ticket.finish(out.get(..len).unwrap_or_default());
         }
@@ -350,9 +372,12 @@ impl RetransmitCache {
     }
 }
 
-fn send(job: &mut Job, bytes: &[u8]) {
+fn send(metrics: &Metrics, job: &mut Job, bytes: &[u8]) {
     if let Some(ticket) = job.replay.as_mut() {
         ticket.finish(bytes);
+    }
+    if let Some(kind) = job.kind_index {
+        metrics.answered(kind, job.arrived.elapsed(), bytes);
     }
     for _ in 0..100 {
         match job.socket.send_to(bytes, job.peer) {
@@ -392,8 +417,11 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
             match receiver.try_recv() {
                 Ok(job) => job,
                 Err(std::sync::mpsc::TryRecvError::Empty) => {
-                    match shared.store.env.force_sync() {
-                        Ok(()) => reply_all(&mut unsynced),
+                    let started = Instant::now();
+                    let synced = shared.store.env.force_sync();
+                    shared.metrics.sync.observe_duration(started.elapsed());
+                    match synced {
+                        Ok(()) => reply_all(&shared.metrics, &mut unsynced),
                         // Not answered: the clients retransmit, and the
                         // retransmissions are answered after a later commit.
                         Err(error) => {
@@ -414,7 +442,11 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
             }
         }
         let mut effects = MutationEffects::default();
-        let answers = match apply_batch(&shared, &batch, &cache, &mut rng, &mut effects, &mut out) {
+        shared.metrics.batch_size.observe(batch.len() as u64);
+        let started = Instant::now();
+        let applied = apply_batch(&shared, &batch, &cache, &mut rng, &mut effects, &mut out);
+        shared.metrics.commit.observe_duration(started.elapsed());
+        let answers = match applied {
             Ok(answers) => answers,
             Err(error) => {
                 tracing::error!(%error, jobs = batch.len(), "write batch failed");
@@ -427,14 +459,14 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
                         ErrorKind::StorageError,
                         "storage error",
                     );
-                    send(job, out.get(..len).unwrap_or_default());
+                    send(&shared.metrics, job, out.get(..len).unwrap_or_default());
                 }
                 batch.clear();
                 continue;
             }
         };
         // This commit's data fsync made the previous batch's meta durable.
-        reply_all(&mut unsynced);
+        reply_all(&shared.metrics, &mut unsynced);
         for (job, answer) in batch.drain(..).zip(answers) {
             let key = (job.peer, job.request_id, job.kind);
             let bytes = match answer {
@@ -452,9 +484,9 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
     }
 }
 
-fn reply_all(durable: &mut Vec<(Job, Vec<u8>)>) {
+fn reply_all(metrics: &Metrics, durable: &mut Vec<(Job, Vec<u8>)>) {
     for (mut job, bytes) in durable.drain(..) {
-        send(&mut job, &bytes);
+        send(metrics, &mut job, &bytes);
     }
 }
 

@@ -15,6 +15,8 @@
 //! - [`checker`]: the TCP stats checks (at once for new or changed
 //!   registrations, round-robin for all);
 //! - [`http`]: the JSON API and the web UI (`ui/index.html`, embedded);
+//! - [`metrics`]: UDP and HTTP requests per kind and route, and the block
+//!   services' states and space, for `--metrics ADDR`;
 //! - [`browse`]: the web UI's file browser, eden files and per-disk
 //!   capacity (shuckle acting as a client through the `client` library).
 //!
@@ -23,6 +25,7 @@
 pub mod browse;
 pub mod checker;
 pub mod http;
+pub mod metrics;
 pub mod registry;
 pub mod service;
 pub mod store;
@@ -36,6 +39,7 @@ use wire::EggsTime;
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
 
 use crate::checker::Checker;
+use crate::metrics::Metrics;
 use crate::service::{DatagramOutcome, Shuckle};
 
 /// How the background work is paced.
@@ -48,18 +52,32 @@ pub struct Timing {
 }
 
 /// Serves datagrams on `udp` and HTTP on `http` until an I/O error.
-pub async fn serve(shuckle: Arc<Shuckle>, udp: UdpSocket, http: TcpListener, timing: Timing) -> std::io::Result<()> {
+/// Requests are counted into `metrics`.
+pub async fn serve(
+    shuckle: Arc<Shuckle>,
+    udp: UdpSocket,
+    http: TcpListener,
+    timing: Timing,
+    metrics: Metrics,
+) -> std::io::Result<()> {
     let checker = Checker::new(Arc::clone(&shuckle), timing.check_timeout);
     tokio::spawn(Arc::clone(&checker).round_robin(timing.check_period));
-    let app = http::router(Arc::clone(&shuckle));
+    let layer = metrics.clone();
+    let app = http::router(Arc::clone(&shuckle))
+        .layer(axum::middleware::from_fn(move |request, next| layer.clone().http_layer(request, next)));
     let http_server = tokio::spawn(async move { axum::serve(http, app).await });
     tokio::select! {
-        result = serve_udp(&shuckle, &checker, udp) => result,
+        result = serve_udp(&shuckle, &checker, udp, &metrics) => result,
         result = http_server => result.map_err(std::io::Error::other)?,
     }
 }
 
-async fn serve_udp(shuckle: &Shuckle, checker: &Arc<Checker>, udp: UdpSocket) -> std::io::Result<()> {
+async fn serve_udp(
+    shuckle: &Shuckle,
+    checker: &Arc<Checker>,
+    udp: UdpSocket,
+    metrics: &Metrics,
+) -> std::io::Result<()> {
     // One byte more than the limit, so an oversized datagram is seen as
     // such (and refused by the decoders) rather than silently cut to fit.
     let mut input = [0u8; UDP_DATAGRAM_BYTES_MAX + 1];
@@ -74,7 +92,14 @@ async fn serve_udp(shuckle: &Shuckle, checker: &Arc<Checker>, udp: UdpSocket) ->
             }
         };
         let Some(bytes) = input.get(..len) else { continue };
-        match shuckle.handle_datagram(bytes, source, EggsTime::now(), &mut output) {
+        let started = std::time::Instant::now();
+        let outcome = shuckle.handle_datagram(bytes, source, EggsTime::now(), &mut output);
+        let reply = match outcome {
+            DatagramOutcome::Reply(len) => output.get(..len).unwrap_or_default(),
+            _ => &[],
+        };
+        metrics.datagram(bytes, started.elapsed(), &outcome, reply);
+        match outcome {
             DatagramOutcome::Reply(len) => {
                 if let Some(reply) = output.get(..len)
                     && let Err(error) = udp.send_to(reply, source).await

@@ -40,6 +40,10 @@ struct Flags {
     /// The cluster key (16 bytes); default `<data-dir>/cluster.key`, created if missing.
     #[arg(long)]
     key_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port;
+    /// printed as `listening metrics ADDR`).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Each block service is checked about once per this many milliseconds.
     #[arg(long, default_value_t = 1000)]
     check_interval_ms: u64,
@@ -74,6 +78,15 @@ fn run(flags: Flags, signals: StopSignals) -> Result<(), Failure> {
     let stale_after_ns = flags.stale_after_secs.saturating_mul(NS_PER_SECOND);
     let registry = store.load(stale_after_ns).or_usage()?;
     let shuckle = Arc::new(Shuckle::new(store, registry, &cluster_key, wire::EggsTime::now()));
+    let metrics = match flags.metrics {
+        Some(address) => {
+            let mut registry = daemon::metrics::Registry::default();
+            let metrics = shuckle::metrics::Metrics::new(&mut registry, Arc::clone(&shuckle));
+            daemon::metrics::serve(address, registry, "shuckle")?;
+            metrics
+        }
+        None => shuckle::metrics::Metrics::unregistered(),
+    };
     let timing = Timing {
         check_period: Duration::from_millis(flags.check_interval_ms),
         check_timeout: Duration::from_millis(flags.check_timeout_ms),
@@ -92,7 +105,7 @@ fn run(flags: Flags, signals: StopSignals) -> Result<(), Failure> {
         announce::listening(Proto::Udp, udp.local_addr()?)?;
         announce::ready()?;
         tokio::select! {
-            result = shuckle::serve(shuckle, udp, http, timing) => {
+            result = shuckle::serve(shuckle, udp, http, timing, metrics) => {
                 result.context("serving failed").map_err(Failure::Runtime)
             }
             // Everything acknowledged is already in the store.

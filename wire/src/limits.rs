@@ -117,6 +117,17 @@ pub const CDC_PORT_DEFAULT: u16 = 36137;
 /// Default HTTP and UDP port of shuckle.
 pub const SHUCKLE_PORT_DEFAULT: u16 = 5000;
 
+/// Longest HTTP request head a daemon's `/metrics` endpoint reads; a
+/// longer one is answered 431 and closed.
+pub const METRICS_REQUEST_HEAD_BYTES_MAX: usize = 8 << 10;
+
+/// Time a `/metrics` client has to send its request head and take the
+/// answer (each, from the connection's start).
+pub const METRICS_IO_TIMEOUT_NS: u64 = 5 * NS_PER_SECOND;
+
+/// `/metrics` connections served at once; more are answered 503 and closed.
+pub const METRICS_CONNECTIONS_MAX: usize = 8;
+
 const _: () = assert!(DATA_BLOCKS_MAX + PARITY_BLOCKS_MAX >= SPAN_BLOCKS_MAX);
 const _: () = assert!(DATA_BLOCKS_MAX < 16 && PARITY_BLOCKS_MAX < 16);
 const _: () = assert!(NAME_BYTES_MAX <= u8::MAX as usize);

@@ -55,7 +55,7 @@ impl Daemon {
             let line = receiver.recv_timeout(TIMEOUT).expect("blockd did not become ready");
             if let Some(rest) = line.strip_prefix("listening tcp ") {
                 address = Some(rest.parse().unwrap());
-            } else if let Some(rest) = line.strip_prefix("listening http ") {
+            } else if let Some(rest) = line.strip_prefix("listening metrics ") {
                 metrics = Some(rest.parse().unwrap());
             } else if line == "ready" {
                 break;

@@ -37,6 +37,8 @@ pub struct Cluster {
     process: Option<Child>,
     pub daemons: Vec<Printed>,
     pub shuckle: String,
+    /// (NAME, URL) of every `metrics NAME URL` line.
+    pub metrics: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -78,8 +80,8 @@ impl Cluster {
             .expect("start eggs local-cluster");
         let stdout = process.stdout.take().expect("stdout");
         let daemons = read_until_ready(stdout);
-        let daemons = match daemons {
-            Ok(daemons) => daemons,
+        let (daemons, metrics) = match daemons {
+            Ok(found) => found,
             Err(error) => {
                 let _ = process.kill();
                 panic!("local-cluster did not become ready: {error}");
@@ -90,7 +92,7 @@ impl Cluster {
             .find(|daemon| daemon.name == "shuckle" && daemon.proto == "udp")
             .map(|daemon| daemon.addr.clone())
             .expect("shuckle udp address");
-        Self { dir: dir.to_path_buf(), _temp: None, process: Some(process), daemons, shuckle }
+        Self { dir: dir.to_path_buf(), _temp: None, process: Some(process), daemons, shuckle, metrics }
     }
 
     /// Runs `eggs --shuckle … args`.
@@ -177,21 +179,29 @@ impl Drop for Cluster {
     }
 }
 
+/// (NAME, URL) of each `metrics NAME URL` line.
+type MetricsLines = Vec<(String, String)>;
+
 /// Reads local-cluster's stdout up to `ready`, in a thread (with a timeout).
-fn read_until_ready(stdout: ChildStdout) -> Result<Vec<Printed>, String> {
+fn read_until_ready(stdout: ChildStdout) -> Result<(Vec<Printed>, MetricsLines), String> {
     let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
         let mut daemons = Vec::new();
+        let mut metrics = Vec::new();
         let mut lines = BufReader::new(stdout).lines();
         for line in lines.by_ref() {
             let Ok(line) = line else { break };
             if line == "ready" {
-                let _ = sender.send(Ok(daemons));
+                let _ = sender.send(Ok((daemons, metrics)));
                 // Keep draining so the cluster never blocks on its stdout.
                 for _ in lines.by_ref() {}
                 return;
             }
             let words: Vec<&str> = line.split_whitespace().collect();
+            if let ["metrics", name, url] = words.as_slice() {
+                metrics.push(((*name).to_owned(), (*url).to_owned()));
+                continue;
+            }
             if let [name @ .., proto, addr, "pid", pid] = words.as_slice() {
                 daemons.push(Printed {
                     name: name.join(" "),

@@ -40,7 +40,7 @@ pub struct Cluster {
     process: Option<Child>,
     pub daemons: Vec<Printed>,
     pub shuckle: String,
-    /// From `listening gcd-metrics ADDR`, when local-cluster started gcd.
+    /// From `metrics gcd http://ADDR/metrics`, when local-cluster started gcd.
     pub gcd_metrics: Option<String>,
 }
 
@@ -151,7 +151,7 @@ impl Cluster {
         let mut metrics = None;
         for line in BufReader::new(stdout).lines() {
             let line = line.expect("gcd stdout");
-            if let Some(addr) = line.strip_prefix("listening http ") {
+            if let Some(addr) = line.strip_prefix("listening metrics ") {
                 metrics = Some(addr.to_owned());
             }
             if line == "ready" {
@@ -263,8 +263,9 @@ fn read_until_ready(stdout: ChildStdout) -> Result<(Vec<Printed>, Option<String>
                 for _ in lines.by_ref() {}
                 return;
             }
-            if let Some(addr) = line.strip_prefix("listening gcd-metrics ") {
-                gcd_metrics = Some(addr.to_owned());
+            if let Some(url) = line.strip_prefix("metrics gcd ") {
+                gcd_metrics =
+                    url.strip_prefix("http://").and_then(|rest| rest.strip_suffix("/metrics")).map(str::to_owned);
                 continue;
             }
             let words: Vec<&str> = line.split_whitespace().collect();
