@@ -30,6 +30,18 @@
 //! its last page ([`check_file_size`]): a truncated `data.mdb` is refused
 //! with one line instead of killing the daemon with SIGBUS on first touch.
 //!
+//! A checksum covers the records LMDB hands out, not the answers it does
+//! not: a flipped bit in a stored key moves the record out of place, and a
+//! lookup or a walk misled by it would answer "not found" or end a listing
+//! early. So a lookup that finds nothing reads both neighbours of the gap,
+//! and a walk that ends reads the record that ended it and the one before
+//! its start: each must be intact and in order, or the read fails as
+//! corrupt ([`Db`]). A record whose (flipped) size runs past the end of the
+//! file is refused before it is read ([`MapBounds`]), instead of a SIGBUS.
+//! Left open: LMDB trusts its page headers and node flags, and a flip there
+//! can crash the process inside LMDB (SIGSEGV) — never a wrong answer;
+//! `metad --verify` reports such a store as structurally damaged.
+//!
 //! Living keys sort by (hash, name) — the listing order. Dead keys end the
 //! name with a NUL (names never contain one) so that all versions of one name
 //! are adjacent and sorted by creation time, and names of one hash still sort
@@ -37,7 +49,7 @@
 
 use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use wire::codec::Reader;
@@ -120,19 +132,79 @@ pub struct Db {
     /// The database's name, for logs.
     pub name: &'static str,
     what: &'static str,
+    map: &'static MapBounds,
+}
+
+/// Where the environment's file is mapped, to refuse a record that LMDB
+/// places beyond the file's end. A flipped bit in a node's size field
+/// makes LMDB hand out a slice running past the end of `data.mdb`;
+/// reading it (for its checksum) would kill the process with SIGBUS. One
+/// per opened store, leaked: a store lives as long as its process.
+pub struct MapBounds {
+    start: usize,
+    size: usize,
+    file: std::fs::File,
+    /// The file's length when last looked at; it only grows.
+    file_bytes: AtomicU64,
+}
+
+impl MapBounds {
+    /// Whether `bytes` is safe to read: outside the map (a page of the
+    /// current write transaction, in memory), or inside the file.
+    fn readable(&self, bytes: &[u8]) -> bool {
+        let start = bytes.as_ptr() as usize;
+        if start < self.start || start >= self.start.saturating_add(self.size) {
+            return true;
+        }
+        let end = (start - self.start).saturating_add(bytes.len()) as u64;
+        if end <= self.file_bytes.load(Ordering::Relaxed) {
+            return true;
+        }
+        // The file may have grown since: look again (rare).
+        let now = self.file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
+        self.file_bytes.fetch_max(now, Ordering::Relaxed);
+        end <= now
+    }
+}
+
+/// The address range where this process maps `file` (the largest such
+/// mapping), from `/proc/self/maps`: LMDB does not say where its map is
+/// (its `map_addr` is set only with a fixed map).
+fn mapping_of(file: &Path) -> Option<(usize, usize)> {
+    let file = std::fs::canonicalize(file).ok()?;
+    let file = file.to_str()?;
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter(|line| line.ends_with(file))
+        .filter_map(|line| {
+            let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+            let start = usize::from_str_radix(start, 16).ok()?;
+            let end = usize::from_str_radix(end, 16).ok()?;
+            Some((start, end.checked_sub(start)?))
+        })
+        .max_by_key(|&(_, size)| size)
 }
 
 impl Db {
     fn check<'txn>(&self, key: &[u8], stored: &'txn [u8]) -> heed::Result<&'txn [u8]> {
+        if !self.map.readable(key) || !self.map.readable(stored) {
+            return Err(self.mismatch(key.get(..16).unwrap_or(key)));
+        }
         if let Some(split) = stored.len().checked_sub(CHECKSUM_BYTES) {
             let (value, trailer) = stored.split_at(split);
             if trailer == record_checksum(key, value).to_le_bytes() {
                 return Ok(value);
             }
         }
+        Err(self.mismatch(key))
+    }
+
+    /// Counts and logs a damaged record; the error that reports it.
+    fn mismatch(&self, key: &[u8]) -> heed::Error {
         let count = CHECKSUM_MISMATCHES.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::error!(database = self.name, key = %hex(key), count, "record checksum mismatch: refusing to serve it");
-        Err(heed::Error::Decoding(Box::new(ChecksumMismatch { what: self.what })))
+        let key = if self.map.readable(key) { hex(key) } else { "(beyond the end of the file)".to_string() };
+        tracing::error!(database = self.name, key = %key, count, "record checksum mismatch: refusing to serve it");
+        heed::Error::Decoding(Box::new(ChecksumMismatch { what: self.what }))
     }
 
     fn check_item<'txn>(&self, item: heed::Result<(&'txn [u8], &'txn [u8])>) -> heed::Result<(&'txn [u8], &'txn [u8])> {
@@ -140,11 +212,41 @@ impl Db {
         Ok((key, self.check(key, stored)?))
     }
 
+    /// The record of `key`. "Not found" is an answer too, and a flipped
+    /// bit in a stored key hides its record from the lookup: the damaged
+    /// record then sits where the key would be, so both neighbours of the
+    /// gap are read and must be intact.
     pub fn get<'txn>(&self, txn: &'txn RoTxn, key: &[u8]) -> heed::Result<Option<&'txn [u8]>> {
         match self.inner.get(txn, key)? {
             Some(stored) => self.check(key, stored).map(Some),
-            None => Ok(None),
+            None => {
+                self.check_below(txn, key)?;
+                self.check_at_or_above(txn, key)?;
+                Ok(None)
+            }
         }
+    }
+
+    /// Checks the record just below `key`, if any: intact, and below it
+    /// (a search misled by a damaged key lands among records out of order).
+    fn check_below(&self, txn: &RoTxn, key: &[u8]) -> heed::Result<()> {
+        self.check_neighbour(self.inner.get_lower_than(txn, key)?, |found| found < key)
+    }
+
+    /// Checks the first record at or above `key`, if any.
+    fn check_at_or_above(&self, txn: &RoTxn, key: &[u8]) -> heed::Result<()> {
+        self.check_neighbour(self.inner.get_greater_than_or_equal_to(txn, key)?, |found| found >= key)
+    }
+
+    /// Checks the record just above `key`, if any.
+    fn check_above(&self, txn: &RoTxn, key: &[u8]) -> heed::Result<()> {
+        self.check_neighbour(self.inner.get_greater_than(txn, key)?, |found| found > key)
+    }
+
+    fn check_neighbour(&self, item: Option<(&[u8], &[u8])>, in_order: impl Fn(&[u8]) -> bool) -> heed::Result<()> {
+        let Some((found, stored)) = item else { return Ok(()) };
+        self.check(found, stored)?;
+        if in_order(found) { Ok(()) } else { Err(self.mismatch(found)) }
     }
 
     pub fn put(&self, txn: &mut RwTxn, key: &[u8], value: &[u8]) -> heed::Result<()> {
@@ -162,12 +264,19 @@ impl Db {
         self.inner.clear(txn)
     }
 
+    /// The last record at or below `key`; the record above it is checked
+    /// too (a damaged key there may be the true answer).
     pub fn get_lower_than_or_equal_to<'txn>(
         &self,
         txn: &'txn RoTxn,
         key: &[u8],
     ) -> heed::Result<Option<(&'txn [u8], &'txn [u8])>> {
-        self.inner.get_lower_than_or_equal_to(txn, key)?.map(|item| self.check_item(Ok(item))).transpose()
+        let found =
+            self.inner.get_lower_than_or_equal_to(txn, key)?.map(|item| self.check_item(Ok(item))).transpose()?;
+        if found.is_none_or(|(found_key, _)| found_key != key) {
+            self.check_above(txn, key)?;
+        }
+        Ok(found)
     }
 
     pub fn iter<'txn>(
@@ -178,31 +287,69 @@ impl Db {
         Ok(self.inner.iter(txn)?.map(move |item| db.check_item(item)))
     }
 
+    /// The records in `range`, in key order. A walk that ends is proven
+    /// complete: the record just before the start and the record that
+    /// ended the walk are read and must be intact (a flipped bit in a key
+    /// inside the range can move it out, which would end a listing early
+    /// with "no more").
     pub fn range<'txn, R: RangeBounds<[u8]>>(
         &self,
         txn: &'txn RoTxn,
         range: &R,
     ) -> heed::Result<impl Iterator<Item = heed::Result<(&'txn [u8], &'txn [u8])>> + use<'txn, R>> {
-        let db = *self;
-        Ok(self.inner.range(txn, range)?.map(move |item| db.check_item(item)))
+        self.walk(txn, range.start_bound(), owned(range.end_bound()))
     }
 
+    fn walk<'txn>(
+        &self,
+        txn: &'txn RoTxn,
+        start: Bound<&[u8]>,
+        end: Bound<Vec<u8>>,
+    ) -> heed::Result<impl Iterator<Item = heed::Result<(&'txn [u8], &'txn [u8])>> + use<'txn>> {
+        match start {
+            Bound::Included(key) | Bound::Excluded(key) => self.check_below(txn, key)?,
+            Bound::Unbounded => {}
+        }
+        let walk = self.inner.range(txn, &(start, Bound::Unbounded))?;
+        Ok(checked_walk(*self, walk, move |key| match &end {
+            Bound::Included(end) => key > end.as_slice(),
+            Bound::Excluded(end) => key >= end.as_slice(),
+            Bound::Unbounded => false,
+        }))
+    }
+
+    /// [`Db::range`] backwards.
     pub fn rev_range<'txn, R: RangeBounds<[u8]>>(
         &self,
         txn: &'txn RoTxn,
         range: &R,
     ) -> heed::Result<impl Iterator<Item = heed::Result<(&'txn [u8], &'txn [u8])>> + use<'txn, R>> {
-        let db = *self;
-        Ok(self.inner.rev_range(txn, range)?.map(move |item| db.check_item(item)))
+        let start = owned(range.start_bound());
+        let end = owned(range.end_bound());
+        match &end {
+            Bound::Included(key) => self.check_above(txn, key)?,
+            Bound::Excluded(key) => self.check_at_or_above(txn, key)?,
+            Bound::Unbounded => {}
+        }
+        let walk = self.inner.rev_range(txn, &(Bound::Unbounded, as_ref(&end)))?;
+        Ok(checked_walk(*self, walk, move |key| match &start {
+            Bound::Included(start) => key < start.as_slice(),
+            Bound::Excluded(start) => key <= start.as_slice(),
+            Bound::Unbounded => false,
+        }))
     }
 
+    /// The records whose key starts with `prefix` ([`Db::range`]'s checks).
     pub fn prefix_iter<'txn>(
         &self,
         txn: &'txn RoTxn,
         prefix: &[u8],
     ) -> heed::Result<impl Iterator<Item = heed::Result<(&'txn [u8], &'txn [u8])>> + use<'txn>> {
-        let db = *self;
-        Ok(self.inner.prefix_iter(txn, prefix)?.map(move |item| db.check_item(item)))
+        let end = match prefix_successor(prefix) {
+            Some(successor) => Bound::Excluded(successor),
+            None => Bound::Unbounded,
+        };
+        self.walk(txn, Bound::Included(prefix), end)
     }
 
     /// Every record, checked, without stopping at the first damage: the
@@ -213,6 +360,10 @@ impl Db {
         for item in self.inner.iter(txn)? {
             let (key, stored) = item?;
             count += 1;
+            if !self.map.readable(key) || !self.map.readable(stored) {
+                damaged.push(key.get(..16).filter(|_| self.map.readable(key)).unwrap_or_default().to_vec());
+                continue;
+            }
             let intact = stored.len().checked_sub(CHECKSUM_BYTES).is_some_and(|split| {
                 let (value, trailer) = stored.split_at(split);
                 trailer == record_checksum(key, value).to_le_bytes()
@@ -223,6 +374,59 @@ impl Db {
         }
         Ok((count, damaged))
     }
+}
+
+fn owned(bound: Bound<&[u8]>) -> Bound<Vec<u8>> {
+    bound.map(<[u8]>::to_vec)
+}
+
+fn as_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(key) => Bound::Included(key.as_slice()),
+        Bound::Excluded(key) => Bound::Excluded(key.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The smallest key above every key that starts with `prefix` (none when
+/// the prefix is all 0xff).
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut successor = prefix.to_vec();
+    while let Some(last) = successor.pop() {
+        if last < u8::MAX {
+            successor.push(last + 1);
+            return Some(successor);
+        }
+    }
+    None
+}
+
+/// Walks `walk`, checking every record, until `past` says a key is beyond
+/// the range: that record is checked too (and its damage reported) before
+/// the walk ends.
+fn checked_walk<'txn, I>(
+    db: Db,
+    walk: I,
+    past: impl Fn(&[u8]) -> bool,
+) -> impl Iterator<Item = heed::Result<(&'txn [u8], &'txn [u8])>>
+where
+    I: Iterator<Item = heed::Result<(&'txn [u8], &'txn [u8])>>,
+{
+    let mut ended = false;
+    walk.map_while(move |item| {
+        if ended {
+            return None;
+        }
+        let (key, stored) = match item {
+            Ok(item) => item,
+            Err(error) => return Some(Err(error)),
+        };
+        if past(key) {
+            ended = true;
+            return db.check(key, stored).err().map(Err);
+        }
+        Some(db.check(key, stored).map(|value| (key, value)))
+    })
 }
 
 /// Lower-case hex of a key, for logs.
@@ -327,10 +531,20 @@ impl Store {
         // SAFETY: heed requires that one process does not open the same
         // environment twice; the daemon opens its folder exactly once.
         let env = unsafe { options.flags(EnvFlags::NO_READ_AHEAD).open(folder)? };
+        let data = folder.join("data.mdb");
+        let file = std::fs::File::open(&data)
+            .map_err(|source| StoreError::Folder { path: data.display().to_string(), source })?;
+        let (start, size) = mapping_of(&data).unwrap_or((0, 0));
+        let map: &'static MapBounds = Box::leak(Box::new(MapBounds {
+            start,
+            size,
+            file_bytes: AtomicU64::new(file.metadata().map(|metadata| metadata.len()).unwrap_or(0)),
+            file,
+        }));
         let mut wtxn = env.write_txn()?;
         let mut create = |name: &'static str, what: &'static str| -> Result<Db, StoreError> {
             let inner = env.create_database::<Bytes, Bytes>(&mut wtxn, Some(name))?;
-            Ok(Db { inner, name, what })
+            Ok(Db { inner, name, what, map })
         };
         let store = Store {
             meta: create("meta", "checksum of a meta record")?,

@@ -7,6 +7,11 @@
 //! hex), one summary line per store. Exit status 0 when everything is
 //! intact, 1 when damage was found, 2 when a store could not be read.
 //! Run it on a stopped shard: it opens the store like metad does.
+//!
+//! Each store is walked in a child process (`metad --verify-store
+//! FOLDER`): LMDB trusts its page headers and node flags, and a flipped
+//! bit there can crash the walk (SIGSEGV inside LMDB). The parent then
+//! reports that store as structurally damaged instead of dying with it.
 
 use std::path::{Path, PathBuf};
 
@@ -68,32 +73,65 @@ pub fn run(dir: &Path) -> u8 {
     }
     let mut status = 0;
     for folder in stores {
-        match verify_store(&folder) {
-            Ok(report) => {
-                for (database, key) in &report.damaged {
-                    println!("damaged {} {database} key {}", folder.display(), hex(key));
-                }
-                println!("{}: {} records, {} damaged", folder.display(), report.records, report.damaged.len());
-                if !report.damaged.is_empty() {
-                    status = status.max(1);
-                }
-            }
-            Err(error) => {
-                println!("{}: cannot verify: {error}", folder.display());
-                status = 2;
-            }
-        }
+        status = status.max(run_child(&folder));
     }
     status
 }
 
+/// Checks one store in a child process; its exit status, or 1 with a
+/// line of its own when LMDB crashed the child.
+fn run_child(folder: &Path) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    let child = std::env::current_exe()
+        .and_then(|exe| std::process::Command::new(exe).arg("--verify-store").arg(folder).status());
+    match child {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => u8::try_from(code).unwrap_or(2),
+            (None, signal) => {
+                println!(
+                    "{}: structurally damaged: LMDB crashed walking it (signal {}); restore it from a copy",
+                    folder.display(),
+                    signal.unwrap_or(0)
+                );
+                1
+            }
+        },
+        Err(error) => {
+            println!("{}: cannot verify: cannot start the checking process: {error}", folder.display());
+            2
+        }
+    }
+}
+
+/// Checks one store in this process and prints its report; the status.
+fn run_store(folder: &Path) -> u8 {
+    match verify_store(folder) {
+        Ok(report) => {
+            for (database, key) in &report.damaged {
+                println!("damaged {} {database} key {}", folder.display(), hex(key));
+            }
+            println!("{}: {} records, {} damaged", folder.display(), report.records, report.damaged.len());
+            u8::from(!report.damaged.is_empty())
+        }
+        Err(error) => {
+            println!("{}: cannot verify: {error}", folder.display());
+            2
+        }
+    }
+}
+
 /// The hook `main` calls first: `Some(exit status)` when the command line
-/// is `metad --verify DIR`.
+/// is `metad --verify DIR` (or the internal `--verify-store FOLDER`).
 pub fn main_hook() -> Option<u8> {
     let mut args = std::env::args_os().skip(1);
-    if args.next()? != "--verify" {
+    let first = args.next()?;
+    let run: fn(&Path) -> u8 = if first == "--verify" {
+        run
+    } else if first == "--verify-store" {
+        run_store
+    } else {
         return None;
-    }
+    };
     match (args.next(), args.next()) {
         (Some(dir), None) => Some(run(Path::new(&dir))),
         _ => {
