@@ -15,6 +15,8 @@
 //! - [`checker`]: the TCP stats checks (at once for new or changed
 //!   registrations, round-robin for all);
 //! - [`http`]: the JSON API and the web UI (`ui/index.html`, embedded);
+//!   operator actions need the operator token (`operator.token`, created
+//!   0600 at first start) and a same-site JSON request;
 //! - [`browse`]: the web UI's file browser, eden files and per-disk
 //!   capacity (shuckle acting as a client through the `client` library).
 //!
@@ -31,6 +33,7 @@ pub mod weights;
 use std::sync::Arc;
 use std::time::Duration;
 
+use daemon::keyfile::OperatorToken;
 use tokio::net::{TcpListener, UdpSocket};
 use wire::EggsTime;
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
@@ -48,10 +51,17 @@ pub struct Timing {
 }
 
 /// Serves datagrams on `udp` and HTTP on `http` until an I/O error.
-pub async fn serve(shuckle: Arc<Shuckle>, udp: UdpSocket, http: TcpListener, timing: Timing) -> std::io::Result<()> {
+/// Operator actions over HTTP need `operator`'s token ([`http`]).
+pub async fn serve(
+    shuckle: Arc<Shuckle>,
+    udp: UdpSocket,
+    http: TcpListener,
+    timing: Timing,
+    operator: OperatorToken,
+) -> std::io::Result<()> {
     let checker = Checker::new(Arc::clone(&shuckle), timing.check_timeout);
     tokio::spawn(Arc::clone(&checker).round_robin(timing.check_period));
-    let app = http::router(Arc::clone(&shuckle));
+    let app = http::router(Arc::clone(&shuckle), operator);
     let http_server = tokio::spawn(async move { axum::serve(http, app).await });
     tokio::select! {
         result = serve_udp(&shuckle, &checker, udp) => result,
