@@ -28,9 +28,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use daemon::keyfile::OperatorToken;
 use serde::Serialize;
 use wire::limits::NS_PER_SECOND;
-use daemon::keyfile::OperatorToken;
 use wire::{BlockServiceId, EggsTime};
 
 use crate::registry::{BlockServiceRecord, PeerRecord, Registry, StatusAction, StatusError, ago};
@@ -136,7 +136,12 @@ pub fn operator_check(operator: &OperatorToken, headers: &HeaderMap) -> Result<(
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
     match offered {
-        None => return Err((StatusCode::UNAUTHORIZED, "operator actions need the operator token (Authorization: Bearer …)")),
+        None => {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "operator actions need the operator token (Authorization: Bearer …)",
+            ));
+        }
         Some(token) if !operator.matches(token.as_bytes()) => {
             return Err((StatusCode::UNAUTHORIZED, "wrong operator token"));
         }
@@ -160,7 +165,10 @@ pub fn operator_check(operator: &OperatorToken, headers: &HeaderMap) -> Result<(
         .and_then(|value| value.split(';').next())
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
     if !json {
-        return Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, "operator actions must be sent as Content-Type: application/json"));
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "operator actions must be sent as Content-Type: application/json",
+        ));
     }
     Ok(())
 }

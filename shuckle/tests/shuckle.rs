@@ -416,7 +416,8 @@ fn operator_actions_need_the_token_and_refuse_cross_site_requests() {
     let evil_with_token = [evil[0], evil[1], ("Authorization", bearer.as_str())];
     let (status, body) = http_with(shuckle.http, "POST", &drain, &evil_with_token, "a=b");
     assert_eq!(status, 403, "{body}");
-    let cross_site = [("Sec-Fetch-Site", "cross-site"), ("Content-Type", "application/json"), ("Authorization", &bearer)];
+    let cross_site =
+        [("Sec-Fetch-Site", "cross-site"), ("Content-Type", "application/json"), ("Authorization", &bearer)];
     let (status, body) = http_with(shuckle.http, "POST", &drain, &cross_site, "{}");
     assert_eq!(status, 403, "{body}");
     let form_with_token = [("Content-Type", "text/plain"), ("Authorization", bearer.as_str())];

@@ -66,7 +66,12 @@ impl ShuckleProcess {
             }
         }
         let token = std::fs::read_to_string(Self::token_file(dir)).expect("shuckle made no operator token");
-        Self { child, http: http.expect("no http line"), udp: udp.expect("no udp line"), token: token.trim().to_owned() }
+        Self {
+            child,
+            http: http.expect("no http line"),
+            udp: udp.expect("no udp line"),
+            token: token.trim().to_owned(),
+        }
     }
 
     /// Where shuckle started on `dir` keeps its operator token (the default, in its data folder).
