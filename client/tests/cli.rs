@@ -385,7 +385,7 @@ fn corruption_beyond_parity_is_named_corrupted_data() {
         assert!(corrupt_blocks(&cluster.dir.join("blocks").join(service)) >= 2);
     }
     let error = cluster.fails(&["cat", "/f"]);
-    assert!(error.contains("corrupted data"), "{error}");
+    assert!(error.contains(": corrupted data: "), "the corruption is said first: {error}");
     assert!(!error.contains("inconsistent"), "{error}");
 }
 
