@@ -99,6 +99,10 @@ pub struct GcConfig {
     /// Do not start gcd (tests that run their own).
     #[arg(long)]
     pub no_gcd: bool,
+    /// Shuckle's stale-after time: a block service without a good check
+    /// for this long is stale (and only then may be terminated).
+    #[arg(long)]
+    pub stale_after_secs: Option<u64>,
 }
 
 impl GcConfig {
@@ -111,6 +115,10 @@ impl GcConfig {
             args.extend(["--purge-age-min-secs".to_owned(), secs.to_string()]);
         }
         args
+    }
+
+    fn shuckle_args(&self) -> Vec<String> {
+        self.stale_after_secs.map(|secs| vec!["--stale-after-secs".to_owned(), secs.to_string()]).unwrap_or_default()
     }
 
     /// Starts gcd (after everything else) unless `--no-gcd`.
@@ -312,24 +320,20 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
     let cdcd_bin = binary("cdcd")?;
     let blockd_bin = binary("blockd")?;
     let shuckle_addr = loopback(config.shuckle_port);
-    let shuckle = start(
-        "shuckle".into(),
-        &shuckle_bin,
-        &[
-            "--data-dir".into(),
-            dir.join("shuckle").display().to_string(),
-            "--http".into(),
-            shuckle_addr.clone(),
-            "--udp".into(),
-            shuckle_addr,
-            "--key-file".into(),
-            key_arg.into(),
-            "--token-file".into(),
-            token_file(dir).display().to_string(),
-        ],
-    )
-    .await?;
-    let mut shuckle = shuckle;
+    let mut shuckle_args = vec![
+        "--data-dir".into(),
+        dir.join("shuckle").display().to_string(),
+        "--http".into(),
+        shuckle_addr.clone(),
+        "--udp".into(),
+        shuckle_addr,
+        "--key-file".into(),
+        key_arg.into(),
+        "--token-file".into(),
+        token_file(dir).display().to_string(),
+    ];
+    shuckle_args.extend(config.gc.shuckle_args());
+    let mut shuckle = start("shuckle".into(), &shuckle_bin, &shuckle_args).await?;
     shuckle.pin("--http", "http");
     shuckle.pin("--udp", "udp");
     let shuckle_udp = shuckle.address("udp")?;

@@ -20,6 +20,7 @@ pub mod blocks;
 pub mod cdc;
 pub mod error;
 pub mod files;
+pub mod gcd;
 pub mod limits;
 pub mod machine;
 pub mod mount;

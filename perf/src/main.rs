@@ -19,11 +19,17 @@ use clap::Parser;
 #[command(name = "eggs-perf", about = "Measure eggsfs against this machine's own limits")]
 struct Args {
     /// Short mode (at most about 2 minutes; the default).
-    #[arg(long, conflicts_with_all = ["full", "datapath"])]
+    #[arg(long, conflicts_with_all = ["full", "datapath", "metadata", "gcd"])]
     short: bool,
     /// Only the data path (blockd, put, cat, concurrent and degraded cats) at 1 GiB.
     #[arg(long, conflicts_with = "full")]
     datapath: bool,
+    /// Only the metadata path at full size: UDP echo, fsync, metad (also with 1 M files), the CDC.
+    #[arg(long, conflicts_with_all = ["full", "datapath", "gcd"])]
+    metadata: bool,
+    /// Only gcd's rates: collection, scrub and migration, against the disk.
+    #[arg(long, conflicts_with_all = ["full", "datapath"])]
+    gcd: bool,
     /// Full mode: every block size and connection count, 1 GiB files, a shard with 1 M files.
     #[arg(long)]
     full: bool,
@@ -41,6 +47,10 @@ fn main() -> ExitCode {
         plan::Plan::full()
     } else if args.datapath {
         plan::Plan::datapath()
+    } else if args.metadata {
+        plan::Plan::metadata()
+    } else if args.gcd {
+        plan::Plan::gcd()
     } else {
         plan::Plan::short()
     };

@@ -27,6 +27,8 @@ pub struct Plan {
     pub creates: Duration,
     /// Client counts for durable creates.
     pub create_clients: Vec<usize>,
+    /// Runs in a row of the creates with the most clients.
+    pub create_runs: usize,
     /// Files in the shard before the second create measurement.
     pub shard_files: u64,
     /// Longest time spent filling the shard.
@@ -45,6 +47,13 @@ pub struct Plan {
     pub concurrent_file_bytes: usize,
     /// Only the data path: no UDP, shard or CDC figures.
     pub data_only: bool,
+    /// Only the metadata path: UDP, shard and CDC figures (no blockd, put,
+    /// cat or mount).
+    pub metadata_only: bool,
+    /// Only gcd's rates (and the disk limits they are compared to).
+    pub gc_only: bool,
+    /// gcd's rates (`None`: not measured in this mode).
+    pub gc: Option<perf::gcd::GcPlan>,
 }
 
 impl Plan {
@@ -63,6 +72,7 @@ impl Plan {
             block_phase: Duration::from_millis(1500),
             creates: Duration::from_secs(2),
             create_clients: vec![1, 64],
+            create_runs: 1,
             shard_files: 20_000,
             fill_max: Duration::from_secs(15),
             cdc: Duration::from_secs(2),
@@ -73,6 +83,9 @@ impl Plan {
             concurrent_cats: 4,
             concurrent_file_bytes: 64 * MIB,
             data_only: false,
+            metadata_only: false,
+            gc_only: false,
+            gc: Some(perf::gcd::GcPlan { dead_files: 50, dead_file_bytes: 4 * MIB, living_bytes: 256 * MIB }),
         }
     }
 
@@ -91,6 +104,7 @@ impl Plan {
             block_phase: Duration::from_secs(3),
             creates: Duration::from_secs(5),
             create_clients: vec![1, 8, 64],
+            create_runs: 3,
             shard_files: 1_000_000,
             fill_max: Duration::from_secs(900),
             cdc: Duration::from_secs(5),
@@ -101,6 +115,9 @@ impl Plan {
             concurrent_cats: 4,
             concurrent_file_bytes: 256 * MIB,
             data_only: false,
+            metadata_only: false,
+            gc_only: false,
+            gc: Some(perf::gcd::GcPlan { dead_files: 200, dead_file_bytes: 4 * MIB, living_bytes: 1024 * MIB }),
         }
     }
 
@@ -114,9 +131,22 @@ impl Plan {
             parities: vec![(4, 2)],
             create_clients: vec![],
             data_only: true,
+            gc: None,
             ..Self::full()
         }
         .with_blocks(vec![MIB, 64 * MIB], vec![1, 16])
+    }
+
+    /// The metadata path at full size (issue 12): UDP echo, fsync, metad
+    /// stat/resolve and durable creates (also in a shard of 1 M files),
+    /// CDC mkdir and mv.
+    pub fn metadata() -> Self {
+        Self { mode: "metadata", metadata_only: true, gc: None, ..Self::full() }
+    }
+
+    /// gcd's rates at full size (issue 13).
+    pub fn gcd() -> Self {
+        Self { mode: "gcd", gc_only: true, client_counts: vec![], ..Self::full() }
     }
 
     fn with_blocks(mut self, sizes: Vec<usize>, connections: Vec<usize>) -> Self {

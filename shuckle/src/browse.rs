@@ -58,6 +58,7 @@ pub fn routes() -> Router<Arc<Shuckle>> {
         .route("/download/{*path}", get(download))
         .route("/eden", get(eden))
         .route("/api/capacity", get(capacity_json))
+        .route("/api/awaiting_migration", get(awaiting_migration_json))
 }
 
 /// Shuckle's own datagram client, made on first use.
@@ -529,6 +530,62 @@ async fn capacity_json(State(shuckle): State<Arc<Shuckle>>) -> impl IntoResponse
         "capacity_bytes": capacity_bytes, "used_bytes": used_bytes, "free_bytes": free_bytes,
         "disks": disks.len(), "block_services": services.len(),
     }))
+}
+
+/// Blocks counted per service and shard at most (one answer stays bounded
+/// however large a disk is; the UI then shows "at least").
+const AWAITING_COUNT_MAX: u64 = 1_000_000;
+
+/// `GET /api/awaiting_migration`: for each block service being emptied
+/// (drained, terminal or stale), how many blocks the shards still list on
+/// it, i.e. what gcd has yet to migrate: `{"<id>": {"blocks": N,
+/// "complete": bool}}`. Counted with reverse_block_query on every shard
+/// when asked; services in good health are not counted.
+async fn awaiting_migration_json(State(shuckle): State<Arc<Shuckle>>) -> Response {
+    let (evacuating, shards): (Vec<BlockServiceId>, Vec<u8>) = {
+        let registry = shuckle.registry();
+        let now = EggsTime::now();
+        let evacuating = registry
+            .block_services_from(BlockServiceId::new(0))
+            .filter(|record| record.status != Status::Ok || registry.is_stale(record, now))
+            .map(|record| record.id())
+            .collect();
+        (evacuating, registry.shards_from(0).map(|(shard, _)| shard).collect())
+    };
+    let client = match cluster_client(&shuckle).await {
+        Ok(client) => client,
+        Err(response) => return response,
+    };
+    let mut answer = serde_json::Map::new();
+    for service in evacuating {
+        let mut blocks = 0u64;
+        let mut complete = true;
+        for &shard in &shards {
+            let (count, whole) = count_blocks(&client, shard, service).await;
+            blocks += count;
+            complete &= whole;
+        }
+        answer.insert(service.to_string(), serde_json::json!({ "blocks": blocks, "complete": complete }));
+    }
+    Json(serde_json::Value::Object(answer)).into_response()
+}
+
+/// Blocks `shard` lists on `service`, and whether the count is whole (not
+/// capped, every page answered).
+async fn count_blocks(client: &Client, shard: u8, service: BlockServiceId) -> (u64, bool) {
+    let mut count = 0u64;
+    let mut begin = wire::BlockId::new(0);
+    while count < AWAITING_COUNT_MAX {
+        let Ok((entries, next)) = client.reverse_block_query(shard, service, begin).await else {
+            return (count, false);
+        };
+        count += entries.len() as u64;
+        if next.get() == 0 || next <= begin {
+            return (count, true);
+        }
+        begin = next;
+    }
+    (count, false)
 }
 
 #[cfg(test)]
