@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! DIR/cluster.key     the cluster key (16 random bytes, 0600), given to shuckle, shards and CDC
+//! DIR/operator.token  shuckle's operator token (0600; `eggs block-service --token-file`)
 //! DIR/shuckle/        shuckle's store
 //! DIR/meta/           the shards' and the CDC's data
 //! DIR/blocks/<i>/     block service i
@@ -15,9 +16,18 @@
 //! the root directory's policy if it has none, print every address, one
 //! `metrics NAME http://ADDR/metrics` line per child (every child serves
 //! Prometheus metrics on a free loopback port, `--metrics 127.0.0.1:0`) and
-//! `ready`. A child that exits is reported and the others keep running;
-//! SIGINT/SIGTERM stops every child (SIGTERM, then SIGKILL after a grace
-//! period). Started again on the same folder, the cluster resumes its data.
+//! `ready`.
+//!
+//! Supervision: a child that exits is restarted with the same flags, on the
+//! ports it bound at its first start (a port given as 0 is pinned to the one
+//! it got) and the same folder, so shuckle and the shards see the same
+//! service at the same address. Restarts back off from
+//! [`RESTART_BACKOFF_MIN`] doubling to [`RESTART_BACKOFF_MAX`], reset once a
+//! child has stayed up for [`RESTART_STABLE_AFTER`]; each is said on stderr
+//! (`restarted NAME (exit status …), attempt N`). `--no-restart` only reports
+//! exits (tests that need a daemon to stay down). SIGINT/SIGTERM stops every
+//! child (SIGTERM, then SIGKILL after a grace period). Started again on the
+//! same folder, the cluster resumes its data.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -65,6 +75,9 @@ pub struct ClusterConfig {
     /// Give up if the cluster cannot take a write within this many seconds.
     #[arg(long, default_value_t = 180)]
     pub ready_timeout_secs: u64,
+    /// Do not restart a child that exits; only report it (tests that need a daemon to stay down).
+    #[arg(long)]
+    pub no_restart: bool,
     #[command(flatten)]
     pub gc: GcConfig,
 }
@@ -137,14 +150,31 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const PROBE_PAUSE: Duration = Duration::from_millis(500);
 /// Bytes per data block of a span in the default policy.
 const DEFAULT_BLOCK_BYTES: u32 = 4 << 20;
+/// First pause before restarting a child that exited.
+pub const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The pause doubles per failed restart up to this.
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A child up this long is well again: its next exit starts the backoff over.
+pub const RESTART_STABLE_AFTER: Duration = Duration::from_secs(10);
+/// How often the children are looked at.
+const WATCH_PERIOD: Duration = Duration::from_millis(100);
 
-/// A running child.
+/// A child, running or waiting to be restarted.
 struct Daemon {
     name: String,
     child: Child,
     /// `listening` addresses it printed, as (proto, address).
     addresses: Vec<(String, SocketAddr)>,
     exited: bool,
+    program: PathBuf,
+    /// Its flags, with every listening port pinned to the one it bound.
+    args: Vec<String>,
+    /// When it last printed `ready`.
+    up_since: Instant,
+    /// Restarts since it was last well (for the backoff and the message).
+    attempts: u32,
+    /// The exit being recovered from and when to try next, while down.
+    restart: Option<(std::process::ExitStatus, tokio::time::Instant)>,
 }
 
 fn binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -202,10 +232,36 @@ async fn start(name: String, program: &Path, args: &[String]) -> anyhow::Result<
     }
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Daemon { name, child, addresses, exited: false })
+    let mut daemon = Daemon {
+        name,
+        child,
+        addresses,
+        exited: false,
+        program: program.to_path_buf(),
+        args: args.to_vec(),
+        up_since: Instant::now(),
+        attempts: 0,
+        restart: None,
+    };
+    // A restarted child keeps its metrics port (scrapers are pointed at it).
+    daemon.pin(METRICS_FLAG, "metrics");
+    Ok(daemon)
 }
 
 impl Daemon {
+    /// Restarts give `flag` the address this child printed for `proto`
+    /// (a port 0 becomes the port it got).
+    fn pin(&mut self, flag: &str, proto: &str) {
+        let Some(bound) = self.addresses.iter().find(|(p, _)| p == proto).map(|(_, addr)| addr.to_string()) else {
+            return;
+        };
+        if let Some(position) = self.args.iter().position(|arg| arg == flag)
+            && let Some(value) = self.args.get_mut(position + 1)
+        {
+            *value = bound;
+        }
+    }
+
     fn address(&self, proto: &str) -> anyhow::Result<SocketAddr> {
         self.addresses
             .iter()
@@ -291,16 +347,20 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
         key_arg.into(),
         METRICS_FLAG.into(),
         loopback(0),
+        "--token-file".into(),
+        token_file(dir).display().to_string(),
     ];
     shuckle_args.extend(config.gc.shuckle_args());
-    let shuckle = start("shuckle".into(), &shuckle_bin, &shuckle_args).await?;
+    let mut shuckle = start("shuckle".into(), &shuckle_bin, &shuckle_args).await?;
+    shuckle.pin("--http", "http");
+    shuckle.pin("--udp", "udp");
     let shuckle_udp = shuckle.address("udp")?;
     daemons.push(shuckle);
     let meta = dir.join("meta").display().to_string();
     let mut addresses = Addresses::local_defaults(shuckle_udp);
     for shard in 0..config.shards {
         let port = if config.shard_port_base == 0 { 0 } else { config.shard_port_base + shard as u16 };
-        let daemon = start(
+        let mut daemon = start(
             format!("shard {shard}"),
             &metad_bin,
             &[
@@ -322,6 +382,7 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
             .collect::<Vec<String>>(),
         )
         .await?;
+        daemon.pin("--listen", "udp");
         addresses.shards[shard] = daemon.address("udp")?;
         daemons.push(daemon);
     }
@@ -343,7 +404,8 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
         cdc_args.push("--shard-addr".into());
         cdc_args.push(format!("{shard}={}", addresses.shards[shard]));
     }
-    let cdc = start("cdc".into(), &cdcd_bin, &cdc_args).await?;
+    let mut cdc = start("cdc".into(), &cdcd_bin, &cdc_args).await?;
+    cdc.pin("--listen", "udp");
     addresses.cdc = cdc.address("udp")?;
     daemons.push(cdc);
     for index in 0..config.block_services {
@@ -366,7 +428,7 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
                 loopback(0),
             ]
         };
-        let daemon = match remembered {
+        let mut daemon = match remembered {
             Some(port) => match start(name.clone(), &blockd_bin, &args(port)).await {
                 Ok(daemon) => daemon,
                 Err(error) => {
@@ -378,6 +440,7 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
         };
         // Block addresses are in the shards' tables: keep the port across
         // restarts so existing blocks stay reachable at once.
+        daemon.pin("--listen", "tcp");
         let port = daemon.address("tcp")?.port();
         std::fs::write(&port_file, port.to_string()).with_context(|| format!("{}", port_file.display()))?;
         daemons.push(daemon);
@@ -421,6 +484,7 @@ async fn supervise(config: &ClusterConfig, addresses: Addresses, daemons: &mut [
             println!("listening gcd-metrics {metrics}");
         }
     }
+    println!("operator-token {}", token_file(&config.data_dir).display());
     println!(
         "policy / storage_class={} parity={} span_size={}",
         policy.storage_class, policy.parity, policy.span_size_bytes
@@ -429,19 +493,83 @@ async fn supervise(config: &ClusterConfig, addresses: Addresses, daemons: &mut [
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     loop {
+        // A signal during a restart drops it; the half-started child is
+        // killed with it (kill_on_drop).
         tokio::select! {
             _ = terminate.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_millis(200)) => report_exits(daemons),
+            () = watch(daemons, !config.no_restart) => {}
         }
     }
 }
 
-fn report_exits(daemons: &mut [Daemon]) {
-    for daemon in daemons.iter_mut().filter(|daemon| !daemon.exited) {
-        if let Ok(Some(status)) = daemon.child.try_wait() {
+/// Where local-cluster keeps shuckle's operator token: beside the cluster key.
+fn token_file(dir: &Path) -> PathBuf {
+    dir.join("operator.token")
+}
+
+/// The pause before restart attempt `attempt` (1, 2, …).
+pub fn restart_backoff(attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(16);
+    RESTART_BACKOFF_MIN.saturating_mul(1 << doublings).min(RESTART_BACKOFF_MAX)
+}
+
+/// One look at the children: reports exits and, when `restart`, restarts
+/// the children whose backoff has passed.
+async fn watch(daemons: &mut [Daemon], restart: bool) {
+    tokio::time::sleep(WATCH_PERIOD).await;
+    for daemon in daemons.iter_mut() {
+        if daemon.exited && daemon.restart.is_none() {
+            continue;
+        }
+        if daemon.restart.is_none() {
+            let Ok(Some(status)) = daemon.child.try_wait() else { continue };
             daemon.exited = true;
-            eprintln!("eggs local-cluster: {} exited ({status}); the others keep running", daemon.name);
+            if !restart {
+                eprintln!("eggs local-cluster: {} exited ({status}); the others keep running", daemon.name);
+                continue;
+            }
+            if daemon.up_since.elapsed() >= RESTART_STABLE_AFTER {
+                daemon.attempts = 0;
+            }
+            daemon.attempts += 1;
+            let pause = restart_backoff(daemon.attempts);
+            eprintln!(
+                "eggs local-cluster: {} exited ({status}); restarting in {:.1} s, attempt {}",
+                daemon.name,
+                pause.as_secs_f64(),
+                daemon.attempts
+            );
+            daemon.restart = Some((status, tokio::time::Instant::now() + pause));
+        }
+        let Some((status, due)) = daemon.restart else { continue };
+        if tokio::time::Instant::now() < due {
+            continue;
+        }
+        match start(daemon.name.clone(), &daemon.program, &daemon.args).await {
+            Ok(started) => {
+                eprintln!(
+                    "eggs local-cluster: restarted {} ({status}), attempt {}{}",
+                    daemon.name,
+                    daemon.attempts,
+                    started.child.id().map_or(String::new(), |pid| format!(", pid {pid}"))
+                );
+                daemon.child = started.child;
+                daemon.up_since = Instant::now();
+                daemon.exited = false;
+                daemon.restart = None;
+            }
+            Err(error) => {
+                daemon.attempts += 1;
+                let pause = restart_backoff(daemon.attempts);
+                eprintln!(
+                    "eggs local-cluster: restarting {} failed ({error}); next try in {:.1} s, attempt {}",
+                    daemon.name,
+                    pause.as_secs_f64(),
+                    daemon.attempts
+                );
+                daemon.restart = Some((status, tokio::time::Instant::now() + pause));
+            }
         }
     }
 }
@@ -542,6 +670,13 @@ mod tests {
             assert!(policy.parity.total_blocks() <= services, "{services}: {}", policy.parity);
         }
         assert!(default_policy(0, 2).is_none());
+    }
+
+    #[test]
+    fn restart_backoff_doubles_from_a_tenth_to_five_seconds() {
+        let pauses: Vec<u128> = (1..=9).map(|attempt| restart_backoff(attempt).as_millis()).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(restart_backoff(u32::MAX), RESTART_BACKOFF_MAX);
     }
 
     #[test]

@@ -143,6 +143,8 @@ pub enum Command {
     },
     /// List the block services shuckle knows: id, address, storage class, flags.
     BlockServices,
+    /// Drain, resume or terminate a block service (needs shuckle's operator token).
+    BlockService(cli::operator::BlockServiceArgs),
     /// Run a whole cluster on this machine as child processes.
     LocalCluster(ClusterConfig),
     /// Mount the cluster's namespace as a local filesystem (FUSE).
@@ -200,5 +202,6 @@ async fn run(command: Command, context: &Context) -> anyhow::Result<()> {
             admin::reverse_block_query(&context.client().await?, &block_service, shard).await
         }
         Command::BlockServices => admin::block_services(&context.client().await?).await,
+        Command::BlockService(args) => operator::block_service(&args, context.shuckle()).await,
     }
 }

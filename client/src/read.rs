@@ -365,14 +365,14 @@ async fn read_span(state: ReadState, inode: InodeId, span: FileSpan, mut buffer:
         FileSpanBody::Inline(bytes) => {
             buffer.extend_from_slice(bytes);
             if crc32c(&buffer) != span.crc {
-                return Err(span_error("inline span CRC mismatch".into()));
+                return Err(span_error(format!("{CORRUPTED}: inline span CRC mismatch")));
             }
             check_size(&buffer, &span).map_err(span_error)?;
             Ok(SpanRead { data: buffer, reconstructed: false, notices: Vec::new() })
         }
         FileSpanBody::ZeroFill => {
             if crc32c_zeros(u64::from(span.size)) != span.crc {
-                return Err(span_error("zero-fill span CRC mismatch".into()));
+                return Err(span_error(format!("{CORRUPTED}: zero-fill span CRC mismatch")));
             }
             buffer.resize(span.size as usize, 0);
             Ok(SpanRead { data: buffer, reconstructed: false, notices: Vec::new() })
@@ -393,6 +393,9 @@ fn check_size(data: &[u8], span: &FileSpan) -> std::result::Result<(), String> {
     }
     Ok(())
 }
+
+/// How a block whose bytes do not match their CRC is named in errors.
+const CORRUPTED: &str = "corrupted data";
 
 /// One block fetch's outcome, with the buffer back either way.
 struct Fetched {
@@ -418,10 +421,8 @@ async fn fetch_one(state: ReadState, index: usize, block: FetchedBlock, dst: Byt
         Ok((buffer, crc)) if crc == block.crc.get() => Fetched { index, buffer, result: Ok(crc) },
         Ok((mut buffer, crc)) => {
             buffer.clear();
-            let reason = format!(
-                "corrupted data on {listed}: CRC {crc:08x}, the block was written with {:08x}",
-                block.crc.get()
-            );
+            let reason =
+                format!("{CORRUPTED} on {listed}: CRC {crc:08x}, the block was written with {:08x}", block.crc.get());
             Fetched { index, buffer, result: Err((FailureKind::Failed, reason)) }
         }
         Err((error, failure, dst)) => {
@@ -496,6 +497,8 @@ async fn read_blocks(
     let mut crcs = vec![0u32; d];
     let mut have = vec![false; d];
     let mut good = 0usize;
+    // Blocks whose bytes did not match the CRC they were written with.
+    let mut corrupted = 0usize;
     let mut mirror_used = None;
     loop {
         let batch = choice.next(good);
@@ -533,6 +536,9 @@ async fn read_blocks(
                     if kind == FailureKind::Down {
                         state.mark_down(blocks[index].block_service_id);
                     }
+                    if reason.starts_with(CORRUPTED) {
+                        corrupted += 1;
+                    }
                     notices.push(format!(
                         "block {} (index {index}) of span at {}: {reason}; reading parity",
                         blocks[index].block_id, span.offset
@@ -548,7 +554,17 @@ async fn read_blocks(
         }
     }
     if good < d {
-        return Err(span_error(format!("only {good} of the {d} blocks needed could be read ({})", notices.join("; "))));
+        // Corruption is said first: it is damaged data, not a service down
+        // or a metadata problem.
+        let what = if corrupted > 0 {
+            format!("{CORRUPTED}: {corrupted} blocks do not match their CRC; ")
+        } else {
+            String::new()
+        };
+        return Err(span_error(format!(
+            "{what}only {good} of the {d} blocks needed could be read ({})",
+            notices.join("; ")
+        )));
     }
     let reconstructed = if mirroring {
         // Another copy than the first was used.
@@ -572,7 +588,7 @@ async fn read_blocks(
     };
     if span_crc != span.crc {
         return Err(span_error(format!(
-            "span CRC {span_crc:08x} from its blocks, the span was written with {:08x}",
+            "{CORRUPTED}: span CRC {span_crc:08x} from its blocks, the span was written with {:08x}",
             span.crc
         )));
     }
@@ -690,7 +706,7 @@ fn decode_into(
         let crc = crc32c(piece);
         if crc != blocks[index].crc.get() {
             return Err(format!(
-                "rebuilt block {index} has CRC {crc:08x}, written with {:08x}",
+                "{CORRUPTED}: rebuilt block {index} has CRC {crc:08x}, written with {:08x}",
                 blocks[index].crc.get()
             ));
         }

@@ -364,3 +364,122 @@ fn writes_right_after_ready_succeed_on_every_shard() {
         assert!(cluster.ok(&["cat", "/f"]) == data, "iteration {iteration}: /f reads back");
     }
 }
+
+/// Issue 17 G2: blocks that do not match their CRC are named as corrupted
+/// data, with -v while parity covers them and as the one error line when
+/// it cannot (never as inconsistent metadata).
+#[test]
+fn corruption_beyond_parity_is_named_corrupted_data() {
+    let cluster = Cluster::start(6);
+    let data = test_bytes(2 * MIB + 5, 9);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let local = scratch.path().join("f");
+    std::fs::write(&local, &data).expect("write");
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/f", "--parity", "4+2", "--span-size", "1048576"]);
+    assert!(corrupt_blocks(&cluster.dir.join("blocks").join("0")) >= 2);
+    let output = cluster.eggs(&["-v", "cat", "/f"]);
+    assert!(output.status.success() && output.stdout == data, "one corrupted block per span is rebuilt");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("corrupted data"), "-v names the corruption: {stderr}");
+    for service in ["1", "2"] {
+        assert!(corrupt_blocks(&cluster.dir.join("blocks").join(service)) >= 2);
+    }
+    let error = cluster.fails(&["cat", "/f"]);
+    assert!(error.contains(": corrupted data: "), "the corruption is said first: {error}");
+    assert!(!error.contains("inconsistent"), "{error}");
+}
+
+/// Issue 17 D: `eggs block-service drain|resume ID` with the operator
+/// token local-cluster keeps beside the cluster key; a wrong token is one
+/// clear line.
+#[test]
+fn block_service_drain_and_resume_with_the_operator_token() {
+    let cluster = Cluster::start(6);
+    let http = cluster
+        .daemons
+        .iter()
+        .find(|daemon| daemon.name == "shuckle" && daemon.proto == "http")
+        .map(|daemon| daemon.addr.clone())
+        .expect("shuckle http address");
+    let token_file = cluster.dir.join("operator.token");
+    let token_arg = token_file.to_str().expect("utf-8");
+    let listing = cluster.lines(&["block-services"]);
+    let id = listing[0].split_whitespace().next().expect("id").to_owned();
+    let flags = |id: &str| listing.iter().find(|line| line.starts_with(id)).cloned().unwrap_or_default();
+    assert!(flags(&id).ends_with("flags=0x0"), "{listing:?}");
+
+    let drained = cluster.lines(&["block-service", "drain", &id, "--token-file", token_arg, "--http", &http]);
+    assert_eq!(drained, [format!("block service {id}: drain")]);
+    let now = cluster.lines(&["block-services"]);
+    assert!(!now.iter().any(|line| line.starts_with(&id) && line.ends_with("flags=0x0")), "drained: {now:?}");
+    let resumed = cluster.lines(&["block-service", "resume", &id, "--token-file", token_arg, "--http", &http]);
+    assert_eq!(resumed, [format!("block service {id}: ok")]);
+
+    let wrong = cluster.dir.join("wrong.token");
+    std::fs::write(&wrong, format!("{}\n", "ab".repeat(16))).expect("write");
+    let error = cluster.fails(&[
+        "block-service",
+        "drain",
+        &id,
+        "--token-file",
+        wrong.to_str().expect("utf-8"),
+        "--http",
+        &http,
+    ]);
+    assert!(error.contains("refused the operator token"), "{error}");
+    let missing =
+        cluster.fails(&["block-service", "drain", &id, "--token-file", "/nonexistent/operator.token", "--http", &http]);
+    assert!(missing.contains("/nonexistent/operator.token"), "{missing}");
+}
+
+/// Issue 17 G1: local-cluster restarts a SIGKILLed blockd and metad (the
+/// root's shard) on their ports; writes that need every block service
+/// (4+2 on 6) and reads work again without restarting the cluster.
+#[test]
+fn killed_daemons_are_restarted_and_the_cluster_serves_again() {
+    let cluster = Cluster::start_supervised(6);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let before = test_bytes(3 * MIB + 1, 21);
+    let local = scratch.path().join("before");
+    std::fs::write(&local, &before).expect("write");
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/before", "--parity", "4+2", "--span-size", "1048576"]);
+    let block_service = cluster.block_services()[0].clone();
+    let root_shard = cluster.daemons.iter().find(|daemon| daemon.name == "shard 1").cloned().expect("shard 1");
+    cluster.kill(&block_service);
+    cluster.kill(&root_shard);
+
+    let after = test_bytes(3 * MIB + 2, 22);
+    let local = scratch.path().join("after");
+    std::fs::write(&local, &after).expect("write");
+    // Liveness bound: restarts take well under a second; the machine is shared.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let output = cluster.eggs(&[
+            "put",
+            "-f",
+            local.to_str().expect("utf-8"),
+            "/after",
+            "--parity",
+            "4+2",
+            "--span-size",
+            "1048576",
+            "--timeout",
+            "20",
+        ]);
+        if output.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster did not take a 4+2 write again: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(cluster.ok(&["cat", "/after"]) == after);
+    let output = cluster.eggs(&["-v", "cat", "/before"]);
+    assert!(output.status.success() && output.stdout == before, "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("parity"), "every block served again");
+    // The same ports: the blockd answers where it was.
+    std::net::TcpStream::connect(&block_service.addr).expect("the restarted blockd listens on its port");
+}

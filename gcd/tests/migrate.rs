@@ -65,6 +65,9 @@ fn a_terminated_block_service_is_emptied_onto_the_others() {
     cluster.kill(victim);
 
     let http = cluster.shuckle_http();
+    // local-cluster keeps shuckle's operator token beside the cluster key.
+    let token = std::fs::read_to_string(cluster.dir.join("operator.token")).expect("operator token");
+    let post = |addr: &str, path: &str| request(addr, "POST", path, token.trim());
     assert_eq!(post(&http, &format!("/api/block_services/{victim_id}/drain")).0, 200, "drain");
     assert_eq!(awaiting(&http, &victim_id), Some(held as u64), "shuckle's UI counts what awaits migration");
     wait_for(Duration::from_secs(60), "shuckle to call the killed service stale", || {
@@ -140,7 +143,7 @@ fn reverse_block_query(cluster: &Cluster, id: &str) -> Vec<String> {
 /// Shuckle's count of the blocks awaiting migration off `id`, if it
 /// counts that service (and the count is whole).
 fn awaiting(addr: &str, id: &str) -> Option<u64> {
-    let (status, body) = request(addr, "GET", "/api/awaiting_migration");
+    let (status, body) = request(addr, "GET", "/api/awaiting_migration", "");
     assert_eq!(status, 200, "awaiting_migration: {body}");
     let counts: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     let entry = counts.get(id)?;
@@ -149,17 +152,14 @@ fn awaiting(addr: &str, id: &str) -> Option<u64> {
 }
 
 /// A JSON POST to shuckle's HTTP API: (status, body).
-fn post(addr: &str, path: &str) -> (u16, String) {
-    request(addr, "POST", path)
-}
-
-fn request(addr: &str, method: &str, path: &str) -> (u16, String) {
+/// One HTTP exchange; `token` (shuckle's operator token) goes as the bearer.
+fn request(addr: &str, method: &str, path: &str, token: &str) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to shuckle");
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\
-         Connection: close\r\n\r\n{{}}"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
     )
     .expect("request");
     let mut text = String::new();

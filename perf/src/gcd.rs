@@ -140,7 +140,7 @@ struct Gcd {
 impl Gcd {
     /// gcd's counters, `gcd_` prefix and `_total` suffix removed.
     fn counters(&self) -> Result<HashMap<String, f64>> {
-        let text = http(self.metrics, "GET", "/metrics", &[])?.1;
+        let text = http(self.metrics, "GET", "/metrics", &[], "")?.1;
         Ok(text
             .lines()
             .filter(|line| !line.starts_with('#'))
@@ -276,7 +276,13 @@ fn migrate(cluster: &GcCluster, victim: SocketAddr, victim_bytes: u64) -> Result
             (words.next()? == victim.to_string()).then(|| id.to_owned())
         })
         .ok_or_else(|| PerfError::Protocol(format!("shuckle does not list the block service at {victim}")))?;
-    let action = |what: &str| http(cluster.shuckle_http, "POST", &format!("/api/block_services/{id}/{what}"), b"{}");
+    // local-cluster keeps shuckle's operator token beside the cluster key.
+    let token_file = cluster.folder.join("gc-cluster").join("operator.token");
+    let token = std::fs::read_to_string(&token_file).map_err(PerfError::io(format!("{}", token_file.display())))?;
+    let action = |what: &str| {
+        let path = format!("/api/block_services/{id}/{what}");
+        http(cluster.shuckle_http, "POST", &path, b"{}", token.trim())
+    };
     let (status, body) = action("drain")?;
     if status != 200 {
         return Err(PerfError::Component(format!("drain answered {status}: {body}")));
@@ -339,12 +345,13 @@ fn is_block_folder(name: &str) -> bool {
 }
 
 /// One HTTP/1.1 request with `Connection: close`: (status, body).
-fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<(u16, String)> {
+/// One HTTP exchange; `token` (shuckle's operator token) goes as the bearer.
+fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8], token: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr).map_err(PerfError::io(format!("connect to {addr}")))?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(PerfError::io("socket timeout"))?;
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).map_err(PerfError::io("HTTP request"))?;

@@ -400,6 +400,8 @@ fn cluster_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtim
             "0".into(),
             "--cdc-port".into(),
             "0".into(),
+            // The degraded cat kills a block service: it must stay down.
+            "--no-restart".into(),
         ];
         Daemon::start("eggs local-cluster", &eggs, &args, &[], folder, READY_TIMEOUT).map(|daemon| (eggs, daemon))
     });

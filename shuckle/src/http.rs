@@ -9,15 +9,26 @@
 //!   service, or a 4xx `{"error": "..."}` saying why not.
 //! - `GET /`: the web UI, one self-contained page.
 //!
-//! No secret key is ever part of an answer.
+//! Reading is open to anyone who can reach the port. Every mutating request
+//! ([`operator_check`]) needs the operator token (`operator.token`, made by
+//! shuckle at its first start, mode 0600) as `Authorization: Bearer TOKEN`,
+//! else 401; and it must not come from another site, else 403: an `Origin`
+//! header, when present, names this very host, `Sec-Fetch-Site` (sent by
+//! browsers) is `same-origin` or `none`, and the body is declared
+//! `application/json` (415 otherwise), which an HTML form cannot send. The
+//! web UI asks for the token once, keeps it in the tab's sessionStorage and
+//! sends it as that header; it never goes into a URL.
+//!
+//! No secret key, and never the operator token, is part of an answer.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use daemon::keyfile::OperatorToken;
 use serde::Serialize;
 use wire::limits::NS_PER_SECOND;
 use wire::{BlockServiceId, EggsTime};
@@ -103,7 +114,7 @@ fn peer_json(record: Option<&PeerRecord>, now: EggsTime) -> PeerJson {
     }
 }
 
-pub fn router(shuckle: Arc<Shuckle>) -> Router {
+pub fn router(shuckle: Arc<Shuckle>, operator: OperatorToken) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/api/block_services", get(block_services))
@@ -111,7 +122,55 @@ pub fn router(shuckle: Arc<Shuckle>) -> Router {
         .route("/api/cdc", get(cdc))
         .route("/api/block_services/{id}/{action}", post(status_action))
         .merge(crate::browse::routes())
+        .layer(Extension(Arc::new(operator)))
         .with_state(shuckle)
+}
+
+/// Whether a mutating request may act: the operator's token, from this
+/// site, declared JSON. The refusal's status and one line saying why.
+pub fn operator_check(operator: &OperatorToken, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
+    let offered = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match offered {
+        None => {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "operator actions need the operator token (Authorization: Bearer …)",
+            ));
+        }
+        Some(token) if !operator.matches(token.as_bytes()) => {
+            return Err((StatusCode::UNAUTHORIZED, "wrong operator token"));
+        }
+        Some(_) => {}
+    }
+    let text = |name| headers.get(name).map(|value| value.to_str().unwrap_or("\u{fffd}"));
+    if let Some(origin) = text(header::ORIGIN) {
+        let host = text(header::HOST).unwrap_or("");
+        let same = ["http://", "https://"].iter().any(|scheme| origin.strip_prefix(scheme) == Some(host));
+        if host.is_empty() || !same {
+            return Err((StatusCode::FORBIDDEN, "refusing a cross-site request (Origin is not this host)"));
+        }
+    }
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site"))
+        && site != "same-origin"
+        && site != "none"
+    {
+        return Err((StatusCode::FORBIDDEN, "refusing a cross-site request (Sec-Fetch-Site)"));
+    }
+    let json = text(header::CONTENT_TYPE)
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "operator actions must be sent as Content-Type: application/json",
+        ));
+    }
+    Ok(())
 }
 
 async fn index() -> Html<&'static str> {
@@ -157,7 +216,16 @@ fn parse_id(text: &str) -> Option<BlockServiceId> {
     u64::from_str_radix(digits, 16).ok().map(BlockServiceId::new)
 }
 
-async fn status_action(State(shuckle): State<Arc<Shuckle>>, Path((id, action)): Path<(String, String)>) -> Response {
+async fn status_action(
+    State(shuckle): State<Arc<Shuckle>>,
+    Extension(operator): Extension<Arc<OperatorToken>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+) -> Response {
+    if let Err((status, text)) = operator_check(&operator, &headers) {
+        tracing::warn!(%status, reason = text, "refused an operator action");
+        return error(status, text.to_owned());
+    }
     let Some(action) = StatusAction::parse(&action) else {
         return error(StatusCode::NOT_FOUND, format!("unknown action {action:?}: use drain, resume or terminate"));
     };
@@ -194,6 +262,44 @@ async fn status_action(State(shuckle): State<Arc<Shuckle>>, Path((id, action)): 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn operator_actions_need_the_token_from_this_site_as_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let operator = daemon::keyfile::load_or_create_token(&dir.path().join("operator.token")).unwrap();
+        let bearer = format!("Bearer {}", operator.as_str());
+        let json = ("content-type", "application/json");
+        let host = ("host", "10.0.0.1:5000");
+        let check = |pairs: &[(&'static str, &str)]| operator_check(&operator, &headers(pairs)).map_err(|(s, _)| s);
+        assert_eq!(check(&[json, host]), Err(StatusCode::UNAUTHORIZED));
+        assert_eq!(check(&[json, host, ("authorization", "Bearer 0123")]), Err(StatusCode::UNAUTHORIZED));
+        assert_eq!(check(&[json, host, ("authorization", operator.as_str())]), Err(StatusCode::UNAUTHORIZED));
+        assert_eq!(check(&[json, host, ("authorization", &bearer)]), Ok(()));
+        assert_eq!(check(&[("content-type", "application/json; charset=utf-8"), ("authorization", &bearer)]), Ok(()));
+        let origin = |value| [json, host, ("authorization", bearer.as_str()), ("origin", value)];
+        assert_eq!(check(&origin("http://10.0.0.1:5000")), Ok(()));
+        assert_eq!(check(&origin("https://10.0.0.1:5000")), Ok(()));
+        assert_eq!(check(&origin("http://evil.example")), Err(StatusCode::FORBIDDEN));
+        assert_eq!(check(&origin("http://10.0.0.1:5001")), Err(StatusCode::FORBIDDEN));
+        assert_eq!(check(&origin("null")), Err(StatusCode::FORBIDDEN));
+        let site = |value| [json, host, ("authorization", bearer.as_str()), ("sec-fetch-site", value)];
+        assert_eq!(check(&site("same-origin")), Ok(()));
+        assert_eq!(check(&site("none")), Ok(()));
+        assert_eq!(check(&site("cross-site")), Err(StatusCode::FORBIDDEN));
+        assert_eq!(check(&site("same-site")), Err(StatusCode::FORBIDDEN));
+        let form = ("content-type", "application/x-www-form-urlencoded");
+        assert_eq!(check(&[form, host, ("authorization", &bearer)]), Err(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+        assert_eq!(check(&[host, ("authorization", &bearer)]), Err(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    }
 
     #[test]
     fn ids_parse_as_printed() {

@@ -15,6 +15,8 @@
 //! - [`checker`]: the TCP stats checks (at once for new or changed
 //!   registrations, round-robin for all);
 //! - [`http`]: the JSON API and the web UI (`ui/index.html`, embedded);
+//!   operator actions need the operator token (`operator.token`, created
+//!   0600 at first start) and a same-site JSON request;
 //! - [`metrics`]: UDP and HTTP requests per kind and route, and the block
 //!   services' states and space, for `--metrics ADDR`;
 //! - [`browse`]: the web UI's file browser, eden files and per-disk
@@ -34,6 +36,7 @@ pub mod weights;
 use std::sync::Arc;
 use std::time::Duration;
 
+use daemon::keyfile::OperatorToken;
 use tokio::net::{TcpListener, UdpSocket};
 use wire::EggsTime;
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
@@ -53,17 +56,19 @@ pub struct Timing {
 
 /// Serves datagrams on `udp` and HTTP on `http` until an I/O error.
 /// Requests are counted into `metrics`.
+/// Operator actions over HTTP need `operator`'s token ([`http`]).
 pub async fn serve(
     shuckle: Arc<Shuckle>,
     udp: UdpSocket,
     http: TcpListener,
     timing: Timing,
     metrics: Metrics,
+    operator: OperatorToken,
 ) -> std::io::Result<()> {
     let checker = Checker::new(Arc::clone(&shuckle), timing.check_timeout);
     tokio::spawn(Arc::clone(&checker).round_robin(timing.check_period));
     let layer = metrics.clone();
-    let app = http::router(Arc::clone(&shuckle))
+    let app = http::router(Arc::clone(&shuckle), operator)
         .layer(axum::middleware::from_fn(move |request, next| layer.clone().http_layer(request, next)));
     let http_server = tokio::spawn(async move { axum::serve(http, app).await });
     tokio::select! {

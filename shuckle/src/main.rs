@@ -44,6 +44,10 @@ struct Flags {
     /// printed as `listening metrics ADDR`).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// The operator token that drain/resume/terminate need over HTTP (32 hex digits);
+    /// default `<data-dir>/operator.token`, created (0600) if missing.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// Each block service is checked about once per this many milliseconds.
     #[arg(long, default_value_t = 1000)]
     check_interval_ms: u64,
@@ -74,6 +78,11 @@ fn run(flags: Flags, signals: StopSignals) -> Result<(), Failure> {
         None => data_dir.join("cluster.key"),
     };
     let cluster_key = keyfile::load_or_create(&key_path).or_usage()?;
+    let token_path = match &flags.token_file {
+        Some(path) => folder::absolute(path).or_usage()?,
+        None => data_dir.join("operator.token"),
+    };
+    let operator = keyfile::load_or_create_token(&token_path).or_usage()?;
     let store = Store::open(&data_dir).or_usage()?;
     let stale_after_ns = flags.stale_after_secs.saturating_mul(NS_PER_SECOND);
     let registry = store.load(stale_after_ns).or_usage()?;
@@ -105,7 +114,7 @@ fn run(flags: Flags, signals: StopSignals) -> Result<(), Failure> {
         announce::listening(Proto::Udp, udp.local_addr()?)?;
         announce::ready()?;
         tokio::select! {
-            result = shuckle::serve(shuckle, udp, http, timing, metrics) => {
+            result = shuckle::serve(shuckle, udp, http, timing, metrics, operator) => {
                 result.context("serving failed").map_err(Failure::Runtime)
             }
             // Everything acknowledged is already in the store.

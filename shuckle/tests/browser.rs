@@ -1,7 +1,8 @@
 //! The web UI in a real browser: headless Chromium driven by chromedriver
-//! (WebDriver, through fantoccini) loads shuckle's page, drains a block
-//! service with its button and sees the status change, is refused when it
-//! asks to terminate a fresh service, and leaves a screenshot behind.
+//! (WebDriver, through fantoccini) loads shuckle's page, is refused a drain
+//! without the operator token and with a wrong one, enters the token, drains
+//! a block service with its button and sees the status change, is refused
+//! when it asks to terminate a fresh service, and leaves a screenshot behind.
 //!
 //! Needs Debian's `chromium` and `chromium-driver`. Without them the test
 //! prints one line naming the packages and skips, so that `cargo test
@@ -109,6 +110,23 @@ async fn wait_for_text(client: &Client, css: &str, accept: impl Fn(&str) -> bool
     }
 }
 
+/// Clicks the first element matching `css`, finding it again when the
+/// page's refresh replaced it between the find and the click.
+async fn click(client: &Client, css: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let error = match client.find(Locator::Css(css)).await {
+            Ok(element) => match element.click().await {
+                Ok(()) => return,
+                Err(error) => error,
+            },
+            Err(error) => error,
+        };
+        assert!(Instant::now() < deadline, "cannot click {css}: {error}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_drains_a_block_service() {
     let Some((chromium, chromedriver)) = browser() else { return };
@@ -150,8 +168,30 @@ async fn browser_drains_a_block_service() {
     }
     assert_no_key(&page, &CLUSTER_KEY);
 
-    client.find(Locator::Css(&format!("{row} button.drain"))).await.unwrap().click().await.unwrap();
+    // Without the token, and with a wrong one, nothing changes.
+    let drain = format!("{row} button.drain");
+    click(&client, &drain).await;
+    wait_for_text(&client, "#message", |t| t.contains("enter the operator token")).await;
+    let enter_token = |token: String| {
+        let client = client.clone();
+        async move {
+            client.find(Locator::Css("#operator-token")).await.unwrap().send_keys(&token).await.unwrap();
+            click(&client, "#operator-save").await;
+            wait_for_text(&client, "#operator-state", |t| t.contains("entered")).await;
+        }
+    };
+    enter_token("0".repeat(32)).await;
+    click(&client, &drain).await;
+    wait_for_text(&client, "#message", |t| t.contains("wrong operator token")).await;
+    assert_eq!(wait_for_text(&client, &format!("{row} td.status"), |_| true).await.trim(), "ok");
+    assert_eq!(tokio::task::block_in_place(|| listed(shuckle.http, &target.id_hex())).unwrap()["status"], "ok");
+
+    enter_token(shuckle.token.clone()).await;
+    click(&client, &drain).await;
     wait_for_text(&client, &format!("{row} td.status"), |t| t.contains("drain")).await;
+    // The token is kept out of the page and its address.
+    assert!(!client.source().await.unwrap().contains(&shuckle.token), "the page shows the token");
+    assert!(!client.current_url().await.unwrap().as_str().contains(&shuckle.token), "the token is in the URL");
     let api = tokio::task::block_in_place(|| listed(shuckle.http, &target.id_hex())).unwrap();
     assert_eq!(api["status"], "drain");
     // The other services are untouched.
@@ -159,7 +199,7 @@ async fn browser_drains_a_block_service() {
     assert_eq!(wait_for_text(&client, &other, |_| true).await.trim(), "ok");
 
     // Terminating a fresh service is refused, with the reason on the page.
-    client.find(Locator::Css(&format!("{row} button.terminate"))).await.unwrap().click().await.unwrap();
+    click(&client, &format!("{row} button.terminate")).await;
     client.accept_alert().await.unwrap();
     let message = wait_for_text(&client, "#message", |t| t.contains("refusing")).await;
     assert!(message.contains("not stale"), "{message}");

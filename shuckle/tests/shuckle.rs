@@ -78,7 +78,7 @@ fn silent_block_service_becomes_stale_and_only_then_may_be_terminated() {
     let id = service.id_hex();
     wait_listed(&shuckle, &id);
 
-    let (status, refusal) = post_json(shuckle.http, &format!("/api/block_services/{id}/terminate"));
+    let (status, refusal) = post_json(&shuckle, &format!("/api/block_services/{id}/terminate"));
     assert_eq!(status, 409, "{refusal}");
     assert!(refusal["error"].as_str().unwrap().contains("not stale"), "{refusal}");
     assert_eq!(listed(shuckle.http, &id).unwrap()["status"], "ok");
@@ -89,10 +89,10 @@ fn silent_block_service_becomes_stale_and_only_then_may_be_terminated() {
     assert_eq!(stale["write_weight"], 0);
     assert_eq!(stale["status"], "ok");
 
-    let (status, terminal) = post_json(shuckle.http, &format!("/api/block_services/{id}/terminate"));
+    let (status, terminal) = post_json(&shuckle, &format!("/api/block_services/{id}/terminate"));
     assert_eq!(status, 200, "{terminal}");
     assert_eq!(terminal["status"], "terminal");
-    let (status, refusal) = post_json(shuckle.http, &format!("/api/block_services/{id}/resume"));
+    let (status, refusal) = post_json(&shuckle, &format!("/api/block_services/{id}/resume"));
     assert_eq!(status, 409, "{refusal}");
     assert_eq!(listed(shuckle.http, &id).unwrap()["status"], "terminal");
 
@@ -114,7 +114,7 @@ fn drain_and_resume_and_refusals() {
     let id = service.id_hex();
     wait_listed(&shuckle, &id);
 
-    let (status, drained) = post_json(shuckle.http, &format!("/api/block_services/{id}/drain"));
+    let (status, drained) = post_json(&shuckle, &format!("/api/block_services/{id}/drain"));
     assert_eq!(status, 200, "{drained}");
     assert_eq!(drained["status"], "drain");
     assert_eq!(drained["write_weight"], 0);
@@ -122,17 +122,17 @@ fn drain_and_resume_and_refusals() {
     assert_eq!(listing["status"], "drain");
     assert_eq!(listing["write_weight"], 0);
 
-    let (status, resumed) = post_json(shuckle.http, &format!("/api/block_services/{id}/resume"));
+    let (status, resumed) = post_json(&shuckle, &format!("/api/block_services/{id}/resume"));
     assert_eq!(status, 200, "{resumed}");
     assert_eq!(resumed["status"], "ok");
     assert!(listed(shuckle.http, &id).unwrap()["write_weight"].as_u64().unwrap() > 0);
 
-    let (status, body) = post_json(shuckle.http, "/api/block_services/0x0000000000000001/drain");
+    let (status, body) = post_json(&shuckle, "/api/block_services/0x0000000000000001/drain");
     assert_eq!(status, 404, "{body}");
     assert!(body["error"].as_str().unwrap().contains("no block service"), "{body}");
-    let (status, body) = post_json(shuckle.http, &format!("/api/block_services/{id}/explode"));
+    let (status, body) = post_json(&shuckle, &format!("/api/block_services/{id}/explode"));
     assert_eq!(status, 404, "{body}");
-    let (status, body) = post_json(shuckle.http, "/api/block_services/not-an-id/drain");
+    let (status, body) = post_json(&shuckle, "/api/block_services/not-an-id/drain");
     assert_eq!(status, 400, "{body}");
 }
 
@@ -145,7 +145,7 @@ fn restart_keeps_everything() {
     register(shuckle.udp, &service.key, service.addr.port(), 4, Some("host-x"));
     let id = service.id_hex();
     wait_listed(&shuckle, &id);
-    assert_eq!(post_json(shuckle.http, &format!("/api/block_services/{id}/drain")).0, 200);
+    assert_eq!(post_json(&shuckle, &format!("/api/block_services/{id}/drain")).0, 200);
 
     let shard_addr: std::net::SocketAddr = "127.0.0.1:22279".parse().unwrap();
     let cdc_addr: std::net::SocketAddr = "127.0.0.1:36137".parse().unwrap();
@@ -388,4 +388,62 @@ fn real_blockd_registers_and_is_verified() {
     assert_eq!(listed["host"], "real-disk");
     assert_eq!(listed["status"], "ok");
     assert!(listed["free_bytes"].as_u64().unwrap() > 0);
+}
+
+/// Issue 17 D, the probe: `curl -X POST …/drain` drained a service with no
+/// credential, even from another site's form. Now: no token → 401; the
+/// token from another site's form → 403; the token as JSON → 200, drained.
+#[test]
+fn operator_actions_need_the_token_and_refuse_cross_site_requests() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shuckle = ShuckleProcess::start(dir.path(), &[]);
+    let service = FakeBlockService::start(test_key(11), Mode::Good);
+    register(shuckle.udp, &service.key, service.addr.port(), 2, None);
+    let id = service.id_hex();
+    wait_listed(&shuckle, &id);
+    let drain = format!("/api/block_services/{id}/drain");
+    let status_now = || listed(shuckle.http, &id).unwrap()["status"].as_str().unwrap().to_owned();
+
+    // The probe as it was: no credential, no content type.
+    let (status, body) = http(shuckle.http, "POST", &drain);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("operator token"), "{body}");
+    let bearer = format!("Bearer {}", shuckle.token);
+    let evil = [("Origin", "http://evil.example"), ("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, body) = http_with(shuckle.http, "POST", &drain, &evil, "a=b");
+    assert_eq!(status, 401, "{body}");
+    let evil_with_token = [evil[0], evil[1], ("Authorization", bearer.as_str())];
+    let (status, body) = http_with(shuckle.http, "POST", &drain, &evil_with_token, "a=b");
+    assert_eq!(status, 403, "{body}");
+    let cross_site =
+        [("Sec-Fetch-Site", "cross-site"), ("Content-Type", "application/json"), ("Authorization", &bearer)];
+    let (status, body) = http_with(shuckle.http, "POST", &drain, &cross_site, "{}");
+    assert_eq!(status, 403, "{body}");
+    let form_with_token = [("Content-Type", "text/plain"), ("Authorization", bearer.as_str())];
+    let (status, body) = http_with(shuckle.http, "POST", &drain, &form_with_token, "{}");
+    assert_eq!(status, 415, "{body}");
+    let wrong = format!("Bearer {}", "0".repeat(32));
+    let wrong_token = [("Content-Type", "application/json"), ("Authorization", wrong.as_str())];
+    let (status, body) = http_with(shuckle.http, "POST", &drain, &wrong_token, "{}");
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains(&shuckle.token), "a refusal shows the token: {body}");
+    assert_eq!(status_now(), "ok", "a refused request changed nothing");
+
+    // The operator: token and JSON, from this site or from a script.
+    let own_site = format!("http://{}", shuckle.http);
+    let script = [("Content-Type", "application/json"), ("Authorization", bearer.as_str()), ("Origin", &own_site)];
+    let (status, body) = http_with(shuckle.http, "POST", &drain, &script, "{}");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(status_now(), "drain");
+
+    let token_file = ShuckleProcess::token_file(dir.path());
+    assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(shuckle.token.len(), 32);
+    // Reading stays open, and never shows the token.
+    for path in ["/", "/api/block_services", "/api/shards", "/api/cdc", "/api/capacity"] {
+        let (status, body) = http(shuckle.http, "GET", path);
+        assert_ne!(status, 401, "{path} needs no token");
+        assert!(!body.to_lowercase().contains(&shuckle.token), "{path} shows the operator token");
+    }
 }

@@ -14,7 +14,9 @@
 //! - [`df`]: capacity from shuckle, each disk counted once
 //!   ([`client::capacity`]);
 //! - [`shell`]: completions and man pages;
-//! - [`admin`]: the low-level commands (policy, eden files, visits).
+//! - [`admin`]: the low-level commands (policy, eden files, visits);
+//! - [`operator`]: `block-service drain|resume|terminate` through shuckle's
+//!   HTTP API with the operator token.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -32,6 +34,7 @@ pub mod df;
 pub mod errors;
 pub mod glob;
 pub mod list;
+pub mod operator;
 pub mod output;
 pub mod shell;
 pub mod tree_ops;
@@ -72,6 +75,11 @@ impl Context {
     /// Shuckle's address as given (`--shuckle`, `EGGS_SHUCKLE`) or the default.
     pub fn shuckle_address(&self) -> anyhow::Result<SocketAddr> {
         Ok(connect::shuckle_address(self.shuckle.as_deref())?.1)
+    }
+
+    /// Shuckle's address as given, if it was.
+    pub fn shuckle(&self) -> Option<&str> {
+        self.shuckle.as_deref()
     }
 
     /// The client, discovering the cluster through shuckle the first time.

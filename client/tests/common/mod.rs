@@ -65,8 +65,24 @@ impl Cluster {
         Self::start_in_with(dir, block_services, &[])
     }
 
-    /// A cluster on `dir` with more `local-cluster` flags.
+    /// A cluster on `dir` with more `local-cluster` flags. Its children stay
+    /// down when killed (`--no-restart`): tests kill block services to read
+    /// around them.
     pub fn start_in_with(dir: &Path, block_services: usize, flags: &[&str]) -> Self {
+        let mut flags = flags.to_vec();
+        flags.push("--no-restart");
+        Self::spawn(dir, block_services, &flags)
+    }
+
+    /// A fresh cluster whose local-cluster restarts a child that dies.
+    pub fn start_supervised(block_services: usize) -> Self {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let mut cluster = Self::spawn(temp.path(), block_services, &[]);
+        cluster._temp = Some(temp);
+        cluster
+    }
+
+    fn spawn(dir: &Path, block_services: usize, flags: &[&str]) -> Self {
         let mut process = Command::new(binary("eggs"))
             .args(["local-cluster", "--data-dir"])
             .arg(dir)

@@ -55,6 +55,8 @@ impl Cluster {
             .arg(&dir)
             .args(["--block-services", &block_services.to_string()])
             .args(flags)
+            // Tests kill block services to see them gone: they stay down.
+            .arg("--no-restart")
             .args(["--shuckle-port", "0", "--shard-port-base", "0", "--cdc-port", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -28,6 +28,8 @@ pub struct ShuckleProcess {
     child: Child,
     pub http: SocketAddr,
     pub udp: SocketAddr,
+    /// The operator token shuckle created (`<data>/operator.token`).
+    pub token: String,
 }
 
 impl ShuckleProcess {
@@ -63,7 +65,18 @@ impl ShuckleProcess {
                 panic!("unexpected stdout line {line:?}");
             }
         }
-        Self { child, http: http.expect("no http line"), udp: udp.expect("no udp line") }
+        let token = std::fs::read_to_string(Self::token_file(dir)).expect("shuckle made no operator token");
+        Self {
+            child,
+            http: http.expect("no http line"),
+            udp: udp.expect("no udp line"),
+            token: token.trim().to_owned(),
+        }
+    }
+
+    /// Where shuckle started on `dir` keeps its operator token (the default, in its data folder).
+    pub fn token_file(dir: &Path) -> PathBuf {
+        dir.join("data").join("operator.token")
     }
 
     pub fn kill(mut self) {
@@ -207,10 +220,19 @@ pub fn decode_response<'a>(bytes: &'a [u8], key: Option<&MacKey>) -> ShuckleResp
 
 /// A minimal HTTP/1.1 exchange: (status, body).
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_with(addr, method, path, &[], "")
+}
+
+/// An HTTP/1.1 exchange with more header lines and a body: (status, body).
+pub fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
     let text = String::from_utf8(response).unwrap();
@@ -240,8 +262,11 @@ pub fn get_json(addr: SocketAddr, path: &str) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
-pub fn post_json(addr: SocketAddr, path: &str) -> (u16, Value) {
-    let (status, body) = http(addr, "POST", path);
+/// An operator action as a script sends it: the token as a bearer, JSON.
+pub fn post_json(shuckle: &ShuckleProcess, path: &str) -> (u16, Value) {
+    let bearer = format!("Bearer {}", shuckle.token);
+    let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+    let (status, body) = http_with(shuckle.http, "POST", path, &headers, "{}");
     (status, serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body}")))
 }
 
