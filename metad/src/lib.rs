@@ -15,8 +15,8 @@
 //!   transactions; one writer thread applying queued mutations in one write
 //!   transaction per batch (group commit) and answering after the commit;
 //!   retransmissions answered from a bounded cache.
-//! - [`shuckle_client`]: the small UDP request/retry code that fetches block
-//!   services (with wrapped keys) and registers the shard.
+//! - [`shuckle_client`]: fetches block services (with wrapped keys) and
+//!   registers the shard, through the one datagram requester (`daemon::udp`).
 //!
 //! The daemon's plumbing (folder lock, key file, logs, exit codes, signals,
 //! the SO_REUSEPORT bind) is the shared `daemon` crate's.
