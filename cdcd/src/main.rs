@@ -14,10 +14,10 @@ use cdcd::coordinator::{Coordinator, RetryPolicy};
 use cdcd::store::TxnStore;
 use cdcd::udp::{AddressBook, UdpShards, register_with_shuckle, registered_shards};
 use clap::Parser;
-use client::udp::{ClientOptions, DatagramClient};
 use daemon::announce::{self, Proto};
 use daemon::folder::{self, FolderLock};
 use daemon::signals::StopSignals;
+use daemon::udp::{ClientOptions, DatagramClient};
 use daemon::{Failure, OrUsage};
 use tokio::net::UdpSocket;
 use wire::limits::{CDC_PORT_DEFAULT, SHUCKLE_ANNOUNCE_PERIOD_NS, SHUCKLE_PORT_DEFAULT};
@@ -111,7 +111,11 @@ async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     // One requester (socket, timeouts, acceptance rules: the client
     // library's) for every request the CDC sends, to shards and shuckle.
     let options = ClientOptions { key: Some(key.clone()), ..ClientOptions::default() };
-    let requester = DatagramClient::bind_any(options).context("bind the request socket")?;
+    // Bound to the listening IP (any port), so the shards and shuckle see
+    // requests from the address the CDC registered (the wildcard when it
+    // listens on every interface).
+    let requester =
+        DatagramClient::bind(SocketAddr::new(listen.ip(), 0), options).context("bind the request socket")?;
     let registered = if flags_complete { None } else { registered_shards(&requester, shuckle).await };
     let mut new_dir_shards = args.shards.clone();
     match &registered {

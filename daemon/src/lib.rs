@@ -13,6 +13,9 @@
 //! - [`signals`]: SIGTERM/SIGINT taken by `sigwait`, never by a handler.
 //! - [`announce`]: the `listening <proto> <ip:port>` and `ready` lines.
 //! - [`bind`]: the SO_REUSEPORT bind with its port-sharing probe.
+//! - [`udp`]: the one datagram requester (retries, request-id
+//!   demultiplexing) and its accept rule, used by the client library, cdcd
+//!   and metad's shuckle client.
 //!
 //! Daemons depend on this crate and on `wire`, never on the client library.
 pub mod announce;
@@ -22,5 +25,6 @@ pub mod folder;
 pub mod keyfile;
 pub mod log;
 pub mod signals;
+pub mod udp;
 
 pub use exit::{Failure, OrUsage, exit_with};

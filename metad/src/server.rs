@@ -509,7 +509,9 @@ fn apply_batch(
 /// Keeps the block service table fresh and the shard registered.
 fn refresher(shared: Arc<Shared>, shuckle: SocketAddr, cluster_key: SecretKey, shard: ShardId, local: SocketAddr) {
     let period = Duration::from_nanos(SHARD_REFRESH_PERIOD_NS);
-    let client = match ShuckleClient::new(shuckle, &cluster_key) {
+    // From the listening IP (any port): shuckle and firewalls see the
+    // shard's own address (the wildcard when it listens on every interface).
+    let client = match ShuckleClient::new(shuckle, SocketAddr::new(local.ip(), 0), &cluster_key) {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(%error, "no shuckle client; serving without block services");
