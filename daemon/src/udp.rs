@@ -1,8 +1,8 @@
 //! The one datagram requester: send one request of any datagram family
 //! (shard, CDC, shuckle) to a daemon and wait for its response, with retries.
-//! The client library, cdcd, metad's shuckle client and perf's load
-//! generator all use it; the accept rule ([`accept_response`]) exists only
-//! here.
+//! The client library, cdcd, metad's shuckle client and gcd use it; perf's
+//! load generator keeps its own single-socket loop but accepts answers by
+//! the same rule. The accept rule ([`accept_response`]) exists only here.
 //!
 //! # How it works
 //!

@@ -15,7 +15,7 @@ use std::time::Duration;
 use client::ClientError;
 use client::client::{Addresses, Client, DirEntry, FileSpan, FileSpanBody, Stat, discover};
 use client::plan::{WritePolicy, block_span};
-use client::udp::{Cdc, DatagramClient, Shuckle};
+use daemon::udp::{Cdc, DatagramClient, Shuckle};
 use client::write::{FailedServices, write_span};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
