@@ -121,8 +121,7 @@ async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     let options = ClientOptions { key: Some(key.clone()), ..ClientOptions::default() };
     // Bound to the advertised IP (any port), so the shards and shuckle see
     // requests from the address the CDC registered.
-    let requester =
-        DatagramClient::bind(address::source(advertised), options).context("bind the request socket")?;
+    let requester = DatagramClient::bind(address::source(advertised), options).context("bind the request socket")?;
     let registered = if flags_complete { None } else { registered_shards(&requester, shuckle).await };
     let mut new_dir_shards = args.shards.clone();
     match &registered {

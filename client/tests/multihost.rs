@@ -82,7 +82,18 @@ impl Spread {
         let shard1 = c.start(
             "shard 1",
             &metad,
-            &["1", &dir(root, "meta-c"), "--executors", "1", "--listen", &on(c), "--shuckle", &shuckle_udp, "--key-file", &key],
+            &[
+                "1",
+                &dir(root, "meta-c"),
+                "--executors",
+                "1",
+                "--listen",
+                &on(c),
+                "--shuckle",
+                &shuckle_udp,
+                "--key-file",
+                &key,
+            ],
         );
         // The shard-0 address it advertises, the port it bound.
         let shard0_port = shard0.address("udp").rsplit(':').next().expect("port").to_owned();
@@ -224,7 +235,10 @@ fn put_cat_mkdir_mv_across_five_hosts_and_cat_with_a_host_down() {
         for daemon in daemons {
             let port = daemon.address("tcp").rsplit(':').next().expect("port").to_owned();
             let advertised = format!("{ip}:{port}");
-            assert!(listed.iter().any(|line| line.contains(&format!(" {advertised} "))), "{advertised} not in {listed:?}");
+            assert!(
+                listed.iter().any(|line| line.contains(&format!(" {advertised} "))),
+                "{advertised} not in {listed:?}"
+            );
         }
     }
     assert!(!listed.iter().any(|line| line.contains("0.0.0.0")), "a wildcard was registered: {listed:?}");
@@ -249,9 +263,10 @@ fn put_cat_mkdir_mv_across_five_hosts_and_cat_with_a_host_down() {
     assert!(spread.ok(&["cat", "/in/sub/back"], None) == data, "cat after the last move differs");
 }
 
-/// 10 % of every datagram and segment leaving any host is dropped.
+/// 10 % of every datagram and segment arriving at any host from the
+/// bridge is dropped, silently (a drop on output would tell the sender).
 const LOSS_RULES: &str = "table inet eggs_loss {
-  chain output { type filter hook output priority 0; oifname \"eth0\" numgen random mod 10 0 drop; }
+  chain input { type filter hook input priority 0; iifname \"eth0\" numgen random mod 10 0 counter drop; }
 }";
 
 /// Why nftables cannot drop packets here, or `None` if it can.
@@ -309,4 +324,14 @@ fn every_operation_succeeds_once_under_ten_percent_loss() {
     found.sort();
     expected.sort();
     assert_eq!(found, expected, "the tree after the operations");
+    // The loss was real: the client's host dropped some of what it got.
+    let listed = spread.lab.host("e").nft("list table inet eggs_loss").expect("nft list");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let dropped: u64 = listed
+        .split("counter packets ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no drop counter in {listed}"));
+    assert!(dropped > 0, "no packet was dropped: {listed}");
 }

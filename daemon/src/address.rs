@@ -110,7 +110,11 @@ mod tests {
     fn an_unresolvable_name_is_a_usage_failure_naming_the_flag() {
         let failure = resolve("--shuckle", "no-such-host.invalid:5000").unwrap_err();
         assert_eq!(failure.code(), crate::exit::EXIT_USAGE);
-        assert!(failure.line().starts_with("--shuckle no-such-host.invalid:5000: does not resolve"), "{}", failure.line());
+        assert!(
+            failure.line().starts_with("--shuckle no-such-host.invalid:5000: does not resolve"),
+            "{}",
+            failure.line()
+        );
         let failure = resolve("--shuckle", "localhost").unwrap_err();
         assert!(failure.line().contains("needs a port"), "{}", failure.line());
     }

@@ -64,7 +64,8 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), (u8, anyhow::Error)> {
-    let shuckle = daemon::address::resolve("--shuckle", &args.shuckle).map_err(|failure| (2, anyhow::anyhow!(failure.line())))?;
+    let shuckle =
+        daemon::address::resolve("--shuckle", &args.shuckle).map_err(|failure| (2, anyhow::anyhow!(failure.line())))?;
     let metrics = Metrics::default();
     let listener = gcd::metrics::bind(args.metrics)
         .await

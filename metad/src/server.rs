@@ -511,13 +511,7 @@ fn apply_batch(
 }
 
 /// Keeps the block service table fresh and the shard registered.
-fn refresher(
-    shared: Arc<Shared>,
-    shuckle: SocketAddr,
-    cluster_key: SecretKey,
-    shard: ShardId,
-    advertised: SocketAddr,
-) {
+fn refresher(shared: Arc<Shared>, shuckle: SocketAddr, cluster_key: SecretKey, shard: ShardId, advertised: SocketAddr) {
     let period = Duration::from_nanos(SHARD_REFRESH_PERIOD_NS);
     // From the advertised IP (any port): shuckle and firewalls see the
     // address the shard registers.

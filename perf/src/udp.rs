@@ -19,8 +19,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 use daemon::udp::{Family, Sent, accept_response};
+use tokio::net::UdpSocket;
 use wire::datagram::{Body, encode, peek_header};
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
 use wire::mac::MacKey;
@@ -72,7 +72,8 @@ impl Client {
         let len = encode(&mut self.send_buf[..], request_id, request, key)
             .map_err(|e| PerfError::Protocol(format!("encode request: {e}")))?;
         let sent = Sent { to: self.target, request_id, kind: request.kind() };
-        let accept = |from: SocketAddr, bytes: &[u8]| accept_response::<F::Response<'_>>(sent, key, from, bytes).is_ok();
+        let accept =
+            |from: SocketAddr, bytes: &[u8]| accept_response::<F::Response<'_>>(sent, key, from, bytes).is_ok();
         let answer_len = self.round_trip(len, accept).await?;
         // Accepted above; decoded again here because the answer borrows the
         // buffer for the caller.

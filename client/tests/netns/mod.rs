@@ -12,8 +12,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
 /// How long a daemon has to print `ready` (the machine may be loaded).
@@ -202,17 +202,21 @@ impl Host {
         child.wait_with_output().expect("wait")
     }
 
-    /// Runs `nft -f -` with `rules` in this namespace (an error if there
-    /// is no `nft`).
+    /// Runs `nft -f -` with `rules` (or `nft list …` for a `list`
+    /// command) in this namespace; an error if there is no `nft`.
     pub fn nft(&self, rules: &str) -> std::io::Result<Output> {
         which("nft")?;
+        let args: Vec<&str> =
+            if rules.starts_with("list ") { rules.split_whitespace().collect() } else { vec!["-f", "-"] };
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.namespace, "nft", "-f", "-"])
+            .args(["netns", "exec", &self.namespace, "nft"])
+            .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), rules.as_bytes())?;
+        // `nft list` does not read its input and may be gone already.
+        let _ = std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), rules.as_bytes());
         child.wait_with_output()
     }
 }
