@@ -2,7 +2,7 @@
 //! wiring and I/O only; the logic lives in the `blockd` library, the
 //! plumbing shared with the other daemons in the `daemon` crate.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -16,6 +16,7 @@ use blockd::registration::{announce_forever, machine_host_name, registration_byt
 use blockd::server::{self, Shared};
 use blockd::store::{self, Layout, StoreError};
 use clap::Parser;
+use daemon::address;
 use daemon::announce::{self, Proto};
 use daemon::bind::{Transport, reuse_port};
 use daemon::folder::{self, FolderLock};
@@ -44,7 +45,13 @@ struct Args {
     /// TCP address to serve on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Shuckle's UDP address, for registrations.
+    /// Address registered with shuckle, which clients connect to: HOST:PORT,
+    /// or HOST for the bound port. Default: the --listen address; required
+    /// when that is a wildcard (0.0.0.0 or ::). Registrations are sent from
+    /// its IP (shuckle records their source), so it must be this host's.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    advertise: Option<String>,
+    /// Shuckle's UDP address, for registrations (HOST:PORT; names resolved at start).
     #[arg(long, default_value = "127.0.0.1:5000")]
     shuckle: String,
     /// Executors (one per core); default: every core this process may use.
@@ -86,12 +93,12 @@ fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     if args.stall_timeout_seconds == 0 {
         return Err(Failure::usage(anyhow!("--stall-timeout-seconds must be at least 1")));
     }
-    let shuckle = args
-        .shuckle
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| Failure::usage(anyhow!("--shuckle {}: not an address", args.shuckle)))?;
+    let shuckle = address::resolve("--shuckle", &args.shuckle)?;
+    let advertise = args.advertise.as_deref().map(address::parse_advertise).transpose()?;
+    address::check_listen("--listen", args.listen, advertise)?;
+    if let Some(advertise) = advertise {
+        address::check_local(advertise)?;
+    }
 
     let dir = folder::prepare(&args.dir).or_usage()?;
     let _lock = FolderLock::acquire(&dir, "blockd").or_usage()?;
@@ -137,10 +144,12 @@ fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     let (executors, stops) = start_executors(&shared, listeners, placements)?;
 
     let host = args.host.unwrap_or_else(machine_host_name);
-    let datagram = registration_bytes(&key.key, bound.port(), args.storage_class, &host);
-    // From the listening IP: shuckle takes a registration's source address
-    // as the block service's address.
-    let source = SocketAddr::new(bound.ip(), 0);
+    let advertised = address::advertised(advertise, bound);
+    let datagram = registration_bytes(&key.key, advertised.port(), args.storage_class, &host);
+    // From the advertised IP: shuckle takes a registration's source IP as
+    // the block service's (the datagram carries only the port).
+    let source = address::source(advertised);
+    tracing::info!(%advertised, "registering with shuckle");
     std::thread::Builder::new()
         .name("blockd-register".into())
         .spawn(move || announce_forever(source, shuckle, datagram))?;

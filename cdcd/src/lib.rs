@@ -15,7 +15,7 @@
 //!   start.
 //! - [`udp`]: the real [`shards::Shards`]: UDP datagrams to the shards, whose
 //!   addresses come from flags, shuckle or the defaults, sent through the
-//!   client library's requester (`client::udp`) under the step's request id.
+//!   one datagram requester (`daemon::udp`) under the step's request id.
 //! - [`server`]: the CDC's own UDP port: decodes client requests, answers
 //!   retransmissions from the store, queues new transactions.
 //! - [`metrics`]: requests, statuses and latencies per kind, transactions

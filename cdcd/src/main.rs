@@ -2,22 +2,23 @@
 //! I/O only; the logic is in the library.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use cdcd::commit::{CommitMode, GroupCommit};
 use cdcd::coordinator::{Coordinator, RetryPolicy};
 use cdcd::store::TxnStore;
 use cdcd::udp::{AddressBook, UdpShards, register_with_shuckle, registered_shards};
 use clap::Parser;
-use client::udp::{ClientOptions, DatagramClient};
+use daemon::address;
 use daemon::announce::{self, Proto};
 use daemon::folder::{self, FolderLock};
 use daemon::signals::StopSignals;
+use daemon::udp::{ClientOptions, DatagramClient};
 use daemon::{Failure, OrUsage};
 use tokio::net::UdpSocket;
 use wire::limits::{CDC_PORT_DEFAULT, SHUCKLE_ANNOUNCE_PERIOD_NS, SHUCKLE_PORT_DEFAULT};
@@ -41,7 +42,13 @@ struct Args {
     /// UDP address to serve on (port 0: any free port).
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], CDC_PORT_DEFAULT)))]
     listen: SocketAddr,
-    /// Shuckle's UDP address (host:port).
+    /// Address registered with shuckle, which clients send to: HOST:PORT,
+    /// or HOST for the bound port. Default: the --listen address; required
+    /// when that is a wildcard (0.0.0.0 or ::). Requests to the shards and
+    /// shuckle are sent from its IP, so it must be this host's.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    advertise: Option<String>,
+    /// Shuckle's UDP address (HOST:PORT; names resolved at start).
     #[arg(long, default_value_t = format!("127.0.0.1:{SHUCKLE_PORT_DEFAULT}"))]
     shuckle: String,
     /// The cluster key (16 raw bytes; created, mode 0600, when missing).
@@ -56,15 +63,15 @@ struct Args {
     /// printed as `listening metrics ADDR`).
     #[arg(long)]
     metrics: Option<SocketAddr>,
-    /// A shard's address, overriding shuckle: `N=IP:PORT` (repeatable).
+        /// A shard's address, overriding shuckle: `N=HOST:PORT` (repeatable).
     #[arg(long = "shard-addr", value_parser = parse_shard_addr)]
     shard_addr: Vec<(ShardId, SocketAddr)>,
 }
 
 fn parse_shard_addr(text: &str) -> Result<(ShardId, SocketAddr), String> {
-    let (shard, address) = text.split_once('=').ok_or("expected N=IP:PORT")?;
+    let (shard, host_port) = text.split_once('=').ok_or("expected N=HOST:PORT")?;
     let shard = shard.parse::<ShardId>().map_err(|e| format!("shard {shard:?}: {e}"))?;
-    let address = address.parse::<SocketAddr>().map_err(|e| format!("address {address:?}: {e}"))?;
+    let address = address::resolve("--shard-addr", host_port).map_err(|failure| failure.line())?;
     Ok((shard, address))
 }
 
@@ -84,6 +91,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
+    let advertise = args.advertise.as_deref().map(address::parse_advertise).transpose()?;
+    address::check_listen("--listen", args.listen, advertise)?;
+    if let Some(advertise) = advertise {
+        address::check_local(advertise)?;
+    }
     let dir = folder::prepare(&args.dir).or_usage()?;
     // Exactly one CDC per folder: its transactions must run once.
     let state_dir = folder::prepare(&dir.join("cdc")).or_usage()?;
@@ -93,12 +105,7 @@ async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
         None => dir.join("cluster.key"),
     };
     let key = MacKey::new(&daemon::keyfile::load_or_create(&key_path).or_usage()?);
-    let shuckle = args
-        .shuckle
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addresses| addresses.next())
-        .ok_or_else(|| Failure::usage(anyhow!("cannot resolve shuckle address {:?}", args.shuckle)))?;
+    let shuckle = address::resolve("--shuckle", &args.shuckle)?;
     let store = Arc::new(TxnStore::open(&state_dir, true).context("open the transaction store")?);
 
     let socket =
@@ -106,6 +113,7 @@ async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     let socket = Arc::new(socket);
     let listen = socket.local_addr()?;
     announce::listening(Proto::Udp, listen)?;
+    let advertised = address::advertised(advertise, listen);
 
     let overrides: HashMap<ShardId, SocketAddr> = args.shard_addr.iter().copied().collect();
     let addresses = Arc::new(AddressBook::new(overrides.clone()));
@@ -115,7 +123,9 @@ async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     // One requester (socket, timeouts, acceptance rules: the client
     // library's) for every request the CDC sends, to shards and shuckle.
     let options = ClientOptions { key: Some(key.clone()), ..ClientOptions::default() };
-    let requester = DatagramClient::bind_any(options).context("bind the request socket")?;
+    // Bound to the advertised IP (any port), so the shards and shuckle see
+    // requests from the address the CDC registered.
+    let requester = DatagramClient::bind(address::source(advertised), options).context("bind the request socket")?;
     let registered = if flags_complete { None } else { registered_shards(&requester, shuckle).await };
     let mut new_dir_shards = args.shards.clone();
     match &registered {
@@ -142,7 +152,7 @@ async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     tokio::spawn(commits.clone().run());
     let coordinator = Arc::new(Coordinator::new(shards, commits, new_dir_shards, RetryPolicy::default(), None));
 
-    tokio::spawn(announce(requester, shuckle, listen, addresses));
+    tokio::spawn(announce(requester, shuckle, advertised, addresses));
     announce::ready()?;
 
     tokio::select! {
@@ -154,11 +164,11 @@ async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
 }
 
 /// Registers with shuckle and refreshes the shard addresses, periodically.
-async fn announce(requester: DatagramClient, shuckle: SocketAddr, listen: SocketAddr, addresses: Arc<AddressBook>) {
+async fn announce(requester: DatagramClient, shuckle: SocketAddr, advertised: SocketAddr, addresses: Arc<AddressBook>) {
     let mut interval = tokio::time::interval(Duration::from_nanos(SHUCKLE_ANNOUNCE_PERIOD_NS));
     loop {
         interval.tick().await;
-        if !register_with_shuckle(&requester, shuckle, listen).await {
+        if !register_with_shuckle(&requester, shuckle, advertised).await {
             tracing::warn!(%shuckle, "registration with shuckle failed; will retry");
         }
         if let Some(shards) = registered_shards(&requester, shuckle).await {

@@ -2,8 +2,8 @@
 //! and the two shuckle exchanges the CDC needs (shard addresses, its own
 //! registration).
 //!
-//! Both go through the client library's requester
-//! ([`client::udp::DatagramClient`]), which owns the socket, the timeouts and
+//! Both go through the one datagram requester
+//! ([`daemon::udp::DatagramClient`]), which owns the socket, the timeouts and
 //! the acceptance rules: a response counts only from the address asked, with
 //! the request's id, decoding completely, of the request's kind or the error
 //! kind allowed for it (a privileged request accepts only the MAC'd error
@@ -18,7 +18,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use client::udp::{DatagramClient, RequestError, RetryPolicy, Shard, Shuckle};
+use daemon::udp::{DatagramClient, RequestError, RetryPolicy, Shard, Shuckle};
 use wire::limits::SHARD_PORT_BASE;
 use wire::shard::ShardRequest;
 use wire::shuckle::{RegisterCdcReq, ShardsReq, ShuckleRequest, ShuckleResponse};
@@ -198,7 +198,7 @@ pub async fn register_with_shuckle(client: &DatagramClient, shuckle: SocketAddr,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use client::udp::ClientOptions;
+    use daemon::udp::ClientOptions;
     use tokio::net::UdpSocket;
     use wire::datagram;
     use wire::limits::UDP_DATAGRAM_BYTES_MAX;

@@ -1,7 +1,8 @@
 //! `client`: the eggsfs client library and the `eggs` CLI's engine.
 //!
-//! - [`udp`]: the generic datagram requester (retries, timeouts, request-id
-//!   demultiplexing) every datagram client is built on; cdcd uses it too.
+//! - [`udp`]: the one datagram requester (retries, timeouts, request-id
+//!   demultiplexing, the accept rule): a re-export of `daemon::udp`, where
+//!   it lives so that daemons need not depend on this library.
 //! - [`client`]: [`client::Client`] — discovery through shuckle (with the
 //!   local default ports as fallback), typed shard and CDC requests, path
 //!   resolution from the root across shards, policy inheritance.
@@ -25,9 +26,8 @@ pub mod path;
 pub mod plan;
 pub mod pool;
 pub mod read;
-pub mod udp;
 pub mod write;
 
 pub use client::Client;
-pub use daemon::keyfile;
+pub use daemon::{keyfile, udp};
 pub use error::{ClientError, Result};

@@ -11,12 +11,18 @@
 //! - [`exit`]: the one exit-code scheme (0 clean stop, 1 runtime failure,
 //!   2 usage or configuration).
 //! - [`signals`]: SIGTERM/SIGINT taken by `sigwait`, never by a handler.
+//! - [`address`]: address flags: host names resolved at start, `--advertise`
+//!   (a wildcard listen address needs it), the source of outgoing requests.
 //! - [`announce`]: the `listening <proto> <ip:port>` and `ready` lines.
 //! - [`bind`]: the SO_REUSEPORT bind with its port-sharing probe.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint (`--metrics ADDR`) and
 //!   the lock-free metric types the daemons update on their request paths.
+//! - [`udp`]: the one datagram requester (retries, request-id
+//!   demultiplexing) and its accept rule, used by the client library, cdcd,
+//!   metad's shuckle client, gcd and perf's load generator.
 //!
 //! Daemons depend on this crate and on `wire`, never on the client library.
+pub mod address;
 pub mod announce;
 pub mod bind;
 pub mod exit;
@@ -25,5 +31,6 @@ pub mod keyfile;
 pub mod log;
 pub mod metrics;
 pub mod signals;
+pub mod udp;
 
 pub use exit::{Failure, OrUsage, exit_with};

@@ -6,16 +6,17 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use client::udp::{ClientOptions, DatagramClient};
+use daemon::udp::{ClientOptions, DatagramClient};
 use gcd::collector::{Collector, Config};
 use gcd::metrics::Metrics;
 
 #[derive(Parser)]
 #[command(about = "eggsfs garbage collector, scrubber and migrator")]
 struct Args {
-    /// Shuckle's UDP address.
-    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], wire::limits::SHUCKLE_PORT_DEFAULT)))]
-    shuckle: SocketAddr,
+    /// Shuckle's UDP address, HOST:PORT (names resolved at start); like
+    /// `eggs`, taken from EGGS_SHUCKLE when the flag is not given.
+    #[arg(long, env = "EGGS_SHUCKLE", value_name = "HOST:PORT", default_value_t = format!("127.0.0.1:{}", wire::limits::SHUCKLE_PORT_DEFAULT))]
+    shuckle: String,
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port;
     /// printed as `listening metrics ADDR`).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -65,12 +66,14 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), (u8, anyhow::Error)> {
+    let shuckle =
+        daemon::address::resolve("--shuckle", &args.shuckle).map_err(|failure| (2, anyhow::anyhow!(failure.line())))?;
     let metrics = Metrics::default();
     daemon::metrics::serve(args.metrics, metrics.registry(), "gcd")
         .map_err(|failure| (failure.code(), anyhow::anyhow!(failure.line())))?;
     let udp = DatagramClient::bind_any(ClientOptions::default()).map_err(|error| (1, error.into()))?;
     let config = Config {
-        shuckle: args.shuckle,
+        shuckle,
         interval: Duration::from_secs(args.gc_interval_secs),
         scrub_bytes_per_second: args.scrub_bytes_per_second,
         scrub_interval: Duration::from_secs(args.scrub_interval_secs),

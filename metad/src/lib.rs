@@ -21,8 +21,8 @@
 //!   window on their MAC'd send time and a record of those seen in it.
 //! - [`verify`]: `metad --verify DIR`, the offline check of every record's
 //!   checksum and of the file size.
-//! - [`shuckle_client`]: the small UDP request/retry code that fetches block
-//!   services (with wrapped keys) and registers the shard.
+//! - [`shuckle_client`]: fetches block services (with wrapped keys) and
+//!   registers the shard, through the one datagram requester (`daemon::udp`).
 //!
 //! The daemon's plumbing (folder lock, key file, logs, exit codes, signals,
 //! the SO_REUSEPORT bind) is the shared `daemon` crate's.

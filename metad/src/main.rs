@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::anyhow;
 use clap::Parser;
+use daemon::address;
 use daemon::folder::{self, FolderLock};
 use daemon::signals::StopSignals;
 use daemon::{Failure, OrUsage};
@@ -32,9 +33,15 @@ struct Args {
     /// UDP address to serve on (default 127.0.0.1:22272+SHARD; port 0 = any).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Shuckle's UDP address.
+    /// Address registered with shuckle, which clients and the CDC send to:
+    /// HOST:PORT, or HOST for the bound port. Default: the --listen address;
+    /// required when that is a wildcard (0.0.0.0 or ::). Requests to
+    /// shuckle are sent from its IP, so it must be this host's.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    advertise: Option<String>,
+    /// Shuckle's UDP address, HOST:PORT (names resolved at start; default 127.0.0.1:5000).
     #[arg(long)]
-    shuckle: Option<SocketAddr>,
+    shuckle: Option<String>,
     /// Cluster key file (16 bytes; created if missing). Default `<DIR>/cluster.key`.
     #[arg(long)]
     key_file: Option<PathBuf>,
@@ -66,6 +73,17 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
+    let shuckle = match &args.shuckle {
+        Some(text) => address::resolve("--shuckle", text)?,
+        None => SocketAddr::from(([127, 0, 0, 1], SHUCKLE_PORT_DEFAULT)),
+    };
+    let advertise = args.advertise.as_deref().map(address::parse_advertise).transpose()?;
+    if let Some(listen) = args.listen {
+        address::check_listen("--listen", listen, advertise)?;
+    }
+    if let Some(advertise) = advertise {
+        address::check_local(advertise)?;
+    }
     let dir = folder::prepare(&args.dir).or_usage()?;
     let shard_folder = folder::prepare(&dir.join(format!("shard-{:03}", args.shard))).or_usage()?;
     let _lock = FolderLock::acquire(&shard_folder, "metad").or_usage()?;
@@ -85,12 +103,13 @@ fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     if let Some(address) = args.metrics {
         daemon::metrics::serve(address, registry, "metad")?;
     }
+    let listen =
+        args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], SHARD_PORT_BASE + u16::from(args.shard))));
     let config = metad::server::Config {
         shard: args.shard,
-        listen: args
-            .listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], SHARD_PORT_BASE + u16::from(args.shard)))),
-        shuckle: args.shuckle.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], SHUCKLE_PORT_DEFAULT))),
+        listen,
+        advertise,
+        shuckle,
         folder: dir,
         cluster_key,
         executors: args.executors.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),

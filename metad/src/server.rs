@@ -73,6 +73,9 @@ pub struct Config {
     pub shard: ShardId,
     pub folder: PathBuf,
     pub listen: SocketAddr,
+    /// What to register with shuckle (`daemon::address::advertised`: port 0
+    /// is the bound port); `None`: the bound address.
+    pub advertise: Option<SocketAddr>,
     pub shuckle: SocketAddr,
     pub cluster_key: SecretKey,
     pub executors: usize,
@@ -162,9 +165,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .map_err(|e| ServerError::Start(e.to_string()))?;
     let refresher_shared = shared.clone();
     let (shuckle, cluster_key, shard_id) = (config.shuckle, config.cluster_key, config.shard);
+    let advertised = daemon::address::advertised(config.advertise, local);
     std::thread::Builder::new()
         .name("metad-shuckle".into())
-        .spawn(move || refresher(refresher_shared, shuckle, cluster_key, shard_id, local))
+        .spawn(move || refresher(refresher_shared, shuckle, cluster_key, shard_id, advertised))
         .map_err(|e| ServerError::Start(e.to_string()))?;
 
     let mut handles = Vec::new();
@@ -539,9 +543,11 @@ fn apply_batch(
 }
 
 /// Keeps the block service table fresh and the shard registered.
-fn refresher(shared: Arc<Shared>, shuckle: SocketAddr, cluster_key: SecretKey, shard: ShardId, local: SocketAddr) {
+fn refresher(shared: Arc<Shared>, shuckle: SocketAddr, cluster_key: SecretKey, shard: ShardId, advertised: SocketAddr) {
     let period = Duration::from_nanos(SHARD_REFRESH_PERIOD_NS);
-    let client = match ShuckleClient::new(shuckle, &cluster_key) {
+    // From the advertised IP (any port): shuckle and firewalls see the
+    // address the shard registers.
+    let client = match ShuckleClient::new(shuckle, daemon::address::source(advertised), &cluster_key) {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(%error, "no shuckle client; serving without block services");
@@ -562,7 +568,7 @@ fn refresher(shared: Arc<Shared>, shuckle: SocketAddr, cluster_key: SecretKey, s
             *wanted = false;
         }
         let fetched = client.block_services();
-        let registered = client.register_shard(shard, local);
+        let registered = client.register_shard(shard, advertised);
         // Until shuckle lists a writable service (right after a cluster
         // starts, before shuckle has checked any), keep asking at the short
         // pace rather than leaving the shard unable to place for a period.

@@ -1,13 +1,13 @@
-//! The shard's small shuckle client: privileged UDP requests with retries,
-//! the block service listing (keys unwrapped) and the shard's registration.
-//!
-//! Kept small and separate; the general client library has its own.
+//! The shard's shuckle client: the block service listing (keys unwrapped)
+//! and the shard's registration, as privileged requests through the one
+//! datagram requester (`daemon::udp`), driven from the refresher thread.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
-use wire::datagram;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use daemon::udp::{ClientOptions, DatagramClient, RequestError, RetryPolicy, Shuckle};
 use wire::ids::{BlockServiceId, EggsTime, ShardId};
-use wire::limits::{BLOCK_SERVICES_MAX, CLIENT_TIMEOUT_INITIAL_NS, CLIENT_TIMEOUT_MAX_NS, UDP_DATAGRAM_BYTES_MAX};
+use wire::limits::BLOCK_SERVICES_MAX;
 use wire::mac::{MacKey, SecretKey, block_service_id};
 use wire::shuckle::{BlockServicesWithKeysReq, RegisterShardReq, ShuckleRequest, ShuckleResponse};
 use wire::{Address, ErrorKind};
@@ -27,84 +27,56 @@ pub enum ShuckleError {
     Io(#[from] std::io::Error),
     #[error("shuckle refused: {kind}: {text}")]
     Refused { kind: ErrorKind, text: String },
-    #[error("shuckle answered something unexpected")]
-    Unexpected,
+    #[error("shuckle answered something unexpected: {0}")]
+    Unexpected(String),
     #[error("shuckle sent block service {0} with a key that does not match its id")]
     BadKey(BlockServiceId),
 }
 
+impl From<RequestError> for ShuckleError {
+    fn from(error: RequestError) -> Self {
+        match error {
+            RequestError::Timeout { addr, .. } => ShuckleError::TimedOut(addr),
+            RequestError::Response { kind, text, .. } => ShuckleError::Refused { kind, text },
+            RequestError::Io(error) => ShuckleError::Io(error),
+            other => ShuckleError::Unexpected(other.to_string()),
+        }
+    }
+}
+
+/// Blocking: each call runs the requester on this client's own
+/// single-threaded runtime (the shard's executors are glommio's; only the
+/// refresher thread talks to shuckle).
 pub struct ShuckleClient {
-    socket: UdpSocket,
+    runtime: tokio::runtime::Runtime,
+    requester: DatagramClient,
     shuckle: SocketAddr,
     key: MacKey,
+    retry: RetryPolicy,
 }
 
 impl ShuckleClient {
-    pub fn new(shuckle: SocketAddr, cluster_key: &SecretKey) -> Result<Self, ShuckleError> {
-        let bind: SocketAddr =
-            if shuckle.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(|_| ShuckleError::Unexpected)?;
-        let socket = UdpSocket::bind(bind)?;
-        Ok(Self { socket, shuckle, key: MacKey::new(cluster_key) })
+    /// A client of `shuckle` whose socket is bound to `local` (the
+    /// advertised address's IP and port 0, so shuckle and firewalls see the
+    /// shard's own address; the wildcard when none is set).
+    pub fn new(shuckle: SocketAddr, local: SocketAddr, cluster_key: &SecretKey) -> Result<Self, ShuckleError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let key = MacKey::new(cluster_key);
+        let options = ClientOptions { key: Some(key.clone()), ..ClientOptions::default() };
+        let requester = runtime.block_on(async { DatagramClient::bind(local, options) })?;
+        let retry = RetryPolicy { deadline: REQUEST_DEADLINE, ..RetryPolicy::default() };
+        Ok(Self { runtime, requester, shuckle, key, retry })
     }
 
-    /// Sends `request` until a response with its id arrives; calls `parse`
-    /// on the (MAC-verified) response.
+    /// Sends `request` (privileged, MAC'd) and hands the accepted answer to
+    /// `parse`; an error answer is [`ShuckleError::Refused`].
     fn call<T>(
         &self,
         request: &ShuckleRequest,
-        mut parse: impl FnMut(ShuckleResponse<'_>) -> Result<T, ShuckleError>,
+        parse: impl FnOnce(ShuckleResponse<'_>) -> Result<T, ShuckleError>,
     ) -> Result<T, ShuckleError> {
-        let request_id: u64 = rand::random();
-        let mut out = [0u8; UDP_DATAGRAM_BYTES_MAX];
-        let len =
-            datagram::encode(&mut out, request_id, request, Some(&self.key)).map_err(|_| ShuckleError::Unexpected)?;
-        let started = Instant::now();
-        let mut timeout = Duration::from_nanos(CLIENT_TIMEOUT_INITIAL_NS);
-        let mut buf = [0u8; UDP_DATAGRAM_BYTES_MAX + 64];
-        while started.elapsed() < REQUEST_DEADLINE {
-            self.socket.send_to(&out[..len], self.shuckle)?;
-            let wait_until = Instant::now() + timeout;
-            while let Some(left) = wait_until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
-                self.socket.set_read_timeout(Some(left))?;
-                let (got, from) = match self.socket.recv_from(&mut buf) {
-                    Ok(received) => received,
-                    Err(error)
-                        if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
-                    {
-                        break;
-                    }
-                    // ICMP port unreachable surfaces as a refused read: shuckle is down.
-                    Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => break,
-                    Err(error) => return Err(error.into()),
-                };
-                if from != self.shuckle {
-                    continue;
-                }
-                match datagram::decode::<ShuckleResponse>(&buf[..got], Some(&self.key)) {
-                    // Only our kind or, for our privileged kinds, a MAC'd
-                    // error: a forged plain error is ignored like noise.
-                    Ok((header, response))
-                        if header.request_id() == request_id
-                            && datagram::response_kind_matches(request.kind() as u8, &header) =>
-                    {
-                        if let ShuckleResponse::Error(error) = response {
-                            return Err(ShuckleError::Refused {
-                                kind: error.kind,
-                                text: error.text.as_str().to_string(),
-                            });
-                        }
-                        return parse(response);
-                    }
-                    Ok(_) => continue,
-                    Err(error) => {
-                        tracing::warn!(%error, "undecodable datagram from shuckle");
-                        continue;
-                    }
-                }
-            }
-            timeout = (timeout * 2).min(Duration::from_nanos(CLIENT_TIMEOUT_MAX_NS));
-        }
-        Err(ShuckleError::TimedOut(self.shuckle))
+        let reply = self.runtime.block_on(self.requester.request_with::<Shuckle>(self.shuckle, request, self.retry))?;
+        parse(reply.get()?)
     }
 
     /// Every block service with its key (all pages).
@@ -120,7 +92,7 @@ impl ShuckleClient {
             });
             let next = self.call(&request, |response| {
                 let ShuckleResponse::BlockServicesWithKeys(page) = response else {
-                    return Err(ShuckleError::Unexpected);
+                    return Err(ShuckleError::Unexpected(format!("{response:?}")));
                 };
                 for service in page.block_services.iter() {
                     let key = self.key.wrap_key(&SecretKey(service.wrapped_key), service.id, nonce);
@@ -155,7 +127,7 @@ impl ShuckleClient {
         });
         self.call(&request, |response| match response {
             ShuckleResponse::RegisterShard(_) => Ok(()),
-            _ => Err(ShuckleError::Unexpected),
+            other => Err(ShuckleError::Unexpected(format!("{other:?}"))),
         })
     }
 }

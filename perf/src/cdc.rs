@@ -35,7 +35,7 @@ fn check(what: &str, response: CdcResponse<'_>) -> Result<InodeId> {
 /// mkdir `/<dir_name>` through the CDC; the new directory's inode.
 pub async fn mkdir(client: &mut Client, dir_name: &str) -> Result<InodeId> {
     let request = CdcRequest::MkDir(MkDirReq { head: MkDirReqHead { parent: ROOT }, name: name(dir_name)? });
-    let response = client.call::<_, CdcResponse<'_>>(&request, None).await?;
+    let response = client.call::<daemon::udp::Cdc>(&request, None).await?;
     check(&format!("mkdir /{dir_name}"), response)
 }
 
@@ -95,7 +95,7 @@ pub async fn mv_rate(
                     source_name: name(&file_name)?,
                     target_name: name(&file_name)?,
                 });
-                let response = client.call::<_, CdcResponse<'_>>(&request, None).await?;
+                let response = client.call::<daemon::udp::Cdc>(&request, None).await?;
                 check(&format!("mv /{file_name}"), response)?;
                 ops += 1;
             }

@@ -44,7 +44,7 @@ pub async fn stat_rate(shard: SocketAddr, clients: usize, duration: Duration) ->
         let request = ShardRequest::Stat(StatReq { inode: ROOT });
         let mut ops = 0;
         while Instant::now() < deadline {
-            match client.call::<_, ShardResponse<'_>>(&request, None).await? {
+            match client.call::<daemon::udp::Shard>(&request, None).await? {
                 ShardResponse::Stat(_) => ops += 1,
                 other => return Err(refused("stat /", &other)),
             }
@@ -67,7 +67,7 @@ pub async fn resolve_rate(shard: SocketAddr, target: &str, clients: usize, durat
             });
             let mut ops = 0;
             while Instant::now() < deadline {
-                match client.call::<_, ShardResponse<'_>>(&request, None).await? {
+                match client.call::<daemon::udp::Shard>(&request, None).await? {
                     ShardResponse::Resolve(_) => ops += 1,
                     other => return Err(refused("resolve", &other)),
                 }
@@ -82,7 +82,7 @@ pub async fn resolve_rate(shard: SocketAddr, target: &str, clients: usize, durat
 /// way a client writes a small file. Durable when this returns.
 pub async fn create_small_file(client: &mut Client, parent: InodeId, file_name: &str, contents: &[u8]) -> Result<()> {
     let created = match client
-        .call::<_, ShardResponse<'_>>(
+        .call::<daemon::udp::Shard>(
             &ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::File }),
             None,
         )
@@ -105,7 +105,7 @@ pub async fn create_small_file(client: &mut Client, parent: InodeId, file_name: 
         ),
         blacklist: List::empty(),
     });
-    match client.call::<_, ShardResponse<'_>>(&add, None).await? {
+    match client.call::<daemon::udp::Shard>(&add, None).await? {
         ShardResponse::AddEdenSpan(_) => {}
         other => return Err(refused("add_eden_span (inline)", &other)),
     }
@@ -113,7 +113,7 @@ pub async fn create_small_file(client: &mut Client, parent: InodeId, file_name: 
         head: LinkEdenFileReqHead { inode: created.inode, cookie: created.cookie, parent },
         name: name(file_name)?,
     });
-    match client.call::<_, ShardResponse<'_>>(&link, None).await? {
+    match client.call::<daemon::udp::Shard>(&link, None).await? {
         ShardResponse::LinkEdenFile(_) => Ok(()),
         other => Err(refused("link_eden_file", &other)),
     }

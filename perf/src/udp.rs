@@ -5,13 +5,23 @@
 //! flight: it sends, waits for the answer with the same request id, and
 //! sends the next. Lost datagrams are resent with the same request id after
 //! a timeout that doubles, as the real client does.
+//!
+//! Answers are accepted by the one accept rule of every requester,
+//! [`daemon::udp::accept_response`] (address, family, complete decode, MAC,
+//! id, kind); anything else is ignored and the client keeps waiting. The
+//! load generator keeps its own socket and loop rather than
+//! [`daemon::udp::DatagramClient`] so that each simulated client is one
+//! socket with no receive task in between: the figures measure the daemon.
+//! Only the echo baseline checks less (address and id): the echo server
+//! returns the request itself, which is no answer of the family.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use daemon::udp::{Family, Sent, accept_response};
 use tokio::net::UdpSocket;
-use wire::datagram::{Body, decode, encode, peek_header};
+use wire::datagram::{Body, encode, peek_header};
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
 use wire::mac::MacKey;
 
@@ -49,21 +59,27 @@ impl Client {
         })
     }
 
-    /// Sends `request` and decodes the answer (which may be an error
-    /// response: the caller matches on it).
-    pub async fn call<'s, 'r, Req: Body<'r>, Resp: Body<'s>>(
+    /// Sends `request` of the family `F` and returns the first answer the
+    /// accept rule takes (which may be an error response: the caller
+    /// matches on it).
+    pub async fn call<'s, F: Family>(
         &'s mut self,
-        request: &Req,
+        request: &F::Request<'_>,
         key: Option<&MacKey>,
-    ) -> Result<Resp> {
+    ) -> Result<F::Response<'s>> {
         let request_id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1);
         let len = encode(&mut self.send_buf[..], request_id, request, key)
             .map_err(|e| PerfError::Protocol(format!("encode request: {e}")))?;
-        let answer_len = self.round_trip(len, request_id).await?;
-        let (_, response) = decode::<Resp>(&self.recv_buf[..answer_len], key)
-            .map_err(|e| PerfError::Protocol(format!("undecodable answer from {}: {e}", self.target)))?;
-        Ok(response)
+        let sent = Sent { to: self.target, request_id, kind: request.kind() };
+        let accept =
+            |from: SocketAddr, bytes: &[u8]| accept_response::<F::Response<'_>>(sent, key, from, bytes).is_ok();
+        let answer_len = self.round_trip(len, accept).await?;
+        // Accepted above; decoded again here because the answer borrows the
+        // buffer for the caller.
+        accept_response::<F::Response<'s>>(sent, key, self.target, &self.recv_buf[..answer_len])
+            .map(|(_, response)| response)
+            .map_err(|refusal| PerfError::Protocol(format!("answer from {}: {refusal}", self.target)))
     }
 
     /// Sends `request` and only checks that a datagram with its request id
@@ -73,12 +89,17 @@ impl Client {
         self.next_request_id = self.next_request_id.wrapping_add(1);
         let len = encode(&mut self.send_buf[..], request_id, request, None)
             .map_err(|e| PerfError::Protocol(format!("encode request: {e}")))?;
-        self.round_trip(len, request_id).await.map(|_| ())
+        let (target, magic) = (self.target, self.magic);
+        let echoed = |from: SocketAddr, bytes: &[u8]| {
+            from == target && peek_header(bytes, magic).is_ok_and(|header| header.request_id() == request_id)
+        };
+        self.round_trip(len, echoed).await.map(|_| ())
     }
 
-    /// Sends `send_buf[..len]` until a datagram with `request_id` arrives;
-    /// returns its length in `recv_buf`.
-    async fn round_trip(&mut self, len: usize, request_id: u64) -> Result<usize> {
+    /// Sends `send_buf[..len]` until a datagram `accept` takes arrives;
+    /// returns its length in `recv_buf`. Late answers to earlier attempts
+    /// and strays are skipped.
+    async fn round_trip(&mut self, len: usize, accept: impl Fn(SocketAddr, &[u8]) -> bool) -> Result<usize> {
         let mut timeout = TIMEOUT_INITIAL;
         for attempt in 0..ATTEMPTS_MAX {
             if attempt > 0 {
@@ -93,13 +114,8 @@ impl Client {
                 let received = tokio::time::timeout_at(deadline, self.socket.recv_from(&mut self.recv_buf[..])).await;
                 let Ok(received) = received else { break };
                 let (answer_len, from) = received.map_err(PerfError::io(format!("receive from {}", self.target)))?;
-                // Late answers to earlier attempts and strays are skipped.
-                if from != self.target {
-                    continue;
-                }
-                match peek_header(&self.recv_buf[..answer_len], self.magic) {
-                    Ok(header) if header.request_id() == request_id => return Ok(answer_len),
-                    _ => continue,
+                if accept(from, &self.recv_buf[..answer_len]) {
+                    return Ok(answer_len);
                 }
             }
             timeout *= 2;

@@ -1,5 +1,8 @@
-//! A generic datagram requester: send one request of any datagram family
+//! The one datagram requester: send one request of any datagram family
 //! (shard, CDC, shuckle) to a daemon and wait for its response, with retries.
+//! The client library, cdcd, metad's shuckle client and gcd use it; perf's
+//! load generator keeps its own single-socket loop but accepts answers by
+//! the same rule. The accept rule ([`accept_response`]) exists only here.
 //!
 //! # How it works
 //!
@@ -19,15 +22,15 @@
 //!   [`RetryPolicy::deadline`] in total (default
 //!   [`CLIENT_REQUEST_DEADLINE_NS`]) the request fails with
 //!   [`RequestError::Timeout`].
-//! - A response is accepted only if it comes from the address the request was
-//!   sent to, carries the right family magic, version, request id, and either
-//!   the request's kind or the error kind, decodes completely, and — when
-//!   privileged — carries a valid MAC under the cluster key. A privileged
-//!   request accepts only its own kind or the MAC'd error kind 0x80
-//!   ([`wire::datagram::response_kind_matches`]): a plain error, which anyone
-//!   can forge, does not answer it. Anything else is
-//!   logged at debug level and ignored (the request keeps waiting), so a stray
-//!   or forged datagram can delay but never corrupt a request.
+//! - A response is accepted only if it passes [`accept_response`]: it comes
+//!   from the address the request was sent to, carries the right family
+//!   magic, version, request id, and either the request's kind or the error
+//!   kind, decodes completely, and — when privileged — carries a valid MAC
+//!   under the cluster key. A privileged request accepts only its own kind or
+//!   the MAC'd error kind 0x80 ([`wire::datagram::response_kind_matches`]): a
+//!   plain error, which anyone can forge, does not answer it. Anything else
+//!   is logged at debug level and ignored (the request keeps waiting), so a
+//!   stray or forged datagram can delay but never corrupt a request.
 //! - Privileged requests (kind ≥ 0x80) are MAC'd with the cluster key given to
 //!   [`ClientOptions::key`]; without a key they fail with
 //!   [`RequestError::Encode`] (`MissingKey`).
@@ -35,8 +38,8 @@
 //! # Usage
 //!
 //! ```no_run
-//! # async fn example() -> Result<(), client::udp::RequestError> {
-//! use client::udp::{ClientOptions, DatagramClient, Shard};
+//! # async fn example() -> Result<(), daemon::udp::RequestError> {
+//! use daemon::udp::{ClientOptions, DatagramClient, Shard};
 //! use wire::shard::{ShardRequest, ShardResponse, StatReq, StatResp};
 //! # let addr: std::net::SocketAddr = "127.0.0.1:22273".parse().unwrap();
 //! # let inode = wire::InodeId::ROOT;
@@ -279,6 +282,58 @@ impl<F: Family> fmt::Debug for Reply<F> {
     }
 }
 
+/// What a request was: where it went, under which id, of which kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sent {
+    pub to: SocketAddr,
+    pub request_id: u64,
+    pub kind: u8,
+}
+
+/// Why a received datagram does not answer a request (it is ignored, and
+/// the request keeps waiting).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("from {from}, not from {expected}")]
+    OtherAddress { from: SocketAddr, expected: SocketAddr },
+    #[error("does not decode: {0}")]
+    Malformed(DecodeError),
+    #[error("answers request id {got}, not {expected}")]
+    OtherRequest { got: u64, expected: u64 },
+    #[error("of kind {got:#04x}, which does not answer kind {expected:#04x}")]
+    OtherKind { got: u8, expected: u8 },
+}
+
+/// **The accept rule** for a datagram answering the request `sent`, the one
+/// place it is written (every requester calls it). The datagram must come
+/// from the address the request went to; carry the response family's magic
+/// and version; decode completely (so a truncated or padded datagram is
+/// refused), with a valid MAC under `key` when it is privileged; carry the
+/// request's id; and be of the request's kind or an error kind that may
+/// answer it ([`datagram::response_kind_matches`]: a privileged request
+/// takes only the MAC'd error kind 0x80, never a forgeable plain error).
+///
+/// An accepted error response is returned like any other: the caller
+/// decides what an error means.
+pub fn accept_response<'a, R: Body<'a>>(
+    sent: Sent,
+    key: Option<&MacKey>,
+    from: SocketAddr,
+    datagram: &'a [u8],
+) -> Result<(datagram::Header, R), Refusal> {
+    if from != sent.to {
+        return Err(Refusal::OtherAddress { from, expected: sent.to });
+    }
+    let (header, response) = datagram::decode::<R>(datagram, key).map_err(Refusal::Malformed)?;
+    if header.request_id() != sent.request_id {
+        return Err(Refusal::OtherRequest { got: header.request_id(), expected: sent.request_id });
+    }
+    if !datagram::response_kind_matches(sent.kind, &header) {
+        return Err(Refusal::OtherKind { got: header.kind, expected: sent.kind });
+    }
+    Ok((header, response))
+}
+
 /// A received datagram and who sent it.
 type Delivery = (SocketAddr, Vec<u8>);
 
@@ -430,6 +485,7 @@ impl DatagramClient {
         let len = datagram::encode(&mut buffer, request_id, request, self.inner.key.as_ref())
             .map_err(|source| RequestError::Encode { family: F::NAME, source })?;
         let kind = request.kind();
+        let sent = Sent { to: addr, request_id, kind };
         let datagram = buffer.get(..len).unwrap_or_default();
         let started = Instant::now();
         let mut attempt = 0u32;
@@ -454,7 +510,7 @@ impl DatagramClient {
             attempt += 1;
             let attempt_deadline = tokio::time::Instant::now() + wait;
             while let Ok(Some((from, bytes))) = tokio::time::timeout_at(attempt_deadline, deliveries.recv()).await {
-                if let Some(reply) = self.accept::<F>(addr, kind, from, bytes, attempt)? {
+                if let Some(reply) = self.accept::<F>(sent, from, bytes, attempt)? {
                     return Ok(reply);
                 }
             }
@@ -466,36 +522,25 @@ impl DatagramClient {
     /// waiting", `Err` is an error response.
     fn accept<F: Family>(
         &self,
-        addr: SocketAddr,
-        kind: u8,
+        sent: Sent,
         from: SocketAddr,
         bytes: Vec<u8>,
         attempts: u32,
     ) -> Result<Option<Reply<F>>, RequestError> {
-        if from != addr {
-            tracing::debug!(%from, expected = %addr, "ignoring response from an unexpected address");
-            return Ok(None);
-        }
-        let header = match datagram::decode::<F::Response<'_>>(&bytes, self.inner.key.as_ref()) {
+        let header = match accept_response::<F::Response<'_>>(sent, self.inner.key.as_ref(), from, &bytes) {
             Ok((header, response)) => {
-                // Also refuses a plain (unMAC'd, so forgeable) error to a
-                // privileged request: only the MAC'd error kind may answer it.
-                if !datagram::response_kind_matches(kind, &header) {
-                    tracing::debug!(%from, got = header.kind, expected = kind, "ignoring response of another kind");
-                    return Ok(None);
-                }
                 if let Some((kind, text)) = F::error_of(&response) {
-                    return Err(RequestError::Response { family: F::NAME, addr, kind, text, attempts });
+                    return Err(RequestError::Response { family: F::NAME, addr: sent.to, kind, text, attempts });
                 }
                 header
             }
-            Err(error) => {
-                tracing::debug!(%from, %error, family = F::NAME, "ignoring malformed response");
+            Err(refusal) => {
+                tracing::debug!(%from, %refusal, family = F::NAME, "ignoring a datagram");
                 return Ok(None);
             }
         };
         let body_end = datagram::body_end(&header, bytes.len());
-        Ok(Some(Reply { bytes, body_end, kind: header.kind, addr, family: PhantomData }))
+        Ok(Some(Reply { bytes, body_end, kind: header.kind, addr: sent.to, family: PhantomData }))
     }
 
     /// Picks an unused random request id and registers a mailbox for it.

@@ -1,0 +1,151 @@
+//! Address flags of the real daemons (issue 14): a wildcard listen address
+//! without `--advertise` is refused at start (exit 2, one line); the
+//! advertised address is what shuckle lists; `--shuckle` takes a host name;
+//! an unresolvable name is one clear line. (`eggs --shuckle localhost:PORT`
+//! and `EGGS_SHUCKLE` are tested in `commands.rs`; the advertised addresses
+//! of shards and block services across hosts in `multihost.rs`.)
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, binary};
+
+/// Runs `program args` to completion with only warnings logged.
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(binary(program))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("run {program}: {error}"))
+}
+
+/// Asserts `output` is a usage failure: exit 2 and exactly one stderr line,
+/// `PROCESS: …`, containing every one of `words`.
+fn assert_usage_line(process: &str, output: &Output, words: &[&str]) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{process}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{process}: one line: {stderr:?}");
+    assert!(lines[0].starts_with(&format!("{process}: ")), "{process}: {stderr:?}");
+    for word in words {
+        assert!(lines[0].contains(word), "{process}: {word:?} missing from {stderr:?}");
+    }
+}
+
+#[test]
+fn a_wildcard_listen_address_without_advertise_exits_2_with_one_line() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let folder = |name: &str| temp.path().join(name).display().to_string();
+    for wildcard in ["0.0.0.0:0", "[::]:0"] {
+        let blockd = run("blockd", &[&folder("blocks"), "--storage-class", "2", "--listen", wildcard]);
+        assert_usage_line("blockd", &blockd, &["--listen", "--advertise"]);
+        let metad = run("metad", &["0", &folder("meta"), "--listen", wildcard]);
+        assert_usage_line("metad", &metad, &["--listen", "--advertise"]);
+        let cdcd = run("cdcd", &[&folder("cdc"), "--listen", wildcard]);
+        assert_usage_line("cdcd", &cdcd, &["--listen", "--advertise"]);
+    }
+    // Nor may the advertised address itself be a wildcard.
+    let blockd =
+        run("blockd", &[&folder("blocks"), "--storage-class", "2", "--listen", "0.0.0.0:0", "--advertise", "0.0.0.0"]);
+    assert_usage_line("blockd", &blockd, &["--advertise"]);
+    // Nothing was started: the refusal comes before any folder is made.
+    assert!(!temp.path().join("blocks").exists() && !temp.path().join("cdc").exists());
+}
+
+#[test]
+fn a_shuckle_name_that_does_not_resolve_is_one_line() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let folder = |name: &str| temp.path().join(name).display().to_string();
+    let shuckle = "no-such-host.invalid:5000";
+    let blockd = run("blockd", &[&folder("blocks"), "--storage-class", "2", "--shuckle", shuckle]);
+    assert_usage_line("blockd", &blockd, &["--shuckle", shuckle, "does not resolve"]);
+    let metad = run("metad", &["0", &folder("meta"), "--listen", "127.0.0.1:0", "--shuckle", shuckle]);
+    assert_usage_line("metad", &metad, &["--shuckle", shuckle, "does not resolve"]);
+    let cdcd = run("cdcd", &[&folder("cdc"), "--listen", "127.0.0.1:0", "--shuckle", shuckle]);
+    assert_usage_line("cdcd", &cdcd, &["--shuckle", shuckle, "does not resolve"]);
+    let gcd = run("gcd", &["--shuckle", shuckle]);
+    assert_usage_line("gcd", &gcd, &["--shuckle", shuckle, "does not resolve"]);
+}
+
+/// A daemon child, killed on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `blockd args` and returns it with the TCP port it printed.
+fn start_blockd(args: &[&str]) -> (Running, u16) {
+    let mut child = Command::new(binary("blockd"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start blockd");
+    let stdout = child.stdout.take().expect("stdout");
+    let running = Running(child);
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut port = None;
+    loop {
+        let line = receiver.recv_timeout(Duration::from_secs(60)).expect("blockd printed no `ready`");
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["listening", "tcp", address] => {
+                port = Some(address.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port"));
+            }
+            ["ready"] => return (running, port.expect("a `listening tcp` line before `ready`")),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn shuckle_lists_the_advertised_address_of_a_daemon_that_found_it_by_name() {
+    let cluster = Cluster::start(1);
+    let shuckle_port = cluster.shuckle.rsplit(':').next().expect("port");
+    let temp = tempfile::tempdir().expect("tempdir");
+    let folder = temp.path().join("extra").display().to_string();
+    // Every interface; advertised as 127.0.0.2 (a loopback address that is
+    // not the one the rest of the cluster uses, so only --advertise can
+    // have put it in shuckle's list).
+    let (_blockd, port) = start_blockd(&[
+        &folder,
+        "--storage-class",
+        "2",
+        "--listen",
+        "0.0.0.0:0",
+        "--advertise",
+        "127.0.0.2",
+        "--shuckle",
+        &format!("localhost:{shuckle_port}"),
+        "--cores",
+        "1",
+    ]);
+    let advertised = format!("127.0.0.2:{port}");
+    let started = Instant::now();
+    loop {
+        let listed = cluster.lines(&["block-services"]);
+        assert!(!listed.iter().any(|line| line.contains("0.0.0.0")), "a wildcard was registered: {listed:?}");
+        if listed.iter().any(|line| line.contains(&format!(" {advertised} "))) {
+            break;
+        }
+        // Registration is a datagram sent at start and then periodically.
+        assert!(started.elapsed() < Duration::from_secs(60), "{advertised} never listed: {listed:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
