@@ -2,7 +2,7 @@
 //! wiring and I/O only; the logic lives in the `blockd` library, the
 //! plumbing shared with the other daemons in the `daemon` crate.
 
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;

@@ -63,7 +63,7 @@ struct Args {
     /// printed as `listening metrics ADDR`).
     #[arg(long)]
     metrics: Option<SocketAddr>,
-        /// A shard's address, overriding shuckle: `N=HOST:PORT` (repeatable).
+    /// A shard's address, overriding shuckle: `N=HOST:PORT` (repeatable).
     #[arg(long = "shard-addr", value_parser = parse_shard_addr)]
     shard_addr: Vec<(ShardId, SocketAddr)>,
 }
