@@ -19,18 +19,7 @@ use wire::cdc::{CdcKind, CdcStatus};
 use crate::commit::CommitStats;
 
 /// Every status, in the order of the `status` label.
-const STATUSES: [CdcStatus; 10] = [
-    CdcStatus::Ok,
-    CdcStatus::GeneralError,
-    CdcStatus::ParentInvalid,
-    CdcStatus::NotFound,
-    CdcStatus::BadInodeType,
-    CdcStatus::BadRequest,
-    CdcStatus::CannotOverrideTarget,
-    CdcStatus::LoopDetected,
-    CdcStatus::DirectoryNotEmpty,
-    CdcStatus::AlreadyExists,
-];
+const STATUSES: [CdcStatus; 10] = CdcStatus::ALL;
 
 #[derive(Clone, Debug)]
 pub struct Metrics {

@@ -161,18 +161,7 @@ mod status_code {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
     use wire::cdc::CdcStatus;
 
-    pub const ALL: [CdcStatus; 10] = [
-        CdcStatus::Ok,
-        CdcStatus::GeneralError,
-        CdcStatus::ParentInvalid,
-        CdcStatus::NotFound,
-        CdcStatus::BadInodeType,
-        CdcStatus::BadRequest,
-        CdcStatus::CannotOverrideTarget,
-        CdcStatus::LoopDetected,
-        CdcStatus::DirectoryNotEmpty,
-        CdcStatus::AlreadyExists,
-    ];
+    pub const ALL: [CdcStatus; 10] = CdcStatus::ALL;
 
     pub fn serialize<S: Serializer>(status: &CdcStatus, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_u8(*status as u8)

@@ -33,6 +33,20 @@ pub enum CdcStatus {
 }
 
 impl CdcStatus {
+    /// Every status, in code order.
+    pub const ALL: [CdcStatus; 10] = [
+        Self::Ok,
+        Self::GeneralError,
+        Self::ParentInvalid,
+        Self::NotFound,
+        Self::BadInodeType,
+        Self::BadRequest,
+        Self::CannotOverrideTarget,
+        Self::LoopDetected,
+        Self::DirectoryNotEmpty,
+        Self::AlreadyExists,
+    ];
+
     pub const fn name(self) -> &'static str {
         match self {
             Self::Ok => "OK",
@@ -100,4 +114,19 @@ crate::message_family! {
     0x03 MvFile(MvFileReq<'a>) => CdcResp<'a>;
     0x04 MvDir(MvDirReq<'a>) => CdcResp<'a>;
     0x05 PurgeRemoteFile(PurgeRemoteFileReq<'a>) => CdcResp<'a>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_status_once_in_code_order() {
+        for (index, status) in CdcStatus::ALL.iter().enumerate() {
+            assert_eq!(*status as usize, index, "{}", status.name());
+        }
+        // One past the last is not a status.
+        let past = [CdcStatus::ALL.len() as u8];
+        assert!(<CdcStatus as zerocopy::TryFromBytes>::try_read_from_bytes(&past[..]).is_err());
+    }
 }
