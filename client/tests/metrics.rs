@@ -123,6 +123,8 @@ fn every_daemon_serves_metrics_that_count_the_operations() {
     assert!(total("metad_commit_batch_size", &[]) >= 1.0, "group commits observed");
     assert!(total("metad_commit_duration_seconds", &[]) >= 1.0);
     assert!(shards.iter().all(|s| has(s, "metad_request_errors_total") && has(s, "metad_request_error_codes")));
+    // Issue 17 F: a checksum mismatch counts in metrics (none here).
+    assert!(shards.iter().all(|s| has(s, "metad_store_checksum_mismatches_total")));
 
     let cdc = scrape(&addr("cdc"));
     assert_eq!(sum(&cdc, "cdcd_requests_total", &[("kind", "MkDir")]), 1.0);
@@ -134,6 +136,8 @@ fn every_daemon_serves_metrics_that_count_the_operations() {
     assert_eq!(sum(&shuckle, "shuckle_block_services", &[]), 3.0, "three block services known");
     assert!(sum(&shuckle, "shuckle_block_services_free_bytes", &[("storage_class", "2")]) > 0.0);
     assert!(sum(&shuckle, "shuckle_requests_total", &[("kind", "Registration")]) >= 3.0);
+    assert_eq!(sum(&shuckle, "shuckle_store_checksum_mismatches_total", &[]), 0.0, "a sound store");
+    assert!(has(&shuckle, "shuckle_store_checksum_mismatches_total"));
     assert!(sum(&shuckle, "shuckle_requests_total", &[("kind", "Shards")]) >= 1.0, "clients asked for shards");
     assert!(sum(&shuckle, "shuckle_http_requests_total", &[("route", "/api/block_services")]) >= 1.0);
 

@@ -234,6 +234,31 @@ impl Pairs {
     }
 }
 
+/// A counter kept elsewhere (a process-wide atomic of another crate), read
+/// when scraped: `ReadCounter(store::checksum_mismatches)`.
+#[derive(Clone, Copy)]
+pub struct ReadCounter(pub fn() -> u64);
+
+impl std::fmt::Debug for ReadCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReadCounter({})", (self.0)())
+    }
+}
+
+impl TypedMetric for ReadCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ReadCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&(self.0)(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 impl TypedMetric for Pairs {
     const TYPE: MetricType = MetricType::Counter;
 }

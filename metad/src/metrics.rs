@@ -51,6 +51,11 @@ impl Metrics {
         registry.register("commit_batch_size", "mutations per write transaction", metrics.batch_size.clone());
         registry.register("commit_duration_seconds", "apply and commit of one batch", metrics.commit.clone());
         registry.register("sync_duration_seconds", "explicit syncs of the meta page", metrics.sync.clone());
+        registry.register(
+            "store_checksum_mismatches",
+            "stored records refused because their CRC32C did not match (answered STORAGE_ERROR)",
+            daemon::metrics::ReadCounter(crate::store::checksum_mismatches),
+        );
         metrics
     }
 

@@ -84,6 +84,11 @@ impl Metrics {
         let registry = registry.sub_registry_with_prefix("shuckle");
         let metrics = Self::register(registry);
         registry.register_collector(Box::new(BlockServiceView { shuckle }));
+        registry.register(
+            "store_checksum_mismatches",
+            "stored records refused at load because their CRC32C did not match",
+            daemon::metrics::ReadCounter(crate::store::checksum_mismatches),
+        );
         metrics
     }
 
