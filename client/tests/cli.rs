@@ -191,7 +191,8 @@ fn put_avoids_a_killed_block_service() {
     }
 }
 
-/// Flips a byte in every block file of a block service folder; returns how many.
+/// Flips a byte in every block file of a block service folder (a second call
+/// flips it back); returns how many.
 fn corrupt_blocks(dir: &Path) -> usize {
     let mut corrupted = 0;
     for shard_dir in std::fs::read_dir(dir).expect("block service dir").flatten() {
@@ -376,13 +377,27 @@ fn corruption_beyond_parity_is_named_corrupted_data() {
     let local = scratch.path().join("f");
     std::fs::write(&local, &data).expect("write");
     cluster.ok(&["put", local.to_str().expect("utf-8"), "/f", "--parity", "4+2", "--span-size", "1048576"]);
-    assert!(corrupt_blocks(&cluster.dir.join("blocks").join("0")) >= 2);
-    let output = cluster.eggs(&["-v", "cat", "/f"]);
-    assert!(output.status.success() && output.stdout == data, "one corrupted block per span is rebuilt");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("corrupted data"), "-v names the corruption: {stderr}");
-    for service in ["1", "2"] {
-        assert!(corrupt_blocks(&cluster.dir.join("blocks").join(service)) >= 2);
+    // With 6 services every span has one block on each; a service's block
+    // is a data block for some spans and a parity block (not read when all
+    // data blocks are good) for others. Corrupt one service at a time
+    // (corrupt_blocks flips the same byte back when called again) until a
+    // healthy read meets the corruption.
+    let blocks = cluster.dir.join("blocks");
+    let mut found = None;
+    for service in 0..6 {
+        let dir = blocks.join(service.to_string());
+        assert!(corrupt_blocks(&dir) >= 2);
+        let output = cluster.eggs(&["-v", "cat", "/f"]);
+        assert!(output.status.success() && output.stdout == data, "one corrupted block per span is rebuilt");
+        if String::from_utf8_lossy(&output.stderr).contains("corrupted data") {
+            found = Some(service);
+            break;
+        }
+        corrupt_blocks(&dir);
+    }
+    let found = found.expect("-v names the corruption when a data block is corrupted");
+    for service in (0..6).filter(|service| *service != found).take(2) {
+        assert!(corrupt_blocks(&blocks.join(service.to_string())) >= 2);
     }
     let error = cluster.fails(&["cat", "/f"]);
     assert!(error.contains(": corrupted data: "), "the corruption is said first: {error}");
