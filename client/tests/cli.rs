@@ -223,14 +223,34 @@ fn corrupted_block_is_reconstructed_and_reported() {
     let local = scratch.path().join("f");
     std::fs::write(&local, &data).expect("write");
     cluster.ok(&["put", local.to_str().expect("utf-8"), "/f", "--parity", "4+2", "--span-size", "1048576"]);
-    // Every span has a block on every one of the 6 services (4+2).
-    let corrupted = corrupt_blocks(&cluster.dir.join("blocks").join("0"));
-    assert!(corrupted >= 3, "corrupted {corrupted} blocks");
-    let output = cluster.eggs(&["-v", "cat", "/f"]);
-    assert!(output.status.success(), "cat: {}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.stdout == data, "byte-identical despite the corruption");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("reconstructed"), "corruption reported: {stderr}");
+    let (_, stderr) = corrupt_one_service_until_read(&cluster, "/f", &data, "reconstructed");
+    assert!(stderr.contains("corrupted data"), "the cause is named: {stderr}");
+}
+
+/// Corrupts the blocks of one block service at a time (6 services, RS 4+2 so
+/// every span has one block on each) until a healthy `-v cat` meets the
+/// corruption and says `needle`. A service's block is a data block for some
+/// spans and a parity block (never read while the data blocks are good) for
+/// others, so the first service tried may not be met; `corrupt_blocks` flips
+/// the same bytes back before the next one. Every read must still be
+/// byte-identical. Returns the service and the stderr of the read that met it;
+/// the corruption stays on that service.
+fn corrupt_one_service_until_read(cluster: &Cluster, path: &str, data: &[u8], needle: &str) -> (usize, String) {
+    let blocks = cluster.dir.join("blocks");
+    for service in 0..6 {
+        let dir = blocks.join(service.to_string());
+        let corrupted = corrupt_blocks(&dir);
+        assert!(corrupted >= 2, "corrupted {corrupted} blocks");
+        let output = cluster.eggs(&["-v", "cat", path]);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "cat: {stderr}");
+        assert!(output.stdout == data, "byte-identical despite the corruption");
+        if stderr.contains(needle) {
+            return (service, stderr);
+        }
+        corrupt_blocks(&dir);
+    }
+    panic!("no read met a corrupted data block, or none said {needle:?}");
 }
 
 /// Overwriting keeps the old version in the dead map; a restarted cluster
@@ -377,27 +397,9 @@ fn corruption_beyond_parity_is_named_corrupted_data() {
     let local = scratch.path().join("f");
     std::fs::write(&local, &data).expect("write");
     cluster.ok(&["put", local.to_str().expect("utf-8"), "/f", "--parity", "4+2", "--span-size", "1048576"]);
-    // With 6 services every span has one block on each; a service's block
-    // is a data block for some spans and a parity block (not read when all
-    // data blocks are good) for others. Corrupt one service at a time
-    // (corrupt_blocks flips the same byte back when called again) until a
-    // healthy read meets the corruption.
-    let blocks = cluster.dir.join("blocks");
-    let mut found = None;
-    for service in 0..6 {
-        let dir = blocks.join(service.to_string());
-        assert!(corrupt_blocks(&dir) >= 2);
-        let output = cluster.eggs(&["-v", "cat", "/f"]);
-        assert!(output.status.success() && output.stdout == data, "one corrupted block per span is rebuilt");
-        if String::from_utf8_lossy(&output.stderr).contains("corrupted data") {
-            found = Some(service);
-            break;
-        }
-        corrupt_blocks(&dir);
-    }
-    let found = found.expect("-v names the corruption when a data block is corrupted");
+    let (found, _) = corrupt_one_service_until_read(&cluster, "/f", &data, "corrupted data");
     for service in (0..6).filter(|service| *service != found).take(2) {
-        assert!(corrupt_blocks(&blocks.join(service.to_string())) >= 2);
+        assert!(corrupt_blocks(&cluster.dir.join("blocks").join(service.to_string())) >= 2);
     }
     let error = cluster.fails(&["cat", "/f"]);
     assert!(error.contains(": corrupted data: "), "the corruption is said first: {error}");
