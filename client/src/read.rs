@@ -486,7 +486,7 @@ async fn read_blocks(
     buffer.clear();
     // A reused buffer that an inline or zero-fill span grew (plain
     // allocation, not aligned) is not used for blocks.
-    let aligned = buffer.spare_capacity_mut().as_ptr() as usize % PAGE_BYTES == 0;
+    let aligned = (buffer.spare_capacity_mut().as_ptr() as usize).is_multiple_of(PAGE_BYTES);
     if buffer.capacity() < size || !aligned {
         buffer = span_buffer(size);
     }
