@@ -14,7 +14,10 @@
 //! - **Buffers** are reused: a span's buffer goes back to the free list
 //!   once written out; a block never gets a buffer of its own (parity
 //!   blocks of a degraded span excepted, and those are kept for the next
-//!   degraded span). Span buffers ask for transparent huge pages. A
+//!   degraded span). Span buffers start on a 2 MiB boundary and ask for
+//!   transparent huge pages: the kernel's copy from the socket into a
+//!   buffer 16 bytes off a page boundary (as `malloc` gives) cost 3× more
+//!   CPU on this machine, and was most of the client's time. A
 //!   degraded span is rebuilt with the thread's Reed–Solomon decoder,
 //!   reset, not built anew.
 //! - **Dead services** are routed around for the rest of the read: a
@@ -481,7 +484,10 @@ async fn read_blocks(
     // nothing is zeroed). With mirroring every copy is the whole span.
     let size = span.size as usize;
     buffer.clear();
-    if buffer.capacity() < size {
+    // A reused buffer that an inline or zero-fill span grew (plain
+    // allocation, not aligned) is not used for blocks.
+    let aligned = (buffer.spare_capacity_mut().as_ptr() as usize).is_multiple_of(PAGE_BYTES);
+    if buffer.capacity() < size || !aligned {
         buffer = span_buffer(size);
     }
     let mut pieces: Vec<Option<BytesMut>> = Vec::with_capacity(d);
@@ -605,26 +611,39 @@ async fn read_blocks(
     Ok(SpanRead { data, reconstructed, notices })
 }
 
-/// Transparent huge pages are used for a span buffer when it is at least this long.
+/// Span buffers of at least this many bytes start on a boundary of it and
+/// ask for transparent huge pages (see [`span_buffer`]).
 const HUGE_PAGE_BYTES: usize = 2 << 20;
+/// Smaller span buffers start on a page boundary.
+const PAGE_BYTES: usize = 4 << 10;
 
 /// A new span buffer of `size` bytes' capacity, nothing written (so not
-/// yet backed by memory). Its whole 2 MiB pages are marked for transparent
-/// huge pages (where the kernel leaves that to the program): the kernel's
-/// copy from the socket into the buffer then takes far fewer TLB misses
-/// (figures in `perf/results/2026-11-27-profile.md`).
+/// yet backed by memory), starting on a 2 MiB boundary with its pages
+/// marked for transparent huge pages (where the kernel leaves that to the
+/// program), or on a page boundary when it is smaller than a huge page.
+///
+/// Both matter to the kernel's copy from the socket, the client's largest
+/// cost. The block bytes come from the sender's page cache, page-aligned;
+/// a destination 16 bytes past a page start (what `malloc` returns for a
+/// large allocation) made that copy 1.7× (a C receiver) to 3.3× (`eggs
+/// cat`) slower per byte on this machine's AMD cores; huge pages spare it TLB misses, and an aligned start lets every
+/// page of the buffer be huge. Figures in `perf/results/2026-11-27-profile-2.md`.
 fn span_buffer(size: usize) -> BytesMut {
-    let mut buffer = BytesMut::with_capacity(size);
-    if size >= 2 * HUGE_PAGE_BYTES {
-        let start = buffer.spare_capacity_mut().as_mut_ptr() as usize;
-        let aligned = start.next_multiple_of(HUGE_PAGE_BYTES);
-        let end = (start + size) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
-        if end > aligned {
-            // SAFETY: the range lies within the buffer's own allocation;
-            // madvise only changes how its pages will be backed.
-            unsafe {
-                libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
-            }
+    let align = if size >= HUGE_PAGE_BYTES { HUGE_PAGE_BYTES } else { PAGE_BYTES };
+    let mut allocation = BytesMut::with_capacity(size + align);
+    let start = allocation.spare_capacity_mut().as_ptr() as usize;
+    // The buffer proper starts at the first boundary; the padding before
+    // it is never touched (so never backed by memory) and goes with the
+    // allocation when the last piece of the buffer is dropped.
+    let mut buffer = allocation.split_off(start.next_multiple_of(align) - start);
+    let start = buffer.spare_capacity_mut().as_ptr() as usize;
+    assert_eq!(start % align, 0, "span buffers start on a boundary");
+    let end = (start + size) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
+    if align == HUGE_PAGE_BYTES && end > start {
+        // SAFETY: the range lies within the buffer's own allocation;
+        // madvise only changes how its pages will be backed.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
         }
     }
     buffer
@@ -846,5 +865,32 @@ impl AsyncRead for CheckedPipe {
             return Poll::Ready(Err(io::Error::other("the source file could not be read to its end")));
         }
         polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Span buffers and the block pieces carved from them start aligned,
+    /// hold the capacity asked for, and keep their start when reused.
+    #[test]
+    fn span_buffers_start_aligned_and_keep_their_start() {
+        for (size, align) in
+            [(16 << 20, HUGE_PAGE_BYTES), (4 << 20, HUGE_PAGE_BYTES), (300_000, PAGE_BYTES), (1, PAGE_BYTES)]
+        {
+            let mut buffer = span_buffer(size);
+            assert!(buffer.capacity() >= size, "{size}");
+            let start = buffer.spare_capacity_mut().as_ptr() as usize;
+            assert_eq!(start % align, 0, "{size}");
+            // Filled, carved into pieces and joined again, as a span read does.
+            buffer.extend_from_slice(&vec![7u8; size]);
+            let half = buffer.split_off(size / 2);
+            buffer.unsplit(half);
+            assert_eq!(buffer.len(), size);
+            buffer.clear();
+            assert_eq!(buffer.spare_capacity_mut().as_ptr() as usize, start, "{size}: reused in place");
+            assert!(buffer.capacity() >= size);
+        }
     }
 }

@@ -80,8 +80,9 @@ impl BlockService {
         Ok(block_id)
     }
 
-    /// Fetches one block into `buf` (resized); returns its size.
-    fn fetch(&self, stream: &mut TcpStream, block_id: BlockId, buf: &mut Vec<u8>) -> Result<usize> {
+    /// Fetches one block into `storage` (resized), from its first page
+    /// boundary on (see [`crate::limits::page_aligned`]); returns the block.
+    fn fetch<'b>(&self, stream: &mut TcpStream, block_id: BlockId, storage: &'b mut Vec<u8>) -> Result<&'b [u8]> {
         let closed =
             |e| PerfError::Io { context: format!("fetch block {block_id} from blockd {}", self.addr), source: e };
         stream.write_all(FetchReq::new(block_id).as_bytes()).map_err(closed)?;
@@ -93,9 +94,10 @@ impl BlockService {
             return Err(PerfError::Protocol(format!("blockd answered fetch with tag {:#04x}", head.tag)));
         }
         let size = head.size.get() as usize;
-        buf.resize(size, 0);
+        storage.resize(size + crate::limits::PAGE_BYTES, 0);
+        let buf = crate::limits::page_aligned(storage, size);
         stream.read_exact(buf).map_err(closed)?;
-        Ok(size)
+        Ok(buf)
     }
 
     fn erase(&self, stream: &mut TcpStream, block_id: BlockId) -> Result<()> {
@@ -172,8 +174,8 @@ pub fn write_and_fetch(
             // written is on disk only).
             let mut buf = Vec::new();
             for block_id in &blocks {
-                let size = service.fetch(&mut stream, *block_id, &mut buf)?;
-                if size != data.len() || wire::crc::crc32c(&buf) != crc {
+                let block = service.fetch(&mut stream, *block_id, &mut buf)?;
+                if block.len() != data.len() || wire::crc::crc32c(block) != crc {
                     return Err(PerfError::Protocol(format!("blockd returned wrong bytes for {block_id}")));
                 }
             }
@@ -183,7 +185,7 @@ pub fn write_and_fetch(
                 if round > 0 && fetch_start.elapsed() >= duration {
                     break;
                 }
-                fetched += service.fetch(&mut stream, *block_id, &mut buf)? as u64;
+                fetched += service.fetch(&mut stream, *block_id, &mut buf)?.len() as u64;
             }
             Ok(Worked { write, fetch: (fetch_start, Instant::now(), fetched), blocks })
         }));

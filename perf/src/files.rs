@@ -100,11 +100,13 @@ pub fn cat_measured(eggs: &Path, envs: &[(String, String)], remote: &str, bytes:
         let _ = stderr.read_to_end(&mut text);
         text
     });
-    let mut buf = vec![0u8; MIB];
+    // Page-aligned, as the cat's own buffers (`crate::limits::page_aligned`).
+    let mut storage = vec![0u8; MIB + crate::limits::PAGE_BYTES];
+    let buf = crate::limits::page_aligned(&mut storage, MIB);
     let mut received = 0usize;
     let mut received_crc = 0u32;
     loop {
-        let n = stdout.read(&mut buf).map_err(PerfError::io("read eggs cat output"))?;
+        let n = stdout.read(buf).map_err(PerfError::io("read eggs cat output"))?;
         if n == 0 {
             break;
         }

@@ -47,6 +47,21 @@ pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// A page.
+pub const PAGE_BYTES: usize = 4096;
+
+/// The first `len` bytes of `storage` from its first page boundary on
+/// (`storage` must hold `len + PAGE_BYTES`). Socket buffers of the
+/// measurements start on a page, as eggs's span buffers do: the kernel's
+/// copy between a page-aligned socket page and a buffer 16 bytes off a page
+/// (where `malloc` puts a large `Vec`) runs at a fraction of the speed on
+/// this machine's CPUs (`perf/results/2026-11-27-profile-2.md`), so an
+/// unaligned buffer would measure the harness, not the path.
+pub fn page_aligned(storage: &mut [u8], len: usize) -> &mut [u8] {
+    let offset = storage.as_ptr().align_offset(PAGE_BYTES);
+    &mut storage[offset..offset + len]
+}
+
 /// Loopback TCP throughput with `streams` parallel connections, in MB/s.
 pub fn tcp_loopback(streams: usize, duration: Duration) -> Result<f64> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(PerfError::io("bind loopback listener"))?;
@@ -57,9 +72,10 @@ pub fn tcp_loopback(streams: usize, duration: Duration) -> Result<f64> {
         let stop = stop.clone();
         senders.push(std::thread::spawn(move || -> Result<()> {
             let mut stream = TcpStream::connect(addr).map_err(PerfError::io("connect loopback"))?;
-            let chunk = vec![0x5au8; MIB];
+            let mut storage = vec![0x5au8; MIB + PAGE_BYTES];
+            let chunk = page_aligned(&mut storage, MIB);
             while !stop.load(Ordering::Relaxed) {
-                stream.write_all(&chunk).map_err(PerfError::io("loopback send"))?;
+                stream.write_all(chunk).map_err(PerfError::io("loopback send"))?;
             }
             Ok(())
         }));
@@ -70,10 +86,11 @@ pub fn tcp_loopback(streams: usize, duration: Duration) -> Result<f64> {
         let (mut stream, _) = listener.accept().map_err(PerfError::io("accept loopback"))?;
         let stop = stop.clone();
         receivers.push(std::thread::spawn(move || {
-            let mut buf = vec![0u8; MIB];
+            let mut storage = vec![0u8; MIB + PAGE_BYTES];
+            let buf = page_aligned(&mut storage, MIB);
             let mut total = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                match stream.read(&mut buf) {
+                match stream.read(buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => total += n as u64,
                 }

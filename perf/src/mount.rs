@@ -123,10 +123,12 @@ fn copy(local: &Path, target: &Path, bytes: usize) -> Result<f64> {
 fn read_through(path: &Path, bytes: usize, crc: u32) -> Result<f64> {
     let started = Instant::now();
     let mut file = std::fs::File::open(path).map_err(PerfError::io(format!("open {}", path.display())))?;
-    let mut buffer = vec![0u8; 1 << 20];
+    // Page-aligned, as coreutils `cat` aligns its buffer.
+    let mut storage = vec![0u8; (1 << 20) + crate::limits::PAGE_BYTES];
+    let buffer = crate::limits::page_aligned(&mut storage, 1 << 20);
     let (mut total, mut sum) = (0usize, 0u32);
     loop {
-        let read = file.read(&mut buffer).map_err(PerfError::io(format!("read {}", path.display())))?;
+        let read = file.read(buffer).map_err(PerfError::io(format!("read {}", path.display())))?;
         if read == 0 {
             break;
         }
