@@ -43,7 +43,7 @@ impl Harness {
 
     /// A fresh coordinator over the store (a restart when called again).
     fn coordinator(&self) -> Arc<Coordinator<Arc<FakeCluster>>> {
-        let commits = GroupCommit::new(self.store.clone(), CommitMode::Inline);
+        let commits = GroupCommit::new(self.store.clone(), CommitMode::Inline { fsync: Duration::ZERO });
         tokio::spawn(commits.clone().run());
         Arc::new(Coordinator::new(self.cluster.clone(), commits, NEW_DIR_SHARDS.to_vec(), fast_retry(), Some(1)))
     }

@@ -34,8 +34,8 @@ use rand::{Rng, SeedableRng};
 use wire::datagram;
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
 use wire::shard::{
-    CreateEdenFileReq, LinkEdenFileReq, LinkEdenFileReqHead, LsDirReq, ShardRequest, ShardResponse, StatReq, StatResp,
-    VisitInodesReq,
+    CreateEdenFileReq, LinkEdenFileReq, LinkEdenFileReqHead, LsDirReq, SameDirRenameReq, SameDirRenameReqHead,
+    ShardRequest, ShardResponse, StatReq, StatResp, VisitInodesReq,
 };
 use wire::{EggsTime, InodeId, InodeType, MacKey, Name, SecretKey, ShardId};
 use zerocopy::byteorder::little_endian::U64;
@@ -107,6 +107,16 @@ pub struct SimNet {
     pub late: AtomicU64,
     /// Shards that answer nothing (a dead host).
     pub down: Mutex<std::collections::HashSet<ShardId>>,
+    /// Mutations executed (not answered from a replay record).
+    pub executed_mutations: AtomicU64,
+    /// When `executed_mutations` reaches this (0: never), `tripped` is
+    /// notified: a test crashes the CDC right after a chosen step.
+    pub trip_at: AtomicU64,
+    pub tripped: tokio::sync::Notify,
+    /// Counts [`SimNet::forget_replies`]: a datagram sent before the last
+    /// one arrives stale and is dropped, as metad's replay guard drops a
+    /// datagram sent before its floor or outside its window.
+    epoch: AtomicU64,
 }
 
 fn temp_dir() -> tempfile::TempDir {
@@ -135,6 +145,10 @@ impl SimNet {
             delivered: AtomicU64::new(0),
             late: AtomicU64::new(0),
             down: Mutex::default(),
+            executed_mutations: AtomicU64::new(0),
+            trip_at: AtomicU64::new(0),
+            tripped: tokio::sync::Notify::new(),
+            epoch: AtomicU64::new(0),
         })
     }
 
@@ -182,12 +196,46 @@ impl SimNet {
             txn.commit().unwrap();
             out.truncate(len);
             sim.cache.lock().unwrap().insert(key, out.clone());
+            let executed = self.executed_mutations.fetch_add(1, Ordering::Relaxed) + 1;
+            if executed == self.trip_at.load(Ordering::Relaxed) {
+                self.tripped.notify_one();
+            }
         } else {
             let txn = sim.store.read_txn().unwrap();
             let len = sim.shard.handle_read(&sim.store, &txn, &env, header.request_id(), &request, &mut out);
             out.truncate(len);
         }
         out
+    }
+
+    /// Every shard forgets the answers it recorded: a retransmission is
+    /// executed again, as after a shard restart or an outage longer than
+    /// metad's replay window.
+    pub fn forget_replies(&self) {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+        for shard in &self.shards {
+            shard.cache.lock().unwrap().clear();
+        }
+    }
+
+    /// Delivers a datagram sent in `epoch` late, unless it is stale by then.
+    fn deliver_late(&self, epoch: u64, shard: ShardId, bytes: &[u8]) {
+        self.late.fetch_add(1, Ordering::Relaxed);
+        if self.epoch.load(Ordering::Relaxed) == epoch {
+            self.execute(shard, bytes);
+        }
+    }
+
+    /// A client's rename within `dir` (a shard-local request); whether the
+    /// shard did it.
+    pub fn rename(&self, dir: InodeId, old: &str, new: &str) -> bool {
+        let head = SameDirRenameReqHead { parent: dir };
+        let request = ShardRequest::SameDirRename(SameDirRenameReq {
+            head,
+            old_name: Name::new(old.as_bytes()).unwrap(),
+            new_name: Name::new(new.as_bytes()).unwrap(),
+        });
+        self.call(dir.shard(), &request, |response| matches!(response, ShardResponse::SameDirRename(_)))
     }
 
     fn encode(&self, request_id: u64, request: &ShardRequest<'_>) -> Vec<u8> {
@@ -344,13 +392,13 @@ impl Shards for NetShards {
         let bytes = net.encode(request_id, request);
         // Half a millisecond of network each way, plus jitter.
         let one_way = Duration::from_micros(500) + net.random_below(500_000);
+        let epoch = net.epoch.load(Ordering::Relaxed);
         if net.chance(faults.duplicate) {
             let (copy, net2) = (bytes.clone(), net.clone());
             let later = net.random_below(timeout.as_nanos() as u64 * 3 + 1);
             tokio::spawn(async move {
                 tokio::time::sleep(later).await;
-                net2.late.fetch_add(1, Ordering::Relaxed);
-                net2.execute(shard, &copy);
+                net2.deliver_late(epoch, shard, &copy);
             });
         }
         if net.chance(faults.drop_request) {
@@ -363,8 +411,7 @@ impl Shards for NetShards {
             let net2 = net.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(late).await;
-                net2.late.fetch_add(1, Ordering::Relaxed);
-                net2.execute(shard, &bytes);
+                net2.deliver_late(epoch, shard, &bytes);
             });
             tokio::time::sleep(timeout).await;
             return Err(TransportError::Timeout(shard));
@@ -382,6 +429,9 @@ impl Shards for NetShards {
     }
 }
 
+/// The virtual time one commit of the CDC's store takes (its fsync).
+pub const COMMIT_FSYNC: Duration = Duration::from_micros(700);
+
 /// Retries at simulation pace: fast, and a read deadline long enough that
 /// a lossy network does not fail transactions.
 pub fn sim_retry() -> RetryPolicy {
@@ -396,6 +446,8 @@ pub fn sim_retry() -> RetryPolicy {
 #[derive(Default)]
 pub struct Answers {
     outcomes: Mutex<HashMap<ClientKey, Outcome>>,
+    /// Notified at every answer the CDC gives.
+    pub given: tokio::sync::Notify,
 }
 
 /// A running CDC incarnation.
@@ -445,7 +497,7 @@ impl Sim {
     }
 
     fn start_cdc(&self) {
-        let commits = GroupCommit::new(self.store.clone(), CommitMode::Inline);
+        let commits = GroupCommit::new(self.store.clone(), CommitMode::Inline { fsync: COMMIT_FSYNC });
         let committer = tokio::spawn(commits.clone().run());
         let shards: Vec<ShardId> = (0..self.net.shard_count()).collect();
         let seed = self.seed ^ self.crashes.load(Ordering::Relaxed);
@@ -454,17 +506,31 @@ impl Sim {
         let answers = self.answers.clone();
         let sink: ReplySink = Arc::new(move |client, _args, outcome| {
             answers.outcomes.lock().unwrap().insert(*client, outcome.clone());
+            answers.given.notify_one();
         });
         let frontend = Frontend::new(coordinator, sink);
         frontend.resume().unwrap();
         *self.cdc.lock().unwrap() = Some(Incarnation { frontend, committer });
     }
 
-    /// SIGKILL and restart: every CDC task stops where it is.
+    /// SIGKILL and restart: every CDC task stops where it is (records
+    /// queued for a commit that has not ended are lost). Half the crashes,
+    /// by the seed, also make the shards forget their replay records, as a
+    /// long outage would: the restarted CDC's retransmissions then run the
+    /// real handlers again.
     pub async fn crash(&self) {
+        let forget = self.net.chance(0.5);
+        self.crash_forgetting(forget).await;
+    }
+
+    /// [`Sim::crash`], choosing whether the shards forget their replies.
+    pub async fn crash_forgetting(&self, forget: bool) {
         if let Some(old) = self.cdc.lock().unwrap().take() {
             old.frontend.abort_all();
             old.committer.abort();
+        }
+        if forget {
+            self.net.forget_replies();
         }
         // Let the aborted tasks drop (their locks and queued commits go).
         for _ in 0..4 {
@@ -472,6 +538,11 @@ impl Sim {
         }
         self.crashes.fetch_add(1, Ordering::Relaxed);
         self.start_cdc();
+    }
+
+    /// Notified at every answer the CDC gives.
+    pub fn answers(&self) -> &Answers {
+        &self.answers
     }
 
     pub fn frontend(&self) -> Arc<Frontend<NetShards>> {
@@ -483,9 +554,12 @@ impl Sim {
     pub async fn request(&self, client: ClientKey, args: &TxnArgs) -> Outcome {
         let resend = Duration::from_millis(300);
         loop {
-            match self.frontend().submit(client, args.clone()) {
-                Submitted::Answer(outcome) => return outcome,
-                Submitted::Running | Submitted::Started(_) | Submitted::Busy | Submitted::StorageError(_) => {}
+            // No frontend while the CDC restarts: like a datagram lost.
+            let frontend = self.cdc.lock().unwrap().as_ref().map(|cdc| cdc.frontend.clone());
+            match frontend.map(|frontend| frontend.submit(client, args.clone())) {
+                Some(Submitted::Answer(outcome)) => return outcome,
+                Some(Submitted::Running | Submitted::Started(_) | Submitted::Busy | Submitted::StorageError(_))
+                | None => {}
             }
             let waited = tokio::time::Instant::now();
             while waited.elapsed() < resend {
