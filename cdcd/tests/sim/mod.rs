@@ -15,11 +15,12 @@
 
 #![allow(dead_code)] // each test file uses a part of the bed
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use crate::model::ShardCalls;
 use cdcd::commit::{CommitMode, GroupCommit};
 use cdcd::coordinator::{Coordinator, RetryPolicy};
 use cdcd::server::{Frontend, ReplySink, Submitted};
@@ -34,11 +35,10 @@ use rand::{Rng, SeedableRng};
 use wire::datagram;
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
 use wire::shard::{
-    CreateEdenFileReq, LinkEdenFileReq, LinkEdenFileReqHead, LsDirReq, SameDirRenameReq, SameDirRenameReqHead,
-    ShardRequest, ShardResponse, StatReq, StatResp, VisitInodesReq,
+    CreateEdenFileReq, LinkEdenFileReq, LinkEdenFileReqHead, SameDirRenameReq, SameDirRenameReqHead, ShardRequest,
+    ShardResponse,
 };
 use wire::{EggsTime, InodeId, InodeType, MacKey, Name, SecretKey, ShardId};
-use zerocopy::byteorder::little_endian::U64;
 
 /// The seed of a randomised test: `SIM_SEED` if set, else `default`.
 /// Printed, so a failure can be replayed.
@@ -266,103 +266,15 @@ impl SimNet {
         let request = ShardRequest::LinkEdenFile(LinkEdenFileReq { head, name: Name::new(name.as_bytes()).unwrap() });
         self.call(shard, &request, |response| matches!(response, ShardResponse::LinkEdenFile(_))).then_some(inode)
     }
+}
 
-    /// Living entries of `dir`: name → inode with its owning bit.
-    pub fn list(&self, dir: InodeId) -> BTreeMap<String, InodeId> {
-        let mut entries = BTreeMap::new();
-        let mut start_hash = 0u64;
-        loop {
-            let request = ShardRequest::LsDir(LsDirReq {
-                dir,
-                as_of: EggsTime::ZERO,
-                start_hash: U64::new(start_hash),
-                flags: 0,
-            });
-            let (more, next) = self.call(dir.shard(), &request, |response| match response {
-                ShardResponse::LsDir(page) => {
-                    for entry in page.entries.iter() {
-                        entries.insert(entry.name.as_str().to_string(), entry.inode);
-                    }
-                    (page.more != 0, page.next_hash.get())
-                }
-                other => panic!("ls_dir {dir}: {other:?}"),
-            });
-            if !more {
-                return entries;
-            }
-            start_hash = next;
-        }
+impl ShardCalls for SimNet {
+    fn call<T>(&self, shard: ShardId, request: &ShardRequest<'_>, read: impl FnOnce(ShardResponse<'_>) -> T) -> T {
+        SimNet::call(self, shard, request, read)
     }
 
-    /// A directory's parent; `None` when it is not a directory.
-    pub fn parent(&self, dir: InodeId) -> Option<InodeId> {
-        self.call(dir.shard(), &ShardRequest::Stat(StatReq { inode: dir }), |response| match response {
-            ShardResponse::Stat(StatResp::Directory(d)) => Some(d.parent),
-            _ => None,
-        })
-    }
-
-    /// Every inode of `shard`.
-    pub fn inodes(&self, shard: ShardId) -> Vec<InodeId> {
-        let mut inodes = Vec::new();
-        let mut begin = InodeId::NULL;
-        loop {
-            let next =
-                self.call(shard, &ShardRequest::VisitInodes(VisitInodesReq { begin }), |response| match response {
-                    ShardResponse::VisitInodes(page) => {
-                        inodes.extend(page.inodes.iter());
-                        page.next
-                    }
-                    other => panic!("visit_inodes: {other:?}"),
-                });
-            if next.is_null() {
-                return inodes;
-            }
-            begin = next;
-        }
-    }
-
-    /// Walks the tree from the root and checks the invariants of a quiet
-    /// cluster: every living entry owning (no dangling non-owning entry),
-    /// every directory's parent is the directory holding its entry, no
-    /// directory linked twice, every directory with a parent reachable (no
-    /// orphans). Returns the tree: directory → name → inode (plain), or the
-    /// first violation.
-    pub fn check_tree(&self) -> Result<BTreeMap<u64, BTreeMap<String, u64>>, String> {
-        let mut tree = BTreeMap::new();
-        let mut queue = vec![InodeId::ROOT];
-        while let Some(dir) = queue.pop() {
-            let mut plain = BTreeMap::new();
-            for (name, inode) in self.list(dir) {
-                if !inode.is_owning() {
-                    return Err(format!("dangling non-owning entry {dir}/{name}"));
-                }
-                let inode = inode.without_owning();
-                if inode.inode_type() == Some(InodeType::Directory) {
-                    if self.parent(inode) != Some(dir) {
-                        return Err(format!("parent of {dir}/{name} is {:?}", self.parent(inode)));
-                    }
-                    if tree.contains_key(&inode.get()) || queue.contains(&inode) {
-                        return Err(format!("{inode} linked twice"));
-                    }
-                    queue.push(inode);
-                }
-                plain.insert(name, inode.get());
-            }
-            tree.insert(dir.get(), plain);
-        }
-        for shard in 0..self.shard_count() {
-            for inode in self.inodes(shard) {
-                if inode.inode_type() != Some(InodeType::Directory) || inode == InodeId::ROOT {
-                    continue;
-                }
-                let parent = self.parent(inode).ok_or(format!("{inode} is not a directory"))?;
-                if !parent.is_null() && !tree.contains_key(&inode.get()) {
-                    return Err(format!("orphan directory {inode} (parent {parent})"));
-                }
-            }
-        }
-        Ok(tree)
+    fn shard_count(&self) -> u8 {
+        SimNet::shard_count(self)
     }
 }
 
