@@ -85,7 +85,7 @@ use wire::{ErrorKind, InodeId, ShardId};
 
 use crate::commit::GroupCommit;
 use crate::locks::{LockTable, Ticket, lock_set};
-use crate::shards::{ShardReply, Shards, TransportError, is_transient};
+use crate::shards::{Attempt, ShardReply, Shards, TransportError, is_transient};
 use crate::store::{ClientKey, StoreError, TxnRecord, TxnStore};
 use crate::txn::{Action, Advance, Context, Outcome, Step, TxnArgs, TxnState};
 
@@ -370,7 +370,7 @@ impl<S: Shards> Coordinator<S> {
         let mut timeout = self.retry.timeout_initial;
         let mut timed_out = false;
         loop {
-            match self.shards.request(shard, request_id, request, timeout).await {
+            match self.shards.request(Attempt { shard, request_id, request, timeout }).await {
                 Ok(ShardReply::Error(kind)) if is_transient(kind) => {
                     tracing::debug!(shard, %kind, "transient shard error");
                     tokio::time::sleep(timeout).await;

@@ -24,7 +24,7 @@ pub use crate::model::ShardCalls;
 use cdcd::commit::{CommitMode, GroupCommit};
 use cdcd::coordinator::{Coordinator, RetryPolicy};
 use cdcd::server::{Frontend, ReplySink, Submitted};
-use cdcd::shards::{ShardReply, Shards, TransportError};
+use cdcd::shards::{Attempt, ShardReply, Shards, TransportError};
 use cdcd::store::{ClientKey, TxnStore};
 use cdcd::txn::{Outcome, TxnArgs};
 use metad::block_services::BlockServiceTable;
@@ -287,13 +287,8 @@ impl Shards for NetShards {
         shard < self.0.shard_count()
     }
 
-    async fn request(
-        &self,
-        shard: ShardId,
-        request_id: u64,
-        request: &ShardRequest<'_>,
-        timeout: Duration,
-    ) -> Result<ShardReply, TransportError> {
+    async fn request(&self, attempt: Attempt<'_, '_>) -> Result<ShardReply, TransportError> {
+        let Attempt { shard, request_id, request, timeout } = attempt;
         let net = &self.0;
         if shard >= net.shard_count() || net.down.lock().unwrap().contains(&shard) {
             // Nobody listens there.
