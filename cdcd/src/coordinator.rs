@@ -71,6 +71,26 @@
 //! answer. An rmdir: stat, [plan] acquire, set_parent to null, [fence] kill,
 //! answer. Commits are shared by every transaction that
 //! queued a record meanwhile.
+//!
+//! # Where the time goes
+//!
+//! One mkdir with one client, from cdcd's and the shards' `/metrics`
+//! (300 mkdirs by one `eggs mkdir` process on a local cluster, release
+//! cdcd and metad, main's cdcd against this one, same machine, same hour):
+//!
+//! | per mkdir | before | now |
+//! |---|---:|---:|
+//! | commits of the CDC's store | 4 (4 records) | 3 (3 records), of which it waits for 2 |
+//! | shard mutations (each its own group commit) | 3 | 3 |
+//! | shard reads (stat, resolve) | 2 | 2 |
+//!
+//! On the quiet machine of the last measurement a CDC commit took 0.72 ms
+//! (4 = 2.9 ms, 52 % of a 6.35 ms mkdir), the three shard mutations 2.0 ms,
+//! round trips 0.7 ms; the two commits a mkdir now waits for are about
+//! 1.4 ms of it. With many clients a commit carries every transaction's
+//! records queued during the previous one, and the steps of different
+//! transactions are in flight at once, so the chain per mkdir is two
+//! shared CDC commits and three shard mutations (each shard batches too).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
