@@ -161,7 +161,7 @@ fn resident_kib(pid: u32) -> u64 {
 fn memory_of_a_burst_of_garbage_connections_is_given_back() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), &["--cores", "1"]);
-    let start = resident_kib(daemon.child.id());
+    let start = resident_kib(daemon.process.child.id());
     let mut peaks = Vec::new();
     for round in 0..3 {
         let mut held = Vec::new();
@@ -174,26 +174,16 @@ fn memory_of_a_burst_of_garbage_connections_is_given_back() {
             }
         }
         std::thread::sleep(Duration::from_millis(500));
-        peaks.push(resident_kib(daemon.child.id()));
+        peaks.push(resident_kib(daemon.process.child.id()));
         drop(held);
         eventually(&format!("round {round}: memory given back (started at {start} KiB)"), || {
-            resident_kib(daemon.child.id()) <= start + 6 * 1024
+            resident_kib(daemon.process.child.id()) <= start + 6 * 1024
         });
     }
     eprintln!(
         "RSS at start {start} KiB, with 1000 connections {peaks:?} KiB, after each burst back under start + 6 MiB"
     );
     normal_client_round(&daemon, 0);
-}
-
-/// `mount -t tmpfs -o size=BYTES tmpfs DIR`; false when not allowed.
-fn mount_tmpfs(dir: &std::path::Path, bytes: u64) -> bool {
-    std::fs::create_dir_all(dir).unwrap();
-    std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-        .arg(dir)
-        .status()
-        .is_ok_and(|status| status.success())
 }
 
 /// A write on a new connection: its proof, or `None` when the service
@@ -220,7 +210,7 @@ fn try_write(daemon: &Daemon, key: &wire::mac::MacKey, id: wire::BlockId, data: 
 fn a_full_disk_refuses_writes_keeps_serving_and_recovers() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("blocks");
-    if !mount_tmpfs(&dir, 8 << 20) {
+    if !testsupport::mount_tmpfs(&dir, 8 << 20) {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "CI must run the disk-full test (needs root)");
         eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
         return;

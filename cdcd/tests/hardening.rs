@@ -63,16 +63,6 @@ fn a_poison_datagram_does_not_stall_the_cdc() {
     eprintln!("slowest mkdir after the poison: {slowest:?}");
 }
 
-/// `mount -t tmpfs -o size=BYTES tmpfs DIR`; false when not allowed.
-fn mount_tmpfs(dir: &Path, bytes: u64) -> bool {
-    std::fs::create_dir_all(dir).unwrap();
-    std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-        .arg(dir)
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
 fn umount(dir: &Path) {
     let _ = std::process::Command::new("umount").arg("-l").arg(dir).status();
 }
@@ -98,7 +88,7 @@ fn a_full_disk_answers_storage_error_and_recovers_by_itself() {
     cluster.kill_cdc();
     let state = cluster.dir.path().join("cdc");
     let _ = std::fs::remove_dir_all(&state);
-    if !mount_tmpfs(&state, 8 << 20) {
+    if !testsupport::mount_tmpfs(&state, 8 << 20) {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "CI must run the disk-full test (needs root)");
         eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
         return;

@@ -23,6 +23,7 @@ use common::{Cluster, Printed, test_bytes};
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
+use testsupport::Rng;
 use wire::Name;
 use wire::cdc::{CdcRequest, MkDirReq, MkDirReqHead};
 use wire::datagram::{self, HEADER_BYTES, KIND_PRIVILEGED, PROTOCOL_VERSION};
@@ -40,30 +41,9 @@ const CONNECTIONS_PER_BATCH: usize = 100;
 /// that just ended; this is not a performance figure).
 const ANSWER_BOUND: Duration = Duration::from_secs(10);
 
-/// splitmix64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound as u64) as usize
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-
-    /// Mostly short lengths, sometimes up to the datagram limit.
-    fn length(&mut self) -> usize {
-        if self.below(8) == 0 { self.below(UDP_DATAGRAM_BYTES_MAX + 1) } else { self.below(64) }
-    }
+/// Mostly short lengths, sometimes up to the datagram limit.
+fn length(rng: &mut Rng) -> usize {
+    if rng.index(8) == 0 { rng.index(UDP_DATAGRAM_BYTES_MAX + 1) } else { rng.index(64) }
 }
 
 /// One UDP daemon under attack: where it listens, its family's magic, and
@@ -89,28 +69,28 @@ fn shard_stat() -> Vec<u8> {
 /// One seeded garbage datagram built from `target`'s template.
 fn garbage(rng: &mut Rng, target: &Target) -> Vec<u8> {
     let template = &target.template;
-    let mut bytes = match rng.below(7) {
+    let mut bytes = match rng.index(7) {
         // Random bytes of a random length (often shorter than a header).
         0 => {
-            let len = rng.length();
+            let len = length(rng);
             rng.bytes(len)
         }
         // A valid request cut short.
-        1 => template[..rng.below(template.len())].to_vec(),
+        1 => template[..rng.index(template.len())].to_vec(),
         // A valid header, a random kind, a random body.
         2 => {
             let mut bytes = template[..HEADER_BYTES].to_vec();
-            bytes[HEADER_BYTES - 1] = rng.next() as u8;
-            let len = rng.length();
+            bytes[HEADER_BYTES - 1] = rng.next_u64() as u8;
+            let len = length(rng);
             bytes.extend(rng.bytes(len));
             bytes
         }
         // A valid request with a few bytes changed.
         3 => {
             let mut bytes = template.clone();
-            for _ in 0..1 + rng.below(4) {
-                let at = rng.below(bytes.len());
-                bytes[at] = rng.next() as u8;
+            for _ in 0..1 + rng.index(4) {
+                let at = rng.index(bytes.len());
+                bytes[at] = rng.next_u64() as u8;
             }
             bytes
         }
@@ -118,7 +98,7 @@ fn garbage(rng: &mut Rng, target: &Target) -> Vec<u8> {
         4 => {
             let mut bytes = template.clone();
             bytes[3] = loop {
-                let version = rng.next() as u8;
+                let version = rng.next_u64() as u8;
                 if version != PROTOCOL_VERSION {
                     break version;
                 }
@@ -129,23 +109,23 @@ fn garbage(rng: &mut Rng, target: &Target) -> Vec<u8> {
         5 => {
             let mut bytes = template.clone();
             let magics = [datagram::SHARD_MAGIC, datagram::CDC_MAGIC, datagram::SHUCKLE_MAGIC];
-            bytes[..3].copy_from_slice(&magics[rng.below(magics.len())]);
+            bytes[..3].copy_from_slice(&magics[rng.index(magics.len())]);
             bytes
         }
         // A privileged kind: the valid body with a forged trailer (send
         // time and MAC), a short trailer, or none.
         _ => {
             let mut bytes = template.clone();
-            bytes[HEADER_BYTES - 1] = KIND_PRIVILEGED | rng.next() as u8;
-            let trailer = [0, 8, datagram::PRIVILEGED_TRAILER_BYTES][rng.below(3)];
+            bytes[HEADER_BYTES - 1] = KIND_PRIVILEGED | rng.next_u64() as u8;
+            let trailer = [0, 8, datagram::PRIVILEGED_TRAILER_BYTES][rng.index(3)];
             bytes.extend(rng.bytes(trailer));
             bytes
         }
     };
     // Random request ids: a retransmission cache must not be the only
     // thing that answers.
-    if bytes.len() >= HEADER_BYTES && rng.below(2) == 0 {
-        bytes[4..12].copy_from_slice(&rng.next().to_le_bytes());
+    if bytes.len() >= HEADER_BYTES && rng.index(2) == 0 {
+        bytes[4..12].copy_from_slice(&rng.next_u64().to_le_bytes());
     }
     bytes
 }
@@ -215,10 +195,10 @@ fn fuzz_udp(rng: &mut Rng, target: &Target) {
 fn fuzz_tcp(rng: &mut Rng, block_service: SocketAddr) {
     for _ in 0..CONNECTIONS_PER_BATCH {
         let Ok(mut stream) = TcpStream::connect(block_service) else { continue };
-        let len = rng.length();
+        let len = length(rng);
         let _ = stream.write_all(&rng.bytes(len));
         // Half close abruptly, half leave it to the server to cut off.
-        if rng.below(2) == 0 {
+        if rng.index(2) == 0 {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }

@@ -77,7 +77,7 @@ impl Mount {
         unsafe {
             libc::kill(process.id() as libc::pid_t, libc::SIGTERM);
         }
-        wait_exit(&mut process)
+        testsupport::wait_exit(&mut process, Duration::from_secs(30))
     }
 }
 
@@ -87,22 +87,10 @@ impl Drop for Mount {
             let _ = Command::new("fusermount3").arg("-uz").arg(&self.dir).status();
             if let Some(mut process) = self.process.take() {
                 // Killed there if it does not exit.
-                wait_exit(&mut process);
+                testsupport::wait_exit(&mut process, Duration::from_secs(30));
             }
         }
     }
-}
-
-fn wait_exit(process: &mut Child) -> bool {
-    for _ in 0..300 {
-        if let Ok(Some(status)) = process.try_wait() {
-            return status.success();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = process.kill();
-    let _ = process.wait();
-    false
 }
 
 fn is_mounted(dir: &Path) -> bool {

@@ -59,7 +59,7 @@ impl Spread {
             &binary("shuckle"),
             &["--data-dir", &dir(root, "shuckle"), "--http", &on(a), "--udp", &on(a), "--key-file", &key],
         );
-        let shuckle_udp = shuckle.address("udp");
+        let shuckle_udp = shuckle.address_text("udp");
         let metad = binary("metad");
         let shard0 = b.start(
             "shard 0",
@@ -96,7 +96,7 @@ impl Spread {
             ],
         );
         // The shard-0 address it advertises, the port it bound.
-        let shard0_port = shard0.address("udp").rsplit(':').next().expect("port").to_owned();
+        let shard0_port = shard0.address_text("udp").rsplit(':').next().expect("port").to_owned();
         let cdc = b.start(
             "cdc",
             &binary("cdcd"),
@@ -113,7 +113,7 @@ impl Spread {
                 "--shard-addr",
                 &format!("0={}:{shard0_port}", b.ip),
                 "--shard-addr",
-                &format!("1={}", shard1.address("udp")),
+                &format!("1={}", shard1.address_text("udp")),
             ],
         );
         let blockd = binary("blockd");
@@ -233,7 +233,7 @@ fn put_cat_mkdir_mv_across_five_hosts_and_cat_with_a_host_down() {
     let (c_ip, d_ip) = (spread.lab.host("c").ip.clone(), spread.lab.host("d").ip.clone());
     for (daemons, ip) in [(&spread.host_c_blocks, &c_ip), (&spread.host_d_blocks, &d_ip)] {
         for daemon in daemons {
-            let port = daemon.address("tcp").rsplit(':').next().expect("port").to_owned();
+            let port = daemon.address_text("tcp").rsplit(':').next().expect("port").to_owned();
             let advertised = format!("{ip}:{port}");
             assert!(
                 listed.iter().any(|line| line.contains(&format!(" {advertised} "))),

@@ -24,6 +24,7 @@ use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use testsupport::Rng;
 use wire::datagram;
 use wire::ids::{EggsTime, InodeId, InodeType};
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
@@ -41,23 +42,6 @@ const PAGE_BYTES: u64 = 4096;
 /// Liveness bound: a metad that neither says `ready` nor exits within this
 /// is wedged.
 const START_BOUND: Duration = Duration::from_secs(60);
-
-/// Tiny seeded generator (splitmix64), so every seed is reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-}
 
 fn encode(client: &mut Client, request: &ShardRequest<'_>) -> (u64, Vec<u8>) {
     let id = client.fresh_id();
@@ -271,7 +255,7 @@ fn start_maybe(dir: &Path) -> Start {
             }
             let parts: Vec<&str> = line.split_whitespace().collect();
             if let ["listening", proto, address] = parts.as_slice() {
-                addresses.push((proto.to_string(), address.parse().unwrap()));
+                addresses.push((proto.to_string(), address.to_string()));
             }
         }
         let _ = sender.send(None);
@@ -283,7 +267,7 @@ fn start_maybe(dir: &Path) -> Start {
         Some(addresses) => {
             // Keep draining stderr (logs of corrupt records).
             std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-            Start::Ready(Daemon { child, addresses })
+            Start::Ready(Daemon { name: "metad".into(), child, listening: addresses, other_lines: Vec::new() })
         }
         None => {
             let status = child.wait().expect("wait");

@@ -12,17 +12,9 @@ use wire::span::{Parity, SpanLayout};
 
 const SPAN_BYTES: usize = 4 << 20;
 
+/// Incompressible enough, and the same on every run.
 fn pseudo_random_bytes(len: usize) -> Vec<u8> {
-    // xorshift: incompressible enough, and the same on every run.
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    testsupport::test_bytes(len, 1)
 }
 
 fn crc(c: &mut Criterion) {

@@ -214,88 +214,6 @@ async fn browser_drains_a_block_service() {
     client.close().await.unwrap();
 }
 
-/// A real cluster (`eggs local-cluster` from the same target folder) for
-/// the file browser; SIGTERM'd on drop.
-struct LocalCluster {
-    child: Child,
-    eggs: PathBuf,
-    shuckle_udp: String,
-    shuckle_http: String,
-    _dir: tempfile::TempDir,
-}
-
-impl LocalCluster {
-    fn start() -> Self {
-        use std::io::BufRead;
-        let eggs = Path::new(env!("CARGO_BIN_EXE_shuckle")).with_file_name("eggs");
-        assert!(eggs.exists(), "{} is missing: cargo build -p client -p blockd -p metad -p cdcd", eggs.display());
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(&eggs)
-            .args(["local-cluster", "--data-dir"])
-            .arg(dir.path())
-            .args(["--shuckle-port", "0", "--shard-port-base", "0", "--cdc-port", "0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start eggs local-cluster");
-        let stdout = child.stdout.take().unwrap();
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            let (mut udp, mut http) = (None, None);
-            for line in lines.by_ref() {
-                let Ok(line) = line else { break };
-                let words: Vec<&str> = line.split_whitespace().collect();
-                match words.as_slice() {
-                    ["shuckle", "udp", addr, ..] => udp = Some(addr.to_string()),
-                    ["shuckle", "http", addr, ..] => http = Some(addr.to_string()),
-                    ["ready"] => {
-                        let _ = sender.send((udp.take(), http.take()));
-                        for _ in lines.by_ref() {}
-                        return;
-                    }
-                    _ => {}
-                }
-            }
-        });
-        let (udp, http) = receiver.recv_timeout(Duration::from_secs(240)).expect("local-cluster did not become ready");
-        Self {
-            child,
-            eggs,
-            shuckle_udp: udp.expect("shuckle udp line"),
-            shuckle_http: http.expect("shuckle http line"),
-            _dir: dir,
-        }
-    }
-
-    fn eggs(&self, args: &[&str]) {
-        let output = Command::new(&self.eggs).arg("--shuckle").arg(&self.shuckle_udp).args(args).output().unwrap();
-        assert!(output.status.success(), "eggs {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    }
-}
-
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of our own child.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn file_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 /// The file browser in a real browser over a real cluster: clicks from
 /// `/browse/` down to a file, sees its spans with every block's service,
 /// host and state, downloads it through the page's link (bytes compared),
@@ -303,23 +221,23 @@ fn file_bytes(len: usize, seed: u64) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_browses_files_spans_and_downloads() {
     let Some((chromium, chromedriver)) = browser() else { return };
-    let cluster = tokio::task::block_in_place(LocalCluster::start);
+    let cluster = tokio::task::block_in_place(|| testsupport::Cluster::start(6));
     let scratch = tempfile::tempdir().unwrap();
-    let data = file_bytes((1 << 20) + 123, 77);
+    let data = testsupport::test_bytes((1 << 20) + 123, 77);
     let local = scratch.path().join("data.bin");
     std::fs::write(&local, &data).unwrap();
     tokio::task::block_in_place(|| {
-        cluster.eggs(&["mkdir", "-p", "/docs/deep"]);
-        cluster.eggs(&["mkdir", "/docs/a <b>&"]);
+        cluster.ok(&["mkdir", "-p", "/docs/deep"]);
+        cluster.ok(&["mkdir", "/docs/a <b>&"]);
         let local = local.to_str().unwrap();
-        cluster.eggs(&["put", local, "/docs/deep/", "--parity", "4+2", "--span-size", "262144"]);
-        cluster.eggs(&["put", local, "/docs/zz.bin"]);
+        cluster.ok(&["put", local, "/docs/deep/", "--parity", "4+2", "--span-size", "262144"]);
+        cluster.ok(&["put", local, "/docs/zz.bin"]);
     });
 
     let driver = start_chromedriver(&chromedriver);
     let profile = scratch.path().join("chromium-profile");
     let client = connect(&driver, &chromium, &profile).await;
-    let base = format!("http://{}", cluster.shuckle_http);
+    let base = format!("http://{}", cluster.shuckle_http());
     client.goto(&format!("{base}/")).await.unwrap();
     client.find(Locator::Css("#nav-files")).await.unwrap().click().await.unwrap();
     client.find(Locator::Css("tr[data-name='docs'] td.name a")).await.unwrap().click().await.unwrap();

@@ -233,13 +233,21 @@ impl EggsTime {
 
     /// Human-readable UTC form, `2024-05-01T12:00:00.000000001Z`.
     pub fn human(self) -> String {
-        let unix_ns = self.unix_ns();
-        let seconds = unix_ns / NS_PER_SECOND;
-        let nanos = unix_ns % NS_PER_SECOND;
+        format!("{}.{:09}Z", self.utc_seconds(), self.unix_ns() % NS_PER_SECOND)
+    }
+
+    /// The same to the second, `2024-05-01T12:00:00Z`.
+    pub fn human_seconds(self) -> String {
+        format!("{}Z", self.utc_seconds())
+    }
+
+    /// `2024-05-01T12:00:00`: the UTC date and time of day, to the second.
+    fn utc_seconds(self) -> String {
+        let seconds = self.unix_ns() / NS_PER_SECOND;
         let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
         let second_of_day = seconds % 86_400;
         format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
             second_of_day / 3600,
             (second_of_day / 60) % 60,
             second_of_day % 60
@@ -315,5 +323,6 @@ mod tests {
         // 2024-02-29T12:34:56.5Z, a leap day.
         let t = EggsTime::from_unix_ns(1_709_210_096_500_000_000).unwrap();
         assert_eq!(t.human(), "2024-02-29T12:34:56.500000000Z");
+        assert_eq!(t.human_seconds(), "2024-02-29T12:34:56Z");
     }
 }

@@ -3,11 +3,10 @@
 
 #![allow(dead_code, reason = "each test file uses a different part of the helpers")]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use wire::block::{
@@ -21,7 +20,8 @@ use zerocopy::{FromBytes, IntoBytes};
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Daemon {
-    pub child: Child,
+    /// The process (SIGKILLed on drop).
+    pub process: testsupport::Daemon,
     pub address: SocketAddr,
     pub metrics: Option<SocketAddr>,
     pub dir: PathBuf,
@@ -38,32 +38,12 @@ impl Daemon {
                 command.args([flag, default]);
             }
         }
-        let mut child = command.args(extra).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut address = None;
-        let mut metrics = None;
-        loop {
-            let line = receiver.recv_timeout(TIMEOUT).expect("blockd did not become ready");
-            if let Some(rest) = line.strip_prefix("listening tcp ") {
-                address = Some(rest.parse().unwrap());
-            } else if let Some(rest) = line.strip_prefix("listening metrics ") {
-                metrics = Some(rest.parse().unwrap());
-            } else if line == "ready" {
-                break;
-            } else {
-                panic!("unexpected stdout line {line:?}");
-            }
-        }
-        Daemon { child, address: address.expect("no listening line"), metrics, dir: dir.to_path_buf() }
+        command.args(extra);
+        let process = testsupport::Daemon::spawn("blockd", command);
+        assert!(process.other_lines.is_empty(), "unexpected stdout lines {:?}", process.other_lines);
+        let address = process.address("tcp");
+        let metrics = process.try_address("metrics").map(|text| text.parse().expect("metrics address"));
+        Daemon { process, address, metrics, dir: dir.to_path_buf() }
     }
 
     pub fn key(&self) -> MacKey {
@@ -78,23 +58,16 @@ impl Daemon {
     }
 
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     pub fn signal(&self, signal: i32) {
         // SAFETY: sending a signal to our own child process.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+        assert_eq!(unsafe { libc::kill(self.process.child.id() as i32, signal) }, 0);
     }
 
     pub fn wait(&mut self) -> ExitStatus {
-        wait_with_timeout(&mut self.child)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
+        wait_with_timeout(&mut self.process.child)
     }
 }
 

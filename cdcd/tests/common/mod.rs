@@ -9,10 +9,7 @@ pub mod model;
 #[allow(unused_imports)] // reason: each test file uses a different subset
 pub use model::{Model, ShardCalls, Tree, mkdir, mv, mv_dir, rmdir};
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -28,75 +25,7 @@ use wire::limits::UDP_DATAGRAM_BYTES_MAX;
 use wire::shard::{CreateEdenFileReq, LinkEdenFileReq, LinkEdenFileReqHead, ShardRequest, ShardResponse};
 use wire::{InodeId, InodeType, MacKey, Name, SecretKey, ShardId};
 
-/// A binary of the workspace, from the same target folder as this test.
-pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let path = exe.parent().and_then(Path::parent).expect("target folder").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (`cargo build -p {name}` or `cargo test --workspace`)",
-        path.display()
-    );
-    path
-}
-
-/// A running daemon, killed (SIGKILL) on drop.
-pub struct Daemon {
-    pub child: Child,
-    pub addresses: Vec<(String, SocketAddr)>,
-}
-
-impl Daemon {
-    pub fn start(program: &Path, args: &[String]) -> Daemon {
-        let mut command = Command::new(program);
-        if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "warn");
-        }
-        let mut child = command
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut addresses = Vec::new();
-        loop {
-            let line = match lines.next() {
-                Some(Ok(line)) => line,
-                other => {
-                    let _ = child.kill();
-                    panic!("{} exited before ready: {other:?}", program.display());
-                }
-            };
-            if line == "ready" {
-                break;
-            }
-            let parts: Vec<&str> = line.split_whitespace().collect();
-            if let ["listening", proto, address] = parts.as_slice() {
-                addresses.push((proto.to_string(), address.parse().expect("address")));
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Daemon { child, addresses }
-    }
-
-    pub fn udp(&self) -> SocketAddr {
-        self.addresses.iter().find(|(p, _)| p == "udp").map(|(_, a)| *a).expect("udp address")
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+pub use testsupport::{Daemon, binary};
 
 /// Two shards and a CDC in one temporary folder.
 pub struct Cluster {

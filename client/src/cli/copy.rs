@@ -30,12 +30,10 @@ const PUT_ATTEMPTS: u32 = 3;
 /// Bytes buffered between `cp`'s reader and writer.
 const COPY_PIPE_BYTES: usize = 4 << 20;
 
+/// The flags of the two commands that write eggsfs files, `put` and `cp`.
 #[derive(clap::Args, Debug)]
-pub struct PutArgs {
-    /// Local files or directories (`-` for stdin), then the eggsfs target.
-    #[arg(required = true, num_args = 2.., value_name = "SOURCE… TARGET")]
-    pub paths: Vec<String>,
-    /// Copy local directories and everything below them.
+pub struct WriteFlags {
+    /// Copy directories and everything below them.
     #[arg(short = 'r', short_alias = 'R', long)]
     pub recursive: bool,
     /// Replace existing eggsfs files.
@@ -46,6 +44,15 @@ pub struct PutArgs {
     pub progress: bool,
     #[command(flatten)]
     pub policy: PolicyFlags,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PutArgs {
+    /// Local files or directories (`-` for stdin), then the eggsfs target.
+    #[arg(required = true, num_args = 2.., value_name = "SOURCE… TARGET")]
+    pub paths: Vec<String>,
+    #[command(flatten)]
+    pub write: WriteFlags,
 }
 
 #[derive(clap::Args, Debug)]
@@ -76,17 +83,8 @@ pub struct CpArgs {
     /// eggsfs sources (globs allowed), then the eggsfs target.
     #[arg(required = true, num_args = 2.., value_name = "SOURCE… TARGET")]
     pub paths: Vec<String>,
-    /// Copy directories and everything below them.
-    #[arg(short = 'r', short_alias = 'R', long)]
-    pub recursive: bool,
-    /// Replace existing files.
-    #[arg(short = 'f', long)]
-    pub force: bool,
-    /// Show progress on stderr even when it is not a terminal.
-    #[arg(short = 'P', long)]
-    pub progress: bool,
     #[command(flatten)]
-    pub policy: PolicyFlags,
+    pub write: WriteFlags,
 }
 
 /// The policy for writing into `dir`: the nearest ancestor's, else the
@@ -115,6 +113,38 @@ async fn existing(client: &Client, path: &EggsPath) -> anyhow::Result<Existing> 
         Err(ClientError::NotFound { .. }) => Ok(Existing::Nothing),
         Err(error) => Err(error.into()),
     }
+}
+
+/// Makes `path` a directory unless it is one already (a file there is an
+/// error).
+async fn ensure_directory(client: &Client, path: &EggsPath) -> anyhow::Result<()> {
+    match existing(client, path).await? {
+        Existing::Directory => Ok(()),
+        Existing::File => Err(ClientError::NotADirectory { path: normalise(path) }.into()),
+        Existing::Nothing => {
+            let (parent, name) = client.resolve_parent(path).await?;
+            client.mkdir(parent, name, path.as_str()).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Where a new file at `destination` goes, and its write policy: refuses a
+/// directory there, and an existing file unless `--force`.
+async fn file_target<'a>(
+    client: &Client,
+    destination: &'a EggsPath,
+    flags: &WriteFlags,
+) -> anyhow::Result<(InodeId, &'a str, WritePolicy)> {
+    let (parent, name) = client.resolve_parent(destination).await?;
+    match existing(client, destination).await? {
+        Existing::Nothing => {}
+        Existing::File if flags.force => {}
+        Existing::File => bail!("file exists (use -f to overwrite): {}", normalise(destination)),
+        Existing::Directory => return Err(ClientError::IsADirectory { path: normalise(destination) }.into()),
+    }
+    let policy = write_policy(client, parent, &flags.policy).await?;
+    Ok((parent, name, policy))
 }
 
 fn eggs_join(dir: &str, name: &str) -> String {
@@ -153,7 +183,7 @@ pub async fn put(client: &Client, args: &PutArgs, verbose: bool) -> anyhow::Resu
             target_path.clone()
         };
         if source != "-" && Path::new(source).is_dir() {
-            if !args.recursive {
+            if !args.write.recursive {
                 bail!("{source}: is a directory (use put -r)");
             }
             put_tree(client, args, Path::new(source), &destination, verbose).await?;
@@ -174,14 +204,7 @@ async fn put_tree(
 ) -> anyhow::Result<()> {
     let mut stack = vec![(local.to_path_buf(), destination.clone())];
     while let Some((dir, eggs_dir)) = stack.pop() {
-        match existing(client, &eggs_dir).await? {
-            Existing::Directory => {}
-            Existing::File => return Err(ClientError::NotADirectory { path: normalise(&eggs_dir) }.into()),
-            Existing::Nothing => {
-                let (parent, name) = client.resolve_parent(&eggs_dir).await?;
-                client.mkdir(parent, name, eggs_dir.as_str()).await?;
-            }
-        }
+        ensure_directory(client, &eggs_dir).await?;
         let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
             .with_context(|| format!("{}: cannot list", dir.display()))?
             .map(|entry| entry.map(|entry| entry.path()))
@@ -209,17 +232,10 @@ async fn put_file(
     verbose: bool,
 ) -> anyhow::Result<()> {
     let shown = normalise(destination);
-    let (parent, name) = client.resolve_parent(destination).await?;
-    match existing(client, destination).await? {
-        Existing::Nothing => {}
-        Existing::File if args.force => {}
-        Existing::File => bail!("file exists (use -f to overwrite): {shown}"),
-        Existing::Directory => return Err(ClientError::IsADirectory { path: shown }.into()),
-    }
-    let policy = write_policy(client, parent, &args.policy).await?;
+    let (parent, name, policy) = file_target(client, destination, &args.write).await?;
     if local == "-" {
         // Unknown size: a spinner with bytes and rate.
-        let progress = Progress::new(None, args.progress, &shown);
+        let progress = Progress::new(None, args.write.progress, &shown);
         let failed = FailedServices::new();
         let outcome =
             write_path(client, parent, name, tokio::io::stdin(), policy, &failed, &|bytes| progress.set(bytes)).await?;
@@ -235,7 +251,7 @@ async fn put_file(
     loop {
         let file = tokio::fs::File::open(local).await.with_context(|| format!("{local}: cannot open"))?;
         let size = file.metadata().await.ok().map(|metadata| metadata.len());
-        let progress = Progress::new(size, args.progress, &shown);
+        let progress = Progress::new(size, args.write.progress, &shown);
         match write_path(client, parent, name, file, policy, &failed, &|bytes| progress.set(bytes)).await {
             Ok(outcome) => {
                 progress.finish();
@@ -389,7 +405,7 @@ pub async fn cp(client: &Client, args: &CpArgs, verbose: bool) -> anyhow::Result
             if into_dir { EggsPath::parse(&eggs_join(target_path.as_str(), name))? } else { target_path.clone() };
         let inode = client.resolve_path(&path).await?;
         if inode.inode_type() == Some(InodeType::Directory) {
-            if !args.recursive {
+            if !args.write.recursive {
                 bail!("is a directory (use cp -r): {}", normalise(&path));
             }
             cp_tree(client, args, &normalise(&path), &destination, verbose).await?;
@@ -412,14 +428,7 @@ async fn cp_tree(
     }
     let mut stack = vec![(source.to_owned(), destination.clone())];
     while let Some((dir, target_dir)) = stack.pop() {
-        match existing(client, &target_dir).await? {
-            Existing::Directory => {}
-            Existing::File => return Err(ClientError::NotADirectory { path: normalise(&target_dir) }.into()),
-            Existing::Nothing => {
-                let (parent, name) = client.resolve_parent(&target_dir).await?;
-                client.mkdir(parent, name, target_dir.as_str()).await?;
-            }
-        }
+        ensure_directory(client, &target_dir).await?;
         let inode = client.resolve_path(&EggsPath::parse(&dir)?).await?;
         let mut entries = client.ls_dir(inode, EggsTime::ZERO, 0).await?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -445,15 +454,8 @@ async fn cp_file(
 ) -> anyhow::Result<()> {
     let (shown_source, inode, size, _) = eggs_file(client, source).await?;
     let shown = normalise(destination);
-    let (parent, name) = client.resolve_parent(destination).await?;
-    match existing(client, destination).await? {
-        Existing::Nothing => {}
-        Existing::File if args.force => {}
-        Existing::File => bail!("file exists (use -f to overwrite): {shown}"),
-        Existing::Directory => return Err(ClientError::IsADirectory { path: shown }.into()),
-    }
-    let policy = write_policy(client, parent, &args.policy).await?;
-    let progress = Progress::new(Some(size), args.progress, &shown);
+    let (parent, name, policy) = file_target(client, destination, &args.write).await?;
+    let progress = Progress::new(Some(size), args.write.progress, &shown);
     let (mut source, input) = checked_pipe(COPY_PIPE_BYTES);
     let read = async move {
         let result = read_file(client, inode, &mut source.writer, &|line| notice(verbose, line), &|_| {}).await;

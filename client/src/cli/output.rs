@@ -86,33 +86,9 @@ pub fn size_text(bytes: u64, human: bool) -> String {
     if human { human_size(bytes) } else { bytes.to_string() }
 }
 
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// An eggs time as ISO-8601 UTC with nanoseconds: `2026-01-02T03:04:05.123456789Z`.
 pub fn iso_utc(time: EggsTime) -> String {
-    let unix_ns = time.unix_ns();
-    let seconds = (unix_ns / 1_000_000_000) as i64;
-    let nanos = unix_ns % 1_000_000_000;
-    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
-    let of_day = seconds.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
+    time.human()
 }
 
 /// An eggs time as ISO-8601 in local time: `2026-01-02T03:04:05+01:00`,

@@ -132,6 +132,15 @@ impl EggsFs {
     fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, future: F) {
         self.0.runtime.spawn(future);
     }
+
+    /// The name a mutation creates or removes: EROFS on a read-only mount,
+    /// else [`name_of`]'s checks.
+    fn writable_name(&self, name: &OsStr) -> Result<String, Errno> {
+        if self.0.options.read_only {
+            return Err(Errno::EROFS);
+        }
+        name_of(name)
+    }
 }
 
 impl Inner {
@@ -428,10 +437,7 @@ impl Filesystem for EggsFs {
     }
 
     fn mkdir(&self, _request: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        if self.0.options.read_only {
-            return reply.error(Errno::EROFS);
-        }
-        let name = match name_of(name) {
+        let name = match self.writable_name(name) {
             Ok(name) => name,
             Err(errno) => return reply.error(errno),
         };
@@ -451,10 +457,7 @@ impl Filesystem for EggsFs {
     }
 
     fn unlink(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if self.0.options.read_only {
-            return reply.error(Errno::EROFS);
-        }
-        let name = match name_of(name) {
+        let name = match self.writable_name(name) {
             Ok(name) => name,
             Err(errno) => return reply.error(errno),
         };
@@ -474,10 +477,7 @@ impl Filesystem for EggsFs {
     }
 
     fn rmdir(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if self.0.options.read_only {
-            return reply.error(Errno::EROFS);
-        }
-        let name = match name_of(name) {
+        let name = match self.writable_name(name) {
             Ok(name) => name,
             Err(errno) => return reply.error(errno),
         };
@@ -491,10 +491,7 @@ impl Filesystem for EggsFs {
     }
 
     fn symlink(&self, _request: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        if self.0.options.read_only {
-            return reply.error(Errno::EROFS);
-        }
-        let name = match name_of(link_name) {
+        let name = match self.writable_name(link_name) {
             Ok(name) => name,
             Err(errno) => return reply.error(errno),
         };

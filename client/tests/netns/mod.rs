@@ -9,15 +9,9 @@
 
 #![allow(dead_code)] // reason: each test binary uses a different part of the support
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
-use std::time::Duration;
-
-/// How long a daemon has to print `ready` (the machine may be loaded).
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The hosts' subnet (private to the lab's bridge, so runs may share it).
 const SUBNET: &str = "10.99.0";
@@ -109,35 +103,7 @@ impl Drop for Lab {
 }
 
 /// A daemon running in a host's namespace, killed (SIGKILL) on drop.
-pub struct Daemon {
-    pub name: String,
-    child: Child,
-    /// `(proto, address)` of each `listening` line.
-    pub listening: Vec<(String, String)>,
-}
-
-impl Daemon {
-    /// The address of its `listening PROTO` line.
-    pub fn address(&self, proto: &str) -> String {
-        self.listening
-            .iter()
-            .find(|(p, _)| p == proto)
-            .map(|(_, address)| address.clone())
-            .unwrap_or_else(|| panic!("{} printed no `listening {proto}` line", self.name))
-    }
-
-    /// SIGKILL, and wait for it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+pub use testsupport::Daemon;
 
 impl Host {
     /// A command running `program` in this host's namespace (`ip netns
@@ -150,37 +116,9 @@ impl Host {
 
     /// Starts `program args` here and waits for its `ready` line.
     pub fn start(&self, name: &str, program: &Path, args: &[&str]) -> Daemon {
-        let mut child = self
-            .command(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|error| panic!("start {name}: {error}"));
-        let stdout = child.stdout.take().expect("stdout");
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut daemon = Daemon { name: format!("{name} on {}", self.name), child, listening: Vec::new() };
-        loop {
-            let line = match receiver.recv_timeout(READY_TIMEOUT) {
-                Ok(line) => line,
-                Err(error) => panic!("{} printed no `ready` ({error})", daemon.name),
-            };
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words.as_slice() {
-                ["ready"] => return daemon,
-                ["listening", proto, address] => daemon.listening.push(((*proto).into(), (*address).into())),
-                _ => {}
-            }
-        }
+        let mut command = self.command(program);
+        command.args(args);
+        Daemon::spawn(&format!("{name} on {}", self.name), command)
     }
 
     /// Runs `program args` here to completion.

@@ -2,78 +2,15 @@
 
 #![allow(dead_code)] // reason: each test file uses a different subset
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use wire::datagram;
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
 use wire::mac::{MacKey, SecretKey};
 use wire::shard::{ShardRequest, ShardResponse};
 
-/// A binary of the workspace, from the same target folder as this test.
-pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    exe.parent().and_then(Path::parent).expect("target folder").join(name)
-}
-
-/// A running daemon, killed (SIGKILL) on drop.
-pub struct Daemon {
-    pub child: Child,
-    pub addresses: Vec<(String, SocketAddr)>,
-}
-
-impl Daemon {
-    /// Starts `program args…`, waits for `ready`, collecting the
-    /// `listening <proto> <addr>` lines.
-    pub fn start(program: &Path, args: &[&str]) -> Daemon {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut addresses = Vec::new();
-        loop {
-            let line = match lines.next() {
-                Some(Ok(line)) => line,
-                other => {
-                    let _ = child.kill();
-                    panic!("{} exited before ready: {other:?}", program.display());
-                }
-            };
-            if line == "ready" {
-                break;
-            }
-            let parts: Vec<&str> = line.split_whitespace().collect();
-            if let ["listening", proto, address] = parts.as_slice() {
-                addresses.push((proto.to_string(), address.parse().expect("address")));
-            }
-        }
-        // Keep draining stdout so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Daemon { child, addresses }
-    }
-
-    pub fn address(&self, proto: &str) -> SocketAddr {
-        self.addresses.iter().find(|(p, _)| p == proto).map(|(_, a)| *a).expect("listening address")
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+pub use testsupport::{Daemon, binary};
 
 /// Starts metad for `shard` on `dir` (port 0, no shuckle unless given).
 pub fn start_metad(shard: u8, dir: &Path, shuckle: Option<SocketAddr>) -> Daemon {
