@@ -29,11 +29,14 @@ const RETRY_INITIAL: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// How commits run: on tokio's blocking pool (the daemon), or inline in the
-/// committer task (the deterministic simulation: no other thread).
+/// committer task (the deterministic simulation: no other thread), there
+/// after a pause of tokio's (virtual) time that stands for the fsync, so
+/// that records queue up behind a commit and a crash can fall between a
+/// record's queueing and its durability.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum CommitMode {
     Blocking,
-    Inline,
+    Inline { fsync: std::time::Duration },
 }
 
 /// Counts, for the metrics and the perf reading.
@@ -97,10 +100,18 @@ impl GroupCommit {
     /// Returns once `record` is durable. Waits as long as the disk fails.
     /// `None` when the committer is gone (shutting down).
     pub async fn save(&self, record: TxnRecord) -> Option<()> {
+        self.queue_record(record).await.ok()
+    }
+
+    /// Queues `record` for the next commit at once (so it is committed with
+    /// or before anything queued after this call) without waiting: the
+    /// receiver fires once it is durable (an error when the committer is
+    /// gone).
+    pub fn queue_record(&self, record: TxnRecord) -> oneshot::Receiver<()> {
         let (done, durable) = oneshot::channel();
         self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push((record, done));
         self.wake.notify_one();
-        durable.await.ok()
+        durable
     }
 
     /// The committer loop: never returns.
@@ -144,7 +155,10 @@ impl GroupCommit {
 
     async fn commit(&self, records: &[TxnRecord]) -> Result<(), String> {
         match self.mode {
-            CommitMode::Inline => self.store.write_batch(records).map_err(|e| e.to_string()),
+            CommitMode::Inline { fsync } => {
+                tokio::time::sleep(fsync).await;
+                self.store.write_batch(records).map_err(|e| e.to_string())
+            }
             CommitMode::Blocking => {
                 let store = self.store.clone();
                 let records = records.to_vec();

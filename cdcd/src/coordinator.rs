@@ -1,8 +1,8 @@
 //! Drives transactions to their end, many at once: each one waits for its
-//! locks ([`crate::locks`]), then persists its state before every mutation
-//! (through the group commit, [`crate::commit`]), sends its steps through
-//! [`Shards`], retries timeouts with exponential backoff (same request id),
-//! and stores the outcome.
+//! locks ([`crate::locks`]), sends its steps through [`Shards`], retries
+//! timeouts with exponential backoff (same request id), persists its state
+//! through the group commit ([`crate::commit`]) at the few points where it
+//! must ("fences", below), and stores the outcome.
 //!
 //! Reads (stat, resolve) are not persisted before: after a restart they are
 //! simply asked again. A read gives up after the read deadline: before the
@@ -10,19 +10,102 @@
 //! loop check) it rolls the transaction back. Mutations are retried until
 //! answered: stopping half way would leave entries held; the locks keep
 //! such a transaction from blocking anything that does not conflict.
+//!
+//! # When the state is persisted
+//!
+//! The rule "a step goes out only after its state is durable" holds in this
+//! sense: before a mutation is sent, the store holds a record from which a
+//! restarted CDC reaches this very step, with the same request, by
+//! re-sending (same request ids) the mutations sent since that record. That
+//! record need not be the current step: it is persisted only at a *fence*,
+//! a mutation that is
+//!
+//! 1. the transaction's first (the *plan*: arguments, the results of its
+//!    reads, the first mutation; nothing was sent before, so a crash before
+//!    it loses nothing a client was told; a dry-run inject changes nothing
+//!    and counts as a read);
+//! 2. the first after an answer a re-send might not reproduce: a read
+//!    (stat, resolve, the loop check), a dry-run inject, or a refusal (every
+//!    rollback starts after a refusal);
+//! 3. the first release_dirent (release or kill) since the stored record.
+//!
+//! Why re-sending from the stored record reaches the same step: between
+//! fences the transaction sends only mutations whose answers repeat.
+//! create_unlinked_dir is idempotent per transaction id for good (the shard
+//! records the directory it made for it). inject_dirent and acquire_dirent
+//! act on entries the transaction holds: its lock table entries keep other
+//! CDC transactions off them, and a non-owning entry is refused to every
+//! shard-local request (link, rename, delete), so a second inject finds its
+//! own entry and a second acquire its own non-owning entry, and both answer
+//! as the first did. set_parent to null of a directory whose entry is held
+//! finds it empty again (nobody can link into a directory without a
+//! parent). The protection ends with the first release or kill: from then
+//! on clients may rename the entry, so an inject sent again could link the
+//! directory twice. Hence fence 3: the record is at that release, and what
+//! follows it (releases, kills, set_parent to the new parent,
+//! purge_remote_owning_dirent, move_file_to_eden) answers "done" however
+//! often it is sent (release_dirent never fails and acts only on an entry
+//! that points to its inode). Refusals are not repeatable (the name may be
+//! free by then), hence fence 2 — with reads, whose answers depend on
+//! everyone else.
+//!
+//! A restarted CDC therefore treats every mutation up to its next fence as
+//! possibly executed ("uncertain"): the run it replaces never sent anything
+//! past its own next fence, which was not durable.
+//!
+//! The outcome follows the same rule. When the path since the stored
+//! record is replayable, the client is answered at once and the outcome's
+//! record is queued for the next commit (not waited for): a crash before it
+//! is durable resumes from the stored record and reaches the same outcome;
+//! the transaction counts as running (a duplicate of the request is not
+//! taken for a new one) until the record is durable. Otherwise (an outcome
+//! reached through a read or a refusal, e.g. ALREADY_EXISTS), the outcome is
+//! durable before it is told.
+//!
+//! A mkdir is thus: stat, resolve, [plan] create, inject, [fence] release,
+//! answer (its outcome committed with the next batch): two commits the
+//! transaction waits for, where every step used to wait for one (four).
+//! An mv file: three reads, [plan] acquire, inject, [fence] release target,
+//! kill source, answer. An mv dir: reads, dry run, [plan] acquire, loop
+//! check, [fence] inject, [fence] release target, kill source, set_parent,
+//! answer. An rmdir: stat, [plan] acquire, set_parent to null, [fence] kill,
+//! answer. Commits are shared by every transaction that
+//! queued a record meanwhile.
+//!
+//! # Where the time goes
+//!
+//! One mkdir with one client, from cdcd's and the shards' `/metrics`
+//! (300 mkdirs by one `eggs mkdir` process on a local cluster, release
+//! cdcd and metad, main's cdcd against this one, same machine, same hour):
+//!
+//! | per mkdir | before | now |
+//! |---|---:|---:|
+//! | commits of the CDC's store | 4 (4 records) | 3 (3 records), of which it waits for 2 |
+//! | shard mutations (each its own group commit) | 3 | 3 |
+//! | shard reads (stat, resolve) | 2 | 2 |
+//!
+//! On the quiet machine of the last measurement a CDC commit took 0.72 ms
+//! (4 = 2.9 ms, 52 % of a 6.35 ms mkdir), the three shard mutations 2.0 ms,
+//! round trips 0.7 ms; the two commits a mkdir now waits for are about
+//! 1.4 ms of it. With many clients a commit carries every transaction's
+//! records queued during the previous one, and the steps of different
+//! transactions are in flight at once, so the chain per mkdir is two
+//! shared CDC commits and three shard mutations (each shard batches too).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::sync::oneshot;
 use wire::cdc::CdcStatus;
 use wire::limits::{CLIENT_REQUEST_DEADLINE_NS, CLIENT_TIMEOUT_INITIAL_NS, CLIENT_TIMEOUT_MAX_NS};
+use wire::shard::{ShardKind, ShardRequest};
 use wire::{ErrorKind, InodeId, ShardId};
 
 use crate::commit::GroupCommit;
 use crate::locks::{LockTable, Ticket, lock_set};
-use crate::shards::{ShardReply, Shards, TransportError, is_transient};
+use crate::shards::{Attempt, ShardReply, Shards, TransportError, is_transient};
 use crate::store::{ClientKey, StoreError, TxnRecord, TxnStore};
 use crate::txn::{Action, Advance, Context, Outcome, Step, TxnArgs, TxnState};
 
@@ -157,8 +240,7 @@ impl<S: Shards> Coordinator<S> {
         state: TxnState,
         resumed: bool,
     ) -> Result<Outcome, RunError> {
-        let _guard = ticket.granted().await;
-        self.run(client, state, resumed).await
+        self.run_locked_answering(ticket, client, state, resumed, |_| {}).await
     }
 
     async fn save(&self, client: Option<ClientKey>, state: &TxnState) -> Result<(), RunError> {
@@ -169,17 +251,55 @@ impl<S: Shards> Coordinator<S> {
     }
 
     /// Runs `state` to its end (its locks held). `resumed`: it was read back
-    /// after a restart, so its current step may have been sent already.
-    pub async fn run(
+    /// after a restart, so the steps from its stored one on may have been
+    /// sent already. Returns once the outcome is durable.
+    pub async fn run(&self, client: Option<ClientKey>, state: TxnState, resumed: bool) -> Result<Outcome, RunError> {
+        let (outcome, durable) = self.run_to_answer(client, state, resumed).await?;
+        Self::wait_durable(durable).await?;
+        Ok(outcome)
+    }
+
+    /// Waits for the locks, runs the transaction, calls `answer` with the
+    /// outcome as soon as it may be told (see the module doc: possibly
+    /// before its record is durable, never before it is decided for good),
+    /// gives back the locks, and returns once the outcome is durable.
+    pub async fn run_locked_answering(
+        &self,
+        ticket: Ticket,
+        client: Option<ClientKey>,
+        state: TxnState,
+        resumed: bool,
+        answer: impl FnOnce(&Outcome),
+    ) -> Result<Outcome, RunError> {
+        let guard = ticket.granted().await;
+        let (outcome, durable) = self.run_to_answer(client, state, resumed).await?;
+        // The record of the outcome is queued: anything a later transaction
+        // queues (its first record comes before its first mutation) is
+        // committed with it or after it.
+        drop(guard);
+        answer(&outcome);
+        Self::wait_durable(durable).await?;
+        Ok(outcome)
+    }
+
+    async fn wait_durable(durable: Option<oneshot::Receiver<()>>) -> Result<(), RunError> {
+        match durable {
+            Some(durable) => durable.await.map_err(|_| RunError::Transport(TransportError::Shutdown)),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `state` until its outcome may be told; the receiver, when
+    /// present, fires once the outcome's record is durable (it was queued,
+    /// not waited for).
+    async fn run_to_answer(
         &self,
         client: Option<ClientKey>,
         mut state: TxnState,
         resumed: bool,
-    ) -> Result<Outcome, RunError> {
+    ) -> Result<(Outcome, Option<oneshot::Receiver<()>>), RunError> {
         let context = Context { new_dir_shards: &self.new_dir_shards };
-        // Whether the stored state equals `state`.
-        let mut saved = resumed;
-        let mut uncertain_at_start = resumed;
+        let mut log = Replay::new(resumed);
         if state.validate().is_err() {
             state.step = Step::Done(Outcome::failed(CdcStatus::GeneralError, "corrupt transaction record"));
         }
@@ -192,22 +312,31 @@ impl<S: Shards> Coordinator<S> {
                 }
                 Ok(Action::Done(outcome)) => {
                     let outcome = outcome.clone();
-                    // Recorded even when it only read: a duplicate of the
-                    // request must get this answer, not run again on a tree
-                    // that changed since.
-                    self.save(client, &state).await?;
                     tracing::debug!(txn = state.txn_id, kind = state.args.kind_name(), ?outcome, "finished");
-                    return Ok(outcome);
+                    let record = TxnRecord { client, state: state.clone() };
+                    if log.stored && log.replayable {
+                        // A crash before this record is durable resumes from
+                        // the stored one and reaches this same outcome.
+                        return Ok((outcome, Some(self.commits.queue_record(record))));
+                    }
+                    // Recorded before it is told, also when it only read:
+                    // a duplicate of the request must get this answer, not
+                    // run again on a tree that changed since.
+                    self.save(client, &state).await?;
+                    return Ok((outcome, None));
                 }
                 Ok(Action::Send { shard, request }) => {
                     let mutation = request.kind().is_mutation();
-                    if mutation && !saved {
+                    if mutation && log.fence_before(&request) {
                         self.save(client, &state).await?;
-                        saved = true;
+                        log.saved();
                     }
                     let request_id = if mutation { state.mutation_request_id() } else { self.random() };
                     match self.send(shard, request_id, &request, !mutation).await? {
-                        Some((reply, timed_out)) => (reply, mutation && (uncertain_at_start || timed_out), mutation),
+                        Some((reply, timed_out)) => {
+                            log.answered(&request, &reply);
+                            (reply, mutation && (log.uncertain || timed_out), mutation)
+                        }
                         None if state.mutation_seq == 0 => {
                             let text = format!("shard {shard} did not answer");
                             tracing::warn!(txn = state.txn_id, "{text}");
@@ -216,7 +345,10 @@ impl<S: Shards> Coordinator<S> {
                         }
                         // A read after a mutation (the loop check): its step
                         // rolls back on an error.
-                        None => (ShardReply::Error(ErrorKind::TimedOut), false, false),
+                        None => {
+                            log.replayable = false;
+                            (ShardReply::Error(ErrorKind::TimedOut), false, false)
+                        }
                     }
                 }
             };
@@ -227,12 +359,7 @@ impl<S: Shards> Coordinator<S> {
                     if mutation {
                         state.mutation_seq += 1;
                     }
-                    // Any move, a read's too, makes the stored state stale:
-                    // the next mutation must save before it is sent, or a
-                    // crash after the shard executed it would resume from an
-                    // older step that no longer matches the shards.
-                    saved = false;
-                    uncertain_at_start = false;
+                    log.moved();
                 }
                 Advance::Retry => {
                     tracing::warn!(txn = state.txn_id, step = ?state.step, ?reply, "step refused, retrying");
@@ -240,8 +367,7 @@ impl<S: Shards> Coordinator<S> {
                         // The shard said no: the next attempt is a new request
                         // (a shard may remember its answer to the old id).
                         state.mutation_seq += 1;
-                        saved = false;
-                        uncertain_at_start = false;
+                        log.moved();
                     }
                     tokio::time::sleep(self.retry.timeout_max).await;
                 }
@@ -264,7 +390,7 @@ impl<S: Shards> Coordinator<S> {
         let mut timeout = self.retry.timeout_initial;
         let mut timed_out = false;
         loop {
-            match self.shards.request(shard, request_id, request, timeout).await {
+            match self.shards.request(Attempt { shard, request_id, request, timeout }).await {
                 Ok(ShardReply::Error(kind)) if is_transient(kind) => {
                     tracing::debug!(shard, %kind, "transient shard error");
                     tokio::time::sleep(timeout).await;
@@ -285,4 +411,69 @@ impl<S: Shards> Coordinator<S> {
             };
         }
     }
+}
+
+/// What the store holds for a running transaction, relative to its state in
+/// memory: decides when the state must be persisted before a mutation
+/// ("fences", see the module doc) and whether its outcome may be told
+/// before its record is durable.
+#[derive(Debug)]
+struct Replay {
+    /// A record of the transaction is stored (a previous run's, or saved by
+    /// this one).
+    stored: bool,
+    /// The stored record equals the state in memory.
+    saved: bool,
+    /// Re-sending, in order, the mutations sent since the stored record
+    /// reproduces every answer received since it: nothing since was a read,
+    /// a dry run or a refusal.
+    replayable: bool,
+    /// A release_dirent (release or kill) was sent since the stored record.
+    released: bool,
+    /// A previous run may have executed the mutations sent until the next
+    /// save (it never sent anything past its own next fence).
+    uncertain: bool,
+}
+
+impl Replay {
+    fn new(resumed: bool) -> Self {
+        Self { stored: resumed, saved: resumed, replayable: true, released: false, uncertain: resumed }
+    }
+
+    /// Whether the state must be durable before `request` (a mutation) goes
+    /// out.
+    fn fence_before(&self, request: &ShardRequest<'_>) -> bool {
+        // A dry run changes nothing: like a read, it needs no record.
+        if self.saved || is_dry_run(request) {
+            return false;
+        }
+        // The first mutation; or one after answers a replay might not
+        // reproduce; or the first release since the stored record (once an
+        // entry is owning again or killed, shard-local requests may change
+        // it, so the protected steps before it must never run again).
+        !self.stored || !self.replayable || (request.kind() == ShardKind::ReleaseDirent && !self.released)
+    }
+
+    fn saved(&mut self) {
+        *self = Self { stored: true, saved: true, replayable: true, released: false, uncertain: false };
+    }
+
+    /// A request was answered.
+    fn answered(&mut self, request: &ShardRequest<'_>, reply: &ShardReply) {
+        if !request.kind().is_mutation() || is_dry_run(request) || matches!(reply, ShardReply::Error(_)) {
+            self.replayable = false;
+        }
+        if request.kind() == ShardKind::ReleaseDirent {
+            self.released = true;
+        }
+    }
+
+    /// The state in memory moved away from the stored record.
+    fn moved(&mut self) {
+        self.saved = false;
+    }
+}
+
+fn is_dry_run(request: &ShardRequest<'_>) -> bool {
+    matches!(request, ShardRequest::InjectDirent(inject) if inject.head.dry_run != 0)
 }

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -14,21 +13,13 @@ use wire::limits::UDP_DATAGRAM_BYTES_MAX;
 use wire::shard::{ResolveMode, ShardRequest};
 use wire::{ErrorKind, InodeId, InodeType, MacKey, SecretKey, ShardId};
 
-use crate::shards::{ShardReply, Shards, TransportError};
+use crate::shards::{Attempt, ShardReply, Shards, TransportError};
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Faults {
-    pub drop_request: f64,
-    pub drop_response: f64,
-    pub duplicate: f64,
-    pub delay: f64,
-}
-
-impl Faults {
-    pub fn lossy() -> Self {
-        Self { drop_request: 0.1, drop_response: 0.1, duplicate: 0.1, delay: 0.1 }
-    }
-}
+/// The fake's one fault knob: each of a request's faults (dropped, late,
+/// duplicated, its answer dropped) happens with this probability. The
+/// simulation over the real shards (`cdcd/tests/sim`) has the detailed
+/// fault model.
+pub const LOSSY: f64 = 0.1;
 
 #[derive(Clone, Debug)]
 pub struct Entry {
@@ -67,7 +58,8 @@ pub struct Inner {
     pub shards: BTreeMap<ShardId, FakeShard>,
     clock: u64,
     rng: StdRng,
-    pub faults: Faults,
+    /// Probability of each fault per request ([`LOSSY`] or 0).
+    pub loss: f64,
     delayed: Vec<(ShardId, Vec<u8>)>,
     pub calls: u64,
     /// Crash (return Shutdown) at this call number.
@@ -91,7 +83,7 @@ fn plain(inode: u64) -> u64 {
 
 impl FakeCluster {
     /// Shards `0..shard_count` (at least 2); the root lives on shard 1.
-    pub fn new(shard_count: u8, seed: u64, faults: Faults) -> Arc<Self> {
+    pub fn new(shard_count: u8, seed: u64, loss: f64) -> Arc<Self> {
         let mut shards = BTreeMap::new();
         for shard in 0..shard_count.max(2) {
             shards.insert(shard, FakeShard::default());
@@ -104,7 +96,7 @@ impl FakeCluster {
                 shards,
                 clock: 1_000,
                 rng: StdRng::seed_from_u64(seed),
-                faults,
+                loss,
                 delayed: Vec::new(),
                 calls: 0,
                 crash_at: None,
@@ -409,13 +401,8 @@ impl Inner {
 }
 
 impl Shards for Arc<FakeCluster> {
-    async fn request(
-        &self,
-        shard: ShardId,
-        request_id: u64,
-        request: &ShardRequest<'_>,
-        _timeout: Duration,
-    ) -> Result<ShardReply, TransportError> {
+    async fn request(&self, attempt: Attempt<'_, '_>) -> Result<ShardReply, TransportError> {
+        let Attempt { shard, request_id, request, .. } = attempt;
         let mut inner = self.lock();
         inner.calls += 1;
         if !inner.delayed.is_empty() && inner.rng.random_bool(0.3) {
@@ -435,19 +422,19 @@ impl Shards for Arc<FakeCluster> {
             }
             return Err(TransportError::Shutdown);
         }
-        let faults = inner.faults;
-        if inner.rng.random_bool(faults.drop_request) {
+        let loss = inner.loss;
+        if inner.rng.random_bool(loss) {
             return Err(TransportError::Timeout(shard));
         }
-        if inner.rng.random_bool(faults.delay) {
+        if inner.rng.random_bool(loss) {
             inner.delayed.push((shard, bytes.to_vec()));
             return Err(TransportError::Timeout(shard));
         }
         let Some(reply) = inner.deliver(shard, bytes) else { return Err(TransportError::Timeout(shard)) };
-        if inner.rng.random_bool(faults.duplicate) {
+        if inner.rng.random_bool(loss) {
             inner.deliver(shard, bytes);
         }
-        if inner.rng.random_bool(faults.drop_response) {
+        if inner.rng.random_bool(loss) {
             return Err(TransportError::Timeout(shard));
         }
         Ok(reply)

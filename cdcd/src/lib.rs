@@ -9,10 +9,11 @@
 //! - [`coordinator`]: drives transactions to their end over
 //!   [`shards::Shards`], many at once: each waits for its locks
 //!   ([`locks`]: per directory entry, and a tree lock that rmdir and mv dir
-//!   take alone), persists its state before every mutation through the
-//!   group commit ([`commit`]) into [`store`] (LMDB, CRC-sealed values),
-//!   and retries timeouts with backoff; resumes unfinished transactions at
-//!   start.
+//!   take alone), persists its state at fences (its plan, after an answer a
+//!   re-send might not reproduce, before its first release: see the
+//!   coordinator's doc) through the group commit ([`commit`]) into
+//!   [`store`] (LMDB, CRC-sealed values), and retries timeouts with
+//!   backoff; resumes unfinished transactions at start.
 //! - [`udp`]: the real [`shards::Shards`]: UDP datagrams to the shards, whose
 //!   addresses come from flags, shuckle or the defaults, sent through the
 //!   one datagram requester (`daemon::udp`) under the step's request id.

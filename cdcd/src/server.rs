@@ -217,17 +217,20 @@ impl<S: Shards + 'static> Frontend<S> {
         self.tasks().spawn(async move {
             let args = state.args.clone();
             let txn_id = state.txn_id;
-            match this.coordinator.run_locked(ticket, client, state, resumed).await {
-                Ok(outcome) => {
-                    tracing::debug!(txn = txn_id, kind = args.kind_name(), status = outcome.status.name(), "done");
-                    if let Some(arrived) = arrived {
-                        this.metrics.answered(reply_kind(&args), arrived.elapsed(), Some(outcome.status));
-                    }
-                    if let Some(client) = &client {
-                        (this.reply)(client, &args, &outcome);
-                    }
+            let answer = |outcome: &Outcome| {
+                tracing::debug!(txn = txn_id, kind = args.kind_name(), status = outcome.status.name(), "done");
+                if let Some(arrived) = arrived {
+                    this.metrics.answered(reply_kind(&args), arrived.elapsed(), Some(outcome.status));
                 }
-                Err(error) => tracing::warn!(txn = txn_id, %error, "transaction stopped"),
+                if let Some(client) = &client {
+                    (this.reply)(client, &args, outcome);
+                }
+            };
+            // The client may be answered before the outcome's record is
+            // durable; it stays `running` until it is, so a duplicate of
+            // its request meanwhile is not taken for a new one.
+            if let Err(error) = this.coordinator.run_locked_answering(ticket, client, state, resumed, answer).await {
+                tracing::warn!(txn = txn_id, %error, "transaction stopped");
             }
             if let Some(client) = &client {
                 this.running().remove(client);

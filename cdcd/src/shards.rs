@@ -73,20 +73,24 @@ pub enum TransportError {
     Shutdown,
 }
 
-/// Sends one attempt of a request to a shard.
+/// One attempt of a request to a shard.
 ///
 /// `request_id` is chosen by the caller and is the same on every attempt of
 /// one transaction step (also across restarts), so a shard recognises a
 /// retransmission of a mutation it already executed. Privileged requests
 /// are MAC'd by the implementation.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt<'a, 'r> {
+    pub shard: ShardId,
+    pub request_id: u64,
+    pub request: &'a ShardRequest<'r>,
+    /// How long to wait for the answer.
+    pub timeout: Duration,
+}
+
+/// Sends attempts of requests to the shards.
 pub trait Shards: Send + Sync {
-    fn request(
-        &self,
-        shard: ShardId,
-        request_id: u64,
-        request: &ShardRequest<'_>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<ShardReply, TransportError>> + Send;
+    fn request(&self, attempt: Attempt<'_, '_>) -> impl Future<Output = Result<ShardReply, TransportError>> + Send;
 
     /// Whether `shard` exists, as far as the implementation knows: a
     /// transaction naming another shard is refused before it starts.

@@ -20,7 +20,8 @@
 //!
 //! A transaction is written the first time just before its first mutation
 //! (a transaction that only read is lost in a crash, and its client's
-//! retransmission starts it again). Writes come in batches:
+//! retransmission starts it again), then at its fences and once done (see
+//! [`crate::coordinator`]). Writes come in batches:
 //! [`TxnStore::write_batch`] persists many transactions' records in one
 //! LMDB commit (with fsync, unless the store was opened non-durable, for
 //! tests); [`crate::commit::GroupCommit`] collects them.

@@ -12,7 +12,7 @@ use wire::{InodeId, InodeType, ShardId};
 
 use crate::commit::{CommitMode, GroupCommit};
 use crate::coordinator::{Coordinator, RetryPolicy};
-use crate::fake::{FakeCluster, Faults};
+use crate::fake::{FakeCluster, LOSSY};
 use crate::server::{Frontend, ReplySink, Submitted};
 use crate::store::{ClientKey, TxnStore};
 use crate::txn::{Outcome, TxnArgs};
@@ -35,15 +35,15 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(seed: u64, faults: Faults) -> Self {
+    fn new(seed: u64, loss: f64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(TxnStore::open(dir.path(), false).unwrap());
-        Self { cluster: FakeCluster::new(3, seed, faults), store, _dir: dir }
+        Self { cluster: FakeCluster::new(3, seed, loss), store, _dir: dir }
     }
 
     /// A fresh coordinator over the store (a restart when called again).
     fn coordinator(&self) -> Arc<Coordinator<Arc<FakeCluster>>> {
-        let commits = GroupCommit::new(self.store.clone(), CommitMode::Inline);
+        let commits = GroupCommit::new(self.store.clone(), CommitMode::Inline { fsync: Duration::ZERO });
         tokio::spawn(commits.clone().run());
         Arc::new(Coordinator::new(self.cluster.clone(), commits, NEW_DIR_SHARDS.to_vec(), fast_retry(), Some(1)))
     }
@@ -109,7 +109,7 @@ fn status(outcome: &Outcome) -> CdcStatus {
 
 #[tokio::test]
 async fn mkdir_paths() {
-    let h = Harness::new(1, Faults::default());
+    let h = Harness::new(1, 0.0);
     let a = h.mkdir_ok(ROOT, "a").await;
     assert_eq!(InodeId::new(a).inode_type(), Some(InodeType::Directory));
     assert_eq!(h.entry(ROOT, "a"), Some(a));
@@ -130,7 +130,7 @@ async fn mkdir_paths() {
 
 #[tokio::test]
 async fn mkdir_spreads_new_directories_over_the_shards() {
-    let h = Harness::new(2, Faults::default());
+    let h = Harness::new(2, 0.0);
     let mut shards = HashSet::new();
     for i in 0..30 {
         shards.insert(InodeId::new(h.mkdir_ok(ROOT, &format!("d{i}")).await).shard());
@@ -143,7 +143,7 @@ async fn mkdir_that_loses_a_race_for_the_name_unlinks_its_directory() {
     // A client links a file under the name between the CDC's resolve and
     // its inject: inject overwrites an owning file, so to force the
     // rollback path the racing entry is a directory made behind our back.
-    let h = Harness::new(3, Faults::default());
+    let h = Harness::new(3, 0.0);
     let coordinator = h.coordinator();
     let mut state = coordinator.new_txn(TxnArgs::MkDir { parent: ROOT, name: "x".into() });
     // Run the reads by hand: stat parent, resolve.
@@ -163,7 +163,7 @@ async fn mkdir_that_loses_a_race_for_the_name_unlinks_its_directory() {
 
 #[tokio::test]
 async fn rmdir_paths() {
-    let h = Harness::new(4, Faults::default());
+    let h = Harness::new(4, 0.0);
     let a = h.mkdir_ok(ROOT, "a").await;
     h.mkdir_ok(a, "b").await;
     h.link_file(ROOT, "f", 1);
@@ -188,7 +188,7 @@ async fn rmdir_paths() {
 
 #[tokio::test]
 async fn mv_file_paths() {
-    let h = Harness::new(5, Faults::default());
+    let h = Harness::new(5, 0.0);
     let a = h.mkdir_ok(ROOT, "a").await;
     let b = h.mkdir_ok(ROOT, "b").await;
     let f = h.link_file(a, "f", 0);
@@ -219,7 +219,7 @@ async fn mv_file_paths() {
 
 #[tokio::test]
 async fn mv_dir_paths() {
-    let h = Harness::new(6, Faults::default());
+    let h = Harness::new(6, 0.0);
     let a = h.mkdir_ok(ROOT, "a").await;
     let b = h.mkdir_ok(a, "b").await;
     let c = h.mkdir_ok(b, "c").await;
@@ -256,7 +256,7 @@ async fn mv_dir_paths() {
 
 #[tokio::test]
 async fn purge_remote_file_paths() {
-    let h = Harness::new(7, Faults::default());
+    let h = Harness::new(7, 0.0);
     // Root is on shard 1; a file of shard 0 linked in it, then deleted.
     let remote = h.link_file(ROOT, "r", 0);
     let remote_time = h.cluster.lock().delete_file(ROOT, "r").unwrap();
@@ -285,7 +285,7 @@ async fn purge_remote_file_paths() {
 
 #[tokio::test]
 async fn a_retransmitted_client_request_gets_the_same_answer_and_no_second_directory() {
-    let h = Harness::new(8, Faults::default());
+    let h = Harness::new(8, 0.0);
     let answers: Arc<std::sync::Mutex<Vec<Outcome>>> = Arc::default();
     let sink: ReplySink = {
         let answers = answers.clone();
@@ -320,7 +320,7 @@ async fn a_retransmitted_client_request_gets_the_same_answer_and_no_second_direc
 #[tokio::test]
 async fn a_transaction_resumed_at_a_read_saves_before_its_first_mutation() {
     for seed in 0..16 {
-        let h = Harness::new(200 + seed, Faults::default());
+        let h = Harness::new(200 + seed, 0.0);
         let target = h.mkdir_ok(ROOT, "t").await;
         let file = h.link_file(ROOT, "a", 1);
         let args = TxnArgs::Move {
@@ -355,7 +355,7 @@ async fn a_transaction_resumed_at_a_read_saves_before_its_first_mutation() {
 #[tokio::test]
 async fn a_crash_mid_purge_resumes_and_finishes() {
     for seed in 0..20 {
-        let h = Harness::new(100 + seed, Faults::lossy());
+        let h = Harness::new(100 + seed, LOSSY);
         let remote = h.link_file(ROOT, "r", 0);
         let time = h.cluster.lock().delete_file(ROOT, "r").unwrap();
         let calls = h.cluster.lock().calls;

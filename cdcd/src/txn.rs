@@ -5,8 +5,9 @@
 //! sequence number of its next mutation. [`TxnState::action`] says which
 //! shard request the step sends; [`TxnState::advance`] moves to the next
 //! step given the shard's reply. Nothing here does I/O, so every path is
-//! unit-tested; the driver ([`crate::coordinator`]) persists the state before
-//! each mutation, so a restarted CDC re-sends exactly the same request.
+//! unit-tested; the driver ([`crate::coordinator`]) persists the state at
+//! the fences its module doc explains, so that a restarted CDC re-sends the
+//! same requests (same ids) from the stored step and reaches the same step.
 //!
 //! The steps, with the rollback path of each failure:
 //!

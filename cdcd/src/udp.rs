@@ -20,11 +20,10 @@ use std::time::Duration;
 
 use daemon::udp::{DatagramClient, RequestError, RetryPolicy, Shard, Shuckle};
 use wire::limits::SHARD_PORT_BASE;
-use wire::shard::ShardRequest;
 use wire::shuckle::{RegisterCdcReq, ShardsReq, ShuckleRequest, ShuckleResponse};
 use wire::{Address, EggsTime, ShardId};
 
-use crate::shards::{ShardReply, Shards, TransportError};
+use crate::shards::{Attempt, ShardReply, Shards, TransportError};
 
 /// Where each shard listens: flags first, then shuckle, then the default
 /// port `SHARD_PORT_BASE + shard` on localhost.
@@ -90,13 +89,8 @@ impl Shards for UdpShards {
         self.addresses.knows(shard)
     }
 
-    async fn request(
-        &self,
-        shard: ShardId,
-        request_id: u64,
-        request: &ShardRequest<'_>,
-        timeout: Duration,
-    ) -> Result<ShardReply, TransportError> {
+    async fn request(&self, attempt: Attempt<'_, '_>) -> Result<ShardReply, TransportError> {
+        let Attempt { shard, request_id, request, timeout } = attempt;
         let address = self.addresses.address(shard);
         let reply =
             match self.client.request_with_id::<Shard>(address, request_id, request, single_attempt(timeout)).await {
@@ -202,7 +196,7 @@ mod tests {
     use tokio::net::UdpSocket;
     use wire::datagram;
     use wire::limits::UDP_DATAGRAM_BYTES_MAX;
-    use wire::shard::{EmptyResp, ReleaseDirentReq, ReleaseDirentReqHead, ShardResponse, StatReq};
+    use wire::shard::{EmptyResp, ReleaseDirentReq, ReleaseDirentReqHead, ShardRequest, ShardResponse, StatReq};
     use wire::{ErrorKind, ErrorResp, InodeId, MacKey, Name, SecretKey};
 
     fn udp_shards(key: MacKey, book: std::sync::Arc<AddressBook>) -> UdpShards {
@@ -267,7 +261,10 @@ mod tests {
         let address = fake_shard(key.clone(), 1, true).await;
         let book = std::sync::Arc::new(AddressBook::new([(0, address)].into_iter().collect()));
         let shards = udp_shards(key, book);
-        let reply = shards.request(0, 77, &release_dirent(), Duration::from_secs(5)).await.unwrap();
+        let reply = shards
+            .request(Attempt { shard: 0, request_id: 77, request: &release_dirent(), timeout: Duration::from_secs(5) })
+            .await
+            .unwrap();
         assert_eq!(reply, ShardReply::Empty);
     }
 
@@ -299,13 +296,23 @@ mod tests {
         let address = forging_shard(key.clone(), true).await;
         let book = std::sync::Arc::new(AddressBook::new([(0, address)].into_iter().collect()));
         let shards = udp_shards(key.clone(), book);
-        let reply = shards.request(0, 78, &release_dirent(), Duration::from_secs(5)).await.unwrap();
+        let reply = shards
+            .request(Attempt { shard: 0, request_id: 78, request: &release_dirent(), timeout: Duration::from_secs(5) })
+            .await
+            .unwrap();
         assert_eq!(reply, ShardReply::Error(ErrorKind::DirectoryNotEmpty), "the MAC'd error, not the forged one");
 
         let address = forging_shard(key.clone(), false).await;
         let book = std::sync::Arc::new(AddressBook::new([(1, address)].into_iter().collect()));
         let shards = udp_shards(key, book);
-        let result = shards.request(1, 79, &release_dirent(), Duration::from_millis(300)).await;
+        let result = shards
+            .request(Attempt {
+                shard: 1,
+                request_id: 79,
+                request: &release_dirent(),
+                timeout: Duration::from_millis(300),
+            })
+            .await;
         assert_eq!(result, Err(TransportError::Timeout(1)), "only a forged error: no answer");
     }
 
@@ -316,7 +323,9 @@ mod tests {
         let key = MacKey::new(&SecretKey([3; 16]));
         let shards = udp_shards(key, book);
         let request = ShardRequest::Stat(StatReq { inode: InodeId::ROOT });
-        let result = shards.request(4, 1, &request, Duration::from_millis(50)).await;
+        let result = shards
+            .request(Attempt { shard: 4, request_id: 1, request: &request, timeout: Duration::from_millis(50) })
+            .await;
         assert_eq!(result, Err(TransportError::Timeout(4)));
     }
 

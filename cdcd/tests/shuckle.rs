@@ -6,7 +6,7 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{CdcClient, Daemon, Op, binary};
+use common::{CdcClient, Daemon, binary, mkdir};
 use wire::cdc::CdcStatus;
 use wire::datagram::{self, SHUCKLE_MAGIC};
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
@@ -80,7 +80,7 @@ fn learns_shards_from_shuckle_and_registers_itself() {
     let client = CdcClient::new(cdc.udp());
     let mut used = std::collections::HashSet::new();
     for i in 0..10 {
-        let (status, dir) = client.run(&Op::MkDir { parent: InodeId::ROOT, name: format!("d{i}") });
+        let (status, dir) = client.run(&mkdir(InodeId::ROOT, &format!("d{i}")));
         assert_eq!(status, CdcStatus::Ok);
         used.insert(dir.shard());
     }

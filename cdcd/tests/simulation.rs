@@ -10,14 +10,16 @@
 //! first) gives, applied one by one to the sequential model, exactly the
 //! statuses the clients received and exactly the tree the shards hold.
 
+#[path = "common/model.rs"]
+mod model;
 mod sim;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cdcd::store::ClientKey;
 use cdcd::txn::{Outcome, TxnArgs};
+use model::{Model, ShardCalls, Tree, mv_dir};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sim::{Faults, Sim};
@@ -26,141 +28,6 @@ use wire::{InodeId, InodeType};
 
 const ROOT: u64 = InodeId::ROOT.get();
 const SHARDS: u8 = 3;
-
-/// The sequential model: living entries per linked directory.
-#[derive(Clone, Default, PartialEq, Eq, Debug)]
-struct Model {
-    entries: BTreeMap<u64, BTreeMap<String, u64>>,
-    parents: BTreeMap<u64, u64>,
-    removed: BTreeSet<u64>,
-}
-
-fn is_dir(inode: u64) -> bool {
-    InodeId::new(inode).inode_type() == Some(InodeType::Directory)
-}
-
-impl Model {
-    fn new() -> Self {
-        let mut model = Self::default();
-        model.entries.insert(ROOT, BTreeMap::new());
-        model
-    }
-
-    fn linked(&self, dir: u64) -> bool {
-        is_dir(dir) && self.entries.contains_key(&dir)
-    }
-
-    fn inside(&self, dir: u64, ancestor: u64) -> bool {
-        let mut cursor = dir;
-        loop {
-            if cursor == ancestor {
-                return true;
-            }
-            match self.parents.get(&cursor) {
-                Some(parent) => cursor = *parent,
-                None => return false,
-            }
-        }
-    }
-
-    fn bad_shard(&self, dir: u64) -> bool {
-        InodeId::new(dir).shard() >= SHARDS
-    }
-
-    /// The status the CDC must answer, in the CDC's order of checks.
-    fn expect(&self, args: &TxnArgs) -> CdcStatus {
-        match args {
-            TxnArgs::MkDir { parent, name } => {
-                if !is_dir(*parent) {
-                    CdcStatus::ParentInvalid
-                } else if self.bad_shard(*parent) {
-                    CdcStatus::BadRequest
-                } else if !self.linked(*parent) {
-                    CdcStatus::ParentInvalid
-                } else if self.entries[parent].contains_key(name) {
-                    CdcStatus::AlreadyExists
-                } else {
-                    CdcStatus::Ok
-                }
-            }
-            TxnArgs::RmDir { parent, name } => {
-                if !is_dir(*parent) {
-                    return CdcStatus::ParentInvalid;
-                }
-                if self.bad_shard(*parent) {
-                    return CdcStatus::BadRequest;
-                }
-                if !self.linked(*parent) {
-                    return CdcStatus::ParentInvalid;
-                }
-                match self.entries[parent].get(name) {
-                    None => CdcStatus::NotFound,
-                    Some(child) if !is_dir(*child) => CdcStatus::BadInodeType,
-                    Some(child) if !self.entries[child].is_empty() => CdcStatus::DirectoryNotEmpty,
-                    Some(_) => CdcStatus::Ok,
-                }
-            }
-            TxnArgs::Move { directory, source_parent, target_parent, source_name, target_name } => {
-                if source_parent == target_parent && source_name == target_name {
-                    return CdcStatus::BadRequest;
-                }
-                if !is_dir(*target_parent) || !is_dir(*source_parent) {
-                    return CdcStatus::ParentInvalid;
-                }
-                if self.bad_shard(*source_parent) || self.bad_shard(*target_parent) {
-                    return CdcStatus::BadRequest;
-                }
-                if !self.linked(*target_parent) || !self.linked(*source_parent) {
-                    return CdcStatus::ParentInvalid;
-                }
-                let Some(source) = self.entries[source_parent].get(source_name) else {
-                    return CdcStatus::NotFound;
-                };
-                if is_dir(*source) != *directory {
-                    return CdcStatus::BadInodeType;
-                }
-                if self.entries[target_parent].get(target_name).is_some_and(|t| is_dir(*t)) {
-                    return CdcStatus::CannotOverrideTarget;
-                }
-                if *directory && self.inside(*target_parent, *source) {
-                    return CdcStatus::LoopDetected;
-                }
-                CdcStatus::Ok
-            }
-            TxnArgs::PurgeRemoteFile { .. } => unreachable!("not generated"),
-        }
-    }
-
-    /// Applies a successful operation; `false` when the outcome cannot be
-    /// this operation's (a move of another inode).
-    fn apply(&mut self, args: &TxnArgs, outcome: &Outcome) -> bool {
-        match args {
-            TxnArgs::MkDir { parent, name } => {
-                self.entries.get_mut(parent).unwrap().insert(name.clone(), outcome.inode);
-                self.entries.insert(outcome.inode, BTreeMap::new());
-                self.parents.insert(outcome.inode, *parent);
-            }
-            TxnArgs::RmDir { parent, name } => {
-                let child = self.entries.get_mut(parent).unwrap().remove(name).unwrap();
-                self.entries.remove(&child);
-                self.parents.remove(&child);
-                self.removed.insert(child);
-            }
-            TxnArgs::Move { directory, source_parent, target_parent, source_name, target_name } => {
-                let moved = self.entries.get_mut(source_parent).unwrap().remove(source_name).unwrap();
-                if moved != outcome.inode {
-                    return false;
-                }
-                self.entries.get_mut(target_parent).unwrap().insert(target_name.clone(), moved);
-                if *directory {
-                    self.parents.insert(moved, *target_parent);
-                }
-            }
-            TxnArgs::PurgeRemoteFile { .. } => unreachable!(),
-        }
-        true
-    }
-}
 
 /// One operation of a history.
 #[derive(Clone, Debug)]
@@ -173,16 +40,12 @@ struct Event {
 
 /// A serial order of `events` (respecting real time) that the model
 /// accepts with the same statuses and ending in `tree`; the model after it.
-fn linearize(
-    start: &Model,
-    events: &[Event],
-    tree: &BTreeMap<u64, BTreeMap<String, u64>>,
-) -> Option<(Model, Vec<usize>)> {
+fn linearize(start: &Model, events: &[Event], tree: &Tree) -> Option<(Model, Vec<usize>)> {
     fn search(
         model: &Model,
         events: &[Event],
         placed: &mut Vec<usize>,
-        tree: &BTreeMap<u64, BTreeMap<String, u64>>,
+        tree: &Tree,
         explored: &mut u64,
     ) -> Option<Model> {
         *explored += 1;
@@ -202,7 +65,7 @@ fn linearize(
                 continue;
             }
             let mut next = model.clone();
-            if event.outcome.status == CdcStatus::Ok && !next.apply(&event.args, &event.outcome) {
+            if event.outcome.status == CdcStatus::Ok && !next.apply(&event.args, event.outcome.inode) {
                 continue;
             }
             placed.push(index);
@@ -220,32 +83,6 @@ fn linearize(
 
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 
-fn random_args(rng: &mut StdRng, model: &Model) -> TxnArgs {
-    let dirs: Vec<u64> = model.entries.keys().copied().collect();
-    let pick_dir = |rng: &mut StdRng| -> u64 {
-        match rng.random_range(0..30) {
-            0 => InodeId::compose(InodeType::Directory, 2, 9999).unwrap().get(),
-            // A directory on a shard that does not exist (issue 17 A).
-            1 => InodeId::compose(InodeType::Directory, 5, 1).unwrap().get(),
-            2 if !model.removed.is_empty() => *model.removed.iter().next().unwrap(),
-            3 => model.entries.values().flat_map(|m| m.values()).copied().find(|i| !is_dir(*i)).unwrap_or(ROOT),
-            _ => dirs[rng.random_range(0..dirs.len())],
-        }
-    };
-    let name = |rng: &mut StdRng| NAMES[rng.random_range(0..NAMES.len())].to_string();
-    match rng.random_range(0..10) {
-        0..=2 => TxnArgs::MkDir { parent: pick_dir(rng), name: name(rng) },
-        3 => TxnArgs::RmDir { parent: pick_dir(rng), name: name(rng) },
-        kind => TxnArgs::Move {
-            directory: kind >= 8,
-            source_parent: pick_dir(rng),
-            target_parent: pick_dir(rng),
-            source_name: name(rng),
-            target_name: name(rng),
-        },
-    }
-}
-
 struct Stats {
     rounds: usize,
     ops: usize,
@@ -257,7 +94,7 @@ struct Stats {
 async fn concurrent_history(seed: u64, faults: Faults, rounds: usize, clients: usize, crashes: bool) -> Stats {
     let sim = Sim::new(seed, SHARDS, faults);
     let mut rng = StdRng::seed_from_u64(seed ^ 0xc0ffee);
-    let mut model = Model::new();
+    let mut model = Model::new(SHARDS);
     let mut stats = Stats { rounds, ops: 0, statuses: BTreeMap::new(), max_overlap: 0 };
     let mut request_id = 0u64;
     for round in 0..rounds {
@@ -273,7 +110,7 @@ async fn concurrent_history(seed: u64, faults: Faults, rounds: usize, clients: u
         }
         let mut tasks = Vec::new();
         for client in 0..clients {
-            let args = random_args(&mut rng, &model);
+            let args = model.random_op(&mut rng, &NAMES, true);
             request_id += 1;
             let key = ClientKey { address: format!("10.0.0.{}:1000", client + 1).parse().unwrap(), request_id };
             let delay = Duration::from_micros(rng.random_range(0..30_000));
@@ -387,16 +224,6 @@ async fn mkdir(sim: &Sim, request_id: u64, parent: u64, name: &str) -> Outcome {
     sim.request(key, &TxnArgs::MkDir { parent, name: name.into() }).await
 }
 
-fn mv_dir(source: (u64, &str), target: (u64, &str)) -> TxnArgs {
-    TxnArgs::Move {
-        directory: true,
-        source_parent: source.0,
-        target_parent: target.0,
-        source_name: source.1.into(),
-        target_name: target.1.into(),
-    }
-}
-
 /// `mv /a /b/x` and `mv /b /a/y` at once: exactly one wins, the other is
 /// LOOP_DETECTED, whatever the interleaving.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -409,11 +236,11 @@ async fn crossing_directory_moves_one_succeeds_the_other_detects_the_loop() {
         let (s1, s2) = (sim.clone(), sim.clone());
         let one = tokio::spawn(async move {
             let key = ClientKey { address: "10.0.0.1:1".parse().unwrap(), request_id: 10 };
-            s1.request(key, &mv_dir((ROOT, "a"), (b, "x"))).await
+            s1.request(key, &mv_dir((InodeId::ROOT, "a"), (InodeId::new(b), "x"))).await
         });
         let two = tokio::spawn(async move {
             let key = ClientKey { address: "10.0.0.2:1".parse().unwrap(), request_id: 11 };
-            s2.request(key, &mv_dir((ROOT, "b"), (a, "y"))).await
+            s2.request(key, &mv_dir((InodeId::ROOT, "b"), (InodeId::new(a), "y"))).await
         });
         let (one, two) = (one.await.unwrap().status, two.await.unwrap().status);
         let mut statuses = [one, two];
@@ -499,8 +326,96 @@ async fn concurrent_transactions_share_commits() {
     let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
     let records = stats.records.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("{records} records in {commits} commits");
-    // Four saves per mkdir (before create, inject, release, and done).
-    assert_eq!(records, 64 * 4);
+    // Three records per mkdir: the plan (before create), the fence before
+    // release, and the outcome (queued, not waited for).
+    assert_eq!(records, 64 * 3);
     assert!(commits * 8 <= records, "{commits} commits for {records} records");
-    let _ = Arc::clone(&sim);
+}
+
+/// The transaction of a crash case, after setting up the tree it needs;
+/// and the rename a client attempts after the crash (directory, old, new).
+async fn crash_case(sim: &Sim, case: &str) -> (TxnArgs, Option<(u64, &'static str, &'static str)>) {
+    match case {
+        "mkdir" => (TxnArgs::MkDir { parent: ROOT, name: "n".into() }, Some((ROOT, "n", "renamed"))),
+        "mv file" => {
+            let target = mkdir_now(sim, "t").await;
+            sim.net.create_file(InodeId::ROOT, "f").unwrap();
+            let args = TxnArgs::Move {
+                directory: false,
+                source_parent: ROOT,
+                target_parent: target,
+                source_name: "f".into(),
+                target_name: "g".into(),
+            };
+            (args, Some((target, "g", "renamed")))
+        }
+        "rmdir" => {
+            mkdir_now(sim, "r").await;
+            (TxnArgs::RmDir { parent: ROOT, name: "r".into() }, None)
+        }
+        other => unreachable!("{other}"),
+    }
+}
+
+/// The CDC crashes at every point of one transaction: right after each of
+/// its mutations reached a shard, and right after its answer (commits take
+/// virtual time, so the outcome's record is not durable yet). The shards
+/// forget their replay records (a long outage), so the restarted CDC's
+/// re-sent steps run the real handlers again, and between the crash and the
+/// restart a client renames the entry the transaction made owning, if it
+/// can: re-sending the inject of an entry once released would then link
+/// the directory twice. The transaction must end with the outcome it would
+/// have had, the tree must be whole, and the answer stored for the client
+/// must be that outcome.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_crash_at_any_step_resumes_to_the_same_outcome() {
+    // Each case and how many mutations its transaction sends.
+    let cases = [("mkdir", 3), ("mv file", 4), ("rmdir", 3)];
+    for (case, mutations) in cases {
+        for crash_after in 1..=mutations + 1 {
+            let sim = Sim::new(100 + crash_after, SHARDS, Faults::default());
+            let (args, rename) = crash_case(&sim, case).await;
+            let before = sim.net.executed_mutations.load(std::sync::atomic::Ordering::Relaxed);
+            let on_answer = crash_after > mutations;
+            if !on_answer {
+                sim.net.trip_at.store(before + crash_after, std::sync::atomic::Ordering::Relaxed);
+            }
+            let key = ClientKey { address: "10.0.0.7:7".parse().unwrap(), request_id: 77 };
+            let request = {
+                let (sim, args) = (sim.clone(), args.clone());
+                tokio::spawn(async move { sim.request(key, &args).await })
+            };
+            if on_answer {
+                sim.answers().given.notified().await;
+            } else {
+                sim.net.tripped.notified().await;
+            }
+            sim.crash_forgetting(true).await;
+            let renamed = rename.is_some_and(|(dir, old, new)| sim.net.rename(InodeId::new(dir), old, new));
+            let outcome = request.await.unwrap();
+            sim.quiesce().await;
+            let context = format!("{case} crashed after step {crash_after}, renamed: {renamed}");
+            assert_eq!(outcome.status, CdcStatus::Ok, "{context}: {outcome:?}");
+            let tree = sim.net.check_tree().unwrap_or_else(|violation| panic!("{context}: {violation}"));
+            // The answer stored for the client is the one it got.
+            assert_eq!(sim.request(key, &args).await, outcome, "{context}");
+            let linked: Vec<(&u64, &String)> = tree
+                .iter()
+                .flat_map(|(dir, entries)| {
+                    entries.iter().filter(|(_, i)| **i == outcome.inode).map(move |(n, _)| (dir, n))
+                })
+                .collect();
+            match &args {
+                TxnArgs::RmDir { .. } => assert!(linked.is_empty(), "{context}: {linked:?}"),
+                _ => assert_eq!(linked.len(), 1, "{context}: linked {linked:?}"),
+            }
+        }
+    }
+}
+
+/// A mkdir in the root outside any crash; the new directory.
+async fn mkdir_now(sim: &Sim, name: &str) -> u64 {
+    let outcome = mkdir(sim, 1, ROOT, name).await;
+    assert_eq!(outcome.status, CdcStatus::Ok);
+    outcome.inode
 }

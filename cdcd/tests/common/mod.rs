@@ -4,12 +4,17 @@
 
 #![allow(dead_code)] // reason: each test file uses a different subset
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+pub mod model;
+
+#[allow(unused_imports)] // reason: each test file uses a different subset
+pub use model::{Model, ShardCalls, Tree, mkdir, mv, mv_dir, rmdir};
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use cdcd::txn::TxnArgs;
 use rand::Rng;
 use wire::cdc::{
     CdcRequest, CdcResponse, CdcStatus, MkDirReq, MkDirReqHead, MvDirReq, MvDirReqHead, MvFileReq, MvFileReqHead,
@@ -17,12 +22,8 @@ use wire::cdc::{
 };
 use wire::datagram::{self, CDC_MAGIC, SHARD_MAGIC};
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
-use wire::shard::{
-    CreateEdenFileReq, LinkEdenFileReq, LinkEdenFileReqHead, LsDirReq, ShardRequest, ShardResponse, StatReq, StatResp,
-    VisitInodesReq,
-};
-use wire::{EggsTime, InodeId, InodeType, MacKey, Name, SecretKey, ShardId};
-use zerocopy::byteorder::little_endian::U64;
+use wire::shard::{CreateEdenFileReq, LinkEdenFileReq, LinkEdenFileReqHead, ShardRequest, ShardResponse};
+use wire::{InodeId, InodeType, MacKey, Name, SecretKey, ShardId};
 
 pub use testsupport::{Daemon, binary};
 
@@ -178,103 +179,16 @@ impl ShardClient {
         });
         inode
     }
-
-    /// Living entries of `dir`: name → inode with its owning bit.
-    pub fn list(&self, dir: InodeId) -> BTreeMap<String, InodeId> {
-        let mut entries = BTreeMap::new();
-        let mut start_hash = 0u64;
-        loop {
-            let request = ShardRequest::LsDir(LsDirReq {
-                dir,
-                as_of: EggsTime::ZERO,
-                start_hash: U64::new(start_hash),
-                flags: 0,
-            });
-            let (more, next) = self.call(dir.shard(), &request, |response| match response {
-                ShardResponse::LsDir(page) => {
-                    for entry in page.entries.iter() {
-                        entries.insert(entry.name.as_str().to_string(), entry.inode);
-                    }
-                    (page.more != 0, page.next_hash.get())
-                }
-                other => panic!("ls_dir {dir}: {other:?}"),
-            });
-            if !more {
-                return entries;
-            }
-            start_hash = next;
-        }
-    }
-
-    /// A directory's parent; `None` when it is not a directory.
-    pub fn parent(&self, dir: InodeId) -> Option<InodeId> {
-        self.call(dir.shard(), &ShardRequest::Stat(StatReq { inode: dir }), |response| match response {
-            ShardResponse::Stat(StatResp::Directory(stat)) => Some(stat.parent),
-            _ => None,
-        })
-    }
-
-    /// Every inode of `shard`.
-    pub fn inodes(&self, shard: ShardId) -> Vec<InodeId> {
-        let mut inodes = Vec::new();
-        let mut begin = InodeId::NULL;
-        loop {
-            let next =
-                self.call(shard, &ShardRequest::VisitInodes(VisitInodesReq { begin }), |response| match response {
-                    ShardResponse::VisitInodes(page) => {
-                        inodes.extend(page.inodes.iter());
-                        page.next
-                    }
-                    other => panic!("visit_inodes: {other:?}"),
-                });
-            if next.is_null() {
-                return inodes;
-            }
-            begin = next;
-        }
-    }
-
-    /// Walks the tree from the root and checks the invariants of a quiet
-    /// cluster: every living entry owning, every directory's parent is the
-    /// directory holding its entry, every linked directory reachable (no
-    /// orphans). Returns the tree: directory → name → inode (plain).
-    pub fn check_tree(&self) -> HashMap<InodeId, BTreeMap<String, InodeId>> {
-        let mut tree = HashMap::new();
-        let mut queue = vec![InodeId::ROOT];
-        while let Some(dir) = queue.pop() {
-            let entries = self.list(dir);
-            let mut plain = BTreeMap::new();
-            for (name, inode) in entries {
-                assert!(inode.is_owning(), "dangling non-owning entry {dir}/{name}");
-                let inode = inode.without_owning();
-                if inode.inode_type() == Some(InodeType::Directory) {
-                    assert_eq!(self.parent(inode), Some(dir), "parent of {dir}/{name}");
-                    assert!(!tree.contains_key(&inode), "{inode} linked twice");
-                    queue.push(inode);
-                }
-                plain.insert(name, inode);
-            }
-            tree.insert(dir, plain);
-        }
-        for shard in 0..self.shards.len() as u8 {
-            for inode in self.inodes(shard) {
-                if inode.inode_type() != Some(InodeType::Directory) || inode == InodeId::ROOT {
-                    continue;
-                }
-                let parent = self.parent(inode).expect("a directory");
-                assert!(parent.is_null() || tree.contains_key(&inode), "orphan directory {inode} (parent {parent})");
-            }
-        }
-        tree
-    }
 }
 
-/// A CDC operation, owned.
-#[derive(Clone, Debug)]
-pub enum Op {
-    MkDir { parent: InodeId, name: String },
-    RmDir { parent: InodeId, name: String },
-    Mv { directory: bool, source_parent: InodeId, target_parent: InodeId, source_name: String, target_name: String },
+impl ShardCalls for ShardClient {
+    fn call<T>(&self, shard: ShardId, request: &ShardRequest<'_>, read: impl FnOnce(ShardResponse<'_>) -> T) -> T {
+        ShardClient::call(self, shard, request, read)
+    }
+
+    fn shard_count(&self) -> u8 {
+        self.shards.len() as u8
+    }
 }
 
 /// A CDC client: one socket, the same request id on every resend.
@@ -289,35 +203,37 @@ impl CdcClient {
     }
 
     /// Runs `op` with a fresh request id; (status, inode).
-    pub fn run(&self, op: &Op) -> (CdcStatus, InodeId) {
+    pub fn run(&self, op: &TxnArgs) -> (CdcStatus, InodeId) {
         self.run_with_id(rand::random(), op, Duration::from_secs(120)).expect("the CDC answered")
     }
 
-    pub fn run_with_id(&self, request_id: u64, op: &Op, deadline: Duration) -> Option<(CdcStatus, InodeId)> {
+    pub fn run_with_id(&self, request_id: u64, op: &TxnArgs, deadline: Duration) -> Option<(CdcStatus, InodeId)> {
         fn name(text: &str) -> Name<'_> {
             Name::new(text.as_bytes()).expect("name")
         }
+        let id = InodeId::new;
         let request = match op {
-            Op::MkDir { parent, name: entry } => {
-                CdcRequest::MkDir(MkDirReq { head: MkDirReqHead { parent: *parent }, name: name(entry) })
+            TxnArgs::MkDir { parent, name: entry } => {
+                CdcRequest::MkDir(MkDirReq { head: MkDirReqHead { parent: id(*parent) }, name: name(entry) })
             }
-            Op::RmDir { parent, name: entry } => {
-                CdcRequest::RmDir(RmDirReq { head: RmDirReqHead { parent: *parent }, name: name(entry) })
+            TxnArgs::RmDir { parent, name: entry } => {
+                CdcRequest::RmDir(RmDirReq { head: RmDirReqHead { parent: id(*parent) }, name: name(entry) })
             }
-            Op::Mv { directory: false, source_parent, target_parent, source_name, target_name } => {
+            TxnArgs::Move { directory: false, source_parent, target_parent, source_name, target_name } => {
                 CdcRequest::MvFile(MvFileReq {
-                    head: MvFileReqHead { source_parent: *source_parent, target_parent: *target_parent },
+                    head: MvFileReqHead { source_parent: id(*source_parent), target_parent: id(*target_parent) },
                     source_name: name(source_name),
                     target_name: name(target_name),
                 })
             }
-            Op::Mv { directory: true, source_parent, target_parent, source_name, target_name } => {
+            TxnArgs::Move { directory: true, source_parent, target_parent, source_name, target_name } => {
                 CdcRequest::MvDir(MvDirReq {
-                    head: MvDirReqHead { source_parent: *source_parent, target_parent: *target_parent },
+                    head: MvDirReqHead { source_parent: id(*source_parent), target_parent: id(*target_parent) },
                     source_name: name(source_name),
                     target_name: name(target_name),
                 })
             }
+            TxnArgs::PurgeRemoteFile { .. } => panic!("purge is not sent by these tests"),
         };
         let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
         let len = datagram::encode(&mut out, request_id, &request, None).expect("encode");
@@ -368,153 +284,4 @@ pub fn lossy_proxy(server: SocketAddr, loss: f64, stop: Arc<AtomicBool>) -> Sock
         }
     });
     address
-}
-
-/// The expected tree, built from acknowledged operations.
-#[derive(Default)]
-pub struct Model {
-    pub entries: HashMap<InodeId, BTreeMap<String, InodeId>>,
-    pub parents: HashMap<InodeId, InodeId>,
-    pub removed: HashSet<InodeId>,
-}
-
-impl Model {
-    pub fn new() -> Self {
-        let mut model = Self::default();
-        model.entries.insert(InodeId::ROOT, BTreeMap::new());
-        model
-    }
-
-    fn is_dir(inode: InodeId) -> bool {
-        inode.inode_type() == Some(InodeType::Directory)
-    }
-
-    fn linked(&self, dir: InodeId) -> bool {
-        Self::is_dir(dir) && self.entries.contains_key(&dir)
-    }
-
-    fn inside(&self, dir: InodeId, ancestor: InodeId) -> bool {
-        let mut cursor = dir;
-        loop {
-            if cursor == ancestor {
-                return true;
-            }
-            match self.parents.get(&cursor) {
-                Some(parent) => cursor = *parent,
-                None => return false,
-            }
-        }
-    }
-
-    /// The status the CDC must answer (in its order of checks).
-    pub fn expect(&self, op: &Op) -> CdcStatus {
-        match op {
-            Op::MkDir { parent, name } => {
-                if !self.linked(*parent) {
-                    CdcStatus::ParentInvalid
-                } else if self.entries[parent].contains_key(name) {
-                    CdcStatus::AlreadyExists
-                } else {
-                    CdcStatus::Ok
-                }
-            }
-            Op::RmDir { parent, name } => {
-                if !self.linked(*parent) {
-                    return CdcStatus::ParentInvalid;
-                }
-                match self.entries[parent].get(name) {
-                    None => CdcStatus::NotFound,
-                    Some(child) if !Self::is_dir(*child) => CdcStatus::BadInodeType,
-                    Some(child) if !self.entries[child].is_empty() => CdcStatus::DirectoryNotEmpty,
-                    Some(_) => CdcStatus::Ok,
-                }
-            }
-            Op::Mv { directory, source_parent, target_parent, source_name, target_name } => {
-                if source_parent == target_parent && source_name == target_name {
-                    return CdcStatus::BadRequest;
-                }
-                if !self.linked(*target_parent) || !self.linked(*source_parent) {
-                    return CdcStatus::ParentInvalid;
-                }
-                let Some(source) = self.entries[source_parent].get(source_name) else {
-                    return CdcStatus::NotFound;
-                };
-                if Self::is_dir(*source) != *directory {
-                    return CdcStatus::BadInodeType;
-                }
-                if self.entries[target_parent].get(target_name).is_some_and(|t| Self::is_dir(*t)) {
-                    return CdcStatus::CannotOverrideTarget;
-                }
-                if *directory && self.inside(*target_parent, *source) {
-                    return CdcStatus::LoopDetected;
-                }
-                CdcStatus::Ok
-            }
-        }
-    }
-
-    /// Applies an operation the CDC acknowledged with OK.
-    pub fn apply(&mut self, op: &Op, inode: InodeId) {
-        match op {
-            Op::MkDir { parent, name } => {
-                self.entries.get_mut(parent).expect("parent").insert(name.clone(), inode);
-                self.entries.insert(inode, BTreeMap::new());
-                self.parents.insert(inode, *parent);
-            }
-            Op::RmDir { parent, name } => {
-                let child = self.entries.get_mut(parent).expect("parent").remove(name).expect("child");
-                self.entries.remove(&child);
-                self.parents.remove(&child);
-                self.removed.insert(child);
-            }
-            Op::Mv { directory, source_parent, target_parent, source_name, target_name } => {
-                let moved = self.entries.get_mut(source_parent).expect("source").remove(source_name).expect("entry");
-                assert_eq!(moved, inode, "the moved inode");
-                self.entries.get_mut(target_parent).expect("target").insert(target_name.clone(), moved);
-                if *directory {
-                    self.parents.insert(moved, *target_parent);
-                }
-            }
-        }
-    }
-
-    /// A random operation over a few names, mostly on valid parents.
-    pub fn random_op(&self, rng: &mut impl Rng) -> Op {
-        const NAMES: [&str; 4] = ["a", "b", "c", "d"];
-        let mut dirs: Vec<InodeId> = self.entries.keys().copied().collect();
-        dirs.sort_unstable();
-        let pick_dir = |rng: &mut dyn rand::RngCore| -> InodeId {
-            match rng.random_range(0..20) {
-                0 if !self.removed.is_empty() => *self.removed.iter().min().expect("one"),
-                1 => self
-                    .entries
-                    .values()
-                    .flat_map(|m| m.values())
-                    .copied()
-                    .find(|i| !Self::is_dir(*i))
-                    .unwrap_or(InodeId::ROOT),
-                _ => dirs[rng.random_range(0..dirs.len())],
-            }
-        };
-        let name = |rng: &mut dyn rand::RngCore| NAMES[rng.random_range(0..NAMES.len())].to_string();
-        match rng.random_range(0..10) {
-            0..=3 => Op::MkDir { parent: pick_dir(rng), name: name(rng) },
-            4..=5 => Op::RmDir { parent: pick_dir(rng), name: name(rng) },
-            kind => Op::Mv {
-                directory: kind >= 8,
-                source_parent: pick_dir(rng),
-                target_parent: pick_dir(rng),
-                source_name: name(rng),
-                target_name: name(rng),
-            },
-        }
-    }
-
-    /// Asserts the real tree equals the model.
-    pub fn assert_matches(&self, tree: &HashMap<InodeId, BTreeMap<String, InodeId>>) {
-        assert_eq!(tree.len(), self.entries.len(), "linked directories");
-        for (dir, expected) in &self.entries {
-            assert_eq!(tree.get(dir), Some(expected), "entries of {dir}");
-        }
-    }
 }

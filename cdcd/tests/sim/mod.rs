@@ -15,15 +15,16 @@
 
 #![allow(dead_code)] // each test file uses a part of the bed
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use crate::model::ShardCalls;
 use cdcd::commit::{CommitMode, GroupCommit};
 use cdcd::coordinator::{Coordinator, RetryPolicy};
 use cdcd::server::{Frontend, ReplySink, Submitted};
-use cdcd::shards::{ShardReply, Shards, TransportError};
+use cdcd::shards::{Attempt, ShardReply, Shards, TransportError};
 use cdcd::store::{ClientKey, TxnStore};
 use cdcd::txn::{Outcome, TxnArgs};
 use metad::block_services::BlockServiceTable;
@@ -34,11 +35,10 @@ use rand::{Rng, SeedableRng};
 use wire::datagram;
 use wire::limits::UDP_DATAGRAM_BYTES_MAX;
 use wire::shard::{
-    CreateEdenFileReq, LinkEdenFileReq, LinkEdenFileReqHead, LsDirReq, ShardRequest, ShardResponse, StatReq, StatResp,
-    VisitInodesReq,
+    CreateEdenFileReq, LinkEdenFileReq, LinkEdenFileReqHead, SameDirRenameReq, SameDirRenameReqHead, ShardRequest,
+    ShardResponse,
 };
 use wire::{EggsTime, InodeId, InodeType, MacKey, Name, SecretKey, ShardId};
-use zerocopy::byteorder::little_endian::U64;
 
 /// The seed of a randomised test: `SIM_SEED` if set, else `default`.
 /// Printed, so a failure can be replayed.
@@ -107,6 +107,16 @@ pub struct SimNet {
     pub late: AtomicU64,
     /// Shards that answer nothing (a dead host).
     pub down: Mutex<std::collections::HashSet<ShardId>>,
+    /// Mutations executed (not answered from a replay record).
+    pub executed_mutations: AtomicU64,
+    /// When `executed_mutations` reaches this (0: never), `tripped` is
+    /// notified: a test crashes the CDC right after a chosen step.
+    pub trip_at: AtomicU64,
+    pub tripped: tokio::sync::Notify,
+    /// Counts [`SimNet::forget_replies`]: a datagram sent before the last
+    /// one arrives stale and is dropped, as metad's replay guard drops a
+    /// datagram sent before its floor or outside its window.
+    epoch: AtomicU64,
 }
 
 fn temp_dir() -> tempfile::TempDir {
@@ -135,6 +145,10 @@ impl SimNet {
             delivered: AtomicU64::new(0),
             late: AtomicU64::new(0),
             down: Mutex::default(),
+            executed_mutations: AtomicU64::new(0),
+            trip_at: AtomicU64::new(0),
+            tripped: tokio::sync::Notify::new(),
+            epoch: AtomicU64::new(0),
         })
     }
 
@@ -182,12 +196,46 @@ impl SimNet {
             txn.commit().unwrap();
             out.truncate(len);
             sim.cache.lock().unwrap().insert(key, out.clone());
+            let executed = self.executed_mutations.fetch_add(1, Ordering::Relaxed) + 1;
+            if executed == self.trip_at.load(Ordering::Relaxed) {
+                self.tripped.notify_one();
+            }
         } else {
             let txn = sim.store.read_txn().unwrap();
             let len = sim.shard.handle_read(&sim.store, &txn, &env, header.request_id(), &request, &mut out);
             out.truncate(len);
         }
         out
+    }
+
+    /// Every shard forgets the answers it recorded: a retransmission is
+    /// executed again, as after a shard restart or an outage longer than
+    /// metad's replay window.
+    pub fn forget_replies(&self) {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+        for shard in &self.shards {
+            shard.cache.lock().unwrap().clear();
+        }
+    }
+
+    /// Delivers a datagram sent in `epoch` late, unless it is stale by then.
+    fn deliver_late(&self, epoch: u64, shard: ShardId, bytes: &[u8]) {
+        self.late.fetch_add(1, Ordering::Relaxed);
+        if self.epoch.load(Ordering::Relaxed) == epoch {
+            self.execute(shard, bytes);
+        }
+    }
+
+    /// A client's rename within `dir` (a shard-local request); whether the
+    /// shard did it.
+    pub fn rename(&self, dir: InodeId, old: &str, new: &str) -> bool {
+        let head = SameDirRenameReqHead { parent: dir };
+        let request = ShardRequest::SameDirRename(SameDirRenameReq {
+            head,
+            old_name: Name::new(old.as_bytes()).unwrap(),
+            new_name: Name::new(new.as_bytes()).unwrap(),
+        });
+        self.call(dir.shard(), &request, |response| matches!(response, ShardResponse::SameDirRename(_)))
     }
 
     fn encode(&self, request_id: u64, request: &ShardRequest<'_>) -> Vec<u8> {
@@ -218,103 +266,15 @@ impl SimNet {
         let request = ShardRequest::LinkEdenFile(LinkEdenFileReq { head, name: Name::new(name.as_bytes()).unwrap() });
         self.call(shard, &request, |response| matches!(response, ShardResponse::LinkEdenFile(_))).then_some(inode)
     }
+}
 
-    /// Living entries of `dir`: name → inode with its owning bit.
-    pub fn list(&self, dir: InodeId) -> BTreeMap<String, InodeId> {
-        let mut entries = BTreeMap::new();
-        let mut start_hash = 0u64;
-        loop {
-            let request = ShardRequest::LsDir(LsDirReq {
-                dir,
-                as_of: EggsTime::ZERO,
-                start_hash: U64::new(start_hash),
-                flags: 0,
-            });
-            let (more, next) = self.call(dir.shard(), &request, |response| match response {
-                ShardResponse::LsDir(page) => {
-                    for entry in page.entries.iter() {
-                        entries.insert(entry.name.as_str().to_string(), entry.inode);
-                    }
-                    (page.more != 0, page.next_hash.get())
-                }
-                other => panic!("ls_dir {dir}: {other:?}"),
-            });
-            if !more {
-                return entries;
-            }
-            start_hash = next;
-        }
+impl ShardCalls for SimNet {
+    fn call<T>(&self, shard: ShardId, request: &ShardRequest<'_>, read: impl FnOnce(ShardResponse<'_>) -> T) -> T {
+        SimNet::call(self, shard, request, read)
     }
 
-    /// A directory's parent; `None` when it is not a directory.
-    pub fn parent(&self, dir: InodeId) -> Option<InodeId> {
-        self.call(dir.shard(), &ShardRequest::Stat(StatReq { inode: dir }), |response| match response {
-            ShardResponse::Stat(StatResp::Directory(d)) => Some(d.parent),
-            _ => None,
-        })
-    }
-
-    /// Every inode of `shard`.
-    pub fn inodes(&self, shard: ShardId) -> Vec<InodeId> {
-        let mut inodes = Vec::new();
-        let mut begin = InodeId::NULL;
-        loop {
-            let next =
-                self.call(shard, &ShardRequest::VisitInodes(VisitInodesReq { begin }), |response| match response {
-                    ShardResponse::VisitInodes(page) => {
-                        inodes.extend(page.inodes.iter());
-                        page.next
-                    }
-                    other => panic!("visit_inodes: {other:?}"),
-                });
-            if next.is_null() {
-                return inodes;
-            }
-            begin = next;
-        }
-    }
-
-    /// Walks the tree from the root and checks the invariants of a quiet
-    /// cluster: every living entry owning (no dangling non-owning entry),
-    /// every directory's parent is the directory holding its entry, no
-    /// directory linked twice, every directory with a parent reachable (no
-    /// orphans). Returns the tree: directory → name → inode (plain), or the
-    /// first violation.
-    pub fn check_tree(&self) -> Result<BTreeMap<u64, BTreeMap<String, u64>>, String> {
-        let mut tree = BTreeMap::new();
-        let mut queue = vec![InodeId::ROOT];
-        while let Some(dir) = queue.pop() {
-            let mut plain = BTreeMap::new();
-            for (name, inode) in self.list(dir) {
-                if !inode.is_owning() {
-                    return Err(format!("dangling non-owning entry {dir}/{name}"));
-                }
-                let inode = inode.without_owning();
-                if inode.inode_type() == Some(InodeType::Directory) {
-                    if self.parent(inode) != Some(dir) {
-                        return Err(format!("parent of {dir}/{name} is {:?}", self.parent(inode)));
-                    }
-                    if tree.contains_key(&inode.get()) || queue.contains(&inode) {
-                        return Err(format!("{inode} linked twice"));
-                    }
-                    queue.push(inode);
-                }
-                plain.insert(name, inode.get());
-            }
-            tree.insert(dir.get(), plain);
-        }
-        for shard in 0..self.shard_count() {
-            for inode in self.inodes(shard) {
-                if inode.inode_type() != Some(InodeType::Directory) || inode == InodeId::ROOT {
-                    continue;
-                }
-                let parent = self.parent(inode).ok_or(format!("{inode} is not a directory"))?;
-                if !parent.is_null() && !tree.contains_key(&inode.get()) {
-                    return Err(format!("orphan directory {inode} (parent {parent})"));
-                }
-            }
-        }
-        Ok(tree)
+    fn shard_count(&self) -> u8 {
+        SimNet::shard_count(self)
     }
 }
 
@@ -327,13 +287,8 @@ impl Shards for NetShards {
         shard < self.0.shard_count()
     }
 
-    async fn request(
-        &self,
-        shard: ShardId,
-        request_id: u64,
-        request: &ShardRequest<'_>,
-        timeout: Duration,
-    ) -> Result<ShardReply, TransportError> {
+    async fn request(&self, attempt: Attempt<'_, '_>) -> Result<ShardReply, TransportError> {
+        let Attempt { shard, request_id, request, timeout } = attempt;
         let net = &self.0;
         if shard >= net.shard_count() || net.down.lock().unwrap().contains(&shard) {
             // Nobody listens there.
@@ -344,13 +299,13 @@ impl Shards for NetShards {
         let bytes = net.encode(request_id, request);
         // Half a millisecond of network each way, plus jitter.
         let one_way = Duration::from_micros(500) + net.random_below(500_000);
+        let epoch = net.epoch.load(Ordering::Relaxed);
         if net.chance(faults.duplicate) {
             let (copy, net2) = (bytes.clone(), net.clone());
             let later = net.random_below(timeout.as_nanos() as u64 * 3 + 1);
             tokio::spawn(async move {
                 tokio::time::sleep(later).await;
-                net2.late.fetch_add(1, Ordering::Relaxed);
-                net2.execute(shard, &copy);
+                net2.deliver_late(epoch, shard, &copy);
             });
         }
         if net.chance(faults.drop_request) {
@@ -363,8 +318,7 @@ impl Shards for NetShards {
             let net2 = net.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(late).await;
-                net2.late.fetch_add(1, Ordering::Relaxed);
-                net2.execute(shard, &bytes);
+                net2.deliver_late(epoch, shard, &bytes);
             });
             tokio::time::sleep(timeout).await;
             return Err(TransportError::Timeout(shard));
@@ -382,6 +336,9 @@ impl Shards for NetShards {
     }
 }
 
+/// The virtual time one commit of the CDC's store takes (its fsync).
+pub const COMMIT_FSYNC: Duration = Duration::from_micros(700);
+
 /// Retries at simulation pace: fast, and a read deadline long enough that
 /// a lossy network does not fail transactions.
 pub fn sim_retry() -> RetryPolicy {
@@ -396,6 +353,8 @@ pub fn sim_retry() -> RetryPolicy {
 #[derive(Default)]
 pub struct Answers {
     outcomes: Mutex<HashMap<ClientKey, Outcome>>,
+    /// Notified at every answer the CDC gives.
+    pub given: tokio::sync::Notify,
 }
 
 /// A running CDC incarnation.
@@ -445,7 +404,7 @@ impl Sim {
     }
 
     fn start_cdc(&self) {
-        let commits = GroupCommit::new(self.store.clone(), CommitMode::Inline);
+        let commits = GroupCommit::new(self.store.clone(), CommitMode::Inline { fsync: COMMIT_FSYNC });
         let committer = tokio::spawn(commits.clone().run());
         let shards: Vec<ShardId> = (0..self.net.shard_count()).collect();
         let seed = self.seed ^ self.crashes.load(Ordering::Relaxed);
@@ -454,17 +413,31 @@ impl Sim {
         let answers = self.answers.clone();
         let sink: ReplySink = Arc::new(move |client, _args, outcome| {
             answers.outcomes.lock().unwrap().insert(*client, outcome.clone());
+            answers.given.notify_one();
         });
         let frontend = Frontend::new(coordinator, sink);
         frontend.resume().unwrap();
         *self.cdc.lock().unwrap() = Some(Incarnation { frontend, committer });
     }
 
-    /// SIGKILL and restart: every CDC task stops where it is.
+    /// SIGKILL and restart: every CDC task stops where it is (records
+    /// queued for a commit that has not ended are lost). Half the crashes,
+    /// by the seed, also make the shards forget their replay records, as a
+    /// long outage would: the restarted CDC's retransmissions then run the
+    /// real handlers again.
     pub async fn crash(&self) {
+        let forget = self.net.chance(0.5);
+        self.crash_forgetting(forget).await;
+    }
+
+    /// [`Sim::crash`], choosing whether the shards forget their replies.
+    pub async fn crash_forgetting(&self, forget: bool) {
         if let Some(old) = self.cdc.lock().unwrap().take() {
             old.frontend.abort_all();
             old.committer.abort();
+        }
+        if forget {
+            self.net.forget_replies();
         }
         // Let the aborted tasks drop (their locks and queued commits go).
         for _ in 0..4 {
@@ -472,6 +445,11 @@ impl Sim {
         }
         self.crashes.fetch_add(1, Ordering::Relaxed);
         self.start_cdc();
+    }
+
+    /// Notified at every answer the CDC gives.
+    pub fn answers(&self) -> &Answers {
+        &self.answers
     }
 
     pub fn frontend(&self) -> Arc<Frontend<NetShards>> {
@@ -483,9 +461,12 @@ impl Sim {
     pub async fn request(&self, client: ClientKey, args: &TxnArgs) -> Outcome {
         let resend = Duration::from_millis(300);
         loop {
-            match self.frontend().submit(client, args.clone()) {
-                Submitted::Answer(outcome) => return outcome,
-                Submitted::Running | Submitted::Started(_) | Submitted::Busy | Submitted::StorageError(_) => {}
+            // No frontend while the CDC restarts: like a datagram lost.
+            let frontend = self.cdc.lock().unwrap().as_ref().map(|cdc| cdc.frontend.clone());
+            match frontend.map(|frontend| frontend.submit(client, args.clone())) {
+                Some(Submitted::Answer(outcome)) => return outcome,
+                Some(Submitted::Running | Submitted::Started(_) | Submitted::Busy | Submitted::StorageError(_))
+                | None => {}
             }
             let waited = tokio::time::Instant::now();
             while waited.elapsed() < resend {
