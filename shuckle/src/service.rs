@@ -246,7 +246,7 @@ impl Shuckle {
             storage_class: datagram.registration.storage_class,
             from_registration: true,
         };
-        if self.registry().registration_needs_check(&target) {
+        if self.registry().registration_needs_check(&target, EggsTime::now()) {
             DatagramOutcome::Check(target)
         } else {
             DatagramOutcome::Ignore
