@@ -98,9 +98,9 @@ impl SpaceWatch {
     /// thread, which tells shuckle.
     pub fn no_space(&self, available_bytes: u64, write_bytes: u64) {
         self.state().no_space(available_bytes, write_bytes);
-        match self.wake.try_send(()) {
-            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
-        }
+        // Full: a wake-up is already pending. Disconnected: the
+        // registration thread is gone (stopping). Neither needs more.
+        let _: Result<(), TrySendError<()>> = self.wake.try_send(());
     }
 }
 
