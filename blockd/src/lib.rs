@@ -14,7 +14,11 @@
 //! - [`server`]: one glommio executor's accept loop and connection handling.
 //! - [`metrics`]: counters, gauges and latency histograms (lock-free),
 //!   served by the shared `/metrics` endpoint (`daemon::metrics`).
-//! - [`registration`]: the periodic announcement to shuckle.
+//! - [`registration`]: the announcement to shuckle: periodic, and out of
+//!   turn when the service becomes full or stops being full.
+//! - [`space`]: when the service is full (free space under its reserve, or
+//!   a write found the disk full), which its `stats` report as no free
+//!   space, so shuckle gives it no write weight.
 //!
 //! `main.rs` parses flags, prepares the folder, binds one `SO_REUSEPORT`
 //! listener per executor, starts one executor per core, and waits for
@@ -27,7 +31,8 @@
 //! pinned to its core when there is one per core (with fewer, as when
 //! several daemons share a machine, the kernel places them); nothing on the request path takes a lock (shared counters are
 //! relaxed atomics). Besides them: the main thread (waits for signals with
-//! `sigwait`), a registration thread (one datagram a minute) and, with
+//! `sigwait`), a registration thread (one datagram a minute, a `statvfs`
+//! a second, woken at once by a write that found the disk full) and, with
 //! `--metrics`, the metrics thread (`daemon::metrics`). Renames, unlinks and `statvfs` are
 //! metadata calls; renames and unlinks go to glommio's blocking pool so that
 //! a slow directory never stalls an executor.
@@ -60,6 +65,7 @@ pub mod metrics;
 pub mod registration;
 pub mod request;
 pub mod server;
+pub mod space;
 pub mod store;
 
 /// io_uring buffer memory registered per executor (see the crate docs).

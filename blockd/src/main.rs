@@ -12,8 +12,9 @@ use std::sync::mpsc;
 
 use anyhow::{Context, anyhow, bail};
 use blockd::metrics::Counters;
-use blockd::registration::{announce_forever, machine_host_name, registration_bytes};
+use blockd::registration::{Announcer, machine_host_name, registration_bytes};
 use blockd::server::{self, Shared};
+use blockd::space::{BLOCK_SERVICE_RESERVE_BYTES_DEFAULT, SpaceWatch};
 use blockd::store::{self, Layout, StoreError};
 use clap::Parser;
 use daemon::address;
@@ -68,6 +69,11 @@ struct Args {
     /// connection is dropped.
     #[arg(long, default_value_t = server::STALL_TIMEOUT_DEFAULT.as_secs())]
     stall_timeout_seconds: u64,
+    /// Bytes of the disk kept free: only the space above this is reported
+    /// as free, and with less the service is full (shuckle sends it no
+    /// new blocks; it tells shuckle at once).
+    #[arg(long, default_value_t = BLOCK_SERVICE_RESERVE_BYTES_DEFAULT)]
+    reserve_bytes: u64,
 }
 
 fn main() -> ExitCode {
@@ -118,10 +124,13 @@ fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     );
     let mut registry = daemon::metrics::Registry::default();
     let counters = Arc::new(Counters::new(usage, &mut registry));
+    let (space, space_woken) = SpaceWatch::new(args.reserve_bytes);
+    let space = Arc::new(space);
     let shared = Arc::new(Shared {
         layout,
         key: MacKey::new(&key.key),
         counters: counters.clone(),
+        space: space.clone(),
         stall_timeout: std::time::Duration::from_secs(args.stall_timeout_seconds),
     });
 
@@ -149,10 +158,9 @@ fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     // From the advertised IP: shuckle takes a registration's source IP as
     // the block service's (the datagram carries only the port).
     let source = address::source(advertised);
-    tracing::info!(%advertised, "registering with shuckle");
-    std::thread::Builder::new()
-        .name("blockd-register".into())
-        .spawn(move || announce_forever(source, shuckle, datagram))?;
+    tracing::info!(%advertised, reserve_bytes = args.reserve_bytes, "registering with shuckle");
+    let announcer = Announcer { source, shuckle, datagram, root: dir.clone(), space, woken: space_woken };
+    std::thread::Builder::new().name("blockd-register".into()).spawn(move || announcer.run())?;
 
     announce::ready()?;
     signals.wait()?;

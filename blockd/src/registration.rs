@@ -1,15 +1,26 @@
 //! Announcing the block service to shuckle: the prototype's 19-byte
 //! datagram (key, TCP port, storage class) plus our optional host name,
-//! sent over UDP at start and every [`SHUCKLE_ANNOUNCE_PERIOD_NS`].
+//! sent over UDP at start and every [`SHUCKLE_ANNOUNCE_PERIOD_NS`], and out
+//! of turn when the service becomes full or stops being full
+//! ([`crate::space`]): shuckle checks a service on its registration, so
+//! the news reaches it within a poll of the free space, or at once after a
+//! write that found the disk full.
 //!
-//! It runs on a plain thread with a blocking socket: one datagram a minute
-//! needs no executor. A failed send (shuckle down, no route) is logged and
-//! retried at the next period; it never stops the block service.
+//! It runs on a plain thread with a blocking socket: a datagram a minute
+//! and a `statvfs` a second need no executor. A failed send (shuckle down,
+//! no route) is logged and retried at the next period; it never stops the
+//! block service.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
-use wire::limits::{HOST_NAME_BYTES_MAX, SHUCKLE_ANNOUNCE_PERIOD_NS};
+use wire::limits::{BLOCK_SERVICE_SPACE_POLL_NS, HOST_NAME_BYTES_MAX, SHUCKLE_ANNOUNCE_PERIOD_NS};
+
+use crate::space::SpaceWatch;
+use crate::store::free_space;
 use wire::mac::SecretKey;
 use wire::shuckle::{HostName, REGISTRATION_BYTES, Registration, RegistrationDatagram};
 use zerocopy::byteorder::little_endian::U16;
@@ -42,25 +53,75 @@ pub fn machine_host_name() -> String {
     String::from_utf8_lossy(&buf[..len]).into_owned()
 }
 
-/// Sends `datagram` to `shuckle` from `source` now and every period,
-/// forever (call on its own thread).
-pub fn announce_forever(source: SocketAddr, shuckle: SocketAddr, datagram: Vec<u8>) {
-    let period = Duration::from_nanos(SHUCKLE_ANNOUNCE_PERIOD_NS);
-    let socket = loop {
-        match UdpSocket::bind(source) {
-            Ok(socket) => break socket,
-            Err(e) => {
-                tracing::warn!(error = %e, %source, "cannot open the registration socket; retrying");
-                std::thread::sleep(period);
+/// Where and what to announce, and the space to watch.
+pub struct Announcer {
+    pub source: SocketAddr,
+    pub shuckle: SocketAddr,
+    pub datagram: Vec<u8>,
+    /// The block service's folder (its file system's free space).
+    pub root: PathBuf,
+    pub space: Arc<SpaceWatch>,
+    /// Woken by a write that found the disk full.
+    pub woken: Receiver<()>,
+}
+
+impl Announcer {
+    /// Sends the registration now, every period, and whenever the service
+    /// becomes full or stops being full; forever (call on its own thread).
+    pub fn run(self) {
+        let period = Duration::from_nanos(SHUCKLE_ANNOUNCE_PERIOD_NS);
+        let poll = Duration::from_nanos(BLOCK_SERVICE_SPACE_POLL_NS);
+        let socket = loop {
+            match UdpSocket::bind(self.source) {
+                Ok(socket) => break socket,
+                Err(e) => {
+                    tracing::warn!(error = %e, source = %self.source, "cannot open the registration socket; retrying");
+                    std::thread::sleep(poll);
+                }
+            }
+        };
+        let mut full = self.is_full();
+        let mut next_announcement = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now >= next_announcement {
+                self.send(&socket);
+                next_announcement = now + period;
+            }
+            match self.woken.recv_timeout(poll.min(next_announcement.saturating_duration_since(now))) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                // The executors are gone: the process is stopping.
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(poll),
+            }
+            let now_full = self.is_full();
+            if now_full != full {
+                full = now_full;
+                if full {
+                    tracing::warn!(root = %self.root.display(), "block service full: telling shuckle now");
+                } else {
+                    tracing::info!(root = %self.root.display(), "block service has space again: telling shuckle now");
+                }
+                next_announcement = Instant::now();
             }
         }
-    };
-    loop {
-        match socket.send_to(&datagram, shuckle) {
-            Ok(_) => tracing::debug!(%shuckle, "registration sent"),
-            Err(e) => tracing::warn!(error = %e, %shuckle, "registration not sent"),
+    }
+
+    /// Full now (a failed `statvfs` changes nothing: not full).
+    fn is_full(&self) -> bool {
+        match free_space(&self.root) {
+            Ok((available_bytes, _)) => self.space.free_for_blocks(available_bytes) == 0,
+            Err(e) => {
+                tracing::warn!(error = %e, root = %self.root.display(), "cannot read the free space");
+                false
+            }
         }
-        std::thread::sleep(period);
+    }
+
+    fn send(&self, socket: &UdpSocket) {
+        match socket.send_to(&self.datagram, self.shuckle) {
+            Ok(_) => tracing::debug!(shuckle = %self.shuckle, "registration sent"),
+            Err(e) => tracing::warn!(error = %e, shuckle = %self.shuckle, "registration not sent"),
+        }
     }
 }
 

@@ -34,6 +34,13 @@
 //!   conflicting existing block, an unknown block, a truncated request)
 //!   close the connection after logging the reason; the temporary file of a
 //!   refused write is removed.
+//! - **A write the disk fails** (full, or an I/O error) is not the
+//!   request's fault: its temporary file is removed, the rest of its
+//!   payload is read and dropped, and it is answered with the block
+//!   protocol's error ([`wire::block::BlockErrorResp`]: `NO_SPACE` or
+//!   `STORAGE_ERROR`); the connection stays in step and serves on. A full
+//!   disk also marks the service full ([`crate::space`]), which tells
+//!   shuckle at once.
 //! - **Stopping.** `main` closes this executor's end of a socket pair on
 //!   SIGTERM/SIGINT; the executor then stops accepting, lets every
 //!   connection finish the request it is in (a write in flight completes
@@ -102,9 +109,10 @@ use glommio::io::{BufferedFile, Directory, DmaFile, OpenOptions, ReadResult};
 use glommio::net::{Preallocated, TcpListener, TcpStream, UnixStream};
 use glommio::sync::{Gate, Semaphore};
 use glommio::task::JoinHandle;
+use wire::ErrorKind;
 use wire::block::{
-    BlockRequest, CrcReq, CrcResp, EraseReq, EraseResp, FetchReq, FetchRespHead, REQUEST_BYTES_MAX, StatsReq,
-    StatsResp, WriteReq, WriteResp, request_len,
+    BlockErrorResp, BlockRequest, CrcReq, CrcResp, EraseReq, EraseResp, FetchReq, FetchRespHead, REQUEST_BYTES_MAX,
+    StatsReq, StatsResp, WriteReq, WriteResp, request_len,
 };
 use wire::crc::crc32c_append;
 use wire::ids::{BlockId, EggsTime};
@@ -113,6 +121,7 @@ use zerocopy::IntoBytes;
 
 use crate::metrics::Counters;
 use crate::request::{Refusal, check_erase, check_write, existing_block_matches};
+use crate::space::{SpaceWatch, is_no_space};
 use crate::store::{BLOCK_DIR_COUNT, Layout, free_space};
 
 /// Unit of disk and socket transfers of a block: large enough that the disk
@@ -172,6 +181,8 @@ pub struct Shared {
     pub layout: Layout,
     pub key: MacKey,
     pub counters: Arc<Counters>,
+    /// Whether the disk is full ([`crate::space`]).
+    pub space: Arc<SpaceWatch>,
     /// A request whose bytes stop coming (or whose response is not read)
     /// for this long is abandoned. Idle connections between requests have
     /// no limit.
@@ -192,6 +203,10 @@ enum ConnectionEnd {
         #[source]
         source: io::Error,
     },
+    /// A storage failure already answered with an error: the connection
+    /// is still in step and serves on.
+    #[error("answered {kind}: {failure}")]
+    Answered { kind: ErrorKind, failure: Box<ConnectionEnd> },
 }
 
 fn storage<'a, E: Into<io::Error>>(operation: &'static str, path: &'a Path) -> impl FnOnce(E) -> ConnectionEnd + 'a {
@@ -490,6 +505,10 @@ async fn serve_connection(executor: Rc<Executor>, stream: TcpStream, id: u64, sh
         match serve_request(&executor, &mut stream, id, &shed).await {
             Ok(true) => {}
             Ok(false) => break,
+            Err(ConnectionEnd::Answered { kind, failure }) => {
+                tracing::warn!(?peer, error = %failure, %kind, "write failed on the disk; answered with an error");
+                executor.shared.counters.io_error();
+            }
             Err(ConnectionEnd::Refused(refusal)) => {
                 match refusal {
                     // Expected under load or attack: not worth a warning each.
@@ -641,14 +660,18 @@ async fn write(executor: &Executor, stream: &mut Stream, request: &WriteReq) -> 
     check_write(request, &executor.shared.key, EggsTime::now())?;
     let block_id = request.block_id;
     let temp = executor.shared.layout.temp_path(block_id, executor.index, executor.next_sequence());
-    let staged = stage(stream, request, &temp).await;
+    let mut received = 0u64;
+    let staged = stage(stream, request, &temp, &mut received).await;
     let published = match staged {
         Ok(()) => publish(executor, request, &temp).await,
         Err(end) => Err(end),
     };
     if let Err(end) = published {
         discard(&temp).await;
-        return Err(end);
+        return match end {
+            ConnectionEnd::Storage { .. } => answer_storage_failure(executor, stream, request, received, end).await,
+            end => Err(end),
+        };
     }
     let size = u64::from(request.size.get());
     executor.shared.counters.written(size);
@@ -657,9 +680,50 @@ async fn write(executor: &Executor, stream: &mut Stream, request: &WriteReq) -> 
     Ok(())
 }
 
+/// Answers a write whose bytes the disk did not take (`failure`, a
+/// [`ConnectionEnd::Storage`]; the temporary file is already gone): reads
+/// and drops the rest of the payload (`received` of it was read), marks
+/// the service full if the disk is, and sends the error answer. `Ok` is
+/// never returned: the result is [`ConnectionEnd::Answered`] when the
+/// answer went out (the connection serves on), else the failure that
+/// ended it.
+async fn answer_storage_failure(
+    executor: &Executor,
+    stream: &mut Stream,
+    request: &WriteReq,
+    received: u64,
+    failure: ConnectionEnd,
+) -> Result<(), ConnectionEnd> {
+    let block_id = request.block_id;
+    let size = u64::from(request.size.get());
+    let kind = match &failure {
+        ConnectionEnd::Storage { source, .. } if is_no_space(source) => {
+            let root = executor.shared.layout.root();
+            let available_bytes = free_space(root).map(|(bytes, _)| bytes).unwrap_or(0);
+            executor.shared.space.no_space(available_bytes, size);
+            ErrorKind::NoSpace
+        }
+        _ => ErrorKind::StorageError,
+    };
+    let mut rest = size.saturating_sub(received);
+    let mut sink = vec![0u8; RECEIVE_BUFFER_BYTES];
+    while rest > 0 {
+        let length = rest.min(sink.len() as u64) as usize;
+        let read = stream.read(&mut sink[..length]).await;
+        match read {
+            Ok(0) => return Err(Refusal::TruncatedPayload(block_id).into()),
+            Ok(read) => rest -= read as u64,
+            Err(e) => return Err(read_failure(e, Refusal::TruncatedPayload(block_id))),
+        }
+    }
+    stream.write_all(BlockErrorResp::new(block_id, kind).as_bytes()).await?;
+    Err(ConnectionEnd::Answered { kind, failure: Box::new(failure) })
+}
+
 /// Streams the payload into `temp`, checks its CRC, and makes the file
-/// durable at its exact size.
-async fn stage(stream: &mut Stream, request: &WriteReq, temp: &Path) -> Result<(), ConnectionEnd> {
+/// durable at its exact size. `received` counts the payload bytes read
+/// from the socket (all of them once this returns `Ok`).
+async fn stage(stream: &mut Stream, request: &WriteReq, temp: &Path, received: &mut u64) -> Result<(), ConnectionEnd> {
     let block_id = request.block_id;
     let size = u64::from(request.size.get());
     let file = OpenOptions::new()
@@ -681,6 +745,7 @@ async fn stage(stream: &mut Stream, request: &WriteReq, temp: &Path) -> Result<(
         let bytes = buffer.as_bytes_mut();
         let (data, padding) = bytes.split_at_mut(length.min(bytes.len()));
         stream.read_exact(data).await.map_err(|e| read_failure(e, Refusal::TruncatedPayload(block_id)))?;
+        *received += length as u64;
         padding.fill(0);
         crc = crc32c_append(crc, data);
         if in_flight.len() >= WRITE_BEHIND_CHUNKS
@@ -980,11 +1045,12 @@ fn remove_block(path: &Path) -> io::Result<Option<u64>> {
 
 async fn stats(executor: &Executor, stream: &mut Stream, request: &StatsReq) -> Result<(), ConnectionEnd> {
     let root = executor.shared.layout.root();
-    let (free_bytes, free_blocks) = free_space(root).map_err(storage("statvfs", root))?;
+    let (available_bytes, free_blocks) = free_space(root).map_err(storage("statvfs", root))?;
     let usage = executor.shared.counters.usage();
     let stats = wire::block::BlockServiceStats {
         used_bytes: usage.used_bytes,
-        free_bytes,
+        // Above the reserve, and 0 while full (`crate::space`).
+        free_bytes: executor.shared.space.free_for_blocks(available_bytes),
         used_blocks: usage.used_blocks,
         free_blocks,
     };

@@ -186,26 +186,41 @@ fn memory_of_a_burst_of_garbage_connections_is_given_back() {
     normal_client_round(&daemon, 0);
 }
 
-/// A write on a new connection: its proof, or `None` when the service
-/// refused it (closed the connection without a proof).
-fn try_write(daemon: &Daemon, key: &wire::mac::MacKey, id: wire::BlockId, data: &[u8]) -> Option<()> {
-    let mut stream = daemon.connect();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+/// What a write got back.
+#[derive(Debug, PartialEq)]
+enum Written {
+    Proof,
+    /// The block protocol's error answer (the connection stays usable).
+    Error(wire::ErrorKind),
+    /// The connection closed without an answer.
+    Closed,
+}
+
+/// A write on `stream`.
+fn try_write(stream: &mut TcpStream, key: &wire::mac::MacKey, id: wire::BlockId, data: &[u8]) -> Written {
     let request = WriteReq::new(key, id, wire::crc::crc32c(data), data.len() as u32);
-    stream.write_all(request.as_bytes()).ok()?;
-    stream.write_all(data).ok()?;
+    if stream.write_all(request.as_bytes()).and_then(|()| stream.write_all(data)).is_err() {
+        return Written::Closed;
+    }
     let mut answer = vec![0u8; std::mem::size_of::<wire::block::WriteResp>()];
-    stream.read_exact(&mut answer).ok()?;
-    let response = <wire::block::WriteResp as zerocopy::FromBytes>::read_from_bytes(&answer).ok()?;
+    if stream.read_exact(&mut answer).is_err() {
+        return Written::Closed;
+    }
+    if let Some((answered, kind)) = wire::block::BlockErrorResp::decode(&answer) {
+        assert_eq!(answered, id, "an error answer names its block");
+        return Written::Error(kind);
+    }
+    let response = <wire::block::WriteResp as zerocopy::FromBytes>::read_from_bytes(&answer).unwrap();
     assert!(response.block_id == id && response.proof_valid(key), "a write proof must be valid");
-    Some(())
+    Written::Proof
 }
 
 /// Issue 17's disk-full probe on blocks: with its folder full, blockd
-/// refuses writes (never a proof for bytes it could not store), keeps
-/// serving the blocks it has, reports the space in its stats, and takes
-/// writes again once space is freed. Needs root (tmpfs): skipped with a
-/// message elsewhere, never under CI.
+/// refuses writes (never a proof for bytes it could not store) with the
+/// error answer `NO_SPACE` on a connection that stays usable, keeps
+/// serving the blocks it has, reports itself full (no free bytes) in its
+/// stats, and takes writes again once space is freed. Needs root (tmpfs):
+/// skipped with a message elsewhere, never under CI.
 #[test]
 fn a_full_disk_refuses_writes_keeps_serving_and_recovers() {
     let temp = tempfile::tempdir().unwrap();
@@ -222,36 +237,41 @@ fn a_full_disk_refuses_writes_keeps_serving_and_recovers() {
         }
     }
     let _unmount = Unmount(dir.clone());
-    let daemon = Daemon::start(&dir, &[]);
+    // No reserve: full only when the disk says so.
+    let daemon = Daemon::start(&dir, &["--reserve-bytes", "0"]);
     let key = daemon.key();
     let mut written = Vec::new();
     let mut refused = 0;
+    let mut stream = daemon.connect();
     for round in 0..64 {
         let id = fresh_block_id(91);
         let data = random_bytes(1 << 20);
-        match try_write(&daemon, &key, id, &data) {
-            Some(()) => written.push((id, data)),
-            None => {
+        match try_write(&mut stream, &key, id, &data) {
+            Written::Proof => written.push((id, data)),
+            Written::Error(kind) => {
+                assert_eq!(kind, wire::ErrorKind::NoSpace, "a full disk answers NO_SPACE");
                 refused += 1;
                 if refused >= 3 {
                     break;
                 }
             }
+            Written::Closed => panic!("round {round}: the service closed the connection instead of answering"),
         }
         assert!(round < 63, "an 8 MiB disk took 64 MiB of blocks");
     }
     assert!(!written.is_empty(), "some blocks fit before the disk filled");
-    // Still serving, with the right bytes, and saying the disk is full.
-    let mut stream = daemon.connect();
+    // Still serving on the same connection, with the right bytes, and
+    // saying the disk is full.
     for (id, data) in &written {
         assert!(fetch_block(&mut stream, *id) == *data, "a stored block reads back identical on a full disk");
     }
     let full = stats(&mut stream, &key);
-    assert!(full.free_bytes < 1 << 20, "stats say the disk is full: {} bytes free", full.free_bytes);
+    assert_eq!(full.free_bytes, 0, "stats say the service is full");
     // Space back: erase two blocks, and a write succeeds again.
     for (id, _) in written.drain(..2) {
         erase_block(&mut stream, &key, id);
     }
     let id = fresh_block_id(91);
-    assert!(try_write(&daemon, &key, id, &random_bytes(1 << 20)).is_some(), "writes resume once space is freed");
+    assert_eq!(try_write(&mut stream, &key, id, &random_bytes(1 << 20)), Written::Proof, "writes resume");
+    assert!(stats(&mut stream, &key).free_bytes > 0, "no longer full once a block fits again");
 }

@@ -17,7 +17,7 @@ use crate::error::{ClientError, Result};
 use crate::pool::{Answer, Failure, pool};
 
 fn block_error(addr: SocketAddr, block_id: BlockId, failure: Failure) -> ClientError {
-    ClientError::Block { addr, block_id, reason: failure.reason }
+    ClientError::Block { addr, block_id, reason: failure.reason, answered: failure.answered }
 }
 
 /// Writes `data` as block `block_id` with the shard's write `certificate`;
@@ -50,12 +50,13 @@ pub async fn fetch_block_into(
     match pool().fetch(addr, block_id, expected_size, dst).await {
         Ok(Answer::Fetched { data, crc }) => Ok((data, crc)),
         Ok(Answer::Proof(_)) => {
-            let failure = Failure { kind: crate::pool::FailureKind::Failed, reason: "answer of another kind".into() };
-            let error = ClientError::Block { addr, block_id, reason: failure.reason.clone() };
+            let failure = Failure::new(crate::pool::FailureKind::Failed, "answer of another kind");
+            let error = ClientError::Block { addr, block_id, reason: failure.reason.clone(), answered: None };
             Err((error, failure, None))
         }
         Err((failure, dst)) => {
-            let error = ClientError::Block { addr, block_id, reason: failure.reason.clone() };
+            let error =
+                ClientError::Block { addr, block_id, reason: failure.reason.clone(), answered: failure.answered };
             Err((error, failure, dst))
         }
     }

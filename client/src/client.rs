@@ -481,6 +481,12 @@ impl Client {
 
     /// Every block service shuckle knows, as (id, address, storage class, flags).
     pub async fn block_services(&self) -> Result<Vec<(BlockServiceId, SocketAddr, u8, u8)>> {
+        let services = self.block_service_summaries().await?;
+        Ok(services.iter().map(|s| (s.id, s.addr, s.storage_class, s.flags)).collect())
+    }
+
+    /// Every block service shuckle knows, with its state and space.
+    pub async fn block_service_summaries(&self) -> Result<Vec<BlockServiceSummary>> {
         let mut services = Vec::new();
         let mut begin = BlockServiceId::new(0);
         for _ in 0..PAGES_MAX {
@@ -490,17 +496,42 @@ impl Client {
             let ShuckleResponse::BlockServices(page) = &response else {
                 return Err(reply.unexpected(&response).into());
             };
-            services.extend(
-                page.block_services
-                    .iter()
-                    .map(|info| (info.id, info.address.socket_addr(), info.storage_class, info.flags)),
-            );
-            if page.next.get() == 0 {
+            services.extend(page.block_services.iter().map(|info| BlockServiceSummary {
+                id: info.id,
+                addr: info.address.socket_addr(),
+                storage_class: info.storage_class,
+                flags: info.flags,
+                free_bytes: info.free_bytes.get(),
+                last_check: info.last_check,
+            }));
+            if page.next.get() == 0 || page.next <= begin {
                 return Ok(services);
             }
             begin = page.next;
         }
         Ok(services)
+    }
+}
+
+/// A block service as shuckle lists it (public: never its key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockServiceSummary {
+    pub id: BlockServiceId,
+    pub addr: SocketAddr,
+    pub storage_class: u8,
+    /// `wire::shuckle::flags`.
+    pub flags: u8,
+    /// Free space above the service's reserve: 0 means full.
+    pub free_bytes: u64,
+    /// Its last good check by shuckle; zero when never checked.
+    pub last_check: EggsTime,
+}
+
+impl BlockServiceSummary {
+    /// Full: checked, writable by its flags, but with no free space (a
+    /// drained, stale or terminal service is out for another reason).
+    pub fn is_full(&self) -> bool {
+        self.free_bytes == 0 && self.last_check != EggsTime::ZERO && self.flags == 0
     }
 }
 

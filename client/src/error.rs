@@ -30,9 +30,17 @@ pub enum ClientError {
     /// The CDC refused or failed a transaction.
     #[error("{operation} {path}: {status}{}", if text.is_empty() { String::new() } else { format!(" ({text})") })]
     Cdc { operation: &'static str, path: String, status: &'static str, text: String },
-    /// A block service failed or refused a request.
+    /// A block service failed or refused a request; `answered` is the
+    /// error it answered (the block protocol's error answer, e.g.
+    /// `NO_SPACE`), if it said why.
     #[error("block service {addr}, block {block_id}: {reason}")]
-    Block { addr: SocketAddr, block_id: BlockId, reason: String },
+    Block { addr: SocketAddr, block_id: BlockId, reason: String, answered: Option<ErrorKind> },
+    /// A write found no block services with space: some of the storage
+    /// class's services are full, and too few others are left.
+    #[error(
+        "no space left on device: {full} of the {total} block services of storage class {storage_class} are full ({reason})"
+    )]
+    NoSpace { storage_class: u8, full: usize, total: usize, reason: String },
     /// A span could not be read or written.
     #[error("file {inode}, span at offset {offset}: {reason}")]
     Span { inode: InodeId, offset: u64, reason: String },
@@ -55,6 +63,8 @@ impl ClientError {
     pub fn error_kind(&self) -> Option<ErrorKind> {
         match self {
             ClientError::Request(request) => request.error_kind(),
+            ClientError::Block { answered, .. } => *answered,
+            ClientError::NoSpace { .. } => Some(ErrorKind::NoSpace),
             _ => None,
         }
     }

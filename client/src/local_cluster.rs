@@ -63,6 +63,10 @@ pub struct ClusterConfig {
     /// Storage class of the block services.
     #[arg(long, default_value_t = 2)]
     pub storage_class: u8,
+    /// Each block service's reserve (`blockd --reserve-bytes`): with less
+    /// free space it is full. Unset: blockd's default.
+    #[arg(long)]
+    pub block_reserve_bytes: Option<u64>,
     /// Shuckle's HTTP and UDP port (0: any free port).
     #[arg(long, default_value_t = SHUCKLE_PORT_DEFAULT)]
     pub shuckle_port: u16,
@@ -414,7 +418,7 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
         let remembered = std::fs::read_to_string(&port_file).ok().and_then(|text| text.trim().parse::<u16>().ok());
         let name = format!("block service {index}");
         let args = |port: u16| {
-            vec![
+            let mut args = vec![
                 block_dir.display().to_string(),
                 "--storage-class".into(),
                 config.storage_class.to_string(),
@@ -426,7 +430,11 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
                 "1".into(),
                 METRICS_FLAG.into(),
                 loopback(0),
-            ]
+            ];
+            if let Some(bytes) = config.block_reserve_bytes {
+                args.extend(["--reserve-bytes".to_owned(), bytes.to_string()]);
+            }
+            args
         };
         let mut daemon = match remembered {
             Some(port) => match start(name.clone(), &blockd_bin, &args(port)).await {

@@ -31,12 +31,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
-use wire::BlockId;
 use wire::block::{
-    EraseReq, EraseResp, FetchReq, FetchRespHead, TAG_ERASED, TAG_FETCHED, TAG_WRITTEN, WriteReq, WriteResp,
+    BlockErrorResp, EraseReq, EraseResp, FetchReq, FetchRespHead, TAG_ERASED, TAG_ERROR, TAG_FETCHED, TAG_WRITTEN,
+    WriteReq, WriteResp,
 };
 use wire::crc::crc32c_append;
 use wire::mac::Mac;
+use wire::{BlockId, ErrorKind};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Time to connect to a block service.
@@ -77,11 +78,23 @@ pub enum FailureKind {
 pub struct Failure {
     pub kind: FailureKind,
     pub reason: String,
+    /// The error the service answered (`wire::block::BlockErrorResp`),
+    /// e.g. `NO_SPACE`; `None` when it answered nothing or something else.
+    pub answered: Option<ErrorKind>,
 }
 
 impl Failure {
-    fn new(kind: FailureKind, reason: impl Into<String>) -> Self {
-        Self { kind, reason: reason.into() }
+    pub fn new(kind: FailureKind, reason: impl Into<String>) -> Self {
+        Self { kind, reason: reason.into(), answered: None }
+    }
+}
+
+/// What an error answer's kind means to a user.
+pub fn answered_words(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::NoSpace => "no space left on device",
+        ErrorKind::StorageError => "the block service's disk failed",
+        _ => "the block service refused the request",
     }
 }
 
@@ -490,6 +503,18 @@ async fn answer(socket: &mut OwnedReadHalf, expect: Expect) -> Result<Answer, (F
                     return Err((failure, None));
                 }
                 Ok(Ok(_)) => {}
+            }
+            // The error answer has the proof's length (wire::block).
+            if response[0] == TAG_ERROR {
+                let failure = match BlockErrorResp::decode(&response) {
+                    Some((answered_block, kind)) if answered_block == block_id => Failure {
+                        kind: FailureKind::Failed,
+                        reason: format!("{} ({kind})", answered_words(kind)),
+                        answered: Some(kind),
+                    },
+                    _ => Failure::new(FailureKind::Failed, "malformed error answer to a write"),
+                };
+                return Err((failure, None));
             }
             let Ok(response) = WriteResp::read_from_bytes(&response) else {
                 return Err((Failure::new(FailureKind::Failed, "malformed write response"), None));

@@ -19,7 +19,14 @@
 //! whose writes failed are remembered in a [`FailedServices`] shared by the
 //! attempts, and every add_eden_span sends them as its blacklist, so the
 //! shard places the new spans elsewhere instead of on a service that is
-//! dead but not yet stale in shuckle.
+//! dead but not yet stale in shuckle, or full (a blacklisted service the
+//! shard still offers makes it refresh its table from shuckle at once).
+//!
+//! A block service whose disk is full answers `NO_SPACE` (the block
+//! protocol's error answer), so a failed block says "no space left on
+//! device"; and when placement then finds too few services while some of
+//! the storage class are full, the write fails with
+//! [`ClientError::NoSpace`] rather than "not enough block services".
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -181,9 +188,31 @@ pub async fn write_spans(
 /// certifies it.
 pub async fn write_span(client: &Client, eden: EdenFile, span: &EncodedSpan, failed: &FailedServices) -> Result<()> {
     let avoid = failed.snapshot();
-    let certificates = add_span(client, eden, span, &avoid).await?;
+    let certificates = match add_span(client, eden, span, &avoid).await {
+        Ok(certificates) => certificates,
+        Err(error) if error.error_kind() == Some(ErrorKind::NotEnoughBlockServices) => {
+            return Err(explain_too_few_services(client, span, error).await);
+        }
+        Err(error) => return Err(error),
+    };
     let proofs = write_blocks(eden.inode, span, &certificates, failed).await?;
     client.certify_eden_span(eden, span.offset, &proofs).await
+}
+
+/// A span found too few block services (`error`): when some of its
+/// storage class are full (shuckle lists them with no free space), that is
+/// the reason the user needs to hear, "no space left on device", rather
+/// than "too few are up". Otherwise, or if shuckle cannot say, `error`.
+async fn explain_too_few_services(client: &Client, span: &EncodedSpan, error: ClientError) -> ClientError {
+    let SpanPayload::Blocks(blocks) = &span.payload else { return error };
+    let storage_class = blocks.storage_class;
+    let Ok(services) = client.block_service_summaries().await else { return error };
+    let of_class: Vec<_> = services.iter().filter(|service| service.storage_class == storage_class).collect();
+    let full = of_class.iter().filter(|service| service.is_full()).count();
+    if full == 0 {
+        return error;
+    }
+    ClientError::NoSpace { storage_class, full, total: of_class.len(), reason: error.to_string() }
 }
 
 /// add_eden_span for `span`, placed on none of the services in `avoid`
@@ -317,7 +346,12 @@ async fn write_blocks(
                     Ok(proof) => return (index, Ok(proof)),
                     Err(error) => {
                         tracing::debug!(%error, attempt, "block write failed");
+                        // A full disk stays full for the next attempt.
+                        let full = error.error_kind() == Some(ErrorKind::NoSpace);
                         last_error = Some(error);
+                        if full {
+                            break;
+                        }
                     }
                 }
             }

@@ -6,7 +6,8 @@
 //! ARCHITECTURE.md, "Testing"): slowloris in `blockd/tests/hardening.rs`,
 //! replay in `cdcd/tests/replay.rs`, the poison datagram and the full disk
 //! of the CDC in `cdcd/tests/hardening.rs`, corrupted metadata in
-//! `metad/tests/corruption.rs`.
+//! `metad/tests/corruption.rs`, full block services in
+//! `client/tests/disk_full.rs`.
 //!
 //! Every datagram comes from a seeded generator (the seed is printed;
 //! `ATTACK_SEED=N` replays one run): random bytes of random lengths,

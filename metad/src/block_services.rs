@@ -105,6 +105,13 @@ impl BlockServiceTable {
 /// Flags that exclude a service from new writes.
 const NOT_WRITABLE: u8 = flags::STALE | flags::DRAIN | flags::TERMINAL | flags::UNKNOWN;
 
+impl BlockServiceRecord {
+    /// Placement may choose it (flags and weight; the storage class aside).
+    pub fn writable(&self) -> bool {
+        self.flags & NOT_WRITABLE == 0 && self.write_weight > 0
+    }
+}
+
 /// Why no placement was possible.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{available} writable block services of storage class {storage_class}, {needed} needed")]

@@ -47,6 +47,9 @@ pub struct BlockServiceJson {
     pub storage_class: u8,
     pub status: &'static str,
     pub stale: bool,
+    /// No space for new blocks (its last check reported no free bytes
+    /// above its reserve): no write weight until it has space again.
+    pub full: bool,
     /// Unix milliseconds of the last good check; `null` if never.
     pub last_check: Option<u64>,
     /// "3 minutes ago".
@@ -96,6 +99,7 @@ fn block_service_json(
         storage_class: record.storage_class,
         status: record.status.name(),
         stale: registry.is_stale(record, now),
+        full: registry.is_full(record),
         last_check: unix_ms(record.last_check_ns),
         last_check_ago: ago(record.last_check(), now),
         used_bytes: record.used_bytes,

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 use wire::block::BlockServiceStats;
+use wire::limits::REGISTRATION_CHECK_INTERVAL_MIN_NS;
 use wire::mac::{SecretKey, block_service_id};
 use wire::shuckle::{BlockServiceStatus, flags};
 use wire::{BlockServiceId, EggsTime, ShardId};
@@ -230,16 +231,30 @@ impl Registry {
         value
     }
 
-    /// A registration is checked at once when it is new or changes what we
-    /// know (address, storage class or host); otherwise the round-robin
-    /// covers it.
-    pub fn registration_needs_check(&self, target: &CheckTarget) -> bool {
+    /// A registration is checked at once: a new service, or one that
+    /// changes what we know (address, storage class or host), and also an
+    /// unchanged one, which re-registers out of turn when it becomes full
+    /// or has space again (blockd's `space`), unless its last good check
+    /// is younger than [`REGISTRATION_CHECK_INTERVAL_MIN_NS`] (a flood of
+    /// registrations costs at most that many checks; the round-robin
+    /// covers the rest).
+    pub fn registration_needs_check(&self, target: &CheckTarget, now: EggsTime) -> bool {
         match self.block_services.get(&target.id()) {
             None => true,
             Some(record) => {
-                record.addr != target.addr || record.storage_class != target.storage_class || record.host != target.host
+                record.addr != target.addr
+                    || record.storage_class != target.storage_class
+                    || record.host != target.host
+                    || now.get().saturating_sub(record.last_check_ns) >= REGISTRATION_CHECK_INTERVAL_MIN_NS
             }
         }
+    }
+
+    /// No space for new blocks: its last good check reported no free bytes
+    /// (blockd reports only the space above its reserve, and none after a
+    /// write found its disk full). Such a service gets no write weight.
+    pub fn is_full(&self, record: &BlockServiceRecord) -> bool {
+        record.last_check_ns != 0 && record.free_bytes == 0
     }
 
     /// The record after a good check of `target` at `now`; `None` when the
@@ -395,12 +410,33 @@ mod tests {
     #[test]
     fn new_and_changed_registrations_are_checked_at_once() {
         let registry = registry_with(&[target(1, 4000)], at(0));
-        assert!(registry.registration_needs_check(&target(2, 4000)));
-        assert!(!registry.registration_needs_check(&target(1, 4000)));
-        assert!(registry.registration_needs_check(&target(1, 4001)));
+        assert!(registry.registration_needs_check(&target(2, 4000), at(0)));
+        assert!(registry.registration_needs_check(&target(1, 4001), at(0)));
         let mut other_class = target(1, 4000);
         other_class.storage_class = 3;
-        assert!(registry.registration_needs_check(&other_class));
+        assert!(registry.registration_needs_check(&other_class, at(0)));
+    }
+
+    #[test]
+    fn an_unchanged_registration_is_checked_unless_just_checked() {
+        let registry = registry_with(&[target(1, 4000)], at(0));
+        assert!(!registry.registration_needs_check(&target(1, 4000), at(0)));
+        let soon = EggsTime::new(at(0).get() + REGISTRATION_CHECK_INTERVAL_MIN_NS - 1);
+        assert!(!registry.registration_needs_check(&target(1, 4000), soon));
+        let later = EggsTime::new(at(0).get() + REGISTRATION_CHECK_INTERVAL_MIN_NS);
+        assert!(registry.registration_needs_check(&target(1, 4000), later));
+    }
+
+    #[test]
+    fn a_service_reporting_no_free_bytes_is_full_and_gets_no_weight() {
+        let mut registry = registry_with(&[target(1, 4000), target(2, 4001)], at(0));
+        let full = registry.after_good_check(&target(2, 4001), stats(10, 0), at(1)).unwrap();
+        registry.insert(full);
+        assert!(registry.is_full(registry.block_service(target(2, 0).id()).unwrap()));
+        assert!(!registry.is_full(registry.block_service(target(1, 0).id()).unwrap()));
+        let weights = registry.write_weights(at(1));
+        assert_eq!(weights[&target(2, 0).id()], 0);
+        assert!(weights[&target(1, 0).id()] > 0);
     }
 
     #[test]

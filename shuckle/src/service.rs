@@ -177,7 +177,7 @@ impl Shuckle {
     /// `out` (at least [`UDP_DATAGRAM_BYTES_MAX`] bytes).
     pub fn handle_datagram(&self, bytes: &[u8], source: SocketAddr, now: EggsTime, out: &mut [u8]) -> DatagramOutcome {
         if is_registration(bytes) {
-            return self.handle_registration(bytes, source);
+            return self.handle_registration(bytes, source, now);
         }
         let (header, request) = match datagram::decode::<ShuckleRequest>(bytes, Some(&self.cluster_key)) {
             Ok(decoded) => decoded,
@@ -227,7 +227,7 @@ impl Shuckle {
         outcome
     }
 
-    fn handle_registration(&self, bytes: &[u8], source: SocketAddr) -> DatagramOutcome {
+    fn handle_registration(&self, bytes: &[u8], source: SocketAddr, now: EggsTime) -> DatagramOutcome {
         let datagram = match RegistrationDatagram::decode(bytes) {
             Ok(datagram) => datagram,
             Err(error) => {
@@ -246,7 +246,7 @@ impl Shuckle {
             storage_class: datagram.registration.storage_class,
             from_registration: true,
         };
-        if self.registry().registration_needs_check(&target) {
+        if self.registry().registration_needs_check(&target, now) {
             DatagramOutcome::Check(target)
         } else {
             DatagramOutcome::Ignore
@@ -640,7 +640,7 @@ mod tests {
     }
 
     #[test]
-    fn registrations_are_checked_only_when_new_or_changed() {
+    fn registrations_are_checked_when_new_changed_or_not_checked_lately() {
         let dir = tempfile::tempdir().unwrap();
         let shuckle = shuckle_with(1, dir.path());
         let mut out = [0u8; UDP_DATAGRAM_BYTES_MAX];
@@ -652,6 +652,10 @@ mod tests {
         known[20..].fill(b'h');
         let from = SocketAddr::from(([10, 0, 0, 0], 1234));
         assert_eq!(shuckle.handle_datagram(&known, from, EggsTime::new(3), &mut out), DatagramOutcome::Ignore);
+        // Unchanged but not checked for a while (blockd re-registers out of
+        // turn when it fills up or has space again): checked.
+        let later = EggsTime::new(1 + wire::limits::REGISTRATION_CHECK_INTERVAL_MIN_NS);
+        assert!(matches!(shuckle.handle_datagram(&known, from, later, &mut out), DatagramOutcome::Check(_)));
         let elsewhere = SocketAddr::from(([10, 0, 0, 9], 1234));
         let DatagramOutcome::Check(target) = shuckle.handle_datagram(&known, elsewhere, EggsTime::new(3), &mut out)
         else {

@@ -13,11 +13,20 @@
 //! A refused request (bad MAC, block id outside the time window, oversize,
 //! CRC mismatch, unknown block) gets no response: the service closes the
 //! connection, as the prototype did.
+//!
+//! Our one extension: a write the service could not store through no fault
+//! of the request (its disk is full, or failed) is answered with an
+//! [`BlockErrorResp`] (tag 0x00, 17 bytes: the length of the proof it replaces)
+//! after the service has read the whole payload, and the connection stays
+//! usable. A prototype client reads 17 bytes for its proof, finds a tag
+//! that is not `'W'`, and fails the write, as it would on a closed
+//! connection; ours says why (`NO_SPACE`: "no space left on device").
 
-use zerocopy::byteorder::little_endian::{U32, U64};
+use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::codec::DecodeError;
+use crate::datagram::ErrorKind;
 use crate::ids::BlockId;
 use crate::mac::{Mac, MacKey, constant_time_eq};
 
@@ -31,6 +40,9 @@ pub const TAG_ERASE: u8 = b'e';
 pub const TAG_ERASED: u8 = b'E';
 pub const TAG_STATS: u8 = b's';
 pub const TAG_STATS_RESP: u8 = b'S';
+/// The error answer (our extension; no request or response of the
+/// prototype starts with 0x00, as no datagram kind 0x00 is a request).
+pub const TAG_ERROR: u8 = 0x00;
 
 macro_rules! block_message {
     ($(#[$meta:meta])* $name:ident = $bytes:literal { $( $(#[$fmeta:meta])* $field:ident : $ftype:ty ),* $(,)? }) => {
@@ -80,6 +92,35 @@ block_message!(StatsResp = 49 {
     /// MAC of every byte before it.
     mac: Mac,
 });
+
+block_message!(
+    /// The service could not do what a well-formed, authorised request
+    /// asked (tag [`TAG_ERROR`]); `error_kind` is a code of the datagram
+    /// protocol's table (PROTOCOL.md §4): `NO_SPACE` when the disk is full,
+    /// `STORAGE_ERROR` when it failed otherwise. `reserved` is zero. Not
+    /// MAC'd: it gives nothing (an on-path attacker can as well cut the
+    /// connection), and a writing client holds no key to check one.
+    BlockErrorResp = 17 { block_id: BlockId, error_kind: U16, reserved: [u8; 6] }
+);
+
+impl BlockErrorResp {
+    pub fn new(block_id: BlockId, kind: ErrorKind) -> Self {
+        Self { tag: TAG_ERROR, block_id, error_kind: U16::new(kind as u16), reserved: [0; 6] }
+    }
+
+    /// Decodes 17 bytes known to start with [`TAG_ERROR`]: the error kind,
+    /// or `None` for an unknown code or nonzero reserved bytes.
+    pub fn decode(bytes: &[u8]) -> Option<(BlockId, ErrorKind)> {
+        let response = Self::read_from_bytes(bytes).ok()?;
+        if response.tag != TAG_ERROR || response.reserved != [0; 6] {
+            return None;
+        }
+        Some((response.block_id, ErrorKind::from_u16(response.error_kind.get())?))
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<BlockErrorResp>() == core::mem::size_of::<WriteResp>());
+const _: () = assert!(core::mem::size_of::<BlockErrorResp>() == core::mem::size_of::<EraseResp>());
 
 /// One request read from a connection (without a write's payload).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -313,6 +354,21 @@ mod tests {
         assert_eq!(resp.verify(&k, [8; 8]), None);
         assert_eq!(resp.verify(&MacKey::new(&SecretKey([1; 16])), [9; 8]), None);
         assert_eq!(StatsReq::new([5; 8]).as_bytes(), &[b's', 5, 5, 5, 5, 5, 5, 5, 5]);
+    }
+
+    #[test]
+    fn error_answer_bytes() {
+        let error = BlockErrorResp::new(BlockId::new(0x0102), ErrorKind::NoSpace);
+        let bytes = error.as_bytes();
+        assert_eq!(bytes, &[0, 2, 1, 0, 0, 0, 0, 0, 0, 24, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(BlockErrorResp::decode(bytes), Some((BlockId::new(0x0102), ErrorKind::NoSpace)));
+        let mut unknown = bytes.to_vec();
+        unknown[9] = 0xff;
+        assert_eq!(BlockErrorResp::decode(&unknown), None);
+        let mut reserved = bytes.to_vec();
+        reserved[16] = 1;
+        assert_eq!(BlockErrorResp::decode(&reserved), None);
+        assert_eq!(BlockErrorResp::decode(&bytes[..16]), None);
     }
 
     #[test]

@@ -269,6 +269,7 @@ error_kinds! {
     21 BadSpanState "BAD_SPAN_STATE",
     22 NotOwning "NOT_OWNING",
     23 Overloaded "OVERLOADED",
+    24 NoSpace "NO_SPACE",
 }
 
 impl fmt::Display for ErrorKind {

@@ -68,6 +68,24 @@ pub const SHARD_REFRESH_PERIOD_NS: u64 = 60 * NS_PER_SECOND;
 /// A block service without a good check for this long is stale.
 pub const BLOCK_SERVICE_STALE_AFTER_NS: u64 = 600 * NS_PER_SECOND;
 
+/// Free space a block service keeps for itself by default (`blockd
+/// --reserve-bytes`): it reports only the space above this as free, so
+/// with less it is **full** (free 0: shuckle gives it no write weight).
+/// About two and a half of the largest blocks, a rounding error on a real
+/// disk, and room for the file system's own metadata.
+pub const BLOCK_SERVICE_RESERVE_BYTES_DEFAULT: u64 = 256 << 20;
+
+/// A block service looks at its free space this often, and tells shuckle
+/// at once (a registration out of turn) when it becomes full or stops
+/// being full; a write that finds the disk full tells it without waiting.
+pub const BLOCK_SERVICE_SPACE_POLL_NS: u64 = NS_PER_SECOND;
+
+/// Shuckle checks a known block service out of turn on its registration at
+/// most this often (a registration carries no news shuckle could trust
+/// without a check, so every one may ask for one; this bounds what a
+/// flood of them costs).
+pub const REGISTRATION_CHECK_INTERVAL_MIN_NS: u64 = NS_PER_SECOND / 4;
+
 /// Authenticated shuckle requests carry their send time; shuckle refuses ones
 /// further than this from its clock (replay protection).
 pub const AUTHENTICATED_REQUEST_SKEW_NS_MAX: u64 = 60 * NS_PER_SECOND;
@@ -136,6 +154,8 @@ const _: () = assert!(ERROR_TEXT_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(SPAN_SIZE_BYTES_MAX <= u32::MAX as u64);
 const _: () = assert!(INLINE_SPAN_BYTES_MAX + 128 <= UDP_DATAGRAM_BYTES_MAX);
 const _: () = assert!(BLOCK_ID_FUTURE_WINDOW_NS < BLOCK_ID_PAST_WINDOW_NS);
+const _: () = assert!(BLOCK_SERVICE_SPACE_POLL_NS < SHUCKLE_ANNOUNCE_PERIOD_NS);
+const _: () = assert!(REGISTRATION_CHECK_INTERVAL_MIN_NS <= BLOCK_SERVICE_SPACE_POLL_NS);
 const _: () = assert!(SHARD_PORT_BASE as usize + SHARD_COUNT <= u16::MAX as usize);
 const _: () = assert!(CLIENT_TIMEOUT_INITIAL_NS < CLIENT_TIMEOUT_MAX_NS);
 const _: () = assert!(CLIENT_REQUEST_DEADLINE_NS < PRIVILEGED_DATAGRAM_WINDOW_NS);

@@ -67,6 +67,17 @@ fn block_write_response() {
 }
 
 #[test]
+fn block_error_answer() {
+    // Our extension (PROTOCOL.md §8): tag 0x00, block id, error kind u16
+    // (24 = NO_SPACE), six zero bytes: as long as the proof it replaces.
+    let expected = hex("00 0201000000000000 1800 000000000000");
+    let answer = block::BlockErrorResp::new(wire::BlockId::new(0x0102), wire::ErrorKind::NoSpace);
+    assert_eq!(answer.as_bytes(), &expected[..]);
+    assert_eq!(expected.len(), std::mem::size_of::<block::WriteResp>());
+    assert_eq!(block::BlockErrorResp::decode(&expected), Some((wire::BlockId::new(0x0102), wire::ErrorKind::NoSpace)));
+}
+
+#[test]
 fn block_fetch_request_and_response() {
     let expected = hex("66 efcdab8967452301");
     assert_eq!(block::FetchReq::new(BLOCK_ID).as_bytes(), &expected[..]);

@@ -75,6 +75,11 @@ fn client_words(error: &ClientError) -> Option<String> {
         ClientError::BadPath { path, reason } => format!("{reason}: {path}"),
         ClientError::Cdc { operation, path, status, .. } => format!("{operation}: {}: {path}", cdc_words(status)),
         ClientError::Request(request) => request_words(request),
+        ClientError::NoSpace { storage_class, full, total, .. } => {
+            format!(
+                "no space left on device: {full} of the {total} block services of storage class {storage_class} are full"
+            )
+        }
         _ => return None,
     })
 }

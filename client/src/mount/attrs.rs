@@ -129,6 +129,7 @@ pub fn errno_of(error: &ClientError) -> (Errno, bool) {
             "LOOP_DETECTED" => quiet(Errno::EINVAL),
             _ => (Errno::EIO, true),
         },
+        ClientError::NoSpace { .. } => (Errno::ENOSPC, true),
         _ => (Errno::EIO, true),
     }
 }

@@ -193,6 +193,16 @@ impl Mutation<'_, '_> {
             let services = self.env.block_services.services();
             // Empty in the common case: collecting allocates nothing then.
             let excluded: Vec<wire::BlockServiceId> = req.blacklist.iter().collect();
+            // A client could not write to these (down, or full). If this
+            // table still offers one, shuckle may know better already (a
+            // full service tells it at once): refresh now rather than at
+            // the next period, so other writers stop being sent there.
+            let offered = |id: &wire::BlockServiceId| {
+                self.env.block_services.get(*id).is_some_and(|(service, _)| service.writable())
+            };
+            if excluded.iter().any(offered) {
+                self.effects.wants_block_service_refresh = true;
+            }
             let chosen = match place(services, *storage_class, blocks.len(), &excluded, &mut self.rng) {
                 Ok(chosen) => chosen,
                 Err(error) => {

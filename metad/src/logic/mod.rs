@@ -95,7 +95,9 @@ impl Default for Durations {
 /// What the writer needs to know after a mutation besides its response.
 #[derive(Default, Debug)]
 pub struct MutationEffects {
-    /// A placement found too few block services: refresh the table now.
+    /// A placement found too few block services, or a client reported a
+    /// service the table still offers as one it could not write to:
+    /// refresh the table now.
     pub wants_block_service_refresh: bool,
 }
 

@@ -26,6 +26,8 @@ struct Harness {
     rng: StdRng,
     cluster: MacKey,
     next_request: u64,
+    /// The last mutation asked for a block service refresh.
+    refresh_wanted: bool,
 }
 
 fn service_key(id: u64) -> SecretKey {
@@ -60,6 +62,7 @@ impl Harness {
             rng: StdRng::seed_from_u64(1),
             cluster: MacKey::new(&cluster_key),
             next_request: 1,
+            refresh_wanted: false,
         }
     }
 
@@ -91,6 +94,7 @@ impl Harness {
                 )
                 .unwrap();
             txn.commit().unwrap();
+            self.refresh_wanted = effects.wants_block_service_refresh;
             len
         } else {
             let txn = self.store.read_txn().unwrap();
@@ -546,6 +550,20 @@ fn placement_avoids_blacklisted_block_services() {
     assert_eq!(add_avoiding(&mut h, &too_long), Err(ErrorKind::BadRequest));
     let longest = vec![BlockServiceId::new(1); wire::limits::ADD_SPAN_BLACKLIST_MAX];
     assert!(add_avoiding(&mut h, &longest).is_ok());
+}
+
+#[test]
+fn a_blacklisted_service_the_table_still_offers_asks_for_a_refresh() {
+    let mut h = Harness::new();
+    let ids: Vec<BlockServiceId> = (0..6).map(|i| wire::mac::block_service_id(&service_key(i))).collect();
+    add_avoiding(&mut h, &[]).unwrap();
+    assert!(!h.refresh_wanted, "no blacklist, no refresh");
+    add_avoiding(&mut h, &[BlockServiceId::new(12345)]).unwrap();
+    assert!(!h.refresh_wanted, "a service the table does not offer: nothing to learn");
+    // A client could not write to a service this table offers (down, or
+    // full): shuckle may know better, so the table is refreshed now.
+    add_avoiding(&mut h, &[ids[1]]).unwrap();
+    assert!(h.refresh_wanted);
 }
 
 #[test]
