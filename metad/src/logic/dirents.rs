@@ -329,14 +329,21 @@ impl Mutation<'_, '_> {
     /// it holds nothing (no living, no dead entries) and was removed at least
     /// the purge age ago. Its mtime is the removal time: set_parent to null
     /// touched it last, and a removed directory takes no new entries.
-    pub(super) fn purge_directory(&mut self, txn: &mut RwTxn, req: &PurgeDirectoryReq) -> Result<EmptyResp, HandleError> {
+    pub(super) fn purge_directory(
+        &mut self,
+        txn: &mut RwTxn,
+        req: &PurgeDirectoryReq,
+    ) -> Result<EmptyResp, HandleError> {
         let dir_inode = req.dir.without_owning();
         let dir = directory(self.shard, self.store, txn, dir_inode)?;
         if dir_inode == InodeId::ROOT {
             return refuse(ErrorKind::BadRequest, "the root is never purged");
         }
         if !dir.parent.is_null() {
-            return refuse(ErrorKind::BadRequest, format!("{dir_inode} is linked (parent {}), not removed", dir.parent));
+            return refuse(
+                ErrorKind::BadRequest,
+                format!("{dir_inode} is linked (parent {}), not removed", dir.parent),
+            );
         }
         let prefix = inode_key(dir_inode);
         if self.store.living.prefix_iter(txn, &prefix)?.next().is_some() {
