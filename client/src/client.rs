@@ -11,8 +11,8 @@ use wire::policy::Policy;
 use wire::shard::{
     BlockCertificate, CertifyEdenSpanReq, CertifyEdenSpanReqHead, CertifyExpungeReq, CertifyExpungeReqHead,
     CreateEdenFileReq, DeleteFileReq, DeleteFileReqHead, EdenEntry, ExpungeEdenFileReq, ExpungeEdenSpanReq,
-    FetchSpansReq, FetchedBlock, LinkEdenFileReq, LinkEdenFileReqHead, LsDirReq, ResolveMode, ResolveReq,
-    ResolveReqHead, ReverseBlockEntry, ReverseBlockQueryReq, SameDirRenameReq, SameDirRenameReqHead,
+    FetchSpansReq, FetchedBlock, LinkEdenFileReq, LinkEdenFileReqHead, LsDirReq, PurgeDirectoryReq, ResolveMode,
+    ResolveReq, ResolveReqHead, ReverseBlockEntry, ReverseBlockQueryReq, SameDirRenameReq, SameDirRenameReqHead,
     SetDirectoryPolicyReq, SetDirectoryPolicyReqHead, ShardRequest, ShardResponse, StatReq, StatResp, VisitEdenReq,
     VisitInodesReq,
 };
@@ -64,6 +64,41 @@ impl Addresses {
 pub enum Stat {
     Directory { mtime: EggsTime, parent: InodeId, policy: Vec<u8> },
     File { mtime: EggsTime, size: u64 },
+}
+
+/// A walk through the blocks one shard lists on one block service
+/// ([`Client::reverse_blocks`]).
+pub struct ReverseBlocks<'c> {
+    client: &'c Client,
+    shard: ShardId,
+    block_service_id: BlockServiceId,
+    /// Where the next page starts; `None` once the last page was read.
+    begin: Option<BlockId>,
+    pages: usize,
+}
+
+impl ReverseBlocks<'_> {
+    /// The next page; `None` after the last. An error when a page could not
+    /// be read (the walk may be retried from there by calling again), or the
+    /// listing exceeds [`REVERSE_BLOCK_PAGES_MAX`] pages (then it ends).
+    pub async fn next_page(&mut self) -> Option<Result<Vec<ReverseBlockEntry>>> {
+        let begin = self.begin?;
+        if self.pages >= REVERSE_BLOCK_PAGES_MAX {
+            self.begin = None;
+            return Some(Err(ClientError::Inconsistent(format!(
+                "shard {} lists more than {REVERSE_BLOCK_PAGES_MAX} pages of blocks on {}",
+                self.shard, self.block_service_id
+            ))));
+        }
+        let (entries, next) = match self.client.reverse_block_query(self.shard, self.block_service_id, begin).await {
+            Ok(page) => page,
+            Err(error) => return Some(Err(error)),
+        };
+        self.pages += 1;
+        // A next that does not move forward would repeat pages forever.
+        self.begin = (next.get() != 0 && next > begin).then_some(next);
+        Some(Ok(entries))
+    }
 }
 
 /// One directory entry.
@@ -362,6 +397,14 @@ impl Client {
         Ok(())
     }
 
+    /// purge_directory: removes a removed (rmdir'd), empty directory's
+    /// record once the shard's purge age has passed (gcd's directory
+    /// collection; the shard refuses anything else).
+    pub async fn purge_directory(&self, dir: InodeId) -> Result<()> {
+        self.shard_request(dir.shard(), &ShardRequest::PurgeDirectory(PurgeDirectoryReq { dir })).await?;
+        Ok(())
+    }
+
     /// One page of a shard's inodes from `begin`; returns the next start (null when done).
     pub async fn visit_inodes(&self, shard: ShardId, begin: InodeId) -> Result<(Vec<InodeId>, InodeId)> {
         let reply = self.shard_request(shard, &ShardRequest::VisitInodes(VisitInodesReq { begin })).await?;
@@ -391,6 +434,14 @@ impl Client {
             ShardResponse::ReverseBlockQuery(resp) => Ok((resp.entries.iter().collect(), resp.next)),
             other => Err(reply.unexpected(&other).into()),
         }
+    }
+
+    /// The blocks `shard` lists on `block_service_id`, page by page, in
+    /// block id order ([`ReverseBlocks::next_page`]): the one pager of
+    /// reverse_block_query (gcd's migration and scrub, shuckle's
+    /// awaiting-migration count, `eggs reverse-block-query`).
+    pub fn reverse_blocks(&self, shard: ShardId, block_service_id: BlockServiceId) -> ReverseBlocks<'_> {
+        ReverseBlocks { client: self, shard, block_service_id, begin: Some(BlockId::new(0)), pages: 0 }
     }
 
     // ---- CDC ----
@@ -539,6 +590,9 @@ impl BlockServiceSummary {
 const MAX_DIRECTORY_DEPTH: usize = 4096;
 /// Guard against a listing that never ends.
 const PAGES_MAX: usize = 1 << 16;
+/// Pages of one block service's blocks on one shard, at most (about 60
+/// blocks a page: 60 M blocks, far beyond one disk's share of one shard).
+pub const REVERSE_BLOCK_PAGES_MAX: usize = 1 << 20;
 
 /// True for the errors that mean "an earlier attempt of this request
 /// probably succeeded" (DESIGN §4): BAD_REQUEST_IDEMPOTENT_HINT always, and

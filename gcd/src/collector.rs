@@ -12,18 +12,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use client::ClientError;
-use client::client::{Addresses, Client, DirEntry, FileSpan, FileSpanBody, Stat, discover};
+use client::client::{Addresses, Client, DirEntry, FileSpan, FileSpanBody, ReverseBlocks, Stat, discover};
 use client::plan::{WritePolicy, block_span};
 use client::write::{FailedServices, write_span};
 use daemon::udp::{Cdc, DatagramClient, Shuckle};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use wire::cdc::{CdcRequest, CdcResponse, CdcStatus, PurgeRemoteFileReq, PurgeRemoteFileReqHead};
-use wire::crc::crc32c;
 use wire::mac::Mac;
-use wire::policy::Retention;
-use wire::shard::{BlockCertificate, FetchedBlock, RepairBlockReq, ResolveMode, ShardRequest, ShardResponse, ls_flags};
+use wire::policy::{Policy, Retention};
+use wire::shard::{
+    BlockCertificate, FetchedBlock, RepairBlockReq, ResolveMode, ReverseBlockEntry, ShardRequest, ShardResponse,
+    ls_flags,
+};
 use wire::shuckle::{ShardsReq, ShuckleRequest, ShuckleResponse, flags};
 use wire::span::Parity;
 use wire::{BlockId, BlockServiceId, EggsTime, ErrorKind, InodeId, InodeType, Name, ShardId};
@@ -40,8 +43,9 @@ const SPANS_PER_FILE_MAX: usize = 1 << 20;
 const VERSIONS_PER_NAME_MAX: usize = 1 << 16;
 /// Eden files collected at once.
 const EDEN_FILES_IN_FLIGHT: usize = 32;
-/// Blocks migrated at once.
-const MIGRATIONS_IN_FLIGHT: usize = 8;
+/// Blocks migrated at once: each holds D fetched blocks and the rebuilt
+/// one (RS 4+2 with 4 MiB blocks: about 24 MiB).
+const MIGRATIONS_IN_FLIGHT: usize = 16;
 
 /// gcd's configuration (flags of `main.rs`).
 #[derive(Clone, Debug)]
@@ -63,6 +67,7 @@ pub struct CycleReport {
     pub eden_files_due: u64,
     pub eden_files_collected: u64,
     pub dirents_purged: u64,
+    pub directories_collected: u64,
     pub blocks_migrated: u64,
     pub blocks_awaiting_migration: u64,
     pub errors: u64,
@@ -122,6 +127,7 @@ impl Collector {
     pub async fn cycle(&self) -> CycleReport {
         let errors_before = self.metrics.errors.get();
         let purged_before = self.metrics.dirents_purged.get();
+        let directories_before = self.metrics.directories_collected.get();
         let collected_before = self.metrics.files_collected.get();
         let migrated_before = self.metrics.blocks_migrated.get();
         let (client, shards) = self.connect().await;
@@ -136,6 +142,7 @@ impl Collector {
             eden_files_due,
             eden_files_collected: self.metrics.files_collected.get() - collected_before,
             dirents_purged: self.metrics.dirents_purged.get() - purged_before,
+            directories_collected: self.metrics.directories_collected.get() - directories_before,
             blocks_migrated: self.metrics.blocks_migrated.get() - migrated_before,
             blocks_awaiting_migration,
             errors: self.metrics.errors.get() - errors_before,
@@ -279,12 +286,13 @@ impl Collector {
         complete.then_some(proofs)
     }
 
-    // ---- retention ----
+    // ---- retention and directory collection ----
 
     /// Purges, in every directory of every shard, the dead versions that the
-    /// directory's retention lets go.
+    /// directory's retention lets go; then collects the removed directories
+    /// whose retention has passed since their removal.
     pub async fn retain(&self, client: &Client, shards: &[ShardId]) {
-        let mut retentions: HashMap<InodeId, Retention> = HashMap::new();
+        let mut walk = RetentionWalk::default();
         for &shard in shards {
             let mut begin = InodeId::NULL;
             for _ in 0..PAGES_MAX {
@@ -296,21 +304,7 @@ impl Collector {
                     }
                 };
                 for dir in inodes.into_iter().filter(|inode| inode.inode_type() == Some(InodeType::Directory)) {
-                    let retention = match retentions.get(&dir) {
-                        Some(retention) => *retention,
-                        None => match client.effective_policy(dir).await {
-                            Ok(policy) => {
-                                let retention = policy.map_or(Retention::DEFAULT, |(policy, _)| policy.retention);
-                                retentions.insert(dir, retention);
-                                retention
-                            }
-                            Err(error) => {
-                                failed(&self.metrics, "policy of a directory", &error);
-                                continue;
-                            }
-                        },
-                    };
-                    self.retain_directory(client, dir, retention).await;
+                    self.retain_or_note_removed(client, dir, &mut walk).await;
                 }
                 if next.is_null() {
                     break;
@@ -318,31 +312,116 @@ impl Collector {
                 begin = next;
             }
         }
+        // A directory removed inside another was removed before it: oldest
+        // first, so the inner one is gone when the outer one's entry for it
+        // comes up.
+        walk.removed.sort_by_key(|removed| removed.removed_at);
+        for removed in std::mem::take(&mut walk.removed) {
+            let retention = walk.retention_of_removed(&removed);
+            self.collect_removed_directory(client, &removed, retention).await;
+        }
     }
 
-    async fn retain_directory(&self, client: &Client, dir: InodeId, retention: Retention) {
+    /// A linked directory's dead versions are purged now; a removed one is
+    /// noted for [`Self::collect_removed_directory`], after the walk has seen
+    /// the entry that names it in its old parent (whose retention it keeps).
+    async fn retain_or_note_removed(&self, client: &Client, dir: InodeId, walk: &mut RetentionWalk) {
+        let (parent, mtime, policy) = match client.stat(dir).await {
+            Ok(Stat::Directory { parent, mtime, policy }) => (parent, mtime, policy),
+            Ok(Stat::File { .. }) => return,
+            Err(error) if kind(&error) == Some(ErrorKind::NotFound) => return,
+            Err(error) => {
+                failed(&self.metrics, "stat of a directory", &error);
+                return;
+            }
+        };
+        let own = Policy::decode(&policy).map(|policy| policy.retention);
+        if parent.is_null() && dir != InodeId::ROOT {
+            walk.removed.push(RemovedDirectory { dir, removed_at: mtime, own });
+            return;
+        }
+        let retention = match own {
+            Some(retention) => retention,
+            None if dir == InodeId::ROOT => Retention::DEFAULT,
+            None => match walk.inherited_from(client, parent.without_owning()).await {
+                Ok(retention) => retention,
+                Err(error) => {
+                    failed(&self.metrics, "policy of a directory", &error);
+                    return;
+                }
+            },
+        };
+        walk.retentions.insert(dir, retention);
+        for removed_child in self.retain_directory(client, dir, retention, None).await {
+            walk.removed_parents_retention.insert(removed_child, retention);
+        }
+    }
+
+    /// A removed directory: its dead versions follow its retention as in a
+    /// linked one, each counted dead at the latest from the removal; once
+    /// the retention has passed since the removal, every version goes (the
+    /// count rule keeps versions of a directory that exists, not of one
+    /// past its retention), then the directory itself (purge_directory,
+    /// which the shard refuses unless it is removed, empty and past the
+    /// shard's purge age).
+    async fn collect_removed_directory(&self, client: &Client, removed: &RemovedDirectory, retention: Retention) {
+        let due = EggsTime::now().get() >= removed.removed_at.get().saturating_add(retention.ns());
+        let rule = if due { Retention { versions: 0, ..retention } } else { retention };
+        self.retain_directory(client, removed.dir, rule, Some(removed.removed_at)).await;
+        if !due {
+            return;
+        }
+        match client.purge_directory(removed.dir).await {
+            Ok(()) => {
+                self.metrics.directories_collected.inc();
+                tracing::debug!(dir = %removed.dir, "removed directory collected");
+            }
+            // Gone already (a retry), or something is left or not yet old
+            // enough for the shard: next cycle.
+            Err(error) if kind(&error) == Some(ErrorKind::NotFound) => {}
+            Err(error) if matches!(kind(&error), Some(ErrorKind::DirectoryNotEmpty | ErrorKind::TooSoon)) => {
+                tracing::debug!(dir = %removed.dir, %error, "removed directory not collected yet");
+            }
+            Err(error) => failed(&self.metrics, "purge_directory", &error),
+        }
+    }
+
+    /// Purges the dead versions of `dir` that `retention` lets go. A name
+    /// with no living entry counts its last version dead from `removed_at`
+    /// when given (everything in a removed directory died by its removal).
+    /// Returns the removed directories its dead entries name.
+    async fn retain_directory(
+        &self,
+        client: &Client,
+        dir: InodeId,
+        retention: Retention,
+        removed_at: Option<EggsTime>,
+    ) -> Vec<InodeId> {
         let newest =
             match client.ls_dir(dir, EggsTime::new(u64::MAX), ls_flags::USE_DEAD_MAP | ls_flags::INCLUDE_NOTHING).await
             {
                 Ok(entries) => entries,
                 Err(error) => {
                     failed(&self.metrics, "ls_dir of the dead map", &error);
-                    return;
+                    return Vec::new();
                 }
             };
         if newest.is_empty() {
-            return;
+            return Vec::new();
         }
         let living: HashMap<String, EggsTime> = match client.ls_dir(dir, EggsTime::ZERO, 0).await {
             Ok(entries) => entries.into_iter().map(|entry| (entry.name, entry.creation_time)).collect(),
             Err(error) => {
                 failed(&self.metrics, "ls_dir", &error);
-                return;
+                return Vec::new();
             }
         };
+        let mut removed_children = Vec::new();
         for newest_entry in newest {
-            self.retain_name(client, dir, &newest_entry, living.get(&newest_entry.name).copied(), retention).await;
+            let living = living.get(&newest_entry.name).copied().or(removed_at);
+            removed_children.extend(self.retain_name(client, dir, &newest_entry, living, retention).await);
         }
+        removed_children
     }
 
     /// The dead versions of one name: every version (resolve DEAD_GE walks
@@ -369,6 +448,8 @@ impl Collector {
         Some(entries)
     }
 
+    /// Purges the versions of one name that retention lets go; returns the
+    /// removed directories among its versions (kept until collected).
     async fn retain_name(
         &self,
         client: &Client,
@@ -376,11 +457,23 @@ impl Collector {
         newest: &DirEntry,
         living: Option<EggsTime>,
         retention: Retention,
-    ) {
-        let Some(entries) = self.dead_entries(client, dir, newest).await else { return };
+    ) -> Vec<InodeId> {
+        let Some(entries) = self.dead_entries(client, dir, newest).await else { return Vec::new() };
+        let mut removed_children = Vec::new();
+        for entry in &entries {
+            let child = entry.inode.without_owning();
+            if child.inode_type() == Some(InodeType::Directory) && self.is_removed_directory(client, child).await {
+                removed_children.push(child);
+            }
+        }
         for creation_time in plan::purgeable_versions(&entries, living, retention, EggsTime::now()) {
             let Some(entry) = entries.iter().find(|entry| entry.creation_time == creation_time) else { continue };
             let inode = entry.inode;
+            // The entry that names a removed directory goes after the
+            // directory (its collection), never before.
+            if removed_children.contains(&inode.without_owning()) {
+                continue;
+            }
             let remote_owning_file = inode.is_owning()
                 && inode.inode_type() != Some(InodeType::Directory)
                 && inode.without_owning().shard() != dir.shard();
@@ -399,6 +492,21 @@ impl Collector {
                 Err(error) if kind(&error) == Some(ErrorKind::TooSoon) => {}
                 Err(error) if kind(&error) == Some(ErrorKind::NotFound) => {}
                 Err(error) => failed(&self.metrics, "purge of a dead entry", &error),
+            }
+        }
+        removed_children
+    }
+
+    /// Whether `dir` still exists as a removed directory (awaiting collection).
+    async fn is_removed_directory(&self, client: &Client, dir: InodeId) -> bool {
+        match client.stat(dir).await {
+            Ok(Stat::Directory { parent, .. }) => parent.is_null() && dir != InodeId::ROOT,
+            Ok(Stat::File { .. }) => false,
+            Err(error) if kind(&error) == Some(ErrorKind::NotFound) => false,
+            Err(error) => {
+                // Unknown: keep the entry this cycle.
+                failed(&self.metrics, "stat of a dead directory entry", &error);
+                true
             }
         }
     }
@@ -461,54 +569,51 @@ impl Collector {
         let in_flight = Arc::new(Semaphore::new(MIGRATIONS_IN_FLIGHT));
         let mut tasks = JoinSet::new();
         for &shard in shards {
-            let mut begin = BlockId::new(0);
-            for _ in 0..PAGES_MAX {
-                let (entries, next) = match client.reverse_block_query(shard, service, begin).await {
-                    Ok(page) => page,
-                    Err(error) => {
-                        failed(&self.metrics, "reverse_block_query", &error);
-                        break;
-                    }
-                };
+            let mut blocks = client.reverse_blocks(shard, service);
+            while let Some(entries) = self.next_blocks(&mut blocks).await {
                 for entry in entries {
                     let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
                     let (this, client) = (self.clone(), client.clone());
                     tasks.spawn(async move {
-                        let result = this
-                            .replace_block(&client, entry.inode, entry.span_offset.get(), entry.block_id, true)
-                            .await;
+                        this.migrate_block(&client, entry).await;
                         drop(permit);
-                        match result {
-                            Ok(Some(bytes)) => {
-                                this.metrics.blocks_migrated.inc();
-                                this.metrics.bytes_migrated.inc_by(bytes);
-                            }
-                            Ok(None) => {}
-                            Err(error) => failed(&this.metrics, "migration of a block", &error),
-                        }
                     });
                 }
-                if next.get() == 0 {
-                    break;
-                }
-                begin = next;
             }
         }
         while tasks.join_next().await.is_some() {}
         tracing::debug!(%service, ?why, "evacuation pass done");
         let mut left = 0;
         for &shard in shards {
-            let mut begin = BlockId::new(0);
-            for _ in 0..PAGES_MAX {
-                let Ok((entries, next)) = client.reverse_block_query(shard, service, begin).await else { break };
+            let mut blocks = client.reverse_blocks(shard, service);
+            while let Some(Ok(entries)) = blocks.next_page().await {
                 left += entries.len() as u64;
-                if next.get() == 0 {
-                    break;
-                }
-                begin = next;
             }
         }
         left
+    }
+
+    /// The next page of a walk over one service's blocks; `None` at its end
+    /// or when a page could not be read (counted; the next pass walks again).
+    async fn next_blocks(&self, blocks: &mut ReverseBlocks<'_>) -> Option<Vec<ReverseBlockEntry>> {
+        match blocks.next_page().await? {
+            Ok(entries) => Some(entries),
+            Err(error) => {
+                failed(&self.metrics, "reverse_block_query", &error);
+                None
+            }
+        }
+    }
+
+    async fn migrate_block(&self, client: &Client, entry: ReverseBlockEntry) {
+        match self.replace_block(client, entry.inode, entry.span_offset.get(), entry.block_id, true).await {
+            Ok(Some(bytes)) => {
+                self.metrics.blocks_migrated.inc();
+                self.metrics.bytes_migrated.inc_by(bytes);
+            }
+            Ok(None) => {}
+            Err(error) => failed(&self.metrics, "migration of a block", &error),
+        }
     }
 
     // ---- scrub ----
@@ -538,28 +643,15 @@ impl Collector {
     async fn scrub_service(&self, client: &Client, shards: &[ShardId], service: BlockServiceId, addr: SocketAddr) {
         let mut limit = RateLimit::new(self.config.scrub_bytes_per_second);
         for &shard in shards {
-            let mut begin = BlockId::new(0);
-            for _ in 0..PAGES_MAX {
-                let (entries, next) = match client.reverse_block_query(shard, service, begin).await {
-                    Ok(page) => page,
-                    Err(error) => {
-                        failed(&self.metrics, "reverse_block_query", &error);
-                        break;
-                    }
-                };
+            let mut blocks = client.reverse_blocks(shard, service);
+            while let Some(entries) = self.next_blocks(&mut blocks).await {
                 for entry in entries {
-                    if !self
-                        .scrub_block(client, &mut limit, addr, entry.inode, entry.span_offset.get(), entry.block_id)
-                        .await
-                    {
+                    let (inode, offset) = (entry.inode, entry.span_offset.get());
+                    if !self.scrub_block(client, &mut limit, addr, inode, offset, entry.block_id).await {
                         // The service stopped answering: the rest of the pass waits.
                         return;
                     }
                 }
-                if next.get() == 0 {
-                    break;
-                }
-                begin = next;
             }
         }
     }
@@ -630,8 +722,9 @@ impl Collector {
     /// span's other blocks, writes it as a one-block eden file on a service
     /// holding no other block of the span, and swaps it in with
     /// repair_block (which checks CRC and size). Returns the bytes moved, or
-    /// `None` when the block is no longer in that span (done already, or an
-    /// eden file's block, which eden collection handles).
+    /// `None` when the block is no longer in that span (done already), or is
+    /// an eden file's block that cannot be rebuilt (eden collection
+    /// handles those).
     pub async fn replace_block(
         &self,
         client: &Client,
@@ -642,10 +735,26 @@ impl Collector {
     ) -> Result<Option<u64>, ClientError> {
         let Some((span, index, bad)) = linked_span(client, inode, offset, block_id).await? else { return Ok(None) };
         let FileSpanBody::Blocks { storage_class, parity, blocks } = &span.body else { return Ok(None) };
-        let others = fetch_other_blocks(blocks, index).await;
+        let others = fetch_blocks_for_rebuild(blocks, index, parity.data_blocks()).await;
         let crcs: Vec<u32> = blocks.iter().map(|block| block.crc.get()).collect();
-        let rebuilt = plan::rebuild_block(span.size, span.crc, *parity, &crcs, others, index)
-            .map_err(|error| ClientError::Span { inode, offset, reason: format!("block {index}: {error}") })?;
+        // Reed–Solomon and the CRCs of a whole span are CPU work: off the
+        // runtime's threads, so the other migrations' I/O goes on meanwhile.
+        let (span_size, span_crc, span_parity) = (span.size, span.crc, *parity);
+        let rebuild = tokio::task::spawn_blocking(move || {
+            plan::rebuild_block(span_size, span_crc, span_parity, &crcs, others, index)
+        })
+        .await
+        .map_err(|error| ClientError::Invalid(format!("rebuild task: {error}")))?;
+        let rebuilt = match rebuild {
+            Ok(rebuilt) => rebuilt,
+            // A block swapped out by an earlier repair waits, condemned, in
+            // the repair's eden file (a 1+0 span: nothing to rebuild it
+            // from); eden collection lets it go. Not an error: skip it.
+            Err(_) if is_eden(client, inode).await? => return Ok(None),
+            Err(error) => {
+                return Err(ClientError::Span { inode, offset, reason: format!("block {index}: {error}") });
+            }
+        };
         let bytes = rebuilt.len() as u64;
         let policy = WritePolicy {
             storage_class: *storage_class,
@@ -679,6 +788,50 @@ impl Collector {
     }
 }
 
+/// A directory that rmdir removed (null parent), as the walk found it.
+#[derive(Debug, Clone)]
+struct RemovedDirectory {
+    dir: InodeId,
+    /// Its mtime: the removal (set_parent) touched it last, and a removed
+    /// directory takes no new entries.
+    removed_at: EggsTime,
+    /// Its own policy's retention, if it has a policy.
+    own: Option<Retention>,
+}
+
+/// What one retention walk learns as it goes.
+#[derive(Default)]
+struct RetentionWalk {
+    /// Effective retention of the linked directories seen (inherited by
+    /// their children).
+    retentions: HashMap<InodeId, Retention>,
+    /// Removed directories, collected after the walk.
+    removed: Vec<RemovedDirectory>,
+    /// A removed directory → the retention of the directory whose dead
+    /// entry names it (its old parent).
+    removed_parents_retention: HashMap<InodeId, Retention>,
+}
+
+impl RetentionWalk {
+    /// The retention a linked directory inherits from `parent`.
+    async fn inherited_from(&mut self, client: &Client, parent: InodeId) -> Result<Retention, ClientError> {
+        if let Some(retention) = self.retentions.get(&parent) {
+            return Ok(*retention);
+        }
+        let retention =
+            client.effective_policy(parent).await?.map_or(Retention::DEFAULT, |(policy, _)| policy.retention);
+        self.retentions.insert(parent, retention);
+        Ok(retention)
+    }
+
+    /// A removed directory keeps its own policy's retention, else the one it
+    /// had where it lived (its old parent's, found through the dead entry
+    /// naming it), else the default: never shorter than what it promised.
+    fn retention_of_removed(&self, removed: &RemovedDirectory) -> Retention {
+        removed.own.or_else(|| self.removed_parents_retention.get(&removed.dir).copied()).unwrap_or(Retention::DEFAULT)
+    }
+}
+
 async fn purge_dirent(
     client: &Client,
     dir: InodeId,
@@ -700,9 +853,9 @@ async fn is_eden(client: &Client, inode: InodeId) -> Result<bool, ClientError> {
     Ok(entries.first().is_some_and(|entry| entry.inode == inode))
 }
 
-/// The linked file's span at `offset` and the index of `block_id` in it;
-/// `None` when the file is not linked (an eden file) or the block is no
-/// longer there.
+/// The file's span at `offset` and the index of `block_id` in it; `None`
+/// when the file or the block is no longer there. fetch_spans answers for
+/// eden files too: callers that must not touch those ask [`is_eden`].
 async fn linked_span(
     client: &Client,
     inode: InodeId,
@@ -723,30 +876,47 @@ async fn linked_span(
     Ok(Some((span, index, block)))
 }
 
-/// Every block of the span but `index`, fetched in parallel and checked
-/// against its recorded CRC; `None` where unavailable or bad.
-async fn fetch_other_blocks(blocks: &[FetchedBlock], index: usize) -> Vec<Option<Vec<u8>>> {
-    let mut tasks = JoinSet::new();
-    for (other_index, block) in blocks.iter().copied().enumerate() {
+/// The blocks a rebuild of block `index` reads: `needed` (D) of the span's
+/// other blocks, data blocks first (they are the span's bytes: a parity
+/// block is fetched only for one that is missing), in parallel, each
+/// checked against its recorded CRC as it arrives (the pool computes it on
+/// the way). Where one is unavailable or bad, the next one is fetched.
+/// `None` where not fetched, unavailable or bad.
+async fn fetch_blocks_for_rebuild(blocks: &[FetchedBlock], index: usize, needed: usize) -> Vec<Option<Vec<u8>>> {
+    let mut candidates = blocks.iter().copied().enumerate().filter(|(other_index, block)| {
         let unusable = block.flags & (flags::TERMINAL | flags::UNKNOWN) != 0 || block.address.is_unknown();
-        if other_index == index || unusable {
-            continue;
-        }
-        tasks.spawn(async move {
-            let bytes = client::block::fetch_block(block.address.socket_addr(), block.block_id, block.size.get()).await;
-            let good = bytes.ok().filter(|bytes| crc32c(bytes) == block.crc.get());
-            (other_index, good)
-        });
-    }
+        *other_index != index && !unusable
+    });
     let mut out = vec![None; blocks.len()];
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok((other_index, bytes)) = joined
-            && let Some(slot) = out.get_mut(other_index)
-        {
-            *slot = bytes;
+    let mut have = 0;
+    while have < needed {
+        let mut tasks = JoinSet::new();
+        for (other_index, block) in candidates.by_ref().take(needed - have) {
+            tasks.spawn(async move { (other_index, fetch_checked(block).await) });
+        }
+        if tasks.is_empty() {
+            break;
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((other_index, Some(bytes))) = joined
+                && let Some(slot) = out.get_mut(other_index)
+            {
+                *slot = Some(bytes);
+                have += 1;
+            }
         }
     }
     out
+}
+
+/// One block's bytes if its service has it with the recorded CRC.
+async fn fetch_checked(block: FetchedBlock) -> Option<Vec<u8>> {
+    let size = block.size.get();
+    let dst = BytesMut::with_capacity(size as usize);
+    match client::block::fetch_block_into(block.address.socket_addr(), block.block_id, size, dst).await {
+        Ok((bytes, crc)) if crc == block.crc.get() => Some(Vec::from(bytes)),
+        _ => None,
+    }
 }
 
 /// Addresses as shuckle knows them (for tests and tools).

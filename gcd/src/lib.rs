@@ -13,11 +13,22 @@
 //!    (`wire::policy::Retention`, inherited like the write policy) lets go
 //!    are purged: a local owning file goes to eden (and is collected in the
 //!    same cycle), a remote one through the CDC's purge-remote-file.
-//! 3. **Migration.** Blocks on terminal (drained then terminated) or
-//!    long-stale block services are rebuilt from their spans' other blocks
-//!    onto a service that holds no other block of the span, and swapped in
-//!    with repair_block.
-//! 4. **Scrub**, in its own task: every block's CRC is checked on its block
+//! 3. **Directory collection.** A removed (rmdir'd: null parent)
+//!    directory keeps its own policy's retention, else its old parent's
+//!    (found through the parent's dead entry naming it), else the
+//!    default. Its dead versions follow that retention; once it has
+//!    passed since the removal, every version goes (files to eden, as
+//!    above), then the record itself (purge_directory, which the shard
+//!    refuses unless the directory is removed, empty and past its purge
+//!    age), and only then the parent's dead entry naming it.
+//! 4. **Migration.** Blocks on terminal (drained then terminated) or
+//!    long-stale block services are rebuilt from D of their spans' other
+//!    blocks (data blocks first, fetched in parallel over the client's
+//!    pooled connections, 16 blocks in flight, Reed–Solomon off the
+//!    runtime's threads) onto a service that holds no other block of the
+//!    span, and swapped in with repair_block. A block already swapped out
+//!    (condemned in its repair's eden file) is left to eden collection.
+//! 5. **Scrub**, in its own task: every block's CRC is checked on its block
 //!    service (blockd's `c` request) at a rate limit per disk; a bad or
 //!    missing block is rebuilt and swapped in like a migration.
 //!

@@ -115,6 +115,7 @@ async fn run(args: Args) -> Result<(), (u8, anyhow::Error)> {
             eden_due = report.eden_files_due,
             eden_collected = report.eden_files_collected,
             dirents_purged = report.dirents_purged,
+            directories_collected = report.directories_collected,
             blocks_migrated = report.blocks_migrated,
             blocks_awaiting_migration = report.blocks_awaiting_migration,
             errors = report.errors,

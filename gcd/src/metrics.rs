@@ -16,6 +16,8 @@ pub struct Metrics {
     pub bytes_freed: Counter,
     /// Dead entries purged (local and through the CDC).
     pub dirents_purged: Counter,
+    /// Removed directories whose records were purged (after their dead entries).
+    pub directories_collected: Counter,
     /// Blocks whose CRC was checked on their block service.
     pub blocks_scrubbed: Counter,
     /// Bytes of the blocks checked.
@@ -40,11 +42,12 @@ impl Metrics {
     /// Adds every counter to `registry` (names get `_total` from the encoder).
     pub fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("gcd");
-        let counters: [(&str, &str, &Counter); 13] = [
+        let counters: [(&str, &str, &Counter); 14] = [
             ("files_collected", "eden files removed after their blocks were erased", &self.files_collected),
             ("blocks_erased", "blocks erased with an accepted proof", &self.blocks_erased),
             ("bytes_freed", "span bytes whose blocks were erased", &self.bytes_freed),
             ("dirents_purged", "dead entries purged", &self.dirents_purged),
+            ("directories_collected", "removed directories purged", &self.directories_collected),
             ("blocks_scrubbed", "blocks whose CRC was checked", &self.blocks_scrubbed),
             ("bytes_scrubbed", "bytes of the blocks checked", &self.bytes_scrubbed),
             ("corruptions_found", "blocks found corrupt or missing", &self.corruptions_found),

@@ -186,7 +186,11 @@ pub fn rebuild_block(
     let span: Vec<u8> = if parity.is_mirroring() {
         blocks.first().cloned().flatten().unwrap_or_default()
     } else {
-        blocks.iter().take(d).flatten().flatten().copied().collect()
+        let mut span = Vec::with_capacity(span_size as usize);
+        for block in blocks.iter().take(d).flatten() {
+            span.extend_from_slice(block);
+        }
+        span
     };
     let actual = crc32c(&span);
     if actual != span_crc || span.len() != span_size as usize {

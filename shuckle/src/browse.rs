@@ -560,16 +560,13 @@ async fn awaiting_migration_json(State(shuckle): State<Arc<Shuckle>>) -> Respons
 /// capped, every page answered).
 async fn count_blocks(client: &Client, shard: u8, service: BlockServiceId) -> (u64, bool) {
     let mut count = 0u64;
-    let mut begin = wire::BlockId::new(0);
+    let mut blocks = client.reverse_blocks(shard, service);
     while count < AWAITING_COUNT_MAX {
-        let Ok((entries, next)) = client.reverse_block_query(shard, service, begin).await else {
-            return (count, false);
-        };
-        count += entries.len() as u64;
-        if next.get() == 0 || next <= begin {
-            return (count, true);
+        match blocks.next_page().await {
+            Some(Ok(entries)) => count += entries.len() as u64,
+            Some(Err(_)) => return (count, false),
+            None => return (count, true),
         }
-        begin = next;
     }
     (count, false)
 }

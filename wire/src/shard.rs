@@ -337,6 +337,17 @@ crate::tailed_message!(
 );
 
 crate::fixed_message!(
+    /// Removes a removed directory's record for good: refused unless the
+    /// directory is unlinked (null parent, not the root), has no living and
+    /// no dead entries (its dead versions are purged first, through
+    /// purge_dirent, so their files' blocks are collected), and was removed
+    /// at least the shard's purge age ago.
+    pub struct PurgeDirectoryReq {
+        pub dir: InodeId,
+    }
+);
+
+crate::fixed_message!(
     /// Replaces the spans of `inode` from `offset` on by the (clean) spans of
     /// the eden file `source_inode`, which must have the same sizes and CRCs;
     /// the source file is consumed. For migrating files off a failed disk.
@@ -543,6 +554,7 @@ crate::message_family! {
     0x12 VisitEden(VisitEdenReq) => VisitEdenResp<'a>;
     0x13 ReverseBlockQuery(ReverseBlockQueryReq) => ReverseBlockQueryResp<'a>;
     0x14 SetDirectoryPolicy(SetDirectoryPolicyReq<'a>) => EmptyResp;
+    0x15 PurgeDirectory(PurgeDirectoryReq) => EmptyResp;
     0x81 CreateUnlinkedDir(CreateUnlinkedDirReq) => CreateUnlinkedDirResp;
     0x82 SetParent(SetParentReq) => EmptyResp;
     0x83 InjectDirent(InjectDirentReq<'a>) => InjectDirentResp;

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use wire::policy::Retention;
 use wire::shard::ResolveMode;
 use wire::span::Parity;
-use wire::{BlockId, BlockServiceId, EggsTime, InodeId, InodeType, ShardId};
+use wire::{BlockServiceId, EggsTime, InodeId, InodeType, ShardId};
 
 use super::copy::write_policy;
 use super::output::line;
@@ -211,17 +211,13 @@ pub async fn visit_eden(client: &Client, shard: ShardId) -> anyhow::Result<()> {
 
 pub async fn reverse_block_query(client: &Client, block_service: &str, shard: ShardId) -> anyhow::Result<()> {
     let id = BlockServiceId::new(parse_u64(block_service).context("block service id")?);
-    let mut begin = BlockId::new(0);
-    loop {
-        let (entries, next) = client.reverse_block_query(shard, id, begin).await?;
-        for entry in entries {
+    let mut blocks = client.reverse_blocks(shard, id);
+    while let Some(page) = blocks.next_page().await {
+        for entry in page? {
             line(format_args!("block={} inode={} offset={}", entry.block_id, entry.inode, entry.span_offset.get()))?;
         }
-        if next.get() == 0 || next <= begin {
-            return Ok(());
-        }
-        begin = next;
     }
+    Ok(())
 }
 
 pub async fn block_services(client: &Client) -> anyhow::Result<()> {

@@ -325,6 +325,44 @@ impl Mutation<'_, '_> {
         Ok(EmptyResp {})
     }
 
+    /// gcd's directory collection: the record of a removed directory, once
+    /// it holds nothing (no living, no dead entries) and was removed at least
+    /// the purge age ago. Its mtime is the removal time: set_parent to null
+    /// touched it last, and a removed directory takes no new entries.
+    pub(super) fn purge_directory(
+        &mut self,
+        txn: &mut RwTxn,
+        req: &PurgeDirectoryReq,
+    ) -> Result<EmptyResp, HandleError> {
+        let dir_inode = req.dir.without_owning();
+        let dir = directory(self.shard, self.store, txn, dir_inode)?;
+        if dir_inode == InodeId::ROOT {
+            return refuse(ErrorKind::BadRequest, "the root is never purged");
+        }
+        if !dir.parent.is_null() {
+            return refuse(
+                ErrorKind::BadRequest,
+                format!("{dir_inode} is linked (parent {}), not removed", dir.parent),
+            );
+        }
+        let prefix = inode_key(dir_inode);
+        if self.store.living.prefix_iter(txn, &prefix)?.next().is_some() {
+            return refuse(ErrorKind::DirectoryNotEmpty, format!("{dir_inode} has living entries"));
+        }
+        if self.store.dead.prefix_iter(txn, &prefix)?.next().is_some() {
+            return refuse(ErrorKind::DirectoryNotEmpty, format!("{dir_inode} has dead entries: purge them first"));
+        }
+        let age_min_ns = self.env.durations.purge_age_min_ns;
+        if self.env.now.get() < dir.mtime.get().saturating_add(age_min_ns) {
+            return refuse(
+                ErrorKind::TooSoon,
+                format!("removed directories are purged only {} s after their removal", age_min_ns / NS_PER_SECOND),
+            );
+        }
+        self.store.directories.delete(txn, &prefix)?;
+        Ok(EmptyResp {})
+    }
+
     /// A linked file back to eden with deadline now (its blocks get
     /// collected). False when the file is not linked here.
     fn send_to_eden(&self, txn: &mut RwTxn, inode: InodeId) -> Result<bool, HandleError> {

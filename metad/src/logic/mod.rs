@@ -284,6 +284,7 @@ impl Mutation<'_, '_> {
             R::CertifyExpunge(req) => ShardResponse::CertifyExpunge(self.certify_expunge(txn, req)?),
             R::ExpungeEdenFile(req) => ShardResponse::ExpungeEdenFile(self.expunge_eden_file(txn, req)?),
             R::PurgeDirent(req) => ShardResponse::PurgeDirent(self.purge_dirent(txn, req)?),
+            R::PurgeDirectory(req) => ShardResponse::PurgeDirectory(self.purge_directory(txn, req)?),
             R::RepairSpans(req) => ShardResponse::RepairSpans(self.repair_spans(txn, req)?),
             R::RepairBlock(req) => ShardResponse::RepairBlock(self.repair_block(txn, req)?),
             R::SetDirectoryPolicy(req) => ShardResponse::SetDirectoryPolicy(self.set_directory_policy(txn, req)?),

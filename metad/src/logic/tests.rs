@@ -1079,3 +1079,60 @@ fn a_terminal_block_service_needs_no_erase_proof_and_a_live_one_does() {
     assert!(matches!(decode(&accepted, &h.cluster), ShardResponse::CertifyExpunge(_)));
     ok!(h, ExpungeEdenFile, ExpungeEdenFileReq { inode });
 }
+
+/// A directory `child_name` made under `parent` the CDC's way (create,
+/// inject, release).
+fn make_directory(h: &mut Harness, transaction: u64, parent: InodeId, child_name: &str) -> InodeId {
+    let create = CreateUnlinkedDirReq { transaction_id: U64::new(transaction), parent };
+    let child = ok!(h, CreateUnlinkedDir, create).inode;
+    let inject =
+        InjectDirentReq { head: InjectDirentReqHead { dir: parent, inode: child, dry_run: 0 }, name: name(child_name) };
+    ok!(h, InjectDirent, inject);
+    let release =
+        ReleaseDirentReq { head: ReleaseDirentReqHead { dir: parent, inode: child, kill: 0 }, name: name(child_name) };
+    ok!(h, ReleaseDirent, release);
+    child
+}
+
+/// rmdir's shard steps: unlink the child, kill its entry in the parent.
+fn remove_directory(h: &mut Harness, parent: InodeId, child: InodeId, child_name: &str) {
+    ok!(h, SetParent, SetParentReq { dir: child, parent: InodeId::NULL });
+    let kill =
+        ReleaseDirentReq { head: ReleaseDirentReqHead { dir: parent, inode: child, kill: 1 }, name: name(child_name) };
+    ok!(h, ReleaseDirent, kill);
+}
+
+#[test]
+fn purge_directory_takes_only_removed_empty_directories_past_the_purge_age() {
+    let mut h = Harness::new();
+    let purge = |dir| ShardRequest::PurgeDirectory(PurgeDirectoryReq { dir });
+    let full = make_directory(&mut h, 1, InodeId::ROOT, "full");
+    let empty = make_directory(&mut h, 2, InodeId::ROOT, "empty");
+    let (file, file_created) = create_file(&mut h, full, "f", b"bytes");
+    // Linked directories, the root and non-directories are never purged.
+    assert_eq!(error(&mut h, purge(full)), ErrorKind::BadRequest, "linked, with an entry");
+    assert_eq!(error(&mut h, purge(empty)), ErrorKind::BadRequest, "linked, empty");
+    assert_eq!(error(&mut h, purge(InodeId::ROOT)), ErrorKind::BadRequest, "the root");
+    assert_eq!(error(&mut h, purge(file)), ErrorKind::BadInodeType, "a file");
+    // Removed: `full` keeps its file's dead version, which owns the file.
+    ok!(h, DeleteFile, DeleteFileReq { head: DeleteFileReqHead { parent: full }, name: name("f") });
+    remove_directory(&mut h, InodeId::ROOT, full, "full");
+    remove_directory(&mut h, InodeId::ROOT, empty, "empty");
+    assert_eq!(error(&mut h, purge(empty)), ErrorKind::TooSoon, "removed just now");
+    h.advance(PURGE_AGE_MIN_NS);
+    assert_eq!(error(&mut h, purge(full)), ErrorKind::DirectoryNotEmpty, "a dead version is left");
+    ok!(h, PurgeDirectory, PurgeDirectoryReq { dir: empty });
+    assert_eq!(error(&mut h, ShardRequest::Stat(StatReq { inode: empty })), ErrorKind::NotFound);
+    assert_eq!(error(&mut h, purge(empty)), ErrorKind::NotFound, "a retry finds it gone");
+    // Once its dead version is purged (the file goes to eden), `full` goes.
+    let purge_file =
+        PurgeDirentReq { head: PurgeDirentReqHead { parent: full, creation_time: file_created }, name: name("f") };
+    ok!(h, PurgeDirent, purge_file);
+    ok!(h, PurgeDirectory, PurgeDirectoryReq { dir: full });
+    assert_eq!(error(&mut h, ShardRequest::Stat(StatReq { inode: full })), ErrorKind::NotFound);
+    let eden = with_ok!(h, VisitEden, VisitEdenReq { begin: InodeId::NULL }, |r| r.entries.iter().count());
+    assert_eq!(eden, 1, "the purged version's file waits in eden for collection");
+    // The root's dead entries of the removed directories are untouched.
+    let dead = ls(&mut h, InodeId::ROOT, EggsTime::ZERO, ls_flags::USE_DEAD_MAP | ls_flags::NEWER_THAN_AS_OF);
+    assert_eq!(names(&dead).len(), 2);
+}

@@ -215,6 +215,7 @@ pub fn shard_request(kind: ShardKind) -> BoxedStrategy<ShardRequest<'static>> {
         K::SetDirectoryPolicy => (fixed(), blob())
             .prop_map(|(head, policy)| R::SetDirectoryPolicy(SetDirectoryPolicyReq { head, policy }))
             .boxed(),
+        K::PurgeDirectory => fixed().prop_map(R::PurgeDirectory).boxed(),
         K::CreateUnlinkedDir => fixed().prop_map(R::CreateUnlinkedDir).boxed(),
         K::SetParent => fixed().prop_map(R::SetParent).boxed(),
         K::InjectDirent => {
@@ -281,6 +282,7 @@ pub fn shard_response(kind: ShardKind) -> BoxedStrategy<ShardResponse<'static>> 
             .prop_map(|(head, entries)| R::ReverseBlockQuery(ReverseBlockQueryResp { head, entries }))
             .boxed(),
         K::SetDirectoryPolicy => empty().prop_map(R::SetDirectoryPolicy).boxed(),
+        K::PurgeDirectory => empty().prop_map(R::PurgeDirectory).boxed(),
         K::CreateUnlinkedDir => fixed().prop_map(R::CreateUnlinkedDir).boxed(),
         K::SetParent => empty().prop_map(R::SetParent).boxed(),
         K::InjectDirent => fixed().prop_map(R::InjectDirent).boxed(),
