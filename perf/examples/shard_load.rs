@@ -36,10 +36,8 @@ fn main() {
     let duration = Duration::from_secs_f64(seconds.parse().expect("SECONDS is a number"));
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     if mode == "echo" {
-        let server = limits::EchoServer::start(
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        )
-        .expect("echo server");
+        let server = limits::EchoServer::start(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+            .expect("echo server");
         let rate = runtime.block_on(udp::echo_rate(server.addr, clients, duration)).expect("echo");
         println!("echo clients={clients} ops_per_s={rate:.0}");
         return;
