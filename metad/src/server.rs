@@ -424,7 +424,7 @@ fn send(metrics: &Metrics, job: &mut Job, bytes: &[u8]) {
 /// is the last batch known durable either way.
 #[derive(Default)]
 struct Durability {
-    pending: VecDeque<(u64, Vec<(Job, Vec<u8>)>)>,
+    pending: VecDeque<(u64, Answers)>,
     durable_through: u64,
     /// The writer is applying and committing a batch: its data fdatasync
     /// will cover every meta page written so far, so the syncer waits for
@@ -433,6 +433,13 @@ struct Durability {
     /// The writer is gone: the syncer answers what is left and stops.
     closed: bool,
 }
+
+/// A committed batch's jobs with their answers.
+type Answers = Vec<(Job, Vec<u8>)>;
+
+/// What a batch's transaction gave: each answer (see [`apply_batch`]), and
+/// whether the commit wrote anything.
+type Applied = (Vec<Option<Vec<u8>>>, bool);
 
 /// Handed from the writer to the syncer.
 struct Handoff {
@@ -654,7 +661,7 @@ fn apply_batch(
     rng: &mut dyn rand::RngCore,
     effects: &mut MutationEffects,
     out: &mut [u8],
-) -> Result<(Vec<Option<Vec<u8>>>, bool), StoreError> {
+) -> Result<Applied, StoreError> {
     let table = shared.table();
     let env = Env { now: EggsTime::now(), block_services: &table, durations: shared.durations };
     let mut txn = shared.store.write_txn()?;
