@@ -10,11 +10,12 @@
 //!   the block service table and an LMDB transaction; tested without sockets.
 //! - [`block_services`]: the known block services and block placement (D+P
 //!   distinct services, weighted, spread over hosts).
-//! - [`server`]: the daemon's I/O — one glommio executor per core, each with
-//!   its own SO_REUSEPORT UDP socket, serving reads from LMDB read
+//! - [`server`]: the daemon's I/O — one plain thread per core, all
+//!   receiving on one UDP socket, serving reads from LMDB read
 //!   transactions; one writer thread applying queued mutations in one write
-//!   transaction per batch (group commit) and answering after the commit;
-//!   retransmissions answered from a bounded cache.
+//!   transaction per batch (group commit), and a syncer thread answering
+//!   each batch once its commit is durable, while the writer already
+//!   applies the next; retransmissions answered from a bounded cache.
 //! - [`metrics`]: request counts, errors by code, latencies and the group
 //!   commit's batch sizes and durations, for `--metrics ADDR`.
 //! - [`replay`]: the replay check of privileged (CDC) requests: a freshness

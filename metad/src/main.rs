@@ -16,9 +16,7 @@ use wire::limits::{SHARD_PORT_BASE, SHUCKLE_PORT_DEFAULT};
 #[derive(Parser)]
 #[command(
     about = "eggsfs metadata shard",
-    after_help = "Needs from the OS: a locked-memory limit of at least 1 MiB per executor (glommio registers \
-                  I/O memory with io_uring: `ulimit -l`, or LimitMEMLOCK=infinity in systemd); a kernel with \
-                  io_uring (5.8 or later); the UDP port of --listen, reachable from clients and the CDC; UDP to \
+    after_help = "Needs from the OS: the UDP port of --listen, reachable from clients and the CDC; UDP to \
                   shuckle; the cluster key file readable only by this user. Exit codes: 0 stopped by \
                   SIGTERM/SIGINT, 1 runtime failure, 2 bad usage or configuration (incl. a port in use or a \
                   folder locked by another metad). `metad --verify DIR` checks a stopped shard's store for damage \
@@ -49,7 +47,7 @@ struct Args {
     /// printed as `listening metrics ADDR`).
     #[arg(long)]
     metrics: Option<SocketAddr>,
-    /// I/O executors (default: one per core).
+    /// I/O threads receiving on the shard's socket (default: one per core).
     #[arg(long)]
     executors: Option<usize>,
     /// An eden file may be expunged this long after its last write step.
@@ -112,7 +110,9 @@ fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
         shuckle,
         folder: dir,
         cluster_key,
-        executors: args.executors.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        io_threads: args
+            .executors
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         durations: metad::logic::Durations {
             eden_deadline_ns: args.eden_deadline_secs.saturating_mul(wire::limits::NS_PER_SECOND),
             purge_age_min_ns: args.purge_age_min_secs.saturating_mul(wire::limits::NS_PER_SECOND),
@@ -120,7 +120,7 @@ fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
         metrics,
     };
     match metad::server::run(config) {
-        Ok(()) => Err(Failure::Runtime(anyhow!("the executors stopped"))),
+        Ok(()) => Err(Failure::Runtime(anyhow!("the I/O threads stopped"))),
         Err(error @ metad::server::ServerError::Bind(..)) => Err(Failure::usage(error)),
         Err(error) => Err(Failure::Runtime(error.into())),
     }

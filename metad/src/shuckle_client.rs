@@ -45,8 +45,8 @@ impl From<RequestError> for ShuckleError {
 }
 
 /// Blocking: each call runs the requester on this client's own
-/// single-threaded runtime (the shard's executors are glommio's; only the
-/// refresher thread talks to shuckle).
+/// single-threaded runtime (the shard's I/O threads are plain blocking
+/// threads; only the refresher thread talks to shuckle).
 pub struct ShuckleClient {
     runtime: tokio::runtime::Runtime,
     requester: DatagramClient,

@@ -1,0 +1,148 @@
+//! One metad figure at a time, with the shard's CPU cost: for profiling
+//! and paired A/B runs of two metad builds (issue 12).
+//!
+//! `cargo run --release -p perf --example shard_load -- MODE CLIENTS SECONDS [METAD]`
+//!
+//! - MODE `stat`: stat of the root, as eggs-perf's stat rows;
+//! - MODE `create`: durable small-file creates, as eggs-perf's create rows;
+//! - MODE `echo`: the UDP echo baseline (no metad).
+//!
+//! METAD defaults to the `metad` beside this example (`target/release/`);
+//! shuckle is always the one beside it. Prints one line: the rate, the
+//! shard's CPU seconds per operation (utime + stime of the metad process
+//! over the measured interval, from `/proc/PID/stat`), and for creates the
+//! writer's commits, mutations per commit and fsyncs per operation from
+//! metad's `/metrics`. Set
+//! `SHARD_LOAD_PAUSE=1` to print metad's pid and wait 2 s before the load
+//! (time to attach `perf record -p PID`).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use perf::process::{self, Daemon};
+use perf::{limits, shard, udp};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(mode), Some(clients), Some(seconds)) = (args.first(), args.get(1), args.get(2)) else {
+        eprintln!("usage: shard_load stat|create|echo CLIENTS SECONDS [METAD]");
+        std::process::exit(2);
+    };
+    let clients: usize = clients.parse().expect("CLIENTS is a number");
+    let duration = Duration::from_secs_f64(seconds.parse().expect("SECONDS is a number"));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    if mode == "echo" {
+        let server = limits::EchoServer::start(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+            .expect("echo server");
+        let rate = runtime.block_on(udp::echo_rate(server.addr, clients, duration)).expect("echo");
+        println!("echo clients={clients} ops_per_s={rate:.0}");
+        return;
+    }
+    let metad = args.get(3).map(PathBuf::from).unwrap_or_else(|| process::binary("metad").expect("metad"));
+    let folder = tempfile::Builder::new().prefix("shard-load-").tempdir_in("/tmp").expect("temporary folder");
+    let shuckle = start_shuckle(folder.path());
+    let shuckle_addr = shuckle.address("udp").expect("shuckle address");
+    let daemon = start_metad(&metad, folder.path(), shuckle_addr);
+    let addr = daemon.address("udp").expect("metad address");
+    let metrics = daemon.address("metrics").expect("metad metrics address");
+    if std::env::var_os("SHARD_LOAD_PAUSE").is_some() {
+        println!("metad pid {}", daemon.pid());
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // Warm up (and make sure the shard answers) before measuring.
+    runtime
+        .block_on(async {
+            let mut client = udp::Client::new(addr, wire::datagram::SHARD_MAGIC).await?;
+            shard::create_small_file(&mut client, shard::ROOT, "warm-up", b"warm").await
+        })
+        .expect("warm-up create");
+    let before = commit_counts(metrics);
+    let cpu_before = cpu_seconds(daemon.pid());
+    let rate = match mode.as_str() {
+        "stat" => runtime.block_on(shard::stat_rate(addr, clients, duration)),
+        "create" => runtime.block_on(shard::create_rate(addr, shard::ROOT, "load", clients, duration, u64::MAX)),
+        other => panic!("unknown mode {other}"),
+    }
+    .expect("load");
+    let cpu = cpu_seconds(daemon.pid()) - cpu_before;
+    let after = commit_counts(metrics);
+    let (commits, mutations, syncs) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    let per_commit = if commits > 0.0 { mutations / commits } else { 0.0 };
+    let ops = rate.ops.max(1) as f64;
+    println!(
+        "{mode} clients={clients} ops_per_s={:.0} metad_cpu_us_per_op={:.1} metad_cpu_s={cpu:.2} commits={commits} \
+         mutations_per_commit={per_commit:.2} syncs={syncs} fsyncs_per_op={:.3}",
+        rate.per_second(),
+        cpu * 1e6 / ops,
+        (commits + syncs) / ops,
+    );
+}
+
+fn start_shuckle(folder: &Path) -> Daemon {
+    let args: Vec<String> = vec![
+        "--data-dir".into(),
+        folder.join("shuckle").display().to_string(),
+        "--http".into(),
+        "127.0.0.1:0".into(),
+        "--udp".into(),
+        "127.0.0.1:0".into(),
+        "--key-file".into(),
+        folder.join("cluster.key").display().to_string(),
+    ];
+    Daemon::start("shuckle", &process::binary("shuckle").expect("shuckle"), &args, &[], folder, READY_TIMEOUT)
+        .expect("shuckle starts")
+}
+
+fn start_metad(metad: &Path, folder: &Path, shuckle: SocketAddr) -> Daemon {
+    let args: Vec<String> = vec![
+        "1".into(),
+        folder.join("shard-1").display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--shuckle".into(),
+        shuckle.to_string(),
+        "--key-file".into(),
+        folder.join("cluster.key").display().to_string(),
+        "--metrics".into(),
+        "127.0.0.1:0".into(),
+    ];
+    Daemon::start("metad", metad, &args, &[], folder, READY_TIMEOUT).expect("metad starts")
+}
+
+/// utime + stime of process `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process stat");
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line; the first field
+    // after the name is field 3.
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / per_second
+}
+
+/// (commits, mutations, explicit syncs) so far: count and sum of
+/// `metad_commit_batch_size`, count of `metad_sync_duration_seconds`. Every
+/// commit is one fdatasync, every explicit sync another.
+fn commit_counts(metrics: SocketAddr) -> (f64, f64, f64) {
+    let mut stream = TcpStream::connect(metrics).expect("metrics connect");
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("metrics request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("metrics answer");
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    };
+    (
+        value("metad_commit_batch_size_count"),
+        value("metad_commit_batch_size_sum"),
+        value("metad_sync_duration_seconds_count"),
+    )
+}
