@@ -18,13 +18,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use perf::process::{self, Daemon};
+use perf::process;
 use perf::{limits, shard, udp};
-
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,9 +42,10 @@ fn main() {
     }
     let metad = args.get(3).map(PathBuf::from).unwrap_or_else(|| process::binary("metad").expect("metad"));
     let folder = tempfile::Builder::new().prefix("shard-load-").tempdir_in("/tmp").expect("temporary folder");
-    let shuckle = start_shuckle(folder.path());
+    let shuckle = shard::start_shuckle(folder.path()).expect("shuckle starts");
     let shuckle_addr = shuckle.address("udp").expect("shuckle address");
-    let daemon = start_metad(&metad, folder.path(), shuckle_addr);
+    let daemon =
+        shard::start_metad(&metad, folder.path(), shuckle_addr, &["--metrics", "127.0.0.1:0"]).expect("metad starts");
     let addr = daemon.address("udp").expect("metad address");
     let metrics = daemon.address("metrics").expect("metad metrics address");
     if std::env::var_os("SHARD_LOAD_PAUSE").is_some() {
@@ -80,37 +79,6 @@ fn main() {
         cpu * 1e6 / ops,
         (commits + syncs) / ops,
     );
-}
-
-fn start_shuckle(folder: &Path) -> Daemon {
-    let args: Vec<String> = vec![
-        "--data-dir".into(),
-        folder.join("shuckle").display().to_string(),
-        "--http".into(),
-        "127.0.0.1:0".into(),
-        "--udp".into(),
-        "127.0.0.1:0".into(),
-        "--key-file".into(),
-        folder.join("cluster.key").display().to_string(),
-    ];
-    Daemon::start("shuckle", &process::binary("shuckle").expect("shuckle"), &args, &[], folder, READY_TIMEOUT)
-        .expect("shuckle starts")
-}
-
-fn start_metad(metad: &Path, folder: &Path, shuckle: SocketAddr) -> Daemon {
-    let args: Vec<String> = vec![
-        "1".into(),
-        folder.join("shard-1").display().to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--shuckle".into(),
-        shuckle.to_string(),
-        "--key-file".into(),
-        folder.join("cluster.key").display().to_string(),
-        "--metrics".into(),
-        "127.0.0.1:0".into(),
-    ];
-    Daemon::start("metad", metad, &args, &[], folder, READY_TIMEOUT).expect("metad starts")
 }
 
 /// utime + stime of process `pid`, in seconds.

@@ -229,49 +229,21 @@ fn blockd_figures(plan: &Plan, folder: &Path, limits: &Limits, report: &mut Repo
     }
 }
 
-/// Shuckle on port 0 with the run's cluster key, when it works.
-fn start_shuckle(folder: &Path) -> perf::error::Result<Daemon> {
-    let shuckle = process::binary("shuckle")?;
-    let args: Vec<String> = vec![
-        "--data-dir".into(),
-        folder.join("shuckle").display().to_string(),
-        "--http".into(),
-        "127.0.0.1:0".into(),
-        "--udp".into(),
-        "127.0.0.1:0".into(),
-        "--key-file".into(),
-        folder.join("cluster.key").display().to_string(),
-    ];
-    Daemon::start("shuckle", &shuckle, &args, &[], folder, READY_TIMEOUT)
-}
-
-fn start_metad(folder: &Path, shuckle: SocketAddr) -> perf::error::Result<Daemon> {
-    let metad = process::binary("metad")?;
-    let args: Vec<String> = vec![
-        "1".into(),
-        folder.join("shard-1").display().to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--shuckle".into(),
-        shuckle.to_string(),
-        "--key-file".into(),
-        folder.join("cluster.key").display().to_string(),
-    ];
-    Daemon::start("metad", &metad, &args, &[], folder, READY_TIMEOUT)
-}
-
 fn shard_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime, report: &mut Report) {
     progress("metad: stat, resolve, creates");
     // Shuckle is only where the shard registers; a sink stands in for it
     // when shuckle itself is not there yet.
-    let shuckle = start_shuckle(folder);
+    let shuckle = shard::start_shuckle(folder);
     let sink = registration_sink();
     let shuckle_addr = match (&shuckle, &sink) {
         (Ok(daemon), _) => daemon.address("udp").map_err(|e| e.to_string()),
         (Err(_), Ok((_, addr))) => Ok(*addr),
         (Err(_), Err(why)) => Err(why.clone()),
     };
-    let started = shuckle_addr.and_then(|addr| start_metad(folder, addr).map_err(|e| e.to_string()));
+    let started = shuckle_addr.and_then(|addr| {
+        let metad = process::binary("metad").map_err(|e| e.to_string())?;
+        shard::start_metad(&metad, folder, addr, &[]).map_err(|e| e.to_string())
+    });
     let shard_addr = started.as_ref().map_err(Clone::clone).and_then(|d| d.address("udp").map_err(|e| e.to_string()));
     let resolve_target = "perf-resolve-target";
     let prepared = shard_addr.clone().and_then(|addr| {

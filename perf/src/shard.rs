@@ -17,7 +17,10 @@ use wire::shard::{
 use wire::span::{InlineBytes, SpanBody};
 use zerocopy::byteorder::little_endian::{U32, U64};
 
+use std::path::Path;
+
 use crate::error::{PerfError, Result};
+use crate::process::Daemon;
 use crate::udp::{Client, Rate, run_clients};
 
 /// The root directory (shard 1).
@@ -151,4 +154,41 @@ pub async fn create_rate(
         }
     })
     .await
+}
+
+/// How long shuckle or metad may take to say `ready`.
+const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Shuckle on port 0 with the run's cluster key (`folder/cluster.key`), its
+/// data in `folder/shuckle`.
+pub fn start_shuckle(folder: &Path) -> Result<Daemon> {
+    let shuckle = crate::process::binary("shuckle")?;
+    let args: Vec<String> = vec![
+        "--data-dir".into(),
+        folder.join("shuckle").display().to_string(),
+        "--http".into(),
+        "127.0.0.1:0".into(),
+        "--udp".into(),
+        "127.0.0.1:0".into(),
+        "--key-file".into(),
+        folder.join("cluster.key").display().to_string(),
+    ];
+    Daemon::start("shuckle", &shuckle, &args, &[], folder, DAEMON_READY_TIMEOUT)
+}
+
+/// `metad` (the binary at `metad`) as shard 1 on port 0, its data in
+/// `folder/shard-1`, registering with `shuckle`, plus `extra` flags.
+pub fn start_metad(metad: &Path, folder: &Path, shuckle: SocketAddr, extra: &[&str]) -> Result<Daemon> {
+    let mut args: Vec<String> = vec![
+        "1".into(),
+        folder.join("shard-1").display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--shuckle".into(),
+        shuckle.to_string(),
+        "--key-file".into(),
+        folder.join("cluster.key").display().to_string(),
+    ];
+    args.extend(extra.iter().map(|flag| (*flag).to_owned()));
+    Daemon::start("metad", metad, &args, &[], folder, DAEMON_READY_TIMEOUT)
 }
