@@ -149,3 +149,41 @@ fn shuckle_lists_the_advertised_address_of_a_daemon_that_found_it_by_name() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Issue 17 G5: metad's and cdcd's outgoing datagrams (their registrations
+/// with shuckle first of all) leave from the advertised address, not from
+/// whatever the kernel picks for a socket bound to 0.0.0.0. A fake shuckle
+/// per daemon, on 127.0.0.1, sees where each datagram came from: on
+/// loopback the kernel would otherwise pick 127.0.0.1.
+#[test]
+fn metad_and_cdcd_send_from_their_advertised_address() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let folder = temp.path().to_str().expect("utf-8");
+    let fake_shuckle = || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let address = socket.local_addr().expect("address").to_string();
+        (socket, address)
+    };
+    let (metad_shuckle, metad_shuckle_address) = fake_shuckle();
+    let (cdcd_shuckle, cdcd_shuckle_address) = fake_shuckle();
+    let advertised = ["--listen", "0.0.0.0:0", "--advertise", "127.0.0.2"];
+    let mut metad_args = vec!["0", folder];
+    metad_args.extend(advertised);
+    metad_args.extend(["--shuckle", &metad_shuckle_address]);
+    let _metad = testsupport::Daemon::start(&binary("metad"), &metad_args);
+    let mut cdcd_args = vec![folder];
+    cdcd_args.extend(advertised);
+    cdcd_args.extend(["--shuckle", &cdcd_shuckle_address, "--shards", "0", "--shard-addr", "0=127.0.0.1:9"]);
+    let _cdcd = testsupport::Daemon::start(&binary("cdcd"), &cdcd_args);
+    for (daemon, socket) in [("metad", &metad_shuckle), ("cdcd", &cdcd_shuckle)] {
+        let mut datagram = [0u8; 2048];
+        let (_, from) =
+            socket.recv_from(&mut datagram).unwrap_or_else(|error| panic!("{daemon} sent nothing: {error}"));
+        assert_eq!(
+            from.ip().to_string(),
+            "127.0.0.2",
+            "{daemon}'s datagram came from {from}, not its advertised address"
+        );
+    }
+}
