@@ -189,3 +189,14 @@ fn ten_percent_loss_between_cdc_and_shards() {
     assert_eq!(cluster.lock().unwrap().shard_client().check_tree().unwrap(), model.entries);
     stop.store(true, Ordering::Relaxed);
 }
+
+/// Issue 17 G3: the CDC's lock file (which names the running process) is
+/// readable by its user only, like the key and the store beside it.
+#[test]
+fn the_lock_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::start(|shards| shards.to_vec());
+    let lock = cluster.dir.path().join("cdc").join("lock");
+    let mode = std::fs::metadata(&lock).expect("cdcd's lock file").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{} has mode {mode:o}", lock.display());
+}
