@@ -67,17 +67,6 @@ fn umount(dir: &Path) {
     let _ = std::process::Command::new("umount").arg("-l").arg(dir).status();
 }
 
-/// Fills the file system holding `dir` with `dir/filler`.
-fn fill(dir: &Path) {
-    use std::io::Write;
-    let mut file = std::fs::File::create(dir.join("filler")).unwrap();
-    let chunk = vec![0xa5u8; 64 * 1024];
-    while file.write_all(&chunk).is_ok() {}
-    // Smaller pieces into the last pages.
-    while file.write_all(&chunk[..512]).is_ok() {}
-    let _ = file.sync_all();
-}
-
 /// Issue 17 C: with its disk full cdcd exited. Now it answers STORAGE_ERROR
 /// to new transactions, keeps serving, and resumes by itself when space
 /// returns. Needs root (tmpfs): skipped with a message elsewhere, never
@@ -103,7 +92,7 @@ fn a_full_disk_answers_storage_error_and_recovers_by_itself() {
     cluster.start_cdc();
     let cdc = cluster.cdc_client();
     assert_eq!(cdc.run(&mkdir(InodeId::ROOT, "before")).0, CdcStatus::Ok);
-    fill(&state);
+    testsupport::fill_filesystem(&state);
     // New transactions are refused with STORAGE_ERROR once a commit failed
     // (LMDB reuses the pages its file already has, so the first commits
     // after the disk filled may still succeed; the one that fails waits).

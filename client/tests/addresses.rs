@@ -7,9 +7,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, binary};
@@ -72,46 +70,12 @@ fn a_shuckle_name_that_does_not_resolve_is_one_line() {
     assert_usage_line("gcd", &gcd, &["--shuckle", shuckle, "does not resolve"]);
 }
 
-/// A daemon child, killed on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `blockd args` and returns it with the TCP port it printed.
-fn start_blockd(args: &[&str]) -> (Running, u16) {
-    let mut child = Command::new(binary("blockd"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start blockd");
-    let stdout = child.stdout.take().expect("stdout");
-    let running = Running(child);
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut port = None;
-    loop {
-        let line = receiver.recv_timeout(Duration::from_secs(60)).expect("blockd printed no `ready`");
-        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-            ["listening", "tcp", address] => {
-                port = Some(address.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port"));
-            }
-            ["ready"] => return (running, port.expect("a `listening tcp` line before `ready`")),
-            _ => {}
-        }
-    }
+/// Starts `blockd args` (SIGKILLed on drop) and returns it with the TCP
+/// port it printed.
+fn start_blockd(args: &[&str]) -> (testsupport::Daemon, u16) {
+    let blockd = testsupport::Daemon::start(&binary("blockd"), args);
+    let port = blockd.address("tcp").port();
+    (blockd, port)
 }
 
 #[test]

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use common::{Client, cluster_key, decode, start_metad};
@@ -38,15 +37,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Fills the file system of `dir` with `dir/filler`.
-fn fill(dir: &Path) {
-    let mut file = std::fs::File::create(dir.join("filler")).unwrap();
-    let chunk = vec![0x5au8; 64 * 1024];
-    while file.write_all(&chunk).is_ok() {}
-    while file.write_all(&chunk[..512]).is_ok() {}
-    let _ = file.sync_all();
-}
-
 enum Outcome {
     Created(InodeId),
     StorageError,
@@ -73,7 +63,7 @@ fn a_full_disk_answers_storage_error_serves_reads_and_recovers() {
     let daemon = start_metad(1, &dir, None);
     let mut client = Client::new(daemon.address("udp"), &cluster_key(&dir));
     let Outcome::Created(before) = create(&mut client) else { panic!("a create on an empty disk failed") };
-    fill(&dir);
+    testsupport::fill_filesystem(&dir);
     // LMDB reuses pages its file already has, so some creates may still
     // succeed; they keep going until one cannot be made durable.
     let mut refused = 0;

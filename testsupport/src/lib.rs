@@ -127,6 +127,17 @@ pub fn mount_tmpfs(dir: &Path, bytes: u64) -> bool {
         .is_ok_and(|status| status.success())
 }
 
+/// Fills the file system holding `dir` with `dir/filler` up to its last
+/// bytes (64 KiB writes, then 512-byte ones into the last pages), synced.
+pub fn fill_filesystem(dir: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(dir.join("filler")).expect("create the filler");
+    let chunk = vec![0x5au8; 64 * 1024];
+    while file.write_all(&chunk).is_ok() {}
+    while file.write_all(&chunk[..512]).is_ok() {}
+    let _ = file.sync_all();
+}
+
 /// Whether tests that can skip (no root, no chromium, no namespaces) must
 /// not: `CI=true` turns every such skip into a failure.
 pub fn under_ci() -> bool {
