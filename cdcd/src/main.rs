@@ -107,6 +107,8 @@ async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     let key = MacKey::new(&daemon::keyfile::load_or_create(&key_path).or_usage()?);
     let shuckle = address::resolve("--shuckle", &args.shuckle)?;
     let store = Arc::new(TxnStore::open(&state_dir, true).context("open the transaction store")?);
+    // A fault inside the store's map from now on: one line, exit 3 (daemon::fault).
+    daemon::fault::guard("cdcd", &state_dir, None).context("install the store's fault guard")?;
 
     let socket =
         UdpSocket::bind(args.listen).await.with_context(|| format!("cannot bind udp {}", args.listen)).or_usage()?;

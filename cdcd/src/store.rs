@@ -79,6 +79,10 @@ pub enum StoreError {
     Corrupt { txn_id: u64, reason: String },
     #[error("transaction store: table {table}, key {key}: CRC mismatch (damaged value)")]
     Damaged { table: &'static str, key: String },
+    /// Truncated, or a page header LMDB would trust is damaged: refused
+    /// before LMDB maps it (`daemon::lmdb`).
+    #[error("transaction store: {0}")]
+    Structure(#[from] daemon::lmdb::Damage),
 }
 
 /// `crc32c(key ‖ payload)` ‖ payload.
@@ -132,6 +136,7 @@ impl TxnStore {
                 options.flags(EnvFlags::NO_SYNC);
             }
         }
+        daemon::lmdb::check(dir)?;
         // SAFETY: the CDC holds an exclusive lock on its directory, so the
         // environment is opened once per process and never by two
         // processes for writing.

@@ -5,6 +5,7 @@
 //! | 0 | clean stop (SIGTERM or SIGINT), or `--help`/`--version` |
 //! | 1 | runtime failure: something that worked stopped working (a disk error, a failed executor, a lost socket) |
 //! | 2 | usage or configuration: a bad flag, an unusable folder or key file, an address that cannot be bound, a folder locked by another daemon |
+//! | 3 | the LMDB store faulted: a read inside its map failed (damage that arrived after the start-up check, or a disk read error); see [`crate::fault`] |
 //!
 //! A failure is one line on stderr, `PROCESS: what went wrong: why`. clap
 //! already exits 2 on a bad flag and 0 for `--help`.
@@ -17,6 +18,9 @@ pub const EXIT_CLEAN: u8 = 0;
 pub const EXIT_RUNTIME: u8 = 1;
 /// Bad usage or configuration (bind failure and folder lock included).
 pub const EXIT_USAGE: u8 = 2;
+
+/// A read inside the store's map faulted ([`crate::fault`]).
+pub const EXIT_STORE_FAULT: u8 = 3;
 
 /// Why a daemon stops other than cleanly.
 #[derive(Debug)]

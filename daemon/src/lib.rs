@@ -9,7 +9,11 @@
 //!   (staged and hard-linked) when missing.
 //! - [`log`]: log set-up on stderr, tagged with the process and shard.
 //! - [`exit`]: the one exit-code scheme (0 clean stop, 1 runtime failure,
-//!   2 usage or configuration).
+//!   2 usage or configuration, 3 a fault inside the store's map).
+//! - [`lmdb`] and [`fault`]: an LMDB store's structural check before it
+//!   is mapped (page and node headers LMDB trusts), and the SIGSEGV/SIGBUS
+//!   guard that turns a fault inside the map into one line, exit 3 and a
+//!   marker the next start refuses (issue 17 F).
 //! - [`signals`]: SIGTERM/SIGINT taken by `sigwait`, never by a handler.
 //! - [`address`]: address flags: host names resolved at start, `--advertise`
 //!   (a wildcard listen address needs it), the source of outgoing requests.
@@ -26,8 +30,10 @@ pub mod address;
 pub mod announce;
 pub mod bind;
 pub mod exit;
+pub mod fault;
 pub mod folder;
 pub mod keyfile;
+pub mod lmdb;
 pub mod log;
 pub mod metrics;
 pub mod signals;

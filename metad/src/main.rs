@@ -18,8 +18,9 @@ use wire::limits::{SHARD_PORT_BASE, SHUCKLE_PORT_DEFAULT};
     about = "eggsfs metadata shard",
     after_help = "Needs from the OS: the UDP port of --listen, reachable from clients and the CDC; UDP to \
                   shuckle; the cluster key file readable only by this user. Exit codes: 0 stopped by \
-                  SIGTERM/SIGINT, 1 runtime failure, 2 bad usage or configuration (incl. a port in use or a \
-                  folder locked by another metad). `metad --verify DIR` checks a stopped shard's store for damage \
+                  SIGTERM/SIGINT, 1 runtime failure (incl. a damaged store refused at start), 2 bad usage or configuration (incl. a port in use or a \
+                  folder locked by another metad), 3 a read inside the store's map faulted (metad then \
+                  refuses to start until `metad --verify` finds the store intact). `metad --verify DIR` checks a stopped shard's store for damage \
                   (exit 0 intact, 1 damaged, 2 unreadable)."
 )]
 struct Args {

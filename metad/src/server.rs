@@ -151,7 +151,12 @@ struct Job {
 /// Opens the state, binds the sockets, prints `listening udp …` and `ready`,
 /// and serves until killed.
 pub fn run(config: Config) -> Result<(), ServerError> {
-    let store = Store::open(&config.folder.join(format!("shard-{:03}", config.shard)))?;
+    let folder = config.folder.join(format!("shard-{:03}", config.shard));
+    let store = Store::open(&folder)?;
+    // From here a fault inside the map is damage that arrived after the
+    // start-up check: one line, exit 3, a marker (daemon::fault).
+    daemon::fault::guard("metad", &folder, Some("metad --verify"))
+        .map_err(|error| ServerError::Start(format!("cannot install the store's fault guard: {error}")))?;
     // The writer syncs the meta page itself (see `writer`): one fsync per
     // commit instead of two.
     // SAFETY: NO_META_SYNC keeps LMDB consistent after a crash (at worst the

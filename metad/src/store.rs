@@ -26,9 +26,19 @@
 //! has no checksums, so without this a flipped bit in a page was served as
 //! a wrong inode, a mangled name or a short listing. `meta/format` holds
 //! [`STORE_FORMAT`]; a store without it (written before the checksums) is
-//! refused. At open, the file size is checked against LMDB's own record of
-//! its last page ([`check_file_size`]): a truncated `data.mdb` is refused
-//! with one line instead of killing the daemon with SIGBUS on first touch.
+//! refused.
+//!
+//! Before LMDB maps `data.mdb`, [`Store::open`] runs `daemon::lmdb::check`:
+//! the file size against LMDB's own record of its last page (a truncated
+//! file would SIGBUS on first touch), and every page and node header LMDB
+//! would trust on the way to a record (a flipped bit there crashed metad
+//! with SIGSEGV inside LMDB the first time a request touched the page). A
+//! damaged file is refused with one line naming the file and the page.
+//! Damage that arrives after the start (the file changed behind metad's
+//! back, a disk read error) faults inside the map: `daemon::fault`'s
+//! handler, installed by the server, prints one line, exits 3 and leaves a
+//! marker; [`Store::open`] refuses a marked store until `metad --verify`
+//! finds it intact ([`StoreError::Faulted`]).
 //!
 //! A checksum covers the records LMDB hands out, not the answers it does
 //! not: a flipped bit in a stored key moves the record out of place, and a
@@ -38,9 +48,6 @@
 //! its start: each must be intact and in order, or the read fails as
 //! corrupt ([`Db`]). A record whose (flipped) size runs past the end of the
 //! file is refused before it is read ([`MapBounds`]), instead of a SIGBUS.
-//! Left open: LMDB trusts its page headers and node flags, and a flip there
-//! can crash the process inside LMDB (SIGSEGV) — never a wrong answer;
-//! `metad --verify` reports such a store as structurally damaged.
 //!
 //! Living keys sort by (hash, name) — the listing order. Dead keys end the
 //! name with a NUL (names never contain one) so that all versions of one name
@@ -66,10 +73,14 @@ pub enum StoreError {
     Corrupt(&'static str),
     #[error("cannot create the state folder {path}: {source}")]
     Folder { path: String, source: std::io::Error },
+    /// Truncated, not LMDB, or a page header LMDB would trust is damaged
+    /// (`daemon::lmdb`).
+    #[error(transparent)]
+    Damaged(#[from] daemon::lmdb::Damage),
     #[error(
-        "{path} is truncated: {size} bytes, but LMDB's metadata says its last page ends at {needed} bytes; restore it from a copy"
+        "the store {folder} faulted while serving and is refused until checked: {line} (remove {marker} only after `metad --verify {folder}` says intact; verify removes it then)"
     )]
-    Truncated { path: String, size: u64, needed: u64 },
+    Faulted { folder: String, marker: String, line: String },
     #[error("{path} is not an LMDB file metad can open: {reason}")]
     NotLmdb { path: String, reason: &'static str },
     #[error("{path} was written without record checksums (store format {found}, this metad needs {STORE_FORMAT})")]
@@ -165,24 +176,6 @@ impl MapBounds {
         self.file_bytes.fetch_max(now, Ordering::Relaxed);
         end <= now
     }
-}
-
-/// The address range where this process maps `file` (the largest such
-/// mapping), from `/proc/self/maps`: LMDB does not say where its map is
-/// (its `map_addr` is set only with a fixed map).
-fn mapping_of(file: &Path) -> Option<(usize, usize)> {
-    let file = std::fs::canonicalize(file).ok()?;
-    let file = file.to_str()?;
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines()
-        .filter(|line| line.ends_with(file))
-        .filter_map(|line| {
-            let (start, end) = line.split_whitespace().next()?.split_once('-')?;
-            let start = usize::from_str_radix(start, 16).ok()?;
-            let end = usize::from_str_radix(end, 16).ok()?;
-            Some((start, end.checked_sub(start)?))
-        })
-        .max_by_key(|&(_, size)| size)
 }
 
 impl Db {
@@ -434,71 +427,6 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// LMDB's meta page layout (64-bit builds): a 16-byte page header, then
-/// `MDB_meta`: magic u32 @0, version u32 @4, address @8, map size @16,
-/// two `MDB_db` of 48 bytes @24 (the first one's `md_pad` is the page
-/// size), last page number u64 @120, transaction id u64 @128.
-const LMDB_PAGE_HEADER_BYTES: usize = 16;
-const LMDB_MAGIC: u32 = 0xBEEF_C0DE;
-const LMDB_META_PAGE_SIZE_AT: usize = 24;
-const LMDB_META_LAST_PAGE_AT: usize = 120;
-const LMDB_META_TXNID_AT: usize = 128;
-/// Smallest page size LMDB uses; meta page 1 starts one page in.
-const LMDB_PAGE_SIZE_MIN: u64 = 512;
-
-/// Refuses a `data.mdb` shorter than LMDB's newest meta page says it is
-/// (mapping it would SIGBUS on the first touch of a missing page). A
-/// folder without `data.mdb` is a new store and passes.
-pub fn check_file_size(folder: &Path) -> Result<(), StoreError> {
-    use std::io::Read;
-    let path = folder.join("data.mdb");
-    let display = path.display().to_string();
-    let mut file = match std::fs::File::open(&path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => return Err(StoreError::Folder { path: display, source: error }),
-    };
-    let size = file.metadata().map_err(|source| StoreError::Folder { path: display.clone(), source })?.len();
-    let mut head = vec![0u8; 2 * 65536];
-    let mut filled = 0;
-    while filled < head.len() {
-        match file.read(&mut head[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(source) => return Err(StoreError::Folder { path: display, source }),
-        }
-    }
-    head.truncate(filled);
-    let u32_at = |at: usize| head.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let u64_at = |at: usize| head.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
-    let meta = |page_start: usize| -> Option<(u64, u64, u64)> {
-        let base = page_start + LMDB_PAGE_HEADER_BYTES;
-        if u32_at(base)? != LMDB_MAGIC {
-            return None;
-        }
-        let page_size = u64::from(u32_at(base + LMDB_META_PAGE_SIZE_AT)?);
-        Some((u64_at(base + LMDB_META_TXNID_AT)?, u64_at(base + LMDB_META_LAST_PAGE_AT)?, page_size))
-    };
-    let Some(first) = meta(0) else {
-        return Err(StoreError::NotLmdb { path: display, reason: "no LMDB meta page at its start" });
-    };
-    let page_size = first.2;
-    if !(LMDB_PAGE_SIZE_MIN..=65536).contains(&page_size) || !page_size.is_power_of_two() {
-        return Err(StoreError::NotLmdb { path: display, reason: "implausible page size in its meta page" });
-    }
-    let second = usize::try_from(page_size).ok().and_then(meta);
-    // The newer meta page (higher transaction id) is the one LMDB uses.
-    let (_, last_page, _) = match second {
-        Some(second) if second.0 > first.0 => second,
-        _ => first,
-    };
-    let needed = last_page.saturating_add(1).saturating_mul(page_size);
-    if size < needed {
-        return Err(StoreError::Truncated { path: display, size, needed });
-    }
-    Ok(())
-}
-
 /// The LMDB map size: address space only (the file grows as needed).
 const MAP_SIZE_BYTES: usize = 1 << 40;
 /// Named databases in the environment.
@@ -522,10 +450,23 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the environment in `folder`. Commits are
     /// synchronous (no NO_SYNC flags): a committed transaction is on disk.
+    /// Refused: a store whose last run faulted inside its map (the marker
+    /// of `daemon::fault`), and a damaged file (`daemon::lmdb::check`,
+    /// before LMDB maps it).
     pub fn open(folder: &Path) -> Result<Self, StoreError> {
+        if let Some((marker, line)) = daemon::fault::marker(folder) {
+            let folder = folder.display().to_string();
+            return Err(StoreError::Faulted { folder, marker: marker.display().to_string(), line });
+        }
+        Self::open_despite_fault(folder)
+    }
+
+    /// [`Store::open`] without the fault marker's refusal, for `metad
+    /// --verify` (which checks the store the marker points at).
+    pub fn open_despite_fault(folder: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(folder)
             .map_err(|source| StoreError::Folder { path: folder.display().to_string(), source })?;
-        check_file_size(folder)?;
+        daemon::lmdb::check(folder)?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
         options.map_size(MAP_SIZE_BYTES).max_dbs(DATABASES_MAX).max_readers(1024);
         // SAFETY: heed requires that one process does not open the same
@@ -534,7 +475,7 @@ impl Store {
         let data = folder.join("data.mdb");
         let file = std::fs::File::open(&data)
             .map_err(|source| StoreError::Folder { path: data.display().to_string(), source })?;
-        let (start, size) = mapping_of(&data).unwrap_or((0, 0));
+        let (start, size) = daemon::fault::mapping_of(&data).unwrap_or((0, 0));
         let map: &'static MapBounds = Box::leak(Box::new(MapBounds {
             start,
             size,
@@ -1063,8 +1004,8 @@ mod tests {
         let data = dir.path().join("data.mdb");
         let len = std::fs::metadata(&data).unwrap().len();
         std::fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(len / 2).unwrap();
-        let error = check_file_size(dir.path()).unwrap_err();
-        assert!(matches!(error, StoreError::Truncated { .. }), "{error}");
+        let error = Store::open(dir.path()).err().expect("a truncated store is refused");
+        assert!(matches!(error, StoreError::Damaged(daemon::lmdb::Damage::Truncated { .. })), "{error}");
     }
 
     #[test]

@@ -2,16 +2,23 @@
 //!
 //! `DIR` is a shard's store folder (holding `data.mdb`) or a metad state
 //! folder (each `shard-NNN/` in it is checked). For each store: the file
-//! size against LMDB's metadata, then every record of every database
-//! against its checksum. One line per damaged record (database and key in
-//! hex), one summary line per store. Exit status 0 when everything is
-//! intact, 1 when damage was found, 2 when a store could not be read.
-//! Run it on a stopped shard: it opens the store like metad does.
+//! size and every page and node header LMDB trusts (`daemon::lmdb::check`,
+//! as metad's start does), then every record of every database against
+//! its checksum. One line per damaged record (database and key in hex), or
+//! one line naming a structurally damaged page; one summary line per
+//! store. Exit status 0 when everything is intact, 1 when damage was
+//! found, 2 when a store could not be read (truncated, not LMDB). Run it
+//! on a stopped shard: it opens the store like metad does.
+//!
+//! A store that faulted while serving carries `daemon::fault`'s marker,
+//! and metad refuses to start on it. Verify checks it all the same, and
+//! removes the marker when the store is intact (saying so): the fault was
+//! not in the file (a transient read error), and the store may serve again.
 //!
 //! Each store is walked in a child process (`metad --verify-store
-//! FOLDER`): LMDB trusts its page headers and node flags, and a flipped
-//! bit there can crash the walk (SIGSEGV inside LMDB). The parent then
-//! reports that store as structurally damaged instead of dying with it.
+//! FOLDER`): the structural check makes LMDB's walk safe, but a disk read
+//! error while walking still faults (SIGBUS). The parent then reports
+//! that store as damaged instead of dying with it.
 
 use std::path::{Path, PathBuf};
 
@@ -32,7 +39,7 @@ pub fn verify_store(folder: &Path) -> Result<Report, StoreError> {
     if !folder.join("data.mdb").exists() {
         return Err(StoreError::NotLmdb { path: folder.display().to_string(), reason: "no data.mdb in it" });
     }
-    let store = Store::open(folder)?;
+    let store = Store::open_despite_fault(folder)?;
     let txn = store.read_txn()?;
     let mut report = Report::default();
     for database in store.databases() {
@@ -89,7 +96,7 @@ fn run_child(folder: &Path) -> u8 {
             (Some(code), _) => u8::try_from(code).unwrap_or(2),
             (None, signal) => {
                 println!(
-                    "{}: structurally damaged: LMDB crashed walking it (signal {}); restore it from a copy",
+                    "{}: damaged: reading it faulted (signal {}); restore it from a copy",
                     folder.display(),
                     signal.unwrap_or(0)
                 );
@@ -111,7 +118,27 @@ fn run_store(folder: &Path) -> u8 {
                 println!("damaged {} {database} key {}", folder.display(), hex(key));
             }
             println!("{}: {} records, {} damaged", folder.display(), report.records, report.damaged.len());
-            u8::from(!report.damaged.is_empty())
+            if !report.damaged.is_empty() {
+                return 1;
+            }
+            if let Some((marker, line)) = daemon::fault::marker(folder) {
+                match std::fs::remove_file(&marker) {
+                    Ok(()) => println!("{}: intact; removed the fault marker ({line})", folder.display()),
+                    Err(error) => {
+                        println!(
+                            "{}: intact, but cannot remove the fault marker {}: {error}",
+                            folder.display(),
+                            marker.display()
+                        );
+                        return 2;
+                    }
+                }
+            }
+            0
+        }
+        Err(error @ StoreError::Damaged(daemon::lmdb::Damage::Page { .. })) => {
+            println!("{}: structurally damaged: {error}", folder.display());
+            1
         }
         Err(error) => {
             println!("{}: cannot verify: {error}", folder.display());

@@ -1,5 +1,5 @@
 //! A corrupted store is refused or answered with STORAGE_ERROR, never
-//! served as wrong data (issue 17 F).
+//! served as wrong data, and never ends in a silent signal death (issue 17 F).
 //!
 //! One real metad fills a store with a few thousand files and a directory
 //! of injected entries, then stops. Its folder is the uncorrupted
@@ -7,14 +7,17 @@
 //! every inode, a lookup of every name, every listing page, the spans of
 //! every file). Each corruption is made on a fresh copy: a truncated
 //! `data.mdb` must be refused at start with one line (no SIGBUS); random
-//! bit flips in data pages (several seeds, printed) must either be refused
-//! at start or give, for every query, exactly the reference's answer or
-//! STORAGE_ERROR. `metad --verify` must report damage wherever metad
-//! answered STORAGE_ERROR or refused. One more outcome is accepted and
-//! printed: a crash inside LMDB, which trusts its node flags (see
-//! `metad::store`); the answers given before it are still compared, and
-//! verify must report that store as damaged. The store's contents (times,
-//! cookies) differ between runs, so each run flips different records.
+//! bit flips in data pages, and flips aimed at page and node headers (the
+//! fields LMDB trusts; several seeds each, printed), must either be refused
+//! at start with one line or give, for every query, exactly the
+//! reference's answer or STORAGE_ERROR, and metad must not die: damage
+//! already in the file is the start-up check's to find (`daemon::lmdb`).
+//! `metad --verify` must report damage wherever metad answered
+//! STORAGE_ERROR or refused. Damage that arrives while metad serves (the
+//! file cut behind its back) must end in the fault guard's one line and
+//! exit 3, and a refusal at every start until verify finds the store
+//! intact (`daemon::fault`). The store's contents (times, cookies) differ
+//! between runs, so each run flips different records.
 
 mod common;
 
@@ -228,8 +231,12 @@ fn pipeline_alive(
 
 /// How a metad on a damaged folder started.
 enum Start {
-    Ready(Daemon),
-    Refused { status: ExitStatus, stderr: String },
+    /// Serving; the thread returns its stderr once it exits.
+    Ready(Daemon, std::thread::JoinHandle<String>),
+    Refused {
+        status: ExitStatus,
+        stderr: String,
+    },
 }
 
 /// Starts metad on `dir`, bounded by START_BOUND.
@@ -266,8 +273,12 @@ fn start_maybe(dir: &Path) -> Start {
     match outcome.expect("start outcome") {
         Some(addresses) => {
             // Keep draining stderr (logs of corrupt records).
-            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-            Start::Ready(Daemon { name: "metad".into(), child, listening: addresses, other_lines: Vec::new() })
+            let stderr = std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = stderr.read_to_string(&mut text);
+                text
+            });
+            Start::Ready(Daemon { name: "metad".into(), child, listening: addresses, other_lines: Vec::new() }, stderr)
         }
         None => {
             let status = child.wait().expect("wait");
@@ -313,8 +324,21 @@ fn assert_clear_refusal(status: ExitStatus, stderr: &str, case: &str) {
     assert_eq!(lines.len(), 1, "{case}: expected one `metad: …` line, got: {stderr}");
 }
 
-#[test]
-fn corrupted_stores_are_refused_or_answer_storage_error_never_wrong_data() {
+/// The uncorrupted store and the reference's answers to every query.
+struct Fixture {
+    scratch: tempfile::TempDir,
+    reference: std::path::PathBuf,
+    key: SecretKey,
+    requests: Vec<ShardRequest<'static>>,
+    expected: Vec<Answer>,
+    size: u64,
+}
+
+fn data_file(folder: &Path) -> std::path::PathBuf {
+    folder.join(format!("shard-{SHARD:03}")).join("data.mdb")
+}
+
+fn fixture() -> Fixture {
     let scratch = tempfile::tempdir().unwrap();
     let original = scratch.path().join("original");
     let dir;
@@ -330,21 +354,105 @@ fn corrupted_stores_are_refused_or_answer_storage_error_never_wrong_data() {
     let key = cluster_key(&reference);
     let (code, report) = verify(&reference);
     assert_eq!(code, 0, "the uncorrupted store verifies: {report}");
-
     let queries = {
-        let Start::Ready(daemon) = start_maybe(&reference) else { panic!("the reference refuses to start") };
+        let Start::Ready(daemon, _) = start_maybe(&reference) else { panic!("the reference refuses to start") };
         let mut client = Client::new(daemon.address("udp"), &key);
         reference_queries(&mut client, &key, &[InodeId::ROOT, dir])
     };
     let (requests, expected): (Vec<_>, Vec<_>) = queries.into_iter().unzip();
     eprintln!("{} queries per metad", requests.len());
-    let data_file = |folder: &Path| folder.join(format!("shard-{SHARD:03}")).join("data.mdb");
     let size = std::fs::metadata(data_file(&reference)).unwrap().len();
+    Fixture { scratch, reference, key, requests, expected, size }
+}
+
+/// How a damaged copy fared.
+#[derive(Default)]
+struct Tally {
+    refused: usize,
+    storage_errors: usize,
+    intact: usize,
+}
+
+/// Damages a fresh copy of the reference with `damage` (on data.mdb's
+/// bytes), then: metad must refuse it at start with one clear line, or
+/// serve it and answer every query exactly as the reference or with
+/// STORAGE_ERROR, and never die (a death, by a signal or by the fault
+/// guard's exit, would mean the start-up check let through damage that is
+/// already in the file). verify must agree that the store is damaged
+/// wherever metad refused or answered STORAGE_ERROR.
+fn damaged_copy(fixture: &Fixture, case: &str, tally: &mut Tally, damage: impl FnOnce(&mut [u8]) -> String) {
+    let copy = fixture.scratch.path().join(case);
+    copy_folder(&fixture.reference, &copy);
+    let mut bytes = std::fs::read(data_file(&copy)).unwrap();
+    let what = damage(&mut bytes);
+    std::fs::write(data_file(&copy), &bytes).unwrap();
+    let (verify_code, report) = verify(&copy);
+    eprintln!("{case}: {what}; verify exit {verify_code}: {}", report.lines().last().unwrap_or(""));
+    let mut daemon = match start_maybe(&copy) {
+        Start::Refused { status, stderr } => {
+            assert_clear_refusal(status, &stderr, case);
+            eprintln!("{case}: refused: {}", stderr.trim());
+            assert_ne!(verify_code, 0, "{case}: metad refused the store but verify found nothing: {report}");
+            tally.refused += 1;
+            std::fs::remove_dir_all(&copy).unwrap();
+            return;
+        }
+        Start::Ready(daemon, _) => daemon,
+    };
+    let mut client = Client::new(daemon.address("udp"), &fixture.key);
+    let (answers, death) = ask_all(&mut client, &fixture.key, &fixture.requests, Some(&mut daemon));
+    let mut errors = 0;
+    for ((request, expected), answer) in fixture.requests.iter().zip(&fixture.expected).zip(&answers) {
+        if *answer == Answer::Error(ErrorKind::StorageError) {
+            errors += 1;
+            continue;
+        }
+        assert_eq!(answer, expected, "{case}: a wrong answer to {request:?}");
+    }
+    eprintln!("{case}: {errors} of {} queries answered STORAGE_ERROR, the rest exactly", answers.len());
+    if let Some(death) = death {
+        panic!(
+            "{case}: metad died after {} answers ({death}) on damage that was in the file at start; verify: {report}",
+            answers.len()
+        );
+    }
+    if errors > 0 {
+        tally.storage_errors += 1;
+        assert_ne!(verify_code, 0, "{case}: metad answered STORAGE_ERROR but verify found nothing: {report}");
+        assert!(report.contains("damaged") || report.contains("cannot verify"), "{report}");
+    } else {
+        tally.intact += 1;
+    }
+    drop(daemon);
+    std::fs::remove_dir_all(&copy).unwrap();
+}
+
+/// The byte offsets of the node headers of the branch or leaf page at
+/// `page` (empty for another kind of page).
+fn node_headers(bytes: &[u8], page: u64) -> Vec<u64> {
+    let base = (page * PAGE_BYTES) as usize;
+    let u16_at = |at: usize| u64::from(u16::from_le_bytes([bytes[base + at], bytes[base + at + 1]]));
+    let flags = u16_at(10);
+    if flags != 1 && flags != 2 {
+        return Vec::new();
+    }
+    let lower = u16_at(12).clamp(16, PAGE_BYTES);
+    (0..(lower - 16) / 2)
+        .map(|index| u16_at(16 + 2 * index as usize))
+        .filter(|&at| at + 8 <= PAGE_BYTES)
+        .map(|at| page * PAGE_BYTES + at)
+        .collect()
+}
+
+#[test]
+fn corrupted_stores_are_refused_or_answer_storage_error_never_wrong_data() {
+    let fixture = fixture();
+    let (reference, size) = (&fixture.reference, fixture.size);
 
     // (a) Truncation: refused with one line, never SIGBUS.
     for cut in [size / 2, size - PAGE_BYTES] {
-        let copy = scratch.path().join(format!("truncated-{cut}"));
-        copy_folder(&reference, &copy);
+        let copy = fixture.scratch.path().join(format!("truncated-{cut}"));
+        copy_folder(reference, &copy);
         std::fs::OpenOptions::new().write(true).open(data_file(&copy)).unwrap().set_len(cut).unwrap();
         let Start::Refused { status, stderr } = start_maybe(&copy) else {
             panic!("metad started on a data.mdb truncated to {cut} of {size} bytes")
@@ -357,64 +465,105 @@ fn corrupted_stores_are_refused_or_answer_storage_error_never_wrong_data() {
         std::fs::remove_dir_all(&copy).unwrap();
     }
 
-    // (b) Random bit flips in data pages (never the two meta pages).
+    // (b) Random bit flips anywhere in data pages (never the two meta
+    // pages): values, keys, and now and then a page or node header.
     let pages = size / PAGE_BYTES;
     assert!(pages > 20, "the store spans many pages ({pages})");
-    let (mut refused, mut crashed, mut storage_errors, mut intact) = (0, 0, 0, 0);
+    let mut tally = Tally::default();
     for seed in 1..=8u64 {
-        let copy = scratch.path().join(format!("flipped-{seed}"));
-        copy_folder(&reference, &copy);
-        let mut rng = Rng(seed);
-        let mut bytes = std::fs::read(data_file(&copy)).unwrap();
-        let flips = 4 + rng.below(12);
-        for _ in 0..flips {
-            let at = 2 * PAGE_BYTES + rng.below(size - 2 * PAGE_BYTES);
-            bytes[at as usize] ^= 1 << rng.below(8);
-        }
-        std::fs::write(data_file(&copy), &bytes).unwrap();
-        let (verify_code, report) = verify(&copy);
-        eprintln!("seed {seed}: {flips} flips; verify exit {verify_code}: {}", report.lines().last().unwrap_or(""));
-        let mut daemon = match start_maybe(&copy) {
-            Start::Refused { status, stderr } => {
-                assert_clear_refusal(status, &stderr, &format!("seed {seed}"));
-                eprintln!("seed {seed}: refused: {}", stderr.trim());
-                assert_ne!(verify_code, 0, "seed {seed}: metad refused the store but verify found nothing: {report}");
-                refused += 1;
-                continue;
+        damaged_copy(&fixture, &format!("flipped-{seed}"), &mut tally, |bytes| {
+            let mut rng = Rng(seed);
+            let flips = 4 + rng.below(12);
+            for _ in 0..flips {
+                let at = 2 * PAGE_BYTES + rng.below(size - 2 * PAGE_BYTES);
+                bytes[at as usize] ^= 1 << rng.below(8);
             }
-            Start::Ready(daemon) => daemon,
-        };
-        let mut client = Client::new(daemon.address("udp"), &key);
-        let (answers, death) = ask_all(&mut client, &key, &requests, Some(&mut daemon));
-        let mut errors = 0;
-        for ((request, expected), answer) in requests.iter().zip(&expected).zip(&answers) {
-            if *answer == Answer::Error(ErrorKind::StorageError) {
-                errors += 1;
-                continue;
-            }
-            assert_eq!(answer, expected, "seed {seed}: a wrong answer to {request:?}");
-        }
-        eprintln!("seed {seed}: {errors} of {} queries answered STORAGE_ERROR, the rest exactly", answers.len());
-        if let Some(death) = death {
-            // LMDB trusts its page headers and node flags: a flip there can
-            // crash the process inside LMDB (a known limit, see
-            // metad::store). That is no wrong answer, and verify must
-            // report the store as damaged.
-            eprintln!("seed {seed}: metad crashed after {} answers: {death}", answers.len());
-            assert_ne!(verify_code, 0, "seed {seed}: metad crashed but verify found nothing: {report}");
-            crashed += 1;
-        } else if errors > 0 {
-            storage_errors += 1;
-            assert_ne!(verify_code, 0, "seed {seed}: metad answered STORAGE_ERROR but verify found nothing: {report}");
-            assert!(report.contains("damaged") || report.contains("cannot verify"), "{report}");
-        } else {
-            intact += 1;
-        }
-        drop(daemon);
-        std::fs::remove_dir_all(&copy).unwrap();
+            format!("{flips} random flips")
+        });
     }
     eprintln!(
-        "bit flips: {refused} refused at start, {crashed} crashed inside LMDB, {storage_errors} served with \
-         STORAGE_ERROR, {intact} unharmed"
+        "random flips: {} refused at start, {} served with STORAGE_ERROR, {} unharmed",
+        tally.refused, tally.storage_errors, tally.intact
     );
+
+    // (c) Flips aimed at what LMDB trusts without checking: one bit of a
+    // page header (page number, flags, lower and upper bounds) or of a node
+    // header (size or child page number, flags, key size) of a branch or
+    // leaf page. Before the start-up check, these crashed metad with
+    // SIGSEGV inside LMDB when a request first touched the page.
+    let mut tally = Tally::default();
+    for seed in 1..=16u64 {
+        damaged_copy(&fixture, &format!("header-{seed}"), &mut tally, |bytes| {
+            let mut rng = Rng(seed);
+            // A branch or leaf page (a free page's stale copy would change
+            // nothing: look for a page in use by trying a few).
+            let (page, headers) = loop {
+                let page = 2 + rng.below(pages - 2);
+                let headers = node_headers(bytes, page);
+                if !headers.is_empty() {
+                    break (page, headers);
+                }
+            };
+            let at = if rng.below(2) == 0 {
+                // The page header, past its pad: number, flags, bounds.
+                let field = [0u64, 1, 2, 3, 10, 12, 13, 14, 15][rng.below(9) as usize];
+                page * PAGE_BYTES + field
+            } else {
+                headers[rng.below(headers.len() as u64) as usize] + rng.below(8)
+            };
+            let bit = rng.below(8);
+            bytes[at as usize] ^= 1 << bit;
+            format!("bit {bit} of byte {at} (page {page}, {} nodes)", headers.len())
+        });
+    }
+    eprintln!(
+        "header flips: {} refused at start, {} served with STORAGE_ERROR, {} unharmed",
+        tally.refused, tally.storage_errors, tally.intact
+    );
+}
+
+/// Damage that arrives while metad serves (here: data.mdb cut short behind
+/// its back) faults inside LMDB's map: metad says so in one line and exits
+/// 3 (never a silent SIGBUS), leaves a marker, and refuses to start until
+/// `metad --verify` finds the store intact again.
+#[test]
+fn a_fault_while_serving_is_one_line_and_refused_until_verified() {
+    let fixture = fixture();
+    let copy = fixture.scratch.path().join("faulting");
+    copy_folder(&fixture.reference, &copy);
+    let Start::Ready(mut daemon, stderr) = start_maybe(&copy) else { panic!("metad refuses an intact store") };
+    std::fs::OpenOptions::new().write(true).open(data_file(&copy)).unwrap().set_len(3 * PAGE_BYTES).unwrap();
+    let mut client = Client::new(daemon.address("udp"), &fixture.key);
+    let (answers, death) = ask_all(&mut client, &fixture.key, &fixture.requests, Some(&mut daemon));
+    let death = death.unwrap_or_else(|| panic!("metad answered all {} queries from a cut file", answers.len()));
+    let status = daemon.child.wait().expect("wait");
+    let stderr = stderr.join().unwrap();
+    assert_eq!(status.code(), Some(3), "the fault guard's exit, not a signal ({death}); stderr: {stderr}");
+    let line = stderr.lines().find(|line| line.starts_with("metad: ")).unwrap_or_default();
+    let shard = copy.join(format!("shard-{SHARD:03}"));
+    let expected_head =
+        format!("metad: the store {} is damaged: a read inside data.mdb faulted at byte offset ", shard.display());
+    assert!(line.starts_with(&expected_head), "one clear line: {stderr}");
+    assert!(line.ends_with(&format!("; run `metad --verify {}`", shard.display())), "it says what to do: {line}");
+    assert!(shard.join("FAULTED").exists(), "the fault leaves a marker");
+
+    // The marker refuses the next start, even once the file is whole again.
+    let Start::Refused { status, stderr } = start_maybe(&copy) else { panic!("metad started on a faulted store") };
+    assert_clear_refusal(status, &stderr, "faulted");
+    assert!(stderr.contains("faulted") && stderr.contains("metad --verify"), "{stderr}");
+    std::fs::copy(data_file(&fixture.reference), data_file(&copy)).unwrap();
+    let Start::Refused { status, stderr } = start_maybe(&copy) else { panic!("the marker was ignored") };
+    assert_clear_refusal(status, &stderr, "faulted, repaired, not verified");
+
+    // verify finds the store intact and removes the marker; metad serves
+    // exactly the reference's answers again.
+    let (code, report) = verify(&copy);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("removed the fault marker"), "{report}");
+    assert!(!shard.join("FAULTED").exists());
+    let Start::Ready(mut daemon, _) = start_maybe(&copy) else { panic!("metad refuses the verified store") };
+    let mut client = Client::new(daemon.address("udp"), &fixture.key);
+    let (answers, death) = ask_all(&mut client, &fixture.key, &fixture.requests, Some(&mut daemon));
+    assert!(death.is_none(), "{death:?}");
+    assert_eq!(answers, fixture.expected, "the verified store answers as the reference");
 }

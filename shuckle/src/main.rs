@@ -84,6 +84,8 @@ fn run(flags: Flags, signals: StopSignals) -> Result<(), Failure> {
     };
     let operator = keyfile::load_or_create_token(&token_path).or_usage()?;
     let store = Store::open(&data_dir).or_usage()?;
+    // A fault inside the store's map from now on: one line, exit 3 (daemon::fault).
+    daemon::fault::guard("shuckle", &data_dir, None)?;
     let stale_after_ns = flags.stale_after_secs.saturating_mul(NS_PER_SECOND);
     let registry = store.load(stale_after_ns).or_usage()?;
     let shuckle = Arc::new(Shuckle::new(store, registry, &cluster_key, wire::EggsTime::now()));

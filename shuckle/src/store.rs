@@ -63,6 +63,10 @@ pub enum StoreError {
     Checksum { database: &'static str, key_hex: String },
     #[error("the store is format {found}; this shuckle reads formats 1 and {STORE_FORMAT}")]
     Format { found: u32 },
+    /// Truncated, or a page header LMDB would trust is damaged: refused
+    /// before LMDB maps it (`daemon::lmdb`).
+    #[error(transparent)]
+    Structure(#[from] daemon::lmdb::Damage),
 }
 
 /// `key_len u16 LE ‖ key ‖ value`'s CRC32C.
@@ -108,6 +112,7 @@ fn lmdb(operation: &'static str) -> impl FnOnce(heed::Error) -> StoreError {
 impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let open_error = |source| StoreError::Open { path: dir.to_owned(), source };
+        daemon::lmdb::check(dir)?;
         // SAFETY: heed requires that the environment is opened once per
         // process and that its files are not modified by other means; the
         // data folder is shuckle's own and opened only here.
