@@ -32,7 +32,11 @@
 //!   deep, and no page is reached twice (a cycle, or two trees sharing a
 //!   page);
 //! - the free list's records are page lists whose page numbers are in the
-//!   file.
+//!   file, and no page reached from a root (overflow pages included) is
+//!   also listed as free. LMDB keeps the two sets disjoint in every
+//!   committed state; a page in both is what a flipped child pointer looks
+//!   like when it lands on a free page holding a stale but well-formed copy
+//!   of older records, whose record checksums would still match.
 //!
 //! It reads every page of every tree once (leaf pages included: their node
 //! headers are what a lookup trusts), so its cost is a read of the file's
@@ -119,7 +123,16 @@ pub fn check(folder: &Path) -> Result<Option<Shape>, Damage> {
         Err(source) => return Err(Damage::Io { path, source }),
     };
     let size = file.metadata().map_err(|source| Damage::Io { path: path.clone(), source })?.len();
-    let mut walker = Walker { file, path, page_bytes: 0, pages: 0, seen: Vec::new(), checked: 0, page: Vec::new() };
+    let mut walker = Walker {
+        file,
+        path,
+        page_bytes: 0,
+        pages: 0,
+        seen: Vec::new(),
+        free: Vec::new(),
+        checked: 0,
+        page: Vec::new(),
+    };
     walker.run(size).map(Some)
 }
 
@@ -130,6 +143,8 @@ struct Walker {
     pages: u64,
     /// One bit per page: reached from a root already.
     seen: Vec<u64>,
+    /// One bit per page: listed in the free list.
+    free: Vec<u64>,
     checked: u64,
     /// The page being read (reused).
     page: Vec<u8>,
@@ -215,9 +230,18 @@ impl Walker {
         self.page_bytes = page_bytes;
         self.pages = newest.last_page.saturating_add(1);
         self.seen = vec![0; usize::try_from(self.pages.div_ceil(64)).unwrap_or(usize::MAX)];
+        self.free = self.seen.clone();
         self.page = vec![0u8; page_bytes as usize];
         let mut trees = 2;
         self.tree(Tree::Free, newest.free_root, &mut |_, _| Ok(()))?;
+        // The free list's own pages are in use; every later tree's pages
+        // are checked against the free set as they are reached.
+        if let Some(page) = self.seen.iter().zip(&self.free).enumerate().find_map(|(word, (seen, free))| {
+            let both = seen & free;
+            (both != 0).then(|| word as u64 * 64 + u64::from(both.trailing_zeros()))
+        }) {
+            return Err(self.damage(Tree::Free, page, "the free list's own page is listed as free"));
+        }
         let mut named: Vec<(Vec<u8>, u64)> = Vec::new();
         self.tree(Tree::Main, newest.main_root, &mut |key, record| {
             named.push((key.to_vec(), u64_at(record, DB_ROOT_AT)));
@@ -258,6 +282,11 @@ impl Walker {
         (2..self.pages).contains(&page)
     }
 
+    /// Whether the free list lists `page`.
+    fn is_free(&self, page: u64) -> bool {
+        self.free[(page / 64) as usize] & (1u64 << (page % 64)) != 0
+    }
+
     /// Marks `page` reached; false when it was reached before.
     fn mark(&mut self, page: u64) -> bool {
         let (word, bit) = ((page / 64) as usize, 1u64 << (page % 64));
@@ -284,6 +313,9 @@ impl Walker {
             }
             if !self.mark(number) {
                 return Err(self.damage(tree, number, "the page is reached twice (a cycle or a shared page)"));
+            }
+            if self.is_free(number) {
+                return Err(self.damage(tree, number, "the page is in use but listed as free (a stale page)"));
             }
             let mut page = std::mem::take(&mut self.page);
             let outcome = self.page(tree, number, depth, &mut page, &mut stack, &mut leaf_depth, sub);
@@ -392,7 +424,17 @@ impl Walker {
                     if key_end + 8 > page_bytes {
                         bad!("node {index}'s overflow page number runs past the page");
                     }
-                    self.overflow(tree, number, index, u64_at(page, key_end), value_bytes)?;
+                    let first = u64_at(page, key_end);
+                    self.overflow(tree, number, index, first, value_bytes)?;
+                    if tree == Tree::Free {
+                        // A long page list lives on overflow pages.
+                        let mut value = vec![0u8; value_bytes as usize];
+                        let read = self.read_at(&mut value, first * self.page_bytes + PAGE_HEADER_BYTES as u64)?;
+                        if read < value.len() {
+                            bad!("node {index}'s overflow value runs past the end of the file");
+                        }
+                        self.free_record(tree, number, index, &value)?;
+                    }
                 }
                 _ => bad!("node {index}'s flags are {node_flags:#06x}"),
             }
@@ -401,7 +443,7 @@ impl Walker {
     }
 
     /// A free-list record: a count u64, then that many page numbers.
-    fn free_record(&self, tree: Tree<'_>, number: u64, index: usize, value: &[u8]) -> Result<(), Damage> {
+    fn free_record(&mut self, tree: Tree<'_>, number: u64, index: usize, value: &[u8]) -> Result<(), Damage> {
         let count = u64_at(value, 0);
         if value.len() < 8 || !value.len().is_multiple_of(8) || count != (value.len() / 8) as u64 - 1 {
             return Err(self.damage(tree, number, format!("node {index} is not a page list")));
@@ -411,6 +453,7 @@ impl Walker {
             if !self.in_file(free) {
                 return Err(self.damage(tree, number, format!("node {index} lists page {free}, outside the file")));
             }
+            self.free[(free / 64) as usize] |= 1u64 << (free % 64);
         }
         Ok(())
     }
@@ -444,6 +487,14 @@ impl Walker {
         }
         if count < needed || first.saturating_add(count) > self.pages {
             return Err(self.damage(tree, first, format!("its overflow page count {count} does not fit the value")));
+        }
+        for page in first..first + count {
+            if page > first && !self.mark(page) {
+                return Err(self.damage(tree, page, "the overflow page is reached twice"));
+            }
+            if tree != Tree::Free && self.is_free(page) {
+                return Err(self.damage(tree, page, "the overflow page is in use but listed as free (a stale page)"));
+            }
         }
         Ok(())
     }
@@ -505,5 +556,96 @@ mod tests {
             assert!(error.contains("page 2 (byte offset 8192)") && error.contains(what), "{what}: {error}");
         }
         assert!(check(tempfile::tempdir().unwrap().path()).unwrap().is_none(), "no file: a new store");
+    }
+
+    /// Real LMDB files pass after every commit of a churn that grows and
+    /// shrinks a tree, frees thousands of pages at once (free-list records
+    /// on overflow pages), and stores and deletes values on overflow pages.
+    #[test]
+    fn real_lmdb_files_pass_through_a_churn() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = unsafe { heed::EnvOpenOptions::new().map_size(1 << 30).max_dbs(4).open(dir.path()) }.unwrap();
+        let mut txn = env.write_txn().unwrap();
+        let db: heed::Database<heed::types::Bytes, heed::types::Bytes> =
+            env.create_database(&mut txn, Some("churn")).unwrap();
+        txn.commit().unwrap();
+        let small = [7u8; 100];
+        let big = vec![9u8; 3 * 4096 + 100];
+        let mut rounds = 0;
+        for round in 0u32..12 {
+            let mut txn = env.write_txn().unwrap();
+            for key in 0u32..6_000 {
+                let key = (round * 6_000 + key).to_be_bytes();
+                let value: &[u8] = if key[3] % 50 == 0 { &big } else { &small };
+                db.put(&mut txn, &key, value).unwrap();
+            }
+            txn.commit().unwrap();
+            // Delete most of what earlier rounds wrote, in one commit.
+            let mut txn = env.write_txn().unwrap();
+            for key in 0u32..(round * 6_000) {
+                if key % 3 != 0 {
+                    db.delete(&mut txn, &key.to_be_bytes()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+            let shape = check(dir.path()).unwrap_or_else(|damage| panic!("round {round}: {damage}")).unwrap();
+            assert!(shape.pages_checked > 2, "{shape:?}");
+            rounds += 1;
+        }
+        assert_eq!(rounds, 12);
+    }
+
+    /// The file of [`file_with_leaf`] plus page 3: a free-list leaf whose
+    /// one record lists `listed` as free.
+    fn file_with_free_list(listed: u64) -> tempfile::TempDir {
+        let dir = file_with_leaf(|_| {});
+        let path = dir.path().join("data.mdb");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let psize = 4096usize;
+        for meta_page in 0..2 {
+            let m = meta_page * psize + PAGE_HEADER_BYTES;
+            let free_root = m + META_DBS_AT + DB_ROOT_AT;
+            bytes[free_root..free_root + 8].copy_from_slice(&3u64.to_le_bytes());
+            bytes[m + META_LAST_PAGE_AT..m + META_LAST_PAGE_AT + 8].copy_from_slice(&3u64.to_le_bytes());
+        }
+        let mut page = vec![0u8; psize];
+        page[..8].copy_from_slice(&3u64.to_le_bytes());
+        page[10..12].copy_from_slice(&P_LEAF.to_le_bytes());
+        // One node at 4064: key a txn id (8 bytes), value [count 1, page].
+        page[12..14].copy_from_slice(&18u16.to_le_bytes());
+        page[14..16].copy_from_slice(&4064u16.to_le_bytes());
+        page[16..18].copy_from_slice(&4064u16.to_le_bytes());
+        page[4064..4068].copy_from_slice(&16u32.to_le_bytes());
+        page[4070..4072].copy_from_slice(&8u16.to_le_bytes());
+        page[4072..4080].copy_from_slice(&1u64.to_le_bytes());
+        page[4080..4088].copy_from_slice(&1u64.to_le_bytes());
+        page[4088..4096].copy_from_slice(&listed.to_le_bytes());
+        bytes.extend_from_slice(&page);
+        std::fs::write(&path, bytes).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_page_both_in_use_and_listed_free_is_damage() {
+        // A free page a damaged child pointer lands on holds a stale but
+        // well-formed copy: only the free list tells it apart.
+        let error = check(file_with_free_list(2).path()).unwrap_err().to_string();
+        assert!(error.contains("page 2 (byte offset 8192)") && error.contains("listed as free"), "{error}");
+        let error = check(file_with_free_list(3).path()).unwrap_err().to_string();
+        assert!(error.contains("page 3") && error.contains("free list's own page"), "{error}");
+        let dir = tempfile::tempdir().unwrap();
+        let intact = file_with_free_list(2);
+        let mut bytes = std::fs::read(intact.path().join("data.mdb")).unwrap();
+        // Page 4 exists and is free: the file passes.
+        let psize = 4096usize;
+        for meta_page in 0..2 {
+            let m = meta_page * psize + PAGE_HEADER_BYTES;
+            bytes[m + META_LAST_PAGE_AT..m + META_LAST_PAGE_AT + 8].copy_from_slice(&4u64.to_le_bytes());
+        }
+        bytes[3 * psize + 4088..3 * psize + 4096].copy_from_slice(&4u64.to_le_bytes());
+        bytes.extend_from_slice(&vec![0u8; psize]);
+        std::fs::write(dir.path().join("data.mdb"), bytes).unwrap();
+        let shape = check(dir.path()).unwrap().unwrap();
+        assert_eq!((shape.pages, shape.pages_checked), (5, 2));
     }
 }
