@@ -72,6 +72,38 @@
 //! answer. Commits are shared by every transaction that
 //! queued a record meanwhile.
 //!
+//! # Sending ahead
+//!
+//! A transaction is a chain of steps, and each step of the chain used to
+//! wait for the previous one's answer. Where a step's request does not
+//! depend on the previous answer ([`TxnState::next_if_answered`]), the
+//! requests go out together and their answers are used in step order:
+//!
+//! - the reads before the plan: mkdir's stat parent and resolve; a move's
+//!   stat target parent, stat source parent and resolve source. Reads
+//!   change nothing, and an answer is used only while the transaction is
+//!   on the step it was sent for (a failed stat ends the transaction and
+//!   the resolve's answer is dropped).
+//! - a move's tail after its fence: release target, kill source and, for a
+//!   directory, set_parent. These are the steps the fence argument above
+//!   already lets a restart re-send in any number: each answers "done"
+//!   however often it is sent, and none reads what another wrote
+//!   (release_dirent acts on its own entry only, set_parent on the
+//!   directory only), so their order does not matter either: a crash with
+//!   any subset executed resumes at the stored record (the release) and
+//!   sends all of them again. They go out only after the fence's record is
+//!   durable, and a mutation is sent ahead only when it would need no
+//!   fence of its own had the earlier ones answered `Empty`. Between the
+//!   kill and the release a reader may see the file under neither name as
+//!   owning; the target's non-owning entry already names it, and the
+//!   client's answer waits for both. An answer that is not `Empty` (a
+//!   retry) drops the answers sent ahead; the step and the ones after it
+//!   are sent again with new request ids, which these steps allow.
+//!
+//! Mutations before a fence are never sent ahead: each one's answer
+//! decides the next (create gives inject its inode; a refused inject
+//! rolls back).
+//!
 //! # Where the time goes
 //!
 //! One mkdir with one client, from cdcd's and the shards' `/metrics`
@@ -91,7 +123,34 @@
 //! records queued during the previous one, and the steps of different
 //! transactions are in flight at once, so the chain per mkdir is two
 //! shared CDC commits and three shard mutations (each shard batches too).
+//!
+//! Session 5 (`perf/examples/cdc_load.rs`, release build, baseline cdcd,
+//! the machine shared with four release builds: load average 12 on 2
+//! cores, so durations are inflated and only the counts and CPU seconds
+//! travel):
+//!
+//! | per mkdir | 1 client | 8 clients |
+//! |---|---:|---:|
+//! | CDC commits (each an LMDB commit: data fdatasync + meta fdatasync) | 3.0 | 0.88 (3.4 records each) |
+//! | shard commits (data fdatasync) + explicit meta syncs | 3.0 + 3.0 | 1.6 + 1.2 |
+//! | CPU: cdcd | 1 648 µs | 606 µs |
+//! | CPU: both metads | 1 201 µs | 567 µs |
+//! | CPU: all cluster processes and the client | 3 073 µs | 1 270 µs |
+//!
+//! So one mkdir waits for a chain of about ten syncs (two waited CDC
+//! commits of two syncs each, three shard mutations of two each: their
+//! own commit, then the next sync that covers the meta page), plus the
+//! two reads' round trips (now one: "Sending ahead"). On the quiet
+//! machine a sync was about 0.3 ms: 10 × 0.3 ≈ 3 ms of the 5.46 ms.
+//! With 8 clients concurrency does not help because the CPU is spent:
+//! 1.27 ms of CPU per mkdir on 2 cores caps the rate at about 1 600/s
+//! even with a free disk, and the quiet machine's 728/s at 11 ms per
+//! mkdir is that CPU cap (shared with the client and scheduling)
+//! together with the sync chain. The 2 000/s target needs both fewer
+//! syncs in the chain and well under 1 ms of CPU per mkdir; cdcd's
+//! 0.6 ms is the largest part and the next thing to profile.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -145,6 +204,15 @@ pub enum RunError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Most requests of one transaction in flight at once (see "Sending
+/// ahead"): a move's three reads, or an mv dir's release, kill and
+/// set_parent.
+const AHEAD_MAX: usize = 3;
+
+/// A step's answer got ahead of time: the step, the mutation sequence it
+/// was sent under, and the answer (`None`: a read gave up).
+type Answered = (Step, u32, Option<(ShardReply, bool)>);
 
 pub struct Coordinator<S> {
     shards: S,
@@ -300,6 +368,8 @@ impl<S: Shards> Coordinator<S> {
     ) -> Result<(Outcome, Option<oneshot::Receiver<()>>), RunError> {
         let context = Context { new_dir_shards: &self.new_dir_shards };
         let mut log = Replay::new(resumed);
+        // Answers to requests sent ahead of their step, in step order.
+        let mut ahead: VecDeque<Answered> = VecDeque::new();
         if state.validate().is_err() {
             state.step = Step::Done(Outcome::failed(CdcStatus::GeneralError, "corrupt transaction record"));
         }
@@ -331,8 +401,16 @@ impl<S: Shards> Coordinator<S> {
                         self.save(client, &state).await?;
                         log.saved();
                     }
-                    let request_id = if mutation { state.mutation_request_id() } else { self.random() };
-                    match self.send(shard, request_id, &request, !mutation).await? {
+                    let answered = match ahead.pop_front() {
+                        Some((step, seq, answered)) if step == state.step && seq == state.mutation_seq => answered,
+                        _ => {
+                            ahead.clear();
+                            let (answered, later) = self.send_ahead(&state, log, shard, &request).await?;
+                            ahead.extend(later);
+                            answered
+                        }
+                    };
+                    match answered {
                         Some((reply, timed_out)) => {
                             log.answered(&request, &reply);
                             (reply, mutation && (log.uncertain || timed_out), mutation)
@@ -373,6 +451,82 @@ impl<S: Shards> Coordinator<S> {
                 }
             }
         }
+    }
+
+    /// Sends the current step's request and, at once, those of the steps
+    /// that follow it whatever it answers ([`TxnState::next_if_answered`]),
+    /// as long as none of them needs a fence first (see "Sending ahead" in
+    /// the module doc). Returns the current step's answer and the later
+    /// steps' answers, each with the step and mutation sequence it is for.
+    async fn send_ahead(
+        &self,
+        state: &TxnState,
+        log: Replay,
+        shard: ShardId,
+        request: &ShardRequest<'_>,
+    ) -> Result<(Option<(ShardReply, bool)>, Vec<Answered>), TransportError> {
+        let mutation = request.kind().is_mutation();
+        let request_id = if mutation { state.mutation_request_id() } else { self.random() };
+        let chain = Self::chain(state, log);
+        let mut later = Vec::with_capacity(chain.len());
+        for next in &chain {
+            if let Ok(Action::Send { shard, request }) = next.action() {
+                let id = if mutation { next.mutation_request_id() } else { self.random() };
+                later.push((shard, id, request));
+            }
+        }
+        let send_later = |index: usize| {
+            let step = later.get(index);
+            async move {
+                match step {
+                    Some((shard, id, request)) => Some(self.send(*shard, *id, request, !mutation).await),
+                    None => None,
+                }
+            }
+        };
+        let (first, second, third) =
+            tokio::join!(self.send(shard, request_id, request, !mutation), send_later(0), send_later(1));
+        let mut answers = Vec::with_capacity(chain.len());
+        for (next, answered) in chain.iter().zip([second, third]) {
+            if let Some(answered) = answered {
+                answers.push((next.step.clone(), next.mutation_seq, answered?));
+            }
+        }
+        Ok((first?, answers))
+    }
+
+    /// The states after `state` whose requests may go out with its own: at
+    /// most [`AHEAD_MAX`] in all, all reads or all mutations, and no
+    /// mutation that would need a fence if every earlier one answered
+    /// `Empty` (`log` is the transaction's replay state before `state`'s
+    /// request is sent).
+    fn chain(state: &TxnState, mut log: Replay) -> Vec<TxnState> {
+        let mut chain: Vec<TxnState> = Vec::new();
+        let mut current = state.clone();
+        while chain.len() + 1 < AHEAD_MAX {
+            let Some(step) = current.next_if_answered() else { break };
+            let Ok(Action::Send { request, .. }) = current.action() else { break };
+            let mutation = request.kind().is_mutation();
+            let mut next = current.clone();
+            next.step = step;
+            if mutation {
+                log.answered(&request, &ShardReply::Empty);
+                log.moved();
+                next.mutation_seq += 1;
+            }
+            let fits = match next.action() {
+                Ok(Action::Send { request: later, .. }) => {
+                    later.kind().is_mutation() == mutation && !(mutation && log.fence_before(&later))
+                }
+                _ => false,
+            };
+            if !fits {
+                break;
+            }
+            chain.push(next.clone());
+            current = next;
+        }
+        chain
     }
 
     /// Sends one step until it gets an answer. `None`: a read gave up.
@@ -417,7 +571,7 @@ impl<S: Shards> Coordinator<S> {
 /// memory: decides when the state must be persisted before a mutation
 /// ("fences", see the module doc) and whether its outcome may be told
 /// before its record is durable.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Replay {
     /// A record of the transaction is stored (a previous run's, or saved by
     /// this one).

@@ -425,6 +425,38 @@ impl TxnState {
         Ok(Action::Send { shard, request })
     }
 
+    /// The step this transaction moves to when its current request gets
+    /// the answer that lets it go on, if that step's request does not
+    /// depend on the answer's contents: the coordinator may then send both
+    /// at once ([`crate::coordinator`]'s "Sending ahead"). Only two kinds of
+    /// chains qualify:
+    ///
+    /// - the reads before the plan (mkdir: stat parent, resolve; moves: stat
+    ///   target parent, stat source parent, resolve source): a read changes
+    ///   nothing, and an answer that was not needed is dropped;
+    /// - the tail of a file or directory move after its fence (release
+    ///   target, kill source, set_parent): every one of them answers "done"
+    ///   however often and in whatever order it is sent, and the stored
+    ///   record (at the release) re-sends all of them after a crash.
+    ///
+    /// The answer "that lets it go on" of a read is any answer (the chain's
+    /// later answers are only used while the transaction is on the step
+    /// they were sent for); of a tail mutation it is `Empty`.
+    pub fn next_if_answered(&self) -> Option<Step> {
+        let directory = matches!(self.args, TxnArgs::Move { directory: true, .. });
+        let same_parents =
+            matches!(&self.args, TxnArgs::Move { source_parent, target_parent, .. } if source_parent == target_parent);
+        match &self.step {
+            Step::MkDirStatParent => Some(Step::MkDirResolve),
+            Step::MoveStatTargetParent if same_parents => Some(Step::MoveResolveSource),
+            Step::MoveStatTargetParent => Some(Step::MoveStatSourceParent),
+            Step::MoveStatSourceParent => Some(Step::MoveResolveSource),
+            Step::MoveReleaseTarget { inode: moved } => Some(Step::MoveKillSource { inode: *moved }),
+            Step::MoveKillSource { inode: moved } if directory => Some(Step::MoveSetParent { inode: *moved }),
+            _ => None,
+        }
+    }
+
     /// Moves on with the reply to the current step's request. `uncertain`:
     /// an earlier copy of this request may have been executed (a timeout or
     /// a restart happened since it was first sent).

@@ -413,6 +413,89 @@ async fn a_crash_at_any_step_resumes_to_the_same_outcome() {
     }
 }
 
+/// A transaction alone sends the steps that do not wait for each other's
+/// answers together: a move's three reads, and its release target, kill
+/// source (and set_parent) after the fence; mkdir's stat and resolve.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn independent_steps_of_one_transaction_are_in_flight_together() {
+    let sim = Sim::new(11, SHARDS, Faults::default());
+    let most = |sim: &Sim| sim.net.most_in_flight.swap(0, std::sync::atomic::Ordering::Relaxed);
+    let a = mkdir_now(&sim, "a").await;
+    assert_eq!(most(&sim), 2, "mkdir: stat parent and resolve");
+    assert_eq!(mkdir(&sim, 2, ROOT, "b").await.status, CdcStatus::Ok);
+    sim.net.create_file(InodeId::ROOT, "f").unwrap();
+    most(&sim);
+    let key = ClientKey { address: "10.0.0.9:9".parse().unwrap(), request_id: 90 };
+    let mv = model::mv(false, (InodeId::ROOT, "f"), (InodeId::new(a), "g"));
+    assert_eq!(sim.request(key, &mv).await.status, CdcStatus::Ok);
+    assert_eq!(most(&sim), 3, "mv file: two stats and a resolve");
+    // After its reads (sent one at a time when both parents are the same
+    // directory: one stat and the resolve), the tail of a move: release
+    // target and kill source together.
+    let same = model::mv(false, (InodeId::new(a), "g"), (InodeId::new(a), "h"));
+    let key = ClientKey { address: "10.0.0.9:9".parse().unwrap(), request_id: 91 };
+    let executed = sim.net.executed_mutations.load(std::sync::atomic::Ordering::Relaxed);
+    sim.net.most_in_flight.store(0, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(sim.request(key, &same).await.status, CdcStatus::Ok);
+    assert_eq!(sim.net.executed_mutations.load(std::sync::atomic::Ordering::Relaxed) - executed, 4);
+    assert_eq!(most(&sim), 2, "mv file in one directory: stat + resolve, then release + kill");
+    // A directory renamed in its parent: reads two at a time, the tail
+    // three (release, kill, set_parent).
+    let key = ClientKey { address: "10.0.0.9:9".parse().unwrap(), request_id: 92 };
+    let mv = mv_dir((InodeId::ROOT, "b"), (InodeId::ROOT, "c"));
+    assert_eq!(sim.request(key, &mv).await.status, CdcStatus::Ok);
+    assert_eq!(most(&sim), 3, "mv dir in one directory: release, kill and set_parent");
+    sim.net.check_tree().unwrap();
+}
+
+/// The tail of a move in the other order: the kill of the source executes
+/// while the target's shard is down (its release cannot), then the CDC
+/// crashes; restarted, it sends the release again and the file ends owned
+/// by the target entry alone.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_move_whose_kill_ran_before_its_release_resumes_whole() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let sim = Sim::new(12, SHARDS, Faults::default());
+    // A target directory on another shard than the root's.
+    let mut target = 0;
+    for i in 0..32 {
+        let dir = mkdir(&sim, 100 + i, ROOT, &format!("t{i}")).await.inode;
+        if InodeId::new(dir).shard() != InodeId::ROOT.shard() {
+            target = dir;
+            break;
+        }
+    }
+    assert_ne!(target, 0, "no directory off the root's shard");
+    let file = sim.net.create_file(InodeId::ROOT, "f").unwrap();
+    let args = model::mv(false, (InodeId::ROOT, "f"), (InodeId::new(target), "g"));
+    let key = ClientKey { address: "10.0.0.7:8".parse().unwrap(), request_id: 78 };
+    // Acquire (root's shard) and inject (target's shard) execute; then the
+    // target's shard goes down before the release, and the kill (root's
+    // shard) executes alone.
+    let before = sim.net.executed_mutations.load(Relaxed);
+    sim.net.trip_at.store(before + 2, Relaxed);
+    let request = {
+        let (sim, args) = (sim.clone(), args.clone());
+        tokio::spawn(async move { sim.request(key, &args).await })
+    };
+    sim.net.tripped.notified().await;
+    sim.net.down.lock().unwrap().insert(InodeId::new(target).shard());
+    sim.net.trip_at.store(before + 3, Relaxed);
+    sim.net.tripped.notified().await;
+    sim.crash_forgetting(true).await;
+    sim.net.down.lock().unwrap().clear();
+    let outcome = request.await.unwrap();
+    sim.quiesce().await;
+    assert_eq!(outcome.status, CdcStatus::Ok, "{outcome:?}");
+    assert_eq!(outcome.inode, file.get());
+    let tree = sim.net.check_tree().unwrap_or_else(|violation| panic!("{violation}"));
+    let linked: Vec<(&u64, &String)> = tree
+        .iter()
+        .flat_map(|(dir, entries)| entries.iter().filter(|(_, i)| **i == file.get()).map(move |(n, _)| (dir, n)))
+        .collect();
+    assert_eq!(linked, vec![(&target, &"g".to_string())]);
+}
+
 /// A mkdir in the root outside any crash; the new directory.
 async fn mkdir_now(sim: &Sim, name: &str) -> u64 {
     let outcome = mkdir(sim, 1, ROOT, name).await;

@@ -113,6 +113,9 @@ pub struct SimNet {
     /// notified: a test crashes the CDC right after a chosen step.
     pub trip_at: AtomicU64,
     pub tripped: tokio::sync::Notify,
+    /// Requests the CDC has in flight now, and the most it had at once.
+    pub in_flight: AtomicU64,
+    pub most_in_flight: AtomicU64,
     /// Counts [`SimNet::forget_replies`]: a datagram sent before the last
     /// one arrives stale and is dropped, as metad's replay guard drops a
     /// datagram sent before its floor or outside its window.
@@ -148,6 +151,8 @@ impl SimNet {
             executed_mutations: AtomicU64::new(0),
             trip_at: AtomicU64::new(0),
             tripped: tokio::sync::Notify::new(),
+            in_flight: AtomicU64::new(0),
+            most_in_flight: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
         })
     }
@@ -290,6 +295,9 @@ impl Shards for NetShards {
     async fn request(&self, attempt: Attempt<'_, '_>) -> Result<ShardReply, TransportError> {
         let Attempt { shard, request_id, request, timeout } = attempt;
         let net = &self.0;
+        let now = net.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        net.most_in_flight.fetch_max(now, Ordering::Relaxed);
+        let _leaving = InFlight(net);
         if shard >= net.shard_count() || net.down.lock().unwrap().contains(&shard) {
             // Nobody listens there.
             tokio::time::sleep(timeout).await;
@@ -333,6 +341,15 @@ impl Shards for NetShards {
         let (_, decoded) = datagram::decode::<ShardResponse<'_>>(&response, Some(&net.key))
             .map_err(|_| TransportError::Timeout(shard))?;
         ShardReply::from_response(request.kind(), &decoded).ok_or(TransportError::Timeout(shard))
+    }
+}
+
+/// Counts a request out of [`SimNet::in_flight`] however it ends.
+struct InFlight<'a>(&'a SimNet);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
