@@ -7,7 +7,7 @@
 //! erase certificates re-issued; an erased block erases again; a purge
 //! already done is NOT_FOUND), so a restart finishes what was half done.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use client::ClientError;
 use client::client::{Addresses, Client, DirEntry, FileSpan, FileSpanBody, ReverseBlocks, Stat, discover};
-use client::plan::{WritePolicy, block_span};
+use client::plan::{BlockSpan, EncodedSpan, SpanPayload};
 use client::write::{FailedServices, write_span};
 use daemon::udp::{Cdc, DatagramClient, Shuckle};
 use tokio::sync::Semaphore;
@@ -28,7 +28,7 @@ use wire::shard::{
     ls_flags,
 };
 use wire::shuckle::{ShardsReq, ShuckleRequest, ShuckleResponse, flags};
-use wire::span::Parity;
+use wire::span::{Parity, SpanLayout};
 use wire::{BlockId, BlockServiceId, EggsTime, ErrorKind, InodeId, InodeType, Name, ShardId};
 
 use crate::blocks::{CrcAnswer, block_crc};
@@ -80,6 +80,9 @@ pub struct Collector {
     config: Config,
     pub metrics: Metrics,
     stale: Arc<std::sync::Mutex<StaleWatch>>,
+    /// Rebuilds computing at once: one per core (Reed–Solomon is CPU work;
+    /// more at once only holds more buffers, and a decoder per thread).
+    rebuilds: Arc<Semaphore>,
 }
 
 /// The outcome of one step that failed; counted and retried next cycle.
@@ -94,7 +97,8 @@ fn kind(error: &ClientError) -> Option<ErrorKind> {
 
 impl Collector {
     pub fn new(udp: DatagramClient, config: Config, metrics: Metrics) -> Self {
-        Self { udp, config, metrics, stale: Arc::default() }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self { udp, config, metrics, stale: Arc::default(), rebuilds: Arc::new(Semaphore::new(cores)) }
     }
 
     /// Where the daemons are now (asked of shuckle every cycle) and which
@@ -312,13 +316,34 @@ impl Collector {
                 begin = next;
             }
         }
+        // Each removed directory's dead entries, read before any is
+        // collected: those naming removed directories tell which removed
+        // directory each was removed from (its retention comes down that
+        // chain, as a linked directory's comes down its parents).
+        let mut listings = HashMap::new();
+        let removed_set: HashSet<InodeId> = walk.removed.iter().map(|removed| removed.dir).collect();
+        for removed in &walk.removed {
+            let Some(listing) = self.dead_listing(client, removed.dir, Some(removed.removed_at)).await else {
+                // Unknown children keep the default (longer, never shorter).
+                continue;
+            };
+            for version in listing.iter().flat_map(|name| &name.entries) {
+                let child = version.inode.without_owning();
+                if child.inode_type() == Some(InodeType::Directory) && removed_set.contains(&child) {
+                    walk.removed_from_removed.insert(child, removed.dir);
+                }
+            }
+            listings.insert(removed.dir, listing);
+        }
+        walk.removed_own = walk.removed.iter().map(|removed| (removed.dir, removed.own)).collect();
         // A directory removed inside another was removed before it: oldest
         // first, so the inner one is gone when the outer one's entry for it
-        // comes up.
+        // comes up (its retention, inherited, is no longer: it is due first).
         walk.removed.sort_by_key(|removed| removed.removed_at);
         for removed in std::mem::take(&mut walk.removed) {
-            let retention = walk.retention_of_removed(&removed);
-            self.collect_removed_directory(client, &removed, retention).await;
+            let retention = walk.retention_of_removed(removed.dir);
+            let Some(listing) = listings.remove(&removed.dir) else { continue };
+            self.collect_removed_directory(client, &removed, retention, listing).await;
         }
     }
 
@@ -352,22 +377,28 @@ impl Collector {
             },
         };
         walk.retentions.insert(dir, retention);
-        for removed_child in self.retain_directory(client, dir, retention, None).await {
+        for removed_child in self.retain_directory(client, dir, retention).await {
             walk.removed_parents_retention.insert(removed_child, retention);
         }
     }
 
-    /// A removed directory: its dead versions follow its retention as in a
-    /// linked one, each counted dead at the latest from the removal; once
-    /// the retention has passed since the removal, every version goes (the
-    /// count rule keeps versions of a directory that exists, not of one
-    /// past its retention), then the directory itself (purge_directory,
-    /// which the shard refuses unless it is removed, empty and past the
-    /// shard's purge age).
-    async fn collect_removed_directory(&self, client: &Client, removed: &RemovedDirectory, retention: Retention) {
+    /// A removed directory: its dead versions (`listing`) follow its
+    /// retention as in a linked one, each counted dead at the latest from
+    /// the removal; once the retention has passed since the removal, every
+    /// version goes (the count rule keeps versions of a directory that
+    /// exists, not of one past its retention), then the directory itself
+    /// (purge_directory, which the shard refuses unless it is removed,
+    /// empty and past the shard's purge age).
+    async fn collect_removed_directory(
+        &self,
+        client: &Client,
+        removed: &RemovedDirectory,
+        retention: Retention,
+        listing: Vec<NameVersions>,
+    ) {
         let due = EggsTime::now().get() >= removed.removed_at.get().saturating_add(retention.ns());
         let rule = if due { Retention { versions: 0, ..retention } } else { retention };
-        self.retain_directory(client, removed.dir, rule, Some(removed.removed_at)).await;
+        self.purge_listed(client, removed.dir, &listing, rule).await;
         if !due {
             return;
         }
@@ -386,40 +417,66 @@ impl Collector {
         }
     }
 
-    /// Purges the dead versions of `dir` that `retention` lets go. A name
+    /// Purges the dead versions of linked directory `dir` that `retention`
+    /// lets go. Returns the removed directories its dead entries name.
+    async fn retain_directory(&self, client: &Client, dir: InodeId, retention: Retention) -> Vec<InodeId> {
+        match self.dead_listing(client, dir, None).await {
+            Some(listing) => self.purge_listed(client, dir, &listing, retention).await,
+            None => Vec::new(),
+        }
+    }
+
+    /// Every name of `dir` with a dead entry, with its versions. A name
     /// with no living entry counts its last version dead from `removed_at`
     /// when given (everything in a removed directory died by its removal).
-    /// Returns the removed directories its dead entries name.
-    async fn retain_directory(
+    /// `None` when the directory could not be read (counted).
+    async fn dead_listing(
         &self,
         client: &Client,
         dir: InodeId,
-        retention: Retention,
         removed_at: Option<EggsTime>,
-    ) -> Vec<InodeId> {
+    ) -> Option<Vec<NameVersions>> {
         let newest =
             match client.ls_dir(dir, EggsTime::new(u64::MAX), ls_flags::USE_DEAD_MAP | ls_flags::INCLUDE_NOTHING).await
             {
                 Ok(entries) => entries,
                 Err(error) => {
                     failed(&self.metrics, "ls_dir of the dead map", &error);
-                    return Vec::new();
+                    return None;
                 }
             };
         if newest.is_empty() {
-            return Vec::new();
+            return Some(Vec::new());
         }
         let living: HashMap<String, EggsTime> = match client.ls_dir(dir, EggsTime::ZERO, 0).await {
             Ok(entries) => entries.into_iter().map(|entry| (entry.name, entry.creation_time)).collect(),
             Err(error) => {
                 failed(&self.metrics, "ls_dir", &error);
-                return Vec::new();
+                return None;
             }
         };
-        let mut removed_children = Vec::new();
+        let mut listing = Vec::with_capacity(newest.len());
         for newest_entry in newest {
+            // A name whose versions could not be read is left for next cycle.
+            let Some(entries) = self.dead_entries(client, dir, &newest_entry).await else { continue };
             let living = living.get(&newest_entry.name).copied().or(removed_at);
-            removed_children.extend(self.retain_name(client, dir, &newest_entry, living, retention).await);
+            listing.push(NameVersions { name: newest_entry.name, living, entries });
+        }
+        Some(listing)
+    }
+
+    /// Purges the versions in `listing` (of `dir`) that `retention` lets
+    /// go; returns the removed directories they name.
+    async fn purge_listed(
+        &self,
+        client: &Client,
+        dir: InodeId,
+        listing: &[NameVersions],
+        retention: Retention,
+    ) -> Vec<InodeId> {
+        let mut removed_children = Vec::new();
+        for name in listing {
+            removed_children.extend(self.retain_name(client, dir, name, retention).await);
         }
         removed_children
     }
@@ -454,19 +511,18 @@ impl Collector {
         &self,
         client: &Client,
         dir: InodeId,
-        newest: &DirEntry,
-        living: Option<EggsTime>,
+        name: &NameVersions,
         retention: Retention,
     ) -> Vec<InodeId> {
-        let Some(entries) = self.dead_entries(client, dir, newest).await else { return Vec::new() };
+        let (entries, living) = (&name.entries, name.living);
         let mut removed_children = Vec::new();
-        for entry in &entries {
+        for entry in entries {
             let child = entry.inode.without_owning();
             if child.inode_type() == Some(InodeType::Directory) && self.is_removed_directory(client, child).await {
                 removed_children.push(child);
             }
         }
-        for creation_time in plan::purgeable_versions(&entries, living, retention, EggsTime::now()) {
+        for creation_time in plan::purgeable_versions(entries, living, retention, EggsTime::now()) {
             let Some(entry) = entries.iter().find(|entry| entry.creation_time == creation_time) else { continue };
             let inode = entry.inode;
             // The entry that names a removed directory goes after the
@@ -478,14 +534,14 @@ impl Collector {
                 && inode.inode_type() != Some(InodeType::Directory)
                 && inode.without_owning().shard() != dir.shard();
             let result = if remote_owning_file {
-                self.purge_remote_file(client, dir, &newest.name, creation_time).await
+                self.purge_remote_file(client, dir, &name.name, creation_time).await
             } else {
-                purge_dirent(client, dir, &newest.name, creation_time).await
+                purge_dirent(client, dir, &name.name, creation_time).await
             };
             match result {
                 Ok(()) => {
                     self.metrics.dirents_purged.inc();
-                    tracing::debug!(%dir, name = %newest.name, creation_time = creation_time.get(), "purged");
+                    tracing::debug!(%dir, name = %name.name, creation_time = creation_time.get(), "purged");
                 }
                 // The shard's own floor (--purge-age-min-secs) is longer
                 // than this directory's retention: later.
@@ -733,19 +789,29 @@ impl Collector {
         block_id: BlockId,
         avoid_own_service: bool,
     ) -> Result<Option<u64>, ClientError> {
-        let Some((span, index, bad)) = linked_span(client, inode, offset, block_id).await? else { return Ok(None) };
+        let Some((span, index, _)) = linked_span(client, inode, offset, block_id).await? else { return Ok(None) };
         let FileSpanBody::Blocks { storage_class, parity, blocks } = &span.body else { return Ok(None) };
         let others = fetch_blocks_for_rebuild(blocks, index, parity.data_blocks()).await;
         let crcs: Vec<u32> = blocks.iter().map(|block| block.crc.get()).collect();
         // Reed–Solomon and the CRCs of a whole span are CPU work: off the
         // runtime's threads, so the other migrations' I/O goes on meanwhile.
         let (span_size, span_crc, span_parity) = (span.size, span.crc, *parity);
+        let computing = self
+            .rebuilds
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|error| ClientError::Invalid(format!("rebuild slot: {error}")))?;
         let rebuild = tokio::task::spawn_blocking(move || {
-            plan::rebuild_block(span_size, span_crc, span_parity, &crcs, others, index)
+            let _computing = computing;
+            let mut others = others;
+            let rebuilt = plan::rebuild_block(span_size, span_crc, span_parity, &crcs, &mut others, index);
+            keep_buffers(others);
+            rebuilt
         })
         .await
         .map_err(|error| ClientError::Invalid(format!("rebuild task: {error}")))?;
-        let rebuilt = match rebuild {
+        let (rebuilt, rebuilt_crc) = match rebuild {
             Ok(rebuilt) => rebuilt,
             // A block swapped out by an earlier repair waits, condemned, in
             // the repair's eden file (a 1+0 span: nothing to rebuild it
@@ -756,12 +822,22 @@ impl Collector {
             }
         };
         let bytes = rebuilt.len() as u64;
-        let policy = WritePolicy {
-            storage_class: *storage_class,
-            parity: Parity::new(1, 0).ok_or_else(|| ClientError::Invalid("parity 1+0".into()))?,
-            span_size_bytes: bad.size.get(),
+        // A 1+0 span of the one block; its CRC is known already (the
+        // span's and the block's are the same).
+        let layout =
+            SpanLayout::new(bytes, Parity::new(1, 0).ok_or_else(|| ClientError::Invalid("parity 1+0".into()))?)
+                .map_err(|error| ClientError::Invalid(format!("rebuilt block layout: {error}")))?;
+        let encoded = EncodedSpan {
+            offset: 0,
+            data: Arc::new(rebuilt),
+            crc: rebuilt_crc,
+            payload: SpanPayload::Blocks(BlockSpan {
+                storage_class: *storage_class,
+                layout,
+                parity_blocks: Arc::new(Vec::new()),
+                block_crcs: vec![rebuilt_crc],
+            }),
         };
-        let encoded = block_span(0, rebuilt, policy)?;
         // The new block goes where no other block of the span is, so one
         // disk never holds two blocks of a span.
         let avoid = FailedServices::new();
@@ -799,6 +875,16 @@ struct RemovedDirectory {
     own: Option<Retention>,
 }
 
+/// One name of a directory with dead entries: its versions and
+/// placeholders by creation time, and when its last one died (its living
+/// entry's creation, or the directory's removal).
+#[derive(Debug, Clone)]
+struct NameVersions {
+    name: String,
+    living: Option<EggsTime>,
+    entries: Vec<DeadEntry>,
+}
+
 /// What one retention walk learns as it goes.
 #[derive(Default)]
 struct RetentionWalk {
@@ -807,9 +893,14 @@ struct RetentionWalk {
     retentions: HashMap<InodeId, Retention>,
     /// Removed directories, collected after the walk.
     removed: Vec<RemovedDirectory>,
-    /// A removed directory → the retention of the directory whose dead
-    /// entry names it (its old parent).
+    /// A removed directory → the retention of the linked directory whose
+    /// dead entry names it (its old parent).
     removed_parents_retention: HashMap<InodeId, Retention>,
+    /// A removed directory → the removed directory whose dead entry names
+    /// it (its old parent, itself removed since).
+    removed_from_removed: HashMap<InodeId, InodeId>,
+    /// Every removed directory → its own policy's retention, if it has one.
+    removed_own: HashMap<InodeId, Option<Retention>>,
 }
 
 impl RetentionWalk {
@@ -824,11 +915,27 @@ impl RetentionWalk {
         Ok(retention)
     }
 
-    /// A removed directory keeps its own policy's retention, else the one it
-    /// had where it lived (its old parent's, found through the dead entry
-    /// naming it), else the default: never shorter than what it promised.
-    fn retention_of_removed(&self, removed: &RemovedDirectory) -> Retention {
-        removed.own.or_else(|| self.removed_parents_retention.get(&removed.dir).copied()).unwrap_or(Retention::DEFAULT)
+    /// A removed directory keeps its own policy's retention, else the one
+    /// it had where it lived: its old parent's (found through the dead
+    /// entry naming it), which for a parent removed too is that parent's,
+    /// by the same rule, up the chain; else the default. Never shorter than
+    /// what it promised.
+    fn retention_of_removed(&self, dir: InodeId) -> Retention {
+        let mut at = dir;
+        // A chain longer than the removed directories has a loop (bad input).
+        for _ in 0..=self.removed_own.len() {
+            if let Some(retention) = self.removed_own.get(&at).copied().flatten() {
+                return retention;
+            }
+            if let Some(retention) = self.removed_parents_retention.get(&at) {
+                return *retention;
+            }
+            match self.removed_from_removed.get(&at) {
+                Some(parent) => at = *parent,
+                None => break,
+            }
+        }
+        Retention::DEFAULT
     }
 }
 
@@ -912,10 +1019,45 @@ async fn fetch_blocks_for_rebuild(blocks: &[FetchedBlock], index: usize, needed:
 /// One block's bytes if its service has it with the recorded CRC.
 async fn fetch_checked(block: FetchedBlock) -> Option<Vec<u8>> {
     let size = block.size.get();
-    let dst = BytesMut::with_capacity(size as usize);
+    let dst = spare_buffer(size as usize);
     match client::block::fetch_block_into(block.address.socket_addr(), block.block_id, size, dst).await {
         Ok((bytes, crc)) if crc == block.crc.get() => Some(Vec::from(bytes)),
-        _ => None,
+        Ok((bytes, _)) => {
+            keep_buffers(vec![Some(Vec::from(bytes))]);
+            None
+        }
+        Err((_, _, back)) => {
+            keep_buffers(vec![back.map(Vec::from)]);
+            None
+        }
+    }
+}
+
+/// Fetch buffers of finished rebuilds, kept for the next ones: a fresh
+/// buffer of a few MiB is page-faulted and zeroed by the kernel as the
+/// bytes arrive, which cost gcd as much CPU as the copy itself.
+static SPARE_BUFFERS: std::sync::Mutex<Vec<BytesMut>> = std::sync::Mutex::new(Vec::new());
+/// Spare buffers kept at most (of the block size: 4 MiB each by default).
+const SPARE_BUFFERS_MAX: usize = 32;
+
+/// An empty buffer, a kept one if there is one, of at least `size` bytes.
+fn spare_buffer(size: usize) -> BytesMut {
+    let kept = SPARE_BUFFERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+    let mut buffer = kept.unwrap_or_default();
+    buffer.clear();
+    buffer.reserve(size);
+    buffer
+}
+
+/// Keeps the buffers of `blocks` for later fetches (up to [`SPARE_BUFFERS_MAX`]).
+fn keep_buffers(blocks: Vec<Option<Vec<u8>>>) {
+    let mut spare = SPARE_BUFFERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for block in blocks.into_iter().flatten() {
+        if spare.len() >= SPARE_BUFFERS_MAX {
+            break;
+        }
+        // Vec → Bytes → BytesMut: both steps keep the allocation (unique).
+        spare.push(BytesMut::from(bytes::Bytes::from(block)));
     }
 }
 

@@ -15,7 +15,8 @@
 //!    same cycle), a remote one through the CDC's purge-remote-file.
 //! 3. **Directory collection.** A removed (rmdir'd: null parent)
 //!    directory keeps its own policy's retention, else its old parent's
-//!    (found through the parent's dead entry naming it), else the
+//!    (found through the parent's dead entry naming it; for a parent
+//!    removed too, that parent's by the same rule, up the chain), else the
 //!    default. Its dead versions follow that retention; once it has
 //!    passed since the removal, every version goes (files to eden, as
 //!    above), then the record itself (purge_directory, which the shard
@@ -24,8 +25,10 @@
 //! 4. **Migration.** Blocks on terminal (drained then terminated) or
 //!    long-stale block services are rebuilt from D of their spans' other
 //!    blocks (data blocks first, fetched in parallel over the client's
-//!    pooled connections, 16 blocks in flight, Reed–Solomon off the
-//!    runtime's threads) onto a service that holds no other block of the
+//!    pooled connections into reused buffers, 16 blocks in flight;
+//!    Reed–Solomon off the runtime's threads, one rebuild per core, with a
+//!    decoder kept per thread; the span CRC combined from the data blocks'
+//!    CRCs, so the span is put together only to encode a parity block) onto a service that holds no other block of the
 //!    span, and swapped in with repair_block. A block already swapped out
 //!    (condemned in its repair's eden file) is left to eden collection.
 //! 5. **Scrub**, in its own task: every block's CRC is checked on its block

@@ -3,7 +3,10 @@
 //! services are being emptied, how fast a disk may be scrubbed, and how a
 //! lost block is rebuilt. No sockets, no clocks: tests call these directly.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+
+use reed_solomon_simd::ReedSolomonDecoder;
 
 use wire::crc::crc32c;
 use wire::policy::Retention;
@@ -162,17 +165,23 @@ impl From<SpanError> for RebuildError {
 
 /// Rebuilds block `index` of a span from the other blocks (`blocks`: D+P
 /// entries, `None` where unavailable; every present one already checked
-/// against its recorded CRC). The span's CRC and the block's recorded CRC
-/// are both checked: a rebuild that would not match is refused, never
-/// written.
+/// against its recorded CRC in `block_crcs`, as the fetch does). Returns
+/// the block and its CRC.
+///
+/// The span's CRC and the block's recorded CRC are both checked: a
+/// rebuild that would not match is refused, never written. The span is
+/// not put together to check it: its CRC is combined from its data
+/// blocks' CRCs (the recorded ones of the blocks checked on arrival, the
+/// computed ones of the blocks rebuilt), which is the CRC of their bytes
+/// end to end. Only a parity block is encoded from the whole span.
 pub fn rebuild_block(
     span_size: u32,
     span_crc: u32,
     parity: Parity,
     block_crcs: &[u32],
-    mut blocks: Vec<Option<Vec<u8>>>,
+    blocks: &mut [Option<Vec<u8>>],
     index: usize,
-) -> Result<Vec<u8>, RebuildError> {
+) -> Result<(Vec<u8>, u32), RebuildError> {
     let layout = SpanLayout::new(u64::from(span_size), parity)?;
     let d = parity.data_blocks();
     if let Some(slot) = blocks.get_mut(index) {
@@ -182,36 +191,118 @@ pub fn rebuild_block(
     if available < d {
         return Err(RebuildError::NotEnoughBlocks { available, needed: d });
     }
-    layout.reconstruct(&mut blocks)?;
-    let span: Vec<u8> = if parity.is_mirroring() {
-        blocks.first().cloned().flatten().unwrap_or_default()
+    let expected = block_crcs.get(index).copied().unwrap_or_default();
+    if parity.is_mirroring() {
+        // Every block is the whole span: the rebuilt one is a copy.
+        let block = blocks.iter().flatten().next().cloned().unwrap_or_default();
+        let actual = crc32c(&block);
+        if actual != span_crc || block.len() != span_size as usize {
+            return Err(RebuildError::SpanCrcMismatch { expected: span_crc, actual });
+        }
+        if actual != expected {
+            return Err(RebuildError::BlockCrcMismatch { expected, actual });
+        }
+        return Ok((block, actual));
+    }
+    let fetched: Vec<bool> = blocks.iter().map(Option::is_some).collect();
+    reconstruct_data(&layout, blocks)?;
+    let mut data_crcs = Vec::with_capacity(d);
+    for (data_index, block) in blocks.iter().take(d).enumerate() {
+        let crc = match (fetched.get(data_index), block) {
+            (Some(true), _) => block_crcs.get(data_index).copied().unwrap_or_default(),
+            (_, Some(block)) => crc32c(block),
+            (_, None) => return Err(RebuildError::Layout(format!("data block {data_index} not rebuilt"))),
+        };
+        data_crcs.push(crc);
+    }
+    let actual = layout.span_crc(&data_crcs);
+    if actual != span_crc {
+        return Err(RebuildError::SpanCrcMismatch { expected: span_crc, actual });
+    }
+    let (block, actual) = if index < d {
+        let block = blocks.get_mut(index).and_then(Option::take).unwrap_or_default();
+        let crc = data_crcs.get(index).copied().unwrap_or_default();
+        (block, crc)
     } else {
         let mut span = Vec::with_capacity(span_size as usize);
         for block in blocks.iter().take(d).flatten() {
             span.extend_from_slice(block);
         }
-        span
-    };
-    let actual = crc32c(&span);
-    if actual != span_crc || span.len() != span_size as usize {
-        return Err(RebuildError::SpanCrcMismatch { expected: span_crc, actual });
-    }
-    let block = if parity.is_mirroring() {
-        span
-    } else if index < d {
-        let range = layout.data_block_range(index);
-        span.get(range.start as usize..range.end as usize).unwrap_or_default().to_vec()
-    } else {
         let mut parity_blocks = vec![Vec::new(); parity.parity_blocks()];
         layout.encode_parity(&span, &mut parity_blocks)?;
-        parity_blocks.get(index - d).cloned().unwrap_or_default()
+        let block = parity_blocks.into_iter().nth(index - d).unwrap_or_default();
+        let crc = crc32c(&block);
+        (block, crc)
     };
-    let expected = block_crcs.get(index).copied().unwrap_or_default();
-    let actual = crc32c(&block);
     if actual != expected {
         return Err(RebuildError::BlockCrcMismatch { expected, actual });
     }
-    Ok(block)
+    Ok((block, actual))
+}
+
+thread_local! {
+    /// This thread's Reed–Solomon decoder, reset for each span: its work
+    /// buffers are allocated (and page-faulted) once per thread, not once
+    /// per rebuild.
+    static DECODER: RefCell<Option<ReedSolomonDecoder>> = const { RefCell::new(None) };
+}
+
+/// Fills in the missing data blocks of `blocks` (D+P entries, data first,
+/// `None` = unavailable, at least D present with their exact sizes), as
+/// [`SpanLayout::reconstruct`] does, with this thread's decoder.
+fn reconstruct_data(layout: &SpanLayout, blocks: &mut [Option<Vec<u8>>]) -> Result<(), RebuildError> {
+    let parity = layout.parity;
+    let (d, total) = (parity.data_blocks(), parity.total_blocks());
+    if parity.is_mirroring() || blocks.len() != total || blocks.iter().take(d).all(Option::is_some) {
+        return layout.reconstruct(blocks).map_err(RebuildError::from);
+    }
+    for (index, block) in blocks.iter().enumerate() {
+        if let Some(block) = block
+            && block.len() as u64 != layout.block_size(index)
+        {
+            return Err(RebuildError::Layout(format!(
+                "block {index} is {} bytes, not {}",
+                block.len(),
+                layout.block_size(index)
+            )));
+        }
+    }
+    let rs = |error: reed_solomon_simd::Error| RebuildError::Layout(format!("Reed–Solomon: {error}"));
+    let shard = layout.parity_block_size as usize;
+    DECODER.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let decoder = match cell.as_mut() {
+            Some(decoder) => {
+                decoder.reset(d, total - d, shard).map_err(rs)?;
+                decoder
+            }
+            None => cell.insert(ReedSolomonDecoder::new(d, total - d, shard).map_err(rs)?),
+        };
+        let mut padded = Vec::new();
+        for (index, block) in blocks.iter().enumerate() {
+            let Some(block) = block else { continue };
+            if index < d {
+                if block.len() == shard {
+                    decoder.add_original_shard(index, block).map_err(rs)?;
+                } else {
+                    padded.clear();
+                    padded.extend_from_slice(block);
+                    padded.resize(shard, 0);
+                    decoder.add_original_shard(index, &padded).map_err(rs)?;
+                }
+            } else {
+                decoder.add_recovery_shard(index - d, block).map_err(rs)?;
+            }
+        }
+        let result = decoder.decode().map_err(rs)?;
+        for (index, restored) in result.restored_original_iter() {
+            let size = layout.block_size(index) as usize;
+            if let Some(slot) = blocks.get_mut(index) {
+                *slot = Some(restored.get(..size).unwrap_or(restored).to_vec());
+            }
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -326,16 +417,24 @@ mod tests {
 
     #[test]
     fn every_block_of_a_span_rebuilds_to_its_recorded_bytes() {
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        // Several sizes one after the other: the thread's decoder is reset
+        // for each (and the last data block is short for some).
+        for size in [10_000u32, 4096, 123_457, 10_000] {
+            every_block_rebuilds(&(0..size).map(|i| (i * 7 + i / 13) as u8).collect::<Vec<u8>>());
+        }
+    }
+
+    fn every_block_rebuilds(data: &[u8]) {
         for parity in
             [Parity::new(4, 2).expect("4+2"), Parity::new(1, 2).expect("mirror"), Parity::new(2, 1).expect("2+1")]
         {
-            let (blocks, crcs) = encoded(&data, parity);
+            let (blocks, crcs) = encoded(data, parity);
             for index in 0..parity.total_blocks() {
-                let present = blocks.iter().cloned().map(Some).collect();
-                let rebuilt = rebuild_block(data.len() as u32, crc32c(&data), parity, &crcs, present, index)
+                let mut present: Vec<_> = blocks.iter().cloned().map(Some).collect();
+                let (rebuilt, crc) = rebuild_block(data.len() as u32, crc32c(data), parity, &crcs, &mut present, index)
                     .unwrap_or_else(|error| panic!("{parity} block {index}: {error}"));
                 assert_eq!(rebuilt, blocks[index], "{parity} block {index}");
+                assert_eq!(crc, crcs[index], "{parity} block {index}'s CRC");
             }
         }
     }
@@ -347,13 +446,13 @@ mod tests {
         let (blocks, crcs) = encoded(&data, parity);
         let present: Vec<Option<Vec<u8>>> = blocks.iter().cloned().map(Some).collect();
         // A recorded span CRC that the surviving blocks do not produce.
-        let error = rebuild_block(data.len() as u32, crc32c(&data) ^ 1, parity, &crcs, present.clone(), 0)
+        let error = rebuild_block(data.len() as u32, crc32c(&data) ^ 1, parity, &crcs, &mut present.clone(), 0)
             .expect_err("must refuse");
         assert!(matches!(error, RebuildError::SpanCrcMismatch { .. }), "{error}");
         // A recorded block CRC that the rebuilt block does not have.
         let mut wrong = crcs.clone();
         wrong[5] ^= 1;
-        let error = rebuild_block(data.len() as u32, crc32c(&data), parity, &wrong, present.clone(), 5)
+        let error = rebuild_block(data.len() as u32, crc32c(&data), parity, &wrong, &mut present.clone(), 5)
             .expect_err("must refuse");
         assert!(matches!(error, RebuildError::BlockCrcMismatch { .. }), "{error}");
         // Too few blocks.
@@ -362,7 +461,7 @@ mod tests {
             *slot = None;
         }
         assert_eq!(
-            rebuild_block(data.len() as u32, crc32c(&data), parity, &crcs, few, 4),
+            rebuild_block(data.len() as u32, crc32c(&data), parity, &crcs, &mut few, 4),
             Err(RebuildError::NotEnoughBlocks { available: 2, needed: 4 })
         );
     }

@@ -103,3 +103,62 @@ fn removed_directories_are_collected_and_nothing_else() {
         assert!(!cluster.eggs(&["resolve", path, "--dead-ge", "0"]).status.success(), "{path}'s dead entry is purged");
     }
 }
+
+/// A directory removed inside a directory removed since keeps the
+/// retention of that chain: `/outer/mid/inner` under a root that keeps
+/// nothing all go (innermost first, with a file deleted in `inner`), while
+/// `/hour/inner`, removed inside `/hour` whose own policy keeps an hour, is
+/// kept with it (it does not fall through to the root's 0).
+#[test]
+fn directories_removed_inside_removed_ones_inherit_their_retention() {
+    let cluster = Cluster::start(
+        6,
+        &["--eden-deadline-secs", "2", "--purge-age-min-secs", &PURGE_AGE_MIN_SECS.to_string(), "--no-gcd"],
+    );
+    cluster.ok(&["policy", "/", "--retention-secs", "0"]);
+    cluster.ok(&["mkdir", "/outer"]);
+    cluster.ok(&["mkdir", "/outer/mid"]);
+    cluster.ok(&["mkdir", "/outer/mid/inner"]);
+    cluster.ok(&["mkdir", "/hour"]);
+    cluster.ok(&["policy", "/hour", "--retention-secs", "3600"]);
+    cluster.ok(&["mkdir", "/hour/inner"]);
+    let file_bytes = test_bytes(200_000, 3);
+    cluster.put("/outer/mid/inner/f", &file_bytes);
+    let blocks_with_file = cluster.block_files();
+    let gone = [inode_of(&cluster, "/outer"), inode_of(&cluster, "/outer/mid"), inode_of(&cluster, "/outer/mid/inner")];
+    let kept = [inode_of(&cluster, "/hour"), inode_of(&cluster, "/hour/inner")];
+    cluster.ok(&["rm", "/outer/mid/inner/f"]);
+    for path in ["/outer/mid/inner", "/outer/mid", "/outer", "/hour/inner", "/hour"] {
+        cluster.ok(&["rmdir", path]);
+    }
+
+    std::thread::sleep(Duration::from_secs(PURGE_AGE_MIN_SECS + 1));
+    let gcd = cluster.start_gcd(&["--gc-interval-secs", "1", "--scrub-interval-secs", "0"]);
+    let collected = wait_for(Duration::from_secs(90), "the three nested removed directories collected", || {
+        let counters = scrape(&gcd.metrics);
+        (counters.get("gcd_directories_collected").copied().unwrap_or(0.0) >= 3.0).then_some(counters)
+    });
+    let cycles = scrape(&gcd.metrics)["gcd_cycles"];
+    wait_for(Duration::from_secs(60), "two more cycles", || {
+        (scrape(&gcd.metrics)["gcd_cycles"] >= cycles + 2.0).then_some(())
+    });
+    let after = all_inodes(&cluster);
+    for inode in &gone {
+        assert!(!after.contains(inode), "nested removed directory {inode} is gone ({collected:?})");
+    }
+    for inode in &kept {
+        assert!(
+            after.contains(inode),
+            "{inode}, removed within an hour's retention (its own or its old parent's), is kept"
+        );
+    }
+    let counters = scrape(&gcd.metrics);
+    assert_eq!(counters["gcd_directories_collected"], 3.0, "{counters:?}");
+    let now = cluster.block_files();
+    assert!(
+        blocks_with_file.keys().any(|path| !now.contains_key(path)),
+        "the file deleted in the innermost directory lost its blocks"
+    );
+    cluster.ok(&["resolve", "/hour", "--dead-ge", "0"]);
+    assert!(!cluster.eggs(&["resolve", "/outer", "--dead-ge", "0"]).status.success(), "/outer's dead entry is purged");
+}
