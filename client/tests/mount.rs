@@ -99,6 +99,23 @@ fn is_mounted(dir: &Path) -> bool {
     mounts.lines().any(|line| line.split(' ').nth(1) == Some(dir.to_str().unwrap_or("")))
 }
 
+/// The kernel read-ahead of the mount on `dir`, in KiB (its backing
+/// device's `read_ahead_kb`).
+fn read_ahead_kib(dir: &Path) -> u64 {
+    let dir = dir.canonicalize().expect("mountpoint");
+    let table = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let device = table
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            (fields.get(4).copied() == dir.to_str()).then(|| fields[2].to_owned())
+        })
+        .next_back()
+        .expect("the mount is in mountinfo");
+    let text = std::fs::read_to_string(format!("/sys/class/bdi/{device}/read_ahead_kb")).expect("read_ahead_kb");
+    text.trim().parse().expect("a number")
+}
+
 /// Runs `script` with bash; asserts success; returns stdout.
 fn sh(script: &str) -> String {
     let output = Command::new("bash").arg("-euo").arg("pipefail").arg("-c").arg(script).output().expect("bash");
@@ -268,6 +285,30 @@ print("ok", len(checks))
         local = local.join("tree/d0/f000.bin").display().to_string(),
     ));
     assert_eq!(reads.trim(), "ok 46");
+
+    eprintln!("case: the kernel's read-ahead is widened, and concurrent readers get the same bytes");
+    // FUSE starts a mount's read-ahead at 128 KiB, which also makes every
+    // read a 128 KiB request; the mount raises it (root only) so streaming
+    // reads arrive as 1 MiB requests, several at once.
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(read_ahead_kib(&mount.dir), 4096, "the mount's kernel read-ahead, KiB");
+    }
+    let streamed = test_bytes(40 * MIB + 5, 31);
+    std::fs::write(local.join("streamed"), &streamed).expect("write");
+    cluster.ok(&["put", local.join("streamed").to_str().expect("utf-8"), "/streamed"]);
+    let expected = sh(&format!("sha256sum < {}", l("streamed")));
+    let readers = sh(&format!(
+        "for bs in 4k 128k 1M 3M 1M; do (dd if={} bs=$bs status=none | sha256sum) & done; \
+         (dd if={} bs=1M status=none | sha256sum) & wait",
+        m("streamed"),
+        m("tree/d1/f001.bin")
+    ));
+    let sums: Vec<&str> = readers.lines().collect();
+    assert_eq!(sums.len(), 6, "{readers}");
+    assert_eq!(sums.iter().filter(|sum| **sum == expected.trim_end()).count(), 5, "{readers}");
+    let other = sh(&format!("sha256sum < {}", l("tree/d1/f001.bin")));
+    assert!(sums.contains(&other.trim_end()), "{readers}");
 
     eprintln!("case: rsync -a out of and into the mount");
     sh(&format!("rsync -a {}/ {}/", m("tree"), l("rsync-out")));

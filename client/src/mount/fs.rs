@@ -309,7 +309,10 @@ impl Filesystem for EggsFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS;
         let _ = config.add_capabilities(wanted & config.capabilities());
-        // Large requests: 1 MiB reads and writes (the kernel's limit).
+        // Large requests: 1 MiB writes, and reads of up to 1 MiB (fuser
+        // answers `max_pages` from the larger of the two). The kernel
+        // offers its default read-ahead, 128 KiB, and takes no more: the
+        // mount raises it afterwards (`super::widen_kernel_read_ahead`).
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20).or_else(|nearest| config.set_max_readahead(nearest));
         let _ = config.set_max_background(64);

@@ -8,6 +8,10 @@
 //!   close).
 //! - [`attrs`]: inode numbers, attributes, errno.
 //!
+//! Right after mounting, the kernel's read-ahead of the mount is raised
+//! from FUSE's 128 KiB (`--kernel-read-ahead-mib`), which lets streaming
+//! reads arrive as 1 MiB requests (see [`widen_kernel_read_ahead`]).
+//!
 //! Without `-f` the command starts itself again in the background (a new
 //! session, stdio detached) and returns once the mount is up, like other
 //! FUSE filesystems. It stops on `fusermount3 -u MOUNTPOINT` and on
@@ -34,6 +38,9 @@ const CACHE_MIB_DEFAULT: u64 = 256;
 /// Default bound of the read-ahead of a sequential reader, in MiB: as
 /// `eggs cat`'s ([`client::read::READ_AHEAD_BYTES_MAX`]).
 const READ_AHEAD_MIB_DEFAULT: u64 = client::read::READ_AHEAD_BYTES_MAX >> 20;
+/// Default kernel read-ahead of the mount, in MiB (see
+/// [`widen_kernel_read_ahead`]).
+const KERNEL_READ_AHEAD_MIB_DEFAULT: u64 = 4;
 /// What the daemon prints on stdout once mounted (for the parent).
 const READY_LINE: &str = "mounted";
 /// Hidden flag: this process is the background daemon.
@@ -62,6 +69,11 @@ pub struct MountArgs {
     /// the span cache).
     #[arg(long, default_value_t = READ_AHEAD_MIB_DEFAULT)]
     pub read_ahead_mib: u64,
+    /// The kernel's read-ahead on the mount, in MiB (the mount's
+    /// `/sys/class/bdi/.../read_ahead_kb`; needs root). FUSE starts it at
+    /// 128 KiB, which also caps each read request at 128 KiB; 0 leaves it.
+    #[arg(long, default_value_t = KERNEL_READ_AHEAD_MIB_DEFAULT)]
+    pub kernel_read_ahead_mib: u64,
     /// Where the background daemon logs (default: nowhere).
     #[arg(long)]
     pub log_file: Option<PathBuf>,
@@ -140,6 +152,7 @@ pub async fn run(args: MountArgs, shuckle: SocketAddr) -> anyhow::Result<()> {
     // Fail now, not at the first `ls`, when the cluster is not there.
     client.stat(wire::InodeId::ROOT).await.context("the cluster does not answer")?;
     let absolute = mountpoint.canonicalize().with_context(|| format!("{}", mountpoint.display()))?;
+    let absolute_mountpoint = absolute.clone();
     let filesystem = fs::EggsFs::new(client, tokio::runtime::Handle::current(), options.clone(), absolute);
     let notifier_slot = filesystem.notifier_slot();
     let mut config = Config::default();
@@ -161,6 +174,13 @@ pub async fn run(args: MountArgs, shuckle: SocketAddr) -> anyhow::Result<()> {
     let mut session = session;
     let _ = notifier_slot.set(session.notifier());
     let mut unmounter = session.unmount_callable();
+    if args.kernel_read_ahead_mib > 0 {
+        // Before any file is opened: a file takes the read-ahead at open.
+        match widen_kernel_read_ahead(&absolute_mountpoint, args.kernel_read_ahead_mib << 10) {
+            Ok(path) => tracing::info!(path, kib = args.kernel_read_ahead_mib << 10, "kernel read-ahead set"),
+            Err(error) => tracing::warn!(%error, "kernel read-ahead left at its default (128 KiB reads)"),
+        }
+    }
     tracing::info!(mountpoint = %mountpoint.display(), %shuckle, "mounted");
     if args.daemon_child {
         detach_stdio(args.log_file.as_deref())?;
@@ -189,6 +209,55 @@ pub async fn run(args: MountArgs, shuckle: SocketAddr) -> anyhow::Result<()> {
     }
     serving.await.context("session thread")?.context("serving the mount")?;
     Ok(())
+}
+
+/// Sets the kernel's read-ahead of the mount at `mountpoint` to `kib`;
+/// returns the sysfs file written.
+///
+/// The kernel offers FUSE its default read-ahead (128 KiB) at `INIT` and
+/// takes no more than that from the answer, so `max_readahead` alone
+/// cannot raise it. It bounds the read requests too: with 128 KiB every
+/// read is a 128 KiB request, whatever `max_pages` allows (1 MiB). The
+/// mount's backing device info (`/sys/class/bdi/MAJOR:MINOR`, the
+/// mount's anonymous device number) can raise it; then streaming reads
+/// arrive as 1 MiB requests, several at once. The device number comes
+/// from `/proc/self/mountinfo`: a `stat` of the mountpoint would be a FUSE
+/// request that nobody serves yet.
+fn widen_kernel_read_ahead(mountpoint: &std::path::Path, kib: u64) -> anyhow::Result<String> {
+    let device = mount_device(mountpoint)?;
+    let path = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    std::fs::write(&path, format!("{kib}\n")).with_context(|| format!("{path}: cannot write"))?;
+    Ok(path)
+}
+
+/// The `MAJOR:MINOR` of the last mount on `mountpoint`, from
+/// `/proc/self/mountinfo`.
+fn mount_device(mountpoint: &std::path::Path) -> anyhow::Result<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").context("/proc/self/mountinfo")?;
+    let wanted = mountinfo_escape(&mountpoint.to_string_lossy());
+    table
+        .lines()
+        .filter_map(|line| {
+            // ID PARENT MAJOR:MINOR ROOT MOUNTPOINT ...
+            let mut fields = line.split(' ');
+            let device = fields.nth(2)?;
+            (fields.nth(1)? == wanted).then(|| device.to_owned())
+        })
+        .next_back()
+        .with_context(|| format!("{}: not in /proc/self/mountinfo", mountpoint.display()))
+}
+
+/// A path as mountinfo writes it (space, tab, newline and backslash as
+/// octal escapes).
+fn mountinfo_escape(path: &str) -> String {
+    let mut escaped = String::with_capacity(path.len());
+    for character in path.chars() {
+        match character {
+            ' ' | '\t' | '\n' | '\\' => escaped.push_str(&format!("\\{:03o}", character as u32)),
+            other => escaped.push(other),
+        }
+    }
+    escaped
 }
 
 /// Starts this command again as a background daemon and waits for it to
@@ -271,6 +340,12 @@ mod tests {
         assert!(options.allow_other && options.read_only);
         assert_eq!(options.attr_timeout, Duration::from_millis(500));
         assert_eq!(options.entry_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn mountinfo_paths_escape_as_the_kernel_writes_them() {
+        assert_eq!(mountinfo_escape("/tmp/a b\\c\td"), "/tmp/a\\040b\\134c\\011d");
+        assert_eq!(mountinfo_escape("/mnt"), "/mnt");
     }
 
     #[test]
