@@ -499,7 +499,7 @@ mod tests {
     /// and the buffers come back to the pool once the spans are dropped.
     #[test]
     fn pooled_parity_is_exact_and_its_buffers_are_reused() {
-        let pool = BufferPool::new(4, |size| BytesMut::with_capacity(size));
+        let pool = BufferPool::new(4, BytesMut::with_capacity);
         let policy = rs_policy(4, 2, 1 << 20);
         let mut first_parity_start = None;
         for (round, len) in [1 << 20, 300_001, 1 << 20, 4097].into_iter().enumerate() {
@@ -508,10 +508,10 @@ mod tests {
             let SpanPayload::Blocks(blocks) = &span.payload else { panic!("blocks expected") };
             let mut expected = vec![Vec::new(); 2];
             blocks.layout.encode_parity(&data, &mut expected).expect("wire's encoder");
-            for index in 0..2 {
-                assert!(span.block_bytes(4 + index) == &expected[index][..], "round {round}: parity {index}");
-                assert_eq!(span.shared_block(4 + index), &expected[index][..]);
-                assert_eq!(blocks.block_crcs[4 + index], crc32c(&expected[index]));
+            for (index, parity) in expected.iter().enumerate() {
+                assert!(span.block_bytes(4 + index) == &parity[..], "round {round}: parity {index}");
+                assert_eq!(span.shared_block(4 + index), &parity[..]);
+                assert_eq!(blocks.block_crcs[4 + index], crc32c(parity));
             }
             assert_eq!(span.crc, crc32c(&data));
             let start = span.block_bytes(4).as_ptr();

@@ -239,7 +239,7 @@ fn one_dead_service_costs_xor_rebuilds_and_is_asked_a_few_times_only() {
     // read-ahead's first 16 MiB at most), not by every span.
     let asked = stderr.lines().filter(|line| line.contains("reading parity")).count();
     let passed_over = stderr.lines().filter(|line| line.contains("its service is down")).count();
-    assert!(asked >= 1 && asked <= 16, "the dead service was asked {asked} times: {stderr}");
+    assert!((1..=16).contains(&asked), "the dead service was asked {asked} times: {stderr}");
     assert!(passed_over >= 1, "later spans pass it over: {stderr}");
 }
 
