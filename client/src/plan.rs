@@ -4,13 +4,19 @@
 //!   the input is cut into spans; [`encode_span`] turns one span's bytes into
 //!   an [`EncodedSpan`]: inline, zero-fill, or blocks (data blocks borrowed
 //!   from the span buffer, parity computed with Reed–Solomon, or none extra
-//!   for mirroring, where every block is the whole span).
+//!   for mirroring, where every block is the whole span). Span and parity
+//!   bytes are shared [`Bytes`]; [`encode_span_pooled`] takes the parity
+//!   buffers from a [`BufferPool`], so a long write reuses a few aligned
+//!   buffers instead of faulting in fresh memory for every span, and
+//!   encodes with the thread's Reed–Solomon encoder, reset per span.
 //! - Reading: [`BlockChoice`] decides which blocks of a span to fetch first
 //!   and which to try next after failures, from the block flags the shard
 //!   reported.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
 
+use bytes::{Bytes, BytesMut};
 use wire::crc::{crc32c, crc32c_zeros};
 use wire::limits::INLINE_SPAN_BYTES_MAX;
 use wire::policy::Policy;
@@ -76,7 +82,7 @@ pub struct BlockSpan {
     pub storage_class: u8,
     pub layout: SpanLayout,
     /// The P parity blocks (empty for mirroring: each copy is the span).
-    pub parity_blocks: Arc<Vec<Vec<u8>>>,
+    pub parity_blocks: Vec<Bytes>,
     /// CRC32C of each of the D+P blocks, in block order.
     pub block_crcs: Vec<u32>,
 }
@@ -87,7 +93,7 @@ pub struct EncodedSpan {
     /// Byte offset of the span in the file.
     pub offset: u64,
     /// The span's bytes (shared with the block writers).
-    pub data: Arc<Vec<u8>>,
+    pub data: Bytes,
     /// CRC32C of the span's bytes.
     pub crc: u32,
     pub payload: SpanPayload,
@@ -110,7 +116,83 @@ impl EncodedSpan {
             let range = layout.data_block_range(index);
             return self.data.get(range.start as usize..range.end as usize).unwrap_or_default();
         }
-        blocks.parity_blocks.get(index - layout.parity.data_blocks()).map(Vec::as_slice).unwrap_or_default()
+        blocks.parity_blocks.get(index - layout.parity.data_blocks()).map(|block| &block[..]).unwrap_or_default()
+    }
+
+    /// Block `index` as shared bytes: a slice of the span (data blocks,
+    /// mirrors) or a parity block; never a copy.
+    pub fn shared_block(&self, index: usize) -> Bytes {
+        let SpanPayload::Blocks(blocks) = &self.payload else { return Bytes::new() };
+        let layout = &blocks.layout;
+        if layout.parity.is_mirroring() {
+            return self.data.clone();
+        }
+        let d = layout.parity.data_blocks();
+        if index < d {
+            let range = layout.data_block_range(index);
+            return self.data.slice(range.start as usize..range.end as usize);
+        }
+        blocks.parity_blocks.get(index - d).cloned().unwrap_or_default()
+    }
+}
+
+/// Buffers handed out again once every [`Bytes`] made from them is gone
+/// (the block writes of a span have finished): a write keeps at most
+/// `keep` of them. Fresh ones come from `alloc`, e.g. page-aligned ones,
+/// and a reused buffer keeps its start.
+#[derive(Clone)]
+pub struct BufferPool {
+    free: Arc<Mutex<Vec<BytesMut>>>,
+    keep: usize,
+    alloc: fn(usize) -> BytesMut,
+}
+
+impl BufferPool {
+    pub fn new(keep: usize, alloc: fn(usize) -> BytesMut) -> Self {
+        Self { free: Arc::new(Mutex::new(Vec::new())), keep, alloc }
+    }
+
+    /// An empty buffer with room for `size` bytes: a kept one if any fits.
+    pub fn take(&self, size: usize) -> BytesMut {
+        let kept = self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        match kept {
+            Some(mut buffer) if buffer.capacity() >= size => {
+                buffer.clear();
+                buffer
+            }
+            _ => (self.alloc)(size),
+        }
+    }
+
+    /// `buffer` as shared bytes that come back to the pool when dropped.
+    pub fn share(&self, buffer: BytesMut) -> Bytes {
+        Bytes::from_owner(Pooled { buffer, pool: self.clone() })
+    }
+
+    /// Buffers kept now.
+    pub fn kept(&self) -> usize {
+        self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+    }
+}
+
+struct Pooled {
+    buffer: BytesMut,
+    pool: BufferPool,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.buffer);
+        let mut free = self.pool.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if free.len() < self.pool.keep {
+            free.push(buffer);
+        }
     }
 }
 
@@ -118,45 +200,110 @@ impl EncodedSpan {
 /// the shard and block services need: inline when small, zero-fill when
 /// all zeros, else blocks by `policy`.
 pub fn encode_span(offset: u64, data: Vec<u8>, policy: WritePolicy) -> Result<EncodedSpan, SpanError> {
+    encode_span_pooled(offset, Bytes::from(data), policy, &BufferPool::new(0, BytesMut::with_capacity))
+}
+
+/// [`encode_span`] of shared bytes, its parity blocks in buffers from `parity`.
+pub fn encode_span_pooled(
+    offset: u64,
+    data: Bytes,
+    policy: WritePolicy,
+    parity: &BufferPool,
+) -> Result<EncodedSpan, SpanError> {
     if data.len() <= INLINE_THRESHOLD_BYTES {
-        return Ok(inline_span(offset, data));
+        let crc = crc32c(&data);
+        return Ok(EncodedSpan { offset, data, crc, payload: SpanPayload::Inline });
     }
     if data.iter().all(|&byte| byte == 0) {
-        return Ok(zero_fill_span(offset, data));
+        let crc = crc32c_zeros(data.len() as u64);
+        return Ok(EncodedSpan { offset, data, crc, payload: SpanPayload::ZeroFill });
     }
-    block_span(offset, data, policy)
+    block_span_pooled(offset, data, policy, parity)
 }
 
 /// A span stored in the metadata (`data` must fit [`INLINE_THRESHOLD_BYTES`]).
 pub fn inline_span(offset: u64, data: Vec<u8>) -> EncodedSpan {
     let crc = crc32c(&data);
-    EncodedSpan { offset, data: Arc::new(data), crc, payload: SpanPayload::Inline }
+    EncodedSpan { offset, data: Bytes::from(data), crc, payload: SpanPayload::Inline }
 }
 
 /// A zero-fill span of `data.len()` bytes (`data` must be all zeros).
 pub fn zero_fill_span(offset: u64, data: Vec<u8>) -> EncodedSpan {
     let crc = crc32c_zeros(data.len() as u64);
-    EncodedSpan { offset, data: Arc::new(data), crc, payload: SpanPayload::ZeroFill }
+    EncodedSpan { offset, data: Bytes::from(data), crc, payload: SpanPayload::ZeroFill }
 }
 
 /// A span stored as blocks by `policy`: D data blocks (slices of `data`)
 /// and P parity blocks (Reed–Solomon, or copies for mirroring).
 pub fn block_span(offset: u64, data: Vec<u8>, policy: WritePolicy) -> Result<EncodedSpan, SpanError> {
-    let layout = SpanLayout::new(data.len() as u64, policy.parity)?;
-    let parity_count = policy.parity.parity_blocks();
-    let mut parity_blocks = Vec::new();
-    if !layout.parity.is_mirroring() {
-        parity_blocks = vec![Vec::new(); parity_count];
-        layout.encode_parity(&data, &mut parity_blocks)?;
+    block_span_pooled(offset, Bytes::from(data), policy, &BufferPool::new(0, BytesMut::with_capacity))
+}
+
+/// The Reed–Solomon parity blocks of `span`, each in a buffer from `pool`,
+/// encoded by the thread's encoder (reset, not built anew: its work space
+/// is several blocks long).
+fn encode_parity(layout: &SpanLayout, span: &[u8], pool: &BufferPool) -> Result<Vec<Bytes>, SpanError> {
+    let d = layout.parity.data_blocks();
+    let p = layout.parity.parity_blocks();
+    let shard = layout.parity_block_size as usize;
+    let rs = |error: reed_solomon_simd::Error| SpanError::ReedSolomon(error.to_string());
+    thread_local! {
+        static ENCODER: RefCell<Option<reed_solomon_simd::ReedSolomonEncoder>> = const { RefCell::new(None) };
     }
+    ENCODER.with_borrow_mut(|slot| {
+        let encoder = match slot {
+            Some(encoder) => {
+                encoder.reset(d, p, shard).map_err(rs)?;
+                encoder
+            }
+            None => slot.insert(reed_solomon_simd::ReedSolomonEncoder::new(d, p, shard).map_err(rs)?),
+        };
+        let mut padded = Vec::new();
+        for index in 0..d {
+            let range = layout.data_block_range(index);
+            let block = &span[range.start as usize..range.end as usize];
+            if block.len() == shard {
+                encoder.add_original_shard(block).map_err(rs)?;
+            } else {
+                padded.clear();
+                padded.extend_from_slice(block);
+                padded.resize(shard, 0);
+                encoder.add_original_shard(&padded).map_err(rs)?;
+            }
+        }
+        let result = encoder.encode().map_err(rs)?;
+        Ok(result
+            .recovery_iter()
+            .map(|recovery| {
+                let mut buffer = pool.take(shard);
+                buffer.extend_from_slice(recovery);
+                pool.share(buffer)
+            })
+            .collect())
+    })
+}
+
+/// [`block_span`] of shared bytes, its parity blocks in buffers from `parity`.
+pub fn block_span_pooled(
+    offset: u64,
+    data: Bytes,
+    policy: WritePolicy,
+    parity: &BufferPool,
+) -> Result<EncodedSpan, SpanError> {
+    let layout = SpanLayout::new(data.len() as u64, policy.parity)?;
+    let parity_blocks = if layout.parity.is_mirroring() || layout.parity.parity_blocks() == 0 {
+        Vec::new()
+    } else {
+        encode_parity(&layout, &data, parity)?
+    };
     let mut span = EncodedSpan {
         offset,
-        data: Arc::new(data),
+        data,
         crc: 0,
         payload: SpanPayload::Blocks(BlockSpan {
             storage_class: policy.storage_class,
             layout,
-            parity_blocks: Arc::new(parity_blocks),
+            parity_blocks,
             block_crcs: Vec::new(),
         }),
     };
@@ -216,6 +363,25 @@ impl BlockChoice {
             self.tried[index] = true;
         }
         chosen
+    }
+
+    /// The parity blocks not tried yet, marked tried, when every one of
+    /// them is healthy (neither excluded nor suspect); `None` (and nothing
+    /// marked) otherwise. A span missing one data block fetches them all
+    /// when its parity allows rebuilding that block by XOR (see
+    /// `read::xor_rebuilds`): one more block on the wire instead of a
+    /// Reed–Solomon decode.
+    pub fn take_healthy_parity(&mut self) -> Option<Vec<usize>> {
+        let d = self.parity.data_blocks();
+        let total = self.parity.total_blocks();
+        let untried: Vec<usize> = (d..total).filter(|&index| !self.tried[index]).collect();
+        if untried.iter().any(|&index| self.excluded[index] || self.suspect[index]) {
+            return None;
+        }
+        for &index in &untried {
+            self.tried[index] = true;
+        }
+        Some(untried)
     }
 
     /// True if block `index` was passed over at first (flagged).
@@ -308,6 +474,60 @@ mod tests {
         assert_eq!(choice.next(0), vec![2, 3, 4, 1]);
         assert!(choice.is_flagged(0) && choice.is_flagged(1) && !choice.is_flagged(2));
         assert!(choice.next(3).is_empty(), "0 terminal, 5 unknown: nothing else");
+    }
+
+    #[test]
+    fn block_choice_hands_out_the_other_parity_blocks_only_when_all_are_healthy() {
+        let parity = Parity::new(4, 2).expect("parity");
+        let known = [true; 6];
+        let mut flags_of = [0u8; 6];
+        flags_of[1] = flags::STALE;
+        let mut choice = BlockChoice::new(parity, &flags_of, &known);
+        assert_eq!(choice.next(0), vec![0, 2, 3, 4]);
+        assert_eq!(choice.take_healthy_parity(), Some(vec![5]));
+        assert_eq!(choice.take_healthy_parity(), Some(vec![]), "nothing left untried");
+        // A suspect parity block: not fetched along (it may stall).
+        flags_of[5] = flags::STALE;
+        let mut choice = BlockChoice::new(parity, &flags_of, &known);
+        assert_eq!(choice.next(0), vec![0, 2, 3, 4]);
+        assert_eq!(choice.take_healthy_parity(), None);
+        assert_eq!(choice.next(3), vec![1], "the suspect data block before the suspect parity");
+    }
+
+    /// Parity blocks encoded into reused pool buffers, span after span of
+    /// different sizes and contents, are exactly what wire's encoder makes,
+    /// and the buffers come back to the pool once the spans are dropped.
+    #[test]
+    fn pooled_parity_is_exact_and_its_buffers_are_reused() {
+        let pool = BufferPool::new(4, BytesMut::with_capacity);
+        let policy = rs_policy(4, 2, 1 << 20);
+        let mut first_parity_start = None;
+        for (round, len) in [1 << 20, 300_001, 1 << 20, 4097].into_iter().enumerate() {
+            let data: Vec<u8> = (0..len).map(|i| (i * (round + 3) % 253) as u8 + 1).collect();
+            let span = encode_span_pooled(64, Bytes::from(data.clone()), policy, &pool).expect("encode");
+            let SpanPayload::Blocks(blocks) = &span.payload else { panic!("blocks expected") };
+            let mut expected = vec![Vec::new(); 2];
+            blocks.layout.encode_parity(&data, &mut expected).expect("wire's encoder");
+            for (index, parity) in expected.iter().enumerate() {
+                assert!(span.block_bytes(4 + index) == &parity[..], "round {round}: parity {index}");
+                assert_eq!(span.shared_block(4 + index), &parity[..]);
+                assert_eq!(blocks.block_crcs[4 + index], crc32c(parity));
+            }
+            assert_eq!(span.crc, crc32c(&data));
+            let start = span.block_bytes(4).as_ptr();
+            if round == 2 {
+                assert!(
+                    first_parity_start.is_some_and(|first| first == start || span.block_bytes(5).as_ptr() == first),
+                    "reused"
+                );
+            }
+            first_parity_start.get_or_insert(start);
+            let shared = span.shared_block(4);
+            drop(span);
+            assert!(pool.kept() <= 1, "a block still shared keeps its buffer out");
+            drop(shared);
+            assert_eq!(pool.kept(), 2, "both parity buffers back");
+        }
     }
 
     #[test]

@@ -10,6 +10,16 @@
 //! [`SPANS_AHEAD`] encoded spans wait, so memory stays bounded by a few
 //! spans whatever the input size.
 //!
+//! Buffers: a span is read straight into a page-aligned (2 MiB-aligned
+//! for large spans) buffer, and its parity blocks are encoded into aligned
+//! buffers too; all of them come from [`BufferPool`]s and go back once the
+//! span's block writes have dropped them, so a long write reuses a few
+//! buffers instead of faulting in (and zeroing) fresh memory per span, and
+//! the kernel's copies into and out of them run at the aligned speed (see
+//! `read::span_buffer`). A local file ([`write_file`]) is read with
+//! `pread(2)` on the encoding thread, straight into the span buffer; any
+//! other input ([`encode_input`]) through tokio, which copies once more.
+//!
 //! Failures: each block write is retried a few times on its service
 //! ([`BLOCK_WRITE_ATTEMPTS`]). If one still fails, the span stays dirty and
 //! the shard refuses a new span at the same offset; the write then fails
@@ -28,10 +38,12 @@
 //! the storage class are full, the write fails with
 //! [`ClientError::NoSpace`] rather than "not enough block services".
 
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -44,7 +56,8 @@ use zerocopy::byteorder::little_endian::{U32, U64};
 use crate::block::write_block_bytes;
 use crate::client::{Client, EdenFile};
 use crate::error::{ClientError, Result};
-use crate::plan::{EncodedSpan, SpanPayload, WritePolicy, encode_span};
+use crate::plan::{BufferPool, EncodedSpan, SpanPayload, WritePolicy, encode_span_pooled};
+use crate::read::span_buffer;
 
 /// Encoded spans waiting while the current one is written.
 pub const SPANS_AHEAD: usize = 2;
@@ -96,6 +109,34 @@ pub struct WriteOutcome {
     pub spans: u64,
 }
 
+/// The span and parity buffers of one write: enough for the spans waiting
+/// in the channel, the one being written and the one being encoded.
+struct WriteBuffers {
+    spans: BufferPool,
+    parity: BufferPool,
+}
+
+impl WriteBuffers {
+    fn new(policy: WritePolicy) -> Self {
+        let spans = SPANS_AHEAD + 2;
+        Self {
+            spans: BufferPool::new(spans, span_buffer),
+            parity: BufferPool::new(spans * policy.parity.parity_blocks(), span_buffer),
+        }
+    }
+}
+
+/// Encodes `buffer` (the bytes at `offset`) on a blocking thread.
+async fn encode(offset: u64, buffer: BytesMut, policy: WritePolicy, buffers: &WriteBuffers) -> Result<EncodedSpan> {
+    let (spans, parity) = (buffers.spans.clone(), buffers.parity.clone());
+    let encoded =
+        tokio::task::spawn_blocking(move || encode_span_pooled(offset, spans.share(buffer), policy, &parity)).await;
+    match encoded {
+        Ok(result) => result.map_err(ClientError::from),
+        Err(error) => Err(ClientError::Invalid(format!("span encoder failed: {error}"))),
+    }
+}
+
 /// Reads `input` to its end, cutting it into spans of the policy's span
 /// size, and sends each encoded span to `spans` (bounded channel).
 pub async fn encode_input<R: AsyncRead + Unpin>(
@@ -104,10 +145,11 @@ pub async fn encode_input<R: AsyncRead + Unpin>(
     spans: mpsc::Sender<Result<EncodedSpan>>,
 ) {
     let span_size = policy.span_size_bytes as usize;
+    let buffers = WriteBuffers::new(policy);
     let mut offset = 0u64;
     loop {
         // Read into spare capacity: nothing is zeroed first.
-        let mut buffer = Vec::with_capacity(span_size);
+        let mut buffer = buffers.spans.take(span_size);
         while buffer.len() < span_size {
             let room = span_size - buffer.len();
             match input.read_buf(&mut (&mut buffer).limit(room)).await {
@@ -123,17 +165,102 @@ pub async fn encode_input<R: AsyncRead + Unpin>(
         if filled == 0 {
             return;
         }
-        let encoded = tokio::task::spawn_blocking(move || encode_span(offset, buffer, policy)).await;
-        let encoded = match encoded {
-            Ok(result) => result.map_err(ClientError::from),
-            Err(error) => Err(ClientError::Invalid(format!("span encoder failed: {error}"))),
-        };
+        let encoded = encode(offset, buffer, policy, &buffers).await;
         let failed = encoded.is_err();
         if spans.send(encoded).await.is_err() || failed || filled < span_size {
             return;
         }
         offset += filled as u64;
     }
+}
+
+/// Reads up to `want` bytes at `offset` of `fd` into `buffer`'s spare
+/// capacity (nothing zeroed first); fewer only at the end of the file.
+fn pread_into(fd: RawFd, buffer: &mut BytesMut, want: usize, offset: u64) -> io::Result<()> {
+    buffer.reserve(want.saturating_sub(buffer.len()));
+    while buffer.len() < want {
+        let filled = buffer.len();
+        let spare = buffer.spare_capacity_mut();
+        let room = (want - filled).min(spare.len());
+        let at = libc::off_t::try_from(offset + filled as u64).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: the kernel writes at most `room` bytes at the start of the
+        // buffer's spare capacity, which is valid for writes of that length.
+        let read = unsafe { libc::pread(fd, spare.as_mut_ptr().cast(), room, at) };
+        if read < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if read == 0 {
+            break;
+        }
+        // SAFETY: pread initialised `read` (≤ `room`) bytes past the old length.
+        unsafe { buffer.set_len(filled + read as usize) };
+    }
+    Ok(())
+}
+
+/// [`encode_input`] for a local file: each span is read with `pread(2)`
+/// on a blocking thread straight into its aligned buffer (no copy through
+/// tokio's own buffer), from the start of the file to its end.
+pub async fn encode_file(file: std::fs::File, policy: WritePolicy, spans: mpsc::Sender<Result<EncodedSpan>>) {
+    let span_size = policy.span_size_bytes as usize;
+    let buffers = WriteBuffers::new(policy);
+    let file = Arc::new(file);
+    let mut offset = 0u64;
+    loop {
+        let buffer = buffers.spans.take(span_size);
+        let reader = Arc::clone(&file);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buffer = buffer;
+            pread_into(reader.as_raw_fd(), &mut buffer, span_size, offset).map(|()| buffer)
+        })
+        .await
+        .unwrap_or_else(|error| Err(io::Error::other(format!("input thread: {error}"))));
+        let buffer = match read {
+            Ok(buffer) => buffer,
+            Err(error) => {
+                let _ = spans.send(Err(ClientError::io("reading the input", error))).await;
+                return;
+            }
+        };
+        let filled = buffer.len();
+        if filled == 0 {
+            return;
+        }
+        let encoded = encode(offset, buffer, policy, &buffers).await;
+        let failed = encoded.is_err();
+        if spans.send(encoded).await.is_err() || failed || filled < span_size {
+            return;
+        }
+        offset += filled as u64;
+    }
+}
+
+/// [`write_path`] from a local file, read with `pread(2)` ([`encode_file`])
+/// when it is a regular file.
+pub async fn write_file(
+    client: &Client,
+    parent: InodeId,
+    name: &str,
+    file: std::fs::File,
+    policy: WritePolicy,
+    failed: &FailedServices,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<WriteOutcome> {
+    let (sender, receiver) = mpsc::channel(SPANS_AHEAD);
+    // A pipe or a device cannot be read at offsets: read it as a stream.
+    let regular = file.metadata().is_ok_and(|metadata| metadata.is_file());
+    let producer = if regular {
+        tokio::spawn(encode_file(file, policy, sender))
+    } else {
+        tokio::spawn(encode_input(tokio::fs::File::from_std(file), policy, sender))
+    };
+    let result = write_spans(client, parent, name, receiver, failed, progress).await;
+    producer.abort();
+    result
 }
 
 /// Writes a whole file from `input` as `parent/name` (overwriting an
@@ -288,41 +415,6 @@ async fn add_with_patience(
     }
 }
 
-/// The span's bytes, shareable with the connection tasks without a copy.
-struct SpanBytes(Arc<Vec<u8>>);
-
-impl AsRef<[u8]> for SpanBytes {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-/// One parity block, shareable likewise.
-struct ParityBytes(Arc<Vec<Vec<u8>>>, usize);
-
-impl AsRef<[u8]> for ParityBytes {
-    fn as_ref(&self) -> &[u8] {
-        self.0.get(self.1).map(Vec::as_slice).unwrap_or_default()
-    }
-}
-
-/// Block `index` of `span` as shared bytes: a slice of the span (data
-/// blocks, mirrors) or of its parity blocks; never a copy.
-fn shared_block_bytes(span: &EncodedSpan, index: usize) -> Bytes {
-    let SpanPayload::Blocks(blocks) = &span.payload else { return Bytes::new() };
-    let layout = &blocks.layout;
-    let whole = Bytes::from_owner(SpanBytes(span.data.clone()));
-    if layout.parity.is_mirroring() {
-        return whole;
-    }
-    let d = layout.parity.data_blocks();
-    if index < d {
-        let range = layout.data_block_range(index);
-        return whole.slice(range.start as usize..range.end as usize);
-    }
-    Bytes::from_owner(ParityBytes(blocks.parity_blocks.clone(), index - d))
-}
-
 /// Writes every block of `span` in parallel; returns the proofs in order.
 async fn write_blocks(
     inode: InodeId,
@@ -333,7 +425,7 @@ async fn write_blocks(
     let SpanPayload::Blocks(blocks) = &span.payload else { return Ok(Vec::new()) };
     let mut tasks = JoinSet::new();
     for (index, certificate) in certificates.iter().copied().enumerate() {
-        let data = shared_block_bytes(span, index);
+        let data = span.shared_block(index);
         let crc = blocks.block_crcs.get(index).copied().unwrap_or(0);
         tasks.spawn(async move {
             let addr = certificate.address.socket_addr();

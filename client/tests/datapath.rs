@@ -210,6 +210,39 @@ fn a_service_stalling_mid_transfer_turns_into_parity_reads() {
     assert!(stderr.contains("parity"), "-v says the blocks came from parity: {stderr}");
 }
 
+/// With one service of RS 4+2 dead, a span whose data block was on it is
+/// rebuilt by XOR of the two parity blocks and the three other data blocks
+/// (`-v` says "xor"), never by a Reed–Solomon decode; and the dead service
+/// is remembered: once it has refused, later spans pass it over without
+/// asking it ("flagged … or its service is down").
+#[test]
+fn one_dead_service_costs_xor_rebuilds_and_is_asked_a_few_times_only() {
+    let cluster = Cluster::start(6);
+    let spans = 40;
+    let data = test_bytes(spans * MIB - 3, 23);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let local = scratch.path().join("degraded");
+    std::fs::write(&local, &data).expect("write");
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/degraded", "--parity", "4+2", "--span-size", "1048576"]);
+    let services = cluster.block_services();
+    let victim = services.iter().find(|s| s.name == "block service 2").expect("block service 2");
+    cluster.kill(victim);
+    let output = cluster.eggs(&["-v", "cat", "/degraded"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "cat failed: {stderr}");
+    assert!(output.stdout == data, "cat returned other bytes");
+    let rebuilt: Vec<&str> = stderr.lines().filter(|line| line.contains("reconstructed from parity")).collect();
+    // Every span has one block on each service; 2 in 6 are parity.
+    assert!(!rebuilt.is_empty(), "some span lost a data block: {stderr}");
+    assert!(rebuilt.iter().all(|line| line.contains("(xor)")), "rebuilt by XOR, not decoded: {stderr}");
+    // Asked only by the spans already in flight when it first refused (the
+    // read-ahead's first 16 MiB at most), not by every span.
+    let asked = stderr.lines().filter(|line| line.contains("reading parity")).count();
+    let passed_over = stderr.lines().filter(|line| line.contains("its service is down")).count();
+    assert!((1..=16).contains(&asked), "the dead service was asked {asked} times: {stderr}");
+    assert!(passed_over >= 1, "later spans pass it over: {stderr}");
+}
+
 /// `eggs cat | head -c 1`: the reader goes away; cat stops quietly.
 #[test]
 fn cat_into_a_reader_that_stops_ends_cleanly() {

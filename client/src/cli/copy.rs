@@ -15,7 +15,7 @@ use client::client::Stat;
 use client::path::EggsPath;
 use client::plan::{DEFAULT_POLICY, WritePolicy};
 use client::read::{FdSink, checked_pipe, is_broken_pipe, read_file, read_file_to, read_file_to_stdout};
-use client::write::{FailedServices, write_path};
+use client::write::{FailedServices, write_file, write_path};
 use client::{Client, ClientError};
 use wire::{EggsTime, InodeId, InodeType};
 
@@ -249,10 +249,10 @@ async fn put_file(
     let failed = FailedServices::new();
     let mut attempt = 1;
     loop {
-        let file = tokio::fs::File::open(local).await.with_context(|| format!("{local}: cannot open"))?;
-        let size = file.metadata().await.ok().map(|metadata| metadata.len());
+        let file = std::fs::File::open(local).with_context(|| format!("{local}: cannot open"))?;
+        let size = file.metadata().ok().map(|metadata| metadata.len());
         let progress = Progress::new(size, args.write.progress, &shown);
-        match write_path(client, parent, name, file, policy, &failed, &|bytes| progress.set(bytes)).await {
+        match write_file(client, parent, name, file, policy, &failed, &|bytes| progress.set(bytes)).await {
             Ok(outcome) => {
                 progress.finish();
                 if verbose {
