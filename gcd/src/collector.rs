@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use client::ClientError;
 use client::client::{Addresses, Client, DirEntry, FileSpan, FileSpanBody, ReverseBlocks, Stat, discover};
 use client::plan::{BlockSpan, EncodedSpan, SpanPayload};
@@ -829,12 +829,12 @@ impl Collector {
                 .map_err(|error| ClientError::Invalid(format!("rebuilt block layout: {error}")))?;
         let encoded = EncodedSpan {
             offset: 0,
-            data: Arc::new(rebuilt),
+            data: Bytes::from(rebuilt),
             crc: rebuilt_crc,
             payload: SpanPayload::Blocks(BlockSpan {
                 storage_class: *storage_class,
                 layout,
-                parity_blocks: Arc::new(Vec::new()),
+                parity_blocks: Vec::new(),
                 block_crcs: vec![rebuilt_crc],
             }),
         };
