@@ -148,30 +148,55 @@ pub async fn encode_input<R: AsyncRead + Unpin>(
     let buffers = WriteBuffers::new(policy);
     let mut offset = 0u64;
     loop {
-        // Read into spare capacity: nothing is zeroed first.
         let mut buffer = buffers.spans.take(span_size);
-        while buffer.len() < span_size {
-            let room = span_size - buffer.len();
-            match input.read_buf(&mut (&mut buffer).limit(room)).await {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(error) => {
-                    let _ = spans.send(Err(ClientError::io("reading the input", error))).await;
-                    return;
-                }
-            }
-        }
-        let filled = buffer.len();
-        if filled == 0 {
+        let read = fill(&mut input, &mut buffer, span_size).await.map(|()| buffer);
+        if !hand_on(read, &mut offset, span_size, policy, &buffers, &spans).await {
             return;
         }
-        let encoded = encode(offset, buffer, policy, &buffers).await;
-        let failed = encoded.is_err();
-        if spans.send(encoded).await.is_err() || failed || filled < span_size {
-            return;
-        }
-        offset += filled as u64;
     }
+}
+
+/// Reads from `input` into `buffer`'s spare capacity (nothing is zeroed
+/// first) until it holds `want` bytes or the input ends.
+async fn fill<R: AsyncRead + Unpin>(input: &mut R, buffer: &mut BytesMut, want: usize) -> io::Result<()> {
+    while buffer.len() < want {
+        let room = want - buffer.len();
+        if input.read_buf(&mut (&mut *buffer).limit(room)).await? == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Encodes the span just read at `*offset` and sends it on; whether the
+/// input goes on (false at its end, on a short span, or after an error,
+/// which is sent on too).
+async fn hand_on(
+    read: io::Result<BytesMut>,
+    offset: &mut u64,
+    span_size: usize,
+    policy: WritePolicy,
+    buffers: &WriteBuffers,
+    spans: &mpsc::Sender<Result<EncodedSpan>>,
+) -> bool {
+    let buffer = match read {
+        Ok(buffer) => buffer,
+        Err(error) => {
+            let _ = spans.send(Err(ClientError::io("reading the input", error))).await;
+            return false;
+        }
+    };
+    let filled = buffer.len();
+    if filled == 0 {
+        return false;
+    }
+    let encoded = encode(*offset, buffer, policy, buffers).await;
+    let failed = encoded.is_err();
+    if spans.send(encoded).await.is_err() || failed || filled < span_size {
+        return false;
+    }
+    *offset += filled as u64;
+    true
 }
 
 /// Reads up to `want` bytes at `offset` of `fd` into `buffer`'s spare
@@ -219,23 +244,9 @@ pub async fn encode_file(file: std::fs::File, policy: WritePolicy, spans: mpsc::
         })
         .await
         .unwrap_or_else(|error| Err(io::Error::other(format!("input thread: {error}"))));
-        let buffer = match read {
-            Ok(buffer) => buffer,
-            Err(error) => {
-                let _ = spans.send(Err(ClientError::io("reading the input", error))).await;
-                return;
-            }
-        };
-        let filled = buffer.len();
-        if filled == 0 {
+        if !hand_on(read, &mut offset, span_size, policy, &buffers, &spans).await {
             return;
         }
-        let encoded = encode(offset, buffer, policy, &buffers).await;
-        let failed = encoded.is_err();
-        if spans.send(encoded).await.is_err() || failed || filled < span_size {
-            return;
-        }
-        offset += filled as u64;
     }
 }
 

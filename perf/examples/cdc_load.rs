@@ -18,7 +18,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use perf::process::{self, Daemon};
+use perf::process;
 use perf::{cdc, shard};
 
 fn main() {
@@ -31,34 +31,17 @@ fn main() {
     let duration = Duration::from_secs_f64(seconds.parse().expect("SECONDS is a number"));
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let folder = tempfile::Builder::new().prefix("cdc-load-").tempdir_in("/tmp").expect("temporary folder");
-    let eggs = process::binary("eggs").expect("eggs binary");
-    let args: Vec<String> = [
-        "local-cluster",
-        "--data-dir",
-        &folder.path().join("cluster").display().to_string(),
-        "--shuckle-port",
-        "0",
-        "--shard-port-base",
-        "0",
-        "--cdc-port",
-        "0",
-        // gcd's cycles would only add noise to the CDC's figures.
-        "--no-gcd",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let cluster = Daemon::start("eggs local-cluster", &eggs, &args, &[], folder.path(), Duration::from_secs(60))
-        .expect("cluster starts");
-    let address = |keyword: &str| -> SocketAddr {
-        cluster
-            .other_lines
-            .iter()
-            .filter(|line| line.contains(keyword))
-            .flat_map(|line| line.split_whitespace().filter_map(|w| w.parse::<SocketAddr>().ok()).collect::<Vec<_>>())
-            .next()
-            .unwrap_or_else(|| panic!("no `{keyword}` line"))
-    };
+    // gcd's cycles would only add noise to the CDC's figures.
+    let data = folder.path().join("cluster");
+    let cluster = process::start_local_cluster(
+        "eggs local-cluster",
+        &data,
+        &["--no-gcd"],
+        folder.path(),
+        Duration::from_secs(60),
+    )
+    .expect("cluster starts");
+    let address = |keyword: &str| -> SocketAddr { cluster.printed_address(keyword).expect("local-cluster's address") };
     let (cdc_addr, shard_addr) = (address("cdc udp"), address("shard 1 udp"));
     let metrics: Vec<(String, SocketAddr)> = cluster
         .other_lines

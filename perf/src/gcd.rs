@@ -61,13 +61,10 @@ impl GcCluster {
     fn start(folder: &Path, ready_timeout: Duration) -> Result<Self> {
         let eggs = process::binary("eggs")?;
         let gcd = process::binary("gcd")?;
-        let data = folder.join("gc-cluster");
-        let args: Vec<String> = [
-            "local-cluster",
-            "--data-dir",
-            &data.display().to_string(),
+        let blocks = BLOCK_SERVICES.to_string();
+        let extra = [
             "--block-services",
-            &BLOCK_SERVICES.to_string(),
+            &blocks,
             "--no-gcd",
             "--eden-deadline-secs",
             "1",
@@ -75,27 +72,11 @@ impl GcCluster {
             "0",
             "--stale-after-secs",
             "2",
-            "--shuckle-port",
-            "0",
-            "--shard-port-base",
-            "0",
-            "--cdc-port",
-            "0",
-        ]
-        .iter()
-        .map(|word| (*word).to_owned())
-        .collect();
-        let cluster = Daemon::start("eggs local-cluster (gcd)", &eggs, &args, &[], folder, ready_timeout)?;
-        let address = |keyword: &str| {
-            cluster
-                .other_lines
-                .iter()
-                .filter(|line| line.starts_with(keyword))
-                .find_map(|line| line.split_whitespace().find_map(|word| word.parse::<SocketAddr>().ok()))
-                .ok_or_else(|| PerfError::Protocol(format!("local-cluster printed no `{keyword} <ip:port>` line")))
-        };
-        let shuckle_udp = address("shuckle udp")?;
-        let shuckle_http = address("shuckle http")?;
+        ];
+        let data = folder.join("gc-cluster");
+        let cluster = process::start_local_cluster("eggs local-cluster (gcd)", &data, &extra, folder, ready_timeout)?;
+        let shuckle_udp = cluster.printed_address("shuckle udp")?;
+        let shuckle_http = cluster.printed_address("shuckle http")?;
         Ok(Self { eggs, gcd, cluster, shuckle_udp, shuckle_http, folder: folder.to_path_buf() })
     }
 

@@ -20,7 +20,7 @@ use tokio::runtime::Runtime;
 use crate::error::{PerfError, Result};
 use crate::files;
 use crate::limits::mb_per_second;
-use crate::process::{Daemon, binary};
+use crate::process::{binary, start_local_cluster};
 use crate::report::{Report, Row, Target};
 
 /// Rounds of each pair; medians are reported.
@@ -219,27 +219,9 @@ pub fn figures(file_bytes: usize, folder: &Path, runtime: &Runtime, report: &mut
 
 fn measure(file_bytes: usize, folder: &Path, runtime: &Runtime) -> Result<Figures> {
     let eggs = binary("eggs")?;
-    let args: Vec<String> = vec![
-        "local-cluster".into(),
-        "--data-dir".into(),
-        folder.join("mount-cluster").display().to_string(),
-        "--shuckle-port".into(),
-        "0".into(),
-        "--shard-port-base".into(),
-        "0".into(),
-        "--cdc-port".into(),
-        "0".into(),
-    ];
-    let cluster = Daemon::start("eggs local-cluster (mount)", &eggs, &args, &[], folder, READY_TIMEOUT)?;
-    let address = |keyword: &str| -> Result<SocketAddr> {
-        cluster
-            .other_lines
-            .iter()
-            .filter(|line| line.to_lowercase().starts_with(keyword))
-            .flat_map(|line| line.split_whitespace().filter_map(|word| word.parse::<SocketAddr>().ok()))
-            .next()
-            .ok_or_else(|| PerfError::Component(format!("local-cluster printed no `{keyword}` line")))
-    };
+    let data = folder.join("mount-cluster");
+    let cluster = start_local_cluster("eggs local-cluster (mount)", &data, &[], folder, READY_TIMEOUT)?;
+    let address = |keyword: &str| cluster.printed_address(keyword);
     let shuckle = address("shuckle udp")?;
     let root_shard = address("shard 1 udp")?;
     let dir = folder.join("mnt");

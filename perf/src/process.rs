@@ -61,6 +61,26 @@ fn parse_line(line: &str) -> Line {
     }
 }
 
+/// Starts `eggs local-cluster` with its data in `data`, every port chosen
+/// at run time (the machine is shared, and the default ports may be taken
+/// by someone else's cluster), and `extra` flags; logs go to `log_folder`.
+pub fn start_local_cluster(
+    name: &str,
+    data: &Path,
+    extra: &[&str],
+    log_folder: &Path,
+    timeout: Duration,
+) -> Result<Daemon> {
+    let eggs = binary("eggs")?;
+    let mut args: Vec<String> = ["local-cluster", "--data-dir"].map(String::from).to_vec();
+    args.push(data.display().to_string());
+    for flag in ["--shuckle-port", "--shard-port-base", "--cdc-port"] {
+        args.extend([flag.to_string(), "0".to_string()]);
+    }
+    args.extend(extra.iter().map(|word| (*word).to_string()));
+    Daemon::start(name, &eggs, &args, &[], log_folder, timeout)
+}
+
 /// A child process that printed `ready`; stopped (SIGTERM, then SIGKILL)
 /// when dropped.
 pub struct Daemon {
@@ -154,6 +174,18 @@ impl Daemon {
             .find(|(p, _)| p == proto)
             .map(|(_, addr)| *addr)
             .ok_or_else(|| PerfError::Protocol(format!("{} printed no `listening {proto} …` line", self.name)))
+    }
+
+    /// The first address in the lines printed before `ready` that start
+    /// with `keyword` (case-insensitive), e.g. local-cluster's
+    /// `shard 1 udp 127.0.0.1:PORT`.
+    pub fn printed_address(&self, keyword: &str) -> Result<SocketAddr> {
+        let keyword = keyword.to_lowercase();
+        self.other_lines
+            .iter()
+            .filter(|line| line.to_lowercase().starts_with(&keyword))
+            .find_map(|line| line.split_whitespace().find_map(|word| word.parse::<SocketAddr>().ok()))
+            .ok_or_else(|| PerfError::Protocol(format!("{} printed no `{keyword} <ip:port>` line", self.name)))
     }
 
     /// Whether the process is still running.

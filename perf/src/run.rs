@@ -347,35 +347,13 @@ fn shard_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime,
 
 /// The address local-cluster printed for `keyword`: its lines are
 /// `<daemon name> <proto> <ip:port> pid <pid>`, e.g. `shard 1 udp …`.
-fn cluster_address(daemon: &Daemon, keyword: &str) -> Result<SocketAddr, String> {
-    daemon
-        .other_lines
-        .iter()
-        .filter(|line| line.to_lowercase().starts_with(keyword))
-        .flat_map(|line| line.split_whitespace().filter_map(|word| word.parse::<SocketAddr>().ok()).collect::<Vec<_>>())
-        .next()
-        .ok_or_else(|| format!("eggs local-cluster printed no `{keyword} <ip:port>` line"))
-}
-
 fn cluster_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime, report: &mut Report) {
     progress("eggs local-cluster: ready, memory, CDC, put, cat");
     let cluster = process::binary("eggs").and_then(|eggs| {
-        // Every port chosen at run time: the machine is shared, and the
-        // default ports may be taken by someone else's cluster.
-        let args: Vec<String> = vec![
-            "local-cluster".into(),
-            "--data-dir".into(),
-            folder.join("cluster").display().to_string(),
-            "--shuckle-port".into(),
-            "0".into(),
-            "--shard-port-base".into(),
-            "0".into(),
-            "--cdc-port".into(),
-            "0".into(),
-            // The degraded cat kills a block service: it must stay down.
-            "--no-restart".into(),
-        ];
-        Daemon::start("eggs local-cluster", &eggs, &args, &[], folder, READY_TIMEOUT).map(|daemon| (eggs, daemon))
+        // The degraded cat kills a block service: it must stay down.
+        let data = folder.join("cluster");
+        process::start_local_cluster("eggs local-cluster", &data, &["--no-restart"], folder, READY_TIMEOUT)
+            .map(|daemon| (eggs, daemon))
     });
     let cluster = cluster.map_err(|e| e.to_string());
     report.push(Row::against(
@@ -395,9 +373,9 @@ fn cluster_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtim
 
     let addresses = cluster.as_ref().map_err(Clone::clone).and_then(|(_, daemon)| {
         Ok((
-            cluster_address(daemon, "shard 1 udp")?,
-            cluster_address(daemon, "cdc udp")?,
-            cluster_address(daemon, "shuckle udp")?,
+            daemon.printed_address("shard 1 udp").map_err(|e| e.to_string())?,
+            daemon.printed_address("cdc udp").map_err(|e| e.to_string())?,
+            daemon.printed_address("shuckle udp").map_err(|e| e.to_string())?,
         ))
     });
 
