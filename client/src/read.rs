@@ -700,7 +700,7 @@ impl Rebuilt {
 /// found out once per parity by encoding a small probe, not assumed, so a
 /// different encoder only loses the shortcut; and every rebuilt block is
 /// checked against the CRC it was written with all the same.
-fn xor_rebuilds(parity: wire::span::Parity) -> bool {
+pub fn xor_rebuilds(parity: wire::span::Parity) -> bool {
     static KNOWN: Mutex<Vec<(u8, bool)>> = Mutex::new(Vec::new());
     if parity.is_mirroring() || parity.parity_blocks() == 0 {
         return false;
@@ -762,7 +762,7 @@ const XOR_CHUNK_BYTES: usize = 16 << 10;
 /// Writes into `out` (cleared) the first `size` bytes of the XOR of
 /// `sources`, each zero-padded to `size` (the first must be at least
 /// `size` long: a parity block). One pass over the output.
-fn xor_rebuild(out: &mut BytesMut, size: usize, first: &[u8], sources: &[&[u8]]) {
+pub fn xor_rebuild(out: &mut BytesMut, size: usize, first: &[u8], sources: &[&[u8]]) {
     out.clear();
     out.reserve(size);
     let mut at = 0;

@@ -791,7 +791,14 @@ impl Collector {
     ) -> Result<Option<u64>, ClientError> {
         let Some((span, index, _)) = linked_span(client, inode, offset, block_id).await? else { return Ok(None) };
         let FileSpanBody::Blocks { storage_class, parity, blocks } = &span.body else { return Ok(None) };
-        let others = fetch_blocks_for_rebuild(blocks, index, parity.data_blocks()).await;
+        // A data block is rebuilt by XOR from every other block when the
+        // code allows it: one more fetch instead of a decode.
+        let needed = if plan::rebuild_wants_all_others(*parity, index) {
+            parity.total_blocks() - 1
+        } else {
+            parity.data_blocks()
+        };
+        let others = fetch_blocks_for_rebuild(blocks, index, needed).await;
         let crcs: Vec<u32> = blocks.iter().map(|block| block.crc.get()).collect();
         // Reed–Solomon and the CRCs of a whole span are CPU work: off the
         // runtime's threads, so the other migrations' I/O goes on meanwhile.
