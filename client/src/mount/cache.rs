@@ -13,7 +13,9 @@
 //! had to wait for its span. Spans are read with
 //! [`client::read::read_one_span`]: blocks CRC-checked, degraded spans
 //! rebuilt from parity, exactly as `eggs cat`. A read within one span is
-//! answered from the cached span's bytes without a copy.
+//! answered from the cached span's bytes without a copy, and when that
+//! span is already cached, at once on the FUSE dispatch thread
+//! ([`ReadHandle::read_ready`]).
 //!
 //! Two readers of the same span share one fetch (a `OnceCell` per span);
 //! a failed fetch is not cached, so the next read tries again.
@@ -25,6 +27,7 @@ use bytes::Bytes;
 use client::Client;
 use client::client::FileSpan;
 use client::read::{READ_AHEAD_BYTES_MIN, READ_AHEAD_SPANS_MIN, read_one_span};
+use tokio::runtime::Handle as Runtime;
 use tokio::sync::OnceCell;
 use wire::InodeId;
 
@@ -153,6 +156,18 @@ impl SpanCache {
     fn is_ready(&self, inode: InodeId, offset: u64) -> bool {
         self.lock().entries.get(&(inode, offset)).is_some_and(|entry| entry.cell.initialized())
     }
+
+    /// The bytes of span `offset` of `inode` if they are fetched and
+    /// cached (then it becomes the most recently used), without waiting.
+    fn ready(&self, inode: InodeId, offset: u64) -> Option<Bytes> {
+        let mut state = self.lock();
+        let bytes = match state.entries.get(&(inode, offset))?.cell.get()? {
+            Ok(bytes) => bytes.clone(),
+            Err(_) => return None,
+        };
+        state.touch((inode, offset));
+        Some(bytes)
+    }
 }
 
 /// Which spans a handle has read and asked for ahead.
@@ -234,10 +249,53 @@ impl ReadHandle {
         first..last.max(first)
     }
 
+    /// The byte range `offset..end` a read of `size` bytes at `offset`
+    /// covers (shorter at the end of the file; empty past it).
+    fn bounds(&self, offset: u64, size: u32) -> (u64, u64) {
+        (offset, offset.saturating_add(u64::from(size)).min(self.size))
+    }
+
+    /// Records a read of the spans `range` and starts fetching the spans
+    /// to read ahead of it, if it is sequential.
+    fn read_ahead(&self, cache: &Arc<SpanCache>, runtime: &Runtime, range: std::ops::Range<usize>, waited: bool) {
+        let ahead = {
+            let mut sequence = self.sequence.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            sequence.next(range, &self.sizes, waited)
+        };
+        if let Some(ahead) = ahead {
+            for span in &self.spans[ahead] {
+                let (cache, inode, span) = (cache.clone(), self.inode, span.clone());
+                runtime.spawn(async move {
+                    let _ = cache.span(inode, &span).await;
+                });
+            }
+        }
+    }
+
+    /// Answers a read at once when it needs one span and that span is
+    /// cached (what a streaming reader finds, thanks to the read-ahead): a
+    /// slice of the cached span. `None` when the read must wait or cross
+    /// spans: then [`Self::read`]. Called on the FUSE dispatch thread, so
+    /// a ready read costs no hand-over to the runtime.
+    pub fn read_ready(&self, cache: &Arc<SpanCache>, runtime: &Runtime, offset: u64, size: u32) -> Option<SpanResult> {
+        let (offset, end) = self.bounds(offset, size);
+        if offset >= end {
+            return Some(Ok(Bytes::new()));
+        }
+        let range = self.covering(offset, end);
+        if range.len() != 1 {
+            return None;
+        }
+        let span = &self.spans[range.start];
+        let bytes = cache.ready(self.inode, span.offset)?;
+        self.read_ahead(cache, runtime, range, false);
+        Some(slice_of(&bytes, span, offset, end))
+    }
+
     /// Reads `size` bytes at `offset` (fewer at the end of the file). A
     /// read within one span is a slice of the cached span, not a copy.
     pub async fn read(&self, cache: &Arc<SpanCache>, offset: u64, size: u32) -> SpanResult {
-        let end = offset.saturating_add(u64::from(size)).min(self.size);
+        let (offset, end) = self.bounds(offset, size);
         if offset >= end {
             return Ok(Bytes::new());
         }
@@ -246,29 +304,10 @@ impl ReadHandle {
             return Err("span list shorter than the file".to_owned());
         };
         let waited = !cache.is_ready(self.inode, first.offset);
-        let ahead = {
-            let mut sequence = self.sequence.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            sequence.next(range.clone(), &self.sizes, waited)
-        };
-        if let Some(ahead) = ahead {
-            for span in &self.spans[ahead] {
-                let (cache, inode, span) = (cache.clone(), self.inode, span.clone());
-                tokio::spawn(async move {
-                    let _ = cache.span(inode, &span).await;
-                });
-            }
-        }
-        let slice = |bytes: &Bytes, span: &FileSpan| -> Result<Bytes, String> {
-            let from = offset.saturating_sub(span.offset) as usize;
-            let to = (end - span.offset).min(bytes.len() as u64) as usize;
-            if from > to {
-                return Err("span shorter than listed".to_owned());
-            }
-            Ok(bytes.slice(from..to))
-        };
+        self.read_ahead(cache, &Runtime::current(), range.clone(), waited);
         if range.len() == 1 {
             let bytes = cache.span(self.inode, first).await?;
-            return slice(&bytes, first);
+            return slice_of(&bytes, first, offset, end);
         }
         // Fetch every span the read needs at once (a read may cross spans).
         let mut fetches = Vec::with_capacity(range.len());
@@ -279,7 +318,7 @@ impl ReadHandle {
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (span, fetch) in self.spans[range].iter().zip(fetches) {
             let bytes = fetch.await.map_err(|error| format!("span reader: {error}"))??;
-            out.extend_from_slice(&slice(&bytes, span)?);
+            out.extend_from_slice(&slice_of(&bytes, span, offset, end)?);
         }
         Ok(Bytes::from(out))
     }
@@ -289,6 +328,16 @@ impl ReadHandle {
         let size = u32::try_from(self.size).map_err(|_| "too long".to_owned())?;
         self.read(cache, 0, size).await
     }
+}
+
+/// The part of `span`'s `bytes` inside `offset..end` (a slice, no copy).
+fn slice_of(bytes: &Bytes, span: &FileSpan, offset: u64, end: u64) -> SpanResult {
+    let from = offset.saturating_sub(span.offset) as usize;
+    let to = (end.saturating_sub(span.offset)).min(bytes.len() as u64) as usize;
+    if from > to {
+        return Err("span shorter than listed".to_owned());
+    }
+    Ok(bytes.slice(from..to))
 }
 
 #[cfg(test)]

@@ -299,15 +299,35 @@ impl Inner {
     }
 }
 
+/// How the kernel reads a file of `size` bytes opened read-only.
+///
+/// Up to `kernel_cache_max` bytes through its page cache, kept across opens
+/// (`FOPEN_KEEP_CACHE`: a linked file never changes), so re-reads and small
+/// reads never reach the mount. Larger files with direct I/O
+/// (`FOPEN_DIRECT_IO`): each `read` becomes one request of the reader's own
+/// size (1 MiB for `cat`, which sizes its buffer by `st_blksize`), and the
+/// kernel copies the reply straight into the reader's buffer. Through the
+/// page cache the reply is copied into cache pages, which the reader then
+/// copies out again, and a gigabyte of pages is allocated and reclaimed:
+/// that cost the reader 0.6 CPU seconds per GiB, against 0.1 with direct
+/// I/O, and held `cat` at 46-61 % of `eggs cat`. The mount's span cache and
+/// read-ahead do the caching and read-ahead instead; `mmap` still works
+/// (`FUSE_DIRECT_IO_ALLOW_MMAP`: mapped pages go through the page cache).
+fn read_flags(size: u64, kernel_cache_max: u64) -> FopenFlags {
+    if size > kernel_cache_max { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::FOPEN_KEEP_CACHE }
+}
+
 impl Filesystem for EggsFs {
     fn init(&mut self, _request: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // O_TRUNC arrives with open (a file is replaced, never cut);
         // readdirplus gives `ls -l` its sizes in the listing; parallel
-        // directory operations let many lookups run at once.
+        // directory operations let many lookups run at once; files read
+        // with direct I/O can still be mapped (`read_flags`).
         let wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         let _ = config.add_capabilities(wanted & config.capabilities());
         // Large requests: 1 MiB writes, and reads of up to 1 MiB (fuser
         // answers `max_pages` from the larger of the two). The kernel
@@ -643,10 +663,9 @@ impl Filesystem for EggsFs {
             }
             match ReadHandle::open(&inner.client, inode, inner.options.read_ahead_bytes).await {
                 Ok(read) => {
+                    let flags = read_flags(read.size, inner.options.kernel_cache_max_bytes);
                     let handle = inner.add_handle(Handle::Read(Arc::new(read)));
-                    // Linked files never change, so the kernel may keep
-                    // their pages across opens.
-                    reply.opened(handle, FopenFlags::FOPEN_KEEP_CACHE)
+                    reply.opened(handle, flags)
                 }
                 Err(error) => reply.error(failed("open", &error)),
             }
@@ -670,6 +689,15 @@ impl Filesystem for EggsFs {
             None => return reply.error(Errno::EBADF),
         };
         let inner = self.0.clone();
+        if let Some(result) = read.read_ready(&inner.cache, &inner.runtime, offset, size) {
+            return match result {
+                Ok(bytes) => reply.data(&bytes),
+                Err(reason) => {
+                    tracing::error!(inode = %read.inode, offset, %reason, "read failed");
+                    reply.error(Errno::EIO)
+                }
+            };
+        }
         self.spawn(async move {
             match read.read(&inner.cache, offset, size).await {
                 Ok(bytes) => reply.data(&bytes),
@@ -956,5 +984,20 @@ impl Filesystem for EggsFs {
         reply: ReplyEmpty,
     ) {
         reply.error(Errno::ENOTSUP);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_files_are_read_with_direct_io_small_ones_through_the_page_cache() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(read_flags(0, 4 * MIB), FopenFlags::FOPEN_KEEP_CACHE);
+        assert_eq!(read_flags(4 * MIB, 4 * MIB), FopenFlags::FOPEN_KEEP_CACHE);
+        assert_eq!(read_flags(4 * MIB + 1, 4 * MIB), FopenFlags::FOPEN_DIRECT_IO);
+        assert_eq!(read_flags(1, 0), FopenFlags::FOPEN_DIRECT_IO, "0: every non-empty file");
+        assert_eq!(read_flags(1 << 40, u64::MAX), FopenFlags::FOPEN_KEEP_CACHE, "a large bound: none");
     }
 }
