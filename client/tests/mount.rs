@@ -116,6 +116,37 @@ fn read_ahead_kib(dir: &Path) -> u64 {
     text.trim().parse().expect("a number")
 }
 
+/// How many pages of `path` the kernel's page cache holds (cachestat(2),
+/// Linux 6.5; the same call number on every architecture).
+fn cached_pages(path: &Path) -> u64 {
+    use std::os::fd::AsRawFd;
+    const SYS_CACHESTAT: libc::c_long = 451;
+    #[repr(C)]
+    struct Range {
+        offset: u64,
+        /// 0: to the end of the file.
+        length: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct CacheStat {
+        cache: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    let file = std::fs::File::open(path).expect("open");
+    let range = Range { offset: 0, length: 0 };
+    let mut stat = CacheStat::default();
+    // SAFETY: cachestat reads `range` and writes `stat`, both live here.
+    let result = unsafe {
+        libc::syscall(SYS_CACHESTAT, file.as_raw_fd(), &range as *const Range, &mut stat as *mut CacheStat, 0u32)
+    };
+    assert_eq!(result, 0, "cachestat: {}", std::io::Error::last_os_error());
+    stat.cache
+}
+
 /// Runs `script` with bash; asserts success; returns stdout.
 fn sh(script: &str) -> String {
     let output = Command::new("bash").arg("-euo").arg("pipefail").arg("-c").arg(script).output().expect("bash");
@@ -309,6 +340,33 @@ print("ok", len(checks))
     assert_eq!(sums.iter().filter(|sum| **sum == expected.trim_end()).count(), 5, "{readers}");
     let other = sh(&format!("sha256sum < {}", l("tree/d1/f001.bin")));
     assert!(sums.contains(&other.trim_end()), "{readers}");
+
+    eprintln!("case: large files are read with direct I/O, small ones through the page cache; mmap works on both");
+    // Above 4 MiB (`--kernel-cache-max-mib`) the kernel hands the mount's
+    // bytes straight to the reader: nothing of the 40 MiB file just read
+    // stays in the page cache. A 3 MiB file is read through it (and kept).
+    assert_eq!(cached_pages(&mount.path("streamed")), 0, "pages of a file read with direct I/O");
+    let small = mount.path("tree/d2/f012.bin");
+    assert_eq!(std::fs::read(&small).expect("read").len(), 3 * MIB + 5);
+    assert!(cached_pages(&small) > 0, "a small file is read through the page cache");
+    let mapped = python(&format!(
+        r#"
+import mmap
+for mounted, local in [({streamed:?}, {streamed_local:?}), ({small:?}, {small_local:?})]:
+    with open(mounted, "rb") as file, open(local, "rb") as expected:
+        shared = mmap.mmap(file.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        private = mmap.mmap(file.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+        content = expected.read()
+        assert shared[:] == content and private[:] == content, mounted
+        assert shared[len(content) // 3 : len(content) // 3 + 100_000] == content[len(content) // 3 : len(content) // 3 + 100_000]
+print("mapped")
+"#,
+        streamed = mount.path("streamed").display().to_string(),
+        streamed_local = local.join("streamed").display().to_string(),
+        small = small.display().to_string(),
+        small_local = local.join("tree/d2/f012.bin").display().to_string(),
+    ));
+    assert_eq!(mapped.trim(), "mapped");
 
     eprintln!("case: rsync -a out of and into the mount");
     sh(&format!("rsync -a {}/ {}/", m("tree"), l("rsync-out")));
