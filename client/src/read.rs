@@ -795,7 +795,6 @@ fn rebuild(
 ) -> std::result::Result<Rebuilt, String> {
     let d = layout.parity.data_blocks();
     let p = layout.parity.parity_blocks();
-    let shard = layout.parity_block_size as usize;
     let missing: Vec<usize> = (0..d).filter(|&index| !have[index]).collect();
     if let [index] = missing[..]
         && parity_blocks.iter().all(Option::is_some)
@@ -822,69 +821,29 @@ fn rebuild(
         crcs[index] = crc;
         return Ok(Rebuilt::Xor);
     }
-    let rs = |error: reed_solomon_simd::Error| format!("Reed–Solomon: {error}");
-    // One decoder per thread, reset for each span: its work space (several
-    // shards long) is allocated and zeroed once, not once per span.
-    thread_local! {
-        static DECODER: RefCell<Option<reed_solomon_simd::ReedSolomonDecoder>> = const { RefCell::new(None) };
-    }
-    DECODER
-        .with_borrow_mut(|slot| {
-            let decoder = match slot {
-                Some(decoder) => {
-                    decoder.reset(d, p, shard).map_err(rs)?;
-                    decoder
-                }
-                None => slot.insert(reed_solomon_simd::ReedSolomonDecoder::new(d, p, shard).map_err(rs)?),
-            };
-            decode_into(layout, written, pieces, crcs, have, parity_blocks, decoder)
-        })
-        .map(|()| Rebuilt::Decode)
-}
-
-/// [`rebuild`]'s work with a ready `decoder`.
-fn decode_into(
-    layout: &SpanLayout,
-    written: &[u32],
-    pieces: &mut [Option<BytesMut>],
-    crcs: &mut [u32],
-    have: &[bool],
-    parity_blocks: &[Option<BytesMut>],
-    decoder: &mut reed_solomon_simd::ReedSolomonDecoder,
-) -> std::result::Result<(), String> {
-    let d = layout.parity.data_blocks();
-    let shard = layout.parity_block_size as usize;
-    let rs = |error: reed_solomon_simd::Error| format!("Reed–Solomon: {error}");
-    let mut padded = Vec::new();
-    for index in 0..d {
-        if !have[index] {
-            continue;
-        }
-        let piece = pieces[index].as_deref().unwrap_or_default();
-        if piece.len() == shard {
-            decoder.add_original_shard(index, piece).map_err(rs)?;
-        } else {
-            padded.clear();
-            padded.extend_from_slice(piece);
-            padded.resize(shard, 0);
-            decoder.add_original_shard(index, &padded).map_err(rs)?;
-        }
-    }
-    // As many parity blocks as data blocks are missing (more may be at hand
-    // when the XOR shortcut was planned and a data block failed as well).
-    let missing = have.iter().filter(|&&present| !present).count();
-    let present = parity_blocks.iter().enumerate().filter_map(|(index, block)| Some((index, block.as_ref()?)));
-    for (index, block) in present.take(missing) {
-        decoder.add_recovery_shard(index, block).map_err(rs)?;
-    }
-    let result = decoder.decode().map_err(rs)?;
-    for (index, restored) in result.restored_original_iter() {
-        let size = layout.block_size(index) as usize;
-        let Some(piece) = pieces.get_mut(index).and_then(Option::as_mut) else {
-            return Err(format!("no place for rebuilt block {index}"));
+    // The missing blocks' buffers are taken out while the others are lent
+    // to the decoder, and filled from what it restores.
+    let mut outs: Vec<(usize, BytesMut)> =
+        (0..d).filter(|&index| !have[index]).map(|index| (index, pieces[index].take().unwrap_or_default())).collect();
+    let data: Vec<Option<&[u8]>> = pieces.iter().map(|piece| piece.as_deref()).collect();
+    let parity: Vec<Option<&[u8]>> = parity_blocks.iter().map(|block| block.as_deref()).collect();
+    let decoded = decode_missing_data(layout, &data[..d], &parity[..p], |index, bytes| {
+        let Some((_, out)) = outs.iter_mut().find(|(missing, _)| *missing == index) else {
+            return Err(format!("block {index} restored but not missing"));
         };
-        piece.clear();
-        piece.extend_from_slice(&restored[..size]);
+        out.clear();
+        out.extend_from_slice(bytes);
+        Ok(())
+    });
+    for (index, out) in outs {
+        pieces[index] = Some(out);
+    }
+    decoded?;
+    for index in missing {
+        let piece = pieces[index].as_deref().unwrap_or_default();
+        if piece.len() as u64 != layout.block_size(index) {
+            return Err(format!("block {index} could not be rebuilt"));
+        }
         let crc = crc32c(piece);
         if crc != written[index] {
             return Err(format!(
@@ -894,13 +853,83 @@ fn decode_into(
         }
         crcs[index] = crc;
     }
-    for index in (0..d).filter(|&index| !have[index]) {
-        let rebuilt = pieces[index].as_ref().map_or(0, |piece| piece.len());
-        if rebuilt as u64 != layout.block_size(index) {
-            return Err(format!("block {index} could not be rebuilt"));
+    Ok(Rebuilt::Decode)
+}
+
+/// Rebuilds the missing data blocks of a Reed–Solomon span with this
+/// thread's decoder, reset for each span (its work space, several shards
+/// long, is allocated and zeroed once per thread, not once per span). The
+/// read path and gcd's rebuild both decode through here.
+///
+/// `data` holds the D data blocks and `parity` the P parity blocks, `None`
+/// where missing; a present data block has exactly its layout size (the
+/// last one may be shorter than a parity block: it is zero-padded for the
+/// decoder), a present parity block the parity block size. As many parity
+/// blocks as data blocks are missing are used, the first present ones.
+/// `restored` gets each rebuilt data block's index and bytes (its layout
+/// size, not the padded shard); nothing is checked against CRCs here.
+pub fn decode_missing_data(
+    layout: &SpanLayout,
+    data: &[Option<&[u8]>],
+    parity: &[Option<&[u8]>],
+    mut restored: impl FnMut(usize, &[u8]) -> std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    thread_local! {
+        static DECODER: RefCell<Option<reed_solomon_simd::ReedSolomonDecoder>> = const { RefCell::new(None) };
+    }
+    let (d, p) = (layout.parity.data_blocks(), layout.parity.parity_blocks());
+    let shard = layout.parity_block_size as usize;
+    if layout.parity.is_mirroring() || data.len() != d || parity.len() != p {
+        return Err(format!("{} data and {} parity blocks for parity {}", data.len(), parity.len(), layout.parity));
+    }
+    for (index, block) in data.iter().enumerate() {
+        if let Some(block) = block
+            && block.len() as u64 != layout.block_size(index)
+        {
+            return Err(format!("block {index} is {} bytes, not {}", block.len(), layout.block_size(index)));
         }
     }
-    Ok(())
+    if let Some((index, block)) =
+        parity.iter().enumerate().find(|(_, block)| block.is_some_and(|block| block.len() != shard))
+    {
+        return Err(format!("parity block {index} is {} bytes, not {shard}", block.map_or(0, <[u8]>::len)));
+    }
+    let missing = data.iter().filter(|block| block.is_none()).count();
+    if missing == 0 {
+        return Ok(());
+    }
+    let rs = |error: reed_solomon_simd::Error| format!("Reed–Solomon: {error}");
+    DECODER.with_borrow_mut(|slot| {
+        let decoder = match slot {
+            Some(decoder) => {
+                decoder.reset(d, p, shard).map_err(rs)?;
+                decoder
+            }
+            None => slot.insert(reed_solomon_simd::ReedSolomonDecoder::new(d, p, shard).map_err(rs)?),
+        };
+        let mut padded = Vec::new();
+        for (index, block) in data.iter().enumerate() {
+            let Some(block) = block else { continue };
+            if block.len() == shard {
+                decoder.add_original_shard(index, block).map_err(rs)?;
+            } else {
+                padded.clear();
+                padded.extend_from_slice(block);
+                padded.resize(shard, 0);
+                decoder.add_original_shard(index, &padded).map_err(rs)?;
+            }
+        }
+        let present = parity.iter().enumerate().filter_map(|(index, block)| Some((index, (*block)?)));
+        for (index, block) in present.take(missing) {
+            decoder.add_recovery_shard(index, block).map_err(rs)?;
+        }
+        let result = decoder.decode().map_err(rs)?;
+        for (index, bytes) in result.restored_original_iter() {
+            let size = layout.block_size(index) as usize;
+            restored(index, bytes.get(..size).unwrap_or(bytes))?;
+        }
+        Ok(())
+    })
 }
 
 /// Every span of `inode` in offset order, checked to cover `0..size`

@@ -3,10 +3,7 @@
 //! services are being emptied, how fast a disk may be scrubbed, and how a
 //! lost block is rebuilt. No sockets, no clocks: tests call these directly.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-
-use reed_solomon_simd::ReedSolomonDecoder;
 
 use wire::crc::crc32c;
 use wire::policy::Retention;
@@ -294,69 +291,30 @@ fn xor_rebuild_data_block(
     Ok(true)
 }
 
-thread_local! {
-    /// This thread's Reed–Solomon decoder, reset for each span: its work
-    /// buffers are allocated (and page-faulted) once per thread, not once
-    /// per rebuild.
-    static DECODER: RefCell<Option<ReedSolomonDecoder>> = const { RefCell::new(None) };
-}
-
 /// Fills in the missing data blocks of `blocks` (D+P entries, data first,
 /// `None` = unavailable, at least D present with their exact sizes), as
-/// [`SpanLayout::reconstruct`] does, with this thread's decoder.
+/// [`SpanLayout::reconstruct`] does, with the thread's decoder that the
+/// client's read path uses too (`client::read::decode_missing_data`).
 fn reconstruct_data(layout: &SpanLayout, blocks: &mut [Option<Vec<u8>>]) -> Result<(), RebuildError> {
     let parity = layout.parity;
     let (d, total) = (parity.data_blocks(), parity.total_blocks());
     if parity.is_mirroring() || blocks.len() != total || blocks.iter().take(d).all(Option::is_some) {
         return layout.reconstruct(blocks).map_err(RebuildError::from);
     }
-    for (index, block) in blocks.iter().enumerate() {
-        if let Some(block) = block
-            && block.len() as u64 != layout.block_size(index)
-        {
-            return Err(RebuildError::Layout(format!(
-                "block {index} is {} bytes, not {}",
-                block.len(),
-                layout.block_size(index)
-            )));
-        }
-    }
-    let rs = |error: reed_solomon_simd::Error| RebuildError::Layout(format!("Reed–Solomon: {error}"));
-    let shard = layout.parity_block_size as usize;
-    DECODER.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        let decoder = match cell.as_mut() {
-            Some(decoder) => {
-                decoder.reset(d, total - d, shard).map_err(rs)?;
-                decoder
-            }
-            None => cell.insert(ReedSolomonDecoder::new(d, total - d, shard).map_err(rs)?),
-        };
-        let mut padded = Vec::new();
-        for (index, block) in blocks.iter().enumerate() {
-            let Some(block) = block else { continue };
-            if index < d {
-                if block.len() == shard {
-                    decoder.add_original_shard(index, block).map_err(rs)?;
-                } else {
-                    padded.clear();
-                    padded.extend_from_slice(block);
-                    padded.resize(shard, 0);
-                    decoder.add_original_shard(index, &padded).map_err(rs)?;
-                }
-            } else {
-                decoder.add_recovery_shard(index - d, block).map_err(rs)?;
-            }
-        }
-        let result = decoder.decode().map_err(rs)?;
-        for (index, restored) in result.restored_original_iter() {
-            let size = layout.block_size(index) as usize;
-            if let Some(slot) = blocks.get_mut(index) {
-                *slot = Some(restored.get(..size).unwrap_or(restored).to_vec());
-            }
-        }
+    let mut restored: Vec<(usize, Vec<u8>)> = Vec::new();
+    let present: Vec<Option<&[u8]>> = blocks.iter().map(Option::as_deref).collect();
+    let (data, parity_blocks) = present.split_at(d);
+    client::read::decode_missing_data(layout, data, parity_blocks, |index, bytes| {
+        restored.push((index, bytes.to_vec()));
         Ok(())
     })
+    .map_err(RebuildError::Layout)?;
+    for (index, bytes) in restored {
+        if let Some(slot) = blocks.get_mut(index) {
+            *slot = Some(bytes);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
