@@ -1,6 +1,8 @@
-//! Whole-file figures through the `eggs` CLI: put of a local file and cat
-//! to a pipe this process drains (counting and checksumming the bytes, so a
-//! fast but wrong cat is reported as an error, not a figure).
+//! Whole-file figures through the `eggs` CLI: put of a local file, and cat
+//! either to `/dev/null` (the figure the issues state) or to a pipe this
+//! process drains, counting and checksumming the bytes, so that a fast but
+//! wrong cat is reported as an error, not a figure. Every timed
+//! `/dev/null` cat is paired with a checked cat of the same file.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -74,25 +76,50 @@ pub struct CatRun {
     pub cpu_seconds: f64,
 }
 
-/// `eggs cat <remote>` into a pipe: MB/s, after checking the size and CRC.
-pub fn cat(eggs: &Path, envs: &[(String, String)], remote: &str, bytes: usize, crc: u32) -> Result<f64> {
-    cat_measured(eggs, envs, remote, bytes, crc).map(|run| run.mb_per_second)
+/// Where a measured `eggs cat` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatOutput {
+    /// A pipe this process drains, counting and CRC-checking every byte
+    /// (the drain's own copy and CRC run on the same cores as the cat).
+    Checked,
+    /// `/dev/null`, as the issues' figures are stated. Nothing is checked:
+    /// pair it with a [`CatOutput::Checked`] run of the same file.
+    DevNull,
 }
 
-/// `eggs cat <remote>` into a pipe this process drains (counting and
-/// CRC-checking every byte); its rate and its CPU time (from `wait4`).
-pub fn cat_measured(eggs: &Path, envs: &[(String, String)], remote: &str, bytes: usize, crc: u32) -> Result<CatRun> {
+/// `eggs cat <remote>` into a pipe: MB/s, after checking the size and CRC.
+pub fn cat(eggs: &Path, envs: &[(String, String)], remote: &str, bytes: usize, crc: u32) -> Result<f64> {
+    cat_measured(eggs, envs, remote, bytes, crc, CatOutput::Checked).map(|run| run.mb_per_second)
+}
+
+/// `eggs cat <remote>` into `output`; its rate and its CPU time (from
+/// `wait4`). With [`CatOutput::Checked`] a wrong size or CRC is an error.
+pub fn cat_measured(
+    eggs: &Path,
+    envs: &[(String, String)],
+    remote: &str,
+    bytes: usize,
+    crc: u32,
+    output: CatOutput,
+) -> Result<CatRun> {
+    let stdout = match output {
+        CatOutput::Checked => Stdio::piped(),
+        CatOutput::DevNull => std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .map_err(PerfError::io("open /dev/null"))?
+            .into(),
+    };
     let started = Instant::now();
     let mut child = Command::new(eggs)
         .arg("cat")
         .arg(remote)
         .envs(envs.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .map_err(PerfError::io(format!("run {}", eggs.display())))?;
-    let mut stdout = child.stdout.take().ok_or_else(|| PerfError::Component("eggs cat: no stdout pipe".into()))?;
     let mut stderr = child.stderr.take().ok_or_else(|| PerfError::Component("eggs cat: no stderr pipe".into()))?;
     // Drain stderr beside stdout so a chatty cat cannot block.
     let stderr_reader = std::thread::spawn(move || {
@@ -100,18 +127,19 @@ pub fn cat_measured(eggs: &Path, envs: &[(String, String)], remote: &str, bytes:
         let _ = stderr.read_to_end(&mut text);
         text
     });
-    // Page-aligned, as the cat's own buffers (`crate::limits::page_aligned`).
-    let mut storage = vec![0u8; MIB + crate::limits::PAGE_BYTES];
-    let buf = crate::limits::page_aligned(&mut storage, MIB);
-    let mut received = 0usize;
-    let mut received_crc = 0u32;
-    loop {
-        let n = stdout.read(buf).map_err(PerfError::io("read eggs cat output"))?;
-        if n == 0 {
-            break;
+    let (mut received, mut received_crc) = (0usize, 0u32);
+    if let Some(mut stdout) = child.stdout.take() {
+        // Page-aligned, as the cat's own buffers (`crate::limits::page_aligned`).
+        let mut storage = vec![0u8; MIB + crate::limits::PAGE_BYTES];
+        let buf = crate::limits::page_aligned(&mut storage, MIB);
+        loop {
+            let n = stdout.read(buf).map_err(PerfError::io("read eggs cat output"))?;
+            if n == 0 {
+                break;
+            }
+            received_crc = wire::crc::crc32c_append(received_crc, &buf[..n]);
+            received += n;
         }
-        received_crc = wire::crc::crc32c_append(received_crc, &buf[..n]);
-        received += n;
     }
     let (status, cpu_seconds) = wait_with_cpu(&mut child)?;
     let elapsed = started.elapsed();
@@ -119,7 +147,7 @@ pub fn cat_measured(eggs: &Path, envs: &[(String, String)], remote: &str, bytes:
     if !status.success() {
         return Err(failed(&format!("eggs cat {remote}"), status, &stderr));
     }
-    if received != bytes || received_crc != crc {
+    if output == CatOutput::Checked && (received != bytes || received_crc != crc) {
         return Err(PerfError::Protocol(format!(
             "eggs cat {remote} returned {received} bytes (crc {received_crc:08x}), expected {bytes} (crc {crc:08x})"
         )));
