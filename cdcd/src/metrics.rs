@@ -6,9 +6,7 @@
 //! - `request_statuses_total{kind,status}`: answers by kind and status;
 //! - `transactions_in_flight`: transactions running or waiting for locks;
 //! - the group commit: `commit_batch_size` (records per commit),
-//!   `commit_duration_seconds`, `commit_failures_total`, and
-//!   `sync_duration_seconds` (explicit syncs: nothing queued to cover the
-//!   last commit, see [`crate::commit`]).
+//!   `commit_duration_seconds`, `commit_failures_total`.
 //!
 //! Labels are [`CdcKind`] and [`CdcStatus`] names. Every update is a
 //! relaxed atomic.
@@ -50,7 +48,6 @@ impl Metrics {
         );
         registry.register("commit_batch_size", "transaction records per commit", stats.batch_size.clone());
         registry.register("commit_duration_seconds", "one group commit (one fsync)", stats.duration.clone());
-        registry.register("sync_duration_seconds", "one explicit sync of the store", stats.sync.clone());
         registry.register("commit_failures", "failed commits (retried)", stats.failures.clone());
         metrics
     }

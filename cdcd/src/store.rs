@@ -23,17 +23,8 @@
 //! retransmission starts it again), then at its fences and once done (see
 //! [`crate::coordinator`]). Writes come in batches:
 //! [`TxnStore::write_batch`] persists many transactions' records in one
-//! LMDB commit; [`crate::commit::GroupCommit`] collects them.
-//!
-//! A durable store runs with LMDB's NO_META_SYNC: a commit writes its data
-//! pages and fdatasyncs them, then writes its meta page (the one that makes
-//! the commit the current state) without a second sync. So a commit's
-//! records are durable only once a later fdatasync of the file has
-//! returned: the next commit's own data sync, or [`TxnStore::sync`]. Until
-//! then a power loss may undo that commit, never half of it (LMDB keeps
-//! the previous meta page; at worst the last commit is lost, as in
-//! metad). The group commit wakes a waiter only after such a sync (see its
-//! module doc). A store opened non-durable (tests) syncs nothing.
+//! LMDB commit (with fsync, unless the store was opened non-durable, for
+//! tests); [`crate::commit::GroupCommit`] collects them.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -127,10 +118,6 @@ pub struct TxnStore {
     next_txn_id: AtomicU64,
     /// Eggs time in ns (replaced by the simulation's virtual clock).
     clock: Clock,
-    durable: bool,
-    /// fdatasyncs made durable (one per durable commit, one per
-    /// [`TxnStore::sync`]): the tests' view of when a commit is durable.
-    syncs: AtomicU64,
 }
 
 /// A source of the current eggs time in ns.
@@ -142,12 +129,12 @@ impl TxnStore {
     pub fn open(dir: &Path, durable: bool) -> Result<Self, StoreError> {
         let mut options = EnvOpenOptions::new();
         options.map_size(MAP_SIZE_BYTES).max_dbs(4);
-        // SAFETY: NO_SYNC only weakens durability against machine crashes;
-        // asked for by tests. NO_META_SYNC keeps LMDB consistent after a
-        // crash (at worst the last commit is undone); the group commit
-        // wakes nobody before a later fdatasync covers the meta page.
-        unsafe {
-            options.flags(if durable { EnvFlags::NO_META_SYNC } else { EnvFlags::NO_SYNC });
+        if !durable {
+            // SAFETY: NO_SYNC only weakens durability against machine
+            // crashes; asked for by tests.
+            unsafe {
+                options.flags(EnvFlags::NO_SYNC);
+            }
         }
         daemon::lmdb::check(dir)?;
         // SAFETY: the CDC holds an exclusive lock on its directory, so the
@@ -165,17 +152,7 @@ impl TxnStore {
         };
         wtxn.commit()?;
         let clock: Clock = std::sync::Arc::new(|| EggsTime::now().get());
-        Ok(Self {
-            env,
-            meta,
-            txns,
-            pending,
-            clients,
-            next_txn_id: AtomicU64::new(stored),
-            clock,
-            durable,
-            syncs: AtomicU64::new(0),
-        })
+        Ok(Self { env, meta, txns, pending, clients, next_txn_id: AtomicU64::new(stored), clock })
     }
 
     /// The same store reading time from `clock` (the simulation).
@@ -198,25 +175,8 @@ impl TxnStore {
         }
     }
 
-    /// One fdatasync of the store's file: every commit before it is then
-    /// durable, meta page included (see the module doc). Nothing for a
-    /// non-durable store.
-    pub fn sync(&self) -> Result<(), StoreError> {
-        if self.durable {
-            self.env.force_sync()?;
-            self.syncs.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    /// fdatasyncs so far (commits' and [`TxnStore::sync`]'s), for tests.
-    pub fn syncs(&self) -> u64 {
-        self.syncs.load(Ordering::Relaxed)
-    }
-
-    /// Writes `records` (later records of one transaction win) in one
-    /// LMDB commit: durable once the next commit or [`TxnStore::sync`]
-    /// returns (NO_META_SYNC, see the module doc).
+    /// Persists `records` (later records of one transaction win) in one
+    /// LMDB commit.
     pub fn write_batch(&self, records: &[TxnRecord]) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
         let mut next = match self.meta.get(&wtxn, NEXT_TXN_ID_KEY)? {
@@ -234,9 +194,6 @@ impl TxnStore {
             self.prune(&mut wtxn)?;
         }
         wtxn.commit()?;
-        if self.durable {
-            self.syncs.fetch_add(1, Ordering::Relaxed);
-        }
         Ok(())
     }
 
@@ -398,7 +355,6 @@ mod tests {
             // The id is far in the future: reopening must still go above it.
             first.state.txn_id = u64::MAX / 2;
             store.write_batch(&[first.clone()]).unwrap();
-            store.sync().unwrap();
             txn_id = first.state.txn_id;
         }
         let store = TxnStore::open(dir.path(), true).unwrap();
