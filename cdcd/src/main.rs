@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     daemon::log::init(daemon::log::Tag { process: "cdcd", shard: None });
     let outcome = signals.map_err(Failure::from).and_then(|signals| {
-        // One thread for every task (the commits and syncs run on the
+        // One thread for every task (the store's commits run on the
         // blocking pool): with two workers, a third of cdcd's CPU per mkdir
         // was the workers waking each other (futex, epoll) and stealing
         // tasks; on one thread cdcd's CPU per mkdir fell by about a sixth
