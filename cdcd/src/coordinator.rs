@@ -148,7 +148,18 @@
 //! mkdir is that CPU cap (shared with the client and scheduling)
 //! together with the sync chain. The 2 000/s target needs both fewer
 //! syncs in the chain and well under 1 ms of CPU per mkdir; cdcd's
-//! 0.6 ms is the largest part and the next thing to profile.
+//! 0.6 ms is the largest part.
+//!
+//! Session 6 profiled it (`perf/results/2026-11-27-s6-cdc-profile.md`,
+//! `perf record` of cdcd under 8 mkdir clients): a third was wake-ups and
+//! the async runtime (futex, epoll, polling the transactions' futures,
+//! timers), a quarter syncs (each commit two: data and meta page), 15 %
+//! LMDB page writes, 13 % UDP syscalls; logging, MACs and encoding are
+//! negligible. cdcd now runs on one thread (`main.rs`): its CPU per mkdir
+//! fell by about a sixth. Committing with NO_META_SYNC and waking waiters
+//! after the next commit's sync cut the syncs per mkdir from 1.7 to 1.3
+//! but made more, smaller commits and cost CPU and rate in paired runs:
+//! dropped (the results file has the figures).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -80,11 +80,15 @@ fn main() -> ExitCode {
     let args = Args::parse();
     daemon::log::init(daemon::log::Tag { process: "cdcd", shard: None });
     let outcome = signals.map_err(Failure::from).and_then(|signals| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("cannot start the runtime")?;
+        // One thread for every task (the store's commits run on the
+        // blocking pool): with two workers, a third of cdcd's CPU per mkdir
+        // was the workers waking each other (futex, epoll) and stealing
+        // tasks; on one thread cdcd's CPU per mkdir fell by about a sixth
+        // (perf/results/2026-11-27-s6-cdc-profile.md). A transaction's
+        // work between two awaits is microseconds, so one core carries
+        // thousands of transactions per second.
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
         runtime.block_on(run(args, signals))
     });
     daemon::exit_with("cdcd", outcome)
