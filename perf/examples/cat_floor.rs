@@ -167,29 +167,6 @@ fn floor(plan: &Plan, buffers: &mut [&'static mut [u8]]) -> (f64, f64) {
     (perf::limits::mb_per_second(plan.bytes, elapsed), cpu / gib)
 }
 
-/// `eggs cat PATH > /dev/null` (no pipe to copy into): MB/s and the
-/// process's CPU seconds per GiB (from `wait4`).
-#[allow(clippy::zombie_processes, reason = "reaped with wait4, which gives its CPU time as well")]
-fn cat_to_null(eggs: &std::path::Path, shuckle: SocketAddr, path: &str, bytes: u64) -> (f64, f64) {
-    let started = Instant::now();
-    let child = std::process::Command::new(eggs)
-        .args(["cat", path])
-        .env("EGGS_SHUCKLE", shuckle.to_string())
-        .stdout(std::fs::File::create("/dev/null").expect("/dev/null"))
-        .spawn()
-        .expect("run eggs cat");
-    let (mut status, pid) = (0, child.id() as libc::pid_t);
-    // SAFETY: an all-zero rusage is valid; wait4 fills it in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our unreaped child; the pointers are valid for the call.
-    while unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid {}
-    let elapsed = started.elapsed();
-    assert_eq!(status, 0, "eggs cat {path} > /dev/null failed");
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let gib = bytes as f64 / f64::from(1u32 << 30);
-    (perf::limits::mb_per_second(bytes, elapsed), (seconds(usage.ru_utime) + seconds(usage.ru_stime)) / gib)
-}
-
 /// CPU seconds so far of every process whose command line contains
 /// `pattern` and whose name is `blockd` (the cluster's block services),
 /// from `/proc/PID/stat` (clock ticks of 10 ms).
@@ -265,15 +242,20 @@ fn main() {
         }
         loopback_cpus.push(loopback_cpu);
         for (index, binary) in eggs.iter().enumerate() {
-            let run = perf::files::cat_measured(binary, &envs, path, plan.bytes as usize, plan.crc).expect("eggs cat");
-            let cpu = run.cpu_seconds / (plan.bytes as f64 / f64::from(1u32 << 30));
+            let gib = plan.bytes as f64 / f64::from(1u32 << 30);
+            let cat = |output| {
+                perf::files::cat_measured(binary, &envs, path, plan.bytes as usize, plan.crc, output).expect("eggs cat")
+            };
+            let run = cat(perf::files::CatOutput::Checked);
+            let cpu = run.cpu_seconds / gib;
             line += &format!(
                 "; eggs[{index}] {:.0} MB/s ({:.2}), {cpu:.3} CPU s/GiB",
                 run.mb_per_second,
                 run.mb_per_second / loopback
             );
             cats[index].push((run.mb_per_second, cpu));
-            let (null_rate, null_cpu) = cat_to_null(binary, shuckle, path, plan.bytes);
+            let null = cat(perf::files::CatOutput::DevNull);
+            let (null_rate, null_cpu) = (null.mb_per_second, null.cpu_seconds / gib);
             line += &format!(
                 "; eggs[{index}] > /dev/null {null_rate:.0} MB/s ({:.2}), {null_cpu:.3} CPU s/GiB",
                 null_rate / loopback

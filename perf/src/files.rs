@@ -104,11 +104,9 @@ pub fn cat_measured(
 ) -> Result<CatRun> {
     let stdout = match output {
         CatOutput::Checked => Stdio::piped(),
-        CatOutput::DevNull => std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/null")
-            .map_err(PerfError::io("open /dev/null"))?
-            .into(),
+        CatOutput::DevNull => {
+            std::fs::OpenOptions::new().write(true).open("/dev/null").map_err(PerfError::io("open /dev/null"))?.into()
+        }
     };
     let started = Instant::now();
     let mut child = Command::new(eggs)
