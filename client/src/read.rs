@@ -1120,6 +1120,36 @@ mod tests {
         }
     }
 
+    /// `xor_rebuild` equals a byte-by-byte XOR of its inputs, each
+    /// zero-padded, for sizes across chunk boundaries, sources shorter than
+    /// the output (also shorter than a whole chunk's start), and none.
+    #[test]
+    fn xor_rebuild_is_the_padded_xor_of_its_inputs() {
+        let bytes = |len: usize, seed: u8| -> Vec<u8> {
+            (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed).rotate_left(u32::from(seed % 7))).collect()
+        };
+        let size = 3 * XOR_CHUNK_BYTES + 77;
+        let first = bytes(size + 9, 1);
+        let lengths = [size, size - 5, XOR_CHUNK_BYTES + 3, 10, 0];
+        for count in 0..=lengths.len() {
+            let sources: Vec<Vec<u8>> =
+                lengths[..count].iter().enumerate().map(|(i, &len)| bytes(len, i as u8 + 2)).collect();
+            let views: Vec<&[u8]> = sources.iter().map(Vec::as_slice).collect();
+            let mut expected = first[..size].to_vec();
+            for source in &sources {
+                for (out, byte) in expected.iter_mut().zip(source) {
+                    *out ^= byte;
+                }
+            }
+            let mut out = BytesMut::new();
+            xor_rebuild(&mut out, size, &first, &views);
+            assert_eq!(&out[..], &expected[..], "{count} sources");
+            // Again into a reused, dirty buffer.
+            xor_rebuild(&mut out, size, &first, &views);
+            assert_eq!(&out[..], &expected[..], "{count} sources, reused buffer");
+        }
+    }
+
     /// A rebuilt block that does not match the CRC it was written with is
     /// refused, not handed out.
     #[test]
