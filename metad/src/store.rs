@@ -303,8 +303,14 @@ impl Db {
             Bound::Included(key) | Bound::Excluded(key) => self.check_below(txn, key)?,
             Bound::Unbounded => {}
         }
-        let walk = self.inner.range(txn, &(start, Bound::Unbounded))?;
-        Ok(checked_walk(*self, walk, move |key| match &end {
+        let start = owned(start);
+        let walk = self.inner.range(txn, &(as_ref(&start), Bound::Unbounded))?;
+        let before_start = move |key: &[u8]| match &start {
+            Bound::Included(start) => key < start.as_slice(),
+            Bound::Excluded(start) => key <= start.as_slice(),
+            Bound::Unbounded => false,
+        };
+        Ok(checked_walk(*self, walk, Direction::Forward, before_start, move |key| match &end {
             Bound::Included(end) => key > end.as_slice(),
             Bound::Excluded(end) => key >= end.as_slice(),
             Bound::Unbounded => false,
@@ -325,7 +331,12 @@ impl Db {
             Bound::Unbounded => {}
         }
         let walk = self.inner.rev_range(txn, &(Bound::Unbounded, as_ref(&end)))?;
-        Ok(checked_walk(*self, walk, move |key| match &start {
+        let before_start = move |key: &[u8]| match &end {
+            Bound::Included(end) => key > end.as_slice(),
+            Bound::Excluded(end) => key >= end.as_slice(),
+            Bound::Unbounded => false,
+        };
+        Ok(checked_walk(*self, walk, Direction::Backward, before_start, move |key| match &start {
             Bound::Included(start) => key < start.as_slice(),
             Bound::Excluded(start) => key <= start.as_slice(),
             Bound::Unbounded => false,
@@ -397,15 +408,31 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 /// Walks `walk`, checking every record, until `past` says a key is beyond
 /// the range: that record is checked too (and its damage reported) before
 /// the walk ends.
+/// Which way a [`checked_walk`] goes.
+#[derive(Clone, Copy)]
+enum Direction {
+    Forward,
+    Backward,
+}
+
+/// Checks every record of `walk` until the first one `past` the range
+/// (checked too, then the walk ends). A damaged branch page can steer the
+/// cursor's seek or its steps: a key on the wrong side of the range's
+/// start (`before_start`) or not strictly after the previous one in the
+/// walk's direction is damage, refused like a checksum mismatch, never a
+/// listing that silently starts in the wrong place.
 fn checked_walk<'txn, I>(
     db: Db,
     walk: I,
+    direction: Direction,
+    before_start: impl Fn(&[u8]) -> bool,
     past: impl Fn(&[u8]) -> bool,
 ) -> impl Iterator<Item = heed::Result<(&'txn [u8], &'txn [u8])>>
 where
     I: Iterator<Item = heed::Result<(&'txn [u8], &'txn [u8])>>,
 {
     let mut ended = false;
+    let mut previous: Option<&'txn [u8]> = None;
     walk.map_while(move |item| {
         if ended {
             return None;
@@ -414,11 +441,28 @@ where
             Ok(item) => item,
             Err(error) => return Some(Err(error)),
         };
+        let value = match db.check(key, stored) {
+            Ok(value) => value,
+            Err(error) => {
+                ended = true;
+                return Some(Err(error));
+            }
+        };
+        let in_order = match (previous, direction) {
+            (None, _) => !before_start(key),
+            (Some(previous), Direction::Forward) => key > previous,
+            (Some(previous), Direction::Backward) => key < previous,
+        };
+        if !in_order {
+            ended = true;
+            return Some(Err(db.mismatch(key)));
+        }
         if past(key) {
             ended = true;
-            return db.check(key, stored).err().map(Err);
+            return None;
         }
-        Some(db.check(key, stored).map(|value| (key, value)))
+        previous = Some(key);
+        Some(Ok((key, value)))
     })
 }
 
@@ -974,6 +1018,50 @@ pub fn decode_reverse(bytes: &[u8]) -> Result<(InodeId, u64), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // A damaged branch page can steer a range walk's seek before the
+    // range's start, or its steps out of order (seen in the corruption
+    // test's random flips: a listing that began below its start hash). The
+    // walk refuses such a key as damage instead of returning it.
+    #[test]
+    fn a_walk_refuses_keys_before_its_start_or_out_of_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let records: Vec<(Vec<u8>, Vec<u8>)> = [&b"a"[..], b"b", b"c", b"d"]
+            .iter()
+            .map(|key| {
+                let mut stored = b"value".to_vec();
+                stored.extend_from_slice(&record_checksum(key, b"value").to_le_bytes());
+                (key.to_vec(), stored)
+            })
+            .collect();
+        let walk = |order: &[usize], direction: Direction, start: &'static [u8], end: &'static [u8]| {
+            let items: Vec<heed::Result<(&[u8], &[u8])>> =
+                order.iter().map(|&i| Ok((records[i].0.as_slice(), records[i].1.as_slice()))).collect();
+            let (before_start, past): (Box<dyn Fn(&[u8]) -> bool>, Box<dyn Fn(&[u8]) -> bool>) = match direction {
+                Direction::Forward => (Box::new(move |key| key < start), Box::new(move |key| key > end)),
+                Direction::Backward => (Box::new(move |key| key > start), Box::new(move |key| key < end)),
+            };
+            checked_walk(store.files, items.into_iter(), direction, before_start, past)
+                .map(|item| item.map(|(key, _)| key.to_vec()).map_err(|_| ()))
+                .collect::<Vec<_>>()
+        };
+        let keys = |keys: &[&[u8]]| keys.iter().map(|key| Ok(key.to_vec())).collect::<Vec<_>>();
+        // In order: every key up to the end, the one past it ends the walk.
+        assert_eq!(walk(&[1, 2, 3], Direction::Forward, b"b", b"c"), keys(&[b"b", b"c"]));
+        assert_eq!(walk(&[2, 1, 0], Direction::Backward, b"c", b"b"), keys(&[b"c", b"b"]));
+        // The seek landed before the start.
+        assert_eq!(walk(&[0, 1, 2], Direction::Forward, b"b", b"d"), vec![Err(())]);
+        assert_eq!(walk(&[3, 2], Direction::Backward, b"c", b"a"), vec![Err(())]);
+        // A step went backwards (or repeated a key).
+        let mut refused = keys(&[b"b", b"c"]);
+        refused.push(Err(()));
+        assert_eq!(walk(&[1, 2, 0, 3], Direction::Forward, b"b", b"d"), refused);
+        assert_eq!(walk(&[1, 2, 2], Direction::Forward, b"b", b"d"), refused);
+        let mut refused = keys(&[b"c", b"b"]);
+        refused.push(Err(()));
+        assert_eq!(walk(&[2, 1, 3], Direction::Backward, b"c", b"a"), refused);
+    }
 
     // A flipped bit in a stored key or value is refused as corrupt, never
     // returned; the truncated file is refused at open with one line.
