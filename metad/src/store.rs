@@ -1038,7 +1038,8 @@ mod tests {
         let walk = |order: &[usize], direction: Direction, start: &'static [u8], end: &'static [u8]| {
             let items: Vec<heed::Result<(&[u8], &[u8])>> =
                 order.iter().map(|&i| Ok((records[i].0.as_slice(), records[i].1.as_slice()))).collect();
-            let (before_start, past): (Box<dyn Fn(&[u8]) -> bool>, Box<dyn Fn(&[u8]) -> bool>) = match direction {
+            type KeyTest = Box<dyn Fn(&[u8]) -> bool>;
+            let (before_start, past): (KeyTest, KeyTest) = match direction {
                 Direction::Forward => (Box::new(move |key| key < start), Box::new(move |key| key > end)),
                 Direction::Backward => (Box::new(move |key| key > start), Box::new(move |key| key < end)),
             };
