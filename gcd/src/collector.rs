@@ -759,15 +759,24 @@ impl Collector {
                 return true;
             }
         }
-        self.metrics.corruptions_found.inc();
         tracing::warn!(%inode, offset, index, %block_id, ?answer, "bad block found; rebuilding it");
+        // Counted only once the block is known to be still in its linked
+        // span: the collector runs beside the scrub, and an eden file it
+        // collected between the checks above (is_eden then says "no": the
+        // file is gone) has left nothing to repair and nothing corrupt.
         match self.replace_block(client, inode, offset, block_id, false).await {
             Ok(Some(_)) => {
+                self.metrics.corruptions_found.inc();
                 self.metrics.corruptions_repaired.inc();
                 tracing::info!(%inode, offset, index, %block_id, "bad block rebuilt and swapped in");
             }
-            Ok(None) => {}
-            Err(error) => failed(&self.metrics, "repair of a bad block", &error),
+            Ok(None) => {
+                tracing::info!(%inode, offset, index, %block_id, "the block left its span meanwhile; nothing to repair");
+            }
+            Err(error) => {
+                self.metrics.corruptions_found.inc();
+                failed(&self.metrics, "repair of a bad block", &error);
+            }
         }
         true
     }
