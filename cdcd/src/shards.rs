@@ -1,7 +1,8 @@
 //! The CDC's view of the shards: "send this request to shard N and tell me
 //! what it answered". The transaction driver is generic over [`Shards`], so
 //! the same logic runs over real UDP ([`crate::udp::UdpShards`]) and over
-//! the in-memory fake used by the unit tests.
+//! the simulation's in-process network to metad's request logic
+//! (`tests/sim`).
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,0 +1,554 @@
+//! Every success and failure path of the transactions, and crashes at
+//! chosen calls, over the real shard logic: metad's request handlers on
+//! temporary LMDB environments, in-process, behind the simulation's
+//! network (`sim/`), in virtual time. These tests used to run against a
+//! hand-written fake shard, which could drift from metad; the invariants
+//! they check after every transaction are the simulation's tree check (no
+//! dangling non-owning entry, no orphan directory, every directory's parent
+//! the one holding its entry). Concurrency, random streams with faults and
+//! crashes, and linearizability are in `simulation.rs`.
+
+#[path = "common/model.rs"]
+mod model;
+mod sim;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cdcd::commit::{CommitMode, GroupCommit};
+use cdcd::coordinator::{Coordinator, RunError};
+use cdcd::server::{Frontend, ReplySink, Submitted};
+use cdcd::shards::{Attempt, ShardReply, Shards, TransportError};
+use cdcd::store::{ClientKey, TxnStore};
+use cdcd::txn::{Context, Outcome, TxnArgs};
+use model::ShardCalls;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sim::{Clock, Faults, NetShards, SimNet};
+use wire::cdc::CdcStatus;
+use wire::shard::{DeleteFileReq, DeleteFileReqHead, LsDirReq, ShardRequest, ShardResponse, VisitEdenReq, ls_flags};
+use wire::{EggsTime, ErrorKind, InodeId, InodeType, Name, ShardId};
+use zerocopy::byteorder::little_endian::U64;
+
+const ROOT: u64 = InodeId::ROOT.get();
+const SHARDS: u8 = 3;
+const NEW_DIR_SHARDS: [ShardId; 3] = [0, 1, 2];
+
+/// The fake's crash: at call number `at` (counting every attempt the
+/// coordinator makes), the shard executes the request or not (a coin flip
+/// of the seeded rng), and the coordinator stops there
+/// ([`TransportError::Shutdown`]), as a SIGKILL would stop it.
+struct CrashPlan {
+    calls: AtomicU64,
+    at: AtomicU64,
+    rng: Mutex<StdRng>,
+}
+
+/// The simulation's shards, with a [`CrashPlan`].
+#[derive(Clone)]
+struct CrashingShards {
+    net: NetShards,
+    plan: Arc<CrashPlan>,
+}
+
+impl Shards for CrashingShards {
+    fn knows(&self, shard: ShardId) -> bool {
+        self.net.knows(shard)
+    }
+
+    async fn request(&self, attempt: Attempt<'_, '_>) -> Result<ShardReply, TransportError> {
+        let call = self.plan.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if call == self.plan.at.load(Ordering::Relaxed) {
+            if self.plan.rng.lock().unwrap().random_bool(0.5) {
+                let _ = self.net.request(attempt).await;
+            }
+            return Err(TransportError::Shutdown);
+        }
+        self.net.request(attempt).await
+    }
+}
+
+struct Harness {
+    net: Arc<SimNet>,
+    store: Arc<TxnStore>,
+    plan: Arc<CrashPlan>,
+    clients: AtomicU64,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// Must run inside the (paused) runtime: the clock reads tokio's.
+    fn new(test: &str, default_seed: u64, faults: Faults) -> Self {
+        let seed = sim::seed(test, default_seed);
+        let clock = Clock::new();
+        let net = SimNet::new(SHARDS, seed, faults, clock.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(TxnStore::open(dir.path(), false).unwrap().with_clock(Arc::new(move || clock.now())));
+        let plan = Arc::new(CrashPlan {
+            calls: AtomicU64::new(0),
+            at: AtomicU64::new(0),
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+        });
+        Self { net, store, plan, clients: AtomicU64::new(0), _dir: dir }
+    }
+
+    /// A fresh coordinator over the store (a restart when called again).
+    fn coordinator(&self) -> Arc<Coordinator<CrashingShards>> {
+        let commits = GroupCommit::new(self.store.clone(), CommitMode::Inline { fsync: sim::COMMIT_FSYNC });
+        tokio::spawn(commits.clone().run());
+        let shards = CrashingShards { net: NetShards(self.net.clone()), plan: self.plan.clone() };
+        Arc::new(Coordinator::new(shards, commits, NEW_DIR_SHARDS.to_vec(), sim::sim_retry(), Some(1)))
+    }
+
+    /// Crashes at the `n`th call from now.
+    fn crash_in(&self, n: u64) {
+        self.plan.at.store(self.plan.calls.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+
+    /// Runs what a previous coordinator left unfinished; the outcomes.
+    async fn resume(&self) -> Result<Vec<Outcome>, RunError> {
+        let coordinator = self.coordinator();
+        let mut outcomes = Vec::new();
+        for (record, ticket) in coordinator.resume_unfinished()? {
+            outcomes.push(coordinator.run_locked(ticket, record.client, record.state, true).await?);
+        }
+        Ok(outcomes)
+    }
+
+    fn check(&self) {
+        if let Err(violation) = self.net.check_tree() {
+            panic!("{violation}");
+        }
+    }
+
+    async fn run(&self, args: TxnArgs) -> Outcome {
+        let outcome = self.coordinator().execute(args).await.unwrap();
+        self.check();
+        outcome
+    }
+
+    async fn mkdir(&self, parent: u64, name: &str) -> Outcome {
+        self.run(TxnArgs::MkDir { parent, name: name.into() }).await
+    }
+
+    async fn mkdir_ok(&self, parent: u64, name: &str) -> u64 {
+        let outcome = self.mkdir(parent, name).await;
+        assert_eq!(outcome.status, CdcStatus::Ok, "{outcome:?}");
+        outcome.inode
+    }
+
+    async fn rmdir(&self, parent: u64, name: &str) -> Outcome {
+        self.run(TxnArgs::RmDir { parent, name: name.into() }).await
+    }
+
+    async fn mv(&self, directory: bool, source: (u64, &str), target: (u64, &str)) -> Outcome {
+        self.run(TxnArgs::Move {
+            directory,
+            source_parent: source.0,
+            target_parent: target.0,
+            source_name: source.1.into(),
+            target_name: target.1.into(),
+        })
+        .await
+    }
+
+    /// The living entry `dir/name`, without its owning bit.
+    fn entry(&self, dir: u64, name: &str) -> Option<u64> {
+        self.net.list(InodeId::new(dir)).get(name).map(|inode| inode.without_owning().get())
+    }
+
+    /// A directory's parent (0 once unlinked).
+    fn parent_of(&self, dir: u64) -> Option<u64> {
+        self.net.parent(InodeId::new(dir)).map(InodeId::get)
+    }
+
+    /// A file created and linked as `dir/name` by a client (on `dir`'s shard).
+    fn link_file(&self, dir: u64, name: &str) -> u64 {
+        self.net.create_file(InodeId::new(dir), name).expect("name free").get()
+    }
+
+    /// A file of `shard` linked as `dir/name`: made in a directory of that
+    /// shard, then moved through the CDC when `dir` is on another.
+    async fn link_file_of(&self, shard: ShardId, dir: u64, name: &str) -> u64 {
+        if InodeId::new(dir).shard() == shard {
+            return self.link_file(dir, name);
+        }
+        let mut staging = 0;
+        for i in 0..64 {
+            let made = self.mkdir_ok(ROOT, &format!("staging-{shard}-{i}")).await;
+            if InodeId::new(made).shard() == shard {
+                staging = made;
+                break;
+            }
+        }
+        assert_ne!(staging, 0, "no directory on shard {shard}");
+        let file = self.link_file(staging, name);
+        assert_eq!(self.mv(false, (staging, name), (dir, name)).await, Outcome::ok(InodeId::new(file)));
+        file
+    }
+
+    /// A client deletes `dir/name` (a file); the creation time of the dead
+    /// entry it leaves.
+    fn delete_file(&self, dir: u64, name: &str) -> u64 {
+        let parent = InodeId::new(dir);
+        let request = ShardRequest::DeleteFile(DeleteFileReq {
+            head: DeleteFileReqHead { parent },
+            name: Name::new(name.as_bytes()).unwrap(),
+        });
+        let creation_time = self.creation_time(dir, name);
+        let deleted =
+            self.net.call(parent.shard(), &request, |response| matches!(response, ShardResponse::DeleteFile(_)));
+        assert!(deleted, "delete {name}");
+        creation_time
+    }
+
+    /// The creation time of the living entry `dir/name`.
+    fn creation_time(&self, dir: u64, name: &str) -> u64 {
+        self.listing(dir, EggsTime::ZERO, 0).remove(name).expect("a living entry").1
+    }
+
+    /// The dead map of `dir` as of `as_of` (each name's newest version
+    /// created then or before): inode (with its owning bit) and creation
+    /// time.
+    fn dead(&self, dir: u64, as_of: u64) -> BTreeMap<String, (u64, u64)> {
+        self.listing(dir, EggsTime::new(as_of), ls_flags::USE_DEAD_MAP)
+    }
+
+    fn listing(&self, dir: u64, as_of: EggsTime, flags: u8) -> BTreeMap<String, (u64, u64)> {
+        let dir = InodeId::new(dir);
+        let mut dead = BTreeMap::new();
+        let mut start_hash = 0u64;
+        loop {
+            let request = ShardRequest::LsDir(LsDirReq { dir, as_of, start_hash: U64::new(start_hash), flags });
+            let (more, next) = self.net.call(dir.shard(), &request, |response| match response {
+                ShardResponse::LsDir(page) => {
+                    for entry in page.entries.iter() {
+                        dead.insert(entry.name.as_str().to_string(), (entry.inode.get(), entry.creation_time.get()));
+                    }
+                    (page.more != 0, page.next_hash.get())
+                }
+                other => panic!("ls_dir dead {dir}: {other:?}"),
+            });
+            if !more {
+                return dead;
+            }
+            start_hash = next;
+        }
+    }
+
+    /// Every directory inode of every shard whose parent is null.
+    fn unlinked_dirs(&self) -> Vec<InodeId> {
+        (0..SHARDS)
+            .flat_map(|shard| self.net.inodes(shard))
+            .filter(|inode| inode.inode_type() == Some(InodeType::Directory))
+            .filter(|inode| self.net.parent(*inode).is_some_and(|parent| parent.is_null()))
+            .collect()
+    }
+
+    fn dirs(&self) -> usize {
+        (0..SHARDS)
+            .flat_map(|shard| self.net.inodes(shard))
+            .filter(|inode| inode.inode_type() == Some(InodeType::Directory))
+            .count()
+    }
+
+    /// The eden files of `shard`.
+    fn eden(&self, shard: ShardId) -> Vec<u64> {
+        let request = ShardRequest::VisitEden(VisitEdenReq { begin: InodeId::NULL });
+        self.net.call(shard, &request, |response| match response {
+            ShardResponse::VisitEden(page) => {
+                assert!(page.next.is_null(), "one page");
+                page.entries.iter().map(|entry| entry.inode.get()).collect()
+            }
+            other => panic!("visit_eden: {other:?}"),
+        })
+    }
+
+    fn next_client(&self) -> ClientKey {
+        let request_id = self.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        ClientKey { address: "127.0.0.1:999".parse().unwrap(), request_id }
+    }
+}
+
+/// Lets virtual time pass until today's dead entries may be purged.
+async fn let_dead_entries_age() {
+    tokio::time::sleep(std::time::Duration::from_nanos(wire::limits::PURGE_AGE_MIN_NS + 1)).await;
+}
+
+fn status(outcome: &Outcome) -> CdcStatus {
+    outcome.status
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn mkdir_paths() {
+    let h = Harness::new("mkdir_paths", 1, Faults::default());
+    let a = h.mkdir_ok(ROOT, "a").await;
+    assert_eq!(InodeId::new(a).inode_type(), Some(InodeType::Directory));
+    assert_eq!(h.entry(ROOT, "a"), Some(a));
+    assert_eq!(h.parent_of(a), Some(ROOT));
+    let b = h.mkdir_ok(a, "b").await;
+    assert_eq!(h.parent_of(b), Some(a));
+    assert_eq!(status(&h.mkdir(ROOT, "a").await), CdcStatus::AlreadyExists);
+    h.link_file(ROOT, "f");
+    assert_eq!(status(&h.mkdir(ROOT, "f").await), CdcStatus::AlreadyExists);
+    let file = h.link_file(a, "g");
+    assert_eq!(status(&h.mkdir(file, "x").await), CdcStatus::ParentInvalid);
+    let missing = InodeId::compose(InodeType::Directory, 0, 999).unwrap().get();
+    assert_eq!(status(&h.mkdir(missing, "x").await), CdcStatus::ParentInvalid);
+    assert_eq!(status(&h.rmdir(a, "b").await), CdcStatus::Ok);
+    // A removed directory is not a valid parent.
+    assert_eq!(status(&h.mkdir(b, "x").await), CdcStatus::ParentInvalid);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn mkdir_spreads_new_directories_over_the_shards() {
+    let h = Harness::new("mkdir_spreads_new_directories_over_the_shards", 2, Faults::default());
+    let mut shards = HashSet::new();
+    for i in 0..30 {
+        shards.insert(InodeId::new(h.mkdir_ok(ROOT, &format!("d{i}")).await).shard());
+    }
+    assert_eq!(shards, NEW_DIR_SHARDS.into_iter().collect());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn mkdir_that_loses_a_race_for_the_name_unlinks_its_directory() {
+    // Another directory takes the name between the CDC's resolve and its
+    // inject (a file there would be overwritten by the inject, so the
+    // racing entry is a directory made behind the transaction's back).
+    let h = Harness::new("mkdir_that_loses_a_race_for_the_name_unlinks_its_directory", 3, Faults::default());
+    let coordinator = h.coordinator();
+    let mut state = coordinator.new_txn(TxnArgs::MkDir { parent: ROOT, name: "x".into() });
+    // Run the reads by hand: stat parent, resolve.
+    let context = Context { new_dir_shards: &NEW_DIR_SHARDS };
+    state.advance(ShardReply::StatDirectory { parent: InodeId::NULL }, false, &context);
+    state.advance(ShardReply::Error(ErrorKind::NotFound), false, &context);
+    let other = h.mkdir_ok(ROOT, "x").await;
+    let outcome = coordinator.run(None, state, false).await.unwrap();
+    assert_eq!(outcome.status, CdcStatus::AlreadyExists);
+    assert_eq!(h.entry(ROOT, "x"), Some(other));
+    // The directory created for the failed mkdir is unlinked, not orphaned.
+    assert_eq!(h.unlinked_dirs().len(), 2, "root and the rolled back directory");
+    h.check();
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn rmdir_paths() {
+    let h = Harness::new("rmdir_paths", 4, Faults::default());
+    let a = h.mkdir_ok(ROOT, "a").await;
+    h.mkdir_ok(a, "b").await;
+    h.link_file(ROOT, "f");
+    assert_eq!(status(&h.rmdir(ROOT, "a").await), CdcStatus::DirectoryNotEmpty);
+    assert_eq!(h.entry(ROOT, "a"), Some(a), "a failed rmdir leaves the entry owning (checked by the tree check)");
+    assert_eq!(status(&h.rmdir(ROOT, "f").await), CdcStatus::BadInodeType);
+    assert_eq!(status(&h.rmdir(ROOT, "nope").await), CdcStatus::NotFound);
+    let file = h.link_file(a, "g");
+    assert_eq!(status(&h.rmdir(file, "x").await), CdcStatus::ParentInvalid);
+    assert_eq!(status(&h.rmdir(a, "b").await), CdcStatus::Ok);
+    assert_eq!(status(&h.rmdir(ROOT, "a").await), CdcStatus::DirectoryNotEmpty, "g is still there");
+    h.delete_file(a, "g");
+    let created = h.creation_time(ROOT, "a");
+    let outcome = h.rmdir(ROOT, "a").await;
+    assert_eq!(outcome, Outcome::ok(InodeId::new(a)));
+    assert_eq!(h.entry(ROOT, "a"), None);
+    assert_eq!(h.parent_of(a), Some(0));
+    // The killed entry is in the dead map, non-owning.
+    assert_eq!(h.dead(ROOT, created).get("a").map(|(inode, _)| *inode), Some(a));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn mv_file_paths() {
+    let h = Harness::new("mv_file_paths", 5, Faults::default());
+    let a = h.mkdir_ok(ROOT, "a").await;
+    let b = h.mkdir_ok(ROOT, "b").await;
+    let f = h.link_file(a, "f");
+    let outcome = h.mv(false, (a, "f"), (b, "g")).await;
+    assert_eq!(outcome, Outcome::ok(InodeId::new(f)));
+    assert_eq!(h.entry(a, "f"), None);
+    assert_eq!(h.entry(b, "g"), Some(f));
+    // Overwriting a file: the old one goes to the dead map, still owned there.
+    let old = h.link_file(a, "h");
+    let created = h.creation_time(a, "h");
+    assert_eq!(status(&h.mv(false, (b, "g"), (a, "h")).await), CdcStatus::Ok);
+    assert_eq!(h.entry(a, "h"), Some(f));
+    assert_eq!(h.dead(a, created).get("h").map(|(inode, _)| *inode), Some(InodeId::new(old).with_owning(true).get()));
+    // Target is a directory.
+    h.mkdir_ok(b, "d").await;
+    assert_eq!(status(&h.mv(false, (a, "h"), (b, "d")).await), CdcStatus::CannotOverrideTarget);
+    assert_eq!(h.entry(a, "h"), Some(f), "the source stays, owning again");
+    // Missing source, directory source, bad parents, same entry.
+    assert_eq!(status(&h.mv(false, (a, "nope"), (b, "x")).await), CdcStatus::NotFound);
+    assert_eq!(status(&h.mv(false, (ROOT, "a"), (b, "x")).await), CdcStatus::BadInodeType);
+    assert_eq!(status(&h.mv(false, (a, "h"), (f, "x")).await), CdcStatus::ParentInvalid);
+    let missing = InodeId::compose(InodeType::Directory, 2, 999).unwrap().get();
+    assert_eq!(status(&h.mv(false, (missing, "h"), (b, "x")).await), CdcStatus::ParentInvalid);
+    assert_eq!(status(&h.mv(false, (a, "h"), (a, "h")).await), CdcStatus::BadRequest);
+    // A rename within one directory also works through the CDC.
+    assert_eq!(status(&h.mv(false, (a, "h"), (a, "i")).await), CdcStatus::Ok);
+    assert_eq!(h.entry(a, "i"), Some(f));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn mv_dir_paths() {
+    let h = Harness::new("mv_dir_paths", 6, Faults::default());
+    let a = h.mkdir_ok(ROOT, "a").await;
+    let b = h.mkdir_ok(a, "b").await;
+    let c = h.mkdir_ok(b, "c").await;
+    let d = h.mkdir_ok(ROOT, "d").await;
+    // Into itself and into its own subtree.
+    assert_eq!(status(&h.mv(true, (ROOT, "a"), (a, "x")).await), CdcStatus::LoopDetected);
+    assert_eq!(status(&h.mv(true, (ROOT, "a"), (c, "x")).await), CdcStatus::LoopDetected);
+    assert_eq!(h.entry(ROOT, "a"), Some(a));
+    // Target exists as a directory.
+    assert_eq!(status(&h.mv(true, (a, "b"), (ROOT, "d")).await), CdcStatus::CannotOverrideTarget);
+    // Wrong types, missing source, bad parents.
+    let f = h.link_file(ROOT, "f");
+    assert_eq!(status(&h.mv(true, (ROOT, "f"), (d, "f")).await), CdcStatus::BadInodeType);
+    assert_eq!(status(&h.mv(true, (ROOT, "nope"), (d, "x")).await), CdcStatus::NotFound);
+    assert_eq!(status(&h.mv(true, (ROOT, "a"), (f, "x")).await), CdcStatus::ParentInvalid);
+    // Success: b (with c inside) moves under d.
+    let outcome = h.mv(true, (a, "b"), (d, "b2")).await;
+    assert_eq!(outcome, Outcome::ok(InodeId::new(b)));
+    assert_eq!(h.entry(a, "b"), None);
+    assert_eq!(h.entry(d, "b2"), Some(b));
+    assert_eq!(h.parent_of(b), Some(d));
+    assert_eq!(h.parent_of(c), Some(b));
+    // d may not go under c (now inside d); a may.
+    assert_eq!(status(&h.mv(true, (ROOT, "d"), (c, "d")).await), CdcStatus::LoopDetected);
+    assert_eq!(status(&h.mv(true, (ROOT, "a"), (c, "a")).await), CdcStatus::Ok);
+    assert_eq!(h.parent_of(a), Some(c));
+    // A removed directory is no target.
+    assert_eq!(status(&h.rmdir(c, "a").await), CdcStatus::Ok);
+    h.mkdir_ok(ROOT, "e").await;
+    assert_eq!(status(&h.mv(true, (ROOT, "e"), (a, "e")).await), CdcStatus::ParentInvalid);
+    // A directory may overwrite a file entry (the file goes to the dead map).
+    assert_eq!(status(&h.mv(true, (ROOT, "e"), (ROOT, "f")).await), CdcStatus::Ok);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn purge_remote_file_paths() {
+    let h = Harness::new("purge_remote_file_paths", 7, Faults::default());
+    // The root is on shard 1; a file of shard 0 linked in it, then deleted.
+    assert_eq!(InodeId::ROOT.shard(), 1);
+    let remote = h.link_file_of(0, ROOT, "r").await;
+    let remote_time = h.delete_file(ROOT, "r");
+    let local = h.link_file(ROOT, "l");
+    let local_time = h.delete_file(ROOT, "l");
+    // metad purges a dead entry only once it has been dead long enough (the
+    // fake these tests ran on had no such rule).
+    let_dead_entries_age().await;
+    let purge =
+        |name: &str, creation_time: u64| TxnArgs::PurgeRemoteFile { parent: ROOT, creation_time, name: name.into() };
+    assert_eq!(status(&h.run(purge("l", local_time)).await), CdcStatus::BadRequest);
+    assert_eq!(status(&h.run(purge("r", remote_time + 1)).await), CdcStatus::NotFound);
+    assert_eq!(status(&h.run(purge("nope", remote_time)).await), CdcStatus::NotFound);
+    let outcome = h.run(purge("r", remote_time)).await;
+    assert_eq!(outcome, Outcome::ok(InodeId::new(remote)));
+    assert!(h.eden(0).contains(&remote));
+    assert!(!h.net.inodes(0).contains(&InodeId::new(remote)));
+    assert!(
+        !h.dead(ROOT, remote_time)
+            .values()
+            .any(|(inode, _)| *inode != 0 && InodeId::new(*inode).without_owning().get() == remote)
+    );
+    assert!(h.net.inodes(1).contains(&InodeId::new(local)));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_retransmitted_client_request_gets_the_same_answer_and_no_second_directory() {
+    let h = Harness::new(
+        "a_retransmitted_client_request_gets_the_same_answer_and_no_second_directory",
+        8,
+        Faults::default(),
+    );
+    let answers: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+    let sink: ReplySink = {
+        let answers = answers.clone();
+        Arc::new(move |_, _, outcome| answers.lock().unwrap().push(outcome.clone()))
+    };
+    let frontend = Frontend::new(h.coordinator(), sink);
+    let client = h.next_client();
+    let args = TxnArgs::MkDir { parent: ROOT, name: "a".into() };
+    assert!(matches!(frontend.submit(client, args.clone()), Submitted::Started(_)));
+    assert_eq!(frontend.submit(client, args.clone()), Submitted::Running);
+    while frontend.in_flight() > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let outcome = answers.lock().unwrap()[0].clone();
+    assert_eq!(outcome.status, CdcStatus::Ok);
+    assert_eq!(frontend.submit(client, args.clone()), Submitted::Answer(outcome.clone()));
+    // Also after a restart.
+    let frontend = Frontend::new(h.coordinator(), Arc::new(|_, _, _| {}));
+    assert_eq!(frontend.resume().unwrap(), 0);
+    assert_eq!(frontend.submit(client, args), Submitted::Answer(outcome));
+    assert_eq!(h.dirs(), 2, "the root and one new directory");
+    h.check();
+}
+
+// Regression: a transaction resumed at a read step skipped the save before
+// its first mutation (the stored state was still the read step). A second
+// crash right after the shard executed that mutation then resumed from the
+// read step, found its own acquired entry non-owning, answered "held by
+// another transaction" and left the entry non-owning for good. (Records are
+// now first written before the first mutation, so a crash during the reads
+// leaves nothing to resume: the client's retransmission starts it again.)
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_transaction_resumed_at_a_read_saves_before_its_first_mutation() {
+    for seed in 0..16 {
+        let h = Harness::new(
+            "a_transaction_resumed_at_a_read_saves_before_its_first_mutation",
+            200 + seed,
+            Faults::default(),
+        );
+        let target = h.mkdir_ok(ROOT, "t").await;
+        let file = h.link_file(ROOT, "a");
+        let args = TxnArgs::Move {
+            directory: false,
+            source_parent: ROOT,
+            target_parent: target,
+            source_name: "a".into(),
+            target_name: "a".into(),
+        };
+        // First crash on the first call (a read: stat of the target parent).
+        h.crash_in(1);
+        let coordinator = h.coordinator();
+        assert!(coordinator.run(None, coordinator.new_txn(args.clone()), false).await.is_err());
+        assert!(h.resume().await.unwrap().is_empty(), "nothing was written before the first mutation");
+        // Started again, it reads (stat, stat, resolve) and acquires: crash
+        // on the acquire, which the shard executes or not (a coin flip).
+        h.crash_in(4);
+        let coordinator = h.coordinator();
+        assert!(coordinator.run(None, coordinator.new_txn(args), false).await.is_err());
+        let finished = h.resume().await.unwrap();
+        assert_eq!(finished.len(), 1);
+        assert_eq!(finished[0], Outcome::ok(InodeId::new(file)), "seed {seed}");
+        assert_eq!(h.entry(target, "a"), Some(file));
+        assert_eq!(h.entry(ROOT, "a"), None);
+        h.check();
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_crash_mid_purge_resumes_and_finishes() {
+    for seed in 0..20 {
+        let h = Harness::new("a_crash_mid_purge_resumes_and_finishes", 100 + seed, Faults::lossy());
+        let remote = h.link_file_of(0, ROOT, "r").await;
+        let time = h.delete_file(ROOT, "r");
+        let_dead_entries_age().await;
+        h.crash_in(1 + seed % 4);
+        let args = TxnArgs::PurgeRemoteFile { parent: ROOT, creation_time: time, name: "r".into() };
+        let coordinator = h.coordinator();
+        let outcome = match coordinator.run(None, coordinator.new_txn(args.clone()), false).await {
+            Ok(outcome) => outcome,
+            Err(_) => match h.resume().await.unwrap().pop() {
+                Some(outcome) => outcome,
+                // Crashed before its first mutation: nothing to resume, run again.
+                None => h.coordinator().execute(args).await.unwrap(),
+            },
+        };
+        assert_eq!(outcome, Outcome::ok(InodeId::new(remote)), "seed {seed}");
+        assert!(h.eden(0).contains(&remote), "seed {seed}");
+        h.check();
+    }
+}
