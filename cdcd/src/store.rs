@@ -2,10 +2,13 @@
 //!
 //! Tables (all keys big-endian so that LMDB's order is numeric order):
 //!
-//! - `meta`: `b"next_txn_id"` → u64 BE. Transaction ids start at the eggs
-//!   time of the store's first use and only grow, so a wiped store never
-//!   reuses an id a shard still remembers (create_unlinked_dir is
-//!   idempotent per transaction id).
+//! - `meta`: `b"next_txn_id"` → u64 BE, written by stores before session
+//!   7 and still read at open. Transaction ids start at the eggs time of
+//!   the store's first use and only grow, so a wiped store never reuses an
+//!   id a shard still remembers (create_unlinked_dir is idempotent per
+//!   transaction id). The next id is now derived at open from the newest
+//!   `txns` key (pruning drops the oldest records, never the newest), so a
+//!   commit no longer rewrites `meta`.
 //! - `txns`: txn id (u64 BE) → [`TxnRecord`] as JSON: the arguments, the
 //!   current step with its intermediate results, the client to answer, and
 //!   once done the outcome. At most [`FINISHED_TXNS_KEPT`] finished records
@@ -13,6 +16,11 @@
 //! - `pending`: txn id (u64 BE) → empty, for every unfinished transaction.
 //! - `clients`: client address (18 bytes, wire form) ‖ request id (u64 BE)
 //!   → txn id (u64 BE): a retransmitted request finds its transaction.
+//!
+//! A commit writes only the B-trees it changes: a transaction's later
+//! records find its `clients` and `pending` entries already there and
+//! leave those trees alone (every tree a commit touches costs its path of
+//! page copies and page writes).
 //!
 //! Every value is sealed: CRC32C (u32 LE) of the key ‖ payload, then the
 //! payload. A value whose CRC does not match is [`StoreError::Corrupt`],
@@ -109,7 +117,6 @@ fn unseal<'a>(table: &'static str, key: &[u8], value: &'a [u8]) -> Result<&'a [u
 /// The LMDB store.
 pub struct TxnStore {
     env: Env,
-    meta: Database<Bytes, Bytes>,
     txns: Database<Bytes, Bytes>,
     pending: Database<Bytes, Bytes>,
     clients: Database<Bytes, Bytes>,
@@ -142,7 +149,7 @@ impl TxnStore {
         // processes for writing.
         let env = unsafe { options.open(dir)? };
         let mut wtxn = env.write_txn()?;
-        let meta = env.create_database(&mut wtxn, Some("meta"))?;
+        let meta: Database<Bytes, Bytes> = env.create_database(&mut wtxn, Some("meta"))?;
         let txns = env.create_database(&mut wtxn, Some("txns"))?;
         let pending = env.create_database(&mut wtxn, Some("pending"))?;
         let clients = env.create_database(&mut wtxn, Some("clients"))?;
@@ -150,9 +157,11 @@ impl TxnStore {
             Some(value) => be_u64(unseal("meta", NEXT_TXN_ID_KEY, value)?),
             None => 0,
         };
+        let newest = txns.last(&wtxn)?.map_or(0, |(key, _)| be_u64(key).saturating_add(1));
+        let stored = stored.max(newest);
         wtxn.commit()?;
         let clock: Clock = std::sync::Arc::new(|| EggsTime::now().get());
-        Ok(Self { env, meta, txns, pending, clients, next_txn_id: AtomicU64::new(stored), clock })
+        Ok(Self { env, txns, pending, clients, next_txn_id: AtomicU64::new(stored), clock })
     }
 
     /// The same store reading time from `clock` (the simulation).
@@ -179,17 +188,11 @@ impl TxnStore {
     /// LMDB commit.
     pub fn write_batch(&self, records: &[TxnRecord]) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
-        let mut next = match self.meta.get(&wtxn, NEXT_TXN_ID_KEY)? {
-            Some(value) => be_u64(unseal("meta", NEXT_TXN_ID_KEY, value)?),
-            None => 0,
-        };
         let mut finished = false;
         for record in records {
-            next = next.max(record.state.txn_id + 1);
             self.write(&mut wtxn, record)?;
             finished |= record.state.outcome().is_some();
         }
-        self.meta.put(&mut wtxn, NEXT_TXN_ID_KEY, &seal(NEXT_TXN_ID_KEY, &next.to_be_bytes()))?;
         if finished {
             self.prune(&mut wtxn)?;
         }
@@ -260,11 +263,16 @@ impl TxnStore {
         self.txns.put(wtxn, &key, &seal(&key, &bytes))?;
         if let Some(client) = &record.client {
             let client_key = client.key_bytes();
-            self.clients.put(wtxn, &client_key, &seal(&client_key, &key))?;
+            let sealed = seal(&client_key, &key);
+            // A later record of the transaction finds its entry: a put
+            // would copy and write the tree's pages for nothing.
+            if self.clients.get(wtxn, &client_key)? != Some(sealed.as_slice()) {
+                self.clients.put(wtxn, &client_key, &sealed)?;
+            }
         }
         if record.state.outcome().is_some() {
             self.pending.delete(wtxn, &key)?;
-        } else {
+        } else if self.pending.get(wtxn, &key)?.is_none() {
             self.pending.put(wtxn, &key, &[])?;
         }
         Ok(())
@@ -363,6 +371,45 @@ mod tests {
         assert_eq!(unfinished[0].state.step, Step::MkDirInject { dir: 99 });
         assert_eq!(unfinished[0].client, Some(client(1)));
         assert!(store.allocate_txn_id() > txn_id);
+    }
+
+    /// The next id comes from the newest stored transaction, not from a
+    /// `meta` entry rewritten by every commit.
+    #[test]
+    fn ids_stay_above_the_newest_stored_transaction_without_a_meta_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let newest = u64::MAX / 2;
+        {
+            let store = TxnStore::open(dir.path(), true).unwrap();
+            let mut first = record(&store, 1, mkdir("a"));
+            first.state.txn_id = newest;
+            store.write_batch(&[first]).unwrap();
+            // As a store written by this version: no `meta` entry.
+            let mut wtxn = store.env.write_txn().unwrap();
+            let meta: Database<Bytes, Bytes> = store.env.create_database(&mut wtxn, Some("meta")).unwrap();
+            meta.clear(&mut wtxn).unwrap();
+            wtxn.commit().unwrap();
+        }
+        let store = TxnStore::open(dir.path(), true).unwrap();
+        assert!(store.allocate_txn_id() > newest);
+    }
+
+    /// A transaction's later records leave its `clients` and `pending`
+    /// entries as they are, and the outcome still clears `pending`.
+    #[test]
+    fn later_records_of_a_transaction_keep_its_index_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TxnStore::open(dir.path(), false).unwrap();
+        let mut first = record(&store, 7, mkdir("a"));
+        store.write_batch(std::slice::from_ref(&first)).unwrap();
+        first.state.step = Step::MkDirInject { dir: 99 };
+        store.write_batch(std::slice::from_ref(&first)).unwrap();
+        assert_eq!(store.find_client(&client(7)).unwrap().unwrap().state, first.state);
+        assert_eq!(store.unfinished().unwrap().len(), 1);
+        first.state.step = Step::Done(Outcome::ok(InodeId::new(5)));
+        store.write_batch(std::slice::from_ref(&first)).unwrap();
+        assert!(store.unfinished().unwrap().is_empty());
+        assert_eq!(store.find_client(&client(7)).unwrap().unwrap().state, first.state);
     }
 
     #[test]
