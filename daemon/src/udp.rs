@@ -66,7 +66,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use wire::cdc::{CdcKind, CdcRequest, CdcResponse};
 use wire::codec::Reader;
@@ -341,8 +341,40 @@ type Delivery = (SocketAddr, Vec<u8>);
 /// to retransmissions, strays); more are dropped.
 const DELIVERIES_PER_REQUEST_MAX: usize = 4;
 
+/// A request's mailbox: the datagrams the receive task found under its id,
+/// and the wake-up of the request waiting for them. The receive task
+/// pushes into it directly (no channel per request: a tokio channel
+/// allocates a block of 32 slots per request, for the one answer most
+/// requests get).
+#[derive(Default)]
+struct Mailbox {
+    deliveries: Mutex<Vec<Delivery>>,
+    /// Keeps one permit when nobody waits, so an arrival between a look
+    /// into `deliveries` and the wait is not missed.
+    arrived: Notify,
+}
+
+impl Mailbox {
+    /// Queues a datagram; false when the mailbox is full.
+    fn push(&self, delivery: Delivery) -> bool {
+        let mut deliveries = self.deliveries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if deliveries.len() >= DELIVERIES_PER_REQUEST_MAX {
+            return false;
+        }
+        deliveries.push(delivery);
+        drop(deliveries);
+        self.arrived.notify_one();
+        true
+    }
+
+    /// Everything queued so far.
+    fn take(&self) -> Vec<Delivery> {
+        std::mem::take(&mut *self.deliveries.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
 /// Requests in flight, by request id.
-type Pending = Arc<Mutex<HashMap<u64, mpsc::Sender<Delivery>>>>;
+type Pending = Arc<Mutex<HashMap<u64, Arc<Mailbox>>>>;
 
 struct Inner {
     socket: Arc<UdpSocket>,
@@ -444,8 +476,8 @@ impl DatagramClient {
         request: &F::Request<'_>,
         retry: RetryPolicy,
     ) -> Result<Reply<F>, RequestError> {
-        let (request_id, deliveries, guard) = self.register();
-        self.exchange::<F>(addr, request_id, request, retry, deliveries, guard).await
+        let (request_id, mailbox, guard) = self.register();
+        self.exchange::<F>(addr, request_id, request, retry, mailbox, guard).await
     }
 
     /// [`DatagramClient::request_with`] under a request id chosen by the
@@ -466,11 +498,11 @@ impl DatagramClient {
         request: &F::Request<'_>,
         retry: RetryPolicy,
     ) -> Result<Reply<F>, RequestError> {
-        let (deliveries, guard) = self.register_id(request_id).ok_or(RequestError::IdInUse { request_id })?;
-        self.exchange::<F>(addr, request_id, request, retry, deliveries, guard).await
+        let (mailbox, guard) = self.register_id(request_id).ok_or(RequestError::IdInUse { request_id })?;
+        self.exchange::<F>(addr, request_id, request, retry, mailbox, guard).await
     }
 
-    /// Sends `request` under `request_id` (whose mailbox is `deliveries`)
+    /// Sends `request` under `request_id` (whose mailbox is `mailbox`)
     /// until an acceptable response or the deadline.
     async fn exchange<F: Family>(
         &self,
@@ -478,7 +510,7 @@ impl DatagramClient {
         request_id: u64,
         request: &F::Request<'_>,
         retry: RetryPolicy,
-        mut deliveries: mpsc::Receiver<Delivery>,
+        mailbox: Arc<Mailbox>,
         _guard: PendingGuard,
     ) -> Result<Reply<F>, RequestError> {
         let mut buffer = [0u8; UDP_DATAGRAM_BYTES_MAX];
@@ -509,9 +541,14 @@ impl DatagramClient {
             let wait = retry.timeout(attempt, jitter).min(retry.deadline - elapsed);
             attempt += 1;
             let attempt_deadline = tokio::time::Instant::now() + wait;
-            while let Ok(Some((from, bytes))) = tokio::time::timeout_at(attempt_deadline, deliveries.recv()).await {
-                if let Some(reply) = self.accept::<F>(sent, from, bytes, attempt)? {
-                    return Ok(reply);
+            loop {
+                for (from, bytes) in mailbox.take() {
+                    if let Some(reply) = self.accept::<F>(sent, from, bytes, attempt)? {
+                        return Ok(reply);
+                    }
+                }
+                if tokio::time::timeout_at(attempt_deadline, mailbox.arrived.notified()).await.is_err() {
+                    break;
                 }
             }
             // This attempt timed out: retransmit (same id).
@@ -544,8 +581,8 @@ impl DatagramClient {
     }
 
     /// Picks an unused random request id and registers a mailbox for it.
-    fn register(&self) -> (u64, mpsc::Receiver<Delivery>, PendingGuard) {
-        let (sender, receiver) = mpsc::channel(DELIVERIES_PER_REQUEST_MAX);
+    fn register(&self) -> (u64, Arc<Mailbox>, PendingGuard) {
+        let mailbox = Arc::new(Mailbox::default());
         let mut rng = rand::rng();
         let mut pending = self.inner.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let request_id = loop {
@@ -554,20 +591,20 @@ impl DatagramClient {
                 break candidate;
             }
         };
-        pending.insert(request_id, sender);
-        (request_id, receiver, PendingGuard { pending: self.inner.pending.clone(), request_id })
+        pending.insert(request_id, mailbox.clone());
+        (request_id, mailbox, PendingGuard { pending: self.inner.pending.clone(), request_id })
     }
 
     /// Registers a mailbox for the caller's `request_id`; `None` when that
     /// id is already in flight on this client.
-    fn register_id(&self, request_id: u64) -> Option<(mpsc::Receiver<Delivery>, PendingGuard)> {
-        let (sender, receiver) = mpsc::channel(DELIVERIES_PER_REQUEST_MAX);
+    fn register_id(&self, request_id: u64) -> Option<(Arc<Mailbox>, PendingGuard)> {
+        let mailbox = Arc::new(Mailbox::default());
         let mut pending = self.inner.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if pending.contains_key(&request_id) {
             return None;
         }
-        pending.insert(request_id, sender);
-        Some((receiver, PendingGuard { pending: self.inner.pending.clone(), request_id }))
+        pending.insert(request_id, mailbox.clone());
+        Some((mailbox, PendingGuard { pending: self.inner.pending.clone(), request_id }))
     }
 }
 
@@ -613,14 +650,11 @@ fn deliver(pending: &Pending, buffer: &[u8], len: usize, from: SocketAddr) {
     let mut id = [0u8; 8];
     id.copy_from_slice(id_bytes);
     let request_id = u64::from_le_bytes(id);
-    let sender = {
-        let pending = pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        pending.get(&request_id).cloned()
-    };
-    match sender {
-        Some(sender) => {
-            if sender.try_send((from, datagram.to_vec())).is_err() {
-                tracing::debug!(%from, request_id, "dropping datagram: request mailbox full or closed");
+    let pending = pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match pending.get(&request_id) {
+        Some(mailbox) => {
+            if !mailbox.push((from, datagram.to_vec())) {
+                tracing::debug!(%from, request_id, "dropping datagram: request mailbox full");
             }
         }
         None => tracing::debug!(%from, request_id, "dropping datagram for no request in flight"),
