@@ -34,6 +34,7 @@
 pub mod block_services;
 pub mod logic;
 pub mod metrics;
+pub mod mmsg;
 pub mod replay;
 pub mod server;
 pub mod shuckle_client;

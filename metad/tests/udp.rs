@@ -490,3 +490,52 @@ fn a_thousand_spans_page_through_fetch_spans_over_udp() {
     }
     assert_eq!((seen, pages > 10), (1000, true));
 }
+
+/// The I/O threads take every queued datagram in one batched receive and
+/// answer in one batched send: a burst from several senders, stats and
+/// creates mixed, gets every request answered once, each to its sender.
+#[test]
+fn a_burst_of_queued_datagrams_is_answered_each_to_its_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_metad(1, dir.path(), None);
+    let key = cluster_key(dir.path());
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::new(daemon.address("udp"), &key)).collect();
+    const PER_CLIENT: usize = 48;
+    let mut sent: Vec<Vec<u64>> = Vec::new();
+    let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+    for client in &mut clients {
+        let mut ids = Vec::new();
+        for n in 0..PER_CLIENT {
+            let id = client.fresh_id();
+            let request = if n % 4 == 3 {
+                ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::File })
+            } else {
+                ShardRequest::Stat(StatReq { inode: InodeId::ROOT })
+            };
+            let len = datagram::encode(&mut out, id, &request, None).unwrap();
+            client.socket.send_to(&out[..len], client.server).unwrap();
+            ids.push(id);
+        }
+        sent.push(ids);
+    }
+    let mut buf = vec![0u8; UDP_DATAGRAM_BYTES_MAX + 100];
+    for (client, ids) in clients.iter().zip(&sent) {
+        client.socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answered = Vec::new();
+        while answered.len() < ids.len() {
+            let (len, from) = client.socket.recv_from(&mut buf).expect("every request answered");
+            assert_eq!(from, client.server);
+            let header: datagram::Header = wire::codec::Reader::new(&buf[..len]).fixed().unwrap();
+            assert!(
+                matches!(decode(&buf[..len], &client.key), ShardResponse::Stat(_) | ShardResponse::CreateEdenFile(_)),
+                "{:?}",
+                decode(&buf[..len], &client.key)
+            );
+            answered.push(header.request_id());
+        }
+        answered.sort_unstable();
+        let mut expected = ids.clone();
+        expected.sort_unstable();
+        assert_eq!(answered, expected, "each request of this sender answered once, to it");
+    }
+}
