@@ -16,10 +16,18 @@ use socket2::SockAddr;
 /// Most datagrams one call receives or sends.
 pub const BATCH_MAX: usize = 32;
 
-/// Receive buffers for [`BATCH_MAX`] datagrams, reused call after call.
+const ADDRESS_BYTES: libc::socklen_t = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+
+/// Receive buffers for [`BATCH_MAX`] datagrams, reused call after call:
+/// the headers point at the buffers once, from [`RecvBatch::new`], so a
+/// receive allocates nothing.
 pub struct RecvBatch {
+    /// The kernel writes into these through `headers`; their heap storage
+    /// never moves (none of these vectors is resized after `new`).
     buffers: Vec<Vec<u8>>,
     addresses: Vec<libc::sockaddr_storage>,
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
     lengths: Vec<usize>,
     peers: Vec<Option<SocketAddr>>,
     received: usize,
@@ -29,10 +37,31 @@ impl RecvBatch {
     /// Buffers of `buffer_bytes` each (a longer datagram is truncated and
     /// flagged by its length: see [`RecvBatch::get`]).
     pub fn new(buffer_bytes: usize) -> Self {
+        let mut buffers: Vec<Vec<u8>> = (0..BATCH_MAX).map(|_| vec![0u8; buffer_bytes]).collect();
+        // SAFETY: sockaddr_storage is plain bytes; all zeros is valid.
+        let mut addresses: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; BATCH_MAX];
+        let mut iovecs: Vec<libc::iovec> = buffers
+            .iter_mut()
+            .map(|buffer| libc::iovec { iov_base: buffer.as_mut_ptr().cast(), iov_len: buffer.len() })
+            .collect();
+        let headers: Vec<libc::mmsghdr> = iovecs
+            .iter_mut()
+            .zip(addresses.iter_mut())
+            .map(|(iovec, address)| {
+                // SAFETY: msghdr is plain data; all zeros is an empty header.
+                let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+                header.msg_name = (address as *mut libc::sockaddr_storage).cast();
+                header.msg_namelen = ADDRESS_BYTES;
+                header.msg_iov = iovec;
+                header.msg_iovlen = 1;
+                libc::mmsghdr { msg_hdr: header, msg_len: 0 }
+            })
+            .collect();
         Self {
-            buffers: (0..BATCH_MAX).map(|_| vec![0u8; buffer_bytes]).collect(),
-            // SAFETY: sockaddr_storage is plain bytes; all zeros is valid.
-            addresses: vec![unsafe { std::mem::zeroed() }; BATCH_MAX],
+            buffers,
+            addresses,
+            iovecs,
+            headers,
             lengths: vec![0; BATCH_MAX],
             peers: vec![None; BATCH_MAX],
             received: 0,
@@ -43,32 +72,21 @@ impl RecvBatch {
     /// one up to [`BATCH_MAX`]. Returns how many.
     pub fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         self.received = 0;
-        let mut iovecs: Vec<libc::iovec> = self
-            .buffers
-            .iter_mut()
-            .map(|buffer| libc::iovec { iov_base: buffer.as_mut_ptr().cast(), iov_len: buffer.len() })
-            .collect();
-        let mut headers: Vec<libc::mmsghdr> = iovecs
-            .iter_mut()
-            .zip(self.addresses.iter_mut())
-            .map(|(iovec, address)| {
-                // SAFETY: msghdr is plain data; all zeros is an empty header.
-                let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-                header.msg_name = (address as *mut libc::sockaddr_storage).cast();
-                header.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                header.msg_iov = iovec;
-                header.msg_iovlen = 1;
-                libc::mmsghdr { msg_hdr: header, msg_len: 0 }
-            })
-            .collect();
-        // SAFETY: every header points at a live buffer and address slot of
-        // `self` and at `iovecs`, all of which outlive the call; the count is
-        // the headers' length.
+        for header in &mut self.headers {
+            // The kernel shrinks these to what it wrote; give the whole
+            // slot back.
+            header.msg_hdr.msg_namelen = ADDRESS_BYTES;
+            header.msg_hdr.msg_flags = 0;
+        }
+        debug_assert_eq!(self.iovecs.len(), self.headers.len());
+        // SAFETY: every header points at a buffer, an address slot and an
+        // iovec of `self` (set up in `new`; their heap storage never moves
+        // and lives as long as `self`); the count is the headers' length.
         let count = unsafe {
             libc::recvmmsg(
                 socket.as_raw_fd(),
-                headers.as_mut_ptr(),
-                headers.len() as libc::c_uint,
+                self.headers.as_mut_ptr(),
+                self.headers.len() as libc::c_uint,
                 libc::MSG_WAITFORONE,
                 std::ptr::null_mut(),
             )
@@ -77,7 +95,7 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         let count = (count as usize).min(BATCH_MAX);
-        for (index, header) in headers.iter().take(count).enumerate() {
+        for (index, header) in self.headers.iter().take(count).enumerate() {
             let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             // A truncated datagram reports a length above its buffer, so a
             // caller sees it as oversized rather than as a shorter request.

@@ -415,16 +415,17 @@ type CacheKey = (SocketAddr, u64, u8);
 /// Responses of recent mutations, bounded, oldest evicted first.
 #[derive(Default)]
 struct RetransmitCache {
-    responses: HashMap<CacheKey, Vec<u8>>,
+    /// Shared with the reply on its way (no copy per mutation).
+    responses: HashMap<CacheKey, Arc<[u8]>>,
     order: VecDeque<CacheKey>,
 }
 
 impl RetransmitCache {
-    fn get(&self, key: &CacheKey) -> Option<&Vec<u8>> {
+    fn get(&self, key: &CacheKey) -> Option<&Arc<[u8]>> {
         self.responses.get(key)
     }
 
-    fn insert(&mut self, key: CacheKey, response: Vec<u8>) {
+    fn insert(&mut self, key: CacheKey, response: Arc<[u8]>) {
         if self.responses.insert(key, response).is_none() {
             self.order.push_back(key);
         }
@@ -477,11 +478,11 @@ struct Durability {
 }
 
 /// A committed batch's jobs with their answers.
-type Answers = Vec<(Job, Vec<u8>)>;
+type Answers = Vec<(Job, Arc<[u8]>)>;
 
 /// What a batch's transaction gave: each answer (see [`apply_batch`]), and
 /// whether the commit wrote anything.
-type Applied = (Vec<Option<Vec<u8>>>, bool);
+type Applied = (Vec<Option<Arc<[u8]>>>, bool);
 
 /// Handed from the writer to the syncer.
 struct Handoff {
@@ -513,7 +514,7 @@ impl Handoff {
     /// was written before this commit's data fdatasync started. A commit
     /// that changed nothing synced nothing; its answers rest on earlier
     /// batches and leave once those are durable.
-    fn committed(&self, batch: u64, wrote: bool, answers: Vec<(Job, Vec<u8>)>) {
+    fn committed(&self, batch: u64, wrote: bool, answers: Answers) {
         let mut state = self.lock();
         state.writing = false;
         if wrote {
@@ -602,10 +603,10 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
             let key = (job.peer, job.request_id, job.kind);
             let bytes = match answer {
                 Some(bytes) => {
-                    cache.insert(key, bytes);
-                    cache.get(&key).cloned().unwrap_or_default()
+                    cache.insert(key, bytes.clone());
+                    bytes
                 }
-                None => cache.get(&key).cloned().unwrap_or_default(),
+                None => cache.get(&key).cloned().unwrap_or_else(|| Arc::from(&[][..])),
             };
             durable_later.push((job, bytes));
         }
@@ -687,7 +688,7 @@ fn syncer(shared: Arc<Shared>, handoff: Arc<Handoff>) {
 /// Answers every job of durable batches, in as few batched sends
 /// ([`crate::mmsg::send_all`]) as there are runs of jobs sharing a socket
 /// (all of them, in the daemon: the one reply socket).
-fn reply_all(metrics: &Metrics, durable: &mut Vec<(Job, Vec<u8>)>) {
+fn reply_all(metrics: &Metrics, durable: &mut Answers) {
     for (job, bytes) in durable.iter_mut() {
         if let Some(ticket) = job.replay.as_mut() {
             ticket.finish(bytes);
@@ -700,7 +701,7 @@ fn reply_all(metrics: &Metrics, durable: &mut Vec<(Job, Vec<u8>)>) {
     while let Some((first, _)) = rest.first() {
         let run = rest.iter().take_while(|(job, _)| Arc::ptr_eq(&job.socket, &first.socket)).count().max(1);
         let (now, later) = rest.split_at(run);
-        let datagrams: Vec<(&[u8], SocketAddr)> = now.iter().map(|(job, bytes)| (bytes.as_slice(), job.peer)).collect();
+        let datagrams: Vec<(&[u8], SocketAddr)> = now.iter().map(|(job, bytes)| (&bytes[..], job.peer)).collect();
         crate::mmsg::send_all(&first.socket, &datagrams);
         rest = later;
     }
@@ -752,7 +753,7 @@ fn apply_batch(
             ),
         };
         in_batch.insert(key, ());
-        answers.push(Some(out.get(..len).unwrap_or_default().to_vec()));
+        answers.push(Some(Arc::from(out.get(..len).unwrap_or_default())));
     }
     let last_txn_id = shared.store.env.info().last_txn_id;
     txn.commit()?;

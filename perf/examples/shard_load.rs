@@ -10,7 +10,8 @@
 //! METAD defaults to the `metad` beside this example (`target/release/`);
 //! shuckle is always the one beside it. Prints one line: the rate, the
 //! shard's CPU seconds per operation (utime + stime of the metad process
-//! over the measured interval, from `/proc/PID/stat`), and for creates the
+//! over the measured interval, from `/proc/PID/stat`), the clients' (this
+//! process's, the same way), and for creates the
 //! writer's commits, mutations per commit and fsyncs per operation from
 //! metad's `/metrics`. Set
 //! `SHARD_LOAD_PAUSE=1` to print metad's pid and wait 2 s before the load
@@ -36,8 +37,12 @@ fn main() {
     if mode == "echo" {
         let server = limits::EchoServer::start(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
             .expect("echo server");
+        let own_before = cpu_seconds(std::process::id());
         let rate = runtime.block_on(udp::echo_rate(server.addr, clients, duration)).expect("echo");
-        println!("echo clients={clients} ops_per_s={rate:.0}");
+        let own = cpu_seconds(std::process::id()) - own_before;
+        // Clients and server are this one process here.
+        let per_op = own * 1e6 / (rate * duration.as_secs_f64()).max(1.0);
+        println!("echo clients={clients} ops_per_s={rate:.0} clients_and_server_cpu_us_per_op={per_op:.1}");
         return;
     }
     let metad = args.get(3).map(PathBuf::from).unwrap_or_else(|| process::binary("metad").expect("metad"));
@@ -61,6 +66,7 @@ fn main() {
         .expect("warm-up create");
     let before = commit_counts(metrics);
     let cpu_before = cpu_seconds(daemon.pid());
+    let own_before = cpu_seconds(std::process::id());
     let rate = match mode.as_str() {
         "stat" => runtime.block_on(shard::stat_rate(addr, clients, duration)),
         "create" => runtime.block_on(shard::create_rate(addr, shard::ROOT, "load", clients, duration, u64::MAX)),
@@ -68,15 +74,17 @@ fn main() {
     }
     .expect("load");
     let cpu = cpu_seconds(daemon.pid()) - cpu_before;
+    let own = cpu_seconds(std::process::id()) - own_before;
     let after = commit_counts(metrics);
     let (commits, mutations, syncs) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
     let per_commit = if commits > 0.0 { mutations / commits } else { 0.0 };
     let ops = rate.ops.max(1) as f64;
     println!(
-        "{mode} clients={clients} ops_per_s={:.0} metad_cpu_us_per_op={:.1} metad_cpu_s={cpu:.2} commits={commits} \
+        "{mode} clients={clients} ops_per_s={:.0} metad_cpu_us_per_op={:.1} metad_cpu_s={cpu:.2} clients_cpu_us_per_op={:.1} commits={commits} \
          mutations_per_commit={per_commit:.2} syncs={syncs} fsyncs_per_op={:.3}",
         rate.per_second(),
         cpu * 1e6 / ops,
+        own * 1e6 / ops,
         (commits + syncs) / ops,
     );
 }
