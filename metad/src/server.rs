@@ -4,8 +4,9 @@
 //!
 //! ```text
 //!  I/O thread 0..N (one per core, all blocking on ONE UDP socket)
-//!    recv → decode (MAC for privileged kinds)
-//!      read  → LMDB read txn → reply at once
+//!    recvmmsg (every queued datagram, up to 32) → decode each (MAC for
+//!    privileged kinds)
+//!      read  → LMDB read txn → answer; the answers leave in one sendmmsg
 //!      write → bounded queue ──▶ writer thread: take everything queued, apply
 //!                                it in ONE write txn, commit (data fdatasync,
 //!                                meta page unsynced: NO_META_SYNC), hand the
@@ -17,7 +18,9 @@
 //!
 //! Why plain threads on one socket (was: one glommio executor per core,
 //! each with its own SO_REUSEPORT socket): a datagram server's cost is its
-//! syscalls. A blocking thread pays one receive and one send per request,
+//! syscalls. A blocking thread pays one receive and one send per request
+//! (under load fewer: [`crate::mmsg`] takes every queued datagram in one
+//! receive and sends their answers, and the syncer a batch's, in one send),
 //! where the io_uring executor also paid the poll submission, the ring
 //! wait and task work (about a fifth of a stat's CPU in `perf record`).
 //! And one shared socket lets whichever thread is free take the next
