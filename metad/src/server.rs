@@ -283,6 +283,7 @@ fn serve(socket: &UdpSocket, reply: Arc<UdpSocket>, shared: &Shared, writer: &Sy
             }
         };
         let arrived = Instant::now();
+        shared.metrics.receive_batch.observe(count as u64);
         answers.clear();
         for (index, out) in outs.iter_mut().enumerate().take(count) {
             let Some((bytes, len, Some(peer))) = batch.get(index) else { continue };
