@@ -58,7 +58,7 @@
 //! # Measurements
 //!
 //! The numbers behind the chunk size, the write-behind depth and the choice
-//! of O_DIRECT writes and page-cache reads are in [`server`]'s module
+//! of buffered (once O_DIRECT) writes and page-cache reads are in [`server`]'s module
 //! documentation, next to the code they justify.
 
 pub mod metrics;
