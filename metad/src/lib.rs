@@ -16,6 +16,8 @@
 //!   transaction per batch (group commit), and a syncer thread answering
 //!   each batch once its commit is durable, while the writer already
 //!   applies the next; retransmissions answered from a bounded cache.
+//! - [`mmsg`]: batched datagram receive and send (`recvmmsg`, `sendmmsg`)
+//!   for the server's threads.
 //! - [`metrics`]: request counts, errors by code, latencies and the group
 //!   commit's batch sizes and durations, for `--metrics ADDR`.
 //! - [`replay`]: the replay check of privileged (CDC) requests: a freshness
@@ -34,6 +36,7 @@
 pub mod block_services;
 pub mod logic;
 pub mod metrics;
+pub mod mmsg;
 pub mod replay;
 pub mod server;
 pub mod shuckle_client;

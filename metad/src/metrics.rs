@@ -7,7 +7,9 @@
 //! - `malformed_datagrams_total`: datagrams that did not decode;
 //! - the writer's group commit: `commit_batch_size` (mutations per write
 //!   transaction), `commit_duration_seconds` (apply and commit of one
-//!   batch), `sync_duration_seconds` (the explicit meta-page syncs).
+//!   batch), `sync_duration_seconds` (the explicit meta-page syncs);
+//! - `receive_batch_size`: datagrams per batched receive of an I/O thread
+//!   (1 while the server keeps up; more once datagrams queue).
 //!
 //! Labels are [`ShardKind`] and [`ErrorKind`] names. Every update is a
 //! relaxed atomic (no lock, no allocation per request).
@@ -26,6 +28,7 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub commit: Histogram,
     pub sync: Histogram,
+    pub receive_batch: Histogram,
 }
 
 impl Metrics {
@@ -41,6 +44,7 @@ impl Metrics {
             batch_size: Histogram::sizes(),
             commit: Histogram::seconds(),
             sync: Histogram::seconds(),
+            receive_batch: Histogram::sizes(),
         };
         registry.register(
             "request_error_codes",
@@ -51,6 +55,7 @@ impl Metrics {
         registry.register("commit_batch_size", "mutations per write transaction", metrics.batch_size.clone());
         registry.register("commit_duration_seconds", "apply and commit of one batch", metrics.commit.clone());
         registry.register("sync_duration_seconds", "explicit syncs of the meta page", metrics.sync.clone());
+        registry.register("receive_batch_size", "datagrams per batched receive", metrics.receive_batch.clone());
         registry.register(
             "store_checksum_mismatches",
             "stored records refused because their CRC32C did not match (answered STORAGE_ERROR)",

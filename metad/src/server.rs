@@ -4,8 +4,9 @@
 //!
 //! ```text
 //!  I/O thread 0..N (one per core, all blocking on ONE UDP socket)
-//!    recv → decode (MAC for privileged kinds)
-//!      read  → LMDB read txn → reply at once
+//!    recvmmsg (every queued datagram, up to 32) → decode each (MAC for
+//!    privileged kinds)
+//!      read  → LMDB read txn → answer; the answers leave in one sendmmsg
 //!      write → bounded queue ──▶ writer thread: take everything queued, apply
 //!                                it in ONE write txn, commit (data fdatasync,
 //!                                meta page unsynced: NO_META_SYNC), hand the
@@ -17,7 +18,9 @@
 //!
 //! Why plain threads on one socket (was: one glommio executor per core,
 //! each with its own SO_REUSEPORT socket): a datagram server's cost is its
-//! syscalls. A blocking thread pays one receive and one send per request,
+//! syscalls. A blocking thread pays one receive and one send per request
+//! (under load fewer: [`crate::mmsg`] takes every queued datagram in one
+//! receive and sends their answers, and the syncer a batch's, in one send),
 //! where the io_uring executor also paid the poll submission, the ring
 //! wait and task work (about a fifth of a stat's CPU in `perf record`).
 //! And one shared socket lets whichever thread is free take the next
@@ -263,102 +266,140 @@ fn refusal(shard: &Shard, bytes: &[u8], error: DecodeError, out: &mut [u8]) -> O
     Some(shard.encode_error(out, header.request_id(), header.is_privileged(), kind, &text))
 }
 
-/// One I/O thread: blocking receive, a read answered at once, a mutation
-/// queued for the writer.
+/// One I/O thread: a blocking batched receive ([`crate::mmsg`]: every
+/// datagram queued, up to its batch), each read answered at once and each
+/// mutation queued for the writer, then every answer in one batched send.
 fn serve(socket: &UdpSocket, reply: Arc<UdpSocket>, shared: &Shared, writer: &SyncSender<Job>) {
-    let mut buf = vec![0u8; RECEIVE_BUFFER_BYTES];
-    let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+    let mut batch = crate::mmsg::RecvBatch::new(RECEIVE_BUFFER_BYTES);
+    let mut outs: Vec<Vec<u8>> = (0..crate::mmsg::BATCH_MAX).map(|_| vec![0u8; UDP_DATAGRAM_BYTES_MAX]).collect();
+    let mut answers: Vec<(usize, usize, SocketAddr)> = Vec::with_capacity(crate::mmsg::BATCH_MAX);
     let mut malformed: u64 = 0;
     loop {
-        let (len, peer) = match socket.recv_from(&mut buf) {
-            Ok(received) => received,
+        let count = match batch.receive(socket) {
+            Ok(count) => count,
             Err(error) => {
                 tracing::warn!(%error, "UDP receive failed");
                 continue;
             }
         };
         let arrived = Instant::now();
-        let bytes = buf.get(..len).unwrap_or_default();
-        let mut ticket = match crate::replay::screen(&shared.replay, shared.shard.cluster_key(), bytes, peer, &mut out)
-        {
-            Screen::Serve(ticket) => ticket,
-            Screen::Answer(len) => {
-                if let Err(error) = socket.send_to(out.get(..len).unwrap_or_default(), peer) {
+        shared.metrics.receive_batch.observe(count as u64);
+        answers.clear();
+        for (index, out) in outs.iter_mut().enumerate().take(count) {
+            let Some((bytes, len, Some(peer))) = batch.get(index) else { continue };
+            let datagram = Datagram { bytes, len, peer, arrived };
+            if let Some(answer) = serve_one(shared, &reply, writer, &datagram, out, &mut malformed) {
+                answers.push((index, answer, peer));
+            }
+        }
+        match answers.as_slice() {
+            [] => {}
+            // One answer: a plain send, as cheap as it gets.
+            [(index, len, peer)] => {
+                let bytes = outs.get(*index).and_then(|out| out.get(..*len)).unwrap_or_default();
+                if let Err(error) = socket.send_to(bytes, *peer) {
                     tracing::warn!(%peer, %error, "UDP send failed");
                 }
-                continue;
             }
-            Screen::Drop => continue,
-        };
-        let mut kind_index = None;
-        let answer = match datagram::decode::<ShardRequest>(bytes, Some(shared.shard.cluster_key())) {
-            Ok((header, request)) => {
-                kind_index = Metrics::kind_index(header.kind);
-                if let Some(kind) = kind_index {
-                    shared.metrics.arrived(kind);
-                }
-                if request.kind().is_mutation() {
-                    let job = Job {
-                        peer,
-                        request_id: header.request_id(),
-                        kind: header.kind,
-                        datagram: bytes.to_vec(),
-                        socket: reply.clone(),
-                        replay: ticket.take(),
-                        arrived,
-                        kind_index,
-                    };
-                    match writer.try_send(job) {
-                        Ok(()) => None,
-                        Err(TrySendError::Full(_)) => {
-                            let len = shared.shard.encode_error(
-                                &mut out,
-                                header.request_id(),
-                                header.is_privileged(),
-                                ErrorKind::Overloaded,
-                                "write queue full",
-                            );
-                            Some(len)
-                        }
-                        Err(TrySendError::Disconnected(_)) => {
-                            tracing::error!("writer thread is gone");
-                            let len = shared.shard.encode_error(
-                                &mut out,
-                                header.request_id(),
-                                header.is_privileged(),
-                                ErrorKind::StorageError,
-                                "writer stopped",
-                            );
-                            Some(len)
-                        }
-                    }
-                } else {
-                    Some(read(shared, header.request_id(), &request, &mut out))
-                }
+            many => {
+                let datagrams: Vec<(&[u8], SocketAddr)> = many
+                    .iter()
+                    .map(|(index, len, peer)| {
+                        (outs.get(*index).and_then(|out| out.get(..*len)).unwrap_or_default(), *peer)
+                    })
+                    .collect();
+                crate::mmsg::send_all(socket, &datagrams);
             }
-            Err(error) => {
-                shared.metrics.malformed.inc();
-                malformed += 1;
-                // The first one is logged, then one in every MALFORMED_LOG_EVERY
-                // (the count is in the line), so a flood cannot fill the log.
-                if malformed % MALFORMED_LOG_EVERY == 1 {
-                    tracing::warn!(%peer, %error, len, malformed, "malformed datagram");
-                }
-                refusal(&shared.shard, bytes, error, &mut out)
-            }
-        };
-        if let (Some(kind), Some(len)) = (kind_index, answer) {
-            shared.metrics.answered(kind, arrived.elapsed(), out.get(..len).unwrap_or_default());
-        }
-        if let (Some(ticket), Some(len)) = (ticket.as_mut(), answer) {
-            ticket.finish(out.get(..len).unwrap_or_default());
-        }
-        if let Some(len) = answer
-            && let Err(error) = socket.send_to(out.get(..len).unwrap_or_default(), peer)
-        {
-            tracing::warn!(%peer, %error, "UDP send failed");
         }
     }
+}
+
+/// A received datagram.
+struct Datagram<'a> {
+    bytes: &'a [u8],
+    /// Its full length (above `bytes.len()` when it did not fit the buffer).
+    len: usize,
+    peer: SocketAddr,
+    arrived: Instant,
+}
+
+/// One datagram: the replay screen, then a read answered into `out` or a
+/// mutation queued for the writer. Returns the answer's length in `out`,
+/// if there is one to send now.
+fn serve_one(
+    shared: &Shared,
+    reply: &Arc<UdpSocket>,
+    writer: &SyncSender<Job>,
+    datagram: &Datagram<'_>,
+    out: &mut [u8],
+    malformed: &mut u64,
+) -> Option<usize> {
+    let Datagram { bytes, len, peer, arrived } = *datagram;
+    let mut ticket = match crate::replay::screen(&shared.replay, shared.shard.cluster_key(), bytes, peer, out) {
+        Screen::Serve(ticket) => ticket,
+        Screen::Answer(len) => return Some(len),
+        Screen::Drop => return None,
+    };
+    let mut kind_index = None;
+    let answer = match datagram::decode::<ShardRequest>(bytes, Some(shared.shard.cluster_key())) {
+        Ok((header, request)) => {
+            kind_index = Metrics::kind_index(header.kind);
+            if let Some(kind) = kind_index {
+                shared.metrics.arrived(kind);
+            }
+            if request.kind().is_mutation() {
+                let job = Job {
+                    peer,
+                    request_id: header.request_id(),
+                    kind: header.kind,
+                    datagram: bytes.to_vec(),
+                    socket: reply.clone(),
+                    replay: ticket.take(),
+                    arrived,
+                    kind_index,
+                };
+                match writer.try_send(job) {
+                    Ok(()) => None,
+                    Err(TrySendError::Full(_)) => Some(shared.shard.encode_error(
+                        out,
+                        header.request_id(),
+                        header.is_privileged(),
+                        ErrorKind::Overloaded,
+                        "write queue full",
+                    )),
+                    Err(TrySendError::Disconnected(_)) => {
+                        tracing::error!("writer thread is gone");
+                        Some(shared.shard.encode_error(
+                            out,
+                            header.request_id(),
+                            header.is_privileged(),
+                            ErrorKind::StorageError,
+                            "writer stopped",
+                        ))
+                    }
+                }
+            } else {
+                Some(read(shared, header.request_id(), &request, out))
+            }
+        }
+        Err(error) => {
+            shared.metrics.malformed.inc();
+            *malformed += 1;
+            // The first one is logged, then one in every MALFORMED_LOG_EVERY
+            // (the count is in the line), so a flood cannot fill the log.
+            if *malformed % MALFORMED_LOG_EVERY == 1 {
+                tracing::warn!(%peer, %error, len, malformed = *malformed, "malformed datagram");
+            }
+            refusal(&shared.shard, bytes, error, out)
+        }
+    };
+    if let (Some(kind), Some(len)) = (kind_index, answer) {
+        shared.metrics.answered(kind, arrived.elapsed(), out.get(..len).unwrap_or_default());
+    }
+    if let (Some(ticket), Some(len)) = (ticket.as_mut(), answer) {
+        ticket.finish(out.get(..len).unwrap_or_default());
+    }
+    answer
 }
 
 fn read(shared: &Shared, request_id: u64, request: &ShardRequest<'_>, out: &mut [u8]) -> usize {
@@ -378,16 +419,17 @@ type CacheKey = (SocketAddr, u64, u8);
 /// Responses of recent mutations, bounded, oldest evicted first.
 #[derive(Default)]
 struct RetransmitCache {
-    responses: HashMap<CacheKey, Vec<u8>>,
+    /// Shared with the reply on its way (no copy per mutation).
+    responses: HashMap<CacheKey, Arc<[u8]>>,
     order: VecDeque<CacheKey>,
 }
 
 impl RetransmitCache {
-    fn get(&self, key: &CacheKey) -> Option<&Vec<u8>> {
+    fn get(&self, key: &CacheKey) -> Option<&Arc<[u8]>> {
         self.responses.get(key)
     }
 
-    fn insert(&mut self, key: CacheKey, response: Vec<u8>) {
+    fn insert(&mut self, key: CacheKey, response: Arc<[u8]>) {
         if self.responses.insert(key, response).is_none() {
             self.order.push_back(key);
         }
@@ -440,11 +482,11 @@ struct Durability {
 }
 
 /// A committed batch's jobs with their answers.
-type Answers = Vec<(Job, Vec<u8>)>;
+type Answers = Vec<(Job, Arc<[u8]>)>;
 
 /// What a batch's transaction gave: each answer (see [`apply_batch`]), and
 /// whether the commit wrote anything.
-type Applied = (Vec<Option<Vec<u8>>>, bool);
+type Applied = (Vec<Option<Arc<[u8]>>>, bool);
 
 /// Handed from the writer to the syncer.
 struct Handoff {
@@ -476,7 +518,7 @@ impl Handoff {
     /// was written before this commit's data fdatasync started. A commit
     /// that changed nothing synced nothing; its answers rest on earlier
     /// batches and leave once those are durable.
-    fn committed(&self, batch: u64, wrote: bool, answers: Vec<(Job, Vec<u8>)>) {
+    fn committed(&self, batch: u64, wrote: bool, answers: Answers) {
         let mut state = self.lock();
         state.writing = false;
         if wrote {
@@ -565,10 +607,10 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
             let key = (job.peer, job.request_id, job.kind);
             let bytes = match answer {
                 Some(bytes) => {
-                    cache.insert(key, bytes);
-                    cache.get(&key).cloned().unwrap_or_default()
+                    cache.insert(key, bytes.clone());
+                    bytes
                 }
-                None => cache.get(&key).cloned().unwrap_or_default(),
+                None => cache.get(&key).cloned().unwrap_or_else(|| Arc::from(&[][..])),
             };
             durable_later.push((job, bytes));
         }
@@ -647,10 +689,27 @@ fn syncer(shared: Arc<Shared>, handoff: Arc<Handoff>) {
     }
 }
 
-fn reply_all(metrics: &Metrics, durable: &mut Vec<(Job, Vec<u8>)>) {
-    for (mut job, bytes) in durable.drain(..) {
-        send(metrics, &mut job, &bytes);
+/// Answers every job of durable batches, in as few batched sends
+/// ([`crate::mmsg::send_all`]) as there are runs of jobs sharing a socket
+/// (all of them, in the daemon: the one reply socket).
+fn reply_all(metrics: &Metrics, durable: &mut Answers) {
+    for (job, bytes) in durable.iter_mut() {
+        if let Some(ticket) = job.replay.as_mut() {
+            ticket.finish(bytes);
+        }
+        if let Some(kind) = job.kind_index {
+            metrics.answered(kind, job.arrived.elapsed(), bytes);
+        }
     }
+    let mut rest = durable.as_slice();
+    while let Some((first, _)) = rest.first() {
+        let run = rest.iter().take_while(|(job, _)| Arc::ptr_eq(&job.socket, &first.socket)).count().max(1);
+        let (now, later) = rest.split_at(run);
+        let datagrams: Vec<(&[u8], SocketAddr)> = now.iter().map(|(job, bytes)| (&bytes[..], job.peer)).collect();
+        crate::mmsg::send_all(&first.socket, &datagrams);
+        rest = later;
+    }
+    durable.clear();
 }
 
 /// Applies a batch in one transaction. Each answer is `Some(new response)`
@@ -698,7 +757,7 @@ fn apply_batch(
             ),
         };
         in_batch.insert(key, ());
-        answers.push(Some(out.get(..len).unwrap_or_default().to_vec()));
+        answers.push(Some(Arc::from(out.get(..len).unwrap_or_default())));
     }
     let last_txn_id = shared.store.env.info().last_txn_id;
     txn.commit()?;

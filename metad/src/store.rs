@@ -208,13 +208,16 @@ impl Db {
     /// The record of `key`. "Not found" is an answer too, and a flipped
     /// bit in a stored key hides its record from the lookup: the damaged
     /// record then sits where the key would be, so both neighbours of the
-    /// gap are read and must be intact.
+    /// gap are read and must be intact. A damaged branch key can also steer
+    /// the lookup into the leaf left of the key's: the seek for the record
+    /// at or above the key then steps into the right leaf and finds the key
+    /// itself, so that record must lie strictly above the key.
     pub fn get<'txn>(&self, txn: &'txn RoTxn, key: &[u8]) -> heed::Result<Option<&'txn [u8]>> {
         match self.inner.get(txn, key)? {
             Some(stored) => self.check(key, stored).map(Some),
             None => {
                 self.check_below(txn, key)?;
-                self.check_at_or_above(txn, key)?;
+                self.check_neighbour(self.inner.get_greater_than_or_equal_to(txn, key)?, |found| found > key)?;
                 Ok(None)
             }
         }
@@ -1023,6 +1026,54 @@ mod tests {
     // range's start, or its steps out of order (seen in the corruption
     // test's random flips: a listing that began below its start hash). The
     // walk refuses such a key as damage instead of returning it.
+    // A damaged branch key can steer a point lookup to the leaf left of
+    // the one holding the key: the lookup misses, and the first record at
+    // or above the key is then the key itself, intact (the seek steps from
+    // the wrong leaf into the right one). That is damage, not "not found"
+    // (seen once in the corruption test's random flips: a Stat answered
+    // NOT_FOUND for a file that was there).
+    #[test]
+    fn a_lookup_steered_past_its_record_by_a_damaged_branch_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<[u8; 8]> = (1000..3000u64).map(|n| n.to_be_bytes()).collect();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut txn = store.write_txn().unwrap();
+            for key in &keys {
+                store.files.put(&mut txn, key, b"a file record").unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        // Raise one separator key of a branch page by one: searches for the
+        // key it separates now go to the leaf on its left.
+        let path = dir.path().join("data.mdb");
+        let mut bytes = std::fs::read(&path).unwrap();
+        const PAGE: usize = 4096;
+        const BRANCH: u16 = 0x01;
+        let mut steered = None;
+        'pages: for page in (0..bytes.len() / PAGE).map(|n| n * PAGE) {
+            let flags = u16::from_le_bytes([bytes[page + 10], bytes[page + 11]]);
+            if flags & BRANCH == 0 {
+                continue;
+            }
+            for key in &keys {
+                if let Some(at) = bytes[page..page + PAGE].windows(8).position(|window| window == key) {
+                    bytes[page + at + 7] += 1;
+                    steered = Some(*key);
+                    break 'pages;
+                }
+            }
+        }
+        let key = steered.expect("a branch page with a separator key");
+        std::fs::write(&path, &bytes).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let txn = store.read_txn().unwrap();
+        assert!(store.files.inner.get(&txn, &key).unwrap().is_none(), "the damaged separator steers LMDB's lookup");
+        assert!(store.files.get(&txn, &key).is_err(), "a lookup that missed a present record is damage");
+        let next = (u64::from_be_bytes(key) + 1).to_be_bytes();
+        assert!(store.files.get(&txn, &next).unwrap().is_some(), "the key now separating the leaves is found");
+    }
+
     #[test]
     fn a_walk_refuses_keys_before_its_start_or_out_of_order() {
         let dir = tempfile::tempdir().unwrap();

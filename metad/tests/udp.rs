@@ -490,3 +490,77 @@ fn a_thousand_spans_page_through_fetch_spans_over_udp() {
     }
     assert_eq!((seen, pages > 10), (1000, true));
 }
+
+/// The I/O threads take every queued datagram in one batched receive and
+/// answer in one batched send: a burst from several senders, stats and
+/// creates mixed, gets every request answered once, each to its sender,
+/// and `metad_receive_batch_size` counts every datagram, some of them
+/// several to a receive.
+#[test]
+fn a_burst_of_queued_datagrams_is_answered_each_to_its_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().to_str().unwrap();
+    let daemon = Daemon::start(
+        &binary("metad"),
+        &["1", folder, "--listen", "127.0.0.1:0", "--shuckle", "127.0.0.1:9", "--metrics", "127.0.0.1:0"],
+    );
+    let key = cluster_key(dir.path());
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::new(daemon.address("udp"), &key)).collect();
+    const PER_CLIENT: usize = 48;
+    let mut sent: Vec<Vec<u64>> = Vec::new();
+    let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+    for client in &mut clients {
+        let mut ids = Vec::new();
+        for n in 0..PER_CLIENT {
+            let id = client.fresh_id();
+            let request = if n % 4 == 3 {
+                ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::File })
+            } else {
+                ShardRequest::Stat(StatReq { inode: InodeId::ROOT })
+            };
+            let len = datagram::encode(&mut out, id, &request, None).unwrap();
+            client.socket.send_to(&out[..len], client.server).unwrap();
+            ids.push(id);
+        }
+        sent.push(ids);
+    }
+    let mut buf = vec![0u8; UDP_DATAGRAM_BYTES_MAX + 100];
+    for (client, ids) in clients.iter().zip(&sent) {
+        client.socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answered = Vec::new();
+        while answered.len() < ids.len() {
+            let (len, from) = client.socket.recv_from(&mut buf).expect("every request answered");
+            assert_eq!(from, client.server);
+            let header: datagram::Header = wire::codec::Reader::new(&buf[..len]).fixed().unwrap();
+            assert!(
+                matches!(decode(&buf[..len], &client.key), ShardResponse::Stat(_) | ShardResponse::CreateEdenFile(_)),
+                "{:?}",
+                decode(&buf[..len], &client.key)
+            );
+            answered.push(header.request_id());
+        }
+        answered.sort_unstable();
+        let mut expected = ids.clone();
+        expected.sort_unstable();
+        assert_eq!(answered, expected, "each request of this sender answered once, to it");
+    }
+    let metrics = metrics_text(daemon.address("metrics"));
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    let (receives, datagrams) = (value("metad_receive_batch_size_count"), value("metad_receive_batch_size_sum"));
+    assert!(datagrams >= (4 * PER_CLIENT) as f64, "every datagram counted: {datagrams}");
+    assert!(receives < datagrams, "some receive took several queued datagrams: {receives} receives, {datagrams}");
+}
+
+fn metrics_text(address: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}

@@ -10,8 +10,10 @@
 //! METAD defaults to the `metad` beside this example (`target/release/`);
 //! shuckle is always the one beside it. Prints one line: the rate, the
 //! shard's CPU seconds per operation (utime + stime of the metad process
-//! over the measured interval, from `/proc/PID/stat`), and for creates the
-//! writer's commits, mutations per commit and fsyncs per operation from
+//! over the measured interval, from `/proc/PID/stat`), the clients' (this
+//! process's, the same way), and for creates the
+//! writer's commits, mutations per commit and fsyncs per operation, and the
+//! I/O threads' datagrams per batched receive, from
 //! metad's `/metrics`. Set
 //! `SHARD_LOAD_PAUSE=1` to print metad's pid and wait 2 s before the load
 //! (time to attach `perf record -p PID`).
@@ -36,8 +38,12 @@ fn main() {
     if mode == "echo" {
         let server = limits::EchoServer::start(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
             .expect("echo server");
+        let own_before = cpu_seconds(std::process::id());
         let rate = runtime.block_on(udp::echo_rate(server.addr, clients, duration)).expect("echo");
-        println!("echo clients={clients} ops_per_s={rate:.0}");
+        let own = cpu_seconds(std::process::id()) - own_before;
+        // Clients and server are this one process here.
+        let per_op = own * 1e6 / (rate * duration.as_secs_f64()).max(1.0);
+        println!("echo clients={clients} ops_per_s={rate:.0} clients_and_server_cpu_us_per_op={per_op:.1}");
         return;
     }
     let metad = args.get(3).map(PathBuf::from).unwrap_or_else(|| process::binary("metad").expect("metad"));
@@ -61,6 +67,7 @@ fn main() {
         .expect("warm-up create");
     let before = commit_counts(metrics);
     let cpu_before = cpu_seconds(daemon.pid());
+    let own_before = cpu_seconds(std::process::id());
     let rate = match mode.as_str() {
         "stat" => runtime.block_on(shard::stat_rate(addr, clients, duration)),
         "create" => runtime.block_on(shard::create_rate(addr, shard::ROOT, "load", clients, duration, u64::MAX)),
@@ -68,15 +75,19 @@ fn main() {
     }
     .expect("load");
     let cpu = cpu_seconds(daemon.pid()) - cpu_before;
+    let own = cpu_seconds(std::process::id()) - own_before;
     let after = commit_counts(metrics);
     let (commits, mutations, syncs) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    let (receives, received) = (after.3 - before.3, after.4 - before.4);
+    let per_receive = if receives > 0.0 { received / receives } else { 0.0 };
     let per_commit = if commits > 0.0 { mutations / commits } else { 0.0 };
     let ops = rate.ops.max(1) as f64;
     println!(
-        "{mode} clients={clients} ops_per_s={:.0} metad_cpu_us_per_op={:.1} metad_cpu_s={cpu:.2} commits={commits} \
-         mutations_per_commit={per_commit:.2} syncs={syncs} fsyncs_per_op={:.3}",
+        "{mode} clients={clients} ops_per_s={:.0} metad_cpu_us_per_op={:.1} metad_cpu_s={cpu:.2} clients_cpu_us_per_op={:.1} commits={commits} \
+         mutations_per_commit={per_commit:.2} datagrams_per_receive={per_receive:.2} syncs={syncs} fsyncs_per_op={:.3}",
         rate.per_second(),
         cpu * 1e6 / ops,
+        own * 1e6 / ops,
         (commits + syncs) / ops,
     );
 }
@@ -95,10 +106,12 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / per_second
 }
 
-/// (commits, mutations, explicit syncs) so far: count and sum of
-/// `metad_commit_batch_size`, count of `metad_sync_duration_seconds`. Every
-/// commit is one fdatasync, every explicit sync another.
-fn commit_counts(metrics: SocketAddr) -> (f64, f64, f64) {
+/// (commits, mutations, explicit syncs, batched receives, datagrams
+/// received) so far: count and sum of `metad_commit_batch_size`, count of
+/// `metad_sync_duration_seconds`, count and sum of
+/// `metad_receive_batch_size`. Every commit is one fdatasync, every
+/// explicit sync another.
+fn commit_counts(metrics: SocketAddr) -> (f64, f64, f64, f64, f64) {
     let mut stream = TcpStream::connect(metrics).expect("metrics connect");
     stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("metrics request");
     let mut text = String::new();
@@ -112,5 +125,7 @@ fn commit_counts(metrics: SocketAddr) -> (f64, f64, f64) {
         value("metad_commit_batch_size_count"),
         value("metad_commit_batch_size_sum"),
         value("metad_sync_duration_seconds_count"),
+        value("metad_receive_batch_size_count"),
+        value("metad_receive_batch_size_sum"),
     )
 }
