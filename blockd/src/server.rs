@@ -11,7 +11,7 @@
 //! - **Writes** stream the payload in [`CHUNK_BYTES`] chunks from the socket
 //!   into one reused buffer, CRC them, and copy them into the page cache
 //!   with `pwrite(2)` on the executor's thread (a copy, no disk wait; see
-//!   [`stage`] for why not io_uring). On a CRC match the file is
+//!   `stage` for why not io_uring). On a CRC match the file is
 //!   fdatasync'ed, renamed into place with `RENAME_NOREPLACE` (an existing
 //!   block is never overwritten), and its folder fsync'ed; only then is the
 //!   proof sent. Nothing is acknowledged before it is durable.
