@@ -57,8 +57,8 @@
 //!
 //! # Measurements
 //!
-//! The numbers behind the chunk size, the write-behind depth and the choice
-//! of O_DIRECT writes and page-cache reads are in [`server`]'s module
+//! The numbers behind the chunk size, the (former) write-behind depth and the choice
+//! of buffered (once O_DIRECT) writes and page-cache reads are in [`server`]'s module
 //! documentation, next to the code they justify.
 
 pub mod metrics;

@@ -244,19 +244,36 @@ impl BlockPool {
     /// capacity is grown if short). Returns the filled buffer and the CRC.
     pub async fn fetch(&self, addr: SocketAddr, block_id: BlockId, size: u32, dst: BytesMut) -> Reply {
         let first = Mutex::new(Some(dst));
-        self.run(addr, |back| {
-            let mut dst = back
-                .or_else(|| first.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take())
-                .unwrap_or_default();
-            dst.clear();
-            dst.reserve(size as usize);
-            let (reply, receiver) = oneshot::channel();
-            let mut op =
-                Op { header: [0; 32], header_len: 0, payload: None, expect: Expect::Fetch { size, dst }, reply };
-            set_header(&mut op, FetchReq::new(block_id).as_bytes());
-            (op, receiver)
-        })
-        .await
+        let reply = self
+            .run(addr, |back| {
+                let mut dst = back
+                    .or_else(|| first.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take())
+                    .unwrap_or_default();
+                dst.clear();
+                dst.reserve(size as usize);
+                let (reply, receiver) = oneshot::channel();
+                let mut op =
+                    Op { header: [0; 32], header_len: 0, payload: None, expect: Expect::Fetch { size, dst }, reply };
+                set_header(&mut op, FetchReq::new(block_id).as_bytes());
+                (op, receiver)
+            })
+            .await;
+        match reply {
+            // No connection was made, so the buffer was never queued: it
+            // goes back to the caller (a slice of its span buffer, which
+            // must stay in one piece), not dropped.
+            Err((failure, None)) => {
+                let unsent = first.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+                Err((
+                    failure,
+                    unsent.map(|mut dst| {
+                        dst.clear();
+                        dst
+                    }),
+                ))
+            }
+            reply => reply,
+        }
     }
 
     /// Writes `data` as block `block_id`; returns the write proof.
@@ -540,5 +557,32 @@ async fn answer(socket: &mut OwnedReadHalf, expect: Expect) -> Result<Answer, (F
             }
             Ok(Answer::Proof(response.proof))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fetch from a service that refuses connections gives the caller's
+    /// buffer back, the same allocation, emptied: the reader's span buffer
+    /// stays in one piece for the block rebuilt into its place (a dropped
+    /// piece made the rebuild allocate a new buffer and the span's pieces
+    /// be copied into another when joined).
+    #[tokio::test]
+    async fn a_refused_fetch_gives_the_buffer_back() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        drop(listener);
+        let size = 1 << 16;
+        let mut dst = BytesMut::with_capacity(size);
+        dst.extend_from_slice(b"old bytes");
+        let start = dst.as_ptr() as usize;
+        let reply = BlockPool::default().fetch(addr, BlockId::new(1), size as u32, dst).await;
+        let Err((failure, back)) = reply else { panic!("a fetch from a closed port succeeded") };
+        assert_eq!(failure.kind, FailureKind::Down, "{}", failure.reason);
+        let back = back.expect("the buffer comes back");
+        assert_eq!(back.as_ptr() as usize, start, "the same allocation");
+        assert!(back.is_empty() && back.capacity() >= size);
     }
 }

@@ -170,8 +170,8 @@ pub fn write_and_fetch(
             }
             let write = (write_start, Instant::now(), blocks.len() as u64 * data.len() as u64);
             // Untimed pass: checks every block's bytes and brings it into
-            // the page cache (blockd writes with O_DIRECT, so a block just
-            // written is on disk only).
+            // the page cache (a block just written may already have been
+            // evicted).
             let mut buf = Vec::new();
             for block_id in &blocks {
                 let block = service.fetch(&mut stream, *block_id, &mut buf)?;
