@@ -6,14 +6,15 @@
 //! One cell = one block size × one connection count: every connection
 //! writes blocks back to back for the duration (at least one each), reads
 //! each block back once untimed (checking its bytes, and bringing it into
-//! the page cache), then fetches its blocks round-robin for the duration;
-//! finally every block is erased so the folder does not grow across cells.
+//! the page cache), then, once every connection has got that far, all
+//! fetch their blocks round-robin for the duration together; finally
+//! every block is erased so the folder does not grow across cells.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use wire::block::{EraseReq, EraseResp, FetchReq, FetchRespHead, TAG_FETCHED, WriteReq, WriteResp};
@@ -146,10 +147,13 @@ fn aggregate(phases: impl Iterator<Item = (Instant, Instant, u64)>) -> f64 {
 }
 
 /// Runs one cell: `connections` connections, blocks of `data.len()` bytes.
-/// The connections start together and run each phase for `duration`; they
-/// are not synchronised between phases (a failed connection must not wedge
-/// the others), so a phase's rate is its bytes over the span from the first
-/// start to the last end.
+/// The connections start together and run each phase for `duration`. The
+/// timed fetches start together once every connection has written and
+/// checked its blocks, so no connection's fetches overlap another's writes
+/// (with 64 MiB blocks a connection's last write can end seconds after
+/// another's); a connection that fails still reaches that meeting point,
+/// so it never wedges the others. A phase's rate is its bytes over the
+/// span from the first start to the last end.
 pub fn write_and_fetch(
     service: &BlockService,
     data: Arc<Vec<u8>>,
@@ -157,28 +161,37 @@ pub fn write_and_fetch(
     duration: Duration,
 ) -> Result<Cell> {
     let crc = wire::crc::crc32c(&data);
+    let fetch_together = Arc::new(Barrier::new(connections));
     let mut workers = Vec::new();
     for _ in 0..connections {
         let service = service.clone();
         let data = data.clone();
+        let fetch_together = fetch_together.clone();
         workers.push(std::thread::spawn(move || -> Result<Worked> {
-            let mut stream = service.connect()?;
-            let write_start = Instant::now();
-            let mut blocks = Vec::new();
-            while blocks.is_empty() || write_start.elapsed() < duration {
-                blocks.push(service.write(&mut stream, &data, crc)?);
-            }
-            let write = (write_start, Instant::now(), blocks.len() as u64 * data.len() as u64);
-            // Untimed pass: checks every block's bytes and brings it into
-            // the page cache (a block just written may already have been
-            // evicted).
-            let mut buf = Vec::new();
-            for block_id in &blocks {
-                let block = service.fetch(&mut stream, *block_id, &mut buf)?;
-                if block.len() != data.len() || wire::crc::crc32c(block) != crc {
-                    return Err(PerfError::Protocol(format!("blockd returned wrong bytes for {block_id}")));
+            let prepared = (|| -> Result<_> {
+                let mut stream = service.connect()?;
+                let write_start = Instant::now();
+                let mut blocks = Vec::new();
+                while blocks.is_empty() || write_start.elapsed() < duration {
+                    blocks.push(service.write(&mut stream, &data, crc)?);
                 }
-            }
+                let write = (write_start, Instant::now(), blocks.len() as u64 * data.len() as u64);
+                // Untimed pass: checks every block's bytes and brings it
+                // into the page cache (a block just written may already
+                // have been evicted).
+                let mut buf = Vec::new();
+                for block_id in &blocks {
+                    let block = service.fetch(&mut stream, *block_id, &mut buf)?;
+                    if block.len() != data.len() || wire::crc::crc32c(block) != crc {
+                        return Err(PerfError::Protocol(format!("blockd returned wrong bytes for {block_id}")));
+                    }
+                }
+                Ok((stream, write, blocks, buf))
+            })();
+            // Reached on failure too, so a failed connection never wedges
+            // the others.
+            fetch_together.wait();
+            let (mut stream, write, blocks, mut buf) = prepared?;
             let fetch_start = Instant::now();
             let mut fetched = 0u64;
             for (round, block_id) in blocks.iter().cycle().enumerate() {

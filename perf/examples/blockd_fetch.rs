@@ -1,0 +1,81 @@
+//! blockd's cached fetch alone, paired A/B between blockd binaries
+//! (issue 11's "blockd cached fetch × 16 connections" row).
+//!
+//! `cargo run --release -p perf --example blockd_fetch -- ROUNDS BLOCKD [BLOCKD ...]`
+//!
+//! Each round measures the 2-stream loopback limit (`perf::limits::tcp_loopback`,
+//! 2 s), then for each blockd binary, in an order that alternates between
+//! rounds: starts it on a fresh temporary folder and runs
+//! `perf::blocks::write_and_fetch` (the function eggs-perf's figure comes
+//! from) for 1 MiB and 64 MiB blocks × 16 connections, 2 s phases; it prints
+//! the fetch rate, its ratio to the round's loopback limit, and blockd's
+//! CPU seconds (user + system, from `/proc`) over the cell.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use perf::blocks::{self, BlockService};
+use perf::process::Daemon;
+
+const MIB: usize = 1 << 20;
+const PHASE: Duration = Duration::from_secs(2);
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based), 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let rounds: usize = args.next().and_then(|r| r.parse().ok()).expect("ROUNDS");
+    let binaries: Vec<PathBuf> = args.map(PathBuf::from).collect();
+    assert!(!binaries.is_empty(), "BLOCKD binaries");
+    let data = Arc::new(perf::limits::pseudo_random_bytes(64 * MIB, 17));
+    let cells = [(MIB, 16usize), (64 * MIB, 16)];
+    for round in 0..rounds {
+        let loopback = perf::limits::tcp_loopback(2, PHASE).expect("loopback");
+        println!("round {round}: loopback 2 streams {loopback:.0} MB/s");
+        let mut order: Vec<usize> = (0..binaries.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for b in order {
+            let folder = tempfile::tempdir().expect("tempdir");
+            let data_folder = folder.path().join("blockd");
+            std::fs::create_dir_all(&data_folder).expect("mkdir");
+            let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("sink");
+            let args: Vec<String> = vec![
+                data_folder.display().to_string(),
+                "--storage-class".into(),
+                "2".into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--shuckle".into(),
+                sink.local_addr().expect("sink addr").to_string(),
+            ];
+            let mut daemon = Daemon::start("blockd", &binaries[b], &args, &[], folder.path(), Duration::from_secs(60))
+                .expect("start blockd");
+            let key = blocks::read_key(&data_folder).expect("key");
+            let service = BlockService::new(daemon.address("tcp").expect("addr"), &key);
+            for &(size, connections) in &cells {
+                let before = cpu_seconds(daemon.pid());
+                let cell = blocks::write_and_fetch(&service, Arc::new(data[..size].to_vec()), connections, PHASE)
+                    .expect("cell");
+                let cpu = cpu_seconds(daemon.pid()) - before;
+                println!(
+                    "  bin {b} {} MiB x {connections}: fetch {:.0} MB/s = {:.0} %  (write {:.0} MB/s, blockd cpu {cpu:.2} s)",
+                    size / MIB,
+                    cell.fetch_mb_per_second,
+                    100.0 * cell.fetch_mb_per_second / loopback,
+                    cell.write_mb_per_second
+                );
+            }
+            daemon.stop(Duration::from_secs(5));
+        }
+    }
+}
