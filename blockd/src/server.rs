@@ -15,9 +15,10 @@
 //!   fdatasync'ed, renamed into place with `RENAME_NOREPLACE` (an existing
 //!   block is never overwritten), and its folder fsync'ed; only then is the
 //!   proof sent. Nothing is acknowledged before it is durable.
-//! - **Fetch** sends the block from the page cache with `sendfile(2)` (see
-//!   [`send_file`]): no copy through user space, no buffer per chunk. The
-//!   client checks the bytes against the CRC the shard holds.
+//! - **Fetch** sends the block from the page cache with `splice(2)` through
+//!   a 1 MiB pipe of its own (see [`send_file`]): no copy through user
+//!   space, no buffer per chunk. The client checks the bytes against the
+//!   CRC the shard holds.
 //! - **Crc** reads the block through the page cache (buffered io_uring
 //!   reads) in [`CHUNK_BYTES`] chunks with one chunk of read-ahead, so a
 //!   block is never held whole in memory. The CRC is recomputed from the
@@ -83,7 +84,11 @@
 //! a block is read by many clients), and is no slower the first time.
 //! `sendfile` from the page cache replaced the buffered reads for fetches
 //! (issue 11; figures in `perf/README.md`); registered buffers were not
-//! tried.
+//! tried. Session 7 replaced `sendfile` (whose internal pipe hands the
+//! socket 64 KiB per round) with splices through a 1 MiB pipe per fetch:
+//! paired against `sendfile`, 16 connections fetched 1.08× (1 MiB blocks)
+//! and 1.11× (64 MiB) the bytes with less blockd CPU
+//! (`perf/results/2026-11-27-s7-bd11.md`).
 //!
 //! Chunk size and write-behind depth, 16 MiB blocks, 1 / 4 connections
 //! (measured before the io-probe fix in [`crate::store`], while glommio
@@ -137,7 +142,7 @@ use crate::store::{BLOCK_DIR_COUNT, Layout, free_space};
 pub const CHUNK_BYTES: usize = 1 << 20;
 
 /// Bytes written through user space when a fetch's socket is full (the
-/// write waits for room; `sendfile` then resumes).
+/// write waits for room; splicing then resumes).
 const BOUNCE_BYTES: usize = 16 << 10;
 
 /// Open connections one executor serves at once. A connection holds at
@@ -500,7 +505,7 @@ async fn serve_connection(executor: Rc<Executor>, stream: TcpStream, id: u64, sh
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(executor.shared.stall_timeout));
-    // Non-blocking, for `sendfile` (glommio's own calls never block anyway).
+    // Non-blocking, for `splice` (glommio's own calls never block anyway).
     set_nonblocking(stream.as_raw_fd());
     let mut stream = stream.buffered_with(Preallocated::new(RECEIVE_BUFFER_BYTES));
     loop {
@@ -932,17 +937,137 @@ async fn fetch(executor: &Executor, stream: &mut Stream, request: &FetchReq) -> 
     Ok(())
 }
 
-/// Sends `size` bytes of the file `file` on `stream` with `sendfile(2)`:
-/// from the page cache to the socket with no copy through user space.
+/// Capacity asked of a fetch's own pipe (`F_SETPIPE_SZ`; the kernel's
+/// default `pipe-max-size` allows it). `sendfile(2)` splices through a
+/// pipe of the default 64 KiB, so each of its rounds hands the socket at
+/// most 64 KiB; a 1 MiB pipe hands it up to 1 MiB per call.
+const PIPE_BYTES: usize = 1 << 20;
+
+/// A pipe's two ends, closed on drop.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Self> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and ours.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: plain fcntl on a descriptor we own. A refusal (a lower
+        // pipe-max-size, or the user over pipe-user-pages-soft with many
+        // fetches in flight) leaves the pipe smaller, which F_GETPIPE_SZ
+        // reports: slower, still correct.
+        let capacity = unsafe {
+            libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES as libc::c_int);
+            libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
+        };
+        let capacity = usize::try_from(capacity).unwrap_or(0).max(4096);
+        Ok(Self { read, write, capacity })
+    }
+}
+
+/// Sends `size` bytes of the file `file` on `stream` from the page cache,
+/// with no copy through user space: `splice(2)` file → a pipe of the
+/// fetch's own ([`PIPE_BYTES`]) → socket.
 ///
-/// The socket is non-blocking (see [`serve_connection`]), so `sendfile`
-/// never blocks the executor on a slow client: when the socket is full it
-/// says so, and the next [`BOUNCE_BYTES`] go through an ordinary write,
-/// which waits (under the stall timeout) for room like any other. The file
-/// is asked into the page cache first (`POSIX_FADV_WILLNEED`), so a block
-/// read for the first time is mostly being read by the kernel while the
-/// first chunks are sent.
+/// The socket is non-blocking (see [`serve_connection`]), so a splice never
+/// blocks the executor on a slow client: when the socket is full it says
+/// so, and the next [`BOUNCE_BYTES`] in the pipe are read out and go
+/// through an ordinary write, which waits (under the stall timeout) for
+/// room like any other. The file is asked into the page cache first
+/// (`POSIX_FADV_WILLNEED`), so a block read for the first time is mostly
+/// being read by the kernel while the first chunks are sent.
 async fn send_file(stream: &mut Stream, file: RawFd, size: u64, path: &Path) -> Result<(), ConnectionEnd> {
+    let socket = stream.as_raw_fd();
+    // SAFETY: plain advisory call on a descriptor we hold open.
+    unsafe { libc::posix_fadvise(file, 0, size as libc::off_t, libc::POSIX_FADV_WILLNEED) };
+    let pipe = match Pipe::new() {
+        Ok(pipe) => pipe,
+        // Out of descriptors (each fetch in flight needs two more for its
+        // pipe): send as before, through the kernel's own pipe.
+        Err(error) => {
+            tracing::debug!(%error, "no pipe for a fetch; using sendfile");
+            return send_file_direct(stream, file, size, path).await;
+        }
+    };
+    let mut offset: libc::loff_t = 0;
+    let mut in_pipe = 0usize;
+    let mut bounce: Vec<u8> = Vec::new();
+    while (offset as u64) < size || in_pipe > 0 {
+        if in_pipe == 0 {
+            let want = ((size - offset as u64) as usize).min(pipe.capacity);
+            // SAFETY: both descriptors are open; `offset` is a valid, exclusive pointer.
+            let moved = unsafe {
+                libc::splice(
+                    file,
+                    &mut offset,
+                    pipe.write.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    want,
+                    libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+                )
+            };
+            if moved == 0 {
+                return Err(storage("reading", path)(io::Error::other("block shorter than its size")));
+            }
+            if moved < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(storage("reading", path)(error));
+            }
+            in_pipe = moved as usize;
+        }
+        // SAFETY: both descriptors are open; no offsets (a pipe and a socket).
+        let sent = unsafe {
+            libc::splice(
+                pipe.read.as_raw_fd(),
+                std::ptr::null_mut(),
+                socket,
+                std::ptr::null_mut(),
+                in_pipe,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if sent > 0 {
+            in_pipe -= sent as usize;
+            continue;
+        }
+        let error = if sent == 0 { io::Error::from(io::ErrorKind::WriteZero) } else { io::Error::last_os_error() };
+        match error.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => {
+                let length = in_pipe.min(BOUNCE_BYTES);
+                bounce.resize(length, 0);
+                // SAFETY: `bounce` holds `length` writable bytes; the pipe
+                // holds at least `length` bytes, so this read does not wait.
+                let read = unsafe { libc::read(pipe.read.as_raw_fd(), bounce.as_mut_ptr().cast(), length) };
+                if read <= 0 {
+                    let error =
+                        if read == 0 { io::Error::other("pipe ended early") } else { io::Error::last_os_error() };
+                    return Err(ConnectionEnd::Socket(error));
+                }
+                stream.write_all(&bounce[..read as usize]).await?;
+                in_pipe -= read as usize;
+            }
+            _ => return Err(ConnectionEnd::Socket(error)),
+        }
+    }
+    Ok(())
+}
+
+/// [`send_file`] with `sendfile(2)`, which splices through the kernel's
+/// own 64 KiB pipe: the fallback when no pipe can be made (descriptors
+/// exhausted). A full socket is handled as in [`send_file`], with the next
+/// [`BOUNCE_BYTES`] read from the file.
+async fn send_file_direct(stream: &mut Stream, file: RawFd, size: u64, path: &Path) -> Result<(), ConnectionEnd> {
     let socket = stream.as_raw_fd();
     // SAFETY: plain advisory call on a descriptor we hold open.
     unsafe { libc::posix_fadvise(file, 0, size as libc::off_t, libc::POSIX_FADV_WILLNEED) };

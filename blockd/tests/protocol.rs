@@ -108,6 +108,43 @@ fn pipelined_requests_are_answered_in_order() {
     sender.join().unwrap();
 }
 
+/// A reader slower than blockd fills the socket again and again mid-fetch,
+/// so the fetch goes back and forth between splicing and the ordinary
+/// write that waits for room: every byte still arrives once, in order, and
+/// the connection stays in step for the next request.
+#[test]
+fn a_slow_reader_gets_every_byte_of_a_large_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let key = daemon.key();
+    let mut stream = daemon.connect();
+    // Several of the fetch's 1 MiB pipe fills, and an odd tail.
+    let data = random_bytes(9 * 1024 * 1024 + 4321);
+    let id = fresh_block_id(6);
+    write_block(&mut stream, &key, id, &data);
+
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    stream.write_all(FetchReq::new(id).as_bytes()).unwrap();
+    let head: FetchRespHead = read_struct(&mut stream);
+    assert_eq!(head.size.get(), data.len() as u32);
+    let mut fetched = vec![0u8; data.len()];
+    let mut at = 0;
+    let mut reads = 0u64;
+    while at < fetched.len() {
+        // Pauses let the socket fill; small reads make room a little at a time.
+        if reads.is_multiple_of(64) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let end = (at + 16 * 1024 + 7).min(fetched.len());
+        let n = stream.read(&mut fetched[at..end]).unwrap();
+        assert!(n > 0, "connection closed after {at} of {} bytes", data.len());
+        at += n;
+        reads += 1;
+    }
+    assert!(fetched == data, "a slow reader got different bytes");
+    assert_eq!(fetch_block(&mut stream, id), data);
+}
+
 /// Runs `attempt` on a fresh connection, expects the daemon to close it,
 /// then checks nothing of `block_id` is on disk and the daemon still serves.
 fn assert_refused(daemon: &Daemon, block_id: BlockId, attempt: impl FnOnce(&mut std::net::TcpStream)) {
