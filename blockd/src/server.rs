@@ -16,7 +16,7 @@
 //!   block is never overwritten), and its folder fsync'ed; only then is the
 //!   proof sent. Nothing is acknowledged before it is durable.
 //! - **Fetch** sends the block from the page cache with `splice(2)` through
-//!   a 1 MiB pipe of its own (see [`send_file`]): no copy through user
+//!   a 1 MiB pipe its executor keeps (see [`send_file`]): no copy through user
 //!   space, no buffer per chunk. The client checks the bytes against the
 //!   CRC the shard holds.
 //! - **Crc** reads the block through the page cache (buffered io_uring
@@ -85,10 +85,10 @@
 //! `sendfile` from the page cache replaced the buffered reads for fetches
 //! (issue 11; figures in `perf/README.md`); registered buffers were not
 //! tried. Session 7 replaced `sendfile` (whose internal pipe hands the
-//! socket 64 KiB per round) with splices through a 1 MiB pipe per fetch:
-//! paired against `sendfile`, 16 connections fetched 1.08× (1 MiB blocks)
-//! and 1.11× (64 MiB) the bytes with less blockd CPU
-//! (`perf/results/2026-11-27-s7-bd11.md`).
+//! socket 64 KiB per round) with splices through 1 MiB pipes each executor
+//! keeps: paired against `sendfile`, 16 connections fetched 1.17–1.47×
+//! (1 MiB blocks) and 1.12–1.24× (64 MiB); one connection was mixed
+//! (0.71–1.15× and 0.90–1.43×); see `perf/results/2026-11-27-s7-bd11.md`.
 //!
 //! Chunk size and write-behind depth, 16 MiB blocks, 1 / 4 connections
 //! (measured before the io-probe fix in [`crate::store`], while glommio
@@ -245,6 +245,9 @@ struct Executor {
     stop: Semaphore,
     /// The open connections, for the limits and for shedding.
     connections: std::cell::RefCell<ConnectionTable>,
+    /// Empty fetch pipes kept for the next fetch (at most
+    /// [`PIPES_KEPT`]), so a fetch does not make and close one.
+    pipes: std::cell::RefCell<Vec<Pipe>>,
 }
 
 /// Where a connection is: waiting (idle between requests, or in the
@@ -443,6 +446,7 @@ pub async unsafe fn run(
         stopping: Cell::new(false),
         stop: Semaphore::new(0),
         connections: std::cell::RefCell::new(ConnectionTable::default()),
+        pipes: std::cell::RefCell::new(Vec::new()),
     });
     raise_descriptor_limit();
     EXECUTORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -931,17 +935,21 @@ async fn fetch(executor: &Executor, stream: &mut Stream, request: &FetchReq) -> 
     let size = file.file_size().await.map_err(storage("reading the size of", &path))?;
     let size = u32::try_from(size).map_err(|_| Refusal::StoredTooLarge(block_id))?;
     stream.write_all(FetchRespHead::new(size).as_bytes()).await?;
-    send_file(stream, file.as_raw_fd(), u64::from(size), &path).await?;
+    send_file(executor, stream, file.as_raw_fd(), u64::from(size), &path).await?;
     let _ = file.close().await;
     executor.shared.counters.fetched(u64::from(size));
     Ok(())
 }
 
-/// Capacity asked of a fetch's own pipe (`F_SETPIPE_SZ`; the kernel's
+/// Capacity asked of a fetch pipe (`F_SETPIPE_SZ`; the kernel's
 /// default `pipe-max-size` allows it). `sendfile(2)` splices through a
 /// pipe of the default 64 KiB, so each of its rounds hands the socket at
 /// most 64 KiB; a 1 MiB pipe hands it up to 1 MiB per call.
 const PIPE_BYTES: usize = 1 << 20;
+
+/// Empty fetch pipes one executor keeps between fetches (each holds no
+/// pages while empty, only its ring and two descriptors).
+const PIPES_KEPT: usize = 16;
 
 /// A pipe's two ends, closed on drop.
 struct Pipe {
@@ -973,8 +981,8 @@ impl Pipe {
 }
 
 /// Sends `size` bytes of the file `file` on `stream` from the page cache,
-/// with no copy through user space: `splice(2)` file → a pipe of the
-/// fetch's own ([`PIPE_BYTES`]) → socket.
+/// with no copy through user space: `splice(2)` file → a pipe
+/// ([`PIPE_BYTES`], reused from the executor's [`PIPES_KEPT`]) → socket.
 ///
 /// The socket is non-blocking (see [`serve_connection`]), so a splice never
 /// blocks the executor on a slow client: when the socket is full it says
@@ -983,11 +991,18 @@ impl Pipe {
 /// room like any other. The file is asked into the page cache first
 /// (`POSIX_FADV_WILLNEED`), so a block read for the first time is mostly
 /// being read by the kernel while the first chunks are sent.
-async fn send_file(stream: &mut Stream, file: RawFd, size: u64, path: &Path) -> Result<(), ConnectionEnd> {
+async fn send_file(
+    executor: &Executor,
+    stream: &mut Stream,
+    file: RawFd,
+    size: u64,
+    path: &Path,
+) -> Result<(), ConnectionEnd> {
     let socket = stream.as_raw_fd();
     // SAFETY: plain advisory call on a descriptor we hold open.
     unsafe { libc::posix_fadvise(file, 0, size as libc::off_t, libc::POSIX_FADV_WILLNEED) };
-    let pipe = match Pipe::new() {
+    let kept = executor.pipes.borrow_mut().pop();
+    let pipe = match kept.map_or_else(Pipe::new, Ok) {
         Ok(pipe) => pipe,
         // Out of descriptors (each fetch in flight needs two more for its
         // pipe): send as before, through the kernel's own pipe.
@@ -1059,6 +1074,11 @@ async fn send_file(stream: &mut Stream, file: RawFd, size: u64, path: &Path) -> 
             }
             _ => return Err(ConnectionEnd::Socket(error)),
         }
+    }
+    // Empty now (a failed fetch drops its pipe with whatever it held).
+    let mut pipes = executor.pipes.borrow_mut();
+    if pipes.len() < PIPES_KEPT {
+        pipes.push(pipe);
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! 2 s), then for each blockd binary, in an order that alternates between
 //! rounds: starts it on a fresh temporary folder and runs
 //! `perf::blocks::write_and_fetch` (the function eggs-perf's figure comes
-//! from) for 1 MiB and 64 MiB blocks × 16 connections, 2 s phases; it prints
+//! from) for 1 MiB and 64 MiB blocks × 16 and × 1 connection, 2 s phases; it prints
 //! the fetch rate, its ratio to the round's loopback limit, and blockd's
 //! CPU seconds (user + system, from `/proc`) over the cell.
 
@@ -36,7 +36,7 @@ fn main() {
     let binaries: Vec<PathBuf> = args.map(PathBuf::from).collect();
     assert!(!binaries.is_empty(), "BLOCKD binaries");
     let data = Arc::new(perf::limits::pseudo_random_bytes(64 * MIB, 17));
-    let cells = [(MIB, 16usize), (64 * MIB, 16)];
+    let cells = [(MIB, 16usize), (64 * MIB, 16), (MIB, 1), (64 * MIB, 1)];
     for round in 0..rounds {
         let loopback = perf::limits::tcp_loopback(2, PHASE).expect("loopback");
         println!("round {round}: loopback 2 streams {loopback:.0} MB/s");
