@@ -248,6 +248,10 @@ struct Executor {
     /// Empty fetch pipes kept for the next fetch (at most
     /// [`PIPES_KEPT`]), so a fetch does not make and close one.
     pipes: std::cell::RefCell<Vec<Pipe>>,
+    /// Chunk buffers of finished block writes, kept for the next ones (at
+    /// most [`WRITE_BUFFERS_KEPT`]), so a write does not allocate and zero
+    /// a `CHUNK_BYTES` buffer of its own.
+    write_buffers: std::cell::RefCell<Vec<Vec<u8>>>,
 }
 
 /// Where a connection is: waiting (idle between requests, or in the
@@ -447,6 +451,7 @@ pub async unsafe fn run(
         stop: Semaphore::new(0),
         connections: std::cell::RefCell::new(ConnectionTable::default()),
         pipes: std::cell::RefCell::new(Vec::new()),
+        write_buffers: std::cell::RefCell::new(Vec::new()),
     });
     raise_descriptor_limit();
     EXECUTORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -672,7 +677,7 @@ async fn write(executor: &Executor, stream: &mut Stream, request: &WriteReq) -> 
     let block_id = request.block_id;
     let temp = executor.shared.layout.temp_path(block_id, executor.index, executor.next_sequence());
     let mut received = 0u64;
-    let staged = stage(stream, request, &temp, &mut received).await;
+    let staged = stage(executor, stream, request, &temp, &mut received).await;
     let published = match staged {
         Ok(()) => publish(executor, request, &temp).await,
         Err(end) => Err(end),
@@ -745,7 +750,13 @@ async fn answer_storage_failure(
 /// against 4.0 for `pwrite` and 1.5 for O_DIRECT. `pwrite` may block the
 /// executor while the kernel throttles dirty pages; each block's
 /// `fdatasync` keeps few of them dirty.
-async fn stage(stream: &mut Stream, request: &WriteReq, temp: &Path, received: &mut u64) -> Result<(), ConnectionEnd> {
+async fn stage(
+    executor: &Executor,
+    stream: &mut Stream,
+    request: &WriteReq,
+    temp: &Path,
+    received: &mut u64,
+) -> Result<(), ConnectionEnd> {
     let block_id = request.block_id;
     let size = u64::from(request.size.get());
     let file = OpenOptions::new()
@@ -759,9 +770,41 @@ async fn stage(stream: &mut Stream, request: &WriteReq, temp: &Path, received: &
     // SAFETY: the descriptor stays open (owned by `file`) while this
     // borrowed handle lives; ManuallyDrop never closes it.
     let plain = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(file.as_raw_fd()) });
+    let mut buffer = executor.write_buffers.borrow_mut().pop().unwrap_or_default();
+    buffer.resize((size.min(CHUNK_BYTES as u64)) as usize, 0);
+    let copied = copy_payload(stream, &plain, &mut buffer, block_id, size, temp, received).await;
+    {
+        let mut kept = executor.write_buffers.borrow_mut();
+        if kept.len() < WRITE_BUFFERS_KEPT {
+            kept.push(buffer);
+        }
+    }
+    let crc = copied?;
+    if crc != request.crc.get() {
+        return Err(Refusal::CrcMismatch { block_id, expected: request.crc.get(), actual: crc }.into());
+    }
+    file.fdatasync().await.map_err(storage("syncing", temp))?;
+    file.close().await.map_err(storage("closing", temp))?;
+    Ok(())
+}
+
+/// Chunk buffers one executor keeps between block writes: one per
+/// connection writing at once, up to this many (1 MiB each).
+const WRITE_BUFFERS_KEPT: usize = 8;
+
+/// Reads `size` payload bytes from `stream` through `buffer` into `file`'s
+/// page cache, chunk by chunk; returns their CRC32C.
+async fn copy_payload(
+    stream: &mut Stream,
+    file: &std::fs::File,
+    buffer: &mut [u8],
+    block_id: BlockId,
+    size: u64,
+    temp: &Path,
+    received: &mut u64,
+) -> Result<u32, ConnectionEnd> {
     let mut crc = 0u32;
     let mut position = 0u64;
-    let mut buffer = vec![0u8; (size.min(CHUNK_BYTES as u64)) as usize];
     while position < size {
         let length = (size - position).min(CHUNK_BYTES as u64) as usize;
         let chunk = &mut buffer[..length];
@@ -769,15 +812,10 @@ async fn stage(stream: &mut Stream, request: &WriteReq, temp: &Path, received: &
         *received += length as u64;
         crc = crc32c_append(crc, chunk);
         // Into the page cache: a copy, on this thread (no disk wait).
-        std::os::unix::fs::FileExt::write_all_at(&*plain, chunk, position).map_err(storage("writing", temp))?;
+        std::os::unix::fs::FileExt::write_all_at(file, chunk, position).map_err(storage("writing", temp))?;
         position += length as u64;
     }
-    if crc != request.crc.get() {
-        return Err(Refusal::CrcMismatch { block_id, expected: request.crc.get(), actual: crc }.into());
-    }
-    file.fdatasync().await.map_err(storage("syncing", temp))?;
-    file.close().await.map_err(storage("closing", temp))?;
-    Ok(())
+    Ok(crc)
 }
 
 /// Moves a durable temporary file to its block's name, never replacing an
