@@ -14,6 +14,9 @@
 //!   is mapped (page and node headers LMDB trusts), and the SIGSEGV/SIGBUS
 //!   guard that turns a fault inside the map into one line, exit 3 and a
 //!   marker the next start refuses (issue 17 F).
+//! - [`journal`]: the write-ahead journal under an LMDB store (records of
+//!   each commit's effects, one small sync per batch, checkpoints that make
+//!   LMDB's own file trustworthy after power loss, recovery at open).
 //! - [`signals`]: SIGTERM/SIGINT taken by `sigwait`, never by a handler.
 //! - [`address`]: address flags: host names resolved at start, `--advertise`
 //!   (a wildcard listen address needs it), the source of outgoing requests.
@@ -32,6 +35,7 @@ pub mod bind;
 pub mod exit;
 pub mod fault;
 pub mod folder;
+pub mod journal;
 pub mod keyfile;
 pub mod lmdb;
 pub mod log;

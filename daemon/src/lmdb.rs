@@ -83,6 +83,36 @@ const P_OVERFLOW: u16 = 0x04;
 const F_BIGDATA: u16 = 0x01;
 const F_SUBDATA: u16 = 0x02;
 
+/// Bytes at the start of a meta page that hold everything LMDB reads of
+/// it (the page header and `MDB_meta`), rounded up: what a checkpoint of
+/// [`crate::journal`] keeps and writes back.
+pub const META_COPY_BYTES: usize = 256;
+const _: () = assert!(PAGE_HEADER_BYTES + META_TXNID_AT + 8 <= META_COPY_BYTES);
+
+/// The transaction id of a meta page's first [`META_COPY_BYTES`] (or
+/// more), `None` when it is not an LMDB meta page.
+pub fn meta_txnid(page: &[u8]) -> Option<u64> {
+    meta(page).map(|meta| meta.txnid)
+}
+
+/// The page size a meta page records, `None` when it is not a meta page
+/// or the size is implausible.
+pub fn meta_page_bytes(page: &[u8]) -> Option<u64> {
+    let bytes = meta(page)?.page_bytes;
+    ((PAGE_SIZE_MIN..=PAGE_SIZE_MAX).contains(&bytes) && bytes.is_power_of_two()).then_some(bytes)
+}
+
+/// Sets a meta page's page number (its header) and transaction id.
+pub fn set_meta_identity(page: &mut [u8], number: u64, txnid: u64) {
+    if let Some(field) = page.get_mut(..8) {
+        field.copy_from_slice(&number.to_le_bytes());
+    }
+    let at = PAGE_HEADER_BYTES + META_TXNID_AT;
+    if let Some(field) = page.get_mut(at..at + 8) {
+        field.copy_from_slice(&txnid.to_le_bytes());
+    }
+}
+
 /// What the check found wrong: the file cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum Damage {

@@ -1,0 +1,358 @@
+use super::*;
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const DATABASES: [&str; 3] = ["alpha", "beta", "gamma"];
+
+type Model = Vec<BTreeMap<Vec<u8>, Vec<u8>>>;
+
+fn open_env(dir: &Path) -> (Env<WithoutTls>, Vec<Database<Bytes, Bytes>>) {
+    let mut options = heed::EnvOpenOptions::new().read_txn_without_tls();
+    options.map_size(1 << 30).max_dbs(4);
+    let env = unsafe { options.open(dir) }.unwrap();
+    let mut txn = env.write_txn().unwrap();
+    let dbs = DATABASES.iter().map(|name| env.create_database(&mut txn, Some(name)).unwrap()).collect();
+    txn.commit().unwrap();
+    (env, dbs)
+}
+
+fn contents(env: &Env<WithoutTls>, dbs: &[Database<Bytes, Bytes>]) -> Model {
+    let txn = env.read_txn().unwrap();
+    dbs.iter()
+        .map(|db| db.iter(&txn).unwrap().map(|item| item.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect())
+        .collect()
+}
+
+fn seeded() -> StdRng {
+    let seed = rand::rng().next_u64();
+    eprintln!("seed {seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+/// The journal's side of a test: what was delivered, in order.
+struct Harness {
+    env: Env<WithoutTls>,
+    dbs: Vec<Database<Bytes, Bytes>>,
+    journal: Journal<u64>,
+    delivered: Arc<Mutex<Vec<u64>>>,
+    model: Model,
+    /// The model after each commit (index = commit number).
+    history: Vec<Model>,
+    effects: Effects,
+    commits: u64,
+    /// Commits that wrote a record (some change nothing: deletes of
+    /// missing keys only).
+    records: u64,
+}
+
+static FAILURES: AtomicU64 = AtomicU64::new(0);
+
+fn count_failure(error: &JournalError) {
+    eprintln!("journal failure: {error}");
+    FAILURES.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Harness {
+    fn new(dir: &Path, bytes: u64, period: Duration) -> Self {
+        let (env, dbs) = open_env(dir);
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let sink = delivered.clone();
+        let config = Config { bytes, checkpoint_period: period, on_failure: count_failure };
+        let journal = Journal::start(&env, config, JournalMetrics::new(), move |payloads: Vec<u64>| {
+            sink.lock().unwrap().extend(payloads);
+        })
+        .unwrap();
+        let model = vec![BTreeMap::new(); DATABASES.len()];
+        Self {
+            env,
+            dbs,
+            journal,
+            delivered,
+            history: vec![model.clone()],
+            model,
+            effects: Effects::default(),
+            commits: 0,
+            records: 0,
+        }
+    }
+
+    /// One write transaction of a few random ops, journaled.
+    fn commit(&mut self, rng: &mut StdRng) {
+        let mut txn = self.env.write_txn().unwrap();
+        for _ in 0..rng.random_range(1..8) {
+            let index = rng.random_range(0..DATABASES.len());
+            let db = self.dbs[index];
+            let key = rng.random_range(0u32..300).to_be_bytes().to_vec();
+            match rng.random_range(0..100) {
+                0 if index == 2 => {
+                    db.clear(&mut txn).unwrap();
+                    self.effects.clear(index as u8);
+                    self.model[index].clear();
+                }
+                1..30 => {
+                    if db.delete(&mut txn, &key).unwrap() {
+                        self.effects.delete(index as u8, &key);
+                    }
+                    self.model[index].remove(&key);
+                }
+                _ => {
+                    let len =
+                        if rng.random_ratio(1, 20) { rng.random_range(2500..9000) } else { rng.random_range(1..200) };
+                    let mut value = vec![0u8; len];
+                    rng.fill_bytes(&mut value);
+                    db.put(&mut txn, &key, &value).unwrap();
+                    self.effects.put(index as u8, &key, &value);
+                    self.model[index].insert(key, value);
+                }
+            }
+        }
+        txn.commit().unwrap();
+        self.commits += 1;
+        self.records += u64::from(!self.effects.is_empty());
+        self.history.push(self.model.clone());
+        self.journal.append(&mut self.effects, self.commits);
+        self.journal.after_commit();
+    }
+
+    /// Whether the last commit wrote a record.
+    fn effects_of_last_commit(&self) -> bool {
+        self.history.len() >= 2 && self.history[self.history.len() - 1] != self.history[self.history.len() - 2]
+    }
+
+    /// Waits until every commit is delivered (durable).
+    fn wait_durable(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.delivered.lock().unwrap().len() < self.commits as usize {
+            assert!(Instant::now() < deadline, "commits not made durable");
+            self.journal.after_commit();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let delivered = self.delivered.lock().unwrap();
+        assert!(delivered.iter().copied().eq(1..=self.commits), "delivered in commit order");
+    }
+}
+
+/// Copies the store's two files into a new folder: the disk as the next
+/// start sees it.
+fn disk_copy(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for name in ["data.mdb", FILE_NAME] {
+        std::fs::copy(from.join(name), to.path().join(name)).unwrap();
+    }
+    to
+}
+
+/// Restores, checks, opens and replays the store in `dir`.
+fn recover(dir: &Path) -> (Model, Replayed) {
+    let restored = restore(dir).unwrap().expect("a journal");
+    crate::lmdb::check(dir).unwrap_or_else(|damage| panic!("after the restore: {damage}"));
+    let (env, dbs) = open_env(dir);
+    let replayed = restored.replay(&env, &dbs).unwrap();
+    (contents(&env, &dbs), replayed)
+}
+
+#[test]
+fn effects_round_trip_and_a_rolled_back_mutation_leaves_none() {
+    let mut effects = Effects::default();
+    effects.put(0, b"key", b"value");
+    effects.delete(2, b"gone");
+    let mark = effects.mark();
+    effects.put(1, b"rolled", b"back");
+    effects.clear(1);
+    effects.truncate_to(mark);
+    effects.clear(7);
+    effects.put(3, b"", &[9u8; 5000]);
+    let ops: Vec<Op<'_>> = effects.ops().map(Result::unwrap).collect();
+    assert_eq!(
+        ops,
+        vec![
+            Op::Put { db: 0, key: b"key", value: b"value" },
+            Op::Delete { db: 2, key: b"gone" },
+            Op::Clear { db: 7 },
+            Op::Put { db: 3, key: b"", value: &[9u8; 5000] },
+        ]
+    );
+    assert_eq!(effects.len(), 4);
+    effects.reset();
+    assert!(effects.is_empty() && effects.ops().next().is_none());
+}
+
+#[test]
+fn garbage_decodes_to_an_error_never_a_panic() {
+    let mut effects = Effects::default();
+    effects.put(0, b"key", b"value");
+    effects.delete(1, b"k");
+    let bytes = effects.as_bytes().to_vec();
+    // Every cut of a valid buffer ends in an error (or is whole).
+    for len in (1..bytes.len()).filter(|&len| len != 2 + 8 + 3 + 5) {
+        let ops: Vec<_> = decode(&bytes[..len]).collect();
+        assert!(ops.last().unwrap().is_err(), "cut at {len}: {ops:?}");
+        assert_eq!(ops.iter().filter(|op| op.is_err()).count(), 1);
+    }
+    // An unknown kind; a length of 4 GiB (checked, not allocated).
+    assert!(decode(&[9, 0]).next().unwrap().is_err());
+    assert!(decode(&[OP_PUT, 0, 255, 255, 255, 255, 0, 0, 0, 0]).next().unwrap().is_err());
+    let mut rng = seeded();
+    for _ in 0..20_000 {
+        let mut garbage = vec![0u8; rng.random_range(0..64)];
+        rng.fill_bytes(&mut garbage);
+        let ops: Vec<_> = decode(&garbage).collect();
+        assert!(ops.iter().rev().skip(1).all(Result::is_ok), "only the last item may be an error");
+    }
+}
+
+// A SIGKILL: the page cache (the files as written) survives. The restart
+// restores the checkpoint and replays up to the last record.
+#[test]
+fn a_restart_after_a_kill_replays_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = Harness::new(dir.path(), 1 << 20, Duration::from_secs(3600));
+    let mut rng = seeded();
+    for _ in 0..40 {
+        harness.commit(&mut rng);
+    }
+    harness.journal.checkpoint_now();
+    let before = harness.records;
+    for _ in 0..60 {
+        harness.commit(&mut rng);
+    }
+    harness.wait_durable();
+    let disk = disk_copy(dir.path());
+    let (state, replayed) = recover(disk.path());
+    assert_eq!(replayed.records as u64, harness.records - before, "the records after the checkpoint");
+    assert!(state == harness.model, "the store equals the model");
+    // The recovered store opens again as it is (its journal checkpointed).
+    let (state, replayed) = recover(disk.path());
+    assert_eq!(replayed.records, 0);
+    assert!(state == harness.model);
+}
+
+#[test]
+fn a_torn_last_record_is_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = Harness::new(dir.path(), 1 << 20, Duration::from_secs(3600));
+    let mut rng = seeded();
+    while harness.records < 30 || !harness.effects_of_last_commit() {
+        harness.commit(&mut rng);
+    }
+    harness.wait_durable();
+    let disk = disk_copy(dir.path());
+    tear_last_record(disk.path(), &mut rng);
+    let (state, replayed) = recover(disk.path());
+    assert_eq!(replayed.records as u64, harness.records - 1);
+    let before_last = harness.history.len() - 2;
+    assert!(state == harness.history[before_last], "every whole record, not the torn one");
+}
+
+/// Overwrites the second half of the journal's last record with garbage.
+fn tear_last_record(dir: &Path, rng: &mut StdRng) {
+    let journal = JournalFile::open(&dir.join(FILE_NAME)).unwrap().unwrap();
+    let checkpoint = journal.checkpoint().unwrap();
+    let (records, end) = journal.scan(&checkpoint);
+    let last = records.last().expect("records");
+    let size = record_bytes(last.payload.len());
+    let start = end - size;
+    let mut garbage = vec![0u8; (size / 2) as usize];
+    rng.fill_bytes(&mut garbage);
+    journal.file.write_all_at(&garbage, journal.offset(start + size - size / 2)).unwrap();
+}
+
+// A small journal, checkpoints every few milliseconds: the records wrap
+// around the area many times, and the area holds stale records of earlier
+// laps (and of the epoch before the restart) right after the last current
+// one; the values change on every commit, so replaying one would show.
+#[test]
+fn records_wrap_around_and_stale_laps_are_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = Harness::new(dir.path(), JOURNAL_BYTES_MIN, Duration::from_millis(5));
+    let mut rng = seeded();
+    let area = JOURNAL_BYTES_MIN - AREA_START;
+    for round in 0..1500 {
+        harness.commit(&mut rng);
+        if round % 50 == 0 {
+            harness.wait_durable();
+        }
+    }
+    harness.wait_durable();
+    let written = harness.journal.shared.lock().head;
+    assert!(written > 5 * area, "the records wrapped around ({written} bytes in a {area}-byte area)");
+    assert!(harness.journal.checkpoints() > 5);
+    let disk = disk_copy(dir.path());
+    let (state, _) = recover(disk.path());
+    assert!(state == harness.model);
+}
+
+// With checkpoints only on demand (an hour apart), a journal of a few
+// pages fills: the journal thread forces a checkpoint and waits for it,
+// and every commit is still made durable, in order.
+#[test]
+fn a_full_journal_forces_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = Harness::new(dir.path(), JOURNAL_BYTES_MIN, Duration::from_secs(3600));
+    let mut rng = seeded();
+    for _ in 0..400 {
+        harness.commit(&mut rng);
+    }
+    harness.wait_durable();
+    assert!(harness.journal.checkpoints() >= 2, "checkpoints: {}", harness.journal.checkpoints());
+    assert_eq!(FAILURES.load(Ordering::Relaxed), 0);
+    let disk = disk_copy(dir.path());
+    let (state, _) = recover(disk.path());
+    assert!(state == harness.model);
+}
+
+/// Simulated power loss. The disk keeps what was synced: `data.mdb` as of
+/// the checkpoint's sync, except that every page written since may hold
+/// anything (here: garbage) and the meta pages are the newest one (meta
+/// ahead of data, the worst case); the journal's last record is torn.
+/// Recovery must give exactly the state of every whole record.
+#[test]
+fn power_loss_after_a_checkpoint_recovers_every_whole_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = Harness::new(dir.path(), 4 << 20, Duration::from_secs(3600));
+    let mut rng = seeded();
+    for _ in 0..60 {
+        harness.commit(&mut rng);
+    }
+    harness.journal.checkpoint_now();
+    let before = harness.records;
+    // The test is the only writer and waited for the checkpoint: the file
+    // is what the checkpoint's sync wrote.
+    let synced = std::fs::read(dir.path().join("data.mdb")).unwrap();
+    while harness.commits < 460 || !harness.effects_of_last_commit() {
+        harness.commit(&mut rng);
+    }
+    harness.wait_durable();
+    let disk = disk_copy(dir.path());
+    let path = disk.path().join("data.mdb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page = PAGE as usize;
+    let mut garbled = 0;
+    for (number, chunk) in bytes.chunks_mut(page).enumerate().skip(2) {
+        let at = number * page;
+        if synced.get(at..at + page) != Some(&chunk[..]) {
+            rng.fill_bytes(chunk);
+            garbled += 1;
+        }
+    }
+    let metas = [&bytes[..META_COPY_BYTES], &bytes[page..page + META_COPY_BYTES]];
+    let txnids = metas.map(|meta| crate::lmdb::meta_txnid(meta).unwrap());
+    let newest: Vec<u8> = bytes[if txnids[1] > txnids[0] { page } else { 0 }..][..page].to_vec();
+    for slot in 0..2 {
+        bytes[slot * page..(slot + 1) * page].copy_from_slice(&newest);
+        crate::lmdb::set_meta_identity(&mut bytes[slot * page..], slot as u64, txnids[0].max(txnids[1]));
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(garbled > 20, "pages written after the checkpoint: {garbled}");
+    tear_last_record(disk.path(), &mut rng);
+    let (state, replayed) = recover(disk.path());
+    assert_eq!(replayed.records as u64, harness.records - before - 1, "every whole record after the checkpoint");
+    let expected = &harness.history[harness.history.len() - 2];
+    assert!(state == *expected, "the store equals the state of every whole record");
+    // The recovered store opens again as it is (its journal checkpointed).
+    let (state, replayed) = recover(disk.path());
+    assert_eq!(replayed.records, 0);
+    assert!(state == *expected);
+}
