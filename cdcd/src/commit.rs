@@ -3,9 +3,12 @@
 //! A transaction's state must be durable before its next mutation goes to a
 //! shard. With many transactions running at once, each waiting for "my
 //! state is on disk", one committer task takes every record queued since
-//! its last commit and writes them all in one LMDB commit (one fsync), then
-//! wakes each waiter. Nobody waits for a timer: a commit starts as soon as
-//! the previous one ends, so the batch is whatever arrived during it.
+//! its last commit and writes them all in one LMDB commit, then hands the
+//! waiters to the store's journal, which wakes them once the commit is
+//! durable (its thread syncs every commit made meanwhile at once; see
+//! [`crate::store`]). The committer does not wait for that sync: it
+//! starts the next commit at once. Nobody waits for a timer: the batch is
+//! whatever arrived during the previous commit.
 //!
 //! When a commit fails (disk full, I/O error) the committer keeps the
 //! records and tries again with backoff, for as long as it takes; meanwhile
@@ -23,6 +26,10 @@ use daemon::metrics::{Counter, Histogram};
 use tokio::sync::{Notify, oneshot};
 
 use crate::store::{TxnRecord, TxnStore};
+
+/// How long an idle committer waits before letting the journal take a
+/// checkpoint's snapshot (it needs one between commits).
+const IDLE_SNAPSHOT_PERIOD: Duration = daemon::journal::CHECKPOINT_PERIOD;
 
 /// First wait after a failed commit; doubled up to [`RETRY_MAX`].
 const RETRY_INITIAL: Duration = Duration::from_millis(50);
@@ -48,7 +55,8 @@ pub struct CommitStats {
     pub failures: Counter,
     /// Records per commit.
     pub batch_size: Histogram,
-    /// Time of one commit (write and fsync), failed attempts included.
+    /// Time of one commit (LMDB's, without the journal's sync), failed
+    /// attempts included.
     pub duration: Histogram,
 }
 
@@ -64,7 +72,8 @@ impl Default for CommitStats {
     }
 }
 
-type Waiter = (TxnRecord, oneshot::Sender<()>);
+type Waker = oneshot::Sender<()>;
+type Waiter = (TxnRecord, Waker);
 
 pub struct GroupCommit {
     store: Arc<TxnStore>,
@@ -120,15 +129,25 @@ impl GroupCommit {
             let batch: Vec<Waiter> =
                 std::mem::take(&mut *self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
             if batch.is_empty() {
-                self.wake.notified().await;
+                match self.mode {
+                    CommitMode::Blocking => {
+                        if tokio::time::timeout(IDLE_SNAPSHOT_PERIOD, self.wake.notified()).await.is_err() {
+                            // A read transaction and one cached page's pread.
+                            self.store.idle();
+                        }
+                    }
+                    CommitMode::Inline { .. } => self.wake.notified().await,
+                }
                 continue;
             }
             let (records, waiters): (Vec<TxnRecord>, Vec<oneshot::Sender<()>>) = batch.into_iter().unzip();
+            // Taken by the commit that succeeds (a failed one leaves them).
+            let waiters = Arc::new(Mutex::new(Some(waiters)));
             let mut wait = RETRY_INITIAL;
             self.stats.batch_size.observe(records.len() as u64);
             loop {
                 let started = std::time::Instant::now();
-                let committed = self.commit(&records).await;
+                let committed = self.commit(&records, &waiters).await;
                 self.stats.duration.observe_duration(started.elapsed());
                 match committed {
                     Ok(()) => break,
@@ -147,22 +166,26 @@ impl GroupCommit {
             }
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
             self.stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
-            for waiter in waiters {
-                let _ = waiter.send(());
-            }
         }
     }
 
-    async fn commit(&self, records: &[TxnRecord]) -> Result<(), String> {
+    async fn commit(&self, records: &[TxnRecord], waiters: &Arc<Mutex<Option<Vec<Waker>>>>) -> Result<(), String> {
+        let waiters = waiters.clone();
+        let on_durable = Box::new(move || {
+            let taken = waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+            for waiter in taken.into_iter().flatten() {
+                let _ = waiter.send(());
+            }
+        });
         match self.mode {
             CommitMode::Inline { fsync } => {
                 tokio::time::sleep(fsync).await;
-                self.store.write_batch(records).map_err(|e| e.to_string())
+                self.store.commit_then(records, on_durable).map_err(|e| e.to_string())
             }
             CommitMode::Blocking => {
                 let store = self.store.clone();
                 let records = records.to_vec();
-                match tokio::task::spawn_blocking(move || store.write_batch(&records)).await {
+                match tokio::task::spawn_blocking(move || store.commit_then(&records, on_durable)).await {
                     Ok(result) => result.map_err(|e| e.to_string()),
                     Err(join) => Err(join.to_string()),
                 }

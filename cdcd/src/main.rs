@@ -66,6 +66,11 @@ struct Args {
     /// A shard's address, overriding shuckle: `N=HOST:PORT` (repeatable).
     #[arg(long = "shard-addr", value_parser = parse_shard_addr)]
     shard_addr: Vec<(ShardId, SocketAddr)>,
+    /// Size of the transaction store's write-ahead journal
+    /// (`DIR/cdc/journal`, written with zeros when created; an existing
+    /// journal keeps its size), in MiB.
+    #[arg(long, default_value_t = daemon::journal::JOURNAL_BYTES >> 20, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    journal_mib: u64,
 }
 
 fn parse_shard_addr(text: &str) -> Result<(ShardId, SocketAddr), String> {
@@ -110,7 +115,8 @@ async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     };
     let key = MacKey::new(&daemon::keyfile::load_or_create(&key_path).or_usage()?);
     let shuckle = address::resolve("--shuckle", &args.shuckle)?;
-    let store = Arc::new(TxnStore::open(&state_dir, true).context("open the transaction store")?);
+    let journal = daemon::journal::Config { bytes: args.journal_mib << 20, ..daemon::journal::Config::default() };
+    let store = Arc::new(TxnStore::open_with(&state_dir, true, journal).context("open the transaction store")?);
     // A fault inside the store's map from now on: one line, exit 3 (daemon::fault).
     daemon::fault::guard("cdcd", &state_dir, None).context("install the store's fault guard")?;
 
@@ -149,8 +155,9 @@ async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     tracing::info!(?new_dir_shards, "new directories go to these shards (empty: 0 and 1)");
 
     let shards = UdpShards::new(requester.clone(), addresses.clone());
-    let commits = GroupCommit::new(store, CommitMode::Blocking);
     let mut registry = daemon::metrics::Registry::default();
+    store.journal_metrics().register(registry.sub_registry_with_prefix("cdcd"));
+    let commits = GroupCommit::new(store, CommitMode::Blocking);
     let metrics = cdcd::metrics::Metrics::new(&mut registry, &commits.stats);
     if let Some(address) = args.metrics {
         daemon::metrics::serve(address, registry, "cdcd")?;

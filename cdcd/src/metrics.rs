@@ -47,7 +47,11 @@ impl Metrics {
             metrics.in_flight.clone(),
         );
         registry.register("commit_batch_size", "transaction records per commit", stats.batch_size.clone());
-        registry.register("commit_duration_seconds", "one group commit (one fsync)", stats.duration.clone());
+        registry.register(
+            "commit_duration_seconds",
+            "one group commit (LMDB's; the journal's sync is journal_sync_duration_seconds)",
+            stats.duration.clone(),
+        );
         registry.register("commit_failures", "failed commits (retried)", stats.failures.clone());
         metrics
     }

@@ -30,16 +30,35 @@
 //! (a transaction that only read is lost in a crash, and its client's
 //! retransmission starts it again), then at its fences and once done (see
 //! [`crate::coordinator`]). Writes come in batches:
-//! [`TxnStore::write_batch`] persists many transactions' records in one
-//! LMDB commit (with fsync, unless the store was opened non-durable, for
-//! tests); [`crate::commit::GroupCommit`] collects them.
+//! [`TxnStore::commit_then`] writes many transactions' records in one LMDB
+//! commit; [`crate::commit::GroupCommit`] collects them.
+//!
+//! # Durability: the journal
+//!
+//! A durable store runs on `daemon::journal`: LMDB commits with NO_SYNC
+//! (pages into the page cache only), and each commit's effects (every put
+//! and delete, by table index: `meta` 0, `txns` 1, `pending` 2, `clients`
+//! 3) go to the journal, whose thread makes many commits durable with one
+//! small `fdatasync` of a preallocated file and then runs each commit's
+//! `on_durable`. A record thus waits for one sync instead of LMDB's two
+//! (data pages, then the meta page), and the committer starts the next
+//! commit while the journal syncs. Checkpoints (a pinned snapshot, LMDB's
+//! file synced, its meta page copied into the journal's header) bound the
+//! journal; at open, [`TxnStore::open`] puts LMDB's file back at the last
+//! checkpoint and replays the records after it, so neither a SIGKILL nor
+//! a power loss (writeback may put a meta page on disk before its data)
+//! loses or corrupts a record that was reported durable. A store opened
+//! non-durable (tests, the simulation) has no journal and commits with
+//! NO_SYNC.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use daemon::journal::{Effects, Journal, JournalMetrics};
 use heed::types::Bytes;
-use heed::{Database, Env, EnvFlags, EnvOpenOptions, RwTxn};
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, RwTxn, WithoutTls};
 use serde::{Deserialize, Serialize};
 use wire::{Address, EggsTime};
 use zerocopy::IntoBytes;
@@ -55,6 +74,15 @@ const MAP_SIZE_BYTES: usize = 1 << 30;
 
 const NEXT_TXN_ID_KEY: &[u8] = b"next_txn_id";
 const CRC_BYTES: usize = 4;
+
+/// The tables' indices in journal records (and in the replay's list).
+const META_DB: u8 = 0;
+const TXNS_DB: u8 = 1;
+const PENDING_DB: u8 = 2;
+const CLIENTS_DB: u8 = 3;
+
+/// Run once a commit is durable (on the journal's thread).
+pub type OnDurable = Box<dyn FnOnce() + Send>;
 
 /// Which client request a transaction answers.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -91,6 +119,11 @@ pub enum StoreError {
     /// before LMDB maps it (`daemon::lmdb`).
     #[error("transaction store: {0}")]
     Structure(#[from] daemon::lmdb::Damage),
+    #[error("transaction store: {0}")]
+    Journal(#[from] daemon::journal::JournalError),
+    /// The journal's thread is gone (the process is stopping).
+    #[error("transaction store: the journal stopped before the commit was durable")]
+    JournalGone,
 }
 
 /// `crc32c(key ‖ payload)` ‖ payload.
@@ -116,10 +149,17 @@ fn unseal<'a>(table: &'static str, key: &[u8], value: &'a [u8]) -> Result<&'a [u
 
 /// The LMDB store.
 pub struct TxnStore {
-    env: Env,
+    env: Env<WithoutTls>,
     txns: Database<Bytes, Bytes>,
     pending: Database<Bytes, Bytes>,
     clients: Database<Bytes, Bytes>,
+    /// Makes commits durable (a durable store); `None`: commits are
+    /// NO_SYNC and durable for no one (tests, the simulation).
+    journal: Option<Journal<OnDurable>>,
+    journal_metrics: JournalMetrics,
+    /// The one writer's effects buffer. Its lock also keeps each commit,
+    /// its journal append and the journal's snapshot in commit order.
+    writer: Mutex<Effects>,
     /// The next transaction id to hand out (ids of transactions never
     /// written may be reused after a restart: no shard ever saw them).
     next_txn_id: AtomicU64,
@@ -131,10 +171,20 @@ pub struct TxnStore {
 pub type Clock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
 
 impl TxnStore {
-    /// Opens (creating) the store in `dir`. `durable` false skips fsync
-    /// (tests only: a crash of the machine could lose commits).
+    /// Opens (creating) the store in `dir`. `durable`: on the journal
+    /// (after putting LMDB's file back at the journal's checkpoint and
+    /// replaying the records after it); false: commits with NO_SYNC and no
+    /// journal (tests only: nothing survives a crash of the machine).
     pub fn open(dir: &Path, durable: bool) -> Result<Self, StoreError> {
-        let mut options = EnvOpenOptions::new();
+        Self::open_with(dir, durable, daemon::journal::Config::default())
+    }
+
+    /// [`TxnStore::open`] with the journal's settings.
+    pub fn open_with(dir: &Path, durable: bool, journal_config: daemon::journal::Config) -> Result<Self, StoreError> {
+        // Before LMDB or the structural check reads the file: a meta page
+        // written back ahead of its data must not be trusted.
+        let restored = if durable { daemon::journal::restore(dir)? } else { None };
+        let mut options = EnvOpenOptions::new().read_txn_without_tls();
         options.map_size(MAP_SIZE_BYTES).max_dbs(4);
         if !durable {
             // SAFETY: NO_SYNC only weakens durability against machine
@@ -153,15 +203,52 @@ impl TxnStore {
         let txns = env.create_database(&mut wtxn, Some("txns"))?;
         let pending = env.create_database(&mut wtxn, Some("pending"))?;
         let clients = env.create_database(&mut wtxn, Some("clients"))?;
-        let stored = match meta.get(&wtxn, NEXT_TXN_ID_KEY)? {
+        wtxn.commit()?;
+        if let Some(restored) = restored {
+            let mut dbs = [meta; 4];
+            dbs[usize::from(META_DB)] = meta;
+            dbs[usize::from(TXNS_DB)] = txns;
+            dbs[usize::from(PENDING_DB)] = pending;
+            dbs[usize::from(CLIENTS_DB)] = clients;
+            let replayed = restored.replay(&env, &dbs)?;
+            tracing::info!(
+                checkpoint = replayed.checkpoint_txn,
+                records = replayed.records,
+                "transaction store: journal replayed"
+            );
+        }
+        let rtxn = env.read_txn()?;
+        let stored = match meta.get(&rtxn, NEXT_TXN_ID_KEY)? {
             Some(value) => be_u64(unseal("meta", NEXT_TXN_ID_KEY, value)?),
             None => 0,
         };
-        let newest = txns.last(&wtxn)?.map_or(0, |(key, _)| be_u64(key).saturating_add(1));
+        let newest = txns.last(&rtxn)?.map_or(0, |(key, _)| be_u64(key).saturating_add(1));
         let stored = stored.max(newest);
-        wtxn.commit()?;
+        drop(rtxn);
+        let journal_metrics = JournalMetrics::new();
+        let journal = if durable {
+            let deliver = |done: Vec<OnDurable>| done.into_iter().for_each(|on_durable| on_durable());
+            Some(Journal::start(&env, journal_config, journal_metrics.clone(), deliver)?)
+        } else {
+            None
+        };
         let clock: Clock = std::sync::Arc::new(|| EggsTime::now().get());
-        Ok(Self { env, txns, pending, clients, next_txn_id: AtomicU64::new(stored), clock })
+        Ok(Self {
+            env,
+            txns,
+            pending,
+            clients,
+            journal,
+            journal_metrics,
+            writer: Mutex::new(Effects::default()),
+            next_txn_id: AtomicU64::new(stored),
+            clock,
+        })
+    }
+
+    /// The journal's metrics (register them with the daemon's).
+    pub fn journal_metrics(&self) -> &JournalMetrics {
+        &self.journal_metrics
     }
 
     /// The same store reading time from `clock` (the simulation).
@@ -185,19 +272,55 @@ impl TxnStore {
     }
 
     /// Persists `records` (later records of one transaction win) in one
-    /// LMDB commit.
+    /// LMDB commit and returns once it is durable (a non-durable store:
+    /// once committed).
     pub fn write_batch(&self, records: &[TxnRecord]) -> Result<(), StoreError> {
+        let (done, durable) = std::sync::mpsc::channel();
+        self.commit_then(
+            records,
+            Box::new(move || {
+                let _ = done.send(());
+            }),
+        )?;
+        durable.recv().map_err(|_| StoreError::JournalGone)
+    }
+
+    /// Writes `records` in one LMDB commit and returns once it is
+    /// committed (visible to readers); `on_durable` runs once it is
+    /// durable, in commit order (a non-durable store: at once). A failed
+    /// commit changes nothing, appends nothing, and drops `on_durable`.
+    pub fn commit_then(&self, records: &[TxnRecord], on_durable: OnDurable) -> Result<(), StoreError> {
+        let mut effects = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        effects.reset();
         let mut wtxn = self.env.write_txn()?;
+        let mut writes = Writes { effects: self.journal.is_some().then_some(&mut *effects) };
         let mut finished = false;
         for record in records {
-            self.write(&mut wtxn, record)?;
+            self.write(&mut wtxn, &mut writes, record)?;
             finished |= record.state.outcome().is_some();
         }
         if finished {
-            self.prune(&mut wtxn)?;
+            self.prune(&mut wtxn, &mut writes)?;
         }
         wtxn.commit()?;
+        match &self.journal {
+            Some(journal) => {
+                journal.append(&mut effects, on_durable);
+                journal.after_commit();
+            }
+            None => on_durable(),
+        }
         Ok(())
+    }
+
+    /// The committer, while it has nothing to commit: lets the journal
+    /// take the snapshot a checkpoint waits for (a checkpoint needs one
+    /// between commits).
+    pub fn idle(&self) {
+        if let Some(journal) = &self.journal {
+            let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            journal.after_commit();
+        }
     }
 
     /// One record.
@@ -255,31 +378,31 @@ impl TxnStore {
         Ok(Some(record))
     }
 
-    fn write(&self, wtxn: &mut RwTxn<'_>, record: &TxnRecord) -> Result<(), StoreError> {
+    fn write(&self, wtxn: &mut RwTxn<'_>, writes: &mut Writes<'_>, record: &TxnRecord) -> Result<(), StoreError> {
         let txn_id = record.state.txn_id;
         let bytes =
             serde_json::to_vec(record).map_err(|error| StoreError::Corrupt { txn_id, reason: error.to_string() })?;
         let key = txn_id.to_be_bytes();
-        self.txns.put(wtxn, &key, &seal(&key, &bytes))?;
+        writes.put(wtxn, (TXNS_DB, &self.txns), &key, &seal(&key, &bytes))?;
         if let Some(client) = &record.client {
             let client_key = client.key_bytes();
             let sealed = seal(&client_key, &key);
             // A later record of the transaction finds its entry: a put
             // would copy and write the tree's pages for nothing.
             if self.clients.get(wtxn, &client_key)? != Some(sealed.as_slice()) {
-                self.clients.put(wtxn, &client_key, &sealed)?;
+                writes.put(wtxn, (CLIENTS_DB, &self.clients), &client_key, &sealed)?;
             }
         }
         if record.state.outcome().is_some() {
-            self.pending.delete(wtxn, &key)?;
+            writes.delete(wtxn, (PENDING_DB, &self.pending), &key)?;
         } else if self.pending.get(wtxn, &key)?.is_none() {
-            self.pending.put(wtxn, &key, &[])?;
+            writes.put(wtxn, (PENDING_DB, &self.pending), &key, &[])?;
         }
         Ok(())
     }
 
     /// Drops the oldest finished records beyond [`FINISHED_TXNS_KEPT`].
-    fn prune(&self, wtxn: &mut RwTxn<'_>) -> Result<(), StoreError> {
+    fn prune(&self, wtxn: &mut RwTxn<'_>, writes: &mut Writes<'_>) -> Result<(), StoreError> {
         let finished = self.txns.len(wtxn)?.saturating_sub(self.pending.len(wtxn)?);
         let mut excess = finished.saturating_sub(FINISHED_TXNS_KEPT as u64);
         while excess > 0 {
@@ -293,9 +416,9 @@ impl TxnStore {
                 break;
             }
             if let Some(client) = record.and_then(|r| r.client) {
-                self.clients.delete(wtxn, &client.key_bytes())?;
+                writes.delete(wtxn, (CLIENTS_DB, &self.clients), &client.key_bytes())?;
             }
-            self.txns.delete(wtxn, &txn_id.to_be_bytes())?;
+            writes.delete(wtxn, (TXNS_DB, &self.txns), &txn_id.to_be_bytes())?;
             excess -= 1;
         }
         Ok(())
@@ -304,6 +427,37 @@ impl TxnStore {
     /// A new transaction for `args` (not written: see the module doc).
     pub fn new_txn(&self, args: TxnArgs) -> TxnState {
         TxnState::new(self.allocate_txn_id(), args)
+    }
+}
+
+/// A write transaction's puts and deletes, recorded for the journal when
+/// the store has one.
+struct Writes<'e> {
+    effects: Option<&'e mut Effects>,
+}
+
+impl Writes<'_> {
+    fn put(
+        &mut self,
+        wtxn: &mut RwTxn<'_>,
+        (index, db): (u8, &Database<Bytes, Bytes>),
+        key: &[u8],
+        value: &[u8],
+    ) -> heed::Result<()> {
+        db.put(wtxn, key, value)?;
+        if let Some(effects) = self.effects.as_deref_mut() {
+            effects.put(index, key, value);
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, wtxn: &mut RwTxn<'_>, (index, db): (u8, &Database<Bytes, Bytes>), key: &[u8]) -> heed::Result<()> {
+        if db.delete(wtxn, key)? {
+            if let Some(effects) = self.effects.as_deref_mut() {
+                effects.delete(index, key);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -428,6 +582,73 @@ mod tests {
         // The oldest are forgotten (a new transaction), the newest remembered.
         assert!(store.find_client(&client(0)).unwrap().is_none());
         assert!(store.find_client(&client(FINISHED_TXNS_KEPT as u64 + 9)).unwrap().is_some());
+    }
+
+    /// Every table's entries and a CRC of their keys and values, for
+    /// comparing two stores.
+    fn contents(store: &TxnStore) -> Vec<(&'static str, u64, u32)> {
+        let rtxn = store.env.read_txn().unwrap();
+        let table = |name, db: &Database<Bytes, Bytes>| {
+            let (mut entries, mut crc) = (0, 0);
+            for item in db.iter(&rtxn).unwrap() {
+                let (key, value) = item.unwrap();
+                crc = wire::crc::crc32c_append(wire::crc::crc32c_append(crc, key), value);
+                entries += 1;
+            }
+            (name, entries, crc)
+        };
+        vec![table("txns", &store.txns), table("pending", &store.pending), table("clients", &store.clients)]
+    }
+
+    /// A durable store's commits are recorded whole in its journal: with
+    /// LMDB's file put back to what it held when the store opened (every
+    /// page written since lost, as a power loss may), reopening replays
+    /// them to the same contents: puts, deletes of `pending` and the
+    /// pruning of old records included.
+    #[test]
+    fn a_durable_store_recovers_its_commits_from_the_journal_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        // No checkpoint but the opening one: the file as it was then is
+        // what the journal's header points at.
+        let config = daemon::journal::Config {
+            bytes: 128 << 20,
+            checkpoint_period: std::time::Duration::from_secs(3600),
+            ..daemon::journal::Config::default()
+        };
+        let (before, expected) = {
+            let store = TxnStore::open_with(dir.path(), true, config).unwrap();
+            // What the disk held at the store's opening checkpoint.
+            let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
+            let mut running = record(&store, 1, mkdir("a"));
+            store.write_batch(std::slice::from_ref(&running)).unwrap();
+            running.state.step = Step::MkDirInject { dir: 99 };
+            store.write_batch(std::slice::from_ref(&running)).unwrap();
+            let finished: Vec<TxnRecord> = (10..(FINISHED_TXNS_KEPT as u64 + 20))
+                .map(|request_id| {
+                    let mut r = record(&store, request_id, mkdir("x"));
+                    r.state.step = Step::Done(Outcome::ok(InodeId::new(5)));
+                    r
+                })
+                .collect();
+            for chunk in finished.chunks(4096) {
+                store.write_batch(chunk).unwrap();
+            }
+            running.state.step = Step::Done(Outcome::ok(InodeId::new(99)));
+            store.write_batch(std::slice::from_ref(&running)).unwrap();
+            let another = record(&store, 2, mkdir("b"));
+            store.write_batch(std::slice::from_ref(&another)).unwrap();
+            assert_eq!(store.journal.as_ref().unwrap().checkpoints(), 0);
+            (before, contents(&store))
+        };
+        std::fs::write(dir.path().join("data.mdb"), &before).unwrap();
+        let store = TxnStore::open_with(dir.path(), true, config).unwrap();
+        assert_eq!(contents(&store), expected);
+        assert_eq!(store.unfinished().unwrap().len(), 1);
+        assert_eq!(store.unfinished().unwrap()[0].client, Some(client(2)));
+        let newest = client(FINISHED_TXNS_KEPT as u64 + 19);
+        assert_eq!(store.find_client(&newest).unwrap().unwrap().state.outcome(), Some(&Outcome::ok(InodeId::new(5))));
+        // The oldest, finished last, went with the pruning before the crash.
+        assert!(store.find_client(&client(1)).unwrap().is_none());
     }
 
     #[test]

@@ -94,6 +94,8 @@ fn a_full_disk_answers_storage_error_and_recovers_by_itself() {
         }
     }
     let _unmount = Unmount(&state);
+    // A journal of 1 MiB: the default 64 MiB would not fit the tmpfs.
+    cluster.cdc_flags = vec!["--journal-mib".into(), "1".into()];
     cluster.start_cdc();
     let cdc = cluster.cdc_client();
     assert_eq!(cdc.run(&mkdir(InodeId::ROOT, "before")).0, CdcStatus::Ok);

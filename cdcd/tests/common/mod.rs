@@ -37,6 +37,8 @@ pub struct Cluster {
     pub cdc_listen: SocketAddr,
     /// The shard addresses the CDC is given (maybe proxies).
     pub cdc_shard_addresses: Vec<SocketAddr>,
+    /// More flags for the CDC's next starts.
+    pub cdc_flags: Vec<String>,
 }
 
 impl Cluster {
@@ -63,7 +65,7 @@ impl Cluster {
         let cdc_shard_addresses = route(&shard_addresses);
         // A fixed port, so that clients keep talking to a restarted CDC.
         let cdc_listen = UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free port");
-        let mut cluster = Cluster { dir, shards, cdc: None, key, cdc_listen, cdc_shard_addresses };
+        let mut cluster = Cluster { dir, shards, cdc: None, key, cdc_listen, cdc_shard_addresses, cdc_flags: Vec::new() };
         cluster.start_cdc();
         cluster
     }
@@ -83,6 +85,7 @@ impl Cluster {
             args.push("--shard-addr".to_string());
             args.push(format!("{shard}={address}"));
         }
+        args.extend(self.cdc_flags.iter().cloned());
         let cdc = Daemon::start(&binary("cdcd"), &args);
         assert_eq!(cdc.udp(), self.cdc_listen);
         self.cdc = Some(cdc);
