@@ -451,11 +451,16 @@ impl Writes<'_> {
         Ok(())
     }
 
-    fn delete(&mut self, wtxn: &mut RwTxn<'_>, (index, db): (u8, &Database<Bytes, Bytes>), key: &[u8]) -> heed::Result<()> {
-        if db.delete(wtxn, key)? {
-            if let Some(effects) = self.effects.as_deref_mut() {
-                effects.delete(index, key);
-            }
+    fn delete(
+        &mut self,
+        wtxn: &mut RwTxn<'_>,
+        (index, db): (u8, &Database<Bytes, Bytes>),
+        key: &[u8],
+    ) -> heed::Result<()> {
+        if db.delete(wtxn, key)?
+            && let Some(effects) = self.effects.as_deref_mut()
+        {
+            effects.delete(index, key);
         }
         Ok(())
     }

@@ -65,7 +65,8 @@ impl Cluster {
         let cdc_shard_addresses = route(&shard_addresses);
         // A fixed port, so that clients keep talking to a restarted CDC.
         let cdc_listen = UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free port");
-        let mut cluster = Cluster { dir, shards, cdc: None, key, cdc_listen, cdc_shard_addresses, cdc_flags: Vec::new() };
+        let mut cluster =
+            Cluster { dir, shards, cdc: None, key, cdc_listen, cdc_shard_addresses, cdc_flags: Vec::new() };
         cluster.start_cdc();
         cluster
     }
