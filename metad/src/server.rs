@@ -119,6 +119,9 @@ pub struct Config {
     pub metrics: Metrics,
     /// The journal file's size when it is created (`metad --journal-mib`).
     pub journal_bytes: u64,
+    /// Hold a journal sync for the clients just answered
+    /// (`daemon::journal::Config::gather`).
+    pub journal_gather: bool,
 }
 
 /// State shared by the I/O threads, the writer, the journal and the refresher.
@@ -195,7 +198,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 
     // From here every commit is journaled: the journal thread answers a
     // batch once its record is durable.
-    let journal_config = daemon::journal::Config { bytes: config.journal_bytes, ..Default::default() };
+    let journal_config =
+        daemon::journal::Config { bytes: config.journal_bytes, gather: config.journal_gather, ..Default::default() };
     let metrics = shared.metrics.clone();
     let journal = Journal::start(&shared.store.env, journal_config, shared.metrics.journal.clone(), move |durable| {
         let mut answers: Answers = durable.into_iter().flatten().collect();
@@ -563,7 +567,8 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>, journal: Journal<Answers
             durable_later.push((job, bytes));
         }
         shared.store.take_effects(&mut effects);
-        journal.append(&mut effects, durable_later);
+        let weight = durable_later.len() as u64;
+        journal.append_weighted(&mut effects, durable_later, weight);
         journal.after_commit();
         if outcome.wants_block_service_refresh {
             shared.request_refresh();

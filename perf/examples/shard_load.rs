@@ -84,18 +84,23 @@ fn main() {
     let syncs = after.syncs - before.syncs;
     let (receives, received) = (after.receives - before.receives, after.received - before.received);
     let per_sync = if syncs > 0.0 { mutations / syncs } else { 0.0 };
+    let mean_ms = |seconds: f64, count: f64| if count > 0.0 { seconds * 1e3 / count } else { 0.0 };
+    let journal_sync_ms =
+        mean_ms(after.journal_sync_s - before.journal_sync_s, after.journal_syncs - before.journal_syncs);
+    let checkpoint_ms = mean_ms(after.checkpoint_s - before.checkpoint_s, after.checkpoints - before.checkpoints);
     let per_receive = if receives > 0.0 { received / receives } else { 0.0 };
     let per_commit = if commits > 0.0 { mutations / commits } else { 0.0 };
     let ops = rate.ops.max(1) as f64;
     println!(
         "{mode} clients={clients} ops_per_s={:.0} metad_cpu_us_per_op={:.1} metad_cpu_s={cpu:.2} clients_cpu_us_per_op={:.1} commits={commits} \
          mutations_per_commit={per_commit:.2} datagrams_per_receive={per_receive:.2} fsyncs={syncs} fsyncs_per_op={:.3} \
-         mutations_per_fsync={per_sync:.2} journal={}",
+         mutations_per_fsync={per_sync:.2} journal={} journal_sync_ms={journal_sync_ms:.3} checkpoints={} checkpoint_ms={checkpoint_ms:.1}",
         rate.per_second(),
         cpu * 1e6 / ops,
         own * 1e6 / ops,
         syncs / ops,
         after.journaled,
+        after.checkpoints - before.checkpoints,
     );
 }
 
@@ -126,6 +131,11 @@ struct Counts {
     receives: f64,
     received: f64,
     journaled: bool,
+    /// The journal's syncs and checkpoints: counts and summed seconds.
+    journal_syncs: f64,
+    journal_sync_s: f64,
+    checkpoints: f64,
+    checkpoint_s: f64,
 }
 
 fn commit_counts(metrics: SocketAddr) -> Counts {
@@ -152,5 +162,9 @@ fn commit_counts(metrics: SocketAddr) -> Counts {
         receives: value("metad_receive_batch_size_count"),
         received: value("metad_receive_batch_size_sum"),
         journaled,
+        journal_syncs: value("metad_journal_sync_duration_seconds_count"),
+        journal_sync_s: value("metad_journal_sync_duration_seconds_sum"),
+        checkpoints: value("metad_journal_checkpoint_duration_seconds_count"),
+        checkpoint_s: value("metad_journal_checkpoint_duration_seconds_sum"),
     }
 }
