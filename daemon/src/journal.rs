@@ -86,7 +86,7 @@ use crate::metrics::{Counter, Histogram, Registry};
 /// The journal's file in the store's folder.
 pub const FILE_NAME: &str = "journal";
 /// The journal file's size when it is created ([`Config::bytes`]).
-pub const JOURNAL_BYTES: u64 = 64 << 20;
+pub const JOURNAL_BYTES: u64 = 16 << 20;
 /// A checkpoint at least this often while there are records.
 pub const CHECKPOINT_PERIOD: Duration = Duration::from_secs(1);
 /// A checkpoint once the record area is more than this fraction used.

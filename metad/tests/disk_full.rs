@@ -60,7 +60,8 @@ fn a_full_disk_answers_storage_error_serves_reads_and_recovers() {
         eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
         return;
     };
-    // A journal of 2 MiB: the default 64 MiB would not fit the tmpfs.
+    // A journal of 2 MiB: the default 16 MiB would not leave the
+    // 16 MiB tmpfs any room.
     let daemon = start_metad_with(1, &dir, None, &["--journal-mib", "2"]);
     let mut client = Client::new(daemon.address("udp"), &cluster_key(&dir));
     let Outcome::Created(before) = create(&mut client) else { panic!("a create on an empty disk failed") };
