@@ -35,9 +35,8 @@
 //! syscalls. A blocking thread pays one receive and one send per request
 //! (under load fewer: [`crate::mmsg`] takes every queued datagram in one
 //! receive and sends their answers, and the journal thread a sync's, in one
-//! send),
-//! where the io_uring executor also paid the poll submission, the ring
-//! wait and task work (about a fifth of a stat's CPU in `perf record`).
+//! send), where the io_uring executor also paid the poll submission, the
+//! ring wait and task work (about a fifth of a stat's CPU in `perf record`).
 //! And one shared socket lets whichever thread is free take the next
 //! datagram; SO_REUSEPORT pins a client to a thread by its address hash.
 //!
