@@ -86,7 +86,7 @@ use crate::metrics::{Counter, Histogram, Registry};
 /// The journal's file in the store's folder.
 pub const FILE_NAME: &str = "journal";
 /// The journal file's size when it is created ([`Config::bytes`]).
-pub const JOURNAL_BYTES: u64 = 64 << 20;
+pub const JOURNAL_BYTES: u64 = 16 << 20;
 /// A checkpoint at least this often while there are records.
 pub const CHECKPOINT_PERIOD: Duration = Duration::from_secs(1);
 /// A checkpoint once the record area is more than this fraction used.
@@ -109,6 +109,8 @@ const RECORD_HEADER_BYTES: usize = 40;
 /// bytes, page bytes, meta bytes, crc.
 const CHECKPOINT_BYTES: usize = 4 + 4 + 8 * 6 + 4 + META_COPY_BYTES + 4;
 const _: () = assert!(CHECKPOINT_BYTES as u64 <= SLOT_BYTES);
+/// The longest a sync is held back to gather ([`Config::gather`]).
+pub const GATHER_MAX: Duration = Duration::from_millis(1);
 /// How long the checkpoint thread waits for the writer's snapshot before
 /// looking again (the writer hands one after its next commit, or within
 /// its idle tick).
@@ -669,6 +671,15 @@ pub struct Config {
     /// The file's size when it is created (an existing file keeps its own).
     pub bytes: u64,
     pub checkpoint_period: Duration,
+    /// Gather: having just answered commits of weight W (see
+    /// [`Journal::append_weighted`]; the caller's clients), hold the next
+    /// sync until W more has been appended since, or for at most the last
+    /// sync's duration (and [`GATHER_MAX`]). Clients that each wait for
+    /// their answer otherwise split into two groups that alternate, each
+    /// sync carrying one of them while the other group's next requests
+    /// queue; waiting for the answered group to come back puts both in
+    /// one sync.
+    pub gather: bool,
     /// Called (from a journal thread) when a journal write or sync, or a
     /// checkpoint, failed: must not return to serving. The default logs
     /// one line and exits 1 ([`exit_on_failure`]).
@@ -677,7 +688,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { bytes: JOURNAL_BYTES, checkpoint_period: CHECKPOINT_PERIOD, on_failure: exit_on_failure }
+        Self { bytes: JOURNAL_BYTES, checkpoint_period: CHECKPOINT_PERIOD, gather: false, on_failure: exit_on_failure }
     }
 }
 
@@ -762,6 +773,8 @@ struct Snapshot {
 struct Entry<T> {
     /// Its own sequence number, or the last one before it.
     seq: u64,
+    /// [`Journal::append_weighted`].
+    weight: u64,
     record: Option<(u64, Vec<u8>)>,
     payload: T,
 }
@@ -952,6 +965,12 @@ impl<T: Send + 'static> Journal<T> {
     /// each commit (an empty `effects`, a commit that changed nothing, is
     /// delivered once everything before it is durable).
     pub fn append(&self, effects: &mut Effects, payload: T) {
+        self.append_weighted(effects, payload, 1);
+    }
+
+    /// [`Journal::append`] with a weight: how many of the caller's clients
+    /// wait for this payload, for [`Config::gather`].
+    pub fn append_weighted(&self, effects: &mut Effects, payload: T, weight: u64) {
         let record = (!effects.is_empty()).then(|| {
             let bytes = std::mem::take(&mut effects.bytes);
             effects.ops = 0;
@@ -962,7 +981,7 @@ impl<T: Send + 'static> Journal<T> {
             state.last_seq += 1;
         }
         let seq = state.last_seq;
-        state.queue.push_back(Entry { seq, record, payload });
+        state.queue.push_back(Entry { seq, weight, record, payload });
         drop(state);
         self.shared.work.notify_one();
     }
@@ -1044,8 +1063,10 @@ fn write_loop<T: Send>(
     mut deliver: impl FnMut(Vec<T>),
 ) {
     let mut buffer: Vec<u8> = Vec::with_capacity(SYNC_BYTES_MAX);
-    // Taken, waiting to be durable: (sequence, payload), in order.
-    let mut waiting: VecDeque<(u64, T)> = VecDeque::new();
+    // Taken, waiting to be durable: (sequence, weight, payload), in order.
+    let mut waiting: VecDeque<(u64, u64, T)> = VecDeque::new();
+    // Gathering: the weight to wait for, until when; the last sync's time.
+    let (mut owed, mut gather_until, mut last_sync) = (0u64, Instant::now(), Duration::ZERO);
     loop {
         let mut state = shared.lock();
         buffer.clear();
@@ -1055,16 +1076,33 @@ fn write_loop<T: Send>(
         loop {
             let durable = state.durable_through();
             let mut ready = Vec::new();
-            while waiting.front().is_some_and(|(seq, _)| *seq <= durable) {
-                if let Some((_, payload)) = waiting.pop_front() {
+            let mut answered = 0;
+            while waiting.front().is_some_and(|(seq, _, _)| *seq <= durable) {
+                if let Some((_, weight, payload)) = waiting.pop_front() {
                     ready.push(payload);
+                    answered += weight;
                 }
             }
             if !ready.is_empty() {
+                if config.gather {
+                    owed = answered + state.queue.iter().map(|entry| entry.weight).sum::<u64>();
+                    gather_until = Instant::now() + last_sync.min(GATHER_MAX);
+                }
                 drop(state);
                 deliver(ready);
                 state = shared.lock();
                 continue;
+            }
+            if owed > 0 && !state.full && !state.closed {
+                let queued: u64 = state.queue.iter().map(|entry| entry.weight).sum();
+                let now = Instant::now();
+                if queued > 0 && queued < owed && now < gather_until {
+                    state = match shared.work.wait_timeout(state, gather_until - now) {
+                        Ok((guard, _)) => guard,
+                        Err(poisoned) => poisoned.into_inner().0,
+                    };
+                    continue;
+                }
             }
             // Take what fits.
             loop {
@@ -1076,7 +1114,7 @@ fn write_loop<T: Send>(
                 // checkpoint covers (never written): delivered in turn.
                 let Some(size) = size.filter(|_| seq > state.placed_through) else {
                     if let Some(entry) = state.queue.pop_front() {
-                        waiting.push_back((entry.seq, entry.payload));
+                        waiting.push_back((entry.seq, entry.weight, entry.payload));
                     }
                     continue;
                 };
@@ -1102,19 +1140,20 @@ fn write_loop<T: Send>(
                 state.placed.push_back((seq, start + buffer.len() as u64));
                 encode_record(&mut buffer, state.epoch, seq, txn, &payload);
                 state.placed_through = seq;
-                waiting.push_back((seq, entry.payload));
+                waiting.push_back((seq, entry.weight, entry.payload));
                 records += 1;
                 last = seq;
             }
             if records > 0 {
                 state.head = align_up(start + buffer.len() as u64, PAGE);
+                owed = 0;
                 break;
             }
             if state.closed {
                 return;
             }
             let durable = state.durable_through();
-            if waiting.front().is_some_and(|(seq, _)| *seq <= durable) {
+            if waiting.front().is_some_and(|(seq, _, _)| *seq <= durable) {
                 continue;
             }
             state = match shared.work.wait(state) {
@@ -1135,7 +1174,8 @@ fn write_loop<T: Send>(
             shared.lock().closed = true;
             return;
         }
-        metrics.sync.observe_duration(started.elapsed());
+        last_sync = started.elapsed();
+        metrics.sync.observe_duration(last_sync);
         metrics.syncs.inc();
         metrics.bytes.inc_by(buffer.len() as u64);
         metrics.records_per_sync.observe(records);

@@ -13,9 +13,10 @@
 //! - [`server`]: the daemon's I/O — one plain thread per core, all
 //!   receiving on one UDP socket, serving reads from LMDB read
 //!   transactions; one writer thread applying queued mutations in one write
-//!   transaction per batch (group commit), and a syncer thread answering
-//!   each batch once its commit is durable, while the writer already
-//!   applies the next; retransmissions answered from a bounded cache.
+//!   transaction per batch (group commit) over a write-ahead journal
+//!   (`daemon::journal`), whose thread answers each batch once its record
+//!   is durable, while the writer already applies the next; retransmissions
+//!   answered from a bounded cache.
 //! - [`mmsg`]: batched datagram receive and send (`recvmmsg`, `sendmmsg`)
 //!   for the server's threads.
 //! - [`metrics`]: request counts, errors by code, latencies and the group

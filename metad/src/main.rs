@@ -57,6 +57,15 @@ struct Args {
     /// A dead entry may be purged this long after it died.
     #[arg(long, default_value_t = wire::limits::PURGE_AGE_MIN_NS / wire::limits::NS_PER_SECOND)]
     purge_age_min_secs: u64,
+    /// Size of the shard's write-ahead journal (`<DIR>/shard-NNN/journal`,
+    /// zero-filled when created; an existing one keeps its size).
+    #[arg(long, default_value_t = daemon::journal::JOURNAL_BYTES >> 20, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    journal_mib: u64,
+    /// Hold each journal sync until the clients just answered have sent
+    /// their next mutations (or for at most the last sync's duration, and
+    /// 1 ms), so that they share one sync.
+    #[arg(long, default_value_t = false)]
+    journal_gather: bool,
 }
 
 fn main() -> ExitCode {
@@ -119,6 +128,8 @@ fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
             purge_age_min_ns: args.purge_age_min_secs.saturating_mul(wire::limits::NS_PER_SECOND),
         },
         metrics,
+        journal_bytes: args.journal_mib << 20,
+        journal_gather: args.journal_gather,
     };
     match metad::server::run(config) {
         Ok(()) => Err(Failure::Runtime(anyhow!("the I/O threads stopped"))),

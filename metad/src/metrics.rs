@@ -7,7 +7,11 @@
 //! - `malformed_datagrams_total`: datagrams that did not decode;
 //! - the writer's group commit: `commit_batch_size` (mutations per write
 //!   transaction), `commit_duration_seconds` (apply and commit of one
-//!   batch), `sync_duration_seconds` (the explicit meta-page syncs);
+//!   batch);
+//! - the journal (`daemon::journal`): `journal_syncs_total`,
+//!   `journal_bytes_total`, `journal_records_per_sync` (write transactions
+//!   made durable by one fdatasync), `journal_sync_duration_seconds`,
+//!   `journal_checkpoint_duration_seconds` (its count: checkpoints taken);
 //! - `receive_batch_size`: datagrams per batched receive of an I/O thread
 //!   (1 while the server keeps up; more once datagrams queue).
 //!
@@ -27,7 +31,7 @@ pub struct Metrics {
     pub malformed: Counter,
     pub batch_size: Histogram,
     pub commit: Histogram,
-    pub sync: Histogram,
+    pub journal: daemon::journal::JournalMetrics,
     pub receive_batch: Histogram,
 }
 
@@ -43,7 +47,7 @@ impl Metrics {
             malformed: Counter::default(),
             batch_size: Histogram::sizes(),
             commit: Histogram::seconds(),
-            sync: Histogram::seconds(),
+            journal: daemon::journal::JournalMetrics::new(),
             receive_batch: Histogram::sizes(),
         };
         registry.register(
@@ -54,7 +58,7 @@ impl Metrics {
         registry.register("malformed_datagrams", "datagrams that did not decode", metrics.malformed.clone());
         registry.register("commit_batch_size", "mutations per write transaction", metrics.batch_size.clone());
         registry.register("commit_duration_seconds", "apply and commit of one batch", metrics.commit.clone());
-        registry.register("sync_duration_seconds", "explicit syncs of the meta page", metrics.sync.clone());
+        metrics.journal.register(registry);
         registry.register("receive_batch_size", "datagrams per batched receive", metrics.receive_batch.clone());
         registry.register(
             "store_checksum_mismatches",

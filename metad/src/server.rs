@@ -1,6 +1,5 @@
 //! The daemon's I/O: UDP on plain threads, one writer thread with group
-//! commit, a syncer thread that answers mutations once durable, and the
-//! shuckle refresher.
+//! commit over a write-ahead journal, and the shuckle refresher.
 //!
 //! ```text
 //!  I/O thread 0..N (one per core, all blocking on ONE UDP socket)
@@ -8,21 +7,36 @@
 //!    privileged kinds)
 //!      read  → LMDB read txn → answer; the answers leave in one sendmmsg
 //!      write → bounded queue ──▶ writer thread: take everything queued, apply
-//!                                it in ONE write txn, commit (data fdatasync,
-//!                                meta page unsynced: NO_META_SYNC), hand the
-//!                                answers to the syncer, take the next batch
-//!                                ──▶ syncer thread: reply once the batch's
-//!                                meta page is durable (the writer's next
-//!                                commit, or one fdatasync when it is idle)
+//!                                it in ONE write txn (its puts, deletes and
+//!                                clears recorded), commit (NO_SYNC: pages
+//!                                into the page cache only), hand the record
+//!                                and the answers to the journal, take the
+//!                                next batch
+//!                                ──▶ journal thread (daemon::journal): write
+//!                                every queued record, ONE fdatasync, then
+//!                                the answers leave in one sendmmsg
+//!                                ··▶ checkpoint thread: every second or at
+//!                                half full, sync data.mdb at a snapshot the
+//!                                writer pinned; the records before it are
+//!                                free space
 //! ```
+//!
+//! A mutation waits for one small sync: the journal's, which carries the
+//! records of every commit made while the previous sync ran (was: the
+//! commit's own fdatasync, then a second one for its meta page, and a
+//! 200 µs grace). LMDB's own file is made durable by the checkpoints, and
+//! at open the journal puts it back at the last one and replays the
+//! records after it (`crate::store::Store::open`), after a SIGKILL or a
+//! power loss alike. A journal write or sync that fails stops the process
+//! (exit 1); a commit that fails writes no record and refuses the batch.
 //!
 //! Why plain threads on one socket (was: one glommio executor per core,
 //! each with its own SO_REUSEPORT socket): a datagram server's cost is its
 //! syscalls. A blocking thread pays one receive and one send per request
 //! (under load fewer: [`crate::mmsg`] takes every queued datagram in one
-//! receive and sends their answers, and the syncer a batch's, in one send),
-//! where the io_uring executor also paid the poll submission, the ring
-//! wait and task work (about a fifth of a stat's CPU in `perf record`).
+//! receive and sends their answers, and the journal thread a sync's, in one
+//! send), where the io_uring executor also paid the poll submission, the
+//! ring wait and task work (about a fifth of a stat's CPU in `perf record`).
 //! And one shared socket lets whichever thread is free take the next
 //! datagram; SO_REUSEPORT pins a client to a thread by its address hash.
 //!
@@ -37,8 +51,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
+
+use daemon::journal::{Effects, Journal};
 use std::time::{Duration, Instant};
 use wire::codec::Reader;
 use wire::datagram::{self, HEADER_BYTES, Header, KIND_PRIVILEGED, SHARD_MAGIC};
@@ -61,15 +77,9 @@ use crate::store::{Store, StoreError, parse_be_u64_key};
 const WRITE_QUEUE_BOUND: usize = 8192;
 /// Most mutations in one write transaction.
 const BATCH_MAX: usize = 1024;
-/// How long the syncer, having just answered a batch, waits for those
-/// clients' next mutations before paying an fsync of its own: the writer's
-/// commit of them syncs the waiting batch too. Well under one fsync (0.3 ms
-/// on a fast day of the test VM, several ms on a slow one) and above a
-/// loopback round trip, so with 8 clients the steps of one batch's clients
-/// ride on the next commit instead of costing a sync each time; a lone
-/// client is not delayed, since its next mutation comes a whole commit
-/// after its last answer.
-const SYNC_GRACE: Duration = Duration::from_micros(200);
+/// How often an idle writer looks for a snapshot the checkpoint thread
+/// wants and for a block service table to save.
+const WRITER_TICK: Duration = Duration::from_millis(10);
 /// Responses remembered for retransmitted mutations.
 const RETRANSMIT_CACHE_ENTRIES: usize = 32 * 1024;
 /// Receive buffer: larger than any valid datagram so oversized ones are seen
@@ -106,9 +116,14 @@ pub struct Config {
     pub durations: Durations,
     /// Where requests and commits are counted.
     pub metrics: Metrics,
+    /// The journal file's size when it is created (`metad --journal-mib`).
+    pub journal_bytes: u64,
+    /// Hold a journal sync for the clients just answered
+    /// (`daemon::journal::Config::gather`).
+    pub journal_gather: bool,
 }
 
-/// State shared by the I/O threads, the writer, the syncer and the refresher.
+/// State shared by the I/O threads, the writer, the journal and the refresher.
 struct Shared {
     store: Store,
     shard: Shard,
@@ -118,6 +133,8 @@ struct Shared {
     replay: Arc<Gate>,
     durations: Durations,
     metrics: Metrics,
+    /// A table fetched by the refresher, for the writer to save.
+    block_services_to_save: Mutex<Option<Vec<BlockServiceRecord>>>,
 }
 
 impl Shared {
@@ -160,12 +177,6 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     // start-up check: one line, exit 3, a marker (daemon::fault).
     daemon::fault::guard("metad", &folder, Some("metad --verify"))
         .map_err(|error| ServerError::Start(format!("cannot install the store's fault guard: {error}")))?;
-    // The writer syncs the meta page itself (see `writer`): one fsync per
-    // commit instead of two.
-    // SAFETY: NO_META_SYNC keeps LMDB consistent after a crash (at worst the
-    // last commit is undone); the writer replies only after a later sync.
-    unsafe { store.env.set_flags(heed::EnvFlags::NO_META_SYNC, heed::FlagSetMode::Enable) }
-        .map_err(|error| ServerError::Store(StoreError::Lmdb(error)))?;
     let shard = Shard::open(&store, config.shard, &config.cluster_key, EggsTime::now())?;
     let table = load_block_services(&store)?;
     let shared = Arc::new(Shared {
@@ -176,6 +187,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         replay: Gate::new(EggsTime::now()),
         durations: config.durations,
         metrics: config.metrics,
+        block_services_to_save: Mutex::new(None),
     });
     let socket = bind_socket(config.listen)?;
     let local =
@@ -183,11 +195,22 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let socket: UdpSocket = socket.into();
     daemon::announce::listening(daemon::announce::Proto::Udp, local).map_err(|e| ServerError::Start(e.to_string()))?;
 
+    // From here every commit is journaled: the journal thread answers a
+    // batch once its record is durable.
+    let journal_config =
+        daemon::journal::Config { bytes: config.journal_bytes, gather: config.journal_gather, ..Default::default() };
+    let metrics = shared.metrics.clone();
+    let journal = Journal::start(&shared.store.env, journal_config, shared.metrics.journal.clone(), move |durable| {
+        let mut answers: Answers = durable.into_iter().flatten().collect();
+        reply_all(&metrics, &mut answers);
+    })
+    .map_err(|error| ServerError::Store(StoreError::Journal(error)))?;
+    shared.store.record(true);
     let (sender, receiver) = std::sync::mpsc::sync_channel::<Job>(WRITE_QUEUE_BOUND);
     let writer_shared = shared.clone();
     std::thread::Builder::new()
         .name("metad-writer".into())
-        .spawn(move || writer(writer_shared, receiver))
+        .spawn(move || writer(writer_shared, receiver, journal))
         .map_err(|e| ServerError::Start(e.to_string()))?;
     let refresher_shared = shared.clone();
     let (shuckle, cluster_key, shard_id) = (config.shuckle, config.cluster_key, config.shard);
@@ -197,7 +220,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .spawn(move || refresher(refresher_shared, shuckle, cluster_key, shard_id, advertised))
         .map_err(|e| ServerError::Start(e.to_string()))?;
 
-    // The writer's and the syncer's replies leave through a clone of the
+    // The writer's and the journal's replies leave through a clone of the
     // same socket (sending needs no coordination with the receivers).
     let reply = Arc::new(socket.try_clone().map_err(|e| ServerError::Bind(local, e))?);
     let mut handles = Vec::new();
@@ -460,114 +483,43 @@ fn send(metrics: &Metrics, job: &mut Job, bytes: &[u8]) {
     }
 }
 
-/// Committed batches whose replies wait for their meta page to be durable,
-/// shared by the writer (which adds them) and the syncer (which answers
-/// them).
-///
-/// Batch `n`'s commit wrote its data pages, fdatasynced them, then wrote
-/// its meta page without a sync (NO_META_SYNC). That meta page is durable
-/// once any fdatasync that started after it returns: the data sync of the
-/// writer's next commit, or the syncer's explicit sync. `durable_through`
-/// is the last batch known durable either way.
-#[derive(Default)]
-struct Durability {
-    pending: VecDeque<(u64, Answers)>,
-    durable_through: u64,
-    /// The writer is applying and committing a batch: its data fdatasync
-    /// will cover every meta page written so far, so the syncer waits for
-    /// it instead of paying a second fsync.
-    writing: bool,
-    /// The writer is gone: the syncer answers what is left and stops.
-    closed: bool,
-}
-
 /// A committed batch's jobs with their answers.
 type Answers = Vec<(Job, Arc<[u8]>)>;
 
-/// What a batch's transaction gave: each answer (see [`apply_batch`]), and
-/// whether the commit wrote anything.
-type Applied = (Vec<Option<Arc<[u8]>>>, bool);
+/// What a batch's transaction gave: each answer (see [`apply_batch`]).
+type Applied = Vec<Option<Arc<[u8]>>>;
 
-/// Handed from the writer to the syncer.
-struct Handoff {
-    state: Mutex<Durability>,
-    wake: Condvar,
-}
-
-impl Handoff {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Durability> {
-        match self.state.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    /// The writer starts a batch.
-    fn writing(&self) {
-        self.lock().writing = true;
-    }
-
-    /// The writer's batch failed (nothing committed).
-    fn failed(&self) {
-        self.lock().writing = false;
-        self.wake.notify_one();
-    }
-
-    /// Batch `batch` is committed. When the commit `wrote` (its meta page
-    /// written, not synced), every earlier batch is durable: its meta page
-    /// was written before this commit's data fdatasync started. A commit
-    /// that changed nothing synced nothing; its answers rest on earlier
-    /// batches and leave once those are durable.
-    fn committed(&self, batch: u64, wrote: bool, answers: Answers) {
-        let mut state = self.lock();
-        state.writing = false;
-        if wrote {
-            state.durable_through = state.durable_through.max(batch.saturating_sub(1));
-        } else if state.durable_through.saturating_add(1) >= batch {
-            state.durable_through = batch;
-        }
-        if !answers.is_empty() {
-            state.pending.push_back((batch, answers));
-        }
-        drop(state);
-        self.wake.notify_one();
-    }
-
-    fn close(&self) {
-        self.lock().closed = true;
-        self.wake.notify_one();
-    }
-}
-
-/// The single writer: batches, group commit; the syncer replies once
-/// durable.
+/// The single writer: batches, group commit, the journal.
 ///
-/// The environment runs with NO_META_SYNC: a commit fdatasyncs its data
-/// pages once and writes the meta page without a second fsync. The writer
-/// never waits for that meta page: it hands the batch's answers to the
-/// [`syncer`] and goes on with whatever arrived meanwhile, so one commit
-/// carries every mutation that queued during the previous one. A batch's
-/// answers leave once its meta page is durable: after the writer's next
-/// commit (whose data fdatasync covers it) or after the syncer's explicit
-/// fdatasync, whichever ends first; both run at the same time. So replies
-/// stay durable before they leave, and the writer's fsyncs are never idle
-/// ones.
-fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
-    let handoff = Arc::new(Handoff { state: Mutex::new(Durability::default()), wake: Condvar::new() });
-    let syncer_handoff = handoff.clone();
-    let syncer_shared = shared.clone();
-    let syncer =
-        std::thread::Builder::new().name("metad-syncer".into()).spawn(move || syncer(syncer_shared, syncer_handoff));
-    if let Err(error) = syncer {
-        tracing::error!(%error, "cannot start the syncer thread");
-        return;
-    }
+/// The environment runs with NO_SYNC (`daemon::journal`): a commit writes
+/// its pages into the page cache and nothing else. The writer takes
+/// everything queued, applies it in one transaction (every put, delete and
+/// clear recorded by the store's [`crate::store::Recorder`]), commits, and
+/// hands the commit's effects with the batch's answers to the journal. The
+/// journal thread writes the records of every commit queued meanwhile with
+/// one fdatasync, then sends their answers; the writer is already applying
+/// the next batch. So a mutation waits for one small sync, and the journal
+/// keeps commit order. After each commit, and every [`WRITER_TICK`] when
+/// idle, the writer hands the checkpoint thread the snapshot it asked for
+/// (it must be taken between two commits), and saves a block service table
+/// the refresher left for it (all writes are the writer's: the journal's
+/// records are in commit order).
+fn writer(shared: Arc<Shared>, receiver: Receiver<Job>, journal: Journal<Answers>) {
     let mut cache = RetransmitCache::default();
     let mut rng = rand::rng();
     let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH_MAX);
-    let mut committed: u64 = 0;
-    while let Ok(first) = receiver.recv() {
+    let mut effects = Effects::default();
+    loop {
+        save_refreshed_block_services(&shared, &journal, &mut effects);
+        let first = match receiver.recv_timeout(WRITER_TICK) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                journal.after_commit();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         batch.push(first);
         while batch.len() < BATCH_MAX {
             match receiver.try_recv() {
@@ -575,16 +527,16 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let mut effects = MutationEffects::default();
+        let mut outcome = MutationEffects::default();
         shared.metrics.batch_size.observe(batch.len() as u64);
-        handoff.writing();
         let started = Instant::now();
-        let applied = apply_batch(&shared, &batch, &cache, &mut rng, &mut effects, &mut out);
+        let applied = apply_batch(&shared, &batch, &cache, &mut rng, &mut outcome, &mut out);
         shared.metrics.commit.observe_duration(started.elapsed());
-        let (answers, wrote) = match applied {
+        let answers = match applied {
             Ok(applied) => applied,
             Err(error) => {
-                handoff.failed();
+                // Nothing committed: no record, and the batch is refused.
+                shared.store.discard_effects();
                 tracing::error!(%error, jobs = batch.len(), "write batch failed");
                 for job in &mut batch {
                     let privileged = job.kind & KIND_PRIVILEGED != 0;
@@ -601,7 +553,6 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
                 continue;
             }
         };
-        committed += 1;
         let mut durable_later = Vec::with_capacity(batch.len());
         for (job, answer) in batch.drain(..).zip(answers) {
             let key = (job.peer, job.request_id, job.kind);
@@ -614,77 +565,33 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Job>) {
             };
             durable_later.push((job, bytes));
         }
-        handoff.committed(committed, wrote, durable_later);
-        if effects.wants_block_service_refresh {
+        shared.store.take_effects(&mut effects);
+        let weight = durable_later.len() as u64;
+        journal.append_weighted(&mut effects, durable_later, weight);
+        journal.after_commit();
+        if outcome.wants_block_service_refresh {
             shared.request_refresh();
         }
     }
-    handoff.close();
 }
 
-/// Answers committed batches once their meta page is durable (see
-/// [`Durability`]): when the writer's next commit made it so, or, when the
-/// writer has nothing to commit, after one fdatasync of its own that covers
-/// every batch handed over so far. So under load every fsync is a commit's,
-/// and an idle writer's last batch still gets its answers after one more.
-/// Right after answers left, that sync waits up to [`SYNC_GRACE`] for the
-/// writer to start on those clients' next mutations.
-fn syncer(shared: Arc<Shared>, handoff: Arc<Handoff>) {
-    // When answers last left: their clients' next mutations are on the way.
-    let mut replied_at: Option<Instant> = None;
-    loop {
-        let mut state = handoff.lock();
-        // Wait for a batch that is durable, or for one that needs a sync
-        // while the writer has nothing to commit (after the grace).
-        loop {
-            let durable = state.pending.front().is_some_and(|(batch, _)| *batch <= state.durable_through);
-            let grace_left = replied_at.map_or(Duration::ZERO, |at| SYNC_GRACE.saturating_sub(at.elapsed()));
-            let idle_writer = !state.pending.is_empty() && !state.writing;
-            if durable || (idle_writer && grace_left.is_zero()) || (state.closed && !state.writing) {
-                break;
-            }
-            state = if idle_writer {
-                match handoff.wake.wait_timeout(state, grace_left) {
-                    Ok((guard, _)) => guard,
-                    Err(poisoned) => poisoned.into_inner().0,
-                }
-            } else {
-                match handoff.wake.wait(state) {
-                    Ok(guard) => guard,
-                    Err(poisoned) => poisoned.into_inner(),
-                }
-            };
+/// Saves the table the refresher fetched, if any, in a transaction of its
+/// own (journaled like a batch, with no answers).
+fn save_refreshed_block_services(shared: &Shared, journal: &Journal<Answers>, effects: &mut Effects) {
+    let services = match shared.block_services_to_save.lock() {
+        Ok(mut slot) => slot.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    };
+    let Some(services) = services else { return };
+    match save_block_services(&shared.store, &services) {
+        Ok(()) => {
+            shared.store.take_effects(effects);
+            journal.append(effects, Vec::new());
+            journal.after_commit();
         }
-        let Some(&(newest, _)) = state.pending.back() else { return };
-        if newest > state.durable_through && !state.writing {
-            drop(state);
-            let started = Instant::now();
-            let synced = shared.store.env.force_sync();
-            shared.metrics.sync.observe_duration(started.elapsed());
-            state = handoff.lock();
-            match synced {
-                Ok(()) => state.durable_through = state.durable_through.max(newest),
-                Err(error) => {
-                    // Not answered: the clients retransmit, and the
-                    // retransmissions are answered from the cache after a
-                    // later sync.
-                    tracing::error!(%error, "sync failed");
-                    state.pending.retain(|(batch, _)| *batch > newest);
-                    continue;
-                }
-            }
-        }
-        let through = state.durable_through;
-        let mut durable = Vec::new();
-        while state.pending.front().is_some_and(|(batch, _)| *batch <= through) {
-            if let Some((_, answers)) = state.pending.pop_front() {
-                durable.extend(answers);
-            }
-        }
-        drop(state);
-        if !durable.is_empty() {
-            reply_all(&shared.metrics, &mut durable);
-            replied_at = Some(Instant::now());
+        Err(error) => {
+            shared.store.discard_effects();
+            tracing::warn!(%error, "cannot persist block services");
         }
     }
 }
@@ -714,10 +621,7 @@ fn reply_all(metrics: &Metrics, durable: &mut Answers) {
 
 /// Applies a batch in one transaction. Each answer is `Some(new response)`
 /// or `None` for a retransmission (answered from the cache, which by then
-/// holds the original's response). Also says whether the commit wrote
-/// anything: LMDB commits a transaction that changed nothing (a batch of
-/// refusals and retransmissions) without a write or an fsync, so such a
-/// commit makes no earlier meta page durable.
+/// holds the original's response).
 fn apply_batch(
     shared: &Shared,
     batch: &[Job],
@@ -759,9 +663,8 @@ fn apply_batch(
         in_batch.insert(key, ());
         answers.push(Some(Arc::from(out.get(..len).unwrap_or_default())));
     }
-    let last_txn_id = shared.store.env.info().last_txn_id;
     txn.commit()?;
-    Ok((answers, shared.store.env.info().last_txn_id != last_txn_id))
+    Ok(answers)
 }
 
 /// Keeps the block service table fresh and the shard registered.
@@ -804,10 +707,12 @@ fn refresher(shared: Arc<Shared>, shuckle: SocketAddr, cluster_key: SecretKey, s
         match fetched {
             Ok(services) => {
                 tracing::info!(count = services.len(), "block services refreshed from shuckle");
-                if let Err(error) = save_block_services(&shared.store, &services) {
-                    tracing::warn!(%error, "cannot persist block services");
+                let table = Arc::new(BlockServiceTable::new(services.clone()));
+                // The writer saves it (all writes are the writer's).
+                match shared.block_services_to_save.lock() {
+                    Ok(mut slot) => *slot = Some(services),
+                    Err(poisoned) => *poisoned.into_inner() = Some(services),
                 }
-                let table = Arc::new(BlockServiceTable::new(services));
                 match shared.block_services.write() {
                     Ok(mut slot) => *slot = table,
                     Err(poisoned) => *poisoned.into_inner() = table,
@@ -824,45 +729,3 @@ fn refresher(shared: Arc<Shared>, shuckle: SocketAddr, cluster_key: SecretKey, s
 }
 
 const _: () = assert!(HEADER_BYTES < RECEIVE_BUFFER_BYTES);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn handoff() -> Handoff {
-        Handoff { state: Mutex::new(Durability::default()), wake: Condvar::new() }
-    }
-
-    #[test]
-    fn a_commit_that_wrote_makes_the_earlier_batches_durable_not_its_own() {
-        let handoff = handoff();
-        handoff.committed(1, true, Vec::new());
-        assert_eq!(handoff.lock().durable_through, 0, "batch 1's meta page is not synced yet");
-        handoff.committed(2, true, Vec::new());
-        assert_eq!(handoff.lock().durable_through, 1, "commit 2's data fdatasync covered meta page 1");
-    }
-
-    #[test]
-    fn a_commit_that_changed_nothing_makes_nothing_durable() {
-        let handoff = handoff();
-        handoff.committed(1, true, Vec::new());
-        // LMDB wrote and synced nothing for batch 2 (refusals only): batch 1
-        // is still waiting for a sync.
-        handoff.committed(2, false, Vec::new());
-        assert_eq!(handoff.lock().durable_through, 0);
-        handoff.committed(3, true, Vec::new());
-        assert_eq!(handoff.lock().durable_through, 2, "batch 2's answers rest on batch 1, now durable");
-        handoff.committed(4, false, Vec::new());
-        assert_eq!(handoff.lock().durable_through, 2, "batch 3 is not durable, so neither is 4");
-    }
-
-    #[test]
-    fn an_empty_commit_after_durable_batches_is_durable_at_once() {
-        let handoff = handoff();
-        handoff.committed(1, true, Vec::new());
-        handoff.committed(2, true, Vec::new());
-        handoff.lock().durable_through = 2; // the syncer synced
-        handoff.committed(3, false, Vec::new());
-        assert_eq!(handoff.lock().durable_through, 3);
-    }
-}

@@ -54,11 +54,13 @@
 //! are adjacent and sorted by creation time, and names of one hash still sort
 //! by name.
 
+use daemon::journal::{Effects, Mark};
 use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use wire::codec::Reader;
 use wire::crc::{crc32c, crc32c_append};
 use wire::ids::{BlockId, BlockServiceId, EggsTime, InodeId, InodeType};
@@ -83,6 +85,9 @@ pub enum StoreError {
     Faulted { folder: String, marker: String, line: String },
     #[error("{path} is not an LMDB file metad can open: {reason}")]
     NotLmdb { path: String, reason: &'static str },
+    /// The journal could not be read, restored or replayed.
+    #[error(transparent)]
+    Journal(#[from] daemon::journal::JournalError),
     #[error("{path} was written without record checksums (store format {found}, this metad needs {STORE_FORMAT})")]
     Format { path: String, found: u32 },
 }
@@ -144,6 +149,35 @@ pub struct Db {
     pub name: &'static str,
     what: &'static str,
     map: &'static MapBounds,
+    /// Its index among [`Store::databases`]: the journal's database number.
+    index: u8,
+    recorder: &'static Recorder,
+}
+
+/// Gathers the effects of the writer's transaction for the journal
+/// (`daemon::journal`): every put, delete (of a record that was there)
+/// and clear through a [`Db`], while on. One per opened store, leaked like
+/// [`MapBounds`]. Only the writer thread writes once it is on, so the
+/// lock is never contended; it is what lets a `Db` (shared, `Copy`) reach
+/// the buffer.
+pub struct Recorder {
+    on: AtomicBool,
+    effects: Mutex<Effects>,
+}
+
+impl Recorder {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Effects> {
+        match self.effects.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn record(&self, op: impl FnOnce(&mut Effects)) {
+        if self.on.load(Ordering::Relaxed) {
+            op(&mut self.lock());
+        }
+    }
 }
 
 /// Where the environment's file is mapped, to refuse a record that LMDB
@@ -245,19 +279,36 @@ impl Db {
         if in_order(found) { Ok(()) } else { Err(self.mismatch(found)) }
     }
 
+    /// The LMDB database underneath (values with their trailers), for
+    /// tests that compare raw contents.
+    #[cfg(test)]
+    pub(crate) fn raw(&self) -> Database<Bytes, Bytes> {
+        self.inner
+    }
+
+    /// Stores `value` with its checksum (recorded for the journal as
+    /// stored, trailer included).
     pub fn put(&self, txn: &mut RwTxn, key: &[u8], value: &[u8]) -> heed::Result<()> {
         let mut stored = Vec::with_capacity(value.len() + CHECKSUM_BYTES);
         stored.extend_from_slice(value);
         stored.extend_from_slice(&record_checksum(key, value).to_le_bytes());
-        self.inner.put(txn, key, &stored)
+        self.inner.put(txn, key, &stored)?;
+        self.recorder.record(|effects| effects.put(self.index, key, &stored));
+        Ok(())
     }
 
     pub fn delete(&self, txn: &mut RwTxn, key: &[u8]) -> heed::Result<bool> {
-        self.inner.delete(txn, key)
+        let deleted = self.inner.delete(txn, key)?;
+        if deleted {
+            self.recorder.record(|effects| effects.delete(self.index, key));
+        }
+        Ok(deleted)
     }
 
     pub fn clear(&self, txn: &mut RwTxn) -> heed::Result<()> {
-        self.inner.clear(txn)
+        self.inner.clear(txn)?;
+        self.recorder.record(|effects| effects.clear(self.index));
+        Ok(())
     }
 
     /// The last record at or below `key`; the record above it is checked
@@ -513,6 +564,9 @@ impl Store {
     pub fn open_despite_fault(folder: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(folder)
             .map_err(|source| StoreError::Folder { path: folder.display().to_string(), source })?;
+        // Before LMDB maps the file (and before the check, which must see
+        // what LMDB will): put it back at the journal's checkpoint.
+        let restored = daemon::journal::restore(folder)?;
         daemon::lmdb::check(folder)?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
         options.map_size(MAP_SIZE_BYTES).max_dbs(DATABASES_MAX).max_readers(1024);
@@ -529,10 +583,14 @@ impl Store {
             file_bytes: AtomicU64::new(file.metadata().map(|metadata| metadata.len()).unwrap_or(0)),
             file,
         }));
+        let recorder: &'static Recorder =
+            Box::leak(Box::new(Recorder { on: AtomicBool::new(false), effects: Mutex::new(Effects::default()) }));
         let mut wtxn = env.write_txn()?;
+        let mut index = 0u8;
         let mut create = |name: &'static str, what: &'static str| -> Result<Db, StoreError> {
             let inner = env.create_database::<Bytes, Bytes>(&mut wtxn, Some(name))?;
-            Ok(Db { inner, name, what, map })
+            index += 1;
+            Ok(Db { inner, name, what, map, index: index - 1, recorder })
         };
         let store = Store {
             meta: create("meta", "checksum of a meta record")?,
@@ -549,10 +607,49 @@ impl Store {
         };
         store.check_format(&mut wtxn, folder)?;
         wtxn.commit()?;
+        if let Some(restored) = restored {
+            let inner: Vec<Database<Bytes, Bytes>> = store.databases().iter().map(|db| db.inner).collect();
+            let replayed = restored.replay(&store.env, &inner)?;
+            tracing::info!(
+                checkpoint = replayed.checkpoint_txn,
+                records = replayed.records,
+                last = replayed.last_txn,
+                "store restored to its journal's checkpoint and the records after it replayed"
+            );
+        }
         Ok(store)
     }
 
-    /// Every database, for walks over all records.
+    /// Starts (or stops) gathering the effects of writes for the journal.
+    pub fn record(&self, on: bool) {
+        self.meta.recorder.on.store(on, Ordering::Relaxed);
+    }
+
+    /// Moves the effects gathered so far into `into` (emptied first),
+    /// leaving the recorder empty: after a commit.
+    pub fn take_effects(&self, into: &mut Effects) {
+        into.reset();
+        std::mem::swap(&mut *self.meta.recorder.lock(), into);
+    }
+
+    /// Drops the effects gathered so far: after a transaction was aborted.
+    pub fn discard_effects(&self) {
+        self.meta.recorder.lock().reset();
+    }
+
+    /// Where the effects stand, to drop a nested transaction's on abort.
+    pub fn effects_mark(&self) -> Mark {
+        self.meta.recorder.lock().mark()
+    }
+
+    /// Drops the effects gathered after `mark` (an aborted nested
+    /// transaction's).
+    pub fn effects_truncate(&self, mark: Mark) {
+        self.meta.recorder.lock().truncate_to(mark);
+    }
+
+    /// Every database, for walks over all records. Its order is the
+    /// journal's database numbering: append new databases at the end.
     pub fn databases(&self) -> [Db; 10] {
         [
             self.meta,
@@ -1072,6 +1169,44 @@ mod tests {
         assert!(store.files.get(&txn, &key).is_err(), "a lookup that missed a present record is damage");
         let next = (u64::from_be_bytes(key) + 1).to_be_bytes();
         assert!(store.files.get(&txn, &next).unwrap().is_some(), "the key now separating the leaves is found");
+    }
+
+    // What the writer's batch does with a refused mutation: its nested
+    // transaction is aborted and its effects dropped back to the mark, so
+    // the batch's journal record holds the accepted mutations only.
+    #[test]
+    fn an_aborted_nested_transaction_leaves_no_effects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.record(true);
+        let mut txn = store.write_txn().unwrap();
+        store.files.put(&mut txn, b"kept", b"1").unwrap();
+        let mark = store.effects_mark();
+        let mut nested = store.env.nested_write_txn(&mut txn).unwrap();
+        store.files.put(&mut nested, b"refused", b"2").unwrap();
+        store.living.clear(&mut nested).unwrap();
+        nested.abort();
+        store.effects_truncate(mark);
+        let mut nested = store.env.nested_write_txn(&mut txn).unwrap();
+        store.eden.put(&mut nested, b"accepted", b"3").unwrap();
+        assert!(store.files.delete(&mut nested, b"kept").unwrap());
+        assert!(!store.files.delete(&mut nested, b"never there").unwrap());
+        nested.commit().unwrap();
+        txn.commit().unwrap();
+        let mut effects = Effects::default();
+        store.take_effects(&mut effects);
+        let ops: Vec<(u8, Vec<u8>)> = effects
+            .ops()
+            .map(|op| match op.unwrap() {
+                daemon::journal::Op::Put { db, key, .. } => (db, key.to_vec()),
+                daemon::journal::Op::Delete { db, key } => (db + 100, key.to_vec()),
+                daemon::journal::Op::Clear { db } => (db + 200, Vec::new()),
+            })
+            .collect();
+        let (files, eden) = (store.files.index, store.eden.index);
+        assert_eq!(ops, vec![(files, b"kept".to_vec()), (eden, b"accepted".to_vec()), (files + 100, b"kept".to_vec())]);
+        let indices: Vec<u8> = store.databases().iter().map(|db| db.index).collect();
+        assert_eq!(indices, (0..10).collect::<Vec<u8>>(), "the journal's numbering is the order of databases()");
     }
 
     #[test]

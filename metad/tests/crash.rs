@@ -1,5 +1,9 @@
-//! kill -9 during a create/link/rename workload from several clients, then
+//! kill -9 during a create/link/rename workload from 8 clients, then
 //! restart: every acknowledged change is there and the state is consistent.
+//! The kills land before the first checkpoint after a start (records
+//! only), after seconds of load (several checkpoints, many records), and
+//! with a 1 MiB journal that wraps around and fills under the load; the
+//! journal's metrics prove which.
 
 mod common;
 
@@ -14,7 +18,7 @@ use wire::span::SpanBody;
 use wire::{ErrorKind, Name};
 use zerocopy::byteorder::little_endian::U64;
 
-const CLIENTS: usize = 4;
+const CLIENTS: usize = 8;
 
 /// What a client knows about one of its files.
 #[derive(Clone, Debug)]
@@ -131,9 +135,16 @@ fn list_root(client: &mut Client) -> HashMap<String, InodeId> {
     }
 }
 
-/// Runs the workload against `daemon` until `threshold` acknowledgements,
-/// then kills it with SIGKILL; returns the acknowledged files.
-fn run_until_killed(daemon: &mut Daemon, key: &wire::SecretKey, cycle: usize, threshold: usize) -> Vec<FileState> {
+/// Runs the workload against `daemon` until `threshold` acknowledgements
+/// and at least `min_time`, then kills it with SIGKILL; returns the
+/// acknowledged files and the journal's metrics just before the kill.
+fn run_until_killed(
+    daemon: &mut Daemon,
+    key: &wire::SecretKey,
+    cycle: usize,
+    threshold: usize,
+    min_time: Duration,
+) -> (Vec<FileState>, Journal) {
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicUsize::new(0));
     let files = Arc::new(Mutex::new(Vec::new()));
@@ -145,15 +156,44 @@ fn run_until_killed(daemon: &mut Daemon, key: &wire::SecretKey, cycle: usize, th
         })
         .collect();
     let started = Instant::now();
-    while acked.load(Ordering::Relaxed) < threshold && started.elapsed() < Duration::from_secs(60) {
+    while (acked.load(Ordering::Relaxed) < threshold || started.elapsed() < min_time)
+        && started.elapsed() < Duration::from_secs(60)
+    {
         std::thread::sleep(Duration::from_millis(5));
     }
+    let journal = Journal::scrape(daemon);
     daemon.kill(); // SIGKILL, mid-workload
     stop.store(true, Ordering::Relaxed);
     for thread in threads {
         thread.join().unwrap();
     }
-    files.lock().unwrap().clone()
+    (files.lock().unwrap().clone(), journal)
+}
+
+/// The journal's counters from `/metrics`.
+#[derive(Debug)]
+struct Journal {
+    syncs: u64,
+    checkpoints: u64,
+}
+
+impl Journal {
+    fn scrape(daemon: &Daemon) -> Self {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(daemon.address("metrics")).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{name} in {text}")) as u64
+        };
+        Self {
+            syncs: value("metad_journal_syncs_total"),
+            checkpoints: value("metad_journal_checkpoint_duration_seconds_count"),
+        }
+    }
 }
 
 /// Every acknowledged link and rename is there; every listed entry is a
@@ -192,18 +232,26 @@ fn verify(client: &mut Client, files: &[FileState], in_flight_max: usize) {
 
 #[test]
 fn kill_nine_during_create_link_rename_loses_nothing_acknowledged() {
-    const CYCLES: usize = 3;
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = start_metad(1, dir.path(), None);
+    // A 1 MiB journal: under this load it wraps and fills, forcing
+    // checkpoints, within the longer cycles.
+    let start = || start_metad_with(1, dir.path(), None, &["--metrics", "127.0.0.1:0", "--journal-mib", "1"]);
+    let mut daemon = start();
     let key = cluster_key(dir.path());
     let mut all_files = Vec::new();
-    for cycle in 0..CYCLES {
-        // Kill at a different point of the workload each time.
-        let threshold = rand::random_range(100..400);
-        let files = run_until_killed(&mut daemon, &key, cycle, threshold);
+    // (acknowledgements at least, time at least): a kill before the first
+    // periodic checkpoint, then after several.
+    let cycles = [(rand::random_range(50..150), Duration::ZERO), (300, Duration::from_secs(3)), (100, Duration::ZERO)];
+    for (cycle, (threshold, min_time)) in cycles.into_iter().enumerate() {
+        let (files, journal) = run_until_killed(&mut daemon, &key, cycle, threshold, min_time);
+        eprintln!("cycle {cycle}: {} files acknowledged; journal before the kill: {journal:?}", files.len());
         assert!(files.len() >= 20, "workload too small: {}", files.len());
+        assert!(journal.syncs > 0, "the journal made the acknowledged mutations durable");
+        if min_time > Duration::from_secs(2) {
+            assert!(journal.checkpoints >= 2, "checkpoints under load: {journal:?}");
+        }
         all_files.extend(files);
-        daemon = start_metad(1, dir.path(), None);
+        daemon = start();
         let mut client = Client::new(daemon.address("udp"), &key);
         verify(&mut client, &all_files, CLIENTS * (cycle + 1));
     }

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Client, cluster_key, decode, start_metad};
+use common::{Client, cluster_key, decode, start_metad_with};
 use wire::datagram::ErrorKind;
 use wire::shard::{CreateEdenFileReq, ShardRequest, ShardResponse, StatReq};
 use wire::{InodeId, InodeType};
@@ -60,7 +60,9 @@ fn a_full_disk_answers_storage_error_serves_reads_and_recovers() {
         eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
         return;
     };
-    let daemon = start_metad(1, &dir, None);
+    // A journal of 2 MiB: the default 16 MiB would not leave the
+    // 16 MiB tmpfs any room.
+    let daemon = start_metad_with(1, &dir, None, &["--journal-mib", "2"]);
     let mut client = Client::new(daemon.address("udp"), &cluster_key(&dir));
     let Outcome::Created(before) = create(&mut client) else { panic!("a create on an empty disk failed") };
     testsupport::fill_filesystem(&dir);

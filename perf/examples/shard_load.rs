@@ -12,9 +12,12 @@
 //! shard's CPU seconds per operation (utime + stime of the metad process
 //! over the measured interval, from `/proc/PID/stat`), the clients' (this
 //! process's, the same way), and for creates the
-//! writer's commits, mutations per commit and fsyncs per operation, and the
-//! I/O threads' datagrams per batched receive, from
-//! metad's `/metrics`. Set
+//! writer's commits, mutations per commit, fsyncs per operation and
+//! mutations per fsync, and the I/O threads' datagrams per batched receive,
+//! from metad's `/metrics`. A metad with the write-ahead journal (session
+//! 8) syncs the journal once per batch of commits and twice per checkpoint
+//! (`data.mdb`, then the checkpoint slot); an older one fdatasyncs in every
+//! commit and once per explicit meta-page sync. Set
 //! `SHARD_LOAD_PAUSE=1` to print metad's pid and wait 2 s before the load
 //! (time to attach `perf record -p PID`).
 
@@ -77,18 +80,27 @@ fn main() {
     let cpu = cpu_seconds(daemon.pid()) - cpu_before;
     let own = cpu_seconds(std::process::id()) - own_before;
     let after = commit_counts(metrics);
-    let (commits, mutations, syncs) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
-    let (receives, received) = (after.3 - before.3, after.4 - before.4);
+    let (commits, mutations) = (after.commits - before.commits, after.mutations - before.mutations);
+    let syncs = after.syncs - before.syncs;
+    let (receives, received) = (after.receives - before.receives, after.received - before.received);
+    let per_sync = if syncs > 0.0 { mutations / syncs } else { 0.0 };
+    let mean_ms = |seconds: f64, count: f64| if count > 0.0 { seconds * 1e3 / count } else { 0.0 };
+    let journal_sync_ms =
+        mean_ms(after.journal_sync_s - before.journal_sync_s, after.journal_syncs - before.journal_syncs);
+    let checkpoint_ms = mean_ms(after.checkpoint_s - before.checkpoint_s, after.checkpoints - before.checkpoints);
     let per_receive = if receives > 0.0 { received / receives } else { 0.0 };
     let per_commit = if commits > 0.0 { mutations / commits } else { 0.0 };
     let ops = rate.ops.max(1) as f64;
     println!(
         "{mode} clients={clients} ops_per_s={:.0} metad_cpu_us_per_op={:.1} metad_cpu_s={cpu:.2} clients_cpu_us_per_op={:.1} commits={commits} \
-         mutations_per_commit={per_commit:.2} datagrams_per_receive={per_receive:.2} syncs={syncs} fsyncs_per_op={:.3}",
+         mutations_per_commit={per_commit:.2} datagrams_per_receive={per_receive:.2} fsyncs={syncs} fsyncs_per_op={:.3} \
+         mutations_per_fsync={per_sync:.2} journal={} journal_sync_ms={journal_sync_ms:.3} checkpoints={} checkpoint_ms={checkpoint_ms:.1}",
         rate.per_second(),
         cpu * 1e6 / ops,
         own * 1e6 / ops,
-        (commits + syncs) / ops,
+        syncs / ops,
+        after.journaled,
+        after.checkpoints - before.checkpoints,
     );
 }
 
@@ -106,12 +118,27 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / per_second
 }
 
-/// (commits, mutations, explicit syncs, batched receives, datagrams
-/// received) so far: count and sum of `metad_commit_batch_size`, count of
-/// `metad_sync_duration_seconds`, count and sum of
-/// `metad_receive_batch_size`. Every commit is one fdatasync, every
-/// explicit sync another.
-fn commit_counts(metrics: SocketAddr) -> (f64, f64, f64, f64, f64) {
+/// metad's counters so far.
+struct Counts {
+    /// Count and sum of `metad_commit_batch_size`.
+    commits: f64,
+    mutations: f64,
+    /// fdatasyncs: with the journal, `metad_journal_syncs_total` plus two
+    /// per `metad_journal_checkpoint_duration_seconds`; without, one per
+    /// commit plus `metad_sync_duration_seconds`' count (explicit syncs).
+    syncs: f64,
+    /// Count and sum of `metad_receive_batch_size`.
+    receives: f64,
+    received: f64,
+    journaled: bool,
+    /// The journal's syncs and checkpoints: counts and summed seconds.
+    journal_syncs: f64,
+    journal_sync_s: f64,
+    checkpoints: f64,
+    checkpoint_s: f64,
+}
+
+fn commit_counts(metrics: SocketAddr) -> Counts {
     let mut stream = TcpStream::connect(metrics).expect("metrics connect");
     stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("metrics request");
     let mut text = String::new();
@@ -121,11 +148,23 @@ fn commit_counts(metrics: SocketAddr) -> (f64, f64, f64, f64, f64) {
             .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
             .unwrap_or(0.0)
     };
-    (
-        value("metad_commit_batch_size_count"),
-        value("metad_commit_batch_size_sum"),
-        value("metad_sync_duration_seconds_count"),
-        value("metad_receive_batch_size_count"),
-        value("metad_receive_batch_size_sum"),
-    )
+    let journaled = text.contains("metad_journal_syncs_total");
+    let commits = value("metad_commit_batch_size_count");
+    let syncs = if journaled {
+        value("metad_journal_syncs_total") + 2.0 * value("metad_journal_checkpoint_duration_seconds_count")
+    } else {
+        commits + value("metad_sync_duration_seconds_count")
+    };
+    Counts {
+        commits,
+        mutations: value("metad_commit_batch_size_sum"),
+        syncs,
+        receives: value("metad_receive_batch_size_count"),
+        received: value("metad_receive_batch_size_sum"),
+        journaled,
+        journal_syncs: value("metad_journal_sync_duration_seconds_count"),
+        journal_sync_s: value("metad_journal_sync_duration_seconds_sum"),
+        checkpoints: value("metad_journal_checkpoint_duration_seconds_count"),
+        checkpoint_s: value("metad_journal_checkpoint_duration_seconds_sum"),
+    }
 }

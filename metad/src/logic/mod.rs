@@ -231,6 +231,9 @@ impl Shard {
         out: &mut [u8],
     ) -> Result<usize, StoreError> {
         let privileged = request.kind().is_privileged();
+        // A refused request's writes are rolled back with its nested
+        // transaction: so are their effects for the journal.
+        let mark = store.effects_mark();
         let mut txn = store.env.nested_write_txn(parent)?;
         let mut context = Mutation { shard: self, store, env, rng, effects };
         let result = context.apply(&mut txn, request_id, request, out);
@@ -241,6 +244,7 @@ impl Shard {
             }
             Err(error) => {
                 txn.abort();
+                store.effects_truncate(mark);
                 match error {
                     // A corrupt record refuses this request only; the batch
                     // transaction is intact (the nested one was aborted).

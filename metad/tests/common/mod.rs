@@ -14,10 +14,17 @@ pub use testsupport::{Daemon, binary};
 
 /// Starts metad for `shard` on `dir` (port 0, no shuckle unless given).
 pub fn start_metad(shard: u8, dir: &Path, shuckle: Option<SocketAddr>) -> Daemon {
+    start_metad_with(shard, dir, shuckle, &[])
+}
+
+/// [`start_metad`] with more flags.
+pub fn start_metad_with(shard: u8, dir: &Path, shuckle: Option<SocketAddr>, flags: &[&str]) -> Daemon {
     let shuckle = shuckle.map_or_else(|| "127.0.0.1:9".to_string(), |a| a.to_string());
     let shard = shard.to_string();
     let dir = dir.to_str().expect("utf-8 path");
-    Daemon::start(&binary("metad"), &[&shard, dir, "--listen", "127.0.0.1:0", "--shuckle", &shuckle])
+    let mut args = vec![shard.as_str(), dir, "--listen", "127.0.0.1:0", "--shuckle", &shuckle];
+    args.extend_from_slice(flags);
+    Daemon::start(&binary("metad"), &args)
 }
 
 pub fn cluster_key(dir: &Path) -> SecretKey {
