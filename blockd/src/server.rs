@@ -93,9 +93,10 @@
 //! (1 MiB blocks) and 1.12–1.24× (64 MiB); one connection was mixed
 //! (0.71–1.15× and 0.90–1.43×); see `perf/results/2026-11-27-s7-bd11.md`.
 //! Session 8: the head with `MSG_MORE` and no `WILLNEED` for cached
-//! blocks, paired against session 7 (5 pairs): 1 MiB × 16 1.09× (blockd
-//! CPU per cell 0.88×), 1 MiB × 1 1.07× (every pair), 64 MiB unchanged;
-//! see `perf/results/2026-11-28-s8-dp11b.md`.
+//! blocks, paired against session 7 (three sets of 5 pairs, medians):
+//! 1 MiB × 16 1.09–1.13× (blockd CPU per cell 0.83–0.88×), 1 MiB × 1
+//! 1.07–1.32×, 64 MiB × 16 no clear change (0.88–1.14×); see
+//! `perf/results/2026-11-28-s8-dp11b.md`.
 //!
 //! Chunk size and write-behind depth, 16 MiB blocks, 1 / 4 connections
 //! (measured before the io-probe fix in [`crate::store`], while glommio
