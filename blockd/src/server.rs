@@ -17,8 +17,11 @@
 //!   proof sent. Nothing is acknowledged before it is durable.
 //! - **Fetch** sends the block from the page cache with `splice(2)` through
 //!   a 1 MiB pipe its executor keeps (see [`send_file`]): no copy through user
-//!   space, no buffer per chunk. The client checks the bytes against the
-//!   CRC the shard holds.
+//!   space, no buffer per chunk. The answer's head goes with `MSG_MORE`
+//!   (it leaves in the block's first segment), and a block whose first
+//!   and last pages are cached skips `POSIX_FADV_WILLNEED` (see
+//!   [`will_need`]). The client checks the bytes against the CRC the
+//!   shard holds.
 //! - **Crc** reads the block through the page cache (buffered io_uring
 //!   reads) in [`CHUNK_BYTES`] chunks with one chunk of read-ahead, so a
 //!   block is never held whole in memory. The CRC is recomputed from the
@@ -89,6 +92,11 @@
 //! keeps: paired against `sendfile`, 16 connections fetched 1.17–1.47×
 //! (1 MiB blocks) and 1.12–1.24× (64 MiB); one connection was mixed
 //! (0.71–1.15× and 0.90–1.43×); see `perf/results/2026-11-27-s7-bd11.md`.
+//! Session 8: the head with `MSG_MORE` and no `WILLNEED` for cached
+//! blocks, paired against session 7 (three sets of 5 pairs, medians):
+//! 1 MiB × 16 1.09–1.13× (blockd CPU per cell 0.83–0.88×), 1 MiB × 1
+//! 1.07–1.32×, 64 MiB × 16 no clear change (0.88–1.14×); see
+//! `perf/results/2026-11-28-s8-dp11b.md`.
 //!
 //! Chunk size and write-behind depth, 16 MiB blocks, 1 / 4 connections
 //! (measured before the io-probe fix in [`crate::store`], while glommio
@@ -972,11 +980,51 @@ async fn fetch(executor: &Executor, stream: &mut Stream, request: &FetchReq) -> 
     };
     let size = file.file_size().await.map_err(storage("reading the size of", &path))?;
     let size = u32::try_from(size).map_err(|_| Refusal::StoredTooLarge(block_id))?;
-    stream.write_all(FetchRespHead::new(size).as_bytes()).await?;
+    send_head(stream, FetchRespHead::new(size).as_bytes(), size > 0).await?;
     send_file(executor, stream, file.as_raw_fd(), u64::from(size), &path).await?;
     let _ = file.close().await;
     executor.shared.counters.fetched(u64::from(size));
     Ok(())
+}
+
+/// Sends a fetch answer's head. When the block follows (`more`), the head
+/// goes with `MSG_MORE`, so the kernel holds it for the block's first
+/// segment instead of sending (TCP_NODELAY) a 5-byte segment of its own:
+/// one packet, and one wake-up of the client, fewer per fetch. A full
+/// socket (rare: the head is the first thing of an answer) falls back to
+/// the ordinary write, which waits for room.
+async fn send_head(stream: &mut Stream, head: &[u8], more: bool) -> Result<(), ConnectionEnd> {
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
+    // SAFETY: `head` is valid for its length; the socket is open.
+    let sent = unsafe { libc::send(stream.as_raw_fd(), head.as_ptr().cast(), head.len(), flags) };
+    let sent = usize::try_from(sent).unwrap_or(0);
+    if sent < head.len() {
+        stream.write_all(&head[sent..]).await?;
+    }
+    Ok(())
+}
+
+/// Whether the block's first and last pages are in the page cache: a
+/// one-byte `preadv2(RWF_NOWAIT)` at each end, which fails with `EAGAIN`
+/// instead of reading the disk. A cached block then skips
+/// `POSIX_FADV_WILLNEED`, which looks up every page of the block (2–3 % of
+/// blockd's samples with 16 connections fetching cached blocks).
+fn cached(file: RawFd, size: u64) -> bool {
+    let mut byte = 0u8;
+    [0, size.saturating_sub(1)].into_iter().all(|offset| {
+        let vector = libc::iovec { iov_base: (&raw mut byte).cast(), iov_len: 1 };
+        // SAFETY: one iovec over one writable byte; the file is open.
+        unsafe { libc::preadv2(file, &vector, 1, offset as libc::off_t, libc::RWF_NOWAIT) == 1 }
+    })
+}
+
+/// Asks the kernel to read the block into the page cache unless it is
+/// there already (see [`cached`]).
+fn will_need(file: RawFd, size: u64) {
+    if size > 0 && !cached(file, size) {
+        // SAFETY: plain advisory call on a descriptor we hold open.
+        unsafe { libc::posix_fadvise(file, 0, size as libc::off_t, libc::POSIX_FADV_WILLNEED) };
+    }
 }
 
 /// Capacity asked of a fetch pipe (`F_SETPIPE_SZ`; the kernel's
@@ -1037,8 +1085,7 @@ async fn send_file(
     path: &Path,
 ) -> Result<(), ConnectionEnd> {
     let socket = stream.as_raw_fd();
-    // SAFETY: plain advisory call on a descriptor we hold open.
-    unsafe { libc::posix_fadvise(file, 0, size as libc::off_t, libc::POSIX_FADV_WILLNEED) };
+    will_need(file, size);
     let kept = executor.pipes.borrow_mut().pop();
     let pipe = match kept.map_or_else(Pipe::new, Ok) {
         Ok(pipe) => pipe,
@@ -1127,8 +1174,7 @@ async fn send_file(
 /// [`BOUNCE_BYTES`] read from the file.
 async fn send_file_direct(stream: &mut Stream, file: RawFd, size: u64, path: &Path) -> Result<(), ConnectionEnd> {
     let socket = stream.as_raw_fd();
-    // SAFETY: plain advisory call on a descriptor we hold open.
-    unsafe { libc::posix_fadvise(file, 0, size as libc::off_t, libc::POSIX_FADV_WILLNEED) };
+    will_need(file, size);
     let mut offset: libc::off_t = 0;
     let mut bounce: Vec<u8> = Vec::new();
     while (offset as u64) < size {
