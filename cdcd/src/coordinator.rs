@@ -169,6 +169,20 @@
 //! 0.81 × (paired medians on the shared machine). Per mkdir, syncs (~24 %),
 //! UDP sends (~16 %) and LMDB commit work (~16 %) are now over half of
 //! cdcd's CPU; the async machinery about a quarter.
+//!
+//! Session 8: the CDC's store and the shards run on `daemon::journal`
+//! (LMDB with NO_SYNC, one small fdatasync of a preallocated journal per
+//! batch of commits), so each link of the chain waits for one sync instead
+//! of two: five in all (plan, create, inject, fence, release). The quiet
+//! eggs-perf run (`perf/results/2026-11-28-s8-metadata.md`): one client's
+//! mkdir 2.8 ms (5.0 ms in session 7), 8 clients 1 060/s (810–880/s).
+//! `cdc_load mkdir 8`, no other work running: 1 100/s, 0.92 ms of CPU per
+//! mkdir in all processes (cdcd 0.44, the root's shard 0.33), and per mkdir
+//! 2.7 journal syncs across the three processes (1.1–1.3 records each) of
+//! 0.6–0.8 ms each: with 8 clients the stages rarely share a sync, and the
+//! disk's flushes bound the rate. `cdc_load mv 8` makes the same number of
+//! syncs per move but its moves take twice a mkdir's time (not yet
+//! explained).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
