@@ -99,12 +99,14 @@ fn main() {
     println!("  cpu_us_per_op total={:.0} (2 cores: at most {:.0} ops/s)", total * 1e6 / ops, 2.0 * ops / total);
     for ((name, before), (_, after)) in before.iter().zip(&after) {
         for (key, value) in after {
-            let Some(base) = key.strip_suffix("_count") else { continue };
+            // `NAME_count` or `NAME_count{LABELS}` (per request kind).
+            let (series, labels) = key.split_at(key.find('{').unwrap_or(key.len()));
+            let Some(base) = series.strip_suffix("_count") else { continue };
             let count = value - before.get(key).copied().unwrap_or(0.0);
             if count <= 0.0 {
                 continue;
             }
-            let sum_key = format!("{base}_sum{}", &key[base.len() + "_count".len()..]);
+            let sum_key = format!("{base}_sum{labels}");
             let sum = after.get(&sum_key).copied().unwrap_or(0.0) - before.get(&sum_key).copied().unwrap_or(0.0);
             let mean = sum / count;
             let shown = if base.contains("seconds") { format!("{:.0} µs", mean * 1e6) } else { format!("{mean:.2}") };
