@@ -6,7 +6,11 @@
 //! - `request_statuses_total{kind,status}`: answers by kind and status;
 //! - `transactions_in_flight`: transactions running or waiting for locks;
 //! - the group commit: `commit_batch_size` (records per commit),
-//!   `commit_duration_seconds`, `commit_failures_total`.
+//!   `commit_duration_seconds`, `commit_failures_total`;
+//! - the store's journal (`daemon::journal::JournalMetrics`, registered by
+//!   `main.rs`): `journal_syncs_total`, `journal_bytes_total`,
+//!   `journal_records_per_sync`, `journal_sync_duration_seconds`,
+//!   `journal_checkpoint_duration_seconds`.
 //!
 //! Labels are [`CdcKind`] and [`CdcStatus`] names. Every update is a
 //! relaxed atomic.
