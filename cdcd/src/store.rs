@@ -56,7 +56,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use daemon::journal::{Effects, Journal, JournalMetrics};
+use daemon::journal::{self, Effects, Journal, JournalMetrics};
 use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, RwTxn, WithoutTls};
 use serde::{Deserialize, Serialize};
@@ -293,14 +293,14 @@ impl TxnStore {
         let mut effects = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         effects.reset();
         let mut wtxn = self.env.write_txn()?;
-        let mut writes = Writes { effects: self.journal.is_some().then_some(&mut *effects) };
+        let mut recorded = self.journal.is_some().then_some(&mut *effects);
         let mut finished = false;
         for record in records {
-            self.write(&mut wtxn, &mut writes, record)?;
+            self.write(&mut wtxn, recorded.as_deref_mut(), record)?;
             finished |= record.state.outcome().is_some();
         }
         if finished {
-            self.prune(&mut wtxn, &mut writes)?;
+            self.prune(&mut wtxn, recorded)?;
         }
         wtxn.commit()?;
         match &self.journal {
@@ -378,31 +378,38 @@ impl TxnStore {
         Ok(Some(record))
     }
 
-    fn write(&self, wtxn: &mut RwTxn<'_>, writes: &mut Writes<'_>, record: &TxnRecord) -> Result<(), StoreError> {
+    /// Writes `record`, recording its puts and deletes in `effects` (a
+    /// journaled store).
+    fn write(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        mut effects: Option<&mut Effects>,
+        record: &TxnRecord,
+    ) -> Result<(), StoreError> {
         let txn_id = record.state.txn_id;
         let bytes =
             serde_json::to_vec(record).map_err(|error| StoreError::Corrupt { txn_id, reason: error.to_string() })?;
         let key = txn_id.to_be_bytes();
-        writes.put(wtxn, (TXNS_DB, &self.txns), &key, &seal(&key, &bytes))?;
+        journal::put(wtxn, (TXNS_DB, &self.txns), &key, &seal(&key, &bytes), effects.as_deref_mut())?;
         if let Some(client) = &record.client {
             let client_key = client.key_bytes();
             let sealed = seal(&client_key, &key);
             // A later record of the transaction finds its entry: a put
             // would copy and write the tree's pages for nothing.
             if self.clients.get(wtxn, &client_key)? != Some(sealed.as_slice()) {
-                writes.put(wtxn, (CLIENTS_DB, &self.clients), &client_key, &sealed)?;
+                journal::put(wtxn, (CLIENTS_DB, &self.clients), &client_key, &sealed, effects.as_deref_mut())?;
             }
         }
         if record.state.outcome().is_some() {
-            writes.delete(wtxn, (PENDING_DB, &self.pending), &key)?;
+            journal::delete(wtxn, (PENDING_DB, &self.pending), &key, effects)?;
         } else if self.pending.get(wtxn, &key)?.is_none() {
-            writes.put(wtxn, (PENDING_DB, &self.pending), &key, &[])?;
+            journal::put(wtxn, (PENDING_DB, &self.pending), &key, &[], effects)?;
         }
         Ok(())
     }
 
     /// Drops the oldest finished records beyond [`FINISHED_TXNS_KEPT`].
-    fn prune(&self, wtxn: &mut RwTxn<'_>, writes: &mut Writes<'_>) -> Result<(), StoreError> {
+    fn prune(&self, wtxn: &mut RwTxn<'_>, mut effects: Option<&mut Effects>) -> Result<(), StoreError> {
         let finished = self.txns.len(wtxn)?.saturating_sub(self.pending.len(wtxn)?);
         let mut excess = finished.saturating_sub(FINISHED_TXNS_KEPT as u64);
         while excess > 0 {
@@ -416,9 +423,9 @@ impl TxnStore {
                 break;
             }
             if let Some(client) = record.and_then(|r| r.client) {
-                writes.delete(wtxn, (CLIENTS_DB, &self.clients), &client.key_bytes())?;
+                journal::delete(wtxn, (CLIENTS_DB, &self.clients), &client.key_bytes(), effects.as_deref_mut())?;
             }
-            writes.delete(wtxn, (TXNS_DB, &self.txns), &txn_id.to_be_bytes())?;
+            journal::delete(wtxn, (TXNS_DB, &self.txns), &txn_id.to_be_bytes(), effects.as_deref_mut())?;
             excess -= 1;
         }
         Ok(())
@@ -427,42 +434,6 @@ impl TxnStore {
     /// A new transaction for `args` (not written: see the module doc).
     pub fn new_txn(&self, args: TxnArgs) -> TxnState {
         TxnState::new(self.allocate_txn_id(), args)
-    }
-}
-
-/// A write transaction's puts and deletes, recorded for the journal when
-/// the store has one.
-struct Writes<'e> {
-    effects: Option<&'e mut Effects>,
-}
-
-impl Writes<'_> {
-    fn put(
-        &mut self,
-        wtxn: &mut RwTxn<'_>,
-        (index, db): (u8, &Database<Bytes, Bytes>),
-        key: &[u8],
-        value: &[u8],
-    ) -> heed::Result<()> {
-        db.put(wtxn, key, value)?;
-        if let Some(effects) = self.effects.as_deref_mut() {
-            effects.put(index, key, value);
-        }
-        Ok(())
-    }
-
-    fn delete(
-        &mut self,
-        wtxn: &mut RwTxn<'_>,
-        (index, db): (u8, &Database<Bytes, Bytes>),
-        key: &[u8],
-    ) -> heed::Result<()> {
-        if db.delete(wtxn, key)?
-            && let Some(effects) = self.effects.as_deref_mut()
-        {
-            effects.delete(index, key);
-        }
-        Ok(())
     }
 }
 

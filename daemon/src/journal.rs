@@ -302,6 +302,50 @@ impl<'a> Iterator for Ops<'a> {
 }
 
 /// Applies one record's ops in `txn`.
+/// Puts `key` → `value` into `db` (the caller's database `index`) and
+/// records the put in `effects`, when the store is journaled.
+pub fn put(
+    txn: &mut heed::RwTxn,
+    (index, db): (u8, &Database<Bytes, Bytes>),
+    key: &[u8],
+    value: &[u8],
+    effects: Option<&mut Effects>,
+) -> heed::Result<()> {
+    db.put(txn, key, value)?;
+    if let Some(effects) = effects {
+        effects.put(index, key, value);
+    }
+    Ok(())
+}
+
+/// Deletes `key` from `db` and records the delete in `effects` only when a
+/// record was there (a replay then deletes exactly what was deleted).
+pub fn delete(
+    txn: &mut heed::RwTxn,
+    (index, db): (u8, &Database<Bytes, Bytes>),
+    key: &[u8],
+    effects: Option<&mut Effects>,
+) -> heed::Result<bool> {
+    let deleted = db.delete(txn, key)?;
+    if deleted && let Some(effects) = effects {
+        effects.delete(index, key);
+    }
+    Ok(deleted)
+}
+
+/// Empties `db` and records it in `effects`.
+pub fn clear(
+    txn: &mut heed::RwTxn,
+    (index, db): (u8, &Database<Bytes, Bytes>),
+    effects: Option<&mut Effects>,
+) -> heed::Result<()> {
+    db.clear(txn)?;
+    if let Some(effects) = effects {
+        effects.clear(index);
+    }
+    Ok(())
+}
+
 fn apply(txn: &mut heed::RwTxn, dbs: &[Database<Bytes, Bytes>], payload: &[u8]) -> Result<(), JournalError> {
     let db = |index: u8| dbs.get(usize::from(index)).ok_or(JournalError::Malformed("an op names an unknown database"));
     for op in decode(payload) {
@@ -810,7 +854,12 @@ struct State<T> {
     checkpoints: u64,
     last_checkpoint: Instant,
     closed: bool,
+    /// Written records' buffers, emptied, for the next appends.
+    spare: Vec<Vec<u8>>,
 }
+
+/// Record buffers kept for reuse ([`State::spare`]).
+const SPARE_BUFFERS: usize = 4;
 
 impl<T> State<T> {
     /// Every record up to the returned sequence is durable (synced or
@@ -939,6 +988,7 @@ impl<T: Send + 'static> Journal<T> {
             checkpoints: 0,
             last_checkpoint: Instant::now(),
             closed: false,
+            spare: Vec::new(),
         };
         let shared = Arc::new(Shared { state: Mutex::new(state), work: Condvar::new(), checkpoint: Condvar::new() });
         let journal = Arc::new(journal);
@@ -971,12 +1021,15 @@ impl<T: Send + 'static> Journal<T> {
     /// [`Journal::append`] with a weight: how many of the caller's clients
     /// wait for this payload, for [`Config::gather`].
     pub fn append_weighted(&self, effects: &mut Effects, payload: T, weight: u64) {
-        let record = (!effects.is_empty()).then(|| {
-            let bytes = std::mem::take(&mut effects.bytes);
-            effects.ops = 0;
-            (self.env.info().last_txn_id as u64, bytes)
-        });
+        let txn = self.env.info().last_txn_id as u64;
         let mut state = self.shared.lock();
+        // The record's bytes go to the journal thread; the caller's buffer
+        // gets one the thread has written already (no allocation per commit).
+        let record = (!effects.is_empty()).then(|| {
+            let spare = state.spare.pop().unwrap_or_default();
+            effects.ops = 0;
+            (txn, std::mem::replace(&mut effects.bytes, spare))
+        });
         if record.is_some() {
             state.last_seq += 1;
         }
@@ -1139,6 +1192,11 @@ fn write_loop<T: Send>(
                 let Some((txn, payload)) = entry.record else { break };
                 state.placed.push_back((seq, start + buffer.len() as u64));
                 encode_record(&mut buffer, state.epoch, seq, txn, &payload);
+                if state.spare.len() < SPARE_BUFFERS && payload.capacity() <= SYNC_BYTES_MAX {
+                    let mut payload = payload;
+                    payload.clear();
+                    state.spare.push(payload);
+                }
                 state.placed_through = seq;
                 waiting.push_back((seq, entry.weight, entry.payload));
                 records += 1;

@@ -173,10 +173,9 @@ impl Recorder {
         }
     }
 
-    fn record(&self, op: impl FnOnce(&mut Effects)) {
-        if self.on.load(Ordering::Relaxed) {
-            op(&mut self.lock());
-        }
+    /// The buffer to record into, while on.
+    fn effects(&self) -> Option<std::sync::MutexGuard<'_, Effects>> {
+        self.on.load(Ordering::Relaxed).then(|| self.lock())
     }
 }
 
@@ -292,23 +291,18 @@ impl Db {
         let mut stored = Vec::with_capacity(value.len() + CHECKSUM_BYTES);
         stored.extend_from_slice(value);
         stored.extend_from_slice(&record_checksum(key, value).to_le_bytes());
-        self.inner.put(txn, key, &stored)?;
-        self.recorder.record(|effects| effects.put(self.index, key, &stored));
-        Ok(())
+        let mut effects = self.recorder.effects();
+        daemon::journal::put(txn, (self.index, &self.inner), key, &stored, effects.as_deref_mut())
     }
 
     pub fn delete(&self, txn: &mut RwTxn, key: &[u8]) -> heed::Result<bool> {
-        let deleted = self.inner.delete(txn, key)?;
-        if deleted {
-            self.recorder.record(|effects| effects.delete(self.index, key));
-        }
-        Ok(deleted)
+        let mut effects = self.recorder.effects();
+        daemon::journal::delete(txn, (self.index, &self.inner), key, effects.as_deref_mut())
     }
 
     pub fn clear(&self, txn: &mut RwTxn) -> heed::Result<()> {
-        self.inner.clear(txn)?;
-        self.recorder.record(|effects| effects.clear(self.index));
-        Ok(())
+        let mut effects = self.recorder.effects();
+        daemon::journal::clear(txn, (self.index, &self.inner), effects.as_deref_mut())
     }
 
     /// The last record at or below `key`; the record above it is checked
