@@ -15,8 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use perf::blocks::{self, BlockService};
-use perf::process::Daemon;
+use perf::blocks;
 
 const MIB: usize = 1 << 20;
 const PHASE: Duration = Duration::from_secs(2);
@@ -46,22 +45,14 @@ fn main() {
         }
         for b in order {
             let folder = tempfile::tempdir().expect("tempdir");
-            let data_folder = folder.path().join("blockd");
-            std::fs::create_dir_all(&data_folder).expect("mkdir");
             let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("sink");
-            let args: Vec<String> = vec![
-                data_folder.display().to_string(),
-                "--storage-class".into(),
-                "2".into(),
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--shuckle".into(),
-                sink.local_addr().expect("sink addr").to_string(),
-            ];
-            let mut daemon = Daemon::start("blockd", &binaries[b], &args, &[], folder.path(), Duration::from_secs(60))
-                .expect("start blockd");
-            let key = blocks::read_key(&data_folder).expect("key");
-            let service = BlockService::new(daemon.address("tcp").expect("addr"), &key);
+            let (mut daemon, service) = blocks::start_blockd(
+                &binaries[b],
+                folder.path(),
+                sink.local_addr().expect("sink addr"),
+                Duration::from_secs(60),
+            )
+            .expect("start blockd");
             for &(size, connections) in &cells {
                 let before = cpu_seconds(daemon.pid());
                 let cell = blocks::write_and_fetch(&service, Arc::new(data[..size].to_vec()), connections, PHASE)

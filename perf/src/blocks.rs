@@ -24,6 +24,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::error::{PerfError, Result};
 use crate::limits::mb_per_second;
+use crate::process::Daemon;
 
 /// The key of the block service whose folder is `folder`.
 pub fn read_key(folder: &Path) -> Result<SecretKey> {
@@ -32,6 +33,32 @@ pub fn read_key(folder: &Path) -> Result<SecretKey> {
     let key: [u8; KEY_BYTES] =
         bytes.try_into().map_err(|_| PerfError::Protocol(format!("{} is not {KEY_BYTES} bytes", path.display())))?;
     Ok(SecretKey(key))
+}
+
+/// Starts `binary` (a blockd) with its data in `FOLDER/blockd` and
+/// storage class 2, registering with `shuckle` (a sink is enough), and
+/// returns it with the service to talk to.
+pub fn start_blockd(
+    binary: &Path,
+    folder: &Path,
+    shuckle: SocketAddr,
+    ready_timeout: Duration,
+) -> Result<(Daemon, BlockService)> {
+    let data = folder.join("blockd");
+    std::fs::create_dir_all(&data).map_err(PerfError::io(format!("create {}", data.display())))?;
+    let args: Vec<String> = vec![
+        data.display().to_string(),
+        "--storage-class".into(),
+        "2".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--shuckle".into(),
+        shuckle.to_string(),
+    ];
+    let daemon = Daemon::start("blockd", binary, &args, &[], folder, ready_timeout)?;
+    let addr = daemon.address("tcp")?;
+    let key = read_key(&data)?;
+    Ok((daemon, BlockService::new(addr, &key)))
 }
 
 /// A block service under test.

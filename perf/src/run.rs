@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use perf::blocks::{self, BlockService};
+use perf::blocks;
 use perf::limits::{self, EchoServer, MIB};
 use perf::machine::Machine;
 use perf::process::{self, Daemon};
@@ -177,29 +177,14 @@ fn registration_sink() -> Result<(UdpSocket, SocketAddr), String> {
     Ok((socket, addr))
 }
 
-fn start_blockd(folder: &Path, shuckle: SocketAddr) -> perf::error::Result<(Daemon, BlockService)> {
-    let blockd = process::binary("blockd")?;
-    let data = folder.join("blockd");
-    std::fs::create_dir_all(&data).map_err(perf::PerfError::io(format!("create {}", data.display())))?;
-    let args: Vec<String> = vec![
-        data.display().to_string(),
-        "--storage-class".into(),
-        "2".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--shuckle".into(),
-        shuckle.to_string(),
-    ];
-    let daemon = Daemon::start("blockd", &blockd, &args, &[], folder, READY_TIMEOUT)?;
-    let addr = daemon.address("tcp")?;
-    let key = blocks::read_key(&data)?;
-    Ok((daemon, BlockService::new(addr, &key)))
-}
-
 fn blockd_figures(plan: &Plan, folder: &Path, limits: &Limits, report: &mut Report) {
     progress("blockd: write and fetch");
-    let started = registration_sink()
-        .and_then(|(sink, addr)| start_blockd(folder, addr).map(|started| (sink, started)).map_err(|e| e.to_string()));
+    let started = registration_sink().and_then(|(sink, addr)| {
+        process::binary("blockd")
+            .and_then(|blockd| blocks::start_blockd(&blockd, folder, addr, READY_TIMEOUT))
+            .map(|started| (sink, started))
+            .map_err(|e| e.to_string())
+    });
     let largest = plan.block_sizes.iter().copied().max().unwrap_or(MIB);
     let data = Arc::new(limits::pseudo_random_bytes(largest, 17));
     for &size in &plan.block_sizes {
