@@ -185,7 +185,7 @@
 //! and its 8-client rate is lower (614–895/s against 1 060–1 300/s in the
 //! quiet runs); one client's move and mkdir take about the same time.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -256,6 +256,11 @@ pub struct Coordinator<S> {
     new_dir_shards: Vec<ShardId>,
     retry: RetryPolicy,
     rng: Mutex<StdRng>,
+    /// Ids of the transactions that may still send a request: handed out
+    /// (and not refused at once) or resumed, and whose outcome is not yet
+    /// durable. Its lowest is every request's `forget_below` (see
+    /// "Remembered requests").
+    live: Mutex<BTreeSet<u64>>,
 }
 
 impl<S: Shards> Coordinator<S> {
@@ -276,7 +281,15 @@ impl<S: Shards> Coordinator<S> {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        Self { shards, commits, locks: Arc::default(), new_dir_shards, retry, rng: Mutex::new(rng) }
+        Self {
+            shards,
+            commits,
+            locks: Arc::default(),
+            new_dir_shards,
+            retry,
+            rng: Mutex::new(rng),
+            live: Mutex::default(),
+        }
     }
 
     pub fn store(&self) -> &TxnStore {
@@ -298,7 +311,10 @@ impl<S: Shards> Coordinator<S> {
     /// A new transaction for `args`, refused at once (finished) when the
     /// arguments can be judged without asking a shard: bad names, ids that
     /// are not directories, shards that do not exist.
+    /// Unless refused, the transaction counts as live (see
+    /// [`Coordinator::forget_below`]) until its outcome is durable: run it.
     pub fn new_txn(&self, args: TxnArgs) -> TxnState {
+        let mut live = self.live();
         let mut state = self.store().new_txn(args);
         if state.outcome().is_none()
             && let Some(shard) =
@@ -306,7 +322,29 @@ impl<S: Shards> Coordinator<S> {
         {
             state.step = Step::Done(Outcome::failed(CdcStatus::BadRequest, format!("shard {shard} does not exist")));
         }
+        if state.outcome().is_none() {
+            live.insert(state.txn_id);
+        }
         state
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// No transaction below this id will send a request again: every one
+    /// handed out or resumed below it has a durable outcome. Ids are
+    /// handed out under the same lock, so a transaction not yet live gets
+    /// an id at least this.
+    pub fn forget_below(&self) -> u64 {
+        let live = self.live();
+        let next = self.store().next_txn_id();
+        live.first().map_or(next, |lowest| (*lowest).min(next))
+    }
+
+    /// The transaction's outcome is durable: it sends nothing again.
+    fn finished(&self, txn_id: u64) {
+        self.live().remove(&txn_id);
     }
 
     /// Queues `state` for its locks (in the order of these calls).
@@ -318,6 +356,7 @@ impl<S: Shards> Coordinator<S> {
     /// queued for its locks: spawn [`Coordinator::run_locked`] for each.
     pub fn resume_unfinished(&self) -> Result<Vec<(TxnRecord, Ticket)>, StoreError> {
         let records = self.store().unfinished()?;
+        self.live().extend(records.iter().map(|record| record.state.txn_id));
         Ok(records
             .into_iter()
             .map(|record| {
@@ -357,8 +396,10 @@ impl<S: Shards> Coordinator<S> {
     /// after a restart, so the steps from its stored one on may have been
     /// sent already. Returns once the outcome is durable.
     pub async fn run(&self, client: Option<ClientKey>, state: TxnState, resumed: bool) -> Result<Outcome, RunError> {
+        let txn_id = state.txn_id;
         let (outcome, durable) = self.run_to_answer(client, state, resumed).await?;
         Self::wait_durable(durable).await?;
+        self.finished(txn_id);
         Ok(outcome)
     }
 
@@ -375,6 +416,7 @@ impl<S: Shards> Coordinator<S> {
         answer: impl FnOnce(&Outcome),
     ) -> Result<Outcome, RunError> {
         let guard = ticket.granted().await;
+        let txn_id = state.txn_id;
         let (outcome, durable) = self.run_to_answer(client, state, resumed).await?;
         // The record of the outcome is queued: anything a later transaction
         // queues (its first record comes before its first mutation) is
@@ -382,6 +424,7 @@ impl<S: Shards> Coordinator<S> {
         drop(guard);
         answer(&outcome);
         Self::wait_durable(durable).await?;
+        self.finished(txn_id);
         Ok(outcome)
     }
 
@@ -578,8 +621,10 @@ impl<S: Shards> Coordinator<S> {
         let started_virtual = tokio::time::Instant::now();
         let mut timeout = self.retry.timeout_initial;
         let mut timed_out = false;
+        let mut request = request.clone();
         loop {
-            match self.shards.request(Attempt { shard, request_id, request, timeout }).await {
+            set_forget_below(&mut request, self.forget_below());
+            match self.shards.request(Attempt { shard, request_id, request: &request, timeout }).await {
                 Ok(ShardReply::Error(kind)) if is_transient(kind) => {
                     tracing::debug!(shard, %kind, "transient shard error");
                     tokio::time::sleep(timeout).await;
@@ -619,6 +664,10 @@ struct Replay {
     replayable: bool,
     /// A release_dirent (release or kill) was sent since the stored record.
     released: bool,
+    /// Every mutation sent since the stored record is one its shard
+    /// remembers for the transaction (create_unlinked_dir, acquire_dirent,
+    /// inject_dirent): re-sent, each answers as it did and changes nothing.
+    remembered: bool,
     /// A previous run may have executed the mutations sent until the next
     /// save (it never sent anything past its own next fence).
     uncertain: bool,
@@ -626,7 +675,14 @@ struct Replay {
 
 impl Replay {
     fn new(resumed: bool) -> Self {
-        Self { stored: resumed, saved: resumed, replayable: true, released: false, uncertain: resumed }
+        Self {
+            stored: resumed,
+            saved: resumed,
+            replayable: true,
+            released: false,
+            remembered: true,
+            uncertain: resumed,
+        }
     }
 
     /// Whether the state must be durable before `request` (a mutation) goes
@@ -637,14 +693,18 @@ impl Replay {
             return false;
         }
         // The first mutation; or one after answers a replay might not
-        // reproduce; or the first release since the stored record (once an
-        // entry is owning again or killed, shard-local requests may change
-        // it, so the protected steps before it must never run again).
-        !self.stored || !self.replayable || (request.kind() == ShardKind::ReleaseDirent && !self.released)
+        // reproduce; or the first release since the stored record when a
+        // mutation since it is not remembered by its shard (once an entry
+        // is owning again or killed, shard-local requests may change it,
+        // so such steps before it must never run again).
+        !self.stored
+            || !self.replayable
+            || (request.kind() == ShardKind::ReleaseDirent && !self.released && !self.remembered)
     }
 
     fn saved(&mut self) {
-        *self = Self { stored: true, saved: true, replayable: true, released: false, uncertain: false };
+        *self =
+            Self { stored: true, saved: true, replayable: true, released: false, remembered: true, uncertain: false };
     }
 
     /// A request was answered.
@@ -655,11 +715,35 @@ impl Replay {
         if request.kind() == ShardKind::ReleaseDirent {
             self.released = true;
         }
+        if request.kind().is_mutation() && !is_remembered(request) {
+            self.remembered = false;
+        }
     }
 
     /// The state in memory moved away from the stored record.
     fn moved(&mut self) {
         self.saved = false;
+    }
+}
+
+/// Whether the shard remembers `request`'s answer per transaction (and
+/// answers a re-sent one from that memory, changing nothing).
+fn is_remembered(request: &ShardRequest<'_>) -> bool {
+    match request {
+        ShardRequest::CreateUnlinkedDir(_) | ShardRequest::AcquireDirent(_) => true,
+        ShardRequest::InjectDirent(inject) => inject.head.dry_run == 0,
+        _ => false,
+    }
+}
+
+/// Puts the coordinator's current promise into a request that carries one.
+fn set_forget_below(request: &mut ShardRequest<'_>, forget_below: u64) {
+    let forget_below = zerocopy::byteorder::little_endian::U64::new(forget_below);
+    match request {
+        ShardRequest::CreateUnlinkedDir(create) => create.forget_below = forget_below,
+        ShardRequest::InjectDirent(inject) => inject.head.forget_below = forget_below,
+        ShardRequest::AcquireDirent(acquire) => acquire.head.forget_below = forget_below,
+        _ => {}
     }
 }
 

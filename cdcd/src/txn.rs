@@ -489,8 +489,16 @@ impl TxnState {
         (dir.shard(), ShardRequest::ReleaseDirent(ReleaseDirentReq { head, name: entry }))
     }
 
-    fn inject<'a>(dir: InodeId, target: u64, dry_run: bool, entry: Name<'a>) -> (ShardId, ShardRequest<'a>) {
-        let head = InjectDirentReqHead { dir, inode: inode(target), dry_run: u8::from(dry_run) };
+    /// The shard remembers a (not dry-run) inject per transaction: see the
+    /// coordinator's fence rules. `forget_below` is set when it is sent.
+    fn inject<'a>(&self, dir: InodeId, target: u64, dry_run: bool, entry: Name<'a>) -> (ShardId, ShardRequest<'a>) {
+        let head = InjectDirentReqHead {
+            dir,
+            inode: inode(target),
+            dry_run: u8::from(dry_run),
+            transaction_id: U64::new(self.txn_id),
+            forget_below: U64::ZERO,
+        };
         (dir.shard(), ShardRequest::InjectDirent(InjectDirentReq { head, name: entry }))
     }
 
@@ -498,8 +506,9 @@ impl TxnState {
         (inode(dir).shard(), ShardRequest::SetParent(SetParentReq { dir: inode(dir), parent }))
     }
 
-    fn acquire(dir: InodeId, expected_type: InodeType, entry: Name<'_>) -> (ShardId, ShardRequest<'_>) {
-        let head = AcquireDirentReqHead { dir, expected_type };
+    fn acquire<'a>(&self, dir: InodeId, expected_type: InodeType, entry: Name<'a>) -> (ShardId, ShardRequest<'a>) {
+        let head =
+            AcquireDirentReqHead { dir, expected_type, transaction_id: U64::new(self.txn_id), forget_below: U64::ZERO };
         (dir.shard(), ShardRequest::AcquireDirent(AcquireDirentReq { head, name: entry }))
     }
 
@@ -514,9 +523,13 @@ impl TxnState {
             Step::MkDirResolve => Self::resolve(ResolveMode::Alive, parent, EggsTime::ZERO, entry),
             Step::MkDirCreate { shard } => (
                 *shard,
-                ShardRequest::CreateUnlinkedDir(CreateUnlinkedDirReq { transaction_id: U64::new(self.txn_id), parent }),
+                ShardRequest::CreateUnlinkedDir(CreateUnlinkedDirReq {
+                    transaction_id: U64::new(self.txn_id),
+                    parent,
+                    forget_below: U64::ZERO,
+                }),
             ),
-            Step::MkDirInject { dir } => Self::inject(parent, *dir, false, entry),
+            Step::MkDirInject { dir } => self.inject(parent, *dir, false, entry),
             Step::MkDirRelease { dir } => Self::release(parent, *dir, false, entry),
             Step::MkDirUnlinkCreated { dir, .. } => Self::set_parent(*dir, InodeId::NULL),
             _ => return None,
@@ -526,7 +539,7 @@ impl TxnState {
     fn rmdir_request<'a>(&self, parent: InodeId, entry: Name<'a>) -> Option<(ShardId, ShardRequest<'a>)> {
         Some(match &self.step {
             Step::RmDirStatParent => Self::stat(parent),
-            Step::RmDirAcquire => Self::acquire(parent, InodeType::Directory, entry),
+            Step::RmDirAcquire => self.acquire(parent, InodeType::Directory, entry),
             Step::RmDirUnlink { dir } => Self::set_parent(*dir, InodeId::NULL),
             Step::RmDirKill { dir } => Self::release(parent, *dir, true, entry),
             Step::ReleaseSource { inode: dir, .. } => Self::release(parent, *dir, false, entry),
@@ -545,12 +558,12 @@ impl TxnState {
             Step::MoveStatTargetParent => Self::stat(target_parent),
             Step::MoveStatSourceParent => Self::stat(source_parent),
             Step::MoveResolveSource => Self::resolve(ResolveMode::Alive, source_parent, EggsTime::ZERO, source_name),
-            Step::MoveDryRun { inode: moved } => Self::inject(target_parent, *moved, true, target_name),
+            Step::MoveDryRun { inode: moved } => self.inject(target_parent, *moved, true, target_name),
             Step::MoveAcquire { inode_type } => {
-                Self::acquire(source_parent, InodeType::from_bits(*inode_type)?, source_name)
+                self.acquire(source_parent, InodeType::from_bits(*inode_type)?, source_name)
             }
             Step::MoveLoopCheck { cursor, .. } => Self::stat(inode(*cursor)),
-            Step::MoveInject { inode: moved } => Self::inject(target_parent, *moved, false, target_name),
+            Step::MoveInject { inode: moved } => self.inject(target_parent, *moved, false, target_name),
             Step::MoveReleaseTarget { inode: moved } => Self::release(target_parent, *moved, false, target_name),
             Step::MoveKillSource { inode: moved } => Self::release(source_parent, *moved, true, source_name),
             Step::MoveSetParent { inode: moved } => Self::set_parent(*moved, target_parent),
