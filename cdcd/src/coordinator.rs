@@ -27,27 +27,62 @@
 //! 2. the first after an answer a re-send might not reproduce: a read
 //!    (stat, resolve, the loop check), a dry-run inject, or a refusal (every
 //!    rollback starts after a refusal);
-//! 3. the first release_dirent (release or kill) since the stored record.
+//! 3. the first release_dirent (release or kill) since the stored record,
+//!    unless every mutation since that record is one its shard remembers
+//!    for the transaction ("Remembered requests", below): an mkdir's create
+//!    and inject, an mv's acquire and inject, an mv dir's inject after its
+//!    loop check. So mkdir and mv file have no fence 3 (rmdir's set_parent
+//!    keeps it).
 //!
 //! Why re-sending from the stored record reaches the same step: between
 //! fences the transaction sends only mutations whose answers repeat.
-//! create_unlinked_dir is idempotent per transaction id for good (the shard
-//! records the directory it made for it). inject_dirent and acquire_dirent
-//! act on entries the transaction holds: its lock table entries keep other
-//! CDC transactions off them, and a non-owning entry is refused to every
-//! shard-local request (link, rename, delete), so a second inject finds its
-//! own entry and a second acquire its own non-owning entry, and both answer
-//! as the first did. set_parent to null of a directory whose entry is held
-//! finds it empty again (nobody can link into a directory without a
-//! parent). The protection ends with the first release or kill: from then
-//! on clients may rename the entry, so an inject sent again could link the
-//! directory twice. Hence fence 3: the record is at that release, and what
-//! follows it (releases, kills, set_parent to the new parent,
-//! purge_remote_owning_dirent, move_file_to_eden) answers "done" however
-//! often it is sent (release_dirent never fails and acts only on an entry
-//! that points to its inode). Refusals are not repeatable (the name may be
-//! free by then), hence fence 2 — with reads, whose answers depend on
+//! create_unlinked_dir, inject_dirent and acquire_dirent are remembered by
+//! their shard per transaction (below): sent again, each answers as the
+//! first did and changes nothing, whatever happened to the entry since.
+//! set_parent to null of a directory whose entry is held finds it empty
+//! again (nobody can link into a directory without a parent), but only
+//! while the entry is held: the first release or kill ends that (clients
+//! may use the entry again), hence fence 3 where such a step came before
+//! the release. What follows the release (releases, kills, set_parent to
+//! the new parent, purge_remote_owning_dirent, move_file_to_eden) answers
+//! "done" however often it is sent: release_dirent never fails and acts
+//! only on a non-owning entry that points to its inode (a release makes it
+//! owning, a kill buries it; an owning entry is a client's again, e.g. a
+//! file a client renamed back to the source name of a same-directory move,
+//! and a re-sent kill leaves it). Refusals are not repeatable (the name may
+//! be free by then), hence fence 2 — with reads, whose answers depend on
 //! everyone else.
+//!
+//! # Remembered requests
+//!
+//! Before session 9 an inject sent again after the release could link a
+//! directory twice (a client renamed the released entry; the inject found
+//! the name free): fence 3 kept the transaction from ever re-sending it.
+//! Now the shard makes the inject harmless instead. In the same LMDB commit
+//! as the change, it records under the transaction's id what it answered
+//! (create_unlinked_dir: the directory; inject: dir, inode, creation time;
+//! acquire: dir, inode, creation time; in metad's `unlinked_dirs`, keyed by
+//! transaction id BE and a tag), and a request of the same transaction
+//! finds the record first and answers from it without looking at the
+//! entry. A refusal is not recorded (fence 2 covers it), nor a dry run.
+//!
+//! How long: until the CDC will never send that transaction's requests
+//! again, which is once its outcome's record is durable (a restart resumes
+//! only unfinished records; a client's retransmission is answered from the
+//! store). Every create, inject and acquire carries `forget_below`: the
+//! lowest id among the transactions that may still send (handed out and not
+//! refused at once, or resumed, and whose outcome is not durable yet; with
+//! none, the next id the store hands out — ids are handed out under the
+//! same lock, and they only grow, also across a wiped store). The shard
+//! drops the records below it, at most `CDC_FORGET_PER_REQUEST_MAX` per
+//! request, oldest first (they are the table's first keys), so the table
+//! holds about the transactions in flight plus those that finished since
+//! the oldest one still running started: bounded by the CDC's own
+//! concurrency while it runs, and while a transaction is stuck (a shard
+//! down) by the transactions since, as the CDC's store is. A stale
+//! `forget_below` (a retransmission, a reordered datagram) is lower, never
+//! higher, so it only forgets less.
+//!
 //!
 //! A restarted CDC therefore treats every mutation up to its next fence as
 //! possibly executed ("uncertain"): the run it replaces never sent anything
@@ -62,15 +97,15 @@
 //! reached through a read or a refusal, e.g. ALREADY_EXISTS), the outcome is
 //! durable before it is told.
 //!
-//! A mkdir is thus: stat, resolve, [plan] create, inject, [fence] release,
-//! answer (its outcome committed with the next batch): two commits the
-//! transaction waits for, where every step used to wait for one (four).
-//! An mv file: three reads, [plan] acquire, inject, [fence] release target,
-//! kill source, answer. An mv dir: reads, dry run, [plan] acquire, loop
-//! check, [fence] inject, [fence] release target, kill source, set_parent,
+//! A mkdir is thus: stat, resolve, [plan] create, inject, release, answer
+//! (its outcome committed with the next batch): one commit the transaction
+//! waits for, where every step used to wait for one (four), and session
+//! 8's chain two. An mv file: three reads, [plan] acquire, inject, release
+//! target, kill source, answer. An mv dir: reads, dry run, [plan] acquire,
+//! loop check, [fence] inject, release target, kill source, set_parent,
 //! answer. An rmdir: stat, [plan] acquire, set_parent to null, [fence] kill,
-//! answer. Commits are shared by every transaction that
-//! queued a record meanwhile.
+//! answer. Commits are shared by every transaction that queued a record
+//! meanwhile.
 //!
 //! # Sending ahead
 //!
@@ -84,15 +119,16 @@
 //!   change nothing, and an answer is used only while the transaction is
 //!   on the step it was sent for (a failed stat ends the transaction and
 //!   the resolve's answer is dropped).
-//! - a move's tail after its fence: release target, kill source and, for a
-//!   directory, set_parent. These are the steps the fence argument above
+//! - a move's tail after its inject: release target, kill source and, for
+//!   a directory, set_parent. These are the steps the fence argument above
 //!   already lets a restart re-send in any number: each answers "done"
 //!   however often it is sent, and none reads what another wrote
 //!   (release_dirent acts on its own entry only, set_parent on the
 //!   directory only), so their order does not matter either: a crash with
-//!   any subset executed resumes at the stored record (the release) and
-//!   sends all of them again. They go out only after the fence's record is
-//!   durable, and a mutation is sent ahead only when it would need no
+//!   any subset executed resumes at the stored record (the plan, or the
+//!   inject's fence) and sends all of them again. They go out only after
+//!   that record is durable, and a mutation is sent ahead only when it
+//!   would need no
 //!   fence of its own had the earlier ones answered `Empty`. Between the
 //!   kill and the release a reader may see the file under neither name as
 //!   owning; the target's non-owning entry already names it, and the

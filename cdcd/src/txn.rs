@@ -491,11 +491,21 @@ impl TxnState {
 
     /// The shard remembers a (not dry-run) inject per transaction: see the
     /// coordinator's fence rules. `forget_below` is set when it is sent.
-    fn inject<'a>(&self, dir: InodeId, target: u64, dry_run: bool, entry: Name<'a>) -> (ShardId, ShardRequest<'a>) {
+    /// `owning`: the entry is made owning at once (mkdir, mv file: no
+    /// release step follows).
+    fn inject<'a>(
+        &self,
+        dir: InodeId,
+        target: u64,
+        dry_run: bool,
+        owning: bool,
+        entry: Name<'a>,
+    ) -> (ShardId, ShardRequest<'a>) {
         let head = InjectDirentReqHead {
             dir,
             inode: inode(target),
             dry_run: u8::from(dry_run),
+            owning: u8::from(owning),
             transaction_id: U64::new(self.txn_id),
             forget_below: U64::ZERO,
         };
@@ -529,7 +539,7 @@ impl TxnState {
                     forget_below: U64::ZERO,
                 }),
             ),
-            Step::MkDirInject { dir } => self.inject(parent, *dir, false, entry),
+            Step::MkDirInject { dir } => self.inject(parent, *dir, false, true, entry),
             Step::MkDirRelease { dir } => Self::release(parent, *dir, false, entry),
             Step::MkDirUnlinkCreated { dir, .. } => Self::set_parent(*dir, InodeId::NULL),
             _ => return None,
@@ -558,12 +568,15 @@ impl TxnState {
             Step::MoveStatTargetParent => Self::stat(target_parent),
             Step::MoveStatSourceParent => Self::stat(source_parent),
             Step::MoveResolveSource => Self::resolve(ResolveMode::Alive, source_parent, EggsTime::ZERO, source_name),
-            Step::MoveDryRun { inode: moved } => self.inject(target_parent, *moved, true, target_name),
+            Step::MoveDryRun { inode: moved } => self.inject(target_parent, *moved, true, false, target_name),
             Step::MoveAcquire { inode_type } => {
                 self.acquire(source_parent, InodeType::from_bits(*inode_type)?, source_name)
             }
             Step::MoveLoopCheck { cursor, .. } => Self::stat(inode(*cursor)),
-            Step::MoveInject { inode: moved } => self.inject(target_parent, *moved, false, target_name),
+            Step::MoveInject { inode: moved } => {
+                let directory = matches!(self.args, TxnArgs::Move { directory: true, .. });
+                self.inject(target_parent, *moved, false, !directory, target_name)
+            }
             Step::MoveReleaseTarget { inode: moved } => Self::release(target_parent, *moved, false, target_name),
             Step::MoveKillSource { inode: moved } => Self::release(source_parent, *moved, true, source_name),
             Step::MoveSetParent { inode: moved } => Self::set_parent(*moved, target_parent),
@@ -616,7 +629,9 @@ impl TxnState {
                 Some(Step::MkDirInject { dir: dir.without_owning().get() })
             }
             (Step::MkDirCreate { .. }, ShardReply::Error(kind)) => done(refused("create_unlinked_dir", kind)),
-            (Step::MkDirInject { dir }, ShardReply::InjectDirent) => Some(Step::MkDirRelease { dir: *dir }),
+            // Injected owning: done (MkDirRelease is left for records of
+            // older runs, whose inject made the entry non-owning).
+            (Step::MkDirInject { dir }, ShardReply::InjectDirent) => done(Outcome::ok(inode(*dir))),
             (Step::MkDirInject { dir }, ShardReply::Error(kind)) => {
                 let failure = match kind {
                     ErrorKind::CannotOverrideTarget | ErrorKind::AlreadyExists => {
@@ -733,8 +748,13 @@ impl TxnState {
                     Outcome::failed(CdcStatus::GeneralError, format!("loop check: bad ancestor ({other:?})")),
                 ),
             },
-            (Step::MoveInject { inode: moved }, ShardReply::InjectDirent) => {
+            // A directory's target entry stays non-owning until its
+            // release; a file's was injected owning.
+            (Step::MoveInject { inode: moved }, ShardReply::InjectDirent) if directory => {
                 Some(Step::MoveReleaseTarget { inode: *moved })
+            }
+            (Step::MoveInject { inode: moved }, ShardReply::InjectDirent) => {
+                Some(Step::MoveKillSource { inode: *moved })
             }
             (Step::MoveInject { inode: moved }, ShardReply::Error(kind)) => rollback(*moved, refused("target", kind)),
             (Step::MoveReleaseTarget { inode: moved }, ShardReply::Empty) => {

@@ -607,10 +607,10 @@ async fn a_mkdir_resumed_after_its_release_does_not_link_the_directory_again() {
             300 + seed,
             Faults::default(),
         );
-        // Calls: stat, resolve, create, inject, release (the crash).
+        // Calls: stat, resolve, create, inject (owning; the crash).
         let args = TxnArgs::MkDir { parent: ROOT, name: "d".into() };
         let mut moved = false;
-        let outcome = h.crash_then(seed, args, 5, |h| moved = h.rename(ROOT, "d", "e")).await;
+        let outcome = h.crash_then(seed, args, 4, |h| moved = h.rename(ROOT, "d", "e")).await;
         let (dir, other) = if moved { ("e", "d") } else { ("d", "e") };
         renamed += u32::from(moved);
         assert_eq!(outcome.status, CdcStatus::Ok, "seed {seed}: {outcome:?}");
@@ -638,10 +638,10 @@ async fn a_move_resumed_after_its_release_does_not_link_the_file_again() {
             source_name: "a".into(),
             target_name: "b".into(),
         };
-        // Calls: stat, stat, resolve, acquire, inject, release target,
-        // kill source (the crash; the release went out with it).
+        // Calls: stat, stat, resolve, acquire, inject (owning), kill
+        // source (the crash).
         let mut moved = false;
-        let outcome = h.crash_then(seed, args, 7, |h| moved = h.rename(target, "b", "c")).await;
+        let outcome = h.crash_then(seed, args, 6, |h| moved = h.rename(target, "b", "c")).await;
         renamed += u32::from(moved);
         assert_eq!(outcome, Outcome::ok(InodeId::new(file)), "seed {seed}");
         assert_eq!(h.entry(ROOT, "a"), None, "seed {seed}");
@@ -649,7 +649,7 @@ async fn a_move_resumed_after_its_release_does_not_link_the_file_again() {
         assert_eq!(h.entry(target, name), Some(file), "seed {seed}");
         assert_eq!(h.entry(target, other), None, "seed {seed}: linked once");
     }
-    assert!(renamed == 16, "the release always went out before the crash: {renamed} of 16 renamed");
+    assert!(renamed == 16, "the inject always went out before the crash: {renamed} of 16 renamed");
 }
 
 // A move within one directory through the CDC, its kill re-sent after a
@@ -668,10 +668,10 @@ async fn a_kill_resent_after_the_file_was_renamed_back_leaves_it() {
             source_name: "a".into(),
             target_name: "b".into(),
         };
-        // Calls: stat, resolve, acquire, inject, release target, kill
-        // source (the crash).
+        // Calls: stat, resolve, acquire, inject (owning), kill source (the
+        // crash).
         let mut back = false;
-        let outcome = h.crash_then(seed, args, 6, |h| back = h.rename(ROOT, "b", "a")).await;
+        let outcome = h.crash_then(seed, args, 5, |h| back = h.rename(ROOT, "b", "a")).await;
         renamed += u32::from(back);
         assert_eq!(outcome, Outcome::ok(InodeId::new(file)), "seed {seed}");
         let (name, other) = if back { ("a", "b") } else { ("b", "a") };

@@ -108,6 +108,7 @@ fn fill(client: &mut Client) -> InodeId {
                     dir: dir.inode,
                     inode: target,
                     dry_run: 0,
+                    owning: 0,
                     transaction_id: U64::ZERO,
                     forget_below: U64::ZERO,
                 },

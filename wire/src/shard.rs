@@ -467,13 +467,15 @@ crate::tailed_message!(
     /// that name moves to the dead map; a directory or a non-owning entry is
     /// never overwritten (CANNOT_OVERRIDE_TARGET). An identical existing
     /// entry is success (retry). `dry_run` checks without changing anything.
-    /// Remembered per `transaction_id` (≠ 0) until `forget_below` passes it:
-    /// the same transaction's inject again answers as the first did, and
-    /// changes nothing, whatever happened to the entry since.
+    /// `owning` ≠ 0 makes the entry owning at once (inject and release in
+    /// one). Remembered per `transaction_id` (≠ 0) until `forget_below`
+    /// passes it: the same transaction's inject again answers as the first
+    /// did, and changes nothing, whatever happened to the entry since.
     pub struct InjectDirentReq<'a>: InjectDirentReqHead {
         pub dir: InodeId,
         pub inode: InodeId,
         pub dry_run: u8,
+        pub owning: u8,
         pub transaction_id: U64,
         pub forget_below: U64,
     }

@@ -359,7 +359,7 @@ fn fixed_layout_sizes_match_protocol_md() {
         ("ReverseBlockEntry", size_of::<ReverseBlockEntry>(), 24),
         ("CreateUnlinkedDirReq", size_of::<CreateUnlinkedDirReq>(), 24),
         ("SetParentReq", size_of::<SetParentReq>(), 16),
-        ("InjectDirentReqHead", size_of::<InjectDirentReqHead>(), 33),
+        ("InjectDirentReqHead", size_of::<InjectDirentReqHead>(), 34),
         ("AcquireDirentReqHead", size_of::<AcquireDirentReqHead>(), 25),
         ("AcquireDirentResp", size_of::<AcquireDirentResp>(), 16),
         ("ReleaseDirentReqHead", size_of::<ReleaseDirentReqHead>(), 17),

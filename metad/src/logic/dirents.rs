@@ -499,9 +499,14 @@ impl Mutation<'_, '_> {
         let dir = linked_directory(self.shard, self.store, txn, req.dir)?;
         let slot = Slot { dir: req.dir, name_hash: hash_of(&dir, req.name.as_bytes())?, name: req.name.as_bytes() };
         let answered = |creation_time: EggsTime| [req.dir.without_owning().get(), target.get(), creation_time.get()];
-        if let Some(existing) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)?
+        let owning = req.owning != 0 && !dry_run;
+        if let Some(mut existing) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)?
             && existing.inode.without_owning() == target
         {
+            if owning && !existing.inode.is_owning() {
+                existing.inode = target.with_owning(true);
+                self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &existing.encode())?;
+            }
             self.remember(txn, Remembered::Inject, transaction, answered(existing.creation_time))?;
             return Ok(InjectDirentResp { creation_time: existing.creation_time });
         }
@@ -510,7 +515,7 @@ impl Mutation<'_, '_> {
             return Ok(InjectDirentResp { creation_time: self.env.now });
         }
         let creation_time = entry_time(self.store, txn, slot.dir, slot.name_hash, slot.name, self.env.now)?;
-        let record = LivingRecord { creation_time, inode: target.with_owning(false) };
+        let record = LivingRecord { creation_time, inode: target.with_owning(owning) };
         self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &record.encode())?;
         self.touch(txn, req.dir.without_owning(), dir)?;
         self.remember(txn, Remembered::Inject, transaction, answered(creation_time))?;
