@@ -66,6 +66,13 @@
 //! finds the record first and answers from it without looking at the
 //! entry. A refusal is not recorded (fence 2 covers it), nor a dry run.
 //!
+//! With the inject remembered, the non-owning phase of a mkdir's or an mv
+//! file's target entry protects nothing (it kept the entry from clients
+//! until a re-sent inject could no longer happen), so they inject it owning
+//! (`inject_dirent.owning`, inject and release in one commit) and have no
+//! release step. An mv dir keeps inject non-owning, then release: its
+//! directory's parent changes only with the set_parent after.
+//!
 //! How long: until the CDC will never send that transaction's requests
 //! again, which is once its outcome's record is durable (a restart resumes
 //! only unfinished records; a client's retransmission is answered from the
@@ -97,11 +104,11 @@
 //! reached through a read or a refusal, e.g. ALREADY_EXISTS), the outcome is
 //! durable before it is told.
 //!
-//! A mkdir is thus: stat, resolve, [plan] create, inject, release, answer
-//! (its outcome committed with the next batch): one commit the transaction
-//! waits for, where every step used to wait for one (four), and session
-//! 8's chain two. An mv file: three reads, [plan] acquire, inject, release
-//! target, kill source, answer. An mv dir: reads, dry run, [plan] acquire,
+//! A mkdir is thus: stat, resolve, [plan] create, inject (owning: no
+//! release step, see below), answer (its outcome committed with the next
+//! batch): one commit the transaction waits for, where every step used to
+//! wait for one (four), and session 8's chain two. An mv file: three
+//! reads, [plan] acquire, inject (owning), kill source, answer. An mv dir: reads, dry run, [plan] acquire,
 //! loop check, [fence] inject, release target, kill source, set_parent,
 //! answer. An rmdir: stat, [plan] acquire, set_parent to null, [fence] kill,
 //! answer. Commits are shared by every transaction that queued a record
@@ -119,8 +126,8 @@
 //!   change nothing, and an answer is used only while the transaction is
 //!   on the step it was sent for (a failed stat ends the transaction and
 //!   the resolve's answer is dropped).
-//! - a move's tail after its inject: release target, kill source and, for
-//!   a directory, set_parent. These are the steps the fence argument above
+//! - a directory move's tail after its inject: release target, kill
+//!   source and set_parent (a file's move has only the kill). These are the steps the fence argument above
 //!   already lets a restart re-send in any number: each answers "done"
 //!   however often it is sent, and none reads what another wrote
 //!   (release_dirent acts on its own entry only, set_parent on the
@@ -220,6 +227,17 @@
 //! (acquire, inject, release target, kill source) against a mkdir's three,
 //! and its 8-client rate is lower (614–895/s against 1 060–1 300/s in the
 //! quiet runs); one client's move and mkdir take about the same time.
+//!
+//! Session 9 (`perf/results/2026-11-28-s9-cdc9.md`): shards remember
+//! create, inject and acquire per transaction ("Remembered requests"), so
+//! mkdir and mv file lose fence 3, and they inject their entry owning, so
+//! they lose the release: a mkdir's chain is the plan, create and inject
+//! (three syncs, was five; four per mkdir with one client, was six), an
+//! mv file's the plan, acquire, inject and kill. Paired with main's
+//! binaries on the shared machine (`cdc_load mkdir 8`, six pairs): rate
+//! 1.33 × (median; 0.81–3.48), CPU per mkdir 0.77 × in all processes
+//! (cdcd 0.31 ms, the parent's shard 0.23 ms), 1.6 journal syncs per mkdir
+//! across the three processes (2.4); one client 1.6–2 × faster.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};

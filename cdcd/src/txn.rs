@@ -13,15 +13,18 @@
 //!
 //! ```text
 //! mkdir   stat parent → resolve name (must be free) → create_unlinked_dir
-//!         → inject (non-owning) → release (owning) → OK + inode
+//!         → inject (owning) → OK + inode
 //!         inject fails → set_parent(new, null), report
+//!         (records of older runs may be at a release step: inject
+//!         non-owning, then release)
 //! rmdir   stat parent → acquire (directory) → set_parent(child, null)
 //!         → release kill → OK
 //!         set_parent fails (not empty) → release, report
 //! mv      stat target parent → stat source parent → resolve source (type)
 //!         → [dir: dry-run inject] → acquire → [dir: loop check, walking the
-//!         target's ancestors to the root] → inject target → release target
-//!         → release kill source → [dir: set_parent(dir, target parent)] → OK
+//!         target's ancestors to the root] → inject target (a file's owning)
+//!         → [dir: release target] → release kill source
+//!         → [dir: set_parent(dir, target parent)] → OK
 //!         loop / inject fails → release source, report
 //! purge   resolve the dead entry → purge_remote_owning_dirent
 //!         → move_file_to_eden on the file's shard → OK
