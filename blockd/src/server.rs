@@ -11,9 +11,7 @@
 //! - **Writes** stream the payload in [`CHUNK_BYTES`] chunks from the socket
 //!   into one reused buffer, CRC them, and copy them into the page cache
 //!   with `pwrite(2)` on the executor's thread (a copy, no disk wait; see
-//!   `stage` for why not io_uring), and start each chunk's writeback at
-//!   once (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, a hint), so the disk
-//!   writes while the rest of the block arrives. On a CRC match the file is
+//!   `stage` for why not io_uring). On a CRC match the file is
 //!   fdatasync'ed, renamed into place with `RENAME_NOREPLACE` (an existing
 //!   block is never overwritten), and its folder fsync'ed; only then is the
 //!   proof sent. Nothing is acknowledged before it is durable.
@@ -823,25 +821,9 @@ async fn copy_payload(
         crc = crc32c_append(crc, chunk);
         // Into the page cache: a copy, on this thread (no disk wait).
         std::os::unix::fs::FileExt::write_all_at(file, chunk, position).map_err(storage("writing", temp))?;
-        start_writeback(file, position, length);
         position += length as u64;
     }
     Ok(crc)
-}
-
-/// Asks the kernel to start writing `length` bytes at `position` of
-/// `file` to the disk now (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: no
-/// wait for the write, no metadata, no durability), so the disk writes a
-/// block while the rest of it is still being received, instead of only
-/// once the final `fdatasync` asks. That `fdatasync` stays the durability
-/// point; this is a hint, and its failure is ignored (the `fdatasync`
-/// reports any write error).
-fn start_writeback(file: &std::fs::File, position: u64, length: usize) {
-    let (Ok(offset), Ok(bytes)) = (libc::off64_t::try_from(position), libc::off64_t::try_from(length)) else {
-        return;
-    };
-    // SAFETY: a plain syscall on an open descriptor; no memory is shared.
-    unsafe { libc::sync_file_range(file.as_raw_fd(), offset, bytes, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
 /// Moves a durable temporary file to its block's name, never replacing an
