@@ -350,6 +350,12 @@ async fn crash_case(sim: &Sim, case: &str) -> (TxnArgs, Option<(u64, &'static st
             };
             (args, Some((target, "g", "renamed")))
         }
+        // Renamed back to the source name after the crash: a re-sent kill
+        // of the source must leave the client's entry.
+        "mv file in one directory" => {
+            sim.net.create_file(InodeId::ROOT, "f").unwrap();
+            (model::mv(false, (InodeId::ROOT, "f"), (InodeId::ROOT, "g")), Some((ROOT, "g", "f")))
+        }
         "rmdir" => {
             mkdir_now(sim, "r").await;
             (TxnArgs::RmDir { parent: ROOT, name: "r".into() }, None)
@@ -371,7 +377,7 @@ async fn crash_case(sim: &Sim, case: &str) -> (TxnArgs, Option<(u64, &'static st
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_crash_at_any_step_resumes_to_the_same_outcome() {
     // Each case and how many mutations its transaction sends.
-    let cases = [("mkdir", 2), ("mv file", 3), ("rmdir", 3)];
+    let cases = [("mkdir", 2), ("mv file", 3), ("mv file in one directory", 3), ("rmdir", 3)];
     for (case, mutations) in cases {
         for crash_after in 1..=mutations + 1 {
             let sim = Sim::new(100 + crash_after, SHARDS, Faults::default());
