@@ -86,7 +86,12 @@
 //! holds about the transactions in flight plus those that finished since
 //! the oldest one still running started: bounded by the CDC's own
 //! concurrency while it runs, and while a transaction is stuck (a shard
-//! down) by the transactions since, as the CDC's store is. A stale
+//! down) by the transactions since, as the CDC's store is. A request adds
+//! at most one record and drops up to 16 that are due, so a shard's due
+//! records only shrink while the CDC talks to it; a shard the CDC stops
+//! sending to keeps its last few until the next request (the simulation's
+//! `shards_forget_finished_transactions`: 128 records after 64 concurrent
+//! mkdirs, 3 after 24 more). A stale
 //! `forget_below` (a retransmission, a reordered datagram) is lower, never
 //! higher, so it only forgets less.
 //!

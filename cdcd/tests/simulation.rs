@@ -333,6 +333,34 @@ async fn concurrent_transactions_share_commits() {
     assert!(commits * 8 <= records, "{commits} commits for {records} records");
 }
 
+/// The shards forget what they remember per transaction once the CDC's
+/// `forget_below` passes it: after a burst of concurrent mkdirs, a few more
+/// leave the records of about the transactions in flight, not of all.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn shards_forget_finished_transactions() {
+    let sim = Sim::new(13, SHARDS, Faults::default());
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let sim = sim.clone();
+            tokio::spawn(async move { mkdir(&sim, 1 + i, ROOT, &format!("m{i}")).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().status, CdcStatus::Ok);
+    }
+    let after_burst = sim.net.remembered();
+    for i in 0..24 {
+        assert_eq!(mkdir(&sim, 100 + i, ROOT, &format!("s{i}")).await.status, CdcStatus::Ok);
+    }
+    let after = sim.net.remembered();
+    eprintln!("remembered: {after_burst} after the burst, {after} after 24 more mkdirs");
+    // Each mkdir leaves two (its create, its inject); the last ones' stay
+    // until later requests reach their shards.
+    assert!(after_burst >= 64, "the burst's records: {after_burst}");
+    assert!(after <= 2 * SHARDS as usize + 2, "{after} records left");
+    sim.net.check_tree().unwrap();
+}
+
 /// The transaction of a crash case, after setting up the tree it needs;
 /// and the rename a client attempts after the crash (directory, old, new).
 async fn crash_case(sim: &Sim, case: &str) -> (TxnArgs, Option<(u64, &'static str, &'static str)>) {
