@@ -239,10 +239,11 @@
 //! they lose the release: a mkdir's chain is the plan, create and inject
 //! (three syncs, was five; four per mkdir with one client, was six), an
 //! mv file's the plan, acquire, inject and kill. Paired with main's
-//! binaries on the shared machine (`cdc_load mkdir 8`, six pairs): rate
-//! 1.33 × (median; 0.81–3.48), CPU per mkdir 0.77 × in all processes
-//! (cdcd 0.31 ms, the parent's shard 0.23 ms), 1.6 journal syncs per mkdir
-//! across the three processes (2.4); one client 1.6–2 × faster. mv file
+//! binaries on the shared machine (`cdc_load mkdir 8`, eight pairs): rate
+//! 1.40 × (median; 0.81–3.48), CPU per mkdir 0.74 × in all processes
+//! (cdcd 0.3 ms, the parent's shard 0.22 ms), 1.6 journal syncs per mkdir
+//! across the three processes (2.4); one client's mkdir 1.9–2.1 ms
+//! against 2.8–2.9 ms on the quieter machine at the end. mv file
 //! (four pairs): 1.18 × (0.99–1.32), CPU per move 0.81 ×. Neither reached
 //! 2 000/s on the shared machine (best runs 1 714 mkdirs/s, 1 037 moves/s).
 
