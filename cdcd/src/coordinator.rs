@@ -244,8 +244,8 @@
 //! (cdcd 0.3 ms, the parent's shard 0.22 ms), 1.6 journal syncs per mkdir
 //! across the three processes (2.4); one client's mkdir 1.9–2.1 ms
 //! against 2.8–2.9 ms on the quieter machine at the end. mv file
-//! (four pairs): 1.18 × (0.99–1.32), CPU per move 0.81 ×. Neither reached
-//! 2 000/s on the shared machine (best runs 1 714 mkdirs/s, 1 037 moves/s).
+//! (six pairs): 1.18 × (0.93–1.47), CPU per move 0.81 ×. Neither reached
+//! 2 000/s on the shared machine (best runs 1 714 mkdirs/s, 1 209 moves/s).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
