@@ -71,6 +71,10 @@ struct Args {
     /// journal keeps its size), in MiB.
     #[arg(long, default_value_t = daemon::journal::JOURNAL_BYTES >> 20, value_parser = clap::value_parser!(u64).range(1..=4096))]
     journal_mib: u64,
+    /// Journal batches written and synced at once
+    /// (`daemon::journal::Config::lanes`).
+    #[arg(long, default_value_t = daemon::journal::SYNC_LANES as u64, value_parser = clap::value_parser!(u64).range(1..=daemon::journal::SYNC_LANES_MAX as u64))]
+    journal_lanes: u64,
 }
 
 fn parse_shard_addr(text: &str) -> Result<(ShardId, SocketAddr), String> {
@@ -115,7 +119,11 @@ async fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
     };
     let key = MacKey::new(&daemon::keyfile::load_or_create(&key_path).or_usage()?);
     let shuckle = address::resolve("--shuckle", &args.shuckle)?;
-    let journal = daemon::journal::Config { bytes: args.journal_mib << 20, ..daemon::journal::Config::default() };
+    let journal = daemon::journal::Config {
+        bytes: args.journal_mib << 20,
+        lanes: args.journal_lanes as usize,
+        ..daemon::journal::Config::default()
+    };
     let store = Arc::new(TxnStore::open_with(&state_dir, true, journal).context("open the transaction store")?);
     // A fault inside the store's map from now on: one line, exit 3 (daemon::fault).
     daemon::fault::guard("cdcd", &state_dir, None).context("install the store's fault guard")?;

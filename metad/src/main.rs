@@ -69,6 +69,13 @@ struct Args {
     /// (`perf/results/2026-11-28-s8-gather.md`).
     #[arg(long, default_value_t = false)]
     no_journal_gather: bool,
+    /// Journal batches written and synced at once. With one, a mutation
+    /// that arrives during a sync waits for it to end before its own
+    /// starts; the disk takes concurrent flushes, so by default the next
+    /// batch starts on a free lane at once (answers still go out in commit
+    /// order).
+    #[arg(long, default_value_t = daemon::journal::SYNC_LANES as u64, value_parser = clap::value_parser!(u64).range(1..=daemon::journal::SYNC_LANES_MAX as u64))]
+    journal_lanes: u64,
 }
 
 fn main() -> ExitCode {
@@ -133,6 +140,7 @@ fn run(args: Args, signals: StopSignals) -> Result<(), Failure> {
         metrics,
         journal_bytes: args.journal_mib << 20,
         journal_gather: !args.no_journal_gather,
+        journal_lanes: args.journal_lanes as usize,
     };
     match metad::server::run(config) {
         Ok(()) => Err(Failure::Runtime(anyhow!("the I/O threads stopped"))),

@@ -121,6 +121,8 @@ pub struct Config {
     /// Hold a journal sync for the clients just answered
     /// (`daemon::journal::Config::gather`).
     pub journal_gather: bool,
+    /// Journal batches synced at once (`daemon::journal::Config::lanes`).
+    pub journal_lanes: usize,
 }
 
 /// State shared by the I/O threads, the writer, the journal and the refresher.
@@ -197,8 +199,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 
     // From here every commit is journaled: the journal thread answers a
     // batch once its record is durable.
-    let journal_config =
-        daemon::journal::Config { bytes: config.journal_bytes, gather: config.journal_gather, ..Default::default() };
+    let journal_config = daemon::journal::Config {
+        bytes: config.journal_bytes,
+        gather: config.journal_gather,
+        lanes: config.journal_lanes,
+        ..Default::default()
+    };
     let metrics = shared.metrics.clone();
     let journal = Journal::start(&shared.store.env, journal_config, shared.metrics.journal.clone(), move |durable| {
         let mut answers: Answers = durable.into_iter().flatten().collect();

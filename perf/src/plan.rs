@@ -42,6 +42,15 @@ pub struct Plan {
     pub file_bytes: usize,
     /// Healthy cats of that file (the median is reported).
     pub cat_repeats: usize,
+    /// `eggs put` runs, each right after a sequential write + fsync of the
+    /// same size (the disk's rate swings by a third within minutes here);
+    /// the row is the median put against the median write.
+    pub put_repeats: usize,
+    /// For the most clients: stat runs, each right after a UDP echo run
+    /// with as many clients (the row is the median stat against the
+    /// median echo of those runs; a single pair minutes apart swung by a
+    /// fifth between quiet runs).
+    pub stat_repeats: usize,
     /// Concurrent cats of different files, and each file's size.
     pub concurrent_cats: usize,
     pub concurrent_file_bytes: usize,
@@ -80,6 +89,8 @@ impl Plan {
             mv_files: 2_000,
             file_bytes: 256 * MIB,
             cat_repeats: 1,
+            put_repeats: 1,
+            stat_repeats: 1,
             concurrent_cats: 4,
             concurrent_file_bytes: 64 * MIB,
             data_only: false,
@@ -112,6 +123,8 @@ impl Plan {
             mv_files: 20_000,
             file_bytes: 1024 * MIB,
             cat_repeats: 3,
+            put_repeats: 3,
+            stat_repeats: 3,
             concurrent_cats: 4,
             concurrent_file_bytes: 256 * MIB,
             data_only: false,

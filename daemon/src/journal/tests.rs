@@ -25,6 +25,18 @@ fn contents(env: &Env<WithoutTls>, dbs: &[Database<Bytes, Bytes>]) -> Model {
         .collect()
 }
 
+/// The batch whose last record has this sequence number sleeps
+/// [`SLOW_SYNC`] before its write and sync (0: none does).
+static SLOW_BATCH: AtomicU64 = AtomicU64::new(0);
+const SLOW_SYNC: Duration = Duration::from_millis(300);
+
+/// Called by a sync lane before it writes a batch.
+pub(super) fn before_sync(last: u64) {
+    if last != 0 && SLOW_BATCH.load(Ordering::Relaxed) == last {
+        std::thread::sleep(SLOW_SYNC);
+    }
+}
+
 fn seeded() -> StdRng {
     let seed = rand::rng().next_u64();
     eprintln!("seed {seed}");
@@ -45,6 +57,9 @@ struct Harness {
     /// Commits that wrote a record (some change nothing: deletes of
     /// missing keys only).
     records: u64,
+    /// The commit number of each record, in order (the first record of a
+    /// new journal has sequence number 1).
+    record_commits: Vec<u64>,
 }
 
 static FAILURES: AtomicU64 = AtomicU64::new(0);
@@ -60,11 +75,16 @@ impl Harness {
     }
 
     fn with_gather(dir: &Path, bytes: u64, period: Duration, gather: bool) -> Self {
+        let config =
+            Config { bytes, checkpoint_period: period, gather, on_failure: count_failure, ..Config::default() };
+        Self::with_config(dir, config, JournalMetrics::new())
+    }
+
+    fn with_config(dir: &Path, config: Config, metrics: JournalMetrics) -> Self {
         let (env, dbs) = open_env(dir);
         let delivered = Arc::new(Mutex::new(Vec::new()));
         let sink = delivered.clone();
-        let config = Config { bytes, checkpoint_period: period, gather, on_failure: count_failure };
-        let journal = Journal::start(&env, config, JournalMetrics::new(), move |payloads: Vec<u64>| {
+        let journal = Journal::start(&env, config, metrics, move |payloads: Vec<u64>| {
             sink.lock().unwrap().extend(payloads);
         })
         .unwrap();
@@ -79,6 +99,7 @@ impl Harness {
             effects: Effects::default(),
             commits: 0,
             records: 0,
+            record_commits: Vec::new(),
         }
     }
 
@@ -114,7 +135,10 @@ impl Harness {
         }
         txn.commit().unwrap();
         self.commits += 1;
-        self.records += u64::from(!self.effects.is_empty());
+        if !self.effects.is_empty() {
+            self.records += 1;
+            self.record_commits.push(self.commits);
+        }
         self.history.push(self.model.clone());
         self.journal.append(&mut self.effects, self.commits);
         self.journal.after_commit();
@@ -360,4 +384,90 @@ fn power_loss_after_a_checkpoint_recovers_every_whole_record() {
     let (state, replayed) = recover(disk.path());
     assert_eq!(replayed.records, 0);
     assert!(state == *expected);
+}
+
+// Two lanes: the first batch's sync is slow, the second's (a later commit)
+// finishes first. The later commit's answer waits for the earlier one:
+// answers go out in commit order and only once everything before them is
+// durable.
+#[test]
+fn a_later_batch_synced_first_waits_for_the_earlier_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = JournalMetrics::new();
+    let config = Config { bytes: 1 << 20, checkpoint_period: Duration::from_secs(3600), lanes: 2, ..Config::default() };
+    let mut harness = Harness::with_config(dir.path(), config, metrics.clone());
+    let mut rng = seeded();
+    // The first commit that writes a record is record 1: its batch is slow.
+    SLOW_BATCH.store(1, Ordering::Relaxed);
+    while harness.records < 1 {
+        harness.commit(&mut rng);
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let first = harness.commits;
+    while harness.records < 2 {
+        harness.commit(&mut rng);
+    }
+    // The second batch went to the other lane and is synced…
+    let deadline = Instant::now() + SLOW_SYNC / 2;
+    while metrics.syncs.get() < 1 {
+        assert!(Instant::now() < deadline, "the second batch was not synced while the first one's sync ran");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // …and nothing is answered before the first batch is durable, except
+    // commits before it that changed nothing.
+    let delivered = harness.delivered.lock().unwrap().clone();
+    assert!(
+        delivered.iter().all(|&commit| commit < first),
+        "answered before an earlier record was durable: {delivered:?}"
+    );
+    harness.wait_durable();
+    SLOW_BATCH.store(0, Ordering::Relaxed);
+    assert_eq!(metrics.syncs.get(), 2);
+}
+
+// A batch that never reached the disk while a later one did (two lanes,
+// then a power loss): the replay stops at the hole, and the later records
+// are never replayed, then or after the next start.
+#[test]
+fn a_hole_before_later_records_stops_the_replay_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = Harness::new(dir.path(), 4 << 20, Duration::from_secs(3600));
+    let mut rng = seeded();
+    while harness.records < 60 {
+        harness.commit(&mut rng);
+        if rng.random_ratio(1, 4) {
+            harness.wait_durable();
+        }
+    }
+    harness.wait_durable();
+    let disk = disk_copy(dir.path());
+    let journal = JournalFile::open(&disk.path().join(FILE_NAME)).unwrap().unwrap();
+    let checkpoint = journal.checkpoint().unwrap();
+    assert_eq!(checkpoint.next_seq, 1, "no checkpoint since the start");
+    // Find record `hole`'s position by scanning, then garble its header.
+    let hole = rng.random_range(2..=harness.records) as usize;
+    let mut position = checkpoint.position;
+    for seq in 1..hole as u64 {
+        let candidates = [position, align_up(position, PAGE)];
+        let (at, record) = candidates
+            .iter()
+            .find_map(|&at| journal.record_at(at, checkpoint.position, checkpoint.epoch, seq).map(|r| (at, r)))
+            .expect("the records before the hole");
+        position = at + record_bytes(record.payload.len());
+    }
+    let at = [position, align_up(position, PAGE)]
+        .into_iter()
+        .find(|&at| journal.record_at(at, checkpoint.position, checkpoint.epoch, hole as u64).is_some())
+        .expect("the hole's record");
+    let mut garbage = vec![0u8; RECORD_HEADER_BYTES];
+    rng.fill_bytes(&mut garbage);
+    journal.file.write_all_at(&garbage, journal.offset(at)).unwrap();
+    drop(journal);
+    let (state, replayed) = recover(disk.path());
+    assert_eq!(replayed.records, hole - 1, "the records before the hole (record {hole} of {})", harness.records);
+    let before_hole = harness.record_commits[hole - 1] as usize - 1;
+    assert!(state == harness.history[before_hole], "the state of every record before the hole");
+    let (state, replayed) = recover(disk.path());
+    assert_eq!(replayed.records, 0);
+    assert!(state == harness.history[before_hole]);
 }
