@@ -27,27 +27,74 @@
 //! 2. the first after an answer a re-send might not reproduce: a read
 //!    (stat, resolve, the loop check), a dry-run inject, or a refusal (every
 //!    rollback starts after a refusal);
-//! 3. the first release_dirent (release or kill) since the stored record.
+//! 3. the first release_dirent (release or kill) since the stored record,
+//!    unless every mutation since that record is one its shard remembers
+//!    for the transaction ("Remembered requests", below): an mkdir's create
+//!    and inject, an mv's acquire and inject, an mv dir's inject after its
+//!    loop check. So mkdir and mv file have no fence 3 (rmdir's set_parent
+//!    keeps it).
 //!
 //! Why re-sending from the stored record reaches the same step: between
 //! fences the transaction sends only mutations whose answers repeat.
-//! create_unlinked_dir is idempotent per transaction id for good (the shard
-//! records the directory it made for it). inject_dirent and acquire_dirent
-//! act on entries the transaction holds: its lock table entries keep other
-//! CDC transactions off them, and a non-owning entry is refused to every
-//! shard-local request (link, rename, delete), so a second inject finds its
-//! own entry and a second acquire its own non-owning entry, and both answer
-//! as the first did. set_parent to null of a directory whose entry is held
-//! finds it empty again (nobody can link into a directory without a
-//! parent). The protection ends with the first release or kill: from then
-//! on clients may rename the entry, so an inject sent again could link the
-//! directory twice. Hence fence 3: the record is at that release, and what
-//! follows it (releases, kills, set_parent to the new parent,
-//! purge_remote_owning_dirent, move_file_to_eden) answers "done" however
-//! often it is sent (release_dirent never fails and acts only on an entry
-//! that points to its inode). Refusals are not repeatable (the name may be
-//! free by then), hence fence 2 — with reads, whose answers depend on
+//! create_unlinked_dir, inject_dirent and acquire_dirent are remembered by
+//! their shard per transaction (below): sent again, each answers as the
+//! first did and changes nothing, whatever happened to the entry since.
+//! set_parent to null of a directory whose entry is held finds it empty
+//! again (nobody can link into a directory without a parent), but only
+//! while the entry is held: the first release or kill ends that (clients
+//! may use the entry again), hence fence 3 where such a step came before
+//! the release. What follows the release (releases, kills, set_parent to
+//! the new parent, purge_remote_owning_dirent, move_file_to_eden) answers
+//! "done" however often it is sent: release_dirent never fails and acts
+//! only on a non-owning entry that points to its inode (a release makes it
+//! owning, a kill buries it; an owning entry is a client's again, e.g. a
+//! file a client renamed back to the source name of a same-directory move,
+//! and a re-sent kill leaves it). Refusals are not repeatable (the name may
+//! be free by then), hence fence 2 — with reads, whose answers depend on
 //! everyone else.
+//!
+//! # Remembered requests
+//!
+//! Before session 9 an inject sent again after the release could link a
+//! directory twice (a client renamed the released entry; the inject found
+//! the name free): fence 3 kept the transaction from ever re-sending it.
+//! Now the shard makes the inject harmless instead. In the same LMDB commit
+//! as the change, it records under the transaction's id what it answered
+//! (create_unlinked_dir: the directory; inject: dir, inode, creation time;
+//! acquire: dir, inode, creation time; in metad's `unlinked_dirs`, keyed by
+//! transaction id BE and a tag), and a request of the same transaction
+//! finds the record first and answers from it without looking at the
+//! entry. A refusal is not recorded (fence 2 covers it), nor a dry run.
+//!
+//! With the inject remembered, the non-owning phase of a mkdir's or an mv
+//! file's target entry protects nothing (it kept the entry from clients
+//! until a re-sent inject could no longer happen), so they inject it owning
+//! (`inject_dirent.owning`, inject and release in one commit) and have no
+//! release step. An mv dir keeps inject non-owning, then release: its
+//! directory's parent changes only with the set_parent after.
+//!
+//! How long: until the CDC will never send that transaction's requests
+//! again, which is once its outcome's record is durable (a restart resumes
+//! only unfinished records; a client's retransmission is answered from the
+//! store). Every create, inject and acquire carries `forget_below`: the
+//! lowest id among the transactions that may still send (handed out and not
+//! refused at once, or resumed, and whose outcome is not durable yet; with
+//! none, the next id the store hands out — ids are handed out under the
+//! same lock, and they only grow, also across a wiped store). The shard
+//! drops the records below it, at most `CDC_FORGET_PER_REQUEST_MAX` per
+//! request, oldest first (they are the table's first keys), so the table
+//! holds about the transactions in flight plus those that finished since
+//! the oldest one still running started: bounded by the CDC's own
+//! concurrency while it runs, and while a transaction is stuck (a shard
+//! down) by the transactions since, as the CDC's store is. A request adds
+//! at most one record and drops up to 16 that are due, so a shard's due
+//! records only shrink while the CDC talks to it; a shard the CDC stops
+//! sending to keeps its last few until the next request (the simulation's
+//! `shards_forget_finished_transactions`: 128 records after 64 concurrent
+//! mkdirs, 3 after 24 more). A stale
+//! `forget_below` (a retransmission, a reordered datagram) is lower, never
+//! higher, so it only forgets less.
+//!
 //!
 //! A restarted CDC therefore treats every mutation up to its next fence as
 //! possibly executed ("uncertain"): the run it replaces never sent anything
@@ -62,15 +109,15 @@
 //! reached through a read or a refusal, e.g. ALREADY_EXISTS), the outcome is
 //! durable before it is told.
 //!
-//! A mkdir is thus: stat, resolve, [plan] create, inject, [fence] release,
-//! answer (its outcome committed with the next batch): two commits the
-//! transaction waits for, where every step used to wait for one (four).
-//! An mv file: three reads, [plan] acquire, inject, [fence] release target,
-//! kill source, answer. An mv dir: reads, dry run, [plan] acquire, loop
-//! check, [fence] inject, [fence] release target, kill source, set_parent,
+//! A mkdir is thus: stat, resolve, [plan] create, inject (owning: no
+//! release step, see below), answer (its outcome committed with the next
+//! batch): one commit the transaction waits for, where every step used to
+//! wait for one (four), and session 8's chain two. An mv file: three
+//! reads, [plan] acquire, inject (owning), kill source, answer. An mv dir: reads, dry run, [plan] acquire,
+//! loop check, [fence] inject, release target, kill source, set_parent,
 //! answer. An rmdir: stat, [plan] acquire, set_parent to null, [fence] kill,
-//! answer. Commits are shared by every transaction that
-//! queued a record meanwhile.
+//! answer. Commits are shared by every transaction that queued a record
+//! meanwhile.
 //!
 //! # Sending ahead
 //!
@@ -84,15 +131,16 @@
 //!   change nothing, and an answer is used only while the transaction is
 //!   on the step it was sent for (a failed stat ends the transaction and
 //!   the resolve's answer is dropped).
-//! - a move's tail after its fence: release target, kill source and, for a
-//!   directory, set_parent. These are the steps the fence argument above
+//! - a directory move's tail after its inject: release target, kill
+//!   source and set_parent (a file's move has only the kill). These are the steps the fence argument above
 //!   already lets a restart re-send in any number: each answers "done"
 //!   however often it is sent, and none reads what another wrote
 //!   (release_dirent acts on its own entry only, set_parent on the
 //!   directory only), so their order does not matter either: a crash with
-//!   any subset executed resumes at the stored record (the release) and
-//!   sends all of them again. They go out only after the fence's record is
-//!   durable, and a mutation is sent ahead only when it would need no
+//!   any subset executed resumes at the stored record (the plan, or the
+//!   inject's fence) and sends all of them again. They go out only after
+//!   that record is durable, and a mutation is sent ahead only when it
+//!   would need no
 //!   fence of its own had the earlier ones answered `Empty`. Between the
 //!   kill and the release a reader may see the file under neither name as
 //!   owning; the target's non-owning entry already names it, and the
@@ -184,8 +232,22 @@
 //! (acquire, inject, release target, kill source) against a mkdir's three,
 //! and its 8-client rate is lower (614–895/s against 1 060–1 300/s in the
 //! quiet runs); one client's move and mkdir take about the same time.
+//!
+//! Session 9 (`perf/results/2026-11-28-s9-cdc9.md`): shards remember
+//! create, inject and acquire per transaction ("Remembered requests"), so
+//! mkdir and mv file lose fence 3, and they inject their entry owning, so
+//! they lose the release: a mkdir's chain is the plan, create and inject
+//! (three syncs, was five; four per mkdir with one client, was six), an
+//! mv file's the plan, acquire, inject and kill. Paired with main's
+//! binaries on the shared machine (`cdc_load mkdir 8`, eight pairs): rate
+//! 1.40 × (median; 0.81–3.48), CPU per mkdir 0.74 × in all processes
+//! (cdcd 0.3 ms, the parent's shard 0.22 ms), 1.6 journal syncs per mkdir
+//! across the three processes (2.4); one client's mkdir 1.9–2.1 ms
+//! against 2.8–2.9 ms on the quieter machine at the end. mv file
+//! (six pairs): 1.18 × (0.93–1.47), CPU per move 0.81 ×. Neither reached
+//! 2 000/s on the shared machine (best runs 1 714 mkdirs/s, 1 209 moves/s).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -256,6 +318,11 @@ pub struct Coordinator<S> {
     new_dir_shards: Vec<ShardId>,
     retry: RetryPolicy,
     rng: Mutex<StdRng>,
+    /// Ids of the transactions that may still send a request: handed out
+    /// (and not refused at once) or resumed, and whose outcome is not yet
+    /// durable. Its lowest is every request's `forget_below` (see
+    /// "Remembered requests").
+    live: Mutex<BTreeSet<u64>>,
 }
 
 impl<S: Shards> Coordinator<S> {
@@ -276,7 +343,15 @@ impl<S: Shards> Coordinator<S> {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        Self { shards, commits, locks: Arc::default(), new_dir_shards, retry, rng: Mutex::new(rng) }
+        Self {
+            shards,
+            commits,
+            locks: Arc::default(),
+            new_dir_shards,
+            retry,
+            rng: Mutex::new(rng),
+            live: Mutex::default(),
+        }
     }
 
     pub fn store(&self) -> &TxnStore {
@@ -298,7 +373,10 @@ impl<S: Shards> Coordinator<S> {
     /// A new transaction for `args`, refused at once (finished) when the
     /// arguments can be judged without asking a shard: bad names, ids that
     /// are not directories, shards that do not exist.
+    /// Unless refused, the transaction counts as live (see
+    /// [`Coordinator::forget_below`]) until its outcome is durable: run it.
     pub fn new_txn(&self, args: TxnArgs) -> TxnState {
+        let mut live = self.live();
         let mut state = self.store().new_txn(args);
         if state.outcome().is_none()
             && let Some(shard) =
@@ -306,7 +384,29 @@ impl<S: Shards> Coordinator<S> {
         {
             state.step = Step::Done(Outcome::failed(CdcStatus::BadRequest, format!("shard {shard} does not exist")));
         }
+        if state.outcome().is_none() {
+            live.insert(state.txn_id);
+        }
         state
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// No transaction below this id will send a request again: every one
+    /// handed out or resumed below it has a durable outcome. Ids are
+    /// handed out under the same lock, so a transaction not yet live gets
+    /// an id at least this.
+    pub fn forget_below(&self) -> u64 {
+        let live = self.live();
+        let next = self.store().next_txn_id();
+        live.first().map_or(next, |lowest| (*lowest).min(next))
+    }
+
+    /// The transaction's outcome is durable: it sends nothing again.
+    fn finished(&self, txn_id: u64) {
+        self.live().remove(&txn_id);
     }
 
     /// Queues `state` for its locks (in the order of these calls).
@@ -318,6 +418,7 @@ impl<S: Shards> Coordinator<S> {
     /// queued for its locks: spawn [`Coordinator::run_locked`] for each.
     pub fn resume_unfinished(&self) -> Result<Vec<(TxnRecord, Ticket)>, StoreError> {
         let records = self.store().unfinished()?;
+        self.live().extend(records.iter().map(|record| record.state.txn_id));
         Ok(records
             .into_iter()
             .map(|record| {
@@ -357,8 +458,10 @@ impl<S: Shards> Coordinator<S> {
     /// after a restart, so the steps from its stored one on may have been
     /// sent already. Returns once the outcome is durable.
     pub async fn run(&self, client: Option<ClientKey>, state: TxnState, resumed: bool) -> Result<Outcome, RunError> {
+        let txn_id = state.txn_id;
         let (outcome, durable) = self.run_to_answer(client, state, resumed).await?;
         Self::wait_durable(durable).await?;
+        self.finished(txn_id);
         Ok(outcome)
     }
 
@@ -375,6 +478,7 @@ impl<S: Shards> Coordinator<S> {
         answer: impl FnOnce(&Outcome),
     ) -> Result<Outcome, RunError> {
         let guard = ticket.granted().await;
+        let txn_id = state.txn_id;
         let (outcome, durable) = self.run_to_answer(client, state, resumed).await?;
         // The record of the outcome is queued: anything a later transaction
         // queues (its first record comes before its first mutation) is
@@ -382,6 +486,7 @@ impl<S: Shards> Coordinator<S> {
         drop(guard);
         answer(&outcome);
         Self::wait_durable(durable).await?;
+        self.finished(txn_id);
         Ok(outcome)
     }
 
@@ -578,8 +683,10 @@ impl<S: Shards> Coordinator<S> {
         let started_virtual = tokio::time::Instant::now();
         let mut timeout = self.retry.timeout_initial;
         let mut timed_out = false;
+        let mut request = request.clone();
         loop {
-            match self.shards.request(Attempt { shard, request_id, request, timeout }).await {
+            set_forget_below(&mut request, self.forget_below());
+            match self.shards.request(Attempt { shard, request_id, request: &request, timeout }).await {
                 Ok(ShardReply::Error(kind)) if is_transient(kind) => {
                     tracing::debug!(shard, %kind, "transient shard error");
                     tokio::time::sleep(timeout).await;
@@ -619,6 +726,10 @@ struct Replay {
     replayable: bool,
     /// A release_dirent (release or kill) was sent since the stored record.
     released: bool,
+    /// Every mutation sent since the stored record is one its shard
+    /// remembers for the transaction (create_unlinked_dir, acquire_dirent,
+    /// inject_dirent): re-sent, each answers as it did and changes nothing.
+    remembered: bool,
     /// A previous run may have executed the mutations sent until the next
     /// save (it never sent anything past its own next fence).
     uncertain: bool,
@@ -626,7 +737,14 @@ struct Replay {
 
 impl Replay {
     fn new(resumed: bool) -> Self {
-        Self { stored: resumed, saved: resumed, replayable: true, released: false, uncertain: resumed }
+        Self {
+            stored: resumed,
+            saved: resumed,
+            replayable: true,
+            released: false,
+            remembered: true,
+            uncertain: resumed,
+        }
     }
 
     /// Whether the state must be durable before `request` (a mutation) goes
@@ -637,14 +755,18 @@ impl Replay {
             return false;
         }
         // The first mutation; or one after answers a replay might not
-        // reproduce; or the first release since the stored record (once an
-        // entry is owning again or killed, shard-local requests may change
-        // it, so the protected steps before it must never run again).
-        !self.stored || !self.replayable || (request.kind() == ShardKind::ReleaseDirent && !self.released)
+        // reproduce; or the first release since the stored record when a
+        // mutation since it is not remembered by its shard (once an entry
+        // is owning again or killed, shard-local requests may change it,
+        // so such steps before it must never run again).
+        !self.stored
+            || !self.replayable
+            || (request.kind() == ShardKind::ReleaseDirent && !self.released && !self.remembered)
     }
 
     fn saved(&mut self) {
-        *self = Self { stored: true, saved: true, replayable: true, released: false, uncertain: false };
+        *self =
+            Self { stored: true, saved: true, replayable: true, released: false, remembered: true, uncertain: false };
     }
 
     /// A request was answered.
@@ -655,11 +777,35 @@ impl Replay {
         if request.kind() == ShardKind::ReleaseDirent {
             self.released = true;
         }
+        if request.kind().is_mutation() && !is_remembered(request) {
+            self.remembered = false;
+        }
     }
 
     /// The state in memory moved away from the stored record.
     fn moved(&mut self) {
         self.saved = false;
+    }
+}
+
+/// Whether the shard remembers `request`'s answer per transaction (and
+/// answers a re-sent one from that memory, changing nothing).
+fn is_remembered(request: &ShardRequest<'_>) -> bool {
+    match request {
+        ShardRequest::CreateUnlinkedDir(_) | ShardRequest::AcquireDirent(_) => true,
+        ShardRequest::InjectDirent(inject) => inject.head.dry_run == 0,
+        _ => false,
+    }
+}
+
+/// Puts the coordinator's current promise into a request that carries one.
+fn set_forget_below(request: &mut ShardRequest<'_>, forget_below: u64) {
+    let forget_below = zerocopy::byteorder::little_endian::U64::new(forget_below);
+    match request {
+        ShardRequest::CreateUnlinkedDir(create) => create.forget_below = forget_below,
+        ShardRequest::InjectDirent(inject) => inject.head.forget_below = forget_below,
+        ShardRequest::AcquireDirent(acquire) => acquire.head.forget_below = forget_below,
+        _ => {}
     }
 }
 

@@ -180,17 +180,18 @@ impl<S: Shards + 'static> Frontend<S> {
                 return Submitted::StorageError("transaction store damaged");
             }
         }
-        let state = self.coordinator.new_txn(args);
-        if let Some(outcome) = state.outcome() {
-            tracing::debug!(kind = state.args.kind_name(), text = outcome.text, "refused at once");
-            return Submitted::Answer(outcome.clone());
-        }
         if !self.coordinator.commits().healthy() {
             return Submitted::StorageError("the CDC cannot write its transaction store");
         }
         if self.tasks().len() >= RUNNING_TXNS_MAX {
             tracing::warn!(address = %client.address, "too many transactions, request dropped");
             return Submitted::Busy;
+        }
+        // Not refused at once, it is live until it ends: start it.
+        let state = self.coordinator.new_txn(args);
+        if let Some(outcome) = state.outcome() {
+            tracing::debug!(kind = state.args.kind_name(), text = outcome.text, "refused at once");
+            return Submitted::Answer(outcome.clone());
         }
         let txn_id = state.txn_id;
         tracing::debug!(txn = txn_id, kind = state.args.kind_name(), "started");

@@ -257,6 +257,12 @@ impl TxnStore {
         self
     }
 
+    /// Every id [`TxnStore::allocate_txn_id`] hands out from now on is at
+    /// least this.
+    pub fn next_txn_id(&self) -> u64 {
+        self.next_txn_id.load(Ordering::Relaxed)
+    }
+
     /// A new transaction id: at least the current eggs time, above every id
     /// handed out or stored before.
     pub fn allocate_txn_id(&self) -> u64 {

@@ -13,15 +13,18 @@
 //!
 //! ```text
 //! mkdir   stat parent → resolve name (must be free) → create_unlinked_dir
-//!         → inject (non-owning) → release (owning) → OK + inode
+//!         → inject (owning) → OK + inode
 //!         inject fails → set_parent(new, null), report
+//!         (records of older runs may be at a release step: inject
+//!         non-owning, then release)
 //! rmdir   stat parent → acquire (directory) → set_parent(child, null)
 //!         → release kill → OK
 //!         set_parent fails (not empty) → release, report
 //! mv      stat target parent → stat source parent → resolve source (type)
 //!         → [dir: dry-run inject] → acquire → [dir: loop check, walking the
-//!         target's ancestors to the root] → inject target → release target
-//!         → release kill source → [dir: set_parent(dir, target parent)] → OK
+//!         target's ancestors to the root] → inject target (a file's owning)
+//!         → [dir: release target] → release kill source
+//!         → [dir: set_parent(dir, target parent)] → OK
 //!         loop / inject fails → release source, report
 //! purge   resolve the dead entry → purge_remote_owning_dirent
 //!         → move_file_to_eden on the file's shard → OK
@@ -489,8 +492,26 @@ impl TxnState {
         (dir.shard(), ShardRequest::ReleaseDirent(ReleaseDirentReq { head, name: entry }))
     }
 
-    fn inject<'a>(dir: InodeId, target: u64, dry_run: bool, entry: Name<'a>) -> (ShardId, ShardRequest<'a>) {
-        let head = InjectDirentReqHead { dir, inode: inode(target), dry_run: u8::from(dry_run) };
+    /// The shard remembers a (not dry-run) inject per transaction: see the
+    /// coordinator's fence rules. `forget_below` is set when it is sent.
+    /// `owning`: the entry is made owning at once (mkdir, mv file: no
+    /// release step follows).
+    fn inject<'a>(
+        &self,
+        dir: InodeId,
+        target: u64,
+        dry_run: bool,
+        owning: bool,
+        entry: Name<'a>,
+    ) -> (ShardId, ShardRequest<'a>) {
+        let head = InjectDirentReqHead {
+            dir,
+            inode: inode(target),
+            dry_run: u8::from(dry_run),
+            owning: u8::from(owning),
+            transaction_id: U64::new(self.txn_id),
+            forget_below: U64::ZERO,
+        };
         (dir.shard(), ShardRequest::InjectDirent(InjectDirentReq { head, name: entry }))
     }
 
@@ -498,8 +519,9 @@ impl TxnState {
         (inode(dir).shard(), ShardRequest::SetParent(SetParentReq { dir: inode(dir), parent }))
     }
 
-    fn acquire(dir: InodeId, expected_type: InodeType, entry: Name<'_>) -> (ShardId, ShardRequest<'_>) {
-        let head = AcquireDirentReqHead { dir, expected_type };
+    fn acquire<'a>(&self, dir: InodeId, expected_type: InodeType, entry: Name<'a>) -> (ShardId, ShardRequest<'a>) {
+        let head =
+            AcquireDirentReqHead { dir, expected_type, transaction_id: U64::new(self.txn_id), forget_below: U64::ZERO };
         (dir.shard(), ShardRequest::AcquireDirent(AcquireDirentReq { head, name: entry }))
     }
 
@@ -514,9 +536,13 @@ impl TxnState {
             Step::MkDirResolve => Self::resolve(ResolveMode::Alive, parent, EggsTime::ZERO, entry),
             Step::MkDirCreate { shard } => (
                 *shard,
-                ShardRequest::CreateUnlinkedDir(CreateUnlinkedDirReq { transaction_id: U64::new(self.txn_id), parent }),
+                ShardRequest::CreateUnlinkedDir(CreateUnlinkedDirReq {
+                    transaction_id: U64::new(self.txn_id),
+                    parent,
+                    forget_below: U64::ZERO,
+                }),
             ),
-            Step::MkDirInject { dir } => Self::inject(parent, *dir, false, entry),
+            Step::MkDirInject { dir } => self.inject(parent, *dir, false, true, entry),
             Step::MkDirRelease { dir } => Self::release(parent, *dir, false, entry),
             Step::MkDirUnlinkCreated { dir, .. } => Self::set_parent(*dir, InodeId::NULL),
             _ => return None,
@@ -526,7 +552,7 @@ impl TxnState {
     fn rmdir_request<'a>(&self, parent: InodeId, entry: Name<'a>) -> Option<(ShardId, ShardRequest<'a>)> {
         Some(match &self.step {
             Step::RmDirStatParent => Self::stat(parent),
-            Step::RmDirAcquire => Self::acquire(parent, InodeType::Directory, entry),
+            Step::RmDirAcquire => self.acquire(parent, InodeType::Directory, entry),
             Step::RmDirUnlink { dir } => Self::set_parent(*dir, InodeId::NULL),
             Step::RmDirKill { dir } => Self::release(parent, *dir, true, entry),
             Step::ReleaseSource { inode: dir, .. } => Self::release(parent, *dir, false, entry),
@@ -545,12 +571,15 @@ impl TxnState {
             Step::MoveStatTargetParent => Self::stat(target_parent),
             Step::MoveStatSourceParent => Self::stat(source_parent),
             Step::MoveResolveSource => Self::resolve(ResolveMode::Alive, source_parent, EggsTime::ZERO, source_name),
-            Step::MoveDryRun { inode: moved } => Self::inject(target_parent, *moved, true, target_name),
+            Step::MoveDryRun { inode: moved } => self.inject(target_parent, *moved, true, false, target_name),
             Step::MoveAcquire { inode_type } => {
-                Self::acquire(source_parent, InodeType::from_bits(*inode_type)?, source_name)
+                self.acquire(source_parent, InodeType::from_bits(*inode_type)?, source_name)
             }
             Step::MoveLoopCheck { cursor, .. } => Self::stat(inode(*cursor)),
-            Step::MoveInject { inode: moved } => Self::inject(target_parent, *moved, false, target_name),
+            Step::MoveInject { inode: moved } => {
+                let directory = matches!(self.args, TxnArgs::Move { directory: true, .. });
+                self.inject(target_parent, *moved, false, !directory, target_name)
+            }
             Step::MoveReleaseTarget { inode: moved } => Self::release(target_parent, *moved, false, target_name),
             Step::MoveKillSource { inode: moved } => Self::release(source_parent, *moved, true, source_name),
             Step::MoveSetParent { inode: moved } => Self::set_parent(*moved, target_parent),
@@ -603,7 +632,9 @@ impl TxnState {
                 Some(Step::MkDirInject { dir: dir.without_owning().get() })
             }
             (Step::MkDirCreate { .. }, ShardReply::Error(kind)) => done(refused("create_unlinked_dir", kind)),
-            (Step::MkDirInject { dir }, ShardReply::InjectDirent) => Some(Step::MkDirRelease { dir: *dir }),
+            // Injected owning: done (MkDirRelease is left for records of
+            // older runs, whose inject made the entry non-owning).
+            (Step::MkDirInject { dir }, ShardReply::InjectDirent) => done(Outcome::ok(inode(*dir))),
             (Step::MkDirInject { dir }, ShardReply::Error(kind)) => {
                 let failure = match kind {
                     ErrorKind::CannotOverrideTarget | ErrorKind::AlreadyExists => {
@@ -720,8 +751,13 @@ impl TxnState {
                     Outcome::failed(CdcStatus::GeneralError, format!("loop check: bad ancestor ({other:?})")),
                 ),
             },
-            (Step::MoveInject { inode: moved }, ShardReply::InjectDirent) => {
+            // A directory's target entry stays non-owning until its
+            // release; a file's was injected owning.
+            (Step::MoveInject { inode: moved }, ShardReply::InjectDirent) if directory => {
                 Some(Step::MoveReleaseTarget { inode: *moved })
+            }
+            (Step::MoveInject { inode: moved }, ShardReply::InjectDirent) => {
+                Some(Step::MoveKillSource { inode: *moved })
             }
             (Step::MoveInject { inode: moved }, ShardReply::Error(kind)) => rollback(*moved, refused("target", kind)),
             (Step::MoveReleaseTarget { inode: moved }, ShardReply::Empty) => {

@@ -28,7 +28,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sim::{Clock, Faults, NetShards, SimNet};
 use wire::cdc::CdcStatus;
-use wire::shard::{DeleteFileReq, DeleteFileReqHead, LsDirReq, ShardRequest, ShardResponse, VisitEdenReq, ls_flags};
+use wire::shard::{
+    DeleteFileReq, DeleteFileReqHead, LsDirReq, SameDirRenameReq, SameDirRenameReqHead, ShardRequest, ShardResponse,
+    VisitEdenReq, ls_flags,
+};
 use wire::{EggsTime, ErrorKind, InodeId, InodeType, Name, ShardId};
 use zerocopy::byteorder::little_endian::U64;
 
@@ -213,6 +216,32 @@ impl Harness {
             self.net.call(parent.shard(), &request, |response| matches!(response, ShardResponse::DeleteFile(_)));
         assert!(deleted, "delete {name}");
         creation_time
+    }
+
+    /// A client renames `dir/old` to `dir/new` on `dir`'s shard; whether
+    /// the shard did (it refuses a non-owning entry, one a transaction holds).
+    fn rename(&self, dir: u64, old: &str, new: &str) -> bool {
+        let parent = InodeId::new(dir);
+        let request = ShardRequest::SameDirRename(SameDirRenameReq {
+            head: SameDirRenameReqHead { parent },
+            old_name: Name::new(old.as_bytes()).unwrap(),
+            new_name: Name::new(new.as_bytes()).unwrap(),
+        });
+        self.net.call(parent.shard(), &request, |response| matches!(response, ShardResponse::SameDirRename(_)))
+    }
+
+    /// Runs `args` with a crash at its `call`th shard call (executed or not:
+    /// the seed's coin), then `meanwhile` (clients acting while the CDC is
+    /// down), then the resumed run; its outcome.
+    async fn crash_then(&self, seed: u64, args: TxnArgs, call: u64, meanwhile: impl FnOnce(&Self)) -> Outcome {
+        self.crash_in(call);
+        let coordinator = self.coordinator();
+        assert!(coordinator.run(None, coordinator.new_txn(args), false).await.is_err(), "crashed");
+        meanwhile(self);
+        let mut finished = self.resume_after_crash(seed).await.unwrap();
+        assert_eq!(finished.len(), 1, "seed {seed}: resumed");
+        self.check();
+        finished.pop().unwrap()
     }
 
     /// The creation time of the living entry `dir/name`.
@@ -562,4 +591,92 @@ async fn a_crash_mid_purge_resumes_and_finishes() {
         assert!(h.eden(0).contains(&remote), "seed {seed}");
         h.check();
     }
+}
+
+// Fence 3 is gone for mkdir and mv file (the coordinator's module doc): a
+// crash after the release resumes from the plan and re-sends create and
+// inject. By then a client may have renamed the new entry; the shard
+// answers the re-sent inject from what it remembers for the transaction
+// instead of linking the directory a second time.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_mkdir_resumed_after_its_release_does_not_link_the_directory_again() {
+    let mut renamed = 0;
+    for seed in 0..16 {
+        let h = Harness::new(
+            "a_mkdir_resumed_after_its_release_does_not_link_the_directory_again",
+            300 + seed,
+            Faults::default(),
+        );
+        // Calls: stat, resolve, create, inject (owning; the crash).
+        let args = TxnArgs::MkDir { parent: ROOT, name: "d".into() };
+        let mut moved = false;
+        let outcome = h.crash_then(seed, args, 4, |h| moved = h.rename(ROOT, "d", "e")).await;
+        let (dir, other) = if moved { ("e", "d") } else { ("d", "e") };
+        renamed += u32::from(moved);
+        assert_eq!(outcome.status, CdcStatus::Ok, "seed {seed}: {outcome:?}");
+        assert_eq!(h.entry(ROOT, dir), Some(outcome.inode), "seed {seed}");
+        assert_eq!(h.entry(ROOT, other), None, "seed {seed}: linked once");
+    }
+    assert!(renamed > 0 && renamed < 16, "both coins came up: {renamed} of 16 renamed");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_move_resumed_after_its_release_does_not_link_the_file_again() {
+    let mut renamed = 0;
+    for seed in 0..16 {
+        let h = Harness::new(
+            "a_move_resumed_after_its_release_does_not_link_the_file_again",
+            400 + seed,
+            Faults::default(),
+        );
+        let target = h.mkdir_ok(ROOT, "t").await;
+        let file = h.link_file(ROOT, "a");
+        let args = TxnArgs::Move {
+            directory: false,
+            source_parent: ROOT,
+            target_parent: target,
+            source_name: "a".into(),
+            target_name: "b".into(),
+        };
+        // Calls: stat, stat, resolve, acquire, inject (owning), kill
+        // source (the crash).
+        let mut moved = false;
+        let outcome = h.crash_then(seed, args, 6, |h| moved = h.rename(target, "b", "c")).await;
+        renamed += u32::from(moved);
+        assert_eq!(outcome, Outcome::ok(InodeId::new(file)), "seed {seed}");
+        assert_eq!(h.entry(ROOT, "a"), None, "seed {seed}");
+        let (name, other) = if moved { ("c", "b") } else { ("b", "c") };
+        assert_eq!(h.entry(target, name), Some(file), "seed {seed}");
+        assert_eq!(h.entry(target, other), None, "seed {seed}: linked once");
+    }
+    assert!(renamed == 16, "the inject always went out before the crash: {renamed} of 16 renamed");
+}
+
+// A move within one directory through the CDC, its kill re-sent after a
+// client renamed the file back to the source name: the kill acts only on
+// the entry the transaction acquired (non-owning), never on the client's.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_kill_resent_after_the_file_was_renamed_back_leaves_it() {
+    let mut renamed = 0;
+    for seed in 0..16 {
+        let h = Harness::new("a_kill_resent_after_the_file_was_renamed_back_leaves_it", 500 + seed, Faults::default());
+        let file = h.link_file(ROOT, "a");
+        let args = TxnArgs::Move {
+            directory: false,
+            source_parent: ROOT,
+            target_parent: ROOT,
+            source_name: "a".into(),
+            target_name: "b".into(),
+        };
+        // Calls: stat, resolve, acquire, inject (owning), kill source (the
+        // crash).
+        let mut back = false;
+        let outcome = h.crash_then(seed, args, 5, |h| back = h.rename(ROOT, "b", "a")).await;
+        renamed += u32::from(back);
+        assert_eq!(outcome, Outcome::ok(InodeId::new(file)), "seed {seed}");
+        let (name, other) = if back { ("a", "b") } else { ("b", "a") };
+        assert_eq!(h.entry(ROOT, name), Some(file), "seed {seed}: the file keeps its name");
+        assert_eq!(h.entry(ROOT, other), None, "seed {seed}");
+    }
+    assert!(renamed > 0 && renamed < 16, "both coins came up: {renamed} of 16 renamed back");
 }

@@ -96,6 +96,7 @@ fn fill(client: &mut Client) -> InodeId {
     let bytes = client.call(&ShardRequest::CreateUnlinkedDir(CreateUnlinkedDirReq {
         transaction_id: U64::new(1),
         parent: InodeId::ROOT,
+        forget_below: U64::ZERO,
     }));
     let ShardResponse::CreateUnlinkedDir(dir) = decode(&bytes, &client.key) else { panic!("create_unlinked_dir") };
     let requests: Vec<_> = (0..INJECTED)
@@ -103,7 +104,14 @@ fn fill(client: &mut Client) -> InodeId {
             let text = format!("entry-{i:05}");
             let target = InodeId::compose(InodeType::File, 1 + (i % 200) as u8, 1 + i as u64).unwrap();
             let inject = InjectDirentReq {
-                head: InjectDirentReqHead { dir: dir.inode, inode: target, dry_run: 0 },
+                head: InjectDirentReqHead {
+                    dir: dir.inode,
+                    inode: target,
+                    dry_run: 0,
+                    owning: 0,
+                    transaction_id: U64::ZERO,
+                    forget_below: U64::ZERO,
+                },
                 name: Name::new(text.as_bytes()).unwrap(),
             };
             encode(client, &ShardRequest::InjectDirent(inject))

@@ -65,7 +65,11 @@ fn files_and_privileged_requests_over_udp() {
     // The prototype README's ls_dead_ge: mkdir /c/d, rmdir /c/d, ls dead ≥ ts.
     let before = EggsTime::now();
     let create = |transaction: u64, parent| {
-        ShardRequest::CreateUnlinkedDir(CreateUnlinkedDirReq { transaction_id: U64::new(transaction), parent })
+        ShardRequest::CreateUnlinkedDir(CreateUnlinkedDirReq {
+            transaction_id: U64::new(transaction),
+            parent,
+            forget_below: U64::ZERO,
+        })
     };
     let bytes = client.call(&create(1, InodeId::ROOT));
     let ShardResponse::CreateUnlinkedDir(c) = decode(&bytes, &client.key) else { panic!() };
@@ -73,7 +77,14 @@ fn files_and_privileged_requests_over_udp() {
     let ShardResponse::CreateUnlinkedDir(d) = decode(&bytes, &client.key) else { panic!() };
     for (parent, child, child_name) in [(InodeId::ROOT, c.inode, "c"), (c.inode, d.inode, "d")] {
         let inject = InjectDirentReq {
-            head: InjectDirentReqHead { dir: parent, inode: child, dry_run: 0 },
+            head: InjectDirentReqHead {
+                dir: parent,
+                inode: child,
+                dry_run: 0,
+                owning: 0,
+                transaction_id: U64::ZERO,
+                forget_below: U64::ZERO,
+            },
             name: name(child_name),
         };
         assert!(matches!(
@@ -90,7 +101,12 @@ fn files_and_privileged_requests_over_udp() {
         ));
     }
     let acquire = AcquireDirentReq {
-        head: AcquireDirentReqHead { dir: c.inode, expected_type: InodeType::Directory },
+        head: AcquireDirentReqHead {
+            dir: c.inode,
+            expected_type: InodeType::Directory,
+            transaction_id: U64::ZERO,
+            forget_below: U64::ZERO,
+        },
         name: name("d"),
     };
     assert!(matches!(
@@ -231,6 +247,7 @@ fn ten_thousand_entries_over_udp_with_group_commit() {
     let bytes = client.call(&ShardRequest::CreateUnlinkedDir(CreateUnlinkedDirReq {
         transaction_id: U64::new(77),
         parent: InodeId::ROOT,
+        forget_below: U64::ZERO,
     }));
     let ShardResponse::CreateUnlinkedDir(created) = decode(&bytes, &client.key) else { panic!() };
     let target = InodeId::compose(InodeType::File, 4, 1).unwrap();
@@ -240,7 +257,14 @@ fn ten_thousand_entries_over_udp_with_group_commit() {
         .map(|text| {
             let id = client.fresh_id();
             let request = ShardRequest::InjectDirent(InjectDirentReq {
-                head: InjectDirentReqHead { dir: created.inode, inode: target, dry_run: 0 },
+                head: InjectDirentReqHead {
+                    dir: created.inode,
+                    inode: target,
+                    dry_run: 0,
+                    owning: 0,
+                    transaction_id: U64::ZERO,
+                    forget_below: U64::ZERO,
+                },
                 name: Name::new(text.as_bytes()).unwrap(),
             });
             let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
@@ -419,7 +443,14 @@ fn every_remaining_request_kind_answers_over_udp() {
         ),
         (
             ShardRequest::InjectDirent(InjectDirentReq {
-                head: InjectDirentReqHead { dir: InodeId::ROOT, inode: remote, dry_run: 0 },
+                head: InjectDirentReqHead {
+                    dir: InodeId::ROOT,
+                    inode: remote,
+                    dry_run: 0,
+                    owning: 0,
+                    transaction_id: U64::ZERO,
+                    forget_below: U64::ZERO,
+                },
                 name: name("remote"),
             }),
             Ok(ShardKind::InjectDirent),

@@ -129,6 +129,12 @@ pub const ADD_SPAN_BLACKLIST_MAX: usize = 16;
 /// Default UDP port of shard 0; shard N listens on this + N.
 pub const SHARD_PORT_BASE: u16 = 22272;
 
+/// Most per-transaction records (create_unlinked_dir, inject_dirent,
+/// acquire_dirent) a shard forgets while handling one CDC request whose
+/// `forget_below` passed them; the rest go with the next requests. Above
+/// the three records a transaction leaves, so forgetting outpaces them.
+pub const CDC_FORGET_PER_REQUEST_MAX: usize = 16;
+
 /// Default UDP port of the CDC.
 pub const CDC_PORT_DEFAULT: u16 = 36137;
 

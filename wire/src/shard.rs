@@ -441,6 +441,9 @@ crate::fixed_message!(
         pub transaction_id: U64,
         /// The parent it is being created for (recorded as its parent).
         pub parent: InodeId,
+        /// The CDC will never again send a request of a transaction below
+        /// this id: the shard forgets what it remembers for them.
+        pub forget_below: U64,
     }
 );
 
@@ -464,10 +467,17 @@ crate::tailed_message!(
     /// that name moves to the dead map; a directory or a non-owning entry is
     /// never overwritten (CANNOT_OVERRIDE_TARGET). An identical existing
     /// entry is success (retry). `dry_run` checks without changing anything.
+    /// `owning` ≠ 0 makes the entry owning at once (inject and release in
+    /// one). Remembered per `transaction_id` (≠ 0) until `forget_below`
+    /// passes it: the same transaction's inject again answers as the first
+    /// did, and changes nothing, whatever happened to the entry since.
     pub struct InjectDirentReq<'a>: InjectDirentReqHead {
         pub dir: InodeId,
         pub inode: InodeId,
         pub dry_run: u8,
+        pub owning: u8,
+        pub transaction_id: U64,
+        pub forget_below: U64,
     }
     tail { pub name: Name<'a> }
 );
@@ -484,6 +494,9 @@ crate::tailed_message!(
     pub struct AcquireDirentReq<'a>: AcquireDirentReqHead {
         pub dir: InodeId,
         pub expected_type: InodeType,
+        /// Remembered like inject_dirent's.
+        pub transaction_id: U64,
+        pub forget_below: U64,
     }
     tail { pub name: Name<'a> }
 );

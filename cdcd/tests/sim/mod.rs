@@ -157,6 +157,18 @@ impl SimNet {
         })
     }
 
+    /// How many per-transaction records (create_unlinked_dir, inject,
+    /// acquire) every shard holds.
+    pub fn remembered(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                let txn = shard.store.read_txn().unwrap();
+                shard.store.unlinked_dirs.iter(&txn).unwrap().count()
+            })
+            .sum()
+    }
+
     pub fn shard_count(&self) -> u8 {
         self.shards.len() as u8
     }

@@ -14,7 +14,7 @@ use std::ops::Bound;
 use wire::ErrorKind;
 use wire::hash::HashMode;
 use wire::ids::{EggsTime, InodeId, InodeType};
-use wire::limits::NS_PER_SECOND;
+use wire::limits::{CDC_FORGET_PER_REQUEST_MAX, NS_PER_SECOND};
 use wire::shard::*;
 
 use super::{HandleError, Mutation, Shard, refuse};
@@ -390,6 +390,7 @@ impl Mutation<'_, '_> {
         txn: &mut RwTxn,
         req: &CreateUnlinkedDirReq,
     ) -> Result<CreateUnlinkedDirResp, HandleError> {
+        self.forget_transactions(txn, req.forget_below.get())?;
         let transaction = req.transaction_id.get().to_be_bytes();
         if let Some(bytes) = self.store.unlinked_dirs.get(txn, &transaction)? {
             return Ok(CreateUnlinkedDirResp { inode: InodeId::new(decode_u64(bytes, "unlinked dir")?) });
@@ -404,6 +405,58 @@ impl Mutation<'_, '_> {
         self.store.directories.put(txn, &inode_key(inode), &record.encode())?;
         self.store.unlinked_dirs.put(txn, &transaction, &inode.get().to_le_bytes())?;
         Ok(CreateUnlinkedDirResp { inode })
+    }
+
+    /// Drops the per-transaction records (see [`Remembered`]) of
+    /// transactions below `forget_below`, at most
+    /// [`CDC_FORGET_PER_REQUEST_MAX`] of them: the CDC sends none of their
+    /// requests again. Their keys start with the transaction id (BE), so
+    /// they are the table's first.
+    fn forget_transactions(&self, txn: &mut RwTxn, forget_below: u64) -> Result<(), HandleError> {
+        let end = forget_below.to_be_bytes();
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for item in self.store.unlinked_dirs.range(txn, &(Bound::Unbounded, Bound::Excluded(&end[..])))? {
+            if keys.len() == CDC_FORGET_PER_REQUEST_MAX {
+                break;
+            }
+            keys.push(item?.0.to_vec());
+        }
+        for key in keys {
+            self.store.unlinked_dirs.delete(txn, &key)?;
+        }
+        Ok(())
+    }
+
+    /// What this shard answered the transaction's `what` request, if it
+    /// remembers it.
+    fn remembered(&self, txn: &RoTxn, what: Remembered, transaction: u64) -> Result<Option<[u64; 3]>, HandleError> {
+        if transaction == 0 {
+            return Ok(None);
+        }
+        let Some(bytes) = self.store.unlinked_dirs.get(txn, &what.key(transaction))? else { return Ok(None) };
+        let word = |i: usize| bytes.get(i * 8..i * 8 + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+        match (bytes.len(), word(0), word(1), word(2)) {
+            (24, Some(a), Some(b), Some(c)) => Ok(Some([a, b, c])),
+            _ => Err(HandleError::Store(crate::store::StoreError::Corrupt("remembered cdc answer"))),
+        }
+    }
+
+    fn remember(
+        &self,
+        txn: &mut RwTxn,
+        what: Remembered,
+        transaction: u64,
+        words: [u64; 3],
+    ) -> Result<(), HandleError> {
+        if transaction == 0 {
+            return Ok(());
+        }
+        let mut value = [0u8; 24];
+        for (chunk, word) in value.chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        self.store.unlinked_dirs.put(txn, &what.key(transaction), &value)?;
+        Ok(())
     }
 
     pub(super) fn set_parent(&mut self, txn: &mut RwTxn, req: &SetParentReq) -> Result<EmptyResp, HandleError> {
@@ -432,22 +485,40 @@ impl Mutation<'_, '_> {
         if target.is_null() || target.inode_type().is_none() {
             return refuse(ErrorKind::BadRequest, "not an inode");
         }
+        let dry_run = req.dry_run != 0;
+        let transaction = if dry_run { 0 } else { req.transaction_id.get() };
+        self.forget_transactions(txn, req.forget_below.get())?;
+        // Asked again by the same transaction: the first answer, whatever
+        // clients did to the entry since (they may have renamed it).
+        if let Some([dir, inode, creation_time]) = self.remembered(txn, Remembered::Inject, transaction)? {
+            if dir != req.dir.without_owning().get() || inode != target.get() {
+                return refuse(ErrorKind::BadRequest, "another inject of the same transaction");
+            }
+            return Ok(InjectDirentResp { creation_time: EggsTime::new(creation_time) });
+        }
         let dir = linked_directory(self.shard, self.store, txn, req.dir)?;
         let slot = Slot { dir: req.dir, name_hash: hash_of(&dir, req.name.as_bytes())?, name: req.name.as_bytes() };
-        if let Some(existing) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)?
+        let answered = |creation_time: EggsTime| [req.dir.without_owning().get(), target.get(), creation_time.get()];
+        let owning = req.owning != 0 && !dry_run;
+        if let Some(mut existing) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)?
             && existing.inode.without_owning() == target
         {
+            if owning && !existing.inode.is_owning() {
+                existing.inode = target.with_owning(true);
+                self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &existing.encode())?;
+            }
+            self.remember(txn, Remembered::Inject, transaction, answered(existing.creation_time))?;
             return Ok(InjectDirentResp { creation_time: existing.creation_time });
         }
-        let dry_run = req.dry_run != 0;
         self.overwrite(txn, &slot, dry_run)?;
         if dry_run {
             return Ok(InjectDirentResp { creation_time: self.env.now });
         }
         let creation_time = entry_time(self.store, txn, slot.dir, slot.name_hash, slot.name, self.env.now)?;
-        let record = LivingRecord { creation_time, inode: target.with_owning(false) };
+        let record = LivingRecord { creation_time, inode: target.with_owning(owning) };
         self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &record.encode())?;
         self.touch(txn, req.dir.without_owning(), dir)?;
+        self.remember(txn, Remembered::Inject, transaction, answered(creation_time))?;
         Ok(InjectDirentResp { creation_time })
     }
 
@@ -456,6 +527,14 @@ impl Mutation<'_, '_> {
         txn: &mut RwTxn,
         req: &AcquireDirentReq<'_>,
     ) -> Result<AcquireDirentResp, HandleError> {
+        let transaction = req.transaction_id.get();
+        self.forget_transactions(txn, req.forget_below.get())?;
+        if let Some([dir, inode, creation_time]) = self.remembered(txn, Remembered::Acquire, transaction)? {
+            if dir != req.dir.without_owning().get() {
+                return refuse(ErrorKind::BadRequest, "another acquire of the same transaction");
+            }
+            return Ok(AcquireDirentResp { inode: InodeId::new(inode), creation_time: EggsTime::new(creation_time) });
+        }
         let dir = directory(self.shard, self.store, txn, req.dir)?;
         let slot = Slot { dir: req.dir, name_hash: hash_of(&dir, req.name.as_bytes())?, name: req.name.as_bytes() };
         let Some(mut record) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)? else {
@@ -468,7 +547,10 @@ impl Mutation<'_, '_> {
             record.inode = record.inode.with_owning(false);
             self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &record.encode())?;
         }
-        Ok(AcquireDirentResp { inode: record.inode.without_owning(), creation_time: record.creation_time })
+        let inode = record.inode.without_owning();
+        let answered = [req.dir.without_owning().get(), inode.get(), record.creation_time.get()];
+        self.remember(txn, Remembered::Acquire, transaction, answered)?;
+        Ok(AcquireDirentResp { inode, creation_time: record.creation_time })
     }
 
     /// Never refuses: an entry already released or killed (or never there)
@@ -491,6 +573,12 @@ impl Mutation<'_, '_> {
             return Ok(EmptyResp {});
         }
         if req.kill != 0 {
+            // Only an entry the transaction acquired (non-owning) is
+            // killed: an owning one is a client's again (a re-sent kill
+            // after a client renamed the moved file back must not bury it).
+            if record.inode.is_owning() {
+                return Ok(EmptyResp {});
+            }
             // The killed entry is not owning: after a move the target owns
             // the inode; after rmdir the directory's own (null) parent marks it.
             let gone_at = entry_time(self.store, txn, slot.dir, slot.name_hash, slot.name, self.env.now)?;
@@ -537,4 +625,27 @@ impl Mutation<'_, '_> {
 /// The deadline of an eden file after a successful write step at `now`.
 pub(crate) fn eden_deadline(env: &super::Env<'_>) -> EggsTime {
     env.now.saturating_add_ns(env.durations.eden_deadline_ns)
+}
+
+/// A CDC request a shard remembers per transaction, in `unlinked_dirs`
+/// next to create_unlinked_dir's records (key: transaction id BE, then a
+/// tag; value: dir LE ‖ inode LE ‖ creation time LE). Forgotten when the
+/// CDC's `forget_below` passes the transaction (the CDC's module doc in
+/// `cdcd/src/coordinator.rs` argues when that is safe).
+#[derive(Clone, Copy)]
+enum Remembered {
+    Inject,
+    Acquire,
+}
+
+impl Remembered {
+    fn key(self, transaction: u64) -> [u8; 9] {
+        let mut key = [0u8; 9];
+        key[..8].copy_from_slice(&transaction.to_be_bytes());
+        key[8] = match self {
+            Remembered::Inject => b'i',
+            Remembered::Acquire => b'a',
+        };
+        key
+    }
 }

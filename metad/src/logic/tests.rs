@@ -285,9 +285,20 @@ fn link_overwrites_owning_files_but_never_directories() {
     assert_eq!(dead.inode, first.with_owning(true));
     assert_eq!(dead.creation_time, first_time);
     // A directory entry is never overwritten.
-    let dir = ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(1), parent: InodeId::ROOT });
+    let dir = ok!(
+        h,
+        CreateUnlinkedDir,
+        CreateUnlinkedDirReq { transaction_id: U64::new(1), parent: InodeId::ROOT, forget_below: U64::ZERO }
+    );
     let inject = InjectDirentReq {
-        head: InjectDirentReqHead { dir: InodeId::ROOT, inode: dir.inode, dry_run: 0 },
+        head: InjectDirentReqHead {
+            dir: InodeId::ROOT,
+            inode: dir.inode,
+            dry_run: 0,
+            owning: 0,
+            transaction_id: U64::ZERO,
+            forget_below: U64::ZERO,
+        },
         name: name("d"),
     };
     ok!(h, InjectDirent, inject);
@@ -371,20 +382,47 @@ fn dead_map_across_delete_overwrite_and_rename_with_as_of_listings() {
 fn prototype_readme_ls_dead_ge() {
     let mut h = Harness::new();
     let before = h.now;
-    let c =
-        ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(1), parent: InodeId::ROOT }).inode;
+    let c = ok!(
+        h,
+        CreateUnlinkedDir,
+        CreateUnlinkedDirReq { transaction_id: U64::new(1), parent: InodeId::ROOT, forget_below: U64::ZERO }
+    )
+    .inode;
     // The retried creation returns the same directory.
-    let again = ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(1), parent: InodeId::ROOT });
+    let again = ok!(
+        h,
+        CreateUnlinkedDir,
+        CreateUnlinkedDirReq { transaction_id: U64::new(1), parent: InodeId::ROOT, forget_below: U64::ZERO }
+    );
     assert_eq!(again.inode, c);
-    let d = ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(2), parent: c }).inode;
+    let d = ok!(
+        h,
+        CreateUnlinkedDir,
+        CreateUnlinkedDirReq { transaction_id: U64::new(2), parent: c, forget_below: U64::ZERO }
+    )
+    .inode;
     for (parent, child, child_name) in [(InodeId::ROOT, c, "c"), (c, d, "d")] {
         let dry = InjectDirentReq {
-            head: InjectDirentReqHead { dir: parent, inode: child, dry_run: 1 },
+            head: InjectDirentReqHead {
+                dir: parent,
+                inode: child,
+                dry_run: 1,
+                owning: 0,
+                transaction_id: U64::ZERO,
+                forget_below: U64::ZERO,
+            },
             name: name(child_name),
         };
         ok!(h, InjectDirent, dry);
         let inject = InjectDirentReq {
-            head: InjectDirentReqHead { dir: parent, inode: child, dry_run: 0 },
+            head: InjectDirentReqHead {
+                dir: parent,
+                inode: child,
+                dry_run: 0,
+                owning: 0,
+                transaction_id: U64::ZERO,
+                forget_below: U64::ZERO,
+            },
             name: name(child_name),
         };
         ok!(h, InjectDirent, inject);
@@ -397,7 +435,12 @@ fn prototype_readme_ls_dead_ge() {
     assert_eq!(names(&ls(&mut h, c, EggsTime::ZERO, 0)), vec!["d"]);
     // rmdir /c/d: acquire, unlink (parent null), kill.
     let acquire = AcquireDirentReq {
-        head: AcquireDirentReqHead { dir: c, expected_type: InodeType::Directory },
+        head: AcquireDirentReqHead {
+            dir: c,
+            expected_type: InodeType::Directory,
+            transaction_id: U64::ZERO,
+            forget_below: U64::ZERO,
+        },
         name: name("d"),
     };
     let acquired = ok!(h, AcquireDirent, acquire);
@@ -419,10 +462,25 @@ fn prototype_readme_ls_dead_ge() {
     assert_eq!(names(&dead), vec!["d"]);
     assert_eq!(dead[0].1.without_owning(), d);
     // The removed directory takes no new entries.
-    let inject = InjectDirentReq { head: InjectDirentReqHead { dir: d, inode: c, dry_run: 0 }, name: name("x") };
+    let inject = InjectDirentReq {
+        head: InjectDirentReqHead {
+            dir: d,
+            inode: c,
+            dry_run: 0,
+            owning: 0,
+            transaction_id: U64::ZERO,
+            forget_below: U64::ZERO,
+        },
+        name: name("x"),
+    };
     assert_eq!(error(&mut h, ShardRequest::InjectDirent(inject)), ErrorKind::NotFound);
     let acquire = AcquireDirentReq {
-        head: AcquireDirentReqHead { dir: InodeId::ROOT, expected_type: InodeType::File },
+        head: AcquireDirentReqHead {
+            dir: InodeId::ROOT,
+            expected_type: InodeType::File,
+            transaction_id: U64::ZERO,
+            forget_below: U64::ZERO,
+        },
         name: name("c"),
     };
     assert_eq!(error(&mut h, ShardRequest::AcquireDirent(acquire)), ErrorKind::BadInodeType);
@@ -431,8 +489,12 @@ fn prototype_readme_ls_dead_ge() {
 #[test]
 fn ten_thousand_entries_paginate_within_a_datagram() {
     let mut h = Harness::new();
-    let dir =
-        ok!(h, CreateUnlinkedDir, CreateUnlinkedDirReq { transaction_id: U64::new(9), parent: InodeId::ROOT }).inode;
+    let dir = ok!(
+        h,
+        CreateUnlinkedDir,
+        CreateUnlinkedDirReq { transaction_id: U64::new(9), parent: InodeId::ROOT, forget_below: U64::ZERO }
+    )
+    .inode;
     let target = InodeId::compose(InodeType::File, 3, 1).unwrap();
     let env_now = h.now;
     {
@@ -443,7 +505,14 @@ fn ten_thousand_entries_paginate_within_a_datagram() {
         for i in 0..10_000 {
             let text = format!("entry-{i:05}-{}", "x".repeat(i % 40));
             let request = ShardRequest::InjectDirent(InjectDirentReq {
-                head: InjectDirentReqHead { dir, inode: target, dry_run: 0 },
+                head: InjectDirentReqHead {
+                    dir,
+                    inode: target,
+                    dry_run: 0,
+                    owning: 0,
+                    transaction_id: U64::ZERO,
+                    forget_below: U64::ZERO,
+                },
                 name: Name::new(text.as_bytes()).unwrap(),
             });
             let mut effects = MutationEffects::default();
@@ -887,7 +956,14 @@ fn policy_move_to_eden_and_remote_purge() {
     // CDC path leaves it non-owning, so build one by overwrite instead.
     let remote = InodeId::compose(InodeType::File, 9, 1).unwrap();
     let inject = InjectDirentReq {
-        head: InjectDirentReqHead { dir: InodeId::ROOT, inode: remote, dry_run: 0 },
+        head: InjectDirentReqHead {
+            dir: InodeId::ROOT,
+            inode: remote,
+            dry_run: 0,
+            owning: 0,
+            transaction_id: U64::ZERO,
+            forget_below: U64::ZERO,
+        },
         name: name("r"),
     };
     let injected = ok!(h, InjectDirent, inject);
@@ -932,12 +1008,23 @@ fn seed_datagrams(h: &mut Harness) -> Vec<Vec<u8>> {
         }),
         ShardRequest::ExpungeEdenSpan(ExpungeEdenSpanReq { inode: created.inode }),
         ShardRequest::VisitInodes(VisitInodesReq { begin: InodeId::NULL }),
-        ShardRequest::CreateUnlinkedDir(CreateUnlinkedDirReq { transaction_id: U64::new(5), parent: InodeId::ROOT }),
+        ShardRequest::CreateUnlinkedDir(CreateUnlinkedDirReq {
+            transaction_id: U64::new(5),
+            parent: InodeId::ROOT,
+            forget_below: U64::ZERO,
+        }),
         ShardRequest::SetParent(SetParentReq { dir: InodeId::ROOT, parent: InodeId::NULL }),
         ShardRequest::MoveFileToEden(MoveFileToEdenReq { inode: file }),
     ];
     requests.push(ShardRequest::InjectDirent(InjectDirentReq {
-        head: InjectDirentReqHead { dir: InodeId::ROOT, inode: file, dry_run: 0 },
+        head: InjectDirentReqHead {
+            dir: InodeId::ROOT,
+            inode: file,
+            dry_run: 0,
+            owning: 0,
+            transaction_id: U64::ZERO,
+            forget_below: U64::ZERO,
+        },
         name: name("inj"),
     }));
     requests
@@ -1083,10 +1170,19 @@ fn a_terminal_block_service_needs_no_erase_proof_and_a_live_one_does() {
 /// A directory `child_name` made under `parent` the CDC's way (create,
 /// inject, release).
 fn make_directory(h: &mut Harness, transaction: u64, parent: InodeId, child_name: &str) -> InodeId {
-    let create = CreateUnlinkedDirReq { transaction_id: U64::new(transaction), parent };
+    let create = CreateUnlinkedDirReq { transaction_id: U64::new(transaction), parent, forget_below: U64::ZERO };
     let child = ok!(h, CreateUnlinkedDir, create).inode;
-    let inject =
-        InjectDirentReq { head: InjectDirentReqHead { dir: parent, inode: child, dry_run: 0 }, name: name(child_name) };
+    let inject = InjectDirentReq {
+        head: InjectDirentReqHead {
+            dir: parent,
+            inode: child,
+            dry_run: 0,
+            owning: 0,
+            transaction_id: U64::ZERO,
+            forget_below: U64::ZERO,
+        },
+        name: name(child_name),
+    };
     ok!(h, InjectDirent, inject);
     let release =
         ReleaseDirentReq { head: ReleaseDirentReqHead { dir: parent, inode: child, kill: 0 }, name: name(child_name) };
@@ -1094,8 +1190,16 @@ fn make_directory(h: &mut Harness, transaction: u64, parent: InodeId, child_name
     child
 }
 
-/// rmdir's shard steps: unlink the child, kill its entry in the parent.
+/// rmdir's shard steps: acquire the child's entry, unlink the child, kill
+/// the entry in the parent.
 fn remove_directory(h: &mut Harness, parent: InodeId, child: InodeId, child_name: &str) {
+    let head = AcquireDirentReqHead {
+        dir: parent,
+        expected_type: InodeType::Directory,
+        transaction_id: U64::ZERO,
+        forget_below: U64::ZERO,
+    };
+    ok!(h, AcquireDirent, AcquireDirentReq { head, name: name(child_name) });
     ok!(h, SetParent, SetParentReq { dir: child, parent: InodeId::NULL });
     let kill =
         ReleaseDirentReq { head: ReleaseDirentReqHead { dir: parent, inode: child, kill: 1 }, name: name(child_name) };
@@ -1224,4 +1328,75 @@ fn recorded_effects_replay_to_the_store_contents() {
     eprintln!("{applied} mutations applied, {refused} refused");
     assert!(applied > 20 && refused > 20, "{applied} applied, {refused} refused");
     assert!(raw_contents(&h.store) == model, "the recorded effects are the store's changes");
+}
+
+/// inject_dirent and acquire_dirent of a CDC transaction are remembered:
+/// asked again (a CDC resumed after a crash), they answer as the first time
+/// and change nothing, also after a client renamed the entry; once the
+/// CDC's `forget_below` passes the transaction, the records are gone.
+#[test]
+fn injects_and_acquires_are_remembered_per_transaction_until_forgotten() {
+    let mut h = Harness::new();
+    let create = |transaction: u64, forget_below: u64| CreateUnlinkedDirReq {
+        transaction_id: U64::new(transaction),
+        parent: InodeId::ROOT,
+        forget_below: U64::new(forget_below),
+    };
+    let dir = ok!(h, CreateUnlinkedDir, create(7, 0)).inode;
+    let inject = |transaction: u64, forget_below: u64| InjectDirentReq {
+        head: InjectDirentReqHead {
+            dir: InodeId::ROOT,
+            inode: dir,
+            dry_run: 0,
+            owning: 0,
+            transaction_id: U64::new(transaction),
+            forget_below: U64::new(forget_below),
+        },
+        name: name("d"),
+    };
+    let release =
+        ReleaseDirentReq { head: ReleaseDirentReqHead { dir: InodeId::ROOT, inode: dir, kill: 0 }, name: name("d") };
+    let first = ok!(h, InjectDirent, inject(7, 0)).creation_time;
+    ok!(h, ReleaseDirent, release);
+    let rename = SameDirRenameReq {
+        head: SameDirRenameReqHead { parent: InodeId::ROOT },
+        old_name: name("d"),
+        new_name: name("e"),
+    };
+    ok!(h, SameDirRename, rename);
+    h.advance(1);
+    // The same transaction again: the first answer, and no second entry.
+    assert_eq!(ok!(h, InjectDirent, inject(7, 0)).creation_time, first);
+    assert_eq!(names(&ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0)), ["e"]);
+    // Another inject under the same transaction id is refused.
+    let mut other = inject(7, 0);
+    other.head.inode = InodeId::ROOT;
+    assert_eq!(error(&mut h, ShardRequest::InjectDirent(other)), ErrorKind::BadRequest);
+    // Acquire: remembered the same way.
+    let acquire = |transaction: u64, forget_below: u64| AcquireDirentReq {
+        head: AcquireDirentReqHead {
+            dir: InodeId::ROOT,
+            expected_type: InodeType::Directory,
+            transaction_id: U64::new(transaction),
+            forget_below: U64::new(forget_below),
+        },
+        name: name("e"),
+    };
+    assert_eq!(ok!(h, AcquireDirent, acquire(8, 0)).inode, dir);
+    let release_e =
+        ReleaseDirentReq { head: ReleaseDirentReqHead { dir: InodeId::ROOT, inode: dir, kill: 0 }, name: name("e") };
+    ok!(h, ReleaseDirent, release_e);
+    let rename = SameDirRenameReq {
+        head: SameDirRenameReqHead { parent: InodeId::ROOT },
+        old_name: name("e"),
+        new_name: name("f"),
+    };
+    ok!(h, SameDirRename, rename);
+    assert_eq!(ok!(h, AcquireDirent, acquire(8, 0)).inode, dir, "answered from memory: `e` is gone");
+    let entries = ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0);
+    assert!(entries.iter().all(|(_, inode, _)| inode.is_owning()), "the renamed entry was not acquired again");
+    // forget_below passes 7 and 8: their records go, so the requests act
+    // again (acquire finds no `e`; the create makes a new directory).
+    assert_eq!(error(&mut h, ShardRequest::AcquireDirent(acquire(8, 9))), ErrorKind::NotFound);
+    assert_ne!(ok!(h, CreateUnlinkedDir, create(7, 9)).inode, dir);
 }

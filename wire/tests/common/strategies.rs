@@ -221,9 +221,11 @@ pub fn shard_request(kind: ShardKind) -> BoxedStrategy<ShardRequest<'static>> {
         K::InjectDirent => {
             (fixed(), name()).prop_map(|(head, name)| R::InjectDirent(InjectDirentReq { head, name })).boxed()
         }
-        K::AcquireDirent => (inode(), inode_type(), name())
-            .prop_map(|(dir, expected_type, name)| {
-                R::AcquireDirent(AcquireDirentReq { head: AcquireDirentReqHead { dir, expected_type }, name })
+        K::AcquireDirent => (inode(), inode_type(), any::<u64>(), any::<u64>(), name())
+            .prop_map(|(dir, expected_type, transaction_id, forget_below, name)| {
+                let (transaction_id, forget_below) = (U64::new(transaction_id), U64::new(forget_below));
+                let head = AcquireDirentReqHead { dir, expected_type, transaction_id, forget_below };
+                R::AcquireDirent(AcquireDirentReq { head, name })
             })
             .boxed(),
         K::ReleaseDirent => {
