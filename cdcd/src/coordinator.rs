@@ -246,6 +246,13 @@
 //! against 2.8–2.9 ms on the quieter machine at the end. mv file
 //! (six pairs): 1.18 × (0.93–1.47), CPU per move 0.81 ×. Neither reached
 //! 2 000/s on the shared machine (best runs 1 714 mkdirs/s, 1 209 moves/s).
+//! The quiet eggs-perf run after the merge
+//! (`perf/results/2026-11-28-s9-metadata.md`): 8 clients' mkdir 1 660/s
+//! (1 060–1 300/s in session 8), one client's mkdir 1.8 ms (2.7 ms), 8
+//! clients' mv file 1 360/s (614–895/s). What bounds it now is the sync
+//! chain on one shared disk: three links of 0.5–0.8 ms, each slower while
+//! a process's checkpoint writes `data.mdb` back
+//! (`perf/results/2026-11-28-s9-lanes.md`).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
