@@ -73,6 +73,17 @@ impl Shards for CrashingShards {
     }
 }
 
+/// A move's arguments: `source` = (parent, name), `target` likewise.
+fn move_args(directory: bool, source: (u64, &str), target: (u64, &str)) -> TxnArgs {
+    TxnArgs::Move {
+        directory,
+        source_parent: source.0,
+        target_parent: target.0,
+        source_name: source.1.into(),
+        target_name: target.1.into(),
+    }
+}
+
 struct Harness {
     net: Arc<SimNet>,
     store: Arc<TxnStore>,
@@ -158,14 +169,7 @@ impl Harness {
     }
 
     async fn mv(&self, directory: bool, source: (u64, &str), target: (u64, &str)) -> Outcome {
-        self.run(TxnArgs::Move {
-            directory,
-            source_parent: source.0,
-            target_parent: target.0,
-            source_name: source.1.into(),
-            target_name: target.1.into(),
-        })
-        .await
+        self.run(move_args(directory, source, target)).await
     }
 
     /// The living entry `dir/name`, without its owning bit.
@@ -543,13 +547,7 @@ async fn a_transaction_resumed_at_a_read_saves_before_its_first_mutation() {
         );
         let target = h.mkdir_ok(ROOT, "t").await;
         let file = h.link_file(ROOT, "a");
-        let args = TxnArgs::Move {
-            directory: false,
-            source_parent: ROOT,
-            target_parent: target,
-            source_name: "a".into(),
-            target_name: "a".into(),
-        };
+        let args = move_args(false, (ROOT, "a"), (target, "a"));
         // First crash on the first call (a read: stat of the target parent).
         h.crash_in(1);
         let coordinator = h.coordinator();
@@ -631,13 +629,7 @@ async fn a_move_resumed_after_its_release_does_not_link_the_file_again() {
         );
         let target = h.mkdir_ok(ROOT, "t").await;
         let file = h.link_file(ROOT, "a");
-        let args = TxnArgs::Move {
-            directory: false,
-            source_parent: ROOT,
-            target_parent: target,
-            source_name: "a".into(),
-            target_name: "b".into(),
-        };
+        let args = move_args(false, (ROOT, "a"), (target, "b"));
         // Calls: stat, stat, resolve, acquire, inject (owning), kill
         // source (the crash).
         let mut moved = false;
@@ -661,13 +653,7 @@ async fn a_kill_resent_after_the_file_was_renamed_back_leaves_it() {
     for seed in 0..16 {
         let h = Harness::new("a_kill_resent_after_the_file_was_renamed_back_leaves_it", 500 + seed, Faults::default());
         let file = h.link_file(ROOT, "a");
-        let args = TxnArgs::Move {
-            directory: false,
-            source_parent: ROOT,
-            target_parent: ROOT,
-            source_name: "a".into(),
-            target_name: "b".into(),
-        };
+        let args = move_args(false, (ROOT, "a"), (ROOT, "b"));
         // Calls: stat, resolve, acquire, inject (owning), kill source (the
         // crash).
         let mut back = false;

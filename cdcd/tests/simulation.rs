@@ -308,11 +308,9 @@ async fn an_unreachable_shard_blocks_only_the_transactions_that_need_it() {
     sim.net.check_tree().unwrap();
 }
 
-/// Independent mkdirs share commits: far fewer CDC commits than saves.
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn concurrent_transactions_share_commits() {
-    let sim = Sim::new(9, SHARDS, Faults::default());
-    let tasks: Vec<_> = (0..64)
+/// `count` mkdirs in the root (`m0`, `m1`…) sent at once; each must succeed.
+async fn mkdirs_at_once(sim: &std::sync::Arc<Sim>, count: u64) {
+    let tasks: Vec<_> = (0..count)
         .map(|i| {
             let sim = sim.clone();
             tokio::spawn(async move { mkdir(&sim, 1 + i, ROOT, &format!("m{i}")).await })
@@ -321,6 +319,13 @@ async fn concurrent_transactions_share_commits() {
     for task in tasks {
         assert_eq!(task.await.unwrap().status, CdcStatus::Ok);
     }
+}
+
+/// Independent mkdirs share commits: far fewer CDC commits than saves.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn concurrent_transactions_share_commits() {
+    let sim = Sim::new(9, SHARDS, Faults::default());
+    mkdirs_at_once(&sim, 64).await;
     let frontend = sim.frontend();
     let stats = &frontend.coordinator().commits().stats;
     let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
@@ -339,15 +344,7 @@ async fn concurrent_transactions_share_commits() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn shards_forget_finished_transactions() {
     let sim = Sim::new(13, SHARDS, Faults::default());
-    let tasks: Vec<_> = (0..64)
-        .map(|i| {
-            let sim = sim.clone();
-            tokio::spawn(async move { mkdir(&sim, 1 + i, ROOT, &format!("m{i}")).await })
-        })
-        .collect();
-    for task in tasks {
-        assert_eq!(task.await.unwrap().status, CdcStatus::Ok);
-    }
+    mkdirs_at_once(&sim, 64).await;
     let after_burst = sim.net.remembered();
     for i in 0..24 {
         assert_eq!(mkdir(&sim, 100 + i, ROOT, &format!("s{i}")).await.status, CdcStatus::Ok);

@@ -195,6 +195,36 @@ fn ls(h: &mut Harness, dir: InodeId, as_of: EggsTime, flags: u8) -> Vec<(String,
     }
 }
 
+/// A plain inject_dirent of `inode` as `child_name` in `dir`: non-owning,
+/// not remembered for any transaction (the way tests set entries up).
+fn plain_inject(dir: InodeId, inode: InodeId, child_name: &str, dry_run: bool) -> InjectDirentReq<'_> {
+    InjectDirentReq {
+        head: InjectDirentReqHead {
+            dir,
+            inode,
+            dry_run: u8::from(dry_run),
+            owning: 0,
+            transaction_id: U64::ZERO,
+            forget_below: U64::ZERO,
+        },
+        name: name(child_name),
+    }
+}
+
+/// Releases the root's entry `from` (of `inode`), then renames it `to`,
+/// as a client may between a CDC crash and its resume.
+fn release_then_rename(h: &mut Harness, inode: InodeId, from: &str, to: &str) {
+    let release =
+        ReleaseDirentReq { head: ReleaseDirentReqHead { dir: InodeId::ROOT, inode, kill: 0 }, name: name(from) };
+    ok!(h, ReleaseDirent, release);
+    let rename = SameDirRenameReq {
+        head: SameDirRenameReqHead { parent: InodeId::ROOT },
+        old_name: name(from),
+        new_name: name(to),
+    };
+    ok!(h, SameDirRename, rename);
+}
+
 fn names(entries: &[(String, InodeId, EggsTime)]) -> Vec<&str> {
     let mut names: Vec<&str> = entries.iter().map(|(n, _, _)| n.as_str()).collect();
     names.sort();
@@ -290,17 +320,7 @@ fn link_overwrites_owning_files_but_never_directories() {
         CreateUnlinkedDir,
         CreateUnlinkedDirReq { transaction_id: U64::new(1), parent: InodeId::ROOT, forget_below: U64::ZERO }
     );
-    let inject = InjectDirentReq {
-        head: InjectDirentReqHead {
-            dir: InodeId::ROOT,
-            inode: dir.inode,
-            dry_run: 0,
-            owning: 0,
-            transaction_id: U64::ZERO,
-            forget_below: U64::ZERO,
-        },
-        name: name("d"),
-    };
+    let inject = plain_inject(InodeId::ROOT, dir.inode, "d", false);
     ok!(h, InjectDirent, inject);
     let created = ok!(h, CreateEdenFile, CreateEdenFileReq { inode_type: InodeType::File });
     let link = LinkEdenFileReq {
@@ -402,29 +422,9 @@ fn prototype_readme_ls_dead_ge() {
     )
     .inode;
     for (parent, child, child_name) in [(InodeId::ROOT, c, "c"), (c, d, "d")] {
-        let dry = InjectDirentReq {
-            head: InjectDirentReqHead {
-                dir: parent,
-                inode: child,
-                dry_run: 1,
-                owning: 0,
-                transaction_id: U64::ZERO,
-                forget_below: U64::ZERO,
-            },
-            name: name(child_name),
-        };
+        let dry = plain_inject(parent, child, child_name, true);
         ok!(h, InjectDirent, dry);
-        let inject = InjectDirentReq {
-            head: InjectDirentReqHead {
-                dir: parent,
-                inode: child,
-                dry_run: 0,
-                owning: 0,
-                transaction_id: U64::ZERO,
-                forget_below: U64::ZERO,
-            },
-            name: name(child_name),
-        };
+        let inject = plain_inject(parent, child, child_name, false);
         ok!(h, InjectDirent, inject);
         let release = ReleaseDirentReq {
             head: ReleaseDirentReqHead { dir: parent, inode: child, kill: 0 },
@@ -462,17 +462,7 @@ fn prototype_readme_ls_dead_ge() {
     assert_eq!(names(&dead), vec!["d"]);
     assert_eq!(dead[0].1.without_owning(), d);
     // The removed directory takes no new entries.
-    let inject = InjectDirentReq {
-        head: InjectDirentReqHead {
-            dir: d,
-            inode: c,
-            dry_run: 0,
-            owning: 0,
-            transaction_id: U64::ZERO,
-            forget_below: U64::ZERO,
-        },
-        name: name("x"),
-    };
+    let inject = plain_inject(d, c, "x", false);
     assert_eq!(error(&mut h, ShardRequest::InjectDirent(inject)), ErrorKind::NotFound);
     let acquire = AcquireDirentReq {
         head: AcquireDirentReqHead {
@@ -955,17 +945,7 @@ fn policy_move_to_eden_and_remote_purge() {
     // A remote owning entry: injected non-owning, released owning, killed... the
     // CDC path leaves it non-owning, so build one by overwrite instead.
     let remote = InodeId::compose(InodeType::File, 9, 1).unwrap();
-    let inject = InjectDirentReq {
-        head: InjectDirentReqHead {
-            dir: InodeId::ROOT,
-            inode: remote,
-            dry_run: 0,
-            owning: 0,
-            transaction_id: U64::ZERO,
-            forget_below: U64::ZERO,
-        },
-        name: name("r"),
-    };
+    let inject = plain_inject(InodeId::ROOT, remote, "r", false);
     let injected = ok!(h, InjectDirent, inject);
     ok!(
         h,
@@ -1016,17 +996,7 @@ fn seed_datagrams(h: &mut Harness) -> Vec<Vec<u8>> {
         ShardRequest::SetParent(SetParentReq { dir: InodeId::ROOT, parent: InodeId::NULL }),
         ShardRequest::MoveFileToEden(MoveFileToEdenReq { inode: file }),
     ];
-    requests.push(ShardRequest::InjectDirent(InjectDirentReq {
-        head: InjectDirentReqHead {
-            dir: InodeId::ROOT,
-            inode: file,
-            dry_run: 0,
-            owning: 0,
-            transaction_id: U64::ZERO,
-            forget_below: U64::ZERO,
-        },
-        name: name("inj"),
-    }));
+    requests.push(ShardRequest::InjectDirent(plain_inject(InodeId::ROOT, file, "inj", false)));
     requests
         .iter()
         .map(|request| {
@@ -1172,17 +1142,7 @@ fn a_terminal_block_service_needs_no_erase_proof_and_a_live_one_does() {
 fn make_directory(h: &mut Harness, transaction: u64, parent: InodeId, child_name: &str) -> InodeId {
     let create = CreateUnlinkedDirReq { transaction_id: U64::new(transaction), parent, forget_below: U64::ZERO };
     let child = ok!(h, CreateUnlinkedDir, create).inode;
-    let inject = InjectDirentReq {
-        head: InjectDirentReqHead {
-            dir: parent,
-            inode: child,
-            dry_run: 0,
-            owning: 0,
-            transaction_id: U64::ZERO,
-            forget_below: U64::ZERO,
-        },
-        name: name(child_name),
-    };
+    let inject = plain_inject(parent, child, child_name, false);
     ok!(h, InjectDirent, inject);
     let release =
         ReleaseDirentReq { head: ReleaseDirentReqHead { dir: parent, inode: child, kill: 0 }, name: name(child_name) };
@@ -1354,16 +1314,8 @@ fn injects_and_acquires_are_remembered_per_transaction_until_forgotten() {
         },
         name: name("d"),
     };
-    let release =
-        ReleaseDirentReq { head: ReleaseDirentReqHead { dir: InodeId::ROOT, inode: dir, kill: 0 }, name: name("d") };
     let first = ok!(h, InjectDirent, inject(7, 0)).creation_time;
-    ok!(h, ReleaseDirent, release);
-    let rename = SameDirRenameReq {
-        head: SameDirRenameReqHead { parent: InodeId::ROOT },
-        old_name: name("d"),
-        new_name: name("e"),
-    };
-    ok!(h, SameDirRename, rename);
+    release_then_rename(&mut h, dir, "d", "e");
     h.advance(1);
     // The same transaction again: the first answer, and no second entry.
     assert_eq!(ok!(h, InjectDirent, inject(7, 0)).creation_time, first);
@@ -1383,15 +1335,7 @@ fn injects_and_acquires_are_remembered_per_transaction_until_forgotten() {
         name: name("e"),
     };
     assert_eq!(ok!(h, AcquireDirent, acquire(8, 0)).inode, dir);
-    let release_e =
-        ReleaseDirentReq { head: ReleaseDirentReqHead { dir: InodeId::ROOT, inode: dir, kill: 0 }, name: name("e") };
-    ok!(h, ReleaseDirent, release_e);
-    let rename = SameDirRenameReq {
-        head: SameDirRenameReqHead { parent: InodeId::ROOT },
-        old_name: name("e"),
-        new_name: name("f"),
-    };
-    ok!(h, SameDirRename, rename);
+    release_then_rename(&mut h, dir, "e", "f");
     assert_eq!(ok!(h, AcquireDirent, acquire(8, 0)).inode, dir, "answered from memory: `e` is gone");
     let entries = ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0);
     assert!(entries.iter().all(|(_, inode, _)| inode.is_owning()), "the renamed entry was not acquired again");
