@@ -692,7 +692,7 @@ impl<S: Shards> Coordinator<S> {
         let mut timed_out = false;
         let mut request = request.clone();
         loop {
-            set_forget_below(&mut request, self.forget_below());
+            set_forget_below(&mut request, || self.forget_below());
             match self.shards.request(Attempt { shard, request_id, request: &request, timeout }).await {
                 Ok(ShardReply::Error(kind)) if is_transient(kind) => {
                     tracing::debug!(shard, %kind, "transient shard error");
@@ -805,15 +805,16 @@ fn is_remembered(request: &ShardRequest<'_>) -> bool {
     }
 }
 
-/// Puts the coordinator's current promise into a request that carries one.
-fn set_forget_below(request: &mut ShardRequest<'_>, forget_below: u64) {
-    let forget_below = zerocopy::byteorder::little_endian::U64::new(forget_below);
-    match request {
-        ShardRequest::CreateUnlinkedDir(create) => create.forget_below = forget_below,
-        ShardRequest::InjectDirent(inject) => inject.head.forget_below = forget_below,
-        ShardRequest::AcquireDirent(acquire) => acquire.head.forget_below = forget_below,
-        _ => {}
-    }
+/// Puts the coordinator's current promise into a request that carries one
+/// (asked only then: reads and other mutations carry none).
+fn set_forget_below(request: &mut ShardRequest<'_>, forget_below: impl FnOnce() -> u64) {
+    let field = match request {
+        ShardRequest::CreateUnlinkedDir(create) => &mut create.forget_below,
+        ShardRequest::InjectDirent(inject) => &mut inject.head.forget_below,
+        ShardRequest::AcquireDirent(acquire) => &mut acquire.head.forget_below,
+        _ => return,
+    };
+    *field = zerocopy::byteorder::little_endian::U64::new(forget_below());
 }
 
 fn is_dry_run(request: &ShardRequest<'_>) -> bool {

@@ -594,10 +594,7 @@ fn data_figures(
             cat(&format!("eggs cat > /dev/null ({})", round + 1), files::CatOutput::DevNull)
         })
         .collect();
-    let healthy: Figure = match runs.iter().find_map(|run| run.as_ref().err()) {
-        Some(why) => Err(why.clone()),
-        None => median(runs.iter().flatten().map(|run| run.mb_per_second).collect()).ok_or("no cat".to_string()),
-    };
+    let healthy = median_of(&runs.iter().map(|run| run.clone().map(|run| run.mb_per_second)).collect::<Vec<_>>());
     let repeats = if plan.cat_repeats > 1 { format!(", median of {}", plan.cat_repeats) } else { String::new() };
     report.push(Row::against(
         format!("eggs cat {size} > /dev/null{repeats}"),

@@ -414,15 +414,22 @@ impl Mutation<'_, '_> {
     /// they are the table's first.
     fn forget_transactions(&self, txn: &mut RwTxn, forget_below: u64) -> Result<(), HandleError> {
         let end = forget_below.to_be_bytes();
-        let mut keys: Vec<Vec<u8>> = Vec::new();
+        // The keys are 8 or 9 bytes (see `Remembered`): collected on the
+        // stack, since the range borrows the transaction the deletes need.
+        let mut keys = [([0u8; REMEMBERED_KEY_BYTES], 0usize); CDC_FORGET_PER_REQUEST_MAX];
+        let mut count = 0;
         for item in self.store.unlinked_dirs.range(txn, &(Bound::Unbounded, Bound::Excluded(&end[..])))? {
-            if keys.len() == CDC_FORGET_PER_REQUEST_MAX {
-                break;
-            }
-            keys.push(item?.0.to_vec());
+            let Some((bytes, len)) = keys.get_mut(count) else { break };
+            let key = item?.0;
+            bytes
+                .get_mut(..key.len())
+                .ok_or(crate::store::StoreError::Corrupt("unlinked dir key"))?
+                .copy_from_slice(key);
+            *len = key.len();
+            count += 1;
         }
-        for key in keys {
-            self.store.unlinked_dirs.delete(txn, &key)?;
+        for (bytes, len) in &keys[..count] {
+            self.store.unlinked_dirs.delete(txn, &bytes[..*len])?;
         }
         Ok(())
     }
@@ -638,9 +645,12 @@ enum Remembered {
     Acquire,
 }
 
+/// The longest key of `unlinked_dirs`: a transaction id and a tag.
+const REMEMBERED_KEY_BYTES: usize = 9;
+
 impl Remembered {
-    fn key(self, transaction: u64) -> [u8; 9] {
-        let mut key = [0u8; 9];
+    fn key(self, transaction: u64) -> [u8; REMEMBERED_KEY_BYTES] {
+        let mut key = [0u8; REMEMBERED_KEY_BYTES];
         key[..8].copy_from_slice(&transaction.to_be_bytes());
         key[8] = match self {
             Remembered::Inject => b'i',
