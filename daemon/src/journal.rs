@@ -30,6 +30,18 @@
 //! the first record that does not check, so the later ones are never
 //! replayed, and nobody was answered for them.
 //!
+//! **The writer's pace** ([`Journal::pace`], session 10): a commit the
+//! journal cannot sync yet (every lane busy, or the gather waiting for
+//! more weight) would only queue, so the writer may keep its write
+//! transaction open and apply what arrives meanwhile, and commit when a
+//! lane frees up ([`Journal::on_lane_free`] wakes it). Each LMDB commit
+//! writes every page it touched (with the checkpoint's pinned snapshot,
+//! always fresh pages), and the checkpoints write them back while the
+//! journal's small syncs wait behind that writeback; commits about as
+//! many as syncs write each hot page once per sync. Nothing else changes:
+//! a record is still one committed transaction, appended right after its
+//! commit, and the snapshot hand-off still happens between two commits.
+//!
 //! **The file** (`FOLDER/journal`, [`FILE_NAME`]) is preallocated by
 //! writing zeros ([`JOURNAL_BYTES`] by default), so a sync overwrites
 //! blocks that exist and commits no file-system metadata. Two 4 KiB header

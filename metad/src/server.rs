@@ -7,11 +7,13 @@
 //!    privileged kinds)
 //!      read  → LMDB read txn → answer; the answers leave in one sendmmsg
 //!      write → bounded queue ──▶ writer thread: take everything queued, apply
-//!                                it in ONE write txn (its puts, deletes and
-//!                                clears recorded), commit (NO_SYNC: pages
-//!                                into the page cache only), hand the record
-//!                                and the answers to the journal, take the
-//!                                next batch
+//!                                it in the open write txn (its puts, deletes
+//!                                and clears recorded); while the journal
+//!                                could not sync a record yet, keep the txn
+//!                                open for what arrives next; else commit
+//!                                (NO_SYNC: pages into the page cache only),
+//!                                hand the record and the answers to the
+//!                                journal, take the next batch
 //!                                ──▶ journal thread (daemon::journal): write
 //!                                every queued record, ONE fdatasync, then
 //!                                the answers leave in one sendmmsg
