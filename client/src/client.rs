@@ -614,17 +614,48 @@ pub fn probably_succeeded(error: &ClientError) -> bool {
 pub async fn discover(udp: &DatagramClient, shuckle: SocketAddr) -> Addresses {
     let mut addresses = Addresses::local_defaults(shuckle);
     let probe = RetryPolicy { deadline: SHUCKLE_PROBE_DEADLINE, ..RetryPolicy::default() };
+    if let Err(error) = ask_shuckle(udp, shuckle, probe, &mut addresses).await {
+        tracing::info!(%shuckle, %error, "asking shuckle failed; the daemons it did not name keep their default local ports");
+    }
+    addresses
+}
+
+/// Why [`ask_shuckle`] stopped.
+#[derive(Debug)]
+pub enum DiscoveryError {
+    /// No answer within the deadline, a refusal, or an answer that did not
+    /// decode.
+    Request(RequestError),
+    /// Shuckle answered with another kind of response than the one asked
+    /// for (the words name what was asked).
+    Unexpected(&'static str),
+}
+
+impl std::fmt::Display for DiscoveryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Request(error) => error.fmt(f),
+            Self::Unexpected(asked) => write!(f, "shuckle answered {asked} with something else"),
+        }
+    }
+}
+
+/// Sets in `addresses` every shard's and the CDC's address that shuckle
+/// knows; a daemon it does not know keeps the address `addresses` had for
+/// it. Stops at the first failure, keeping what was learnt before it.
+pub async fn ask_shuckle(
+    udp: &DatagramClient,
+    shuckle: SocketAddr,
+    probe: RetryPolicy,
+    addresses: &mut Addresses,
+) -> std::result::Result<(), DiscoveryError> {
     let mut begin = 0u8;
     for _ in 0..SHARD_COUNT {
         let request = ShuckleRequest::Shards(ShardsReq { begin });
-        let reply = match udp.request_with::<Shuckle>(shuckle, &request, probe).await {
-            Ok(reply) => reply,
-            Err(error) => {
-                log_discovery_failure(shuckle, &error);
-                return addresses;
-            }
+        let reply = udp.request_with::<Shuckle>(shuckle, &request, probe).await.map_err(DiscoveryError::Request)?;
+        let ShuckleResponse::Shards(page) = reply.get().map_err(DiscoveryError::Request)? else {
+            return Err(DiscoveryError::Unexpected("the shard listing"));
         };
-        let Ok(ShuckleResponse::Shards(page)) = reply.get() else { return addresses };
         for info in page.shards.iter() {
             if !info.address.is_unknown()
                 && let Some(slot) = addresses.shards.get_mut(info.shard as usize)
@@ -637,15 +668,13 @@ pub async fn discover(udp: &DatagramClient, shuckle: SocketAddr) -> Addresses {
         }
         begin = page.next;
     }
-    if let Ok(reply) = udp.request_with::<Shuckle>(shuckle, &ShuckleRequest::Cdc(CdcReq {}), probe).await
-        && let Ok(ShuckleResponse::Cdc(cdc)) = reply.get()
-        && !cdc.address.is_unknown()
-    {
+    let request = ShuckleRequest::Cdc(CdcReq {});
+    let reply = udp.request_with::<Shuckle>(shuckle, &request, probe).await.map_err(DiscoveryError::Request)?;
+    let ShuckleResponse::Cdc(cdc) = reply.get().map_err(DiscoveryError::Request)? else {
+        return Err(DiscoveryError::Unexpected("the CDC's address"));
+    };
+    if !cdc.address.is_unknown() {
         addresses.cdc = cdc.address.socket_addr();
     }
-    addresses
-}
-
-fn log_discovery_failure(shuckle: SocketAddr, error: &RequestError) {
-    tracing::info!(%shuckle, %error, "shuckle did not answer; using the default local ports");
+    Ok(())
 }

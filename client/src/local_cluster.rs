@@ -253,6 +253,16 @@ async fn start(name: String, program: &Path, args: &[String]) -> anyhow::Result<
 }
 
 impl Daemon {
+    /// Counts one more restart attempt and schedules it after the backoff
+    /// for that attempt, recovering from the exit `status`; returns the
+    /// pause.
+    fn schedule_restart(&mut self, status: std::process::ExitStatus) -> Duration {
+        self.attempts += 1;
+        let pause = restart_backoff(self.attempts);
+        self.restart = Some((status, tokio::time::Instant::now() + pause));
+        pause
+    }
+
     /// Restarts give `flag` the address this child printed for `proto`
     /// (a port 0 becomes the port it got).
     fn pin(&mut self, flag: &str, proto: &str) {
@@ -540,15 +550,13 @@ async fn watch(daemons: &mut [Daemon], restart: bool) {
             if daemon.up_since.elapsed() >= RESTART_STABLE_AFTER {
                 daemon.attempts = 0;
             }
-            daemon.attempts += 1;
-            let pause = restart_backoff(daemon.attempts);
+            let pause = daemon.schedule_restart(status);
             eprintln!(
                 "eggs local-cluster: {} exited ({status}); restarting in {:.1} s, attempt {}",
                 daemon.name,
                 pause.as_secs_f64(),
                 daemon.attempts
             );
-            daemon.restart = Some((status, tokio::time::Instant::now() + pause));
         }
         let Some((status, due)) = daemon.restart else { continue };
         if tokio::time::Instant::now() < due {
@@ -568,15 +576,13 @@ async fn watch(daemons: &mut [Daemon], restart: bool) {
                 daemon.restart = None;
             }
             Err(error) => {
-                daemon.attempts += 1;
-                let pause = restart_backoff(daemon.attempts);
+                let pause = daemon.schedule_restart(status);
                 eprintln!(
                     "eggs local-cluster: restarting {} failed ({error}); next try in {:.1} s, attempt {}",
                     daemon.name,
                     pause.as_secs_f64(),
                     daemon.attempts
                 );
-                daemon.restart = Some((status, tokio::time::Instant::now() + pause));
             }
         }
     }

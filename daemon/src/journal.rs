@@ -30,6 +30,18 @@
 //! the first record that does not check, so the later ones are never
 //! replayed, and nobody was answered for them.
 //!
+//! **The writer's pace** ([`Journal::pace`], session 10): a commit the
+//! journal cannot sync yet (every lane busy, or the gather waiting for
+//! more weight) would only queue, so the writer may keep its write
+//! transaction open and apply what arrives meanwhile, and commit when a
+//! lane frees up ([`Journal::on_lane_free`] wakes it). Each LMDB commit
+//! writes every page it touched (with the checkpoint's pinned snapshot,
+//! always fresh pages), and the checkpoints write them back while the
+//! journal's small syncs wait behind that writeback; commits about as
+//! many as syncs write each hot page once per sync. Nothing else changes:
+//! a record is still one committed transaction, appended right after its
+//! commit, and the snapshot hand-off still happens between two commits.
+//!
 //! **The file** (`FOLDER/journal`, [`FILE_NAME`]) is preallocated by
 //! writing zeros ([`JOURNAL_BYTES`] by default), so a sync overwrites
 //! blocks that exist and commits no file-system metadata. Two 4 KiB header
@@ -87,7 +99,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -130,6 +142,10 @@ pub const SYNC_LANES: usize = 2;
 pub const SYNC_LANES_MAX: usize = 8;
 /// The longest a sync is held back to gather ([`Config::gather`]).
 pub const GATHER_MAX: Duration = Duration::from_millis(1);
+/// The longest [`Journal::pace`] tells a writer to hold its transaction
+/// open while every lane is busy (it is woken by [`Journal::on_lane_free`]
+/// long before; this bounds a writer that installed no wake-up).
+pub const HOLD_MAX: Duration = Duration::from_millis(10);
 /// How long the checkpoint thread waits for the writer's snapshot before
 /// looking again (the writer hands one after its next commit, or within
 /// its idle tick).
@@ -886,6 +902,10 @@ struct State<T> {
     batch_buffers: Vec<Vec<u8>>,
     /// The last sync's duration (for the gather).
     last_sync: Duration,
+    /// Gathering ([`Config::gather`]): the weight to wait for (0: not
+    /// gathering), until when.
+    owed: u64,
+    gather_until: Instant,
     snapshot_wanted: bool,
     snapshot: Option<Snapshot>,
     /// The journal thread waits for space.
@@ -933,6 +953,8 @@ struct Shared<T> {
     sync: Condvar,
     /// The checkpoint thread's (and a waiting `checkpoint_now`'s).
     checkpoint: Condvar,
+    /// The writer's wake-up when a sync ends ([`Journal::on_lane_free`]).
+    lane_free: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl<T> Shared<T> {
@@ -951,7 +973,19 @@ pub struct Journal<T: Send + 'static> {
     env: Env<WithoutTls>,
     data: File,
     page_bytes: u64,
+    lanes: usize,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// When a writer should commit what it has applied ([`Journal::pace`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Commit and append now: the journal would take the record at once.
+    Now,
+    /// Keep the transaction open and apply what arrives meanwhile; ask
+    /// again at this instant, when more arrives, or when
+    /// [`Journal::on_lane_free`]'s wake-up runs.
+    Until(Instant),
 }
 
 impl<T: Send + 'static> Journal<T> {
@@ -1039,6 +1073,8 @@ impl<T: Send + 'static> Journal<T> {
             to_sync: VecDeque::new(),
             batch_buffers: Vec::new(),
             last_sync: Duration::ZERO,
+            owed: 0,
+            gather_until: Instant::now(),
             snapshot_wanted: false,
             snapshot: None,
             full: false,
@@ -1053,11 +1089,13 @@ impl<T: Send + 'static> Journal<T> {
             work: Condvar::new(),
             sync: Condvar::new(),
             checkpoint: Condvar::new(),
+            lane_free: OnceLock::new(),
         });
         let journal = Arc::new(journal);
+        let lanes = config.lanes.clamp(1, SYNC_LANES_MAX);
         let mut threads = Vec::new();
         let spawned = (|| {
-            for lane in 0..config.lanes.clamp(1, SYNC_LANES_MAX) {
+            for lane in 0..lanes {
                 let (shared, journal, metrics) = (shared.clone(), journal.clone(), metrics.clone());
                 threads.push(
                     std::thread::Builder::new()
@@ -1081,10 +1119,10 @@ impl<T: Send + 'static> Journal<T> {
         })();
         if let Err(error) = spawned {
             // Stop the threads that did start before reporting.
-            drop(Self { shared, env: env.clone(), data, page_bytes, threads });
+            drop(Self { shared, env: env.clone(), data, page_bytes, lanes, threads });
             return Err(io(&path, "start the threads of")(error));
         }
-        Ok(Self { shared, env: env.clone(), data, page_bytes, threads })
+        Ok(Self { shared, env: env.clone(), data, page_bytes, lanes, threads })
     }
 
     /// Hands over the effects of the transaction just committed (taking
@@ -1161,6 +1199,46 @@ impl<T: Send + 'static> Journal<T> {
         }
     }
 
+    /// Whether the writer should commit now what it has applied in its
+    /// open write transaction (for `weight` of its clients, as
+    /// [`Journal::append_weighted`]), or keep applying into it: fewer,
+    /// larger commits. A commit writes every page it touched into
+    /// `data.mdb`'s page cache (leaf, branches, the free list; with the
+    /// checkpoint's pinned snapshot always fresh pages), and that is what
+    /// the next checkpoint writes back while the journal's small syncs
+    /// wait behind it; so a commit the journal could not sync yet is
+    /// better made later and larger. [`Pace::Until`] while every sync
+    /// lane is busy (the record would only queue; the writer holds until
+    /// a lane frees, [`Journal::on_lane_free`]), and while the gather
+    /// ([`Config::gather`]) would hold the record back for more weight
+    /// than `weight` brings; [`Pace::Now`] otherwise, and always while
+    /// the journal is full (a checkpoint needs the writer's commits) or
+    /// closed.
+    pub fn pace(&self, weight: u64) -> Pace {
+        let state = self.shared.lock();
+        let now = Instant::now();
+        if state.closed || state.full {
+            return Pace::Now;
+        }
+        if state.in_flight.len() >= self.lanes {
+            return Pace::Until(now + HOLD_MAX);
+        }
+        if state.owed > 0 && now < state.gather_until {
+            let queued: u64 = state.queue.iter().map(|entry| entry.weight).sum();
+            if queued + weight < state.owed {
+                return Pace::Until(state.gather_until);
+            }
+        }
+        Pace::Now
+    }
+
+    /// Installs the writer's wake-up for [`Journal::pace`]: run on a sync
+    /// lane's thread each time a sync ends (so it must be cheap and must
+    /// not block). Only the first call counts.
+    pub fn on_lane_free(&self, wake: impl Fn() + Send + Sync + 'static) {
+        let _ = self.shared.lane_free.set(Box::new(wake));
+    }
+
     /// Checkpoints taken since the start (not counting the start's).
     pub fn checkpoints(&self) -> u64 {
         self.shared.lock().checkpoints
@@ -1192,8 +1270,6 @@ fn write_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, config: Config
     let lanes = config.lanes.clamp(1, SYNC_LANES_MAX);
     // Taken, waiting to be durable: (sequence, weight, payload), in order.
     let mut waiting: VecDeque<(u64, u64, T)> = VecDeque::new();
-    // Gathering: the weight to wait for, until when.
-    let (mut owed, mut gather_until) = (0u64, Instant::now());
     let mut state = shared.lock();
     loop {
         let durable = state.durable_through();
@@ -1207,8 +1283,8 @@ fn write_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, config: Config
         }
         if !ready.is_empty() {
             if config.gather {
-                owed = answered + state.queue.iter().map(|entry| entry.weight).sum::<u64>();
-                gather_until = Instant::now() + state.last_sync.min(GATHER_MAX);
+                state.owed = answered + state.queue.iter().map(|entry| entry.weight).sum::<u64>();
+                state.gather_until = Instant::now() + state.last_sync.min(GATHER_MAX);
             }
             drop(state);
             deliver(ready);
@@ -1218,11 +1294,12 @@ fn write_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, config: Config
         if state.closed {
             return;
         }
-        if owed > 0 && !state.full {
+        if state.owed > 0 && !state.full {
             let queued: u64 = state.queue.iter().map(|entry| entry.weight).sum();
             let now = Instant::now();
-            if queued > 0 && queued < owed && now < gather_until {
-                state = match shared.work.wait_timeout(state, gather_until - now) {
+            if queued > 0 && queued < state.owed && now < state.gather_until {
+                let wait = state.gather_until - now;
+                state = match shared.work.wait_timeout(state, wait) {
                     Ok((guard, _)) => guard,
                     Err(poisoned) => poisoned.into_inner().0,
                 };
@@ -1233,7 +1310,7 @@ fn write_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, config: Config
             let mut buffer = state.batch_buffers.pop().unwrap_or_else(|| Vec::with_capacity(SYNC_BYTES_MAX));
             buffer.clear();
             if let Some(batch) = take(&mut state, journal, &mut waiting, buffer) {
-                owed = 0;
+                state.owed = 0;
                 state.in_flight.push_back((batch.last, false));
                 state.to_sync.push_back(batch);
                 shared.sync.notify_one();
@@ -1371,6 +1448,9 @@ fn sync_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, metrics: &Journ
         drop(state);
         shared.work.notify_one();
         shared.checkpoint.notify_all();
+        if let Some(wake) = shared.lane_free.get() {
+            wake();
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 //! - `malformed_datagrams_total`: datagrams that did not decode;
 //! - the writer's group commit: `commit_batch_size` (mutations per write
 //!   transaction), `commit_duration_seconds` (apply and commit of one
-//!   batch);
+//!   write transaction, without the time it was held open waiting for the
+//!   journal: `crate::server`'s writer);
 //! - the journal (`daemon::journal`): `journal_syncs_total`,
 //!   `journal_bytes_total`, `journal_records_per_sync` (write transactions
 //!   made durable by one fdatasync), `journal_sync_duration_seconds`,
@@ -57,7 +58,11 @@ impl Metrics {
         );
         registry.register("malformed_datagrams", "datagrams that did not decode", metrics.malformed.clone());
         registry.register("commit_batch_size", "mutations per write transaction", metrics.batch_size.clone());
-        registry.register("commit_duration_seconds", "apply and commit of one batch", metrics.commit.clone());
+        registry.register(
+            "commit_duration_seconds",
+            "apply and commit of one write transaction (not the time it was held open)",
+            metrics.commit.clone(),
+        );
         metrics.journal.register(registry);
         registry.register("receive_batch_size", "datagrams per batched receive", metrics.receive_batch.clone());
         registry.register(

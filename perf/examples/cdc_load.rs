@@ -11,7 +11,10 @@
 //! process and of this client (utime + stime from `/proc/PID/stat` over
 //! the measured interval), and from every child's `/metrics` each
 //! histogram that moved: how many per operation, and its mean (for the
-//! `_duration_seconds` ones, the mean time of one request, commit or sync).
+//! `_duration_seconds` ones, the mean time of one request, commit or sync),
+//! and the bytes written to the data folder's disk per operation (the
+//! whole device's count, `/sys/dev/block/M:m/stat`: other processes'
+//! writes count too).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -70,6 +73,7 @@ fn main() {
     let scrape_all = || metrics.iter().map(|(name, addr)| (name.clone(), scrape(*addr))).collect::<Vec<_>>();
     let before = scrape_all();
     let cpu_before: Vec<f64> = processes.iter().map(|(pid, _)| cpu_seconds(*pid)).collect();
+    let disk_before = disk_bytes_written(folder.path());
     let self_before = cpu_seconds(std::process::id());
     let rate = match mode.as_str() {
         "mkdir" => runtime.block_on(cdc::mkdir_rate(cdc_addr, "load", clients, duration)),
@@ -80,6 +84,7 @@ fn main() {
     let cpu: Vec<f64> =
         processes.iter().zip(&cpu_before).map(|((pid, _), before)| cpu_seconds(*pid) - before).collect();
     let self_cpu = cpu_seconds(std::process::id()) - self_before;
+    let written = disk_bytes_written(folder.path()) - disk_before;
     let after = scrape_all();
     let ops = rate.ops.max(1) as f64;
     println!(
@@ -97,6 +102,7 @@ fn main() {
         total += cpu;
     }
     println!("  cpu_us_per_op total={:.0} (2 cores: at most {:.0} ops/s)", total * 1e6 / ops, 2.0 * ops / total);
+    println!("  disk_kib_per_op (the whole device)={:.2}", written / 1024.0 / ops);
     for ((name, before), (_, after)) in before.iter().zip(&after) {
         for (key, value) in after {
             // `NAME_count` or `NAME_count{LABELS}` (per request kind).
@@ -128,6 +134,17 @@ fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
             Some((key.to_string(), value.trim().parse().ok()?))
         })
         .collect()
+}
+
+/// Bytes written so far to the block device holding `path` (its
+/// `/sys/dev/block/MAJOR:MINOR/stat`, sectors written × 512; 0 if unknown).
+fn disk_bytes_written(path: &std::path::Path) -> f64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(metadata) = std::fs::metadata(path) else { return 0.0 };
+    let (major, minor) = (libc::major(metadata.dev()), libc::minor(metadata.dev()));
+    let stat = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).unwrap_or_default();
+    // The seventh field: sectors written.
+    stat.split_whitespace().nth(6).and_then(|field| field.parse::<f64>().ok()).unwrap_or(0.0) * 512.0
 }
 
 /// utime + stime of process `pid`, in seconds (0 if it is gone).

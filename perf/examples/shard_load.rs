@@ -14,7 +14,13 @@
 //! process's, the same way), and for creates the
 //! writer's commits, mutations per commit, fsyncs per operation and
 //! mutations per fsync, and the I/O threads' datagrams per batched receive,
-//! from metad's `/metrics`. A metad with the write-ahead journal (session
+//! from metad's `/metrics`, and the bytes written to the data folder's
+//! disk per operation (`disk_kib_per_op`, from `/sys/dev/block/M:m/stat`:
+//! the whole device, so other processes' writes count too; the journal's
+//! own share is `journal_kib_per_op`). Not `write_bytes` of
+//! `/proc/PID/io`: the kernel counts it when a page-cache folio turns
+//! dirty, a whole (large) folio for a 4 KiB write. A metad
+//! with the write-ahead journal (session
 //! 8) syncs the journal once per batch of commits and twice per checkpoint
 //! (`data.mdb`, then the checkpoint slot); an older one fdatasyncs in every
 //! commit and once per explicit meta-page sync. Set
@@ -70,6 +76,7 @@ fn main() {
         .expect("warm-up create");
     let before = commit_counts(metrics);
     let cpu_before = cpu_seconds(daemon.pid());
+    let disk_before = disk_bytes_written(folder.path());
     let own_before = cpu_seconds(std::process::id());
     let rate = match mode.as_str() {
         "stat" => runtime.block_on(shard::stat_rate(addr, clients, duration)),
@@ -78,6 +85,7 @@ fn main() {
     }
     .expect("load");
     let cpu = cpu_seconds(daemon.pid()) - cpu_before;
+    let written = disk_bytes_written(folder.path()) - disk_before;
     let own = cpu_seconds(std::process::id()) - own_before;
     let after = commit_counts(metrics);
     let (commits, mutations) = (after.commits - before.commits, after.mutations - before.mutations);
@@ -91,16 +99,21 @@ fn main() {
     let per_receive = if receives > 0.0 { received / receives } else { 0.0 };
     let per_commit = if commits > 0.0 { mutations / commits } else { 0.0 };
     let ops = rate.ops.max(1) as f64;
+    let journal_bytes = after.journal_bytes - before.journal_bytes;
     println!(
         "{mode} clients={clients} ops_per_s={:.0} metad_cpu_us_per_op={:.1} metad_cpu_s={cpu:.2} clients_cpu_us_per_op={:.1} commits={commits} \
          mutations_per_commit={per_commit:.2} datagrams_per_receive={per_receive:.2} fsyncs={syncs} fsyncs_per_op={:.3} \
-         mutations_per_fsync={per_sync:.2} journal={} journal_sync_ms={journal_sync_ms:.3} checkpoints={} checkpoint_ms={checkpoint_ms:.1}",
+         mutations_per_fsync={per_sync:.2} journal={} journal_sync_ms={journal_sync_ms:.3} checkpoints={} checkpoint_ms={checkpoint_ms:.1} \
+         commits_per_s={:.0} disk_kib_per_op={:.2} journal_kib_per_op={:.2}",
         rate.per_second(),
         cpu * 1e6 / ops,
         own * 1e6 / ops,
         syncs / ops,
         after.journaled,
         after.checkpoints - before.checkpoints,
+        commits / duration.as_secs_f64(),
+        written / 1024.0 / ops,
+        journal_bytes / 1024.0 / ops,
     );
 }
 
@@ -116,6 +129,17 @@ fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (ticks(11) + ticks(12)) / per_second
+}
+
+/// Bytes written so far to the block device holding `path` (its
+/// `/sys/dev/block/MAJOR:MINOR/stat`, sectors written × 512; 0 if unknown).
+fn disk_bytes_written(path: &std::path::Path) -> f64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(metadata) = std::fs::metadata(path) else { return 0.0 };
+    let (major, minor) = (libc::major(metadata.dev()), libc::minor(metadata.dev()));
+    let stat = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).unwrap_or_default();
+    // The seventh field: sectors written.
+    stat.split_whitespace().nth(6).and_then(|field| field.parse::<f64>().ok()).unwrap_or(0.0) * 512.0
 }
 
 /// metad's counters so far.
@@ -136,6 +160,8 @@ struct Counts {
     journal_sync_s: f64,
     checkpoints: f64,
     checkpoint_s: f64,
+    /// `metad_journal_bytes_total`.
+    journal_bytes: f64,
 }
 
 fn commit_counts(metrics: SocketAddr) -> Counts {
@@ -166,5 +192,6 @@ fn commit_counts(metrics: SocketAddr) -> Counts {
         journal_sync_s: value("metad_journal_sync_duration_seconds_sum"),
         checkpoints: value("metad_journal_checkpoint_duration_seconds_count"),
         checkpoint_s: value("metad_journal_checkpoint_duration_seconds_sum"),
+        journal_bytes: value("metad_journal_bytes_total"),
     }
 }

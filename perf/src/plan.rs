@@ -124,7 +124,7 @@ impl Plan {
             file_bytes: 1024 * MIB,
             cat_repeats: 3,
             put_repeats: 3,
-            stat_repeats: 3,
+            stat_repeats: 5,
             concurrent_cats: 4,
             concurrent_file_bytes: 256 * MIB,
             data_only: false,

@@ -21,6 +21,10 @@ use crate::plan::Plan;
 
 type Figure = Result<f64, String>;
 
+/// Durable mutations one small-file create makes one after the other
+/// (`shard::create_small_file`: create, inline span, link).
+const CREATE_SYNCS_IN_SEQUENCE: f64 = 3.0;
+
 /// "1 client", "8 clients".
 fn clients_label(count: usize) -> String {
     if count == 1 { "1 client".to_string() } else { format!("{count} clients") }
@@ -324,6 +328,18 @@ fn shard_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime,
     };
     let most = plan.create_clients.iter().copied().max().unwrap_or(1);
     for &clients in &plan.create_clients {
+        // A create is three durable mutations in sequence (create, inline
+        // span, link), each answered only after a sync: with N clients and
+        // syncs no faster than the fsync above, N ÷ 3 fsync times per create
+        // is the most a shard can do, however well it batches.
+        report.push(Row::limit(
+            format!(
+                "durable creates' bound with {}: {clients} in flight × the fsync rate ÷ 3 syncs in sequence",
+                clients_label(clients)
+            ),
+            "files/s",
+            fsync.clone().map(|rate| rate * clients as f64 / CREATE_SYNCS_IN_SEQUENCE),
+        ));
         let runs = if clients == most { plan.create_runs.max(1) } else { 1 };
         for run in 1..=runs {
             let rate = creates(&format!("perf-create-{clients}-{run}"), clients, &mut made);

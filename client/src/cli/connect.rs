@@ -15,10 +15,9 @@ use anyhow::{anyhow, bail};
 use client::Client;
 
 use super::errors::Detailed;
-use client::client::{Addresses, default_shuckle};
-use client::udp::{ClientOptions, DatagramClient, RetryPolicy, Shuckle};
+use client::client::{Addresses, DiscoveryError, ask_shuckle, default_shuckle};
+use client::udp::{ClientOptions, DatagramClient, RequestError, RetryPolicy};
 use wire::limits::SHARD_COUNT;
-use wire::shuckle::{CdcReq, ShardsReq, ShuckleRequest, ShuckleResponse};
 
 /// How long shuckle has to answer: a missing shuckle is reported within 3 s.
 pub const SHUCKLE_DEADLINE: Duration = Duration::from_millis(2500);
@@ -78,34 +77,12 @@ pub async fn connect(text: &str, shuckle: SocketAddr) -> anyhow::Result<Client> 
         .into()
     };
     let mut addresses = Addresses { shuckle, shards: vec![unknown_address(); SHARD_COUNT], cdc: unknown_address() };
-    let mut begin = 0u8;
-    for _ in 0..SHARD_COUNT {
-        let request = ShuckleRequest::Shards(ShardsReq { begin });
-        let reply = udp.request_with::<Shuckle>(shuckle, &request, probe).await.map_err(|e| unreachable(&e))?;
-        let response = reply.get()?;
-        let ShuckleResponse::Shards(page) = &response else {
-            bail!("shuckle at {shown} answered the shard listing with something else");
-        };
-        for info in page.shards.iter() {
-            if !info.address.is_unknown()
-                && let Some(slot) = addresses.shards.get_mut(info.shard as usize)
-            {
-                *slot = info.address.socket_addr();
-            }
-        }
-        if page.next == 0 || page.next <= begin {
-            break;
-        }
-        begin = page.next;
-    }
-    let reply = udp
-        .request_with::<Shuckle>(shuckle, &ShuckleRequest::Cdc(CdcReq {}), probe)
-        .await
-        .map_err(|e| unreachable(&e))?;
-    if let ShuckleResponse::Cdc(cdc) = reply.get()?
-        && !cdc.address.is_unknown()
-    {
-        addresses.cdc = cdc.address.socket_addr();
+    match ask_shuckle(&udp, shuckle, probe, &mut addresses).await {
+        Ok(()) => {}
+        // An answer that does not decode is shuckle's fault, not its absence.
+        Err(DiscoveryError::Request(error @ RequestError::Decode { .. })) => return Err(error.into()),
+        Err(DiscoveryError::Request(error)) => return Err(unreachable(&error)),
+        Err(DiscoveryError::Unexpected(asked)) => bail!("shuckle at {shown} answered {asked} with something else"),
     }
     tracing::debug!(?addresses, "discovered");
     Ok(Client::with_addresses(udp, addresses))

@@ -158,6 +158,15 @@ impl Inner {
         FileHandle(id)
     }
 
+    /// The listing of the open directory `handle` (`None` for a file's
+    /// handle or an unknown one).
+    fn listing(&self, handle: FileHandle) -> Option<Arc<tokio::sync::Mutex<Listing>>> {
+        match lock(&self.handles).get(&handle.0) {
+            Some(Handle::Directory(listing)) => Some(listing.clone()),
+            _ => None,
+        }
+    }
+
     fn remember(&self, inode: InodeId, parent: InodeId, name: &str) {
         let mut names = lock(&self.names);
         if names.len() >= NAMES_MAX {
@@ -796,10 +805,7 @@ impl Filesystem for EggsFs {
     }
 
     fn readdir(&self, _request: &Request, _ino: INodeNo, handle: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let listing = match lock(&self.0.handles).get(&handle.0) {
-            Some(Handle::Directory(listing)) => listing.clone(),
-            _ => return reply.error(Errno::EBADF),
-        };
+        let Some(listing) = self.0.listing(handle) else { return reply.error(Errno::EBADF) };
         let inner = self.0.clone();
         self.spawn(async move {
             let mut listing = listing.lock().await;
@@ -826,10 +832,7 @@ impl Filesystem for EggsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let listing = match lock(&self.0.handles).get(&handle.0) {
-            Some(Handle::Directory(listing)) => listing.clone(),
-            _ => return reply.error(Errno::EBADF),
-        };
+        let Some(listing) = self.0.listing(handle) else { return reply.error(Errno::EBADF) };
         let inner = self.0.clone();
         self.spawn(async move {
             let mut listing = listing.lock().await;

@@ -30,9 +30,13 @@ fn contents(env: &Env<WithoutTls>, dbs: &[Database<Bytes, Bytes>]) -> Model {
 static SLOW_BATCH: AtomicU64 = AtomicU64::new(0);
 const SLOW_SYNC: Duration = Duration::from_millis(300);
 
+/// The same for [`pace_holds_the_writer_while_every_lane_is_busy`] (its
+/// own, so that the tests running at once do not reset each other's).
+static HELD_BATCH: AtomicU64 = AtomicU64::new(0);
+
 /// Called by a sync lane before it writes a batch.
 pub(super) fn before_sync(last: u64) {
-    if last != 0 && SLOW_BATCH.load(Ordering::Relaxed) == last {
+    if last != 0 && (SLOW_BATCH.load(Ordering::Relaxed) == last || HELD_BATCH.load(Ordering::Relaxed) == last) {
         std::thread::sleep(SLOW_SYNC);
     }
 }
@@ -470,4 +474,50 @@ fn a_hole_before_later_records_stops_the_replay_there() {
     let (state, replayed) = recover(disk.path());
     assert_eq!(replayed.records, 0);
     assert!(state == harness.history[before_hole]);
+}
+
+// The writer's pace (session 10): while every sync lane is busy a record
+// would only queue, so the writer is told to keep its transaction open
+// (and apply what arrives meanwhile); the end of the sync wakes it, and
+// then it is told to commit.
+#[test]
+fn pace_holds_the_writer_while_every_lane_is_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { bytes: 1 << 20, checkpoint_period: Duration::from_secs(3600), lanes: 1, ..Config::default() };
+    let mut harness = Harness::with_config(dir.path(), config, JournalMetrics::new());
+    let wakes = Arc::new(AtomicU64::new(0));
+    let counted = wakes.clone();
+    harness.journal.on_lane_free(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+    });
+    let mut rng = seeded();
+    assert_eq!(harness.journal.pace(1), Pace::Now, "an idle journal takes a record at once");
+    // Record 3's batch (alone: everything before it is durable) syncs slowly.
+    HELD_BATCH.store(3, Ordering::Relaxed);
+    while harness.records < 2 {
+        harness.commit(&mut rng);
+    }
+    harness.wait_durable();
+    let woken = wakes.load(Ordering::SeqCst);
+    assert!(woken >= 1, "each sync's end wakes the writer");
+    while harness.records < 3 {
+        harness.commit(&mut rng);
+    }
+    // Once the journal thread has taken it, its one lane is busy.
+    let deadline = Instant::now() + SLOW_SYNC / 2;
+    let held = loop {
+        match harness.journal.pace(1) {
+            Pace::Until(at) => break at,
+            Pace::Now => {
+                assert!(Instant::now() < deadline, "the writer was told to commit while the only lane was busy");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    };
+    assert!(held > Instant::now() && held <= Instant::now() + HOLD_MAX, "held for at most HOLD_MAX");
+    assert_eq!(wakes.load(Ordering::SeqCst), woken, "no wake-up while the sync runs");
+    harness.wait_durable();
+    HELD_BATCH.store(0, Ordering::Relaxed);
+    assert!(wakes.load(Ordering::SeqCst) > woken, "the end of the sync woke the writer");
+    assert_eq!(harness.journal.pace(1), Pace::Now, "a free lane: commit now");
 }
