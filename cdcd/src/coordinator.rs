@@ -799,7 +799,7 @@ impl Replay {
 /// answers a re-sent one from that memory, changing nothing).
 fn is_remembered(request: &ShardRequest<'_>) -> bool {
     match request {
-        ShardRequest::CreateUnlinkedDir(_) | ShardRequest::AcquireDirent(_) => true,
+        ShardRequest::CreateUnlinkedDir(_) | ShardRequest::CreateLinkedDir(_) | ShardRequest::AcquireDirent(_) => true,
         ShardRequest::InjectDirent(inject) => inject.head.dry_run == 0,
         _ => false,
     }
@@ -812,6 +812,7 @@ fn set_forget_below(request: &mut ShardRequest<'_>, forget_below: impl FnOnce() 
         ShardRequest::CreateUnlinkedDir(create) => &mut create.forget_below,
         ShardRequest::InjectDirent(inject) => &mut inject.head.forget_below,
         ShardRequest::AcquireDirent(acquire) => &mut acquire.head.forget_below,
+        ShardRequest::CreateLinkedDir(create) => &mut create.head.forget_below,
         _ => return,
     };
     *field = zerocopy::byteorder::little_endian::U64::new(forget_below());

@@ -28,6 +28,9 @@ pub enum ShardReply {
         inode: InodeId,
     },
     InjectDirent,
+    CreateLinkedDir {
+        inode: InodeId,
+    },
     AcquireDirent {
         inode: InodeId,
     },
@@ -49,6 +52,7 @@ impl ShardReply {
             ShardResponse::Stat(StatResp::File(_)) => ShardReply::StatFile,
             ShardResponse::CreateUnlinkedDir(resp) => ShardReply::CreateUnlinkedDir { inode: resp.inode },
             ShardResponse::InjectDirent(_) => ShardReply::InjectDirent,
+            ShardResponse::CreateLinkedDir(resp) => ShardReply::CreateLinkedDir { inode: resp.inode },
             ShardResponse::AcquireDirent(resp) => ShardReply::AcquireDirent { inode: resp.inode },
             ShardResponse::SetParent(_)
             | ShardResponse::ReleaseDirent(_)

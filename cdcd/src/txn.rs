@@ -12,8 +12,10 @@
 //! The steps, with the rollback path of each failure:
 //!
 //! ```text
-//! mkdir   stat parent → resolve name (must be free) → create_unlinked_dir
-//!         → inject (owning) → OK + inode
+//! mkdir   stat parent → resolve name (must be free) → the new directory's
+//!         shard is the parent's: create_linked_dir (create + owning inject
+//!         in one shard transaction) → OK + inode; refused → report
+//!         another shard: create_unlinked_dir → inject (owning) → OK + inode
 //!         inject fails → set_parent(new, null), report
 //!         (records of older runs may be at a release step: inject
 //!         non-owning, then release)
@@ -38,9 +40,10 @@ use serde::{Deserialize, Serialize};
 use wire::cdc::CdcRequest;
 use wire::cdc::CdcStatus;
 use wire::shard::{
-    AcquireDirentReq, AcquireDirentReqHead, CreateUnlinkedDirReq, InjectDirentReq, InjectDirentReqHead,
-    MoveFileToEdenReq, PurgeRemoteOwningDirentReq, PurgeRemoteOwningDirentReqHead, ReleaseDirentReq,
-    ReleaseDirentReqHead, ResolveMode, ResolveReq, ResolveReqHead, SetParentReq, ShardRequest, StatReq,
+    AcquireDirentReq, AcquireDirentReqHead, CreateLinkedDirReq, CreateLinkedDirReqHead, CreateUnlinkedDirReq,
+    InjectDirentReq, InjectDirentReqHead, MoveFileToEdenReq, PurgeRemoteOwningDirentReq,
+    PurgeRemoteOwningDirentReqHead, ReleaseDirentReq, ReleaseDirentReqHead, ResolveMode, ResolveReq, ResolveReqHead,
+    SetParentReq, ShardRequest, StatReq,
 };
 use wire::{EggsTime, ErrorKind, InodeId, InodeType, Name, ShardId};
 use zerocopy::byteorder::little_endian::U64;
@@ -186,6 +189,9 @@ pub enum Step {
     MkDirCreate {
         shard: ShardId,
     },
+    /// The new directory's shard is the parent's: create it and link it
+    /// owning in one request (create_linked_dir).
+    MkDirCreateLinked,
     MkDirInject {
         dir: u64,
     },
@@ -542,6 +548,14 @@ impl TxnState {
                     forget_below: U64::ZERO,
                 }),
             ),
+            Step::MkDirCreateLinked => {
+                let head = CreateLinkedDirReqHead {
+                    dir: parent,
+                    transaction_id: U64::new(self.txn_id),
+                    forget_below: U64::ZERO,
+                };
+                (parent.shard(), ShardRequest::CreateLinkedDir(CreateLinkedDirReq { head, name: entry }))
+            }
             Step::MkDirInject { dir } => self.inject(parent, *dir, false, true, entry),
             Step::MkDirRelease { dir } => Self::release(parent, *dir, false, entry),
             Step::MkDirUnlinkCreated { dir, .. } => Self::set_parent(*dir, InodeId::NULL),
@@ -625,13 +639,25 @@ impl TxnState {
             (Step::MkDirResolve, ShardReply::Error(ErrorKind::NotFound)) => {
                 let shards = context.new_dir_shards;
                 let index = (mix64(self.txn_id) % shards.len().max(1) as u64) as usize;
-                Some(Step::MkDirCreate { shard: shards.get(index).copied().unwrap_or(0) })
+                let shard = shards.get(index).copied().unwrap_or(0);
+                // The placement is not biased: only the request differs.
+                if shard == parent.shard() { Some(Step::MkDirCreateLinked) } else { Some(Step::MkDirCreate { shard }) }
             }
             (Step::MkDirResolve, ShardReply::Error(kind)) => done(refused("resolve", kind)),
             (Step::MkDirCreate { .. }, ShardReply::CreateUnlinkedDir { inode: dir }) => {
                 Some(Step::MkDirInject { dir: dir.without_owning().get() })
             }
             (Step::MkDirCreate { .. }, ShardReply::Error(kind)) => done(refused("create_unlinked_dir", kind)),
+            // One shard transaction: a refusal left nothing to roll back.
+            (Step::MkDirCreateLinked, ShardReply::CreateLinkedDir { inode: dir }) => {
+                done(Outcome::ok(dir.without_owning()))
+            }
+            (Step::MkDirCreateLinked, ShardReply::Error(kind)) => done(match kind {
+                ErrorKind::CannotOverrideTarget | ErrorKind::AlreadyExists => {
+                    Outcome::failed(CdcStatus::AlreadyExists, "the name exists")
+                }
+                kind => refused("create_linked_dir", kind),
+            }),
             // Injected owning: done (MkDirRelease is left for records of
             // older runs, whose inject made the entry non-owning).
             (Step::MkDirInject { dir }, ShardReply::InjectDirent) => done(Outcome::ok(inode(*dir))),

@@ -89,6 +89,7 @@ struct Harness {
     store: Arc<TxnStore>,
     plan: Arc<CrashPlan>,
     clients: AtomicU64,
+    clock: Clock,
     _dir: tempfile::TempDir,
 }
 
@@ -99,13 +100,15 @@ impl Harness {
         let clock = Clock::new();
         let net = SimNet::new(SHARDS, seed, faults, clock.clone());
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(TxnStore::open(dir.path(), false).unwrap().with_clock(Arc::new(move || clock.now())));
+        let store_clock = clock.clone();
+        let store =
+            Arc::new(TxnStore::open(dir.path(), false).unwrap().with_clock(Arc::new(move || store_clock.now())));
         let plan = Arc::new(CrashPlan {
             calls: AtomicU64::new(0),
             at: AtomicU64::new(0),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
         });
-        Self { net, store, plan, clients: AtomicU64::new(0), _dir: dir }
+        Self { net, store, plan, clients: AtomicU64::new(0), clock, _dir: dir }
     }
 
     /// A fresh coordinator over the store (a restart when called again).
@@ -665,4 +668,146 @@ async fn a_kill_resent_after_the_file_was_renamed_back_leaves_it() {
         assert_eq!(h.entry(ROOT, other), None, "seed {seed}");
     }
     assert!(renamed > 0 && renamed < 16, "both coins came up: {renamed} of 16 renamed back");
+}
+
+impl Harness {
+    /// The shard the next transaction's mkdir creates its directory on
+    /// (the coordinator's placement: [`cdcd::txn::mix64`] of its id; ids
+    /// are at least the clock's time, which stands still until the test
+    /// awaits).
+    fn next_new_dir_shard(&self) -> ShardId {
+        let txn = self.store.next_txn_id().max(self.clock.peek().max(1));
+        NEW_DIR_SHARDS[(cdcd::txn::mix64(txn) % NEW_DIR_SHARDS.len() as u64) as usize]
+    }
+
+    /// A directory in the root on every shard, by shard.
+    async fn parents(&self) -> BTreeMap<ShardId, u64> {
+        let mut parents = BTreeMap::new();
+        for i in 0..64 {
+            let dir = self.mkdir_ok(ROOT, &format!("p{i}")).await;
+            parents.entry(InodeId::new(dir).shard()).or_insert(dir);
+            if parents.len() == NEW_DIR_SHARDS.len() {
+                return parents;
+            }
+        }
+        panic!("no directory on some shard: {parents:?}");
+    }
+}
+
+// When the new directory lands on its parent's shard, a mkdir sends one
+// shard mutation (create_linked_dir) after its two reads; otherwise two
+// (create_unlinked_dir, inject). The placement itself is the same.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_mkdir_on_its_parents_shard_sends_one_mutation() {
+    let h = Harness::new("a_mkdir_on_its_parents_shard_sends_one_mutation", 6, Faults::default());
+    let parents = h.parents().await;
+    let (mut linked, mut two_step) = (0, 0);
+    for i in 0..24 {
+        let shard = h.next_new_dir_shard();
+        // Every other mkdir goes into the parent on the new directory's
+        // shard, the others into the next shard's.
+        let parent_shard = if i % 2 == 0 { shard } else { (shard + 1) % SHARDS };
+        let parent = parents[&parent_shard];
+        let calls = h.plan.calls.load(Ordering::Relaxed);
+        let dir = h.mkdir_ok(parent, &format!("d{i}")).await;
+        let calls = h.plan.calls.load(Ordering::Relaxed) - calls;
+        assert_eq!(InodeId::new(dir).shard(), shard, "the placement is unchanged");
+        assert_eq!(h.entry(parent, &format!("d{i}")), Some(dir));
+        assert_eq!(h.parent_of(dir), Some(parent));
+        if parent_shard == shard {
+            assert_eq!(calls, 3, "mkdir {i}: stat, resolve, create_linked_dir");
+            linked += 1;
+        } else {
+            assert_eq!(calls, 4, "mkdir {i}: stat, resolve, create, inject");
+            two_step += 1;
+        }
+    }
+    assert_eq!((linked, two_step), (12, 12));
+}
+
+// The same-shard mkdir loses a race for its name (another directory takes
+// it between the resolve and the create_linked_dir): ALREADY_EXISTS, and
+// nothing is left behind (no directory to unlink).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_same_shard_mkdir_that_loses_a_race_for_the_name_leaves_nothing() {
+    let h = Harness::new("a_same_shard_mkdir_that_loses_a_race_for_the_name_leaves_nothing", 7, Faults::default());
+    let parents = h.parents().await;
+    let parent = parents[&h.next_new_dir_shard()];
+    let coordinator = h.coordinator();
+    let mut state = coordinator.new_txn(TxnArgs::MkDir { parent, name: "x".into() });
+    let context = Context { new_dir_shards: &NEW_DIR_SHARDS };
+    state.advance(ShardReply::StatDirectory { parent: InodeId::ROOT }, false, &context);
+    state.advance(ShardReply::Error(ErrorKind::NotFound), false, &context);
+    assert_eq!(state.step, cdcd::txn::Step::MkDirCreateLinked);
+    let other = h.mkdir_ok(parent, "x").await;
+    let dirs = h.dirs();
+    let outcome = coordinator.run(None, state, false).await.unwrap();
+    assert_eq!(outcome.status, CdcStatus::AlreadyExists);
+    assert_eq!(h.entry(parent, "x"), Some(other));
+    assert_eq!(h.dirs(), dirs, "no directory made for the refused mkdir");
+    assert_eq!(h.unlinked_dirs().len(), 1, "only the root has no parent");
+    h.check();
+}
+
+// A crash right when the shard got the create_linked_dir (executed or not:
+// the seed's coin); meanwhile a client renames the new entry if it is
+// there. The resumed mkdir re-sends the request, which the shard answers
+// from what it remembers for the transaction: the same directory, linked
+// once, under whatever name the client gave it.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_same_shard_mkdir_resumed_after_the_shard_applied_it_links_once() {
+    let mut renamed = 0;
+    for seed in 0..16 {
+        let h = Harness::new(
+            "a_same_shard_mkdir_resumed_after_the_shard_applied_it_links_once",
+            600 + seed,
+            Faults::default(),
+        );
+        let parents = h.parents().await;
+        let parent = parents[&h.next_new_dir_shard()];
+        let dirs = h.dirs();
+        // Calls: stat, resolve, create_linked_dir (the crash).
+        let args = TxnArgs::MkDir { parent, name: "d".into() };
+        let mut moved = false;
+        let outcome = h.crash_then(seed, args, 3, |h| moved = h.rename(parent, "d", "e")).await;
+        renamed += u32::from(moved);
+        assert_eq!(outcome.status, CdcStatus::Ok, "seed {seed}: {outcome:?}");
+        let (name, other) = if moved { ("e", "d") } else { ("d", "e") };
+        assert_eq!(h.entry(parent, name), Some(outcome.inode), "seed {seed}");
+        assert_eq!(h.entry(parent, other), None, "seed {seed}: linked once");
+        assert_eq!(h.dirs(), dirs + 1, "seed {seed}: one directory made");
+    }
+    assert!(renamed > 0 && renamed < 16, "both coins came up: {renamed} of 16 renamed");
+}
+
+// A plan stored by an older CDC (before create_linked_dir) at the
+// two-step create on the parent's own shard resumes through that chain:
+// create_unlinked_dir, then inject.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_older_two_step_plan_on_the_parents_shard_resumes_through_it() {
+    for seed in 0..8 {
+        let h = Harness::new(
+            "an_older_two_step_plan_on_the_parents_shard_resumes_through_it",
+            700 + seed,
+            Faults::default(),
+        );
+        let parents = h.parents().await;
+        let shard = h.next_new_dir_shard();
+        let parent = parents[&shard];
+        let coordinator = h.coordinator();
+        let mut state = coordinator.new_txn(TxnArgs::MkDir { parent, name: "d".into() });
+        state.step = cdcd::txn::Step::MkDirCreate { shard };
+        // The plan is stored before the create goes out; the crash comes
+        // with the create (executed or not) or with the inject.
+        h.crash_in(1 + seed % 2);
+        assert!(coordinator.run(None, state, false).await.is_err(), "crashed");
+        let calls = h.plan.calls.load(Ordering::Relaxed);
+        let mut finished = h.resume_after_crash(seed).await.unwrap();
+        assert_eq!(h.plan.calls.load(Ordering::Relaxed) - calls, 2, "seed {seed}: create and inject again");
+        let outcome = finished.pop().unwrap();
+        assert_eq!(outcome.status, CdcStatus::Ok, "seed {seed}: {outcome:?}");
+        assert_eq!(h.entry(parent, "d"), Some(outcome.inode), "seed {seed}");
+        assert_eq!(InodeId::new(outcome.inode).shard(), shard);
+        h.check();
+    }
 }

@@ -24,6 +24,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sim::{Faults, Sim};
 use wire::cdc::CdcStatus;
+use wire::shard::ShardKind;
 use wire::{InodeId, InodeType};
 
 const ROOT: u64 = InodeId::ROOT.get();
@@ -88,6 +89,10 @@ struct Stats {
     ops: usize,
     statuses: BTreeMap<String, usize>,
     max_overlap: usize,
+    /// mkdirs' shard requests executed: create_linked_dir (the new
+    /// directory on its parent's shard) and create_unlinked_dir (another).
+    linked_creates: u64,
+    unlinked_creates: u64,
 }
 
 /// Runs `rounds` rounds of `clients` concurrent operations; returns stats.
@@ -95,7 +100,8 @@ async fn concurrent_history(seed: u64, faults: Faults, rounds: usize, clients: u
     let sim = Sim::new(seed, SHARDS, faults);
     let mut rng = StdRng::seed_from_u64(seed ^ 0xc0ffee);
     let mut model = Model::new(SHARDS);
-    let mut stats = Stats { rounds, ops: 0, statuses: BTreeMap::new(), max_overlap: 0 };
+    let mut stats =
+        Stats { rounds, ops: 0, statuses: BTreeMap::new(), max_overlap: 0, linked_creates: 0, unlinked_creates: 0 };
     let mut request_id = 0u64;
     for round in 0..rounds {
         // Clients link files now and then (between rounds, outside the CDC).
@@ -168,13 +174,17 @@ async fn concurrent_history(seed: u64, faults: Faults, rounds: usize, clients: u
     tokio::time::sleep(Duration::from_secs(5)).await;
     let tree = sim.net.check_tree().unwrap_or_else(|v| panic!("seed {seed}, after late datagrams: {v}"));
     assert_eq!(tree, model.entries, "seed {seed}: late datagrams changed the tree");
+    stats.linked_creates = sim.net.executed(ShardKind::CreateLinkedDir);
+    stats.unlinked_creates = sim.net.executed(ShardKind::CreateUnlinkedDir);
     eprintln!(
-        "seed {seed}: {} ops in {} rounds, {} crashes, max overlap {}, statuses {:?}",
+        "seed {seed}: {} ops in {} rounds, {} crashes, max overlap {}, statuses {:?}, mkdir creates linked {} unlinked {}",
         stats.ops,
         stats.rounds,
         sim.crashes.load(std::sync::atomic::Ordering::Relaxed),
         stats.max_overlap,
-        stats.statuses
+        stats.statuses,
+        stats.linked_creates,
+        stats.unlinked_creates,
     );
     stats
 }
@@ -184,6 +194,9 @@ fn assert_varied(stats: &Stats) {
         assert!(stats.statuses.get(status).copied().unwrap_or(0) > 0, "{status} never happened: {:?}", stats.statuses);
     }
     assert!(stats.max_overlap >= 4, "operations hardly overlapped");
+    // Both mkdir chains ran: one shard request when the new directory
+    // lands on its parent's shard, create and inject otherwise.
+    assert!(stats.linked_creates > 0 && stats.unlinked_creates > 0, "one mkdir path never ran");
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -362,7 +375,26 @@ async fn shards_forget_finished_transactions() {
 /// and the rename a client attempts after the crash (directory, old, new).
 async fn crash_case(sim: &Sim, case: &str) -> (TxnArgs, Option<(u64, &'static str, &'static str)>) {
     match case {
-        "mkdir" => (TxnArgs::MkDir { parent: ROOT, name: "n".into() }, Some((ROOT, "n", "renamed"))),
+        "mkdir" => {
+            assert_ne!(sim.next_new_dir_shard(), InodeId::ROOT.shard(), "the two-step mkdir");
+            (TxnArgs::MkDir { parent: ROOT, name: "n".into() }, Some((ROOT, "n", "renamed")))
+        }
+        // The new directory lands on its parent's shard: one
+        // create_linked_dir; the client renames its entry after the crash.
+        "mkdir on its parent's shard" => {
+            let mut parents = std::collections::HashMap::new();
+            for i in 0..64 {
+                let outcome = mkdir(sim, 1000 + i, ROOT, &format!("p{i}")).await;
+                assert_eq!(outcome.status, CdcStatus::Ok);
+                let dir = outcome.inode;
+                parents.insert(InodeId::new(dir).shard(), dir);
+                if parents.len() == usize::from(SHARDS) {
+                    break;
+                }
+            }
+            let parent = parents[&sim.next_new_dir_shard()];
+            (TxnArgs::MkDir { parent, name: "n".into() }, Some((parent, "n", "renamed")))
+        }
         "mv file" => {
             let target = mkdir_now(sim, "t").await;
             sim.net.create_file(InodeId::ROOT, "f").unwrap();
@@ -402,12 +434,20 @@ async fn crash_case(sim: &Sim, case: &str) -> (TxnArgs, Option<(u64, &'static st
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_crash_at_any_step_resumes_to_the_same_outcome() {
     // Each case and how many mutations its transaction sends.
-    let cases = [("mkdir", 2), ("mv file", 3), ("mv file in one directory", 3), ("rmdir", 3)];
+    let cases = [
+        ("mkdir", 2),
+        ("mkdir on its parent's shard", 1),
+        ("mv file", 3),
+        ("mv file in one directory", 3),
+        ("rmdir", 3),
+    ];
     for (case, mutations) in cases {
         for crash_after in 1..=mutations + 1 {
             let sim = Sim::new(100 + crash_after, SHARDS, Faults::default());
             let (args, rename) = crash_case(&sim, case).await;
             let before = sim.net.executed_mutations.load(std::sync::atomic::Ordering::Relaxed);
+            let kinds = || (sim.net.executed(ShardKind::CreateLinkedDir), sim.net.executed(ShardKind::InjectDirent));
+            let kinds_before = kinds();
             let on_answer = crash_after > mutations;
             if !on_answer {
                 sim.net.trip_at.store(before + crash_after, std::sync::atomic::Ordering::Relaxed);
@@ -437,6 +477,10 @@ async fn a_crash_at_any_step_resumes_to_the_same_outcome() {
                     entries.iter().filter(|(_, i)| **i == outcome.inode).map(move |(n, _)| (dir, n))
                 })
                 .collect();
+            if case == "mkdir on its parent's shard" {
+                let (linked, injects) = (kinds().0 - kinds_before.0, kinds().1 - kinds_before.1);
+                assert!(linked > 0 && injects == 0, "{context}: create_linked_dir {linked}, inject {injects}");
+            }
             match &args {
                 TxnArgs::RmDir { .. } => assert!(linked.is_empty(), "{context}: {linked:?}"),
                 _ => assert_eq!(linked.len(), 1, "{context}: linked {linked:?}"),

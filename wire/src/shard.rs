@@ -489,6 +489,32 @@ crate::fixed_message!(
 );
 
 crate::tailed_message!(
+    /// create_unlinked_dir and an owning inject_dirent in one shard
+    /// transaction, for a mkdir whose new directory lands on its parent's
+    /// shard (ours, not the prototype's). Creates a directory (parent
+    /// `dir`, empty policy: as create_unlinked_dir) and links it owning as
+    /// `name` in `dir`, which must be a linked directory of this shard with
+    /// no living entry `name` (ALREADY_EXISTS; it never overwrites). A
+    /// refusal changes nothing. Remembered per `transaction_id` like
+    /// inject_dirent: the same transaction's request again answers as the
+    /// first did and changes nothing; another request under that id (or
+    /// this one with another `dir`) is BAD_REQUEST.
+    pub struct CreateLinkedDirReq<'a>: CreateLinkedDirReqHead {
+        pub dir: InodeId,
+        pub transaction_id: U64,
+        pub forget_below: U64,
+    }
+    tail { pub name: Name<'a> }
+);
+
+crate::fixed_message!(
+    pub struct CreateLinkedDirResp {
+        pub inode: InodeId,
+        pub creation_time: EggsTime,
+    }
+);
+
+crate::tailed_message!(
     /// Makes a living entry non-owning, checking its type. Already
     /// non-owning is success (retry).
     pub struct AcquireDirentReq<'a>: AcquireDirentReqHead {
@@ -575,6 +601,7 @@ crate::message_family! {
     0x85 ReleaseDirent(ReleaseDirentReq<'a>) => EmptyResp;
     0x86 PurgeRemoteOwningDirent(PurgeRemoteOwningDirentReq<'a>) => EmptyResp;
     0x87 MoveFileToEden(MoveFileToEdenReq) => EmptyResp;
+    0x88 CreateLinkedDir(CreateLinkedDirReq<'a>) => CreateLinkedDirResp;
 }
 
 impl ShardKind {

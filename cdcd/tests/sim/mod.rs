@@ -77,6 +77,12 @@ impl Clock {
         Self { base: 1_700_000_000_000_000_000, start: tokio::time::Instant::now(), last: Arc::default() }
     }
 
+    /// What [`Clock::now`] would answer next (without taking it).
+    pub fn peek(&self) -> u64 {
+        let now = self.base + self.start.elapsed().as_nanos() as u64;
+        now.max(self.last.load(Ordering::Relaxed) + 1)
+    }
+
     /// Strictly increasing eggs time (ns).
     pub fn now(&self) -> u64 {
         let now = self.base + self.start.elapsed().as_nanos() as u64;
@@ -109,6 +115,8 @@ pub struct SimNet {
     pub down: Mutex<std::collections::HashSet<ShardId>>,
     /// Mutations executed (not answered from a replay record).
     pub executed_mutations: AtomicU64,
+    /// Mutations executed (not answered from the replay record), by kind.
+    executed_kinds: Mutex<HashMap<u8, u64>>,
     /// When `executed_mutations` reaches this (0: never), `tripped` is
     /// notified: a test crashes the CDC right after a chosen step.
     pub trip_at: AtomicU64,
@@ -149,6 +157,7 @@ impl SimNet {
             late: AtomicU64::new(0),
             down: Mutex::default(),
             executed_mutations: AtomicU64::new(0),
+            executed_kinds: Mutex::default(),
             trip_at: AtomicU64::new(0),
             tripped: tokio::sync::Notify::new(),
             in_flight: AtomicU64::new(0),
@@ -171,6 +180,11 @@ impl SimNet {
 
     pub fn shard_count(&self) -> u8 {
         self.shards.len() as u8
+    }
+
+    /// How many requests of `kind` the shards executed (refused ones too).
+    pub fn executed(&self, kind: wire::shard::ShardKind) -> u64 {
+        self.executed_kinds.lock().unwrap().get(&(kind as u8)).copied().unwrap_or(0)
     }
 
     fn chance(&self, p: f64) -> bool {
@@ -213,6 +227,7 @@ impl SimNet {
             txn.commit().unwrap();
             out.truncate(len);
             sim.cache.lock().unwrap().insert(key, out.clone());
+            *self.executed_kinds.lock().unwrap().entry(header.kind).or_default() += 1;
             let executed = self.executed_mutations.fetch_add(1, Ordering::Relaxed) + 1;
             if executed == self.trip_at.load(Ordering::Relaxed) {
                 self.tripped.notify_one();
@@ -505,6 +520,16 @@ impl Sim {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+    }
+
+    /// The shard the next transaction's mkdir would create its directory
+    /// on (the coordinator's placement, with every shard a new-directory
+    /// shard).
+    pub fn next_new_dir_shard(&self) -> ShardId {
+        // Ids are at least the clock's time (standing still until the
+        // caller awaits).
+        let txn = self.store.next_txn_id().max(self.clock.peek().max(1));
+        (cdcd::txn::mix64(txn) % u64::from(self.net.shard_count())) as ShardId
     }
 
     /// Waits until the CDC has nothing running.

@@ -1,6 +1,7 @@
 //! Directory entries: link, rename, delete, purge, and the CDC's privileged
 //! steps (create_unlinked_dir, set_parent, inject, acquire, release, purge
-//! remote, move to eden).
+//! remote, move to eden, and create_linked_dir: a mkdir's create and owning
+//! inject in one, when the new directory lands on its parent's shard).
 //!
 //! The dead map keeps every version of a name by creation time. Deleting (or
 //! renaming away, or killing) a name moves its living entry there under its
@@ -395,6 +396,7 @@ impl Mutation<'_, '_> {
         if let Some(bytes) = self.store.unlinked_dirs.get(txn, &transaction)? {
             return Ok(CreateUnlinkedDirResp { inode: InodeId::new(decode_u64(bytes, "unlinked dir")?) });
         }
+        self.refuse_linked_dir_transaction(txn, req.transaction_id.get())?;
         let inode = self.next_inode(txn, InodeType::Directory)?;
         let record = DirectoryRecord {
             parent: req.parent.without_owning(),
@@ -503,6 +505,7 @@ impl Mutation<'_, '_> {
             }
             return Ok(InjectDirentResp { creation_time: EggsTime::new(creation_time) });
         }
+        self.refuse_linked_dir_transaction(txn, transaction)?;
         let dir = linked_directory(self.shard, self.store, txn, req.dir)?;
         let slot = Slot { dir: req.dir, name_hash: hash_of(&dir, req.name.as_bytes())?, name: req.name.as_bytes() };
         let answered = |creation_time: EggsTime| [req.dir.without_owning().get(), target.get(), creation_time.get()];
@@ -527,6 +530,58 @@ impl Mutation<'_, '_> {
         self.touch(txn, req.dir.without_owning(), dir)?;
         self.remember(txn, Remembered::Inject, transaction, answered(creation_time))?;
         Ok(InjectDirentResp { creation_time })
+    }
+
+    /// A transaction's id that already made a create_linked_dir is not
+    /// reused for another request.
+    fn refuse_linked_dir_transaction(&self, txn: &RoTxn, transaction: u64) -> Result<(), HandleError> {
+        if transaction != 0 && self.store.unlinked_dirs.get(txn, &Remembered::LinkedDir.key(transaction))?.is_some() {
+            return refuse(ErrorKind::BadRequest, "the transaction made a create_linked_dir");
+        }
+        Ok(())
+    }
+
+    /// create_unlinked_dir and an owning inject_dirent in one: a new
+    /// directory (parent `dir`, empty policy) linked owning as `name` in
+    /// `dir`. Never overwrites (ALREADY_EXISTS); a refusal is rolled back
+    /// with the request's nested transaction, so it leaves nothing behind.
+    /// Remembered per transaction ([`Remembered::LinkedDir`]).
+    pub(super) fn create_linked_dir(
+        &mut self,
+        txn: &mut RwTxn,
+        req: &CreateLinkedDirReq<'_>,
+    ) -> Result<CreateLinkedDirResp, HandleError> {
+        let transaction = req.transaction_id.get();
+        let parent = req.dir.without_owning();
+        self.forget_transactions(txn, req.forget_below.get())?;
+        // Asked again by the same transaction: the first answer, whatever
+        // clients did to the entry since.
+        if let Some([dir, inode, creation_time]) = self.remembered(txn, Remembered::LinkedDir, transaction)? {
+            if dir != parent.get() {
+                return refuse(ErrorKind::BadRequest, "another create_linked_dir of the same transaction");
+            }
+            return Ok(CreateLinkedDirResp { inode: InodeId::new(inode), creation_time: EggsTime::new(creation_time) });
+        }
+        // Any other record of the transaction (its keys start with its id):
+        // the id was used for another request.
+        if transaction != 0 && self.store.unlinked_dirs.prefix_iter(txn, &transaction.to_be_bytes())?.next().is_some() {
+            return refuse(ErrorKind::BadRequest, "the transaction id was used for another request");
+        }
+        let record = linked_directory(self.shard, self.store, txn, parent)?;
+        let slot = Slot { dir: parent, name_hash: hash_of(&record, req.name.as_bytes())?, name: req.name.as_bytes() };
+        if living(self.store, txn, slot.dir, slot.name_hash, slot.name)?.is_some() {
+            return refuse(ErrorKind::AlreadyExists, format!("{:?} exists", req.name));
+        }
+        let inode = self.next_inode(txn, InodeType::Directory)?;
+        let created =
+            DirectoryRecord { parent, mtime: self.env.now, hash_mode: HashMode::Md5Prefix as u8, policy: Vec::new() };
+        self.store.directories.put(txn, &inode_key(inode), &created.encode())?;
+        let creation_time = entry_time(self.store, txn, slot.dir, slot.name_hash, slot.name, self.env.now)?;
+        let entry = LivingRecord { creation_time, inode: inode.with_owning(true) };
+        self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &entry.encode())?;
+        self.touch(txn, parent, record)?;
+        self.remember(txn, Remembered::LinkedDir, transaction, [parent.get(), inode.get(), creation_time.get()])?;
+        Ok(CreateLinkedDirResp { inode, creation_time })
     }
 
     pub(super) fn acquire_dirent(
@@ -643,6 +698,8 @@ pub(crate) fn eden_deadline(env: &super::Env<'_>) -> EggsTime {
 enum Remembered {
     Inject,
     Acquire,
+    /// create_linked_dir: parent, new directory, creation time.
+    LinkedDir,
 }
 
 /// The longest key of `unlinked_dirs`: a transaction id and a tag.
@@ -655,6 +712,7 @@ impl Remembered {
         key[8] = match self {
             Remembered::Inject => b'i',
             Remembered::Acquire => b'a',
+            Remembered::LinkedDir => b'd',
         };
         key
     }

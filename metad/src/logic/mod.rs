@@ -301,6 +301,7 @@ impl Mutation<'_, '_> {
                 ShardResponse::PurgeRemoteOwningDirent(self.purge_remote_owning_dirent(txn, req)?)
             }
             R::MoveFileToEden(req) => ShardResponse::MoveFileToEden(self.move_file_to_eden(txn, req)?),
+            R::CreateLinkedDir(req) => ShardResponse::CreateLinkedDir(self.create_linked_dir(txn, req)?),
             R::Resolve(_)
             | R::Stat(_)
             | R::LsDir(_)

@@ -1344,3 +1344,81 @@ fn injects_and_acquires_are_remembered_per_transaction_until_forgotten() {
     assert_eq!(error(&mut h, ShardRequest::AcquireDirent(acquire(8, 9))), ErrorKind::NotFound);
     assert_ne!(ok!(h, CreateUnlinkedDir, create(7, 9)).inode, dir);
 }
+
+/// create_linked_dir (a mkdir whose new directory lands on its parent's
+/// shard): one mutation that creates the directory and links it owning;
+/// a refusal leaves the store byte for byte as it was; the same
+/// transaction's request again answers from memory and touches nothing,
+/// also after a client renamed the entry; its id is not reused by another
+/// request; `forget_below` past it forgets it.
+#[test]
+fn create_linked_dir_is_one_mutation_remembered_per_transaction_until_forgotten() {
+    let mut h = Harness::new();
+    let linked = |dir: InodeId, transaction: u64, forget_below: u64, entry: &'static str| CreateLinkedDirReq {
+        head: CreateLinkedDirReqHead {
+            dir,
+            transaction_id: U64::new(transaction),
+            forget_below: U64::new(forget_below),
+        },
+        name: name(entry),
+    };
+    // Applied: a directory of this shard, parent recorded, linked owning.
+    let made = ok!(h, CreateLinkedDir, linked(InodeId::ROOT, 5, 0, "d"));
+    assert_eq!(made.inode.inode_type(), Some(InodeType::Directory));
+    assert_eq!(made.inode.shard(), 1);
+    with_ok!(h, Stat, StatReq { inode: made.inode }, |stat| {
+        let StatResp::Directory(dir) = stat else { panic!("a directory") };
+        assert_eq!(dir.parent, InodeId::ROOT);
+    });
+    let entries = ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0);
+    assert_eq!(entries, [("d".to_string(), made.inode.with_owning(true), made.creation_time)]);
+
+    // Refused, nothing left behind (not even a used-up inode id): the name
+    // exists (a file or a directory), the parent is removed, or is not a
+    // directory of this shard.
+    create_file(&mut h, InodeId::ROOT, "f", b"x");
+    let removed = make_directory(&mut h, 3, InodeId::ROOT, "gone");
+    remove_directory(&mut h, InodeId::ROOT, removed, "gone");
+    let before = raw_contents(&h.store);
+    let refusals = [
+        (linked(InodeId::ROOT, 6, 0, "f"), ErrorKind::AlreadyExists),
+        (linked(InodeId::ROOT, 6, 0, "d"), ErrorKind::AlreadyExists),
+        (linked(removed, 6, 0, "x"), ErrorKind::NotFound),
+        (linked(InodeId::compose(InodeType::Directory, 2, 9).unwrap(), 6, 0, "x"), ErrorKind::NotFound),
+    ];
+    for (request, kind) in refusals {
+        assert_eq!(error(&mut h, ShardRequest::CreateLinkedDir(request)), kind);
+        assert!(raw_contents(&h.store) == before, "a refused create_linked_dir changed the store");
+    }
+
+    // Re-sent after a client renamed the entry: the first answer, no
+    // second directory, nothing touched.
+    let rename = SameDirRenameReq {
+        head: SameDirRenameReqHead { parent: InodeId::ROOT },
+        old_name: name("d"),
+        new_name: name("e"),
+    };
+    ok!(h, SameDirRename, rename);
+    h.advance(1);
+    let before = raw_contents(&h.store);
+    assert_eq!(ok!(h, CreateLinkedDir, linked(InodeId::ROOT, 5, 0, "d")), made);
+    assert!(raw_contents(&h.store) == before, "a re-sent create_linked_dir changed the store");
+
+    // The id is not reused: not by this request for another parent, nor by
+    // create_unlinked_dir or inject_dirent; and create_linked_dir refuses
+    // an id another request used (transaction 3's create and inject).
+    assert_eq!(error(&mut h, ShardRequest::CreateLinkedDir(linked(made.inode, 5, 0, "d"))), ErrorKind::BadRequest);
+    let create = CreateUnlinkedDirReq { transaction_id: U64::new(5), parent: InodeId::ROOT, forget_below: U64::ZERO };
+    assert_eq!(error(&mut h, ShardRequest::CreateUnlinkedDir(create)), ErrorKind::BadRequest);
+    let mut inject = plain_inject(InodeId::ROOT, made.inode, "z", false);
+    inject.head.transaction_id = U64::new(5);
+    assert_eq!(error(&mut h, ShardRequest::InjectDirent(inject)), ErrorKind::BadRequest);
+    assert_eq!(error(&mut h, ShardRequest::CreateLinkedDir(linked(InodeId::ROOT, 3, 0, "y"))), ErrorKind::BadRequest);
+    assert!(raw_contents(&h.store) == before, "a refused reuse changed the store");
+
+    // forget_below passes 5: forgotten, so the request acts again ("d" is
+    // free since the rename: a new directory).
+    let again = ok!(h, CreateLinkedDir, linked(InodeId::ROOT, 5, 6, "d"));
+    assert_ne!(again.inode, made.inode);
+    assert_eq!(names(&ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0)), ["d", "e", "f"]);
+}

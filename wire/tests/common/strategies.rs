@@ -235,6 +235,9 @@ pub fn shard_request(kind: ShardKind) -> BoxedStrategy<ShardRequest<'static>> {
             .prop_map(|(head, name)| R::PurgeRemoteOwningDirent(PurgeRemoteOwningDirentReq { head, name }))
             .boxed(),
         K::MoveFileToEden => fixed().prop_map(R::MoveFileToEden).boxed(),
+        K::CreateLinkedDir => {
+            (fixed(), name()).prop_map(|(head, name)| R::CreateLinkedDir(CreateLinkedDirReq { head, name })).boxed()
+        }
     }
 }
 
@@ -292,6 +295,7 @@ pub fn shard_response(kind: ShardKind) -> BoxedStrategy<ShardResponse<'static>> 
         K::ReleaseDirent => empty().prop_map(R::ReleaseDirent).boxed(),
         K::PurgeRemoteOwningDirent => empty().prop_map(R::PurgeRemoteOwningDirent).boxed(),
         K::MoveFileToEden => empty().prop_map(R::MoveFileToEden).boxed(),
+        K::CreateLinkedDir => fixed().prop_map(R::CreateLinkedDir).boxed(),
     }
 }
 
