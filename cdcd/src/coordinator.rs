@@ -30,14 +30,14 @@
 //! 3. the first release_dirent (release or kill) since the stored record,
 //!    unless every mutation since that record is one its shard remembers
 //!    for the transaction ("Remembered requests", below): an mkdir's create
-//!    and inject, an mv's acquire and inject, an mv dir's inject after its
+//!    and inject (or its create_linked_dir), an mv's acquire and inject, an mv dir's inject after its
 //!    loop check. So mkdir and mv file have no fence 3 (rmdir's set_parent
 //!    keeps it).
 //!
 //! Why re-sending from the stored record reaches the same step: between
 //! fences the transaction sends only mutations whose answers repeat.
-//! create_unlinked_dir, inject_dirent and acquire_dirent are remembered by
-//! their shard per transaction (below): sent again, each answers as the
+//! create_unlinked_dir, create_linked_dir, inject_dirent and acquire_dirent
+//! are remembered by their shard per transaction (below): sent again, each answers as the
 //! first did and changes nothing, whatever happened to the entry since.
 //! set_parent to null of a directory whose entry is held finds it empty
 //! again (nobody can link into a directory without a parent), but only
@@ -61,8 +61,9 @@
 //! Now the shard makes the inject harmless instead. In the same LMDB commit
 //! as the change, it records under the transaction's id what it answered
 //! (create_unlinked_dir: the directory; inject: dir, inode, creation time;
-//! acquire: dir, inode, creation time; in metad's `unlinked_dirs`, keyed by
-//! transaction id BE and a tag), and a request of the same transaction
+//! acquire: dir, inode, creation time; create_linked_dir: parent, directory,
+//! creation time; in metad's `unlinked_dirs`, keyed by transaction id BE
+//! and a tag), and a request of the same transaction
 //! finds the record first and answers from it without looking at the
 //! entry. A refusal is not recorded (fence 2 covers it), nor a dry run.
 //!
@@ -112,7 +113,13 @@
 //! A mkdir is thus: stat, resolve, [plan] create, inject (owning: no
 //! release step, see below), answer (its outcome committed with the next
 //! batch): one commit the transaction waits for, where every step used to
-//! wait for one (four), and session 8's chain two. An mv file: three
+//! wait for one (four), and session 8's chain two. When the new
+//! directory's shard (chosen as always, from the transaction id: not
+//! biased) is the parent's, create and inject are one request,
+//! create_linked_dir: one shard transaction and one shard sync (a refusal,
+//! e.g. the name taken since the resolve, leaves nothing, so there is no
+//! rollback step). Records of older runs at the two-step create resume
+//! through it, whatever its shard. An mv file: three
 //! reads, [plan] acquire, inject (owning), kill source, answer. An mv dir: reads, dry run, [plan] acquire,
 //! loop check, [fence] inject, release target, kill source, set_parent,
 //! answer. An rmdir: stat, [plan] acquire, set_parent to null, [fence] kill,
@@ -153,6 +160,11 @@
 //! rolls back).
 //!
 //! # Where the time goes
+//!
+//! Session 10 (cdc11, `perf/results/2026-11-28-s10-cdc11.md`): a mkdir
+//! whose new directory lands on its parent's shard (half of them with the
+//! local cluster's two shards) waits for the plan's commit and one shard
+//! sync (create_linked_dir) instead of two shard syncs.
 //!
 //! One mkdir with one client, from cdcd's and the shards' `/metrics`
 //! (300 mkdirs by one `eggs mkdir` process on a local cluster, release

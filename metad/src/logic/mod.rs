@@ -29,6 +29,14 @@
 //!   listed by visit_eden.
 //! - release_dirent never refuses, and purge_remote_owning_dirent of an
 //!   entry already gone succeeds: the CDC retries steps blindly.
+//! - create_linked_dir (ours: create_unlinked_dir and an owning inject in
+//!   one, for a mkdir whose new directory lands on its parent's shard)
+//!   never overwrites: any living entry of the name is ALREADY_EXISTS,
+//!   where inject_dirent would move an owning file to the dead map. It is
+//!   remembered per CDC transaction like inject, and an id the shard
+//!   remembers for another request is refused (BAD_REQUEST) by it, and by
+//!   create_unlinked_dir and inject_dirent when the id made a
+//!   create_linked_dir.
 
 mod dirents;
 mod eden;
