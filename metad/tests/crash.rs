@@ -179,19 +179,10 @@ struct Journal {
 
 impl Journal {
     fn scrape(daemon: &Daemon) -> Self {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(daemon.address("metrics")).unwrap();
-        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        let value = |name: &str| {
-            text.lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-                .unwrap_or_else(|| panic!("{name} in {text}")) as u64
-        };
+        let metrics = Metrics::scrape(daemon);
         Self {
-            syncs: value("metad_journal_syncs_total"),
-            checkpoints: value("metad_journal_checkpoint_duration_seconds_count"),
+            syncs: metrics.value("metad_journal_syncs_total") as u64,
+            checkpoints: metrics.value("metad_journal_checkpoint_duration_seconds_count") as u64,
         }
     }
 }

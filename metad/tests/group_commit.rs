@@ -12,7 +12,6 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use wire::ids::InodeType;
 use wire::shard::*;
@@ -22,15 +21,8 @@ const CREATES_PER_CLIENT: usize = 250;
 
 /// `(commits, mutations committed, journal syncs)` from `/metrics`.
 fn counts(daemon: &Daemon) -> (u64, u64, u64) {
-    let mut stream = std::net::TcpStream::connect(daemon.address("metrics")).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{name} in {text}")) as u64
-    };
+    let metrics = Metrics::scrape(daemon);
+    let value = |name| metrics.value(name) as u64;
     (value("metad_commit_batch_size_count"), value("metad_commit_batch_size_sum"), value("metad_journal_syncs_total"))
 }
 

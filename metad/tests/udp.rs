@@ -575,23 +575,9 @@ fn a_burst_of_queued_datagrams_is_answered_each_to_its_sender() {
         expected.sort_unstable();
         assert_eq!(answered, expected, "each request of this sender answered once, to it");
     }
-    let metrics = metrics_text(daemon.address("metrics"));
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("{name} in {metrics}"))
-    };
-    let (receives, datagrams) = (value("metad_receive_batch_size_count"), value("metad_receive_batch_size_sum"));
+    let metrics = Metrics::scrape(&daemon);
+    let (receives, datagrams) =
+        (metrics.value("metad_receive_batch_size_count"), metrics.value("metad_receive_batch_size_sum"));
     assert!(datagrams >= (4 * PER_CLIENT) as f64, "every datagram counted: {datagrams}");
     assert!(receives < datagrams, "some receive took several queued datagrams: {receives} receives, {datagrams}");
-}
-
-fn metrics_text(address: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
 }

@@ -163,3 +163,26 @@ pub fn inline_span<'a>(
         blacklist: wire::codec::List::empty(),
     }
 }
+
+/// metad's `/metrics` page, read once.
+pub struct Metrics(String);
+
+impl Metrics {
+    pub fn scrape(daemon: &Daemon) -> Self {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(daemon.address("metrics")).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        Self(text)
+    }
+
+    /// The value of the unlabelled sample `name`; panics naming it (and
+    /// showing the page) when it is not there.
+    pub fn value(&self, name: &str) -> f64 {
+        self.0
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {}", self.0))
+    }
+}
