@@ -328,6 +328,17 @@ pub fn status_for(kind: ErrorKind) -> CdcStatus {
     }
 }
 
+/// The outcome of a mkdir whose link of the new name (`what`) the
+/// parent's shard refused: a name taken meanwhile is ALREADY_EXISTS.
+fn mkdir_link_refused(what: &str, kind: ErrorKind) -> Outcome {
+    match kind {
+        ErrorKind::CannotOverrideTarget | ErrorKind::AlreadyExists => {
+            Outcome::failed(CdcStatus::AlreadyExists, "the name exists")
+        }
+        kind => refused(what, kind),
+    }
+}
+
 fn refused(what: &str, kind: ErrorKind) -> Outcome {
     Outcome::failed(status_for(kind), format!("{what}: shard answered {kind}"))
 }
@@ -652,23 +663,12 @@ impl TxnState {
             (Step::MkDirCreateLinked, ShardReply::CreateLinkedDir { inode: dir }) => {
                 done(Outcome::ok(dir.without_owning()))
             }
-            (Step::MkDirCreateLinked, ShardReply::Error(kind)) => done(match kind {
-                ErrorKind::CannotOverrideTarget | ErrorKind::AlreadyExists => {
-                    Outcome::failed(CdcStatus::AlreadyExists, "the name exists")
-                }
-                kind => refused("create_linked_dir", kind),
-            }),
+            (Step::MkDirCreateLinked, ShardReply::Error(kind)) => done(mkdir_link_refused("create_linked_dir", kind)),
             // Injected owning: done (MkDirRelease is left for records of
             // older runs, whose inject made the entry non-owning).
             (Step::MkDirInject { dir }, ShardReply::InjectDirent) => done(Outcome::ok(inode(*dir))),
             (Step::MkDirInject { dir }, ShardReply::Error(kind)) => {
-                let failure = match kind {
-                    ErrorKind::CannotOverrideTarget | ErrorKind::AlreadyExists => {
-                        Outcome::failed(CdcStatus::AlreadyExists, "the name exists")
-                    }
-                    kind => refused("inject_dirent", kind),
-                };
-                Some(Step::MkDirUnlinkCreated { dir: *dir, failure })
+                Some(Step::MkDirUnlinkCreated { dir: *dir, failure: mkdir_link_refused("inject_dirent", kind) })
             }
             (Step::MkDirRelease { dir }, ShardReply::Empty) => done(Outcome::ok(inode(*dir))),
             (Step::MkDirUnlinkCreated { failure, .. }, ShardReply::Empty) => done(failure.clone()),

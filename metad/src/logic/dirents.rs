@@ -185,6 +185,26 @@ impl Mutation<'_, '_> {
         Ok(())
     }
 
+    /// Makes `inode` (its owning bit as given) the living entry at `slot`,
+    /// created after every earlier version of the name; returns its
+    /// creation time.
+    fn put_living(&self, txn: &mut RwTxn, slot: &Slot<'_>, inode: InodeId) -> Result<EggsTime, HandleError> {
+        let creation_time = entry_time(self.store, txn, slot.dir, slot.name_hash, slot.name, self.env.now)?;
+        let record = LivingRecord { creation_time, inode };
+        self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &record.encode())?;
+        Ok(creation_time)
+    }
+
+    /// A new, empty directory whose parent is `parent` (empty policy: it
+    /// inherits its parents').
+    fn new_directory(&mut self, txn: &mut RwTxn, parent: InodeId) -> Result<InodeId, HandleError> {
+        let inode = self.next_inode(txn, InodeType::Directory)?;
+        let record =
+            DirectoryRecord { parent, mtime: self.env.now, hash_mode: HashMode::Md5Prefix as u8, policy: Vec::new() };
+        self.store.directories.put(txn, &inode_key(inode), &record.encode())?;
+        Ok(inode)
+    }
+
     pub(super) fn link_eden_file(
         &mut self,
         txn: &mut RwTxn,
@@ -201,9 +221,7 @@ impl Mutation<'_, '_> {
         let name = req.name.as_bytes();
         let slot = Slot { dir: req.parent, name_hash: hash_of(&dir, name)?, name };
         self.overwrite(txn, &slot, false)?;
-        let creation_time = entry_time(self.store, txn, slot.dir, slot.name_hash, name, self.env.now)?;
-        let record = LivingRecord { creation_time, inode: inode.with_owning(true) };
-        self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, name), &record.encode())?;
+        let creation_time = self.put_living(txn, &slot, inode.with_owning(true))?;
         self.store.eden.delete(txn, &inode_key(inode))?;
         let file = FileRecord { mtime: self.env.now, size: eden.size, inode_type: eden.inode_type };
         self.store.files.put(txn, &inode_key(inode), &file.encode())?;
@@ -233,9 +251,7 @@ impl Mutation<'_, '_> {
         self.overwrite(txn, &new, false)?;
         let gone_at = entry_time(self.store, txn, old.dir, old.name_hash, old.name, self.env.now)?;
         self.bury(txn, &old, source, false, Some(gone_at))?;
-        let creation_time = entry_time(self.store, txn, new.dir, new.name_hash, new.name, self.env.now)?;
-        let record = LivingRecord { creation_time, inode: source.inode.with_owning(true) };
-        self.store.living.put(txn, &living_key(new.dir, new.name_hash, new.name), &record.encode())?;
+        let creation_time = self.put_living(txn, &new, source.inode.with_owning(true))?;
         self.touch(txn, req.parent, dir)?;
         Ok(SameDirRenameResp { creation_time })
     }
@@ -397,14 +413,7 @@ impl Mutation<'_, '_> {
             return Ok(CreateUnlinkedDirResp { inode: InodeId::new(decode_u64(bytes, "unlinked dir")?) });
         }
         self.refuse_linked_dir_transaction(txn, req.transaction_id.get())?;
-        let inode = self.next_inode(txn, InodeType::Directory)?;
-        let record = DirectoryRecord {
-            parent: req.parent.without_owning(),
-            mtime: self.env.now,
-            hash_mode: HashMode::Md5Prefix as u8,
-            policy: Vec::new(),
-        };
-        self.store.directories.put(txn, &inode_key(inode), &record.encode())?;
+        let inode = self.new_directory(txn, req.parent.without_owning())?;
         self.store.unlinked_dirs.put(txn, &transaction, &inode.get().to_le_bytes())?;
         Ok(CreateUnlinkedDirResp { inode })
     }
@@ -524,9 +533,7 @@ impl Mutation<'_, '_> {
         if dry_run {
             return Ok(InjectDirentResp { creation_time: self.env.now });
         }
-        let creation_time = entry_time(self.store, txn, slot.dir, slot.name_hash, slot.name, self.env.now)?;
-        let record = LivingRecord { creation_time, inode: target.with_owning(owning) };
-        self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &record.encode())?;
+        let creation_time = self.put_living(txn, &slot, target.with_owning(owning))?;
         self.touch(txn, req.dir.without_owning(), dir)?;
         self.remember(txn, Remembered::Inject, transaction, answered(creation_time))?;
         Ok(InjectDirentResp { creation_time })
@@ -572,13 +579,8 @@ impl Mutation<'_, '_> {
         if living(self.store, txn, slot.dir, slot.name_hash, slot.name)?.is_some() {
             return refuse(ErrorKind::AlreadyExists, format!("{:?} exists", req.name));
         }
-        let inode = self.next_inode(txn, InodeType::Directory)?;
-        let created =
-            DirectoryRecord { parent, mtime: self.env.now, hash_mode: HashMode::Md5Prefix as u8, policy: Vec::new() };
-        self.store.directories.put(txn, &inode_key(inode), &created.encode())?;
-        let creation_time = entry_time(self.store, txn, slot.dir, slot.name_hash, slot.name, self.env.now)?;
-        let entry = LivingRecord { creation_time, inode: inode.with_owning(true) };
-        self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &entry.encode())?;
+        let inode = self.new_directory(txn, parent)?;
+        let creation_time = self.put_living(txn, &slot, inode.with_owning(true))?;
         self.touch(txn, parent, record)?;
         self.remember(txn, Remembered::LinkedDir, transaction, [parent.get(), inode.get(), creation_time.get()])?;
         Ok(CreateLinkedDirResp { inode, creation_time })
