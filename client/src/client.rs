@@ -10,16 +10,16 @@ use wire::limits::{CDC_PORT_DEFAULT, SHARD_COUNT, SHARD_PORT_BASE, SHUCKLE_PORT_
 use wire::policy::Policy;
 use wire::shard::{
     BlockCertificate, CertifyEdenSpanReq, CertifyEdenSpanReqHead, CertifyExpungeReq, CertifyExpungeReqHead,
-    CreateEdenFileReq, DeleteFileReq, DeleteFileReqHead, EdenEntry, ExpungeEdenFileReq, ExpungeEdenSpanReq,
-    FetchSpansReq, FetchedBlock, LinkEdenFileReq, LinkEdenFileReqHead, LsDirReq, PurgeDirectoryReq, ResolveMode,
-    ResolveReq, ResolveReqHead, ReverseBlockEntry, ReverseBlockQueryReq, SameDirRenameReq, SameDirRenameReqHead,
-    SetDirectoryPolicyReq, SetDirectoryPolicyReqHead, ShardRequest, ShardResponse, StatReq, StatResp, VisitEdenReq,
-    VisitInodesReq,
+    CreateEdenFileReq, CreateSmallFileReq, CreateSmallFileReqHead, DeleteFileReq, DeleteFileReqHead, EdenEntry,
+    ExpungeEdenFileReq, ExpungeEdenSpanReq, FetchSpansReq, FetchedBlock, LinkEdenFileReq, LinkEdenFileReqHead,
+    LsDirReq, PurgeDirectoryReq, ResolveMode, ResolveReq, ResolveReqHead, ReverseBlockEntry, ReverseBlockQueryReq,
+    SameDirRenameReq, SameDirRenameReqHead, SetDirectoryPolicyReq, SetDirectoryPolicyReqHead, ShardRequest,
+    ShardResponse, StatReq, StatResp, VisitEdenReq, VisitInodesReq,
 };
 use wire::shuckle::{BlockServicesReq, CdcReq, ShardsReq, ShuckleRequest, ShuckleResponse};
-use wire::span::SpanBody;
+use wire::span::{InlineBytes, SpanBody};
 use wire::{BlockId, BlockServiceId, EggsTime, ErrorKind, InodeId, InodeType, List, Name, ShardId};
-use zerocopy::byteorder::little_endian::U64;
+use zerocopy::byteorder::little_endian::{U32, U64};
 
 use crate::error::{ClientError, Result};
 use crate::path::EggsPath;
@@ -289,6 +289,38 @@ impl Client {
         });
         self.shard_request(eden.inode.shard(), &request).await?;
         Ok(())
+    }
+
+    /// Creates `parent/name` holding `contents` (at most
+    /// `INLINE_SPAN_BYTES_MAX` bytes, one inline span; none when empty) in
+    /// one durable request, create_small_file (kind 0x16), overwriting an
+    /// existing file of that name as link_eden_file does. A random create
+    /// id travels in every retransmission, so a re-send the shard already
+    /// served (also across its restart) is answered with the same file.
+    pub async fn create_small_file(
+        &self,
+        parent: InodeId,
+        name_text: &str,
+        inode_type: InodeType,
+        contents: &[u8],
+    ) -> Result<(InodeId, EggsTime)> {
+        let contents = InlineBytes::new(contents)
+            .map_err(|error| ClientError::Invalid(format!("small file of {} bytes: {error}", contents.len())))?;
+        let request = ShardRequest::CreateSmallFile(CreateSmallFileReq {
+            head: CreateSmallFileReqHead {
+                parent,
+                create_id: U64::new(rand::random::<u64>()),
+                crc: U32::new(wire::crc::crc32c(contents.as_bytes())),
+                inode_type,
+            },
+            name: name(name_text)?,
+            contents,
+        });
+        let reply = self.shard_request(parent.shard(), &request).await?;
+        match reply.get()? {
+            ShardResponse::CreateSmallFile(resp) => Ok((resp.inode, resp.creation_time)),
+            other => Err(reply.unexpected(&other).into()),
+        }
     }
 
     /// Links an eden file as `parent/name`. A NOT_FOUND after a retry means

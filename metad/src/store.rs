@@ -17,6 +17,7 @@
 //! | `reverse_blocks` | block service BE ‖ block id BE | file inode LE ‖ span offset LE |
 //! | `block_services` | block service id BE | [`crate::block_services::BlockServiceRecord`] |
 //! | `unlinked_dirs` | CDC transaction id BE (create_unlinked_dir), or id BE ‖ `i`/`a`/`d` (inject_dirent, acquire_dirent, create_linked_dir) | inode LE; or dir LE ‖ inode LE ‖ creation time LE (the CDC requests remembered per transaction until its `forget_below` passes it: `logic::dirents`) |
+//! | `small_files` | file inode BE | create_small_file's memory: create id LE ‖ contents CRC LE ‖ creation time LE, for [`wire::limits::SMALL_FILE_CREATE_MEMORY_NS`] (inodes grow with time, so the oldest are first and each create forgets up to two expired ones: `logic::small`) |
 //!
 //! Every value is stored with a 4-byte trailer: the CRC32C of
 //! `key_len u16 LE ‖ key ‖ value`, checked on every read ([`Db`]). A record
@@ -537,6 +538,7 @@ pub struct Store {
     pub reverse_blocks: Db,
     pub block_services: Db,
     pub unlinked_dirs: Db,
+    pub small_files: Db,
 }
 
 impl Store {
@@ -597,6 +599,7 @@ impl Store {
             reverse_blocks: create("reverse_blocks", "checksum of a reverse block record")?,
             block_services: create("block_services", "checksum of a block service record")?,
             unlinked_dirs: create("unlinked_dirs", "checksum of an unlinked directory record")?,
+            small_files: create("small_files", "checksum of a small-file create record")?,
             env: env.clone(),
         };
         store.check_format(&mut wtxn, folder)?;
@@ -644,7 +647,7 @@ impl Store {
 
     /// Every database, for walks over all records. Its order is the
     /// journal's database numbering: append new databases at the end.
-    pub fn databases(&self) -> [Db; 10] {
+    pub fn databases(&self) -> [Db; 11] {
         [
             self.meta,
             self.directories,
@@ -656,6 +659,7 @@ impl Store {
             self.reverse_blocks,
             self.block_services,
             self.unlinked_dirs,
+            self.small_files,
         ]
     }
 
@@ -1200,7 +1204,7 @@ mod tests {
         let (files, eden) = (store.files.index, store.eden.index);
         assert_eq!(ops, vec![(files, b"kept".to_vec()), (eden, b"accepted".to_vec()), (files + 100, b"kept".to_vec())]);
         let indices: Vec<u8> = store.databases().iter().map(|db| db.index).collect();
-        assert_eq!(indices, (0..10).collect::<Vec<u8>>(), "the journal's numbering is the order of databases()");
+        assert_eq!(indices, (0..11).collect::<Vec<u8>>(), "the journal's numbering is the order of databases()");
     }
 
     #[test]

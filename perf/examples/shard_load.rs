@@ -4,7 +4,10 @@
 //! `cargo run --release -p perf --example shard_load -- MODE CLIENTS SECONDS [METAD]`
 //!
 //! - MODE `stat`: stat of the root, as eggs-perf's stat rows;
-//! - MODE `create`: durable small-file creates, as eggs-perf's create rows;
+//! - MODE `create`: durable small-file creates, as eggs-perf's create rows
+//!   (one create_small_file each; a metad before session 11 refuses it);
+//! - MODE `create3`: the same files the way before session 11, three
+//!   durable requests each (create_eden_file, add_eden_span, link_eden_file);
 //! - MODE `echo`: the UDP echo baseline (no metad).
 //!
 //! METAD defaults to the `metad` beside this example (`target/release/`);
@@ -38,7 +41,7 @@ use perf::{limits, shard, udp};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(mode), Some(clients), Some(seconds)) = (args.first(), args.get(1), args.get(2)) else {
-        eprintln!("usage: shard_load stat|create|echo CLIENTS SECONDS [METAD]");
+        eprintln!("usage: shard_load stat|create|create3|echo CLIENTS SECONDS [METAD]");
         std::process::exit(2);
     };
     let clients: usize = clients.parse().expect("CLIENTS is a number");
@@ -71,7 +74,11 @@ fn main() {
     runtime
         .block_on(async {
             let mut client = udp::Client::new(addr, wire::datagram::SHARD_MAGIC).await?;
-            shard::create_small_file(&mut client, shard::ROOT, "warm-up", b"warm").await
+            if mode == "create" {
+                shard::create_small_file(&mut client, shard::ROOT, "warm-up", b"warm").await
+            } else {
+                shard::create_small_file_three_requests(&mut client, shard::ROOT, "warm-up", b"warm").await
+            }
         })
         .expect("warm-up create");
     let before = commit_counts(metrics);
@@ -80,7 +87,10 @@ fn main() {
     let own_before = cpu_seconds(std::process::id());
     let rate = match mode.as_str() {
         "stat" => runtime.block_on(shard::stat_rate(addr, clients, duration)),
-        "create" => runtime.block_on(shard::create_rate(addr, shard::ROOT, "load", clients, duration, u64::MAX)),
+        "create" | "create3" => {
+            let way = if mode == "create" { shard::CreateWay::OneRequest } else { shard::CreateWay::ThreeRequests };
+            runtime.block_on(shard::create_rate_by(way, addr, shard::ROOT, "load", clients, duration, u64::MAX))
+        }
         other => panic!("unknown mode {other}"),
     }
     .expect("load");

@@ -1,6 +1,10 @@
 //! Metadata shard figures: stat and resolve rates, and durable small-file
-//! creates (create_eden_file + add_eden_span with an inline span +
-//! link_eden_file), each a closed loop of clients over loopback UDP.
+//! creates, each a closed loop of clients over loopback UDP. A small file
+//! is one create_small_file request (kind 0x16, session 11: created, filled
+//! and linked in one shard transaction), the way the client library writes
+//! one; [`CreateWay::ThreeRequests`] keeps the earlier way measured
+//! (create_eden_file + add_eden_span with an inline span +
+//! link_eden_file), so the before/after stays visible.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +15,8 @@ use wire::codec::{List, Name};
 use wire::datagram::SHARD_MAGIC;
 use wire::ids::{EggsTime, InodeId, InodeType};
 use wire::shard::{
-    AddEdenSpanReq, AddEdenSpanReqHead, CreateEdenFileReq, LinkEdenFileReq, LinkEdenFileReqHead, ResolveMode,
-    ResolveReq, ResolveReqHead, ShardRequest, ShardResponse, StatReq,
+    AddEdenSpanReq, AddEdenSpanReqHead, CreateEdenFileReq, CreateSmallFileReq, CreateSmallFileReqHead, LinkEdenFileReq,
+    LinkEdenFileReqHead, ResolveMode, ResolveReq, ResolveReqHead, ShardRequest, ShardResponse, StatReq,
 };
 use wire::span::{InlineBytes, SpanBody};
 use zerocopy::byteorder::little_endian::{U32, U64};
@@ -81,9 +85,44 @@ pub async fn resolve_rate(shard: SocketAddr, target: &str, clients: usize, durat
     .await
 }
 
+/// How a small file is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateWay {
+    /// create_small_file: one durable request (the client library's way).
+    OneRequest,
+    /// create_eden_file, add_eden_span (inline), link_eden_file: three
+    /// durable requests in sequence (the way before session 11).
+    ThreeRequests,
+}
+
 /// Creates `parent/file_name` holding `contents` as one inline span, the
-/// way a client writes a small file. Durable when this returns.
+/// way a client writes a small file: one create_small_file. Durable when
+/// this returns.
 pub async fn create_small_file(client: &mut Client, parent: InodeId, file_name: &str, contents: &[u8]) -> Result<()> {
+    let request = ShardRequest::CreateSmallFile(CreateSmallFileReq {
+        head: CreateSmallFileReqHead {
+            parent,
+            create_id: U64::new(rand::random::<u64>()),
+            crc: U32::new(wire::crc::crc32c(contents)),
+            inode_type: InodeType::File,
+        },
+        name: name(file_name)?,
+        contents: InlineBytes::new(contents).map_err(|e| PerfError::Protocol(format!("small file: {e}")))?,
+    });
+    match client.call::<daemon::udp::Shard>(&request, None).await? {
+        ShardResponse::CreateSmallFile(_) => Ok(()),
+        other => Err(refused("create_small_file", &other)),
+    }
+}
+
+/// [`create_small_file`] the way before session 11: create_eden_file,
+/// add_eden_span with the contents inline, link_eden_file, each durable.
+pub async fn create_small_file_three_requests(
+    client: &mut Client,
+    parent: InodeId,
+    file_name: &str,
+    contents: &[u8],
+) -> Result<()> {
     let created = match client
         .call::<daemon::udp::Shard>(
             &ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::File }),
@@ -133,6 +172,19 @@ pub async fn create_rate(
     duration: Duration,
     count_max: u64,
 ) -> Result<Rate> {
+    create_rate_by(CreateWay::OneRequest, shard, parent, prefix, clients, duration, count_max).await
+}
+
+/// [`create_rate`] with the files created `way`.
+pub async fn create_rate_by(
+    way: CreateWay,
+    shard: SocketAddr,
+    parent: InodeId,
+    prefix: &str,
+    clients: usize,
+    duration: Duration,
+    count_max: u64,
+) -> Result<Rate> {
     let next = Arc::new(AtomicU64::new(0));
     let prefix: Arc<str> = prefix.into();
     run_clients(clients, duration, move |_, deadline| {
@@ -147,7 +199,13 @@ pub async fn create_rate(
                 if n >= count_max {
                     break;
                 }
-                create_small_file(&mut client, parent, &format!("{prefix}-{n}"), &contents).await?;
+                let file_name = format!("{prefix}-{n}");
+                match way {
+                    CreateWay::OneRequest => create_small_file(&mut client, parent, &file_name, &contents).await?,
+                    CreateWay::ThreeRequests => {
+                        create_small_file_three_requests(&mut client, parent, &file_name, &contents).await?
+                    }
+                }
                 ops += 1;
             }
             Ok(ops)

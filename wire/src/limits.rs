@@ -104,6 +104,11 @@ pub const PRIVILEGED_DATAGRAM_WINDOW_NS: u64 = 60 * NS_PER_SECOND;
 /// still be replayed; at the CDC's pace it covers the window many times.
 pub const REPLAY_RECORD_ENTRIES_MAX: usize = 16 * 1024;
 
+/// How long a shard remembers which file a create_small_file id made, so
+/// a re-send (also one after a restart of the shard) is answered with that
+/// file: longer than a client keeps re-sending.
+pub const SMALL_FILE_CREATE_MEMORY_NS: u64 = 60 * NS_PER_SECOND;
+
 /// First client request timeout; doubled (with jitter) on every retry.
 pub const CLIENT_TIMEOUT_INITIAL_NS: u64 = 100_000_000;
 
@@ -165,4 +170,5 @@ const _: () = assert!(REGISTRATION_CHECK_INTERVAL_MIN_NS <= BLOCK_SERVICE_SPACE_
 const _: () = assert!(SHARD_PORT_BASE as usize + SHARD_COUNT <= u16::MAX as usize);
 const _: () = assert!(CLIENT_TIMEOUT_INITIAL_NS < CLIENT_TIMEOUT_MAX_NS);
 const _: () = assert!(CLIENT_REQUEST_DEADLINE_NS < PRIVILEGED_DATAGRAM_WINDOW_NS);
+const _: () = assert!(CLIENT_REQUEST_DEADLINE_NS < SMALL_FILE_CREATE_MEMORY_NS);
 const _: () = assert!(REPLAY_RECORD_ENTRIES_MAX * UDP_DATAGRAM_BYTES_MAX <= 32 << 20);

@@ -11,7 +11,7 @@ use crate::datagram::SHARD_MAGIC;
 use crate::ids::{BlockId, BlockServiceId, EggsTime, InodeId, InodeType};
 use crate::limits::POLICY_BYTES_MAX;
 use crate::mac::Mac;
-use crate::span::SpanBody;
+use crate::span::{InlineBytes, SpanBody};
 
 /// A directory's opaque policy blob.
 pub type PolicyBlob<'a> = Blob<'a, POLICY_BYTES_MAX>;
@@ -250,6 +250,37 @@ crate::tailed_message!(
 
 crate::fixed_message!(
     pub struct LinkEdenFileResp {
+        pub creation_time: EggsTime,
+    }
+);
+
+crate::tailed_message!(
+    /// Kind 0x16: a small file in one durable request. Creates a file (or
+    /// symlink) holding `contents` as one inline span (none when empty) and
+    /// links it as `name` in `parent`, in one shard transaction: what
+    /// create_eden_file, add_eden_span with an inline body and
+    /// link_eden_file do in three.
+    pub struct CreateSmallFileReq<'a>: CreateSmallFileReqHead {
+        /// A linked directory of this shard.
+        pub parent: InodeId,
+        /// Chosen at random by the client for this file and kept over its
+        /// retransmissions: the shard remembers which file an id made
+        /// (`SMALL_FILE_CREATE_MEMORY_NS`), so a re-send is answered with
+        /// that file, never a second one.
+        pub create_id: U64,
+        /// CRC32C of `contents`.
+        pub crc: U32,
+        /// File or symlink.
+        pub inode_type: InodeType,
+    }
+    tail { pub name: Name<'a>, pub contents: InlineBytes<'a> }
+);
+
+crate::fixed_message!(
+    pub struct CreateSmallFileResp {
+        /// The new file (no owning bit).
+        pub inode: InodeId,
+        /// The creation time of its entry, as link_eden_file answers.
         pub creation_time: EggsTime,
     }
 );
@@ -594,6 +625,7 @@ crate::message_family! {
     0x13 ReverseBlockQuery(ReverseBlockQueryReq) => ReverseBlockQueryResp<'a>;
     0x14 SetDirectoryPolicy(SetDirectoryPolicyReq<'a>) => EmptyResp;
     0x15 PurgeDirectory(PurgeDirectoryReq) => EmptyResp;
+    0x16 CreateSmallFile(CreateSmallFileReq<'a>) => CreateSmallFileResp;
     0x81 CreateUnlinkedDir(CreateUnlinkedDirReq) => CreateUnlinkedDirResp;
     0x82 SetParent(SetParentReq) => EmptyResp;
     0x83 InjectDirent(InjectDirentReq<'a>) => InjectDirentResp;
@@ -653,6 +685,16 @@ const _: () = {
             + INLINE_SPAN_BYTES_MAX
             + 2
             + ADD_SPAN_BLACKLIST_MAX * core::mem::size_of::<BlockServiceId>()
+            <= UDP_DATAGRAM_BYTES_MAX
+    );
+    // The largest small file with the longest name fits one create_small_file.
+    assert!(
+        crate::datagram::HEADER_BYTES
+            + core::mem::size_of::<CreateSmallFileReqHead>()
+            + 1
+            + NAME_BYTES_MAX
+            + 2
+            + INLINE_SPAN_BYTES_MAX
             <= UDP_DATAGRAM_BYTES_MAX
     );
     // A span with the most blocks and a full blacklist fits one request.

@@ -42,7 +42,12 @@ pub(crate) fn directory(
 }
 
 /// A directory that is linked (not removed): new entries may go there.
-fn linked_directory(shard: &Shard, store: &Store, txn: &RoTxn, dir: InodeId) -> Result<DirectoryRecord, HandleError> {
+pub(super) fn linked_directory(
+    shard: &Shard,
+    store: &Store,
+    txn: &RoTxn,
+    dir: InodeId,
+) -> Result<DirectoryRecord, HandleError> {
     let record = directory(shard, store, txn, dir)?;
     if record.parent.is_null() && dir.without_owning() != InodeId::ROOT {
         return refuse(ErrorKind::NotFound, format!("directory {dir} is removed"));
@@ -57,7 +62,7 @@ pub(crate) fn hash_of(dir: &DirectoryRecord, name: &[u8]) -> Result<u64, HandleE
     }
 }
 
-fn living(
+pub(super) fn living(
     store: &Store,
     txn: &RoTxn,
     dir: InodeId,
@@ -132,10 +137,10 @@ fn entry_time(
 }
 
 /// The name's living entry is the address (dir, hash, name).
-struct Slot<'n> {
-    dir: InodeId,
-    name_hash: u64,
-    name: &'n [u8],
+pub(super) struct Slot<'n> {
+    pub(super) dir: InodeId,
+    pub(super) name_hash: u64,
+    pub(super) name: &'n [u8],
 }
 
 impl Mutation<'_, '_> {
@@ -163,7 +168,7 @@ impl Mutation<'_, '_> {
 
     /// Clears the way for a new entry at `slot`: an owning file entry goes to
     /// the dead map; a directory or non-owning entry cannot be overwritten.
-    fn overwrite(&self, txn: &mut RwTxn, slot: &Slot<'_>, dry_run: bool) -> Result<(), HandleError> {
+    pub(super) fn overwrite(&self, txn: &mut RwTxn, slot: &Slot<'_>, dry_run: bool) -> Result<(), HandleError> {
         let Some(existing) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)? else {
             return Ok(());
         };
@@ -179,7 +184,7 @@ impl Mutation<'_, '_> {
         self.bury(txn, slot, existing, true, None)
     }
 
-    fn touch(&self, txn: &mut RwTxn, dir: InodeId, mut record: DirectoryRecord) -> Result<(), HandleError> {
+    pub(super) fn touch(&self, txn: &mut RwTxn, dir: InodeId, mut record: DirectoryRecord) -> Result<(), HandleError> {
         record.mtime = record.mtime.max(self.env.now);
         self.store.directories.put(txn, &inode_key(dir), &record.encode())?;
         Ok(())
@@ -188,7 +193,7 @@ impl Mutation<'_, '_> {
     /// Makes `inode` (its owning bit as given) the living entry at `slot`,
     /// created after every earlier version of the name; returns its
     /// creation time.
-    fn put_living(&self, txn: &mut RwTxn, slot: &Slot<'_>, inode: InodeId) -> Result<EggsTime, HandleError> {
+    pub(super) fn put_living(&self, txn: &mut RwTxn, slot: &Slot<'_>, inode: InodeId) -> Result<EggsTime, HandleError> {
         let creation_time = entry_time(self.store, txn, slot.dir, slot.name_hash, slot.name, self.env.now)?;
         let record = LivingRecord { creation_time, inode };
         self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &record.encode())?;

@@ -37,10 +37,15 @@
 //!   remembers for another request is refused (BAD_REQUEST) by it, and by
 //!   create_unlinked_dir and inject_dirent when the id made a
 //!   create_linked_dir.
+//! - create_small_file (ours, kind 0x16: a file with its inline contents,
+//!   created and linked in one transaction) links with link_eden_file's
+//!   rules and answers a re-send of its client-chosen id from the file it
+//!   made (`small`).
 
 mod dirents;
 mod eden;
 mod read;
+mod small;
 
 use heed::{RoTxn, RwTxn};
 use rand::RngCore;
@@ -290,6 +295,7 @@ impl Mutation<'_, '_> {
             R::AddEdenSpan(req) => return self.add_eden_span(txn, request_id, req, out),
             R::CertifyEdenSpan(req) => ShardResponse::CertifyEdenSpan(self.certify_eden_span(txn, req)?),
             R::LinkEdenFile(req) => ShardResponse::LinkEdenFile(self.link_eden_file(txn, req)?),
+            R::CreateSmallFile(req) => ShardResponse::CreateSmallFile(self.create_small_file(txn, req)?),
             R::SameDirRename(req) => ShardResponse::SameDirRename(self.same_dir_rename(txn, req)?),
             R::DeleteFile(req) => ShardResponse::DeleteFile(self.delete_file(txn, req)?),
             R::ExpungeEdenSpan(req) => return self.expunge_eden_span(txn, request_id, req, out),

@@ -1422,3 +1422,191 @@ fn create_linked_dir_is_one_mutation_remembered_per_transaction_until_forgotten(
     assert_ne!(again.inode, made.inode);
     assert_eq!(names(&ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0)), ["d", "e", "f"]);
 }
+
+fn small_file<'a>(parent: InodeId, create_id: u64, file_name: &'a str, contents: &'a [u8]) -> CreateSmallFileReq<'a> {
+    CreateSmallFileReq {
+        head: CreateSmallFileReqHead {
+            parent,
+            create_id: U64::new(create_id),
+            crc: U32::new(crc32c(contents)),
+            inode_type: InodeType::File,
+        },
+        name: name(file_name),
+        contents: InlineBytes::new(contents).unwrap(),
+    }
+}
+
+/// The contents of a linked file, span by span.
+fn contents_of(h: &mut Harness, inode: InodeId) -> Vec<u8> {
+    with_ok!(h, FetchSpans, FetchSpansReq { inode, offset: U64::ZERO }, |r| {
+        assert_eq!(r.next_offset.get(), 0);
+        let mut all = Vec::new();
+        for span in r.spans.iter() {
+            let SpanBody::Inline(bytes) = span.body else { panic!("an inline span") };
+            assert_eq!(crc32c(bytes.as_bytes()), span.crc.get());
+            all.extend_from_slice(bytes.as_bytes());
+        }
+        all
+    })
+}
+
+/// create_small_file: one mutation makes a linked file with its inline
+/// contents (no eden file left), answers its inode and its entry's
+/// creation time; an empty file has no span.
+#[test]
+fn create_small_file_creates_and_links_in_one_mutation() {
+    let mut h = Harness::new();
+    let made = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 1, "a", b"hello"));
+    assert_eq!(made.inode.inode_type(), Some(InodeType::File));
+    assert!(!made.inode.is_owning());
+    let found = ok!(h, Resolve, resolve_req(InodeId::ROOT, "a", ResolveMode::Alive, EggsTime::ZERO));
+    assert_eq!((found.inode, found.creation_time), (made.inode.with_owning(true), made.creation_time));
+    with_ok!(h, Stat, StatReq { inode: made.inode }, |stat| {
+        let StatResp::File(file) = stat else { panic!("a file") };
+        assert_eq!(file.size.get(), 5);
+    });
+    assert_eq!(contents_of(&mut h, made.inode), b"hello");
+    with_ok!(h, VisitEden, VisitEdenReq { begin: InodeId::NULL }, |r| assert!(r.entries.is_empty()));
+
+    let empty = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 2, "empty", b""));
+    assert_eq!(contents_of(&mut h, empty.inode), b"");
+    with_ok!(h, Stat, StatReq { inode: empty.inode }, |stat| {
+        let StatResp::File(file) = stat else { panic!("a file") };
+        assert_eq!(file.size.get(), 0);
+    });
+    let largest = vec![7u8; wire::limits::INLINE_SPAN_BYTES_MAX];
+    let big = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 3, "big", &largest));
+    assert_eq!(contents_of(&mut h, big.inode), largest);
+    assert_eq!(names(&ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0)).len(), 3);
+}
+
+/// Refusals change nothing (not even a used-up inode id): a CRC that does
+/// not match the contents, a parent that is not a linked directory of this
+/// shard, a name held by a directory or locked by the CDC, a directory
+/// type.
+#[test]
+fn create_small_file_refusals_change_nothing() {
+    let mut h = Harness::new();
+    let (file, _) = create_file(&mut h, InodeId::ROOT, "f", b"x");
+    let dir = make_directory(&mut h, 3, InodeId::ROOT, "d");
+    let removed = make_directory(&mut h, 4, InodeId::ROOT, "gone");
+    remove_directory(&mut h, InodeId::ROOT, removed, "gone");
+    create_file(&mut h, InodeId::ROOT, "locked", b"y");
+    let acquire = AcquireDirentReq {
+        head: AcquireDirentReqHead {
+            dir: InodeId::ROOT,
+            expected_type: InodeType::File,
+            transaction_id: U64::ZERO,
+            forget_below: U64::ZERO,
+        },
+        name: name("locked"),
+    };
+    ok!(h, AcquireDirent, acquire);
+    let before = raw_contents(&h.store);
+    let mut bad_crc = small_file(InodeId::ROOT, 9, "new", b"abc");
+    bad_crc.head.crc = U32::new(crc32c(b"abd"));
+    let mut directory_type = small_file(InodeId::ROOT, 9, "new", b"abc");
+    directory_type.head.inode_type = InodeType::Directory;
+    let refusals = [
+        (bad_crc, ErrorKind::CrcMismatch),
+        (directory_type, ErrorKind::BadInodeType),
+        (small_file(file, 9, "new", b"abc"), ErrorKind::BadInodeType),
+        (small_file(removed, 9, "new", b"abc"), ErrorKind::NotFound),
+        (small_file(InodeId::compose(InodeType::Directory, 2, 9).unwrap(), 9, "new", b"abc"), ErrorKind::NotFound),
+        (small_file(InodeId::ROOT, 9, "d", b"abc"), ErrorKind::CannotOverrideTarget),
+        (small_file(InodeId::ROOT, 9, "locked", b"abc"), ErrorKind::CannotOverrideTarget),
+    ];
+    for (request, kind) in refusals {
+        assert_eq!(error(&mut h, ShardRequest::CreateSmallFile(request)), kind);
+        assert!(raw_contents(&h.store) == before, "a refused create_small_file changed the store");
+    }
+    // A new file in a subdirectory is fine.
+    ok!(h, CreateSmallFile, small_file(dir, 9, "new", b"abc"));
+}
+
+/// An existing name: exactly what link_eden_file does. An owning file goes
+/// to the dead map owning (its creation time kept), the new entry's
+/// creation time is later, and the directory's dead listing shows both.
+#[test]
+fn create_small_file_overwrites_like_link_eden_file() {
+    let mut h = Harness::new();
+    let (by_link, _) = create_file(&mut h, InodeId::ROOT, "a", b"one");
+    let (by_small, _) = create_file(&mut h, InodeId::ROOT, "b", b"one");
+    let linked = create_file(&mut h, InodeId::ROOT, "a", b"two");
+    let made = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 1, "b", b"two"));
+    let dead = ls(&mut h, InodeId::ROOT, EggsTime::new(u64::MAX), ls_flags::USE_DEAD_MAP | ls_flags::INCLUDE_NOTHING);
+    let shape = |entries: &[(String, InodeId, EggsTime)], entry: &str| -> Vec<bool> {
+        entries.iter().filter(|(n, _, _)| n == entry).map(|(_, inode, _)| inode.is_owning()).collect()
+    };
+    assert_eq!(shape(&dead, "a"), shape(&dead, "b"), "the same dead map as link_eden_file");
+    assert!(dead.iter().any(|(n, inode, _)| n == "a" && inode.without_owning() == by_link));
+    assert!(dead.iter().any(|(n, inode, _)| n == "b" && inode.without_owning() == by_small));
+    let living = ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0);
+    assert_eq!(living.len(), 2);
+    assert!(living.contains(&("a".to_string(), linked.0.with_owning(true), linked.1)));
+    assert!(living.contains(&("b".to_string(), made.inode.with_owning(true), made.creation_time)));
+    assert_eq!(contents_of(&mut h, made.inode), b"two");
+}
+
+/// A re-send (same create id) is answered with the file it made and
+/// changes nothing: at once, after another client replaced the name, and
+/// after the name was deleted. The same id with other contents is refused;
+/// another id makes a new version. A memory older than
+/// SMALL_FILE_CREATE_MEMORY_NS is forgotten by later creates.
+#[test]
+fn create_small_file_resent_is_answered_without_a_second_file() {
+    let mut h = Harness::new();
+    let made = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 77, "a", b"hello"));
+    let before = raw_contents(&h.store);
+    assert_eq!(ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 77, "a", b"hello")), made);
+    assert!(raw_contents(&h.store) == before, "a re-sent create_small_file changed the store");
+    assert_eq!(
+        error(&mut h, ShardRequest::CreateSmallFile(small_file(InodeId::ROOT, 77, "a", b"other"))),
+        ErrorKind::BadRequest
+    );
+
+    // Another client replaces the name, then the re-send arrives.
+    let other = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 78, "a", b"hello"));
+    assert_ne!(other.inode, made.inode);
+    let before = raw_contents(&h.store);
+    assert_eq!(ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 77, "a", b"hello")), made);
+    assert!(raw_contents(&h.store) == before, "a re-send after a replacement changed the store");
+    let living = ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0);
+    assert_eq!(living, [("a".to_string(), other.inode.with_owning(true), other.creation_time)]);
+
+    // Deleted meanwhile: still answered, nothing created.
+    ok!(h, DeleteFile, DeleteFileReq { head: DeleteFileReqHead { parent: InodeId::ROOT }, name: name("a") });
+    let before = raw_contents(&h.store);
+    assert_eq!(ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 78, "a", b"hello")), other);
+    assert!(raw_contents(&h.store) == before, "a re-send after a delete changed the store");
+    assert!(ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0).is_empty());
+
+    // Past the memory: two creates forget the two memories, and the old id
+    // acts again.
+    h.advance(wire::limits::SMALL_FILE_CREATE_MEMORY_NS + NS_PER_SECOND);
+    ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 1, "x", b"1"));
+    let again = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 77, "a", b"hello"));
+    assert_ne!(again.inode, made.inode);
+    assert_ne!(again.inode, other.inode);
+    let txn = h.store.read_txn().unwrap();
+    assert_eq!(h.store.small_files.raw().len(&txn).unwrap(), 2, "the expired memories were forgotten");
+}
+
+/// The decoder refuses a body longer than INLINE_SPAN_BYTES_MAX (no
+/// request reaches the logic).
+#[test]
+fn create_small_file_over_long_body_is_refused_by_the_decoder() {
+    let h = Harness::new();
+    let largest = vec![1u8; wire::limits::INLINE_SPAN_BYTES_MAX];
+    let request = ShardRequest::CreateSmallFile(small_file(InodeId::ROOT, 1, "a", &largest));
+    let mut bytes = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+    let len = datagram::encode(&mut bytes, 1, &request, None).unwrap();
+    bytes.truncate(len);
+    assert!(datagram::decode::<ShardRequest>(&bytes, Some(&h.cluster)).is_ok());
+    // The u16 length just before the contents says one more byte, which follows.
+    let at = len - wire::limits::INLINE_SPAN_BYTES_MAX - 2;
+    let longer = u16::try_from(wire::limits::INLINE_SPAN_BYTES_MAX + 1).unwrap();
+    bytes[at..at + 2].copy_from_slice(&longer.to_le_bytes());
+    bytes.push(1);
+    assert!(datagram::decode::<ShardRequest>(&bytes, Some(&h.cluster)).is_err());
+}

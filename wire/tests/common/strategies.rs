@@ -10,7 +10,7 @@
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use zerocopy::byteorder::little_endian::{U16, U64};
+use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{Immutable, KnownLayout, TryFromBytes};
 
 use wire::address::Address;
@@ -238,6 +238,22 @@ pub fn shard_request(kind: ShardKind) -> BoxedStrategy<ShardRequest<'static>> {
         K::CreateLinkedDir => {
             (fixed(), name()).prop_map(|(head, name)| R::CreateLinkedDir(CreateLinkedDirReq { head, name })).boxed()
         }
+        K::CreateSmallFile => {
+            (inode(), any::<u64>(), any::<u32>(), inode_type(), name(), vec(any::<u8>(), 0..=INLINE_SPAN_BYTES_MAX))
+                .prop_map(|(parent, create_id, crc, inode_type, name, contents)| {
+                    R::CreateSmallFile(CreateSmallFileReq {
+                        head: CreateSmallFileReqHead {
+                            parent,
+                            create_id: U64::new(create_id),
+                            crc: U32::new(crc),
+                            inode_type,
+                        },
+                        name,
+                        contents: Payload::new(leak(contents)).expect("within the inline limit"),
+                    })
+                })
+                .boxed()
+        }
     }
 }
 
@@ -296,6 +312,7 @@ pub fn shard_response(kind: ShardKind) -> BoxedStrategy<ShardResponse<'static>> 
         K::PurgeRemoteOwningDirent => empty().prop_map(R::PurgeRemoteOwningDirent).boxed(),
         K::MoveFileToEden => empty().prop_map(R::MoveFileToEden).boxed(),
         K::CreateLinkedDir => fixed().prop_map(R::CreateLinkedDir).boxed(),
+        K::CreateSmallFile => fixed().prop_map(R::CreateSmallFile).boxed(),
     }
 }
 

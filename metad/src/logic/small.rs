@@ -1,0 +1,196 @@
+//! create_small_file (kind 0x16): a small file in one durable request.
+//!
+//! One shard transaction does what create_eden_file, add_eden_span with an
+//! inline body and link_eden_file do in three: a new file (or symlink)
+//! holding the contents as one clean inline span (no span when empty),
+//! linked as the name with link_eden_file's rules (an owning file of the
+//! name goes to the dead map owning; a directory or a name locked by the
+//! CDC is CANNOT_OVERRIDE_TARGET; the directory's mtime is touched). The
+//! CRC is checked as add_eden_span checks an inline span's.
+//!
+//! **Re-sends.** The request carries a client-chosen random `create_id`,
+//! kept over its retransmissions. The shard remembers, per file it made,
+//! the id and the contents' CRC (`small_files`, keyed by inode, for
+//! [`SMALL_FILE_CREATE_MEMORY_NS`], longer than a client re-sends). A
+//! request whose name's living entry, or one of its dead versions younger
+//! than that memory, is a file this id made is answered with that file and
+//! its entry's creation time and changes nothing: the in-memory replay
+//! cache answers most re-sends, this one also those after a restart of the
+//! shard or an eviction, and those after another client replaced or
+//! deleted the name meanwhile. The same id with other contents is
+//! BAD_REQUEST. Inodes grow with time, so the oldest memories come first:
+//! each create forgets up to [`FORGET_PER_CREATE`] expired ones.
+
+use heed::{RoTxn, RwTxn};
+use std::ops::Bound;
+use wire::ErrorKind;
+use wire::crc::crc32c;
+use wire::ids::{EggsTime, InodeId, InodeType};
+use wire::limits::SMALL_FILE_CREATE_MEMORY_NS;
+use wire::shard::{CreateSmallFileReq, CreateSmallFileResp};
+
+use super::dirents::{Slot, hash_of, linked_directory, living};
+use super::{HandleError, Mutation, refuse};
+use crate::store::*;
+
+/// Expired memories a create forgets: more than the one it adds, so the
+/// table shrinks again after a burst.
+const FORGET_PER_CREATE: usize = 2;
+
+/// Dead versions of the name looked at for a re-send after the name was
+/// replaced or deleted.
+const DEAD_VERSIONS_CHECKED: usize = 8;
+
+/// What the shard remembers of one create_small_file: `create_id u64 |
+/// crc u32 | created u64`, little-endian.
+struct Memory {
+    create_id: u64,
+    crc: u32,
+    created: EggsTime,
+}
+
+impl Memory {
+    const BYTES: usize = 20;
+
+    fn encode(&self) -> [u8; Self::BYTES] {
+        let mut out = [0u8; Self::BYTES];
+        out[..8].copy_from_slice(&self.create_id.to_le_bytes());
+        out[8..12].copy_from_slice(&self.crc.to_le_bytes());
+        out[12..].copy_from_slice(&self.created.get().to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Corrupt("small file create record");
+        let bytes: &[u8; Self::BYTES] = bytes.try_into().map_err(|_| corrupt())?;
+        let (id, rest) = bytes.split_at(8);
+        let (crc, created) = rest.split_at(4);
+        Ok(Self {
+            create_id: u64::from_le_bytes(id.try_into().map_err(|_| corrupt())?),
+            crc: u32::from_le_bytes(crc.try_into().map_err(|_| corrupt())?),
+            created: EggsTime::new(u64::from_le_bytes(created.try_into().map_err(|_| corrupt())?)),
+        })
+    }
+}
+
+impl Mutation<'_, '_> {
+    pub(super) fn create_small_file(
+        &mut self,
+        txn: &mut RwTxn,
+        req: &CreateSmallFileReq<'_>,
+    ) -> Result<CreateSmallFileResp, HandleError> {
+        if !matches!(req.inode_type, InodeType::File | InodeType::Symlink) {
+            return refuse(ErrorKind::BadInodeType, "small files are files or symlinks");
+        }
+        let contents = req.contents.as_bytes();
+        let crc = req.crc.get();
+        if crc32c(contents) != crc {
+            return refuse(ErrorKind::CrcMismatch, "small file CRC mismatch");
+        }
+        let dir = linked_directory(self.shard, self.store, txn, req.parent)?;
+        let name = req.name.as_bytes();
+        let slot = Slot { dir: req.parent, name_hash: hash_of(&dir, name)?, name };
+        if let Some(made) = self.made_by_id(txn, &slot, req.create_id.get(), crc)? {
+            return Ok(made);
+        }
+        self.overwrite(txn, &slot, false)?;
+        let inode = self.next_inode(txn, req.inode_type)?;
+        // ≤ INLINE_SPAN_BYTES_MAX (the decoder's bound), so it fits a u32.
+        let size = contents.len() as u32;
+        if size > 0 {
+            let span =
+                SpanRecord { size, crc, state: SpanState::Clean, payload: SpanPayload::Inline(contents.to_vec()) };
+            self.store.spans.put(txn, &span_key(inode, 0), &span.encode())?;
+        }
+        let creation_time = self.put_living(txn, &slot, inode.with_owning(true))?;
+        let file = FileRecord { mtime: self.env.now, size: u64::from(size), inode_type: req.inode_type };
+        self.store.files.put(txn, &inode_key(inode), &file.encode())?;
+        self.touch(txn, req.parent, dir)?;
+        self.forget_expired_small_files(txn)?;
+        let memory = Memory { create_id: req.create_id.get(), crc, created: self.env.now };
+        self.store.small_files.put(txn, &inode_key(inode), &memory.encode())?;
+        Ok(CreateSmallFileResp { inode, creation_time })
+    }
+
+    /// The file an earlier create_small_file with `create_id` made as this
+    /// name, if remembered: the living entry, or a dead version younger
+    /// than the memory (the name replaced, deleted or renamed away since).
+    fn made_by_id(
+        &self,
+        txn: &RoTxn,
+        slot: &Slot<'_>,
+        create_id: u64,
+        crc: u32,
+    ) -> Result<Option<CreateSmallFileResp>, HandleError> {
+        if let Some(record) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)?
+            && let Some(made) = self.made_by(txn, record.inode, record.creation_time, create_id, crc)?
+        {
+            return Ok(Some(made));
+        }
+        let since = EggsTime::new(self.env.now.get().saturating_sub(SMALL_FILE_CREATE_MEMORY_NS));
+        let low = dead_key(slot.dir, slot.name_hash, slot.name, since);
+        let high = dead_key(slot.dir, slot.name_hash, slot.name, EggsTime::new(u64::MAX));
+        let range = (Bound::Included(&low[..]), Bound::Included(&high[..]));
+        let mut versions = Vec::new();
+        for item in self.store.dead.rev_range(txn, &range)?.take(DEAD_VERSIONS_CHECKED) {
+            let (key, value) = item?;
+            let inode = InodeId::new(decode_u64(value, "dead record")?);
+            if !inode.is_null() {
+                versions.push((parse_dead_key(key)?.creation_time, inode));
+            }
+        }
+        for (creation_time, inode) in versions {
+            if let Some(made) = self.made_by(txn, inode, creation_time, create_id, crc)? {
+                return Ok(Some(made));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `inode` (an entry created at `creation_time`) if `create_id` made it.
+    fn made_by(
+        &self,
+        txn: &RoTxn,
+        inode: InodeId,
+        creation_time: EggsTime,
+        create_id: u64,
+        crc: u32,
+    ) -> Result<Option<CreateSmallFileResp>, HandleError> {
+        let inode = inode.without_owning();
+        let Some(bytes) = self.store.small_files.get(txn, &inode_key(inode))? else {
+            return Ok(None);
+        };
+        let memory = Memory::decode(bytes)?;
+        if memory.create_id != create_id {
+            return Ok(None);
+        }
+        if memory.crc != crc {
+            return refuse(ErrorKind::BadRequest, "this create id made a file with other contents");
+        }
+        Ok(Some(CreateSmallFileResp { inode, creation_time }))
+    }
+
+    /// Forgets up to [`FORGET_PER_CREATE`] memories older than
+    /// [`SMALL_FILE_CREATE_MEMORY_NS`] (the oldest come first).
+    fn forget_expired_small_files(&self, txn: &mut RwTxn) -> Result<(), HandleError> {
+        let horizon = self.env.now.get().saturating_sub(SMALL_FILE_CREATE_MEMORY_NS);
+        let mut expired = [[0u8; 8]; FORGET_PER_CREATE];
+        let mut count = 0;
+        for item in self.store.small_files.iter(txn)? {
+            let (key, value) = item?;
+            if count == FORGET_PER_CREATE || Memory::decode(value)?.created.get() >= horizon {
+                break;
+            }
+            if let (Some(slot), Ok(key)) = (expired.get_mut(count), <[u8; 8]>::try_from(key)) {
+                *slot = key;
+                count += 1;
+            } else {
+                return Err(StoreError::Corrupt("small file create key").into());
+            }
+        }
+        for key in expired.iter().take(count) {
+            self.store.small_files.delete(txn, key)?;
+        }
+        Ok(())
+    }
+}
