@@ -500,3 +500,58 @@ fn killed_daemons_are_restarted_and_the_cluster_serves_again() {
     // The same ports: the blockd answers where it was.
     std::net::TcpStream::connect(&block_service.addr).expect("the restarted blockd listens on its port");
 }
+
+/// `metad_requests_total{kind}` summed over every shard of the cluster.
+fn metad_requests(cluster: &Cluster, kind: &str) -> f64 {
+    use std::io::{Read, Write};
+    let label = format!("kind=\"{kind}\"");
+    let mut total = 0.0;
+    for (name, url) in cluster.metrics.iter().filter(|(name, _)| name.starts_with("shard-")) {
+        let addr = url.strip_prefix("http://").and_then(|rest| rest.strip_suffix("/metrics")).expect("metrics URL");
+        let mut stream = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{name} metrics: {e}"));
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: eggs\r\n\r\n").expect("metrics request");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("metrics answer");
+        total += text
+            .lines()
+            .filter(|line| line.starts_with("metad_requests_total{") && line.contains(&label))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    total
+}
+
+/// A file that fits one inline span (and an empty one) is put with one
+/// request, create_small_file, and reads back byte for byte; a larger one
+/// still takes create_eden_file and link_eden_file.
+#[test]
+fn small_put_is_one_create_small_file_request() {
+    let cluster = Cluster::start(3);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (small_before, eden_before) =
+        (metad_requests(&cluster, "CreateSmallFile"), metad_requests(&cluster, "CreateEdenFile"));
+    for (index, size) in [0usize, 100, 1024].into_iter().enumerate() {
+        let data = test_bytes(size, index as u64 + 3);
+        let local = scratch.path().join(format!("small-{size}"));
+        std::fs::write(&local, &data).expect("write input");
+        cluster.ok(&["put", local.to_str().expect("utf-8"), &format!("/small-{size}")]);
+        assert!(cluster.ok(&["cat", &format!("/small-{size}")]) == data, "cat /small-{size}");
+        assert_eq!(cluster.lines(&["stat", &format!("/small-{size}")])[3], format!("size={size}"));
+    }
+    assert_eq!(metad_requests(&cluster, "CreateSmallFile") - small_before, 3.0, "one request per small file");
+    assert_eq!(metad_requests(&cluster, "CreateEdenFile") - eden_before, 0.0, "no eden file for small files");
+    // Replacing a small file with -f from stdin: one request again, the
+    // new contents served, the old version in the dead map.
+    let output = cluster.eggs_with_input(&["put", "-f", "-", "/small-100"], Some(b"replaced"));
+    assert!(output.status.success(), "put -f -: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(cluster.ok(&["cat", "/small-100"]), b"replaced");
+    assert_eq!(metad_requests(&cluster, "CreateSmallFile") - small_before, 4.0);
+    assert_eq!(cluster.lines(&["ls", "--dead-ge", "0", "/"]).iter().filter(|name| *name == "small-100").count(), 1);
+    // 1025 bytes: more than one inline span holds, the eden path.
+    let data = test_bytes(1025, 9);
+    let local = scratch.path().join("larger");
+    std::fs::write(&local, &data).expect("write input");
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/larger"]);
+    assert!(cluster.ok(&["cat", "/larger"]) == data);
+    assert_eq!(metad_requests(&cluster, "CreateEdenFile") - eden_before, 1.0);
+}

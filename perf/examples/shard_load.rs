@@ -8,7 +8,9 @@
 //!   (one create_small_file each; a metad before session 11 refuses it);
 //! - MODE `create3`: the same files the way before session 11, three
 //!   durable requests each (create_eden_file, add_eden_span, link_eden_file);
-//! - MODE `echo`: the UDP echo baseline (no metad).
+//! - MODE `echo`: the UDP echo baseline (no metad);
+//! - MODE `fsync`: fsyncs per second of 4 KiB appends in a temporary
+//!   folder of /tmp, as eggs-perf's limit row (no metad; CLIENTS ignored).
 //!
 //! METAD defaults to the `metad` beside this example (`target/release/`);
 //! shuckle is always the one beside it. Prints one line: the rate, the
@@ -41,12 +43,18 @@ use perf::{limits, shard, udp};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(mode), Some(clients), Some(seconds)) = (args.first(), args.get(1), args.get(2)) else {
-        eprintln!("usage: shard_load stat|create|create3|echo CLIENTS SECONDS [METAD]");
+        eprintln!("usage: shard_load stat|create|create3|echo|fsync CLIENTS SECONDS [METAD]");
         std::process::exit(2);
     };
     let clients: usize = clients.parse().expect("CLIENTS is a number");
     let duration = Duration::from_secs_f64(seconds.parse().expect("SECONDS is a number"));
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    if mode == "fsync" {
+        let folder = tempfile::Builder::new().prefix("shard-load-fsync-").tempdir_in("/tmp").expect("temporary folder");
+        let rate = limits::fsync_rate(folder.path(), duration).expect("fsync rate");
+        println!("fsync of 4 KiB appends per_s={rate:.0}");
+        return;
+    }
     if mode == "echo" {
         let server = limits::EchoServer::start(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
             .expect("echo server");
