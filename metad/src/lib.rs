@@ -8,6 +8,10 @@
 //!
 //! - [`logic`]: what each request does — plain code over a request, the time,
 //!   the block service table and an LMDB transaction; tested without sockets.
+//!   A small file is one request, create_small_file (kind 0x16, `logic`'s
+//!   `small`): created with its inline contents and linked in one
+//!   transaction, its re-sends answered from a per-file memory of the
+//!   client's create id.
 //! - [`block_services`]: the known block services and block placement (D+P
 //!   distinct services, weighted, spread over hosts).
 //! - [`server`]: the daemon's I/O — one plain thread per core, all

@@ -28,7 +28,8 @@
 //! with the write-ahead journal (session
 //! 8) syncs the journal once per batch of commits and twice per checkpoint
 //! (`data.mdb`, then the checkpoint slot); an older one fdatasyncs in every
-//! commit and once per explicit meta-page sync. Set
+//! commit and once per explicit meta-page sync. Set `SHARD_LOAD_FILL=N`
+//! to fill the shard with N files first (64 clients, the mode's way), and
 //! `SHARD_LOAD_PAUSE=1` to print metad's pid and wait 2 s before the load
 //! (time to attach `perf record -p PID`).
 
@@ -89,6 +90,16 @@ fn main() {
             }
         })
         .expect("warm-up create");
+    // SHARD_LOAD_FILL=N: first fill the shard with N small files (64
+    // clients, the mode's way), as eggs-perf's "shard holding" rows.
+    if let Some(fill) = std::env::var("SHARD_LOAD_FILL").ok().and_then(|n| n.parse::<u64>().ok()) {
+        let way = if mode == "create" { shard::CreateWay::OneRequest } else { shard::CreateWay::ThreeRequests };
+        let long = Duration::from_secs(3600);
+        let rate = runtime
+            .block_on(shard::create_rate_by(way, addr, shard::ROOT, "fill", 64, long, fill))
+            .expect("fill the shard");
+        eprintln!("filled with {} files at {:.0}/s", rate.ops, rate.per_second());
+    }
     let before = commit_counts(metrics);
     let cpu_before = cpu_seconds(daemon.pid());
     let disk_before = disk_bytes_written(folder.path());
