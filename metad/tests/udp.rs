@@ -581,3 +581,51 @@ fn a_burst_of_queued_datagrams_is_answered_each_to_its_sender() {
     assert!(datagrams >= (4 * PER_CLIENT) as f64, "every datagram counted: {datagrams}");
     assert!(receives < datagrams, "some receive took several queued datagrams: {receives} receives, {datagrams}");
 }
+
+/// A create_small_file whose answer was lost in a SIGKILL: the same
+/// datagram re-sent to the restarted shard (its in-memory retransmission
+/// cache gone) is answered with the same file, and nothing is created
+/// twice.
+#[test]
+fn a_small_file_resent_after_a_sigkill_is_answered_without_a_second_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = start_metad(1, dir.path(), None);
+    let key = cluster_key(dir.path());
+    let client = Client::new(daemon.address("udp"), &key);
+    let contents = b"small and durable";
+    let request = ShardRequest::CreateSmallFile(CreateSmallFileReq {
+        head: CreateSmallFileReqHead {
+            parent: InodeId::ROOT,
+            create_id: U64::new(0x5eed_1234_5678_9abc),
+            crc: U32::new(crc32c(contents)),
+            inode_type: InodeType::File,
+        },
+        name: name("small"),
+        contents: InlineBytes::new(contents).unwrap(),
+    });
+    let id = 4242;
+    let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+    let len = datagram::encode(&mut out, id, &request, None).unwrap();
+    let first = client.raw(&out[..len], id, Duration::from_secs(10)).expect("answer");
+    let ShardResponse::CreateSmallFile(made) = decode(&first, &client.key) else { panic!("no answer") };
+    daemon.kill();
+    drop(daemon);
+    let daemon = start_metad(1, dir.path(), None);
+    let mut client = Client::new(daemon.address("udp"), &key);
+    let again = client.raw(&out[..len], id, Duration::from_secs(10)).expect("answer after the restart");
+    let ShardResponse::CreateSmallFile(answered) = decode(&again, &client.key) else { panic!("no answer") };
+    assert_eq!(answered, made, "the re-send is answered with the file the first one made");
+    let ls = LsDirReq { dir: InodeId::ROOT, as_of: EggsTime::ZERO, start_hash: U64::ZERO, flags: 0 };
+    let bytes = client.call(&ShardRequest::LsDir(ls));
+    let ShardResponse::LsDir(listing) = decode(&bytes, &client.key) else { panic!("ls") };
+    assert_eq!(listing.entries.len(), 1, "one file");
+    // A new create gets the very next inode: nothing was made twice.
+    let mut fresh = request;
+    if let ShardRequest::CreateSmallFile(req) = &mut fresh {
+        req.head.create_id = U64::new(1);
+        req.name = name("other");
+    }
+    let bytes = client.call(&fresh);
+    let ShardResponse::CreateSmallFile(next) = decode(&bytes, &client.key) else { panic!("create") };
+    assert_eq!(next.inode.counter(), made.inode.counter() + 1);
+}
