@@ -18,13 +18,16 @@
 //! - **Buffers** are reused: a span's buffer goes back to the free list
 //!   once written out; a block never gets a buffer of its own (parity
 //!   blocks of a degraded span excepted, and those are kept for the next
-//!   degraded span). Span buffers start on a 2 MiB boundary and ask for
-//!   transparent huge pages: the kernel's copy from the socket into a
+//!   degraded span; the first parity block of a span rebuilt by XOR is
+//!   fetched into the missing data block's place and rebuilt into it
+//!   there, so such a span takes P − 1 parity buffers, not P). Span
+//!   buffers start on a 2 MiB boundary and ask for transparent huge pages: the kernel's copy from the socket into a
 //!   buffer 16 bytes off a page boundary (as `malloc` gives) cost 3× more
 //!   CPU on this machine, and was most of the client's time. A
 //!   degraded span missing one data block rebuilds it by XOR in its place
 //!   in the span buffer, each 16 KiB chunk written once from all its
-//!   sources ([`xor_rebuild_checked`]), when P is a power of two (assumed,
+//!   sources ([`xor_rebuild_checked`], or `xor_in_place_checked` over the
+//!   parity block fetched there), when P is a power of two (assumed,
 //!   `xor_assumed`; a rebuilt block that fails its CRC is decoded
 //!   instead); otherwise with the thread's Reed–Solomon decoder, reset,
 //!   not built anew.
@@ -569,21 +572,44 @@ async fn read_blocks(
     // Blocks whose bytes did not match the CRC they were written with.
     let mut corrupted = 0usize;
     let mut mirror_used = None;
+    // A parity block fetched into the place of the one data block that
+    // will be missing: (its index, the data block's index).
+    let mut in_place: Option<(usize, usize)> = None;
     loop {
         let mut batch = choice.next(good);
         if batch.is_empty() {
             break;
         }
+        // The data block whose place holds a parity block is fetched after
+        // all (a later batch): the parity block moves to a buffer of its own.
+        if let Some((parity_index, missing)) = in_place
+            && batch.contains(&missing)
+        {
+            in_place = None;
+            move_parity_out(&mut pieces[missing], &mut parity_blocks[parity_index - d]);
+        }
         // One data block will be missing: when this parity rebuilds it by
         // XOR, fetch every parity block along (one block more on the wire,
-        // no Reed–Solomon decode).
-        let missing_after = (0..d).filter(|&index| !have[index] && !batch.contains(&index)).count();
+        // no Reed–Solomon decode), the first of them straight into the
+        // missing block's place in the span buffer, where the XOR then
+        // rebuilds the block in place: a degraded span takes one parity
+        // buffer, not P.
+        let missing_after: Vec<usize> = (0..d).filter(|&index| !have[index] && !batch.contains(&index)).collect();
         if !mirroring
-            && missing_after == 1
+            && missing_after.len() == 1
             && xor_assumed(parity)
             && let Some(more) = choice.take_healthy_parity()
         {
             batch.extend(more);
+            let missing = missing_after[0];
+            let parity_size = layout.parity_block_size as usize;
+            if in_place.is_none()
+                && layout.block_size(missing) == layout.parity_block_size
+                && pieces[missing].as_ref().is_some_and(|place| place.capacity() >= parity_size)
+                && let Some(&parity_index) = batch.iter().find(|&&index| index >= d)
+            {
+                in_place = Some((parity_index, missing));
+            }
         }
         let mut tasks = JoinSet::new();
         for index in batch {
@@ -591,6 +617,10 @@ async fn read_blocks(
                 pieces[0].take().unwrap_or_default()
             } else if index < d {
                 pieces[index].take().unwrap_or_default()
+            } else if let Some((parity_index, missing)) = in_place
+                && parity_index == index
+            {
+                pieces[missing].take().unwrap_or_default()
             } else {
                 state.parity_buffer(layout.parity_block_size as usize)
             };
@@ -625,6 +655,12 @@ async fn read_blocks(
                     ));
                     if slot < d {
                         pieces[slot] = Some(fetched.buffer);
+                    } else if let Some((parity_index, missing)) = in_place
+                        && parity_index == index
+                    {
+                        // The place is the data block's again.
+                        in_place = None;
+                        pieces[missing] = Some(fetched.buffer);
                     }
                 }
             }
@@ -656,8 +692,10 @@ async fn read_blocks(
         // On a blocking thread: the fetches of the next spans go on meanwhile.
         let written: Vec<u32> = blocks.iter().map(|block| block.crc.get()).collect();
         let (layout_owned, have_owned) = (*layout, have.clone());
+        let in_place = in_place.map(|(parity_index, missing)| (parity_index - d, missing));
         let rebuilt = tokio::task::spawn_blocking(move || {
-            let result = rebuild(&layout_owned, &written, &mut pieces, &mut crcs, &have_owned, &parity_blocks);
+            let result =
+                rebuild(&layout_owned, &written, &mut pieces, &mut crcs, &have_owned, &mut parity_blocks, in_place);
             (result, pieces, crcs, parity_blocks)
         })
         .await
@@ -828,6 +866,9 @@ pub(crate) fn span_buffer(size: usize) -> BytesMut {
 enum Rebuilt {
     /// One data block, as the XOR of every parity block and the other data blocks.
     Xor,
+    /// The same, in its place in the span buffer, where the first parity
+    /// block was fetched.
+    XorInPlace,
     /// A Reed–Solomon decode.
     Decode,
 }
@@ -836,6 +877,7 @@ impl Rebuilt {
     fn as_str(self) -> &'static str {
         match self {
             Self::Xor => "xor",
+            Self::XorInPlace => "xor in place",
             Self::Decode => "decode",
         }
     }
@@ -1027,28 +1069,91 @@ fn xor_rebuild_chunks(out: &mut BytesMut, size: usize, first: &[u8], sources: &[
     }
 }
 
+/// Moves a parity block that was fetched into a data block's place
+/// (`place`) to a buffer of its own (a copy; only when a degraded span
+/// does not go as planned), and leaves the place empty for the data block.
+fn move_parity_out(place: &mut Option<BytesMut>, parity_block: &mut Option<BytesMut>) {
+    if let Some(mut bytes) = parity_block.take() {
+        *parity_block = Some(BytesMut::from(&bytes[..]));
+        bytes.clear();
+        *place = Some(bytes);
+    }
+}
+
+/// `out ^=` the XOR of `sources`, each zero-padded to `out`'s length (a
+/// longer one is cut), chunk by chunk; returns the CRC32C of the result,
+/// each chunk's taken right after it is made, while it is in the L1 cache.
+/// `out` holds a parity block received into the missing block's place, so
+/// the pass reads it and the sources once and writes each byte once, as
+/// [`xor_rebuild_checked`] does with a separate first source. Applied
+/// twice with the same sources it gives `out` back.
+fn xor_in_place_checked(out: &mut [u8], sources: &[&[u8]]) -> u32 {
+    let size = out.len();
+    let mut crc = 0u32;
+    let mut whole: Vec<&[u8]> = Vec::with_capacity(sources.len());
+    let mut at = 0;
+    while at < size {
+        let end = (at + XOR_CHUNK_BYTES).min(size);
+        whole.clear();
+        whole.extend(sources.iter().filter(|source| source.len() >= end).map(|source| &source[at..end]));
+        let chunk = &mut out[at..end];
+        xor_add(chunk, &whole);
+        for source in sources.iter().filter(|source| source.len() > at && source.len() < end) {
+            xor_into(&mut chunk[..source.len() - at], &source[at..]);
+        }
+        crc = crc32c_append(crc, chunk);
+        at = end;
+    }
+    crc
+}
+
 /// Rebuilds the missing data blocks (`have[i]` false) into their pieces from
 /// the present data blocks and parity blocks, and checks each rebuilt
 /// block against the CRC it was written with. One missing block with every
 /// parity block at hand is rebuilt by XOR when the parity allows it
 /// (`xor_assumed`), in place in its piece of the span buffer; else, or
 /// when the XOR's CRC does not match, Reed–Solomon decodes.
+///
+/// `in_place`: parity block `.0` was fetched into the place of data block
+/// `.1` (see `read_blocks`). The XOR then rebuilds that block in place;
+/// if it is not taken, or its CRC does not match, the parity block moves
+/// to a buffer of its own (the XOR undone first) and the place is the
+/// data block's again.
 fn rebuild(
     layout: &SpanLayout,
     written: &[u32],
     pieces: &mut [Option<BytesMut>],
     crcs: &mut [u32],
     have: &[bool],
-    parity_blocks: &[Option<BytesMut>],
+    parity_blocks: &mut [Option<BytesMut>],
+    in_place: Option<(usize, usize)>,
 ) -> std::result::Result<Rebuilt, String> {
     let d = layout.parity.data_blocks();
     let p = layout.parity.parity_blocks();
     let missing: Vec<usize> = (0..d).filter(|&index| !have[index]).collect();
     let mut xor_refused: Option<String> = None;
-    if let [index] = missing[..]
-        && parity_blocks.iter().all(Option::is_some)
-        && xor_assumed(layout.parity)
-    {
+    let xor = missing.len() == 1 && parity_blocks.iter().all(Option::is_some) && xor_assumed(layout.parity);
+    if let Some((slot, place)) = in_place {
+        let fits = parity_blocks[slot].as_ref().is_some_and(|block| block.len() as u64 == layout.block_size(place));
+        if xor && missing[0] == place && fits {
+            let Some(mut out) = parity_blocks[slot].take() else { return Err("no parity block".into()) };
+            let parity_present = parity_blocks.iter().flatten().map(|block| &block[..]);
+            let data_present = pieces.iter().flatten().map(|piece| &piece[..]);
+            let sources: Vec<&[u8]> = parity_present.chain(data_present).collect();
+            let crc = xor_in_place_checked(&mut out, &sources);
+            if crc == written[place] {
+                pieces[place] = Some(out);
+                crcs[place] = crc;
+                return Ok(Rebuilt::XorInPlace);
+            }
+            // Undone (XOR is its own inverse): the parity block again, for the decode.
+            xor_in_place_checked(&mut out, &sources);
+            parity_blocks[slot] = Some(out);
+            xor_refused = Some(format!("by XOR it has CRC {crc:08x}; "));
+        }
+        move_parity_out(&mut pieces[place], &mut parity_blocks[slot]);
+    } else if xor {
+        let index = missing[0];
         let size = layout.block_size(index) as usize;
         let mut parity_present = parity_blocks.iter().flatten().map(|block| &block[..]);
         let Some(first) = parity_present.next() else { return Err("no parity block".into()) };
@@ -1352,14 +1457,14 @@ mod tests {
                         .map(|(index, block)| Some(BytesMut::from(if index == lost { &b"stale"[..] } else { block })))
                         .collect();
                     let have: Vec<bool> = (0..d as usize).map(|index| index != lost).collect();
-                    let parity_blocks: Vec<Option<BytesMut>> = parity
+                    let mut parity_blocks: Vec<Option<BytesMut>> = parity
                         .iter()
                         .enumerate()
                         .map(|(index, block)| (Some(index) != parity_lost).then(|| BytesMut::from(&block[..])))
                         .collect();
                     let mut crcs: Vec<u32> = written[..d as usize].to_vec();
                     crcs[lost] = 0;
-                    let how = rebuild(&layout, &written, &mut pieces, &mut crcs, &have, &parity_blocks)
+                    let how = rebuild(&layout, &written, &mut pieces, &mut crcs, &have, &mut parity_blocks, None)
                         .unwrap_or_else(|error| panic!("{d}+{p}, block {lost} lost: {error}"));
                     let expected = if xor && parity_lost.is_none() { Rebuilt::Xor } else { Rebuilt::Decode };
                     assert_eq!(how, expected, "{d}+{p}, block {lost} lost, parity {parity_lost:?} lost");
@@ -1494,11 +1599,11 @@ mod tests {
                 parity[0][20] ^= 1;
             }
             let mut pieces: Vec<Option<BytesMut>> = data.iter().map(|block| Some(BytesMut::from(*block))).collect();
-            let parity_blocks: Vec<Option<BytesMut>> =
+            let mut parity_blocks: Vec<Option<BytesMut>> =
                 parity.iter().map(|block| Some(BytesMut::from(&block[..]))).collect();
             let mut crcs = written.clone();
             crcs[0] = 0;
-            let result = rebuild(&layout, &written, &mut pieces, &mut crcs, &have, &parity_blocks);
+            let result = rebuild(&layout, &written, &mut pieces, &mut crcs, &have, &mut parity_blocks, None);
             if corrupt_first {
                 let error = result.expect_err("refused");
                 assert!(error.starts_with(CORRUPTED), "{error}");
@@ -1506,6 +1611,54 @@ mod tests {
                 assert_eq!(result, Ok(Rebuilt::Decode));
                 assert!(pieces[0].as_deref() == Some(data[0]), "decoded exactly");
                 assert_eq!(crcs[0], written[0]);
+            }
+        }
+    }
+
+    /// A parity block fetched into the missing data block's place is
+    /// turned into that block there (no other buffer), exactly, with its
+    /// CRC; when the XOR is wrong it is undone, the parity block moves to a
+    /// buffer of its own and the block is decoded into the same place.
+    #[test]
+    fn a_parity_block_in_the_missing_place_becomes_the_block() {
+        let span: Vec<u8> = (0..256 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+        let layout = SpanLayout::new(span.len() as u64, Parity::new(4, 2).expect("parity")).expect("layout");
+        let mut parity = vec![Vec::new(); 2];
+        layout.encode_parity(&span, &mut parity).expect("encode");
+        let data: Vec<&[u8]> = (0..4)
+            .map(|index| {
+                let range = layout.data_block_range(index);
+                &span[range.start as usize..range.end as usize]
+            })
+            .collect();
+        let written: Vec<u32> = data.iter().map(|block| crc32c(block)).collect();
+        for (lost, wrong_second_parity) in [(0, false), (2, false), (3, false), (1, true)] {
+            let mut parity = parity.clone();
+            if wrong_second_parity {
+                parity[1][10] ^= 1;
+            }
+            let have: Vec<bool> = (0..4).map(|index| index != lost).collect();
+            let mut pieces: Vec<Option<BytesMut>> =
+                data.iter().enumerate().map(|(index, block)| (index != lost).then(|| BytesMut::from(*block))).collect();
+            let place = BytesMut::from(&parity[0][..]);
+            let place_start = place.as_ptr() as usize;
+            let mut parity_blocks = vec![Some(place), Some(BytesMut::from(&parity[1][..]))];
+            let mut crcs = written.clone();
+            crcs[lost] = 0;
+            let how = rebuild(&layout, &written, &mut pieces, &mut crcs, &have, &mut parity_blocks, Some((0, lost)))
+                .unwrap_or_else(|error| panic!("block {lost}: {error}"));
+            let rebuilt = pieces[lost].as_deref().expect("rebuilt");
+            assert!(rebuilt == data[lost], "block {lost} rebuilt exactly");
+            assert_eq!(rebuilt.as_ptr() as usize, place_start, "block {lost} rebuilt in its place");
+            assert_eq!(crcs[lost], written[lost]);
+            if wrong_second_parity {
+                assert_eq!(how, Rebuilt::Decode);
+                let first = parity_blocks[0].as_deref().expect("the first parity block, moved out");
+                assert!(first == &parity[0][..], "the XOR undone: the parity block again");
+                assert_ne!(first.as_ptr() as usize, place_start);
+            } else {
+                assert_eq!(how, Rebuilt::XorInPlace);
+                assert!(parity_blocks[0].is_none(), "the parity block became the data block");
             }
         }
     }
