@@ -12,9 +12,10 @@
 //!   (at least [`READ_AHEAD_SPANS_MIN`] spans) and doubles, up to
 //!   [`READ_AHEAD_BYTES_MAX`], each time the output had to wait for the
 //!   next span; output stays in order and memory bounded. A file reads
-//!   ahead at most 1/[`READ_AHEAD_FILE_SHARE`] of its size, so that the
-//!   fresh memory of the read-ahead's buffers is paid for by enough bytes
-//!   read (four concurrent cats of 256 MiB each faulted in 64 MiB).
+//!   ahead at most 1/[`READ_AHEAD_FILE_SHARE`] of its size (and one span
+//!   at a time when that share holds fewer than two), so that the fresh
+//!   memory of the read-ahead's buffers is paid for by enough bytes read
+//!   (four concurrent cats of 256 MiB each faulted in 64 MiB, then 32).
 //! - **Buffers** are reused: a span's buffer goes back to the free list
 //!   once written out; a block never gets a buffer of its own (parity
 //!   blocks of a degraded span excepted, and those are kept for the next
@@ -72,15 +73,21 @@ use crate::pool::FailureKind;
 pub const READ_AHEAD_BYTES_MIN: u64 = 16 << 20;
 /// The most the read-ahead grows to.
 pub const READ_AHEAD_BYTES_MAX: u64 = 64 << 20;
-/// Spans in flight at least, whatever their size.
+/// Spans in flight at least, whatever their size, when the file's share
+/// ([`READ_AHEAD_FILE_SHARE`]) holds that many; else one.
 pub const READ_AHEAD_SPANS_MIN: usize = 2;
-/// A file gets a read-ahead of at most this share of its size (1/N, but never below [`READ_AHEAD_BYTES_MIN`]
-/// or [`READ_AHEAD_SPANS_MIN`] spans). The read-ahead's buffers are fresh
-/// memory, and on this machine the kernel's first touch of a fresh page
-/// (zeroing it, and the hypervisor backing it) cost twice the receive copy
-/// of the bytes read into it in four concurrent cats of 256 MiB (12 % and
-/// 6 % of all samples): a buffer must be paid for by enough bytes.
-pub const READ_AHEAD_FILE_SHARE: u64 = 8;
+/// A file gets a read-ahead of at most this share of its size (1/N, but
+/// never below [`READ_AHEAD_BYTES_MIN`] or one span; see
+/// [`READ_AHEAD_SPANS_MIN`]). The read-ahead's buffers are fresh memory,
+/// and on this machine the kernel's first touch of a fresh page (zeroing
+/// it, and the hypervisor backing it) cost twice the receive copy of the
+/// bytes read into it in four concurrent cats of 256 MiB (12 % and 6 % of
+/// all samples): a buffer must be paid for by enough bytes. An eighth (two
+/// 16 MiB spans for 256 MiB) still left `clear_page_erms` at 22 % of four
+/// concurrent cats' samples; a sixteenth (one span) cut their client CPU
+/// by 1.2–1.4× (`perf/results/2026-11-28-s11-dp11f.md`). A file of 1 GiB
+/// or more keeps the whole [`READ_AHEAD_BYTES_MAX`].
+pub const READ_AHEAD_FILE_SHARE: u64 = 16;
 /// Kept for callers of the first version: the old fixed window in spans.
 pub const READ_AHEAD_SPANS: usize = READ_AHEAD_SPANS_MIN;
 
@@ -325,6 +332,7 @@ pub async fn read_file_to<S: SpanSink>(
     let mut in_flight_bytes = 0u64;
     let mut window = READ_AHEAD_BYTES_MIN;
     let mut window_max = READ_AHEAD_BYTES_MAX;
+    let mut spans_min = READ_AHEAD_SPANS_MIN;
     let mut pending: VecDeque<FileSpan> = VecDeque::new();
     let mut free: Vec<BytesMut> = Vec::new();
     let state = ReadState::new(client);
@@ -333,7 +341,7 @@ pub async fn read_file_to<S: SpanSink>(
     for _ in 0..SPAN_PAGES_MAX {
         // Keep the read-ahead window full, fetching span pages as needed.
         loop {
-            let room = in_flight.len() < READ_AHEAD_SPANS_MIN || in_flight_bytes < window;
+            let room = in_flight.len() < spans_min || in_flight_bytes < window;
             if !room {
                 break;
             }
@@ -355,6 +363,8 @@ pub async fn read_file_to<S: SpanSink>(
                         }
                     };
                     window_max = read_ahead_max(size);
+                    let span_size = page.spans.iter().map(|span| u64::from(span.size)).max().unwrap_or(0);
+                    spans_min = read_ahead_spans_min(size, span_size);
                 }
                 next_offset = (page.next_offset != 0).then_some(page.next_offset);
                 if let Some(next) = next_offset
@@ -380,7 +390,7 @@ pub async fn read_file_to<S: SpanSink>(
         }
         // The output waits for the network: fetch further ahead.
         if !task.is_finished() {
-            window = (window * 2).min(window_max.max(READ_AHEAD_SPANS_MIN as u64 * u64::from(span.size)));
+            window = (window * 2).min(window_max.max(spans_min as u64 * u64::from(span.size)));
         }
         let read = task.await.map_err(|error| ClientError::Span {
             inode,
@@ -404,6 +414,19 @@ pub async fn read_file_to<S: SpanSink>(
     }
     sink.finish().await.map_err(|error| ClientError::io("writing the output", error))?;
     Ok(report)
+}
+
+/// Spans the read-ahead of a file of `size` bytes (if known) holds at
+/// least, whatever the bytes: [`READ_AHEAD_SPANS_MIN`] when the file's share
+/// (1/[`READ_AHEAD_FILE_SHARE`]) holds that many spans of `span_size`
+/// bytes, else one.
+fn read_ahead_spans_min(size: Option<u64>, span_size: u64) -> usize {
+    match size {
+        Some(size) if span_size > 0 => {
+            (size / READ_AHEAD_FILE_SHARE / span_size).clamp(1, READ_AHEAD_SPANS_MIN as u64) as usize
+        }
+        _ => READ_AHEAD_SPANS_MIN,
+    }
 }
 
 /// The most the read-ahead of a file of `size` bytes (if known) grows to:
@@ -1507,16 +1530,25 @@ mod tests {
         }
     }
 
-    /// The read-ahead of a small file stays an eighth of it (four cats of
-    /// 256 MiB each fault in 32 MiB of buffers, not 64), not below the
-    /// minimum; a large or unknown file's grows to the maximum.
+    /// The read-ahead of a small file stays a sixteenth of it, and one span
+    /// when that holds fewer than two (four cats of 256 MiB each fault in
+    /// 16 MiB of buffers, not 64 or 32), not below the minimum; a large or
+    /// unknown file's grows to the maximum, two spans at least.
     #[test]
     fn the_read_ahead_is_bounded_by_the_file_size() {
         const MIB: u64 = 1 << 20;
-        assert_eq!(read_ahead_max(Some(256 * MIB)), 32 * MIB);
+        assert_eq!(read_ahead_max(Some(256 * MIB)), 16 * MIB);
+        assert_eq!(read_ahead_max(Some(512 * MIB)), 32 * MIB);
         assert_eq!(read_ahead_max(Some(10 * MIB)), READ_AHEAD_BYTES_MIN);
         assert_eq!(read_ahead_max(Some(1 << 30)), READ_AHEAD_BYTES_MAX);
         assert_eq!(read_ahead_max(None), READ_AHEAD_BYTES_MAX);
+        // Four cats of 256 MiB in 16 MiB spans: one span each in flight.
+        assert_eq!(read_ahead_spans_min(Some(256 * MIB), 16 * MIB), 1);
+        assert_eq!(read_ahead_spans_min(Some(10 * MIB), 16 * MIB), 1);
+        assert_eq!(read_ahead_spans_min(Some(1 << 30), 16 * MIB), READ_AHEAD_SPANS_MIN);
+        assert_eq!(read_ahead_spans_min(Some(512 * MIB), 16 * MIB), READ_AHEAD_SPANS_MIN);
+        assert_eq!(read_ahead_spans_min(None, 16 * MIB), READ_AHEAD_SPANS_MIN);
+        assert_eq!(read_ahead_spans_min(Some(256 * MIB), 0), READ_AHEAD_SPANS_MIN);
     }
 
     /// `xor_rebuild` equals a byte-by-byte XOR of its inputs, each
