@@ -15,15 +15,17 @@
 //!   ahead at most 1/[`READ_AHEAD_FILE_SHARE`] of its size (and one span
 //!   at a time when that share holds fewer than two), so that the fresh
 //!   memory of the read-ahead's buffers is paid for by enough bytes read
-//!   (four concurrent cats of 256 MiB each faulted in 64 MiB, then 32).
+//!   (four concurrent cats of 256 MiB each faulted in 64 MiB, then 32;
+//!   now 16).
 //! - **Buffers** are reused: a span's buffer goes back to the free list
 //!   once written out; a block never gets a buffer of its own (parity
 //!   blocks of a degraded span excepted, and those are kept for the next
 //!   degraded span; the first parity block of a span rebuilt by XOR is
 //!   fetched into the missing data block's place and rebuilt into it
 //!   there, so such a span takes P − 1 parity buffers, not P). Span
-//!   buffers start on a 2 MiB boundary and ask for transparent huge pages: the kernel's copy from the socket into a
-//!   buffer 16 bytes off a page boundary (as `malloc` gives) cost 3× more
+//!   buffers start on a 2 MiB boundary and ask for transparent huge
+//!   pages: the kernel's copy from the socket into a buffer 16 bytes off
+//!   a page boundary (as `malloc` gives) cost 3× more
 //!   CPU on this machine, and was most of the client's time. A
 //!   degraded span missing one data block rebuilds it by XOR in its place
 //!   in the span buffer, each 16 KiB chunk written once from all its
