@@ -12,19 +12,25 @@
 //!   (at least [`READ_AHEAD_SPANS_MIN`] spans) and doubles, up to
 //!   [`READ_AHEAD_BYTES_MAX`], each time the output had to wait for the
 //!   next span; output stays in order and memory bounded. A file reads
-//!   ahead at most 1/[`READ_AHEAD_FILE_SHARE`] of its size, so that the
-//!   fresh memory of the read-ahead's buffers is paid for by enough bytes
-//!   read (four concurrent cats of 256 MiB each faulted in 64 MiB).
+//!   ahead at most 1/[`READ_AHEAD_FILE_SHARE`] of its size (and one span
+//!   at a time when that share holds fewer than two), so that the fresh
+//!   memory of the read-ahead's buffers is paid for by enough bytes read
+//!   (four concurrent cats of 256 MiB each faulted in 64 MiB, then 32;
+//!   now 16).
 //! - **Buffers** are reused: a span's buffer goes back to the free list
 //!   once written out; a block never gets a buffer of its own (parity
 //!   blocks of a degraded span excepted, and those are kept for the next
-//!   degraded span). Span buffers start on a 2 MiB boundary and ask for
-//!   transparent huge pages: the kernel's copy from the socket into a
-//!   buffer 16 bytes off a page boundary (as `malloc` gives) cost 3× more
+//!   degraded span; the first parity block of a span rebuilt by XOR is
+//!   fetched into the missing data block's place and rebuilt into it
+//!   there, so such a span takes P − 1 parity buffers, not P). Span
+//!   buffers start on a 2 MiB boundary and ask for transparent huge
+//!   pages: the kernel's copy from the socket into a buffer 16 bytes off
+//!   a page boundary (as `malloc` gives) cost 3× more
 //!   CPU on this machine, and was most of the client's time. A
 //!   degraded span missing one data block rebuilds it by XOR in its place
 //!   in the span buffer, each 16 KiB chunk written once from all its
-//!   sources ([`xor_rebuild_checked`]), when P is a power of two (assumed,
+//!   sources ([`xor_rebuild_checked`], or `xor_in_place_checked` over the
+//!   parity block fetched there), when P is a power of two (assumed,
 //!   `xor_assumed`; a rebuilt block that fails its CRC is decoded
 //!   instead); otherwise with the thread's Reed–Solomon decoder, reset,
 //!   not built anew.
@@ -69,15 +75,21 @@ use crate::pool::FailureKind;
 pub const READ_AHEAD_BYTES_MIN: u64 = 16 << 20;
 /// The most the read-ahead grows to.
 pub const READ_AHEAD_BYTES_MAX: u64 = 64 << 20;
-/// Spans in flight at least, whatever their size.
+/// Spans in flight at least, whatever their size, when the file's share
+/// ([`READ_AHEAD_FILE_SHARE`]) holds that many; else one.
 pub const READ_AHEAD_SPANS_MIN: usize = 2;
-/// A file gets a read-ahead of at most this share of its size (1/N, but never below [`READ_AHEAD_BYTES_MIN`]
-/// or [`READ_AHEAD_SPANS_MIN`] spans). The read-ahead's buffers are fresh
-/// memory, and on this machine the kernel's first touch of a fresh page
-/// (zeroing it, and the hypervisor backing it) cost twice the receive copy
-/// of the bytes read into it in four concurrent cats of 256 MiB (12 % and
-/// 6 % of all samples): a buffer must be paid for by enough bytes.
-pub const READ_AHEAD_FILE_SHARE: u64 = 8;
+/// A file gets a read-ahead of at most this share of its size (1/N, but
+/// never below [`READ_AHEAD_BYTES_MIN`] or one span; see
+/// [`READ_AHEAD_SPANS_MIN`]). The read-ahead's buffers are fresh memory,
+/// and on this machine the kernel's first touch of a fresh page (zeroing
+/// it, and the hypervisor backing it) cost twice the receive copy of the
+/// bytes read into it in four concurrent cats of 256 MiB (12 % and 6 % of
+/// all samples): a buffer must be paid for by enough bytes. An eighth (two
+/// 16 MiB spans for 256 MiB) still left `clear_page_erms` at 22 % of four
+/// concurrent cats' samples; a sixteenth (one span) cut their client CPU
+/// by 1.2–1.4× (`perf/results/2026-11-28-s11-dp11f.md`). A file of 1 GiB
+/// or more keeps the whole [`READ_AHEAD_BYTES_MAX`].
+pub const READ_AHEAD_FILE_SHARE: u64 = 16;
 /// Kept for callers of the first version: the old fixed window in spans.
 pub const READ_AHEAD_SPANS: usize = READ_AHEAD_SPANS_MIN;
 
@@ -322,6 +334,7 @@ pub async fn read_file_to<S: SpanSink>(
     let mut in_flight_bytes = 0u64;
     let mut window = READ_AHEAD_BYTES_MIN;
     let mut window_max = READ_AHEAD_BYTES_MAX;
+    let mut spans_min = READ_AHEAD_SPANS_MIN;
     let mut pending: VecDeque<FileSpan> = VecDeque::new();
     let mut free: Vec<BytesMut> = Vec::new();
     let state = ReadState::new(client);
@@ -330,7 +343,7 @@ pub async fn read_file_to<S: SpanSink>(
     for _ in 0..SPAN_PAGES_MAX {
         // Keep the read-ahead window full, fetching span pages as needed.
         loop {
-            let room = in_flight.len() < READ_AHEAD_SPANS_MIN || in_flight_bytes < window;
+            let room = in_flight.len() < spans_min || in_flight_bytes < window;
             if !room {
                 break;
             }
@@ -352,6 +365,8 @@ pub async fn read_file_to<S: SpanSink>(
                         }
                     };
                     window_max = read_ahead_max(size);
+                    let span_size = page.spans.iter().map(|span| u64::from(span.size)).max().unwrap_or(0);
+                    spans_min = read_ahead_spans_min(size, span_size);
                 }
                 next_offset = (page.next_offset != 0).then_some(page.next_offset);
                 if let Some(next) = next_offset
@@ -377,7 +392,7 @@ pub async fn read_file_to<S: SpanSink>(
         }
         // The output waits for the network: fetch further ahead.
         if !task.is_finished() {
-            window = (window * 2).min(window_max.max(READ_AHEAD_SPANS_MIN as u64 * u64::from(span.size)));
+            window = (window * 2).min(window_max.max(spans_min as u64 * u64::from(span.size)));
         }
         let read = task.await.map_err(|error| ClientError::Span {
             inode,
@@ -401,6 +416,19 @@ pub async fn read_file_to<S: SpanSink>(
     }
     sink.finish().await.map_err(|error| ClientError::io("writing the output", error))?;
     Ok(report)
+}
+
+/// Spans the read-ahead of a file of `size` bytes (if known) holds at
+/// least, whatever the bytes: [`READ_AHEAD_SPANS_MIN`] when the file's share
+/// (1/[`READ_AHEAD_FILE_SHARE`]) holds that many spans of `span_size`
+/// bytes, else one.
+fn read_ahead_spans_min(size: Option<u64>, span_size: u64) -> usize {
+    match size {
+        Some(size) if span_size > 0 => {
+            (size / READ_AHEAD_FILE_SHARE / span_size).clamp(1, READ_AHEAD_SPANS_MIN as u64) as usize
+        }
+        _ => READ_AHEAD_SPANS_MIN,
+    }
 }
 
 /// The most the read-ahead of a file of `size` bytes (if known) grows to:
@@ -569,21 +597,44 @@ async fn read_blocks(
     // Blocks whose bytes did not match the CRC they were written with.
     let mut corrupted = 0usize;
     let mut mirror_used = None;
+    // A parity block fetched into the place of the one data block that
+    // will be missing: (its index, the data block's index).
+    let mut in_place: Option<(usize, usize)> = None;
     loop {
         let mut batch = choice.next(good);
         if batch.is_empty() {
             break;
         }
+        // The data block whose place holds a parity block is fetched after
+        // all (a later batch): the parity block moves to a buffer of its own.
+        if let Some((parity_index, missing)) = in_place
+            && batch.contains(&missing)
+        {
+            in_place = None;
+            move_parity_out(&mut pieces[missing], &mut parity_blocks[parity_index - d]);
+        }
         // One data block will be missing: when this parity rebuilds it by
         // XOR, fetch every parity block along (one block more on the wire,
-        // no Reed–Solomon decode).
-        let missing_after = (0..d).filter(|&index| !have[index] && !batch.contains(&index)).count();
+        // no Reed–Solomon decode), the first of them straight into the
+        // missing block's place in the span buffer, where the XOR then
+        // rebuilds the block in place: a degraded span takes one parity
+        // buffer, not P.
+        let missing_after: Vec<usize> = (0..d).filter(|&index| !have[index] && !batch.contains(&index)).collect();
         if !mirroring
-            && missing_after == 1
+            && missing_after.len() == 1
             && xor_assumed(parity)
             && let Some(more) = choice.take_healthy_parity()
         {
             batch.extend(more);
+            let missing = missing_after[0];
+            let parity_size = layout.parity_block_size as usize;
+            if in_place.is_none()
+                && layout.block_size(missing) == layout.parity_block_size
+                && pieces[missing].as_ref().is_some_and(|place| place.capacity() >= parity_size)
+                && let Some(&parity_index) = batch.iter().find(|&&index| index >= d)
+            {
+                in_place = Some((parity_index, missing));
+            }
         }
         let mut tasks = JoinSet::new();
         for index in batch {
@@ -591,6 +642,10 @@ async fn read_blocks(
                 pieces[0].take().unwrap_or_default()
             } else if index < d {
                 pieces[index].take().unwrap_or_default()
+            } else if let Some((parity_index, missing)) = in_place
+                && parity_index == index
+            {
+                pieces[missing].take().unwrap_or_default()
             } else {
                 state.parity_buffer(layout.parity_block_size as usize)
             };
@@ -625,6 +680,12 @@ async fn read_blocks(
                     ));
                     if slot < d {
                         pieces[slot] = Some(fetched.buffer);
+                    } else if let Some((parity_index, missing)) = in_place
+                        && parity_index == index
+                    {
+                        // The place is the data block's again.
+                        in_place = None;
+                        pieces[missing] = Some(fetched.buffer);
                     }
                 }
             }
@@ -656,8 +717,10 @@ async fn read_blocks(
         // On a blocking thread: the fetches of the next spans go on meanwhile.
         let written: Vec<u32> = blocks.iter().map(|block| block.crc.get()).collect();
         let (layout_owned, have_owned) = (*layout, have.clone());
+        let in_place = in_place.map(|(parity_index, missing)| (parity_index - d, missing));
         let rebuilt = tokio::task::spawn_blocking(move || {
-            let result = rebuild(&layout_owned, &written, &mut pieces, &mut crcs, &have_owned, &parity_blocks);
+            let result =
+                rebuild(&layout_owned, &written, &mut pieces, &mut crcs, &have_owned, &mut parity_blocks, in_place);
             (result, pieces, crcs, parity_blocks)
         })
         .await
@@ -828,6 +891,9 @@ pub(crate) fn span_buffer(size: usize) -> BytesMut {
 enum Rebuilt {
     /// One data block, as the XOR of every parity block and the other data blocks.
     Xor,
+    /// The same, in its place in the span buffer, where the first parity
+    /// block was fetched.
+    XorInPlace,
     /// A Reed–Solomon decode.
     Decode,
 }
@@ -836,6 +902,7 @@ impl Rebuilt {
     fn as_str(self) -> &'static str {
         match self {
             Self::Xor => "xor",
+            Self::XorInPlace => "xor in place",
             Self::Decode => "decode",
         }
     }
@@ -1027,28 +1094,91 @@ fn xor_rebuild_chunks(out: &mut BytesMut, size: usize, first: &[u8], sources: &[
     }
 }
 
+/// Moves a parity block that was fetched into a data block's place
+/// (`place`) to a buffer of its own (a copy; only when a degraded span
+/// does not go as planned), and leaves the place empty for the data block.
+fn move_parity_out(place: &mut Option<BytesMut>, parity_block: &mut Option<BytesMut>) {
+    if let Some(mut bytes) = parity_block.take() {
+        *parity_block = Some(BytesMut::from(&bytes[..]));
+        bytes.clear();
+        *place = Some(bytes);
+    }
+}
+
+/// `out ^=` the XOR of `sources`, each zero-padded to `out`'s length (a
+/// longer one is cut), chunk by chunk; returns the CRC32C of the result,
+/// each chunk's taken right after it is made, while it is in the L1 cache.
+/// `out` holds a parity block received into the missing block's place, so
+/// the pass reads it and the sources once and writes each byte once, as
+/// [`xor_rebuild_checked`] does with a separate first source. Applied
+/// twice with the same sources it gives `out` back.
+fn xor_in_place_checked(out: &mut [u8], sources: &[&[u8]]) -> u32 {
+    let size = out.len();
+    let mut crc = 0u32;
+    let mut whole: Vec<&[u8]> = Vec::with_capacity(sources.len());
+    let mut at = 0;
+    while at < size {
+        let end = (at + XOR_CHUNK_BYTES).min(size);
+        whole.clear();
+        whole.extend(sources.iter().filter(|source| source.len() >= end).map(|source| &source[at..end]));
+        let chunk = &mut out[at..end];
+        xor_add(chunk, &whole);
+        for source in sources.iter().filter(|source| source.len() > at && source.len() < end) {
+            xor_into(&mut chunk[..source.len() - at], &source[at..]);
+        }
+        crc = crc32c_append(crc, chunk);
+        at = end;
+    }
+    crc
+}
+
 /// Rebuilds the missing data blocks (`have[i]` false) into their pieces from
 /// the present data blocks and parity blocks, and checks each rebuilt
 /// block against the CRC it was written with. One missing block with every
 /// parity block at hand is rebuilt by XOR when the parity allows it
 /// (`xor_assumed`), in place in its piece of the span buffer; else, or
 /// when the XOR's CRC does not match, Reed–Solomon decodes.
+///
+/// `in_place`: parity block `.0` was fetched into the place of data block
+/// `.1` (see `read_blocks`). The XOR then rebuilds that block in place;
+/// if it is not taken, or its CRC does not match, the parity block moves
+/// to a buffer of its own (the XOR undone first) and the place is the
+/// data block's again.
 fn rebuild(
     layout: &SpanLayout,
     written: &[u32],
     pieces: &mut [Option<BytesMut>],
     crcs: &mut [u32],
     have: &[bool],
-    parity_blocks: &[Option<BytesMut>],
+    parity_blocks: &mut [Option<BytesMut>],
+    in_place: Option<(usize, usize)>,
 ) -> std::result::Result<Rebuilt, String> {
     let d = layout.parity.data_blocks();
     let p = layout.parity.parity_blocks();
     let missing: Vec<usize> = (0..d).filter(|&index| !have[index]).collect();
     let mut xor_refused: Option<String> = None;
-    if let [index] = missing[..]
-        && parity_blocks.iter().all(Option::is_some)
-        && xor_assumed(layout.parity)
-    {
+    let xor = missing.len() == 1 && parity_blocks.iter().all(Option::is_some) && xor_assumed(layout.parity);
+    if let Some((slot, place)) = in_place {
+        let fits = parity_blocks[slot].as_ref().is_some_and(|block| block.len() as u64 == layout.block_size(place));
+        if xor && missing[0] == place && fits {
+            let Some(mut out) = parity_blocks[slot].take() else { return Err("no parity block".into()) };
+            let parity_present = parity_blocks.iter().flatten().map(|block| &block[..]);
+            let data_present = pieces.iter().flatten().map(|piece| &piece[..]);
+            let sources: Vec<&[u8]> = parity_present.chain(data_present).collect();
+            let crc = xor_in_place_checked(&mut out, &sources);
+            if crc == written[place] {
+                pieces[place] = Some(out);
+                crcs[place] = crc;
+                return Ok(Rebuilt::XorInPlace);
+            }
+            // Undone (XOR is its own inverse): the parity block again, for the decode.
+            xor_in_place_checked(&mut out, &sources);
+            parity_blocks[slot] = Some(out);
+            xor_refused = Some(format!("by XOR it has CRC {crc:08x}; "));
+        }
+        move_parity_out(&mut pieces[place], &mut parity_blocks[slot]);
+    } else if xor {
+        let index = missing[0];
         let size = layout.block_size(index) as usize;
         let mut parity_present = parity_blocks.iter().flatten().map(|block| &block[..]);
         let Some(first) = parity_present.next() else { return Err("no parity block".into()) };
@@ -1352,14 +1482,14 @@ mod tests {
                         .map(|(index, block)| Some(BytesMut::from(if index == lost { &b"stale"[..] } else { block })))
                         .collect();
                     let have: Vec<bool> = (0..d as usize).map(|index| index != lost).collect();
-                    let parity_blocks: Vec<Option<BytesMut>> = parity
+                    let mut parity_blocks: Vec<Option<BytesMut>> = parity
                         .iter()
                         .enumerate()
                         .map(|(index, block)| (Some(index) != parity_lost).then(|| BytesMut::from(&block[..])))
                         .collect();
                     let mut crcs: Vec<u32> = written[..d as usize].to_vec();
                     crcs[lost] = 0;
-                    let how = rebuild(&layout, &written, &mut pieces, &mut crcs, &have, &parity_blocks)
+                    let how = rebuild(&layout, &written, &mut pieces, &mut crcs, &have, &mut parity_blocks, None)
                         .unwrap_or_else(|error| panic!("{d}+{p}, block {lost} lost: {error}"));
                     let expected = if xor && parity_lost.is_none() { Rebuilt::Xor } else { Rebuilt::Decode };
                     assert_eq!(how, expected, "{d}+{p}, block {lost} lost, parity {parity_lost:?} lost");
@@ -1402,16 +1532,25 @@ mod tests {
         }
     }
 
-    /// The read-ahead of a small file stays an eighth of it (four cats of
-    /// 256 MiB each fault in 32 MiB of buffers, not 64), not below the
-    /// minimum; a large or unknown file's grows to the maximum.
+    /// The read-ahead of a small file stays a sixteenth of it, and one span
+    /// when that holds fewer than two (four cats of 256 MiB each fault in
+    /// 16 MiB of buffers, not 64 or 32), not below the minimum; a large or
+    /// unknown file's grows to the maximum, two spans at least.
     #[test]
     fn the_read_ahead_is_bounded_by_the_file_size() {
         const MIB: u64 = 1 << 20;
-        assert_eq!(read_ahead_max(Some(256 * MIB)), 32 * MIB);
+        assert_eq!(read_ahead_max(Some(256 * MIB)), 16 * MIB);
+        assert_eq!(read_ahead_max(Some(512 * MIB)), 32 * MIB);
         assert_eq!(read_ahead_max(Some(10 * MIB)), READ_AHEAD_BYTES_MIN);
         assert_eq!(read_ahead_max(Some(1 << 30)), READ_AHEAD_BYTES_MAX);
         assert_eq!(read_ahead_max(None), READ_AHEAD_BYTES_MAX);
+        // Four cats of 256 MiB in 16 MiB spans: one span each in flight.
+        assert_eq!(read_ahead_spans_min(Some(256 * MIB), 16 * MIB), 1);
+        assert_eq!(read_ahead_spans_min(Some(10 * MIB), 16 * MIB), 1);
+        assert_eq!(read_ahead_spans_min(Some(1 << 30), 16 * MIB), READ_AHEAD_SPANS_MIN);
+        assert_eq!(read_ahead_spans_min(Some(512 * MIB), 16 * MIB), READ_AHEAD_SPANS_MIN);
+        assert_eq!(read_ahead_spans_min(None, 16 * MIB), READ_AHEAD_SPANS_MIN);
+        assert_eq!(read_ahead_spans_min(Some(256 * MIB), 0), READ_AHEAD_SPANS_MIN);
     }
 
     /// `xor_rebuild` equals a byte-by-byte XOR of its inputs, each
@@ -1494,11 +1633,11 @@ mod tests {
                 parity[0][20] ^= 1;
             }
             let mut pieces: Vec<Option<BytesMut>> = data.iter().map(|block| Some(BytesMut::from(*block))).collect();
-            let parity_blocks: Vec<Option<BytesMut>> =
+            let mut parity_blocks: Vec<Option<BytesMut>> =
                 parity.iter().map(|block| Some(BytesMut::from(&block[..]))).collect();
             let mut crcs = written.clone();
             crcs[0] = 0;
-            let result = rebuild(&layout, &written, &mut pieces, &mut crcs, &have, &parity_blocks);
+            let result = rebuild(&layout, &written, &mut pieces, &mut crcs, &have, &mut parity_blocks, None);
             if corrupt_first {
                 let error = result.expect_err("refused");
                 assert!(error.starts_with(CORRUPTED), "{error}");
@@ -1506,6 +1645,54 @@ mod tests {
                 assert_eq!(result, Ok(Rebuilt::Decode));
                 assert!(pieces[0].as_deref() == Some(data[0]), "decoded exactly");
                 assert_eq!(crcs[0], written[0]);
+            }
+        }
+    }
+
+    /// A parity block fetched into the missing data block's place is
+    /// turned into that block there (no other buffer), exactly, with its
+    /// CRC; when the XOR is wrong it is undone, the parity block moves to a
+    /// buffer of its own and the block is decoded into the same place.
+    #[test]
+    fn a_parity_block_in_the_missing_place_becomes_the_block() {
+        let span: Vec<u8> = (0..256 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+        let layout = SpanLayout::new(span.len() as u64, Parity::new(4, 2).expect("parity")).expect("layout");
+        let mut parity = vec![Vec::new(); 2];
+        layout.encode_parity(&span, &mut parity).expect("encode");
+        let data: Vec<&[u8]> = (0..4)
+            .map(|index| {
+                let range = layout.data_block_range(index);
+                &span[range.start as usize..range.end as usize]
+            })
+            .collect();
+        let written: Vec<u32> = data.iter().map(|block| crc32c(block)).collect();
+        for (lost, wrong_second_parity) in [(0, false), (2, false), (3, false), (1, true)] {
+            let mut parity = parity.clone();
+            if wrong_second_parity {
+                parity[1][10] ^= 1;
+            }
+            let have: Vec<bool> = (0..4).map(|index| index != lost).collect();
+            let mut pieces: Vec<Option<BytesMut>> =
+                data.iter().enumerate().map(|(index, block)| (index != lost).then(|| BytesMut::from(*block))).collect();
+            let place = BytesMut::from(&parity[0][..]);
+            let place_start = place.as_ptr() as usize;
+            let mut parity_blocks = vec![Some(place), Some(BytesMut::from(&parity[1][..]))];
+            let mut crcs = written.clone();
+            crcs[lost] = 0;
+            let how = rebuild(&layout, &written, &mut pieces, &mut crcs, &have, &mut parity_blocks, Some((0, lost)))
+                .unwrap_or_else(|error| panic!("block {lost}: {error}"));
+            let rebuilt = pieces[lost].as_deref().expect("rebuilt");
+            assert!(rebuilt == data[lost], "block {lost} rebuilt exactly");
+            assert_eq!(rebuilt.as_ptr() as usize, place_start, "block {lost} rebuilt in its place");
+            assert_eq!(crcs[lost], written[lost]);
+            if wrong_second_parity {
+                assert_eq!(how, Rebuilt::Decode);
+                let first = parity_blocks[0].as_deref().expect("the first parity block, moved out");
+                assert!(first == &parity[0][..], "the XOR undone: the parity block again");
+                assert_ne!(first.as_ptr() as usize, place_start);
+            } else {
+                assert_eq!(how, Rebuilt::XorInPlace);
+                assert!(parity_blocks[0].is_none(), "the parity block became the data block");
             }
         }
     }

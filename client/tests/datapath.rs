@@ -212,9 +212,11 @@ fn a_service_stalling_mid_transfer_turns_into_parity_reads() {
 
 /// With one service of RS 4+2 dead, a span whose data block was on it is
 /// rebuilt by XOR of the two parity blocks and the three other data blocks
-/// (`-v` says "xor"), never by a Reed–Solomon decode; and the dead service
-/// is remembered: once it has refused, later spans pass it over without
-/// asking it ("flagged … or its service is down").
+/// (`-v` says "xor in place": the first parity block was fetched into the
+/// missing block's place; "xor" for the short last block), never by a
+/// Reed–Solomon decode; and the dead service is remembered: once it has
+/// refused, later spans pass it over without asking it ("flagged … or its
+/// service is down").
 #[test]
 fn one_dead_service_costs_xor_rebuilds_and_is_asked_a_few_times_only() {
     let cluster = Cluster::start(6);
@@ -234,7 +236,12 @@ fn one_dead_service_costs_xor_rebuilds_and_is_asked_a_few_times_only() {
     let rebuilt: Vec<&str> = stderr.lines().filter(|line| line.contains("reconstructed from parity")).collect();
     // Every span has one block on each service; 2 in 6 are parity.
     assert!(!rebuilt.is_empty(), "some span lost a data block: {stderr}");
-    assert!(rebuilt.iter().all(|line| line.contains("(xor)")), "rebuilt by XOR, not decoded: {stderr}");
+    assert!(rebuilt.iter().all(|line| line.contains("(xor")), "rebuilt by XOR, not decoded: {stderr}");
+    // In place: the first parity block is fetched into the missing block's
+    // place in the span buffer (all but the last span, whose last data
+    // block is shorter than a parity block).
+    let in_place = rebuilt.iter().filter(|line| line.contains("(xor in place)")).count();
+    assert!(in_place + 1 >= rebuilt.len(), "{in_place} of {} rebuilt in place: {stderr}", rebuilt.len());
     // Asked only by the spans already in flight when it first refused (the
     // read-ahead's first 16 MiB at most), not by every span.
     let asked = stderr.lines().filter(|line| line.contains("reading parity")).count();
