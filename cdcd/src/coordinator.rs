@@ -30,15 +30,18 @@
 //! 3. the first release_dirent (release or kill) since the stored record,
 //!    unless every mutation since that record is one its shard remembers
 //!    for the transaction ("Remembered requests", below): an mkdir's create
-//!    and inject (or its create_linked_dir), an mv's acquire and inject, an mv dir's inject after its
+//!    and inject (or its create_linked_dir), an mv's acquire and inject
+//!    (or an mv file's move_file_in_shard), an mv dir's inject after its
 //!    loop check. So mkdir and mv file have no fence 3 (rmdir's set_parent
 //!    keeps it).
 //!
 //! Why re-sending from the stored record reaches the same step: between
 //! fences the transaction sends only mutations whose answers repeat.
-//! create_unlinked_dir, create_linked_dir, inject_dirent and acquire_dirent
-//! are remembered by their shard per transaction (below): sent again, each answers as the
-//! first did and changes nothing, whatever happened to the entry since.
+//! create_unlinked_dir, create_linked_dir, inject_dirent, acquire_dirent
+//! and move_file_in_shard are remembered by their shard per transaction
+//! (below; [`is_remembered`] is the one list of them): sent again, each
+//! answers as the first did and changes nothing, whatever happened to the
+//! entry since.
 //! set_parent to null of a directory whose entry is held finds it empty
 //! again (nobody can link into a directory without a parent), but only
 //! while the entry is held: the first release or kill ends that (clients
@@ -62,7 +65,8 @@
 //! as the change, it records under the transaction's id what it answered
 //! (create_unlinked_dir: the directory; inject: dir, inode, creation time;
 //! acquire: dir, inode, creation time; create_linked_dir: parent, directory,
-//! creation time; in metad's `unlinked_dirs`, keyed by transaction id BE
+//! creation time; move_file_in_shard: target directory, file, creation
+//! time; in metad's `unlinked_dirs`, keyed by transaction id BE
 //! and a tag), and a request of the same transaction
 //! finds the record first and answers from it without looking at the
 //! entry. A refusal is not recorded (fence 2 covers it), nor a dry run.
@@ -119,8 +123,16 @@
 //! create_linked_dir: one shard transaction and one shard sync (a refusal,
 //! e.g. the name taken since the resolve, leaves nothing, so there is no
 //! rollback step). Records of older runs at the two-step create resume
-//! through it, whatever its shard. An mv file: three
-//! reads, [plan] acquire, inject (owning), kill source, answer. An mv dir: reads, dry run, [plan] acquire,
+//! through it, whatever its shard. An mv file: three reads (at once),
+//! then, when both parents are on one shard, [plan] move_file_in_shard,
+//! answer (one shard transaction does the acquire's check, the owning
+//! inject with inject's overwrite rules and the kill: a reader sees the
+//! old name or the new one, a refusal leaves nothing to release; the
+//! CDC's entry locks keep other transactions off both names, and a
+//! client's change to the source since the resolve is judged by the
+//! request itself); otherwise [plan] acquire, inject (owning), kill
+//! source, answer. Records of older runs at a same-shard file's acquire
+//! resume through acquire, inject and kill. An mv dir: reads, dry run, [plan] acquire,
 //! loop check, [fence] inject, release target, kill source, set_parent,
 //! answer. An rmdir: stat, [plan] acquire, set_parent to null, [fence] kill,
 //! answer. Commits are shared by every transaction that queued a record
@@ -277,6 +289,7 @@ use wire::cdc::CdcStatus;
 use wire::limits::{CLIENT_REQUEST_DEADLINE_NS, CLIENT_TIMEOUT_INITIAL_NS, CLIENT_TIMEOUT_MAX_NS};
 use wire::shard::{ShardKind, ShardRequest};
 use wire::{ErrorKind, InodeId, ShardId};
+use zerocopy::byteorder::little_endian::U64;
 
 use crate::commit::GroupCommit;
 use crate::locks::{LockTable, Ticket, lock_set};
@@ -746,8 +759,8 @@ struct Replay {
     /// A release_dirent (release or kill) was sent since the stored record.
     released: bool,
     /// Every mutation sent since the stored record is one its shard
-    /// remembers for the transaction (create_unlinked_dir, acquire_dirent,
-    /// inject_dirent): re-sent, each answers as it did and changes nothing.
+    /// remembers for the transaction ([`is_remembered`]): re-sent, each
+    /// answers as it did and changes nothing.
     remembered: bool,
     /// A previous run may have executed the mutations sent until the next
     /// save (it never sent anything past its own next fence).
@@ -807,27 +820,32 @@ impl Replay {
     }
 }
 
-/// Whether the shard remembers `request`'s answer per transaction (and
-/// answers a re-sent one from that memory, changing nothing).
-fn is_remembered(request: &ShardRequest<'_>) -> bool {
+/// The requests a shard remembers per transaction (and answers, re-sent,
+/// from that memory, changing nothing), with their `forget_below` field:
+/// the one list of them ("Remembered requests" in the module doc). An
+/// inject carries the field also as a dry run, which is not remembered.
+fn forget_below_field<'r>(request: &'r mut ShardRequest<'_>) -> Option<&'r mut U64> {
     match request {
-        ShardRequest::CreateUnlinkedDir(_) | ShardRequest::CreateLinkedDir(_) | ShardRequest::AcquireDirent(_) => true,
-        ShardRequest::InjectDirent(inject) => inject.head.dry_run == 0,
-        _ => false,
+        ShardRequest::CreateUnlinkedDir(create) => Some(&mut create.forget_below),
+        ShardRequest::InjectDirent(inject) => Some(&mut inject.head.forget_below),
+        ShardRequest::AcquireDirent(acquire) => Some(&mut acquire.head.forget_below),
+        ShardRequest::CreateLinkedDir(create) => Some(&mut create.head.forget_below),
+        ShardRequest::MoveFileInShard(moved) => Some(&mut moved.head.forget_below),
+        _ => None,
     }
+}
+
+/// Whether the shard remembers `request`'s answer per transaction.
+fn is_remembered(request: &ShardRequest<'_>) -> bool {
+    !is_dry_run(request) && forget_below_field(&mut request.clone()).is_some()
 }
 
 /// Puts the coordinator's current promise into a request that carries one
 /// (asked only then: reads and other mutations carry none).
 fn set_forget_below(request: &mut ShardRequest<'_>, forget_below: impl FnOnce() -> u64) {
-    let field = match request {
-        ShardRequest::CreateUnlinkedDir(create) => &mut create.forget_below,
-        ShardRequest::InjectDirent(inject) => &mut inject.head.forget_below,
-        ShardRequest::AcquireDirent(acquire) => &mut acquire.head.forget_below,
-        ShardRequest::CreateLinkedDir(create) => &mut create.head.forget_below,
-        _ => return,
-    };
-    *field = zerocopy::byteorder::little_endian::U64::new(forget_below());
+    if let Some(field) = forget_below_field(request) {
+        *field = U64::new(forget_below());
+    }
 }
 
 fn is_dry_run(request: &ShardRequest<'_>) -> bool {

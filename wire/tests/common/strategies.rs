@@ -238,6 +238,11 @@ pub fn shard_request(kind: ShardKind) -> BoxedStrategy<ShardRequest<'static>> {
         K::CreateLinkedDir => {
             (fixed(), name()).prop_map(|(head, name)| R::CreateLinkedDir(CreateLinkedDirReq { head, name })).boxed()
         }
+        K::MoveFileInShard => (fixed(), name(), name())
+            .prop_map(|(head, source_name, target_name)| {
+                R::MoveFileInShard(MoveFileInShardReq { head, source_name, target_name })
+            })
+            .boxed(),
     }
 }
 
@@ -296,6 +301,7 @@ pub fn shard_response(kind: ShardKind) -> BoxedStrategy<ShardResponse<'static>> 
         K::PurgeRemoteOwningDirent => empty().prop_map(R::PurgeRemoteOwningDirent).boxed(),
         K::MoveFileToEden => empty().prop_map(R::MoveFileToEden).boxed(),
         K::CreateLinkedDir => fixed().prop_map(R::CreateLinkedDir).boxed(),
+        K::MoveFileInShard => fixed().prop_map(R::MoveFileInShard).boxed(),
     }
 }
 
