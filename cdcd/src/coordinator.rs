@@ -173,6 +173,19 @@
 //!
 //! # Where the time goes
 //!
+//! Session 11 (cdc12, `perf/results/2026-11-28-s11-cdc12.md`): an mv file
+//! whose parents are on one shard is the parents' two stats (at once), the
+//! plan's commit and one shard transaction (move_file_in_shard): three
+//! journal syncs per move with one client (plan, move, the outcome's
+//! record, not waited for), was five; one client's move 1.0–1.6 ms (was
+//! 1.7–2.5 ms on the same machine); at 8 clients 3 shard requests and 1
+//! shard mutation per move (was 6 and 3), 0.62–0.64 × the CPU per move
+//! (cdcd 117–165 µs), 1.34–1.66 × the rate (paired medians on the shared
+//! machine). A cross-shard move and a mkdir are unchanged: one client's
+//! mkdir (708 µs here) waits for stat ‖ resolve, the plan's CDC commit
+//! (about 230 µs: apply and a journal sync) and create_linked_dir (about
+//! 180 µs with its shard's sync) or create_unlinked_dir then inject.
+//!
 //! Session 10 (cdc11, `perf/results/2026-11-28-s10-cdc11.md`): a mkdir
 //! whose new directory lands on its parent's shard (half of them with the
 //! local cluster's two shards) waits for the plan's commit and one shard

@@ -29,9 +29,9 @@
 //!         roll back)
 //!         otherwise: stat target parent ‖ stat source parent ‖ resolve
 //!         source (type; the three sent at once) → [dir: dry-run inject]
-//!         → acquire → [dir: loop check,
-//!         walking the target's ancestors to the root] → inject target (a
-//!         file's owning) → [dir: release target] → release kill source
+//!         → acquire → [dir: loop check, walking the target's ancestors to
+//!         the root] → inject target (a file's owning)
+//!         → [dir: release target] → release kill source
 //!         → [dir: set_parent(dir, target parent)] → OK
 //!         loop / inject fails → release source, report
 //!         (records of older runs at a same-shard file's acquire resume
