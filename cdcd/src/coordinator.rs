@@ -652,7 +652,8 @@ impl<S: Shards> Coordinator<S> {
     ) -> Result<(Option<(ShardReply, bool)>, Vec<Answered>), TransportError> {
         let mutation = request.kind().is_mutation();
         let request_id = if mutation { state.mutation_request_id() } else { self.random() };
-        let chain = Self::chain(state, log);
+        let context = Context { new_dir_shards: &self.new_dir_shards };
+        let chain = Self::chain(state, log, &context);
         let mut later = Vec::with_capacity(chain.len());
         for next in &chain {
             if let Ok(Action::Send { shard, request }) = next.action() {
@@ -685,11 +686,11 @@ impl<S: Shards> Coordinator<S> {
     /// mutation that would need a fence if every earlier one answered
     /// `Empty` (`log` is the transaction's replay state before `state`'s
     /// request is sent).
-    fn chain(state: &TxnState, mut log: Replay) -> Vec<TxnState> {
+    fn chain(state: &TxnState, mut log: Replay, context: &Context<'_>) -> Vec<TxnState> {
         let mut chain: Vec<TxnState> = Vec::new();
         let mut current = state.clone();
         while chain.len() + 1 < AHEAD_MAX {
-            let Some(step) = current.next_if_answered() else { break };
+            let Some(step) = current.next_if_answered(context) else { break };
             let Ok(Action::Send { request, .. }) = current.action() else { break };
             let mutation = request.kind().is_mutation();
             let mut next = current.clone();

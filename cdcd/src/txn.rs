@@ -12,10 +12,12 @@
 //! The steps, with the rollback path of each failure:
 //!
 //! ```text
-//! mkdir   stat parent → resolve name (must be free) → the new directory's
-//!         shard is the parent's: create_linked_dir (create + owning inject
-//!         in one shard transaction) → OK + inode; refused → report
-//!         another shard: create_unlinked_dir → inject (owning) → OK + inode
+//! mkdir   the new directory's shard (from the transaction id) is the
+//!         parent's: stat parent → create_linked_dir (the name's check,
+//!         create and owning inject in one shard transaction) → OK + inode;
+//!         refused → report (nothing to roll back)
+//!         another shard: stat parent ‖ resolve name (must be free; the two
+//!         sent at once) → create_unlinked_dir → inject (owning) → OK + inode
 //!         inject fails → set_parent(new, null), report
 //!         (records of older runs may be at a release step: inject
 //!         non-owning, then release)
@@ -473,12 +475,12 @@ impl TxnState {
     /// The answer "that lets it go on" of a read is any answer (the chain's
     /// later answers are only used while the transaction is on the step
     /// they were sent for); of a tail mutation it is `Empty`.
-    pub fn next_if_answered(&self) -> Option<Step> {
+    pub fn next_if_answered(&self, context: &Context<'_>) -> Option<Step> {
         let directory = matches!(self.args, TxnArgs::Move { directory: true, .. });
         let same_parents =
             matches!(&self.args, TxnArgs::Move { source_parent, target_parent, .. } if source_parent == target_parent);
         match &self.step {
-            Step::MkDirStatParent => Some(Step::MkDirResolve),
+            Step::MkDirStatParent => Some(self.after_mkdir_stat(context)),
             Step::MoveStatTargetParent if same_parents => Some(self.after_move_stats()),
             Step::MoveStatTargetParent => Some(Step::MoveStatSourceParent),
             Step::MoveStatSourceParent => Some(self.after_move_stats()),
@@ -665,15 +667,13 @@ impl TxnState {
         match (&self.step, reply) {
             (Step::MkDirStatParent, reply) => match parent_check(parent, &reply, "parent") {
                 Some(failure) => done(failure),
-                None => Some(Step::MkDirResolve),
+                None => Some(self.after_mkdir_stat(context)),
             },
             (Step::MkDirResolve, ShardReply::Resolve { .. }) => {
                 done(Outcome::failed(CdcStatus::AlreadyExists, "the name exists"))
             }
             (Step::MkDirResolve, ShardReply::Error(ErrorKind::NotFound)) => {
-                let shards = context.new_dir_shards;
-                let index = (mix64(self.txn_id) % shards.len().max(1) as u64) as usize;
-                let shard = shards.get(index).copied().unwrap_or(0);
+                let shard = self.new_dir_shard(context);
                 // The placement is not biased: only the request differs.
                 if shard == parent.shard() { Some(Step::MkDirCreateLinked) } else { Some(Step::MkDirCreate { shard }) }
             }
@@ -848,6 +848,28 @@ impl TxnState {
                 _,
             ) => None,
             (step, reply) => self.confused(step, &reply),
+        }
+    }
+
+    /// The shard of the directory this mkdir makes: from the transaction id
+    /// alone (not biased by the parent's shard).
+    fn new_dir_shard(&self, context: &Context<'_>) -> ShardId {
+        let shards = context.new_dir_shards;
+        let index = (mix64(self.txn_id) % shards.len().max(1) as u64) as usize;
+        shards.get(index).copied().unwrap_or(0)
+    }
+
+    /// A mkdir's step after the parent's stat: when the new directory lands
+    /// on the parent's shard, create_linked_dir at once (it refuses an
+    /// existing name itself, ALREADY_EXISTS, in the same transaction: no
+    /// resolve); otherwise the resolve first, so that no directory is made
+    /// for a name that is taken.
+    fn after_mkdir_stat(&self, context: &Context<'_>) -> Step {
+        match &self.args {
+            TxnArgs::MkDir { parent, .. } if self.new_dir_shard(context) == inode(*parent).shard() => {
+                Step::MkDirCreateLinked
+            }
+            _ => Step::MkDirResolve,
         }
     }
 

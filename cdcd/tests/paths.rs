@@ -702,8 +702,9 @@ impl Harness {
 }
 
 // When the new directory lands on its parent's shard, a mkdir sends one
-// shard mutation (create_linked_dir) after its two reads; otherwise two
-// (create_unlinked_dir, inject). The placement itself is the same.
+// shard mutation (create_linked_dir) after the parent's stat (no resolve:
+// the request checks the name itself); otherwise two (create_unlinked_dir,
+// inject) after stat and resolve. The placement itself is the same.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_mkdir_on_its_parents_shard_sends_one_mutation() {
     let h = Harness::new("a_mkdir_on_its_parents_shard_sends_one_mutation", 6, Faults::default());
@@ -722,7 +723,7 @@ async fn a_mkdir_on_its_parents_shard_sends_one_mutation() {
         assert_eq!(h.entry(parent, &format!("d{i}")), Some(dir));
         assert_eq!(h.parent_of(dir), Some(parent));
         if parent_shard == shard {
-            assert_eq!(calls, 3, "mkdir {i}: stat, resolve, create_linked_dir");
+            assert_eq!(calls, 2, "mkdir {i}: stat, create_linked_dir (no resolve)");
             linked += 1;
         } else {
             assert_eq!(calls, 4, "mkdir {i}: stat, resolve, create, inject");
@@ -744,8 +745,7 @@ async fn a_same_shard_mkdir_that_loses_a_race_for_the_name_leaves_nothing() {
     let mut state = coordinator.new_txn(TxnArgs::MkDir { parent, name: "x".into() });
     let context = Context { new_dir_shards: &NEW_DIR_SHARDS };
     state.advance(ShardReply::StatDirectory { parent: InodeId::ROOT }, false, &context);
-    state.advance(ShardReply::Error(ErrorKind::NotFound), false, &context);
-    assert_eq!(state.step, cdcd::txn::Step::MkDirCreateLinked);
+    assert_eq!(state.step, cdcd::txn::Step::MkDirCreateLinked, "no resolve");
     let other = h.mkdir_ok(parent, "x").await;
     let dirs = h.dirs();
     let outcome = coordinator.run(None, state, false).await.unwrap();
@@ -773,10 +773,10 @@ async fn a_same_shard_mkdir_resumed_after_the_shard_applied_it_links_once() {
         let parents = h.parents().await;
         let parent = parents[&h.next_new_dir_shard()];
         let dirs = h.dirs();
-        // Calls: stat, resolve, create_linked_dir (the crash).
+        // Calls: stat, create_linked_dir (the crash).
         let args = TxnArgs::MkDir { parent, name: "d".into() };
         let mut moved = false;
-        let outcome = h.crash_then(seed, args, 3, |h| moved = h.rename(parent, "d", "e")).await;
+        let outcome = h.crash_then(seed, args, 2, |h| moved = h.rename(parent, "d", "e")).await;
         renamed += u32::from(moved);
         assert_eq!(outcome.status, CdcStatus::Ok, "seed {seed}: {outcome:?}");
         let (name, other) = if moved { ("e", "d") } else { ("d", "e") };
