@@ -120,18 +120,20 @@
 //! wait for one (four), and session 8's chain two. When the new
 //! directory's shard (chosen as always, from the transaction id: not
 //! biased) is the parent's, create and inject are one request,
-//! create_linked_dir: one shard transaction and one shard sync (a refusal,
-//! e.g. the name taken since the resolve, leaves nothing, so there is no
-//! rollback step). Records of older runs at the two-step create resume
-//! through it, whatever its shard. An mv file: three reads (at once),
-//! then, when both parents are on one shard, [plan] move_file_in_shard,
-//! answer (one shard transaction does the acquire's check, the owning
-//! inject with inject's overwrite rules and the kill: a reader sees the
-//! old name or the new one, a refusal leaves nothing to release; the
-//! CDC's entry locks keep other transactions off both names, and a
-//! client's change to the source since the resolve is judged by the
-//! request itself); otherwise [plan] acquire, inject (owning), kill
-//! source, answer. Records of older runs at a same-shard file's acquire
+//! create_linked_dir: one shard transaction and one shard sync, and no
+//! resolve before it (stat, [plan] create_linked_dir, answer): the request
+//! checks the name itself, and a refusal (the name taken) leaves nothing,
+//! so there is no rollback step; such a refusal is told once its record is
+//! durable, as every refusal. Records of older runs at the two-step create
+//! resume through it, whatever its shard. An mv file whose parents are on
+//! one shard: the parents' stats (at once), [plan] move_file_in_shard,
+//! answer (one shard transaction does the resolve's and the acquire's
+//! checks, the owning inject with inject's overwrite rules and the kill: a
+//! reader sees the old name or the new one, a refusal leaves nothing to
+//! release; the CDC's entry locks keep other transactions off both names,
+//! and a client's shard-local change to either name is judged by the
+//! request itself); otherwise three reads (at once), [plan] acquire,
+//! inject (owning), kill source, answer. Records of older runs at a same-shard file's acquire
 //! resume through acquire, inject and kill. An mv dir: reads, dry run, [plan] acquire,
 //! loop check, [fence] inject, release target, kill source, set_parent,
 //! answer. An rmdir: stat, [plan] acquire, set_parent to null, [fence] kill,
@@ -145,8 +147,10 @@
 //! depend on the previous answer ([`TxnState::next_if_answered`]), the
 //! requests go out together and their answers are used in step order:
 //!
-//! - the reads before the plan: mkdir's stat parent and resolve; a move's
-//!   stat target parent, stat source parent and resolve source. Reads
+//! - the reads before the plan: mkdir's stat parent and resolve (no
+//!   resolve when the new directory lands on the parent's shard); a move's
+//!   stat target parent, stat source parent and resolve source (no resolve
+//!   for a file whose parents share a shard). Reads
 //!   change nothing, and an answer is used only while the transaction is
 //!   on the step it was sent for (a failed stat ends the transaction and
 //!   the resolve's answer is dropped).
@@ -181,10 +185,13 @@
 //! 1.7–2.5 ms on the same machine); at 8 clients 3 shard requests and 1
 //! shard mutation per move (was 6 and 3), 0.62–0.64 × the CPU per move
 //! (cdcd 117–165 µs), 1.34–1.66 × the rate (paired medians on the shared
-//! machine). A cross-shard move and a mkdir are unchanged: one client's
-//! mkdir (708 µs here) waits for stat ‖ resolve, the plan's CDC commit
-//! (about 230 µs: apply and a journal sync) and create_linked_dir (about
-//! 180 µs with its shard's sync) or create_unlinked_dir then inject.
+//! machine). A cross-shard move is unchanged. A mkdir whose new directory
+//! lands on its parent's shard sends no resolve (3.0 shard requests per
+//! mkdir, was 3.5; rate and CPU within noise): one client's mkdir (0.7–1.0
+//! ms here) waits for the stat (with the resolve on the two-step path), the
+//! plan's CDC commit (about 230 µs: apply and a journal sync) and
+//! create_linked_dir (about 180 µs with its shard's sync) or
+//! create_unlinked_dir then inject.
 //!
 //! Session 10 (cdc11, `perf/results/2026-11-28-s10-cdc11.md`): a mkdir
 //! whose new directory lands on its parent's shard (half of them with the
