@@ -30,15 +30,18 @@
 //! 3. the first release_dirent (release or kill) since the stored record,
 //!    unless every mutation since that record is one its shard remembers
 //!    for the transaction ("Remembered requests", below): an mkdir's create
-//!    and inject (or its create_linked_dir), an mv's acquire and inject, an mv dir's inject after its
+//!    and inject (or its create_linked_dir), an mv's acquire and inject
+//!    (or an mv file's move_file_in_shard), an mv dir's inject after its
 //!    loop check. So mkdir and mv file have no fence 3 (rmdir's set_parent
 //!    keeps it).
 //!
 //! Why re-sending from the stored record reaches the same step: between
 //! fences the transaction sends only mutations whose answers repeat.
-//! create_unlinked_dir, create_linked_dir, inject_dirent and acquire_dirent
-//! are remembered by their shard per transaction (below): sent again, each answers as the
-//! first did and changes nothing, whatever happened to the entry since.
+//! create_unlinked_dir, create_linked_dir, inject_dirent, acquire_dirent
+//! and move_file_in_shard are remembered by their shard per transaction
+//! (below; [`is_remembered`] is the one list of them): sent again, each
+//! answers as the first did and changes nothing, whatever happened to the
+//! entry since.
 //! set_parent to null of a directory whose entry is held finds it empty
 //! again (nobody can link into a directory without a parent), but only
 //! while the entry is held: the first release or kill ends that (clients
@@ -62,7 +65,8 @@
 //! as the change, it records under the transaction's id what it answered
 //! (create_unlinked_dir: the directory; inject: dir, inode, creation time;
 //! acquire: dir, inode, creation time; create_linked_dir: parent, directory,
-//! creation time; in metad's `unlinked_dirs`, keyed by transaction id BE
+//! creation time; move_file_in_shard: target directory, file, creation
+//! time; in metad's `unlinked_dirs`, keyed by transaction id BE
 //! and a tag), and a request of the same transaction
 //! finds the record first and answers from it without looking at the
 //! entry. A refusal is not recorded (fence 2 covers it), nor a dry run.
@@ -116,11 +120,21 @@
 //! wait for one (four), and session 8's chain two. When the new
 //! directory's shard (chosen as always, from the transaction id: not
 //! biased) is the parent's, create and inject are one request,
-//! create_linked_dir: one shard transaction and one shard sync (a refusal,
-//! e.g. the name taken since the resolve, leaves nothing, so there is no
-//! rollback step). Records of older runs at the two-step create resume
-//! through it, whatever its shard. An mv file: three
-//! reads, [plan] acquire, inject (owning), kill source, answer. An mv dir: reads, dry run, [plan] acquire,
+//! create_linked_dir: one shard transaction and one shard sync, and no
+//! resolve before it (stat, [plan] create_linked_dir, answer): the request
+//! checks the name itself, and a refusal (the name taken) leaves nothing,
+//! so there is no rollback step; such a refusal is told once its record is
+//! durable, as every refusal. Records of older runs at the two-step create
+//! resume through it, whatever its shard. An mv file whose parents are on
+//! one shard: the parents' stats (at once), [plan] move_file_in_shard,
+//! answer (one shard transaction does the resolve's and the acquire's
+//! checks, the owning inject with inject's overwrite rules and the kill: a
+//! reader sees the old name or the new one, a refusal leaves nothing to
+//! release; the CDC's entry locks keep other transactions off both names,
+//! and a client's shard-local change to either name is judged by the
+//! request itself); otherwise three reads (at once), [plan] acquire,
+//! inject (owning), kill source, answer. Records of older runs at a same-shard file's acquire
+//! resume through acquire, inject and kill. An mv dir: reads, dry run, [plan] acquire,
 //! loop check, [fence] inject, release target, kill source, set_parent,
 //! answer. An rmdir: stat, [plan] acquire, set_parent to null, [fence] kill,
 //! answer. Commits are shared by every transaction that queued a record
@@ -133,8 +147,10 @@
 //! depend on the previous answer ([`TxnState::next_if_answered`]), the
 //! requests go out together and their answers are used in step order:
 //!
-//! - the reads before the plan: mkdir's stat parent and resolve; a move's
-//!   stat target parent, stat source parent and resolve source. Reads
+//! - the reads before the plan: mkdir's stat parent and resolve (no
+//!   resolve when the new directory lands on the parent's shard); a move's
+//!   stat target parent, stat source parent and resolve source (no resolve
+//!   for a file whose parents share a shard). Reads
 //!   change nothing, and an answer is used only while the transaction is
 //!   on the step it was sent for (a failed stat ends the transaction and
 //!   the resolve's answer is dropped).
@@ -160,6 +176,22 @@
 //! rolls back).
 //!
 //! # Where the time goes
+//!
+//! Session 11 (cdc12, `perf/results/2026-11-28-s11-cdc12.md`): an mv file
+//! whose parents are on one shard is the parents' two stats (at once), the
+//! plan's commit and one shard transaction (move_file_in_shard): three
+//! journal syncs per move with one client (plan, move, the outcome's
+//! record, not waited for), was five; one client's move 1.0–1.6 ms (was
+//! 1.7–2.5 ms on the same machine); at 8 clients 3 shard requests and 1
+//! shard mutation per move (was 6 and 3), 0.62–0.64 × the CPU per move
+//! (cdcd 117–165 µs), 1.34–1.66 × the rate (paired medians on the shared
+//! machine). A cross-shard move is unchanged. A mkdir whose new directory
+//! lands on its parent's shard sends no resolve (3.0 shard requests per
+//! mkdir, was 3.5; rate and CPU within noise): one client's mkdir (0.7–1.0
+//! ms here) waits for the stat (with the resolve on the two-step path), the
+//! plan's CDC commit (about 230 µs: apply and a journal sync) and
+//! create_linked_dir (about 180 µs with its shard's sync) or
+//! create_unlinked_dir then inject.
 //!
 //! Session 10 (cdc11, `perf/results/2026-11-28-s10-cdc11.md`): a mkdir
 //! whose new directory lands on its parent's shard (half of them with the
@@ -277,6 +309,7 @@ use wire::cdc::CdcStatus;
 use wire::limits::{CLIENT_REQUEST_DEADLINE_NS, CLIENT_TIMEOUT_INITIAL_NS, CLIENT_TIMEOUT_MAX_NS};
 use wire::shard::{ShardKind, ShardRequest};
 use wire::{ErrorKind, InodeId, ShardId};
+use zerocopy::byteorder::little_endian::U64;
 
 use crate::commit::GroupCommit;
 use crate::locks::{LockTable, Ticket, lock_set};
@@ -626,7 +659,8 @@ impl<S: Shards> Coordinator<S> {
     ) -> Result<(Option<(ShardReply, bool)>, Vec<Answered>), TransportError> {
         let mutation = request.kind().is_mutation();
         let request_id = if mutation { state.mutation_request_id() } else { self.random() };
-        let chain = Self::chain(state, log);
+        let context = Context { new_dir_shards: &self.new_dir_shards };
+        let chain = Self::chain(state, log, &context);
         let mut later = Vec::with_capacity(chain.len());
         for next in &chain {
             if let Ok(Action::Send { shard, request }) = next.action() {
@@ -659,11 +693,11 @@ impl<S: Shards> Coordinator<S> {
     /// mutation that would need a fence if every earlier one answered
     /// `Empty` (`log` is the transaction's replay state before `state`'s
     /// request is sent).
-    fn chain(state: &TxnState, mut log: Replay) -> Vec<TxnState> {
+    fn chain(state: &TxnState, mut log: Replay, context: &Context<'_>) -> Vec<TxnState> {
         let mut chain: Vec<TxnState> = Vec::new();
         let mut current = state.clone();
         while chain.len() + 1 < AHEAD_MAX {
-            let Some(step) = current.next_if_answered() else { break };
+            let Some(step) = current.next_if_answered(context) else { break };
             let Ok(Action::Send { request, .. }) = current.action() else { break };
             let mutation = request.kind().is_mutation();
             let mut next = current.clone();
@@ -746,8 +780,8 @@ struct Replay {
     /// A release_dirent (release or kill) was sent since the stored record.
     released: bool,
     /// Every mutation sent since the stored record is one its shard
-    /// remembers for the transaction (create_unlinked_dir, acquire_dirent,
-    /// inject_dirent): re-sent, each answers as it did and changes nothing.
+    /// remembers for the transaction ([`is_remembered`]): re-sent, each
+    /// answers as it did and changes nothing.
     remembered: bool,
     /// A previous run may have executed the mutations sent until the next
     /// save (it never sent anything past its own next fence).
@@ -807,27 +841,32 @@ impl Replay {
     }
 }
 
-/// Whether the shard remembers `request`'s answer per transaction (and
-/// answers a re-sent one from that memory, changing nothing).
-fn is_remembered(request: &ShardRequest<'_>) -> bool {
+/// The requests a shard remembers per transaction (and answers, re-sent,
+/// from that memory, changing nothing), with their `forget_below` field:
+/// the one list of them ("Remembered requests" in the module doc). An
+/// inject carries the field also as a dry run, which is not remembered.
+fn forget_below_field<'r>(request: &'r mut ShardRequest<'_>) -> Option<&'r mut U64> {
     match request {
-        ShardRequest::CreateUnlinkedDir(_) | ShardRequest::CreateLinkedDir(_) | ShardRequest::AcquireDirent(_) => true,
-        ShardRequest::InjectDirent(inject) => inject.head.dry_run == 0,
-        _ => false,
+        ShardRequest::CreateUnlinkedDir(create) => Some(&mut create.forget_below),
+        ShardRequest::InjectDirent(inject) => Some(&mut inject.head.forget_below),
+        ShardRequest::AcquireDirent(acquire) => Some(&mut acquire.head.forget_below),
+        ShardRequest::CreateLinkedDir(create) => Some(&mut create.head.forget_below),
+        ShardRequest::MoveFileInShard(moved) => Some(&mut moved.head.forget_below),
+        _ => None,
     }
+}
+
+/// Whether the shard remembers `request`'s answer per transaction.
+fn is_remembered(request: &ShardRequest<'_>) -> bool {
+    !is_dry_run(request) && forget_below_field(&mut request.clone()).is_some()
 }
 
 /// Puts the coordinator's current promise into a request that carries one
 /// (asked only then: reads and other mutations carry none).
 fn set_forget_below(request: &mut ShardRequest<'_>, forget_below: impl FnOnce() -> u64) {
-    let field = match request {
-        ShardRequest::CreateUnlinkedDir(create) => &mut create.forget_below,
-        ShardRequest::InjectDirent(inject) => &mut inject.head.forget_below,
-        ShardRequest::AcquireDirent(acquire) => &mut acquire.head.forget_below,
-        ShardRequest::CreateLinkedDir(create) => &mut create.head.forget_below,
-        _ => return,
-    };
-    *field = zerocopy::byteorder::little_endian::U64::new(forget_below());
+    if let Some(field) = forget_below_field(request) {
+        *field = U64::new(forget_below());
+    }
 }
 
 fn is_dry_run(request: &ShardRequest<'_>) -> bool {

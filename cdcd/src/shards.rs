@@ -34,6 +34,9 @@ pub enum ShardReply {
     AcquireDirent {
         inode: InodeId,
     },
+    MoveFileInShard {
+        inode: InodeId,
+    },
     /// set_parent, release_dirent, purge_remote_owning_dirent,
     /// move_file_to_eden.
     Empty,
@@ -54,6 +57,7 @@ impl ShardReply {
             ShardResponse::InjectDirent(_) => ShardReply::InjectDirent,
             ShardResponse::CreateLinkedDir(resp) => ShardReply::CreateLinkedDir { inode: resp.inode },
             ShardResponse::AcquireDirent(resp) => ShardReply::AcquireDirent { inode: resp.inode },
+            ShardResponse::MoveFileInShard(resp) => ShardReply::MoveFileInShard { inode: resp.inode },
             ShardResponse::SetParent(_)
             | ShardResponse::ReleaseDirent(_)
             | ShardResponse::PurgeRemoteOwningDirent(_)

@@ -12,22 +12,32 @@
 //! The steps, with the rollback path of each failure:
 //!
 //! ```text
-//! mkdir   stat parent → resolve name (must be free) → the new directory's
-//!         shard is the parent's: create_linked_dir (create + owning inject
-//!         in one shard transaction) → OK + inode; refused → report
-//!         another shard: create_unlinked_dir → inject (owning) → OK + inode
+//! mkdir   the new directory's shard (from the transaction id) is the
+//!         parent's: stat parent → create_linked_dir (the name's check,
+//!         create and owning inject in one shard transaction) → OK + inode;
+//!         refused → report (nothing to roll back)
+//!         another shard: stat parent ‖ resolve name (must be free; the two
+//!         sent at once) → create_unlinked_dir → inject (owning) → OK + inode
 //!         inject fails → set_parent(new, null), report
 //!         (records of older runs may be at a release step: inject
 //!         non-owning, then release)
 //! rmdir   stat parent → acquire (directory) → set_parent(child, null)
 //!         → release kill → OK
 //!         set_parent fails (not empty) → release, report
-//! mv      stat target parent → stat source parent → resolve source (type)
-//!         → [dir: dry-run inject] → acquire → [dir: loop check, walking the
-//!         target's ancestors to the root] → inject target (a file's owning)
+//! mv      file, both parents on one shard: stat target parent ‖ stat source
+//!         parent (sent at once) → move_file_in_shard (the source's checks
+//!         as resolve and acquire make them, owning inject and kill in one
+//!         shard transaction) → OK + inode; refused → report (nothing to
+//!         roll back)
+//!         otherwise: stat target parent ‖ stat source parent ‖ resolve
+//!         source (type; the three sent at once) → [dir: dry-run inject]
+//!         → acquire → [dir: loop check, walking the target's ancestors to
+//!         the root] → inject target (a file's owning)
 //!         → [dir: release target] → release kill source
 //!         → [dir: set_parent(dir, target parent)] → OK
 //!         loop / inject fails → release source, report
+//!         (records of older runs at a same-shard file's acquire resume
+//!         through the long chain)
 //! purge   resolve the dead entry → purge_remote_owning_dirent
 //!         → move_file_to_eden on the file's shard → OK
 //! ```
@@ -41,9 +51,9 @@ use wire::cdc::CdcRequest;
 use wire::cdc::CdcStatus;
 use wire::shard::{
     AcquireDirentReq, AcquireDirentReqHead, CreateLinkedDirReq, CreateLinkedDirReqHead, CreateUnlinkedDirReq,
-    InjectDirentReq, InjectDirentReqHead, MoveFileToEdenReq, PurgeRemoteOwningDirentReq,
-    PurgeRemoteOwningDirentReqHead, ReleaseDirentReq, ReleaseDirentReqHead, ResolveMode, ResolveReq, ResolveReqHead,
-    SetParentReq, ShardRequest, StatReq,
+    InjectDirentReq, InjectDirentReqHead, MoveFileInShardReq, MoveFileInShardReqHead, MoveFileToEdenReq,
+    PurgeRemoteOwningDirentReq, PurgeRemoteOwningDirentReqHead, ReleaseDirentReq, ReleaseDirentReqHead, ResolveMode,
+    ResolveReq, ResolveReqHead, SetParentReq, ShardRequest, StatReq,
 };
 use wire::{EggsTime, ErrorKind, InodeId, InodeType, Name, ShardId};
 use zerocopy::byteorder::little_endian::U64;
@@ -219,6 +229,9 @@ pub enum Step {
     MoveDryRun {
         inode: u64,
     },
+    /// A file whose source and target parents are on one shard: acquire,
+    /// owning inject and kill in one request (move_file_in_shard).
+    MoveFileInShard,
     MoveAcquire {
         inode_type: u8,
     },
@@ -462,15 +475,15 @@ impl TxnState {
     /// The answer "that lets it go on" of a read is any answer (the chain's
     /// later answers are only used while the transaction is on the step
     /// they were sent for); of a tail mutation it is `Empty`.
-    pub fn next_if_answered(&self) -> Option<Step> {
+    pub fn next_if_answered(&self, context: &Context<'_>) -> Option<Step> {
         let directory = matches!(self.args, TxnArgs::Move { directory: true, .. });
         let same_parents =
             matches!(&self.args, TxnArgs::Move { source_parent, target_parent, .. } if source_parent == target_parent);
         match &self.step {
-            Step::MkDirStatParent => Some(Step::MkDirResolve),
-            Step::MoveStatTargetParent if same_parents => Some(Step::MoveResolveSource),
+            Step::MkDirStatParent => Some(self.after_mkdir_stat(context)),
+            Step::MoveStatTargetParent if same_parents => Some(self.after_move_stats()),
             Step::MoveStatTargetParent => Some(Step::MoveStatSourceParent),
-            Step::MoveStatSourceParent => Some(Step::MoveResolveSource),
+            Step::MoveStatSourceParent => Some(self.after_move_stats()),
             Step::MoveReleaseTarget { inode: moved } => Some(Step::MoveKillSource { inode: *moved }),
             Step::MoveKillSource { inode: moved } if directory => Some(Step::MoveSetParent { inode: *moved }),
             _ => None,
@@ -597,6 +610,18 @@ impl TxnState {
             Step::MoveStatSourceParent => Self::stat(source_parent),
             Step::MoveResolveSource => Self::resolve(ResolveMode::Alive, source_parent, EggsTime::ZERO, source_name),
             Step::MoveDryRun { inode: moved } => self.inject(target_parent, *moved, true, false, target_name),
+            Step::MoveFileInShard => {
+                let head = MoveFileInShardReqHead {
+                    source_dir: source_parent,
+                    target_dir: target_parent,
+                    transaction_id: U64::new(self.txn_id),
+                    forget_below: U64::ZERO,
+                };
+                (
+                    source_parent.shard(),
+                    ShardRequest::MoveFileInShard(MoveFileInShardReq { head, source_name, target_name }),
+                )
+            }
             Step::MoveAcquire { inode_type } => {
                 self.acquire(source_parent, InodeType::from_bits(*inode_type)?, source_name)
             }
@@ -642,15 +667,13 @@ impl TxnState {
         match (&self.step, reply) {
             (Step::MkDirStatParent, reply) => match parent_check(parent, &reply, "parent") {
                 Some(failure) => done(failure),
-                None => Some(Step::MkDirResolve),
+                None => Some(self.after_mkdir_stat(context)),
             },
             (Step::MkDirResolve, ShardReply::Resolve { .. }) => {
                 done(Outcome::failed(CdcStatus::AlreadyExists, "the name exists"))
             }
             (Step::MkDirResolve, ShardReply::Error(ErrorKind::NotFound)) => {
-                let shards = context.new_dir_shards;
-                let index = (mix64(self.txn_id) % shards.len().max(1) as u64) as usize;
-                let shard = shards.get(index).copied().unwrap_or(0);
+                let shard = self.new_dir_shard(context);
                 // The placement is not biased: only the request differs.
                 if shard == parent.shard() { Some(Step::MkDirCreateLinked) } else { Some(Step::MkDirCreate { shard }) }
             }
@@ -720,12 +743,12 @@ impl TxnState {
         match (&self.step, reply) {
             (Step::MoveStatTargetParent, reply) => match parent_check(target_parent, &reply, "target parent") {
                 Some(failure) => done(failure),
-                None if source_parent == target_parent => Some(Step::MoveResolveSource),
+                None if source_parent == target_parent => Some(self.after_move_stats()),
                 None => Some(Step::MoveStatSourceParent),
             },
             (Step::MoveStatSourceParent, reply) => match parent_check(source_parent, &reply, "source parent") {
                 Some(failure) => done(failure),
-                None => Some(Step::MoveResolveSource),
+                None => Some(self.after_move_stats()),
             },
             (Step::MoveResolveSource, ShardReply::Resolve { inode: found, .. }) => {
                 let found_type = found.inode_type();
@@ -737,6 +760,12 @@ impl TxnState {
                     Some(Step::MoveDryRun { inode: found.without_owning().get() })
                 } else {
                     match found_type {
+                        // Both parents on one shard: one request.
+                        Some(InodeType::File | InodeType::Symlink)
+                            if source_parent.shard() == target_parent.shard() =>
+                        {
+                            Some(Step::MoveFileInShard)
+                        }
                         Some(kind @ (InodeType::File | InodeType::Symlink)) => {
                             Some(Step::MoveAcquire { inode_type: kind as u8 })
                         }
@@ -748,6 +777,21 @@ impl TxnState {
                 done(Outcome::failed(CdcStatus::NotFound, "the source does not exist"))
             }
             (Step::MoveResolveSource, ShardReply::Error(kind)) => done(refused("resolve source", kind)),
+            // One shard transaction: a refusal left nothing to roll back.
+            (Step::MoveFileInShard, ShardReply::MoveFileInShard { inode: moved }) => {
+                done(Outcome::ok(moved.without_owning()))
+            }
+            // As the resolve of the long chain would have judged it.
+            (Step::MoveFileInShard, ShardReply::Error(ErrorKind::NotFound)) => {
+                done(Outcome::failed(CdcStatus::NotFound, "the source does not exist or the target parent was removed"))
+            }
+            (Step::MoveFileInShard, ShardReply::Error(ErrorKind::BadInodeType)) => {
+                done(Outcome::failed(CdcStatus::BadInodeType, "the source is a directory"))
+            }
+            (Step::MoveFileInShard, ShardReply::Error(ErrorKind::NotOwning)) => {
+                done(Outcome::failed(CdcStatus::GeneralError, "the source entry is held by another transaction"))
+            }
+            (Step::MoveFileInShard, ShardReply::Error(kind)) => done(refused("move_file_in_shard", kind)),
             (Step::MoveDryRun { .. }, ShardReply::InjectDirent) => {
                 Some(Step::MoveAcquire { inode_type: InodeType::Directory as u8 })
             }
@@ -804,6 +848,43 @@ impl TxnState {
                 _,
             ) => None,
             (step, reply) => self.confused(step, &reply),
+        }
+    }
+
+    /// The shard of the directory this mkdir makes: from the transaction id
+    /// alone (not biased by the parent's shard).
+    fn new_dir_shard(&self, context: &Context<'_>) -> ShardId {
+        let shards = context.new_dir_shards;
+        let index = (mix64(self.txn_id) % shards.len().max(1) as u64) as usize;
+        shards.get(index).copied().unwrap_or(0)
+    }
+
+    /// A mkdir's step after the parent's stat: when the new directory lands
+    /// on the parent's shard, create_linked_dir at once (it refuses an
+    /// existing name itself, ALREADY_EXISTS, in the same transaction: no
+    /// resolve); otherwise the resolve first, so that no directory is made
+    /// for a name that is taken.
+    fn after_mkdir_stat(&self, context: &Context<'_>) -> Step {
+        match &self.args {
+            TxnArgs::MkDir { parent, .. } if self.new_dir_shard(context) == inode(*parent).shard() => {
+                Step::MkDirCreateLinked
+            }
+            _ => Step::MkDirResolve,
+        }
+    }
+
+    /// A move's step after its parents' stats: a file whose parents are on
+    /// one shard goes straight to move_file_in_shard (the shard judges the
+    /// source there, in the same transaction: no resolve); anything else
+    /// resolves the source first.
+    fn after_move_stats(&self) -> Step {
+        match &self.args {
+            TxnArgs::Move { directory: false, source_parent, target_parent, .. }
+                if inode(*source_parent).shard() == inode(*target_parent).shard() =>
+            {
+                Step::MoveFileInShard
+            }
+            _ => Step::MoveResolveSource,
         }
     }
 

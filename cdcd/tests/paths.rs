@@ -630,7 +630,9 @@ async fn a_move_resumed_after_its_release_does_not_link_the_file_again() {
             400 + seed,
             Faults::default(),
         );
-        let target = h.mkdir_ok(ROOT, "t").await;
+        // The target on another shard than the root's: the cross-shard chain.
+        let parents = h.parents().await;
+        let target = parents[&((InodeId::ROOT.shard() + 1) % SHARDS)];
         let file = h.link_file(ROOT, "a");
         let args = move_args(false, (ROOT, "a"), (target, "b"));
         // Calls: stat, stat, resolve, acquire, inject (owning), kill
@@ -647,20 +649,25 @@ async fn a_move_resumed_after_its_release_does_not_link_the_file_again() {
     assert!(renamed == 16, "the inject always went out before the crash: {renamed} of 16 renamed");
 }
 
-// A move within one directory through the CDC, its kill re-sent after a
-// client renamed the file back to the source name: the kill acts only on
-// the entry the transaction acquired (non-owning), never on the client's.
+// A move within one directory through the CDC (one move_file_in_shard),
+// re-sent after a client renamed the file back to the source name: the
+// shard answers from what it remembers for the transaction and moves
+// nothing again.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn a_kill_resent_after_the_file_was_renamed_back_leaves_it() {
+async fn a_move_in_one_shard_resent_after_the_file_was_renamed_back_leaves_it() {
     let mut renamed = 0;
     for seed in 0..16 {
-        let h = Harness::new("a_kill_resent_after_the_file_was_renamed_back_leaves_it", 500 + seed, Faults::default());
+        let h = Harness::new(
+            "a_move_in_one_shard_resent_after_the_file_was_renamed_back_leaves_it",
+            500 + seed,
+            Faults::default(),
+        );
         let file = h.link_file(ROOT, "a");
         let args = move_args(false, (ROOT, "a"), (ROOT, "b"));
-        // Calls: stat, resolve, acquire, inject (owning), kill source (the
-        // crash).
+        // Calls: stat (one parent), move_file_in_shard (the crash:
+        // executed or not, the seed's coin).
         let mut back = false;
-        let outcome = h.crash_then(seed, args, 5, |h| back = h.rename(ROOT, "b", "a")).await;
+        let outcome = h.crash_then(seed, args, 2, |h| back = h.rename(ROOT, "b", "a")).await;
         renamed += u32::from(back);
         assert_eq!(outcome, Outcome::ok(InodeId::new(file)), "seed {seed}");
         let (name, other) = if back { ("a", "b") } else { ("b", "a") };
@@ -695,8 +702,9 @@ impl Harness {
 }
 
 // When the new directory lands on its parent's shard, a mkdir sends one
-// shard mutation (create_linked_dir) after its two reads; otherwise two
-// (create_unlinked_dir, inject). The placement itself is the same.
+// shard mutation (create_linked_dir) after the parent's stat (no resolve:
+// the request checks the name itself); otherwise two (create_unlinked_dir,
+// inject) after stat and resolve. The placement itself is the same.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_mkdir_on_its_parents_shard_sends_one_mutation() {
     let h = Harness::new("a_mkdir_on_its_parents_shard_sends_one_mutation", 6, Faults::default());
@@ -715,7 +723,7 @@ async fn a_mkdir_on_its_parents_shard_sends_one_mutation() {
         assert_eq!(h.entry(parent, &format!("d{i}")), Some(dir));
         assert_eq!(h.parent_of(dir), Some(parent));
         if parent_shard == shard {
-            assert_eq!(calls, 3, "mkdir {i}: stat, resolve, create_linked_dir");
+            assert_eq!(calls, 2, "mkdir {i}: stat, create_linked_dir (no resolve)");
             linked += 1;
         } else {
             assert_eq!(calls, 4, "mkdir {i}: stat, resolve, create, inject");
@@ -737,8 +745,7 @@ async fn a_same_shard_mkdir_that_loses_a_race_for_the_name_leaves_nothing() {
     let mut state = coordinator.new_txn(TxnArgs::MkDir { parent, name: "x".into() });
     let context = Context { new_dir_shards: &NEW_DIR_SHARDS };
     state.advance(ShardReply::StatDirectory { parent: InodeId::ROOT }, false, &context);
-    state.advance(ShardReply::Error(ErrorKind::NotFound), false, &context);
-    assert_eq!(state.step, cdcd::txn::Step::MkDirCreateLinked);
+    assert_eq!(state.step, cdcd::txn::Step::MkDirCreateLinked, "no resolve");
     let other = h.mkdir_ok(parent, "x").await;
     let dirs = h.dirs();
     let outcome = coordinator.run(None, state, false).await.unwrap();
@@ -766,10 +773,10 @@ async fn a_same_shard_mkdir_resumed_after_the_shard_applied_it_links_once() {
         let parents = h.parents().await;
         let parent = parents[&h.next_new_dir_shard()];
         let dirs = h.dirs();
-        // Calls: stat, resolve, create_linked_dir (the crash).
+        // Calls: stat, create_linked_dir (the crash).
         let args = TxnArgs::MkDir { parent, name: "d".into() };
         let mut moved = false;
-        let outcome = h.crash_then(seed, args, 3, |h| moved = h.rename(parent, "d", "e")).await;
+        let outcome = h.crash_then(seed, args, 2, |h| moved = h.rename(parent, "d", "e")).await;
         renamed += u32::from(moved);
         assert_eq!(outcome.status, CdcStatus::Ok, "seed {seed}: {outcome:?}");
         let (name, other) = if moved { ("e", "d") } else { ("d", "e") };
@@ -808,6 +815,69 @@ async fn an_older_two_step_plan_on_the_parents_shard_resumes_through_it() {
         assert_eq!(outcome.status, CdcStatus::Ok, "seed {seed}: {outcome:?}");
         assert_eq!(h.entry(parent, "d"), Some(outcome.inode), "seed {seed}");
         assert_eq!(InodeId::new(outcome.inode).shard(), shard);
+        h.check();
+    }
+}
+
+// mv file between two directories of one shard: one shard mutation
+// (move_file_in_shard) after the parents' two stats; across shards three
+// reads, then acquire, inject and kill. Refusals (the target a directory, the source gone)
+// leave the tree as it was.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_file_move_within_one_shard_sends_one_mutation() {
+    let h = Harness::new("a_file_move_within_one_shard_sends_one_mutation", 8, Faults::default());
+    let parents = h.parents().await;
+    let here = InodeId::ROOT.shard();
+    let (near, far) = (parents[&here], parents[&((here + 1) % SHARDS)]);
+    let file = h.link_file(ROOT, "f");
+    let calls = |h: &Harness| h.plan.calls.load(Ordering::Relaxed);
+    let before = calls(&h);
+    assert_eq!(h.mv(false, (ROOT, "f"), (near, "g")).await, Outcome::ok(InodeId::new(file)));
+    assert_eq!(calls(&h) - before, 3, "stat, stat, move_file_in_shard (no resolve)");
+    assert_eq!((h.entry(ROOT, "f"), h.entry(near, "g")), (None, Some(file)));
+    let before = calls(&h);
+    assert_eq!(h.mv(false, (near, "g"), (far, "h")).await, Outcome::ok(InodeId::new(file)));
+    assert_eq!(calls(&h) - before, 6, "stat, stat, resolve, acquire, inject, kill");
+    assert_eq!((h.entry(near, "g"), h.entry(far, "h")), (None, Some(file)));
+    // Within one shard: overwrites an owning file, refuses a directory or
+    // a missing source, and a refusal leaves the tree as it was.
+    let other = h.link_file(ROOT, "f2");
+    h.link_file(near, "o");
+    assert_eq!(h.mv(false, (ROOT, "f2"), (near, "o")).await, Outcome::ok(InodeId::new(other)));
+    assert_eq!(h.entry(near, "o"), Some(other));
+    let sub = h.mkdir_ok(near, "sub").await;
+    let tree = h.net.check_tree().unwrap();
+    assert_eq!(status(&h.mv(false, (near, "o"), (near, "sub")).await), CdcStatus::CannotOverrideTarget);
+    assert_eq!(status(&h.mv(false, (near, "gone"), (ROOT, "x")).await), CdcStatus::NotFound);
+    assert_eq!(h.net.check_tree().unwrap(), tree);
+    assert_eq!((h.entry(near, "o"), h.entry(near, "sub")), (Some(other), Some(sub)));
+    h.check();
+}
+
+// A plan stored by an older CDC (before move_file_in_shard) at the acquire
+// of an mv file whose parents share a shard resumes through that chain:
+// acquire, inject, kill, whichever of them the crash came with.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_older_plan_of_a_move_within_one_shard_resumes_through_acquire_inject_kill() {
+    for seed in 0..6 {
+        let h = Harness::new(
+            "an_older_plan_of_a_move_within_one_shard_resumes_through_acquire_inject_kill",
+            800 + seed,
+            Faults::default(),
+        );
+        let file = h.link_file(ROOT, "a");
+        let coordinator = h.coordinator();
+        let mut state = coordinator.new_txn(move_args(false, (ROOT, "a"), (ROOT, "b")));
+        state.step = cdcd::txn::Step::MoveAcquire { inode_type: InodeType::File as u8 };
+        // The plan is stored before the acquire goes out; the crash comes
+        // with the acquire (executed or not), the inject or the kill.
+        h.crash_in(1 + seed % 3);
+        assert!(coordinator.run(None, state, false).await.is_err(), "crashed");
+        let calls = h.plan.calls.load(Ordering::Relaxed);
+        let mut finished = h.resume_after_crash(seed).await.unwrap();
+        assert_eq!(h.plan.calls.load(Ordering::Relaxed) - calls, 3, "seed {seed}: acquire, inject and kill again");
+        assert_eq!(finished.pop().unwrap(), Outcome::ok(InodeId::new(file)), "seed {seed}");
+        assert_eq!((h.entry(ROOT, "a"), h.entry(ROOT, "b")), (None, Some(file)), "seed {seed}");
         h.check();
     }
 }

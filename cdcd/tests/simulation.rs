@@ -93,6 +93,11 @@ struct Stats {
     /// directory on its parent's shard) and create_unlinked_dir (another).
     linked_creates: u64,
     unlinked_creates: u64,
+    /// mv files: move_file_in_shard requests executed (both parents on one
+    /// shard), and mv files answered OK whose parents are on two shards
+    /// (acquire, inject, kill).
+    in_shard_moves: u64,
+    cross_shard_moves: u64,
 }
 
 /// Runs `rounds` rounds of `clients` concurrent operations; returns stats.
@@ -100,8 +105,16 @@ async fn concurrent_history(seed: u64, faults: Faults, rounds: usize, clients: u
     let sim = Sim::new(seed, SHARDS, faults);
     let mut rng = StdRng::seed_from_u64(seed ^ 0xc0ffee);
     let mut model = Model::new(SHARDS);
-    let mut stats =
-        Stats { rounds, ops: 0, statuses: BTreeMap::new(), max_overlap: 0, linked_creates: 0, unlinked_creates: 0 };
+    let mut stats = Stats {
+        rounds,
+        ops: 0,
+        statuses: BTreeMap::new(),
+        max_overlap: 0,
+        linked_creates: 0,
+        unlinked_creates: 0,
+        in_shard_moves: 0,
+        cross_shard_moves: 0,
+    };
     let mut request_id = 0u64;
     for round in 0..rounds {
         // Clients link files now and then (between rounds, outside the CDC).
@@ -168,6 +181,12 @@ async fn concurrent_history(seed: u64, faults: Faults, rounds: usize, clients: u
         for event in &events {
             *stats.statuses.entry(event.outcome.status.name().to_string()).or_default() += 1;
             stats.ops += 1;
+            if let TxnArgs::Move { directory: false, source_parent, target_parent, .. } = &event.args
+                && event.outcome.status == CdcStatus::Ok
+                && InodeId::new(*source_parent).shard() != InodeId::new(*target_parent).shard()
+            {
+                stats.cross_shard_moves += 1;
+            }
         }
     }
     // Late copies of old requests change nothing.
@@ -176,8 +195,10 @@ async fn concurrent_history(seed: u64, faults: Faults, rounds: usize, clients: u
     assert_eq!(tree, model.entries, "seed {seed}: late datagrams changed the tree");
     stats.linked_creates = sim.net.executed(ShardKind::CreateLinkedDir);
     stats.unlinked_creates = sim.net.executed(ShardKind::CreateUnlinkedDir);
+    stats.in_shard_moves = sim.net.executed(ShardKind::MoveFileInShard);
     eprintln!(
-        "seed {seed}: {} ops in {} rounds, {} crashes, max overlap {}, statuses {:?}, mkdir creates linked {} unlinked {}",
+        "seed {seed}: {} ops in {} rounds, {} crashes, max overlap {}, statuses {:?}, mkdir creates linked {} unlinked {}, \
+         mv file in one shard {} (executed), across shards {} (OK)",
         stats.ops,
         stats.rounds,
         sim.crashes.load(std::sync::atomic::Ordering::Relaxed),
@@ -185,6 +206,8 @@ async fn concurrent_history(seed: u64, faults: Faults, rounds: usize, clients: u
         stats.statuses,
         stats.linked_creates,
         stats.unlinked_creates,
+        stats.in_shard_moves,
+        stats.cross_shard_moves,
     );
     stats
 }
@@ -197,6 +220,9 @@ fn assert_varied(stats: &Stats) {
     // Both mkdir chains ran: one shard request when the new directory
     // lands on its parent's shard, create and inject otherwise.
     assert!(stats.linked_creates > 0 && stats.unlinked_creates > 0, "one mkdir path never ran");
+    // Both mv file chains ran: one shard request when both parents are on
+    // one shard, acquire, inject and kill otherwise.
+    assert!(stats.in_shard_moves > 0 && stats.cross_shard_moves > 0, "one mv file path never ran");
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -395,8 +421,10 @@ async fn crash_case(sim: &Sim, case: &str) -> (TxnArgs, Option<(u64, &'static st
             let parent = parents[&sim.next_new_dir_shard()];
             (TxnArgs::MkDir { parent, name: "n".into() }, Some((parent, "n", "renamed")))
         }
+        // The target directory on another shard than the root's: acquire,
+        // inject, kill.
         "mv file" => {
-            let target = mkdir_now(sim, "t").await;
+            let target = mkdir_on(sim, false).await;
             sim.net.create_file(InodeId::ROOT, "f").unwrap();
             let args = TxnArgs::Move {
                 directory: false,
@@ -407,8 +435,15 @@ async fn crash_case(sim: &Sim, case: &str) -> (TxnArgs, Option<(u64, &'static st
             };
             (args, Some((target, "g", "renamed")))
         }
-        // Renamed back to the source name after the crash: a re-sent kill
-        // of the source must leave the client's entry.
+        // Two directories of the root's shard: one move_file_in_shard; the
+        // client renames the target after the crash.
+        "mv file between directories of one shard" => {
+            let target = mkdir_on(sim, true).await;
+            sim.net.create_file(InodeId::ROOT, "f").unwrap();
+            (model::mv(false, (InodeId::ROOT, "f"), (InodeId::new(target), "g")), Some((target, "g", "renamed")))
+        }
+        // Renamed back to the source name after the crash: a re-sent
+        // move_file_in_shard must leave the client's entry.
         "mv file in one directory" => {
             sim.net.create_file(InodeId::ROOT, "f").unwrap();
             (model::mv(false, (InodeId::ROOT, "f"), (InodeId::ROOT, "g")), Some((ROOT, "g", "f")))
@@ -438,7 +473,8 @@ async fn a_crash_at_any_step_resumes_to_the_same_outcome() {
         ("mkdir", 2),
         ("mkdir on its parent's shard", 1),
         ("mv file", 3),
-        ("mv file in one directory", 3),
+        ("mv file between directories of one shard", 1),
+        ("mv file in one directory", 1),
         ("rmdir", 3),
     ];
     for (case, mutations) in cases {
@@ -446,7 +482,16 @@ async fn a_crash_at_any_step_resumes_to_the_same_outcome() {
             let sim = Sim::new(100 + crash_after, SHARDS, Faults::default());
             let (args, rename) = crash_case(&sim, case).await;
             let before = sim.net.executed_mutations.load(std::sync::atomic::Ordering::Relaxed);
-            let kinds = || (sim.net.executed(ShardKind::CreateLinkedDir), sim.net.executed(ShardKind::InjectDirent));
+            let kinds = || {
+                let executed = |kind| sim.net.executed(kind);
+                [
+                    ShardKind::CreateLinkedDir,
+                    ShardKind::InjectDirent,
+                    ShardKind::MoveFileInShard,
+                    ShardKind::AcquireDirent,
+                ]
+                .map(executed)
+            };
             let kinds_before = kinds();
             let on_answer = crash_after > mutations;
             if !on_answer {
@@ -477,9 +522,23 @@ async fn a_crash_at_any_step_resumes_to_the_same_outcome() {
                     entries.iter().filter(|(_, i)| **i == outcome.inode).map(move |(n, _)| (dir, n))
                 })
                 .collect();
+            let [linked_dirs, injects, in_shard, acquires] = {
+                let (now, before) = (kinds(), kinds_before);
+                [0, 1, 2, 3].map(|i| now[i] - before[i])
+            };
             if case == "mkdir on its parent's shard" {
-                let (linked, injects) = (kinds().0 - kinds_before.0, kinds().1 - kinds_before.1);
-                assert!(linked > 0 && injects == 0, "{context}: create_linked_dir {linked}, inject {injects}");
+                assert!(
+                    linked_dirs > 0 && injects == 0,
+                    "{context}: create_linked_dir {linked_dirs}, inject {injects}"
+                );
+            }
+            if case.starts_with("mv file") {
+                let one_request = case != "mv file";
+                assert_eq!(
+                    (in_shard > 0, acquires > 0 || injects > 0),
+                    (one_request, !one_request),
+                    "{context}: move_file_in_shard {in_shard}, acquire {acquires}, inject {injects}"
+                );
             }
             match &args {
                 TxnArgs::RmDir { .. } => assert!(linked.is_empty(), "{context}: {linked:?}"),
@@ -496,24 +555,33 @@ async fn a_crash_at_any_step_resumes_to_the_same_outcome() {
 async fn independent_steps_of_one_transaction_are_in_flight_together() {
     let sim = Sim::new(11, SHARDS, Faults::default());
     let most = |sim: &Sim| sim.net.most_in_flight.swap(0, std::sync::atomic::Ordering::Relaxed);
+    let linked = sim.next_new_dir_shard() == InodeId::ROOT.shard();
     let a = mkdir_now(&sim, "a").await;
-    assert_eq!(most(&sim), 2, "mkdir: stat parent and resolve");
+    if linked {
+        assert_eq!(most(&sim), 1, "mkdir on its parent's shard: the stat, then create_linked_dir");
+    } else {
+        assert_eq!(most(&sim), 2, "mkdir: stat parent and resolve");
+    }
     assert_eq!(mkdir(&sim, 2, ROOT, "b").await.status, CdcStatus::Ok);
     sim.net.create_file(InodeId::ROOT, "f").unwrap();
     most(&sim);
     let key = ClientKey { address: "10.0.0.9:9".parse().unwrap(), request_id: 90 };
     let mv = model::mv(false, (InodeId::ROOT, "f"), (InodeId::new(a), "g"));
     assert_eq!(sim.request(key, &mv).await.status, CdcStatus::Ok);
-    assert_eq!(most(&sim), 3, "mv file: two stats and a resolve");
-    // After its reads (sent one at a time when both parents are the same
-    // directory: one stat and the resolve): acquire, inject (owning), kill.
+    if InodeId::new(a).shard() == InodeId::ROOT.shard() {
+        assert_eq!(most(&sim), 2, "mv file in one shard: two stats");
+    } else {
+        assert_eq!(most(&sim), 3, "mv file: two stats and a resolve");
+    }
+    // Both parents the same directory: one stat, then one
+    // move_file_in_shard.
     let same = model::mv(false, (InodeId::new(a), "g"), (InodeId::new(a), "h"));
     let key = ClientKey { address: "10.0.0.9:9".parse().unwrap(), request_id: 91 };
     let executed = sim.net.executed_mutations.load(std::sync::atomic::Ordering::Relaxed);
     sim.net.most_in_flight.store(0, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(sim.request(key, &same).await.status, CdcStatus::Ok);
-    assert_eq!(sim.net.executed_mutations.load(std::sync::atomic::Ordering::Relaxed) - executed, 3);
-    assert_eq!(most(&sim), 2, "mv file in one directory: stat + resolve");
+    assert_eq!(sim.net.executed_mutations.load(std::sync::atomic::Ordering::Relaxed) - executed, 1);
+    assert_eq!(most(&sim), 1, "mv file in one directory: one stat, then the move");
     // A directory renamed in its parent: reads two at a time, the tail
     // three (release, kill, set_parent).
     let key = ClientKey { address: "10.0.0.9:9".parse().unwrap(), request_id: 92 };
@@ -570,6 +638,19 @@ async fn a_move_whose_kill_ran_before_its_release_resumes_whole() {
         .flat_map(|(dir, entries)| entries.iter().filter(|(_, i)| **i == file.get()).map(move |(n, _)| (dir, n)))
         .collect();
     assert_eq!(linked, vec![(&target, &"g".to_string())]);
+}
+
+/// A directory made in the root (outside any crash) on the root's shard
+/// (`same`) or on another.
+async fn mkdir_on(sim: &Sim, same: bool) -> u64 {
+    for i in 0..64 {
+        let dir = mkdir(sim, 500 + i, ROOT, &format!("t{i}")).await;
+        assert_eq!(dir.status, CdcStatus::Ok);
+        if (InodeId::new(dir.inode).shard() == InodeId::ROOT.shard()) == same {
+            return dir.inode;
+        }
+    }
+    panic!("no directory {} the root's shard", if same { "on" } else { "off" });
 }
 
 /// A mkdir in the root outside any crash; the new directory.

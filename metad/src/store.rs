@@ -16,7 +16,7 @@
 //! | `spans` | inode BE ‖ byte offset BE | [`SpanRecord`] (of linked and eden files alike) |
 //! | `reverse_blocks` | block service BE ‖ block id BE | file inode LE ‖ span offset LE |
 //! | `block_services` | block service id BE | [`crate::block_services::BlockServiceRecord`] |
-//! | `unlinked_dirs` | CDC transaction id BE (create_unlinked_dir), or id BE ‖ `i`/`a`/`d` (inject_dirent, acquire_dirent, create_linked_dir) | inode LE; or dir LE ‖ inode LE ‖ creation time LE (the CDC requests remembered per transaction until its `forget_below` passes it: `logic::dirents`) |
+//! | `unlinked_dirs` | CDC transaction id BE (create_unlinked_dir), or id BE ‖ `i`/`a`/`d`/`m` (inject_dirent, acquire_dirent, create_linked_dir, move_file_in_shard) | inode LE; or dir LE ‖ inode LE ‖ creation time LE (the CDC requests remembered per transaction until its `forget_below` passes it: `logic::dirents`) |
 //! | `small_files` | file inode BE | create_small_file's memory: create id LE ‖ contents CRC LE ‖ creation time LE, for [`wire::limits::SMALL_FILE_CREATE_MEMORY_NS`] (inodes grow with time, so the oldest are first and each create forgets up to two expired ones: `logic::small`) |
 //!
 //! Every value is stored with a 4-byte trailer: the CRC32C of

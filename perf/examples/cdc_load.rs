@@ -4,8 +4,11 @@
 //! `cargo run --release -p perf --example cdc_load -- MODE CLIENTS SECONDS`
 //!
 //! - MODE `mkdir`: mkdir in the root, as eggs-perf's CDC mkdir rows;
-//! - MODE `mv`: file moves from the root into a directory, as eggs-perf's
-//!   mv file row (the files are made first, through shard 1).
+//! - MODE `mv-same`: file moves from the root into a directory on the
+//!   root's shard (one move_file_in_shard each), MODE `mv-other`: into a
+//!   directory on another shard (acquire, inject, kill), as eggs-perf's two
+//!   mv file rows (the files are made first, through shard 1; the target is
+//!   the first of `load-target-N` that lands where asked).
 //!
 //! Prints the rate, then per operation: the CPU seconds of every cluster
 //! process and of this client (utime + stime from `/proc/PID/stat` over
@@ -24,10 +27,13 @@ use std::time::Duration;
 use perf::process;
 use perf::{cdc, shard};
 
+/// Files made for the mv modes: more than 5 s of moves at 6 000/s.
+const MV_FILES: u64 = 30_000;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(mode), Some(clients), Some(seconds)) = (args.first(), args.get(1), args.get(2)) else {
-        eprintln!("usage: cdc_load mkdir|mv CLIENTS SECONDS");
+        eprintln!("usage: cdc_load mkdir|mv-same|mv-other CLIENTS SECONDS");
         std::process::exit(2);
     };
     let clients: usize = clients.parse().expect("CLIENTS is a number");
@@ -58,12 +64,11 @@ fn main() {
             Some((name, addr))
         })
         .collect();
-    let target = runtime
-        .block_on(async { cdc::mkdir(&mut cdc::client(cdc_addr).await?, "load-target").await })
-        .expect("first mkdir");
-    let files = if mode == "mv" {
+    let (same, other) = runtime.block_on(cdc::mv_targets(cdc_addr, "load-target")).expect("target directories");
+    let target = if mode == "mv-other" { other } else { same };
+    let files = if mode.starts_with("mv") {
         runtime
-            .block_on(shard::create_rate(shard_addr, shard::ROOT, "load-mv", 64, duration * 10, 200_000))
+            .block_on(shard::create_rate(shard_addr, shard::ROOT, "load-mv", 64, duration * 10, MV_FILES))
             .expect("files to move")
             .ops
     } else {
@@ -77,7 +82,9 @@ fn main() {
     let self_before = cpu_seconds(std::process::id());
     let rate = match mode.as_str() {
         "mkdir" => runtime.block_on(cdc::mkdir_rate(cdc_addr, "load", clients, duration)),
-        "mv" => runtime.block_on(cdc::mv_rate(cdc_addr, "load-mv", files, target, clients, duration)),
+        "mv-same" | "mv-other" => {
+            runtime.block_on(cdc::mv_rate(cdc_addr, shard::ROOT, "load-mv", files, target, clients, duration))
+        }
         other => panic!("unknown mode {other}"),
     }
     .expect("load");
@@ -88,7 +95,8 @@ fn main() {
     let after = scrape_all();
     let ops = rate.ops.max(1) as f64;
     println!(
-        "{mode} clients={clients} ops={} ops_per_s={:.0} latency_us={:.0}",
+        "{mode} clients={clients} target_shard={} ops={} ops_per_s={:.0} latency_us={:.0}",
+        target.shard(),
         rate.ops,
         rate.per_second(),
         clients as f64 * 1e6 / rate.per_second().max(f64::MIN_POSITIVE)

@@ -1,5 +1,11 @@
 //! CDC figures: mkdir/s and mv/s (file moves between directories), each a
 //! closed loop of clients sending CDC requests over loopback UDP.
+//!
+//! An mv file whose source and target directories are on one shard is one
+//! shard request for the CDC (move_file_in_shard); across shards it is
+//! three (acquire, inject, kill). A new directory's shard follows from the
+//! CDC's transaction id, so the mv figures pick their target directories
+//! by placement ([`mv_targets`]) and report both kinds.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +45,28 @@ pub async fn mkdir(client: &mut Client, dir_name: &str) -> Result<InodeId> {
     check(&format!("mkdir /{dir_name}"), response)
 }
 
+/// Directories `/<prefix>-<n>` made until one lands on the root's shard
+/// and one on another (the shard is in the inode id): (same, other).
+pub async fn mv_targets(cdc: SocketAddr, prefix: &str) -> Result<(InodeId, InodeId)> {
+    let mut client = client(cdc).await?;
+    let (mut same, mut other) = (None, None);
+    for n in 0..MV_TARGET_CANDIDATES_MAX {
+        let dir = mkdir(&mut client, &format!("{prefix}-{n}")).await?;
+        let slot = if dir.shard() == ROOT.shard() { &mut same } else { &mut other };
+        slot.get_or_insert(dir);
+        if let (Some(same), Some(other)) = (same, other) {
+            return Ok((same, other));
+        }
+    }
+    Err(PerfError::Protocol(format!(
+        "{MV_TARGET_CANDIDATES_MAX} directories did not land on both the root's shard and another"
+    )))
+}
+
+/// Most directories [`mv_targets`] makes (each lands on the root's shard
+/// with probability 1/shards).
+const MV_TARGET_CANDIDATES_MAX: u64 = 64;
+
 /// A client of the CDC at `cdc`.
 pub async fn client(cdc: SocketAddr) -> Result<Client> {
     Client::new(cdc, CDC_MAGIC).await
@@ -65,11 +93,13 @@ pub async fn mkdir_rate(cdc: SocketAddr, prefix: &str, clients: usize, duration:
     .await
 }
 
-/// Files moved per second from `/<prefix>-<n>` (n < `count`, which must
-/// exist) into the directory `target`, by `clients` clients; stops early
-/// when every file has moved.
+/// Files moved per second from `<source>/<prefix>-<n>` (n < `count`,
+/// which must exist) into the directory `target` (same names), by
+/// `clients` clients; stops early when every file has moved.
+#[allow(clippy::too_many_arguments)] // reason: the two directories, the files and the load
 pub async fn mv_rate(
     cdc: SocketAddr,
+    source: InodeId,
     prefix: &str,
     count: u64,
     target: InodeId,
@@ -91,12 +121,12 @@ pub async fn mv_rate(
                 }
                 let file_name = format!("{prefix}-{n}");
                 let request = CdcRequest::MvFile(MvFileReq {
-                    head: MvFileReqHead { source_parent: ROOT, target_parent: target },
+                    head: MvFileReqHead { source_parent: source, target_parent: target },
                     source_name: name(&file_name)?,
                     target_name: name(&file_name)?,
                 });
                 let response = client.call::<daemon::udp::Cdc>(&request, None).await?;
-                check(&format!("mv /{file_name}"), response)?;
+                check(&format!("mv {source}/{file_name} {target}"), response)?;
                 ops += 1;
             }
             Ok(ops)

@@ -546,6 +546,40 @@ crate::fixed_message!(
 );
 
 crate::tailed_message!(
+    /// An mv file whose source and target directories are both on this
+    /// shard, in one shard transaction (ours, not the prototype's): the
+    /// living owning file or symlink entry `source_name` in `source_dir`
+    /// becomes the owning entry `target_name` in `target_dir`, and the
+    /// source entry is killed (moved to the dead map, non-owning, with a
+    /// placeholder). Both directories must be linked directories of this
+    /// shard (NOT_FOUND); the source must exist (NOT_FOUND), not be a
+    /// directory (BAD_INODE_TYPE) and be owning (NOT_OWNING); the target
+    /// name follows inject_dirent's overwrite rules (an owning file is
+    /// overwritten; a directory or a non-owning entry is
+    /// CANNOT_OVERRIDE_TARGET). A refusal changes nothing. Remembered per
+    /// `transaction_id` like create_linked_dir: the same transaction's
+    /// request again answers as the first did and changes nothing; another
+    /// request under that id (or this one with another `target_dir`) is
+    /// BAD_REQUEST.
+    pub struct MoveFileInShardReq<'a>: MoveFileInShardReqHead {
+        pub source_dir: InodeId,
+        pub target_dir: InodeId,
+        pub transaction_id: U64,
+        pub forget_below: U64,
+    }
+    tail { pub source_name: Name<'a>, pub target_name: Name<'a> }
+);
+
+crate::fixed_message!(
+    pub struct MoveFileInShardResp {
+        /// The moved file.
+        pub inode: InodeId,
+        /// The target entry's creation time.
+        pub creation_time: EggsTime,
+    }
+);
+
+crate::tailed_message!(
     /// Makes a living entry non-owning, checking its type. Already
     /// non-owning is success (retry).
     pub struct AcquireDirentReq<'a>: AcquireDirentReqHead {
@@ -634,6 +668,7 @@ crate::message_family! {
     0x86 PurgeRemoteOwningDirent(PurgeRemoteOwningDirentReq<'a>) => EmptyResp;
     0x87 MoveFileToEden(MoveFileToEdenReq) => EmptyResp;
     0x88 CreateLinkedDir(CreateLinkedDirReq<'a>) => CreateLinkedDirResp;
+    0x89 MoveFileInShard(MoveFileInShardReq<'a>) => MoveFileInShardResp;
 }
 
 impl ShardKind {
@@ -725,6 +760,13 @@ const _: () = {
     // Privileged requests with the longest names and their MAC fit.
     assert!(
         crate::datagram::HEADER_BYTES + core::mem::size_of::<InjectDirentReqHead>() + 1 + NAME_BYTES_MAX + 8
+            <= UDP_DATAGRAM_BYTES_MAX
+    );
+    assert!(
+        crate::datagram::HEADER_BYTES
+            + core::mem::size_of::<MoveFileInShardReqHead>()
+            + 2 * (1 + NAME_BYTES_MAX)
+            + crate::datagram::PRIVILEGED_TRAILER_BYTES
             <= UDP_DATAGRAM_BYTES_MAX
     );
 };

@@ -366,6 +366,8 @@ fn fixed_layout_sizes_match_protocol_md() {
         ("PurgeRemoteOwningDirentReqHead", size_of::<PurgeRemoteOwningDirentReqHead>(), 16),
         ("CreateLinkedDirReqHead", size_of::<CreateLinkedDirReqHead>(), 24),
         ("CreateLinkedDirResp", size_of::<CreateLinkedDirResp>(), 16),
+        ("MoveFileInShardReqHead", size_of::<MoveFileInShardReqHead>(), 32),
+        ("MoveFileInShardResp", size_of::<MoveFileInShardResp>(), 16),
         ("MvFileReqHead", size_of::<cdc::MvFileReqHead>(), 16),
         ("PurgeRemoteFileReqHead", size_of::<cdc::PurgeRemoteFileReqHead>(), 16),
         ("CdcRespHead", size_of::<cdc::CdcRespHead>(), 9),

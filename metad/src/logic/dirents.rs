@@ -1,7 +1,9 @@
 //! Directory entries: link, rename, delete, purge, and the CDC's privileged
 //! steps (create_unlinked_dir, set_parent, inject, acquire, release, purge
 //! remote, move to eden, and create_linked_dir: a mkdir's create and owning
-//! inject in one, when the new directory lands on its parent's shard).
+//! inject in one, when the new directory lands on its parent's shard; and
+//! move_file_in_shard: an mv file's acquire, owning inject and kill in one,
+//! when both directories are on this shard).
 //!
 //! The dead map keeps every version of a name by creation time. Deleting (or
 //! renaming away, or killing) a name moves its living entry there under its
@@ -544,11 +546,28 @@ impl Mutation<'_, '_> {
         Ok(InjectDirentResp { creation_time })
     }
 
-    /// A transaction's id that already made a create_linked_dir is not
-    /// reused for another request.
+    /// A transaction's id that already made a one-request step
+    /// (create_linked_dir, move_file_in_shard) is not reused for another
+    /// request.
     fn refuse_linked_dir_transaction(&self, txn: &RoTxn, transaction: u64) -> Result<(), HandleError> {
-        if transaction != 0 && self.store.unlinked_dirs.get(txn, &Remembered::LinkedDir.key(transaction))?.is_some() {
-            return refuse(ErrorKind::BadRequest, "the transaction made a create_linked_dir");
+        if transaction == 0 {
+            return Ok(());
+        }
+        for (what, name) in
+            [(Remembered::LinkedDir, "create_linked_dir"), (Remembered::MoveInShard, "move_file_in_shard")]
+        {
+            if self.store.unlinked_dirs.get(txn, &what.key(transaction))?.is_some() {
+                return refuse(ErrorKind::BadRequest, format!("the transaction made a {name}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Any record of the transaction (its keys start with its id): the id
+    /// was used for another request.
+    fn refuse_used_transaction(&self, txn: &RoTxn, transaction: u64) -> Result<(), HandleError> {
+        if transaction != 0 && self.store.unlinked_dirs.prefix_iter(txn, &transaction.to_be_bytes())?.next().is_some() {
+            return refuse(ErrorKind::BadRequest, "the transaction id was used for another request");
         }
         Ok(())
     }
@@ -574,11 +593,7 @@ impl Mutation<'_, '_> {
             }
             return Ok(CreateLinkedDirResp { inode: InodeId::new(inode), creation_time: EggsTime::new(creation_time) });
         }
-        // Any other record of the transaction (its keys start with its id):
-        // the id was used for another request.
-        if transaction != 0 && self.store.unlinked_dirs.prefix_iter(txn, &transaction.to_be_bytes())?.next().is_some() {
-            return refuse(ErrorKind::BadRequest, "the transaction id was used for another request");
-        }
+        self.refuse_used_transaction(txn, transaction)?;
         let record = linked_directory(self.shard, self.store, txn, parent)?;
         let slot = Slot { dir: parent, name_hash: hash_of(&record, req.name.as_bytes())?, name: req.name.as_bytes() };
         if living(self.store, txn, slot.dir, slot.name_hash, slot.name)?.is_some() {
@@ -589,6 +604,63 @@ impl Mutation<'_, '_> {
         self.touch(txn, parent, record)?;
         self.remember(txn, Remembered::LinkedDir, transaction, [parent.get(), inode.get(), creation_time.get()])?;
         Ok(CreateLinkedDirResp { inode, creation_time })
+    }
+
+    /// An mv file whose directories are both on this shard, in one shard
+    /// transaction: checks as acquire_dirent (source) and inject_dirent
+    /// (target, its overwrite rules) would, links the file owning as the
+    /// target and kills the source (dead, non-owning, with a placeholder,
+    /// as release_dirent's kill). A refusal is rolled back with the
+    /// request's nested transaction. Remembered per transaction
+    /// ([`Remembered::MoveInShard`]).
+    pub(super) fn move_file_in_shard(
+        &mut self,
+        txn: &mut RwTxn,
+        req: &MoveFileInShardReq<'_>,
+    ) -> Result<MoveFileInShardResp, HandleError> {
+        let transaction = req.transaction_id.get();
+        let (source_dir, target_dir) = (req.source_dir.without_owning(), req.target_dir.without_owning());
+        self.forget_transactions(txn, req.forget_below.get())?;
+        // Asked again by the same transaction: the first answer, whatever
+        // clients did to either entry since.
+        if let Some([dir, inode, creation_time]) = self.remembered(txn, Remembered::MoveInShard, transaction)? {
+            if dir != target_dir.get() {
+                return refuse(ErrorKind::BadRequest, "another move_file_in_shard of the same transaction");
+            }
+            return Ok(MoveFileInShardResp { inode: InodeId::new(inode), creation_time: EggsTime::new(creation_time) });
+        }
+        self.refuse_used_transaction(txn, transaction)?;
+        let same_dir = source_dir == target_dir;
+        if same_dir && req.source_name.as_bytes() == req.target_name.as_bytes() {
+            return refuse(ErrorKind::BadRequest, "source and target are the same entry");
+        }
+        let source_record = linked_directory(self.shard, self.store, txn, source_dir)?;
+        let source_name = req.source_name.as_bytes();
+        let source = Slot { dir: source_dir, name_hash: hash_of(&source_record, source_name)?, name: source_name };
+        let Some(entry) = living(self.store, txn, source.dir, source.name_hash, source.name)? else {
+            return refuse(ErrorKind::NotFound, format!("no entry {:?}", req.source_name));
+        };
+        if !matches!(entry.inode.inode_type(), Some(InodeType::File | InodeType::Symlink)) {
+            return refuse(ErrorKind::BadInodeType, format!("{:?} is not a file", req.source_name));
+        }
+        if !entry.inode.is_owning() {
+            return refuse(ErrorKind::NotOwning, "the source is locked by the CDC (not owning)");
+        }
+        let target_record =
+            if same_dir { source_record.clone() } else { linked_directory(self.shard, self.store, txn, target_dir)? };
+        let target_name = req.target_name.as_bytes();
+        let target = Slot { dir: target_dir, name_hash: hash_of(&target_record, target_name)?, name: target_name };
+        self.overwrite(txn, &target, false)?;
+        let gone_at = entry_time(self.store, txn, source.dir, source.name_hash, source.name, self.env.now)?;
+        self.bury(txn, &source, entry, false, Some(gone_at))?;
+        let inode = entry.inode.without_owning();
+        let creation_time = self.put_living(txn, &target, inode.with_owning(true))?;
+        self.touch(txn, source_dir, source_record)?;
+        if !same_dir {
+            self.touch(txn, target_dir, target_record)?;
+        }
+        self.remember(txn, Remembered::MoveInShard, transaction, [target_dir.get(), inode.get(), creation_time.get()])?;
+        Ok(MoveFileInShardResp { inode, creation_time })
     }
 
     pub(super) fn acquire_dirent(
@@ -604,6 +676,7 @@ impl Mutation<'_, '_> {
             }
             return Ok(AcquireDirentResp { inode: InodeId::new(inode), creation_time: EggsTime::new(creation_time) });
         }
+        self.refuse_linked_dir_transaction(txn, transaction)?;
         let dir = directory(self.shard, self.store, txn, req.dir)?;
         let slot = Slot { dir: req.dir, name_hash: hash_of(&dir, req.name.as_bytes())?, name: req.name.as_bytes() };
         let Some(mut record) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)? else {
@@ -707,6 +780,9 @@ enum Remembered {
     Acquire,
     /// create_linked_dir: parent, new directory, creation time.
     LinkedDir,
+    /// move_file_in_shard: target directory, moved file, the target
+    /// entry's creation time.
+    MoveInShard,
 }
 
 /// The longest key of `unlinked_dirs`: a transaction id and a tag.
@@ -720,6 +796,7 @@ impl Remembered {
             Remembered::Inject => b'i',
             Remembered::Acquire => b'a',
             Remembered::LinkedDir => b'd',
+            Remembered::MoveInShard => b'm',
         };
         key
     }

@@ -35,8 +35,13 @@
 //!   where inject_dirent would move an owning file to the dead map. It is
 //!   remembered per CDC transaction like inject, and an id the shard
 //!   remembers for another request is refused (BAD_REQUEST) by it, and by
-//!   create_unlinked_dir and inject_dirent when the id made a
-//!   create_linked_dir.
+//!   create_unlinked_dir, inject_dirent and acquire_dirent when the id
+//!   made a create_linked_dir or a move_file_in_shard.
+//! - move_file_in_shard (ours: an mv file's acquire, owning inject and
+//!   kill in one, for source and target directories on this shard): the
+//!   source must be a living owning file or symlink (NOT_FOUND,
+//!   BAD_INODE_TYPE, NOT_OWNING), the target follows inject's overwrite
+//!   rules; remembered per CDC transaction like create_linked_dir.
 //! - create_small_file (ours, kind 0x16: a file with its inline contents,
 //!   created and linked in one transaction) links with link_eden_file's
 //!   rules and answers a re-send of its client-chosen id from the file it
@@ -316,6 +321,7 @@ impl Mutation<'_, '_> {
             }
             R::MoveFileToEden(req) => ShardResponse::MoveFileToEden(self.move_file_to_eden(txn, req)?),
             R::CreateLinkedDir(req) => ShardResponse::CreateLinkedDir(self.create_linked_dir(txn, req)?),
+            R::MoveFileInShard(req) => ShardResponse::MoveFileInShard(self.move_file_in_shard(txn, req)?),
             R::Resolve(_)
             | R::Stat(_)
             | R::LsDir(_)

@@ -1610,3 +1610,132 @@ fn create_small_file_over_long_body_is_refused_by_the_decoder() {
     bytes.push(1);
     assert!(datagram::decode::<ShardRequest>(&bytes, Some(&h.cluster)).is_err());
 }
+
+/// move_file_in_shard (an mv file whose directories are both on this
+/// shard): one mutation that links the file owning as the target
+/// (overwriting an owning file, as inject does) and kills the source; every
+/// refusal leaves the store byte for byte as it was; the same transaction's
+/// request again answers from memory and touches nothing, also after a
+/// client renamed the target; its id is not reused by another request;
+/// `forget_below` past it forgets it.
+#[test]
+fn move_file_in_shard_is_one_mutation_remembered_per_transaction_until_forgotten() {
+    let mut h = Harness::new();
+    let mv = |transaction: u64,
+              forget_below: u64,
+              (source_dir, source): (InodeId, &'static str),
+              (target_dir, target): (InodeId, &'static str)| MoveFileInShardReq {
+        head: MoveFileInShardReqHead {
+            source_dir,
+            target_dir,
+            transaction_id: U64::new(transaction),
+            forget_below: U64::new(forget_below),
+        },
+        source_name: name(source),
+        target_name: name(target),
+    };
+    let a = make_directory(&mut h, 1, InodeId::ROOT, "a");
+    let b = make_directory(&mut h, 2, InodeId::ROOT, "b");
+    let sub = make_directory(&mut h, 3, b, "sub");
+    let (file, _) = create_file(&mut h, a, "x", b"moved");
+    let (old, _) = create_file(&mut h, b, "y", b"overwritten");
+    let (held, _) = create_file(&mut h, b, "held", b"held");
+    let acquire = AcquireDirentReqHead {
+        dir: b,
+        expected_type: InodeType::File,
+        transaction_id: U64::ZERO,
+        forget_below: U64::ZERO,
+    };
+    assert_eq!(ok!(h, AcquireDirent, AcquireDirentReq { head: acquire, name: name("held") }).inode, held);
+    let gone = make_directory(&mut h, 4, InodeId::ROOT, "gone");
+    remove_directory(&mut h, InodeId::ROOT, gone, "gone");
+    let elsewhere = InodeId::compose(InodeType::Directory, 2, 9).unwrap();
+
+    // Refused, nothing left behind: the source missing, a directory or
+    // held by the CDC; the target a directory or held; either directory
+    // removed or not of this shard; the same entry.
+    let before = raw_contents(&h.store);
+    let refusals = [
+        (mv(20, 0, (a, "nope"), (b, "z")), ErrorKind::NotFound),
+        (mv(20, 0, (b, "sub"), (a, "z")), ErrorKind::BadInodeType),
+        (mv(20, 0, (b, "held"), (a, "z")), ErrorKind::NotOwning),
+        (mv(20, 0, (a, "x"), (b, "sub")), ErrorKind::CannotOverrideTarget),
+        (mv(20, 0, (a, "x"), (b, "held")), ErrorKind::CannotOverrideTarget),
+        (mv(20, 0, (a, "x"), (gone, "z")), ErrorKind::NotFound),
+        (mv(20, 0, (a, "x"), (elsewhere, "z")), ErrorKind::NotFound),
+        (mv(20, 0, (gone, "x"), (a, "z")), ErrorKind::NotFound),
+        (mv(20, 0, (a, "x"), (a, "x")), ErrorKind::BadRequest),
+    ];
+    for (request, kind) in refusals {
+        assert_eq!(error(&mut h, ShardRequest::MoveFileInShard(request)), kind);
+        assert!(raw_contents(&h.store) == before, "a refused move_file_in_shard changed the store");
+    }
+
+    // Applied: the file is `y` in b (owning), the overwritten file is
+    // dead and owning there, and `x` in a is dead, not owning, then
+    // nothing.
+    h.advance(1);
+    let before_move = h.now;
+    h.advance(1);
+    let moved = ok!(h, MoveFileInShard, mv(10, 0, (a, "x"), (b, "y")));
+    assert_eq!(moved.inode, file);
+    let living_b = ls(&mut h, b, EggsTime::ZERO, 0);
+    assert_eq!(names(&living_b), ["held", "sub", "y"]);
+    let y = living_b.iter().find(|e| e.0 == "y").unwrap();
+    assert_eq!((y.1, y.2), (file.with_owning(true), moved.creation_time));
+    assert!(living_b.iter().any(|e| e.0 == "sub" && e.1.without_owning() == sub));
+    assert!(ls(&mut h, a, EggsTime::ZERO, 0).is_empty());
+    let dead_b = ls(&mut h, b, before_move, ls_flags::USE_DEAD_MAP);
+    assert_eq!(dead_b.iter().find(|e| e.0 == "y").unwrap().1, old.with_owning(true));
+    let dead_a = ls(&mut h, a, before_move, ls_flags::USE_DEAD_MAP);
+    assert_eq!(dead_a.iter().find(|e| e.0 == "x").unwrap().1, file.with_owning(false));
+    let now = h.now;
+    let dead_a = ls(&mut h, a, now, ls_flags::USE_DEAD_MAP | ls_flags::INCLUDE_NOTHING);
+    assert!(dead_a.iter().find(|e| e.0 == "x").unwrap().1.is_null(), "the source has its placeholder");
+
+    // Re-sent after a client renamed the target: the first answer,
+    // nothing touched (no second move, the renamed entry left alone).
+    let rename =
+        SameDirRenameReq { head: SameDirRenameReqHead { parent: b }, old_name: name("y"), new_name: name("w") };
+    ok!(h, SameDirRename, rename);
+    h.advance(1);
+    let before = raw_contents(&h.store);
+    assert_eq!(ok!(h, MoveFileInShard, mv(10, 0, (a, "x"), (b, "y"))), moved);
+    assert!(raw_contents(&h.store) == before, "a re-sent move_file_in_shard changed the store");
+
+    // The id is not reused: not by this request for another target
+    // directory, nor by inject, acquire, create_unlinked_dir or
+    // create_linked_dir; and move_file_in_shard refuses an id another
+    // request used (transaction 1's create_unlinked_dir).
+    assert_eq!(error(&mut h, ShardRequest::MoveFileInShard(mv(10, 0, (a, "x"), (a, "y")))), ErrorKind::BadRequest);
+    let mut inject = plain_inject(a, file, "i", false);
+    inject.head.transaction_id = U64::new(10);
+    assert_eq!(error(&mut h, ShardRequest::InjectDirent(inject)), ErrorKind::BadRequest);
+    let acquire = AcquireDirentReqHead {
+        dir: b,
+        expected_type: InodeType::File,
+        transaction_id: U64::new(10),
+        forget_below: U64::ZERO,
+    };
+    let acquire = AcquireDirentReq { head: acquire, name: name("w") };
+    assert_eq!(error(&mut h, ShardRequest::AcquireDirent(acquire)), ErrorKind::BadRequest);
+    let create = CreateUnlinkedDirReq { transaction_id: U64::new(10), parent: InodeId::ROOT, forget_below: U64::ZERO };
+    assert_eq!(error(&mut h, ShardRequest::CreateUnlinkedDir(create)), ErrorKind::BadRequest);
+    let linked = CreateLinkedDirReq {
+        head: CreateLinkedDirReqHead { dir: a, transaction_id: U64::new(10), forget_below: U64::ZERO },
+        name: name("l"),
+    };
+    assert_eq!(error(&mut h, ShardRequest::CreateLinkedDir(linked)), ErrorKind::BadRequest);
+    assert_eq!(error(&mut h, ShardRequest::MoveFileInShard(mv(1, 0, (b, "w"), (a, "v")))), ErrorKind::BadRequest);
+    assert!(raw_contents(&h.store) == before, "a refused reuse changed the store");
+
+    // Transaction 20's refusals were not remembered: it moves within one
+    // directory.
+    let renamed = ok!(h, MoveFileInShard, mv(20, 0, (b, "w"), (b, "v")));
+    assert_eq!(renamed.inode, file);
+    assert_eq!(names(&ls(&mut h, b, EggsTime::ZERO, 0)), ["held", "sub", "v"]);
+
+    // forget_below passes 10: forgotten, so the request acts again (`x`
+    // in a is gone: NOT_FOUND).
+    assert_eq!(error(&mut h, ShardRequest::MoveFileInShard(mv(10, 21, (a, "x"), (b, "y")))), ErrorKind::NotFound);
+}

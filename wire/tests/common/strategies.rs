@@ -254,6 +254,11 @@ pub fn shard_request(kind: ShardKind) -> BoxedStrategy<ShardRequest<'static>> {
                 })
                 .boxed()
         }
+        K::MoveFileInShard => (fixed(), name(), name())
+            .prop_map(|(head, source_name, target_name)| {
+                R::MoveFileInShard(MoveFileInShardReq { head, source_name, target_name })
+            })
+            .boxed(),
     }
 }
 
@@ -313,6 +318,7 @@ pub fn shard_response(kind: ShardKind) -> BoxedStrategy<ShardResponse<'static>> 
         K::MoveFileToEden => empty().prop_map(R::MoveFileToEden).boxed(),
         K::CreateLinkedDir => fixed().prop_map(R::CreateLinkedDir).boxed(),
         K::CreateSmallFile => fixed().prop_map(R::CreateSmallFile).boxed(),
+        K::MoveFileInShard => fixed().prop_map(R::MoveFileInShard).boxed(),
     }
 }
 
