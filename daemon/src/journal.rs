@@ -917,9 +917,6 @@ struct State<T> {
     closed: bool,
     /// Written records' buffers, emptied, for the next appends.
     spare: Vec<Vec<u8>>,
-    /// Taken, waiting to be durable: (sequence, weight, payload), in
-    /// order; delivered by [`deliver_durable`].
-    waiting: VecDeque<(u64, u64, T)>,
 }
 
 /// Record buffers kept for reuse ([`State::spare`]).
@@ -958,12 +955,6 @@ struct Shared<T> {
     checkpoint: Condvar,
     /// The writer's wake-up when a sync ends ([`Journal::on_lane_free`]).
     lane_free: OnceLock<Box<dyn Fn() + Send + Sync>>,
-    /// The caller's `deliver`; whoever holds this lock delivers, so the
-    /// payloads go out in commit order ([`deliver_durable`]). Taken
-    /// before `state`, never while holding it.
-    deliver: Mutex<Box<dyn FnMut(Vec<T>) + Send>>,
-    /// [`Config::gather`].
-    gather: bool,
 }
 
 impl<T> Shared<T> {
@@ -1092,7 +1083,6 @@ impl<T: Send + 'static> Journal<T> {
             last_checkpoint: Instant::now(),
             closed: false,
             spare: Vec::new(),
-            waiting: VecDeque::new(),
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -1100,8 +1090,6 @@ impl<T: Send + 'static> Journal<T> {
             sync: Condvar::new(),
             checkpoint: Condvar::new(),
             lane_free: OnceLock::new(),
-            deliver: Mutex::new(Box::new(deliver)),
-            gather: config.gather,
         });
         let journal = Arc::new(journal);
         let lanes = config.lanes.clamp(1, SYNC_LANES_MAX);
@@ -1119,9 +1107,9 @@ impl<T: Send + 'static> Journal<T> {
             threads.push(
                 std::thread::Builder::new()
                     .name("journal".into())
-                    .spawn(move || write_loop(&shared_, &journal_, config))?,
+                    .spawn(move || write_loop(&shared_, &journal_, config, deliver))?,
             );
-            let (shared, env, journal) = (shared.clone(), env.clone(), journal.clone());
+            let (shared, env) = (shared.clone(), env.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name("checkpoint".into())
@@ -1275,134 +1263,83 @@ impl<T: Send + 'static> Drop for Journal<T> {
     }
 }
 
-/// Delivers the payloads of every taken commit that is durable, in
-/// order, and sets the gather's weight ([`Config::gather`]) from what it
-/// answered. `wait`: block for the delivery lock; otherwise return false
-/// at once when another thread holds it (that thread may already have
-/// looked and be about to let go: the caller then wakes the journal
-/// thread, which waits for the lock). A sync lane calls this itself right
-/// after its sync, so the answers leave without a hand-off to the journal
-/// thread (a futex wake and a context switch on the reply's path).
-fn deliver_durable<T>(shared: &Shared<T>, wait: bool) -> bool {
-    let mut deliver = if wait {
-        match shared.deliver.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    } else {
-        match shared.deliver.try_lock() {
-            Ok(guard) => guard,
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return false,
-        }
-    };
+/// The journal thread: takes every queued record that fits (while a sync
+/// lane is free), places it from `head` in whole pages, hands the batch to
+/// the lanes ([`sync_loop`]), and delivers what became durable, in order.
+fn write_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, config: Config, mut deliver: impl FnMut(Vec<T>)) {
+    let lanes = config.lanes.clamp(1, SYNC_LANES_MAX);
+    // Taken, waiting to be durable: (sequence, weight, payload), in order.
+    let mut waiting: VecDeque<(u64, u64, T)> = VecDeque::new();
+    let mut state = shared.lock();
     loop {
-        let mut state = shared.lock();
         let durable = state.durable_through();
         let mut ready = Vec::new();
         let mut answered = 0;
-        while state.waiting.front().is_some_and(|(seq, _, _)| *seq <= durable) {
-            if let Some((_, weight, payload)) = state.waiting.pop_front() {
+        while waiting.front().is_some_and(|(seq, _, _)| *seq <= durable) {
+            if let Some((_, weight, payload)) = waiting.pop_front() {
                 ready.push(payload);
                 answered += weight;
             }
         }
-        if ready.is_empty() {
-            return true;
-        }
-        if shared.gather {
-            state.owed = answered + state.queue.iter().map(|entry| entry.weight).sum::<u64>();
-            state.gather_until = Instant::now() + state.last_sync.min(GATHER_MAX);
-        }
-        drop(state);
-        (deliver)(ready);
-    }
-}
-
-/// The journal thread: takes every queued record that fits (while a sync
-/// lane is free), places it from `head` in whole pages, hands the batch to
-/// the lanes ([`sync_loop`]), and delivers what became durable and the
-/// lanes did not deliver themselves, in order.
-fn write_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, config: Config) {
-    let lanes = config.lanes.clamp(1, SYNC_LANES_MAX);
-    loop {
-        // Without waiting for a lane that is delivering: the records to
-        // take come first. What is left is delivered before sleeping.
-        deliver_durable(shared, false);
-        let mut state = shared.lock();
-        if state.closed {
+        if !ready.is_empty() {
+            if config.gather {
+                state.owed = answered + state.queue.iter().map(|entry| entry.weight).sum::<u64>();
+                state.gather_until = Instant::now() + state.last_sync.min(GATHER_MAX);
+            }
             drop(state);
-            deliver_durable(shared, true);
+            deliver(ready);
+            state = shared.lock();
+            continue;
+        }
+        if state.closed {
             return;
         }
-        if !state.full && gathering(&state) {
-            if state.waiting.front().is_some_and(|(seq, _, _)| *seq <= state.durable_through()) {
-                drop(state);
-                deliver_durable(shared, true);
+        if state.owed > 0 && !state.full {
+            let queued: u64 = state.queue.iter().map(|entry| entry.weight).sum();
+            let now = Instant::now();
+            if queued > 0 && queued < state.owed && now < state.gather_until {
+                let wait = state.gather_until - now;
+                state = match shared.work.wait_timeout(state, wait) {
+                    Ok((guard, _)) => guard,
+                    Err(poisoned) => poisoned.into_inner().0,
+                };
                 continue;
             }
-            let wait = state.gather_until.saturating_duration_since(Instant::now());
-            drop(match shared.work.wait_timeout(state, wait) {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            });
-            continue;
         }
-        if take_if_free(shared, journal, &mut state, lanes) {
-            continue;
+        if state.in_flight.len() < lanes {
+            let mut buffer = state.batch_buffers.pop().unwrap_or_else(|| Vec::with_capacity(SYNC_BYTES_MAX));
+            buffer.clear();
+            if let Some(batch) = take(&mut state, journal, &mut waiting, buffer) {
+                state.owed = 0;
+                state.in_flight.push_back((batch.last, false));
+                state.to_sync.push_back(batch);
+                shared.sync.notify_one();
+                continue;
+            }
+            if state.full {
+                shared.checkpoint.notify_all();
+            }
+            if waiting.front().is_some_and(|(seq, _, _)| *seq <= state.durable_through()) {
+                continue;
+            }
         }
-        if state.full {
-            shared.checkpoint.notify_all();
-        }
-        if state.waiting.front().is_some_and(|(seq, _, _)| *seq <= state.durable_through()) {
-            drop(state);
-            deliver_durable(shared, true);
-            continue;
-        }
-        drop(match shared.work.wait(state) {
+        state = match shared.work.wait(state) {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
-        });
+        };
     }
-}
-
-/// Whether the gather ([`Config::gather`]) holds the queued records back
-/// for more weight (less than owed is queued, and its time is not up).
-fn gathering<T>(state: &State<T>) -> bool {
-    if state.owed == 0 {
-        return false;
-    }
-    let queued: u64 = state.queue.iter().map(|entry| entry.weight).sum();
-    queued > 0 && queued < state.owed && Instant::now() < state.gather_until
-}
-
-/// While fewer than `lanes` batches are in flight: takes a batch
-/// ([`take`]) and hands it to a sync lane; true when it did. Wakes the
-/// checkpoint thread when the record area just passed half used.
-fn take_if_free<T>(shared: &Shared<T>, journal: &JournalFile, state: &mut State<T>, lanes: usize) -> bool {
-    if state.in_flight.len() >= lanes.clamp(1, SYNC_LANES_MAX) {
-        return false;
-    }
-    let mut buffer = state.batch_buffers.pop().unwrap_or_else(|| Vec::with_capacity(SYNC_BYTES_MAX));
-    buffer.clear();
-    let half = journal.area * CHECKPOINT_FILL_NUMERATOR / CHECKPOINT_FILL_DENOMINATOR;
-    let before = state.head - state.tail;
-    let Some(batch) = take(state, journal, buffer) else { return false };
-    state.owed = 0;
-    state.in_flight.push_back((batch.last, false));
-    state.to_sync.push_back(batch);
-    shared.sync.notify_one();
-    if before <= half && state.head - state.tail > half {
-        shared.checkpoint.notify_all();
-    }
-    true
 }
 
 /// Takes every queued entry that fits into one batch written from `head`:
 /// records are placed in `buffer` (padded to whole pages), entries without
 /// a record to write pass straight to `waiting`. `None` (the buffer kept
 /// for later) when no record was taken.
-fn take<T>(state: &mut State<T>, journal: &JournalFile, mut buffer: Vec<u8>) -> Option<Batch> {
+fn take<T>(
+    state: &mut State<T>,
+    journal: &JournalFile,
+    waiting: &mut VecDeque<(u64, u64, T)>,
+    mut buffer: Vec<u8>,
+) -> Option<Batch> {
     let mut start = state.head;
     let mut records = 0u64;
     let mut last = 0u64;
@@ -1415,7 +1352,7 @@ fn take<T>(state: &mut State<T>, journal: &JournalFile, mut buffer: Vec<u8>) -> 
         // checkpoint covers (never written): delivered in turn.
         let Some(size) = size.filter(|_| seq > state.placed_through) else {
             if let Some(entry) = state.queue.pop_front() {
-                state.waiting.push_back((entry.seq, entry.weight, entry.payload));
+                waiting.push_back((entry.seq, entry.weight, entry.payload));
             }
             continue;
         };
@@ -1445,7 +1382,7 @@ fn take<T>(state: &mut State<T>, journal: &JournalFile, mut buffer: Vec<u8>) -> 
             state.spare.push(payload);
         }
         state.placed_through = seq;
-        state.waiting.push_back((seq, entry.weight, entry.payload));
+        waiting.push_back((seq, entry.weight, entry.payload));
         records += 1;
         last = seq;
     }
@@ -1508,24 +1445,11 @@ fn sync_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, metrics: &Journ
         if state.batch_buffers.len() < SYNC_LANES_MAX {
             state.batch_buffers.push(batch.bytes);
         }
-        // The journal thread is woken only when it has records to take on
-        // this free lane; the answers this sync made durable go out from
-        // here (session 11), unless another thread is delivering.
-        let queued = !state.queue.is_empty();
         drop(state);
-        if queued {
-            shared.work.notify_one();
-        }
-        // Wakes the checkpoint thread, which only looks and sleeps again:
-        // measured (session 11, 8 clients) that dropping this wake-up
-        // costs ~25 % of the create rate on this 2-vCPU machine, most
-        // likely because a vCPU kept busy wakes the next thread sooner.
+        shared.work.notify_one();
         shared.checkpoint.notify_all();
         if let Some(wake) = shared.lane_free.get() {
             wake();
-        }
-        if !deliver_durable(shared, false) {
-            shared.work.notify_one();
         }
     }
 }
