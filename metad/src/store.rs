@@ -288,12 +288,19 @@ impl Db {
 
     /// Stores `value` with its checksum (recorded for the journal as
     /// stored, trailer included).
+    /// The value and its trailer are assembled in a buffer of the calling
+    /// thread (the writer's), reused from put to put: no allocation per put.
     pub fn put(&self, txn: &mut RwTxn, key: &[u8], value: &[u8]) -> heed::Result<()> {
-        let mut stored = Vec::with_capacity(value.len() + CHECKSUM_BYTES);
-        stored.extend_from_slice(value);
-        stored.extend_from_slice(&record_checksum(key, value).to_le_bytes());
-        let mut effects = self.recorder.effects();
-        daemon::journal::put(txn, (self.index, &self.inner), key, &stored, effects.as_deref_mut())
+        thread_local! {
+            static STORED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        STORED.with_borrow_mut(|stored| {
+            stored.clear();
+            stored.extend_from_slice(value);
+            stored.extend_from_slice(&record_checksum(key, value).to_le_bytes());
+            let mut effects = self.recorder.effects();
+            daemon::journal::put(txn, (self.index, &self.inner), key, stored, effects.as_deref_mut())
+        })
     }
 
     pub fn delete(&self, txn: &mut RwTxn, key: &[u8]) -> heed::Result<bool> {

@@ -90,10 +90,21 @@ impl Mutation<'_, '_> {
         let dir = linked_directory(self.shard, self.store, txn, req.parent)?;
         let name = req.name.as_bytes();
         let slot = Slot { dir: req.parent, name_hash: hash_of(&dir, name)?, name };
-        if let Some(made) = self.made_by_id(txn, &slot, req.create_id.get(), crc)? {
+        // One look at the name: its living entry and its newest dead
+        // versions serve the re-send check, the overwrite and the new
+        // entry's creation time (put_living would look both up again).
+        let existing = living(self.store, txn, slot.dir, slot.name_hash, slot.name)?;
+        let (newest_dead, made) = self.made_by_id(txn, &slot, existing, req.create_id.get(), crc)?;
+        if let Some(made) = made {
             return Ok(made);
         }
-        self.overwrite(txn, &slot, false)?;
+        // After the overwrite the living entry (if any) is a dead version
+        // under its creation time.
+        let mut newest = newest_dead;
+        if let Some(existing) = existing {
+            self.overwrite(txn, &slot, false)?;
+            newest = newest.max(Some(existing.creation_time));
+        }
         let inode = self.next_inode(txn, req.inode_type)?;
         // ≤ INLINE_SPAN_BYTES_MAX (the decoder's bound), so it fits a u32.
         let size = contents.len() as u32;
@@ -102,7 +113,13 @@ impl Mutation<'_, '_> {
                 SpanRecord { size, crc, state: SpanState::Clean, payload: SpanPayload::Inline(contents.to_vec()) };
             self.store.spans.put(txn, &span_key(inode, 0), &span.encode())?;
         }
-        let creation_time = self.put_living(txn, &slot, inode.with_owning(true))?;
+        // As put_living: now, or just after the name's newest version.
+        let creation_time = match newest {
+            Some(newest) => self.env.now.max(EggsTime::new(newest.get().saturating_add(1))),
+            None => self.env.now,
+        };
+        let living_record = LivingRecord { creation_time, inode: inode.with_owning(true) };
+        self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &living_record.encode())?;
         let file = FileRecord { mtime: self.env.now, size: u64::from(size), inode_type: req.inode_type };
         self.store.files.put(txn, &inode_key(inode), &file.encode())?;
         self.touch(txn, req.parent, dir)?;
@@ -112,39 +129,52 @@ impl Mutation<'_, '_> {
         Ok(CreateSmallFileResp { inode, creation_time })
     }
 
-    /// The file an earlier create_small_file with `create_id` made as this
-    /// name, if remembered: the living entry, or a dead version younger
+    /// The newest dead version's creation time of the name (placeholders
+    /// count, as for put_living), and the file an earlier
+    /// create_small_file with `create_id` made as this name, if
+    /// remembered: the living entry `existing`, or a dead version younger
     /// than the memory (the name replaced, deleted or renamed away since).
     fn made_by_id(
         &self,
         txn: &RoTxn,
         slot: &Slot<'_>,
+        existing: Option<LivingRecord>,
         create_id: u64,
         crc: u32,
-    ) -> Result<Option<CreateSmallFileResp>, HandleError> {
-        if let Some(record) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)?
-            && let Some(made) = self.made_by(txn, record.inode, record.creation_time, create_id, crc)?
-        {
-            return Ok(Some(made));
-        }
+    ) -> Result<(Option<EggsTime>, Option<CreateSmallFileResp>), HandleError> {
+        // Newest first over all of the name's dead versions: the first is
+        // the newest; those not older than the memory come first, so the
+        // first DEAD_VERSIONS_CHECKED of them are those of the range from
+        // `since` up.
         let since = EggsTime::new(self.env.now.get().saturating_sub(SMALL_FILE_CREATE_MEMORY_NS));
-        let low = dead_key(slot.dir, slot.name_hash, slot.name, since);
+        let low = dead_key(slot.dir, slot.name_hash, slot.name, EggsTime::ZERO);
         let high = dead_key(slot.dir, slot.name_hash, slot.name, EggsTime::new(u64::MAX));
         let range = (Bound::Included(&low[..]), Bound::Included(&high[..]));
+        let mut newest = None;
         let mut versions = Vec::new();
         for item in self.store.dead.rev_range(txn, &range)?.take(DEAD_VERSIONS_CHECKED) {
             let (key, value) = item?;
+            let creation_time = parse_dead_key(key)?.creation_time;
+            newest = newest.max(Some(creation_time));
+            if creation_time < since {
+                break;
+            }
             let inode = InodeId::new(decode_u64(value, "dead record")?);
             if !inode.is_null() {
-                versions.push((parse_dead_key(key)?.creation_time, inode));
+                versions.push((creation_time, inode));
             }
+        }
+        if let Some(record) = existing
+            && let Some(made) = self.made_by(txn, record.inode, record.creation_time, create_id, crc)?
+        {
+            return Ok((newest, Some(made)));
         }
         for (creation_time, inode) in versions {
             if let Some(made) = self.made_by(txn, inode, creation_time, create_id, crc)? {
-                return Ok(Some(made));
+                return Ok((newest, Some(made)));
             }
         }
-        Ok(None)
+        Ok((newest, None))
     }
 
     /// `inode` (an entry created at `creation_time`) if `create_id` made it.

@@ -1548,6 +1548,34 @@ fn create_small_file_overwrites_like_link_eden_file() {
     assert_eq!(contents_of(&mut h, made.inode), b"two");
 }
 
+/// With the clock behind the name's versions (the living one, and a dead
+/// one newer than it after a delete), a create_small_file's entry is
+/// created just after the newest of them, as put_living does: the create
+/// looks the name up once and must count the living entry it buries and
+/// the dead map's newest version (a placeholder included).
+#[test]
+fn create_small_file_is_created_after_the_names_newest_version() {
+    let mut h = Harness::new();
+    let start = h.now;
+    h.advance(10_000_000_000);
+    let first = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 1, "a", b"one"));
+    // The clock goes back: the living entry is newer than now.
+    h.now = start;
+    let second = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 2, "a", b"two"));
+    assert_eq!(second.creation_time.get(), first.creation_time.get() + 1, "just after the buried living entry");
+    // A delete leaves a placeholder in the dead map, newer than any file.
+    h.advance(20_000_000_000);
+    ok!(h, DeleteFile, DeleteFileReq { head: DeleteFileReqHead { parent: InodeId::ROOT }, name: name("a") });
+    let dead = ls(&mut h, InodeId::ROOT, EggsTime::new(u64::MAX), ls_flags::USE_DEAD_MAP | ls_flags::INCLUDE_NOTHING);
+    let newest = dead.iter().filter(|(n, _, _)| n == "a").map(|(_, _, time)| time.get()).max().unwrap();
+    assert!(newest > second.creation_time.get());
+    h.now = start;
+    let third = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 3, "a", b"three"));
+    assert_eq!(third.creation_time.get(), newest + 1, "just after the dead map's newest version");
+    let living = ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0);
+    assert_eq!(living, [("a".to_string(), third.inode.with_owning(true), third.creation_time)]);
+}
+
 /// A re-send (same create id) is answered with the file it made and
 /// changes nothing: at once, after another client replaced the name, and
 /// after the name was deleted. The same id with other contents is refused;
