@@ -288,6 +288,7 @@ impl Db {
 
     /// Stores `value` with its checksum (recorded for the journal as
     /// stored, trailer included).
+    ///
     /// The value and its trailer are assembled in a buffer of the calling
     /// thread (the writer's), reused from put to put: no allocation per put.
     pub fn put(&self, txn: &mut RwTxn, key: &[u8], value: &[u8]) -> heed::Result<()> {
