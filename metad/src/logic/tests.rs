@@ -211,6 +211,14 @@ fn plain_inject(dir: InodeId, inode: InodeId, child_name: &str, dry_run: bool) -
     }
 }
 
+/// acquire_dirent of `child_name` in `dir` (transaction 0, nothing forgotten).
+fn acquire_req(dir: InodeId, expected_type: InodeType, child_name: &str) -> AcquireDirentReq<'_> {
+    AcquireDirentReq {
+        head: AcquireDirentReqHead { dir, expected_type, transaction_id: U64::ZERO, forget_below: U64::ZERO },
+        name: name(child_name),
+    }
+}
+
 /// Releases the root's entry `from` (of `inode`), then renames it `to`,
 /// as a client may between a CDC crash and its resume.
 fn release_then_rename(h: &mut Harness, inode: InodeId, from: &str, to: &str) {
@@ -434,15 +442,7 @@ fn prototype_readme_ls_dead_ge() {
     }
     assert_eq!(names(&ls(&mut h, c, EggsTime::ZERO, 0)), vec!["d"]);
     // rmdir /c/d: acquire, unlink (parent null), kill.
-    let acquire = AcquireDirentReq {
-        head: AcquireDirentReqHead {
-            dir: c,
-            expected_type: InodeType::Directory,
-            transaction_id: U64::ZERO,
-            forget_below: U64::ZERO,
-        },
-        name: name("d"),
-    };
+    let acquire = acquire_req(c, InodeType::Directory, "d");
     let acquired = ok!(h, AcquireDirent, acquire);
     assert_eq!(acquired.inode, d);
     // A non-owning entry cannot be renamed or deleted by ordinary requests.
@@ -464,15 +464,7 @@ fn prototype_readme_ls_dead_ge() {
     // The removed directory takes no new entries.
     let inject = plain_inject(d, c, "x", false);
     assert_eq!(error(&mut h, ShardRequest::InjectDirent(inject)), ErrorKind::NotFound);
-    let acquire = AcquireDirentReq {
-        head: AcquireDirentReqHead {
-            dir: InodeId::ROOT,
-            expected_type: InodeType::File,
-            transaction_id: U64::ZERO,
-            forget_below: U64::ZERO,
-        },
-        name: name("c"),
-    };
+    let acquire = acquire_req(InodeId::ROOT, InodeType::File, "c");
     assert_eq!(error(&mut h, ShardRequest::AcquireDirent(acquire)), ErrorKind::BadInodeType);
 }
 
@@ -1492,15 +1484,7 @@ fn create_small_file_refusals_change_nothing() {
     let removed = make_directory(&mut h, 4, InodeId::ROOT, "gone");
     remove_directory(&mut h, InodeId::ROOT, removed, "gone");
     create_file(&mut h, InodeId::ROOT, "locked", b"y");
-    let acquire = AcquireDirentReq {
-        head: AcquireDirentReqHead {
-            dir: InodeId::ROOT,
-            expected_type: InodeType::File,
-            transaction_id: U64::ZERO,
-            forget_below: U64::ZERO,
-        },
-        name: name("locked"),
-    };
+    let acquire = acquire_req(InodeId::ROOT, InodeType::File, "locked");
     ok!(h, AcquireDirent, acquire);
     let before = raw_contents(&h.store);
     let mut bad_crc = small_file(InodeId::ROOT, 9, "new", b"abc");
