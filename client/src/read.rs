@@ -16,7 +16,10 @@
 //!   at a time when that share holds fewer than two), so that the fresh
 //!   memory of the read-ahead's buffers is paid for by enough bytes read
 //!   (four concurrent cats of 256 MiB each faulted in 64 MiB, then 32;
-//!   now 16).
+//!   now 16). Such a file goes to two spans in flight once the output
+//!   waited while the machine's cores were idle 1/[`READ_AHEAD_IDLE_SHARE`]
+//!   of the time since the read began (`/proc/stat`): the second buffer
+//!   is then paid for by idle CPU.
 //! - **Buffers** are reused: a span's buffer goes back to the free list
 //!   once written out; a block never gets a buffer of its own (parity
 //!   blocks of a degraded span excepted, and those are kept for the next
@@ -92,6 +95,18 @@ pub const READ_AHEAD_SPANS_MIN: usize = 2;
 pub const READ_AHEAD_FILE_SHARE: u64 = 16;
 /// Kept for callers of the first version: the old fixed window in spans.
 pub const READ_AHEAD_SPANS: usize = READ_AHEAD_SPANS_MIN;
+/// A file read one span at a time (its share holds fewer than
+/// [`READ_AHEAD_SPANS_MIN`] spans) goes to two spans in flight when the
+/// output had to wait for a span while at least 1/N of the machine's core
+/// time since the read began was idle (`/proc/stat`): the second span's
+/// fresh buffer is then paid for by CPU nobody wanted, and the overlap of
+/// two spans wins back the bubble between spans of a cat alone; four
+/// concurrent cats on two cores leave no idle time and stay at one span.
+pub const READ_AHEAD_IDLE_SHARE: u64 = 8;
+/// The machine's core time (all cores, in `/proc/stat` ticks of 10 ms)
+/// a read must have lasted before its idle share is trusted: `/proc/stat`
+/// counts whole ticks.
+pub const READ_AHEAD_IDLE_TICKS_MIN: u64 = 4;
 
 /// Bytes of parity block buffers one read keeps for reuse (degraded
 /// spans): as many as the read-ahead can hold at once, so that a degraded
@@ -340,6 +355,8 @@ pub async fn read_file_to<S: SpanSink>(
     let state = ReadState::new(client);
     let mut next_offset = Some(0u64);
     let mut expected_offset = 0u64;
+    // The machine's CPU time when a read of one span at a time began.
+    let mut idle_since: Option<MachineCpu> = None;
     for _ in 0..SPAN_PAGES_MAX {
         // Keep the read-ahead window full, fetching span pages as needed.
         loop {
@@ -367,6 +384,9 @@ pub async fn read_file_to<S: SpanSink>(
                     window_max = read_ahead_max(size);
                     let span_size = page.spans.iter().map(|span| u64::from(span.size)).max().unwrap_or(0);
                     spans_min = read_ahead_spans_min(size, span_size);
+                    if spans_min < READ_AHEAD_SPANS_MIN {
+                        idle_since = MachineCpu::now();
+                    }
                 }
                 next_offset = (page.next_offset != 0).then_some(page.next_offset);
                 if let Some(next) = next_offset
@@ -390,8 +410,17 @@ pub async fn read_file_to<S: SpanSink>(
                 span.offset
             )));
         }
-        // The output waits for the network: fetch further ahead.
+        // The output waits for the network: fetch further ahead; a read of
+        // one span at a time takes a second span when the cores were idle
+        // (and there is a span left to fetch).
         if !task.is_finished() {
+            if let Some(since) = idle_since
+                && (!pending.is_empty() || next_offset.is_some())
+                && MachineCpu::now().is_some_and(|now| now.idle_share_reached(&since))
+            {
+                idle_since = None;
+                spans_min = READ_AHEAD_SPANS_MIN;
+            }
             window = (window * 2).min(window_max.max(spans_min as u64 * u64::from(span.size)));
         }
         let read = task.await.map_err(|error| ClientError::Span {
@@ -416,6 +445,41 @@ pub async fn read_file_to<S: SpanSink>(
     }
     sink.finish().await.map_err(|error| ClientError::io("writing the output", error))?;
     Ok(report)
+}
+
+/// The machine's CPU time so far, all cores, in `/proc/stat` ticks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MachineCpu {
+    total: u64,
+    idle: u64,
+}
+
+impl MachineCpu {
+    /// Read from `/proc/stat` (None where there is none, or it says
+    /// something unexpected: the read-ahead then just does not grow).
+    fn now() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// The `cpu` line of `/proc/stat`: user nice system idle iowait irq
+    /// softirq steal …; idle is idle + iowait.
+    fn parse(stat: &str) -> Option<Self> {
+        let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+        let fields: Vec<u64> =
+            line.split_whitespace().skip(1).take(8).map(|field| field.parse().ok()).collect::<Option<_>>()?;
+        if fields.len() < 5 {
+            return None;
+        }
+        Some(Self { total: fields.iter().sum(), idle: fields[3] + fields[4] })
+    }
+
+    /// Whether at least 1/[`READ_AHEAD_IDLE_SHARE`] of the core time since
+    /// `since` was idle, over at least [`READ_AHEAD_IDLE_TICKS_MIN`] ticks.
+    fn idle_share_reached(&self, since: &Self) -> bool {
+        let total = self.total.saturating_sub(since.total);
+        let idle = self.idle.saturating_sub(since.idle);
+        total >= READ_AHEAD_IDLE_TICKS_MIN && idle.saturating_mul(READ_AHEAD_IDLE_SHARE) >= total
+    }
 }
 
 /// Spans the read-ahead of a file of `size` bytes (if known) holds at
@@ -1551,6 +1615,36 @@ mod tests {
         assert_eq!(read_ahead_spans_min(Some(512 * MIB), 16 * MIB), READ_AHEAD_SPANS_MIN);
         assert_eq!(read_ahead_spans_min(None, 16 * MIB), READ_AHEAD_SPANS_MIN);
         assert_eq!(read_ahead_spans_min(Some(256 * MIB), 0), READ_AHEAD_SPANS_MIN);
+    }
+
+    /// A read of one span at a time grows to two only when an eighth of
+    /// the machine's core time since it began was idle, over four ticks
+    /// at least; `/proc/stat`'s `cpu` line is read as idle + iowait.
+    #[test]
+    fn a_small_files_read_ahead_grows_only_on_idle_cores() {
+        let cpu = |total, idle| MachineCpu { total, idle };
+        let since = cpu(1000, 300);
+        // Two cores busy: no idle tick in 20 ms (4 ticks) or 1 s.
+        assert!(!cpu(1004, 300).idle_share_reached(&since));
+        assert!(!cpu(1200, 300).idle_share_reached(&since));
+        // An eighth idle: grows; a tick less: does not.
+        assert!(cpu(1016, 302).idle_share_reached(&since));
+        assert!(!cpu(1016, 301).idle_share_reached(&since));
+        assert!(cpu(1800, 400).idle_share_reached(&since));
+        assert!(!cpu(1800, 399).idle_share_reached(&since));
+        // Too short to say, however idle.
+        assert!(!cpu(1003, 303).idle_share_reached(&since));
+        // Counters that went back (another boot's numbers): no growth.
+        assert!(!cpu(900, 200).idle_share_reached(&since));
+        let stat = "cpu  10 2 30 400 5 6 7 8 0 0\ncpu0 5 1 15 200 2 3 3 4 0 0\nintr 1\n";
+        assert_eq!(MachineCpu::parse(stat), Some(cpu(468, 405)));
+        assert_eq!(MachineCpu::parse("cpu  1 2 x 4 5\n"), None);
+        assert_eq!(MachineCpu::parse("cpu  1 2 3\n"), None);
+        assert_eq!(MachineCpu::parse(""), None);
+        let now = MachineCpu::now();
+        if cfg!(target_os = "linux") {
+            assert!(now.is_some_and(|now| now.total >= now.idle && now.total > 0));
+        }
     }
 
     /// `xor_rebuild` equals a byte-by-byte XOR of its inputs, each
