@@ -414,13 +414,8 @@ pub async fn read_file_to<S: SpanSink>(
         // one span at a time takes a second span when the cores were idle
         // (and there is a span left to fetch).
         if !task.is_finished() {
-            if let Some(since) = idle_since
-                && (!pending.is_empty() || next_offset.is_some())
-                && MachineCpu::now().is_some_and(|now| now.idle_share_reached(&since))
-            {
-                idle_since = None;
-                spans_min = READ_AHEAD_SPANS_MIN;
-            }
+            let more = !pending.is_empty() || next_offset.is_some();
+            spans_min = spans_min_after_wait(spans_min, &mut idle_since, more, MachineCpu::now);
             window = (window * 2).min(window_max.max(spans_min as u64 * u64::from(span.size)));
         }
         let read = task.await.map_err(|error| ClientError::Span {
@@ -480,6 +475,25 @@ impl MachineCpu {
         let idle = self.idle.saturating_sub(since.idle);
         total >= READ_AHEAD_IDLE_TICKS_MIN && idle.saturating_mul(READ_AHEAD_IDLE_SHARE) >= total
     }
+}
+
+/// Spans in flight at least after the output waited for a span: a read
+/// of one span at a time (`idle_since` set when it began) takes
+/// [`READ_AHEAD_SPANS_MIN`] once the machine's cores were idle enough
+/// since then ([`MachineCpu::idle_share_reached`]) and a span is left to
+/// fetch; it is decided once (`idle_since` cleared).
+fn spans_min_after_wait(
+    spans_min: usize,
+    idle_since: &mut Option<MachineCpu>,
+    more: bool,
+    now: impl FnOnce() -> Option<MachineCpu>,
+) -> usize {
+    let Some(since) = *idle_since else { return spans_min };
+    if more && spans_min < READ_AHEAD_SPANS_MIN && now().is_some_and(|now| now.idle_share_reached(&since)) {
+        *idle_since = None;
+        return READ_AHEAD_SPANS_MIN;
+    }
+    spans_min
 }
 
 /// Spans the read-ahead of a file of `size` bytes (if known) holds at
@@ -1641,6 +1655,20 @@ mod tests {
         assert_eq!(MachineCpu::parse("cpu  1 2 x 4 5\n"), None);
         assert_eq!(MachineCpu::parse("cpu  1 2 3\n"), None);
         assert_eq!(MachineCpu::parse(""), None);
+        // The read loop's step: one span until the cores were idle, then two,
+        // decided once; nothing left to fetch, or two spans already: as is.
+        let busy = || Some(cpu(1200, 300));
+        let idle = || Some(cpu(1200, 400));
+        let mut idle_since = Some(since);
+        assert_eq!(spans_min_after_wait(1, &mut idle_since, true, busy), 1);
+        assert_eq!(spans_min_after_wait(1, &mut idle_since, true, || None), 1);
+        assert_eq!(spans_min_after_wait(1, &mut idle_since, false, idle), 1);
+        assert_eq!(idle_since, Some(since));
+        assert_eq!(spans_min_after_wait(1, &mut idle_since, true, idle), READ_AHEAD_SPANS_MIN);
+        assert_eq!(idle_since, None);
+        assert_eq!(spans_min_after_wait(1, &mut idle_since, true, idle), 1);
+        let mut not_small = None;
+        assert_eq!(spans_min_after_wait(2, &mut not_small, true, idle), 2);
         let now = MachineCpu::now();
         if cfg!(target_os = "linux") {
             assert!(now.is_some_and(|now| now.total >= now.idle && now.total > 0));
