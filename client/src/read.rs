@@ -16,10 +16,7 @@
 //!   at a time when that share holds fewer than two), so that the fresh
 //!   memory of the read-ahead's buffers is paid for by enough bytes read
 //!   (four concurrent cats of 256 MiB each faulted in 64 MiB, then 32;
-//!   now 16). Such a file goes to two spans in flight once the output
-//!   waited while the machine's cores were idle 1/[`READ_AHEAD_IDLE_SHARE`]
-//!   of the time since its first span was out (the kernel's `cpuidle`
-//!   counters): the second buffer is then paid for by idle CPU.
+//!   now 16).
 //! - **Buffers** are reused: a span's buffer goes back to the free list
 //!   once written out; a block never gets a buffer of its own (parity
 //!   blocks of a degraded span excepted, and those are kept for the next
@@ -56,9 +53,8 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
@@ -96,20 +92,6 @@ pub const READ_AHEAD_SPANS_MIN: usize = 2;
 pub const READ_AHEAD_FILE_SHARE: u64 = 16;
 /// Kept for callers of the first version: the old fixed window in spans.
 pub const READ_AHEAD_SPANS: usize = READ_AHEAD_SPANS_MIN;
-/// A file read one span at a time (its share holds fewer than
-/// [`READ_AHEAD_SPANS_MIN`] spans) goes to two spans in flight when the
-/// output had to wait for a span while at least 1/N of the machine's core
-/// time was idle, counted from the output's first wait after the first
-/// span was out (the kernel's `cpuidle` counters, in µs): the second
-/// span's fresh buffer is then paid for by CPU nobody wanted, and the
-/// overlap of two spans wins back the bubble between spans of a cat
-/// alone (~5 % of its wall, `perf/results/2026-11-28-s11-dp11f.md`);
-/// four concurrent cats on two cores leave no idle time and stay at one
-/// span. No `cpuidle` counters: no growth.
-pub const READ_AHEAD_IDLE_SHARE: u64 = 32;
-/// Core time (µs, all cores) over which that idle share is taken at least:
-/// 10 ms of two cores.
-pub const READ_AHEAD_IDLE_CORE_MICROS_MIN: u64 = 20_000;
 
 /// Bytes of parity block buffers one read keeps for reuse (degraded
 /// spans): as many as the read-ahead can hold at once, so that a degraded
@@ -358,9 +340,6 @@ pub async fn read_file_to<S: SpanSink>(
     let state = ReadState::new(client);
     let mut next_offset = Some(0u64);
     let mut expected_offset = 0u64;
-    // The machine's CPU time at a read of one span at a time's first
-    // output wait after its first span.
-    let mut idle_since: Option<MachineCpu> = None;
     for _ in 0..SPAN_PAGES_MAX {
         // Keep the read-ahead window full, fetching span pages as needed.
         loop {
@@ -411,12 +390,8 @@ pub async fn read_file_to<S: SpanSink>(
                 span.offset
             )));
         }
-        // The output waits for the network: fetch further ahead; a read of
-        // one span at a time takes a second span when the cores were idle
-        // (and there is a span left to fetch).
+        // The output waits for the network: fetch further ahead.
         if !task.is_finished() {
-            let counts = report.spans > 0 && (!pending.is_empty() || next_offset.is_some());
-            spans_min = spans_min_after_wait(spans_min, &mut idle_since, counts, MachineCpu::now);
             window = (window * 2).min(window_max.max(spans_min as u64 * u64::from(span.size)));
         }
         let read = task.await.map_err(|error| ClientError::Span {
@@ -441,84 +416,6 @@ pub async fn read_file_to<S: SpanSink>(
     }
     sink.finish().await.map_err(|error| ClientError::io("writing the output", error))?;
     Ok(report)
-}
-
-/// The machine's CPU time so far, all cores, in µs: `total` of wall time
-/// (since a fixed instant, times the cores) and `idle` in the kernel's
-/// idle states.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct MachineCpu {
-    total: u64,
-    idle: u64,
-}
-
-impl MachineCpu {
-    /// From `/sys/devices/system/cpu/cpuN/cpuidle/stateK/time` (µs spent
-    /// in each idle state, per core): None where there are none, or they
-    /// say something unexpected (the read-ahead then does not grow).
-    fn now() -> Option<Self> {
-        static ORIGIN: OnceLock<Instant> = OnceLock::new();
-        let origin = *ORIGIN.get_or_init(Instant::now);
-        let mut cores = 0u64;
-        let mut idle = 0u64;
-        for entry in std::fs::read_dir("/sys/devices/system/cpu").ok()?.flatten() {
-            let name = entry.file_name();
-            let Some(number) = name.to_str().and_then(|name| name.strip_prefix("cpu")) else { continue };
-            if number.is_empty() || !number.bytes().all(|byte| byte.is_ascii_digit()) {
-                continue;
-            }
-            let mut states = 0;
-            for state in std::fs::read_dir(entry.path().join("cpuidle")).into_iter().flatten().flatten() {
-                if state.file_name().to_str().is_some_and(|name| name.starts_with("state")) {
-                    let micros = std::fs::read_to_string(state.path().join("time")).ok()?;
-                    idle = idle.saturating_add(micros.trim().parse::<u64>().ok()?);
-                    states += 1;
-                }
-            }
-            if states > 0 {
-                cores += 1;
-            }
-        }
-        if cores == 0 {
-            return None;
-        }
-        let wall = u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX);
-        Some(Self { total: wall.saturating_mul(cores), idle })
-    }
-
-    /// Whether at least 1/[`READ_AHEAD_IDLE_SHARE`] of the core time since
-    /// `since` was idle, over at least [`READ_AHEAD_IDLE_CORE_MICROS_MIN`].
-    fn idle_share_reached(&self, since: &Self) -> bool {
-        let total = self.total.saturating_sub(since.total);
-        let idle = self.idle.saturating_sub(since.idle);
-        total >= READ_AHEAD_IDLE_CORE_MICROS_MIN && idle.saturating_mul(READ_AHEAD_IDLE_SHARE) >= total
-    }
-}
-
-/// Spans in flight at least after the output waited for a span, when
-/// that wait `counts` (a span is out already, one is left to fetch): a
-/// read of one span at a time notes the machine's CPU time at its first
-/// such wait (`idle_since`), and takes [`READ_AHEAD_SPANS_MIN`] at a later
-/// one once the cores were idle enough since
-/// ([`MachineCpu::idle_share_reached`]); decided once.
-fn spans_min_after_wait(
-    spans_min: usize,
-    idle_since: &mut Option<MachineCpu>,
-    counts: bool,
-    now: impl FnOnce() -> Option<MachineCpu>,
-) -> usize {
-    if !counts || spans_min >= READ_AHEAD_SPANS_MIN {
-        return spans_min;
-    }
-    let Some(since) = *idle_since else {
-        *idle_since = now();
-        return spans_min;
-    };
-    if now().is_some_and(|now| now.idle_share_reached(&since)) {
-        *idle_since = None;
-        return READ_AHEAD_SPANS_MIN;
-    }
-    spans_min
 }
 
 /// Spans the read-ahead of a file of `size` bytes (if known) holds at
@@ -1654,57 +1551,6 @@ mod tests {
         assert_eq!(read_ahead_spans_min(Some(512 * MIB), 16 * MIB), READ_AHEAD_SPANS_MIN);
         assert_eq!(read_ahead_spans_min(None, 16 * MIB), READ_AHEAD_SPANS_MIN);
         assert_eq!(read_ahead_spans_min(Some(256 * MIB), 0), READ_AHEAD_SPANS_MIN);
-    }
-
-    /// A read of one span at a time grows to two only when 1/32 of the
-    /// machine's core time was idle, over 20 ms of core time at least,
-    /// counted from its first wait after a span was out; decided once.
-    #[test]
-    fn a_small_files_read_ahead_grows_only_on_idle_cores() {
-        let cpu = |total, idle| MachineCpu { total, idle };
-        let since = cpu(1_000_000, 300_000);
-        // Cores busy: no idle µs in 20 ms of core time, or in 1 s.
-        assert!(!cpu(1_020_000, 300_000).idle_share_reached(&since));
-        assert!(!cpu(2_000_000, 300_000).idle_share_reached(&since));
-        // A 32nd idle: grows; a µs less: does not.
-        assert!(cpu(1_032_000, 301_000).idle_share_reached(&since));
-        assert!(!cpu(1_032_000, 300_999).idle_share_reached(&since));
-        assert!(cpu(1_320_000, 310_000).idle_share_reached(&since));
-        assert!(!cpu(1_320_000, 309_999).idle_share_reached(&since));
-        // Too short to say, however idle.
-        assert!(!cpu(1_019_999, 319_999).idle_share_reached(&since));
-        // Counters that went back: no growth.
-        assert!(!cpu(900_000, 200_000).idle_share_reached(&since));
-
-        // The read loop's step: nothing before a wait counts; the first
-        // that counts notes the time; one span while busy, or while the
-        // counters are unreadable; two once idle, decided once; two-span
-        // reads untouched (and the counters not read).
-        let busy = || Some(cpu(2_000_000, 300_000));
-        let idle = || Some(cpu(2_000_000, 400_000));
-        let mut idle_since = None;
-        assert_eq!(spans_min_after_wait(1, &mut idle_since, false, idle), 1);
-        assert_eq!(idle_since, None);
-        assert_eq!(spans_min_after_wait(1, &mut idle_since, true, || Some(since)), 1);
-        assert_eq!(idle_since, Some(since));
-        assert_eq!(spans_min_after_wait(1, &mut idle_since, true, busy), 1);
-        assert_eq!(spans_min_after_wait(1, &mut idle_since, true, || None), 1);
-        assert_eq!(spans_min_after_wait(1, &mut idle_since, false, idle), 1);
-        assert_eq!(idle_since, Some(since));
-        assert_eq!(spans_min_after_wait(1, &mut idle_since, true, idle), READ_AHEAD_SPANS_MIN);
-        assert_eq!(idle_since, None);
-        let mut not_small = None;
-        assert_eq!(spans_min_after_wait(2, &mut not_small, true, || panic!("read for a two-span read")), 2);
-        assert_eq!(not_small, None);
-
-        // Where the kernel has idle counters (Linux with cpuidle, as here):
-        // they move forward with the wall.
-        if std::path::Path::new("/sys/devices/system/cpu/cpu0/cpuidle/state0/time").exists() {
-            let first = MachineCpu::now().expect("cpuidle counters");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            let later = MachineCpu::now().expect("cpuidle counters");
-            assert!(later.total >= first.total + 20_000 && later.idle >= first.idle);
-        }
     }
 
     /// `xor_rebuild` equals a byte-by-byte XOR of its inputs, each
