@@ -1606,6 +1606,26 @@ mod tests {
         assert_eq!(again, starts, "the kept buffers are the ones handed out again");
     }
 
+    /// `span` as RS 4+2: its layout, its two parity blocks and the CRCs of
+    /// its four data blocks.
+    fn rs_4_2(span: &[u8]) -> (SpanLayout, Vec<Vec<u8>>, Vec<u32>) {
+        let layout = SpanLayout::new(span.len() as u64, Parity::new(4, 2).expect("parity")).expect("layout");
+        let mut parity = vec![Vec::new(); 2];
+        layout.encode_parity(span, &mut parity).expect("encode");
+        let written = data_blocks(&layout, span).iter().map(|block| crc32c(block)).collect();
+        (layout, parity, written)
+    }
+
+    /// The data blocks of `span` laid out by `layout`.
+    fn data_blocks<'a>(layout: &SpanLayout, span: &'a [u8]) -> Vec<&'a [u8]> {
+        (0..layout.parity.data_blocks())
+            .map(|index| {
+                let range = layout.data_block_range(index);
+                &span[range.start as usize..range.end as usize]
+            })
+            .collect()
+    }
+
     /// A block rebuilt by XOR that does not match the CRC it was written
     /// with (the XOR identity is assumed, not probed) is decoded instead,
     /// exactly; a decoded block that does not match either is refused, not
@@ -1613,16 +1633,8 @@ mod tests {
     #[test]
     fn a_wrong_xor_rebuild_is_decoded_and_a_wrong_decode_refused() {
         let span: Vec<u8> = (0..64 * 1024 + 5u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
-        let layout = SpanLayout::new(span.len() as u64, Parity::new(4, 2).expect("parity")).expect("layout");
-        let mut parity = vec![Vec::new(); 2];
-        layout.encode_parity(&span, &mut parity).expect("encode");
-        let data: Vec<&[u8]> = (0..4)
-            .map(|index| {
-                let range = layout.data_block_range(index);
-                &span[range.start as usize..range.end as usize]
-            })
-            .collect();
-        let written: Vec<u32> = data.iter().map(|block| crc32c(block)).collect();
+        let (layout, parity, written) = rs_4_2(&span);
+        let data = data_blocks(&layout, &span);
         let have = [false, true, true, true];
         for corrupt_first in [false, true] {
             // The second parity block is wrong (the XOR uses it, the
@@ -1656,16 +1668,8 @@ mod tests {
     #[test]
     fn a_parity_block_in_the_missing_place_becomes_the_block() {
         let span: Vec<u8> = (0..256 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
-        let layout = SpanLayout::new(span.len() as u64, Parity::new(4, 2).expect("parity")).expect("layout");
-        let mut parity = vec![Vec::new(); 2];
-        layout.encode_parity(&span, &mut parity).expect("encode");
-        let data: Vec<&[u8]> = (0..4)
-            .map(|index| {
-                let range = layout.data_block_range(index);
-                &span[range.start as usize..range.end as usize]
-            })
-            .collect();
-        let written: Vec<u32> = data.iter().map(|block| crc32c(block)).collect();
+        let (layout, parity, written) = rs_4_2(&span);
+        let data = data_blocks(&layout, &span);
         for (lost, wrong_second_parity) in [(0, false), (2, false), (3, false), (1, true)] {
             let mut parity = parity.clone();
             if wrong_second_parity {
