@@ -96,6 +96,10 @@ fn a_full_disk_answers_storage_error_and_recovers_by_itself() {
     let _unmount = Unmount(&state);
     // A journal of 1 MiB: the default 64 MiB would not fit the tmpfs.
     cluster.cdc_flags = vec!["--journal-mib".into(), "1".into()];
+    // A new port: the old one was free while the tmpfs was mounted, and the
+    // other tests' clients (ephemeral UDP ports) may have taken it (seen
+    // once in CI: "cannot bind udp …: Address already in use").
+    cluster.cdc_listen.set_port(0);
     cluster.start_cdc();
     let cdc = cluster.cdc_client();
     assert_eq!(cdc.run(&mkdir(InodeId::ROOT, "before")).0, CdcStatus::Ok);

@@ -88,6 +88,10 @@ impl Cluster {
         }
         args.extend(self.cdc_flags.iter().cloned());
         let cdc = Daemon::start(&binary("cdcd"), &args);
+        // Port 0 asks for any free port: the one the CDC got is its address from now on.
+        if self.cdc_listen.port() == 0 {
+            self.cdc_listen = cdc.udp();
+        }
         assert_eq!(cdc.udp(), self.cdc_listen);
         self.cdc = Some(cdc);
     }
