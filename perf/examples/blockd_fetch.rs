@@ -21,12 +21,7 @@ const MIB: usize = 1 << 20;
 const PHASE: Duration = Duration::from_secs(2);
 
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 (1-based), 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
+    perf::process::cpu_seconds(pid).unwrap_or(0.0)
 }
 
 fn main() {

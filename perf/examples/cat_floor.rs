@@ -139,12 +139,7 @@ fn fetch_all(addr: SocketAddr, blocks: &[Block], buffer: &mut [u8]) -> u64 {
 
 /// User + system CPU seconds of this process so far.
 fn cpu_seconds() -> f64 {
-    // SAFETY: an all-zero rusage is valid; getrusage fills it in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer for the call.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    perf::process::own_cpu_seconds()
 }
 
 /// One floor read of the whole file: MB/s and CPU seconds per GiB.

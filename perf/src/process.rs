@@ -265,6 +265,31 @@ pub fn descendants(root: u32) -> Vec<(u32, String)> {
     found
 }
 
+/// CPU seconds (user + system) `pid` has used, from `/proc/PID/stat`;
+/// `None` if it is gone or the line does not parse.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name's closing parenthesis: utime and
+    // stime are the 12th and 13th of them (fields 14 and 15 of the line).
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = after.split_whitespace().skip(11);
+    let user: f64 = fields.next()?.parse().ok()?;
+    let system: f64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (user + system) / ticks as f64)
+}
+
+/// CPU seconds (user + system) this process's threads have used.
+pub fn own_cpu_seconds() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value; getrusage fills it in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pointer is valid for the call.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 /// Resident memory of `pid` in bytes (VmRSS), 0 if it is gone.
 pub fn resident_bytes(pid: u32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
@@ -281,6 +306,22 @@ pub fn resident_bytes(pid: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This process's CPU time reads from /proc and from getrusage, and
+    /// grows with work; a pid that does not exist reads as none.
+    #[test]
+    fn cpu_seconds_of_a_live_process_grow_and_a_gone_one_has_none() {
+        let me = std::process::id();
+        let (before, own_before) = (cpu_seconds(me).expect("this process"), own_cpu_seconds());
+        let started = Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+        }
+        assert!(cpu_seconds(me).expect("this process") > before, "{x}");
+        assert!(own_cpu_seconds() > own_before);
+        assert_eq!(cpu_seconds(u32::MAX), None);
+    }
 
     #[test]
     fn parses_the_conventional_lines() {

@@ -317,13 +317,32 @@ fn shard_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime,
     report.push(Row::limit("fsync of 4 KiB appends, again just before the creates", "/s", fsync.clone()));
     let fsync = if fsync.is_ok() { fsync } else { limits.fsync.clone() };
     let mut made = 0u64;
-    let creates_by = |way: shard::CreateWay, prefix: &str, clients: usize, made: &mut u64| -> Figure {
+    let metad_pid = started.as_ref().ok().map(Daemon::pid);
+    // The rate, and the CPU per create (µs) of metad and of this process's
+    // load clients over the run, when both could be read.
+    let measured_creates = |way: shard::CreateWay,
+                            prefix: &str,
+                            clients: usize,
+                            made: &mut u64|
+     -> Result<(f64, Option<CreateCpu>), String> {
         let addr = prepared.clone()?;
+        let before = (metad_pid.and_then(process::cpu_seconds), process::own_cpu_seconds());
         let rate = runtime
             .block_on(shard::create_rate_by(way, addr, shard::ROOT, prefix, clients, plan.creates, u64::MAX))
             .map_err(|e| e.to_string())?;
+        let after = (metad_pid.and_then(process::cpu_seconds), process::own_cpu_seconds());
         *made += rate.ops;
-        Ok(rate.per_second())
+        let cpu = match (before.0, after.0) {
+            (Some(start), Some(end)) if rate.ops > 0 => Some(CreateCpu {
+                metad_us: (end - start) * 1e6 / rate.ops as f64,
+                clients_us: (after.1 - before.1) * 1e6 / rate.ops as f64,
+            }),
+            _ => None,
+        };
+        Ok((rate.per_second(), cpu))
+    };
+    let creates_by = |way: shard::CreateWay, prefix: &str, clients: usize, made: &mut u64| -> Figure {
+        measured_creates(way, prefix, clients, made).map(|(rate, _)| rate)
     };
     let creates =
         |prefix: &str, clients: usize, made: &mut u64| creates_by(shard::CreateWay::OneRequest, prefix, clients, made);
@@ -371,7 +390,16 @@ fn shard_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtime,
         ));
         let runs = if clients == most { plan.create_runs.max(1) } else { 1 };
         for run in 1..=runs {
-            let rate = creates(&format!("perf-create-{clients}-{run}"), clients, &mut made);
+            let measured = measured_creates(
+                shard::CreateWay::OneRequest,
+                &format!("perf-create-{clients}-{run}"),
+                clients,
+                &mut made,
+            );
+            let rate = measured.clone().map(|(rate, _)| rate);
+            if run == 1 {
+                push_create_cpu(report, &clients_label(clients), measured.map(|(_, cpu)| cpu));
+            }
             let label = if runs > 1 { format!(", run {run} of {runs}") } else { String::new() };
             report.push(Row::against(
                 format!("metad durable creates, {}{label}", clients_label(clients)),
@@ -464,6 +492,40 @@ fn cluster_figures(plan: &Plan, folder: &Path, limits: &Limits, runtime: &Runtim
 
 type Addresses = Result<(SocketAddr, SocketAddr, SocketAddr), String>;
 type Cluster = Result<(std::path::PathBuf, Daemon), String>;
+
+/// CPU per durable create over one run, in µs.
+#[derive(Clone, Copy)]
+struct CreateCpu {
+    metad_us: f64,
+    clients_us: f64,
+}
+
+/// The CPU a create cost metad and the load clients over a run, and what
+/// that allows on this machine's cores: when the creates run at that bound,
+/// they wait for the CPU, not for the disk (reported, no target).
+fn push_create_cpu(report: &mut Report, clients: &str, cpu: Result<Option<CreateCpu>, String>) {
+    let cpu = cpu.and_then(|cpu| cpu.ok_or_else(|| "metad's CPU time could not be read".to_string()));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    report.push(Row::against(
+        format!("metad CPU per durable create, {clients}"),
+        "µs",
+        cpu.clone().map(|cpu| cpu.metad_us),
+        None,
+        Target::None,
+    ));
+    report.push(Row::against(
+        format!("load clients' CPU per durable create, {clients}"),
+        "µs",
+        cpu.clone().map(|cpu| cpu.clients_us),
+        None,
+        Target::None,
+    ));
+    report.push(Row::limit(
+        format!("durable creates' CPU bound with {clients}: the cores ÷ (metad + load clients) CPU per create"),
+        "files/s",
+        cpu.map(|cpu| cores * 1e6 / (cpu.metad_us + cpu.clients_us).max(f64::MIN_POSITIVE)),
+    ));
+}
 
 fn cdc_figures(plan: &Plan, addresses: &Addresses, runtime: &Runtime, report: &mut Report) {
     let mkdir = addresses.clone().and_then(|(_, cdc_addr, _)| {
