@@ -128,14 +128,15 @@ fn entry_time(
     name: &[u8],
     now: EggsTime,
 ) -> Result<EggsTime, HandleError> {
-    let mut time = now;
-    if let Some(record) = living(store, txn, dir, name_hash, name)? {
-        time = time.max(EggsTime::new(record.creation_time.get().saturating_add(1)));
-    }
-    if let Some((newest, _)) = version_as_of(store, txn, dir, name_hash, name, EggsTime::new(u64::MAX), false, false)? {
-        time = time.max(EggsTime::new(newest.get().saturating_add(1)));
-    }
-    Ok(time)
+    let living = living(store, txn, dir, name_hash, name)?.map(|record| record.creation_time);
+    let dead = version_as_of(store, txn, dir, name_hash, name, EggsTime::new(u64::MAX), false, false)?;
+    Ok(time_after(now, living.max(dead.map(|(newest, _)| newest))))
+}
+
+/// A new version's creation time: `now`, or just after `newest` (the
+/// name's newest version, living or dead) if that is not earlier.
+pub(super) fn time_after(now: EggsTime, newest: Option<EggsTime>) -> EggsTime {
+    newest.map_or(now, |newest| now.max(EggsTime::new(newest.get().saturating_add(1))))
 }
 
 /// The name's living entry is the address (dir, hash, name).
@@ -197,9 +198,38 @@ impl Mutation<'_, '_> {
     /// creation time.
     pub(super) fn put_living(&self, txn: &mut RwTxn, slot: &Slot<'_>, inode: InodeId) -> Result<EggsTime, HandleError> {
         let creation_time = entry_time(self.store, txn, slot.dir, slot.name_hash, slot.name, self.env.now)?;
+        self.put_living_at(txn, slot, inode, creation_time)?;
+        Ok(creation_time)
+    }
+
+    /// [`Self::put_living`] with the creation time already worked out (by
+    /// a caller that has looked at the name's versions itself).
+    pub(super) fn put_living_at(
+        &self,
+        txn: &mut RwTxn,
+        slot: &Slot<'_>,
+        inode: InodeId,
+        creation_time: EggsTime,
+    ) -> Result<(), HandleError> {
         let record = LivingRecord { creation_time, inode };
         self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &record.encode())?;
-        Ok(creation_time)
+        Ok(())
+    }
+
+    /// Moves the living entry `entry` of `from` to `to` (an owning entry
+    /// there, overwriting as [`Self::overwrite`] allows; `from` buried as
+    /// a rename buries it); returns the new entry's creation time.
+    fn move_living(
+        &self,
+        txn: &mut RwTxn,
+        from: &Slot<'_>,
+        entry: LivingRecord,
+        to: &Slot<'_>,
+    ) -> Result<EggsTime, HandleError> {
+        self.overwrite(txn, to, false)?;
+        let gone_at = entry_time(self.store, txn, from.dir, from.name_hash, from.name, self.env.now)?;
+        self.bury(txn, from, entry, false, Some(gone_at))?;
+        self.put_living(txn, to, entry.inode.with_owning(true))
     }
 
     /// A new, empty directory whose parent is `parent` (empty policy: it
@@ -255,10 +285,7 @@ impl Mutation<'_, '_> {
         if old.name == new.name {
             return Ok(SameDirRenameResp { creation_time: source.creation_time });
         }
-        self.overwrite(txn, &new, false)?;
-        let gone_at = entry_time(self.store, txn, old.dir, old.name_hash, old.name, self.env.now)?;
-        self.bury(txn, &old, source, false, Some(gone_at))?;
-        let creation_time = self.put_living(txn, &new, source.inode.with_owning(true))?;
+        let creation_time = self.move_living(txn, &old, source, &new)?;
         self.touch(txn, req.parent, dir)?;
         Ok(SameDirRenameResp { creation_time })
     }
@@ -419,7 +446,7 @@ impl Mutation<'_, '_> {
         if let Some(bytes) = self.store.unlinked_dirs.get(txn, &transaction)? {
             return Ok(CreateUnlinkedDirResp { inode: InodeId::new(decode_u64(bytes, "unlinked dir")?) });
         }
-        self.refuse_linked_dir_transaction(txn, req.transaction_id.get())?;
+        self.refuse_one_request_transaction(txn, req.transaction_id.get())?;
         let inode = self.new_directory(txn, req.parent.without_owning())?;
         self.store.unlinked_dirs.put(txn, &transaction, &inode.get().to_le_bytes())?;
         Ok(CreateUnlinkedDirResp { inode })
@@ -521,7 +548,7 @@ impl Mutation<'_, '_> {
             }
             return Ok(InjectDirentResp { creation_time: EggsTime::new(creation_time) });
         }
-        self.refuse_linked_dir_transaction(txn, transaction)?;
+        self.refuse_one_request_transaction(txn, transaction)?;
         let dir = linked_directory(self.shard, self.store, txn, req.dir)?;
         let slot = Slot { dir: req.dir, name_hash: hash_of(&dir, req.name.as_bytes())?, name: req.name.as_bytes() };
         let answered = |creation_time: EggsTime| [req.dir.without_owning().get(), target.get(), creation_time.get()];
@@ -549,7 +576,7 @@ impl Mutation<'_, '_> {
     /// A transaction's id that already made a one-request step
     /// (create_linked_dir, move_file_in_shard) is not reused for another
     /// request.
-    fn refuse_linked_dir_transaction(&self, txn: &RoTxn, transaction: u64) -> Result<(), HandleError> {
+    fn refuse_one_request_transaction(&self, txn: &RoTxn, transaction: u64) -> Result<(), HandleError> {
         if transaction == 0 {
             return Ok(());
         }
@@ -650,11 +677,8 @@ impl Mutation<'_, '_> {
             if same_dir { source_record.clone() } else { linked_directory(self.shard, self.store, txn, target_dir)? };
         let target_name = req.target_name.as_bytes();
         let target = Slot { dir: target_dir, name_hash: hash_of(&target_record, target_name)?, name: target_name };
-        self.overwrite(txn, &target, false)?;
-        let gone_at = entry_time(self.store, txn, source.dir, source.name_hash, source.name, self.env.now)?;
-        self.bury(txn, &source, entry, false, Some(gone_at))?;
         let inode = entry.inode.without_owning();
-        let creation_time = self.put_living(txn, &target, inode.with_owning(true))?;
+        let creation_time = self.move_living(txn, &source, entry, &target)?;
         self.touch(txn, source_dir, source_record)?;
         if !same_dir {
             self.touch(txn, target_dir, target_record)?;
@@ -676,7 +700,7 @@ impl Mutation<'_, '_> {
             }
             return Ok(AcquireDirentResp { inode: InodeId::new(inode), creation_time: EggsTime::new(creation_time) });
         }
-        self.refuse_linked_dir_transaction(txn, transaction)?;
+        self.refuse_one_request_transaction(txn, transaction)?;
         let dir = directory(self.shard, self.store, txn, req.dir)?;
         let slot = Slot { dir: req.dir, name_hash: hash_of(&dir, req.name.as_bytes())?, name: req.name.as_bytes() };
         let Some(mut record) = living(self.store, txn, slot.dir, slot.name_hash, slot.name)? else {

@@ -29,7 +29,7 @@ use wire::ids::{EggsTime, InodeId, InodeType};
 use wire::limits::SMALL_FILE_CREATE_MEMORY_NS;
 use wire::shard::{CreateSmallFileReq, CreateSmallFileResp};
 
-use super::dirents::{Slot, hash_of, linked_directory, living};
+use super::dirents::{Slot, hash_of, linked_directory, living, time_after};
 use super::{HandleError, Mutation, refuse};
 use crate::store::*;
 
@@ -113,13 +113,8 @@ impl Mutation<'_, '_> {
                 SpanRecord { size, crc, state: SpanState::Clean, payload: SpanPayload::Inline(contents.to_vec()) };
             self.store.spans.put(txn, &span_key(inode, 0), &span.encode())?;
         }
-        // As put_living: now, or just after the name's newest version.
-        let creation_time = match newest {
-            Some(newest) => self.env.now.max(EggsTime::new(newest.get().saturating_add(1))),
-            None => self.env.now,
-        };
-        let living_record = LivingRecord { creation_time, inode: inode.with_owning(true) };
-        self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &living_record.encode())?;
+        let creation_time = time_after(self.env.now, newest);
+        self.put_living_at(txn, &slot, inode.with_owning(true), creation_time)?;
         let file = FileRecord { mtime: self.env.now, size: u64::from(size), inode_type: req.inode_type };
         self.store.files.put(txn, &inode_key(inode), &file.encode())?;
         self.touch(txn, req.parent, dir)?;
