@@ -319,10 +319,11 @@ pub async fn write_spans(
     if small {
         match spans.recv().await.transpose()? {
             None => {
-                let contents = pending.first().map(|span| span.data.clone()).unwrap_or_default();
+                let spans = pending.len() as u64;
+                let contents = pending.pop().map(|span| span.data).unwrap_or_default();
                 let (inode, _) = client.create_small_file(parent, name, InodeType::File, &contents).await?;
                 progress(contents.len() as u64);
-                return Ok(WriteOutcome { inode, size: contents.len() as u64, spans: pending.len() as u64 });
+                return Ok(WriteOutcome { inode, size: contents.len() as u64, spans });
             }
             Some(second) => pending.push(second),
         }
