@@ -806,6 +806,15 @@ pub struct JournalMetrics {
     pub sync: Histogram,
     /// Duration of each checkpoint (LMDB's sync and the header's).
     pub checkpoint: Histogram,
+    /// Where a record's time goes before and after its sync (issue 12's
+    /// breakdown of a durable request): from its append to the journal
+    /// thread taking it into a batch (one per record),
+    pub take_wait: Histogram,
+    /// from the take to a lane starting the batch's write (one per batch),
+    pub lane_wait: Histogram,
+    /// and from the sync that completed the durable prefix to the journal
+    /// thread handing the payloads to `deliver` (one per delivery).
+    pub deliver_wait: Histogram,
 }
 
 impl JournalMetrics {
@@ -816,6 +825,9 @@ impl JournalMetrics {
             records_per_sync: Histogram::sizes(),
             sync: Histogram::seconds(),
             checkpoint: Histogram::seconds(),
+            take_wait: Histogram::seconds(),
+            lane_wait: Histogram::seconds(),
+            deliver_wait: Histogram::seconds(),
         }
     }
 
@@ -841,6 +853,21 @@ impl JournalMetrics {
             "journal_checkpoint_duration_seconds",
             "checkpoints: LMDB's sync and the checkpoint header's",
             self.checkpoint.clone(),
+        );
+        registry.register(
+            "journal_take_wait_seconds",
+            "from a record's append to the journal thread taking it into a batch",
+            self.take_wait.clone(),
+        );
+        registry.register(
+            "journal_lane_wait_seconds",
+            "from a batch's take to a sync lane starting its write",
+            self.lane_wait.clone(),
+        );
+        registry.register(
+            "journal_deliver_wait_seconds",
+            "from the sync completing the durable prefix to the hand-off of its answers",
+            self.deliver_wait.clone(),
         );
     }
 }
@@ -868,12 +895,42 @@ struct Entry<T> {
     /// [`Journal::append_weighted`].
     weight: u64,
     record: Option<(u64, Vec<u8>)>,
-    payload: T,
+    payload: Slot<T>,
+    /// When it was appended ([`JournalMetrics::take_wait`]).
+    appended: Instant,
+}
+
+/// An appended commit's payload: given, still to come (its record was
+/// appended before its commit, [`Journal::append_before_commit`]), or
+/// never (the commit failed, [`Journal::revoke`]).
+enum Slot<T> {
+    Ready(T),
+    Unsettled,
+    Revoked,
+}
+
+/// A commit taken with every record up to it durable, waiting for its
+/// payload or its turn: (sequence, weight, payload).
+struct Waiting<T> {
+    seq: u64,
+    weight: u64,
+    payload: Slot<T>,
+}
+
+/// A record appended before its commit ([`Journal::append_before_commit`]):
+/// settle it with the payload once the commit succeeded
+/// ([`Journal::settle`]) or revoke it ([`Journal::revoke`]).
+#[must_use = "a record appended before its commit is delivered only once settled"]
+#[derive(Debug)]
+pub struct Unsettled {
+    seq: u64,
 }
 
 struct State<T> {
     /// Appended, not yet taken by the journal thread.
     queue: VecDeque<Entry<T>>,
+    /// Taken, to be delivered in order once durable and settled.
+    waiting: VecDeque<Waiting<T>>,
     /// The last sequence number handed out.
     last_seq: u64,
     epoch: u64,
@@ -902,6 +959,8 @@ struct State<T> {
     batch_buffers: Vec<Vec<u8>>,
     /// The last sync's duration (for the gather).
     last_sync: Duration,
+    /// When `synced_through` last advanced ([`JournalMetrics::deliver_wait`]).
+    synced_at: Instant,
     /// Gathering ([`Config::gather`]): the weight to wait for (0: not
     /// gathering), until when.
     owed: u64,
@@ -943,6 +1002,8 @@ struct Batch {
     records: u64,
     /// Its last record's sequence number.
     last: u64,
+    /// When the journal thread took it ([`JournalMetrics::lane_wait`]).
+    taken: Instant,
 }
 
 struct Shared<T> {
@@ -1060,6 +1121,7 @@ impl<T: Send + 'static> Journal<T> {
         }
         let state = State {
             queue: VecDeque::new(),
+            waiting: VecDeque::new(),
             last_seq: checkpoint.next_seq - 1,
             epoch: checkpoint.epoch,
             head: position,
@@ -1073,6 +1135,7 @@ impl<T: Send + 'static> Journal<T> {
             to_sync: VecDeque::new(),
             batch_buffers: Vec::new(),
             last_sync: Duration::ZERO,
+            synced_at: Instant::now(),
             owed: 0,
             gather_until: Instant::now(),
             snapshot_wanted: false,
@@ -1103,11 +1166,11 @@ impl<T: Send + 'static> Journal<T> {
                         .spawn(move || sync_loop(&shared, &journal, &metrics, config))?,
                 );
             }
-            let (shared_, journal_) = (shared.clone(), journal.clone());
+            let (shared_, journal_, metrics_) = (shared.clone(), journal.clone(), metrics.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name("journal".into())
-                    .spawn(move || write_loop(&shared_, &journal_, config, deliver))?,
+                    .spawn(move || write_loop(&shared_, &journal_, &metrics_, config, deliver))?,
             );
             let (shared, env) = (shared.clone(), env.clone());
             threads.push(
@@ -1138,6 +1201,63 @@ impl<T: Send + 'static> Journal<T> {
     /// wait for this payload, for [`Config::gather`].
     pub fn append_weighted(&self, effects: &mut Effects, payload: T, weight: u64) {
         let txn = self.env.info().last_txn_id as u64;
+        self.push(effects, Slot::Ready(payload), weight, txn);
+    }
+
+    /// [`Journal::append_weighted`] of the open write transaction's
+    /// effects BEFORE its commit, so that its sync runs while LMDB
+    /// commits (the commit writes its pages into the page cache: tens of
+    /// microseconds a batch, on the path of every answer when it came
+    /// first). Nothing is delivered for it, nor for anything after it,
+    /// until the caller settles it: [`Journal::settle`] with the payload
+    /// once the commit succeeded (before the next append), or
+    /// [`Journal::revoke`] when it failed. Readers see the commit before
+    /// its answer goes out, as with an append after the commit.
+    pub fn append_before_commit(&self, effects: &mut Effects, weight: u64) -> Unsettled {
+        // The commit about to be made: the one writer's next transaction.
+        let txn = self.env.info().last_txn_id as u64 + 1;
+        Unsettled { seq: self.push(effects, Slot::Unsettled, weight, txn) }
+    }
+
+    /// The commit of `unsettled` succeeded: its payload goes out once it
+    /// is durable, in commit order.
+    pub fn settle(&self, unsettled: Unsettled, payload: T) {
+        self.set_slot(unsettled, Slot::Ready(payload));
+    }
+
+    /// The commit of `unsettled` failed: its record must never be
+    /// replayed, and no payload goes out for it. The record may be written
+    /// and synced already, so this takes a checkpoint at the store's
+    /// state (without the failed transaction) that covers it, and returns
+    /// once that checkpoint is durable: a replay then starts after the
+    /// record, and the caller may refuse its requests and append again.
+    /// The caller is the writer (it hands the snapshot).
+    pub fn revoke(&self, unsettled: Unsettled) {
+        self.set_slot(unsettled, Slot::Revoked);
+        self.checkpoint_now();
+    }
+
+    fn set_slot(&self, unsettled: Unsettled, payload: Slot<T>) {
+        let seq = unsettled.seq;
+        let mut guard = self.shared.lock();
+        let state = &mut *guard;
+        let slot = match state.waiting.iter_mut().rev().find(|waiting| waiting.seq == seq) {
+            Some(waiting) => &mut waiting.payload,
+            None => match state.queue.iter_mut().rev().find(|entry| entry.seq == seq) {
+                Some(entry) => &mut entry.payload,
+                // Appended and not yet delivered: it is in one of the two.
+                None => unreachable!("settling record {seq}, which the journal does not hold"),
+            },
+        };
+        assert!(matches!(slot, Slot::Unsettled), "record {seq} settled twice");
+        *slot = payload;
+        drop(guard);
+        self.shared.work.notify_one();
+    }
+
+    /// Queues a commit's record (none when `effects` is empty) with its
+    /// payload; returns its sequence number.
+    fn push(&self, effects: &mut Effects, payload: Slot<T>, weight: u64, txn: u64) -> u64 {
         let mut state = self.shared.lock();
         // The record's bytes go to the journal thread; the caller's buffer
         // gets one the thread has written already (no allocation per commit).
@@ -1150,9 +1270,10 @@ impl<T: Send + 'static> Journal<T> {
             state.last_seq += 1;
         }
         let seq = state.last_seq;
-        state.queue.push_back(Entry { seq, weight, record, payload });
+        state.queue.push_back(Entry { seq, weight, record, payload, appended: Instant::now() });
         drop(state);
         self.shared.work.notify_one();
+        seq
     }
 
     /// The writer, after each commit's [`Journal::append`] and when idle:
@@ -1266,22 +1387,27 @@ impl<T: Send + 'static> Drop for Journal<T> {
 /// The journal thread: takes every queued record that fits (while a sync
 /// lane is free), places it from `head` in whole pages, hands the batch to
 /// the lanes ([`sync_loop`]), and delivers what became durable, in order.
-fn write_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, config: Config, mut deliver: impl FnMut(Vec<T>)) {
+fn write_loop<T: Send>(
+    shared: &Shared<T>,
+    journal: &JournalFile,
+    metrics: &JournalMetrics,
+    config: Config,
+    mut deliver: impl FnMut(Vec<T>),
+) {
     let lanes = config.lanes.clamp(1, SYNC_LANES_MAX);
-    // Taken, waiting to be durable: (sequence, weight, payload), in order.
-    let mut waiting: VecDeque<(u64, u64, T)> = VecDeque::new();
     let mut state = shared.lock();
     loop {
-        let durable = state.durable_through();
         let mut ready = Vec::new();
         let mut answered = 0;
-        while waiting.front().is_some_and(|(seq, _, _)| *seq <= durable) {
-            if let Some((_, weight, payload)) = waiting.pop_front() {
+        while deliverable(&state) {
+            let Some(waiting) = state.waiting.pop_front() else { break };
+            if let Slot::Ready(payload) = waiting.payload {
                 ready.push(payload);
-                answered += weight;
+                answered += waiting.weight;
             }
         }
         if !ready.is_empty() {
+            metrics.deliver_wait.observe_duration(state.synced_at.elapsed());
             if config.gather {
                 state.owed = answered + state.queue.iter().map(|entry| entry.weight).sum::<u64>();
                 state.gather_until = Instant::now() + state.last_sync.min(GATHER_MAX);
@@ -1309,7 +1435,7 @@ fn write_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, config: Config
         if state.in_flight.len() < lanes {
             let mut buffer = state.batch_buffers.pop().unwrap_or_else(|| Vec::with_capacity(SYNC_BYTES_MAX));
             buffer.clear();
-            if let Some(batch) = take(&mut state, journal, &mut waiting, buffer) {
+            if let Some(batch) = take(&mut state, journal, metrics, buffer) {
                 state.owed = 0;
                 state.in_flight.push_back((batch.last, false));
                 state.to_sync.push_back(batch);
@@ -1319,7 +1445,7 @@ fn write_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, config: Config
             if state.full {
                 shared.checkpoint.notify_all();
             }
-            if waiting.front().is_some_and(|(seq, _, _)| *seq <= state.durable_through()) {
+            if deliverable(&state) {
                 continue;
             }
         }
@@ -1330,6 +1456,15 @@ fn write_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, config: Config
     }
 }
 
+/// Whether the first commit waiting can be delivered (or dropped, when
+/// revoked): every record up to it is durable and its payload settled.
+fn deliverable<T>(state: &State<T>) -> bool {
+    state
+        .waiting
+        .front()
+        .is_some_and(|waiting| waiting.seq <= state.durable_through() && !matches!(waiting.payload, Slot::Unsettled))
+}
+
 /// Takes every queued entry that fits into one batch written from `head`:
 /// records are placed in `buffer` (padded to whole pages), entries without
 /// a record to write pass straight to `waiting`. `None` (the buffer kept
@@ -1337,7 +1472,7 @@ fn write_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, config: Config
 fn take<T>(
     state: &mut State<T>,
     journal: &JournalFile,
-    waiting: &mut VecDeque<(u64, u64, T)>,
+    metrics: &JournalMetrics,
     mut buffer: Vec<u8>,
 ) -> Option<Batch> {
     let mut start = state.head;
@@ -1352,7 +1487,7 @@ fn take<T>(
         // checkpoint covers (never written): delivered in turn.
         let Some(size) = size.filter(|_| seq > state.placed_through) else {
             if let Some(entry) = state.queue.pop_front() {
-                waiting.push_back((entry.seq, entry.weight, entry.payload));
+                state.waiting.push_back(Waiting { seq: entry.seq, weight: entry.weight, payload: entry.payload });
             }
             continue;
         };
@@ -1373,6 +1508,7 @@ fn take<T>(
             break;
         }
         let Some(entry) = state.queue.pop_front() else { break };
+        metrics.take_wait.observe_duration(entry.appended.elapsed());
         let Some((txn, payload)) = entry.record else { break };
         state.placed.push_back((seq, start + buffer.len() as u64));
         encode_record(&mut buffer, state.epoch, seq, txn, &payload);
@@ -1382,7 +1518,7 @@ fn take<T>(
             state.spare.push(payload);
         }
         state.placed_through = seq;
-        waiting.push_back((seq, entry.weight, entry.payload));
+        state.waiting.push_back(Waiting { seq, weight: entry.weight, payload: entry.payload });
         records += 1;
         last = seq;
     }
@@ -1394,7 +1530,7 @@ fn take<T>(
     }
     state.head = align_up(start + buffer.len() as u64, PAGE);
     buffer.resize(align_up(buffer.len() as u64, PAGE) as usize, 0);
-    Some(Batch { start, bytes: buffer, records, last })
+    Some(Batch { start, bytes: buffer, records, last, taken: Instant::now() })
 }
 
 /// A sync lane: writes a taken batch and makes it durable (one
@@ -1421,6 +1557,7 @@ fn sync_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, metrics: &Journ
         #[cfg(test)]
         tests::before_sync(batch.last);
         let started = Instant::now();
+        metrics.lane_wait.observe_duration(started.saturating_duration_since(batch.taken));
         if let Err(error) = write_durably(journal, &batch.bytes, journal.offset(batch.start)) {
             (config.on_failure)(&error);
             shared.lock().closed = true;
@@ -1441,6 +1578,7 @@ fn sync_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, metrics: &Journ
         while let Some(&(last, true)) = state.in_flight.front() {
             state.synced_through = state.synced_through.max(last);
             state.in_flight.pop_front();
+            state.synced_at = Instant::now();
         }
         if state.batch_buffers.len() < SYNC_LANES_MAX {
             state.batch_buffers.push(batch.bytes);

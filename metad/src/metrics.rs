@@ -14,7 +14,18 @@
 //!   made durable by one fdatasync), `journal_sync_duration_seconds`,
 //!   `journal_checkpoint_duration_seconds` (its count: checkpoints taken);
 //! - `receive_batch_size`: datagrams per batched receive of an I/O thread
-//!   (1 while the server keeps up; more once datagrams queue).
+//!   (1 while the server keeps up; more once datagrams queue);
+//! - where a mutation's time goes from its arrival to its durable answer
+//!   (issue 12), one observation per mutation: `stage_queue_seconds` (the
+//!   I/O thread's receive to the writer taking it), `stage_apply_seconds`
+//!   (to the end of applying the batch it came in), `stage_hold_seconds`
+//!   (held in the open transaction until the commit starts),
+//!   `stage_commit_seconds` (LMDB's commit, to the append to the journal),
+//!   `stage_journal_seconds` (to the journal's hand-off of its answer; the
+//!   journal's own `journal_take_wait_seconds`, `journal_lane_wait_seconds`,
+//!   `journal_sync_duration_seconds` and `journal_deliver_wait_seconds`
+//!   split it), and per delivery `stage_reply_seconds` (sending a
+//!   delivery's answers).
 //!
 //! Labels are [`ShardKind`] and [`ErrorKind`] names. Every update is a
 //! relaxed atomic (no lock, no allocation per request).
@@ -34,6 +45,18 @@ pub struct Metrics {
     pub commit: Histogram,
     pub journal: daemon::journal::JournalMetrics,
     pub receive_batch: Histogram,
+    pub stages: Stages,
+}
+
+/// Where a mutation's time goes (see the module doc).
+#[derive(Clone, Debug)]
+pub struct Stages {
+    pub queue: Histogram,
+    pub apply: Histogram,
+    pub hold: Histogram,
+    pub commit: Histogram,
+    pub journal: Histogram,
+    pub reply: Histogram,
 }
 
 impl Metrics {
@@ -50,6 +73,14 @@ impl Metrics {
             commit: Histogram::seconds(),
             journal: daemon::journal::JournalMetrics::new(),
             receive_batch: Histogram::sizes(),
+            stages: Stages {
+                queue: Histogram::seconds(),
+                apply: Histogram::seconds(),
+                hold: Histogram::seconds(),
+                commit: Histogram::seconds(),
+                journal: Histogram::seconds(),
+                reply: Histogram::seconds(),
+            },
         };
         registry.register(
             "request_error_codes",
@@ -65,6 +96,17 @@ impl Metrics {
         );
         metrics.journal.register(registry);
         registry.register("receive_batch_size", "datagrams per batched receive", metrics.receive_batch.clone());
+        let stages = &metrics.stages;
+        for (name, help, histogram) in [
+            ("stage_queue_seconds", "a mutation's receive to the writer taking it", &stages.queue),
+            ("stage_apply_seconds", "the writer taking a mutation to its batch applied", &stages.apply),
+            ("stage_hold_seconds", "a mutation applied to its transaction's commit starting", &stages.hold),
+            ("stage_commit_seconds", "a mutation's commit to its append to the journal", &stages.commit),
+            ("stage_journal_seconds", "a mutation's append to the journal handing its answer over", &stages.journal),
+            ("stage_reply_seconds", "sending one delivery's answers", &stages.reply),
+        ] {
+            registry.register(name, help, histogram.clone());
+        }
         registry.register(
             "store_checksum_mismatches",
             "stored records refused because their CRC32C did not match (answered STORAGE_ERROR)",

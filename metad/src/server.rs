@@ -180,6 +180,24 @@ struct Job {
     /// When it arrived, and its kind's index in [`ShardKind::ALL`], for the metrics.
     arrived: Instant,
     kind_index: Option<usize>,
+    /// When the writer took it, its batch was applied, and its
+    /// transaction's commit started and ended (the metrics' stages).
+    stamps: Stamps,
+}
+
+/// A mutation's way through the writer ([`crate::metrics::Stages`]).
+#[derive(Clone, Copy)]
+struct Stamps {
+    taken: Instant,
+    applied: Instant,
+    commit: Instant,
+    committed: Instant,
+}
+
+impl Stamps {
+    fn new(at: Instant) -> Self {
+        Self { taken: at, applied: at, commit: at, committed: at }
+    }
 }
 
 /// Opens the state, binds the sockets, prints `listening udp …` and `ready`,
@@ -407,6 +425,7 @@ fn serve_one(
                     replay: ticket.take(),
                     arrived,
                     kind_index,
+                    stamps: Stamps::new(arrived),
                 };
                 match writer.try_send(Work::Job(job)) {
                     Ok(()) => None,
@@ -613,6 +632,10 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Work>, journal: Journal<Answer
                 Err(_) => break,
             }
         }
+        let taken = Instant::now();
+        for job in &mut batch {
+            job.stamps.taken = taken;
+        }
         let mut pending = match open.take() {
             Some(pending) => pending,
             None => match shared.store.write_txn() {
@@ -630,9 +653,13 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Work>, journal: Journal<Answer
                 }
             },
         };
-        let started = Instant::now();
+        let (started, before) = (Instant::now(), pending.jobs.len());
         let applied = apply_batch(&shared, &mut pending, &mut batch, &cache, &mut rng, &mut out);
-        pending.busy += started.elapsed();
+        let done = Instant::now();
+        pending.busy += done - started;
+        for (job, _) in pending.jobs.iter_mut().skip(before) {
+            job.stamps.applied = done;
+        }
         match applied {
             Ok(()) => open = Some(pending),
             Err((error, rest)) => {
@@ -649,8 +676,13 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Work>, journal: Journal<Answer
     }
 }
 
-/// Commits the open transaction and hands its effects and answers to the
-/// journal (or refuses every job in it when the commit fails).
+/// Hands the open transaction's effects to the journal, commits it, and
+/// then its answers (or refuses every job in it when the commit fails).
+/// The record goes first ([`Journal::append_before_commit`]) so that its
+/// sync runs while LMDB writes the commit's pages into the page cache
+/// (45 µs a batch at 8 clients, 165 µs at 64, session 12), instead of
+/// after; the answers still leave only once the record is durable AND
+/// the commit is made (readers see it).
 fn commit(
     shared: &Shared,
     journal: &Journal<Answers>,
@@ -661,18 +693,24 @@ fn commit(
 ) {
     let Open { txn, jobs, outcome, busy, .. } = pending;
     let started = Instant::now();
+    shared.store.take_effects(effects);
+    let unsettled = journal.append_before_commit(effects, jobs.len() as u64);
     let committed = txn.commit();
-    shared.metrics.commit.observe_duration(busy + started.elapsed());
+    let ended = Instant::now();
+    shared.metrics.commit.observe_duration(busy + (ended - started));
     shared.metrics.batch_size.observe(jobs.len() as u64);
     if let Err(error) = committed {
-        // Nothing committed: no record, and the batch is refused.
-        shared.store.discard_effects();
+        // Nothing committed, but the record may be durable already: the
+        // journal revokes it (a checkpoint without it, so no replay
+        // applies it) before the batch is refused.
         tracing::error!(%error, jobs = jobs.len(), "write batch failed");
+        journal.revoke(unsettled);
         refuse(shared, out, jobs.into_iter().map(|(job, _)| job));
         return;
     }
     let mut durable_later = Vec::with_capacity(jobs.len());
-    for (job, answer) in jobs {
+    for (mut job, answer) in jobs {
+        (job.stamps.commit, job.stamps.committed) = (started, ended);
         let key = (job.peer, job.request_id, job.kind);
         let bytes = match answer {
             Some(bytes) => {
@@ -683,9 +721,7 @@ fn commit(
         };
         durable_later.push((job, bytes));
     }
-    shared.store.take_effects(effects);
-    let weight = durable_later.len() as u64;
-    journal.append_weighted(effects, durable_later, weight);
+    journal.settle(unsettled, durable_later);
     journal.after_commit();
     if outcome.wants_block_service_refresh {
         shared.request_refresh();
@@ -726,7 +762,15 @@ fn save_refreshed_block_services(shared: &Shared, journal: &Journal<Answers>, ef
 /// ([`crate::mmsg::send_all`]) as there are runs of jobs sharing a socket
 /// (all of them, in the daemon: the one reply socket).
 fn reply_all(metrics: &Metrics, durable: &mut Answers) {
+    let delivered = Instant::now();
+    let stages = &metrics.stages;
     for (job, bytes) in durable.iter_mut() {
+        let Stamps { taken, applied, commit, committed } = job.stamps;
+        stages.queue.observe_duration(taken.saturating_duration_since(job.arrived));
+        stages.apply.observe_duration(applied.saturating_duration_since(taken));
+        stages.hold.observe_duration(commit.saturating_duration_since(applied));
+        stages.commit.observe_duration(committed.saturating_duration_since(commit));
+        stages.journal.observe_duration(delivered.saturating_duration_since(committed));
         if let Some(ticket) = job.replay.as_mut() {
             ticket.finish(bytes);
         }
@@ -741,6 +785,9 @@ fn reply_all(metrics: &Metrics, durable: &mut Answers) {
         let datagrams: Vec<(&[u8], SocketAddr)> = now.iter().map(|(job, bytes)| (&bytes[..], job.peer)).collect();
         crate::mmsg::send_all(&first.socket, &datagrams);
         rest = later;
+    }
+    if !durable.is_empty() {
+        stages.reply.observe_duration(delivered.elapsed());
     }
     durable.clear();
 }

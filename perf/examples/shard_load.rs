@@ -31,7 +31,18 @@
 //! commit and once per explicit meta-page sync. Set `SHARD_LOAD_FILL=N`
 //! to fill the shard with N files first (64 clients, the mode's way), and
 //! `SHARD_LOAD_PAUSE=1` to print metad's pid and wait 2 s before the load
-//! (time to attach `perf record -p PID`).
+//! (time to attach `perf record -p PID`), and `SHARD_LOAD_METRICS=FILE` to
+//! keep metad's whole `/metrics` answer at the end (the histograms'
+//! buckets).
+//!
+//! For creates a second line, `stages_us`, gives where a mutation's time
+//! went, as means over the measured interval of metad's stage histograms
+//! (`metad::metrics`): receive → queue → apply → hold → commit → journal
+//! (itself split into take_wait, lane_wait, sync, deliver_wait) → reply,
+//! with `metad_total` (metad's request duration of the kind) and
+//! `client_total` (CLIENTS ÷ the rate: a create's time as its client
+//! sees it), so `client_total − metad_total` is the loopback and the load
+//! client's own share.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -117,6 +128,9 @@ fn main() {
     let written = disk_bytes_written(folder.path()) - disk_before;
     let own = cpu_seconds(std::process::id()) - own_before;
     let after = commit_counts(metrics);
+    if let Some(path) = std::env::var_os("SHARD_LOAD_METRICS") {
+        std::fs::write(path, &after.text).expect("write metad's metrics");
+    }
     let (commits, mutations) = (after.commits - before.commits, after.mutations - before.mutations);
     let syncs = after.syncs - before.syncs;
     let (receives, received) = (after.receives - before.receives, after.received - before.received);
@@ -144,7 +158,33 @@ fn main() {
         written / 1024.0 / ops,
         journal_bytes / 1024.0 / ops,
     );
+    if mode == "create" || mode == "create3" {
+        let mean_us = |name: &str| {
+            let count = after.histogram(name, "_count") - before.histogram(name, "_count");
+            let sum = after.histogram(name, "_sum") - before.histogram(name, "_sum");
+            if count > 0.0 { sum * 1e6 / count } else { 0.0 }
+        };
+        let stages: Vec<String> = STAGES.iter().map(|(label, name)| format!("{label}={:.0}", mean_us(name))).collect();
+        let client_us = clients as f64 * 1e6 / rate.per_second().max(1.0);
+        println!("stages_us {} client_total={client_us:.0}", stages.join(" "));
+    }
 }
+
+/// The histograms of a create's stages, in order (labels printed, metric
+/// names without `_sum`/`_count`).
+const STAGES: [(&str, &str); 11] = [
+    ("queue", "metad_stage_queue_seconds"),
+    ("apply", "metad_stage_apply_seconds"),
+    ("hold", "metad_stage_hold_seconds"),
+    ("commit", "metad_stage_commit_seconds"),
+    ("journal", "metad_stage_journal_seconds"),
+    ("take_wait", "metad_journal_take_wait_seconds"),
+    ("lane_wait", "metad_journal_lane_wait_seconds"),
+    ("sync", "metad_journal_sync_duration_seconds"),
+    ("deliver_wait", "metad_journal_deliver_wait_seconds"),
+    ("reply", "metad_stage_reply_seconds"),
+    ("metad_total", "metad_request_duration_seconds"),
+];
 
 /// utime + stime of process `pid`, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -182,6 +222,23 @@ struct Counts {
     checkpoint_s: f64,
     /// `metad_journal_bytes_total`.
     journal_bytes: f64,
+    /// The whole answer, for [`Counts::histogram`].
+    text: String,
+}
+
+impl Counts {
+    /// `NAME{SUFFIX}` summed over its labelled series (for the request
+    /// duration: every kind; only the measured one moves), 0 if absent.
+    fn histogram(&self, name: &str, suffix: &str) -> f64 {
+        self.text
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(name)?.strip_prefix(suffix)?;
+                let value = rest.rsplit(' ').next()?;
+                (rest.starts_with(' ') || rest.starts_with('{')).then(|| value.parse::<f64>().ok())?
+            })
+            .sum()
+    }
 }
 
 fn commit_counts(metrics: SocketAddr) -> Counts {
@@ -213,5 +270,6 @@ fn commit_counts(metrics: SocketAddr) -> Counts {
         checkpoints: value("metad_journal_checkpoint_duration_seconds_count"),
         checkpoint_s: value("metad_journal_checkpoint_duration_seconds_sum"),
         journal_bytes: value("metad_journal_bytes_total"),
+        text,
     }
 }
