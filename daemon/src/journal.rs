@@ -1238,18 +1238,20 @@ impl<T: Send + 'static> Journal<T> {
     }
 
     fn set_slot(&self, unsettled: Unsettled, payload: Slot<T>) {
-        let seq = unsettled.seq;
         let mut guard = self.shared.lock();
         let state = &mut *guard;
-        let slot = match state.waiting.iter_mut().rev().find(|waiting| waiting.seq == seq) {
-            Some(waiting) => &mut waiting.payload,
-            None => match state.queue.iter_mut().rev().find(|entry| entry.seq == seq) {
-                Some(entry) => &mut entry.payload,
-                // Appended and not yet delivered: it is in one of the two.
-                None => unreachable!("settling record {seq}, which the journal does not hold"),
-            },
+        // It is the last commit appended (settled before the next append),
+        // so the newest entry: the queue's last, or once the queue was
+        // taken, the last one waiting. Not found by its sequence number: a
+        // commit that changed nothing shares it with the record before.
+        let newest = match state.queue.back_mut() {
+            Some(entry) => Some((entry.seq, &mut entry.payload)),
+            None => state.waiting.back_mut().map(|waiting| (waiting.seq, &mut waiting.payload)),
         };
-        assert!(matches!(slot, Slot::Unsettled), "record {seq} settled twice");
+        let Some((_, slot)) = newest.filter(|(seq, slot)| *seq == unsettled.seq && matches!(slot, Slot::Unsettled))
+        else {
+            panic!("record {} settled after a later append, or twice", unsettled.seq);
+        };
         *slot = payload;
         drop(guard);
         self.shared.work.notify_one();

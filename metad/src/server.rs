@@ -703,7 +703,7 @@ fn commit(
         // Nothing committed, but the record may be durable already: the
         // journal revokes it (a checkpoint without it, so no replay
         // applies it) before the batch is refused.
-        tracing::error!(%error, jobs = jobs.len(), "write batch failed");
+        tracing::error!(%error, jobs = jobs.len(), "write batch failed at its commit; its journal record is revoked");
         journal.revoke(unsettled);
         refuse(shared, out, jobs.into_iter().map(|(job, _)| job));
         return;

@@ -33,10 +33,16 @@ const SLOW_SYNC: Duration = Duration::from_millis(300);
 /// The same for [`pace_holds_the_writer_while_every_lane_is_busy`] (its
 /// own, so that the tests running at once do not reset each other's).
 static HELD_BATCH: AtomicU64 = AtomicU64::new(0);
+/// The same for `a_commit_that_changed_nothing_settles_while_the_record_before_it_syncs`.
+static SETTLING_BATCH: AtomicU64 = AtomicU64::new(0);
 
 /// Called by a sync lane before it writes a batch.
 pub(super) fn before_sync(last: u64) {
-    if last != 0 && (SLOW_BATCH.load(Ordering::Relaxed) == last || HELD_BATCH.load(Ordering::Relaxed) == last) {
+    if last != 0
+        && (SLOW_BATCH.load(Ordering::Relaxed) == last
+            || HELD_BATCH.load(Ordering::Relaxed) == last
+            || SETTLING_BATCH.load(Ordering::Relaxed) == last)
+    {
         std::thread::sleep(SLOW_SYNC);
     }
 }
@@ -590,4 +596,27 @@ fn a_revoked_record_is_never_delivered_nor_replayed() {
     let (state, _) = recover(disk.path());
     assert!(!state[0].contains_key(&b"revoked"[..]), "a revoked record is never replayed");
     assert!(state == harness.model, "the store equals the model");
+}
+
+#[test]
+fn a_commit_that_changed_nothing_settles_while_the_record_before_it_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = Harness::new(dir.path(), 1 << 20, Duration::from_secs(3600));
+    let mut rng = seeded();
+    // Record 1 is taken and synced slowly: it waits, settled, with the
+    // sequence number a commit that changes nothing after it shares.
+    SETTLING_BATCH.store(1, Ordering::Relaxed);
+    while harness.records < 1 {
+        harness.commit(&mut rng);
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let txn = harness.env.write_txn().unwrap();
+    assert!(harness.effects.is_empty());
+    let unsettled = harness.journal.append_before_commit(&mut harness.effects, 1);
+    txn.commit().unwrap();
+    harness.commits += 1;
+    harness.history.push(harness.model.clone());
+    harness.journal.settle(unsettled, harness.commits);
+    harness.wait_durable();
+    SETTLING_BATCH.store(0, Ordering::Relaxed);
 }
