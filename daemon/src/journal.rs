@@ -895,42 +895,14 @@ struct Entry<T> {
     /// [`Journal::append_weighted`].
     weight: u64,
     record: Option<(u64, Vec<u8>)>,
-    payload: Slot<T>,
+    payload: T,
     /// When it was appended ([`JournalMetrics::take_wait`]).
     appended: Instant,
-}
-
-/// An appended commit's payload: given, still to come (its record was
-/// appended before its commit, [`Journal::append_before_commit`]), or
-/// never (the commit failed, [`Journal::revoke`]).
-enum Slot<T> {
-    Ready(T),
-    Unsettled,
-    Revoked,
-}
-
-/// A commit taken with every record up to it durable, waiting for its
-/// payload or its turn: (sequence, weight, payload).
-struct Waiting<T> {
-    seq: u64,
-    weight: u64,
-    payload: Slot<T>,
-}
-
-/// A record appended before its commit ([`Journal::append_before_commit`]):
-/// settle it with the payload once the commit succeeded
-/// ([`Journal::settle`]) or revoke it ([`Journal::revoke`]).
-#[must_use = "a record appended before its commit is delivered only once settled"]
-#[derive(Debug)]
-pub struct Unsettled {
-    seq: u64,
 }
 
 struct State<T> {
     /// Appended, not yet taken by the journal thread.
     queue: VecDeque<Entry<T>>,
-    /// Taken, to be delivered in order once durable and settled.
-    waiting: VecDeque<Waiting<T>>,
     /// The last sequence number handed out.
     last_seq: u64,
     epoch: u64,
@@ -1121,7 +1093,6 @@ impl<T: Send + 'static> Journal<T> {
         }
         let state = State {
             queue: VecDeque::new(),
-            waiting: VecDeque::new(),
             last_seq: checkpoint.next_seq - 1,
             epoch: checkpoint.epoch,
             head: position,
@@ -1201,65 +1172,6 @@ impl<T: Send + 'static> Journal<T> {
     /// wait for this payload, for [`Config::gather`].
     pub fn append_weighted(&self, effects: &mut Effects, payload: T, weight: u64) {
         let txn = self.env.info().last_txn_id as u64;
-        self.push(effects, Slot::Ready(payload), weight, txn);
-    }
-
-    /// [`Journal::append_weighted`] of the open write transaction's
-    /// effects BEFORE its commit, so that its sync runs while LMDB
-    /// commits (the commit writes its pages into the page cache: tens of
-    /// microseconds a batch, on the path of every answer when it came
-    /// first). Nothing is delivered for it, nor for anything after it,
-    /// until the caller settles it: [`Journal::settle`] with the payload
-    /// once the commit succeeded (before the next append), or
-    /// [`Journal::revoke`] when it failed. Readers see the commit before
-    /// its answer goes out, as with an append after the commit.
-    pub fn append_before_commit(&self, effects: &mut Effects, weight: u64) -> Unsettled {
-        // The commit about to be made: the one writer's next transaction.
-        let txn = self.env.info().last_txn_id as u64 + 1;
-        Unsettled { seq: self.push(effects, Slot::Unsettled, weight, txn) }
-    }
-
-    /// The commit of `unsettled` succeeded: its payload goes out once it
-    /// is durable, in commit order.
-    pub fn settle(&self, unsettled: Unsettled, payload: T) {
-        self.set_slot(unsettled, Slot::Ready(payload));
-    }
-
-    /// The commit of `unsettled` failed: its record must never be
-    /// replayed, and no payload goes out for it. The record may be written
-    /// and synced already, so this takes a checkpoint at the store's
-    /// state (without the failed transaction) that covers it, and returns
-    /// once that checkpoint is durable: a replay then starts after the
-    /// record, and the caller may refuse its requests and append again.
-    /// The caller is the writer (it hands the snapshot).
-    pub fn revoke(&self, unsettled: Unsettled) {
-        self.set_slot(unsettled, Slot::Revoked);
-        self.checkpoint_now();
-    }
-
-    fn set_slot(&self, unsettled: Unsettled, payload: Slot<T>) {
-        let mut guard = self.shared.lock();
-        let state = &mut *guard;
-        // It is the last commit appended (settled before the next append),
-        // so the newest entry: the queue's last, or once the queue was
-        // taken, the last one waiting. Not found by its sequence number: a
-        // commit that changed nothing shares it with the record before.
-        let newest = match state.queue.back_mut() {
-            Some(entry) => Some((entry.seq, &mut entry.payload)),
-            None => state.waiting.back_mut().map(|waiting| (waiting.seq, &mut waiting.payload)),
-        };
-        let Some((_, slot)) = newest.filter(|(seq, slot)| *seq == unsettled.seq && matches!(slot, Slot::Unsettled))
-        else {
-            panic!("record {} settled after a later append, or twice", unsettled.seq);
-        };
-        *slot = payload;
-        drop(guard);
-        self.shared.work.notify_one();
-    }
-
-    /// Queues a commit's record (none when `effects` is empty) with its
-    /// payload; returns its sequence number.
-    fn push(&self, effects: &mut Effects, payload: Slot<T>, weight: u64, txn: u64) -> u64 {
         let mut state = self.shared.lock();
         // The record's bytes go to the journal thread; the caller's buffer
         // gets one the thread has written already (no allocation per commit).
@@ -1275,7 +1187,6 @@ impl<T: Send + 'static> Journal<T> {
         state.queue.push_back(Entry { seq, weight, record, payload, appended: Instant::now() });
         drop(state);
         self.shared.work.notify_one();
-        seq
     }
 
     /// The writer, after each commit's [`Journal::append`] and when idle:
@@ -1397,15 +1308,17 @@ fn write_loop<T: Send>(
     mut deliver: impl FnMut(Vec<T>),
 ) {
     let lanes = config.lanes.clamp(1, SYNC_LANES_MAX);
+    // Taken, waiting to be durable: (sequence, weight, payload), in order.
+    let mut waiting: VecDeque<(u64, u64, T)> = VecDeque::new();
     let mut state = shared.lock();
     loop {
+        let durable = state.durable_through();
         let mut ready = Vec::new();
         let mut answered = 0;
-        while deliverable(&state) {
-            let Some(waiting) = state.waiting.pop_front() else { break };
-            if let Slot::Ready(payload) = waiting.payload {
+        while waiting.front().is_some_and(|(seq, _, _)| *seq <= durable) {
+            if let Some((_, weight, payload)) = waiting.pop_front() {
                 ready.push(payload);
-                answered += waiting.weight;
+                answered += weight;
             }
         }
         if !ready.is_empty() {
@@ -1437,7 +1350,7 @@ fn write_loop<T: Send>(
         if state.in_flight.len() < lanes {
             let mut buffer = state.batch_buffers.pop().unwrap_or_else(|| Vec::with_capacity(SYNC_BYTES_MAX));
             buffer.clear();
-            if let Some(batch) = take(&mut state, journal, metrics, buffer) {
+            if let Some(batch) = take(&mut state, journal, metrics, &mut waiting, buffer) {
                 state.owed = 0;
                 state.in_flight.push_back((batch.last, false));
                 state.to_sync.push_back(batch);
@@ -1447,7 +1360,7 @@ fn write_loop<T: Send>(
             if state.full {
                 shared.checkpoint.notify_all();
             }
-            if deliverable(&state) {
+            if waiting.front().is_some_and(|(seq, _, _)| *seq <= state.durable_through()) {
                 continue;
             }
         }
@@ -1458,15 +1371,6 @@ fn write_loop<T: Send>(
     }
 }
 
-/// Whether the first commit waiting can be delivered (or dropped, when
-/// revoked): every record up to it is durable and its payload settled.
-fn deliverable<T>(state: &State<T>) -> bool {
-    state
-        .waiting
-        .front()
-        .is_some_and(|waiting| waiting.seq <= state.durable_through() && !matches!(waiting.payload, Slot::Unsettled))
-}
-
 /// Takes every queued entry that fits into one batch written from `head`:
 /// records are placed in `buffer` (padded to whole pages), entries without
 /// a record to write pass straight to `waiting`. `None` (the buffer kept
@@ -1475,6 +1379,7 @@ fn take<T>(
     state: &mut State<T>,
     journal: &JournalFile,
     metrics: &JournalMetrics,
+    waiting: &mut VecDeque<(u64, u64, T)>,
     mut buffer: Vec<u8>,
 ) -> Option<Batch> {
     let mut start = state.head;
@@ -1489,7 +1394,7 @@ fn take<T>(
         // checkpoint covers (never written): delivered in turn.
         let Some(size) = size.filter(|_| seq > state.placed_through) else {
             if let Some(entry) = state.queue.pop_front() {
-                state.waiting.push_back(Waiting { seq: entry.seq, weight: entry.weight, payload: entry.payload });
+                waiting.push_back((entry.seq, entry.weight, entry.payload));
             }
             continue;
         };
@@ -1520,7 +1425,7 @@ fn take<T>(
             state.spare.push(payload);
         }
         state.placed_through = seq;
-        state.waiting.push_back(Waiting { seq, weight: entry.weight, payload: entry.payload });
+        waiting.push_back((seq, entry.weight, entry.payload));
         records += 1;
         last = seq;
     }

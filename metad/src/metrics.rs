@@ -20,12 +20,13 @@
 //!   I/O thread's receive to the writer taking it), `stage_apply_seconds`
 //!   (to the end of applying the batch it came in), `stage_hold_seconds`
 //!   (held in the open transaction until the commit starts),
-//!   `stage_commit_seconds` (LMDB's commit, to the append to the journal),
-//!   `stage_journal_seconds` (to the journal's hand-off of its answer; the
-//!   journal's own `journal_take_wait_seconds`, `journal_lane_wait_seconds`,
-//!   `journal_sync_duration_seconds` and `journal_deliver_wait_seconds`
-//!   split it), and per delivery `stage_reply_seconds` (sending a
-//!   delivery's answers).
+//!   `stage_commit_seconds` (LMDB's commit), `stage_journal_seconds` (from
+//!   the commit's end, through the append, to the journal's hand-off of
+//!   its answer; the journal's own `journal_take_wait_seconds`,
+//!   `journal_lane_wait_seconds`, `journal_sync_duration_seconds` and
+//!   `journal_deliver_wait_seconds` split it), and per delivery
+//!   `stage_reply_seconds` (sending a delivery's answers). `perf`'s
+//!   `shard_load` example prints their means.
 //!
 //! Labels are [`ShardKind`] and [`ErrorKind`] names. Every update is a
 //! relaxed atomic (no lock, no allocation per request).
@@ -101,8 +102,12 @@ impl Metrics {
             ("stage_queue_seconds", "a mutation's receive to the writer taking it", &stages.queue),
             ("stage_apply_seconds", "the writer taking a mutation to its batch applied", &stages.apply),
             ("stage_hold_seconds", "a mutation applied to its transaction's commit starting", &stages.hold),
-            ("stage_commit_seconds", "a mutation's commit to its append to the journal", &stages.commit),
-            ("stage_journal_seconds", "a mutation's append to the journal handing its answer over", &stages.journal),
+            ("stage_commit_seconds", "LMDB's commit of a mutation's transaction", &stages.commit),
+            (
+                "stage_journal_seconds",
+                "a mutation's commit made to the journal handing its answer over",
+                &stages.journal,
+            ),
             ("stage_reply_seconds", "sending one delivery's answers", &stages.reply),
         ] {
             registry.register(name, help, histogram.clone());

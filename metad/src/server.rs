@@ -185,18 +185,36 @@ struct Job {
     stamps: Stamps,
 }
 
-/// A mutation's way through the writer ([`crate::metrics::Stages`]).
-#[derive(Clone, Copy)]
+/// A mutation's way through the writer ([`crate::metrics::Stages`]): when
+/// it was taken, applied, and its commit started and ended, in
+/// nanoseconds after its arrival (saturating at ~4 s; small, so that a
+/// queued [`Work`] stays small).
+#[derive(Clone, Copy, Default)]
 struct Stamps {
-    taken: Instant,
-    applied: Instant,
-    commit: Instant,
-    committed: Instant,
+    taken: u32,
+    applied: u32,
+    commit: u32,
+    committed: u32,
 }
 
 impl Stamps {
-    fn new(at: Instant) -> Self {
-        Self { taken: at, applied: at, commit: at, committed: at }
+    /// `at`, in nanoseconds after `arrived`.
+    fn since(arrived: Instant, at: Instant) -> u32 {
+        u32::try_from(at.saturating_duration_since(arrived).as_nanos()).unwrap_or(u32::MAX)
+    }
+
+    /// The stages' durations: queue, apply, hold, commit, and from the
+    /// commit's end to `delivered`.
+    fn stages(&self, arrived: Instant, delivered: Instant) -> [u64; 5] {
+        let Self { taken, applied, commit, committed } = *self;
+        let journal = u64::from(Self::since(arrived, delivered));
+        [
+            u64::from(taken),
+            u64::from(applied.saturating_sub(taken)),
+            u64::from(commit.saturating_sub(applied)),
+            u64::from(committed.saturating_sub(commit)),
+            journal.saturating_sub(u64::from(committed)),
+        ]
     }
 }
 
@@ -425,7 +443,7 @@ fn serve_one(
                     replay: ticket.take(),
                     arrived,
                     kind_index,
-                    stamps: Stamps::new(arrived),
+                    stamps: Stamps::default(),
                 };
                 match writer.try_send(Work::Job(job)) {
                     Ok(()) => None,
@@ -634,7 +652,7 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Work>, journal: Journal<Answer
         }
         let taken = Instant::now();
         for job in &mut batch {
-            job.stamps.taken = taken;
+            job.stamps.taken = Stamps::since(job.arrived, taken);
         }
         let mut pending = match open.take() {
             Some(pending) => pending,
@@ -658,7 +676,7 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Work>, journal: Journal<Answer
         let done = Instant::now();
         pending.busy += done - started;
         for (job, _) in pending.jobs.iter_mut().skip(before) {
-            job.stamps.applied = done;
+            job.stamps.applied = Stamps::since(job.arrived, done);
         }
         match applied {
             Ok(()) => open = Some(pending),
@@ -676,13 +694,8 @@ fn writer(shared: Arc<Shared>, receiver: Receiver<Work>, journal: Journal<Answer
     }
 }
 
-/// Hands the open transaction's effects to the journal, commits it, and
-/// then its answers (or refuses every job in it when the commit fails).
-/// The record goes first ([`Journal::append_before_commit`]) so that its
-/// sync runs while LMDB writes the commit's pages into the page cache
-/// (45 µs a batch at 8 clients, 165 µs at 64, session 12), instead of
-/// after; the answers still leave only once the record is durable AND
-/// the commit is made (readers see it).
+/// Commits the open transaction and hands its effects and answers to the
+/// journal (or refuses every job in it when the commit fails).
 fn commit(
     shared: &Shared,
     journal: &Journal<Answers>,
@@ -693,24 +706,21 @@ fn commit(
 ) {
     let Open { txn, jobs, outcome, busy, .. } = pending;
     let started = Instant::now();
-    shared.store.take_effects(effects);
-    let unsettled = journal.append_before_commit(effects, jobs.len() as u64);
     let committed = txn.commit();
     let ended = Instant::now();
     shared.metrics.commit.observe_duration(busy + (ended - started));
     shared.metrics.batch_size.observe(jobs.len() as u64);
     if let Err(error) = committed {
-        // Nothing committed, but the record may be durable already: the
-        // journal revokes it (a checkpoint without it, so no replay
-        // applies it) before the batch is refused.
-        tracing::error!(%error, jobs = jobs.len(), "write batch failed at its commit; its journal record is revoked");
-        journal.revoke(unsettled);
+        // Nothing committed: no record, and the batch is refused.
+        shared.store.discard_effects();
+        tracing::error!(%error, jobs = jobs.len(), "write batch failed");
         refuse(shared, out, jobs.into_iter().map(|(job, _)| job));
         return;
     }
     let mut durable_later = Vec::with_capacity(jobs.len());
     for (mut job, answer) in jobs {
-        (job.stamps.commit, job.stamps.committed) = (started, ended);
+        job.stamps.commit = Stamps::since(job.arrived, started);
+        job.stamps.committed = Stamps::since(job.arrived, ended);
         let key = (job.peer, job.request_id, job.kind);
         let bytes = match answer {
             Some(bytes) => {
@@ -721,7 +731,9 @@ fn commit(
         };
         durable_later.push((job, bytes));
     }
-    journal.settle(unsettled, durable_later);
+    shared.store.take_effects(effects);
+    let weight = durable_later.len() as u64;
+    journal.append_weighted(effects, durable_later, weight);
     journal.after_commit();
     if outcome.wants_block_service_refresh {
         shared.request_refresh();
@@ -765,12 +777,12 @@ fn reply_all(metrics: &Metrics, durable: &mut Answers) {
     let delivered = Instant::now();
     let stages = &metrics.stages;
     for (job, bytes) in durable.iter_mut() {
-        let Stamps { taken, applied, commit, committed } = job.stamps;
-        stages.queue.observe_duration(taken.saturating_duration_since(job.arrived));
-        stages.apply.observe_duration(applied.saturating_duration_since(taken));
-        stages.hold.observe_duration(commit.saturating_duration_since(applied));
-        stages.commit.observe_duration(committed.saturating_duration_since(commit));
-        stages.journal.observe_duration(delivered.saturating_duration_since(committed));
+        let [queue, apply, hold, commit, journal] = job.stamps.stages(job.arrived, delivered);
+        stages.queue.observe(queue);
+        stages.apply.observe(apply);
+        stages.hold.observe(hold);
+        stages.commit.observe(commit);
+        stages.journal.observe(journal);
         if let Some(ticket) = job.replay.as_mut() {
             ticket.finish(bytes);
         }
@@ -905,3 +917,26 @@ fn refresher(shared: Arc<Shared>, shuckle: SocketAddr, cluster_key: SecretKey, s
 }
 
 const _: () = assert!(HEADER_BYTES < RECEIVE_BUFFER_BYTES);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mutations_stages_add_up_to_its_time_and_saturate() {
+        let arrived = Instant::now();
+        let at = |micros: u64| arrived + Duration::from_micros(micros);
+        let stamps = Stamps {
+            taken: Stamps::since(arrived, at(40)),
+            applied: Stamps::since(arrived, at(75)),
+            commit: Stamps::since(arrived, at(95)),
+            committed: Stamps::since(arrived, at(140)),
+        };
+        let stages = stamps.stages(arrived, at(460));
+        assert_eq!(stages, [40_000, 35_000, 20_000, 45_000, 320_000]);
+        assert_eq!(stages.iter().sum::<u64>(), 460_000, "the stages cover the whole time");
+        // Before its arrival: 0; past ~4 s: the most a stamp holds.
+        assert_eq!(Stamps::since(at(10), arrived), 0);
+        assert_eq!(Stamps::since(arrived, arrived + Duration::from_secs(5)), u32::MAX);
+    }
+}

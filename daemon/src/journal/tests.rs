@@ -33,16 +33,10 @@ const SLOW_SYNC: Duration = Duration::from_millis(300);
 /// The same for [`pace_holds_the_writer_while_every_lane_is_busy`] (its
 /// own, so that the tests running at once do not reset each other's).
 static HELD_BATCH: AtomicU64 = AtomicU64::new(0);
-/// The same for `a_commit_that_changed_nothing_settles_while_the_record_before_it_syncs`.
-static SETTLING_BATCH: AtomicU64 = AtomicU64::new(0);
 
 /// Called by a sync lane before it writes a batch.
 pub(super) fn before_sync(last: u64) {
-    if last != 0
-        && (SLOW_BATCH.load(Ordering::Relaxed) == last
-            || HELD_BATCH.load(Ordering::Relaxed) == last
-            || SETTLING_BATCH.load(Ordering::Relaxed) == last)
-    {
+    if last != 0 && (SLOW_BATCH.load(Ordering::Relaxed) == last || HELD_BATCH.load(Ordering::Relaxed) == last) {
         std::thread::sleep(SLOW_SYNC);
     }
 }
@@ -526,97 +520,4 @@ fn pace_holds_the_writer_while_every_lane_is_busy() {
     HELD_BATCH.store(0, Ordering::Relaxed);
     assert!(wakes.load(Ordering::SeqCst) > woken, "the end of the sync woke the writer");
     assert_eq!(harness.journal.pace(1), Pace::Now, "a free lane: commit now");
-}
-
-/// Waits until every record appended so far is durable.
-fn wait_synced(journal: &Journal<u64>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !journal.is_durable() {
-        assert!(Instant::now() < deadline, "records not made durable");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-#[test]
-fn a_record_appended_before_its_commit_is_delivered_once_settled() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut harness = Harness::new(dir.path(), 1 << 20, Duration::from_secs(3600));
-    let mut rng = seeded();
-    while harness.records < 3 {
-        harness.commit(&mut rng);
-    }
-    harness.wait_durable();
-    let delivered_before = harness.delivered.lock().unwrap().len();
-    let mut txn = harness.env.write_txn().unwrap();
-    harness.dbs[0].put(&mut txn, b"early", b"record").unwrap();
-    harness.effects.put(0, b"early", b"record");
-    let unsettled = harness.journal.append_before_commit(&mut harness.effects, 1);
-    wait_synced(&harness.journal);
-    std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(harness.delivered.lock().unwrap().len(), delivered_before, "durable, not settled: not delivered");
-    txn.commit().unwrap();
-    harness.commits += 1;
-    harness.records += 1;
-    harness.model[0].insert(b"early".to_vec(), b"record".to_vec());
-    harness.history.push(harness.model.clone());
-    harness.journal.settle(unsettled, harness.commits);
-    harness.commit(&mut rng);
-    harness.wait_durable();
-    let (state, _) = recover(disk_copy(dir.path()).path());
-    assert!(state == harness.model, "the settled record is replayed like any other");
-}
-
-#[test]
-fn a_revoked_record_is_never_delivered_nor_replayed() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut harness = Harness::new(dir.path(), 1 << 20, Duration::from_secs(3600));
-    let mut rng = seeded();
-    while harness.records < 10 {
-        harness.commit(&mut rng);
-    }
-    harness.wait_durable();
-    // A record appended before a commit that then fails (the transaction
-    // is dropped): written and synced before the failure is known.
-    let txn = {
-        let mut txn = harness.env.write_txn().unwrap();
-        harness.dbs[0].put(&mut txn, b"revoked", b"never committed").unwrap();
-        txn
-    };
-    harness.effects.put(0, b"revoked", b"never committed");
-    let unsettled = harness.journal.append_before_commit(&mut harness.effects, 1);
-    wait_synced(&harness.journal);
-    drop(txn);
-    harness.journal.revoke(unsettled);
-    // Later commits carry the LMDB transaction id the revoked record did.
-    for _ in 0..5 {
-        harness.commit(&mut rng);
-    }
-    harness.wait_durable();
-    let disk = disk_copy(dir.path());
-    let (state, _) = recover(disk.path());
-    assert!(!state[0].contains_key(&b"revoked"[..]), "a revoked record is never replayed");
-    assert!(state == harness.model, "the store equals the model");
-}
-
-#[test]
-fn a_commit_that_changed_nothing_settles_while_the_record_before_it_syncs() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut harness = Harness::new(dir.path(), 1 << 20, Duration::from_secs(3600));
-    let mut rng = seeded();
-    // Record 1 is taken and synced slowly: it waits, settled, with the
-    // sequence number a commit that changes nothing after it shares.
-    SETTLING_BATCH.store(1, Ordering::Relaxed);
-    while harness.records < 1 {
-        harness.commit(&mut rng);
-    }
-    std::thread::sleep(Duration::from_millis(20));
-    let txn = harness.env.write_txn().unwrap();
-    assert!(harness.effects.is_empty());
-    let unsettled = harness.journal.append_before_commit(&mut harness.effects, 1);
-    txn.commit().unwrap();
-    harness.commits += 1;
-    harness.history.push(harness.model.clone());
-    harness.journal.settle(unsettled, harness.commits);
-    harness.wait_durable();
-    SETTLING_BATCH.store(0, Ordering::Relaxed);
 }
