@@ -32,6 +32,13 @@
 //! to fill the shard with N files first (64 clients, the mode's way), and
 //! `SHARD_LOAD_PAUSE=1` to print metad's pid and wait 2 s before the load
 //! (time to attach `perf record -p PID`).
+//!
+//! A filled shard can be kept and reused ([`saved_shard`]):
+//! `SHARD_LOAD_SAVE=PATH` copies the run's folder (shuckle's and the
+//! shard's data, the cluster key) to PATH after the run, once the daemons
+//! have stopped; `SHARD_LOAD_FROM=PATH` starts from a copy of PATH instead
+//! of an empty shard (so `SHARD_LOAD_FILL=1000000 SHARD_LOAD_SAVE=PATH`
+//! once, then `SHARD_LOAD_FROM=PATH` for every round).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -69,6 +76,7 @@ fn main() {
     }
     let metad = args.get(3).map(PathBuf::from).unwrap_or_else(|| process::binary("metad").expect("metad"));
     let folder = tempfile::Builder::new().prefix("shard-load-").tempdir_in("/tmp").expect("temporary folder");
+    let saved = saved_shard::Saved::from_env(folder.path());
     let shuckle = shard::start_shuckle(folder.path()).expect("shuckle starts");
     let shuckle_addr = shuckle.address("udp").expect("shuckle address");
     let daemon =
@@ -144,6 +152,103 @@ fn main() {
         written / 1024.0 / ops,
         journal_bytes / 1024.0 / ops,
     );
+    drop(daemon);
+    drop(shuckle);
+    saved.save(folder.path());
+}
+
+/// `SHARD_LOAD_FROM` and `SHARD_LOAD_SAVE`: a filled shard kept between
+/// runs, so each round of a paired comparison starts from the same 1 M
+/// files without filling for minutes.
+mod saved_shard {
+    use std::fs::File;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    use std::path::{Path, PathBuf};
+
+    /// Bytes per write of the copy: 4 KiB, LMDB's page, so that the copy's
+    /// page cache is made of small folios as a shard's own writes make it
+    /// (a copy in large writes gets large folios, which cost ext4 more per
+    /// later 4 KiB write).
+    const COPY_CHUNK_BYTES: usize = 4096;
+
+    pub struct Saved {
+        save_to: Option<PathBuf>,
+    }
+
+    impl Saved {
+        /// Copies `SHARD_LOAD_FROM` (if set) into `folder`, synced, and
+        /// remembers `SHARD_LOAD_SAVE`.
+        pub fn from_env(folder: &Path) -> Saved {
+            if let Some(from) = std::env::var_os("SHARD_LOAD_FROM") {
+                copy_tree(Path::new(&from), folder);
+                eprintln!("started from a copy of {}", Path::new(&from).display());
+            }
+            Saved { save_to: std::env::var_os("SHARD_LOAD_SAVE").map(PathBuf::from) }
+        }
+
+        /// Copies `folder` to `SHARD_LOAD_SAVE` (if set; it must not exist).
+        /// Call after the daemons stopped.
+        pub fn save(&self, folder: &Path) {
+            let Some(to) = &self.save_to else { return };
+            assert!(!to.exists(), "SHARD_LOAD_SAVE {} exists already", to.display());
+            copy_tree(folder, to);
+            eprintln!("saved the shard to {}", to.display());
+        }
+    }
+
+    /// The next range of `file` from `at` that holds data (not a hole).
+    fn next_data(file: &File, at: u64, size: u64) -> Option<(u64, u64)> {
+        if at >= size {
+            return None;
+        }
+        let offset = libc::off_t::try_from(at).ok()?;
+        // SAFETY: lseek on an open descriptor has no memory-safety preconditions.
+        let start = unsafe { libc::lseek(file.as_raw_fd(), offset, libc::SEEK_DATA) };
+        if start < 0 {
+            return None;
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(file.as_raw_fd(), start, libc::SEEK_HOLE) };
+        let end = if end < 0 { size } else { end as u64 };
+        Some((start as u64, end.min(size)))
+    }
+
+    /// Copies the files and folders under `from` into `to` (created), each
+    /// file synced. Lock files are copied too (a stopped daemon's; the
+    /// lock is the flock, not the file).
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("create the copy's folder");
+        for entry in std::fs::read_dir(from).expect("read the folder to copy") {
+            let entry = entry.expect("folder entry");
+            let target = to.join(entry.file_name());
+            let kind = entry.file_type().expect("file type");
+            if kind.is_dir() {
+                copy_tree(&entry.path(), &target);
+            } else if kind.is_file() {
+                let source = File::open(entry.path()).expect("open a file to copy");
+                let copy = File::create(&target).expect("create the copy");
+                let size = source.metadata().expect("metadata").len();
+                // Only the data: a store opened with MDB_WRITEMAP is as
+                // long as its map (a sparse 1 TiB), its holes stay holes.
+                let mut at = 0u64;
+                while let Some((start, end)) = next_data(&source, at, size) {
+                    let mut chunk = vec![0u8; COPY_CHUNK_BYTES];
+                    let mut offset = start;
+                    while offset < end {
+                        let want = COPY_CHUNK_BYTES.min((end - offset) as usize);
+                        source.read_exact_at(&mut chunk[..want], offset).expect("read a file to copy");
+                        copy.write_all_at(&chunk[..want], offset).expect("write the copy");
+                        offset += want as u64;
+                    }
+                    at = end;
+                }
+                copy.set_len(size).expect("size the copy");
+                copy.set_permissions(source.metadata().expect("metadata").permissions()).expect("permissions");
+                copy.sync_all().expect("sync the copy");
+            }
+        }
+    }
 }
 
 /// utime + stime of process `pid`, in seconds.
