@@ -38,7 +38,8 @@
 //! shard's data, the cluster key) to PATH after the run, once the daemons
 //! have stopped; `SHARD_LOAD_FROM=PATH` starts from a copy of PATH instead
 //! of an empty shard (so `SHARD_LOAD_FILL=1000000 SHARD_LOAD_SAVE=PATH`
-//! once, then `SHARD_LOAD_FROM=PATH` for every round).
+//! once, then `SHARD_LOAD_FROM=PATH` for every round; the copy is written
+//! in 4 KiB writes, `SHARD_LOAD_COPY_BYTES=N` for writes of N bytes).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -167,10 +168,15 @@ mod saved_shard {
     use std::path::{Path, PathBuf};
 
     /// Bytes per write of the copy: 4 KiB, LMDB's page, so that the copy's
-    /// page cache is made of small folios as a shard's own writes make it
-    /// (a copy in large writes gets large folios, which cost ext4 more per
-    /// later 4 KiB write).
+    /// page cache is made of small folios (the kernel sizes a folio by the
+    /// write that creates it). `SHARD_LOAD_COPY_BYTES=N` copies in writes
+    /// of N bytes instead: large folios, to measure what they cost ext4
+    /// per later 4 KiB write (perf/results/2026-11-28-s12-md13b.md).
     const COPY_CHUNK_BYTES: usize = 4096;
+
+    fn copy_chunk_bytes() -> usize {
+        std::env::var("SHARD_LOAD_COPY_BYTES").ok().and_then(|n| n.parse().ok()).unwrap_or(COPY_CHUNK_BYTES).max(1)
+    }
 
     pub struct Saved {
         save_to: Option<PathBuf>,
@@ -233,10 +239,10 @@ mod saved_shard {
                 // long as its map (a sparse 1 TiB), its holes stay holes.
                 let mut at = 0u64;
                 while let Some((start, end)) = next_data(&source, at, size) {
-                    let mut chunk = vec![0u8; COPY_CHUNK_BYTES];
+                    let mut chunk = vec![0u8; copy_chunk_bytes()];
                     let mut offset = start;
                     while offset < end {
-                        let want = COPY_CHUNK_BYTES.min((end - offset) as usize);
+                        let want = chunk.len().min((end - offset) as usize);
                         source.read_exact_at(&mut chunk[..want], offset).expect("read a file to copy");
                         copy.write_all_at(&chunk[..want], offset).expect("write the copy");
                         offset += want as u64;

@@ -987,6 +987,10 @@ fn seed_datagrams(h: &mut Harness) -> Vec<Vec<u8>> {
         }),
         ShardRequest::SetParent(SetParentReq { dir: InodeId::ROOT, parent: InodeId::NULL }),
         ShardRequest::MoveFileToEden(MoveFileToEdenReq { inode: file }),
+        // Without a nested transaction (Shard::handle_mutation): a new
+        // name, and an overwrite of "seed".
+        ShardRequest::CreateSmallFile(small_file(InodeId::ROOT, 11, "small", b"small")),
+        ShardRequest::CreateSmallFile(small_file(InodeId::ROOT, 12, "seed", b"")),
     ];
     requests.push(ShardRequest::InjectDirent(plain_inject(InodeId::ROOT, file, "inj", false)));
     requests
