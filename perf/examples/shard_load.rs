@@ -39,7 +39,9 @@
 //! have stopped; `SHARD_LOAD_FROM=PATH` starts from a copy of PATH instead
 //! of an empty shard (so `SHARD_LOAD_FILL=1000000 SHARD_LOAD_SAVE=PATH`
 //! once, then `SHARD_LOAD_FROM=PATH` for every round; the copy is written
-//! in 4 KiB writes, `SHARD_LOAD_COPY_BYTES=N` for writes of N bytes).
+//! in 4 KiB writes, `SHARD_LOAD_COPY_BYTES=N` for writes of N bytes;
+//! `SHARD_LOAD_COLD=1` drops the copy from the page cache, as a restart
+//! after the page cache was lost finds it).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -252,6 +254,11 @@ mod saved_shard {
                 copy.set_len(size).expect("size the copy");
                 copy.set_permissions(source.metadata().expect("metadata").permissions()).expect("permissions");
                 copy.sync_all().expect("sync the copy");
+                if std::env::var_os("SHARD_LOAD_COLD").is_some() {
+                    // SAFETY: posix_fadvise on an open descriptor has no
+                    // memory-safety preconditions.
+                    unsafe { libc::posix_fadvise(copy.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+                }
             }
         }
     }
