@@ -266,9 +266,9 @@ impl Shard {
         out: &mut [u8],
     ) -> Result<usize, StoreError> {
         let privileged = request.kind().is_privileged();
-        // A refused request's writes are rolled back with its nested
-        // transaction: so are their effects for the journal.
         let mark = store.effects_mark();
+        // Without a nested transaction: the effects recorded since `mark`
+        // are what the request wrote into the batch.
         if refuses_before_writing(request) && store.recording() {
             let mut context = Mutation { shard: self, store, env, rng, effects };
             return match context.apply(parent, request_id, request, out) {
@@ -285,6 +285,8 @@ impl Shard {
                 Err(error) => self.refused(out, request_id, privileged, error),
             };
         }
+        // A refused request's writes are rolled back with its nested
+        // transaction: so are their effects for the journal.
         let mut txn = store.env.nested_write_txn(parent)?;
         let mut context = Mutation { shard: self, store, env, rng, effects };
         let result = context.apply(&mut txn, request_id, request, out);
