@@ -91,6 +91,11 @@ pub enum StoreError {
     Journal(#[from] daemon::journal::JournalError),
     #[error("{path} was written without record checksums (store format {found}, this metad needs {STORE_FORMAT})")]
     Format { path: String, found: u32 },
+    /// A request applied without a nested transaction was refused after it
+    /// had written (`logic::Shard::handle_mutation`): only the batch's
+    /// abort can undo it.
+    #[error("a request was refused after it wrote, without a nested transaction to roll it back: {0}")]
+    RefusedAfterWriting(String),
 }
 
 impl From<heed::Error> for StoreError {
@@ -642,7 +647,13 @@ impl Store {
         self.meta.recorder.lock().reset();
     }
 
-    /// Where the effects stand, to drop a nested transaction's on abort.
+    /// Whether the effects of writes are being recorded ([`Store::record`]).
+    pub fn recording(&self) -> bool {
+        self.meta.recorder.on.load(Ordering::Relaxed)
+    }
+
+    /// Where the effects stand, to drop a nested transaction's on abort
+    /// (and to tell whether a request wrote: `logic::Shard::handle_mutation`).
     pub fn effects_mark(&self) -> Mark {
         self.meta.recorder.lock().mark()
     }

@@ -43,6 +43,16 @@
 //! `client_total` (CLIENTS ÷ the rate: a create's time as its client
 //! sees it), so `client_total − metad_total` is the loopback and the load
 //! client's own share.
+//!
+//! A filled shard can be kept and reused ([`saved_shard`]):
+//! `SHARD_LOAD_SAVE=PATH` copies the run's folder (shuckle's and the
+//! shard's data, the cluster key) to PATH after the run, once the daemons
+//! have stopped; `SHARD_LOAD_FROM=PATH` starts from a copy of PATH instead
+//! of an empty shard (so `SHARD_LOAD_FILL=1000000 SHARD_LOAD_SAVE=PATH`
+//! once, then `SHARD_LOAD_FROM=PATH` for every round; the copy is written
+//! in 4 KiB writes, `SHARD_LOAD_COPY_BYTES=N` for writes of N bytes;
+//! `SHARD_LOAD_COLD=1` drops the copy from the page cache, as a restart
+//! after the page cache was lost finds it).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -80,6 +90,7 @@ fn main() {
     }
     let metad = args.get(3).map(PathBuf::from).unwrap_or_else(|| process::binary("metad").expect("metad"));
     let folder = tempfile::Builder::new().prefix("shard-load-").tempdir_in("/tmp").expect("temporary folder");
+    let saved = saved_shard::Saved::from_env(folder.path());
     let shuckle = shard::start_shuckle(folder.path()).expect("shuckle starts");
     let shuckle_addr = shuckle.address("udp").expect("shuckle address");
     let daemon =
@@ -167,6 +178,113 @@ fn main() {
         let stages: Vec<String> = STAGES.iter().map(|(label, name)| format!("{label}={:.0}", mean_us(name))).collect();
         let client_us = clients as f64 * 1e6 / rate.per_second().max(1.0);
         println!("stages_us {} client_total={client_us:.0}", stages.join(" "));
+    }
+    drop(daemon);
+    drop(shuckle);
+    saved.save(folder.path());
+}
+
+/// `SHARD_LOAD_FROM` and `SHARD_LOAD_SAVE`: a filled shard kept between
+/// runs, so each round of a paired comparison starts from the same 1 M
+/// files without filling for minutes.
+mod saved_shard {
+    use std::fs::File;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    use std::path::{Path, PathBuf};
+
+    /// Bytes per write of the copy: 4 KiB, LMDB's page, so that the copy's
+    /// page cache is made of small folios (the kernel sizes a folio by the
+    /// write that creates it). `SHARD_LOAD_COPY_BYTES=N` copies in writes
+    /// of N bytes instead: large folios, to measure what they cost ext4
+    /// per later 4 KiB write (perf/results/2026-11-28-s12-md13b.md).
+    const COPY_CHUNK_BYTES: usize = 4096;
+
+    fn copy_chunk_bytes() -> usize {
+        std::env::var("SHARD_LOAD_COPY_BYTES").ok().and_then(|n| n.parse().ok()).unwrap_or(COPY_CHUNK_BYTES).max(1)
+    }
+
+    pub struct Saved {
+        save_to: Option<PathBuf>,
+    }
+
+    impl Saved {
+        /// Copies `SHARD_LOAD_FROM` (if set) into `folder`, synced, and
+        /// remembers `SHARD_LOAD_SAVE`.
+        pub fn from_env(folder: &Path) -> Saved {
+            if let Some(from) = std::env::var_os("SHARD_LOAD_FROM") {
+                copy_tree(Path::new(&from), folder);
+                eprintln!("started from a copy of {}", Path::new(&from).display());
+            }
+            Saved { save_to: std::env::var_os("SHARD_LOAD_SAVE").map(PathBuf::from) }
+        }
+
+        /// Copies `folder` to `SHARD_LOAD_SAVE` (if set; it must not exist).
+        /// Call after the daemons stopped.
+        pub fn save(&self, folder: &Path) {
+            let Some(to) = &self.save_to else { return };
+            assert!(!to.exists(), "SHARD_LOAD_SAVE {} exists already", to.display());
+            copy_tree(folder, to);
+            eprintln!("saved the shard to {}", to.display());
+        }
+    }
+
+    /// The next range of `file` from `at` that holds data (not a hole).
+    fn next_data(file: &File, at: u64, size: u64) -> Option<(u64, u64)> {
+        if at >= size {
+            return None;
+        }
+        let offset = libc::off_t::try_from(at).ok()?;
+        // SAFETY: lseek on an open descriptor has no memory-safety preconditions.
+        let start = unsafe { libc::lseek(file.as_raw_fd(), offset, libc::SEEK_DATA) };
+        if start < 0 {
+            return None;
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(file.as_raw_fd(), start, libc::SEEK_HOLE) };
+        let end = if end < 0 { size } else { end as u64 };
+        Some((start as u64, end.min(size)))
+    }
+
+    /// Copies the files and folders under `from` into `to` (created), each
+    /// file synced. Lock files are copied too (a stopped daemon's; the
+    /// lock is the flock, not the file).
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("create the copy's folder");
+        for entry in std::fs::read_dir(from).expect("read the folder to copy") {
+            let entry = entry.expect("folder entry");
+            let target = to.join(entry.file_name());
+            let kind = entry.file_type().expect("file type");
+            if kind.is_dir() {
+                copy_tree(&entry.path(), &target);
+            } else if kind.is_file() {
+                let source = File::open(entry.path()).expect("open a file to copy");
+                let copy = File::create(&target).expect("create the copy");
+                let size = source.metadata().expect("metadata").len();
+                // Only the data: a store opened with MDB_WRITEMAP is as
+                // long as its map (a sparse 1 TiB), its holes stay holes.
+                let mut at = 0u64;
+                while let Some((start, end)) = next_data(&source, at, size) {
+                    let mut chunk = vec![0u8; copy_chunk_bytes()];
+                    let mut offset = start;
+                    while offset < end {
+                        let want = chunk.len().min((end - offset) as usize);
+                        source.read_exact_at(&mut chunk[..want], offset).expect("read a file to copy");
+                        copy.write_all_at(&chunk[..want], offset).expect("write the copy");
+                        offset += want as u64;
+                    }
+                    at = end;
+                }
+                copy.set_len(size).expect("size the copy");
+                copy.set_permissions(source.metadata().expect("metadata").permissions()).expect("permissions");
+                copy.sync_all().expect("sync the copy");
+                if std::env::var_os("SHARD_LOAD_COLD").is_some() {
+                    // SAFETY: posix_fadvise on an open descriptor has no
+                    // memory-safety preconditions.
+                    unsafe { libc::posix_fadvise(copy.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+                }
+            }
+        }
     }
 }
 

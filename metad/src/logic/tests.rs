@@ -987,6 +987,10 @@ fn seed_datagrams(h: &mut Harness) -> Vec<Vec<u8>> {
         }),
         ShardRequest::SetParent(SetParentReq { dir: InodeId::ROOT, parent: InodeId::NULL }),
         ShardRequest::MoveFileToEden(MoveFileToEdenReq { inode: file }),
+        // Without a nested transaction (Shard::handle_mutation): a new
+        // name, and an overwrite of "seed".
+        ShardRequest::CreateSmallFile(small_file(InodeId::ROOT, 11, "small", b"small")),
+        ShardRequest::CreateSmallFile(small_file(InodeId::ROOT, 12, "seed", b"")),
     ];
     requests.push(ShardRequest::InjectDirent(plain_inject(InodeId::ROOT, file, "inj", false)));
     requests
@@ -1750,4 +1754,49 @@ fn move_file_in_shard_is_one_mutation_remembered_per_transaction_until_forgotten
     // forget_below passes 10: forgotten, so the request acts again (`x`
     // in a is gone: NOT_FOUND).
     assert_eq!(error(&mut h, ShardRequest::MoveFileInShard(mv(10, 21, (a, "x"), (b, "y")))), ErrorKind::NotFound);
+}
+
+/// While the store records (the writer), create_small_file runs in the
+/// batch transaction itself, without a nested transaction of its own
+/// (`Shard::handle_mutation`). A refusal met before its first write
+/// changes nothing and is answered, and the batch goes on; a failure met
+/// after it (here a corrupt inode counter, read once the overwrite has
+/// buried the name's old entry) cannot be rolled back alone, so it fails
+/// the batch instead of being answered while its writes stay.
+#[test]
+fn create_small_file_without_a_nested_transaction_fails_the_batch_after_a_write() {
+    let mut h = Harness::new();
+    let first = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 1, "a", b"one"));
+    h.store.record(true);
+    let env = Env { now: h.now.saturating_add_ns(1000), block_services: &h.table, durations: h.durations };
+    let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+    let mut outcome = MutationEffects::default();
+    let mut txn = h.store.write_txn().unwrap();
+    let mark = h.store.effects_mark();
+    // Refused before writing (its CRC does not match): answered.
+    let mut bad = small_file(InodeId::ROOT, 2, "b", b"two");
+    bad.head.crc = U32::new(bad.head.crc.get() ^ 1);
+    let request = ShardRequest::CreateSmallFile(bad);
+    let len =
+        h.shard.handle_mutation(&h.store, &mut txn, &env, &mut h.rng, &mut outcome, 2, &request, &mut out).unwrap();
+    let Ok((_, ShardResponse::Error(error))) = datagram::decode::<ShardResponse>(&out[..len], Some(&h.cluster)) else {
+        panic!("a CRC mismatch is refused")
+    };
+    assert_eq!(error.kind, ErrorKind::CrcMismatch);
+    assert!(h.store.effects_mark() == mark, "the refused create wrote nothing");
+    // The inode counter made corrupt (a value without its checksum).
+    h.store.meta.raw().put(&mut txn, &MetaKey::counter(InodeType::File), b"garbage!").unwrap();
+    let request = ShardRequest::CreateSmallFile(small_file(InodeId::ROOT, 3, "a", b"three"));
+    let failed = h.shard.handle_mutation(&h.store, &mut txn, &env, &mut h.rng, &mut outcome, 3, &request, &mut out);
+    assert!(
+        matches!(failed, Err(StoreError::Corrupt(_))),
+        "a corrupt record met after the overwrite's write fails the batch: {failed:?}"
+    );
+    drop(txn);
+    h.store.discard_effects();
+    h.store.record(false);
+    // The batch was dropped: "a" is still the first file, and alone.
+    let entries = ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0);
+    assert_eq!(names(&entries), ["a"]);
+    assert_eq!(entries[0].1.without_owning(), first.inode);
 }
