@@ -165,7 +165,7 @@ const BOUNCE_BYTES: usize = 16 << 10;
 /// connection still covers a 10 GB/s × 100 µs path; a client wanting more
 /// opens more connections (eggs keeps one per block service and cat reads
 /// many services at once).
-const SEND_BUFFER_BYTES: libc::c_int = 512 << 10;
+pub const SEND_BUFFER_BYTES: libc::c_int = 512 << 10;
 
 /// Open connections one executor serves at once. A connection holds at
 /// most two chunks, so this also bounds an executor's buffer memory
