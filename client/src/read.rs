@@ -20,13 +20,19 @@
 //! - **Buffers** are reused: a span's buffer goes back to the free list
 //!   once written out; a block never gets a buffer of its own (parity
 //!   blocks of a degraded span excepted, and those are kept for the next
-//!   degraded span; the first parity block of a span rebuilt by XOR is
-//!   fetched into the missing data block's place and rebuilt into it
-//!   there, so such a span takes P − 1 parity buffers, not P). Span
+//!   degraded span; the parity block of a span rebuilt from one parity
+//!   block, or the first of a span rebuilt by XOR, is fetched into the
+//!   missing data block's place and the block made there, so such a span
+//!   takes no parity buffer, or P − 1). Span
 //!   buffers start on a 2 MiB boundary and ask for transparent huge
 //!   pages: the kernel's copy from the socket into a buffer 16 bytes off
 //!   a page boundary (as `malloc` gives) cost 3× more
 //!   CPU on this machine, and was most of the client's time. A
+//!   degraded span missing one full-size data block, on a CPU with GFNI
+//!   or AVX2, fetches one parity block, not every one, and makes the block
+//!   from it and the other data blocks in its place (`crate::erasure`,
+//!   `one_parity_assumed`; CRC-checked, undone and decoded on a
+//!   mismatch): as many bytes on the wire as a healthy span. Otherwise a
 //!   degraded span missing one data block rebuilds it by XOR in its place
 //!   in the span buffer, each 16 KiB chunk written once from all its
 //!   sources ([`xor_rebuild_checked`], or `xor_in_place_checked` over the
