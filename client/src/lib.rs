@@ -21,6 +21,7 @@
 pub mod block;
 pub mod capacity;
 pub mod client;
+pub mod erasure;
 pub mod error;
 pub mod path;
 pub mod plan;

@@ -148,6 +148,11 @@ impl BlockService {
 pub struct Cell {
     pub write_mb_per_second: f64,
     pub fetch_mb_per_second: f64,
+    /// Distinct blocks the fetch phase cycled through (all connections):
+    /// with their size, the page cache the fetches read from.
+    pub blocks: usize,
+    /// When the fetch phase began and ended (for profiles of that phase only).
+    pub fetch_window: (Instant, Instant),
 }
 
 /// What one connection did in one cell.
@@ -237,6 +242,11 @@ pub fn write_and_fetch(
     let cell = Cell {
         write_mb_per_second: aggregate(results.iter().map(|r| r.write)),
         fetch_mb_per_second: aggregate(results.iter().map(|r| r.fetch)),
+        blocks: results.iter().map(|r| r.blocks.len()).sum(),
+        fetch_window: (
+            results.iter().map(|r| r.fetch.0).min().unwrap_or_else(Instant::now),
+            results.iter().map(|r| r.fetch.1).max().unwrap_or_else(Instant::now),
+        ),
     };
     // Erase everything so the folder does not grow from cell to cell.
     let mut stream = service.connect()?;
