@@ -28,8 +28,8 @@
 //!   pages: the kernel's copy from the socket into a buffer 16 bytes off
 //!   a page boundary (as `malloc` gives) cost 3× more
 //!   CPU on this machine, and was most of the client's time. A
-//!   degraded span missing one full-size data block, on a CPU with GFNI
-//!   or AVX2, fetches one parity block, not every one, and makes the block
+//!   degraded span missing one full-size data block, on a CPU where
+//!   reed-solomon-simd multiplies with SIMD, fetches one parity block, not every one, and makes the block
 //!   from it and the other data blocks in its place (`crate::erasure`,
 //!   `one_parity_assumed`; CRC-checked, undone and decoded on a
 //!   mismatch): as many bytes on the wire as a healthy span. Otherwise a
@@ -627,7 +627,7 @@ async fn read_blocks(
         // rebuilds the block in place: a degraded span takes one parity
         // buffer, not P.
         //
-        // With the fast kernel of `erasure` and a full-size missing block,
+        // Where `erasure` is fast on this CPU and the missing block is full-size,
         // the one parity block the batch already holds is enough: it is
         // fetched into the missing block's place and the block is made
         // from it and the other data blocks there (`rebuild`), so a
@@ -971,9 +971,9 @@ fn xor_assumed(parity: wire::span::Parity) -> bool {
 }
 
 /// True when a span missing one full-size data block reads one parity
-/// block, not every one: with `erasure`'s fast kernel on this CPU, the
-/// rebuild from one parity block costs about what the XOR of every
-/// parity block does, and one block less is fetched, received and
+/// block, not every one: where the library multiplies with SIMD
+/// (`erasure::fast`), the rebuild from one parity block costs about what
+/// the XOR of every parity block does, and one block less is fetched, received and
 /// CRC-checked (a degraded RS 4+2 span moves 16 MiB, not 20). Safe for
 /// the same reason as [`xor_assumed`]: the rebuilt block is checked
 /// against the CRC it was written with and decoded otherwise.
@@ -1016,7 +1016,7 @@ fn xor_into(dst: &mut [u8], src: &[u8]) {
 /// its CRC taken.
 const XOR_CHUNK_BYTES: usize = 16 << 10;
 /// Bytes XORed as one value: two SSE2 registers (the only vector width
-/// every x86-64 has; this machine's cores have no AVX2), which LLVM
+/// every x86-64 has, so one build serves every host), which LLVM
 /// vectorises from plain array code.
 const XOR_LANE_BYTES: usize = 32;
 /// Sources XORed in one pass over the destination: an RS 4+2 rebuild's five

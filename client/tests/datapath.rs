@@ -212,7 +212,7 @@ fn a_service_stalling_mid_transfer_turns_into_parity_reads() {
 
 /// With one service of RS 4+2 dead, a span whose data block was on it is
 /// rebuilt from one parity block and the three other data blocks where
-/// the CPU has `client::erasure`'s fast kernel (`-v` says "one parity
+/// `client::erasure::fast()` holds on this CPU (`-v` says "one parity
 /// block in place": that parity block was fetched into the missing
 /// block's place, the other parity block not at all), else by XOR of both
 /// parity blocks and the three data blocks ("xor in place"); "xor" for the
