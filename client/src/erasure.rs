@@ -163,10 +163,23 @@ fn factors(d: usize, p: usize, parity_index: usize) -> Option<Vec<Factor>> {
 /// pseudo-random data (a few chunks, every symbol position).
 fn model_holds(d: usize, p: usize, parity_index: usize, factors: &[Factor]) -> bool {
     let chunks = 4;
+    let data = probe_shards(d, chunks * CHUNK_BYTES);
+    let Ok(parity) = reed_solomon_simd::encode(d, p, &data) else { return false };
+    let Some(expected) = parity.get(parity_index) else { return false };
+    let mut sum = vec![[0u8; CHUNK_BYTES]; chunks];
+    let sources: Vec<(&[u8], Factor)> = data.iter().map(|shard| &shard[..]).zip(factors.iter().copied()).collect();
+    let bytes = sum.as_flattened_mut();
+    combine(bytes, None, &sources, None, 0);
+    *bytes == expected[..]
+}
+
+/// `count` shards of `len` pseudo-random bytes (xorshift64, always the
+/// same): what a probe of the library's code encodes.
+pub(crate) fn probe_shards(count: usize, len: usize) -> Vec<Vec<u8>> {
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let data: Vec<Vec<u8>> = (0..d)
+    (0..count)
         .map(|_| {
-            (0..chunks * CHUNK_BYTES)
+            (0..len)
                 .map(|_| {
                     state ^= state << 13;
                     state ^= state >> 7;
@@ -175,14 +188,7 @@ fn model_holds(d: usize, p: usize, parity_index: usize, factors: &[Factor]) -> b
                 })
                 .collect()
         })
-        .collect();
-    let Ok(parity) = reed_solomon_simd::encode(d, p, &data) else { return false };
-    let Some(expected) = parity.get(parity_index) else { return false };
-    let mut sum = vec![[0u8; CHUNK_BYTES]; chunks];
-    let sources: Vec<(&[u8], Factor)> = data.iter().map(|shard| &shard[..]).zip(factors.iter().copied()).collect();
-    let bytes = sum.as_flattened_mut();
-    combine(bytes, None, &sources, None, 0);
-    *bytes == expected[..]
+        .collect()
 }
 
 /// `out = after · (before · out ⊕ Σ factor · source)` (`out.len()` a
@@ -250,17 +256,7 @@ pub fn fast() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(len: usize, mut state: u64) -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    }
+    use testsupport::test_bytes;
 
     /// Every missing block of several codes, from every parity block, over
     /// a shard of more than one piece with a short last data block: the
@@ -270,7 +266,7 @@ mod tests {
     fn one_parity_block_rebuilds_any_one_data_block() {
         for (d, p) in [(4, 2), (2, 1), (6, 3), (10, 4), (3, 5)] {
             let shard = PASS_BYTES + 64 * 97;
-            let mut data: Vec<Vec<u8>> = (0..d).map(|i| random(shard, 7 + i as u64)).collect();
+            let mut data: Vec<Vec<u8>> = (0..d).map(|i| test_bytes(shard, 7 + i as u64)).collect();
             // The last data block is short (zero-padded for the encoder),
             // ending in the second piece.
             let short = shard - 64 * 3 - 10;

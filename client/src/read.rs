@@ -985,19 +985,7 @@ fn one_parity_assumed(parity: wire::span::Parity) -> bool {
 /// parity shards with the XOR of the data shards.
 fn xor_identity_holds(d: usize, p: usize) -> bool {
     const PROBE_BYTES: usize = 128;
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let data: Vec<Vec<u8>> = (0..d)
-        .map(|_| {
-            (0..PROBE_BYTES)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect()
-        })
-        .collect();
+    let data = erasure::probe_shards(d, PROBE_BYTES);
     let Ok(parity) = reed_solomon_simd::encode(d, p, &data) else { return false };
     let mut sum = [0u8; PROBE_BYTES];
     for shard in data.iter().map(Vec::as_slice).chain(parity.iter().map(Vec::as_slice)) {
