@@ -155,7 +155,7 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 /// write waits for room; splicing then resumes).
 const BOUNCE_BYTES: usize = 16 << 10;
 
-/// `SO_SNDBUF` asked for every connection (the kernel doubles it: 1 MiB
+/// Default `SO_SNDBUF` asked for every connection (the kernel doubles it: 1 MiB
 /// of socket send buffer, counting its overhead), which also turns off
 /// the kernel's send-buffer autotuning (up to `tcp_wmem`'s 4 MiB here).
 /// With autotuned buffers, blocks of 2 MiB and more fetched over 16
@@ -166,7 +166,8 @@ const BOUNCE_BYTES: usize = 16 << 10;
 /// 1.0–1.5× (`perf/results/2026-11-28-s12-dp12.md`). 1 MiB in flight per
 /// connection still covers a 10 GB/s × 100 µs path; a client wanting more
 /// opens more connections (eggs keeps one per block service and cat reads
-/// many services at once).
+/// many services at once). A path with a longer round trip wants more
+/// (`blockd --send-buffer-bytes`, 0 for the kernel's autotuning).
 pub const SEND_BUFFER_BYTES: libc::c_int = 512 << 10;
 
 /// Open connections one executor serves at once. A connection holds at
@@ -218,6 +219,10 @@ pub struct Shared {
     /// for this long is abandoned. Idle connections between requests have
     /// no limit.
     pub stall_timeout: Duration,
+    /// `SO_SNDBUF` asked for every connection (`blockd
+    /// --send-buffer-bytes`, default [`SEND_BUFFER_BYTES`]); `None`: the
+    /// kernel's autotuning.
+    pub send_buffer: Option<libc::c_int>,
 }
 
 /// Why a connection ended early.
@@ -540,7 +545,9 @@ async fn serve_connection(executor: Rc<Executor>, stream: TcpStream, id: u64, sh
     let _ = stream.set_write_timeout(Some(executor.shared.stall_timeout));
     // Non-blocking, for `splice` (glommio's own calls never block anyway).
     set_nonblocking(stream.as_raw_fd());
-    set_send_buffer(stream.as_raw_fd());
+    if let Some(bytes) = executor.shared.send_buffer {
+        set_send_buffer(stream.as_raw_fd(), bytes);
+    }
     let mut stream = stream.buffered_with(Preallocated::new(RECEIVE_BUFFER_BYTES));
     loop {
         match serve_request(&executor, &mut stream, id, &shed).await {
@@ -575,19 +582,23 @@ async fn serve_connection(executor: Rc<Executor>, stream: TcpStream, id: u64, sh
     table.trim_after_burst();
 }
 
-/// [`SEND_BUFFER_BYTES`]; a refusal leaves the kernel's autotuning
-/// (slower, still correct).
-fn set_send_buffer(fd: RawFd) {
-    let bytes = SEND_BUFFER_BYTES;
+/// [`Shared::send_buffer`]; a refusal leaves the kernel's autotuning
+/// (slower, still correct) and is logged once per process.
+fn set_send_buffer(fd: RawFd, bytes: libc::c_int) {
+    static REFUSAL_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     // SAFETY: plain setsockopt with a valid c_int on a socket we hold open.
-    unsafe {
+    let result = unsafe {
         libc::setsockopt(
             fd,
             libc::SOL_SOCKET,
             libc::SO_SNDBUF,
             (&raw const bytes).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
-        );
+        )
+    };
+    if result != 0 && !REFUSAL_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        let error = io::Error::last_os_error();
+        tracing::warn!(%error, bytes, "SO_SNDBUF refused: connections keep the kernel's send buffer");
     }
 }
 

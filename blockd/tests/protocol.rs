@@ -152,10 +152,27 @@ fn a_slow_reader_gets_every_byte_of_a_large_fetch() {
 /// autotuned buffers: `perf/results/2026-11-28-s12-dp12.md`). The socket
 /// is looked at from inside the daemon with `pidfd_getfd` (the daemon's
 /// descriptor whose peer is this test's end).
+/// And `--send-buffer-bytes` sets another size. The kernel caps what is
+/// asked at `net.core.wmem_max` (212 992 on a stock kernel) and doubles it.
 #[test]
 fn a_connection_has_the_send_buffer_blockd_asks_for() {
+    let wmem_max: libc::c_int = std::fs::read_to_string("/proc/sys/net/core/wmem_max").unwrap().trim().parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let asked = blockd::server::SEND_BUFFER_BYTES;
     let daemon = Daemon::start(dir.path(), &[]);
+    let send_buffer = daemons_send_buffer(&daemon);
+    assert_eq!(send_buffer, Some(2 * asked.min(wmem_max)), "the daemon's end of the connection, {asked} bytes asked");
+    drop(daemon);
+    let dir = tempfile::tempdir().unwrap();
+    let asked: libc::c_int = 96 << 10;
+    let daemon = Daemon::start(dir.path(), &["--send-buffer-bytes", &asked.to_string()]);
+    let send_buffer = daemons_send_buffer(&daemon);
+    assert_eq!(send_buffer, Some(2 * asked.min(wmem_max)), "--send-buffer-bytes {asked}");
+}
+
+/// SO_SNDBUF of the daemon's end of a connection that has written and
+/// fetched an 8 MiB block.
+fn daemons_send_buffer(daemon: &Daemon) -> Option<libc::c_int> {
     let key = daemon.key();
     let mut stream = daemon.connect();
     let data = random_bytes(8 * 1024 * 1024 + 17);
@@ -199,8 +216,7 @@ fn a_connection_has_the_send_buffer_blockd_asks_for() {
     }
     // SAFETY: ours, closed once.
     unsafe { libc::close(pidfd) };
-    let asked = blockd::server::SEND_BUFFER_BYTES;
-    assert_eq!(send_buffer, Some(2 * asked), "the daemon's end of the connection, {asked} bytes asked");
+    send_buffer
 }
 
 /// Runs `attempt` on a fresh connection, expects the daemon to close it,
