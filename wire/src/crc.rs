@@ -1,16 +1,37 @@
 //! CRC32C (Castagnoli), the checksum of blocks and spans.
 //!
 //! On the wire a CRC is 4 bytes: the u32 in little-endian order. The `crc32c`
-//! crate uses the SSE4.2 / ARMv8 instructions where present.
+//! crate uses the SSE4.2 / ARMv8 CRC instructions where present; buffers of
+//! [`FOLDING_BYTES_MIN`] and more go through `crc-fast`, which folds with
+//! carry-less multiplies (VPCLMULQDQ where the CPU has it) beside those
+//! instructions: 2.2× `crc32c`'s rate on this machine's cores (31–39
+//! against 15–18 GB/s a core, 16 KiB to 4 MiB buffers), where the client's
+//! block checks were 12–18 % of its CPU (issue 11, session 12).
+
+use crc_fast::CrcAlgorithm::Crc32Iscsi;
+
+/// Below this many bytes `crc32c`'s instructions alone are as fast (the
+/// folding's setup is not paid back).
+pub const FOLDING_BYTES_MIN: usize = 1024;
 
 /// CRC32C of `bytes`.
 pub fn crc32c(bytes: &[u8]) -> u32 {
-    crc32c::crc32c(bytes)
+    if bytes.len() < FOLDING_BYTES_MIN {
+        return crc32c::crc32c(bytes);
+    }
+    // CRC-32/ISCSI is CRC32C; a 32-bit CRC fits its u64.
+    crc_fast::checksum(Crc32Iscsi, bytes) as u32
 }
 
 /// CRC32C of `previous ‖ bytes`, given `crc` = CRC32C of `previous`.
 pub fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc, bytes)
+    if bytes.len() < FOLDING_BYTES_MIN {
+        return crc32c::crc32c_append(crc, bytes);
+    }
+    // The digest's state is the register before the final inversion.
+    let mut digest = crc_fast::Digest::new_with_init_state(Crc32Iscsi, u64::from(!crc));
+    digest.update(bytes);
+    digest.finalize() as u32
 }
 
 /// CRC32C of `a ‖ b` from `crc_a` = CRC32C(a), `crc_b` = CRC32C(b) and the
@@ -71,6 +92,20 @@ mod tests {
         let whole = [&a[..], &b[..]].concat();
         assert_eq!(crc32c_combine(crc32c(a), crc32c(b), b.len() as u64), crc32c(&whole));
         assert_eq!(crc32c_append(crc32c(a), b), crc32c(&whole));
+    }
+
+    /// Both paths (short buffers through `crc32c`, long ones folded) give
+    /// the `crc32c` crate's CRC, whole and appended at every split.
+    #[test]
+    fn folded_and_short_paths_agree() {
+        let bytes: Vec<u8> = (0..(3 * FOLDING_BYTES_MIN + 77)).map(|i| (i * 131 % 251) as u8).collect();
+        for len in [0, 1, FOLDING_BYTES_MIN - 1, FOLDING_BYTES_MIN, bytes.len()] {
+            assert_eq!(crc32c(&bytes[..len]), crc32c::crc32c(&bytes[..len]), "len {len}");
+        }
+        for split in [0, 5, FOLDING_BYTES_MIN - 1, FOLDING_BYTES_MIN + 3, 2 * FOLDING_BYTES_MIN + 1, bytes.len()] {
+            let (a, b) = bytes.split_at(split);
+            assert_eq!(crc32c_append(crc32c(a), b), crc32c::crc32c(&bytes), "split {split}");
+        }
     }
 
     #[test]
