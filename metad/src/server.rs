@@ -732,6 +732,7 @@ fn commit(
         durable_later.push((job, bytes));
     }
     shared.store.take_effects(effects);
+    shared.store.after_commit();
     let weight = durable_later.len() as u64;
     journal.append_weighted(effects, durable_later, weight);
     journal.after_commit();
