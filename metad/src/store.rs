@@ -689,6 +689,7 @@ impl Store {
     pub fn after_commit(&self) {
         let Ok(mut ahead) = self.ahead.lock() else { return };
         let info = self.env.info();
+        // LMDB's page is the OS page.
         let page = 4096u64;
         let end = (info.last_page_number as u64 + 1) * page;
         if ahead.ready_to >= end + AHEAD_BYTES - AHEAD_REFILL_BYTES {
@@ -1444,30 +1445,31 @@ mod tests {
             )
         };
         assert_ne!(map, libc::MAP_FAILED, "map data.mdb");
-        let mut pagemap = std::fs::File::open("/proc/self/pagemap").ok()?;
-        let mut flags = std::fs::File::open("/proc/kpageflags").ok();
-        let mut all_small = Some(true);
-        for page in 0..len as u64 / PAGE {
-            // SAFETY: inside the mapping made above.
-            let address = unsafe { map.cast::<u8>().add((page * PAGE) as usize) };
-            // SAFETY: a byte of the mapping (faults the page in).
-            unsafe { std::ptr::read_volatile(address) };
-            let mut entry = [0u8; 8];
-            pagemap.seek(SeekFrom::Start(address as u64 / PAGE * 8)).ok()?;
-            pagemap.read_exact(&mut entry).ok()?;
-            let entry = u64::from_le_bytes(entry);
-            let frame = entry & PFN_MASK;
-            let Some(flags) = flags.as_mut().filter(|_| entry & PRESENT != 0 && frame != 0) else {
-                all_small = None;
-                break;
-            };
-            let mut bits = [0u8; 8];
-            flags.seek(SeekFrom::Start(frame * 8)).ok()?;
-            flags.read_exact(&mut bits).ok()?;
-            if u64::from_le_bytes(bits) & COMPOUND != 0 {
-                all_small = Some(false);
+        let look = || -> Option<bool> {
+            let mut pagemap = std::fs::File::open("/proc/self/pagemap").ok()?;
+            let mut flags = std::fs::File::open("/proc/kpageflags").ok()?;
+            let mut all_small = true;
+            for page in 0..len as u64 / PAGE {
+                // SAFETY: inside the mapping made above.
+                let address = unsafe { map.cast::<u8>().add((page * PAGE) as usize) };
+                // SAFETY: a byte of the mapping (faults the page in).
+                unsafe { std::ptr::read_volatile(address) };
+                let mut entry = [0u8; 8];
+                pagemap.seek(SeekFrom::Start(address as u64 / PAGE * 8)).ok()?;
+                pagemap.read_exact(&mut entry).ok()?;
+                let entry = u64::from_le_bytes(entry);
+                let frame = entry & PFN_MASK;
+                if entry & PRESENT == 0 || frame == 0 {
+                    return None;
+                }
+                let mut bits = [0u8; 8];
+                flags.seek(SeekFrom::Start(frame * 8)).ok()?;
+                flags.read_exact(&mut bits).ok()?;
+                all_small &= u64::from_le_bytes(bits) & COMPOUND == 0;
             }
-        }
+            Some(all_small)
+        };
+        let all_small = look();
         // SAFETY: the mapping made above, no longer used.
         unsafe { libc::munmap(map, len) };
         all_small
