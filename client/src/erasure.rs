@@ -6,19 +6,27 @@
 //! their high bytes in the last 32, and a parity shard's symbol at one
 //! position is a linear combination of the data shards' symbols at the
 //! same position: `P_j = Σ c_ji · D_i`. So a missing `D_m` is
-//! `c_jm⁻¹ · (P_j ⊕ Σ_{i≠m} c_ji · D_i)`: D − 1 multiplies by a constant
-//! and one for the result, with one block fewer on the wire than the XOR
-//! of every parity block needs (the read path's other shortcut).
+//! `c_jm⁻¹ · P_j ⊕ Σ_{i≠m} (c_ji · c_jm⁻¹) · D_i`, with one block fewer on
+//! the wire than the XOR of every parity block needs (the read path's
+//! other shortcut).
 //!
-//! The arithmetic is the library's own ([`reed_solomon_simd::engine`]:
-//! its engine's multiply by a constant and XOR over 64-byte chunks, with
-//! the SIMD it picks for this CPU); this module only finds the constants
+//! Fewer multiplies than terms: multiplying by a constant is linear over
+//! GF(2), so the sum is evaluated over a basis of the constants' GF(2)
+//! span that holds 1 ([`Evaluation`]): blocks whose constants share a
+//! basis element are XORed first and multiplied once, and the element 1
+//! needs no multiply. The library's RS 4+2 constants all lie in GF(16), so
+//! a rebuild takes 2 multiplies, not 4 (RS 2+1: none; 6+3, 8+2, 10+4: 3).
+//!
+//! The multiply is the library's own ([`reed_solomon_simd::engine`]: its
+//! engine's multiply by a constant, with the SIMD it picks for this CPU;
+//! the XORs are the read path's); this module only finds the constants
 //! `c_ji` (one encode of a unit symbol per data shard, as logarithms in
 //! the library's tables) and checks, once per code, that the linear model
 //! gives the library's own parity for random data. The work runs in
-//! [`PASS_BYTES`] pieces, so each source's piece is multiplied and added
-//! while the result is in the cache, and the CRC is taken as each piece
-//! is made.
+//! [`PASS_BYTES`] pieces, so each piece's sums, products and result stay
+//! in the cache while it is made, and the CRC is taken as each piece is
+//! made. The engine's tables (8 MiB, ~7 ms of CPU here, once per process)
+//! can be set up ahead of the first rebuild ([`set_up`]).
 //!
 //! Nothing here is trusted: the read path checks each block rebuilt this
 //! way against the CRC it was written with, undoes the rebuild (the same
@@ -27,7 +35,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use reed_solomon_simd::engine::{DefaultEngine, Engine, GF_MODULUS, GfElement, tables, utils};
+use reed_solomon_simd::engine::{DefaultEngine, Engine, GF_MODULUS, GfElement, tables};
 
 /// Bytes of one chunk of 32 symbols (low bytes, then high bytes).
 pub const CHUNK_BYTES: usize = 64;
@@ -53,6 +61,29 @@ impl Factor {
         }
     }
 
+    /// `self · other`.
+    fn times(self, other: Factor) -> Factor {
+        match (self, other) {
+            (Factor::Log(a), Factor::Log(b)) => {
+                Factor::Log(((u32::from(a) + u32::from(b)) % u32::from(GF_MODULUS)) as GfElement)
+            }
+            _ => Factor::Zero,
+        }
+    }
+
+    /// The constant as the library writes a symbol (addition is XOR).
+    fn value(self) -> GfElement {
+        match self {
+            Factor::Zero => 0,
+            Factor::Log(log) => tables::get_exp_log().exp[usize::from(log)],
+        }
+    }
+
+    /// The constant whose symbol is `value`.
+    fn of_value(value: GfElement) -> Factor {
+        if value == 0 { Factor::Zero } else { Factor::Log(tables::get_exp_log().log[usize::from(value)]) }
+    }
+
     /// `chunks *= self`.
     fn apply(self, chunks: &mut [[u8; CHUNK_BYTES]]) {
         match self {
@@ -62,19 +93,36 @@ impl Factor {
     }
 }
 
+static ENGINE: OnceLock<DefaultEngine> = OnceLock::new();
+
 fn engine() -> &'static DefaultEngine {
-    static ENGINE: OnceLock<DefaultEngine> = OnceLock::new();
     ENGINE.get_or_init(DefaultEngine::new)
+}
+
+/// Whether the library's engine is set up (see [`set_up`]).
+pub fn ready() -> bool {
+    ENGINE.get().is_some()
+}
+
+/// Sets up the library's engine: its multiply tables (8 MiB for every
+/// constant, ~7 ms of CPU on this machine, once per process; the encoder
+/// the constants are probed with shares them). The read path calls it on a
+/// blocking thread as soon as a read needs its first rebuild, so that the
+/// first degraded span does not wait for it after its blocks arrive.
+pub fn set_up() {
+    engine();
 }
 
 #[derive(Debug)]
 pub struct SingleErasure {
     missing: usize,
-    /// `c_jm` of the missing block, its inverse, and `(i, c_ji)` for every
-    /// other data block.
-    missing_factor: Factor,
-    to_missing: Factor,
-    others: Vec<(usize, Factor)>,
+    /// The other data blocks, by index.
+    others: Vec<usize>,
+    /// `D_m = c_jm⁻¹ · P_j ⊕ Σ (c_ji · c_jm⁻¹) · D_i`: the rebuild, as
+    /// evaluated (the output's own bytes are the parity block's).
+    forward: Evaluation,
+    /// `P_j = c_jm · D_m ⊕ Σ c_ji · D_i`: the undo.
+    backward: Evaluation,
 }
 
 impl SingleErasure {
@@ -106,13 +154,23 @@ impl SingleErasure {
         }
         let missing_factor = factors[missing];
         let to_missing = missing_factor.inverse()?;
-        let others = (0..d).filter(|&index| index != missing).map(|index| (index, factors[index])).collect();
-        Some(Self { missing, missing_factor, to_missing, others })
+        let others: Vec<usize> = (0..d).filter(|&index| index != missing).collect();
+        let forward: Vec<Factor> =
+            std::iter::once(to_missing).chain(others.iter().map(|&index| factors[index].times(to_missing))).collect();
+        let backward: Vec<Factor> =
+            std::iter::once(missing_factor).chain(others.iter().map(|&index| factors[index])).collect();
+        Some(Self { missing, others, forward: Evaluation::new(&forward), backward: Evaluation::new(&backward) })
     }
 
     /// The data blocks (by index) the rebuild reads.
     pub fn sources(&self) -> impl Iterator<Item = usize> + '_ {
-        self.others.iter().map(|(index, _)| *index)
+        self.others.iter().copied()
+    }
+
+    /// Multiplies per piece of the rebuild (fewer than D when the
+    /// constants allow it).
+    pub fn multiplies(&self) -> usize {
+        self.forward.terms.len()
     }
 
     /// `place` holds the parity block (whole chunks); afterwards it holds
@@ -121,17 +179,17 @@ impl SingleErasure {
     /// zero-padded). Returns the CRC32C of `place`'s first `crc_bytes`,
     /// taken piece by piece as they are made, while they are in the cache.
     pub fn rebuild<'a>(&self, place: &mut [u8], data: impl Fn(usize) -> &'a [u8], crc_bytes: usize) -> u32 {
-        combine(place, None, &self.sources_with(data), Some(self.to_missing), crc_bytes)
+        combine(place, &self.forward, &self.sources_with(data), crc_bytes)
     }
 
     /// Undoes [`Self::rebuild`]: `place` holds the parity block again.
     pub fn undo<'a>(&self, place: &mut [u8], data: impl Fn(usize) -> &'a [u8]) {
-        combine(place, Some(self.missing_factor), &self.sources_with(data), None, 0);
+        combine(place, &self.backward, &self.sources_with(data), 0);
     }
 
-    fn sources_with<'a>(&self, data: impl Fn(usize) -> &'a [u8]) -> Vec<(&'a [u8], Factor)> {
-        debug_assert!(self.others.iter().all(|(index, _)| *index != self.missing));
-        self.others.iter().map(|(index, factor)| (data(*index), *factor)).collect()
+    fn sources_with<'a>(&self, data: impl Fn(usize) -> &'a [u8]) -> Vec<&'a [u8]> {
+        debug_assert!(self.others.iter().all(|index| *index != self.missing));
+        self.others.iter().map(|index| data(*index)).collect()
     }
 }
 
@@ -167,9 +225,10 @@ fn model_holds(d: usize, p: usize, parity_index: usize, factors: &[Factor]) -> b
     let Ok(parity) = reed_solomon_simd::encode(d, p, &data) else { return false };
     let Some(expected) = parity.get(parity_index) else { return false };
     let mut sum = vec![[0u8; CHUNK_BYTES]; chunks];
-    let sources: Vec<(&[u8], Factor)> = data.iter().map(|shard| &shard[..]).zip(factors.iter().copied()).collect();
+    let sources: Vec<&[u8]> = data.iter().map(|shard| &shard[..]).collect();
+    let evaluation = Evaluation::new(&std::iter::once(Factor::Zero).chain(factors.iter().copied()).collect::<Vec<_>>());
     let bytes = sum.as_flattened_mut();
-    combine(bytes, None, &sources, None, 0);
+    combine(bytes, &evaluation, &sources, 0);
     *bytes == expected[..]
 }
 
@@ -191,48 +250,190 @@ pub(crate) fn probe_shards(count: usize, len: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// `out = after · (before · out ⊕ Σ factor · source)` (`out.len()` a
-/// multiple of [`CHUNK_BYTES`]; a source shorter than `out` counts as
-/// zero-padded, a longer one is cut), piece by piece; the CRC32C of the
-/// first `crc_bytes` of the result.
-fn combine(
-    out: &mut [u8],
-    before: Option<Factor>,
-    sources: &[(&[u8], Factor)],
-    after: Option<Factor>,
-    crc_bytes: usize,
-) -> u32 {
+/// How `out ← Σ_s k_s · S_s` is computed (`S_0` is `out`'s own bytes,
+/// `S_{i+1}` source i): as `⊕_j b_j · (⊕_{s ∈ G_j} S_s)`, over a basis
+/// `{b_j}` of the GF(2)-span of the `k_s` that holds 1, each `k_s` being
+/// the sum of the `b_j` whose group holds `s`. Multiplying by a constant
+/// is linear over GF(2), so that is the same sum, with as many multiplies
+/// as the span's rank (less one when 1 is in it: the term with `b = 1`
+/// needs none), the fewest any such grouping can have. Among the bases
+/// drawn from the constants themselves, the one with the fewest XORs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Evaluation {
+    /// `(b_j, G_j)` for every `b_j ≠ 1`.
+    terms: Vec<(Factor, Vec<usize>)>,
+    /// `G` of `b = 1`.
+    ones: Vec<usize>,
+}
+
+/// Coefficient sets up to this many are searched for the basis with the
+/// fewest XORs (every subset); larger ones take the first basis found.
+const BASIS_SEARCH_MAX: usize = 12;
+
+impl Evaluation {
+    fn new(coefficients: &[Factor]) -> Self {
+        let one = Factor::Log(0).value();
+        let values: Vec<GfElement> = coefficients.iter().map(|factor| factor.value()).collect();
+        let candidates: Vec<usize> = (0..values.len()).filter(|&s| values[s] != 0).collect();
+        // Bases: 1 and a subset of the constants; the one that spans them
+        // all with the fewest XORs (every valid basis has the same size).
+        let try_basis = |subset: &[usize]| -> Option<(usize, Vec<u32>)> {
+            let mut basis = vec![one];
+            basis.extend(subset.iter().map(|&s| values[s]));
+            let rows = echelon(&basis)?;
+            let reprs: Vec<u32> = values
+                .iter()
+                .map(|&value| if value == 0 { Some(0) } else { represent(&rows, value) })
+                .collect::<Option<_>>()?;
+            let xors = reprs.iter().map(|repr| repr.count_ones() as usize).sum();
+            Some((xors, reprs))
+        };
+        let mut best: Option<(usize, Vec<u16>, Vec<u32>)> = None;
+        if candidates.len() <= BASIS_SEARCH_MAX {
+            for mask in 0u32..1 << candidates.len() {
+                let subset: Vec<usize> =
+                    candidates.iter().enumerate().filter(|(bit, _)| mask >> bit & 1 == 1).map(|(_, &s)| s).collect();
+                if let Some((xors, reprs)) = try_basis(&subset) {
+                    let better =
+                        best.as_ref().is_none_or(|(cost, basis, _)| (subset.len(), xors) < (basis.len() - 1, *cost));
+                    if better {
+                        let basis = std::iter::once(one).chain(subset.iter().map(|&s| values[s])).collect();
+                        best = Some((xors, basis, reprs));
+                    }
+                }
+            }
+        }
+        let (_, basis, reprs) = best.unwrap_or_else(|| {
+            // Greedy: 1, then each constant not yet spanned.
+            let mut basis = vec![one];
+            for &s in &candidates {
+                let mut with = basis.clone();
+                with.push(values[s]);
+                if echelon(&with).is_some() {
+                    basis = with;
+                }
+            }
+            let rows = echelon(&basis).unwrap_or_default();
+            let reprs = values.iter().map(|&value| represent(&rows, value).unwrap_or(0)).collect();
+            (0, basis, reprs)
+        });
+        let members = |j: usize| -> Vec<usize> { (0..values.len()).filter(|&s| reprs[s] >> j & 1 == 1).collect() };
+        Self {
+            terms: (1..basis.len())
+                .map(|j| (Factor::of_value(basis[j]), members(j)))
+                .filter(|(_, g)| !g.is_empty())
+                .collect(),
+            ones: members(0),
+        }
+    }
+}
+
+/// Row echelon form of `vectors` over GF(2) (16-bit), each row with the
+/// set of input vectors it sums (a bit mask); `None` when they are not
+/// linearly independent.
+fn echelon(vectors: &[GfElement]) -> Option<Vec<(GfElement, u32)>> {
+    let mut rows: Vec<(GfElement, u32)> = Vec::with_capacity(vectors.len());
+    for (index, &vector) in vectors.iter().enumerate() {
+        let (mut value, mut sum) = (vector, 1u32 << index);
+        for &(row, row_sum) in &rows {
+            if value & (1 << (15 - row.leading_zeros())) != 0 {
+                value ^= row;
+                sum ^= row_sum;
+            }
+        }
+        if value == 0 {
+            return None;
+        }
+        rows.push((value, sum));
+    }
+    Some(rows)
+}
+
+/// Which of the basis vectors behind `rows` sum to `value` (a bit mask),
+/// if any.
+fn represent(rows: &[(GfElement, u32)], value: GfElement) -> Option<u32> {
+    let (mut value, mut sum) = (value, 0u32);
+    for &(row, row_sum) in rows {
+        if value & (1 << (15 - row.leading_zeros())) != 0 {
+            value ^= row;
+            sum ^= row_sum;
+        }
+    }
+    (value == 0).then_some(sum)
+}
+
+/// `out ← Σ_s k_s · S_s` as `evaluation` says (`out.len()` a multiple of
+/// [`CHUNK_BYTES`]; a source shorter than `out` counts as zero-padded, a
+/// longer one is cut), piece by piece: each term's sources XORed into a
+/// scratch piece in one pass and multiplied there, then the pieces and
+/// the sources of `b = 1` XORed into the output; the CRC32C of the first
+/// `crc_bytes` of the result, each piece's taken as it is made.
+fn combine(out: &mut [u8], evaluation: &Evaluation, sources: &[&[u8]], crc_bytes: usize) -> u32 {
     assert!(out.len().is_multiple_of(CHUNK_BYTES), "a shard is whole chunks");
-    let mut scratch = vec![[0u8; CHUNK_BYTES]; PASS_CHUNKS];
+    let terms = evaluation.terms.len();
+    let mut scratch = vec![[0u8; CHUNK_BYTES]; PASS_CHUNKS * terms];
     let mut crc = 0u32;
     let mut at = 0;
     while at < out.len() {
         let end = (at + PASS_BYTES).min(out.len());
-        let (piece, _) = out[at..end].as_chunks_mut::<CHUNK_BYTES>();
-        if let Some(factor) = before {
-            factor.apply(piece);
-        }
-        for (source, factor) in sources {
-            if *factor == Factor::Zero || source.len() <= at {
-                continue;
+        let piece = &mut out[at..end];
+        for ((factor, members), product) in evaluation.terms.iter().zip(scratch.chunks_mut(PASS_CHUNKS)) {
+            let product = &mut product[..piece.len() / CHUNK_BYTES];
+            let (mut full, mut partial) = (Vec::with_capacity(members.len()), Vec::new());
+            for &member in members {
+                let bytes = if member == 0 { &piece[..] } else { sources[member - 1] };
+                slice_of(bytes, member == 0, at, end, &mut full, &mut partial);
             }
-            let product = &mut scratch[..piece.len()];
-            let available = source.len().min(end) - at;
-            let bytes = product.as_flattened_mut();
-            bytes[..available].copy_from_slice(&source[at..at + available]);
-            bytes[available..].fill(0);
+            xor_members(product.as_flattened_mut(), false, &full, &partial);
             factor.apply(product);
-            utils::xor(piece, product);
         }
-        if let Some(factor) = after {
-            factor.apply(piece);
+        let (mut full, mut partial) = (Vec::with_capacity(terms + evaluation.ones.len()), Vec::new());
+        full.extend(scratch.chunks(PASS_CHUNKS).map(|product| &product.as_flattened()[..piece.len()]));
+        for &member in evaluation.ones.iter().filter(|&&member| member != 0) {
+            slice_of(sources[member - 1], false, at, end, &mut full, &mut partial);
         }
+        xor_members(piece, evaluation.ones.contains(&0), &full, &partial);
         if at < crc_bytes {
             crc = wire::crc::crc32c_append(crc, &out[at..end.min(crc_bytes)]);
         }
         at = end;
     }
     crc
+}
+
+/// A member's bytes in the piece `at..end`: whole (`own`: the piece
+/// itself), or the prefix a shorter source reaches into it, or nothing.
+fn slice_of<'a>(
+    bytes: &'a [u8],
+    own: bool,
+    at: usize,
+    end: usize,
+    full: &mut Vec<&'a [u8]>,
+    partial: &mut Vec<&'a [u8]>,
+) {
+    if own {
+        full.push(bytes);
+    } else if bytes.len() >= end {
+        full.push(&bytes[at..end]);
+    } else if bytes.len() > at {
+        partial.push(&bytes[at..]);
+    }
+}
+
+/// `dst ←` (or `^=`, when `add`) the XOR of `full` (each `dst`'s length)
+/// and of `partial` (each shorter, zero-padded), one pass over `dst` for
+/// the whole ones.
+fn xor_members(dst: &mut [u8], add: bool, full: &[&[u8]], partial: &[&[u8]]) {
+    if add {
+        crate::read::xor_add(dst, full);
+    } else if full.is_empty() {
+        dst.fill(0);
+    } else {
+        crate::read::xor_set(dst, full);
+    }
+    for bytes in partial {
+        crate::read::xor_add(&mut dst[..bytes.len()], &[bytes]);
+    }
 }
 
 /// Whether the library multiplies with SIMD on this CPU: the read path
@@ -302,5 +503,68 @@ mod tests {
             Factor::Zero => Factor::Log(0),
         };
         assert!(!model_holds(4, 2, 0, &factors));
+    }
+
+    /// Each evaluation adds up to its coefficients (`k_s` is the sum of
+    /// the `b_j` whose group holds `s`), with no more multiplies than the
+    /// GF(2) rank allows: random sets of 1 to 16 constants, with zeros,
+    /// repeats and 1 among them, searched and greedy alike.
+    #[test]
+    fn an_evaluation_sums_to_its_coefficients_with_the_fewest_multiplies() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..400 {
+            let count = 1 + (round % 16);
+            let coefficients: Vec<Factor> = (0..count)
+                .map(|_| match next() % 8 {
+                    0 => Factor::Zero,
+                    1 => Factor::Log(0),
+                    // Few distinct constants, so some sets have a low rank.
+                    2 | 3 => Factor::Log((next() % 4) as GfElement * 4369),
+                    _ => Factor::Log((next() % u64::from(GF_MODULUS)) as GfElement),
+                })
+                .collect();
+            let evaluation = Evaluation::new(&coefficients);
+            let one = Factor::Log(0).value();
+            for (s, coefficient) in coefficients.iter().enumerate() {
+                let mut sum = if evaluation.ones.contains(&s) { one } else { 0 };
+                for (factor, members) in &evaluation.terms {
+                    if members.contains(&s) {
+                        sum ^= factor.value();
+                    }
+                }
+                assert_eq!(sum, coefficient.value(), "{coefficients:?}: {evaluation:?}");
+            }
+            let mut spanned = vec![one];
+            for coefficient in &coefficients {
+                let mut with = spanned.clone();
+                with.push(coefficient.value());
+                if coefficient.value() != 0 && echelon(&with).is_some() {
+                    spanned = with;
+                }
+            }
+            assert_eq!(evaluation.terms.len(), spanned.len() - 1, "{coefficients:?}: {evaluation:?}");
+            assert!(evaluation.terms.iter().all(|(factor, members)| *factor != Factor::Log(0) && !members.is_empty()));
+        }
+    }
+
+    /// The library's RS 4+2 constants lie in GF(16): a rebuild from either
+    /// parity block takes 2 multiplies, not 4; RS 2+1 none (its parity is
+    /// the XOR); the larger codes 3.
+    #[test]
+    fn the_rebuild_takes_fewer_multiplies_than_blocks() {
+        for (d, p, multiplies) in [(4, 2, 2), (2, 1, 0), (6, 3, 3), (8, 2, 3), (10, 4, 3)] {
+            for parity_index in 0..p {
+                for missing in 0..d {
+                    let plan = SingleErasure::plan(d, p, parity_index, missing).expect("plan");
+                    assert_eq!(plan.multiplies(), multiplies, "{d}+{p} p{parity_index} m{missing}");
+                }
+            }
+        }
     }
 }

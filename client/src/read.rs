@@ -658,6 +658,11 @@ async fn read_blocks(
                 in_place = Some((parity_index, missing));
             }
         }
+        if one_parity && in_place.is_some() && !erasure::ready() {
+            // The library's multiply tables (~7 ms of CPU, once per
+            // process) are set up while the blocks arrive, not after.
+            drop(tokio::task::spawn_blocking(erasure::set_up));
+        }
         let mut tasks = JoinSet::new();
         for index in batch {
             let dst = if mirroring {
@@ -1063,8 +1068,17 @@ fn xor_write(dst: &mut [MaybeUninit<u8>], sources: &[&[u8]]) {
     })
 }
 
+/// Writes into every byte of `dst` the XOR of `sources` (at least one,
+/// none shorter than `dst`): [`xor_write`] over initialised bytes, for
+/// `crate::erasure`.
+pub(crate) fn xor_set(dst: &mut [u8], sources: &[&[u8]]) {
+    let (first, rest) = sources.split_at(sources.len().min(XOR_GROUP_MAX));
+    xor_group!(&mut *dst, first, |out: &mut u8, byte| *out = byte);
+    xor_add(dst, rest);
+}
+
 /// `dst ^=` the XOR of `sources` (at most [`XOR_GROUP_MAX`] a pass).
-fn xor_add(dst: &mut [u8], sources: &[&[u8]]) {
+pub(crate) fn xor_add(dst: &mut [u8], sources: &[&[u8]]) {
     for group in sources.chunks(XOR_GROUP_MAX) {
         xor_group!(&mut *dst, group, |out: &mut u8, byte| *out ^= byte)
     }
