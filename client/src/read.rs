@@ -12,7 +12,11 @@
 //! block service is flagged (terminal, unknown, stale), unreachable, hung,
 //! or returns wrong bytes, parity blocks are fetched and the missing data
 //! blocks rebuilt into their place (mirrors: any copy); a block of a
-//! healthy span that fails sends the rest of its span that way.
+//! healthy span that fails sends the rest of its span that way. Once a
+//! span of blocks cannot be read block by block (flagged, a service down,
+//! a block failed), the read reads every later span whole, as it did
+//! before block-by-block reads: a degraded read keeps the spans'
+//! read-ahead around its rebuilds.
 //!
 //! - **Read-ahead** is sized in bytes: it starts at [`READ_AHEAD_BYTES_MIN`]
 //!   (at least [`READ_AHEAD_SPANS_MIN`] spans when the file's share holds
@@ -477,6 +481,12 @@ pub async fn read_file_to<S: SpanSink>(
     // Healthy spans' blocks have a read-ahead of their own.
     let mut block_window = BLOCK_READ_AHEAD_BYTES_MIN;
     let mut block_window_max = READ_AHEAD_BYTES_MAX;
+    // Set once a span of blocks cannot be read block by block (a block
+    // flagged, its service down, or a block that failed): a degraded read
+    // reads every later span whole, with the spans' read-ahead, so that
+    // its rebuilds overlap the fetches of what follows as before (mixing
+    // in block-by-block spans made a degraded cat 12 % slower).
+    let mut whole_spans = false;
     let mut spans_min = READ_AHEAD_SPANS_MIN;
     let mut pending: VecDeque<FileSpan> = VecDeque::new();
     // Data blocks of the span being queued, not yet in flight.
@@ -533,9 +543,17 @@ pub async fn read_file_to<S: SpanSink>(
                 pending.extend(page.spans);
             }
             let Some(span) = pending.pop_front() else { break };
-            if let Some(plans) = block_plans(&state, &span) {
-                queued.extend(plans);
-                continue;
+            if !whole_spans {
+                match block_plans(&state, &span) {
+                    Some(plans) => {
+                        queued.extend(plans);
+                        continue;
+                    }
+                    None => {
+                        whole_spans =
+                            matches!(&span.body, FileSpanBody::Blocks { parity, .. } if !parity.is_mirroring());
+                    }
+                }
             }
             let mut buffer = free.pop().unwrap_or_default();
             if matches!(span.body, FileSpanBody::Blocks { .. }) && buffer.capacity() < span.size as usize {
@@ -591,6 +609,7 @@ pub async fn read_file_to<S: SpanSink>(
                         continue;
                     }
                     Err((kind, reason)) => {
+                        whole_spans = true;
                         block_buffers.give_back(fetched.buffer);
                         if kind == FailureKind::Down {
                             state.mark_down(plan.block.block_service_id);
