@@ -26,7 +26,8 @@
 //!   size (and one span at a time when that share holds fewer than two).
 //!   Healthy spans' blocks have a read-ahead of their own, from
 //!   [`BLOCK_READ_AHEAD_BYTES_MIN`] up to 1/[`BLOCK_READ_AHEAD_FILE_SHARE`]
-//!   of the file (within the same maximum), so that the fresh memory of the
+//!   of the file (within the same maximum, all of it from
+//!   [`BLOCK_READ_AHEAD_FULL_FROM`] on), so that the fresh memory of the
 //!   read-ahead's buffers is paid for by enough bytes read: four concurrent
 //!   cats of 256 MiB each faulted in 64 MiB, then 32, then one 16 MiB span
 //!   buffer; now two 4 MiB block buffers.
@@ -117,17 +118,20 @@ pub const READ_AHEAD_FILE_SHARE: u64 = 16;
 /// under way while one is written out (one block at a time saved as much
 /// CPU but read 1.23× slower, paired).
 pub const BLOCK_READ_AHEAD_BYTES_MIN: u64 = 8 << 20;
-/// The block read-ahead of a file is at most this share of its size (1/N,
+/// The block read-ahead of a file smaller than
+/// [`BLOCK_READ_AHEAD_FULL_FROM`] is at most this share of its size (1/N,
 /// within [`BLOCK_READ_AHEAD_BYTES_MIN`] and [`READ_AHEAD_BYTES_MAX`]):
-/// 8 MiB for 256 MiB, 16 MiB for 1 GiB, the whole 64 MiB from 4 GiB on.
-/// Paired on this machine (`perf/results/2026-11-28-s13-dp13b.md`), four
-/// concurrent cats of 256 MiB used 1.08× less client CPU (and blockd
-/// 1.08× less) with two 4 MiB block buffers each than with one fresh
-/// 16 MiB span buffer, and a lone cat of 1 GiB 1.10–1.15× less with
-/// 16 MiB of blocks in flight than with 64 MiB of spans (0.87×, more CPU,
-/// with 64 MiB of blocks): fresh memory is zeroed by the kernel on first
-/// touch.
-pub const BLOCK_READ_AHEAD_FILE_SHARE: u64 = 64;
+/// 8 MiB for 256 MiB, 16 MiB for 512 MiB. Paired on this machine
+/// (`perf/results/2026-11-28-s13-dp13b.md`), four concurrent cats of
+/// 256 MiB used 1.08× less client CPU (and blockd 1.08× less) with two
+/// 4 MiB block buffers each than with one fresh 16 MiB span buffer: fresh
+/// memory is zeroed by the kernel on first touch.
+pub const BLOCK_READ_AHEAD_FILE_SHARE: u64 = 32;
+/// Files of this size or more get the whole [`READ_AHEAD_BYTES_MAX`] of
+/// block read-ahead: a lone cat of 1 GiB read 0.93× as fast with 16 MiB
+/// of blocks in flight as main with 64 MiB of spans, 1.04× with 64 MiB of
+/// blocks (12 paired rounds), whose buffers 1 GiB of output pays for.
+pub const BLOCK_READ_AHEAD_FULL_FROM: u64 = 1 << 30;
 /// Kept for callers of the first version: the old fixed window in spans.
 pub const READ_AHEAD_SPANS: usize = READ_AHEAD_SPANS_MIN;
 
@@ -720,10 +724,14 @@ fn read_ahead_max(size: Option<u64>) -> u64 {
 }
 
 /// The most the block read-ahead of a file of `size` bytes (if known)
-/// grows to: 1/[`BLOCK_READ_AHEAD_FILE_SHARE`] of it, within
+/// grows to: [`READ_AHEAD_BYTES_MAX`] from [`BLOCK_READ_AHEAD_FULL_FROM`]
+/// on, else 1/[`BLOCK_READ_AHEAD_FILE_SHARE`] of it, within
 /// [`BLOCK_READ_AHEAD_BYTES_MIN`] and [`READ_AHEAD_BYTES_MAX`].
 fn block_read_ahead_max(size: Option<u64>) -> u64 {
     size.map_or(READ_AHEAD_BYTES_MAX, |size| {
+        if size >= BLOCK_READ_AHEAD_FULL_FROM {
+            return READ_AHEAD_BYTES_MAX;
+        }
         (size / BLOCK_READ_AHEAD_FILE_SHARE).clamp(BLOCK_READ_AHEAD_BYTES_MIN, READ_AHEAD_BYTES_MAX)
     })
 }
