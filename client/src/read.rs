@@ -1,29 +1,44 @@
 //! Reading a file: fetch_spans page by page; each span's data blocks are
 //! fetched in parallel over pooled, pipelined connections ([`crate::pool`])
-//! straight into their place in one span buffer, and checked (CRC per
-//! block, computed as the bytes arrive; the span CRC derived from the block
-//! CRCs as `crc32c_combine` does, with its operator kept per block length:
-//! never a second pass over the bytes). When a
+//! and checked (CRC per block, computed as the bytes arrive; the span CRC
+//! derived from the block CRCs as `crc32c_combine` does, with its operator
+//! kept per block length: never a second pass over the bytes). A healthy
+//! span (every data block on a service neither flagged nor found down, the
+//! span CRC the combine of the blocks' listed CRCs) is read and written out
+//! **block by block**: each data block into a block buffer, written out in
+//! order once its CRC matches the one it was written with, the buffer then
+//! reused for a later block. Any other span is read whole into a span
+//! buffer, each block straight into its place. When a
 //! block service is flagged (terminal, unknown, stale), unreachable, hung,
 //! or returns wrong bytes, parity blocks are fetched and the missing data
-//! blocks rebuilt into their place (mirrors: any copy).
+//! blocks rebuilt into their place (mirrors: any copy); a block of a
+//! healthy span that fails sends the rest of its span that way. Once a
+//! span of blocks cannot be read block by block (flagged, a service down,
+//! a block failed), the read reads every later span whole, as it did
+//! before block-by-block reads: a degraded read keeps the spans'
+//! read-ahead around its rebuilds.
 //!
 //! - **Read-ahead** is sized in bytes: it starts at [`READ_AHEAD_BYTES_MIN`]
-//!   (at least [`READ_AHEAD_SPANS_MIN`] spans) and doubles, up to
-//!   [`READ_AHEAD_BYTES_MAX`], each time the output had to wait for the
-//!   next span; output stays in order and memory bounded. A file reads
-//!   ahead at most 1/[`READ_AHEAD_FILE_SHARE`] of its size (and one span
-//!   at a time when that share holds fewer than two), so that the fresh
-//!   memory of the read-ahead's buffers is paid for by enough bytes read
-//!   (four concurrent cats of 256 MiB each faulted in 64 MiB, then 32;
-//!   now 16).
-//! - **Buffers** are reused: a span's buffer goes back to the free list
-//!   once written out; a block never gets a buffer of its own (parity
+//!   (at least [`READ_AHEAD_SPANS_MIN`] spans when the file's share holds
+//!   that many) and doubles, up to [`READ_AHEAD_BYTES_MAX`], each time the
+//!   output had to wait for the next span; output stays in order and memory
+//!   bounded. A file reads ahead at most 1/[`READ_AHEAD_FILE_SHARE`] of its
+//!   size (and one span at a time when that share holds fewer than two).
+//!   Healthy spans' blocks have a read-ahead of their own, from
+//!   [`BLOCK_READ_AHEAD_BYTES_MIN`] up to 1/[`BLOCK_READ_AHEAD_FILE_SHARE`]
+//!   of the file (within the same maximum, all of it from
+//!   [`BLOCK_READ_AHEAD_FULL_FROM`] on), so that the fresh memory of the
+//!   read-ahead's buffers is paid for by enough bytes read: four concurrent
+//!   cats of 256 MiB each faulted in 64 MiB, then 32, then one 16 MiB span
+//!   buffer; now two 4 MiB block buffers.
+//! - **Buffers** are reused: a block or span buffer goes back to the
+//!   read's free list once written out; a block of a span read whole never
+//!   gets a buffer of its own (parity
 //!   blocks of a degraded span excepted, and those are kept for the next
 //!   degraded span; the parity block of a span rebuilt from one parity
 //!   block, or the first of a span rebuilt by XOR, is fetched into the
 //!   missing data block's place and the block made there, so such a span
-//!   takes no parity buffer, or P − 1). Span
+//!   takes no parity buffer, or P − 1). Span and block
 //!   buffers start on a 2 MiB boundary and ask for transparent huge
 //!   pages: the kernel's copy from the socket into a buffer 16 bytes off
 //!   a page boundary (as `malloc` gives) cost 3× more
@@ -44,8 +59,8 @@
 //!   service that refuses connections or stalls for
 //!   [`crate::pool::STALL_TIMEOUT`] is tried last from then on, so a hung
 //!   or dead service costs one stall per read, not one per span.
-//! - **Output** goes to a [`SpanSink`]: plain `write(2)` from the span
-//!   buffer for a file descriptor ([`FdSink`], used for stdout), or any
+//! - **Output** goes to a [`SpanSink`]: plain `write(2)` from the span or
+//!   block buffer for a file descriptor ([`FdSink`], used for stdout), or any
 //!   tokio `AsyncWrite` ([`AsyncWriteSink`]).
 //! - [`FileReader`] reads byte ranges of a file (for the mount).
 //! - [`checked_pipe`] hands a file's bytes to a consumer that must never
@@ -97,6 +112,26 @@ pub const READ_AHEAD_SPANS_MIN: usize = 2;
 /// by 1.2–1.4× (`perf/results/2026-11-28-s11-dp11f.md`). A file of 1 GiB
 /// or more keeps the whole [`READ_AHEAD_BYTES_MAX`].
 pub const READ_AHEAD_FILE_SHARE: u64 = 16;
+/// Bytes of healthy spans' blocks fetched ahead of the output at first,
+/// and the least that read-ahead grows to ([`block_plans`]): two 4 MiB
+/// blocks of a 16 MiB RS 4+2 span, so that the next block's fetch is
+/// under way while one is written out (one block at a time saved as much
+/// CPU but read 1.23× slower, paired).
+pub const BLOCK_READ_AHEAD_BYTES_MIN: u64 = 8 << 20;
+/// The block read-ahead of a file smaller than
+/// [`BLOCK_READ_AHEAD_FULL_FROM`] is at most this share of its size (1/N,
+/// within [`BLOCK_READ_AHEAD_BYTES_MIN`] and [`READ_AHEAD_BYTES_MAX`]):
+/// 8 MiB for 256 MiB, 16 MiB for 512 MiB. Paired on this machine
+/// (`perf/results/2026-11-28-s13-dp13b.md`), four concurrent cats of
+/// 256 MiB used 1.08× less client CPU (and blockd 1.08× less) with two
+/// 4 MiB block buffers each than with one fresh 16 MiB span buffer: fresh
+/// memory is zeroed by the kernel on first touch.
+pub const BLOCK_READ_AHEAD_FILE_SHARE: u64 = 32;
+/// Files of this size or more get the whole [`READ_AHEAD_BYTES_MAX`] of
+/// block read-ahead: a lone cat of 1 GiB read 0.93× as fast with 16 MiB
+/// of blocks in flight as main with 64 MiB of spans, 1.04× with 64 MiB of
+/// blocks (12 paired rounds), whose buffers 1 GiB of output pays for.
+pub const BLOCK_READ_AHEAD_FULL_FROM: u64 = 1 << 30;
 /// Kept for callers of the first version: the old fixed window in spans.
 pub const READ_AHEAD_SPANS: usize = READ_AHEAD_SPANS_MIN;
 
@@ -120,10 +155,15 @@ pub struct ReadReport {
     pub reconstructed_spans: u64,
     /// One line per block that could not be used, and why.
     pub notices: Vec<String>,
+    /// Bytes of span and block buffers the read made: fresh memory, which
+    /// the kernel zeroes on first touch (then reused from span to span and
+    /// block to block). Parity buffers of degraded spans are not counted.
+    pub buffer_bytes_made: u64,
 }
 
-/// Where a read's spans go, in order. Each call gets the span's bytes and
-/// gives the buffer back for reuse.
+/// Where a read's bytes go, in order. Each call gets a span's bytes, or
+/// one data block's of a span written out block by block, and gives the
+/// buffer back for reuse.
 pub trait SpanSink: Send {
     fn write_span(&mut self, data: BytesMut) -> impl Future<Output = io::Result<BytesMut>> + Send;
     fn finish(&mut self) -> impl Future<Output = io::Result<()>> + Send;
@@ -328,7 +368,109 @@ pub async fn read_file_to_stdout(
     read_file_to(client, inode, &mut FdSink::stdout(), notice, progress).await
 }
 
-/// Reads the whole file `inode` into `sink`, span by span, in order.
+/// One unit of the read-ahead: a whole span, or one data block of a
+/// healthy span, written out on its own once checked.
+enum Ahead {
+    Span(JoinHandle<Result<SpanRead>>),
+    Block(BlockAhead, JoinHandle<Fetched>),
+}
+
+/// A data block of a healthy span, to be fetched into a block buffer and
+/// written out on its own ([`block_plans`]).
+#[derive(Clone)]
+struct BlockAhead {
+    span: Arc<FileSpan>,
+    index: usize,
+    block: FetchedBlock,
+    /// Where the block's bytes start in the span.
+    start: u64,
+    last: bool,
+}
+
+impl Ahead {
+    fn is_finished(&self) -> bool {
+        match self {
+            Self::Span(task) => task.is_finished(),
+            Self::Block(_, task) => task.is_finished(),
+        }
+    }
+
+    fn abort(&self) {
+        match self {
+            Self::Span(task) => task.abort(),
+            Self::Block(_, task) => task.abort(),
+        }
+    }
+}
+
+/// The data blocks of `span` to fetch and write out one by one, in order,
+/// when the span is healthy: made of blocks (Reed–Solomon, not mirrored),
+/// every data block non-empty, of its layout's size, on a service that is
+/// neither flagged nor found down by this read and whose address is known,
+/// and the span CRC the `crc32c_combine` of the data blocks' listed CRCs.
+/// Each block is then checked against its listed CRC as it arrives, which
+/// checks the span CRC too, before any of its bytes are written out. Any
+/// other span is read whole ([`read_span`]).
+fn block_plans(state: &ReadState, span: &FileSpan) -> Option<Vec<BlockAhead>> {
+    let FileSpanBody::Blocks { parity, blocks, .. } = &span.body else { return None };
+    if parity.is_mirroring() || blocks.len() != parity.total_blocks() {
+        return None;
+    }
+    let layout = SpanLayout::new(u64::from(span.size), *parity).ok()?;
+    let d = parity.data_blocks();
+    let unhealthy = wire::shuckle::flags::STALE | wire::shuckle::flags::TERMINAL | wire::shuckle::flags::UNKNOWN;
+    let healthy = blocks.iter().enumerate().take(d).all(|(index, block)| {
+        let size = u64::from(block.size.get());
+        size > 0
+            && size == layout.block_size(index)
+            && block.flags & unhealthy == 0
+            && !block.address.is_unknown()
+            && !state.avoided(block.block_service_id)
+    });
+    let listed: Vec<u32> = blocks.iter().take(d).map(|block| block.crc.get()).collect();
+    if !healthy || span_crc_from_blocks(&listed, &layout) != span.crc {
+        return None;
+    }
+    let span = Arc::new(span.clone());
+    Some(
+        (0..d)
+            .map(|index| BlockAhead {
+                span: span.clone(),
+                index,
+                block: blocks[index],
+                start: layout.data_block_range(index).start,
+                last: index + 1 == d,
+            })
+            .collect(),
+    )
+}
+
+/// Block buffers of one read, reused from block to block.
+#[derive(Default)]
+struct BlockBuffers {
+    free: Vec<BytesMut>,
+    /// Bytes of fresh span and block buffers made.
+    made: u64,
+}
+
+impl BlockBuffers {
+    fn take(&mut self, size: usize) -> BytesMut {
+        if let Some(at) = self.free.iter().position(|buffer| buffer.capacity() >= size) {
+            return self.free.swap_remove(at);
+        }
+        self.made += size as u64;
+        span_buffer(size)
+    }
+
+    fn give_back(&mut self, mut buffer: BytesMut) {
+        buffer.clear();
+        self.free.push(buffer);
+    }
+}
+
+/// Reads the whole file `inode` into `sink`, in order: a healthy span
+/// block by block (each data block written out once its CRC matches, its
+/// buffer reused for a later block), any other span whole.
 pub async fn read_file_to<S: SpanSink>(
     client: &Client,
     inode: InodeId,
@@ -337,22 +479,44 @@ pub async fn read_file_to<S: SpanSink>(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ReadReport> {
     let mut report = ReadReport::default();
-    let mut in_flight: VecDeque<(FileSpan, JoinHandle<Result<SpanRead>>)> = VecDeque::new();
+    // (span, the unit's bytes, the unit)
+    let mut in_flight: VecDeque<(FileSpan, u64, Ahead)> = VecDeque::new();
     let mut in_flight_bytes = 0u64;
     let mut window = READ_AHEAD_BYTES_MIN;
     let mut window_max = READ_AHEAD_BYTES_MAX;
+    // Healthy spans' blocks have a read-ahead of their own.
+    let mut block_window = BLOCK_READ_AHEAD_BYTES_MIN;
+    let mut block_window_max = READ_AHEAD_BYTES_MAX;
+    // Set once a span of blocks cannot be read block by block (a block
+    // flagged, its service down, or a block that failed): a degraded read
+    // reads every later span whole, with the spans' read-ahead, so that
+    // its rebuilds overlap the fetches of what follows as before (mixing
+    // in block-by-block spans made a degraded cat 12 % slower).
+    let mut whole_spans = false;
     let mut spans_min = READ_AHEAD_SPANS_MIN;
     let mut pending: VecDeque<FileSpan> = VecDeque::new();
+    // Data blocks of the span being queued, not yet in flight.
+    let mut queued: VecDeque<BlockAhead> = VecDeque::new();
     let mut free: Vec<BytesMut> = Vec::new();
+    let mut block_buffers = BlockBuffers::default();
     let state = ReadState::new(client);
     let mut next_offset = Some(0u64);
     let mut expected_offset = 0u64;
     for _ in 0..SPAN_PAGES_MAX {
         // Keep the read-ahead window full, fetching span pages as needed.
         loop {
-            let room = in_flight.len() < spans_min || in_flight_bytes < window;
+            let limit = if queued.is_empty() { window } else { block_window };
+            let room = in_flight.len() < spans_min || in_flight_bytes < limit;
             if !room {
                 break;
+            }
+            if let Some(plan) = queued.pop_front() {
+                let size = plan.block.size.get();
+                let buffer = block_buffers.take(size as usize);
+                let task = tokio::spawn(fetch_one(state.clone(), plan.index, plan.block, buffer));
+                in_flight_bytes += u64::from(size);
+                in_flight.push_back(((*plan.span).clone(), u64::from(size), Ahead::Block(plan, task)));
+                continue;
             }
             if pending.is_empty()
                 && let Some(offset) = next_offset
@@ -372,6 +536,7 @@ pub async fn read_file_to<S: SpanSink>(
                         }
                     };
                     window_max = read_ahead_max(size);
+                    block_window_max = block_read_ahead_max(size);
                     let span_size = page.spans.iter().map(|span| u64::from(span.size)).max().unwrap_or(0);
                     spans_min = read_ahead_spans_min(size, span_size);
                 }
@@ -384,28 +549,138 @@ pub async fn read_file_to<S: SpanSink>(
                 pending.extend(page.spans);
             }
             let Some(span) = pending.pop_front() else { break };
-            let buffer = free.pop().unwrap_or_default();
+            if !whole_spans {
+                match block_plans(&state, &span) {
+                    Some(plans) => {
+                        queued.extend(plans);
+                        continue;
+                    }
+                    None => {
+                        whole_spans =
+                            matches!(&span.body, FileSpanBody::Blocks { parity, .. } if !parity.is_mirroring());
+                    }
+                }
+            }
+            let mut buffer = free.pop().unwrap_or_default();
+            if matches!(span.body, FileSpanBody::Blocks { .. }) && buffer.capacity() < span.size as usize {
+                // Made here, not by `read_blocks`, so that it is counted.
+                buffer = span_buffer(span.size as usize);
+                block_buffers.made += u64::from(span.size);
+            }
             in_flight_bytes += u64::from(span.size);
             let task = tokio::spawn(read_span(state.clone(), inode, span.clone(), buffer));
-            in_flight.push_back((span, task));
+            in_flight.push_back((span.clone(), u64::from(span.size), Ahead::Span(task)));
         }
-        let Some((span, task)) = in_flight.pop_front() else { break };
-        in_flight_bytes -= u64::from(span.size);
-        if span.offset != expected_offset {
+        let Some((span, bytes, ahead)) = in_flight.pop_front() else { break };
+        in_flight_bytes -= bytes;
+        let unit_offset = match &ahead {
+            Ahead::Span(_) => span.offset,
+            Ahead::Block(plan, _) => span.offset + plan.start,
+        };
+        if unit_offset != expected_offset {
             return Err(ClientError::Inconsistent(format!(
                 "file {inode}: span at {} where {expected_offset} was expected",
                 span.offset
             )));
         }
         // The output waits for the network: fetch further ahead.
-        if !task.is_finished() {
-            window = (window * 2).min(window_max.max(spans_min as u64 * u64::from(span.size)));
+        if !ahead.is_finished() {
+            match ahead {
+                Ahead::Span(_) => window = (window * 2).min(window_max.max(spans_min as u64 * bytes)),
+                Ahead::Block(..) => block_window = (block_window * 2).min(block_window_max.max(bytes)),
+            }
         }
-        let read = task.await.map_err(|error| ClientError::Span {
+        let reader_error = |error: tokio::task::JoinError| ClientError::Span {
             inode,
             offset: span.offset,
             reason: format!("reader: {error}"),
-        })??;
+        };
+        let read = match ahead {
+            Ahead::Span(task) => task.await.map_err(reader_error)??,
+            Ahead::Block(plan, task) => {
+                let fetched = task.await.map_err(reader_error)?;
+                match fetched.result {
+                    Ok(_) => {
+                        // Checked against its listed CRC in `fetch_one`.
+                        let length = fetched.buffer.len() as u64;
+                        let buffer = sink
+                            .write_span(fetched.buffer)
+                            .await
+                            .map_err(|error| ClientError::io("writing the output", error))?;
+                        block_buffers.give_back(buffer);
+                        expected_offset += length;
+                        report.bytes += length;
+                        report.spans += u64::from(plan.last);
+                        progress(report.bytes);
+                        continue;
+                    }
+                    Err((kind, reason)) => {
+                        whole_spans = true;
+                        block_buffers.give_back(fetched.buffer);
+                        if kind == FailureKind::Down {
+                            state.mark_down(plan.block.block_service_id);
+                        }
+                        let line = format!(
+                            "block {} (index {}) of span at {}: {reason}; reading parity",
+                            plan.block.block_id, plan.index, span.offset
+                        );
+                        notice(&line);
+                        report.notices.push(line);
+                        // The rest of the span is read whole, as any
+                        // unhealthy span is; its blocks still queued or in
+                        // flight are dropped.
+                        queued.retain(|queued| queued.span.offset != span.offset);
+                        while let Some((next, bytes, ahead)) = in_flight.front()
+                            && next.offset == span.offset
+                        {
+                            ahead.abort();
+                            in_flight_bytes -= bytes;
+                            in_flight.pop_front();
+                        }
+                        // Later spans queued or in flight block by block
+                        // (none of their bytes written yet) are read whole
+                        // too, in their place.
+                        let mut kept = VecDeque::with_capacity(in_flight.len());
+                        let mut respawned: Option<u64> = None;
+                        for (next, bytes, ahead) in in_flight.drain(..) {
+                            let Ahead::Block(_, task) = ahead else {
+                                kept.push_back((next, bytes, ahead));
+                                continue;
+                            };
+                            task.abort();
+                            in_flight_bytes -= bytes;
+                            if respawned == Some(next.offset) {
+                                continue;
+                            }
+                            respawned = Some(next.offset);
+                            let mut buffer = free.pop().unwrap_or_default();
+                            if buffer.capacity() < next.size as usize {
+                                buffer = span_buffer(next.size as usize);
+                                block_buffers.made += u64::from(next.size);
+                            }
+                            in_flight_bytes += u64::from(next.size);
+                            let task = tokio::spawn(read_span(state.clone(), inode, next.clone(), buffer));
+                            kept.push_back((next.clone(), u64::from(next.size), Ahead::Span(task)));
+                        }
+                        in_flight = kept;
+                        let mut back: Vec<FileSpan> = Vec::new();
+                        for queued in queued.drain(..) {
+                            if respawned != Some(queued.span.offset)
+                                && back.last().is_none_or(|last| last.offset != queued.span.offset)
+                            {
+                                back.push((*queued.span).clone());
+                            }
+                        }
+                        for later in back.into_iter().rev() {
+                            pending.push_front(later);
+                        }
+                        let mut read = read_span(state.clone(), inode, span.clone(), BytesMut::new()).await?;
+                        read.data = read.data.split_off(plan.start as usize);
+                        read
+                    }
+                }
+            }
+        };
         for line in &read.notices {
             notice(line);
         }
@@ -421,6 +696,7 @@ pub async fn read_file_to<S: SpanSink>(
         report.notices.extend(read.notices);
         progress(report.bytes);
     }
+    report.buffer_bytes_made = block_buffers.made;
     sink.finish().await.map_err(|error| ClientError::io("writing the output", error))?;
     Ok(report)
 }
@@ -444,6 +720,19 @@ fn read_ahead_spans_min(size: Option<u64>, span_size: u64) -> usize {
 fn read_ahead_max(size: Option<u64>) -> u64 {
     size.map_or(READ_AHEAD_BYTES_MAX, |size| {
         (size / READ_AHEAD_FILE_SHARE).clamp(READ_AHEAD_BYTES_MIN, READ_AHEAD_BYTES_MAX)
+    })
+}
+
+/// The most the block read-ahead of a file of `size` bytes (if known)
+/// grows to: [`READ_AHEAD_BYTES_MAX`] from [`BLOCK_READ_AHEAD_FULL_FROM`]
+/// on, else 1/[`BLOCK_READ_AHEAD_FILE_SHARE`] of it, within
+/// [`BLOCK_READ_AHEAD_BYTES_MIN`] and [`READ_AHEAD_BYTES_MAX`].
+fn block_read_ahead_max(size: Option<u64>) -> u64 {
+    size.map_or(READ_AHEAD_BYTES_MAX, |size| {
+        if size >= BLOCK_READ_AHEAD_FULL_FROM {
+            return READ_AHEAD_BYTES_MAX;
+        }
+        (size / BLOCK_READ_AHEAD_FILE_SHARE).clamp(BLOCK_READ_AHEAD_BYTES_MIN, READ_AHEAD_BYTES_MAX)
     })
 }
 

@@ -328,3 +328,99 @@ fn reused_span_buffers_never_serve_stale_bytes() {
     let first_wrong = output.iter().zip(&twice).position(|(got, want)| got != want);
     assert_eq!(first_wrong, None, "every byte is the file's own");
 }
+
+/// Collects what a read writes out, and the length of every write.
+#[derive(Default)]
+struct Recording {
+    bytes: Vec<u8>,
+    largest: usize,
+    writes: Vec<usize>,
+}
+
+impl client::read::SpanSink for Recording {
+    async fn write_span(&mut self, data: bytes::BytesMut) -> std::io::Result<bytes::BytesMut> {
+        self.largest = self.largest.max(data.len());
+        self.writes.push(data.len());
+        self.bytes.extend_from_slice(&data);
+        Ok(data)
+    }
+
+    async fn finish(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A healthy span is written out block by block, each block once its CRC
+/// matches, through block buffers reused from block to block: a file of
+/// 16 MiB spans (RS 4+2: 4 MiB blocks) reads through the read-ahead's few
+/// block buffers, not a fresh 16 MiB span buffer (the first touch of fresh
+/// memory was 15–20 % of four concurrent cats' client CPU), and comes out
+/// exactly, the short last span too.
+#[test]
+fn healthy_spans_are_written_block_by_block_through_reused_buffers() {
+    let cluster = Cluster::start(6);
+    let span_bytes = 16 * MIB;
+    let data = test_bytes(3 * span_bytes + 5 * MIB + 17, 23);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let local = scratch.path().join("f");
+    std::fs::write(&local, &data).expect("write");
+    let span_size = span_bytes.to_string();
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/f", "--parity", "4+2", "--span-size", &span_size]);
+    let (report, sink) = read_recorded(&cluster, "/f");
+    assert_eq!(sink.bytes.len(), data.len(), "as many bytes as the file holds");
+    assert!(sink.bytes == data, "every byte is the file's own");
+    assert_eq!(report.spans, 4);
+    assert!(sink.largest <= span_bytes / 4, "written a block at a time, not a span: {} bytes", sink.largest);
+    // The read-ahead (this file's: the least) and one block more, as the
+    // short last span's smaller blocks fit more of them in the window.
+    let bound = client::read::BLOCK_READ_AHEAD_BYTES_MIN + (span_bytes / 4) as u64;
+    assert!(
+        report.buffer_bytes_made <= bound && report.buffer_bytes_made < span_bytes as u64,
+        "{} bytes of fresh buffers for 16 MiB spans",
+        report.buffer_bytes_made
+    );
+}
+
+/// Reads `path` with the library into a [`Recording`].
+fn read_recorded(cluster: &Cluster, path: &str) -> (client::read::ReadReport, Recording) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let shuckle: SocketAddr = cluster.shuckle.parse().expect("shuckle address");
+        let client = client::client::Client::connect(shuckle).await.expect("connect");
+        let path = client::path::EggsPath::parse(path).expect("path");
+        let inode = client.resolve_path(&path).await.expect("resolve");
+        let mut sink = Recording::default();
+        let report = client::read::read_file_to(&client, inode, &mut sink, &|_| {}, &|_| {}).await.expect("read");
+        (report, sink)
+    })
+}
+
+/// A degraded read goes back to whole spans for good once a span cannot
+/// be read block by block (its block's service found down, or flagged):
+/// its healthy spans are not mixed in block by block, which shortened the
+/// read-ahead around the rebuilds and made a degraded cat 12 % slower.
+/// RS 4+2 over 6 services: a third of the spans have their data blocks
+/// off the dead service.
+#[test]
+fn a_degraded_read_reads_whole_spans_from_its_first_failure_on() {
+    let cluster = Cluster::start(6);
+    let spans = 24;
+    let data = test_bytes(spans * MIB - 3, 24);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let local = scratch.path().join("degraded");
+    std::fs::write(&local, &data).expect("write");
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/degraded", "--parity", "4+2", "--span-size", "1048576"]);
+    let services = cluster.block_services();
+    let victim = services.iter().find(|s| s.name == "block service 2").expect("block service 2");
+    cluster.kill(victim);
+    let (report, sink) = read_recorded(&cluster, "/degraded");
+    assert!(sink.bytes == data, "every byte is the file's own");
+    assert!(report.reconstructed_spans > 0, "some span lost a data block");
+    let first_whole = sink.writes.iter().position(|&length| length == MIB).expect("a span written whole");
+    let (last, after) = sink.writes[first_whole..].split_last().expect("writes");
+    assert!(
+        after.iter().all(|&length| length == MIB) && *last == MIB - 3,
+        "every span after the first one read whole is read whole: {:?}",
+        sink.writes
+    );
+}
