@@ -32,11 +32,13 @@
 //! **No thread between the writer and the lanes** (session 13): a lane
 //! takes its batch itself, and the lane whose sync completes the durable
 //! prefix delivers it itself; one lane delivers at a time, in order
-//! (`State::delivering`), while another goes on taking and syncing. Was:
+//! (`State::delivering`), while another goes on taking and syncing. There
+//! is one lane thread more than [`Config::lanes`] (at most that many
+//! batches are in flight), so one can deliver while that many sync. Was:
 //! a journal thread that took each batch, woke a lane for it and was
 //! woken again to deliver, three sleeps and wake-ups per sync on a
-//! create's path instead of one, and 14 % more of metad's CPU per create
-//! (`perf/results/2026-11-28-s13-md14.md`).
+//! create's path instead of one, and ~10 % more of metad's CPU per create
+//! at 8 clients (`perf/results/2026-11-28-s13-md14.md`).
 //!
 //! **The writer's pace** ([`Journal::pace`], session 10): a commit the
 //! journal cannot sync yet (every lane busy, or the gather waiting for
@@ -1150,7 +1152,9 @@ impl<T: Send + 'static> Journal<T> {
         let lanes = config.lanes.clamp(1, SYNC_LANES_MAX);
         let mut threads = Vec::new();
         let spawned = (|| {
-            for lane in 0..lanes {
+            // One thread more than lanes: one can deliver while `lanes`
+            // batches sync.
+            for lane in 0..=lanes {
                 let (shared, journal, metrics) = (shared.clone(), journal.clone(), metrics.clone());
                 threads.push(
                     std::thread::Builder::new()
@@ -1311,15 +1315,18 @@ impl<T: Send + 'static> Drop for Journal<T> {
     }
 }
 
-/// A sync lane (every lane runs this; there is no thread between the
-/// writer and the lanes): delivers what became durable, in order; else,
-/// unless the gather holds it, takes every queued record that fits,
+/// A sync lane (every lane thread runs this, one more than `lanes`;
+/// there is no thread between the writer and the lanes): delivers what
+/// became durable, in order; else, while fewer than `lanes` batches are
+/// in flight and unless the gather holds it, takes every queued record
+/// that fits,
 /// places it from `head` in whole pages, writes the batch and makes it
 /// durable itself ([`sync_batch`]); else sleeps until an append, a sync's
 /// end or a checkpoint. Lanes run at once; a later batch synced first
 /// waits, undelivered, for the earlier ones (the lane that completes the
 /// durable prefix delivers it).
 fn lane_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, metrics: &JournalMetrics, config: Config) {
+    let lanes = config.lanes.clamp(1, SYNC_LANES_MAX);
     let mut state = shared.lock();
     loop {
         if state.deliverable() {
@@ -1341,9 +1348,14 @@ fn lane_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, metrics: &Journ
                 continue;
             }
         }
-        let mut buffer = state.batch_buffers.pop().unwrap_or_else(|| Vec::with_capacity(SYNC_BYTES_MAX));
-        buffer.clear();
-        if let Some(batch) = take(&mut state, journal, metrics, buffer) {
+        let mut buffer = Vec::new();
+        if state.in_flight.len() < lanes {
+            buffer = state.batch_buffers.pop().unwrap_or_else(|| Vec::with_capacity(SYNC_BYTES_MAX));
+            buffer.clear();
+        }
+        if state.in_flight.len() < lanes
+            && let Some(batch) = take(&mut state, journal, metrics, buffer)
+        {
             state.owed = 0;
             state.in_flight.push_back((batch.last, false));
             drop(state);
@@ -1444,7 +1456,12 @@ fn sync_batch<T: Send>(
     if state.batch_buffers.len() < SYNC_LANES_MAX {
         state.batch_buffers.push(batch.bytes);
     }
+    let queued = !state.queue.is_empty();
     drop(state);
+    if queued {
+        // A thread that found every lane busy may take it now.
+        shared.work.notify_one();
+    }
     shared.checkpoint.notify_all();
     if let Some(wake) = shared.lane_free.get() {
         wake();

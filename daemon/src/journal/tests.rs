@@ -531,15 +531,25 @@ fn pace_holds_the_writer_while_every_lane_is_busy() {
 }
 
 // The lanes deliver (session 13: no journal thread between the writer and
-// the lanes): while one lane hands payloads to a slow `deliver` (answers
-// being sent), the other lane takes and syncs the records appended
-// meanwhile, so a delivery never holds back the next sync.
+// the lanes): while one lane thread hands payloads to a slow `deliver`
+// (answers being sent), another takes and syncs the records appended
+// meanwhile, so a delivery never holds back the next sync; with one lane
+// too (there is a lane thread more than lanes).
 #[test]
 fn a_slow_delivery_does_not_hold_back_the_next_sync() {
+    slow_delivery_with_lanes(2);
+}
+
+#[test]
+fn a_slow_delivery_does_not_hold_back_the_next_sync_with_one_lane() {
+    slow_delivery_with_lanes(1);
+}
+
+fn slow_delivery_with_lanes(lanes: usize) {
     let dir = tempfile::tempdir().unwrap();
     let (env, dbs) = open_env(dir.path());
     let metrics = JournalMetrics::new();
-    let config = Config { bytes: 1 << 20, checkpoint_period: Duration::from_secs(3600), lanes: 2, ..Config::default() };
+    let config = Config { bytes: 1 << 20, checkpoint_period: Duration::from_secs(3600), lanes, ..Config::default() };
     // The first delivery blocks until `release` is set.
     let gate = Arc::new((Mutex::new((Vec::new(), false)), Condvar::new()));
     let sink = gate.clone();
