@@ -37,7 +37,7 @@
 //! batches are in flight), so one can deliver while that many sync. Was:
 //! a journal thread that took each batch, woke a lane for it and was
 //! woken again to deliver, three sleeps and wake-ups per sync on a
-//! create's path instead of one, and ~10 % more of metad's CPU per create
+//! create's path instead of one, and ~14 % more of metad's CPU per create
 //! at 8 clients (`perf/results/2026-11-28-s13-md14.md`).
 //!
 //! **The writer's pace** ([`Journal::pace`], session 10): a commit the
@@ -1005,8 +1005,8 @@ struct Shared<T> {
     checkpoint: Condvar,
     /// The writer's wake-up when a sync ends ([`Journal::on_lane_free`]).
     lane_free: OnceLock<Box<dyn Fn() + Send + Sync>>,
-    /// The caller's `deliver`, behind the delivery lock (taken before the
-    /// state's: [`deliver_durable`]).
+    /// The caller's `deliver`: only the lane that set `State::delivering`
+    /// calls it ([`deliver_durable`]), so this lock is never contended.
     deliver: Mutex<Deliver<T>>,
 }
 
@@ -1319,10 +1319,9 @@ impl<T: Send + 'static> Drop for Journal<T> {
 /// there is no thread between the writer and the lanes): delivers what
 /// became durable, in order; else, while fewer than `lanes` batches are
 /// in flight and unless the gather holds it, takes every queued record
-/// that fits,
-/// places it from `head` in whole pages, writes the batch and makes it
-/// durable itself ([`sync_batch`]); else sleeps until an append, a sync's
-/// end or a checkpoint. Lanes run at once; a later batch synced first
+/// that fits, places it from `head` in whole pages, writes the batch and
+/// makes it durable itself ([`sync_batch`]); else sleeps until an append,
+/// a sync's end or a checkpoint. Lanes run at once; a later batch synced first
 /// waits, undelivered, for the earlier ones (the lane that completes the
 /// durable prefix delivers it).
 fn lane_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, metrics: &JournalMetrics, config: Config) {
