@@ -10,12 +10,11 @@
 //!
 //! **LMDB runs with `MDB_NOSYNC`** ([`Journal::start`] sets it): a commit
 //! only writes pages into the page cache. After a commit the writer hands
-//! its record to the journal thread ([`Journal::append`]), which takes
-//! every queued record into one batch, and a sync lane writes the batch
-//! and makes it durable in one `pwritev2(RWF_DSYNC)`; the journal thread
-//! then hands the records' payloads (the callers' answers) to `deliver`,
-//! in commit order. A SIGKILL loses nothing: the page cache outlives the
-//! process.
+//! its record to the journal ([`Journal::append`]) and wakes a free sync
+//! lane, which takes every queued record into one batch, writes it and
+//! makes it durable in one `pwritev2(RWF_DSYNC)`, then hands the records'
+//! payloads (the callers' answers) to `deliver`, in commit order. A
+//! SIGKILL loses nothing: the page cache outlives the process.
 //!
 //! **Lanes** ([`Config::lanes`], [`SYNC_LANES`] by default): batches are
 //! placed one after another at take time, and up to that many are written
@@ -29,6 +28,17 @@
 //! batch may be on disk while an earlier one is not; the replay stops at
 //! the first record that does not check, so the later ones are never
 //! replayed, and nobody was answered for them.
+//!
+//! **No thread between the writer and the lanes** (session 13): a lane
+//! takes its batch itself, and the lane whose sync completes the durable
+//! prefix delivers it itself; one lane delivers at a time, in order
+//! (`State::delivering`), while another goes on taking and syncing. There
+//! is one lane thread more than [`Config::lanes`] (at most that many
+//! batches are in flight), so one can deliver while that many sync. Was:
+//! a journal thread that took each batch, woke a lane for it and was
+//! woken again to deliver, three sleeps and wake-ups per sync on a
+//! create's path instead of one, and ~14 % more of metad's CPU per create
+//! at 8 clients (`perf/results/2026-11-28-s13-md14.md`).
 //!
 //! **The writer's pace** ([`Journal::pace`], session 10): a commit the
 //! journal cannot sync yet (every lane busy, or the gather waiting for
@@ -807,13 +817,15 @@ pub struct JournalMetrics {
     /// Duration of each checkpoint (LMDB's sync and the header's).
     pub checkpoint: Histogram,
     /// Where a record's time goes before and after its sync (issue 12's
-    /// breakdown of a durable request): from its append to the journal
-    /// thread taking it into a batch (one per record),
+    /// breakdown of a durable request): from its append to a sync lane
+    /// taking it into a batch (one per record),
     pub take_wait: Histogram,
-    /// from the take to a lane starting the batch's write (one per batch),
+    /// from the take to the lane starting the batch's write (one per
+    /// batch; the lane that takes a batch writes it at once since session
+    /// 13, so this is about zero),
     pub lane_wait: Histogram,
-    /// and from the sync that completed the durable prefix to the journal
-    /// thread handing the payloads to `deliver` (one per delivery).
+    /// and from the sync that completed the durable prefix to a lane
+    /// handing the payloads to `deliver` (one per delivery).
     pub deliver_wait: Histogram,
 }
 
@@ -856,7 +868,7 @@ impl JournalMetrics {
         );
         registry.register(
             "journal_take_wait_seconds",
-            "from a record's append to the journal thread taking it into a batch",
+            "from a record's append to a sync lane taking it into a batch",
             self.take_wait.clone(),
         );
         registry.register(
@@ -901,7 +913,7 @@ struct Entry<T> {
 }
 
 struct State<T> {
-    /// Appended, not yet taken by the journal thread.
+    /// Appended, not yet taken by a lane.
     queue: VecDeque<Entry<T>>,
     /// The last sequence number handed out.
     last_seq: u64,
@@ -920,13 +932,15 @@ struct State<T> {
     skipped: Option<(u64, u64)>,
     /// The durable checkpoint covers every record up to here.
     covered_through: u64,
-    /// The journal thread synced every placed record up to here.
+    /// The lanes synced every placed record up to here.
     synced_through: u64,
     /// Batches taken, in order, not yet durable: (their last sequence,
     /// synced). `synced_through` advances over the synced prefix only.
     in_flight: VecDeque<(u64, bool)>,
-    /// Taken batches waiting for a free lane.
-    to_sync: VecDeque<Batch>,
+    /// Taken, waiting to be durable: (sequence, weight, payload), in order.
+    waiting: VecDeque<(u64, u64, T)>,
+    /// A lane is handing payloads to `deliver` ([`deliver_durable`]).
+    delivering: bool,
     /// Batch buffers the lanes have written, for the next batches.
     batch_buffers: Vec<Vec<u8>>,
     /// The last sync's duration (for the gather).
@@ -939,7 +953,7 @@ struct State<T> {
     gather_until: Instant,
     snapshot_wanted: bool,
     snapshot: Option<Snapshot>,
-    /// The journal thread waits for space.
+    /// The lanes wait for space.
     full: bool,
     /// A caller waits for a checkpoint ([`Journal::checkpoint_now`]).
     forced: bool,
@@ -963,6 +977,11 @@ impl<T> State<T> {
         };
         synced.max(self.covered_through)
     }
+
+    /// Payloads are durable and no lane is delivering yet.
+    fn deliverable(&self) -> bool {
+        !self.delivering && self.waiting.front().is_some_and(|(seq, _, _)| *seq <= self.durable_through())
+    }
 }
 
 /// A batch of records taken for one write and sync: whole pages from a
@@ -974,21 +993,24 @@ struct Batch {
     records: u64,
     /// Its last record's sequence number.
     last: u64,
-    /// When the journal thread took it ([`JournalMetrics::lane_wait`]).
+    /// When a lane took it ([`JournalMetrics::lane_wait`]).
     taken: Instant,
 }
 
 struct Shared<T> {
     state: Mutex<State<T>>,
-    /// The journal thread's wake-up.
+    /// The sync lanes' wake-up: an append, a checkpoint's end, closing.
     work: Condvar,
-    /// The sync lanes' wake-up.
-    sync: Condvar,
     /// The checkpoint thread's (and a waiting `checkpoint_now`'s).
     checkpoint: Condvar,
     /// The writer's wake-up when a sync ends ([`Journal::on_lane_free`]).
     lane_free: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// The caller's `deliver`: only the lane that set `State::delivering`
+    /// calls it ([`deliver_durable`]), so this lock is never contended.
+    deliver: Mutex<Deliver<T>>,
 }
+
+type Deliver<T> = Box<dyn FnMut(Vec<T>) + Send>;
 
 impl<T> Shared<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
@@ -1025,9 +1047,9 @@ impl<T: Send + 'static> Journal<T> {
     /// Opens (or creates, zero-filled, [`Config::bytes`]) `FOLDER/journal`
     /// beside the environment, sets the environment's NO_SYNC flag, takes a
     /// checkpoint of a new epoch at the environment's current state, and
-    /// starts the journal and checkpoint threads. `deliver` runs on the
-    /// journal thread with the payloads of commits made durable, in
-    /// commit order. The environment must not be written by anyone but
+    /// starts the sync lanes and the checkpoint thread. `deliver` runs on
+    /// a sync lane (one lane at a time) with the payloads of commits made
+    /// durable, in commit order. The environment must not be written by anyone but
     /// the caller of [`Journal::append`] from here on, and an existing
     /// journal must have been [`restore`]d and replayed first (this refuses
     /// a journal whose checkpoint is followed by records).
@@ -1103,7 +1125,8 @@ impl<T: Send + 'static> Journal<T> {
             covered_through: checkpoint.next_seq - 1,
             synced_through: checkpoint.next_seq - 1,
             in_flight: VecDeque::new(),
-            to_sync: VecDeque::new(),
+            waiting: VecDeque::new(),
+            delivering: false,
             batch_buffers: Vec::new(),
             last_sync: Duration::ZERO,
             synced_at: Instant::now(),
@@ -1121,28 +1144,24 @@ impl<T: Send + 'static> Journal<T> {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             work: Condvar::new(),
-            sync: Condvar::new(),
             checkpoint: Condvar::new(),
             lane_free: OnceLock::new(),
+            deliver: Mutex::new(Box::new(deliver)),
         });
         let journal = Arc::new(journal);
         let lanes = config.lanes.clamp(1, SYNC_LANES_MAX);
         let mut threads = Vec::new();
         let spawned = (|| {
-            for lane in 0..lanes {
+            // One thread more than lanes: one can deliver while `lanes`
+            // batches sync.
+            for lane in 0..=lanes {
                 let (shared, journal, metrics) = (shared.clone(), journal.clone(), metrics.clone());
                 threads.push(
                     std::thread::Builder::new()
                         .name(format!("journal-sync-{lane}"))
-                        .spawn(move || sync_loop(&shared, &journal, &metrics, config))?,
+                        .spawn(move || lane_loop(&shared, &journal, &metrics, config))?,
                 );
             }
-            let (shared_, journal_, metrics_) = (shared.clone(), journal.clone(), metrics.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name("journal".into())
-                    .spawn(move || write_loop(&shared_, &journal_, &metrics_, config, deliver))?,
-            );
             let (shared, env) = (shared.clone(), env.clone());
             threads.push(
                 std::thread::Builder::new()
@@ -1173,7 +1192,7 @@ impl<T: Send + 'static> Journal<T> {
     pub fn append_weighted(&self, effects: &mut Effects, payload: T, weight: u64) {
         let txn = self.env.info().last_txn_id as u64;
         let mut state = self.shared.lock();
-        // The record's bytes go to the journal thread; the caller's buffer
+        // The record's bytes go to a lane; the caller's buffer
         // gets one the thread has written already (no allocation per commit).
         let record = (!effects.is_empty()).then(|| {
             let spare = state.spare.pop().unwrap_or_default();
@@ -1289,7 +1308,6 @@ impl<T: Send + 'static> Drop for Journal<T> {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.work.notify_all();
-        self.shared.sync.notify_all();
         self.shared.checkpoint.notify_all();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -1297,39 +1315,21 @@ impl<T: Send + 'static> Drop for Journal<T> {
     }
 }
 
-/// The journal thread: takes every queued record that fits (while a sync
-/// lane is free), places it from `head` in whole pages, hands the batch to
-/// the lanes ([`sync_loop`]), and delivers what became durable, in order.
-fn write_loop<T: Send>(
-    shared: &Shared<T>,
-    journal: &JournalFile,
-    metrics: &JournalMetrics,
-    config: Config,
-    mut deliver: impl FnMut(Vec<T>),
-) {
+/// A sync lane (every lane thread runs this, one more than `lanes`;
+/// there is no thread between the writer and the lanes): delivers what
+/// became durable, in order; else, while fewer than `lanes` batches are
+/// in flight and unless the gather holds it, takes every queued record
+/// that fits, places it from `head` in whole pages, writes the batch and
+/// makes it durable itself ([`sync_batch`]); else sleeps until an append,
+/// a sync's end or a checkpoint. Lanes run at once; a later batch synced first
+/// waits, undelivered, for the earlier ones (the lane that completes the
+/// durable prefix delivers it).
+fn lane_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, metrics: &JournalMetrics, config: Config) {
     let lanes = config.lanes.clamp(1, SYNC_LANES_MAX);
-    // Taken, waiting to be durable: (sequence, weight, payload), in order.
-    let mut waiting: VecDeque<(u64, u64, T)> = VecDeque::new();
     let mut state = shared.lock();
     loop {
-        let durable = state.durable_through();
-        let mut ready = Vec::new();
-        let mut answered = 0;
-        while waiting.front().is_some_and(|(seq, _, _)| *seq <= durable) {
-            if let Some((_, weight, payload)) = waiting.pop_front() {
-                ready.push(payload);
-                answered += weight;
-            }
-        }
-        if !ready.is_empty() {
-            metrics.deliver_wait.observe_duration(state.synced_at.elapsed());
-            if config.gather {
-                state.owed = answered + state.queue.iter().map(|entry| entry.weight).sum::<u64>();
-                state.gather_until = Instant::now() + state.last_sync.min(GATHER_MAX);
-            }
-            drop(state);
-            deliver(ready);
-            state = shared.lock();
+        if state.deliverable() {
+            state = deliver_durable(shared, state, metrics, config);
             continue;
         }
         if state.closed {
@@ -1347,22 +1347,28 @@ fn write_loop<T: Send>(
                 continue;
             }
         }
+        let mut buffer = Vec::new();
         if state.in_flight.len() < lanes {
-            let mut buffer = state.batch_buffers.pop().unwrap_or_else(|| Vec::with_capacity(SYNC_BYTES_MAX));
+            buffer = state.batch_buffers.pop().unwrap_or_else(|| Vec::with_capacity(SYNC_BYTES_MAX));
             buffer.clear();
-            if let Some(batch) = take(&mut state, journal, metrics, &mut waiting, buffer) {
-                state.owed = 0;
-                state.in_flight.push_back((batch.last, false));
-                state.to_sync.push_back(batch);
-                shared.sync.notify_one();
-                continue;
+        }
+        if state.in_flight.len() < lanes
+            && let Some(batch) = take(&mut state, journal, metrics, buffer)
+        {
+            state.owed = 0;
+            state.in_flight.push_back((batch.last, false));
+            drop(state);
+            if !sync_batch(shared, journal, metrics, config, batch) {
+                return;
             }
-            if state.full {
-                shared.checkpoint.notify_all();
-            }
-            if waiting.front().is_some_and(|(seq, _, _)| *seq <= state.durable_through()) {
-                continue;
-            }
+            state = shared.lock();
+            continue;
+        }
+        if state.full {
+            shared.checkpoint.notify_all();
+        }
+        if state.deliverable() {
+            continue;
         }
         state = match shared.work.wait(state) {
             Ok(guard) => guard,
@@ -1371,15 +1377,105 @@ fn write_loop<T: Send>(
     }
 }
 
+/// Hands every payload that is durable (its record and every earlier one)
+/// to `deliver`, in commit order, and sets the gather's weight. One lane
+/// delivers at a time ([`State::delivering`]): another that finds
+/// payloads durable meanwhile goes on taking and syncing, and the
+/// delivering lane looks again when it is done.
+fn deliver_durable<'a, T: Send>(
+    shared: &'a Shared<T>,
+    mut state: MutexGuard<'a, State<T>>,
+    metrics: &JournalMetrics,
+    config: Config,
+) -> MutexGuard<'a, State<T>> {
+    let durable = state.durable_through();
+    let mut ready = Vec::new();
+    let mut answered = 0;
+    while state.waiting.front().is_some_and(|(seq, _, _)| *seq <= durable) {
+        if let Some((_, weight, payload)) = state.waiting.pop_front() {
+            ready.push(payload);
+            answered += weight;
+        }
+    }
+    metrics.deliver_wait.observe_duration(state.synced_at.elapsed());
+    if config.gather {
+        state.owed = answered + state.queue.iter().map(|entry| entry.weight).sum::<u64>();
+        state.gather_until = Instant::now() + state.last_sync.min(GATHER_MAX);
+    }
+    state.delivering = true;
+    drop(state);
+    {
+        let mut deliver = match shared.deliver.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        (*deliver)(ready);
+    }
+    let mut state = shared.lock();
+    state.delivering = false;
+    state
+}
+
+/// Writes a taken batch and makes it durable (one `pwritev2(RWF_DSYNC)`:
+/// the write and a sync of its own range), then advances
+/// `synced_through` over the prefix of batches that are synced. `false`
+/// when the write failed (the journal is closed).
+fn sync_batch<T: Send>(
+    shared: &Shared<T>,
+    journal: &JournalFile,
+    metrics: &JournalMetrics,
+    config: Config,
+    batch: Batch,
+) -> bool {
+    #[cfg(test)]
+    tests::before_sync(batch.last);
+    let started = Instant::now();
+    metrics.lane_wait.observe_duration(started.saturating_duration_since(batch.taken));
+    if let Err(error) = write_durably(journal, &batch.bytes, journal.offset(batch.start)) {
+        (config.on_failure)(&error);
+        shared.lock().closed = true;
+        shared.work.notify_all();
+        return false;
+    }
+    let took = started.elapsed();
+    metrics.sync.observe_duration(took);
+    metrics.syncs.inc();
+    metrics.bytes.inc_by(batch.bytes.len() as u64);
+    metrics.records_per_sync.observe(batch.records);
+    let mut state = shared.lock();
+    state.last_sync = took;
+    if let Some(entry) = state.in_flight.iter_mut().find(|(last, _)| *last == batch.last) {
+        entry.1 = true;
+    }
+    while let Some(&(last, true)) = state.in_flight.front() {
+        state.synced_through = state.synced_through.max(last);
+        state.in_flight.pop_front();
+        state.synced_at = Instant::now();
+    }
+    if state.batch_buffers.len() < SYNC_LANES_MAX {
+        state.batch_buffers.push(batch.bytes);
+    }
+    let queued = !state.queue.is_empty();
+    drop(state);
+    if queued {
+        // A thread that found every lane busy may take it now.
+        shared.work.notify_one();
+    }
+    shared.checkpoint.notify_all();
+    if let Some(wake) = shared.lane_free.get() {
+        wake();
+    }
+    true
+}
+
 /// Takes every queued entry that fits into one batch written from `head`:
 /// records are placed in `buffer` (padded to whole pages), entries without
-/// a record to write pass straight to `waiting`. `None` (the buffer kept
-/// for later) when no record was taken.
+/// a record to write pass straight to [`State::waiting`]. `None` (the
+/// buffer kept for later) when no record was taken.
 fn take<T>(
     state: &mut State<T>,
     journal: &JournalFile,
     metrics: &JournalMetrics,
-    waiting: &mut VecDeque<(u64, u64, T)>,
     mut buffer: Vec<u8>,
 ) -> Option<Batch> {
     let mut start = state.head;
@@ -1394,7 +1490,7 @@ fn take<T>(
         // checkpoint covers (never written): delivered in turn.
         let Some(size) = size.filter(|_| seq > state.placed_through) else {
             if let Some(entry) = state.queue.pop_front() {
-                waiting.push_back((entry.seq, entry.weight, entry.payload));
+                state.waiting.push_back((entry.seq, entry.weight, entry.payload));
             }
             continue;
         };
@@ -1425,7 +1521,7 @@ fn take<T>(
             state.spare.push(payload);
         }
         state.placed_through = seq;
-        waiting.push_back((seq, entry.weight, entry.payload));
+        state.waiting.push_back((seq, entry.weight, entry.payload));
         records += 1;
         last = seq;
     }
@@ -1438,65 +1534,6 @@ fn take<T>(
     state.head = align_up(start + buffer.len() as u64, PAGE);
     buffer.resize(align_up(buffer.len() as u64, PAGE) as usize, 0);
     Some(Batch { start, bytes: buffer, records, last, taken: Instant::now() })
-}
-
-/// A sync lane: writes a taken batch and makes it durable (one
-/// `pwritev2(RWF_DSYNC)`: the write and a sync of its own range), then
-/// advances `synced_through` over the prefix of batches that are synced.
-/// Lanes run at once; a later batch synced first waits, undelivered, for
-/// the earlier ones.
-fn sync_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, metrics: &JournalMetrics, config: Config) {
-    loop {
-        let mut state = shared.lock();
-        let batch = loop {
-            if let Some(batch) = state.to_sync.pop_front() {
-                break batch;
-            }
-            if state.closed {
-                return;
-            }
-            state = match shared.sync.wait(state) {
-                Ok(guard) => guard,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-        };
-        drop(state);
-        #[cfg(test)]
-        tests::before_sync(batch.last);
-        let started = Instant::now();
-        metrics.lane_wait.observe_duration(started.saturating_duration_since(batch.taken));
-        if let Err(error) = write_durably(journal, &batch.bytes, journal.offset(batch.start)) {
-            (config.on_failure)(&error);
-            shared.lock().closed = true;
-            shared.work.notify_all();
-            shared.sync.notify_all();
-            return;
-        }
-        let took = started.elapsed();
-        metrics.sync.observe_duration(took);
-        metrics.syncs.inc();
-        metrics.bytes.inc_by(batch.bytes.len() as u64);
-        metrics.records_per_sync.observe(batch.records);
-        let mut state = shared.lock();
-        state.last_sync = took;
-        if let Some(entry) = state.in_flight.iter_mut().find(|(last, _)| *last == batch.last) {
-            entry.1 = true;
-        }
-        while let Some(&(last, true)) = state.in_flight.front() {
-            state.synced_through = state.synced_through.max(last);
-            state.in_flight.pop_front();
-            state.synced_at = Instant::now();
-        }
-        if state.batch_buffers.len() < SYNC_LANES_MAX {
-            state.batch_buffers.push(batch.bytes);
-        }
-        drop(state);
-        shared.work.notify_one();
-        shared.checkpoint.notify_all();
-        if let Some(wake) = shared.lane_free.get() {
-            wake();
-        }
-    }
 }
 
 /// Writes `bytes` at `offset` and makes them durable: `pwritev2` with

@@ -14,9 +14,10 @@
 //!                                (NO_SYNC: pages into the page cache only),
 //!                                hand the record and the answers to the
 //!                                journal, take the next batch
-//!                                ──▶ journal thread (daemon::journal): write
-//!                                every queued record, ONE fdatasync, then
-//!                                the answers leave in one sendmmsg
+//!                                ──▶ a free sync lane (daemon::journal):
+//!                                take every queued record, write it with
+//!                                ONE pwritev2(RWF_DSYNC), then the answers
+//!                                of the durable prefix leave in one sendmmsg
 //!                                ··▶ checkpoint thread: every second or at
 //!                                half full, sync data.mdb at a snapshot the
 //!                                writer pinned; the records before it are
@@ -36,7 +37,7 @@
 //! each with its own SO_REUSEPORT socket): a datagram server's cost is its
 //! syscalls. A blocking thread pays one receive and one send per request
 //! (under load fewer: [`crate::mmsg`] takes every queued datagram in one
-//! receive and sends their answers, and the journal thread a sync's, in one
+//! receive and sends their answers, and a sync lane a sync's, in one
 //! send), where the io_uring executor also paid the poll submission, the
 //! ring wait and task work (about a fifth of a stat's CPU in `perf record`).
 //! And one shared socket lets whichever thread is free take the next
@@ -245,8 +246,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let socket: UdpSocket = socket.into();
     daemon::announce::listening(daemon::announce::Proto::Udp, local).map_err(|e| ServerError::Start(e.to_string()))?;
 
-    // From here every commit is journaled: the journal thread answers a
-    // batch once its record is durable.
+    // From here every commit is journaled: a sync lane answers a batch
+    // once its record and every earlier one is durable.
     let journal_config = daemon::journal::Config {
         bytes: config.journal_bytes,
         gather: config.journal_gather,
@@ -584,8 +585,8 @@ struct Open<'s> {
 /// the checkpoints have that much less to write back while the journal
 /// syncs (session 10: was ~2.5 mutations per commit and ~6 commits per
 /// sync at 8 clients). After the commit the writer hands its effects with
-/// the answers to the journal, whose thread writes the records of every
-/// commit queued meanwhile with one sync, then sends their answers. So a
+/// the answers to the journal, whose free sync lane writes the records of
+/// every commit queued meanwhile with one sync, then sends their answers. So a
 /// mutation still waits for one small sync, "durable before the reply"
 /// and commit order hold, and reads (other threads' read transactions)
 /// see only committed state. After each commit, and every [`WRITER_TICK`]

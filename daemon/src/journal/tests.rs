@@ -406,6 +406,8 @@ fn a_later_batch_synced_first_waits_for_the_earlier_one() {
     while harness.records < 1 {
         harness.commit(&mut rng);
     }
+    // Its slow sync cannot end before this plus SLOW_SYNC.
+    let appended = Instant::now();
     std::thread::sleep(Duration::from_millis(20));
     let first = harness.commits;
     while harness.records < 2 {
@@ -420,10 +422,16 @@ fn a_later_batch_synced_first_waits_for_the_earlier_one() {
     // …and nothing is answered before the first batch is durable, except
     // commits before it that changed nothing.
     let delivered = harness.delivered.lock().unwrap().clone();
-    assert!(
-        delivered.iter().all(|&commit| commit < first),
-        "answered before an earlier record was durable: {delivered:?}"
-    );
+    // (On a machine so busy that the first batch's slow sync could have
+    // ended by now, the order is not observable: no verdict.)
+    if appended.elapsed() < SLOW_SYNC {
+        assert!(
+            delivered.iter().all(|&commit| commit < first),
+            "answered before an earlier record was durable: {delivered:?}"
+        );
+    } else {
+        eprintln!("the machine was too slow to observe the order this time");
+    }
     harness.wait_durable();
     SLOW_BATCH.store(0, Ordering::Relaxed);
     assert_eq!(metrics.syncs.get(), 2);
@@ -520,4 +528,78 @@ fn pace_holds_the_writer_while_every_lane_is_busy() {
     HELD_BATCH.store(0, Ordering::Relaxed);
     assert!(wakes.load(Ordering::SeqCst) > woken, "the end of the sync woke the writer");
     assert_eq!(harness.journal.pace(1), Pace::Now, "a free lane: commit now");
+}
+
+// The lanes deliver (session 13: no journal thread between the writer and
+// the lanes): while one lane thread hands payloads to a slow `deliver`
+// (answers being sent), another takes and syncs the records appended
+// meanwhile, so a delivery never holds back the next sync; with one lane
+// too (there is a lane thread more than lanes).
+#[test]
+fn a_slow_delivery_does_not_hold_back_the_next_sync() {
+    slow_delivery_with_lanes(2);
+}
+
+#[test]
+fn a_slow_delivery_does_not_hold_back_the_next_sync_with_one_lane() {
+    slow_delivery_with_lanes(1);
+}
+
+fn slow_delivery_with_lanes(lanes: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let (env, dbs) = open_env(dir.path());
+    let metrics = JournalMetrics::new();
+    let config = Config { bytes: 1 << 20, checkpoint_period: Duration::from_secs(3600), lanes, ..Config::default() };
+    // The first delivery blocks until `release` is set.
+    let gate = Arc::new((Mutex::new((Vec::new(), false)), Condvar::new()));
+    let sink = gate.clone();
+    let journal = Journal::start(&env, config, metrics.clone(), move |payloads: Vec<u64>| {
+        let (lock, condvar) = &*sink;
+        let mut guard = lock.lock().unwrap();
+        let first = guard.0.is_empty();
+        guard.0.extend(payloads);
+        condvar.notify_all();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while first && !guard.1 && Instant::now() < deadline {
+            guard = condvar.wait_timeout(guard, Duration::from_millis(10)).unwrap().0;
+        }
+    })
+    .unwrap();
+    let mut effects = Effects::default();
+    let mut commit = |number: u64| {
+        let mut txn = env.write_txn().unwrap();
+        let key = number.to_be_bytes();
+        dbs[0].put(&mut txn, &key, b"value").unwrap();
+        effects.put(0, &key, b"value");
+        txn.commit().unwrap();
+        journal.append(&mut effects, number);
+        journal.after_commit();
+    };
+    let (lock, condvar) = &*gate;
+    commit(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut guard = lock.lock().unwrap();
+    while guard.0.is_empty() {
+        assert!(Instant::now() < deadline, "the first commit was never delivered");
+        guard = condvar.wait_timeout(guard, Duration::from_millis(10)).unwrap().0;
+    }
+    drop(guard);
+    // The first delivery is now blocked; the next records still get synced.
+    commit(2);
+    commit(3);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !journal.is_durable() {
+        assert!(Instant::now() < deadline, "records appended during a delivery were not synced until it ended");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(lock.lock().unwrap().0, vec![1], "nothing else delivered while the first delivery runs");
+    lock.lock().unwrap().1 = true;
+    condvar.notify_all();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lock.lock().unwrap().0.len() < 3 {
+        assert!(Instant::now() < deadline, "the later commits were never delivered");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(lock.lock().unwrap().0, vec![1, 2, 3], "delivered in commit order");
+    assert!(metrics.syncs.get() >= 2);
 }
