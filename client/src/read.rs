@@ -3,7 +3,7 @@
 //! and checked (CRC per block, computed as the bytes arrive; the span CRC
 //! derived from the block CRCs as `crc32c_combine` does, with its operator
 //! kept per block length: never a second pass over the bytes). A healthy
-//! span (every data block on a service neither flagged nor found down, the
+//! span of a file smaller than [`WHOLE_SPANS_FROM`] (every data block on a service neither flagged nor found down, the
 //! span CRC the combine of the blocks' listed CRCs) is read and written out
 //! **block by block**: each data block into a block buffer, written out in
 //! order once its CRC matches the one it was written with, the buffer then
@@ -26,11 +26,12 @@
 //!   size (and one span at a time when that share holds fewer than two).
 //!   Healthy spans' blocks have a read-ahead of their own, from
 //!   [`BLOCK_READ_AHEAD_BYTES_MIN`] up to 1/[`BLOCK_READ_AHEAD_FILE_SHARE`]
-//!   of the file (within the same maximum, all of it from
-//!   [`BLOCK_READ_AHEAD_FULL_FROM`] on), so that the fresh memory of the
-//!   read-ahead's buffers is paid for by enough bytes read: four concurrent
-//!   cats of 256 MiB each faulted in 64 MiB, then 32, then one 16 MiB span
-//!   buffer; now two 4 MiB block buffers.
+//!   of the file (within the same maximum), so that the fresh memory of
+//!   the read-ahead's buffers is paid for by enough bytes read: four
+//!   concurrent cats of 256 MiB each faulted in 64 MiB, then 32, then one
+//!   16 MiB span buffer; now two 4 MiB block buffers. A file of
+//!   [`WHOLE_SPANS_FROM`] or more pays for its span buffers and is read
+//!   span by span (faster alone).
 //! - **Buffers** are reused: a block or span buffer goes back to the
 //!   read's free list once written out; a block of a span read whole never
 //!   gets a buffer of its own (parity
@@ -118,8 +119,8 @@ pub const READ_AHEAD_FILE_SHARE: u64 = 16;
 /// under way while one is written out (one block at a time saved as much
 /// CPU but read 1.23× slower, paired).
 pub const BLOCK_READ_AHEAD_BYTES_MIN: u64 = 8 << 20;
-/// The block read-ahead of a file smaller than
-/// [`BLOCK_READ_AHEAD_FULL_FROM`] is at most this share of its size (1/N,
+/// The block read-ahead of a file (smaller than [`WHOLE_SPANS_FROM`]) is
+/// at most this share of its size (1/N,
 /// within [`BLOCK_READ_AHEAD_BYTES_MIN`] and [`READ_AHEAD_BYTES_MAX`]):
 /// 8 MiB for 256 MiB, 16 MiB for 512 MiB. Paired on this machine
 /// (`perf/results/2026-11-28-s13-dp13b.md`), four concurrent cats of
@@ -127,11 +128,14 @@ pub const BLOCK_READ_AHEAD_BYTES_MIN: u64 = 8 << 20;
 /// 4 MiB block buffers each than with one fresh 16 MiB span buffer: fresh
 /// memory is zeroed by the kernel on first touch.
 pub const BLOCK_READ_AHEAD_FILE_SHARE: u64 = 32;
-/// Files of this size or more get the whole [`READ_AHEAD_BYTES_MAX`] of
-/// block read-ahead: a lone cat of 1 GiB read 0.93× as fast with 16 MiB
-/// of blocks in flight as main with 64 MiB of spans, 1.04× with 64 MiB of
-/// blocks (12 paired rounds), whose buffers 1 GiB of output pays for.
-pub const BLOCK_READ_AHEAD_FULL_FROM: u64 = 1 << 30;
+/// Files of this size or more are read span by span, never block by
+/// block: their read-ahead's fresh memory is paid for by enough bytes, and
+/// a lone cat of 1 GiB read 0.83× as fast block by block (64 MiB of blocks
+/// in flight) as span by span (10 paired rounds, 0.66–1.52, with 11 % more
+/// client CPU: one write and one task per 4 MiB block instead of per span;
+/// `perf/results/2026-11-28-s13-lead.md`). Block by block is for the
+/// smaller files, where the span buffers' first touch is the cost.
+pub const WHOLE_SPANS_FROM: u64 = 1 << 30;
 /// Kept for callers of the first version: the old fixed window in spans.
 pub const READ_AHEAD_SPANS: usize = READ_AHEAD_SPANS_MIN;
 
@@ -537,6 +541,8 @@ pub async fn read_file_to<S: SpanSink>(
                     };
                     window_max = read_ahead_max(size);
                     block_window_max = block_read_ahead_max(size);
+                    // A large file (or one of unknown size) is read span by span.
+                    whole_spans |= size.is_none_or(|size| size >= WHOLE_SPANS_FROM);
                     let span_size = page.spans.iter().map(|span| u64::from(span.size)).max().unwrap_or(0);
                     spans_min = read_ahead_spans_min(size, span_size);
                 }
@@ -724,14 +730,10 @@ fn read_ahead_max(size: Option<u64>) -> u64 {
 }
 
 /// The most the block read-ahead of a file of `size` bytes (if known)
-/// grows to: [`READ_AHEAD_BYTES_MAX`] from [`BLOCK_READ_AHEAD_FULL_FROM`]
-/// on, else 1/[`BLOCK_READ_AHEAD_FILE_SHARE`] of it, within
+/// grows to: 1/[`BLOCK_READ_AHEAD_FILE_SHARE`] of it, within
 /// [`BLOCK_READ_AHEAD_BYTES_MIN`] and [`READ_AHEAD_BYTES_MAX`].
 fn block_read_ahead_max(size: Option<u64>) -> u64 {
     size.map_or(READ_AHEAD_BYTES_MAX, |size| {
-        if size >= BLOCK_READ_AHEAD_FULL_FROM {
-            return READ_AHEAD_BYTES_MAX;
-        }
         (size / BLOCK_READ_AHEAD_FILE_SHARE).clamp(BLOCK_READ_AHEAD_BYTES_MIN, READ_AHEAD_BYTES_MAX)
     })
 }
