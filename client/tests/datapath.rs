@@ -210,6 +210,22 @@ fn a_service_stalling_mid_transfer_turns_into_parity_reads() {
     assert!(stderr.contains("parity"), "-v says the blocks came from parity: {stderr}");
 }
 
+/// A cluster of 6 block services holding `/degraded`, `spans` spans of
+/// 1 MiB (the last 3 bytes short) put with RS 4+2 from `test_bytes(…,
+/// seed)`, whose block service 2 is then killed; and the file's bytes.
+fn degraded_cluster(spans: usize, seed: u64) -> (Cluster, Vec<u8>) {
+    let cluster = Cluster::start(6);
+    let data = test_bytes(spans * MIB - 3, seed);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let local = scratch.path().join("degraded");
+    std::fs::write(&local, &data).expect("write");
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/degraded", "--parity", "4+2", "--span-size", "1048576"]);
+    let services = cluster.block_services();
+    let victim = services.iter().find(|s| s.name == "block service 2").expect("block service 2");
+    cluster.kill(victim);
+    (cluster, data)
+}
+
 /// With one service of RS 4+2 dead, a span whose data block was on it is
 /// rebuilt from one parity block and the three other data blocks where
 /// `client::erasure::fast()` holds on this CPU (`-v` says "one parity
@@ -222,16 +238,8 @@ fn a_service_stalling_mid_transfer_turns_into_parity_reads() {
 /// service is down").
 #[test]
 fn one_dead_service_costs_xor_rebuilds_and_is_asked_a_few_times_only() {
-    let cluster = Cluster::start(6);
     let spans = 40;
-    let data = test_bytes(spans * MIB - 3, 23);
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let local = scratch.path().join("degraded");
-    std::fs::write(&local, &data).expect("write");
-    cluster.ok(&["put", local.to_str().expect("utf-8"), "/degraded", "--parity", "4+2", "--span-size", "1048576"]);
-    let services = cluster.block_services();
-    let victim = services.iter().find(|s| s.name == "block service 2").expect("block service 2");
-    cluster.kill(victim);
+    let (cluster, data) = degraded_cluster(spans, 23);
     let output = cluster.eggs(&["-v", "cat", "/degraded"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "cat failed: {stderr}");
@@ -403,16 +411,8 @@ fn read_recorded(cluster: &Cluster, path: &str) -> (client::read::ReadReport, Re
 /// off the dead service.
 #[test]
 fn a_degraded_read_reads_whole_spans_from_its_first_failure_on() {
-    let cluster = Cluster::start(6);
     let spans = 24;
-    let data = test_bytes(spans * MIB - 3, 24);
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let local = scratch.path().join("degraded");
-    std::fs::write(&local, &data).expect("write");
-    cluster.ok(&["put", local.to_str().expect("utf-8"), "/degraded", "--parity", "4+2", "--span-size", "1048576"]);
-    let services = cluster.block_services();
-    let victim = services.iter().find(|s| s.name == "block service 2").expect("block service 2");
-    cluster.kill(victim);
+    let (cluster, data) = degraded_cluster(spans, 24);
     let (report, sink) = read_recorded(&cluster, "/degraded");
     assert!(sink.bytes == data, "every byte is the file's own");
     assert!(report.reconstructed_spans > 0, "some span lost a data block");
