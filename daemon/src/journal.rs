@@ -776,7 +776,7 @@ pub struct Config {
     /// concurrent flushes (see the module doc), so the next batch starts
     /// at once on a free lane; answers still go out in commit order.
     pub lanes: usize,
-    /// Called (from a journal thread) when a journal write or sync, or a
+    /// Called (from a sync lane or the checkpoint thread) when a journal write or sync, or a
     /// checkpoint, failed: must not return to serving. The default logs
     /// one line and exits 1 ([`exit_on_failure`]).
     pub on_failure: fn(&JournalError),
