@@ -227,6 +227,11 @@ fn forged_or_malformed_registrations_and_bad_stats_change_nothing() {
     register(shuckle.udp, &drifting.key, drifting.addr.port(), 2, None);
     wait_listed(&shuckle, &drifting.id_hex());
     drifting.set_mode(Mode::WrongToken);
+    // A good check may still be in flight: shuckle checks a service once
+    // at a time and records a check before it starts the next, so once the
+    // service is contacted again every good answer has been recorded.
+    let contacts = drifting.contacts();
+    wait_for("a check after the answers went wrong", || (drifting.contacts() > contacts).then_some(()));
     let last_check = listed(shuckle.http, &drifting.id_hex()).unwrap()["last_check"].as_u64().unwrap();
     let contacts = drifting.contacts();
     wait_for("more round-robin checks", || (drifting.contacts() >= contacts + 3).then_some(()));
