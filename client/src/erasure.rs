@@ -232,20 +232,17 @@ fn model_holds(d: usize, p: usize, parity_index: usize, factors: &[Factor]) -> b
     *bytes == expected[..]
 }
 
-/// `count` shards of `len` pseudo-random bytes (xorshift64, always the
-/// same): what a probe of the library's code encodes.
+/// `count` shards of `len` pseudo-random bytes (rand's `StdRng` from a
+/// fixed seed, always the same): what a probe of the library's code
+/// encodes.
 pub(crate) fn probe_shards(count: usize, len: usize) -> Vec<Vec<u8>> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
     (0..count)
         .map(|_| {
-            (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect()
+            let mut shard = vec![0u8; len];
+            rng.fill_bytes(&mut shard);
+            shard
         })
         .collect()
 }

@@ -449,6 +449,18 @@ fn block_plans(state: &ReadState, span: &FileSpan) -> Option<Vec<BlockAhead>> {
     )
 }
 
+/// A buffer for `span`, read whole: one a span read before gave back, else
+/// (for a span of blocks, when that one is too small) a fresh span buffer,
+/// made here rather than by `read_blocks` so that `made` counts it.
+fn whole_span_buffer(free: &mut Vec<BytesMut>, made: &mut u64, span: &FileSpan) -> BytesMut {
+    let buffer = free.pop().unwrap_or_default();
+    if matches!(span.body, FileSpanBody::Blocks { .. }) && buffer.capacity() < span.size as usize {
+        *made += u64::from(span.size);
+        return span_buffer(span.size as usize);
+    }
+    buffer
+}
+
 /// Block buffers of one read, reused from block to block.
 #[derive(Default)]
 struct BlockBuffers {
@@ -484,7 +496,7 @@ pub async fn read_file_to<S: SpanSink>(
 ) -> Result<ReadReport> {
     let mut report = ReadReport::default();
     // (span, the unit's bytes, the unit)
-    let mut in_flight: VecDeque<(FileSpan, u64, Ahead)> = VecDeque::new();
+    let mut in_flight: VecDeque<(Arc<FileSpan>, u64, Ahead)> = VecDeque::new();
     let mut in_flight_bytes = 0u64;
     let mut window = READ_AHEAD_BYTES_MIN;
     let mut window_max = READ_AHEAD_BYTES_MAX;
@@ -519,7 +531,7 @@ pub async fn read_file_to<S: SpanSink>(
                 let buffer = block_buffers.take(size as usize);
                 let task = tokio::spawn(fetch_one(state.clone(), plan.index, plan.block, buffer));
                 in_flight_bytes += u64::from(size);
-                in_flight.push_back(((*plan.span).clone(), u64::from(size), Ahead::Block(plan, task)));
+                in_flight.push_back((plan.span.clone(), u64::from(size), Ahead::Block(plan, task)));
                 continue;
             }
             if pending.is_empty()
@@ -567,15 +579,12 @@ pub async fn read_file_to<S: SpanSink>(
                     }
                 }
             }
-            let mut buffer = free.pop().unwrap_or_default();
-            if matches!(span.body, FileSpanBody::Blocks { .. }) && buffer.capacity() < span.size as usize {
-                // Made here, not by `read_blocks`, so that it is counted.
-                buffer = span_buffer(span.size as usize);
-                block_buffers.made += u64::from(span.size);
-            }
-            in_flight_bytes += u64::from(span.size);
-            let task = tokio::spawn(read_span(state.clone(), inode, span.clone(), buffer));
-            in_flight.push_back((span.clone(), u64::from(span.size), Ahead::Span(task)));
+            let buffer = whole_span_buffer(&mut free, &mut block_buffers.made, &span);
+            let bytes = u64::from(span.size);
+            in_flight_bytes += bytes;
+            let span = Arc::new(span);
+            let task = tokio::spawn(read_span(state.clone(), inode, (*span).clone(), buffer));
+            in_flight.push_back((span, bytes, Ahead::Span(task)));
         }
         let Some((span, bytes, ahead)) = in_flight.pop_front() else { break };
         in_flight_bytes -= bytes;
@@ -659,14 +668,11 @@ pub async fn read_file_to<S: SpanSink>(
                                 continue;
                             }
                             respawned = Some(next.offset);
-                            let mut buffer = free.pop().unwrap_or_default();
-                            if buffer.capacity() < next.size as usize {
-                                buffer = span_buffer(next.size as usize);
-                                block_buffers.made += u64::from(next.size);
-                            }
-                            in_flight_bytes += u64::from(next.size);
-                            let task = tokio::spawn(read_span(state.clone(), inode, next.clone(), buffer));
-                            kept.push_back((next.clone(), u64::from(next.size), Ahead::Span(task)));
+                            let buffer = whole_span_buffer(&mut free, &mut block_buffers.made, &next);
+                            let bytes = u64::from(next.size);
+                            in_flight_bytes += bytes;
+                            let task = tokio::spawn(read_span(state.clone(), inode, (*next).clone(), buffer));
+                            kept.push_back((next, bytes, Ahead::Span(task)));
                         }
                         in_flight = kept;
                         let mut back: Vec<FileSpan> = Vec::new();
@@ -680,7 +686,7 @@ pub async fn read_file_to<S: SpanSink>(
                         for later in back.into_iter().rev() {
                             pending.push_front(later);
                         }
-                        let mut read = read_span(state.clone(), inode, span.clone(), BytesMut::new()).await?;
+                        let mut read = read_span(state.clone(), inode, (*span).clone(), BytesMut::new()).await?;
                         read.data = read.data.split_off(plan.start as usize);
                         read
                     }
