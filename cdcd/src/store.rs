@@ -81,7 +81,7 @@ const TXNS_DB: u8 = 1;
 const PENDING_DB: u8 = 2;
 const CLIENTS_DB: u8 = 3;
 
-/// Run once a commit is durable (on the journal's thread).
+/// Run once a commit is durable (on the journal's sync lane that delivers it).
 pub type OnDurable = Box<dyn FnOnce() + Send>;
 
 /// Which client request a transaction answers.
@@ -121,7 +121,7 @@ pub enum StoreError {
     Structure(#[from] daemon::lmdb::Damage),
     #[error("transaction store: {0}")]
     Journal(#[from] daemon::journal::JournalError),
-    /// The journal's thread is gone (the process is stopping).
+    /// The journal's threads are gone (the process is stopping).
     #[error("transaction store: the journal stopped before the commit was durable")]
     JournalGone,
 }

@@ -58,7 +58,7 @@ fn eight_waiting_clients_commit_about_once_per_journal_sync() {
     );
     assert!(mutations >= (CLIENTS * CREATES_PER_CLIENT) as u64, "every create committed");
     // A commit made while a lane was free can still share its sync with
-    // the one before it (the journal thread was delivering): allow half a
+    // the one before it (a lane was delivering): allow half a
     // commit more per sync, and the odd commit around the measurement.
     assert!(
         commits * 2 <= syncs * 3 + 10,

@@ -318,7 +318,7 @@ fn records_wrap_around_and_stale_laps_are_not_replayed() {
 }
 
 // With checkpoints only on demand (an hour apart), a journal of a few
-// pages fills: the journal thread forces a checkpoint and waits for it,
+// pages fills: a sync lane forces a checkpoint and waits for it,
 // and every commit is still made durable, in order.
 #[test]
 fn a_full_journal_forces_a_checkpoint() {
@@ -511,7 +511,7 @@ fn pace_holds_the_writer_while_every_lane_is_busy() {
     while harness.records < 3 {
         harness.commit(&mut rng);
     }
-    // Once the journal thread has taken it, its one lane is busy.
+    // Once a lane has taken it, its one lane is busy.
     let deadline = Instant::now() + SLOW_SYNC / 2;
     let held = loop {
         match harness.journal.pace(1) {
