@@ -11,13 +11,13 @@
 //! | `directories` | inode BE | [`DirectoryRecord`] |
 //! | `living` | dir BE ‖ name_hash BE ‖ name | [`LivingRecord`]: creation time, inode (with owning bit) |
 //! | `dead` | dir BE ‖ name_hash BE ‖ name ‖ 0x00 ‖ creation_time BE | inode (with owning bit; 0 = "nothing") |
-//! | `files` | inode BE | [`FileRecord`] (linked files and symlinks) |
+//! | `files` | inode BE | [`FileRecord`] (linked files and symlinks); a file create_small_file made also carries its [`CreateMemory`] (store format 3) |
 //! | `eden` | inode BE | [`EdenRecord`] (files being written) |
 //! | `spans` | inode BE ‖ byte offset BE | [`SpanRecord`] (of linked and eden files alike) |
 //! | `reverse_blocks` | block service BE ‖ block id BE | file inode LE ‖ span offset LE |
 //! | `block_services` | block service id BE | [`crate::block_services::BlockServiceRecord`] |
 //! | `unlinked_dirs` | CDC transaction id BE (create_unlinked_dir), or id BE ‖ `i`/`a`/`d`/`m` (inject_dirent, acquire_dirent, create_linked_dir, move_file_in_shard) | inode LE; or dir LE ‖ inode LE ‖ creation time LE (the CDC requests remembered per transaction until its `forget_below` passes it: `logic::dirents`) |
-//! | `small_files` | file inode BE | create_small_file's memory: create id LE ‖ contents CRC LE ‖ creation time LE, for [`wire::limits::SMALL_FILE_CREATE_MEMORY_NS`] (inodes grow with time, so the oldest are first and each create forgets up to two expired ones: `logic::small`) |
+//! | `small_files` | file inode BE | [`CreateMemory`]s written by a metad before store format 3 (and by the journal records it left, replayed): still honoured for [`wire::limits::SMALL_FILE_CREATE_MEMORY_NS`]; inodes grow with time, so the oldest are first and each create forgets up to two expired ones (`logic::small`); nothing new is written here |
 //!
 //! Every value is stored with a 4-byte trailer: the CRC32C of
 //! `key_len u16 LE ‖ key ‖ value`, checked on every read ([`Db`]). A record
@@ -27,6 +27,9 @@
 //! has no checksums, so without this a flipped bit in a page was served as
 //! a wrong inode, a mangled name or a short listing. `meta/format` holds
 //! [`STORE_FORMAT`]; a store without it (written before the checksums) is
+//! refused, one of format 2 is stamped 3 when opened (format 3 only adds
+//! the create memory to file records; the memories format 2 kept in
+//! `small_files` are still read there), and one of a later format is
 //! refused.
 //!
 //! Before LMDB maps `data.mdb`, [`Store::open`] runs `daemon::lmdb::check`:
@@ -94,7 +97,7 @@ pub enum StoreError {
     /// The journal could not be read, restored or replayed.
     #[error(transparent)]
     Journal(#[from] daemon::journal::JournalError),
-    #[error("{path} was written without record checksums (store format {found}, this metad needs {STORE_FORMAT})")]
+    #[error("{path} has store format {found}, which this metad cannot read (it reads formats 2 and {STORE_FORMAT})")]
     Format { path: String, found: u32 },
     /// A request applied without a nested transaction was refused after it
     /// had written (`logic::Shard::handle_mutation`): only the batch's
@@ -116,8 +119,12 @@ impl From<heed::Error> for StoreError {
     }
 }
 
-/// The on-disk format: 2 = every value carries a CRC32C of key and value.
-pub const STORE_FORMAT: u32 = 2;
+/// The on-disk format: 2 = every value carries a CRC32C of key and value;
+/// 3 = and a file made by create_small_file carries its create memory in
+/// its file record ([`CreateMemory`]) instead of a `small_files` record.
+pub const STORE_FORMAT: u32 = 3;
+/// The oldest format [`Store::open`] reads (and stamps [`STORE_FORMAT`]).
+pub const STORE_FORMAT_OLDEST: u32 = 2;
 /// Bytes of the checksum trailer of every stored value.
 pub const CHECKSUM_BYTES: usize = 4;
 
@@ -758,8 +765,12 @@ impl Store {
         ]
     }
 
-    /// Stamps a new store with [`STORE_FORMAT`]; refuses one written by an
-    /// older metad (values without checksums would all read as damage).
+    /// Stamps a new store with [`STORE_FORMAT`]; refuses one written by a
+    /// metad before the checksums (values without them would all read as
+    /// damage) or by a later format; stamps a format-2 store 3: format 3
+    /// reads every format-2 record as it was (a file record without a
+    /// create memory, the memories in `small_files`), while a metad of
+    /// format 2 would not find the memories of the files made since.
     fn check_format(&self, wtxn: &mut RwTxn, folder: &Path) -> Result<(), StoreError> {
         let path = folder.display().to_string();
         match self.meta.inner.get(wtxn, MetaKey::FORMAT)? {
@@ -767,8 +778,11 @@ impl Store {
                 let stored = self.meta.get(wtxn, MetaKey::FORMAT)?.ok_or(StoreError::Corrupt("store format"))?;
                 let found =
                     stored.try_into().map(u32::from_le_bytes).map_err(|_| StoreError::Corrupt("store format"))?;
-                if found != STORE_FORMAT {
+                if !(STORE_FORMAT_OLDEST..=STORE_FORMAT).contains(&found) {
                     return Err(StoreError::Format { path, found });
+                }
+                if found != STORE_FORMAT {
+                    self.meta.put(wtxn, MetaKey::FORMAT, &STORE_FORMAT.to_le_bytes())?;
                 }
             }
             None if self.meta.inner.len(wtxn)? > 0 => return Err(StoreError::Format { path, found: 1 }),
@@ -1016,7 +1030,8 @@ impl LivingRecord {
     }
 }
 
-/// A linked file: `mtime u64 | size u64 | type u8`.
+/// A linked file: `mtime u64 | size u64 | type u8`, then for a file
+/// create_small_file made (store format 3) its [`CreateMemory`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FileRecord {
     pub mtime: EggsTime,
@@ -1032,21 +1047,82 @@ fn decode_file_type(value: u8, what: &'static str) -> Result<InodeType, StoreErr
 }
 
 impl FileRecord {
-    pub fn encode(&self) -> [u8; 17] {
-        let mut out = [0u8; 17];
+    /// Bytes of a record without a create memory.
+    pub const BYTES: usize = 17;
+
+    pub fn encode(&self) -> [u8; Self::BYTES] {
+        let mut out = [0u8; Self::BYTES];
         out[..8].copy_from_slice(&self.mtime.get().to_le_bytes());
         out[8..16].copy_from_slice(&self.size.to_le_bytes());
         out[16] = self.inode_type as u8;
         out
     }
 
+    /// The record of a file create_small_file made: `memory` after it.
+    pub fn encode_with_memory(&self, memory: &CreateMemory) -> [u8; Self::BYTES + CreateMemory::BYTES] {
+        let mut out = [0u8; Self::BYTES + CreateMemory::BYTES];
+        out[..Self::BYTES].copy_from_slice(&self.encode());
+        out[Self::BYTES..].copy_from_slice(&memory.encode());
+        out
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        Self::decode_with_memory(bytes).map(|(record, _)| record)
+    }
+
+    /// The record and its create memory, if it has one. Any other length
+    /// than the two is corrupt.
+    pub fn decode_with_memory(bytes: &[u8]) -> Result<(Self, Option<CreateMemory>), StoreError> {
         const WHAT: &str = "file record";
-        let mut reader = Reader::new(bytes);
+        let (head, memory) = match bytes.len() {
+            Self::BYTES => (bytes, None),
+            n if n == Self::BYTES + CreateMemory::BYTES => {
+                let (head, memory) = bytes.split_at(Self::BYTES);
+                (head, Some(CreateMemory::decode(memory)?))
+            }
+            _ => return Err(StoreError::Corrupt(WHAT)),
+        };
+        let mut reader = Reader::new(head);
         let mtime = EggsTime::new(reader_u64(&mut reader, WHAT)?);
         let size = reader_u64(&mut reader, WHAT)?;
         let inode_type = decode_file_type(reader_u8(&mut reader, WHAT)?, WHAT)?;
-        Ok(Self { mtime, size, inode_type })
+        Ok((Self { mtime, size, inode_type }, memory))
+    }
+}
+
+/// What the shard remembers of one create_small_file, to answer its
+/// re-sends: `create_id u64 | crc u32 | created u64`, little-endian. In
+/// the file's record (store format 3), or in `small_files` (format 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreateMemory {
+    pub create_id: u64,
+    /// The contents' CRC.
+    pub crc: u32,
+    /// When the create was applied.
+    pub created: EggsTime,
+}
+
+impl CreateMemory {
+    pub const BYTES: usize = 20;
+
+    pub fn encode(&self) -> [u8; Self::BYTES] {
+        let mut out = [0u8; Self::BYTES];
+        out[..8].copy_from_slice(&self.create_id.to_le_bytes());
+        out[8..12].copy_from_slice(&self.crc.to_le_bytes());
+        out[12..].copy_from_slice(&self.created.get().to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        const WHAT: &str = "small file create record";
+        if bytes.len() != Self::BYTES {
+            return Err(StoreError::Corrupt(WHAT));
+        }
+        let mut reader = Reader::new(bytes);
+        let create_id = reader_u64(&mut reader, WHAT)?;
+        let crc = reader_u32(&mut reader, WHAT)?;
+        let created = EggsTime::new(reader_u64(&mut reader, WHAT)?);
+        Ok(Self { create_id, crc, created })
     }
 }
 
@@ -1374,6 +1450,75 @@ mod tests {
         std::fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(len / 2).unwrap();
         let error = Store::open(dir.path()).err().expect("a truncated store is refused");
         assert!(matches!(error, StoreError::Damaged(daemon::lmdb::Damage::Truncated { .. })), "{error}");
+    }
+
+    /// Writes `format` as the store's `meta/format` (a stamp an older or a
+    /// later metad would have left).
+    fn stamp(folder: &Path, format: u32) {
+        let store = Store::open(folder).unwrap();
+        let mut txn = store.write_txn().unwrap();
+        store.meta.put(&mut txn, MetaKey::FORMAT, &format.to_le_bytes()).unwrap();
+        txn.commit().unwrap();
+    }
+
+    fn format_of(folder: &Path) -> u32 {
+        let store = Store::open(folder).unwrap();
+        let txn = store.read_txn().unwrap();
+        u32::from_le_bytes(store.meta.get(&txn, MetaKey::FORMAT).unwrap().unwrap().try_into().unwrap())
+    }
+
+    // Format 2 (create memories in `small_files`) is read and stamped 3 at
+    // open, its records kept as they were; a later format is refused, and
+    // so is a store without a stamp (before the checksums).
+    #[test]
+    fn a_format_2_store_is_stamped_3_and_a_later_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(format_of(dir.path()), STORE_FORMAT);
+        stamp(dir.path(), 2);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut txn = store.write_txn().unwrap();
+            let memory = CreateMemory { create_id: 5, crc: 6, created: EggsTime::new(7) };
+            store.small_files.put(&mut txn, &inode_key(InodeId::new(9)), &memory.encode()).unwrap();
+            txn.commit().unwrap();
+        }
+        stamp(dir.path(), 2);
+        assert_eq!(format_of(dir.path()), 3, "a format-2 store is stamped 3 when opened");
+        let store = Store::open(dir.path()).unwrap();
+        let txn = store.read_txn().unwrap();
+        let kept = store.small_files.get(&txn, &inode_key(InodeId::new(9))).unwrap().unwrap();
+        assert_eq!(CreateMemory::decode(kept).unwrap().create_id, 5, "its records are kept");
+        drop(txn);
+        drop(store);
+        stamp(dir.path(), STORE_FORMAT + 1);
+        let error = Store::open(dir.path()).err().expect("a later format is refused");
+        assert!(matches!(error, StoreError::Format { found, .. } if found == STORE_FORMAT + 1), "{error}");
+        let unstamped = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(unstamped.path()).unwrap();
+            let mut txn = store.write_txn().unwrap();
+            store.meta.delete(&mut txn, MetaKey::FORMAT).unwrap();
+            store.meta.put(&mut txn, MetaKey::SECRET, &[1; 16]).unwrap();
+            txn.commit().unwrap();
+        }
+        let error = Store::open(unstamped.path()).err().expect("a store without a stamp is refused");
+        assert!(matches!(error, StoreError::Format { found: 1, .. }), "{error}");
+    }
+
+    #[test]
+    fn file_records_with_and_without_a_create_memory_round_trip() {
+        let file = FileRecord { mtime: EggsTime::new(3), size: 100, inode_type: InodeType::File };
+        let memory = CreateMemory { create_id: u64::MAX, crc: 0xdead_beef, created: EggsTime::new(11) };
+        assert_eq!(FileRecord::decode_with_memory(&file.encode()).unwrap(), (file, None));
+        let with = file.encode_with_memory(&memory);
+        assert_eq!(FileRecord::decode_with_memory(&with).unwrap(), (file, Some(memory)));
+        assert_eq!(FileRecord::decode(&with).unwrap(), file);
+        for len in [0, FileRecord::BYTES - 1, FileRecord::BYTES + 1, with.len() - 1, with.len() + 1] {
+            let mut bytes = with.to_vec();
+            bytes.resize(len, 0);
+            assert!(FileRecord::decode_with_memory(&bytes).is_err(), "{len} bytes");
+        }
+        assert!(CreateMemory::decode(&memory.encode()[1..]).is_err());
     }
 
     #[test]

@@ -14,9 +14,20 @@
 //! socket with no receive task in between: the figures measure the daemon.
 //! Only the echo baseline checks less (address and id): the echo server
 //! returns the request itself, which is no answer of the family.
+//!
+//! [`closed_loop`] runs the same clients without tokio, for the durable
+//! create rows (where the load generator shares the machine's cores with
+//! metad): one thread, one epoll set, each simulated client still its own
+//! non-blocking socket (its own source address) with one request in
+//! flight, its answers checked by [`accept_response`], resent after the
+//! same doubling timeouts. Per operation it costs one `recvfrom`, one
+//! `sendto` and a share of one `epoll_wait`, without a task wake-up, a
+//! timer entry or a worker thread's futex per request.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use daemon::udp::{Family, Sent, accept_response};
@@ -129,6 +140,9 @@ impl Client {
 pub struct Rate {
     pub ops: u64,
     pub elapsed: Duration,
+    /// Requests sent again after a timeout ([`closed_loop`] counts them;
+    /// [`run_clients`] leaves 0).
+    pub resends: u64,
 }
 
 impl Rate {
@@ -160,7 +174,181 @@ where
     if let Some(error) = first_error {
         return Err(error);
     }
-    Ok(Rate { ops: total, elapsed: started.elapsed() })
+    Ok(Rate { ops: total, elapsed: started.elapsed(), resends: 0 })
+}
+
+/// One simulated client of [`closed_loop`]: it makes its requests and
+/// takes their accepted answers; the loop sends, waits, resends and checks.
+pub trait Script<F: Family>: Send {
+    /// The next request, or `None` when this client is done. `stop` says
+    /// the run's time is up: a script stops at its next operation's start
+    /// (one made of several requests is finished first).
+    fn next(&mut self, stop: bool) -> Result<Option<F::Request<'_>>>;
+    /// The answer [`accept_response`] took for the last request; `true`
+    /// when it completed an operation (counted in the rate).
+    fn answer(&mut self, response: F::Response<'_>) -> Result<bool>;
+}
+
+/// How often [`closed_loop`] looks for requests to resend (their timeouts
+/// are [`TIMEOUT_INITIAL`] and more, so a resend is late by at most this).
+const RESEND_SCAN: Duration = Duration::from_millis(20);
+
+/// One client of [`closed_loop`]: its socket, its script and its request
+/// in flight.
+struct Slot<S> {
+    script: S,
+    socket: std::net::UdpSocket,
+    request: Box<[u8; UDP_DATAGRAM_BYTES_MAX]>,
+    len: usize,
+    /// The request in flight, if any.
+    sent: Option<Sent>,
+    next_request_id: u64,
+    timeout: Duration,
+    resend_at: Instant,
+    sends: u32,
+}
+
+impl<S> Slot<S> {
+    /// Sends the request in `request[..len]` (again). A full socket buffer
+    /// counts as a lost datagram: the timeout resends it.
+    fn send(&mut self, target: SocketAddr) -> Result<()> {
+        match self.socket.send_to(&self.request[..self.len], target) {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(error) => Err(PerfError::io(format!("send to {target}"))(error)),
+        }
+    }
+
+    /// Encodes and sends the script's next request; `false` when the
+    /// script is done.
+    fn issue<F: Family>(
+        &mut self,
+        target: SocketAddr,
+        key: Option<&MacKey>,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<bool>
+    where
+        S: Script<F>,
+    {
+        self.sent = None;
+        let Some(request) = self.script.next(now >= deadline)? else { return Ok(false) };
+        let request_id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        self.len = encode(&mut self.request[..], request_id, &request, key)
+            .map_err(|e| PerfError::Protocol(format!("encode request: {e}")))?;
+        self.sent = Some(Sent { to: target, request_id, kind: request.kind() });
+        drop(request);
+        self.timeout = TIMEOUT_INITIAL;
+        self.resend_at = now + self.timeout;
+        self.sends = 1;
+        self.send(target)?;
+        Ok(true)
+    }
+}
+
+/// Runs `scripts` as closed-loop clients of the daemon at `target` on the
+/// calling thread (blocking) until every script is done, stopping them
+/// once `duration` has passed: each its own UDP socket on 127.0.0.1 with
+/// one request in flight, answers taken only when [`accept_response`]
+/// accepts them (anything else is ignored), a request resent with its
+/// request id after [`TIMEOUT_INITIAL`], doubled each time, and the run
+/// failed after [`ATTEMPTS_MAX`] sends, as [`Client`] does.
+pub fn closed_loop<F: Family, S: Script<F>>(
+    target: SocketAddr,
+    key: Option<&MacKey>,
+    scripts: Vec<S>,
+    duration: Duration,
+) -> Result<Rate> {
+    // SAFETY: epoll_create1 has no memory-safety preconditions.
+    let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if raw < 0 {
+        return Err(PerfError::io("epoll_create1")(io::Error::last_os_error()));
+    }
+    // SAFETY: raw is a descriptor just created and owned by nobody else.
+    let epoll = unsafe { OwnedFd::from_raw_fd(raw) };
+    let started = Instant::now();
+    let mut slots = Vec::with_capacity(scripts.len());
+    for (index, script) in scripts.into_iter().enumerate() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(PerfError::io("bind client socket"))?;
+        socket.set_nonblocking(true).map_err(PerfError::io("non-blocking client socket"))?;
+        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: index as u64 };
+        // SAFETY: both descriptors are open; event is a valid epoll_event.
+        if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, socket.as_raw_fd(), &mut event) } < 0 {
+            return Err(PerfError::io("epoll_ctl")(io::Error::last_os_error()));
+        }
+        slots.push(Slot {
+            script,
+            socket,
+            request: Box::new([0; UDP_DATAGRAM_BYTES_MAX]),
+            len: 0,
+            sent: None,
+            next_request_id: rand::random::<u64>() >> 1,
+            timeout: TIMEOUT_INITIAL,
+            resend_at: started,
+            sends: 0,
+        });
+    }
+    let deadline = started + duration;
+    let mut active = 0usize;
+    for slot in &mut slots {
+        if slot.issue::<F>(target, key, deadline, Instant::now())? {
+            active += 1;
+        }
+    }
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; slots.len().max(1)];
+    let mut answer = Box::new([0u8; UDP_DATAGRAM_BYTES_MAX]);
+    let (mut ops, mut resends) = (0u64, 0u64);
+    let mut scan_at = started + RESEND_SCAN;
+    let wait_ms = RESEND_SCAN.as_millis() as libc::c_int;
+    while active > 0 {
+        let capacity = libc::c_int::try_from(events.len()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: events has room for `capacity` entries.
+        let ready = unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), capacity, wait_ms) };
+        if ready < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(PerfError::io("epoll_wait")(error));
+        }
+        for event in &events[..ready as usize] {
+            let index = event.u64 as usize;
+            let Some(slot) = slots.get_mut(index) else { continue };
+            // One datagram per readiness: the set is level-triggered, so
+            // another one waiting is reported by the next wait.
+            let (len, from) = match slot.socket.recv_from(&mut answer[..]) {
+                Ok(received) => received,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Err(PerfError::io(format!("receive from {target}"))(error)),
+            };
+            let Some(sent) = slot.sent else { continue };
+            let Ok((_, response)) = accept_response::<F::Response<'_>>(sent, key, from, &answer[..len]) else {
+                continue;
+            };
+            if slot.script.answer(response)? {
+                ops += 1;
+            }
+            if !slot.issue::<F>(target, key, deadline, Instant::now())? {
+                active -= 1;
+            }
+        }
+        let now = Instant::now();
+        if now >= scan_at {
+            scan_at = now + RESEND_SCAN;
+            for slot in slots.iter_mut().filter(|slot| slot.sent.is_some() && slot.resend_at <= now) {
+                if slot.sends >= ATTEMPTS_MAX {
+                    return Err(PerfError::Timeout(format!("no answer from {target} after {ATTEMPTS_MAX} sends")));
+                }
+                slot.sends += 1;
+                slot.timeout *= 2;
+                slot.resend_at = now + slot.timeout;
+                resends += 1;
+                slot.send(target)?;
+            }
+        }
+    }
+    Ok(Rate { ops, elapsed: started.elapsed(), resends })
 }
 
 /// The echo baseline: `clients` closed-loop clients sending a stat-sized

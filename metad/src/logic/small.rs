@@ -10,16 +10,21 @@
 //!
 //! **Re-sends.** The request carries a client-chosen random `create_id`,
 //! kept over its retransmissions. The shard remembers, per file it made,
-//! the id and the contents' CRC (`small_files`, keyed by inode, for
-//! [`SMALL_FILE_CREATE_MEMORY_NS`], longer than a client re-sends). A
+//! the id and the contents' CRC ([`CreateMemory`], in the file's record,
+//! honoured for [`SMALL_FILE_CREATE_MEMORY_NS`], longer than a client
+//! re-sends; a store written before format 3 kept them in `small_files`,
+//! still read). A
 //! request whose name's living entry, or one of its dead versions younger
 //! than that memory, is a file this id made is answered with that file and
 //! its entry's creation time and changes nothing: the in-memory replay
 //! cache answers most re-sends, this one also those after a restart of the
 //! shard or an eviction, and those after another client replaced or
 //! deleted the name meanwhile. The same id with other contents is
-//! BAD_REQUEST. Inodes grow with time, so the oldest memories come first:
-//! each create forgets up to [`FORGET_PER_CREATE`] expired ones.
+//! BAD_REQUEST. The memory is part of the file's record so that a create
+//! writes two B-trees keyed by the new inode (`files`, `spans`), not three:
+//! fewer pages per commit. The `small_files` records of an older store
+//! expire as before: inodes grow with time, so the oldest memories come
+//! first, and each create forgets up to [`FORGET_PER_CREATE`] expired ones.
 
 use heed::{RoTxn, RwTxn};
 use std::ops::Bound;
@@ -40,38 +45,6 @@ const FORGET_PER_CREATE: usize = 2;
 /// Dead versions of the name looked at for a re-send after the name was
 /// replaced or deleted.
 const DEAD_VERSIONS_CHECKED: usize = 8;
-
-/// What the shard remembers of one create_small_file: `create_id u64 |
-/// crc u32 | created u64`, little-endian.
-struct Memory {
-    create_id: u64,
-    crc: u32,
-    created: EggsTime,
-}
-
-impl Memory {
-    const BYTES: usize = 20;
-
-    fn encode(&self) -> [u8; Self::BYTES] {
-        let mut out = [0u8; Self::BYTES];
-        out[..8].copy_from_slice(&self.create_id.to_le_bytes());
-        out[8..12].copy_from_slice(&self.crc.to_le_bytes());
-        out[12..].copy_from_slice(&self.created.get().to_le_bytes());
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        let corrupt = || StoreError::Corrupt("small file create record");
-        let bytes: &[u8; Self::BYTES] = bytes.try_into().map_err(|_| corrupt())?;
-        let (id, rest) = bytes.split_at(8);
-        let (crc, created) = rest.split_at(4);
-        Ok(Self {
-            create_id: u64::from_le_bytes(id.try_into().map_err(|_| corrupt())?),
-            crc: u32::from_le_bytes(crc.try_into().map_err(|_| corrupt())?),
-            created: EggsTime::new(u64::from_le_bytes(created.try_into().map_err(|_| corrupt())?)),
-        })
-    }
-}
 
 impl Mutation<'_, '_> {
     pub(super) fn create_small_file(
@@ -116,11 +89,10 @@ impl Mutation<'_, '_> {
         let creation_time = time_after(self.env.now, newest);
         self.put_living_at(txn, &slot, inode.with_owning(true), creation_time)?;
         let file = FileRecord { mtime: self.env.now, size: u64::from(size), inode_type: req.inode_type };
-        self.store.files.put(txn, &inode_key(inode), &file.encode())?;
+        let memory = CreateMemory { create_id: req.create_id.get(), crc, created: self.env.now };
+        self.store.files.put(txn, &inode_key(inode), &file.encode_with_memory(&memory))?;
         self.touch(txn, req.parent, dir)?;
         self.forget_expired_small_files(txn)?;
-        let memory = Memory { create_id: req.create_id.get(), crc, created: self.env.now };
-        self.store.small_files.put(txn, &inode_key(inode), &memory.encode())?;
         Ok(CreateSmallFileResp { inode, creation_time })
     }
 
@@ -172,7 +144,9 @@ impl Mutation<'_, '_> {
         Ok((newest, None))
     }
 
-    /// `inode` (an entry created at `creation_time`) if `create_id` made it.
+    /// `inode` (an entry created at `creation_time`) if `create_id` made it
+    /// within [`SMALL_FILE_CREATE_MEMORY_NS`]: the memory in its file
+    /// record, or else one an older store kept in `small_files`.
     fn made_by(
         &self,
         txn: &RoTxn,
@@ -182,11 +156,19 @@ impl Mutation<'_, '_> {
         crc: u32,
     ) -> Result<Option<CreateSmallFileResp>, HandleError> {
         let inode = inode.without_owning();
-        let Some(bytes) = self.store.small_files.get(txn, &inode_key(inode))? else {
-            return Ok(None);
+        let in_record = match self.store.files.get(txn, &inode_key(inode))? {
+            Some(bytes) => FileRecord::decode_with_memory(bytes)?.1,
+            None => None,
         };
-        let memory = Memory::decode(bytes)?;
-        if memory.create_id != create_id {
+        let memory = match in_record {
+            Some(memory) => memory,
+            None => match self.store.small_files.get(txn, &inode_key(inode))? {
+                Some(bytes) => CreateMemory::decode(bytes)?,
+                None => return Ok(None),
+            },
+        };
+        let since = self.env.now.get().saturating_sub(SMALL_FILE_CREATE_MEMORY_NS);
+        if memory.create_id != create_id || memory.created.get() < since {
             return Ok(None);
         }
         if memory.crc != crc {
@@ -203,7 +185,7 @@ impl Mutation<'_, '_> {
         let mut count = 0;
         for item in self.store.small_files.iter(txn)? {
             let (key, value) = item?;
-            if count == FORGET_PER_CREATE || Memory::decode(value)?.created.get() >= horizon {
+            if count == FORGET_PER_CREATE || CreateMemory::decode(value)?.created.get() >= horizon {
                 break;
             }
             if let (Some(slot), Ok(key)) = (expired.get_mut(count), <[u8; 8]>::try_from(key)) {

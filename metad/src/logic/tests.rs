@@ -15,6 +15,7 @@ use zerocopy::byteorder::little_endian::{U32, U64};
 
 use super::*;
 use crate::block_services::{BlockServiceRecord, BlockServiceTable};
+use crate::store::FileRecord;
 
 struct Harness {
     _dir: tempfile::TempDir,
@@ -1568,7 +1569,8 @@ fn create_small_file_is_created_after_the_names_newest_version() {
 /// changes nothing: at once, after another client replaced the name, and
 /// after the name was deleted. The same id with other contents is refused;
 /// another id makes a new version. A memory older than
-/// SMALL_FILE_CREATE_MEMORY_NS is forgotten by later creates.
+/// SMALL_FILE_CREATE_MEMORY_NS no longer answers; it is kept in the
+/// file's record, never in `small_files`.
 #[test]
 fn create_small_file_resent_is_answered_without_a_second_file() {
     let mut h = Harness::new();
@@ -1605,7 +1607,50 @@ fn create_small_file_resent_is_answered_without_a_second_file() {
     assert_ne!(again.inode, made.inode);
     assert_ne!(again.inode, other.inode);
     let txn = h.store.read_txn().unwrap();
-    assert_eq!(h.store.small_files.raw().len(&txn).unwrap(), 2, "the expired memories were forgotten");
+    assert_eq!(h.store.small_files.raw().len(&txn).unwrap(), 0, "the memories are in the file records");
+    let record = h.store.files.get(&txn, &inode_key(again.inode)).unwrap().unwrap();
+    let memory = FileRecord::decode_with_memory(record).unwrap().1.expect("the file record carries its memory");
+    assert_eq!((memory.create_id, memory.created), (77, h.now));
+    drop(txn);
+
+    // The memory in a living file's record expires too.
+    let kept = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 90, "b", b"hello"));
+    h.advance(wire::limits::SMALL_FILE_CREATE_MEMORY_NS + NS_PER_SECOND);
+    let later = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 90, "b", b"hello"));
+    assert_ne!(later.inode, kept.inode, "a memory past SMALL_FILE_CREATE_MEMORY_NS answers no re-send");
+}
+
+/// A store of format 2 kept the memories in `small_files`: a re-send of a
+/// create it made is still answered from there, within the memory; past
+/// it, expired memories are forgotten by later creates and the id acts
+/// again.
+#[test]
+fn create_small_file_memories_an_older_store_kept_are_honoured() {
+    let mut h = Harness::new();
+    let made = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 77, "a", b"hello"));
+    // Rewrite as format 2 left it: the file record without the memory,
+    // the memory in small_files.
+    {
+        let mut txn = h.store.write_txn().unwrap();
+        let record = h.store.files.get(&txn, &inode_key(made.inode)).unwrap().unwrap();
+        let (file, memory) = FileRecord::decode_with_memory(record).unwrap();
+        let memory = memory.unwrap();
+        h.store.files.put(&mut txn, &inode_key(made.inode), &file.encode()).unwrap();
+        h.store.small_files.put(&mut txn, &inode_key(made.inode), &memory.encode()).unwrap();
+        txn.commit().unwrap();
+    }
+    let before = raw_contents(&h.store);
+    assert_eq!(ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 77, "a", b"hello")), made);
+    assert!(raw_contents(&h.store) == before, "a re-send answered from small_files changed the store");
+    assert_eq!(
+        error(&mut h, ShardRequest::CreateSmallFile(small_file(InodeId::ROOT, 77, "a", b"other"))),
+        ErrorKind::BadRequest
+    );
+    h.advance(wire::limits::SMALL_FILE_CREATE_MEMORY_NS + NS_PER_SECOND);
+    let again = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 77, "a", b"hello"));
+    assert_ne!(again.inode, made.inode, "past the memory the id makes a new file");
+    let txn = h.store.read_txn().unwrap();
+    assert_eq!(h.store.small_files.raw().len(&txn).unwrap(), 0, "the expired memory was forgotten");
 }
 
 /// The decoder refuses a body longer than INLINE_SPAN_BYTES_MAX (no
