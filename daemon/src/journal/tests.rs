@@ -671,3 +671,30 @@ fn a_failed_commit_after_its_append_is_never_replayed() {
     assert!(state[1].keys().all(|key| !key.starts_with(b"voided-")), "a voided record was replayed");
     assert!(state == harness.model, "the store equals the model (every later record replayed)");
 }
+
+// Session 14: the checkpoint thread is no longer woken after every sync,
+// only when a take moves the record area past half used (and at its
+// period, when full, when asked): a journal past half is checkpointed
+// long before its period.
+#[test]
+fn a_journal_past_half_used_is_checkpointed_before_its_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = JournalMetrics::new();
+    let bytes = 1 << 20;
+    let config =
+        Config { bytes, checkpoint_period: Duration::from_secs(3600), on_failure: count_failure, ..Config::default() };
+    let mut harness = Harness::with_config(dir.path(), config, metrics.clone());
+    let half = (bytes - AREA_START) * CHECKPOINT_FILL_NUMERATOR / CHECKPOINT_FILL_DENOMINATOR;
+    let mut rng = seeded();
+    // One sync per commit: the pages written are the area used.
+    while metrics.bytes.get() <= half {
+        assert_eq!(harness.journal.checkpoints(), 0, "a checkpoint before the area was half used");
+        harness.commit(&mut rng);
+        harness.wait_durable();
+    }
+    wait_until("a checkpoint once the area is past half used", || {
+        harness.journal.after_commit();
+        harness.journal.checkpoints() > 0
+    });
+    assert_eq!(FAILURES.load(Ordering::Relaxed), 0);
+}
