@@ -40,6 +40,21 @@
 //! create's path instead of one, and ~14 % more of metad's CPU per create
 //! at 8 clients (`perf/results/2026-11-28-s13-md14.md`).
 //!
+//! **Handed over before the commit** ([`Journal::append_before_commit`],
+//! session 14): the writer may hand a transaction's record over just
+//! before LMDB's commit, so a lane writes and syncs it while the commit
+//! writes its pages; its payload (and every later one) waits for
+//! [`Journal::committed`]. A commit that then fails
+//! ([`Journal::uncommit`]) takes its record back if no lane took it yet,
+//! else appends a void record after it (flag [`RECORD_VOIDS_PREVIOUS`]):
+//! the replay applies neither, and what the caller appends next (its
+//! refusals) is delivered only once the void is durable. So nobody is
+//! answered for a record that was not committed, and nobody told of a
+//! failure is undone by a replay. The writer appends nothing and hands
+//! no snapshot between the two calls, so no checkpoint covers an
+//! uncommitted record. At 8 clients the commit (~40 µs) left every
+//! create's path.
+//!
 //! **The writer's pace** ([`Journal::pace`], session 10): a commit the
 //! journal cannot sync yet (every lane busy, or the gather waiting for
 //! more weight) would only queue, so the writer may keep its write
@@ -57,8 +72,10 @@
 //! blocks that exist and commits no file-system metadata. Two 4 KiB header
 //! slots hold alternating checkpoints (each with a CRC32C); then comes a
 //! circular record area. A record is `magic u32 | payload length u32 |
-//! epoch u64 | sequence u64 | LMDB txn id u64 | crc32c u32 | 0 u32 |
-//! payload`, the CRC over all of it (with its own field zero). Each sync
+//! epoch u64 | sequence u64 | LMDB txn id u64 | crc32c u32 | flags u32 |
+//! payload`, the CRC over all of it (with its own field zero); the only
+//! flag voids the record before it (below; session 14: the field was
+//! always 0, so older journals read the same). Each sync
 //! writes whole pages from a page boundary (the last page padded with
 //! zeros), so a sync never rewrites a page that holds acknowledged
 //! records, and a batch never wraps: one that does not fit before the
@@ -142,6 +159,11 @@ const RECORD_MAGIC: u32 = 0x4a52_4543; // "JREC"
 const CHECKPOINT_MAGIC: u32 = 0x4a43_4b50; // "JCKP"
 const FORMAT_VERSION: u32 = 1;
 const RECORD_HEADER_BYTES: usize = 40;
+/// A record's flags (its header's last u32, under its CRC): this record
+/// voids the one before it, whose LMDB commit failed after it was handed
+/// to the journal ([`Journal::uncommit`]); the replay applies neither.
+const RECORD_VOIDS_PREVIOUS: u32 = 1;
+const RECORD_FLAGS_KNOWN: u32 = RECORD_VOIDS_PREVIOUS;
 /// magic, version, counter, epoch, txn, next sequence, position, area
 /// bytes, page bytes, meta bytes, crc.
 const CHECKPOINT_BYTES: usize = 4 + 4 + 8 * 6 + 4 + META_COPY_BYTES + 4;
@@ -481,14 +503,15 @@ fn align_up(position: u64, unit: u64) -> u64 {
 }
 
 /// Appends one record to `out`.
-fn encode_record(out: &mut Vec<u8>, epoch: u64, seq: u64, txn: u64, payload: &[u8]) {
+fn encode_record(out: &mut Vec<u8>, epoch: u64, seq: u64, txn: u64, flags: u32, payload: &[u8]) {
     let start = out.len();
     out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
     out.extend_from_slice(&len_u32(payload).to_le_bytes());
     out.extend_from_slice(&epoch.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&txn.to_le_bytes());
-    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&[0u8; 4]);
+    out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(payload);
     let crc = crc32c(&out[start..]);
     out[start + 32..start + 36].copy_from_slice(&crc.to_le_bytes());
@@ -502,6 +525,8 @@ fn record_bytes(payload: usize) -> u64 {
 struct ReadRecord {
     seq: u64,
     txn: u64,
+    /// [`RECORD_VOIDS_PREVIOUS`].
+    flags: u32,
     payload: Vec<u8>,
 }
 
@@ -601,7 +626,7 @@ impl JournalFile {
         if crc32c_append(crc32c(&header), &payload) != stored {
             return None;
         }
-        Some(ReadRecord { seq, txn: u64_at(&header, 24), payload })
+        Some(ReadRecord { seq, txn: u64_at(&header, 24), flags: u32_at(&header, 36), payload })
     }
 
     /// Every valid record after `checkpoint`, in order, and the position
@@ -742,7 +767,17 @@ impl Restored {
     }
 
     fn apply_all(&self, env: &Env<WithoutTls>, dbs: &[Database<Bytes, Bytes>]) -> Result<(), JournalError> {
-        for record in &self.records {
+        for (index, record) in self.records.iter().enumerate() {
+            if record.flags & !RECORD_FLAGS_KNOWN != 0 {
+                return Err(JournalError::Malformed("a record carries flags this version does not know"));
+            }
+            // A void record changes nothing, and the record before it was
+            // never committed (nobody was answered for it).
+            let voided = self.records.get(index + 1).is_some_and(|next| next.flags & RECORD_VOIDS_PREVIOUS != 0);
+            if record.flags & RECORD_VOIDS_PREVIOUS != 0 || voided {
+                tracing::debug!(seq = record.seq, "journal record voided, not replayed");
+                continue;
+            }
             let mut txn = env.write_txn()?;
             apply(&mut txn, dbs, &record.payload)?;
             txn.commit()?;
@@ -904,10 +939,14 @@ struct Snapshot {
 struct Entry<T> {
     /// Its own sequence number, or the last one before it.
     seq: u64,
+    /// Its number among all appends ([`State::uncommitted`]).
+    id: u64,
     /// [`Journal::append_weighted`].
     weight: u64,
-    record: Option<(u64, Vec<u8>)>,
-    payload: T,
+    /// (LMDB txn id, effects, flags).
+    record: Option<(u64, Vec<u8>, u32)>,
+    /// None for a void record ([`Journal::uncommit`]).
+    payload: Option<T>,
     /// When it was appended ([`JournalMetrics::take_wait`]).
     appended: Instant,
 }
@@ -937,10 +976,19 @@ struct State<T> {
     /// Batches taken, in order, not yet durable: (their last sequence,
     /// synced). `synced_through` advances over the synced prefix only.
     in_flight: VecDeque<(u64, bool)>,
-    /// Taken, waiting to be durable: (sequence, weight, payload), in order.
-    waiting: VecDeque<(u64, u64, T)>,
+    /// Taken, waiting to be durable, in order.
+    waiting: VecDeque<Waiting<T>>,
+    /// Appends so far (the last [`Entry::id`]).
+    appended: u64,
+    /// The entry appended before its transaction's commit, until the
+    /// writer says how the commit went ([`Journal::append_before_commit`]):
+    /// its payload, and every later one, is not delivered yet.
+    uncommitted: Option<u64>,
     /// A lane is handing payloads to `deliver` ([`deliver_durable`]).
     delivering: bool,
+    /// Lanes asleep on [`Shared::work`]: an append wakes one only when
+    /// one sleeps (a lane awake looks at the queue before it sleeps).
+    sleeping: usize,
     /// Batch buffers the lanes have written, for the next batches.
     batch_buffers: Vec<Vec<u8>>,
     /// The last sync's duration (for the gather).
@@ -964,6 +1012,16 @@ struct State<T> {
     spare: Vec<Vec<u8>>,
 }
 
+/// A taken entry waiting to be durable.
+struct Waiting<T> {
+    seq: u64,
+    id: u64,
+    weight: u64,
+    /// It wrote a record (else `seq` is the record's before it).
+    record: bool,
+    payload: Option<T>,
+}
+
 /// Record buffers kept for reuse ([`State::spare`]).
 const SPARE_BUFFERS: usize = 4;
 
@@ -978,9 +1036,15 @@ impl<T> State<T> {
         synced.max(self.covered_through)
     }
 
+    /// This taken entry may be delivered: durable, and its transaction
+    /// committed.
+    fn ready(&self, waiting: &Waiting<T>, durable: u64) -> bool {
+        waiting.seq <= durable && self.uncommitted != Some(waiting.id)
+    }
+
     /// Payloads are durable and no lane is delivering yet.
     fn deliverable(&self) -> bool {
-        !self.delivering && self.waiting.front().is_some_and(|(seq, _, _)| *seq <= self.durable_through())
+        !self.delivering && self.waiting.front().is_some_and(|front| self.ready(front, self.durable_through()))
     }
 }
 
@@ -1126,7 +1190,10 @@ impl<T: Send + 'static> Journal<T> {
             synced_through: checkpoint.next_seq - 1,
             in_flight: VecDeque::new(),
             waiting: VecDeque::new(),
+            appended: 0,
+            uncommitted: None,
             delivering: false,
+            sleeping: 0,
             batch_buffers: Vec::new(),
             last_sync: Duration::ZERO,
             synced_at: Instant::now(),
@@ -1191,21 +1258,106 @@ impl<T: Send + 'static> Journal<T> {
     /// wait for this payload, for [`Config::gather`].
     pub fn append_weighted(&self, effects: &mut Effects, payload: T, weight: u64) {
         let txn = self.env.info().last_txn_id as u64;
+        self.push(effects, payload, weight, txn, false);
+    }
+
+    /// [`Journal::append_weighted`] for the transaction the writer is
+    /// about to commit (session 14): its record goes to a lane at once,
+    /// so its write and sync run while LMDB commits, and a create no
+    /// longer waits for the commit and then for the sync. Its payload
+    /// (and every later one) is held back until the writer calls
+    /// [`Journal::committed`], or [`Journal::uncommit`] when the commit
+    /// failed; the writer appends nothing else, and hands no snapshot
+    /// ([`Journal::after_commit`]), before that call.
+    pub fn append_before_commit(&self, effects: &mut Effects, payload: T, weight: u64) {
+        let txn = self.env.info().last_txn_id as u64 + 1;
+        self.push(effects, payload, weight, txn, true);
+    }
+
+    fn push(&self, effects: &mut Effects, payload: T, weight: u64, txn: u64, uncommitted: bool) {
         let mut state = self.shared.lock();
         // The record's bytes go to a lane; the caller's buffer
         // gets one the thread has written already (no allocation per commit).
         let record = (!effects.is_empty()).then(|| {
             let spare = state.spare.pop().unwrap_or_default();
             effects.ops = 0;
-            (txn, std::mem::replace(&mut effects.bytes, spare))
+            (txn, std::mem::replace(&mut effects.bytes, spare), 0)
         });
         if record.is_some() {
             state.last_seq += 1;
         }
         let seq = state.last_seq;
-        state.queue.push_back(Entry { seq, weight, record, payload, appended: Instant::now() });
+        state.appended += 1;
+        let id = state.appended;
+        if uncommitted {
+            state.uncommitted = Some(id);
+        }
+        state.queue.push_back(Entry { seq, id, weight, record, payload: Some(payload), appended: Instant::now() });
+        self.wake_a_lane(state);
+    }
+
+    /// After an append: a lane awake looks at the queue before it sleeps;
+    /// one asleep while a batch may start is woken (none: the lane whose
+    /// sync ends takes it). Session 14: was a wake-up per append, taken
+    /// or not.
+    fn wake_a_lane(&self, state: MutexGuard<'_, State<T>>) {
+        let wake = state.sleeping > 0 && state.in_flight.len() < self.lanes;
         drop(state);
-        self.shared.work.notify_one();
+        if wake {
+            self.shared.work.notify_one();
+        }
+    }
+
+    /// The transaction of the last [`Journal::append_before_commit`]
+    /// committed: its payload is delivered once its record is durable.
+    pub fn committed(&self) {
+        let mut state = self.shared.lock();
+        if state.uncommitted.take().is_none() {
+            return;
+        }
+        // Its sync may have ended first: then a sleeping lane delivers it
+        // (one awake looks before it sleeps).
+        let wake = state.deliverable() && state.sleeping > 0;
+        drop(state);
+        if wake {
+            self.shared.work.notify_one();
+        }
+    }
+
+    /// The transaction of the last [`Journal::append_before_commit`]
+    /// failed to commit: gives its payload back (`None` when there is
+    /// none pending) and makes sure its record is never replayed. A record
+    /// no lane took yet is dropped (its sequence number is handed out
+    /// again); one already written or being written is followed by a void
+    /// record ([`RECORD_VOIDS_PREVIOUS`]). Whatever the caller appends
+    /// next (its refusals, say) is delivered only once that void record
+    /// is durable, so nobody is told of a failure a replay would undo.
+    pub fn uncommit(&self) -> Option<T> {
+        let mut state = self.shared.lock();
+        let id = state.uncommitted.take()?;
+        if state.queue.back().is_some_and(|entry| entry.id == id) {
+            let entry = state.queue.pop_back()?;
+            if let Some((_, mut bytes, _)) = entry.record {
+                state.last_seq -= 1;
+                if state.spare.len() < SPARE_BUFFERS {
+                    bytes.clear();
+                    state.spare.push(bytes);
+                }
+            }
+            return entry.payload;
+        }
+        let position = state.waiting.iter().rposition(|waiting| waiting.id == id)?;
+        let taken = state.waiting.remove(position)?;
+        if taken.record {
+            let txn = self.env.info().last_txn_id as u64 + 1;
+            state.last_seq += 1;
+            state.appended += 1;
+            let (seq, id) = (state.last_seq, state.appended);
+            let record = Some((txn, Vec::new(), RECORD_VOIDS_PREVIOUS));
+            state.queue.push_back(Entry { seq, id, weight: 0, record, payload: None, appended: Instant::now() });
+            self.wake_a_lane(state);
+        }
+        taken.payload
     }
 
     /// The writer, after each commit's [`Journal::append`] and when idle:
@@ -1340,10 +1492,12 @@ fn lane_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, metrics: &Journ
             let now = Instant::now();
             if queued > 0 && queued < state.owed && now < state.gather_until {
                 let wait = state.gather_until - now;
+                state.sleeping += 1;
                 state = match shared.work.wait_timeout(state, wait) {
                     Ok((guard, _)) => guard,
                     Err(poisoned) => poisoned.into_inner().0,
                 };
+                state.sleeping -= 1;
                 continue;
             }
         }
@@ -1357,7 +1511,15 @@ fn lane_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, metrics: &Journ
         {
             state.owed = 0;
             state.in_flight.push_back((batch.last, false));
+            // The checkpoint thread is woken when the area passes half
+            // used, not at every sync (session 14: was a wake-up per
+            // sync, a fifth of a sleep per create at 8 clients).
+            let half = journal.area * CHECKPOINT_FILL_NUMERATOR / CHECKPOINT_FILL_DENOMINATOR;
+            let crossed = batch.start.saturating_sub(state.tail) <= half && state.head - state.tail > half;
             drop(state);
+            if crossed {
+                shared.checkpoint.notify_all();
+            }
             if !sync_batch(shared, journal, metrics, config, batch) {
                 return;
             }
@@ -1370,10 +1532,12 @@ fn lane_loop<T: Send>(shared: &Shared<T>, journal: &JournalFile, metrics: &Journ
         if state.deliverable() {
             continue;
         }
+        state.sleeping += 1;
         state = match shared.work.wait(state) {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
+        state.sleeping -= 1;
     }
 }
 
@@ -1391,9 +1555,9 @@ fn deliver_durable<'a, T: Send>(
     let durable = state.durable_through();
     let mut ready = Vec::new();
     let mut answered = 0;
-    while state.waiting.front().is_some_and(|(seq, _, _)| *seq <= durable) {
-        if let Some((_, weight, payload)) = state.waiting.pop_front() {
-            ready.push(payload);
+    while state.waiting.front().is_some_and(|front| state.ready(front, durable)) {
+        if let Some(Waiting { weight, payload, .. }) = state.waiting.pop_front() {
+            ready.extend(payload);
             answered += weight;
         }
     }
@@ -1455,13 +1619,13 @@ fn sync_batch<T: Send>(
     if state.batch_buffers.len() < SYNC_LANES_MAX {
         state.batch_buffers.push(batch.bytes);
     }
-    let queued = !state.queue.is_empty();
+    // Records queued while every lane was busy: a sleeping thread may
+    // take them now, while this one delivers.
+    let wake = !state.queue.is_empty() && state.sleeping > 0;
     drop(state);
-    if queued {
-        // A thread that found every lane busy may take it now.
+    if wake {
         shared.work.notify_one();
     }
-    shared.checkpoint.notify_all();
     if let Some(wake) = shared.lane_free.get() {
         wake();
     }
@@ -1484,13 +1648,14 @@ fn take<T>(
     loop {
         let (seq, size) = match state.queue.front() {
             None => break,
-            Some(entry) => (entry.seq, entry.record.as_ref().map(|(_, payload)| record_bytes(payload.len()))),
+            Some(entry) => (entry.seq, entry.record.as_ref().map(|(_, payload, _)| record_bytes(payload.len()))),
         };
         // A commit that changed nothing, or a record the pending
         // checkpoint covers (never written): delivered in turn.
         let Some(size) = size.filter(|_| seq > state.placed_through) else {
             if let Some(entry) = state.queue.pop_front() {
-                state.waiting.push_back((entry.seq, entry.weight, entry.payload));
+                let Entry { seq, id, weight, record, payload, .. } = entry;
+                state.waiting.push_back(Waiting { seq, id, weight, record: record.is_some(), payload });
             }
             continue;
         };
@@ -1512,16 +1677,17 @@ fn take<T>(
         }
         let Some(entry) = state.queue.pop_front() else { break };
         metrics.take_wait.observe_duration(entry.appended.elapsed());
-        let Some((txn, payload)) = entry.record else { break };
+        let Some((txn, payload, flags)) = entry.record else { break };
         state.placed.push_back((seq, start + buffer.len() as u64));
-        encode_record(&mut buffer, state.epoch, seq, txn, &payload);
+        encode_record(&mut buffer, state.epoch, seq, txn, flags, &payload);
         if state.spare.len() < SPARE_BUFFERS && payload.capacity() <= SYNC_BYTES_MAX {
             let mut payload = payload;
             payload.clear();
             state.spare.push(payload);
         }
         state.placed_through = seq;
-        state.waiting.push_back((seq, entry.weight, entry.payload));
+        let (id, weight, payload) = (entry.id, entry.weight, entry.payload);
+        state.waiting.push_back(Waiting { seq, id, weight, record: true, payload });
         records += 1;
         last = seq;
     }

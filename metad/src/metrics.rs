@@ -20,9 +20,12 @@
 //!   I/O thread's receive to the writer taking it), `stage_apply_seconds`
 //!   (to the end of applying the batch it came in), `stage_hold_seconds`
 //!   (held in the open transaction until the commit starts),
-//!   `stage_commit_seconds` (LMDB's commit), `stage_journal_seconds` (from
-//!   the commit's end, through the append, to the journal's hand-off of
-//!   its answer; the journal's own `journal_take_wait_seconds`,
+//!   `stage_commit_seconds` (the commit starting to its record handed to
+//!   the journal: since session 14 the record goes first and LMDB's
+//!   commit runs while the journal syncs, so this is the answers' making,
+//!   about zero), `stage_journal_seconds` (from
+//!   there to the journal's hand-off of
+//!   its answer, the overlapped commit included; the journal's own `journal_take_wait_seconds`,
 //!   `journal_lane_wait_seconds`, `journal_sync_duration_seconds` and
 //!   `journal_deliver_wait_seconds` split it), and per delivery
 //!   `stage_reply_seconds` (sending a delivery's answers). `perf`'s
@@ -102,10 +105,14 @@ impl Metrics {
             ("stage_queue_seconds", "a mutation's receive to the writer taking it", &stages.queue),
             ("stage_apply_seconds", "the writer taking a mutation to its batch applied", &stages.apply),
             ("stage_hold_seconds", "a mutation applied to its transaction's commit starting", &stages.hold),
-            ("stage_commit_seconds", "LMDB's commit of a mutation's transaction", &stages.commit),
+            (
+                "stage_commit_seconds",
+                "a mutation's commit starting to its record handed to the journal (LMDB's commit runs after, during the sync)",
+                &stages.commit,
+            ),
             (
                 "stage_journal_seconds",
-                "a mutation's commit made to the journal handing its answer over",
+                "a mutation's record handed to the journal to the journal handing its answer over (the commit overlapped)",
                 &stages.journal,
             ),
             ("stage_reply_seconds", "sending one delivery's answers", &stages.reply),

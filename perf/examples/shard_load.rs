@@ -30,6 +30,9 @@
 //! (`data.mdb`, then the checkpoint slot); an older one fdatasyncs in every
 //! commit and once per explicit meta-page sync. Set `SHARD_LOAD_FILL=N`
 //! to fill the shard with N files first (64 clients, the mode's way), and
+//! `SHARD_LOAD_DIR=PATH` to put the run's folder under PATH instead of
+//! /tmp (on a tmpfs, `/dev/shm`, a sync costs nothing: the pipeline
+//! around it measured without the shared disk's noise), and
 //! `SHARD_LOAD_PAUSE=1` to print metad's pid and wait 2 s before the load
 //! (time to attach `perf record -p PID`), and `SHARD_LOAD_METRICS=FILE` to
 //! keep metad's whole `/metrics` answer at the end (the histograms'
@@ -89,7 +92,8 @@ fn main() {
         return;
     }
     let metad = args.get(3).map(PathBuf::from).unwrap_or_else(|| process::binary("metad").expect("metad"));
-    let folder = tempfile::Builder::new().prefix("shard-load-").tempdir_in("/tmp").expect("temporary folder");
+    let parent = std::env::var_os("SHARD_LOAD_DIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    let folder = tempfile::Builder::new().prefix("shard-load-").tempdir_in(parent).expect("temporary folder");
     let saved = saved_shard::Saved::from_env(folder.path());
     let shuckle = shard::start_shuckle(folder.path()).expect("shuckle starts");
     let shuckle_addr = shuckle.address("udp").expect("shuckle address");

@@ -603,3 +603,98 @@ fn slow_delivery_with_lanes(lanes: usize) {
     assert_eq!(lock.lock().unwrap().0, vec![1, 2, 3], "delivered in commit order");
     assert!(metrics.syncs.get() >= 2);
 }
+
+/// Waits (at most 20 s) until `done` holds.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+// Session 14: a record handed over before its transaction's commit is
+// written and synced at once, but its answer waits for the commit.
+#[test]
+fn a_record_appended_before_its_commit_is_answered_only_once_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = Harness::new(dir.path(), 1 << 20, Duration::from_secs(3600));
+    let mut txn = harness.env.write_txn().unwrap();
+    harness.dbs[0].put(&mut txn, b"key", b"value").unwrap();
+    harness.effects.put(0, b"key", b"value");
+    harness.journal.append_before_commit(&mut harness.effects, 1, 1);
+    wait_until("the record synced", || harness.journal.is_durable());
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(harness.delivered.lock().unwrap().is_empty(), "answered before its transaction committed");
+    txn.commit().unwrap();
+    harness.journal.committed();
+    wait_until("the answer delivered", || !harness.delivered.lock().unwrap().is_empty());
+    assert_eq!(*harness.delivered.lock().unwrap(), vec![1]);
+}
+
+// Session 14: a transaction whose commit fails after its record was
+// handed over is never replayed, whether a lane had taken (and synced)
+// its record or not; what follows it is.
+#[test]
+fn a_failed_commit_after_its_append_is_never_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = Harness::new(dir.path(), 1 << 20, Duration::from_secs(3600));
+    let mut rng = seeded();
+    for _ in 0..10 {
+        harness.commit(&mut rng);
+    }
+    harness.wait_durable();
+    let rounds = 20u64;
+    for round in 0..rounds {
+        let key = format!("voided-{round}");
+        let mut txn = harness.env.write_txn().unwrap();
+        harness.dbs[1].put(&mut txn, key.as_bytes(), b"never committed").unwrap();
+        harness.effects.put(1, key.as_bytes(), b"never committed");
+        harness.journal.append_before_commit(&mut harness.effects, 1000 + round, 1);
+        if round % 2 == 0 {
+            // Taken and synced: the void record's path.
+            wait_until("the record synced", || harness.journal.is_durable());
+        }
+        drop(txn);
+        assert_eq!(harness.journal.uncommit(), Some(1000 + round), "the payload back");
+        // The refusals, delivered once the void is durable.
+        harness.journal.append(&mut Effects::default(), 2000 + round);
+        harness.commit(&mut rng);
+    }
+    let expected = 10 + 2 * rounds as usize;
+    wait_until("every payload delivered", || harness.delivered.lock().unwrap().len() >= expected);
+    let delivered = harness.delivered.lock().unwrap().clone();
+    assert!(delivered.iter().all(|payload| !(1000..2000).contains(payload)), "a failed commit was answered");
+    assert_eq!(delivered.len(), expected);
+    let disk = disk_copy(dir.path());
+    let (state, _) = recover(disk.path());
+    assert!(state[1].keys().all(|key| !key.starts_with(b"voided-")), "a voided record was replayed");
+    assert!(state == harness.model, "the store equals the model (every later record replayed)");
+}
+
+// Session 14: the checkpoint thread is no longer woken after every sync,
+// only when a take moves the record area past half used (and at its
+// period, when full, when asked): a journal past half is checkpointed
+// long before its period.
+#[test]
+fn a_journal_past_half_used_is_checkpointed_before_its_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = JournalMetrics::new();
+    let bytes = 1 << 20;
+    let config =
+        Config { bytes, checkpoint_period: Duration::from_secs(3600), on_failure: count_failure, ..Config::default() };
+    let mut harness = Harness::with_config(dir.path(), config, metrics.clone());
+    let half = (bytes - AREA_START) * CHECKPOINT_FILL_NUMERATOR / CHECKPOINT_FILL_DENOMINATOR;
+    let mut rng = seeded();
+    // One sync per commit: the pages written are the area used.
+    while metrics.bytes.get() <= half {
+        assert_eq!(harness.journal.checkpoints(), 0, "a checkpoint before the area was half used");
+        harness.commit(&mut rng);
+        harness.wait_durable();
+    }
+    wait_until("a checkpoint once the area is past half used", || {
+        harness.journal.after_commit();
+        harness.journal.checkpoints() > 0
+    });
+    assert_eq!(FAILURES.load(Ordering::Relaxed), 0);
+}
