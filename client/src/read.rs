@@ -7,7 +7,16 @@
 //! span CRC the combine of the blocks' listed CRCs) is read and written out
 //! **block by block**: each data block into a block buffer, written out in
 //! order once its CRC matches the one it was written with, the buffer then
-//! reused for a later block. Any other span is read whole into a span
+//! reused for a later block. Those blocks are fetched **in turn**
+//! ([`crate::pool::TurnConnection`]): each request goes out as soon as it
+//! is up to [`BLOCK_REQUESTS_BYTES`] ahead of the output, over one
+//! connection per block service of the read's own (up to
+//! [`TURN_CONNECTIONS_MAX`]), whose thread receives the answers in order
+//! with blocking reads; the read's [`crate::pool::Gate`] hands an answer
+//! its block buffer only once the block is within the block read-ahead of
+//! the output. The services always have requests queued, their bytes
+//! wait in the sockets, and the read's memory stays the block read-ahead.
+//! Any other span is read whole into a span
 //! buffer, each block straight into its place. When a
 //! block service is flagged (terminal, unknown, stale), unreachable, hung,
 //! or returns wrong bytes, parity blocks are fetched and the missing data
@@ -94,7 +103,7 @@ use crate::client::{Client, FileSpan, FileSpanBody, Stat};
 use crate::erasure::{self, SingleErasure};
 use crate::error::{ClientError, Result};
 use crate::plan::BlockChoice;
-use crate::pool::FailureKind;
+use crate::pool::{Answer, Failure, FailureKind, Gate, Reply, TurnConnection};
 
 /// Bytes fetched ahead of the output at first.
 pub const READ_AHEAD_BYTES_MIN: u64 = 16 << 20;
@@ -138,6 +147,16 @@ pub const BLOCK_READ_AHEAD_FILE_SHARE: u64 = 32;
 /// `perf/results/2026-11-28-s13-lead.md`). Block by block is for the
 /// smaller files, where the span buffers' first touch is the cost.
 pub const WHOLE_SPANS_FROM: u64 = 1 << 30;
+/// Bytes of healthy spans' blocks requested ahead of the output: the
+/// requests go out this far ahead, but only the blocks the gate allows
+/// (the block read-ahead, in bytes) get a buffer; the others' bytes wait
+/// in the block services' sockets.
+pub const BLOCK_REQUESTS_BYTES: u64 = 64 << 20;
+/// Block services one read fetches from in turn, each over a connection
+/// and a thread of the read's own ([`TurnConnection`]); blocks on further
+/// services are requested once the gate gives them a buffer, over the
+/// process's pool.
+pub const TURN_CONNECTIONS_MAX: usize = 16;
 /// Kept for callers of the first version: the old fixed window in spans.
 pub const READ_AHEAD_SPANS: usize = READ_AHEAD_SPANS_MIN;
 
@@ -412,6 +431,8 @@ struct BlockAhead {
     /// Where the block's bytes start in the span.
     start: u64,
     last: bool,
+    /// Its place in the read's order of blocks ([`Gate`]), once queued.
+    seq: u64,
 }
 
 impl Ahead {
@@ -467,6 +488,7 @@ fn block_plans(state: &ReadState, span: &FileSpan) -> Option<Vec<BlockAhead>> {
                 block: blocks[index],
                 start: layout.data_block_range(index).start,
                 last: index + 1 == d,
+                seq: 0,
             })
             .collect(),
     )
@@ -484,26 +506,31 @@ fn whole_span_buffer(free: &mut Vec<BytesMut>, made: &mut u64, span: &FileSpan) 
     buffer
 }
 
-/// Block buffers of one read, reused from block to block.
-#[derive(Default)]
-struct BlockBuffers {
-    free: Vec<BytesMut>,
-    /// Bytes of fresh span and block buffers made.
-    made: u64,
+/// Closes a read's [`Gate`] when the read ends, however it ends: its
+/// fetches still queued fail instead of waiting for a buffer.
+struct CloseGate(Arc<Gate>);
+
+impl Drop for CloseGate {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
-impl BlockBuffers {
-    fn take(&mut self, size: usize) -> BytesMut {
-        if let Some(at) = self.free.iter().position(|buffer| buffer.capacity() >= size) {
-            return self.free.swap_remove(at);
+/// Lets the gate hand buffers to the blocks in flight from the first, up
+/// to `window` bytes of them (the first always).
+fn allow_blocks(gate: &Gate, in_flight: &VecDeque<(Arc<FileSpan>, u64, Ahead)>, window: u64) {
+    let mut bytes = 0u64;
+    let mut through = None;
+    for (_, size, ahead) in in_flight {
+        let Ahead::Block(plan, _) = ahead else { continue };
+        bytes += size;
+        if bytes > window && through.is_some() {
+            break;
         }
-        self.made += size as u64;
-        span_buffer(size)
+        through = Some(plan.seq);
     }
-
-    fn give_back(&mut self, mut buffer: BytesMut) {
-        buffer.clear();
-        self.free.push(buffer);
+    if let Some(seq) = through {
+        gate.allow(seq + 1);
     }
 }
 
@@ -537,22 +564,49 @@ pub async fn read_file_to<S: SpanSink>(
     // Data blocks of the span being queued, not yet in flight.
     let mut queued: VecDeque<BlockAhead> = VecDeque::new();
     let mut free: Vec<BytesMut> = Vec::new();
-    let mut block_buffers = BlockBuffers::default();
+    // Bytes of fresh whole-span buffers made.
+    let mut made = 0u64;
+    // Healthy spans' blocks are fetched in turn, on connections of this
+    // read's own, their buffers handed out by the gate in the read's order.
+    // (None: the service could not be reached; its later blocks fail at
+    // once, not after another connect.)
+    let mut turns: HashMap<SocketAddr, Option<TurnConnection>> = HashMap::new();
+    let gate = Arc::new(Gate::default());
+    let _close = CloseGate(gate.clone());
+    let mut next_seq = 0u64;
     let state = ReadState::new(client);
     let mut next_offset = Some(0u64);
     let mut expected_offset = 0u64;
     for _ in 0..SPAN_PAGES_MAX {
         // Keep the read-ahead window full, fetching span pages as needed.
         loop {
-            let limit = if queued.is_empty() { window } else { block_window };
+            let limit = if queued.is_empty() { window } else { BLOCK_REQUESTS_BYTES.max(block_window) };
             let room = in_flight.len() < spans_min || in_flight_bytes < limit;
             if !room {
                 break;
             }
-            if let Some(plan) = queued.pop_front() {
+            if let Some(mut plan) = queued.pop_front() {
                 let size = plan.block.size.get();
-                let buffer = block_buffers.take(size as usize);
-                let task = tokio::spawn(fetch_one(state.clone(), plan.index, plan.block, buffer));
+                plan.seq = next_seq;
+                next_seq += 1;
+                let block = plan.block;
+                let addr = block.address.socket_addr();
+                if !turns.contains_key(&addr) && turns.len() < TURN_CONNECTIONS_MAX {
+                    let opened = TurnConnection::open(addr, gate.clone()).await;
+                    if let Err(failure) = &opened {
+                        tracing::debug!(%addr, reason = failure.reason, "cannot connect");
+                    }
+                    turns.insert(addr, opened.ok());
+                }
+                let pending = match turns.get_mut(&addr) {
+                    Some(Some(turn)) => Some(Ok(turn.fetch(block.block_id, size, plan.seq))),
+                    Some(None) => Some(Err(Failure::new(FailureKind::Down, format!("cannot connect to {addr}")))),
+                    // Past the read's own connections: fetched over the
+                    // process's pool once the gate gives it a buffer.
+                    None => None,
+                };
+                let task =
+                    tokio::spawn(fetch_in_turn(state.clone(), plan.index, block, pending, gate.clone(), plan.seq));
                 in_flight_bytes += u64::from(size);
                 in_flight.push_back((plan.span.clone(), u64::from(size), Ahead::Block(plan, task)));
                 continue;
@@ -602,13 +656,14 @@ pub async fn read_file_to<S: SpanSink>(
                     }
                 }
             }
-            let buffer = whole_span_buffer(&mut free, &mut block_buffers.made, &span);
+            let buffer = whole_span_buffer(&mut free, &mut made, &span);
             let bytes = u64::from(span.size);
             in_flight_bytes += bytes;
             let span = Arc::new(span);
             let task = tokio::spawn(read_span(state.clone(), inode, (*span).clone(), buffer));
             in_flight.push_back((span, bytes, Ahead::Span(task)));
         }
+        allow_blocks(&gate, &in_flight, block_window);
         let Some((span, bytes, ahead)) = in_flight.pop_front() else { break };
         in_flight_bytes -= bytes;
         let unit_offset = match &ahead {
@@ -645,7 +700,7 @@ pub async fn read_file_to<S: SpanSink>(
                             .write_span(fetched.buffer)
                             .await
                             .map_err(|error| ClientError::io("writing the output", error))?;
-                        block_buffers.give_back(buffer);
+                        gate.give_back(buffer);
                         expected_offset += length;
                         report.bytes += length;
                         report.spans += u64::from(plan.last);
@@ -654,7 +709,10 @@ pub async fn read_file_to<S: SpanSink>(
                     }
                     Err((kind, reason)) => {
                         whole_spans = true;
-                        block_buffers.give_back(fetched.buffer);
+                        // The read's fetches in turn are all given up
+                        // (below); none waits for a buffer any more.
+                        gate.close();
+                        gate.give_back(fetched.buffer);
                         if kind == FailureKind::Down {
                             state.mark_down(plan.block.block_service_id);
                         }
@@ -691,7 +749,7 @@ pub async fn read_file_to<S: SpanSink>(
                                 continue;
                             }
                             respawned = Some(next.offset);
-                            let buffer = whole_span_buffer(&mut free, &mut block_buffers.made, &next);
+                            let buffer = whole_span_buffer(&mut free, &mut made, &next);
                             let bytes = u64::from(next.size);
                             in_flight_bytes += bytes;
                             let task = tokio::spawn(read_span(state.clone(), inode, (*next).clone(), buffer));
@@ -731,7 +789,7 @@ pub async fn read_file_to<S: SpanSink>(
         report.notices.extend(read.notices);
         progress(report.bytes);
     }
-    report.buffer_bytes_made = block_buffers.made;
+    report.buffer_bytes_made = made + gate.made();
     sink.finish().await.map_err(|error| ClientError::io("writing the output", error))?;
     Ok(report)
 }
@@ -828,9 +886,81 @@ struct Fetched {
 /// Fetches block `index` into `dst`, at its listed address and, if that
 /// fails, at the address shuckle knows now; checks its CRC.
 async fn fetch_one(state: ReadState, index: usize, block: FetchedBlock, dst: BytesMut) -> Fetched {
+    let attempt = fetch_block_into(block.address.socket_addr(), block.block_id, block.size.get(), dst).await;
+    fetch_checked(state, index, block, attempt).await
+}
+
+/// The answer of block `index` queued in turn ([`TurnConnection::fetch`]),
+/// as [`fetch_one`] gives it: a connection lost before the answer (not the
+/// block's fault) is tried once more on the process's pool, into a buffer
+/// of the gate for the same place.
+async fn fetch_in_turn(
+    state: ReadState,
+    index: usize,
+    block: FetchedBlock,
+    pending: Option<std::result::Result<tokio::sync::oneshot::Receiver<Reply>, Failure>>,
+    gate: Arc<Gate>,
+    seq: u64,
+) -> Fetched {
     let listed = block.address.socket_addr();
     let size = block.size.get();
-    let mut attempt = fetch_block_into(listed, block.block_id, size, dst).await;
+    let reply = match pending {
+        Some(Ok(pending)) => {
+            pending.await.unwrap_or_else(|_| Err((Failure::new(FailureKind::Retry, "connection lost"), None)))
+        }
+        Some(Err(failure)) => Err((failure, None)),
+        None => {
+            let Some(dst) = gate.take(seq, size as usize).await else {
+                let failure = Failure::new(FailureKind::Failed, "the read was given up");
+                let buffer = BytesMut::new();
+                return Fetched { index, buffer, result: Err((failure.kind, failure.reason)) };
+            };
+            return fetch_one(state, index, block, dst).await;
+        }
+    };
+    let block_error = |failure: &Failure| ClientError::Block {
+        addr: listed,
+        block_id: block.block_id,
+        reason: failure.reason.clone(),
+        answered: failure.answered,
+    };
+    let mut attempt = match reply {
+        Ok(Answer::Fetched { data, crc }) => Ok((data, crc)),
+        Ok(Answer::Proof(_)) => {
+            let failure = Failure::new(FailureKind::Failed, "answer of another kind");
+            Err((block_error(&failure), failure, None))
+        }
+        Err((failure, back)) => Err((block_error(&failure), failure, back)),
+    };
+    if let Err((_, failure, back)) = &mut attempt
+        && failure.kind == FailureKind::Retry
+    {
+        let dst = match back.take() {
+            Some(buffer) if buffer.capacity() >= size as usize => Some(buffer),
+            other => {
+                if let Some(buffer) = other {
+                    gate.give_back(buffer);
+                }
+                gate.take(seq, size as usize).await
+            }
+        };
+        if let Some(dst) = dst {
+            attempt = fetch_block_into(listed, block.block_id, size, dst).await;
+        }
+    }
+    fetch_checked(state, index, block, attempt).await
+}
+
+/// A block fetch's outcome, tried again at the address shuckle knows now
+/// when the listed one failed, and checked against the block's CRC.
+async fn fetch_checked(
+    state: ReadState,
+    index: usize,
+    block: FetchedBlock,
+    mut attempt: std::result::Result<(BytesMut, u32), (ClientError, Failure, Option<BytesMut>)>,
+) -> Fetched {
+    let listed = block.address.socket_addr();
+    let size = block.size.get();
     if let Err((_, failure, dst)) = &mut attempt
         && matches!(failure.kind, FailureKind::Down | FailureKind::Retry)
         && let Some(current) = state.book.moved(block.block_service_id, listed).await
