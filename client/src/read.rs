@@ -71,9 +71,9 @@
 //!   or dead service costs one stall per read, not one per span.
 //! - **Output** goes to a [`SpanSink`]: plain `write(2)` from the span or
 //!   block buffer for a file descriptor ([`FdSink`], used for stdout; on a
-//!   blocking thread, but for `/dev/null` right away: four concurrent cats
-//!   read 1.25× faster without a thread hand-off per block), or any
-//!   tokio `AsyncWrite` ([`AsyncWriteSink`]).
+//!   blocking thread, but for `/dev/null` right away: no thread hand-off
+//!   per block, ~5 % less client CPU in four concurrent cats, the same
+//!   speed), or any tokio `AsyncWrite` ([`AsyncWriteSink`]).
 //! - [`FileReader`] reads byte ranges of a file (for the mount).
 //! - [`checked_pipe`] hands a file's bytes to a consumer that must never
 //!   take a short read for the whole file (`eggs cp`, shuckle's download).
