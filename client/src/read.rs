@@ -574,6 +574,11 @@ pub async fn read_file_to<S: SpanSink>(
     let gate = Arc::new(Gate::default());
     let _close = CloseGate(gate.clone());
     let mut next_seq = 0u64;
+    // A block whose service could not be reached, not yet written out:
+    // until it is, no more blocks are requested in turn (a degraded read
+    // asked for 64 MiB of blocks it then read again whole, at 1.5x the
+    // block services' CPU).
+    let mut unreachable: Option<u64> = None;
     let state = ReadState::new(client);
     let mut next_offset = Some(0u64);
     let mut expected_offset = 0u64;
@@ -583,6 +588,9 @@ pub async fn read_file_to<S: SpanSink>(
             let limit = if queued.is_empty() { window } else { BLOCK_REQUESTS_BYTES.max(block_window) };
             let room = in_flight.len() < spans_min || in_flight_bytes < limit;
             if !room {
+                break;
+            }
+            if unreachable.is_some() && !queued.is_empty() {
                 break;
             }
             if let Some(mut plan) = queued.pop_front() {
@@ -605,6 +613,9 @@ pub async fn read_file_to<S: SpanSink>(
                     // process's pool once the gate gives it a buffer.
                     None => None,
                 };
+                if matches!(pending, Some(Err(_))) {
+                    unreachable = Some(plan.seq);
+                }
                 let task =
                     tokio::spawn(fetch_in_turn(state.clone(), plan.index, block, pending, gate.clone(), plan.seq));
                 in_flight_bytes += u64::from(size);
@@ -666,6 +677,11 @@ pub async fn read_file_to<S: SpanSink>(
         allow_blocks(&gate, &in_flight, block_window);
         let Some((span, bytes, ahead)) = in_flight.pop_front() else { break };
         in_flight_bytes -= bytes;
+        if let Ahead::Block(plan, _) = &ahead
+            && unreachable == Some(plan.seq)
+        {
+            unreachable = None;
+        }
         let unit_offset = match &ahead {
             Ahead::Span(_) => span.offset,
             Ahead::Block(plan, _) => span.offset + plan.start,
