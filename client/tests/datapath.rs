@@ -214,7 +214,12 @@ fn a_service_stalling_mid_transfer_turns_into_parity_reads() {
 /// 1 MiB (the last 3 bytes short) put with RS 4+2 from `test_bytes(…,
 /// seed)`, whose block service 2 is then killed; and the file's bytes.
 fn degraded_cluster(spans: usize, seed: u64) -> (Cluster, Vec<u8>) {
-    let cluster = Cluster::start(6);
+    degraded_cluster_with(spans, seed, &[])
+}
+
+/// [`degraded_cluster`], with more `local-cluster` flags.
+fn degraded_cluster_with(spans: usize, seed: u64, flags: &[&str]) -> (Cluster, Vec<u8>) {
+    let cluster = Cluster::start_with(6, flags);
     let data = test_bytes(spans * MIB - 3, seed);
     let scratch = tempfile::tempdir().expect("tempdir");
     let local = scratch.path().join("degraded");
@@ -456,7 +461,20 @@ fn fetched_bytes(cluster: &Cluster) -> u64 {
 #[test]
 fn an_unreachable_service_stops_the_requests_in_turn() {
     let spans = 40;
-    let (cluster, data) = degraded_cluster(spans, 29);
+    // No gcd: its scrubs and its rebuilds of the dead service's blocks
+    // fetch from the live services too (the bound failed once that way
+    // in a full run of the client's tests).
+    let (cluster, data) = degraded_cluster_with(spans, 29, &["--no-gcd"]);
+    // The SIGKILLed service refuses connections before the read starts
+    // (a connection it still accepted would fail later, mid-read, as a
+    // service that dies mid-read does: that is not this test).
+    let services = cluster.block_services();
+    let victim = services.iter().find(|s| s.name == "block service 2").expect("block service 2");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&victim.addr).is_ok() {
+        assert!(Instant::now() < deadline, "the killed service still accepts connections");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let before = fetched_bytes(&cluster);
     let (report, sink) = read_recorded(&cluster, "/degraded");
     assert!(sink.bytes == data, "every byte is the file's own");
