@@ -343,6 +343,8 @@ pub struct Gate {
     state: Mutex<GateState>,
     /// Bytes of fresh buffers made.
     made: AtomicU64,
+    /// A connection of the read failed ([`Gate::broken`]).
+    broken: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -432,6 +434,19 @@ impl Gate {
     pub fn made(&self) -> u64 {
         self.made.load(Ordering::Relaxed)
     }
+
+    /// True once one of the read's [`TurnConnection`]s failed (until
+    /// [`Gate::mend`]): the read should request nothing more in turn
+    /// until its blocks in flight are through, rather than send more
+    /// requests ahead that it may have to give up.
+    pub fn broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// The read has dealt with its failed connections.
+    pub fn mend(&self) {
+        self.broken.store(false, Ordering::Release);
+    }
 }
 
 /// One read's connection to one block service for its fetches *in turn*:
@@ -449,6 +464,8 @@ pub struct TurnConnection {
     /// For the requests (the thread has its own handle, for the answers).
     stream: std::net::TcpStream,
     ops: std::sync::mpsc::Sender<TurnOp>,
+    /// Cleared when the connection's thread ends.
+    alive: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct TurnOp {
@@ -477,11 +494,24 @@ impl TurnConnection {
         let (stream, reader) =
             set_up(stream).map_err(|error| Failure::new(FailureKind::Failed, format!("socket: {error}")))?;
         let (ops, queue) = std::sync::mpsc::channel();
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
         std::thread::Builder::new()
             .name("eggs-fetch".into())
-            .spawn(move || turn_reader(reader, queue, &gate))
+            .spawn({
+                let alive = alive.clone();
+                move || {
+                    turn_reader(reader, queue, &gate);
+                    alive.store(false, Ordering::Release);
+                }
+            })
             .map_err(|error| Failure::new(FailureKind::Failed, format!("fetch thread: {error}")))?;
-        Ok(Self { stream, ops })
+        Ok(Self { stream, ops, alive })
+    }
+
+    /// False once the connection's thread has ended (the connection failed,
+    /// or its read was given up).
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
     }
 
     /// Sends the fetch of block `block_id` (`size` bytes), place `seq` of
@@ -524,6 +554,7 @@ fn turn_reader(mut stream: std::net::TcpStream, queue: std::sync::mpsc::Receiver
                 if failure.kind == FailureKind::Down {
                     behind = FailureKind::Down;
                 }
+                gate.broken.store(true, Ordering::Release);
                 let _ = op.reply.send(Err((failure, dst)));
                 break;
             }
@@ -905,6 +936,45 @@ mod tests {
         let given_up = answers.pop().expect("the fifth").await.expect("answer");
         assert!(matches!(given_up, Err((Failure { kind: FailureKind::Failed, .. }, _))), "a closed gate fails it");
         drop(turn);
+        service.join().expect("service");
+    }
+
+    /// A turn connection whose service closes it mid-read fails the fetch
+    /// it was on (a retry: no byte of that answer came), marks the read's
+    /// gate broken so that the read stops requesting in turn, and ends its
+    /// thread; `mend` clears the mark.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_turn_connection_marks_the_gate_broken() {
+        use std::io::{Read, Write};
+        const SIZE: usize = 4096;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let service = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = [0u8; size_of::<FetchReq>()];
+            for _ in 0..2 {
+                stream.read_exact(&mut request).expect("a request");
+            }
+            stream.write_all(FetchRespHead::new(SIZE as u32).as_bytes()).expect("head");
+            stream.write_all(&[7u8; SIZE]).expect("bytes");
+            // Gone before the second answer.
+        });
+        let gate = Arc::new(Gate::default());
+        gate.allow(2);
+        let mut turn = TurnConnection::open(addr, gate.clone()).await.expect("connect");
+        let first = turn.fetch(BlockId::new(1), SIZE as u32, 0);
+        let second = turn.fetch(BlockId::new(2), SIZE as u32, 1);
+        assert!(matches!(first.await.expect("answer"), Ok(Answer::Fetched { .. })));
+        let failed = second.await.expect("answer");
+        assert!(matches!(failed, Err((Failure { kind: FailureKind::Retry, .. }, _))), "a retry");
+        assert!(gate.broken(), "the gate says a connection failed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while turn.is_alive() {
+            assert!(std::time::Instant::now() < deadline, "the connection's thread ends");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        gate.mend();
+        assert!(!gate.broken());
         service.join().expect("service");
     }
 

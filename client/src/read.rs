@@ -577,7 +577,8 @@ pub async fn read_file_to<S: SpanSink>(
     // A block whose service could not be reached, not yet written out:
     // until it is, no more blocks are requested in turn (a degraded read
     // asked for 64 MiB of blocks it then read again whole, at 1.5x the
-    // block services' CPU).
+    // block services' CPU). The same while a connection that failed
+    // mid-read has blocks in flight (`Gate::broken`).
     let mut unreachable: Option<u64> = None;
     let state = ReadState::new(client);
     let mut next_offset = Some(0u64);
@@ -590,7 +591,14 @@ pub async fn read_file_to<S: SpanSink>(
             if !room {
                 break;
             }
-            if unreachable.is_some() && !queued.is_empty() {
+            if gate.broken() && !in_flight.iter().any(|(_, _, ahead)| matches!(ahead, Ahead::Block(..))) {
+                // The blocks of the failed connection are through (written
+                // out, or the read went whole span): it is opened again
+                // when next needed.
+                turns.retain(|_, turn| turn.as_ref().is_none_or(TurnConnection::is_alive));
+                gate.mend();
+            }
+            if (unreachable.is_some() || gate.broken()) && !queued.is_empty() {
                 break;
             }
             if let Some(mut plan) = queued.pop_front() {
