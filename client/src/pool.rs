@@ -18,6 +18,12 @@
 //! Idle connections close themselves after [`IDLE_CLOSE`] (below blockd's
 //! idle limit), so a pooled connection is rarely one the server already
 //! dropped; when it is, the request comes back as a retry.
+//!
+//! A file read block by block fetches *in turn* instead
+//! ([`TurnConnection`]): connections of the read's own, each with a thread
+//! that receives the answers with blocking reads, every request sent well
+//! ahead, and a [`Gate`] that hands each answer its buffer in the read's
+//! order, only as far ahead of the output as the read allows.
 
 use std::collections::HashMap;
 use std::io;
@@ -326,6 +332,316 @@ impl BlockPool {
     }
 }
 
+/// The buffers of one read's fetches in turn ([`TurnConnection`]),
+/// handed out in the read's order: place `seq` gets one once the read has
+/// allowed it ([`Gate::allow`]), so the read holds only as many block
+/// buffers as it allows (fresh memory, which the kernel zeroes on first
+/// touch), while its requests go out further ahead and their bytes wait
+/// in the services' sockets.
+#[derive(Default)]
+pub struct Gate {
+    state: Mutex<GateState>,
+    /// Bytes of fresh buffers made.
+    made: AtomicU64,
+    /// A connection of the read failed ([`Gate::broken`]).
+    broken: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Places below this may take a buffer.
+    allowed: u64,
+    closed: bool,
+    free: Vec<BytesMut>,
+    /// Threads waiting for their place to be allowed: each is woken alone
+    /// (not every waiter on every step).
+    waiting: Vec<(u64, std::thread::Thread)>,
+}
+
+impl Gate {
+    fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A buffer of at least `size` bytes for place `seq`, once allowed
+    /// (the calling thread sleeps until then); `None` once the gate is
+    /// closed (the read was given up).
+    pub fn take_blocking(&self, seq: u64, size: usize) -> Option<BytesMut> {
+        loop {
+            {
+                let mut state = self.state();
+                if state.closed {
+                    return None;
+                }
+                if seq < state.allowed {
+                    if let Some(at) = state.free.iter().position(|buffer| buffer.capacity() >= size) {
+                        return Some(state.free.swap_remove(at));
+                    }
+                    break;
+                }
+                state.waiting.push((seq, std::thread::current()));
+            }
+            // Woken by `allow` or `close` (or spuriously: checked again).
+            std::thread::park();
+        }
+        self.made.fetch_add(size as u64, Ordering::Relaxed);
+        Some(crate::read::span_buffer(size))
+    }
+
+    /// [`Gate::take_blocking`] for a task: the wait is on a blocking thread.
+    pub async fn take(self: &Arc<Self>, seq: u64, size: usize) -> Option<BytesMut> {
+        let gate = self.clone();
+        tokio::task::spawn_blocking(move || gate.take_blocking(seq, size)).await.ok().flatten()
+    }
+
+    /// Takes `buffer` back for a later place.
+    pub fn give_back(&self, mut buffer: BytesMut) {
+        if buffer.capacity() == 0 {
+            return;
+        }
+        buffer.clear();
+        self.state().free.push(buffer);
+    }
+
+    /// Places below `through` may take a buffer.
+    pub fn allow(&self, through: u64) {
+        let mut state = self.state();
+        if through <= state.allowed {
+            return;
+        }
+        state.allowed = through;
+        let mut index = 0;
+        while index < state.waiting.len() {
+            if state.waiting[index].0 < through {
+                let (_, thread) = state.waiting.swap_remove(index);
+                thread.unpark();
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    /// No place gets a buffer any more: the fetches waiting fail.
+    pub fn close(&self) {
+        let mut state = self.state();
+        state.closed = true;
+        for (_, thread) in state.waiting.drain(..) {
+            thread.unpark();
+        }
+    }
+
+    /// Bytes of fresh buffers made so far.
+    pub fn made(&self) -> u64 {
+        self.made.load(Ordering::Relaxed)
+    }
+
+    /// True once one of the read's [`TurnConnection`]s failed (until
+    /// [`Gate::mend`]): the read should request nothing more in turn
+    /// until its blocks in flight are through, rather than send more
+    /// requests ahead that it may have to give up.
+    pub fn broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// The read has dealt with its failed connections.
+    pub fn mend(&self) {
+        self.broken.store(false, Ordering::Release);
+    }
+}
+
+/// One read's connection to one block service for its fetches *in turn*:
+/// every request goes out as soon as it is queued ([`TurnConnection::fetch`],
+/// from the read's task), and a thread of the connection's own receives
+/// the answers in order with blocking reads, each into a buffer the read's
+/// [`Gate`] hands out when that answer is next (what the floor reader of
+/// `perf/examples/cat_floor.rs` does: no task wake-up, readiness poll or
+/// timer per read). A connection's fetches are queued in the read's
+/// order, so the lowest place not yet written out is always at the head
+/// of its connection and the gate cannot hold it up. No stall goes
+/// unnoticed: a read that gets no byte for [`STALL_TIMEOUT`] fails the
+/// connection as down.
+pub struct TurnConnection {
+    /// For the requests (the thread has its own handle, for the answers).
+    stream: std::net::TcpStream,
+    ops: std::sync::mpsc::Sender<TurnOp>,
+    /// Cleared when the connection's thread ends.
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct TurnOp {
+    size: u32,
+    seq: u64,
+    reply: oneshot::Sender<Reply>,
+}
+
+impl TurnConnection {
+    /// Connects to `addr` and starts the connection's thread.
+    pub async fn open(addr: SocketAddr, gate: Arc<Gate>) -> Result<Self, Failure> {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Err(_) => return Err(Failure::new(FailureKind::Down, "connect timed out")),
+            Ok(Err(error)) => return Err(Failure::new(FailureKind::Down, format!("connect: {error}"))),
+            Ok(Ok(stream)) => stream,
+        };
+        let set_up = |stream: TcpStream| -> io::Result<(std::net::TcpStream, std::net::TcpStream)> {
+            let stream = stream.into_std()?;
+            stream.set_nonblocking(false)?;
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(STALL_TIMEOUT))?;
+            stream.set_write_timeout(Some(STALL_TIMEOUT))?;
+            let reader = stream.try_clone()?;
+            Ok((stream, reader))
+        };
+        let (stream, reader) =
+            set_up(stream).map_err(|error| Failure::new(FailureKind::Failed, format!("socket: {error}")))?;
+        let (ops, queue) = std::sync::mpsc::channel();
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        std::thread::Builder::new()
+            .name("eggs-fetch".into())
+            .spawn({
+                let alive = alive.clone();
+                move || {
+                    turn_reader(reader, queue, &gate);
+                    alive.store(false, Ordering::Release);
+                }
+            })
+            .map_err(|error| Failure::new(FailureKind::Failed, format!("fetch thread: {error}")))?;
+        Ok(Self { stream, ops, alive })
+    }
+
+    /// False once the connection's thread has ended (the connection failed,
+    /// or its read was given up).
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Sends the fetch of block `block_id` (`size` bytes), place `seq` of
+    /// the read, at once; its answer comes on the receiver.
+    pub fn fetch(&mut self, block_id: BlockId, size: u32, seq: u64) -> oneshot::Receiver<Reply> {
+        let (reply, receiver) = oneshot::channel();
+        // Queued for the thread before the request goes out, so answers
+        // and requests stay in the same order.
+        if let Err(refused) = self.ops.send(TurnOp { size, seq, reply }) {
+            let _ = refused.0.reply.send(Err((Failure::new(FailureKind::Retry, "connection closed"), None)));
+            return receiver;
+        }
+        if std::io::Write::write_all(&mut self.stream, FetchReq::new(block_id).as_bytes()).is_err() {
+            // The thread sees the end of the connection and fails what is queued.
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        }
+        receiver
+    }
+}
+
+impl Drop for TurnConnection {
+    fn drop(&mut self) {
+        // Unblocks the thread if it still waits for bytes of a fetch nobody
+        // wants any more; once its queue is empty it ends anyway.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// The thread of a [`TurnConnection`]: takes the answers in order. On the
+/// first failure the connection is done: the fetch at the head fails, the
+/// ones behind it are retried (or down, after a stall).
+fn turn_reader(mut stream: std::net::TcpStream, queue: std::sync::mpsc::Receiver<TurnOp>, gate: &Gate) {
+    let mut behind = FailureKind::Retry;
+    while let Ok(op) = queue.recv() {
+        match turn_answer(&mut stream, gate, op.seq, op.size) {
+            Ok(answer) => {
+                let _ = op.reply.send(Ok(answer));
+            }
+            Err((failure, dst)) => {
+                if failure.kind == FailureKind::Down {
+                    behind = FailureKind::Down;
+                }
+                gate.broken.store(true, Ordering::Release);
+                let _ = op.reply.send(Err((failure, dst)));
+                break;
+            }
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    while let Ok(op) = queue.try_recv() {
+        let _ = op.reply.send(Err((Failure::new(behind, "an earlier request on the connection failed"), None)));
+    }
+}
+
+/// Reads one fetch answer with blocking reads (the socket's read timeout
+/// is [`STALL_TIMEOUT`]) into a buffer from `gate` for place `seq`.
+fn turn_answer(
+    stream: &mut std::net::TcpStream,
+    gate: &Gate,
+    seq: u64,
+    size: u32,
+) -> Result<Answer, (Failure, Option<BytesMut>)> {
+    let Some(mut dst) = gate.take_blocking(seq, size as usize) else {
+        return Err((Failure::new(FailureKind::Failed, "the read was given up"), None));
+    };
+    let stalled = |error: &io::Error| matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
+    let mut head = [0u8; size_of::<FetchRespHead>()];
+    let mut filled = 0;
+    while filled < head.len() {
+        match std::io::Read::read(stream, &mut head[filled..]) {
+            Ok(0) => {
+                let error = io::Error::from(io::ErrorKind::UnexpectedEof);
+                return Err((no_answer(filled > 0, error, "fetch"), Some(dst)));
+            }
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if stalled(&error) => {
+                let error = io::Error::new(io::ErrorKind::TimedOut, "stalled");
+                return Err((no_answer(filled > 0, error, "fetch"), Some(dst)));
+            }
+            Err(error) => return Err((no_answer(filled > 0, error, "fetch"), Some(dst))),
+        }
+    }
+    let Ok(head) = FetchRespHead::read_from_bytes(&head) else {
+        return Err((Failure::new(FailureKind::Failed, "malformed fetch response"), Some(dst)));
+    };
+    if head.tag != TAG_FETCHED {
+        return Err((Failure::new(FailureKind::Failed, "malformed fetch response"), Some(dst)));
+    }
+    if head.size.get() != size {
+        let reason = format!("block has {} bytes, expected {size}", head.size.get());
+        return Err((Failure::new(FailureKind::Failed, reason), Some(dst)));
+    }
+    let size = size as usize;
+    dst.clear();
+    dst.reserve(size);
+    let mut crc = 0u32;
+    while dst.len() < size {
+        let before = dst.len();
+        let want = (size - before).min(IO_CHUNK_BYTES);
+        let spare = &mut dst.spare_capacity_mut()[..want];
+        // SAFETY: `spare` is writable memory of `want` bytes owned by
+        // `dst`; recv writes at most that many and says how many.
+        let read = unsafe { libc::recv(std::os::fd::AsRawFd::as_raw_fd(stream), spare.as_mut_ptr().cast(), want, 0) };
+        if read < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            let reason = if stalled(&error) {
+                Failure::new(FailureKind::Down, format!("fetch stalled after {before} of {size} bytes"))
+            } else {
+                Failure::new(FailureKind::Failed, format!("fetch: {error}"))
+            };
+            return Err((reason, Some(dst)));
+        }
+        if read == 0 {
+            // Most likely the service's own stall bound: its answer waited
+            // in the socket while the read's output caught up. Worth one
+            // more try (the caller's), not parity.
+            let reason = format!("connection closed after {before} of {size} bytes");
+            return Err((Failure::new(FailureKind::Retry, reason), Some(dst)));
+        }
+        // SAFETY: recv initialised `read` more bytes after the current end.
+        unsafe { dst.set_len(before + read as usize) };
+        crc = crc32c_append(crc, &dst[before..]);
+    }
+    Ok(Answer::Fetched { data: dst, crc })
+}
+
 fn set_header(op: &mut Op, bytes: &[u8]) {
     op.header_len = bytes.len().min(op.header.len());
     op.header[..op.header_len].copy_from_slice(&bytes[..op.header_len]);
@@ -563,6 +879,104 @@ async fn answer(socket: &mut OwnedReadHalf, expect: Expect) -> Result<Answer, (F
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fetches in turn send every request at once, while the gate hands
+    /// out one buffer: a fake service sees all the requests before the
+    /// read allows more than the first answer; the second answer is not
+    /// taken (it waits in the socket) until allowed, then every answer
+    /// comes in order with its bytes and CRC, and a fetch waiting for its
+    /// place fails once the gate is closed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fetches_in_turn_are_all_requested_but_take_buffers_only_when_allowed() {
+        use std::io::{Read, Write};
+        const SIZE: usize = 64 << 10;
+        let blocks: Vec<Vec<u8>> =
+            (0..4u8).map(|seed| (0..SIZE).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect()).collect();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (requested, all_requested) = std::sync::mpsc::channel();
+        let answers = blocks.clone();
+        let service = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            let mut request = [0u8; size_of::<FetchReq>()];
+            for _ in 0..5 {
+                stream.read_exact(&mut request).expect("a request");
+            }
+            requested.send(()).expect("tell");
+            for block in &answers {
+                stream.write_all(FetchRespHead::new(SIZE as u32).as_bytes()).expect("head");
+                stream.write_all(block).expect("bytes");
+            }
+            // Held open until the client is done.
+            let _ = stream.read(&mut request);
+        });
+        let gate = Arc::new(Gate::default());
+        gate.allow(1);
+        let mut turn = TurnConnection::open(addr, gate.clone()).await.expect("connect");
+        let mut answers: Vec<_> = (0..5u64).map(|seq| turn.fetch(BlockId::new(seq + 1), SIZE as u32, seq)).collect();
+        let all_requested = tokio::task::spawn_blocking(move || all_requested.recv_timeout(Duration::from_secs(10)));
+        all_requested.await.expect("join").expect("all five requests sent before any but the first is allowed");
+        let check = |reply: Reply, index: usize| -> BytesMut {
+            let Ok(Answer::Fetched { data, crc }) = reply else { panic!("fetch {index} failed") };
+            assert!(data[..] == blocks[index][..], "fetch {index}: its block's bytes");
+            assert_eq!(crc, wire::crc::crc32c(&blocks[index]), "fetch {index}: its CRC");
+            data
+        };
+        let first = check((&mut answers[0]).await.expect("answer"), 0);
+        assert_eq!(gate.made(), SIZE as u64, "one buffer made");
+        let waiting = tokio::time::timeout(Duration::from_millis(200), &mut answers[1]).await;
+        assert!(waiting.is_err(), "the second answer waits for its place");
+        gate.give_back(first);
+        gate.allow(4);
+        for (index, answer) in answers.drain(..4).enumerate().skip(1) {
+            check(answer.await.expect("answer"), index);
+        }
+        gate.close();
+        let given_up = answers.pop().expect("the fifth").await.expect("answer");
+        assert!(matches!(given_up, Err((Failure { kind: FailureKind::Failed, .. }, _))), "a closed gate fails it");
+        drop(turn);
+        service.join().expect("service");
+    }
+
+    /// A turn connection whose service closes it mid-read fails the fetch
+    /// it was on (a retry: no byte of that answer came), marks the read's
+    /// gate broken so that the read stops requesting in turn, and ends its
+    /// thread; `mend` clears the mark.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_turn_connection_marks_the_gate_broken() {
+        use std::io::{Read, Write};
+        const SIZE: usize = 4096;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let service = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = [0u8; size_of::<FetchReq>()];
+            for _ in 0..2 {
+                stream.read_exact(&mut request).expect("a request");
+            }
+            stream.write_all(FetchRespHead::new(SIZE as u32).as_bytes()).expect("head");
+            stream.write_all(&[7u8; SIZE]).expect("bytes");
+            // Gone before the second answer.
+        });
+        let gate = Arc::new(Gate::default());
+        gate.allow(2);
+        let mut turn = TurnConnection::open(addr, gate.clone()).await.expect("connect");
+        let first = turn.fetch(BlockId::new(1), SIZE as u32, 0);
+        let second = turn.fetch(BlockId::new(2), SIZE as u32, 1);
+        assert!(matches!(first.await.expect("answer"), Ok(Answer::Fetched { .. })));
+        let failed = second.await.expect("answer");
+        assert!(matches!(failed, Err((Failure { kind: FailureKind::Retry, .. }, _))), "a retry");
+        assert!(gate.broken(), "the gate says a connection failed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while turn.is_alive() {
+            assert!(std::time::Instant::now() < deadline, "the connection's thread ends");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        gate.mend();
+        assert!(!gate.broken());
+        service.join().expect("service");
+    }
 
     /// A fetch from a service that refuses connections gives the caller's
     /// buffer back, the same allocation, emptied: the reader's span buffer

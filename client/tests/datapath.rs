@@ -214,7 +214,12 @@ fn a_service_stalling_mid_transfer_turns_into_parity_reads() {
 /// 1 MiB (the last 3 bytes short) put with RS 4+2 from `test_bytes(…,
 /// seed)`, whose block service 2 is then killed; and the file's bytes.
 fn degraded_cluster(spans: usize, seed: u64) -> (Cluster, Vec<u8>) {
-    let cluster = Cluster::start(6);
+    degraded_cluster_with(spans, seed, &[])
+}
+
+/// [`degraded_cluster`], with more `local-cluster` flags.
+fn degraded_cluster_with(spans: usize, seed: u64, flags: &[&str]) -> (Cluster, Vec<u8>) {
+    let cluster = Cluster::start_with(6, flags);
     let data = test_bytes(spans * MIB - 3, seed);
     let scratch = tempfile::tempdir().expect("tempdir");
     let local = scratch.path().join("degraded");
@@ -423,4 +428,59 @@ fn a_degraded_read_reads_whole_spans_from_its_first_failure_on() {
         "every span after the first one read whole is read whole: {:?}",
         sink.writes
     );
+}
+
+/// `blockd_fetched_bytes_total` summed over the cluster's live block
+/// services.
+fn fetched_bytes(cluster: &Cluster) -> u64 {
+    let name = "blockd_fetched_bytes_total";
+    cluster
+        .metrics
+        .iter()
+        .filter(|(service, _)| service.starts_with("block-"))
+        .filter_map(|(_, url)| {
+            let addr = url.strip_prefix("http://")?.strip_suffix("/metrics")?;
+            let mut stream = TcpStream::connect(addr).ok()?;
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text).ok()?;
+            text.lines().find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
+        })
+        .map(|bytes| bytes as u64)
+        .sum()
+}
+
+/// A read that finds a block's service unreachable requests no more
+/// blocks in turn until that block is dealt with: it does not ask the
+/// live services for the file's next 64 MiB of blocks and then read those
+/// spans again whole (a degraded cat of 256 MiB made its block services
+/// send 1.5x the bytes, and ran 0.79x as fast). A span that lost a data
+/// block is rebuilt from one parity block fetched in its place, so the
+/// live services send the file's bytes and a few blocks more (those in
+/// flight when the dead service was found: one here), not many more.
+#[test]
+fn an_unreachable_service_stops_the_requests_in_turn() {
+    let spans = 40;
+    // No gcd: its scrubs and its rebuilds of the dead service's blocks
+    // fetch from the live services too (the bound failed once that way
+    // in a full run of the client's tests).
+    let (cluster, data) = degraded_cluster_with(spans, 29, &["--no-gcd"]);
+    // The SIGKILLed service refuses connections before the read starts
+    // (a connection it still accepted would fail later, mid-read, as a
+    // service that dies mid-read does: that is not this test).
+    let services = cluster.block_services();
+    let victim = services.iter().find(|s| s.name == "block service 2").expect("block service 2");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&victim.addr).is_ok() {
+        assert!(Instant::now() < deadline, "the killed service still accepts connections");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = fetched_bytes(&cluster);
+    let (report, sink) = read_recorded(&cluster, "/degraded");
+    assert!(sink.bytes == data, "every byte is the file's own");
+    assert!(report.reconstructed_spans > 0, "some span lost a data block");
+    let sent = fetched_bytes(&cluster) - before;
+    let bound = (data.len() + 2 * MIB) as u64;
+    assert!(sent >= data.len() as u64 * 3 / 4, "the metric counts the read: {sent} bytes");
+    assert!(sent <= bound, "the live services sent {sent} bytes for a file of {} (bound {bound})", data.len());
 }

@@ -25,7 +25,13 @@
 //! ends' (this process runs its senders and receivers); with
 //! `CAT_FLOOR_BLOCKD=TEXT` set, the block services' CPU during the floor
 //! read is reported too (every `blockd` process whose command line
-//! contains TEXT, e.g. the cluster's data folder).
+//! contains TEXT, e.g. the cluster's data folder). The floor's buffers are
+//! made once for all rounds, so its figures never include their first
+//! touch (the kernel zeroing fresh pages), which every `eggs` process
+//! pays; with `CAT_FLOOR_FRESH=1` each round first hands their pages back
+//! (`MADV_DONTNEED`), inside the timed read, so that the receives fault in
+//! fresh zeroed pages as an `eggs` process's do; with `CAT_FLOOR_FRESH=both`
+//! each round reads the floor both ways, one after the other.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -143,9 +149,15 @@ fn cpu_seconds() -> f64 {
 }
 
 /// One floor read of the whole file: MB/s and CPU seconds per GiB.
-fn floor(plan: &Plan, buffers: &mut [&'static mut [u8]]) -> (f64, f64) {
+fn floor(plan: &Plan, buffers: &mut [&'static mut [u8]], fresh: bool) -> (f64, f64) {
     let cpu_before = cpu_seconds();
     let started = Instant::now();
+    if fresh {
+        for buffer in buffers.iter_mut() {
+            // SAFETY: the buffer's own pages; they read as zeroes after.
+            unsafe { libc::madvise(buffer.as_mut_ptr().cast(), buffer.len(), libc::MADV_DONTNEED) };
+        }
+    }
     let received: u64 = std::thread::scope(|scope| {
         let threads: Vec<_> = plan
             .services
@@ -206,6 +218,9 @@ fn main() {
     drop(runtime);
     let largest = plan.services.iter().flat_map(|(_, blocks)| blocks.iter().map(|b| b.size)).max().unwrap_or(0);
     let mut buffers: Vec<&'static mut [u8]> = plan.services.iter().map(|_| aligned_buffer(largest as usize)).collect();
+    let fresh = std::env::var_os("CAT_FLOOR_FRESH").is_some_and(|value| value == "1");
+    let both = std::env::var_os("CAT_FLOOR_FRESH").is_some_and(|value| value == "both");
+    let mut fresh_floors: Vec<(f64, f64)> = Vec::new();
     println!("{path}: {} bytes, {} block services, largest block {largest} bytes", plan.bytes, plan.services.len());
     let envs = vec![("EGGS_SHUCKLE".to_string(), shuckle.to_string())];
     // Block services' CPU is counted when their command line is told apart.
@@ -224,7 +239,7 @@ fn main() {
         let loopback_cpu =
             (cpu_seconds() - cpu_before) / (loopback * 1e6 * LOOPBACK_SECONDS.as_secs_f64() / f64::from(1u32 << 30));
         let blockd_before = blockd.as_deref().map(blockd_cpu_seconds);
-        let (floor_rate, floor_cpu) = floor(&plan, &mut buffers);
+        let (floor_rate, floor_cpu) = floor(&plan, &mut buffers, fresh);
         let blockd_cpu =
             blockd_before.map(|before| (blockd_cpu_seconds(blockd.as_deref().unwrap_or("")) - before) / gib);
         let mut line = format!(
@@ -234,6 +249,11 @@ fn main() {
         if let Some(cpu) = blockd_cpu {
             line += &format!(" + blockd {cpu:.3}");
             blockd_cpus.push(cpu);
+        }
+        if both {
+            let (rate, cpu) = floor(&plan, &mut buffers, true);
+            line += &format!("; floor, fresh buffers {rate:.0} MB/s ({:.2}), {cpu:.3} CPU s/GiB", rate / loopback);
+            fresh_floors.push((rate, cpu));
         }
         loopback_cpus.push(loopback_cpu);
         for (index, binary) in eggs.iter().enumerate() {
@@ -278,6 +298,17 @@ fn main() {
         median(floors.iter().map(|f| f.1).collect()),
         ratios(&floor_rates)
     );
+    if !fresh_floors.is_empty() {
+        let rates: Vec<f64> = fresh_floors.iter().map(|f| f.0).collect();
+        let paired: Vec<f64> = fresh_floors.iter().zip(&floors).map(|(fresh, floor)| fresh.0 / floor.0).collect();
+        println!(
+            "  floor reader, fresh buffers: {:.0} MB/s, {:.3} CPU s/GiB, / loopback (per round) {:.2}, / floor (per round) {:.2}",
+            median(rates.clone()),
+            median(fresh_floors.iter().map(|f| f.1).collect()),
+            ratios(&rates),
+            median(paired)
+        );
+    }
     for (index, binary) in eggs.iter().enumerate() {
         for (what, runs) in [("into a pipe", &cats[index]), ("> /dev/null", &nulls[index])] {
             let rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
