@@ -70,10 +70,8 @@
 //!   [`crate::pool::STALL_TIMEOUT`] is tried last from then on, so a hung
 //!   or dead service costs one stall per read, not one per span.
 //! - **Output** goes to a [`SpanSink`]: plain `write(2)` from the span or
-//!   block buffer for a file descriptor ([`FdSink`], used for stdout; on a
-//!   blocking thread, but for `/dev/null` right away: no thread hand-off
-//!   per block, ~5 % less client CPU in four concurrent cats, the same
-//!   speed), or any tokio `AsyncWrite` ([`AsyncWriteSink`]).
+//!   block buffer for a file descriptor ([`FdSink`], used for stdout), or any
+//!   tokio `AsyncWrite` ([`AsyncWriteSink`]).
 //! - [`FileReader`] reads byte ranges of a file (for the mount).
 //! - [`checked_pipe`] hands a file's bytes to a consumer that must never
 //!   take a short read for the whole file (`eggs cp`, shuckle's download).
@@ -213,10 +211,6 @@ impl<W: AsyncWrite + Unpin + Send> SpanSink for AsyncWriteSink<'_, W> {
 /// descriptor stays the caller's (not closed).
 pub struct FdSink {
     fd: RawFd,
-    /// The descriptor is `/dev/null`: its writes never block and are
-    /// done right here, not handed to a blocking thread (a thread wake-up
-    /// and back per block or span).
-    null: bool,
 }
 
 impl FdSink {
@@ -224,27 +218,13 @@ impl FdSink {
     ///
     /// `fd` must stay open for the life of the sink.
     pub fn new(fd: RawFd) -> Self {
-        Self { fd, null: is_dev_null(fd) }
+        Self { fd }
     }
 
     /// Standard output.
     pub fn stdout() -> Self {
-        Self::new(libc::STDOUT_FILENO)
+        Self { fd: libc::STDOUT_FILENO }
     }
-}
-
-/// True when `fd` is the null device (character device 1:3 on Linux).
-fn is_dev_null(fd: RawFd) -> bool {
-    let mut stat = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `stat` is a valid place for the kernel to fill; it is read
-    // only when fstat succeeded.
-    let stat = unsafe {
-        if libc::fstat(fd, stat.as_mut_ptr()) != 0 {
-            return false;
-        }
-        stat.assume_init()
-    };
-    (stat.st_mode & libc::S_IFMT) == libc::S_IFCHR && stat.st_rdev == libc::makedev(1, 3)
 }
 
 fn write_all_fd(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
@@ -269,9 +249,6 @@ fn write_all_fd(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
 impl SpanSink for FdSink {
     async fn write_span(&mut self, data: BytesMut) -> io::Result<BytesMut> {
         let fd = self.fd;
-        if self.null {
-            return write_all_fd(fd, &data).map(|()| data);
-        }
         tokio::task::spawn_blocking(move || write_all_fd(fd, &data).map(|()| data))
             .await
             .unwrap_or_else(|error| Err(io::Error::other(format!("output thread: {error}"))))
@@ -2277,26 +2254,6 @@ mod tests {
             assert_eq!(rebuilt.as_ptr() as usize, place_start, "block {lost} rebuilt in its place");
             assert_eq!(crcs[lost], written[lost]);
             assert!(parity_blocks.iter().all(Option::is_none), "the parity block became the data block");
-        }
-    }
-
-    /// `/dev/null` is recognised (its writes are done in place, no thread
-    /// hand-off); a pipe and a regular file are not.
-    #[test]
-    fn only_dev_null_is_written_in_place() {
-        use std::os::fd::AsRawFd;
-        let null = std::fs::OpenOptions::new().write(true).open("/dev/null").expect("/dev/null");
-        assert!(FdSink::new(null.as_raw_fd()).null);
-        let file = tempfile::tempfile().expect("a file");
-        assert!(!FdSink::new(file.as_raw_fd()).null);
-        let mut ends = [0; 2];
-        // SAFETY: `ends` has room for the two descriptors.
-        assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
-        assert!(!FdSink::new(ends[1]).null);
-        // SAFETY: both descriptors are ours and closed once.
-        unsafe {
-            libc::close(ends[0]);
-            libc::close(ends[1]);
         }
     }
 
