@@ -11,7 +11,8 @@
 //! ([`crate::pool::TurnConnection`]): each request goes out as soon as it
 //! is up to [`BLOCK_REQUESTS_BYTES`] ahead of the output, over one
 //! connection per block service of the read's own (up to
-//! [`TURN_CONNECTIONS_MAX`]), whose thread receives the answers in order
+//! [`TURN_CONNECTIONS_MAX`]; for files of [`TURNS_FROM`] or more, smaller
+//! ones use the process's pool), whose thread receives the answers in order
 //! with blocking reads; the read's [`crate::pool::Gate`] hands an answer
 //! its block buffer only once the block is within the block read-ahead of
 //! the output. The services always have requests queued, their bytes
@@ -155,6 +156,13 @@ pub const BLOCK_REQUESTS_BYTES: u64 = 64 << 20;
 /// services are requested once the gate gives them a buffer, over the
 /// process's pool.
 pub const TURN_CONNECTIONS_MAX: usize = 16;
+/// Files smaller than this fetch their blocks over the process's pool
+/// only, never over connections of the read's own: opening those (a
+/// connection and a thread per block service) cost a 1 MiB cat ~0.2 ms,
+/// 0.93× main's speed, while an 8 MiB cat already read 1.085× faster
+/// with them and a 128 MiB one 1.12× (16 paired rounds each of five cats,
+/// `perf/results/2026-11-28-s14-lead.md`).
+pub const TURNS_FROM: u64 = 8 << 20;
 /// Kept for callers of the first version: the old fixed window in spans.
 pub const READ_AHEAD_SPANS: usize = READ_AHEAD_SPANS_MIN;
 
@@ -548,6 +556,9 @@ pub async fn read_file_to<S: SpanSink>(
     // (None: the service could not be reached; its later blocks fail at
     // once, not after another connect.)
     let mut turns: HashMap<SocketAddr, Option<TurnConnection>> = HashMap::new();
+    // Connections of the read's own: none until the file is known to be
+    // [`TURNS_FROM`] or larger.
+    let mut turn_connections_max = 0;
     let gate = Arc::new(Gate::default());
     let _close = CloseGate(gate.clone());
     let mut next_seq = 0u64;
@@ -584,7 +595,7 @@ pub async fn read_file_to<S: SpanSink>(
                 next_seq += 1;
                 let block = plan.block;
                 let addr = block.address.socket_addr();
-                if !turns.contains_key(&addr) && turns.len() < TURN_CONNECTIONS_MAX {
+                if !turns.contains_key(&addr) && turns.len() < turn_connections_max {
                     let opened = TurnConnection::open(addr, gate.clone()).await;
                     if let Err(failure) = &opened {
                         tracing::debug!(%addr, reason = failure.reason, "cannot connect");
@@ -628,6 +639,9 @@ pub async fn read_file_to<S: SpanSink>(
                     block_window_max = block_read_ahead_max(size);
                     // A large file (or one of unknown size) is read span by span.
                     whole_spans |= size.is_none_or(|size| size >= WHOLE_SPANS_FROM);
+                    if size.is_some_and(|size| size >= TURNS_FROM) {
+                        turn_connections_max = TURN_CONNECTIONS_MAX;
+                    }
                     let span_size = page.spans.iter().map(|span| u64::from(span.size)).max().unwrap_or(0);
                     spans_min = read_ahead_spans_min(size, span_size);
                 }
