@@ -712,13 +712,15 @@ fn data_figures(
         progress(label);
         files::cat_measured(&eggs, &envs, remote, plan.file_bytes, crc, output).map_err(|e| e.to_string())
     };
-    // The 2-stream loopback limit again right before every timed round of
-    // the healthy and the concurrent cats, and the cat rows against the
-    // median of those: the limit moved 6 680–9 050 MB/s between the quiet
-    // runs of session 13 (with the same cat speed), which is more than the
-    // code's changes, so a single limit taken minutes earlier judged the
-    // machine's mood as much as the cat.
-    let mut loopbacks: Vec<Figure> = Vec::new();
+    // The 2-stream loopback limit is measured twice more right after the
+    // healthy and concurrent cats, and those rows are set against the
+    // median of these and the run's first: the limit moved 6 680–9 050
+    // MB/s between the quiet runs of session 13 (with the same cat speed),
+    // more than the code's changes. Not before each round: in the one run
+    // that did so, the cats that followed a loopback run right away read
+    // ~20 % slower than the others at ~1.5× the client CPU
+    // (`perf/results/2026-11-28-s14-lead.md`).
+    let mut loopbacks: Vec<Figure> = vec![limits.tcp_two.clone()];
     let loopback_now = |loopbacks: &mut Vec<Figure>| {
         progress("loopback TCP, 2 streams, again");
         loopbacks.push(figure(limits::tcp_loopback(2, plan.tcp)));
@@ -731,22 +733,21 @@ fn data_figures(
     let runs: Vec<Result<files::CatRun, String>> = (0..plan.cat_repeats.max(1))
         .map(|round| {
             checked.clone()?;
-            loopback_now(&mut loopbacks);
             cat(&format!("eggs cat > /dev/null ({})", round + 1), files::CatOutput::DevNull)
         })
         .collect();
     let concurrent_rounds: Vec<Figure> = match (prepared.clone(), put.clone()) {
         (Ok((eggs, envs, _)), Ok(_)) => match put_concurrent_files(plan, folder, &eggs, &envs) {
-            Ok(files) => (0..plan.cat_repeats.max(1))
-                .map(|round| {
-                    loopback_now(&mut loopbacks);
-                    concurrent_cats(plan, &eggs, &envs, &files, round)
-                })
-                .collect(),
+            Ok(files) => {
+                (0..plan.cat_repeats.max(1)).map(|round| concurrent_cats(plan, &eggs, &envs, &files, round)).collect()
+            }
             Err(why) => vec![Err(why)],
         },
         (Err(why), _) | (_, Err(why)) => vec![Err(why)],
     };
+    for _ in 0..2 {
+        loopback_now(&mut loopbacks);
+    }
     let loopback = median_of(&loopbacks);
     let range = |figures: &[Figure]| -> String {
         let values: Vec<f64> = figures.iter().flatten().copied().collect();
@@ -756,8 +757,8 @@ fn data_figures(
     };
     report.push(Row::limit(
         format!(
-            "loopback TCP, 2 streams, median of {} taken between the cat rounds{}",
-            loopbacks.len(),
+            "loopback TCP, 2 streams, median of the run's first and {} more taken after the cats{}",
+            loopbacks.len() - 1,
             range(&loopbacks)
         ),
         "MB/s",
