@@ -595,15 +595,8 @@ fn turn_answer(
             Err(error) => return Err((no_answer(filled > 0, error, "fetch"), Some(dst))),
         }
     }
-    let Ok(head) = FetchRespHead::read_from_bytes(&head) else {
-        return Err((Failure::new(FailureKind::Failed, "malformed fetch response"), Some(dst)));
-    };
-    if head.tag != TAG_FETCHED {
-        return Err((Failure::new(FailureKind::Failed, "malformed fetch response"), Some(dst)));
-    }
-    if head.size.get() != size {
-        let reason = format!("block has {} bytes, expected {size}", head.size.get());
-        return Err((Failure::new(FailureKind::Failed, reason), Some(dst)));
+    if let Err(failure) = check_fetch_head(&head, size) {
+        return Err((failure, Some(dst)));
     }
     let size = size as usize;
     dst.clear();
@@ -783,6 +776,21 @@ fn no_answer(started: bool, error: io::Error, what: &str) -> Failure {
     Failure::new(FailureKind::Failed, format!("{what}: {error}"))
 }
 
+/// Checks a fetch answer's head: well formed, a FETCHED tag, and the
+/// block's `size` bytes announced.
+fn check_fetch_head(head: &[u8], size: u32) -> Result<(), Failure> {
+    let Ok(head) = FetchRespHead::read_from_bytes(head) else {
+        return Err(Failure::new(FailureKind::Failed, "malformed fetch response"));
+    };
+    if head.tag != TAG_FETCHED {
+        return Err(Failure::new(FailureKind::Failed, "malformed fetch response"));
+    }
+    if head.size.get() != size {
+        return Err(Failure::new(FailureKind::Failed, format!("block has {} bytes, expected {size}", head.size.get())));
+    }
+    Ok(())
+}
+
 async fn answer(socket: &mut OwnedReadHalf, expect: Expect) -> Result<Answer, (Failure, Option<BytesMut>)> {
     match expect {
         Expect::Fetch { size, mut dst } => {
@@ -790,15 +798,8 @@ async fn answer(socket: &mut OwnedReadHalf, expect: Expect) -> Result<Answer, (F
             if let Err((started, error)) = read_exact_stalling(socket, &mut head).await {
                 return Err((no_answer(started, error, "fetch"), Some(dst)));
             }
-            let Ok(head) = FetchRespHead::read_from_bytes(&head) else {
-                return Err((Failure::new(FailureKind::Failed, "malformed fetch response"), Some(dst)));
-            };
-            if head.tag != TAG_FETCHED {
-                return Err((Failure::new(FailureKind::Failed, "malformed fetch response"), Some(dst)));
-            }
-            if head.size.get() != size {
-                let reason = format!("block has {} bytes, expected {size}", head.size.get());
-                return Err((Failure::new(FailureKind::Failed, reason), Some(dst)));
+            if let Err(failure) = check_fetch_head(&head, size) {
+                return Err((failure, Some(dst)));
             }
             let size = size as usize;
             dst.reserve(size);
