@@ -363,33 +363,54 @@ impl Gate {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A buffer of at least `size` bytes for place `seq` now, if the gate
+    /// allows that place (`Some(None)` once the gate is closed); `None`
+    /// when the place has to wait.
+    fn take_now(&self, seq: u64, size: usize) -> Option<Option<BytesMut>> {
+        let mut state = self.state();
+        if state.closed {
+            return Some(None);
+        }
+        if seq >= state.allowed {
+            return None;
+        }
+        let reused =
+            state.free.iter().position(|buffer| buffer.capacity() >= size).map(|at| state.free.swap_remove(at));
+        drop(state);
+        Some(Some(reused.unwrap_or_else(|| {
+            self.made.fetch_add(size as u64, Ordering::Relaxed);
+            crate::read::span_buffer(size)
+        })))
+    }
+
     /// A buffer of at least `size` bytes for place `seq`, once allowed
     /// (the calling thread sleeps until then); `None` once the gate is
     /// closed (the read was given up).
     pub fn take_blocking(&self, seq: u64, size: usize) -> Option<BytesMut> {
         loop {
+            if let Some(taken) = self.take_now(seq, size) {
+                return taken;
+            }
             {
                 let mut state = self.state();
-                if state.closed {
-                    return None;
-                }
-                if seq < state.allowed {
-                    if let Some(at) = state.free.iter().position(|buffer| buffer.capacity() >= size) {
-                        return Some(state.free.swap_remove(at));
-                    }
-                    break;
+                // Allowed or closed since `take_now` looked: look again.
+                if state.closed || seq < state.allowed {
+                    continue;
                 }
                 state.waiting.push((seq, std::thread::current()));
             }
             // Woken by `allow` or `close` (or spuriously: checked again).
             std::thread::park();
         }
-        self.made.fetch_add(size as u64, Ordering::Relaxed);
-        Some(crate::read::span_buffer(size))
     }
 
-    /// [`Gate::take_blocking`] for a task: the wait is on a blocking thread.
+    /// [`Gate::take_blocking`] for a task: at once when the place is
+    /// allowed (a block of a file read over the pool usually is), else the
+    /// wait is on a blocking thread.
     pub async fn take(self: &Arc<Self>, seq: u64, size: usize) -> Option<BytesMut> {
+        if let Some(taken) = self.take_now(seq, size) {
+            return taken;
+        }
         let gate = self.clone();
         tokio::task::spawn_blocking(move || gate.take_blocking(seq, size)).await.ok().flatten()
     }
