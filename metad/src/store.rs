@@ -17,7 +17,7 @@
 //! | `reverse_blocks` | block service BE ‖ block id BE | file inode LE ‖ span offset LE |
 //! | `block_services` | block service id BE | [`crate::block_services::BlockServiceRecord`] |
 //! | `unlinked_dirs` | CDC transaction id BE (create_unlinked_dir), or id BE ‖ `i`/`a`/`d`/`m` (inject_dirent, acquire_dirent, create_linked_dir, move_file_in_shard) | inode LE; or dir LE ‖ inode LE ‖ creation time LE (the CDC requests remembered per transaction until its `forget_below` passes it: `logic::dirents`) |
-//! | `small_files` | file inode BE | [`CreateMemory`]s written by a metad before store format 3 (and by the journal records it left, replayed): still honoured for [`wire::limits::SMALL_FILE_CREATE_MEMORY_NS`]; inodes grow with time, so the oldest are first and each create forgets up to two expired ones (`logic::small`); nothing new is written here |
+//! | `small_files` | file inode BE | [`CreateMemory`]s written by a metad before store format 3 (and by the journal records it left, replayed): still honoured for [`wire::limits::SMALL_FILE_CREATE_MEMORY_NS`]; inodes grow with time, so the oldest are first and each create forgets up to two expired ones (`logic::small`); since format 3 only the memory of a file sent back to eden within it (its record gone) is written here |
 //!
 //! Every value is stored with a 4-byte trailer: the CRC32C of
 //! `key_len u16 LE ‖ key ‖ value`, checked on every read ([`Db`]). A record

@@ -418,7 +418,13 @@ impl Mutation<'_, '_> {
     /// collected). False when the file is not linked here.
     fn send_to_eden(&self, txn: &mut RwTxn, inode: InodeId) -> Result<bool, HandleError> {
         let Some(bytes) = self.store.files.get(txn, &inode_key(inode))? else { return Ok(false) };
-        let file = FileRecord::decode(bytes)?;
+        let (file, memory) = FileRecord::decode_with_memory(bytes)?;
+        if let Some(memory) = memory {
+            // The create's memory outlives the record in `small_files`, so
+            // a late re-send is still answered with this file (and expires
+            // there as before: `logic::small`).
+            self.store.small_files.put(txn, &inode_key(inode), &memory.encode())?;
+        }
         self.store.files.delete(txn, &inode_key(inode))?;
         let eden = EdenRecord { deadline: self.env.now, size: file.size, inode_type: file.inode_type };
         self.store.eden.put(txn, &inode_key(inode), &eden.encode())?;

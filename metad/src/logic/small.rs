@@ -13,7 +13,7 @@
 //! the id and the contents' CRC ([`CreateMemory`], in the file's record,
 //! honoured for [`SMALL_FILE_CREATE_MEMORY_NS`], longer than a client
 //! re-sends; a store written before format 3 kept them in `small_files`,
-//! still read). A
+//! still read, where a file sent back to eden leaves its memory too). A
 //! request whose name's living entry, or one of its dead versions younger
 //! than that memory, is a file this id made is answered with that file and
 //! its entry's creation time and changes nothing: the in-memory replay

@@ -1653,6 +1653,21 @@ fn create_small_file_memories_an_older_store_kept_are_honoured() {
     assert_eq!(h.store.small_files.raw().len(&txn).unwrap(), 0, "the expired memory was forgotten");
 }
 
+/// A small file deleted and sent back to eden (its file record gone)
+/// within the memory: a re-send of its create is still answered with it
+/// and makes nothing (the memory moved to `small_files` with the record).
+#[test]
+fn create_small_file_resent_after_the_file_went_to_eden_is_answered() {
+    let mut h = Harness::new();
+    let made = ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 77, "a", b"hello"));
+    ok!(h, DeleteFile, DeleteFileReq { head: DeleteFileReqHead { parent: InodeId::ROOT }, name: name("a") });
+    ok!(h, MoveFileToEden, MoveFileToEdenReq { inode: made.inode });
+    let before = raw_contents(&h.store);
+    assert_eq!(ok!(h, CreateSmallFile, small_file(InodeId::ROOT, 77, "a", b"hello")), made);
+    assert!(raw_contents(&h.store) == before, "a re-send after the file went to eden changed the store");
+    assert!(ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0).is_empty());
+}
+
 /// The decoder refuses a body longer than INLINE_SPAN_BYTES_MAX (no
 /// request reaches the logic).
 #[test]
