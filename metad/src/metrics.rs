@@ -8,7 +8,9 @@
 //! - the writer's group commit: `commit_batch_size` (mutations per write
 //!   transaction), `commit_duration_seconds` (apply and commit of one
 //!   write transaction, without the time it was held open waiting for the
-//!   journal: `crate::server`'s writer);
+//!   journal: `crate::server`'s writer); `applied_on_receive_total`
+//!   (mutations applied and committed by the I/O thread that received
+//!   them, the writer being idle: `crate::server`'s `apply_now`);
 //! - the journal (`daemon::journal`): `journal_syncs_total`,
 //!   `journal_bytes_total`, `journal_records_per_sync` (write transactions
 //!   made durable by one fdatasync), `journal_sync_duration_seconds`,
@@ -47,6 +49,7 @@ pub struct Metrics {
     pub malformed: Counter,
     pub batch_size: Histogram,
     pub commit: Histogram,
+    pub applied_on_receive: Counter,
     pub journal: daemon::journal::JournalMetrics,
     pub receive_batch: Histogram,
     pub stages: Stages,
@@ -75,6 +78,7 @@ impl Metrics {
             malformed: Counter::default(),
             batch_size: Histogram::sizes(),
             commit: Histogram::seconds(),
+            applied_on_receive: Counter::default(),
             journal: daemon::journal::JournalMetrics::new(),
             receive_batch: Histogram::sizes(),
             stages: Stages {
@@ -93,6 +97,11 @@ impl Metrics {
         );
         registry.register("malformed_datagrams", "datagrams that did not decode", metrics.malformed.clone());
         registry.register("commit_batch_size", "mutations per write transaction", metrics.batch_size.clone());
+        registry.register(
+            "applied_on_receive",
+            "mutations applied and committed by the I/O thread that received them (the writer idle)",
+            metrics.applied_on_receive.clone(),
+        );
         registry.register(
             "commit_duration_seconds",
             "apply and commit of one write transaction (not the time it was held open)",

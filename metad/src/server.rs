@@ -6,7 +6,9 @@
 //!    recvmmsg (every queued datagram, up to 32) → decode each (MAC for
 //!    privileged kinds)
 //!      read  → LMDB read txn → answer; the answers leave in one sendmmsg
-//!      write → bounded queue ──▶ writer thread: take everything queued, apply
+//!      write → writer idle (nothing open or queued) and a lane free:
+//!              apply and commit here, as the writer would (below)
+//!      write → else bounded queue ──▶ writer thread: take everything queued, apply
 //!                                it in the open write txn (its puts, deletes
 //!                                and clears recorded); while the journal
 //!                                could not sync a record yet, keep the txn
@@ -24,6 +26,16 @@
 //!                                writer pinned; the records before it are
 //!                                free space
 //! ```
+//!
+//! The writer's role ([`Role`]: the retransmission cache and the journal)
+//! is a lock: the writer thread holds it from a batch's take to its
+//! commit, and an I/O thread that finds it free, nothing queued and a
+//! sync lane free applies and commits its receive's mutations itself
+//! (`apply_now`, session 15): one thread hand-off fewer on a mutation's
+//! path when the shard is not busy. Whoever holds it is the only writer,
+//! so the journal's records stay in commit order, and LMDB's write
+//! transaction begins and commits on one thread (the writer thread keeps
+//! one open across its pace; an I/O thread never does).
 //!
 //! A mutation waits for one small sync: the journal's, which carries the
 //! records of every commit made while the previous sync ran (was: the
@@ -560,7 +572,8 @@ struct Open<'s> {
     busy: Duration,
 }
 
-/// The single writer: batches, group commit, the journal.
+/// The writer thread: batches, group commit, the journal. (An I/O thread
+/// takes its role for a batch of its own when it is idle: [`apply_now`].)
 ///
 /// The environment runs with NO_SYNC (`daemon::journal`): a commit writes
 /// its pages into the page cache and nothing else. The writer takes
@@ -791,6 +804,7 @@ fn apply_now(shared: &Shared, role: &mut Role, jobs: &mut Vec<Job>, out: &mut [u
             return;
         }
     };
+    shared.metrics.applied_on_receive.inc_by(jobs.len() as u64);
     let Role { cache, effects, journal } = role;
     match apply_timed(shared, &mut pending, jobs, cache, &mut rand::rng(), out) {
         Ok(()) => commit(shared, journal, cache, effects, out, pending),

@@ -65,3 +65,29 @@ fn eight_waiting_clients_commit_about_once_per_journal_sync() {
         "{commits} commits for {syncs} journal syncs: the writer committed while it could have kept collecting"
     );
 }
+
+/// Session 15: a mutation that finds the writer idle (nothing open,
+/// nothing queued) and a sync lane free is applied and committed by the
+/// I/O thread that received it, without the hand-off to the writer
+/// thread. A lone client waiting for each answer finds it so every time
+/// but the odd one (a block service refresh saved by the writer, say).
+#[test]
+fn a_lone_clients_mutations_are_applied_by_the_thread_that_received_them() {
+    const CREATES: u64 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_metad_with(1, dir.path(), None, &["--metrics", "127.0.0.1:0"]);
+    let key = cluster_key(dir.path());
+    let applied = |daemon: &Daemon| Metrics::scrape(daemon).value("metad_applied_on_receive_total") as u64;
+    let before = applied(&daemon);
+    let mut client = Client::new(daemon.address("udp"), &key);
+    let mut inodes = std::collections::HashSet::new();
+    for _ in 0..CREATES {
+        let request = ShardRequest::CreateEdenFile(CreateEdenFileReq { inode_type: InodeType::File });
+        let bytes = client.call(&request);
+        let ShardResponse::CreateEdenFile(created) = decode(&bytes, &client.key) else { panic!("refused") };
+        assert!(inodes.insert(created.inode), "one inode per create");
+    }
+    let on_receive = applied(&daemon) - before;
+    eprintln!("{on_receive} of {CREATES} creates applied by the receiving thread");
+    assert!(on_receive * 10 >= CREATES * 9, "{on_receive} of {CREATES} creates skipped the hand-off to the writer");
+}
