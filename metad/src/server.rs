@@ -67,7 +67,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
@@ -98,6 +98,17 @@ const BATCH_MAX: usize = 1024;
 /// How often an idle writer looks for a snapshot the checkpoint thread
 /// wants and for a block service table to save.
 const WRITER_TICK: Duration = Duration::from_millis(10);
+/// An I/O thread applies its own mutations ([`apply_now`]) only while the
+/// writer's recent commits held fewer mutations than this on average: a
+/// shard that is not busy (8 waiting clients make ~5 per commit). A busy
+/// one (64 clients: ~25) keeps every mutation on the writer's queue, where
+/// they gather into fewer, larger commits (session 15: I/O threads
+/// committing 2–3 at a time there cut the mutations per commit 25.5 →
+/// 23 and lengthened the journal's syncs, 0.83× creates/s over 6 paired
+/// rounds).
+const DIRECT_BATCH_AVERAGE_MAX: u64 = 12;
+/// The average's weight of each new commit: 1 / this.
+const BATCH_AVERAGE_DECAY: u64 = 8;
 /// Responses remembered for retransmitted mutations.
 const RETRANSMIT_CACHE_ENTRIES: usize = 32 * 1024;
 /// Receive buffer: larger than any valid datagram so oversized ones are seen
@@ -158,6 +169,9 @@ struct Shared {
     /// Mutations in the writer's queue, not yet taken (an I/O thread
     /// applies its own only when none wait: [`apply_now`]).
     queued: AtomicUsize,
+    /// Mutations per commit, a moving average in sixteenths
+    /// ([`DIRECT_BATCH_AVERAGE_MAX`]).
+    batch_average: AtomicU64,
 }
 
 impl Shared {
@@ -256,6 +270,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         metrics: config.metrics,
         block_services_to_save: Mutex::new(None),
         queued: AtomicUsize::new(0),
+        batch_average: AtomicU64::new(0),
     });
     let socket = bind_socket(config.listen)?;
     let local =
@@ -755,11 +770,13 @@ fn fail(shared: &Shared, out: &mut [u8], pending: Open<'_>, rest: Vec<Job>, erro
 }
 
 /// The mutations of one receive: applied and committed on this I/O
-/// thread when the writer is idle and a sync lane would take the record
-/// at once ([`apply_now`]); else queued for the writer (a full queue
-/// answers OVERLOADED).
+/// thread when the shard is not busy (nothing queued, small commits of
+/// late: [`DIRECT_BATCH_AVERAGE_MAX`]), the writer is idle and a sync
+/// lane would take the record at once ([`apply_now`]); else queued for
+/// the writer (a full queue answers OVERLOADED).
 fn hand_over(shared: &Shared, writer: &SyncSender<Work>, role: &Mutex<Role>, jobs: &mut Vec<Job>, out: &mut [u8]) {
     if shared.queued.load(Ordering::SeqCst) == 0
+        && shared.batch_average.load(Ordering::Relaxed) < DIRECT_BATCH_AVERAGE_MAX * 16
         && let Ok(mut role) = role.try_lock()
         && role.journal.pace(jobs.len() as u64) == Pace::Now
     {
@@ -847,6 +864,9 @@ fn commit(
         durable_later.push((job, bytes));
     }
     let batch_size = durable_later.len();
+    let average = shared.batch_average.load(Ordering::Relaxed);
+    let average = average - average / BATCH_AVERAGE_DECAY + (batch_size as u64 * 16) / BATCH_AVERAGE_DECAY;
+    shared.batch_average.store(average, Ordering::Relaxed);
     shared.store.take_effects(effects);
     // The record goes to the journal before LMDB's commit (session 14):
     // a lane writes and syncs it while the commit writes its pages, and
