@@ -6,8 +6,8 @@
 //!    recvmmsg (every queued datagram, up to 32) → decode each (MAC for
 //!    privileged kinds)
 //!      read  → LMDB read txn → answer; the answers leave in one sendmmsg
-//!      write → writer idle (nothing open or queued) and a lane free:
-//!              apply and commit here, as the writer would (below)
+//!      write → writer idle (nothing open or queued), a lane free, small
+//!              commits of late: apply and commit here, as the writer would
 //!      write → else bounded queue ──▶ writer thread: take everything queued, apply
 //!                                it in the open write txn (its puts, deletes
 //!                                and clears recorded); while the journal
@@ -29,8 +29,9 @@
 //!
 //! The writer's role ([`Role`]: the retransmission cache and the journal)
 //! is a lock: the writer thread holds it from a batch's take to its
-//! commit, and an I/O thread that finds it free, nothing queued and a
-//! sync lane free applies and commits its receive's mutations itself
+//! commit, and an I/O thread that finds it free, nothing queued, a sync
+//! lane free and the shard not busy ([`DIRECT_BATCH_AVERAGE_MAX`])
+//! applies and commits its receive's mutations itself
 //! (`apply_now`, session 15): one thread hand-off fewer on a mutation's
 //! path when the shard is not busy. Whoever holds it is the only writer,
 //! so the journal's records stay in commit order, and LMDB's write
@@ -776,7 +777,7 @@ fn fail(shared: &Shared, out: &mut [u8], pending: Open<'_>, rest: Vec<Job>, erro
 /// the writer (a full queue answers OVERLOADED).
 fn hand_over(shared: &Shared, writer: &SyncSender<Work>, role: &Mutex<Role>, jobs: &mut Vec<Job>, out: &mut [u8]) {
     if shared.queued.load(Ordering::SeqCst) == 0
-        && shared.batch_average.load(Ordering::Relaxed) < DIRECT_BATCH_AVERAGE_MAX * 16
+        && not_busy(shared.batch_average.load(Ordering::Relaxed))
         && let Ok(mut role) = role.try_lock()
         && role.journal.pace(jobs.len() as u64) == Pace::Now
     {
@@ -799,6 +800,18 @@ fn hand_over(shared: &Shared, writer: &SyncSender<Work>, role: &Mutex<Role>, job
         let len = shared.shard.encode_error(out, job.request_id, privileged, kind, text);
         send(&shared.metrics, job, out.get(..len).unwrap_or_default());
     }
+}
+
+/// The moving average of mutations per commit (in sixteenths) after a
+/// commit of `batch_size`.
+fn batch_average_after(average: u64, batch_size: usize) -> u64 {
+    average - average / BATCH_AVERAGE_DECAY + (batch_size as u64).saturating_mul(16) / BATCH_AVERAGE_DECAY
+}
+
+/// Recent commits were small enough for an I/O thread to commit its own
+/// mutations ([`DIRECT_BATCH_AVERAGE_MAX`]).
+fn not_busy(average: u64) -> bool {
+    average < DIRECT_BATCH_AVERAGE_MAX * 16
 }
 
 /// Applies and commits `jobs` (emptied) on the calling I/O thread, which
@@ -864,8 +877,7 @@ fn commit(
         durable_later.push((job, bytes));
     }
     let batch_size = durable_later.len();
-    let average = shared.batch_average.load(Ordering::Relaxed);
-    let average = average - average / BATCH_AVERAGE_DECAY + (batch_size as u64 * 16) / BATCH_AVERAGE_DECAY;
+    let average = batch_average_after(shared.batch_average.load(Ordering::Relaxed), batch_size);
     shared.batch_average.store(average, Ordering::Relaxed);
     shared.store.take_effects(effects);
     // The record goes to the journal before LMDB's commit (session 14):
@@ -1120,5 +1132,28 @@ mod tests {
         // Before its arrival: 0; past ~4 s: the most a stamp holds.
         assert_eq!(Stamps::since(at(10), arrived), 0);
         assert_eq!(Stamps::since(arrived, arrived + Duration::from_secs(5)), u32::MAX);
+    }
+
+    #[test]
+    fn io_threads_commit_their_own_mutations_only_while_commits_are_small() {
+        let settle = |mut average: u64, batch_size: usize| {
+            for _ in 0..64 {
+                average = batch_average_after(average, batch_size);
+            }
+            average
+        };
+        // Idle, then 8 waiting clients (~5 per commit): not busy.
+        assert!(not_busy(0));
+        let eight = settle(0, 5);
+        assert!(not_busy(eight), "{eight}");
+        // 64 clients (~25 per commit): busy; a few small commits among
+        // large ones do not flip it back.
+        let sixty_four = settle(eight, 25);
+        assert!(!not_busy(sixty_four), "{sixty_four}");
+        assert!(!not_busy(batch_average_after(batch_average_after(sixty_four, 3), 2)));
+        // The load falls: not busy again.
+        assert!(not_busy(settle(sixty_four, 4)));
+        // No overflow at the largest batch.
+        assert!(!not_busy(settle(0, BATCH_MAX)));
     }
 }
