@@ -619,7 +619,7 @@ struct Open<'s> {
 /// when idle (never while a transaction is open), the writer hands the
 /// checkpoint thread the snapshot it asked for (it must be taken between
 /// two commits), and saves a block service table the refresher left for
-/// it (all writes are the writer's: the journal's records are in commit
+/// it (all writes are the role holder's: the journal's records are in commit
 /// order).
 fn writer(shared: Arc<Shared>, receiver: Receiver<Work>, role: Arc<Mutex<Role>>, holding: Arc<AtomicBool>) {
     let mut rng = rand::rng();
@@ -1090,7 +1090,7 @@ fn refresher(shared: Arc<Shared>, shuckle: SocketAddr, cluster_key: SecretKey, s
             Ok(services) => {
                 tracing::info!(count = services.len(), "block services refreshed from shuckle");
                 let table = Arc::new(BlockServiceTable::new(services.clone()));
-                // The writer saves it (all writes are the writer's).
+                // The writer saves it (all writes are the writer role's).
                 match shared.block_services_to_save.lock() {
                     Ok(mut slot) => *slot = Some(services),
                     Err(poisoned) => *poisoned.into_inner() = Some(services),
