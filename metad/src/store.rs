@@ -1646,7 +1646,10 @@ mod tests {
             let file = std::fs::File::open(dir.path().join("data.mdb")).unwrap();
             // SAFETY: a seek of our own descriptor.
             let hole = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&file), 0, libc::SEEK_HOLE) };
-            assert!(hole as u64 >= end + AHEAD_BYTES - AHEAD_REFILL_BYTES, "round {round}: a hole at {hole}, LMDB ends at {end}");
+            assert!(
+                hole as u64 >= end + AHEAD_BYTES - AHEAD_REFILL_BYTES,
+                "round {round}: a hole at {hole}, LMDB ends at {end}"
+            );
         }
     }
 

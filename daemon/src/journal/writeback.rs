@@ -136,6 +136,7 @@ impl Writeback {
 /// ext4 (statfs) mounted without `data=journal` (`/proc/self/mountinfo`,
 /// the entries of its device).
 pub(super) fn overwrites_in_place(file: &File, path: &Path) -> bool {
+    // SAFETY: `statfs` is plain data; all zeros is a valid value.
     let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `stats` is a valid out-pointer for the call.
     if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stats) } != 0 || stats.f_type as i64 != EXT4_SUPER_MAGIC {
