@@ -120,8 +120,9 @@
 //! up to the last record written.
 //!
 //! **Failures.** A failed journal write or sync, or a failed checkpoint
-//! sync (a failed `sync_file_range` falls back to `fdatasync`), stops the process ([`Config::on_failure`]: one line, exit 1):
-//! nothing is answered after it, and LMDB never runs on ahead of a journal
+//! sync (a failed `sync_file_range` falls back to `fdatasync`), stops
+//! the process ([`Config::on_failure`]: one line, exit 1): nothing is
+//! answered after it, and LMDB never runs on ahead of a journal
 //! that cannot keep up with it. A failed LMDB commit is the caller's: it
 //! appends no record.
 
@@ -1761,10 +1762,6 @@ fn write_durably(journal: &JournalFile, bytes: &[u8], offset: u64) -> Result<(),
     Ok(())
 }
 
-/// The checkpoint thread: when the area is half used, every period while
-/// there are records, or when asked, takes the writer's snapshot, syncs
-/// LMDB, writes the next header slot, syncs it, and lets go of the previous
-/// checkpoint's pinned snapshot.
 /// What the checkpoint thread starts from: the checkpoint [`Journal::start`]
 /// wrote, its snapshot's pin, and the writeback state.
 struct Outset {
@@ -1773,6 +1770,10 @@ struct Outset {
     writeback: Writeback,
 }
 
+/// The checkpoint thread: when the area is half used, every period while
+/// there are records, or when asked, takes the writer's snapshot, makes its
+/// pages durable (`writeback`), writes the next header slot, syncs it, and
+/// lets go of the previous checkpoint's pinned snapshot.
 fn checkpoint_loop<T: Send>(
     shared: &Shared<T>,
     journal: &JournalFile,
