@@ -570,11 +570,13 @@ pub struct Store {
 }
 
 /// Bytes of `data.mdb` past LMDB's last page kept in 4 KiB page-cache
-/// folios and written ([`Store::after_commit`]). Session 15: 32 MiB (was
+/// folios and written ([`Store::after_commit`]). Session 15: 64 MiB (was
 /// 8): a checkpoint whose snapshot grew the file past the part a full sync
 /// made durable syncs in full, and an empty shard under 64 clients grows
-/// by more than 8 MiB between two checkpoints.
-const AHEAD_BYTES: u64 = 32 << 20;
+/// by more than 8 MiB between two checkpoints (with 8 MiB 1 of 7
+/// checkpoints wrote back only their pages, with 32 MiB 5 of 9, with 64
+/// MiB 6 of 8; perf/results/2026-11-28-s15-md16.md).
+const AHEAD_BYTES: u64 = 64 << 20;
 /// Refilled when fewer than `AHEAD_BYTES − AHEAD_REFILL_BYTES` are left.
 const AHEAD_REFILL_BYTES: u64 = 4 << 20;
 
