@@ -1762,6 +1762,14 @@ fn write_durably(journal: &JournalFile, bytes: &[u8], offset: u64) -> Result<(),
     Ok(())
 }
 
+/// Whether a checkpoint of the store whose `data.mdb` is `data` (at
+/// `path`) can write back only its snapshot's pages (`writeback`: ext4
+/// without `data=journal`). Its owner then keeps the part of the file
+/// ahead of LMDB's end written, not a hole (metad's `Store::after_commit`).
+pub fn writes_back_used_pages_only(data: &File, path: &Path) -> bool {
+    writeback::overwrites_in_place(data, path)
+}
+
 /// What the checkpoint thread starts from: the checkpoint [`Journal::start`]
 /// wrote, its snapshot's pin, and the writeback state.
 struct Outset {
