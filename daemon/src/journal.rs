@@ -61,7 +61,8 @@
 //! transaction open and apply what arrives meanwhile, and commit when a
 //! lane frees up ([`Journal::on_lane_free`] wakes it). Each LMDB commit
 //! writes every page it touched (with the checkpoint's pinned snapshot,
-//! always fresh pages), and the checkpoints write them back while the
+//! always fresh pages), and the checkpoints write back those still in use
+//! (all of them where only `fdatasync` is sound) while the
 //! journal's small syncs wait behind that writeback; commits about as
 //! many as syncs write each hot page once per sync. Nothing else changes:
 //! a record is still one committed transaction, appended right after its
@@ -88,7 +89,9 @@
 //! meta slot C % 2) the writer opens a read transaction, which pins every
 //! page of snapshot C (LMDB never reuses a page a reader can see), and
 //! reads meta page C's bytes ([`Journal::after_commit`]). The checkpoint
-//! thread then syncs `data.mdb` (every page of C is on disk), writes {C,
+//! thread then makes every page of C durable (`fdatasync` of `data.mdb`;
+//! on ext4 only the pages C uses, written with `sync_file_range` and made
+//! durable by the header's sync below: `writeback`, session 15), writes {C,
 //! meta page C, the sequence number and position where the records after
 //! C start, a CRC} into the other header slot, syncs the journal, and only
 //! then drops the previous checkpoint's read transaction. Records before
@@ -117,8 +120,9 @@
 //! up to the last record written.
 //!
 //! **Failures.** A failed journal write or sync, or a failed checkpoint
-//! sync, stops the process ([`Config::on_failure`]: one line, exit 1):
-//! nothing is answered after it, and LMDB never runs on ahead of a journal
+//! sync (a failed `sync_file_range` falls back to `fdatasync`), stops
+//! the process ([`Config::on_failure`]: one line, exit 1): nothing is
+//! answered after it, and LMDB never runs on ahead of a journal
 //! that cannot keep up with it. A failed LMDB commit is the caller's: it
 //! appends no record.
 
@@ -136,6 +140,7 @@ use wire::crc::{crc32c, crc32c_append};
 
 use crate::lmdb::META_COPY_BYTES;
 use crate::metrics::{Counter, Histogram, Registry};
+use writeback::{Synced, Writeback};
 
 /// The journal's file in the store's folder.
 pub const FILE_NAME: &str = "journal";
@@ -811,6 +816,10 @@ pub struct Config {
     /// concurrent flushes (see the module doc), so the next batch starts
     /// at once on a free lane; answers still go out in commit order.
     pub lanes: usize,
+    /// A checkpoint writes back only the pages its snapshot uses, where
+    /// the file system allows it (`writeback`'s doc; true by default);
+    /// false: `fdatasync` of the whole file, as before session 15.
+    pub writeback_used_only: bool,
     /// Called (from a sync lane or the checkpoint thread) when a journal write or sync, or a
     /// checkpoint, failed: must not return to serving. The default logs
     /// one line and exits 1 ([`exit_on_failure`]).
@@ -824,6 +833,7 @@ impl Default for Config {
             checkpoint_period: CHECKPOINT_PERIOD,
             gather: false,
             lanes: SYNC_LANES,
+            writeback_used_only: true,
             on_failure: exit_on_failure,
         }
     }
@@ -851,6 +861,10 @@ pub struct JournalMetrics {
     pub sync: Histogram,
     /// Duration of each checkpoint (LMDB's sync and the header's).
     pub checkpoint: Histogram,
+    /// Checkpoints that wrote back only their snapshot's pages
+    /// ([`Config::writeback_used_only`]), and the free pages they left.
+    pub checkpoints_used_only: Counter,
+    pub checkpoint_free_pages_left: Counter,
     /// Where a record's time goes before and after its sync (issue 12's
     /// breakdown of a durable request): from its append to a sync lane
     /// taking it into a batch (one per record),
@@ -872,6 +886,8 @@ impl JournalMetrics {
             records_per_sync: Histogram::sizes(),
             sync: Histogram::seconds(),
             checkpoint: Histogram::seconds(),
+            checkpoints_used_only: Counter::default(),
+            checkpoint_free_pages_left: Counter::default(),
             take_wait: Histogram::seconds(),
             lane_wait: Histogram::seconds(),
             deliver_wait: Histogram::seconds(),
@@ -900,6 +916,16 @@ impl JournalMetrics {
             "journal_checkpoint_duration_seconds",
             "checkpoints: LMDB's sync and the checkpoint header's",
             self.checkpoint.clone(),
+        );
+        registry.register(
+            "journal_checkpoints_used_only",
+            "checkpoints that wrote back only the pages their snapshot uses",
+            self.checkpoints_used_only.clone(),
+        );
+        registry.register(
+            "journal_checkpoint_free_pages_left",
+            "free pages those checkpoints did not write back (dirty or not)",
+            self.checkpoint_free_pages_left.clone(),
         );
         registry.register(
             "journal_take_wait_seconds",
@@ -1154,7 +1180,8 @@ impl<T: Send + 'static> Journal<T> {
         };
         let pin = env.clone().static_read_txn()?;
         let txn = pin.id() as u64;
-        env.force_sync()?;
+        let mut writeback = Writeback::new(&data, &data_path, page_bytes, config.writeback_used_only)?;
+        writeback.sync_full(env)?;
         let meta = read_meta(&data, page_bytes, txn).ok_or_else(|| JournalError::Invalid {
             path: data_path.clone(),
             what: format!("its meta page {} does not hold transaction {txn}", txn % 2),
@@ -1230,11 +1257,10 @@ impl<T: Send + 'static> Journal<T> {
                 );
             }
             let (shared, env) = (shared.clone(), env.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name("checkpoint".into())
-                    .spawn(move || checkpoint_loop(&shared, &journal, &env, &metrics, config, checkpoint, pin))?,
-            );
+            threads.push(std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
+                let outset = Outset { checkpoint, pin, writeback };
+                checkpoint_loop(&shared, &journal, &env, &metrics, config, outset)
+            })?);
             Ok(())
         })();
         if let Err(error) = spawned {
@@ -1736,19 +1762,35 @@ fn write_durably(journal: &JournalFile, bytes: &[u8], offset: u64) -> Result<(),
     Ok(())
 }
 
+/// Whether a checkpoint of the store whose `data.mdb` is `data` (at
+/// `path`) can write back only its snapshot's pages (`writeback`: ext4
+/// without `data=journal`). Its owner then keeps the part of the file
+/// ahead of LMDB's end written, not a hole (metad's `Store::after_commit`).
+pub fn writes_back_used_pages_only(data: &File, path: &Path) -> bool {
+    writeback::overwrites_in_place(data, path)
+}
+
+/// What the checkpoint thread starts from: the checkpoint [`Journal::start`]
+/// wrote, its snapshot's pin, and the writeback state.
+struct Outset {
+    checkpoint: Checkpoint,
+    pin: RoTxn<'static, WithoutTls>,
+    writeback: Writeback,
+}
+
 /// The checkpoint thread: when the area is half used, every period while
-/// there are records, or when asked, takes the writer's snapshot, syncs
-/// LMDB, writes the next header slot, syncs it, and lets go of the previous
-/// checkpoint's pinned snapshot.
+/// there are records, or when asked, takes the writer's snapshot, makes its
+/// pages durable (`writeback`), writes the next header slot, syncs it, and
+/// lets go of the previous checkpoint's pinned snapshot.
 fn checkpoint_loop<T: Send>(
     shared: &Shared<T>,
     journal: &JournalFile,
     env: &Env<WithoutTls>,
     metrics: &JournalMetrics,
     config: Config,
-    mut current: Checkpoint,
-    mut pin: RoTxn<'static, WithoutTls>,
+    outset: Outset,
 ) {
+    let Outset { checkpoint: mut current, mut pin, mut writeback } = outset;
     let half = journal.area * CHECKPOINT_FILL_NUMERATOR / CHECKPOINT_FILL_DENOMINATOR;
     loop {
         let mut state = shared.lock();
@@ -1785,10 +1827,19 @@ fn checkpoint_loop<T: Send>(
         };
         drop(state);
         let started = Instant::now();
-        if let Err(error) = env.force_sync() {
-            (config.on_failure)(&JournalError::Lmdb(error));
-            shared.lock().closed = true;
-            return;
+        // The snapshot's pages, written and waited for; durable once the
+        // header's sync below returns (it flushes the disk's cache).
+        match writeback.sync(env, &snapshot.meta) {
+            Ok(Synced::Full) => {}
+            Ok(Synced::Used { free_pages, .. }) => {
+                metrics.checkpoints_used_only.inc();
+                metrics.checkpoint_free_pages_left.inc_by(free_pages);
+            }
+            Err(error) => {
+                (config.on_failure)(&error);
+                shared.lock().closed = true;
+                return;
+            }
         }
         // Where the records after the snapshot start: the next placed one,
         // or the head; records up to it not yet placed are never written.
@@ -1839,3 +1890,4 @@ fn checkpoint_loop<T: Send>(
 
 #[cfg(test)]
 mod tests;
+mod writeback;

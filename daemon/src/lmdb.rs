@@ -102,6 +102,12 @@ pub fn meta_page_bytes(page: &[u8]) -> Option<u64> {
     ((PAGE_SIZE_MIN..=PAGE_SIZE_MAX).contains(&bytes) && bytes.is_power_of_two()).then_some(bytes)
 }
 
+/// The pages a meta page's snapshot spans (its last page + 1), `None`
+/// when it is not a meta page.
+pub fn meta_pages(page: &[u8]) -> Option<u64> {
+    meta(page).map(|meta| meta.last_page.saturating_add(1))
+}
+
 /// Sets a meta page's page number (its header) and transaction id.
 pub fn set_meta_identity(page: &mut [u8], number: u64, txnid: u64) {
     if let Some(field) = page.get_mut(..8) {
@@ -164,6 +170,84 @@ pub fn check(folder: &Path) -> Result<Option<Shape>, Damage> {
         page: Vec::new(),
     };
     walker.run(size).map(Some)
+}
+
+/// The pages a snapshot's free list lists ([`free_pages`]): pages no tree
+/// of that snapshot uses, so a checkpoint of it need not write them back
+/// (`crate::journal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreePages {
+    /// Pages in the snapshot's file (its last page + 1).
+    pub pages: u64,
+    /// One bit per page: listed free.
+    free: Vec<u64>,
+    /// How many are listed free.
+    pub count: u64,
+}
+
+impl FreePages {
+    pub fn is_free(&self, page: u64) -> bool {
+        self.free.get((page / 64) as usize).is_some_and(|word| word & (1u64 << (page % 64)) != 0)
+    }
+
+    /// The runs of pages below [`FreePages::pages`] not listed free (the
+    /// pages the snapshot uses, its meta pages included), as (first page,
+    /// page count), in order.
+    pub fn used_runs(&self) -> Vec<(u64, u64)> {
+        let mut runs = Vec::new();
+        let mut start = None;
+        for page in 0..self.pages {
+            match (self.is_free(page), start) {
+                (false, None) => start = Some(page),
+                (true, Some(first)) => {
+                    runs.push((first, page - first));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(first) = start {
+            runs.push((first, self.pages - first));
+        }
+        runs
+    }
+}
+
+/// Every page the free list of a snapshot lists, the snapshot given by its
+/// meta page's first bytes `meta` (at least [`META_COPY_BYTES`]). LMDB keeps
+/// a committed state's free pages and the pages its trees reach disjoint
+/// ([`check`] refuses a file where they are not), so none of these holds
+/// anything of that snapshot. `file` is read with `pread`; the snapshot
+/// must stay pinned (a read transaction) while this runs, so that its
+/// free list's pages are not reused. A free list that does not check (the
+/// same checks as [`check`]'s) is [`Damage`].
+pub fn free_pages(file: &std::fs::File, path: &Path, meta: &[u8]) -> Result<FreePages, Damage> {
+    let not_lmdb = |reason| Damage::NotLmdb { path: path.to_path_buf(), reason };
+    let snapshot = self::meta(meta).ok_or_else(|| not_lmdb("no LMDB meta page in the snapshot's copy"))?;
+    let page_bytes = snapshot.page_bytes;
+    if !(PAGE_SIZE_MIN..=PAGE_SIZE_MAX).contains(&page_bytes) || !page_bytes.is_power_of_two() {
+        return Err(not_lmdb("implausible page size in the snapshot's meta page"));
+    }
+    let file = file.try_clone().map_err(|source| Damage::Io { path: path.to_path_buf(), source })?;
+    let pages = snapshot.last_page.saturating_add(1);
+    let words = usize::try_from(pages.div_ceil(64)).unwrap_or(usize::MAX);
+    let mut walker = Walker {
+        file,
+        path: path.to_path_buf(),
+        page_bytes,
+        pages,
+        seen: vec![0; words],
+        free: vec![0; words],
+        checked: 0,
+        page: vec![0u8; page_bytes as usize],
+    };
+    walker.tree(Tree::Free, snapshot.free_root, &mut |_, _| Ok(()))?;
+    // The free list's own pages are in use (as `check` insists).
+    if walker.seen.iter().zip(&walker.free).any(|(seen, free)| seen & free != 0) {
+        return Err(walker.damage(Tree::Free, 0, "the free list's own page is listed as free"));
+    }
+    let count = walker.free.iter().map(|word| u64::from(word.count_ones())).sum();
+    Ok(FreePages { pages, free: walker.free, count })
 }
 
 struct Walker {

@@ -54,9 +54,12 @@
 //! file is refused before it is read ([`MapBounds`]), instead of a SIGBUS.
 //!
 //! `data.mdb` is longer than LMDB's pages: after each of the writer's
-//! commits [`Store::after_commit`] extends it (sparse) and reads the hole
-//! into the page cache, so that LMDB's next pages land in 4 KiB folios.
-//! Past LMDB's last page (its meta pages say where) the file is zeros.
+//! commits [`Store::after_commit`] writes zeros ahead of LMDB's last page
+//! (its meta pages say where), one page per write, so that LMDB's next
+//! pages land in 4 KiB folios, over blocks that exist (a checkpoint then
+//! writes back only its snapshot's pages: `daemon::journal`); where the
+//! journal cannot do that (not ext4) the part ahead stays a sparse hole,
+//! read into the page cache.
 //!
 //! Living keys sort by (hash, name) — the listing order. Dead keys end the
 //! name with a NUL (names never contain one) so that all versions of one name
@@ -569,12 +572,17 @@ pub struct Store {
 }
 
 /// Bytes of `data.mdb` past LMDB's last page kept in 4 KiB page-cache
-/// folios ([`Store::after_commit`]).
-const AHEAD_BYTES: u64 = 8 << 20;
+/// folios and written ([`Store::after_commit`]). Session 15: 64 MiB (was
+/// 8): a checkpoint whose snapshot grew the file past the part a full sync
+/// made durable syncs in full, and an empty shard under 64 clients grows
+/// by more than 8 MiB between two checkpoints (with 8 MiB 1 of 7
+/// checkpoints wrote back only their pages, with 32 MiB 5 of 9, with 64
+/// MiB 6 of 8; perf/results/2026-11-28-s15-md16.md).
+const AHEAD_BYTES: u64 = 64 << 20;
 /// Refilled when fewer than `AHEAD_BYTES − AHEAD_REFILL_BYTES` are left.
-const AHEAD_REFILL_BYTES: u64 = 2 << 20;
-/// One `POSIX_FADV_WILLNEED` (the kernel reads at most the device's
-/// read-ahead window per call).
+const AHEAD_REFILL_BYTES: u64 = 4 << 20;
+/// One `POSIX_FADV_WILLNEED` where the part ahead stays a hole (the kernel
+/// reads at most the device's read-ahead window per call).
 const AHEAD_CALL_BYTES: u64 = 128 << 10;
 
 /// `data.mdb`, written by [`Store::after_commit`], and how far its page
@@ -582,6 +590,10 @@ const AHEAD_CALL_BYTES: u64 = 128 << 10;
 struct Ahead {
     file: Option<std::fs::File>,
     ready_to: u64,
+    /// Written with zeros (where the journal's checkpoints write back only
+    /// their snapshot's pages: `daemon::journal::writes_back_used_pages_only`);
+    /// elsewhere a sparse hole read in, as in session 13.
+    zeros: bool,
 }
 
 impl Store {
@@ -644,10 +656,11 @@ impl Store {
             unlinked_dirs: create("unlinked_dirs", "checksum of an unlinked directory record")?,
             small_files: create("small_files", "checksum of a small-file create record")?,
             env: env.clone(),
-            ahead: Mutex::new(Ahead {
-                file: std::fs::OpenOptions::new().read(true).write(true).open(&data).ok(),
-                ready_to: 0,
-            }),
+            ahead: {
+                let file = std::fs::OpenOptions::new().read(true).write(true).open(&data).ok();
+                let zeros = file.as_ref().is_some_and(|file| daemon::journal::writes_back_used_pages_only(file, &data));
+                Mutex::new(Ahead { file, ready_to: 0, zeros })
+            },
         };
         store.check_format(&mut wtxn, folder)?;
         wtxn.commit()?;
@@ -677,22 +690,35 @@ impl Store {
     }
 
     /// After the writer's commit: keeps the page cache of `data.mdb` past
-    /// LMDB's last page in 4 KiB folios, [`AHEAD_BYTES`] ahead.
+    /// LMDB's last page in 4 KiB folios, [`AHEAD_BYTES`] ahead, and, where
+    /// the journal's checkpoints write back only their snapshot's pages
+    /// (ext4), that part of the file written (zeros), not a hole.
     ///
     /// LMDB writes a run of new pages at its end in one `writev`, and for
     /// pages not yet cached the kernel (ext4, 6.x) makes one large folio
     /// sized by that write. Each later 4 KiB write of a page in it walks
     /// the buffer heads of the whole folio (`ext4_block_write_begin`):
     /// 3.6 × the CPU per create when the whole file is in large folios
-    /// (perf/results s12-md13b). So the file is extended (sparse: a hole
-    /// reads as zeros and takes no disk space) and the hole ahead is read
-    /// into the page cache with `POSIX_FADV_WILLNEED`, whose forced
-    /// read-ahead makes folios of the mapping's smallest order: clean,
-    /// never written back, no copy to user space. LMDB's writes then land
-    /// in them. LMDB does not read the file's size (only its meta pages
-    /// say where its pages end), and `daemon::lmdb::check` only needs the
-    /// file to reach its last page. Best effort: a failure costs speed,
-    /// not correctness.
+    /// (perf/results s12-md13b). So the part ahead is written first, one
+    /// page per write, which makes folios of one page; LMDB's writes then
+    /// land in them. Session 13 extended the file sparse and read the hole
+    /// in with `POSIX_FADV_WILLNEED` (clean folios, nothing to write back);
+    /// since session 15 the part is written, so that the pages LMDB adds
+    /// there overwrite blocks that exist: once a full sync has made them
+    /// durable, a checkpoint may write back only the pages its snapshot
+    /// uses with no metadata to sync (`daemon::journal`'s `writeback`; a
+    /// hole below a snapshot's end makes every checkpoint a full
+    /// `fdatasync`). The zeros cost one write-back of each page ahead, and
+    /// disk space: elsewhere (tmpfs, other file systems) the part ahead
+    /// stays a sparse hole read in with `POSIX_FADV_WILLNEED` (clean
+    /// folios), as in session 13.
+    /// LMDB does not read the file's size (only its meta pages say where
+    /// its pages end), and `daemon::lmdb::check` only needs the file to
+    /// reach its last page. Past that page nothing of LMDB's is live (a
+    /// restore leaves later pages there), so the zeros overwrite nothing.
+    /// Called between write transactions only (LMDB writes past its last
+    /// page only inside one). Best effort: a failure costs speed, not
+    /// correctness.
     pub fn after_commit(&self) {
         let Ok(mut ahead) = self.ahead.lock() else { return };
         let info = self.env.info();
@@ -704,23 +730,33 @@ impl Store {
         }
         let Some(file) = ahead.file.as_ref() else { return };
         let target = end + AHEAD_BYTES;
-        let size = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
-        if size < target && file.set_len(target).is_err() {
-            return;
-        }
         let mut at = ahead.ready_to.max(end);
-        while at < target {
-            let len = AHEAD_CALL_BYTES.min(target - at);
-            // SAFETY: an advice on our own descriptor; no memory is passed.
-            unsafe {
-                libc::posix_fadvise(
-                    std::os::fd::AsRawFd::as_raw_fd(file),
-                    at as libc::off_t,
-                    len as libc::off_t,
-                    libc::POSIX_FADV_WILLNEED,
-                );
+        if ahead.zeros {
+            let zeros = [0u8; 4096];
+            while at < target {
+                if std::os::unix::fs::FileExt::write_all_at(file, &zeros, at).is_err() {
+                    return;
+                }
+                at += page;
             }
-            at += len;
+        } else {
+            let size = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
+            if size < target && file.set_len(target).is_err() {
+                return;
+            }
+            while at < target {
+                let len = AHEAD_CALL_BYTES.min(target - at);
+                // SAFETY: an advice on our own descriptor; no memory is passed.
+                unsafe {
+                    libc::posix_fadvise(
+                        std::os::fd::AsRawFd::as_raw_fd(file),
+                        at as libc::off_t,
+                        len as libc::off_t,
+                        libc::POSIX_FADV_WILLNEED,
+                    );
+                }
+                at += len;
+            }
         }
         ahead.ready_to = target;
     }
@@ -1627,6 +1663,36 @@ mod tests {
     // the file's page cache ahead of LMDB's end in small folios, so a run
     // written there lands in them, and the store still opens and reads
     // as before with the longer file.
+    // A checkpoint writes back only its snapshot's pages while they lie
+    // over blocks a full sync made durable (`daemon::journal`); pages LMDB
+    // adds into a hole would need the file system's metadata synced too,
+    // so every checkpoint that follows would sync in full.
+    #[test]
+    fn the_part_of_the_file_ahead_of_lmdb_is_written_not_a_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for round in 0..3u64 {
+            let mut txn = store.write_txn().unwrap();
+            for n in 0..400u64 {
+                store.spans.put(&mut txn, &(round * 1000 + n).to_be_bytes(), &[9u8; 3000]).unwrap();
+            }
+            txn.commit().unwrap();
+            store.after_commit();
+            let end = (store.env.info().last_page_number as u64 + 1) * 4096;
+            let file = std::fs::File::open(dir.path().join("data.mdb")).unwrap();
+            if !store.ahead.lock().unwrap().zeros {
+                eprintln!("not ext4: the part ahead stays a hole here; nothing to test");
+                return;
+            }
+            // SAFETY: a seek of our own descriptor.
+            let hole = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&file), 0, libc::SEEK_HOLE) };
+            assert!(
+                hole as u64 >= end + AHEAD_BYTES - AHEAD_REFILL_BYTES,
+                "round {round}: a hole at {hole}, LMDB ends at {end}"
+            );
+        }
+    }
+
     #[test]
     fn pages_lmdb_adds_at_its_end_land_in_small_folios() {
         let dir = tempfile::tempdir().unwrap();
