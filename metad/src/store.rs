@@ -178,7 +178,8 @@ pub struct Db {
 /// Gathers the effects of the writer's transaction for the journal
 /// (`daemon::journal`): every put, delete (of a record that was there)
 /// and clear through a [`Db`], while on. One per opened store, leaked like
-/// [`MapBounds`]. Only the writer thread writes once it is on, so the
+/// [`MapBounds`]. Only the holder of the writer's role (the writer thread, or an I/O
+/// thread applying its own mutations: `server::Role`) writes once it is on, so the
 /// lock is never contended; it is what lets a `Db` (shared, `Copy`) reach
 /// the buffer.
 pub struct Recorder {
