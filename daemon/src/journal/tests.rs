@@ -336,6 +336,33 @@ fn a_full_journal_forces_a_checkpoint() {
     assert!(state == harness.model);
 }
 
+/// A power loss after a checkpoint, as LMDB's file may show it: every page
+/// past the two meta pages that differs from `synced` (the file as the
+/// checkpoint left it) or that `kept` refuses (by page number) holds
+/// garbage, and both meta slots hold the newest meta page (meta ahead of
+/// data, the worst case). Returns the pages garbled.
+fn lose_power(path: &Path, synced: &[u8], kept: impl Fn(u64) -> bool, rng: &mut StdRng) -> usize {
+    let mut bytes = std::fs::read(path).unwrap();
+    let page = PAGE as usize;
+    let mut garbled = 0;
+    for (number, chunk) in bytes.chunks_mut(page).enumerate().skip(2) {
+        let at = number * page;
+        if !kept(number as u64) || synced.get(at..at + page) != Some(&chunk[..]) {
+            rng.fill_bytes(chunk);
+            garbled += 1;
+        }
+    }
+    let metas = [&bytes[..META_COPY_BYTES], &bytes[page..page + META_COPY_BYTES]];
+    let txnids = metas.map(|meta| crate::lmdb::meta_txnid(meta).unwrap());
+    let newest: Vec<u8> = bytes[if txnids[1] > txnids[0] { page } else { 0 }..][..page].to_vec();
+    for slot in 0..2 {
+        bytes[slot * page..(slot + 1) * page].copy_from_slice(&newest);
+        crate::lmdb::set_meta_identity(&mut bytes[slot * page..], slot as u64, txnids[0].max(txnids[1]));
+    }
+    std::fs::write(path, &bytes).unwrap();
+    garbled
+}
+
 /// Simulated power loss. The disk keeps what was synced: `data.mdb` as of
 /// the checkpoint's sync, except that every page written since may hold
 /// anything (here: garbage) and the meta pages are the newest one (meta
@@ -359,25 +386,7 @@ fn power_loss_after_a_checkpoint_recovers_every_whole_record() {
     }
     harness.wait_durable();
     let disk = disk_copy(dir.path());
-    let path = disk.path().join("data.mdb");
-    let mut bytes = std::fs::read(&path).unwrap();
-    let page = PAGE as usize;
-    let mut garbled = 0;
-    for (number, chunk) in bytes.chunks_mut(page).enumerate().skip(2) {
-        let at = number * page;
-        if synced.get(at..at + page) != Some(&chunk[..]) {
-            rng.fill_bytes(chunk);
-            garbled += 1;
-        }
-    }
-    let metas = [&bytes[..META_COPY_BYTES], &bytes[page..page + META_COPY_BYTES]];
-    let txnids = metas.map(|meta| crate::lmdb::meta_txnid(meta).unwrap());
-    let newest: Vec<u8> = bytes[if txnids[1] > txnids[0] { page } else { 0 }..][..page].to_vec();
-    for slot in 0..2 {
-        bytes[slot * page..(slot + 1) * page].copy_from_slice(&newest);
-        crate::lmdb::set_meta_identity(&mut bytes[slot * page..], slot as u64, txnids[0].max(txnids[1]));
-    }
-    std::fs::write(&path, &bytes).unwrap();
+    let garbled = lose_power(&disk.path().join("data.mdb"), &synced, |_| true, &mut rng);
     assert!(garbled > 20, "pages written after the checkpoint: {garbled}");
     tear_last_record(disk.path(), &mut rng);
     let (state, replayed) = recover(disk.path());
@@ -816,26 +825,8 @@ fn power_loss_after_a_used_only_checkpoint_recovers_every_whole_record() {
     }
     harness.wait_durable();
     let disk = disk_copy(dir.path());
-    let copy = disk.path().join("data.mdb");
-    let mut bytes = std::fs::read(&copy).unwrap();
-    let page = PAGE as usize;
-    let mut garbled = 0;
-    for (number, chunk) in bytes.chunks_mut(page).enumerate().skip(2) {
-        let at = number * page;
-        let kept = (number as u64) < free.pages && !free.is_free(number as u64);
-        if !kept || synced.get(at..at + page) != Some(&chunk[..]) {
-            rng.fill_bytes(chunk);
-            garbled += 1;
-        }
-    }
-    let metas = [&bytes[..META_COPY_BYTES], &bytes[page..page + META_COPY_BYTES]];
-    let txnids = metas.map(|meta| crate::lmdb::meta_txnid(meta).unwrap());
-    let newest: Vec<u8> = bytes[if txnids[1] > txnids[0] { page } else { 0 }..][..page].to_vec();
-    for slot in 0..2 {
-        bytes[slot * page..(slot + 1) * page].copy_from_slice(&newest);
-        crate::lmdb::set_meta_identity(&mut bytes[slot * page..], slot as u64, txnids[0].max(txnids[1]));
-    }
-    std::fs::write(&copy, &bytes).unwrap();
+    let kept = |number: u64| number < free.pages && !free.is_free(number);
+    let garbled = lose_power(&disk.path().join("data.mdb"), &synced, kept, &mut rng);
     assert!(free.count > 20 && garbled > free.count as usize, "free pages {} garbled {garbled}", free.count);
     tear_last_record(disk.path(), &mut rng);
     let (state, replayed) = recover(disk.path());
