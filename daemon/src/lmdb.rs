@@ -230,6 +230,11 @@ pub fn free_pages(file: &std::fs::File, path: &Path, meta: &[u8]) -> Result<Free
     }
     let file = file.try_clone().map_err(|source| Damage::Io { path: path.to_path_buf(), source })?;
     let pages = snapshot.last_page.saturating_add(1);
+    // The bitmaps are sized by the file, never by a page number alone.
+    let file_bytes = file.metadata().map_err(|source| Damage::Io { path: path.to_path_buf(), source })?.len();
+    if pages > file_bytes / page_bytes {
+        return Err(not_lmdb("the snapshot's last page lies past the file's end"));
+    }
     let words = usize::try_from(pages.div_ceil(64)).unwrap_or(usize::MAX);
     let mut walker = Walker {
         file,
