@@ -67,6 +67,11 @@ pub struct ClusterConfig {
     /// free space it is full. Unset: blockd's default.
     #[arg(long)]
     pub block_reserve_bytes: Option<u64>,
+    /// Each block service's stall limit (`blockd --stall-timeout-seconds`):
+    /// a connection whose peer neither reads nor sends for this long is
+    /// closed. Unset: blockd's default.
+    #[arg(long)]
+    pub block_stall_timeout_secs: Option<u64>,
     /// Shuckle's HTTP and UDP port (0: any free port).
     #[arg(long, default_value_t = SHUCKLE_PORT_DEFAULT)]
     pub shuckle_port: u16,
@@ -443,6 +448,9 @@ async fn start_all(config: &ClusterConfig, key_arg: &str, daemons: &mut Vec<Daem
             ];
             if let Some(bytes) = config.block_reserve_bytes {
                 args.extend(["--reserve-bytes".to_owned(), bytes.to_string()]);
+            }
+            if let Some(secs) = config.block_stall_timeout_secs {
+                args.extend(["--stall-timeout-seconds".to_owned(), secs.to_string()]);
             }
             args
         };

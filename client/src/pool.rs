@@ -637,6 +637,11 @@ fn turn_answer(
             }
             let reason = if stalled(&error) {
                 Failure::new(FailureKind::Down, format!("fetch stalled after {before} of {size} bytes"))
+            } else if error.kind() == io::ErrorKind::ConnectionReset {
+                // The service's own stall bound, as below, when it closed
+                // the connection with requests still unread in it (the
+                // kernel then resets it): worth one more try too.
+                Failure::new(FailureKind::Retry, format!("connection reset after {before} of {size} bytes"))
             } else {
                 Failure::new(FailureKind::Failed, format!("fetch: {error}"))
             };

@@ -68,9 +68,9 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
+use std::sync::TryLockError;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::TryLockError;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 use daemon::journal::{Effects, Journal, Pace};
