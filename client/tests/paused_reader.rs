@@ -10,10 +10,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Cluster, binary, test_bytes};
+use common::{Cluster, test_bytes};
 
 const MIB: usize = 1 << 20;
 /// Each block service's stall limit in this test.
@@ -54,13 +54,7 @@ fn a_reader_paused_past_blockds_stall_limit_still_gets_every_byte() {
     cluster.ok(&["put", local.to_str().expect("utf-8"), "/paused", "--parity", "4+2"]);
     let ended_before = connections_blockd_ended(&cluster);
 
-    let mut child = Command::new(binary("eggs"))
-        .args(["--shuckle", &cluster.shuckle, "-v", "cat", "/paused"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run eggs cat");
+    let mut child = cluster.spawn_eggs(&["-v", "cat", "/paused"], Stdio::null());
     let mut stdout = child.stdout.take().expect("stdout");
     let mut read = vec![0u8; data.len()];
     stdout.read_exact(&mut read[..MIB]).expect("the first MiB");

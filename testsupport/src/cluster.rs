@@ -135,15 +135,7 @@ impl Cluster {
     /// The same, with `input` on its stdin (written from a thread, so a
     /// child that fills its stdout first cannot deadlock the test).
     pub fn eggs_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Output {
-        let mut child = Command::new(binary("eggs"))
-            .arg("--shuckle")
-            .arg(&self.shuckle)
-            .args(args)
-            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run eggs");
+        let mut child = self.spawn_eggs(args, if input.is_some() { Stdio::piped() } else { Stdio::null() });
         if let Some(input) = input {
             let mut stdin = child.stdin.take().expect("stdin");
             let input = input.to_vec();
@@ -152,6 +144,20 @@ impl Cluster {
             });
         }
         child.wait_with_output().expect("eggs output")
+    }
+
+    /// Starts `eggs --shuckle … args` with `stdin`, its stdout and stderr
+    /// piped, for a test that reads its output as it comes.
+    pub fn spawn_eggs(&self, args: &[&str], stdin: Stdio) -> Child {
+        Command::new(binary("eggs"))
+            .arg("--shuckle")
+            .arg(&self.shuckle)
+            .args(args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run eggs")
     }
 
     /// Runs eggs and asserts success; returns stdout.
