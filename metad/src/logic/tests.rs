@@ -1860,3 +1860,53 @@ fn create_small_file_without_a_nested_transaction_fails_the_batch_after_a_write(
     assert_eq!(names(&entries), ["a"]);
     assert_eq!(entries[0].1.without_owning(), first.inode);
 }
+
+/// The creates of one batch share their `now`: the first writes the
+/// directory's mtime, the others would write the same bytes again and
+/// leave the record alone (no put, nothing journaled); a batch at a later
+/// time writes it again. The contents are the same either way.
+#[test]
+fn creates_of_one_batch_write_their_directory_record_once() {
+    let mut h = Harness::new();
+    h.store.record(true);
+    let mut effects = daemon::journal::Effects::default();
+    let root = crate::store::inode_key(InodeId::ROOT);
+    let mut batch = |h: &mut Harness, at: EggsTime, names: &[&str]| -> usize {
+        let env = Env { now: at, block_services: &h.table, durations: h.durations };
+        let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+        let mut outcome = MutationEffects::default();
+        let mut txn = h.store.write_txn().unwrap();
+        for (id, file_name) in names.iter().enumerate() {
+            let request = ShardRequest::CreateSmallFile(small_file(InodeId::ROOT, id as u64 + 10, file_name, b"x"));
+            let len = h
+                .shard
+                .handle_mutation(&h.store, &mut txn, &env, &mut h.rng, &mut outcome, id as u64, &request, &mut out)
+                .unwrap();
+            let Ok((_, ShardResponse::CreateSmallFile(_))) =
+                datagram::decode::<ShardResponse>(&out[..len], Some(&h.cluster))
+            else {
+                panic!("{file_name} is created")
+            };
+        }
+        txn.commit().unwrap();
+        h.store.take_effects(&mut effects);
+        let directory_puts = effects
+            .ops()
+            .filter(|op| {
+                matches!(op, Ok(daemon::journal::Op::Put { db, key, .. })
+                    if usize::from(*db) == 1 && *key == root.as_slice())
+            })
+            .count();
+        let txn = h.store.read_txn().unwrap();
+        let record = DirectoryRecord::decode(h.store.directories.get(&txn, &root).unwrap().unwrap()).unwrap();
+        assert_eq!(record.mtime, at, "the directory's mtime is the batch's time");
+        directory_puts
+    };
+    let first = h.now.saturating_add_ns(NS_PER_SECOND);
+    assert_eq!(batch(&mut h, first, &["a", "b", "c"]), 1, "one directory put for three creates at one time");
+    assert_eq!(batch(&mut h, first, &["d"]), 0, "the mtime is already this batch's time");
+    let later = first.saturating_add_ns(1000);
+    assert_eq!(batch(&mut h, later, &["e", "f"]), 1, "a later batch moves the mtime once");
+    h.store.record(false);
+    assert_eq!(names(&ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0)), ["a", "b", "c", "d", "e", "f"]);
+}
