@@ -7,7 +7,7 @@
 //!
 //! | database | key | value |
 //! |---|---|---|
-//! | `meta` | ASCII name (`format`, `secret`, `counter/<type>`, `last_block_id`) | see [`MetaKey`] |
+//! | `meta` | ASCII name (`format`, `secret`, `counter/<type>`, `last_block_id`) | see [`MetaKey`] (a `counter/<type>` bounds the ids handed out: written once per block of them, `logic::INODE_IDS_PER_COUNTER_WRITE`) |
 //! | `directories` | inode BE | [`DirectoryRecord`] |
 //! | `living` | dir BE ‖ name_hash BE ‖ name | [`LivingRecord`]: creation time, inode (with owning bit) |
 //! | `dead` | dir BE ‖ name_hash BE ‖ name ‖ 0x00 ‖ creation_time BE | inode (with owning bit; 0 = "nothing") |
@@ -875,7 +875,10 @@ impl MetaKey {
     /// The store format (u32 LE), [`STORE_FORMAT`].
     pub const FORMAT: &'static [u8] = b"format";
 
-    /// The last inode counter used for a type (u64 LE).
+    /// The inode counter of a type (u64 LE): no id above it was handed
+    /// out. Since session 16 it is the end of the block of ids metad hands
+    /// out from memory (`logic::INODE_IDS_PER_COUNTER_WRITE`), written once
+    /// per block; before, the last id used (written per create).
     pub fn counter(inode_type: InodeType) -> [u8; 9] {
         let mut key = *b"counter/\0";
         key[8] = inode_type as u8;
