@@ -47,6 +47,10 @@
 //!   source must be a living owning file or symlink (NOT_FOUND,
 //!   BAD_INODE_TYPE, NOT_OWNING), the target follows inject's overwrite
 //!   rules; remembered per CDC transaction like create_linked_dir.
+//! - The inode ids of a type that a shard answers grow but are not dense: they
+//!   come from blocks of [`INODE_IDS_PER_COUNTER_WRITE`] that the stored
+//!   counter reserves, and a restart (or a rolled-back block) skips the
+//!   rest of a block. The counter never falls below an id handed out.
 //! - create_small_file (ours, kind 0x16: a file with its inline contents,
 //!   created and linked in one transaction) links with link_eden_file's
 //!   rules and answers a re-send of its client-chosen id from the file it
