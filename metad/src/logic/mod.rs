@@ -130,7 +130,7 @@ pub struct MutationEffects {
 
 /// Inode ids of one type stored as used at a time: the `counter/<type>`
 /// record holds the end of a block of ids, which are then handed out
-/// without writing it again ([`Mutation::next_inode`]). A create then
+/// without writing it again (`Mutation::next_inode`). A create then
 /// writes the counter once per block instead of once per create: a put,
 /// and ~31 bytes of journal, fewer per create. The record keeps its
 /// meaning for every metad: no id above it was ever handed out. A restart
