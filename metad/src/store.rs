@@ -7,7 +7,7 @@
 //!
 //! | database | key | value |
 //! |---|---|---|
-//! | `meta` | ASCII name (`format`, `secret`, `counter/<type>`, `last_block_id`) | see [`MetaKey`] |
+//! | `meta` | ASCII name (`format`, `secret`, `counter/<type>`, `last_block_id`) | see [`MetaKey`] (a `counter/<type>` bounds the ids handed out: written once per block of them, `logic::INODE_IDS_PER_COUNTER_WRITE`) |
 //! | `directories` | inode BE | [`DirectoryRecord`] |
 //! | `living` | dir BE ‖ name_hash BE ‖ name | [`LivingRecord`]: creation time, inode (with owning bit) |
 //! | `dead` | dir BE ‖ name_hash BE ‖ name ‖ 0x00 ‖ creation_time BE | inode (with owning bit; 0 = "nothing") |
@@ -313,13 +313,23 @@ impl Db {
     /// The value and its trailer are assembled in a buffer of the calling
     /// thread (the writer's), reused from put to put: no allocation per put.
     pub fn put(&self, txn: &mut RwTxn, key: &[u8], value: &[u8]) -> heed::Result<()> {
+        self.put_parts(txn, key, &[value])
+    }
+
+    /// [`Db::put`] of the value `parts` make one after the other: a caller
+    /// whose value is a fixed head and a borrowed body (an inline span and
+    /// its bytes) stores it without assembling it in a buffer of its own.
+    pub fn put_parts(&self, txn: &mut RwTxn, key: &[u8], parts: &[&[u8]]) -> heed::Result<()> {
         thread_local! {
             static STORED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         STORED.with_borrow_mut(|stored| {
             stored.clear();
-            stored.extend_from_slice(value);
-            stored.extend_from_slice(&record_checksum(key, value).to_le_bytes());
+            for part in parts {
+                stored.extend_from_slice(part);
+            }
+            let checksum = record_checksum(key, stored);
+            stored.extend_from_slice(&checksum.to_le_bytes());
             let mut effects = self.recorder.effects();
             daemon::journal::put(txn, (self.index, &self.inner), key, stored, effects.as_deref_mut())
         })
@@ -865,7 +875,10 @@ impl MetaKey {
     /// The store format (u32 LE), [`STORE_FORMAT`].
     pub const FORMAT: &'static [u8] = b"format";
 
-    /// The last inode counter used for a type (u64 LE).
+    /// The inode counter of a type (u64 LE): no id above it was handed
+    /// out. Since session 16 it is the end of the block of ids metad hands
+    /// out from memory (`logic::INODE_IDS_PER_COUNTER_WRITE`), written once
+    /// per block; before, the last id used (written per create).
     pub fn counter(inode_type: InodeType) -> [u8; 9] {
         let mut key = *b"counter/\0";
         key[8] = inode_type as u8;
@@ -1249,8 +1262,24 @@ pub struct SpanRecord {
 }
 
 impl SpanRecord {
+    /// Bytes before the payload: size, crc, state, storage class, parity.
+    pub const HEAD_BYTES: usize = 11;
+
+    /// The head of a clean inline span whose payload is `size` bytes with
+    /// `crc`: followed by those bytes it is the record [`SpanRecord::encode`]
+    /// makes of it (for [`Db::put_parts`], without copying the bytes into
+    /// a record first).
+    pub fn inline_head(size: u32, crc: u32) -> [u8; Self::HEAD_BYTES] {
+        let mut out = [0u8; Self::HEAD_BYTES];
+        out[..4].copy_from_slice(&size.to_le_bytes());
+        out[4..8].copy_from_slice(&crc.to_le_bytes());
+        out[8] = SpanState::Clean as u8;
+        out[9] = wire::span::STORAGE_CLASS_INLINE;
+        out
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(11 + SPAN_BLOCKS_MAX * STORED_BLOCK_BYTES);
+        let mut out = Vec::with_capacity(Self::HEAD_BYTES + SPAN_BLOCKS_MAX * STORED_BLOCK_BYTES);
         out.extend_from_slice(&self.size.to_le_bytes());
         out.extend_from_slice(&self.crc.to_le_bytes());
         out.push(self.state as u8);
@@ -1339,6 +1368,34 @@ pub fn decode_reverse(bytes: &[u8]) -> Result<(InodeId, u64), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An inline span stored from its head and its bytes
+    /// ([`SpanRecord::inline_head`], [`Db::put_parts`]) is the record
+    /// [`SpanRecord::encode`] makes, checksum and all.
+    #[test]
+    fn an_inline_span_put_in_parts_is_the_encoded_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for bytes in [&b"x"[..], &[0xa5; 100][..], &[7; wire::limits::INLINE_SPAN_BYTES_MAX][..]] {
+            let crc = crc32c(bytes);
+            let span = SpanRecord {
+                size: bytes.len() as u32,
+                crc,
+                state: SpanState::Clean,
+                payload: SpanPayload::Inline(bytes.to_vec()),
+            };
+            let (whole, parts) = (span_key(InodeId::new(1), 0), span_key(InodeId::new(2), 0));
+            let mut txn = store.write_txn().unwrap();
+            store.spans.put(&mut txn, &whole, &span.encode()).unwrap();
+            let head = SpanRecord::inline_head(bytes.len() as u32, crc);
+            store.spans.put_parts(&mut txn, &parts, &[&head, bytes]).unwrap();
+            txn.commit().unwrap();
+            let txn = store.read_txn().unwrap();
+            let stored = store.spans.get(&txn, &parts).unwrap().unwrap();
+            assert_eq!(stored, store.spans.get(&txn, &whole).unwrap().unwrap());
+            assert_eq!(SpanRecord::decode(stored).unwrap(), span);
+        }
+    }
 
     // A damaged branch page can steer a range walk's seek before the
     // range's start, or its steps out of order (seen in the corruption

@@ -193,6 +193,24 @@ impl Mutation<'_, '_> {
         Ok(())
     }
 
+    /// [`Self::touch`] of a record exactly as read from the store (the
+    /// caller changed nothing in it): when its mtime is already at or past
+    /// now, the put would write the bytes that are there, so it is left
+    /// out. The creates of one batch share their `now`, so in one
+    /// directory only the first writes the record: a put (and ~40 bytes of
+    /// journal) fewer per create after it.
+    pub(super) fn touch_as_read(
+        &self,
+        txn: &mut RwTxn,
+        dir: InodeId,
+        record: DirectoryRecord,
+    ) -> Result<(), HandleError> {
+        if record.mtime >= self.env.now {
+            return Ok(());
+        }
+        self.touch(txn, dir, record)
+    }
+
     /// Makes `inode` (its owning bit as given) the living entry at `slot`,
     /// created after every earlier version of the name; returns its
     /// creation time.
@@ -262,7 +280,7 @@ impl Mutation<'_, '_> {
         self.store.eden.delete(txn, &inode_key(inode))?;
         let file = FileRecord { mtime: self.env.now, size: eden.size, inode_type: eden.inode_type };
         self.store.files.put(txn, &inode_key(inode), &file.encode())?;
-        self.touch(txn, req.parent, dir)?;
+        self.touch_as_read(txn, req.parent, dir)?;
         Ok(LinkEdenFileResp { creation_time })
     }
 
@@ -286,7 +304,7 @@ impl Mutation<'_, '_> {
             return Ok(SameDirRenameResp { creation_time: source.creation_time });
         }
         let creation_time = self.move_living(txn, &old, source, &new)?;
-        self.touch(txn, req.parent, dir)?;
+        self.touch_as_read(txn, req.parent, dir)?;
         Ok(SameDirRenameResp { creation_time })
     }
 
@@ -304,7 +322,7 @@ impl Mutation<'_, '_> {
         }
         let gone_at = entry_time(self.store, txn, slot.dir, slot.name_hash, slot.name, self.env.now)?;
         self.bury(txn, &slot, record, true, Some(gone_at))?;
-        self.touch(txn, req.parent, dir)?;
+        self.touch_as_read(txn, req.parent, dir)?;
         Ok(EmptyResp {})
     }
 
@@ -574,7 +592,7 @@ impl Mutation<'_, '_> {
             return Ok(InjectDirentResp { creation_time: self.env.now });
         }
         let creation_time = self.put_living(txn, &slot, target.with_owning(owning))?;
-        self.touch(txn, req.dir.without_owning(), dir)?;
+        self.touch_as_read(txn, req.dir.without_owning(), dir)?;
         self.remember(txn, Remembered::Inject, transaction, answered(creation_time))?;
         Ok(InjectDirentResp { creation_time })
     }
@@ -634,7 +652,7 @@ impl Mutation<'_, '_> {
         }
         let inode = self.new_directory(txn, parent)?;
         let creation_time = self.put_living(txn, &slot, inode.with_owning(true))?;
-        self.touch(txn, parent, record)?;
+        self.touch_as_read(txn, parent, record)?;
         self.remember(txn, Remembered::LinkedDir, transaction, [parent.get(), inode.get(), creation_time.get()])?;
         Ok(CreateLinkedDirResp { inode, creation_time })
     }
@@ -685,9 +703,9 @@ impl Mutation<'_, '_> {
         let target = Slot { dir: target_dir, name_hash: hash_of(&target_record, target_name)?, name: target_name };
         let inode = entry.inode.without_owning();
         let creation_time = self.move_living(txn, &source, entry, &target)?;
-        self.touch(txn, source_dir, source_record)?;
+        self.touch_as_read(txn, source_dir, source_record)?;
         if !same_dir {
-            self.touch(txn, target_dir, target_record)?;
+            self.touch_as_read(txn, target_dir, target_record)?;
         }
         self.remember(txn, Remembered::MoveInShard, transaction, [target_dir.get(), inode.get(), creation_time.get()])?;
         Ok(MoveFileInShardResp { inode, creation_time })
@@ -755,7 +773,7 @@ impl Mutation<'_, '_> {
             // the inode; after rmdir the directory's own (null) parent marks it.
             let gone_at = entry_time(self.store, txn, slot.dir, slot.name_hash, slot.name, self.env.now)?;
             self.bury(txn, &slot, record, false, Some(gone_at))?;
-            self.touch(txn, req.dir.without_owning(), dir)?;
+            self.touch_as_read(txn, req.dir.without_owning(), dir)?;
         } else if !record.inode.is_owning() {
             record.inode = record.inode.with_owning(true);
             self.store.living.put(txn, &living_key(slot.dir, slot.name_hash, slot.name), &record.encode())?;

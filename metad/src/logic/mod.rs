@@ -47,6 +47,10 @@
 //!   source must be a living owning file or symlink (NOT_FOUND,
 //!   BAD_INODE_TYPE, NOT_OWNING), the target follows inject's overwrite
 //!   rules; remembered per CDC transaction like create_linked_dir.
+//! - The inode ids of a type that a shard answers grow but are not dense: they
+//!   come from blocks of [`INODE_IDS_PER_COUNTER_WRITE`] that the stored
+//!   counter reserves, and a restart (or a rolled-back block) skips the
+//!   rest of a block. The counter never falls below an id handed out.
 //! - create_small_file (ours, kind 0x16: a file with its inline contents,
 //!   created and linked in one transaction) links with link_eden_file's
 //!   rules and answers a re-send of its client-chosen id from the file it
@@ -124,11 +128,33 @@ pub struct MutationEffects {
     pub wants_block_service_refresh: bool,
 }
 
+/// Inode ids of one type stored as used at a time: the `counter/<type>`
+/// record holds the end of a block of ids, which are then handed out
+/// without writing it again (`Mutation::next_inode`). A create then
+/// writes the counter once per block instead of once per create: a put,
+/// and ~31 bytes of journal, fewer per create. The record keeps its
+/// meaning for every metad: no id above it was ever handed out. A restart
+/// (or an aborted write of a block) leaves the rest of a block unused: a
+/// gap, never a repeat.
+pub const INODE_IDS_PER_COUNTER_WRITE: u64 = 256;
+
+/// The block of ids of one inode type handed out from memory: `next` up
+/// to `end`, valid while the stored counter reads `end`.
+#[derive(Clone, Copy, Default)]
+struct IdBlock {
+    next: u64,
+    end: u64,
+}
+
 /// One shard's identity and keys.
 pub struct Shard {
     pub shard: ShardId,
     cookie_key: MacKey,
     cluster_key: MacKey,
+    /// Per inode type (by its bits): the ids left of the block the stored
+    /// counter reserves. Only the holder of the writer's role applies
+    /// mutations, so the lock is never contended.
+    id_blocks: std::sync::Mutex<[Option<IdBlock>; 3]>,
 }
 
 impl Shard {
@@ -157,7 +183,12 @@ impl Shard {
             store.directories.put(&mut wtxn, &inode_key(InodeId::ROOT), &root.encode())?;
         }
         wtxn.commit()?;
-        Ok(Self { shard, cookie_key: MacKey::new(&secret), cluster_key: MacKey::new(cluster_key) })
+        Ok(Self {
+            shard,
+            cookie_key: MacKey::new(&secret),
+            cluster_key: MacKey::new(cluster_key),
+            id_blocks: std::sync::Mutex::new([None; 3]),
+        })
     }
 
     pub fn cluster_key(&self) -> &MacKey {
@@ -391,18 +422,43 @@ impl Mutation<'_, '_> {
         Ok(self.shard.encode(out, request_id, &response))
     }
 
-    /// A new inode id of `inode_type` (counters per type start at 1).
+    /// A new inode id of `inode_type` (counters per type start at 1),
+    /// above every id handed out before.
+    ///
+    /// The stored counter is read every time, and ids are handed out from
+    /// memory only while it reads the end of their block in this
+    /// transaction: so an id handed out is at or below the counter this
+    /// transaction commits with. A block whose write was rolled back (a
+    /// nested transaction refused, a batch failed) no longer matches the
+    /// stored counter; a new block then starts right after the stored
+    /// value (the ids handed out meanwhile were in the rolled-back
+    /// transaction, never answered).
     pub(crate) fn next_inode(&mut self, txn: &mut RwTxn, inode_type: InodeType) -> Result<InodeId, HandleError> {
         let key = MetaKey::counter(inode_type);
-        let last = match self.store.meta.get(txn, &key)? {
+        let stored = match self.store.meta.get(txn, &key)? {
             Some(bytes) => decode_u64(bytes, "inode counter")?,
             None => 0,
         };
-        let next = last + 1;
-        let Some(inode) = InodeId::compose(inode_type, self.shard.shard, next) else {
+        let mut blocks = match self.shard.id_blocks.lock() {
+            Ok(blocks) => blocks,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let slot = blocks.get_mut(inode_type as usize).ok_or(StoreError::Corrupt("inode type"))?;
+        let block = match *slot {
+            Some(block) if block.end == stored && block.next <= block.end => block,
+            _ => IdBlock { next: stored.saturating_add(1), end: stored },
+        };
+        let Some(inode) = InodeId::compose(inode_type, self.shard.shard, block.next) else {
             return refuse(ErrorKind::LogicError, "inode counter exhausted");
         };
-        self.store.meta.put(txn, &key, &next.to_le_bytes())?;
+        let end = if block.next > block.end {
+            let end = block.end.saturating_add(INODE_IDS_PER_COUNTER_WRITE).min(wire::ids::INODE_COUNTER_MAX);
+            self.store.meta.put(txn, &key, &end.to_le_bytes())?;
+            end
+        } else {
+            block.end
+        };
+        *slot = Some(IdBlock { next: block.next + 1, end });
         Ok(inode)
     }
 

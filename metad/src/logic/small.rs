@@ -82,16 +82,15 @@ impl Mutation<'_, '_> {
         // ≤ INLINE_SPAN_BYTES_MAX (the decoder's bound), so it fits a u32.
         let size = contents.len() as u32;
         if size > 0 {
-            let span =
-                SpanRecord { size, crc, state: SpanState::Clean, payload: SpanPayload::Inline(contents.to_vec()) };
-            self.store.spans.put(txn, &span_key(inode, 0), &span.encode())?;
+            // A clean inline span, stored from the request's bytes as they are.
+            self.store.spans.put_parts(txn, &span_key(inode, 0), &[&SpanRecord::inline_head(size, crc), contents])?;
         }
         let creation_time = time_after(self.env.now, newest);
         self.put_living_at(txn, &slot, inode.with_owning(true), creation_time)?;
         let file = FileRecord { mtime: self.env.now, size: u64::from(size), inode_type: req.inode_type };
         let memory = CreateMemory { create_id: req.create_id.get(), crc, created: self.env.now };
         self.store.files.put(txn, &inode_key(inode), &file.encode_with_memory(&memory))?;
-        self.touch(txn, req.parent, dir)?;
+        self.touch_as_read(txn, req.parent, dir)?;
         self.forget_expired_small_files(txn)?;
         Ok(CreateSmallFileResp { inode, creation_time })
     }

@@ -1860,3 +1860,125 @@ fn create_small_file_without_a_nested_transaction_fails_the_batch_after_a_write(
     assert_eq!(names(&entries), ["a"]);
     assert_eq!(entries[0].1.without_owning(), first.inode);
 }
+
+/// The creates of one batch share their `now`: the first writes the
+/// directory's mtime, the others would write the same bytes again and
+/// leave the record alone (no put, nothing journaled); a batch at a later
+/// time writes it again. The contents are the same either way.
+#[test]
+fn creates_of_one_batch_write_their_directory_record_once() {
+    let mut h = Harness::new();
+    h.store.record(true);
+    let mut effects = daemon::journal::Effects::default();
+    let root = crate::store::inode_key(InodeId::ROOT);
+    let mut batch = |h: &mut Harness, at: EggsTime, names: &[&str]| -> usize {
+        let env = Env { now: at, block_services: &h.table, durations: h.durations };
+        let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+        let mut outcome = MutationEffects::default();
+        let mut txn = h.store.write_txn().unwrap();
+        for (id, file_name) in names.iter().enumerate() {
+            let request = ShardRequest::CreateSmallFile(small_file(InodeId::ROOT, id as u64 + 10, file_name, b"x"));
+            let len = h
+                .shard
+                .handle_mutation(&h.store, &mut txn, &env, &mut h.rng, &mut outcome, id as u64, &request, &mut out)
+                .unwrap();
+            let Ok((_, ShardResponse::CreateSmallFile(_))) =
+                datagram::decode::<ShardResponse>(&out[..len], Some(&h.cluster))
+            else {
+                panic!("{file_name} is created")
+            };
+        }
+        txn.commit().unwrap();
+        h.store.take_effects(&mut effects);
+        let directory_puts = effects
+            .ops()
+            .filter(|op| {
+                matches!(op, Ok(daemon::journal::Op::Put { db, key, .. })
+                    if usize::from(*db) == 1 && *key == root.as_slice())
+            })
+            .count();
+        let txn = h.store.read_txn().unwrap();
+        let record = DirectoryRecord::decode(h.store.directories.get(&txn, &root).unwrap().unwrap()).unwrap();
+        assert_eq!(record.mtime, at, "the directory's mtime is the batch's time");
+        directory_puts
+    };
+    let first = h.now.saturating_add_ns(NS_PER_SECOND);
+    assert_eq!(batch(&mut h, first, &["a", "b", "c"]), 1, "one directory put for three creates at one time");
+    assert_eq!(batch(&mut h, first, &["d"]), 0, "the mtime is already this batch's time");
+    let later = first.saturating_add_ns(1000);
+    assert_eq!(batch(&mut h, later, &["e", "f"]), 1, "a later batch moves the mtime once");
+    h.store.record(false);
+    assert_eq!(names(&ls(&mut h, InodeId::ROOT, EggsTime::ZERO, 0)), ["a", "b", "c", "d", "e", "f"]);
+}
+
+/// Inode ids come from a block the stored counter reserves: batches of
+/// creates, some aborted (their block write rolled back with them), and
+/// restarts (a new `Shard` on the same store, its blocks forgotten) never
+/// hand out an id twice among the committed files, and the stored counter
+/// is at or above every one of them; the counter is written once per block.
+#[test]
+fn inode_ids_from_reserved_blocks_are_unique_over_aborts_and_restarts() {
+    use rand::Rng;
+    let mut h = Harness::new();
+    let seed = rand::random();
+    eprintln!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    h.store.record(true);
+    let mut effects = daemon::journal::Effects::default();
+    let counter_key = MetaKey::counter(InodeType::File);
+    let (mut committed, mut counter_puts, mut named) = (std::collections::HashSet::new(), 0usize, 0u64);
+    for _ in 0..200 {
+        if rng.random_ratio(1, 10) {
+            h.shard = Shard::open(&h.store, 1, &SecretKey([7; 16]), h.now).unwrap();
+        }
+        h.now = h.now.saturating_add_ns(1000);
+        let env = Env { now: h.now, block_services: &h.table, durations: h.durations };
+        let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
+        let mut outcome = MutationEffects::default();
+        let mut txn = h.store.write_txn().unwrap();
+        let mut made = Vec::new();
+        for _ in 0..rng.random_range(1..40) {
+            named += 1;
+            let file_name = format!("f{named}");
+            let request = ShardRequest::CreateSmallFile(small_file(InodeId::ROOT, named, &file_name, b"x"));
+            let len = h
+                .shard
+                .handle_mutation(&h.store, &mut txn, &env, &mut h.rng, &mut outcome, named, &request, &mut out)
+                .unwrap();
+            let Ok((_, ShardResponse::CreateSmallFile(resp))) =
+                datagram::decode::<ShardResponse>(&out[..len], Some(&h.cluster))
+            else {
+                panic!("{file_name} is created")
+            };
+            made.push(resp.inode.counter());
+        }
+        if rng.random_ratio(1, 4) {
+            drop(txn);
+            h.store.discard_effects();
+            continue;
+        }
+        txn.commit().unwrap();
+        h.store.take_effects(&mut effects);
+        counter_puts += effects
+            .ops()
+            .filter(
+                |op| matches!(op, Ok(daemon::journal::Op::Put { db: 0, key, .. }) if *key == counter_key.as_slice()),
+            )
+            .count();
+        for id in made {
+            assert!(committed.insert(id), "inode counter {id} handed out twice");
+        }
+        let txn = h.store.read_txn().unwrap();
+        let stored = decode_u64(h.store.meta.get(&txn, &counter_key).unwrap().unwrap(), "counter").unwrap();
+        assert!(committed.iter().all(|&id| id <= stored), "an id above the stored counter {stored}");
+    }
+    h.store.record(false);
+    let most = committed.iter().max().copied().unwrap_or(0);
+    eprintln!("{} files committed, counter written {counter_puts} times, highest id {most}", committed.len());
+    assert!(committed.len() > 1000, "{} files", committed.len());
+    assert!(
+        counter_puts * 10 < committed.len(),
+        "the counter is written once per block, not per create: {counter_puts} writes for {} files",
+        committed.len()
+    );
+}
