@@ -285,7 +285,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         queued: AtomicUsize::new(0),
         batch_average: AtomicU64::new(0),
         role_letting_go: AtomicBool::new(false),
-        receivers: Receivers::default(),
+        receivers: Receivers::new(config.io_threads.max(1)),
     });
     let socket = bind_socket(config.listen)?;
     let local =
@@ -341,7 +341,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let (shared, sender, reply, role) = (shared.clone(), sender.clone(), reply.clone(), role.clone());
         let handle = std::thread::Builder::new()
             .name(format!("metad-io-{index}"))
-            .spawn(move || serve(&socket, reply, &shared, &sender, &role))
+            .spawn(move || serve(index, &socket, reply, &shared, &sender, &role))
             .map_err(|e| ServerError::Start(format!("I/O thread: {e}")))?;
         handles.push(handle);
     }
@@ -405,7 +405,14 @@ fn refusal(shard: &Shard, bytes: &[u8], error: DecodeError, out: &mut [u8]) -> O
 /// datagram queued, up to its batch), each read answered at once, every
 /// answer in one batched send, then the mutations applied here when the
 /// writer is idle or queued for it ([`hand_over`]).
-fn serve(socket: &UdpSocket, reply: Arc<UdpSocket>, shared: &Shared, writer: &SyncSender<Work>, role: &Mutex<Role>) {
+fn serve(
+    index: usize,
+    socket: &UdpSocket,
+    reply: Arc<UdpSocket>,
+    shared: &Shared,
+    writer: &SyncSender<Work>,
+    role: &Mutex<Role>,
+) {
     let mut batch = crate::mmsg::RecvBatch::new(RECEIVE_BUFFER_BYTES);
     let mut outs: Vec<Vec<u8>> = (0..crate::mmsg::BATCH_MAX).map(|_| vec![0u8; UDP_DATAGRAM_BYTES_MAX]).collect();
     let mut answers: Vec<(usize, usize, SocketAddr)> = Vec::with_capacity(crate::mmsg::BATCH_MAX);
@@ -413,9 +420,9 @@ fn serve(socket: &UdpSocket, reply: Arc<UdpSocket>, shared: &Shared, writer: &Sy
     let mut scratch = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
     let mut malformed: u64 = 0;
     loop {
-        shared.receivers.take_turn(&shared.metrics);
+        shared.receivers.take_turn(index, &shared.metrics);
         let received = batch.receive(socket);
-        shared.receivers.received();
+        shared.receivers.received(index);
         let count = match received {
             Ok(count) => count,
             Err(error) => {
@@ -474,30 +481,51 @@ fn serve(socket: &UdpSocket, reply: Arc<UdpSocket>, shared: &Shared, writer: &Sy
 /// only while another is inside (or entering) its receive, and that one
 /// comes back to its receive without parking while nobody else receives
 /// ([`PARK_MAX`] bounds a park all the same).
-#[derive(Default)]
 struct Receivers {
-    /// Threads inside, or about to enter, a blocking receive.
-    receiving: AtomicUsize,
+    /// Per I/O thread: inside, or about to enter, its blocking receive.
+    /// Each on a cache line of its own, written by its thread only (a
+    /// shared counter cost the reads' receives a cache line each way).
+    receiving: Box<[Line<AtomicBool>]>,
     /// The last receive answered something at once: every thread receives.
-    spread: AtomicBool,
+    /// Written only when it changes.
+    spread: Line<AtomicBool>,
     /// Threads parked, and their call back.
     parked: Mutex<usize>,
     recall: Condvar,
 }
 
+/// A value alone on its cache line(s).
+#[repr(align(128))]
+#[derive(Default)]
+struct Line<T>(T);
+
 impl Receivers {
-    /// Before a blocking receive: parks while another thread receives
-    /// and only mutations arrive, then counts this thread as receiving.
-    fn take_turn(&self, metrics: &Metrics) {
+    fn new(threads: usize) -> Self {
+        Self {
+            receiving: (0..threads).map(|_| Line::default()).collect(),
+            spread: Line::default(),
+            parked: Mutex::new(0),
+            recall: Condvar::new(),
+        }
+    }
+
+    /// Another thread than `index` is inside (or entering) its receive.
+    fn another_receiving(&self, index: usize) -> bool {
+        self.receiving.iter().enumerate().any(|(other, line)| other != index && line.0.load(Ordering::SeqCst))
+    }
+
+    /// Before thread `index`'s blocking receive: parks while another
+    /// thread receives and only mutations arrive, then marks it receiving.
+    fn take_turn(&self, index: usize, metrics: &Metrics) {
         let mut counted = false;
-        while self.receiving.load(Ordering::SeqCst) > 0 && !self.spread.load(Ordering::SeqCst) {
+        while !self.spread.0.load(Ordering::SeqCst) && self.another_receiving(index) {
             let mut parked = match self.parked.lock() {
                 Ok(guard) => guard,
                 Err(poisoned) => poisoned.into_inner(),
             };
             // Under the lock: a read seen since sets `spread` before it
             // takes the lock to call parked threads back.
-            if self.receiving.load(Ordering::SeqCst) == 0 || self.spread.load(Ordering::SeqCst) {
+            if self.spread.0.load(Ordering::SeqCst) || !self.another_receiving(index) {
                 break;
             }
             *parked += 1;
@@ -512,25 +540,30 @@ impl Receivers {
             };
             *parked -= 1;
         }
-        self.receiving.fetch_add(1, Ordering::SeqCst);
+        if let Some(line) = self.receiving.get(index) {
+            line.0.store(true, Ordering::SeqCst);
+        }
     }
 
-    /// After a receive returned (with datagrams or an error).
-    fn received(&self) {
-        self.receiving.fetch_sub(1, Ordering::SeqCst);
+    /// After thread `index`'s receive returned (with datagrams or an error).
+    fn received(&self, index: usize) {
+        if let Some(line) = self.receiving.get(index) {
+            line.0.store(false, Ordering::SeqCst);
+        }
     }
 
     /// After a receive's datagrams were served: `answered`, whether any
     /// was answered at once (a read). The first such receive after
     /// mutations only calls the parked threads back.
     fn saw(&self, answered: bool, metrics: &Metrics) {
+        let spread = &self.spread.0;
         if !answered {
-            if self.spread.load(Ordering::Relaxed) {
-                self.spread.store(false, Ordering::SeqCst);
+            if spread.load(Ordering::Relaxed) {
+                spread.store(false, Ordering::SeqCst);
             }
             return;
         }
-        if self.spread.load(Ordering::Relaxed) || self.spread.swap(true, Ordering::SeqCst) {
+        if spread.load(Ordering::Relaxed) || spread.swap(true, Ordering::SeqCst) {
             return;
         }
         let parked = match self.parked.lock() {
@@ -1033,6 +1066,10 @@ fn commit(
         journal.append(effects, refusals);
         return;
     }
+    for (key, bytes) in fresh {
+        cache.insert(key, bytes);
+    }
+    shared.store.after_commit();
     // From here the answers may leave (the next mutation of a client
     // answered may arrive while the role is still held: [`take_idle_role`]).
     shared.role_letting_go.store(true, Ordering::SeqCst);
@@ -1041,13 +1078,6 @@ fn commit(
     } else {
         journal.append_weighted(effects, durable_later, batch_size as u64);
     }
-    // Under the role still, after the answers were let go (session 16:
-    // was before, on their way): a retransmission of one of them waits for
-    // the role, so it finds the cache filled.
-    for (key, bytes) in fresh {
-        cache.insert(key, bytes);
-    }
-    shared.store.after_commit();
     journal.after_commit();
     if outcome.wants_block_service_refresh {
         shared.request_refresh();
@@ -1103,14 +1133,21 @@ fn save_refreshed_block_services(shared: &Shared, role: &Mutex<Role>) {
 /// (all of them, in the daemon: the one reply socket).
 fn reply_all(metrics: &Metrics, durable: &mut Answers) {
     let delivered = Instant::now();
+    let stages = &metrics.stages;
     for (job, bytes) in durable.iter_mut() {
+        let [queue, apply, hold, commit, journal] = job.stamps.stages(job.arrived, delivered);
+        stages.queue.observe(queue);
+        stages.apply.observe(apply);
+        stages.hold.observe(hold);
+        stages.commit.observe(commit);
+        stages.journal.observe(journal);
         if let Some(ticket) = job.replay.as_mut() {
             ticket.finish(bytes);
         }
+        if let Some(kind) = job.kind_index {
+            metrics.answered(kind, job.arrived.elapsed(), bytes);
+        }
     }
-    // The answers leave first, the metrics after (session 16: a
-    // delivery's ~30 answers at 64 clients waited for six histogram
-    // updates each before the first one left).
     let mut rest = durable.as_slice();
     while let Some((first, _)) = rest.first() {
         let run = rest.iter().take_while(|(job, _)| Arc::ptr_eq(&job.socket, &first.socket)).count().max(1);
@@ -1119,20 +1156,8 @@ fn reply_all(metrics: &Metrics, durable: &mut Answers) {
         crate::mmsg::send_all(&first.socket, &datagrams);
         rest = later;
     }
-    let stages = &metrics.stages;
     if !durable.is_empty() {
         stages.reply.observe_duration(delivered.elapsed());
-    }
-    for (job, bytes) in durable.iter() {
-        let [queue, apply, hold, commit, journal] = job.stamps.stages(job.arrived, delivered);
-        stages.queue.observe(queue);
-        stages.apply.observe(apply);
-        stages.hold.observe(hold);
-        stages.commit.observe(commit);
-        stages.journal.observe(journal);
-        if let Some(kind) = job.kind_index {
-            metrics.answered(kind, job.arrived.elapsed(), bytes);
-        }
     }
     durable.clear();
 }
