@@ -480,13 +480,14 @@ fn serve(
 /// no read and the shard is not busy ([`DIRECT_BATCH_AVERAGE_MAX`]), a
 /// thread that finds another receiving parks instead of joining it, and
 /// the one receiving takes what queued meanwhile in one receive. Paired
-/// at 8 clients: metad's CPU per create 0.72×, the load client's 0.72×,
-/// 4.9 → 7.3 mutations per commit, creates/s 1.31× (median of 6 rounds).
+/// at 8 clients (30 rounds, medians): metad's CPU per create 0.74×, the
+/// load client's 0.73×, ~4.7 → ~6.8 mutations per commit, creates/s
+/// 1.25× (`perf/results/2026-11-28-s16-md17.md`).
 /// A receive that answered something at once (a read: an I/O thread's
 /// real work), or a busy shard, calls every parked thread back, and they
 /// receive beside it until a receive of mutations only at a shard that is
 /// not busy. Not while busy: at 64 clients parking cut metad's CPU per
-/// create to ~0.89× but the commits grew (29 → 34 mutations) and the
+/// create to ~0.9× but the commits grew (29 → 34 mutations) and the
 /// writer's stages with them, and on a 1 M-file shard creates/s fell to
 /// ~0.88× (9 paired rounds, 2 won). Never all parked: a thread parks only
 /// while another is inside (or entering) its receive, and that one comes
