@@ -17,6 +17,10 @@
 //!   `journal_checkpoint_duration_seconds` (its count: checkpoints taken);
 //! - `receive_batch_size`: datagrams per batched receive of an I/O thread
 //!   (1 while the server keeps up; more once datagrams queue);
+//!   `io_parked_total` (an I/O thread parked instead of waiting on the
+//!   socket beside another, while only mutations arrive at a shard that
+//!   is not busy) and `io_recalled_total` (parked I/O threads called back
+//!   by a read or a busy shard): `crate::server`'s `Receivers`;
 //! - where a mutation's time goes from its arrival to its durable answer
 //!   (issue 12), one observation per mutation: `stage_queue_seconds` (the
 //!   I/O thread's receive to the writer taking it), `stage_apply_seconds`
@@ -52,6 +56,8 @@ pub struct Metrics {
     pub applied_on_receive: Counter,
     pub journal: daemon::journal::JournalMetrics,
     pub receive_batch: Histogram,
+    pub io_parked: Counter,
+    pub io_recalled: Counter,
     pub stages: Stages,
 }
 
@@ -81,6 +87,8 @@ impl Metrics {
             applied_on_receive: Counter::default(),
             journal: daemon::journal::JournalMetrics::new(),
             receive_batch: Histogram::sizes(),
+            io_parked: Counter::default(),
+            io_recalled: Counter::default(),
             stages: Stages {
                 queue: Histogram::seconds(),
                 apply: Histogram::seconds(),
@@ -109,6 +117,16 @@ impl Metrics {
         );
         metrics.journal.register(registry);
         registry.register("receive_batch_size", "datagrams per batched receive", metrics.receive_batch.clone());
+        registry.register(
+            "io_parked",
+            "an I/O thread parked instead of waiting on the socket beside another (mutations only, shard not busy)",
+            metrics.io_parked.clone(),
+        );
+        registry.register(
+            "io_recalled",
+            "parked I/O threads called back by a read or a busy shard",
+            metrics.io_recalled.clone(),
+        );
         let stages = &metrics.stages;
         for (name, help, histogram) in [
             ("stage_queue_seconds", "a mutation's receive to the writer taking it", &stages.queue),

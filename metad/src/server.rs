@@ -2,7 +2,9 @@
 //! commit over a write-ahead journal, and the shuckle refresher.
 //!
 //! ```text
-//!  I/O thread 0..N (one per core, all blocking on ONE UDP socket)
+//!  I/O thread 0..N (one per core, all blocking on ONE UDP socket; while
+//!  only mutations arrive at a shard that is not busy, one receives and
+//!  the others park: [`Receivers`])
 //!    recvmmsg (every queued datagram, up to 32) → decode each (MAC for
 //!    privileged kinds)
 //!      read  → LMDB read txn → answer; the answers leave in one sendmmsg
@@ -111,6 +113,11 @@ const WRITER_TICK: Duration = Duration::from_millis(10);
 const DIRECT_BATCH_AVERAGE_MAX: u64 = 12;
 /// The average's weight of each new commit: 1 / this.
 const BATCH_AVERAGE_DECAY: u64 = 8;
+/// A parked I/O thread ([`Receivers`]) looks again after this long at
+/// most (a safety net: the thread that receives calls it back when a read
+/// arrives or the shard turns busy, and a thread only parks beside one
+/// that is receiving).
+const PARK_MAX: Duration = Duration::from_millis(50);
 /// Responses remembered for retransmitted mutations.
 const RETRANSMIT_CACHE_ENTRIES: usize = 32 * 1024;
 /// Receive buffer: larger than any valid datagram so oversized ones are seen
@@ -179,6 +186,8 @@ struct Shared {
     /// it): an I/O thread waits for the role then rather than queue
     /// ([`take_idle_role`]).
     role_letting_go: AtomicBool,
+    /// Which I/O threads wait on the socket.
+    receivers: Receivers,
 }
 
 impl Shared {
@@ -279,6 +288,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         queued: AtomicUsize::new(0),
         batch_average: AtomicU64::new(0),
         role_letting_go: AtomicBool::new(false),
+        receivers: Receivers::new(config.io_threads.max(1)),
     });
     let socket = bind_socket(config.listen)?;
     let local =
@@ -334,7 +344,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let (shared, sender, reply, role) = (shared.clone(), sender.clone(), reply.clone(), role.clone());
         let handle = std::thread::Builder::new()
             .name(format!("metad-io-{index}"))
-            .spawn(move || serve(&socket, reply, &shared, &sender, &role))
+            .spawn(move || serve(index, &socket, reply, &shared, &sender, &role))
             .map_err(|e| ServerError::Start(format!("I/O thread: {e}")))?;
         handles.push(handle);
     }
@@ -398,7 +408,14 @@ fn refusal(shard: &Shard, bytes: &[u8], error: DecodeError, out: &mut [u8]) -> O
 /// datagram queued, up to its batch), each read answered at once, every
 /// answer in one batched send, then the mutations applied here when the
 /// writer is idle or queued for it ([`hand_over`]).
-fn serve(socket: &UdpSocket, reply: Arc<UdpSocket>, shared: &Shared, writer: &SyncSender<Work>, role: &Mutex<Role>) {
+fn serve(
+    index: usize,
+    socket: &UdpSocket,
+    reply: Arc<UdpSocket>,
+    shared: &Shared,
+    writer: &SyncSender<Work>,
+    role: &Mutex<Role>,
+) {
     let mut batch = crate::mmsg::RecvBatch::new(RECEIVE_BUFFER_BYTES);
     let mut outs: Vec<Vec<u8>> = (0..crate::mmsg::BATCH_MAX).map(|_| vec![0u8; UDP_DATAGRAM_BYTES_MAX]).collect();
     let mut answers: Vec<(usize, usize, SocketAddr)> = Vec::with_capacity(crate::mmsg::BATCH_MAX);
@@ -406,7 +423,10 @@ fn serve(socket: &UdpSocket, reply: Arc<UdpSocket>, shared: &Shared, writer: &Sy
     let mut scratch = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
     let mut malformed: u64 = 0;
     loop {
-        let count = match batch.receive(socket) {
+        shared.receivers.take_turn(index, &shared.metrics);
+        let received = batch.receive(socket);
+        shared.receivers.received(index);
+        let count = match received {
             Ok(count) => count,
             Err(error) => {
                 tracing::warn!(%error, "UDP receive failed");
@@ -442,8 +462,131 @@ fn serve(socket: &UdpSocket, reply: Arc<UdpSocket>, shared: &Shared, writer: &Sy
                 crate::mmsg::send_all(socket, &datagrams);
             }
         }
+        let spread = every_thread_receives(!answers.is_empty(), shared.batch_average.load(Ordering::Relaxed));
+        shared.receivers.saw(spread, &shared.metrics);
         if !jobs.is_empty() {
             hand_over(shared, writer, role, &mut jobs, &mut scratch);
+        }
+    }
+}
+
+/// Which I/O threads wait on the socket (session 16). While only
+/// mutations arrive, an I/O thread's work per datagram is small (decode,
+/// queue for the writer or commit it), and a second thread waiting on the
+/// socket beside a busy one only splits the arrivals into more, smaller
+/// receives, each one a sleep and a wake-up (on this VM ~20 % of metad's
+/// CPU per create went to context switches at 64 clients: 2.7 datagrams
+/// per receive, one sleep per receive). So, while the last receive held
+/// no read and the shard is not busy ([`DIRECT_BATCH_AVERAGE_MAX`]), a
+/// thread that finds another receiving parks instead of joining it, and
+/// the one receiving takes what queued meanwhile in one receive. Paired
+/// at 8 clients (30 rounds, medians): metad's CPU per create 0.74×, the
+/// load client's 0.73×, ~4.7 → ~6.8 mutations per commit, creates/s
+/// 1.25× (`perf/results/2026-11-28-s16-md17.md`).
+/// A receive that answered something at once (a read: an I/O thread's
+/// real work), or a busy shard, calls every parked thread back, and they
+/// receive beside it until a receive of mutations only at a shard that is
+/// not busy. Not while busy: at 64 clients parking cut metad's CPU per
+/// create to ~0.9× but the commits grew (29 → 34 mutations) and the
+/// writer's stages with them, and on a 1 M-file shard creates/s fell to
+/// ~0.88× (9 paired rounds, 2 won). Never all parked: a thread parks only
+/// while another is inside (or entering) its receive, and that one comes
+/// back to its receive without parking while nobody else receives
+/// ([`PARK_MAX`] bounds a park all the same).
+struct Receivers {
+    /// Per I/O thread: inside, or about to enter, its blocking receive.
+    /// Each on a cache line of its own, written by its thread only (a
+    /// shared counter cost the reads' receives a cache line each way).
+    receiving: Box<[Line<AtomicBool>]>,
+    /// The last receive answered something at once, or the shard is
+    /// busy: every thread receives. Written only when it changes.
+    spread: Line<AtomicBool>,
+    /// Threads parked, and their call back.
+    parked: Mutex<usize>,
+    recall: Condvar,
+}
+
+/// A value alone on its cache line(s).
+#[repr(align(128))]
+#[derive(Default)]
+struct Line<T>(T);
+
+impl Receivers {
+    fn new(threads: usize) -> Self {
+        Self {
+            receiving: (0..threads).map(|_| Line::default()).collect(),
+            spread: Line::default(),
+            parked: Mutex::new(0),
+            recall: Condvar::new(),
+        }
+    }
+
+    /// Another thread than `index` is inside (or entering) its receive.
+    fn another_receiving(&self, index: usize) -> bool {
+        self.receiving.iter().enumerate().any(|(other, line)| other != index && line.0.load(Ordering::SeqCst))
+    }
+
+    /// Before thread `index`'s blocking receive: parks while another
+    /// thread receives and only mutations arrive at a shard that is not
+    /// busy, then marks it receiving.
+    fn take_turn(&self, index: usize, metrics: &Metrics) {
+        let mut counted = false;
+        while !self.spread.0.load(Ordering::SeqCst) && self.another_receiving(index) {
+            let mut parked = match self.parked.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            // Under the lock: a read seen since sets `spread` before it
+            // takes the lock to call parked threads back.
+            if self.spread.0.load(Ordering::SeqCst) || !self.another_receiving(index) {
+                break;
+            }
+            *parked += 1;
+            // Once per park, not per look after `PARK_MAX`.
+            if !counted {
+                metrics.io_parked.inc();
+                counted = true;
+            }
+            parked = match self.recall.wait_timeout(parked, PARK_MAX) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+            *parked -= 1;
+        }
+        if let Some(line) = self.receiving.get(index) {
+            line.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// After thread `index`'s receive returned (with datagrams or an error).
+    fn received(&self, index: usize) {
+        if let Some(line) = self.receiving.get(index) {
+            line.0.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// After a receive's datagrams were served: `spread`, whether any
+    /// was answered at once (a read) or the shard is busy. The first such
+    /// receive after mutations only at a shard not busy calls the parked
+    /// threads back.
+    fn saw(&self, spread_now: bool, metrics: &Metrics) {
+        let spread = &self.spread.0;
+        if !spread_now {
+            if spread.load(Ordering::Relaxed) {
+                spread.store(false, Ordering::SeqCst);
+            }
+            return;
+        }
+        if spread.load(Ordering::Relaxed) || spread.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let parked = match self.parked.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if *parked > 0 {
+            metrics.io_recalled.inc_by(*parked as u64);
+            self.recall.notify_all();
         }
     }
 }
@@ -840,6 +983,13 @@ fn batch_average_after(average: u64, batch_size: usize) -> u64 {
     average - average / BATCH_AVERAGE_DECAY + (batch_size as u64).saturating_mul(16) / BATCH_AVERAGE_DECAY
 }
 
+/// Every I/O thread receives ([`Receivers`]) after a receive that
+/// `answered` something at once (a read), and while the shard is busy
+/// (the commits' moving `average`, as [`not_busy`]).
+fn every_thread_receives(answered: bool, average: u64) -> bool {
+    answered || !not_busy(average)
+}
+
 /// Recent commits were small enough for an I/O thread to commit its own
 /// mutations ([`DIRECT_BATCH_AVERAGE_MAX`]).
 fn not_busy(average: u64) -> bool {
@@ -1167,6 +1317,44 @@ mod tests {
         // Before its arrival: 0; past ~4 s: the most a stamp holds.
         assert_eq!(Stamps::since(at(10), arrived), 0);
         assert_eq!(Stamps::since(arrived, arrived + Duration::from_secs(5)), u32::MAX);
+    }
+
+    #[test]
+    fn an_io_thread_parks_only_beside_a_receiving_one_until_a_read_or_a_busy_shard() {
+        let metrics = Metrics::new(&mut daemon::metrics::Registry::default());
+        let receivers = Arc::new(Receivers::new(2));
+        // Nobody else receiving: no park, whatever arrived.
+        receivers.saw(false, &metrics);
+        receivers.take_turn(0, &metrics);
+        assert_eq!(metrics.io_parked.get(), 0, "the only thread receiving never parks");
+        // Thread 0 receives; thread 1, with only mutations at a shard not
+        // busy, parks (past several looks of PARK_MAX) until a receive
+        // that must spread calls it back.
+        let busy = DIRECT_BATCH_AVERAGE_MAX * 16 * 2;
+        for (why, answered, average) in [("a read", true, 0), ("a busy shard", false, busy)] {
+            let (sender, done) = std::sync::mpsc::channel();
+            let (parking, thread_metrics) = (receivers.clone(), metrics.clone());
+            let thread = std::thread::spawn(move || {
+                parking.take_turn(1, &thread_metrics);
+                let _ = sender.send(());
+            });
+            std::thread::sleep(PARK_MAX * 3);
+            assert!(done.try_recv().is_err(), "thread 1 receives beside thread 0 before {why}");
+            receivers.saw(every_thread_receives(false, 0), &metrics);
+            assert!(done.try_recv().is_err(), "mutations only do not call it back");
+            receivers.saw(every_thread_receives(answered, average), &metrics);
+            done.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("{why} calls it back"));
+            thread.join().unwrap();
+            // Thread 1 is receiving now, and comes back from it.
+            receivers.received(1);
+            receivers.saw(false, &metrics);
+        }
+        assert_eq!(metrics.io_parked.get(), 2, "one park counted each time, not each look");
+        assert_eq!(metrics.io_recalled.get(), 2);
+        // While it spreads, nobody parks.
+        receivers.saw(true, &metrics);
+        receivers.take_turn(1, &metrics);
+        assert_eq!(metrics.io_parked.get(), 2);
     }
 
     #[test]
