@@ -18,9 +18,9 @@
 //! - `receive_batch_size`: datagrams per batched receive of an I/O thread
 //!   (1 while the server keeps up; more once datagrams queue);
 //!   `io_parked_total` (an I/O thread parked instead of waiting on the
-//!   socket beside another, while only mutations arrive at a shard that
-//!   is not busy) and `io_recalled_total` (parked I/O threads called back
-//!   by a read or a busy shard): `crate::server`'s `Receivers`;
+//!   socket beside another, while only mutations arrive) and
+//!   `io_recalled_total` (parked I/O threads called back by a read):
+//!   `crate::server`'s `Receivers`;
 //! - where a mutation's time goes from its arrival to its durable answer
 //!   (issue 12), one observation per mutation: `stage_queue_seconds` (the
 //!   I/O thread's receive to the writer taking it), `stage_apply_seconds`
@@ -119,14 +119,10 @@ impl Metrics {
         registry.register("receive_batch_size", "datagrams per batched receive", metrics.receive_batch.clone());
         registry.register(
             "io_parked",
-            "an I/O thread parked instead of waiting on the socket beside another (mutations only, shard not busy)",
+            "an I/O thread parked instead of waiting on the socket beside another (mutations only)",
             metrics.io_parked.clone(),
         );
-        registry.register(
-            "io_recalled",
-            "parked I/O threads called back by a read or a busy shard",
-            metrics.io_recalled.clone(),
-        );
+        registry.register("io_recalled", "parked I/O threads called back by a read", metrics.io_recalled.clone());
         let stages = &metrics.stages;
         for (name, help, histogram) in [
             ("stage_queue_seconds", "a mutation's receive to the writer taking it", &stages.queue),

@@ -3,8 +3,7 @@
 //!
 //! ```text
 //!  I/O thread 0..N (one per core, all blocking on ONE UDP socket; while
-//!  only mutations arrive at a shard that is not busy, one receives and
-//!  the others park: [`Receivers`])
+//!  only mutations arrive, one receives and the others park: [`Receivers`])
 //!    recvmmsg (every queued datagram, up to 32) → decode each (MAC for
 //!    privileged kinds)
 //!      read  → LMDB read txn → answer; the answers leave in one sendmmsg
@@ -462,8 +461,7 @@ fn serve(
                 crate::mmsg::send_all(socket, &datagrams);
             }
         }
-        let spread = every_thread_receives(!answers.is_empty(), shared.batch_average.load(Ordering::Relaxed));
-        shared.receivers.saw(spread, &shared.metrics);
+        shared.receivers.saw(!answers.is_empty(), &shared.metrics);
         if !jobs.is_empty() {
             hand_over(shared, writer, role, &mut jobs, &mut scratch);
         }
@@ -477,19 +475,17 @@ fn serve(
 /// receives, each one a sleep and a wake-up (on this VM ~20 % of metad's
 /// CPU per create went to context switches at 64 clients: 2.7 datagrams
 /// per receive, one sleep per receive). So, while the last receive held
-/// no read and the shard is not busy ([`DIRECT_BATCH_AVERAGE_MAX`]), a
-/// thread that finds another receiving parks instead of joining it, and
-/// the one receiving takes what queued meanwhile in one receive. Paired
-/// at 8 clients (30 rounds, medians): metad's CPU per create 0.74×, the
-/// load client's 0.73×, ~4.7 → ~6.8 mutations per commit, creates/s
-/// 1.25× (`perf/results/2026-11-28-s16-md17.md`).
-/// A receive that answered something at once (a read: an I/O thread's
-/// real work), or a busy shard, calls every parked thread back, and they
-/// receive beside it until a receive of mutations only at a shard that is
-/// not busy. Not while busy: at 64 clients parking cut metad's CPU per
-/// create to ~0.9× but the commits grew (29 → 34 mutations) and the
-/// writer's stages with them, and on a 1 M-file shard creates/s fell to
-/// ~0.88× (9 paired rounds, 2 won). Never all parked: a thread parks only
+/// no read, a thread that finds another receiving parks instead of
+/// joining it, and the one receiving takes what queued meanwhile in one
+/// receive. Paired at 8 clients (30 rounds, medians): metad's CPU per
+/// create 0.74×, the load client's 0.73×, ~4.7 → ~6.8 mutations per
+/// commit, creates/s 1.25× (`perf/results/2026-11-28-s16-md17.md`); at 64
+/// clients, on a quiet machine (the lead's, `…-s16-lead.md`), creates/s
+/// 1.08× on an empty shard (6 of 6 rounds won, metad's CPU per create
+/// 0.87×) and 1.05× at 1 M files (9 of 12 won). A receive that answered
+/// something at once (a read: an I/O thread's real work) calls every
+/// parked thread back, and they receive beside it until a receive of
+/// mutations only. Never all parked: a thread parks only
 /// while another is inside (or entering) its receive, and that one comes
 /// back to its receive without parking while nobody else receives
 /// ([`PARK_MAX`] bounds a park all the same).
@@ -565,10 +561,9 @@ impl Receivers {
         }
     }
 
-    /// After a receive's datagrams were served: `spread`, whether any
-    /// was answered at once (a read) or the shard is busy. The first such
-    /// receive after mutations only at a shard not busy calls the parked
-    /// threads back.
+    /// After a receive's datagrams were served: `spread_now`, whether any
+    /// was answered at once (a read). The first such receive after
+    /// mutations only calls the parked threads back.
     fn saw(&self, spread_now: bool, metrics: &Metrics) {
         let spread = &self.spread.0;
         if !spread_now {
@@ -983,13 +978,6 @@ fn batch_average_after(average: u64, batch_size: usize) -> u64 {
     average - average / BATCH_AVERAGE_DECAY + (batch_size as u64).saturating_mul(16) / BATCH_AVERAGE_DECAY
 }
 
-/// Every I/O thread receives ([`Receivers`]) after a receive that
-/// `answered` something at once (a read), and while the shard is busy
-/// (the commits' moving `average`, as [`not_busy`]).
-fn every_thread_receives(answered: bool, average: u64) -> bool {
-    answered || !not_busy(average)
-}
-
 /// Recent commits were small enough for an I/O thread to commit its own
 /// mutations ([`DIRECT_BATCH_AVERAGE_MAX`]).
 fn not_busy(average: u64) -> bool {
@@ -1320,18 +1308,17 @@ mod tests {
     }
 
     #[test]
-    fn an_io_thread_parks_only_beside_a_receiving_one_until_a_read_or_a_busy_shard() {
+    fn an_io_thread_parks_only_beside_a_receiving_one_until_a_read() {
         let metrics = Metrics::new(&mut daemon::metrics::Registry::default());
         let receivers = Arc::new(Receivers::new(2));
         // Nobody else receiving: no park, whatever arrived.
         receivers.saw(false, &metrics);
         receivers.take_turn(0, &metrics);
         assert_eq!(metrics.io_parked.get(), 0, "the only thread receiving never parks");
-        // Thread 0 receives; thread 1, with only mutations at a shard not
-        // busy, parks (past several looks of PARK_MAX) until a receive
-        // that must spread calls it back.
-        let busy = DIRECT_BATCH_AVERAGE_MAX * 16 * 2;
-        for (why, answered, average) in [("a read", true, 0), ("a busy shard", false, busy)] {
+        // Thread 0 receives; thread 1, with only mutations arriving, parks
+        // (past several looks of PARK_MAX) until a receive that answered
+        // a read calls it back; twice.
+        for why in ["a read", "another read"] {
             let (sender, done) = std::sync::mpsc::channel();
             let (parking, thread_metrics) = (receivers.clone(), metrics.clone());
             let thread = std::thread::spawn(move || {
@@ -1340,9 +1327,9 @@ mod tests {
             });
             std::thread::sleep(PARK_MAX * 3);
             assert!(done.try_recv().is_err(), "thread 1 receives beside thread 0 before {why}");
-            receivers.saw(every_thread_receives(false, 0), &metrics);
+            receivers.saw(false, &metrics);
             assert!(done.try_recv().is_err(), "mutations only do not call it back");
-            receivers.saw(every_thread_receives(answered, average), &metrics);
+            receivers.saw(true, &metrics);
             done.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("{why} calls it back"));
             thread.join().unwrap();
             // Thread 1 is receiving now, and comes back from it.

@@ -1,9 +1,8 @@
 //! Which I/O threads wait on the socket (`metad::server`'s `Receivers`,
-//! session 16): while only mutations arrive at a shard that is not busy,
-//! one I/O thread receives and the others park (a second thread waiting
-//! beside a busy one only split the arrivals into more receives, each a
-//! sleep and a wake-up); the first receive that answers a read at once
-//! calls the parked ones back (a busy shard too: `server`'s unit test).
+//! session 16): while only mutations arrive, one I/O thread receives and
+//! the others park (a second thread waiting beside a busy one only split
+//! the arrivals into more receives, each a sleep and a wake-up); the
+//! first receive that answers a read at once calls the parked ones back.
 //! What it asserts is counted by metad itself (`/metrics`), never timed.
 
 mod common;
