@@ -279,13 +279,7 @@ fn cat_into_a_reader_that_stops_ends_cleanly() {
     let local = scratch.path().join("big");
     std::fs::write(&local, &data).expect("write");
     cluster.ok(&["put", local.to_str().expect("utf-8"), "/big", "--parity", "4+2"]);
-    let mut child = Command::new(binary("eggs"))
-        .args(["--shuckle", &cluster.shuckle, "cat", "/big"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run eggs cat");
+    let mut child = cluster.spawn_eggs(&["cat", "/big"], Stdio::null());
     let mut stdout = child.stdout.take().expect("stdout");
     let mut first = [0u8; 1];
     stdout.read_exact(&mut first).expect("first byte");

@@ -114,8 +114,7 @@ const DIRECT_BATCH_AVERAGE_MAX: u64 = 12;
 const BATCH_AVERAGE_DECAY: u64 = 8;
 /// A parked I/O thread ([`Receivers`]) looks again after this long at
 /// most (a safety net: the thread that receives calls it back when a read
-/// arrives or the shard turns busy, and a thread only parks beside one
-/// that is receiving).
+/// arrives, and a thread only parks beside one that is receiving).
 const PARK_MAX: Duration = Duration::from_millis(50);
 /// Responses remembered for retransmitted mutations.
 const RETRANSMIT_CACHE_ENTRIES: usize = 32 * 1024;
@@ -494,8 +493,8 @@ struct Receivers {
     /// Each on a cache line of its own, written by its thread only (a
     /// shared counter cost the reads' receives a cache line each way).
     receiving: Box<[Line<AtomicBool>]>,
-    /// The last receive answered something at once, or the shard is
-    /// busy: every thread receives. Written only when it changes.
+    /// The last receive answered something at once (a read): every
+    /// thread receives. Written only when it changes.
     spread: Line<AtomicBool>,
     /// Threads parked, and their call back.
     parked: Mutex<usize>,
@@ -523,15 +522,11 @@ impl Receivers {
     }
 
     /// Before thread `index`'s blocking receive: parks while another
-    /// thread receives and only mutations arrive at a shard that is not
-    /// busy, then marks it receiving.
+    /// thread receives and only mutations arrive, then marks it receiving.
     fn take_turn(&self, index: usize, metrics: &Metrics) {
         let mut counted = false;
         while !self.spread.0.load(Ordering::SeqCst) && self.another_receiving(index) {
-            let mut parked = match self.parked.lock() {
-                Ok(guard) => guard,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut parked = locked(&self.parked);
             // Under the lock: a read seen since sets `spread` before it
             // takes the lock to call parked threads back.
             if self.spread.0.load(Ordering::SeqCst) || !self.another_receiving(index) {
@@ -575,10 +570,7 @@ impl Receivers {
         if spread.load(Ordering::Relaxed) || spread.swap(true, Ordering::SeqCst) {
             return;
         }
-        let parked = match self.parked.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let parked = locked(&self.parked);
         if *parked > 0 {
             metrics.io_recalled.inc_by(*parked as u64);
             self.recall.notify_all();
@@ -869,12 +861,18 @@ struct Role {
 
 /// The writer's role for the writer thread (waits for it).
 fn lock_role<'r>(shared: &Shared, role: &'r Mutex<Role>) -> MutexGuard<'r, Role> {
-    let guard = match role.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let guard = locked(role);
     shared.role_letting_go.store(false, Ordering::SeqCst);
     guard
+}
+
+/// `mutex`'s guard, also when a thread panicked holding it (every value
+/// kept under these locks stays whole between statements).
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 impl<'s> Open<'s> {
@@ -1117,10 +1115,7 @@ fn refuse(shared: &Shared, out: &mut [u8], jobs: impl Iterator<Item = Job>) {
 /// own (journaled like a batch, with no answers), holding the writer's
 /// role for it.
 fn save_refreshed_block_services(shared: &Shared, role: &Mutex<Role>) {
-    let services = match shared.block_services_to_save.lock() {
-        Ok(mut slot) => slot.take(),
-        Err(poisoned) => poisoned.into_inner().take(),
-    };
+    let services = locked(&shared.block_services_to_save).take();
     let Some(services) = services else { return };
     let mut role = lock_role(shared, role);
     match save_block_services(&shared.store, &services) {
@@ -1264,10 +1259,7 @@ fn refresher(shared: Arc<Shared>, shuckle: SocketAddr, cluster_key: SecretKey, s
                 tracing::info!(count = services.len(), "block services refreshed from shuckle");
                 let table = Arc::new(BlockServiceTable::new(services.clone()));
                 // The writer saves it (all writes are the writer role's).
-                match shared.block_services_to_save.lock() {
-                    Ok(mut slot) => *slot = Some(services),
-                    Err(poisoned) => *poisoned.into_inner() = Some(services),
-                }
+                *locked(&shared.block_services_to_save) = Some(services);
                 match shared.block_services.write() {
                     Ok(mut slot) => *slot = table,
                     Err(poisoned) => *poisoned.into_inner() = table,
