@@ -194,23 +194,46 @@ impl FreePages {
     /// pages the snapshot uses, its meta pages included), as (first page,
     /// page count), in order.
     pub fn used_runs(&self) -> Vec<(u64, u64)> {
-        let mut runs = Vec::new();
-        let mut start = None;
-        for page in 0..self.pages {
-            match (self.is_free(page), start) {
-                (false, None) => start = Some(page),
-                (true, Some(first)) => {
-                    runs.push((first, page - first));
-                    start = None;
-                }
-                _ => {}
-            }
-        }
-        if let Some(first) = start {
-            runs.push((first, self.pages - first));
-        }
-        runs
+        runs(self.pages, |page| !self.is_free(page))
     }
+
+    /// Whether the snapshot uses `page` (below its end and not listed free).
+    pub fn is_used(&self, page: u64) -> bool {
+        page < self.pages && !self.is_free(page)
+    }
+
+    /// The runs of pages this snapshot uses and an `earlier` one did not
+    /// (listed free there, or past its end), as (first page, page count),
+    /// in order. While `earlier` stays pinned, LMDB writes no tree page it
+    /// uses: a page both use holds the same bytes in both. The two meta
+    /// pages are the exception (every commit rewrites one in place); both
+    /// snapshots use them, so they are never in these runs: a journal
+    /// checkpoint carries its own copy of its meta page, and recovery
+    /// writes both (`crate::journal`).
+    pub fn runs_used_since(&self, earlier: &FreePages) -> Vec<(u64, u64)> {
+        runs(self.pages, |page| !self.is_free(page) && !earlier.is_used(page))
+    }
+}
+
+/// The runs of pages below `pages` for which `wanted` holds, as (first
+/// page, page count), in order.
+fn runs(pages: u64, wanted: impl Fn(u64) -> bool) -> Vec<(u64, u64)> {
+    let mut runs = Vec::new();
+    let mut start = None;
+    for page in 0..pages {
+        match (wanted(page), start) {
+            (true, None) => start = Some(page),
+            (false, Some(first)) => {
+                runs.push((first, page - first));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(first) = start {
+        runs.push((first, pages - first));
+    }
+    runs
 }
 
 /// Every page the free list of a snapshot lists, the snapshot given by its
@@ -622,6 +645,25 @@ impl Walker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn free_pages_of(pages: u64, free: &[u64]) -> FreePages {
+        let mut bits = vec![0u64; pages.div_ceil(64) as usize];
+        for &page in free {
+            bits[(page / 64) as usize] |= 1 << (page % 64);
+        }
+        FreePages { pages, free: bits, count: free.len() as u64 }
+    }
+
+    /// A later snapshot's new pages: those it uses that the earlier one
+    /// listed free or did not have; pages both use are left out.
+    #[test]
+    fn runs_used_since_are_the_pages_an_earlier_snapshot_did_not_use() {
+        let earlier = free_pages_of(70, &[3, 4, 5, 9, 64, 65]);
+        let later = free_pages_of(100, &[2, 4, 10, 11, 65, 80]);
+        assert_eq!(later.used_runs(), vec![(0, 2), (3, 1), (5, 5), (12, 53), (66, 14), (81, 19)]);
+        assert_eq!(later.runs_used_since(&earlier), vec![(3, 1), (5, 1), (9, 1), (64, 1), (70, 10), (81, 19)]);
+        assert_eq!(earlier.runs_used_since(&earlier), Vec::<(u64, u64)>::new());
+    }
 
     /// A minimal two-meta-page file with one leaf as the main root.
     fn file_with_leaf(leaf: impl FnOnce(&mut [u8])) -> tempfile::TempDir {
