@@ -39,8 +39,10 @@
 //! `crate::lmdb::FreePages::runs_used_since`; the meta pages, rewritten
 //! in place, are restored from the checkpoint's copy). So after a
 //! selective checkpoint the next one writes only the runs of pages its
-//! snapshot uses that the previous one listed free or did not have; after
-//! a full sync, every used run. At 2 M files that halved the
+//! snapshot uses that the previous one listed free or did not have (also
+//! after a checkpoint synced in full, as a growing store's are when it
+//! passes [`Writeback::allocated_pages`]); after the full sync at open,
+//! every used run. At 2 M files that halved the
 //! `sync_file_range` calls (a used run is a run of a fragmented file,
 //! most of them clean by then) and cut a checkpoint's time by ~30 %
 //! (`perf/results/2026-11-29-s17-md18b.md`).
@@ -81,8 +83,8 @@ pub(super) struct Writeback {
     allocated_pages: u64,
     /// The free pages of the snapshot the last checkpoint wrote back
     /// selectively: every page it uses is durable, and unchanged while it
-    /// stays pinned (until the next checkpoint is). `None` after a full
-    /// sync.
+    /// stays pinned (until the next checkpoint is), or that a checkpoint's
+    /// full sync made durable. `None` after any other full sync.
     durable: Option<FreePages>,
 }
 
@@ -104,6 +106,17 @@ impl Writeback {
         Ok(Synced::Full)
     }
 
+    /// [`Writeback::sync_full`] of the pinned snapshot whose free pages are
+    /// `free`: every page it uses is durable once the caller's journal
+    /// sync returns, so the next checkpoint writes only the pages new
+    /// since (a growing store syncs in full every time it passes
+    /// [`Writeback::allocated_pages`]).
+    fn sync_full_of(&mut self, env: &Env<WithoutTls>, free: FreePages) -> Result<Synced, JournalError> {
+        let synced = self.sync_full(env)?;
+        self.durable = Some(free);
+        Ok(synced)
+    }
+
     /// Makes every page of the snapshot whose meta page's first bytes are
     /// `meta` durable once the caller's next journal sync returns (the
     /// snapshot pinned). Falls back to [`Writeback::sync_full`] whenever
@@ -113,9 +126,6 @@ impl Writeback {
             return self.sync_full(env);
         }
         let Some(pages) = crate::lmdb::meta_pages(meta) else { return self.sync_full(env) };
-        if pages > self.allocated_pages {
-            return self.sync_full(env);
-        }
         let free = match crate::lmdb::free_pages(&self.data, &self.path, meta) {
             Ok(free) => free,
             Err(damage) => {
@@ -123,6 +133,9 @@ impl Writeback {
                 return self.sync_full(env);
             }
         };
+        if pages > self.allocated_pages {
+            return self.sync_full_of(env, free);
+        }
         // Pages the previous checkpoint's snapshot also uses are on the
         // disk already, as they are in this one.
         let runs = match &self.durable {
@@ -140,7 +153,7 @@ impl Writeback {
         let waited = written && range(0, pages, libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WAIT_AFTER);
         if !waited {
             // fdatasync reports the failed write, or makes up for it.
-            return self.sync_full(env);
+            return self.sync_full_of(env, free);
         }
         let free_pages = free.count;
         self.durable = Some(free);
