@@ -42,10 +42,10 @@
 //! snapshot uses that the previous one listed free or did not have (also
 //! after a checkpoint synced in full, as a growing store's are when it
 //! passes [`Writeback::allocated_pages`]); after the full sync at open,
-//! every used run. At 2 M files that halved the
-//! `sync_file_range` calls (a used run is a run of a fragmented file,
-//! most of them clean by then) and cut a checkpoint's time by ~30 %
-//! (`perf/results/2026-11-29-s17-md18b.md`).
+//! every used run. At 1–2 M files that cut the `sync_file_range` calls
+//! to 0.37–0.40× (a used run is a run of a fragmented file, most of them
+//! clean by then) and the checkpoint thread's CPU per create to
+//! 0.66–0.69× (`perf/results/2026-11-29-s17-md18b.md`).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
