@@ -65,6 +65,13 @@ pub const CONNECTIONS_PER_SERVICE: usize = 2;
 /// 15 % more CPU per GiB read, 4 MiB no less: `perf/results/2026-11-27-profile.md`).
 const IO_CHUNK_BYTES: usize = 1 << 20;
 
+/// A pooled connection's reader asks the kernel to wake it only once this
+/// many bytes of the answer it reads are in the socket (`SO_RCVLOWAT`,
+/// lowered to what is left of the answer near its end), not for every
+/// segment: on loopback each wake-up is a cross-core IPI in the sender's
+/// softirq and a sleep and wake of the reader, for a 64 KiB segment.
+pub const RECEIVE_LOW_WATER_BYTES: usize = 256 << 10;
+
 /// Why an operation failed, for the caller's next move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureKind {
@@ -746,9 +753,10 @@ async fn send(socket: &mut OwnedWriteHalf, header: &[u8], payload: Option<&[u8]>
 async fn reader(mut socket: OwnedReadHalf, mut answers: mpsc::UnboundedReceiver<Op>) {
     // A service that stalled is down for the requests behind too.
     let mut behind = FailureKind::Retry;
+    let mut low_water = LowWater::new(std::os::fd::AsRawFd::as_raw_fd(socket.as_ref()));
     while let Some(mut op) = answers.recv().await {
         let expect = std::mem::replace(&mut op.expect, Expect::Write { block_id: BlockId::new(0) });
-        match answer(&mut socket, expect).await {
+        match answer(&mut socket, &mut low_water, expect).await {
             Ok(answer) => {
                 let _ = op.reply.send(Ok(answer));
             }
@@ -771,11 +779,89 @@ async fn reader(mut socket: OwnedReadHalf, mut answers: mpsc::UnboundedReceiver<
     }
 }
 
+/// A socket's receive low-water mark (`SO_RCVLOWAT`) as its reader last
+/// set it: the reader is woken once that many bytes are in, so it must
+/// never exceed the bytes the reader still expects of the answer it reads
+/// (or it would sleep until [`STALL_TIMEOUT`]); [`LowWater::expect`] keeps
+/// it at most that, and at most [`RECEIVE_LOW_WATER_BYTES`].
+struct LowWater {
+    fd: std::os::fd::RawFd,
+    bytes: usize,
+}
+
+impl LowWater {
+    fn new(fd: std::os::fd::RawFd) -> Self {
+        Self { fd, bytes: 1 }
+    }
+
+    /// The reader waits next for part of `remaining` bytes: wake it once
+    /// [`RECEIVE_LOW_WATER_BYTES`] of them (or all, if fewer) are in.
+    fn expect(&mut self, remaining: usize) {
+        self.set(remaining.clamp(1, RECEIVE_LOW_WATER_BYTES));
+    }
+
+    fn set(&mut self, bytes: usize) {
+        if bytes == self.bytes {
+            return;
+        }
+        let value = bytes as libc::c_int;
+        // SAFETY: plain setsockopt with a valid c_int on a socket we hold open.
+        let result = unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&raw const value).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        // A refusal leaves the mark where it was: 1 (wake on every
+        // segment) if it never took, else a value this reader checked.
+        if result == 0 {
+            self.bytes = bytes;
+        } else if self.bytes > bytes {
+            // Never leave a mark above what is expected.
+            self.bytes = 1;
+            let one: libc::c_int = 1;
+            // SAFETY: as above.
+            unsafe {
+                libc::setsockopt(
+                    self.fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVLOWAT,
+                    (&raw const one).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+        }
+    }
+
+    /// The stall bound passed with the reader asleep: a stall only if no
+    /// byte came at all. Bytes that came but stayed under the mark (a
+    /// service trickling) are read, the mark back at one byte, and the
+    /// bound starts again, as it did without the mark.
+    fn stalled(&mut self) -> bool {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int; the socket is open.
+        let asked = unsafe { libc::ioctl(self.fd, libc::FIONREAD, &raw mut queued) };
+        if asked == 0 && queued > 0 {
+            self.set(1);
+            return false;
+        }
+        true
+    }
+}
+
 /// Reads `buffer.len()` bytes with the stall bound on each read.
-async fn read_exact_stalling(socket: &mut OwnedReadHalf, buffer: &mut [u8]) -> Result<(), (bool, io::Error)> {
+async fn read_exact_stalling(
+    socket: &mut OwnedReadHalf,
+    low_water: &mut LowWater,
+    buffer: &mut [u8],
+) -> Result<(), (bool, io::Error)> {
     let mut filled = 0;
     while filled < buffer.len() {
         match tokio::time::timeout(STALL_TIMEOUT, socket.read(&mut buffer[filled..])).await {
+            Err(_) if !low_water.stalled() => {}
             Err(_) => return Err((filled > 0, io::Error::new(io::ErrorKind::TimedOut, "stalled"))),
             Ok(Ok(0)) => return Err((filled > 0, io::ErrorKind::UnexpectedEof.into())),
             Ok(Ok(read)) => filled += read,
@@ -817,11 +903,19 @@ fn check_fetch_head(head: &[u8], size: u32) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn answer(socket: &mut OwnedReadHalf, expect: Expect) -> Result<Answer, (Failure, Option<BytesMut>)> {
+async fn answer(
+    socket: &mut OwnedReadHalf,
+    low_water: &mut LowWater,
+    expect: Expect,
+) -> Result<Answer, (Failure, Option<BytesMut>)> {
     match expect {
         Expect::Fetch { size, mut dst } => {
             let mut head = [0u8; size_of::<FetchRespHead>()];
-            if let Err((started, error)) = read_exact_stalling(socket, &mut head).await {
+            // The head and the block come together (blockd sends the head
+            // with MSG_MORE), unless the answer is an error: then the
+            // connection ends, which wakes the reader whatever the mark.
+            low_water.expect(head.len() + size as usize);
+            if let Err((started, error)) = read_exact_stalling(socket, low_water, &mut head).await {
                 return Err((no_answer(started, error, "fetch"), Some(dst)));
             }
             if let Err(failure) = check_fetch_head(&head, size) {
@@ -833,8 +927,10 @@ async fn answer(socket: &mut OwnedReadHalf, expect: Expect) -> Result<Answer, (F
             while dst.len() < size {
                 let before = dst.len();
                 let want = (size - before).min(IO_CHUNK_BYTES);
+                low_water.expect(size - before);
                 let mut limited = (&mut dst).limit(want);
                 match tokio::time::timeout(STALL_TIMEOUT, socket.read_buf(&mut limited)).await {
+                    Err(_) if !low_water.stalled() => {}
                     Err(_) => {
                         let reason = format!("fetch stalled after {before} of {size} bytes");
                         return Err((Failure::new(FailureKind::Down, reason), Some(dst)));
@@ -853,6 +949,7 @@ async fn answer(socket: &mut OwnedReadHalf, expect: Expect) -> Result<Answer, (F
         }
         Expect::Write { block_id } => {
             let mut response = [0u8; size_of::<WriteResp>()];
+            low_water.expect(response.len());
             // No stall bound here: blockd syncs the file and its folder
             // before it answers, which may take a while on a busy disk.
             let read = tokio::time::timeout(WRITE_PROOF_TIMEOUT, socket.read_exact(&mut response)).await;
@@ -886,6 +983,7 @@ async fn answer(socket: &mut OwnedReadHalf, expect: Expect) -> Result<Answer, (F
         }
         Expect::Erase { block_id } => {
             let mut response = [0u8; size_of::<EraseResp>()];
+            low_water.expect(response.len());
             let read = tokio::time::timeout(WRITE_PROOF_TIMEOUT, socket.read_exact(&mut response)).await;
             match read {
                 Err(_) => return Err((Failure::new(FailureKind::Down, "no erase proof in time"), None)),
