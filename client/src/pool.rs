@@ -70,7 +70,17 @@ const IO_CHUNK_BYTES: usize = 1 << 20;
 /// lowered to what is left of the answer near its end), not for every
 /// segment: on loopback each wake-up is a cross-core IPI in the sender's
 /// softirq and a sleep and wake of the reader, for a 64 KiB segment.
-pub const RECEIVE_LOW_WATER_BYTES: usize = 256 << 10;
+/// Paired, a lone cat of 1 GiB (spans read whole over the pool): 256 KiB
+/// against none read 1.32× faster (12 rounds, all won) with 0.82× the
+/// client's CPU and 0.79× blockd's; 1 MiB (one read's [`IO_CHUNK_BYTES`])
+/// against 256 KiB 1.08× (8 of 10 won), client CPU 0.93×; 2 MiB against
+/// 1 MiB 0.96× (`perf/results/2026-11-29-s17-dp17.md`). Fetches in turn
+/// ([`TurnConnection`]) keep their blocking reads without a mark: a
+/// blocking `recv` under a mark waits for its whole length while the
+/// kernel's wake-up counts only the bytes not yet taken (the end of a
+/// connection's last answer waited for the stall bound), and `poll` plus
+/// a non-blocking `recv` instead read a 256 MiB file 0.90× as fast.
+pub const RECEIVE_LOW_WATER_BYTES: usize = 1 << 20;
 
 /// Why an operation failed, for the caller's next move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
