@@ -1113,6 +1113,94 @@ mod tests {
         service.join().expect("service");
     }
 
+    /// A pooled fetch's reader sleeps under a low-water mark
+    /// ([`RECEIVE_LOW_WATER_BYTES`]): a service that trickles its answer,
+    /// fewer bytes per [`STALL_TIMEOUT`] than the mark, is still no stall
+    /// (bytes came), and the block arrives whole with its CRC; a service
+    /// that then sends nothing more is one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trickling_service_under_the_low_water_mark_is_no_stall() {
+        use std::io::{Read, Write};
+        const SIZE: usize = 2 << 20;
+        let block: Vec<u8> = (0..SIZE).map(|i| (i as u8).wrapping_mul(13)).collect();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let sent = block.clone();
+        let service = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = [0u8; size_of::<FetchReq>()];
+            stream.read_exact(&mut request).expect("the first request");
+            stream.write_all(FetchRespHead::new(SIZE as u32).as_bytes()).expect("head");
+            // A first megabyte at once, then 64 KiB every 3 s (under the
+            // stall bound, far under the mark) for two steps, then the rest.
+            stream.write_all(&sent[..1 << 20]).expect("bytes");
+            let mut at = 1 << 20;
+            for _ in 0..2 {
+                std::thread::sleep(STALL_TIMEOUT - Duration::from_secs(1));
+                stream.write_all(&sent[at..at + (64 << 10)]).expect("bytes");
+                at += 64 << 10;
+            }
+            stream.write_all(&sent[at..]).expect("bytes");
+            // The second request gets half its answer, then nothing.
+            stream.read_exact(&mut request).expect("the second request");
+            stream.write_all(FetchRespHead::new(SIZE as u32).as_bytes()).expect("head");
+            stream.write_all(&sent[..SIZE / 2]).expect("bytes");
+            let _ = stream.read(&mut request);
+        });
+        let pool = BlockPool::default();
+        let reply = pool.fetch(addr, BlockId::new(1), SIZE as u32, BytesMut::new()).await;
+        let (data, crc) = match reply {
+            Ok(Answer::Fetched { data, crc }) => (data, crc),
+            Ok(_) => panic!("an answer of another kind"),
+            Err((failure, _)) => panic!("the trickled fetch failed: {}", failure.reason),
+        };
+        assert!(data[..] == block[..], "the block's bytes");
+        assert_eq!(crc, wire::crc::crc32c(&block), "its CRC");
+        let started = std::time::Instant::now();
+        let reply = pool.fetch(addr, BlockId::new(2), SIZE as u32, BytesMut::new()).await;
+        let Err((failure, _)) = reply else { panic!("half an answer succeeded") };
+        assert_eq!(failure.kind, FailureKind::Down, "{}", failure.reason);
+        assert!(started.elapsed() < STALL_TIMEOUT * 2, "found stalled within the bound: {:?}", started.elapsed());
+        drop(pool);
+        service.join().expect("service");
+    }
+
+    /// The mark follows what the reader still expects: at most
+    /// [`RECEIVE_LOW_WATER_BYTES`], never more than the rest of the answer
+    /// (the socket's own `SO_RCVLOWAT` says so), and back to one byte when
+    /// the bound passes with bytes under the mark.
+    #[test]
+    fn the_low_water_mark_never_exceeds_what_is_expected() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let stream = std::net::TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        let (mut peer, _) = listener.accept().expect("accept");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let asked = || {
+            let mut value: libc::c_int = 0;
+            let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt of one c_int into a c_int on an open socket.
+            let result = unsafe {
+                libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, (&raw mut value).cast(), &raw mut len)
+            };
+            assert_eq!(result, 0);
+            value as usize
+        };
+        let mut low_water = LowWater::new(fd);
+        low_water.expect(4 << 20);
+        assert_eq!(asked(), RECEIVE_LOW_WATER_BYTES);
+        low_water.expect(5);
+        assert_eq!(asked(), 5);
+        low_water.expect(0);
+        assert_eq!(asked(), 1);
+        low_water.expect(RECEIVE_LOW_WATER_BYTES + 1);
+        assert!(low_water.stalled(), "nothing came: a stall");
+        assert_eq!(asked(), RECEIVE_LOW_WATER_BYTES);
+        std::io::Write::write_all(&mut peer, b"some").expect("write");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!low_water.stalled(), "bytes under the mark: no stall");
+        assert_eq!(asked(), 1, "and the mark back at one byte");
+    }
+
     /// A fetch from a service that refuses connections gives the caller's
     /// buffer back, the same allocation, emptied: the reader's span buffer
     /// stays in one piece for the block rebuilt into its place (a dropped
