@@ -7,6 +7,9 @@
 //! answers in the same order. A fetch's bytes are read straight into the
 //! buffer the caller handed over (a slice of its span buffer: no copy, no
 //! zero-fill) while their CRC32C is computed, in cache, as they arrive.
+//! The reader sleeps until [`RECEIVE_LOW_WATER_BYTES`] of its answer are
+//! in the socket (`SO_RCVLOWAT`, never above what the answer has left),
+//! not until each segment: a wake-up per MiB, not per 64 KiB.
 //!
 //! Failures are classified so the reader of a file can act on them
 //! ([`FailureKind`]): a service that refuses connections or stops sending
