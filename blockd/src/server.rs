@@ -1027,6 +1027,11 @@ async fn fetch(executor: &Executor, stream: &mut Stream, request: &FetchReq) -> 
         Err(e) => return Err(not_found(e)),
     };
     let fd = file.as_raw_fd();
+    // The io_uring open let the executor's other connections run while it
+    // was in flight; without this turn, four concurrent cats (several
+    // fetches queued per executor) read 0.87–0.96× as fast as with
+    // glommio's open, with it 1.07–1.22× (paired, session 17).
+    future::yield_now().await;
     let size = file_size(fd).map_err(storage("reading the size of", &path))?;
     let size = u32::try_from(size).map_err(|_| Refusal::StoredTooLarge(block_id))?;
     send_head(stream, FetchRespHead::new(size).as_bytes(), size > 0).await?;
