@@ -17,8 +17,8 @@
 //!   proof sent. Nothing is acknowledged before it is durable.
 //! - **Fetch** opens the block file on the executor's thread when its path
 //!   is in the kernel's caches (`openat2(RESOLVE_CACHED)`, then `fstat`;
-//!   otherwise through glommio's io_uring), and
-//!   sends the block from the page cache with `splice(2)` through
+//!   otherwise through glommio's io_uring), yields once to the
+//!   executor's other connections, and sends the block from the page cache with `splice(2)` through
 //!   a 1 MiB pipe its executor keeps (see [`send_file`]): no copy through user
 //!   space, no buffer per chunk. The answer's head goes with `MSG_MORE`
 //!   (it leaves in the block's first segment), and a block whose first
