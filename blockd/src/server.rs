@@ -15,7 +15,10 @@
 //!   fdatasync'ed, renamed into place with `RENAME_NOREPLACE` (an existing
 //!   block is never overwritten), and its folder fsync'ed; only then is the
 //!   proof sent. Nothing is acknowledged before it is durable.
-//! - **Fetch** sends the block from the page cache with `splice(2)` through
+//! - **Fetch** opens the block file on the executor's thread when its path
+//!   is in the kernel's caches (`openat2(RESOLVE_CACHED)`, then `fstat`;
+//!   otherwise through glommio's io_uring), yields once to the
+//!   executor's other connections, and sends the block from the page cache with `splice(2)` through
 //!   a 1 MiB pipe its executor keeps (see [`send_file`]): no copy through user
 //!   space, no buffer per chunk. The answer's head goes with `MSG_MORE`
 //!   (it leaves in the block's first segment), and a block whose first
@@ -1012,23 +1015,97 @@ async fn read_block(
 async fn fetch(executor: &Executor, stream: &mut Stream, request: &FetchReq) -> Result<(), ConnectionEnd> {
     let block_id = request.block_id;
     let path = executor.shared.layout.block_path(block_id);
-    let file = match BufferedFile::open(&path).await {
-        Ok(file) => file,
-        Err(e) => {
-            let e = io::Error::from(e);
-            if e.kind() == io::ErrorKind::NotFound {
-                return Err(Refusal::NotFound(block_id).into());
-            }
-            return Err(storage("opening", &path)(e));
+    let not_found = |e: io::Error| {
+        if e.kind() == io::ErrorKind::NotFound {
+            return ConnectionEnd::from(Refusal::NotFound(block_id));
         }
+        storage("opening", &path)(e)
     };
-    let size = file.file_size().await.map_err(storage("reading the size of", &path))?;
+    let file = match open_cached(&path) {
+        Ok(Some(file)) => FetchFile::Cached(file),
+        Ok(None) => FetchFile::Glommio(BufferedFile::open(&path).await.map_err(|e| not_found(e.into()))?),
+        Err(e) => return Err(not_found(e)),
+    };
+    let fd = file.as_raw_fd();
+    // The io_uring open let the executor's other connections run while it
+    // was in flight; without this turn, four concurrent cats (several
+    // fetches queued per executor) read 0.87–0.96× as fast as with
+    // glommio's open, with it 1.07–1.22× (paired, session 17).
+    future::yield_now().await;
+    let size = file_size(fd).map_err(storage("reading the size of", &path))?;
     let size = u32::try_from(size).map_err(|_| Refusal::StoredTooLarge(block_id))?;
     send_head(stream, FetchRespHead::new(size).as_bytes(), size > 0).await?;
-    send_file(executor, stream, file.as_raw_fd(), u64::from(size), &path).await?;
-    let _ = file.close().await;
+    send_file(executor, stream, fd, u64::from(size), &path).await?;
+    if let FetchFile::Glommio(file) = file {
+        let _ = file.close().await;
+    }
     executor.shared.counters.fetched(u64::from(size));
     Ok(())
+}
+
+/// A fetch's block file: opened on the executor's thread when its path is
+/// in the kernel's caches ([`open_cached`]), else by glommio.
+enum FetchFile {
+    Cached(OwnedFd),
+    Glommio(BufferedFile),
+}
+
+impl FetchFile {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Self::Cached(file) => file.as_raw_fd(),
+            Self::Glommio(file) => file.as_raw_fd(),
+        }
+    }
+}
+
+/// Opens `path` read-only with `openat2(RESOLVE_CACHED)`: only when every
+/// component of the path is in the kernel's dentry cache, so the call never
+/// waits for the disk and is fine on the executor's thread; `None` when it
+/// would have to (the caller then opens through glommio's io_uring). A
+/// fetch used to open, `statx` twice (glommio's open asks for the inode,
+/// then the size) and close through io_uring: four submissions and two
+/// trips through io_uring's worker threads (`statx` always goes there),
+/// each a wake-up of a worker and of the executor, for every block sent.
+fn open_cached(path: &Path) -> io::Result<Option<OwnedFd>> {
+    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: open_how is plain integers, for which zero is valid.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_CACHED;
+    loop {
+        // SAFETY: `name` is a valid C string and `how` a valid open_how of
+        // the size passed; the descriptor returned is ours alone.
+        let fd = unsafe {
+            libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, name.as_ptr(), &raw const how, size_of::<libc::open_how>())
+        };
+        if fd >= 0 {
+            // SAFETY: openat2 returned a fresh descriptor that nothing else owns.
+            return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }));
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // Not all in the caches, or a kernel without openat2/RESOLVE_CACHED.
+            Some(libc::EAGAIN | libc::ENOSYS | libc::EINVAL | libc::E2BIG) => return Ok(None),
+            _ => return Err(error),
+        }
+    }
+}
+
+/// The size of the open file `fd` (`fstat`: the inode is in memory while
+/// the file is open, so this never waits for the disk).
+fn file_size(fd: RawFd) -> io::Result<u64> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `stat` has room for one struct stat; `fd` is open.
+    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    Ok(u64::try_from(stat.st_size).unwrap_or(0))
 }
 
 /// Sends a fetch answer's head. When the block follows (`more`), the head
