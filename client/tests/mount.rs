@@ -93,6 +93,15 @@ impl Drop for Mount {
     }
 }
 
+/// How many FUSE dispatch threads (`fuser-N`) process `pid` runs.
+fn dispatch_threads(pid: u32) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("fuser-"))
+        .count()
+}
+
 fn is_mounted(dir: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
@@ -253,6 +262,11 @@ fn programs_work_through_the_mount() {
     let m = |relative: &str| quote(&mount.path(relative));
     let l = |relative: &str| quote(&local.join(relative));
     let started = SystemTime::now();
+
+    eprintln!("case: two dispatch threads take the kernel's requests");
+    let pid = mount.process.as_ref().expect("running").id();
+    // They start just after the ready line.
+    eventually("two dispatch threads", || dispatch_threads(pid) == 2);
 
     eprintln!("case: cp -r and diff -r");
     sh(&format!("cp -r {} {}", l("tree"), m("tree")));

@@ -14,7 +14,7 @@
 //! [`client::read::read_one_span`]: blocks CRC-checked, degraded spans
 //! rebuilt from parity, exactly as `eggs cat`. A read within one span is
 //! answered from the cached span's bytes without a copy, and when that
-//! span is already cached, at once on the FUSE dispatch thread
+//! span is already cached, at once on the FUSE dispatch thread that took the request
 //! ([`ReadHandle::read_ready`]).
 //!
 //! Two readers of the same span share one fetch (a `OnceCell` per span);

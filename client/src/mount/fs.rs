@@ -1,8 +1,9 @@
 //! The FUSE filesystem: each kernel request becomes client requests.
 //!
-//! The dispatch thread never waits on the network: every request that
-//! needs the cluster is spawned on the tokio runtime and answered from
-//! there, so lookups, reads and listings of many programs run at once.
+//! The dispatch threads (two, `super::DISPATCH_THREADS`) never wait on the
+//! network: every request that needs the cluster is spawned on the tokio
+//! runtime and answered from there, so lookups, reads and listings of many
+//! programs run at once.
 //! Inode numbers are eggsfs inode ids (see [`super::attrs::fuse_ino`]), so
 //! the mount keeps no inode table; it remembers only the name each inode
 //! was last looked up by, for `open(O_TRUNC)`, which writes a new file
