@@ -817,35 +817,14 @@ impl LowWater {
         if bytes == self.bytes {
             return;
         }
-        let value = bytes as libc::c_int;
-        // SAFETY: plain setsockopt with a valid c_int on a socket we hold open.
-        let result = unsafe {
-            libc::setsockopt(
-                self.fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                (&raw const value).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
         // A refusal leaves the mark where it was: 1 (wake on every
         // segment) if it never took, else a value this reader checked.
-        if result == 0 {
+        if set_receive_low_water(self.fd, bytes) {
             self.bytes = bytes;
         } else if self.bytes > bytes {
             // Never leave a mark above what is expected.
             self.bytes = 1;
-            let one: libc::c_int = 1;
-            // SAFETY: as above.
-            unsafe {
-                libc::setsockopt(
-                    self.fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVLOWAT,
-                    (&raw const one).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
+            set_receive_low_water(self.fd, 1);
         }
     }
 
@@ -863,6 +842,22 @@ impl LowWater {
         }
         true
     }
+}
+
+/// Sets the socket `fd`'s `SO_RCVLOWAT` to `bytes`; whether it took.
+fn set_receive_low_water(fd: std::os::fd::RawFd, bytes: usize) -> bool {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: plain setsockopt with a valid c_int on a socket the caller holds open.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    result == 0
 }
 
 /// Reads `buffer.len()` bytes with the stall bound on each read.

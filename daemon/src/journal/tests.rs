@@ -84,6 +84,19 @@ impl Harness {
         Self::with_config(dir, config, JournalMetrics::new())
     }
 
+    /// A journal of `bytes` whose period never passes during a test: it
+    /// checkpoints when asked, or when its record area passes half used.
+    fn checkpointing_on_demand(dir: &Path, bytes: u64) -> (Self, JournalMetrics) {
+        let metrics = JournalMetrics::new();
+        let config = Config {
+            bytes,
+            checkpoint_period: Duration::from_secs(3600),
+            on_failure: count_failure,
+            ..Config::default()
+        };
+        (Self::with_config(dir, config, metrics.clone()), metrics)
+    }
+
     fn with_config(dir: &Path, config: Config, metrics: JournalMetrics) -> Self {
         let (env, dbs) = open_env(dir);
         let delivered = Arc::new(Mutex::new(Vec::new()));
@@ -688,11 +701,8 @@ fn a_failed_commit_after_its_append_is_never_replayed() {
 #[test]
 fn a_journal_past_half_used_is_checkpointed_before_its_period() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = JournalMetrics::new();
     let bytes = 1 << 20;
-    let config =
-        Config { bytes, checkpoint_period: Duration::from_secs(3600), on_failure: count_failure, ..Config::default() };
-    let mut harness = Harness::with_config(dir.path(), config, metrics.clone());
+    let (mut harness, metrics) = Harness::checkpointing_on_demand(dir.path(), bytes);
     let half = (bytes - AREA_START) * CHECKPOINT_FILL_NUMERATOR / CHECKPOINT_FILL_DENOMINATOR;
     let mut rng = seeded();
     // One sync per commit: the pages written are the area used.
@@ -776,10 +786,7 @@ fn until_a_used_only_checkpoint(
 #[test]
 fn a_used_only_checkpoint_leaves_free_pages_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = JournalMetrics::new();
-    let config =
-        Config { checkpoint_period: Duration::from_secs(3600), on_failure: count_failure, ..Config::default() };
-    let mut harness = Harness::with_config(dir.path(), config, metrics.clone());
+    let (mut harness, metrics) = Harness::checkpointing_on_demand(dir.path(), Config::default().bytes);
     let mut rng = seeded();
     let Some(checkpoint) = until_a_used_only_checkpoint(&mut harness, &metrics, &mut rng) else { return };
     // The test is the only writer: nothing was written since.
@@ -807,10 +814,7 @@ fn a_used_only_checkpoint_leaves_free_pages_alone() {
 #[test]
 fn used_only_checkpoints_write_back_every_page_not_on_the_disk_yet() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = JournalMetrics::new();
-    let config =
-        Config { checkpoint_period: Duration::from_secs(3600), on_failure: count_failure, ..Config::default() };
-    let mut harness = Harness::with_config(dir.path(), config, metrics.clone());
+    let (mut harness, metrics) = Harness::checkpointing_on_demand(dir.path(), Config::default().bytes);
     let mut rng = seeded();
     let path = dir.path().join("data.mdb");
     let data = File::open(&path).unwrap();
