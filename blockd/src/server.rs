@@ -122,7 +122,6 @@
 use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -147,7 +146,7 @@ use zerocopy::IntoBytes;
 use crate::metrics::Counters;
 use crate::request::{Refusal, check_erase, check_write, existing_block_matches};
 use crate::space::{SpaceWatch, is_no_space};
-use crate::store::{BLOCK_DIR_COUNT, Layout, free_space};
+use crate::store::{BLOCK_DIR_COUNT, Layout, c_path, free_space};
 
 /// Unit of socket reads of a write's payload and of a crc request's disk
 /// reads: large enough for few system calls, small enough that a
@@ -546,10 +545,13 @@ async fn serve_connection(executor: Rc<Executor>, stream: TcpStream, id: u64, sh
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(executor.shared.stall_timeout));
+    // SAFETY: `stream` owns the descriptor and outlives this borrow.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let socket = socket2::SockRef::from(&socket);
     // Non-blocking, for `splice` (glommio's own calls never block anyway).
-    set_nonblocking(stream.as_raw_fd());
+    let _ = socket.set_nonblocking(true);
     if let Some(bytes) = executor.shared.send_buffer {
-        set_send_buffer(stream.as_raw_fd(), bytes);
+        set_send_buffer(&socket, bytes);
     }
     let mut stream = stream.buffered_with(Preallocated::new(RECEIVE_BUFFER_BYTES));
     loop {
@@ -587,31 +589,13 @@ async fn serve_connection(executor: Rc<Executor>, stream: TcpStream, id: u64, sh
 
 /// [`Shared::send_buffer`]; a refusal leaves the kernel's autotuning
 /// (slower, still correct) and is logged once per process.
-fn set_send_buffer(fd: RawFd, bytes: libc::c_int) {
+fn set_send_buffer(socket: &socket2::SockRef<'_>, bytes: libc::c_int) {
     static REFUSAL_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    // SAFETY: plain setsockopt with a valid c_int on a socket we hold open.
-    let result = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&raw const bytes).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if result != 0 && !REFUSAL_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        let error = io::Error::last_os_error();
+    let result = socket.set_send_buffer_size(usize::try_from(bytes).unwrap_or(0));
+    if let Err(error) = result
+        && !REFUSAL_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
         tracing::warn!(%error, bytes, "SO_SNDBUF refused: connections keep the kernel's send buffer");
-    }
-}
-
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: fcntl on a descriptor we own; no memory is involved.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
     }
 }
 
@@ -905,10 +889,6 @@ async fn publish(executor: &Executor, request: &WriteReq, temp: &Path) -> Result
 
 /// `rename(from, to)` unless `to` exists: `Ok(false)` then.
 fn rename_no_replace(from: &Path, to: &Path) -> io::Result<bool> {
-    let c_path = |path: &Path| {
-        std::ffi::CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with NUL"))
-    };
     let (c_from, c_to) = (c_path(from)?, c_path(to)?);
     // SAFETY: two valid C strings; no memory is shared with the kernel after the call.
     let result = unsafe {
@@ -1068,9 +1048,7 @@ impl FetchFile {
 /// trips through io_uring's worker threads (`statx` always goes there),
 /// each a wake-up of a worker and of the executor, for every block sent.
 fn open_cached(path: &Path) -> io::Result<Option<OwnedFd>> {
-    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    };
+    let name = c_path(path)?;
     // SAFETY: open_how is plain integers, for which zero is valid.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;

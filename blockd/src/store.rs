@@ -283,11 +283,17 @@ pub fn prepare(layout: &Layout) -> Result<Usage, StoreError> {
     Ok(usage)
 }
 
+/// `path` as a C string for a system call (`InvalidInput` if it holds a
+/// NUL byte).
+pub(crate) fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with NUL"))
+}
+
 /// Free bytes (for an unprivileged writer) and free inodes of the folder's
 /// filesystem.
 pub fn free_space(path: &Path) -> io::Result<(u64, u64)> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with NUL"))?;
+    let c_path = c_path(path)?;
     let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
     // SAFETY: valid C string and a properly sized out-parameter.
     if unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) } != 0 {

@@ -16,6 +16,12 @@ use wire::shard::*;
 /// a request parks once it finds another receiving).
 const TRIES: usize = 50;
 
+/// The first of at most [`TRIES`] tries (counted from 1) after which
+/// `step` says it saw what it waits for.
+fn tries_until(mut step: impl FnMut() -> bool) -> Option<usize> {
+    (1..=TRIES).find(|_| step())
+}
+
 fn counts(daemon: &Daemon) -> (u64, u64) {
     let metrics = Metrics::scrape(daemon);
     (metrics.value("metad_io_parked_total") as u64, metrics.value("metad_io_recalled_total") as u64)
@@ -41,25 +47,21 @@ fn io_threads_park_while_only_mutations_arrive_and_a_read_calls_them_back() {
         // the other was receiving; else the other already was); the stat
         // after it calls it back.
         let (_, recalled) = counts(&daemon);
-        let tries = (1..=TRIES)
-            .find(|_| {
-                create(&mut client);
-                stat(&mut client);
-                counts(&daemon).1 > recalled
-            })
-            .unwrap_or_else(|| {
-                panic!("round {round}: no parked I/O thread called back after {TRIES} creates and stats")
-            });
+        let tries = tries_until(|| {
+            create(&mut client);
+            stat(&mut client);
+            counts(&daemon).1 > recalled
+        })
+        .unwrap_or_else(|| panic!("round {round}: no parked I/O thread called back after {TRIES} creates and stats"));
         eprintln!("round {round}: called back after {tries} create(s) and stat(s)");
         // A stat has every thread receive; the create after it parks one.
         let (parked, _) = counts(&daemon);
-        let tries = (1..=TRIES)
-            .find(|_| {
-                stat(&mut client);
-                create(&mut client);
-                counts(&daemon).0 > parked
-            })
-            .unwrap_or_else(|| panic!("round {round}: no I/O thread parked after {TRIES} stats and creates"));
+        let tries = tries_until(|| {
+            stat(&mut client);
+            create(&mut client);
+            counts(&daemon).0 > parked
+        })
+        .unwrap_or_else(|| panic!("round {round}: no I/O thread parked after {TRIES} stats and creates"));
         eprintln!("round {round}: an I/O thread parked after {tries} stat(s) and create(s)");
     }
     // Reads from many clients at once, every one answered, after creates
