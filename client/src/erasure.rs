@@ -17,25 +17,34 @@
 //! needs no multiply. The library's RS 4+2 constants all lie in GF(16), so
 //! a rebuild takes 2 multiplies, not 4 (RS 2+1: none; 6+3, 8+2, 10+4: 3).
 //!
-//! The multiply is the library's own ([`reed_solomon_simd::engine`]: its
-//! engine's multiply by a constant, with the SIMD it picks for this CPU;
-//! the XORs are the read path's); this module only finds the constants
-//! `c_ji` (one encode of a unit symbol per data shard, as logarithms in
-//! the library's tables) and checks, once per code, that the linear model
-//! gives the library's own parity for random data. The work runs in
+//! The multiply by a constant is this module's own ([`Multiplier`]): the
+//! constant's products with each nibble of a symbol, 128 bytes of tables
+//! made from the library's exp/log tables ([`tables::get_exp_log`],
+//! 256 KiB), applied with SSSE3 or AVX2 byte shuffles where the CPU has
+//! them (runtime detection), else table look-ups. It is the library's
+//! SIMD multiply, but its engine ([`reed_solomon_simd::engine::DefaultEngine`])
+//! sets up 8 MiB of tables for every constant (~2 100 fresh pages, 7+ ms
+//! of CPU once per process, a large share of a degraded cat of 1 GiB
+//! that takes ~185 ms), and a rebuild needs only 2 or 3 constants. The
+//! XORs are the read path's. This module finds the constants `c_ji` (one
+//! encode of a unit symbol per data shard) and checks, once per code, that
+//! the linear model gives the library's parity for random data; both
+//! encode with the library's reference engine
+//! ([`reed_solomon_simd::engine::Naive`]: the same code, multiplying
+//! through the exp/log tables, so no 8 MiB tables either). The work runs in
 //! [`PASS_BYTES`] pieces, so each piece's sums, products and result stay
 //! in the cache while it is made, and the CRC is taken as each piece is
-//! made. The engine's tables (8 MiB, ~7 ms of CPU here, once per process)
-//! can be set up ahead of the first rebuild ([`set_up`]).
+//! made.
 //!
 //! Nothing here is trusted: the read path checks each block rebuilt this
 //! way against the CRC it was written with, undoes the rebuild (the same
 //! constants give the parity block back) and decodes with the library
 //! when it does not match, so a different encoder only costs the shortcut.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
-use reed_solomon_simd::engine::{DefaultEngine, Engine, GF_MODULUS, GfElement, tables};
+use reed_solomon_simd::engine::{GF_MODULUS, GfElement, Naive, tables};
+use reed_solomon_simd::rate::{DefaultRateEncoder, RateEncoder};
 
 /// Bytes of one chunk of 32 symbols (low bytes, then high bytes).
 pub const CHUNK_BYTES: usize = 64;
@@ -83,34 +92,185 @@ impl Factor {
     fn of_value(value: GfElement) -> Factor {
         if value == 0 { Factor::Zero } else { Factor::Log(tables::get_exp_log().log[usize::from(value)]) }
     }
+}
 
-    /// `chunks *= self`.
-    fn apply(self, chunks: &mut [[u8; CHUNK_BYTES]]) {
-        match self {
-            Factor::Zero => chunks.iter_mut().for_each(|chunk| chunk.fill(0)),
-            Factor::Log(log) => engine().mul(chunks, log),
+/// Multiplies symbols by one constant `c`: `c · x` is the XOR of
+/// `c · (n_k << 4k)` over the four nibbles `n_k` of `x`, so 16 products
+/// per nibble, their low and high bytes apart (the layout of the
+/// library's `Multiply128lutT`, built from the exp/log tables for this
+/// constant only). With SSSE3 or AVX2 each table is one byte shuffle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Multiplier {
+    lo: [[u8; 16]; 4],
+    hi: [[u8; 16]; 4],
+}
+
+/// How [`Multiplier::apply`] runs: the widest the CPU has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Path {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Ssse3,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Path {
+    fn best() -> Path {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Path::Avx2;
+            }
+            if std::arch::is_x86_feature_detected!("ssse3") {
+                return Path::Ssse3;
+            }
+        }
+        Path::Scalar
+    }
+
+    /// Every path this CPU can run (for the tests).
+    #[cfg(test)]
+    fn all() -> Vec<Path> {
+        #[allow(unused_mut)]
+        let mut paths = vec![Path::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("ssse3") {
+                paths.push(Path::Ssse3);
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                paths.push(Path::Avx2);
+            }
+        }
+        paths
+    }
+}
+
+impl Multiplier {
+    fn new(factor: Factor) -> Self {
+        let exp_log = tables::get_exp_log();
+        let mut multiplier = Multiplier { lo: [[0; 16]; 4], hi: [[0; 16]; 4] };
+        if let Factor::Log(log) = factor {
+            for nibble in 0..4 {
+                for n in 0..16 {
+                    let product = tables::mul((n << (4 * nibble)) as GfElement, log, &exp_log.exp, &exp_log.log);
+                    multiplier.lo[nibble][n] = product as u8;
+                    multiplier.hi[nibble][n] = (product >> 8) as u8;
+                }
+            }
+        }
+        multiplier
+    }
+
+    /// `chunks *= c`.
+    fn apply(&self, chunks: &mut [[u8; CHUNK_BYTES]]) {
+        self.apply_with(Path::best(), chunks);
+    }
+
+    fn apply_with(&self, path: Path, chunks: &mut [[u8; CHUNK_BYTES]]) {
+        match path {
+            Path::Scalar => self.apply_scalar(chunks),
+            // SAFETY: `Path::best` and `Path::all` give these paths only
+            // where the CPU has the feature.
+            #[cfg(target_arch = "x86_64")]
+            Path::Ssse3 => unsafe { self.apply_ssse3(chunks) },
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => unsafe { self.apply_avx2(chunks) },
+        }
+    }
+
+    fn apply_scalar(&self, chunks: &mut [[u8; CHUNK_BYTES]]) {
+        let (lo, hi) = (&self.lo, &self.hi);
+        for chunk in chunks {
+            for i in 0..SYMBOLS_PER_CHUNK {
+                let (x_lo, x_hi) = (usize::from(chunk[i]), usize::from(chunk[i + SYMBOLS_PER_CHUNK]));
+                let (n0, n1, n2, n3) = (x_lo & 15, x_lo >> 4, x_hi & 15, x_hi >> 4);
+                chunk[i] = lo[0][n0] ^ lo[1][n1] ^ lo[2][n2] ^ lo[3][n3];
+                chunk[i + SYMBOLS_PER_CHUNK] = hi[0][n0] ^ hi[1][n1] ^ hi[2][n2] ^ hi[3][n3];
+            }
+        }
+    }
+
+    /// Each 16-byte half of the chunk's low bytes with the matching half
+    /// of its high bytes.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "ssse3")]
+    fn apply_ssse3(&self, chunks: &mut [[u8; CHUNK_BYTES]]) {
+        use std::arch::x86_64::*;
+        // SAFETY (every load and store): 16 bytes within a table or a
+        // 64-byte chunk, unaligned accesses.
+        let table = |bytes: &[u8; 16]| unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) };
+        let (lo, hi) = (self.lo.map(|t| table(&t)), self.hi.map(|t| table(&t)));
+        let mask = _mm_set1_epi8(0x0f);
+        for chunk in chunks {
+            let at = chunk.as_mut_ptr().cast::<__m128i>();
+            for half in 0..2 {
+                unsafe {
+                    let x_lo = _mm_loadu_si128(at.add(half));
+                    let x_hi = _mm_loadu_si128(at.add(half + 2));
+                    let nibbles = [
+                        _mm_and_si128(x_lo, mask),
+                        _mm_and_si128(_mm_srli_epi64(x_lo, 4), mask),
+                        _mm_and_si128(x_hi, mask),
+                        _mm_and_si128(_mm_srli_epi64(x_hi, 4), mask),
+                    ];
+                    let (mut p_lo, mut p_hi) = (_mm_setzero_si128(), _mm_setzero_si128());
+                    for k in 0..4 {
+                        p_lo = _mm_xor_si128(p_lo, _mm_shuffle_epi8(lo[k], nibbles[k]));
+                        p_hi = _mm_xor_si128(p_hi, _mm_shuffle_epi8(hi[k], nibbles[k]));
+                    }
+                    _mm_storeu_si128(at.add(half), p_lo);
+                    _mm_storeu_si128(at.add(half + 2), p_hi);
+                }
+            }
+        }
+    }
+
+    /// The chunk's 32 low bytes and 32 high bytes, one register each.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn apply_avx2(&self, chunks: &mut [[u8; CHUNK_BYTES]]) {
+        use std::arch::x86_64::*;
+        // SAFETY (every load and store): 16 bytes of a table or 32 of a
+        // 64-byte chunk, unaligned accesses.
+        let table = |bytes: &[u8; 16]| unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(bytes.as_ptr().cast())) };
+        let (lo, hi) = (self.lo.map(|t| table(&t)), self.hi.map(|t| table(&t)));
+        let mask = _mm256_set1_epi8(0x0f);
+        for chunk in chunks {
+            let at = chunk.as_mut_ptr().cast::<__m256i>();
+            unsafe {
+                let x_lo = _mm256_loadu_si256(at);
+                let x_hi = _mm256_loadu_si256(at.add(1));
+                let nibbles = [
+                    _mm256_and_si256(x_lo, mask),
+                    _mm256_and_si256(_mm256_srli_epi64(x_lo, 4), mask),
+                    _mm256_and_si256(x_hi, mask),
+                    _mm256_and_si256(_mm256_srli_epi64(x_hi, 4), mask),
+                ];
+                let (mut p_lo, mut p_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                for k in 0..4 {
+                    p_lo = _mm256_xor_si256(p_lo, _mm256_shuffle_epi8(lo[k], nibbles[k]));
+                    p_hi = _mm256_xor_si256(p_hi, _mm256_shuffle_epi8(hi[k], nibbles[k]));
+                }
+                _mm256_storeu_si256(at, p_lo);
+                _mm256_storeu_si256(at.add(1), p_hi);
+            }
         }
     }
 }
 
-static ENGINE: OnceLock<DefaultEngine> = OnceLock::new();
-
-fn engine() -> &'static DefaultEngine {
-    ENGINE.get_or_init(DefaultEngine::new)
-}
-
-/// Whether the library's engine is set up (see [`set_up`]).
-pub fn ready() -> bool {
-    ENGINE.get().is_some()
-}
-
-/// Sets up the library's engine: its multiply tables (8 MiB for every
-/// constant, ~7 ms of CPU on this machine, once per process; the encoder
-/// the constants are probed with shares them). The read path calls it on a
-/// blocking thread as soon as a read needs its first rebuild, so that the
-/// first degraded span does not wait for it after its blocks arrive.
-pub fn set_up() {
-    engine();
+/// The library's encode of `data` (D shards of equal length) into `p`
+/// parity shards, with its reference engine ([`Naive`]): the same code as
+/// `reed_solomon_simd::encode`, without the SIMD engines' 8 MiB tables.
+fn encode_naive(p: usize, data: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+    let len = data.first()?.len();
+    let mut encoder = DefaultRateEncoder::<Naive>::new(data.len(), p, len, Naive::new(), None).ok()?;
+    for shard in data {
+        encoder.add_original_shard(shard).ok()?;
+    }
+    let result = encoder.encode().ok()?;
+    Some(result.recovery_iter().map(<[u8]>::to_vec).collect())
 }
 
 #[derive(Debug)]
@@ -202,7 +362,7 @@ fn factors(d: usize, p: usize, parity_index: usize) -> Option<Vec<Factor>> {
     for shard in 0..d {
         let mut data = vec![vec![0u8; CHUNK_BYTES]; d];
         data[shard][0] = 1;
-        let parity = reed_solomon_simd::encode(d, p, &data).ok()?;
+        let parity = encode_naive(p, &data)?;
         let out = parity.get(parity_index).filter(|out| out.len() == CHUNK_BYTES)?;
         let value = u16::from(out[0]) | u16::from(out[SYMBOLS_PER_CHUNK]) << 8;
         factors.push(if value == 0 {
@@ -222,7 +382,7 @@ fn factors(d: usize, p: usize, parity_index: usize) -> Option<Vec<Factor>> {
 fn model_holds(d: usize, p: usize, parity_index: usize, factors: &[Factor]) -> bool {
     let chunks = 4;
     let data = probe_shards(d, chunks * CHUNK_BYTES);
-    let Ok(parity) = reed_solomon_simd::encode(d, p, &data) else { return false };
+    let Some(parity) = encode_naive(p, &data) else { return false };
     let Some(expected) = parity.get(parity_index) else { return false };
     let mut sum = vec![[0u8; CHUNK_BYTES]; chunks];
     let sources: Vec<&[u8]> = data.iter().map(|shard| &shard[..]).collect();
@@ -261,6 +421,8 @@ struct Evaluation {
     terms: Vec<(Factor, Vec<usize>)>,
     /// `G` of `b = 1`.
     ones: Vec<usize>,
+    /// Each term's multiply (by its `b_j`).
+    multipliers: Vec<Multiplier>,
 }
 
 /// Coefficient sets up to this many are searched for the basis with the
@@ -315,13 +477,10 @@ impl Evaluation {
             (0, basis, reprs)
         });
         let members = |j: usize| -> Vec<usize> { (0..values.len()).filter(|&s| reprs[s] >> j & 1 == 1).collect() };
-        Self {
-            terms: (1..basis.len())
-                .map(|j| (Factor::of_value(basis[j]), members(j)))
-                .filter(|(_, g)| !g.is_empty())
-                .collect(),
-            ones: members(0),
-        }
+        let terms: Vec<(Factor, Vec<usize>)> =
+            (1..basis.len()).map(|j| (Factor::of_value(basis[j]), members(j))).filter(|(_, g)| !g.is_empty()).collect();
+        let multipliers = terms.iter().map(|(factor, _)| Multiplier::new(*factor)).collect();
+        Self { terms, ones: members(0), multipliers }
     }
 }
 
@@ -374,7 +533,8 @@ fn combine(out: &mut [u8], evaluation: &Evaluation, sources: &[&[u8]], crc_bytes
     while at < out.len() {
         let end = (at + PASS_BYTES).min(out.len());
         let piece = &mut out[at..end];
-        for ((factor, members), product) in evaluation.terms.iter().zip(scratch.chunks_mut(PASS_CHUNKS)) {
+        let terms_with = evaluation.terms.iter().zip(&evaluation.multipliers);
+        for (((_, members), multiplier), product) in terms_with.zip(scratch.chunks_mut(PASS_CHUNKS)) {
             let product = &mut product[..piece.len() / CHUNK_BYTES];
             let (mut full, mut partial) = (Vec::with_capacity(members.len()), Vec::new());
             for &member in members {
@@ -382,7 +542,7 @@ fn combine(out: &mut [u8], evaluation: &Evaluation, sources: &[&[u8]], crc_bytes
                 slice_of(bytes, member == 0, at, end, &mut full, &mut partial);
             }
             xor_members(product.as_flattened_mut(), false, &full, &partial);
-            factor.apply(product);
+            multiplier.apply(product);
         }
         let (mut full, mut partial) = (Vec::with_capacity(terms + evaluation.ones.len()), Vec::new());
         full.extend(scratch.chunks(PASS_CHUNKS).map(|product| &product.as_flattened()[..piece.len()]));
@@ -433,22 +593,12 @@ fn xor_members(dst: &mut [u8], add: bool, full: &[&[u8]], partial: &[&[u8]]) {
     }
 }
 
-/// Whether the library multiplies with SIMD on this CPU: the read path
-/// prefers the one-parity rebuild only then (without SIMD a multiply
-/// costs more than fetching every parity block and XORing).
+/// Whether [`Multiplier`] multiplies with SIMD on this CPU (SSSE3 or
+/// AVX2): the read path prefers the one-parity rebuild only then (without
+/// SIMD a multiply costs more than fetching every parity block and
+/// XORing).
 pub fn fast() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") || std::arch::is_x86_feature_detected!("ssse3")
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        true
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        false
-    }
+    Path::best() != Path::Scalar
 }
 
 #[cfg(test)]
@@ -487,6 +637,53 @@ mod tests {
             }
         }
         assert!(SingleErasure::plan(4, 2, 2, 0).is_none() && SingleErasure::plan(4, 2, 0, 4).is_none());
+    }
+
+    /// Each multiply path gives the library's own engine's product
+    /// (`DefaultEngine::mul`, whatever SIMD it picks, and `Naive`) for
+    /// random constants (0, 1 and the largest logarithm among them) over
+    /// random chunks.
+    #[test]
+    fn the_multiply_is_the_librarys_on_every_path() {
+        use reed_solomon_simd::engine::{DefaultEngine, Engine};
+        let library = DefaultEngine::new();
+        let data: Vec<[u8; CHUNK_BYTES]> = test_bytes(CHUNK_BYTES * 37, 11).as_chunks::<CHUNK_BYTES>().0.to_vec();
+        let mut logs: Vec<GfElement> = vec![0, 1, GF_MODULUS - 1];
+        let mut state = 0x9e37_79b9_u32;
+        logs.extend((0..40).map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 16) as GfElement % GF_MODULUS
+        }));
+        let paths = Path::all();
+        assert_eq!(paths.last(), Some(&Path::best()));
+        for log in logs {
+            let mut expected = data.clone();
+            library.mul(&mut expected, log);
+            let mut naive = data.clone();
+            Naive::new().mul(&mut naive, log);
+            assert_eq!(naive, expected, "log {log}");
+            let multiplier = Multiplier::new(Factor::Log(log));
+            for &path in &paths {
+                let mut product = data.clone();
+                multiplier.apply_with(path, &mut product);
+                assert_eq!(product, expected, "log {log}, {path:?}");
+            }
+        }
+        for &path in &paths {
+            let mut product = data.clone();
+            Multiplier::new(Factor::Zero).apply_with(path, &mut product);
+            assert!(product.as_flattened().iter().all(|&byte| byte == 0), "{path:?}");
+        }
+    }
+
+    /// The reference engine's encode (the probes') is the library's
+    /// `encode`, byte for byte.
+    #[test]
+    fn the_probes_encode_as_the_library_does() {
+        for (d, p) in [(4, 2), (2, 1), (6, 3), (10, 4)] {
+            let data = probe_shards(d, CHUNK_BYTES * 5);
+            assert_eq!(encode_naive(p, &data), reed_solomon_simd::encode(d, p, &data).ok(), "{d}+{p}");
+        }
     }
 
     /// The model check refuses constants that do not give the library's

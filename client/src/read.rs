@@ -1123,11 +1123,6 @@ async fn read_blocks(
                 in_place = Some((parity_index, missing));
             }
         }
-        if one_parity && in_place.is_some() && !erasure::ready() {
-            // The library's multiply tables (~7 ms of CPU, once per
-            // process) are set up while the blocks arrive, not after.
-            drop(tokio::task::spawn_blocking(erasure::set_up));
-        }
         let mut tasks = JoinSet::new();
         for index in batch {
             let dst = if mirroring {
