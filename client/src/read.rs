@@ -55,7 +55,7 @@
 //!   a page boundary (as `malloc` gives) cost 3× more
 //!   CPU on this machine, and was most of the client's time. A
 //!   degraded span missing one full-size data block, on a CPU where
-//!   reed-solomon-simd multiplies with SIMD, fetches one parity block, not every one, and makes the block
+//!   `crate::erasure` multiplies with SIMD, fetches one parity block, not every one, and makes the block
 //!   from it and the other data blocks in its place (`crate::erasure`,
 //!   `one_parity_assumed`; CRC-checked, undone and decoded on a
 //!   mismatch): as many bytes on the wire as a healthy span. Otherwise a
@@ -1436,7 +1436,7 @@ fn xor_assumed(parity: wire::span::Parity) -> bool {
 }
 
 /// True when a span missing one full-size data block reads one parity
-/// block, not every one: where the library multiplies with SIMD
+/// block, not every one: where `erasure` multiplies with SIMD
 /// (`erasure::fast`), the rebuild from one parity block costs about what
 /// the XOR of every parity block does, and one block less is fetched, received and
 /// CRC-checked (a degraded RS 4+2 span moves 16 MiB, not 20). Safe for
