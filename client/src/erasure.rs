@@ -21,7 +21,8 @@
 //! constant's products with each nibble of a symbol, 128 bytes of tables
 //! made from the library's exp/log tables ([`tables::get_exp_log`],
 //! 256 KiB), applied with SSSE3 or AVX2 byte shuffles where the CPU has
-//! them (runtime detection), else table look-ups. It is the library's
+//! them (runtime detection), else table look-ups; on aarch64 the
+//! library's engine multiplies (NEON), tables and all. It is the library's
 //! SIMD multiply, but its engine ([`reed_solomon_simd::engine::DefaultEngine`])
 //! sets up 8 MiB of tables for every constant (~2 100 fresh pages, 7+ ms
 //! of CPU once per process, a large share of a degraded cat of 1 GiB
@@ -41,9 +42,9 @@
 //! constants give the parity block back) and decodes with the library
 //! when it does not match, so a different encoder only costs the shortcut.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use reed_solomon_simd::engine::{GF_MODULUS, GfElement, Naive, tables};
+use reed_solomon_simd::engine::{DefaultEngine, Engine, GF_MODULUS, GfElement, Naive, tables};
 use reed_solomon_simd::rate::{DefaultRateEncoder, RateEncoder};
 
 /// Bytes of one chunk of 32 symbols (low bytes, then high bytes).
@@ -99,16 +100,24 @@ impl Factor {
 /// per nibble, their low and high bytes apart (the layout of the
 /// library's `Multiply128lutT`, built from the exp/log tables for this
 /// constant only). With SSSE3 or AVX2 each table is one byte shuffle.
+/// On aarch64, where this module has no SIMD of its own, the library's
+/// engine multiplies (NEON, with its 8 MiB of tables) by the constant kept
+/// here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Multiplier {
     lo: [[u8; 16]; 4],
     hi: [[u8; 16]; 4],
+    factor: Factor,
 }
 
 /// How [`Multiplier::apply`] runs: the widest the CPU has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Path {
     Scalar,
+    /// The library's engine ([`DefaultEngine`]): chosen on aarch64 only
+    /// (elsewhere only the tests run it).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    Library,
     #[cfg(target_arch = "x86_64")]
     Ssse3,
     #[cfg(target_arch = "x86_64")]
@@ -126,6 +135,11 @@ impl Path {
                 return Path::Ssse3;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            return Path::Library;
+        }
+        #[allow(unreachable_code)]
         Path::Scalar
     }
 
@@ -133,7 +147,7 @@ impl Path {
     #[cfg(test)]
     fn all() -> Vec<Path> {
         #[allow(unused_mut)]
-        let mut paths = vec![Path::Scalar];
+        let mut paths = vec![Path::Scalar, Path::Library];
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("ssse3") {
@@ -150,7 +164,7 @@ impl Path {
 impl Multiplier {
     fn new(factor: Factor) -> Self {
         let exp_log = tables::get_exp_log();
-        let mut multiplier = Multiplier { lo: [[0; 16]; 4], hi: [[0; 16]; 4] };
+        let mut multiplier = Multiplier { lo: [[0; 16]; 4], hi: [[0; 16]; 4], factor };
         if let Factor::Log(log) = factor {
             for nibble in 0..4 {
                 for n in 0..16 {
@@ -171,6 +185,10 @@ impl Multiplier {
     fn apply_with(&self, path: Path, chunks: &mut [[u8; CHUNK_BYTES]]) {
         match path {
             Path::Scalar => self.apply_scalar(chunks),
+            Path::Library => match self.factor {
+                Factor::Zero => chunks.iter_mut().for_each(|chunk| chunk.fill(0)),
+                Factor::Log(log) => library_engine().mul(chunks, log),
+            },
             // SAFETY: `Path::best` and `Path::all` give these paths only
             // where the CPU has the feature.
             #[cfg(target_arch = "x86_64")]
@@ -258,6 +276,13 @@ impl Multiplier {
             }
         }
     }
+}
+
+/// The library's engine, for [`Path::Library`] (its tables are set up on
+/// first use).
+fn library_engine() -> &'static DefaultEngine {
+    static ENGINE: OnceLock<DefaultEngine> = OnceLock::new();
+    ENGINE.get_or_init(DefaultEngine::new)
 }
 
 /// The library's encode of `data` (D shards of equal length) into `p`
@@ -594,7 +619,7 @@ fn xor_members(dst: &mut [u8], add: bool, full: &[&[u8]], partial: &[&[u8]]) {
 }
 
 /// Whether [`Multiplier`] multiplies with SIMD on this CPU (SSSE3 or
-/// AVX2): the read path prefers the one-parity rebuild only then (without
+/// AVX2, or the library's NEON on aarch64): the read path prefers the one-parity rebuild only then (without
 /// SIMD a multiply costs more than fetching every parity block and
 /// XORing).
 pub fn fast() -> bool {
@@ -645,7 +670,6 @@ mod tests {
     /// random chunks.
     #[test]
     fn the_multiply_is_the_librarys_on_every_path() {
-        use reed_solomon_simd::engine::{DefaultEngine, Engine};
         let library = DefaultEngine::new();
         let data: Vec<[u8; CHUNK_BYTES]> = test_bytes(CHUNK_BYTES * 37, 11).as_chunks::<CHUNK_BYTES>().0.to_vec();
         let mut logs: Vec<GfElement> = vec![0, 1, GF_MODULUS - 1];
@@ -655,7 +679,7 @@ mod tests {
             (state >> 16) as GfElement % GF_MODULUS
         }));
         let paths = Path::all();
-        assert_eq!(paths.last(), Some(&Path::best()));
+        assert!(paths.contains(&Path::best()));
         for log in logs {
             let mut expected = data.clone();
             library.mul(&mut expected, log);
