@@ -7,7 +7,12 @@
 //! `cargo test --release -p metad --test apply_cpu -- --ignored --nocapture`;
 //! `APPLY_CPU_FILL=N` first fills the shard with N files (not measured),
 //! `APPLY_CPU_CREATES=N` creates that many measured (default 300 000),
-//! `APPLY_CPU_DIR=PATH` puts the store under PATH (default /tmp).
+//! `APPLY_CPU_DIR=PATH` puts the store under PATH (default /tmp),
+//! `APPLY_CPU_PIN=N` keeps a read transaction open over N commits at a
+//! time (a new one every N commits, the old one then dropped), as the
+//! journal's checkpoints pin a snapshot for a period: LMDB then reuses no
+//! page freed since, so every commit writes pages not touched for up to N
+//! commits (0, the default: no pin, LMDB reuses the pages it just freed).
 
 use heed::{EnvFlags, FlagSetMode};
 use metad::block_services::BlockServiceTable;
@@ -48,9 +53,16 @@ fn creates(store: &Store, shard: &Shard, prefix: &str, count: u64, now: &mut Egg
     let crc = crc32c(&contents);
     let mut out = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
     let mut effects = daemon::journal::Effects::default();
+    let pin_commits = env_number("APPLY_CPU_PIN", 0);
+    let mut pinned = None;
     let started = thread_cpu_seconds();
     let mut made = 0u64;
+    let mut commits = 0u64;
     while made < count {
+        if pin_commits > 0 && commits.is_multiple_of(pin_commits) {
+            pinned = Some(store.read_txn().unwrap());
+        }
+        commits += 1;
         let mut txn = store.write_txn().unwrap();
         let mut outcome = MutationEffects::default();
         let mut env = Env { now: *now, block_services: &table, durations: Durations::default() };
@@ -77,6 +89,7 @@ fn creates(store: &Store, shard: &Shard, prefix: &str, count: u64, now: &mut Egg
         txn.commit().unwrap();
         store.after_commit();
     }
+    drop(pinned);
     thread_cpu_seconds() - started
 }
 
