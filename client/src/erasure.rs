@@ -708,10 +708,10 @@ fn xor_members(dst: &mut [u8], add: bool, full: &[&[u8]], partial: &[&[u8]]) {
     }
 }
 
-/// Whether [`Multiplier`] multiplies with SIMD on this CPU (SSSE3,
-/// AVX2 or GFNI, or the library's NEON on aarch64): the read path prefers the one-parity rebuild only then (without
-/// SIMD a multiply costs more than fetching every parity block and
-/// XORing).
+/// Whether [`Multiplier`] multiplies with SIMD on this CPU (SSSE3, AVX2
+/// or GFNI, or the library's NEON on aarch64): the read path prefers the
+/// one-parity rebuild only then (without SIMD a multiply costs more than
+/// fetching every parity block and XORing).
 pub fn fast() -> bool {
     Path::best() != Path::Scalar
 }
