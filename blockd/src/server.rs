@@ -10,10 +10,10 @@
 //!   `TcpListener::from_raw_fd`.
 //! - **Writes** stream the payload in [`CHUNK_BYTES`] chunks from the socket
 //!   straight into aligned buffers the executor keeps, CRC them, and write
-//!   them with `O_DIRECT` through io_uring, `WRITE_BEHIND_CHUNKS` on the
+//!   them with `O_DIRECT` through io_uring, [`WRITE_BEHIND_CHUNKS`] on the
 //!   disk while the next one arrives (see `stage` for why not the page
 //!   cache). On a CRC match the file is cut to its size (a last chunk is
-//!   written padded to whole 4 KiB),
+//!   written padded to the device's block),
 //!   fdatasync'ed, renamed into place with `RENAME_NOREPLACE` (an existing
 //!   block is never overwritten), and its folder fsync'ed; only then is the
 //!   proof sent. Nothing is acknowledged before it is durable.
@@ -796,9 +796,8 @@ async fn answer_storage_failure(
 /// The chunks are read from the socket straight into aligned buffers the
 /// executor keeps ([`Executor::dma_buffers`]) and written with `O_DIRECT`
 /// through io_uring, up to [`WRITE_BEHIND_CHUNKS`] on the disk while the
-/// next one arrives; a last chunk that is not a multiple of 4 KiB
-/// ([`DIRECT_WRITE_UNIT`]) is written padded with zeros and the file cut
-/// to its size after.
+/// next one arrives; a last chunk that is not a multiple of the device's
+/// block is written padded with zeros and the file cut to its size after.
 /// One `fdatasync` then makes the size and the extents durable. No page of
 /// the page cache is allocated or copied into: on this VM, whose host
 /// takes back freed guest memory within seconds, allocating page-cache
