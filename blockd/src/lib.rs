@@ -57,10 +57,9 @@
 //!
 //! # Measurements
 //!
-//! The numbers behind the chunk size, the write-behind depth and the choice
-//! of O_DIRECT writes (buffered from session 7 to 17 of issue 11) and
-//! page-cache reads are in [`server`]'s module documentation, next to the
-//! code they justify.
+//! The numbers behind the chunk size, the (former) write-behind depth and the choice
+//! of buffered (once O_DIRECT) writes and page-cache reads are in [`server`]'s module
+//! documentation, next to the code they justify.
 
 pub mod metrics;
 pub mod registration;

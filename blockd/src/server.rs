@@ -9,11 +9,9 @@
 //!   is a clean exit; each executor adopts its descriptor with glommio's
 //!   `TcpListener::from_raw_fd`.
 //! - **Writes** stream the payload in [`CHUNK_BYTES`] chunks from the socket
-//!   straight into aligned buffers the executor keeps, CRC them, and write
-//!   them with `O_DIRECT` through io_uring, [`WRITE_BEHIND_CHUNKS`] on the
-//!   disk while the next one arrives (see `stage` for why not the page
-//!   cache). On a CRC match the file is cut to its size (a last chunk is
-//!   written padded to the device's block),
+//!   into one reused buffer, CRC them, and copy them into the page cache
+//!   with `pwrite(2)` on the executor's thread (a copy, no disk wait; see
+//!   `stage` for why not io_uring). On a CRC match the file is
 //!   fdatasync'ed, renamed into place with `RENAME_NOREPLACE` (an existing
 //!   block is never overwritten), and its folder fsync'ed; only then is the
 //!   proof sent. Nothing is acknowledged before it is durable.
@@ -84,19 +82,7 @@
 //! `eggs put` asks of 6 services): O_DIRECT 9.0 s, page cache 5.1 s.
 //! `eggs put` of 1 GiB RS 4+2 with buffered block writes took 0.79× the
 //! wall time of O_DIRECT ones (paired runs, figures in
-//! `perf/results/2026-11-27-s7-dp11.md`), hence buffered writes from then.
-//! Session 18 found why the page cache had looked fast: this VM hands
-//! freed guest memory back to its host within seconds, and a write into
-//! page-cache pages that are no longer backed pays a host fault per 4 KiB
-//! page (~9 µs); right after other writes freed backed pages it does not.
-//! The same `dd` test (6 writers × 64 files of 4 MiB, each fdatasync'ed):
-//! buffered 0.99 s with backed memory, 2.5–3.3 s without; O_DIRECT 1.3–1.5 s
-//! either way. `eggs put` of 1 GiB RS 4+2, paired against buffered writes
-//! (4 rounds, each after an idle pause and right after 3 GiB were written
-//! and deleted): after the pause 1.9–2.3× (one round under heavy load
-//! 1.07×), after the 3 GiB 0.8–1.3×; blockd CPU per put 0.6–0.8 s against
-//! 0.8–2.9 s. O_DIRECT writes again, from buffers each executor keeps
-//! (once backed, they stay backed).
+//! `perf/results/2026-11-27-s7-dp11.md`), hence buffered writes now.
 //!
 //! Fetch, page cache (as built) against O_DIRECT reads (glommio's
 //! `DmaStreamReader`, 1 MiB buffers, read-ahead 2), 1 executor, 2
@@ -143,7 +129,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::io::{BufferedFile, Directory, DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use glommio::io::{BufferedFile, Directory, DmaFile, OpenOptions, ReadResult};
 use glommio::net::{Preallocated, TcpListener, TcpStream, UnixStream};
 use glommio::sync::{Gate, Semaphore};
 use glommio::task::JoinHandle;
@@ -293,10 +279,10 @@ struct Executor {
     /// Empty fetch pipes kept for the next fetch (at most
     /// [`PIPES_KEPT`]), so a fetch does not make and close one.
     pipes: std::cell::RefCell<Vec<Pipe>>,
-    /// Aligned chunk buffers of finished block writes, kept for the next
-    /// ones (at most [`WRITE_BUFFERS_KEPT`]), so a write neither allocates
-    /// nor faults in fresh memory: they stay backed once touched.
-    dma_buffers: std::cell::RefCell<Vec<DmaBuffer>>,
+    /// Chunk buffers of finished block writes, kept for the next ones (at
+    /// most [`WRITE_BUFFERS_KEPT`]), so a write does not allocate and zero
+    /// a `CHUNK_BYTES` buffer of its own.
+    write_buffers: std::cell::RefCell<Vec<Vec<u8>>>,
 }
 
 /// Where a connection is: waiting (idle between requests, or in the
@@ -496,7 +482,7 @@ pub async unsafe fn run(
         stop: Semaphore::new(0),
         connections: std::cell::RefCell::new(ConnectionTable::default()),
         pipes: std::cell::RefCell::new(Vec::new()),
-        dma_buffers: std::cell::RefCell::new(Vec::new()),
+        write_buffers: std::cell::RefCell::new(Vec::new()),
     });
     raise_descriptor_limit();
     EXECUTORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -793,19 +779,16 @@ async fn answer_storage_failure(
 /// durable at its exact size. `received` counts the payload bytes read
 /// from the socket (all of them once this returns `Ok`).
 ///
-/// The chunks are read from the socket straight into aligned buffers the
-/// executor keeps ([`Executor::dma_buffers`]) and written with `O_DIRECT`
-/// through io_uring, up to [`WRITE_BEHIND_CHUNKS`] on the disk while the
-/// next one arrives; a last chunk that is not a multiple of the device's
-/// block is written padded with zeros and the file cut to its size after.
-/// One `fdatasync` then makes the size and the extents durable. No page of
-/// the page cache is allocated or copied into: on this VM, whose host
-/// takes back freed guest memory within seconds, allocating page-cache
-/// pages for fresh data cost ~9 µs a page, and the buffered write path
-/// (pwrite into the page cache, one fdatasync) ran a put at 0.4–0.8 GB/s
-/// depending on whether those pages happened to be backed (see
-/// `perf/results/2026-11-29-s18-dp19p.md`). A fetch right after a write
-/// reads the block from the disk instead of the page cache.
+/// The chunks go through the page cache, and one `fdatasync` at the end
+/// writes them out: on this machine's disk that is 1.7–2× faster than
+/// O_DIRECT chunks, for 6 writers of 4 MiB blocks each syncing its file
+/// (see "Measurements" in the module docs). The copy into the page cache
+/// is a plain `pwrite(2)` on this thread: the same writes through glommio's
+/// buffered io_uring file took 5.3 blockd CPU seconds per `eggs put` of
+/// 1 GiB RS 4+2 (new 1 MiB `Vec` per chunk, copies on io-wq workers)
+/// against 4.0 for `pwrite` and 1.5 for O_DIRECT. `pwrite` may block the
+/// executor while the kernel throttles dirty pages; each block's
+/// `fdatasync` keeps few of them dirty.
 async fn stage(
     executor: &Executor,
     stream: &mut Stream,
@@ -820,64 +803,40 @@ async fn stage(
         .write(true)
         .create_new(true)
         .mode(crate::store::BLOCK_FILE_MODE as libc::mode_t)
-        .dma_open(temp)
+        .buffered_open(temp)
         .await
         .map_err(storage("creating", temp))?;
-    let file = Rc::new(file);
-    let written = write_payload(executor, stream, &file, block_id, size, temp, received).await;
-    let crc = match written {
-        Ok(crc) => crc,
-        Err(end) => {
-            let _ = file.close_rc().await;
-            return Err(end);
+    // SAFETY: the descriptor stays open (owned by `file`) while this
+    // borrowed handle lives; ManuallyDrop never closes it.
+    let plain = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(file.as_raw_fd()) });
+    let mut buffer = executor.write_buffers.borrow_mut().pop().unwrap_or_default();
+    buffer.resize((size.min(CHUNK_BYTES as u64)) as usize, 0);
+    let copied = copy_payload(stream, &plain, &mut buffer, block_id, size, temp, received).await;
+    {
+        let mut kept = executor.write_buffers.borrow_mut();
+        if kept.len() < WRITE_BUFFERS_KEPT {
+            kept.push(buffer);
         }
-    };
+    }
+    let crc = copied?;
     if crc != request.crc.get() {
-        let _ = file.close_rc().await;
         return Err(Refusal::CrcMismatch { block_id, expected: request.crc.get(), actual: crc }.into());
     }
-    if direct_length(&file, size) != size {
-        file.truncate(size).await.map_err(storage("truncating", temp))?;
-    }
-    // After the truncation, so that the size is durable too.
     file.fdatasync().await.map_err(storage("syncing", temp))?;
-    file.close_rc().await.map_err(storage("closing", temp))?;
+    file.close().await.map_err(storage("closing", temp))?;
     Ok(())
 }
 
-/// Unit of the `O_DIRECT` writes' lengths, at least the device's: ext4
-/// turns a direct write of part of a filesystem block (4 KiB) into a
-/// buffered one, which would put the page in the page cache after all.
-const DIRECT_WRITE_UNIT: u64 = 4096;
-
-/// `length` rounded up to whole [`DIRECT_WRITE_UNIT`]s and device blocks.
-fn direct_length(file: &DmaFile, length: u64) -> u64 {
-    file.align_up(length.div_ceil(DIRECT_WRITE_UNIT) * DIRECT_WRITE_UNIT)
-}
-
-/// `O_DIRECT` chunk writes on the disk at once per block write, while the
-/// next chunk is read from the socket.
-const WRITE_BEHIND_CHUNKS: usize = 2;
-
-/// Chunk buffers one executor keeps between block writes (1 MiB each):
-/// enough for a few connections writing at once.
+/// Chunk buffers one executor keeps between block writes: one per
+/// connection writing at once, up to this many (1 MiB each).
 const WRITE_BUFFERS_KEPT: usize = 8;
 
-/// A chunk on its way to the disk: the write, its buffer (given back to
-/// the executor once written) and the bytes it must write.
-struct ChunkWrite {
-    write: JoinHandle<glommio::Result<usize, ()>>,
-    buffer: Rc<DmaBuffer>,
-    expected: usize,
-}
-
-/// Reads `size` payload bytes from `stream` into aligned buffers and
-/// writes them to `file` with `O_DIRECT`, chunk by chunk, a few in
-/// flight; returns their CRC32C once every chunk is written.
-async fn write_payload(
-    executor: &Executor,
+/// Reads `size` payload bytes from `stream` through `buffer` into `file`'s
+/// page cache, chunk by chunk; returns their CRC32C.
+async fn copy_payload(
     stream: &mut Stream,
-    file: &Rc<DmaFile>,
+    file: &std::fs::File,
+    buffer: &mut [u8],
     block_id: BlockId,
     size: u64,
     temp: &Path,
@@ -885,73 +844,17 @@ async fn write_payload(
 ) -> Result<u32, ConnectionEnd> {
     let mut crc = 0u32;
     let mut position = 0u64;
-    let mut in_flight: std::collections::VecDeque<ChunkWrite> = std::collections::VecDeque::new();
-    let result = async {
-        while position < size {
-            let length = (size - position).min(CHUNK_BYTES as u64) as usize;
-            let aligned = direct_length(file, length as u64) as usize;
-            let mut buffer =
-                executor.dma_buffers.borrow_mut().pop().unwrap_or_else(|| file.alloc_dma_buffer(CHUNK_BYTES));
-            if aligned < buffer.len() {
-                buffer.trim_to_size(aligned);
-            }
-            let bytes = buffer.as_bytes_mut();
-            let (data, padding) = bytes.split_at_mut(length.min(bytes.len()));
-            stream.read_exact(data).await.map_err(|e| read_failure(e, Refusal::TruncatedPayload(block_id)))?;
-            *received += length as u64;
-            padding.fill(0);
-            crc = crc32c_append(crc, data);
-            if in_flight.len() >= WRITE_BEHIND_CHUNKS
-                && let Some(previous) = in_flight.pop_front()
-            {
-                finish_chunk(executor, previous, temp).await?;
-            }
-            let (writer, buffer, at) = (file.clone(), Rc::new(buffer), position);
-            let shared = buffer.clone();
-            let write = glommio::spawn_local(async move { writer.write_rc_at(shared, at).await }).detach();
-            in_flight.push_back(ChunkWrite { write, buffer, expected: aligned });
-            position += length as u64;
-        }
-        Ok(())
+    while position < size {
+        let length = (size - position).min(CHUNK_BYTES as u64) as usize;
+        let chunk = &mut buffer[..length];
+        stream.read_exact(chunk).await.map_err(|e| read_failure(e, Refusal::TruncatedPayload(block_id)))?;
+        *received += length as u64;
+        crc = crc32c_append(crc, chunk);
+        // Into the page cache: a copy, on this thread (no disk wait).
+        std::os::unix::fs::FileExt::write_all_at(file, chunk, position).map_err(storage("writing", temp))?;
+        position += length as u64;
     }
-    .await;
-    // Every chunk is waited for, also after a failure, so that no write
-    // reaches the file after it is closed or removed.
-    let mut first_failure = result.err();
-    while let Some(previous) = in_flight.pop_front() {
-        if let Err(end) = finish_chunk(executor, previous, temp).await {
-            first_failure.get_or_insert(end);
-        }
-    }
-    match first_failure {
-        None => Ok(crc),
-        Some(end) => Err(end),
-    }
-}
-
-/// Waits for one chunk's write and gives its buffer back to the executor
-/// when it is whole (a trimmed last chunk's buffer is dropped).
-async fn finish_chunk(executor: &Executor, chunk: ChunkWrite, temp: &Path) -> Result<(), ConnectionEnd> {
-    let ChunkWrite { write, buffer, expected } = chunk;
-    let written = write.await;
-    if let Ok(buffer) = Rc::try_unwrap(buffer)
-        && buffer.len() == CHUNK_BYTES
-    {
-        let mut kept = executor.dma_buffers.borrow_mut();
-        if kept.len() < WRITE_BUFFERS_KEPT {
-            kept.push(buffer);
-        }
-    }
-    match written {
-        Some(Ok(written)) if written == expected => Ok(()),
-        // A regular file takes a short write only when the disk is full.
-        Some(Ok(written)) => Err(storage("writing", temp)(io::Error::new(
-            io::ErrorKind::StorageFull,
-            format!("no space left on device (wrote {written} of {expected} bytes)"),
-        ))),
-        Some(Err(e)) => Err(storage("writing", temp)(e)),
-        None => Err(storage("writing", temp)(io::Error::other("write task cancelled"))),
-    }
+    Ok(crc)
 }
 
 /// Moves a durable temporary file to its block's name, never replacing an
