@@ -43,8 +43,10 @@ pub struct Plan {
     /// Healthy cats of that file (the median is reported).
     pub cat_repeats: usize,
     /// `eggs put` runs, each right after a sequential write + fsync of the
-    /// same size (the disk's rate swings by a third within minutes here);
-    /// the row is the median put against the median write.
+    /// same size, written twice in a row (the disk's rate swings by a third
+    /// within minutes here, and a first write may meet page-cache memory
+    /// the host took back); the target row is the median put against the
+    /// median repeated write.
     pub put_repeats: usize,
     /// For the most clients: stat runs, each right after a UDP echo run
     /// with as many clients (the row is the median stat against the

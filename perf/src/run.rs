@@ -668,7 +668,8 @@ fn data_figures(
     // Each write is repeated at once: on a VM that hands freed memory back
     // to its host, the first may pay a host fault for every page-cache page
     // (~9 us a 4 KiB page here) while the repeat reuses pages still backed.
-    // The first stays the put's limit; the repeat says which case it was.
+    // The repeat is the put's limit (the target row below); the first is
+    // reported beside it, so the two cases can be told apart.
     let mut writes = Vec::new();
     let mut backed_writes = Vec::new();
     let mut puts = Vec::new();
@@ -719,16 +720,20 @@ fn data_figures(
         "MB/s",
         put.clone(),
         Some(sequential_write),
-        Target::RatioAtLeast(0.6),
+        Target::None,
     ));
-    // The same put against the repeated (backed) write: near the row above
-    // when the limit's memory was backed, far below it when it was not.
+    // The same put against the repeated (backed) write carries issue 11's
+    // target: the put itself runs right after that write freed its pages,
+    // so both write into backed memory, and a first write that met
+    // unbacked pages (~0.4 GB/s here, the host's faults, not the disk)
+    // cannot make a slow put look fast. The row above is near this one
+    // when the first write's memory was backed, far above it when not.
     report.push(Row::against(
         format!("eggs put {size}, RS 4+2, against the repeated write{repeats}"),
         "MB/s",
         put.clone(),
         Some(median_of(&backed_writes)),
-        Target::None,
+        Target::RatioAtLeast(0.6),
     ));
     let cat = |label: &str, output: files::CatOutput| -> Result<files::CatRun, String> {
         put.clone()?;
