@@ -724,7 +724,8 @@ fn data_figures(
     ));
     // The same put against the repeated (backed) write carries issue 11's
     // target: the put itself runs right after that write freed its pages,
-    // so both write into backed memory, and a first write that met
+    // so both write mostly into backed memory (the put's blocks are 1.5×
+    // the write), and a first write that met
     // unbacked pages (~0.4 GB/s here, the host's faults, not the disk)
     // cannot make a slow put look fast. The row above is near this one
     // when the first write's memory was backed, far above it when not.
