@@ -139,32 +139,13 @@ pub(crate) enum Path {
 }
 
 impl Path {
-    fn best() -> Path {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("gfni") && std::arch::is_x86_feature_detected!("avx2") {
-                return Path::Gfni;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return Path::Avx2;
-            }
-            if std::arch::is_x86_feature_detected!("ssse3") {
-                return Path::Ssse3;
-            }
-        }
-        #[cfg(target_arch = "aarch64")]
-        {
-            return Path::Library;
-        }
-        #[allow(unreachable_code)]
-        Path::Scalar
-    }
-
-    /// Every path this CPU can run (for the tests).
-    #[cfg(test)]
-    fn all() -> Vec<Path> {
+    /// Every path this CPU runs natively, narrowest first: the last is
+    /// the one [`Multiplier::apply`] takes.
+    fn available() -> Vec<Path> {
         #[allow(unused_mut)]
-        let mut paths = vec![Path::Scalar, Path::Library];
+        let mut paths = vec![Path::Scalar];
+        #[cfg(target_arch = "aarch64")]
+        paths.push(Path::Library);
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("ssse3") {
@@ -172,10 +153,27 @@ impl Path {
             }
             if std::arch::is_x86_feature_detected!("avx2") {
                 paths.push(Path::Avx2);
+                if std::arch::is_x86_feature_detected!("gfni") {
+                    paths.push(Path::Gfni);
+                }
             }
-            if std::arch::is_x86_feature_detected!("gfni") && std::arch::is_x86_feature_detected!("avx2") {
-                paths.push(Path::Gfni);
-            }
+        }
+        paths
+    }
+
+    /// The widest path, found once per process.
+    fn best() -> Path {
+        static BEST: OnceLock<Path> = OnceLock::new();
+        *BEST.get_or_init(|| Path::available().last().copied().unwrap_or(Path::Scalar))
+    }
+
+    /// Every path this CPU can run (for the tests): the native ones and
+    /// the library's engine.
+    #[cfg(test)]
+    fn all() -> Vec<Path> {
+        let mut paths = Path::available();
+        if !paths.contains(&Path::Library) {
+            paths.insert(1, Path::Library);
         }
         paths
     }
@@ -219,8 +217,8 @@ impl Multiplier {
                 Factor::Zero => chunks.iter_mut().for_each(|chunk| chunk.fill(0)),
                 Factor::Log(log) => library_engine().mul(chunks, log),
             },
-            // SAFETY: `Path::best` and `Path::all` give these paths only
-            // where the CPU has the feature.
+            // SAFETY: `Path::available` (behind `best` and `all`) gives
+            // these paths only where the CPU has the feature.
             #[cfg(target_arch = "x86_64")]
             Path::Ssse3 => unsafe { self.apply_ssse3(chunks) },
             #[cfg(target_arch = "x86_64")]
