@@ -466,6 +466,97 @@ impl SingleErasure {
     }
 }
 
+/// Bytes of each block a [`ParityEncoding`] works on at a time: the D
+/// data windows and the P parity windows (384 KiB for RS 4+2) stay in the
+/// cache while every parity window is made and every window's CRC taken.
+const ENCODE_WINDOW_BYTES: usize = 4 * PASS_BYTES;
+
+/// The parity blocks of D+P straight from the span's data blocks:
+/// `P_j = Σ c_ji · D_i`, each evaluated as [`Evaluation`] says (RS 4+2:
+/// one parity block is the XOR of the data blocks, the other takes 2
+/// multiplies a chunk), window by window, with the CRC32C of every data
+/// and parity block taken while its window is in the cache. The
+/// library's encoder instead copies the data blocks into its own work
+/// buffer and runs its transform over them. The constants are the
+/// library's ([`factors`]), checked once per code against its encode
+/// ([`model_holds`]); the tests check the parity against
+/// `reed_solomon_simd::encode` for every D+P a policy allows.
+#[derive(Debug)]
+pub struct ParityEncoding {
+    data_blocks: usize,
+    /// Per parity block: `P_j` from its own (ignored) bytes and the data blocks.
+    parities: Vec<Evaluation>,
+}
+
+impl ParityEncoding {
+    /// The encoding of D+P, kept per code; `None` when the library cannot
+    /// encode D+P or the model does not give its parity (the caller
+    /// encodes with the library).
+    pub fn plan(data_blocks: usize, parity_blocks: usize) -> Option<Arc<Self>> {
+        type Known = Vec<((usize, usize), Option<Arc<ParityEncoding>>)>;
+        static KNOWN: Mutex<Known> = Mutex::new(Vec::new());
+        let key = (data_blocks, parity_blocks);
+        let mut known = KNOWN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, plan)) = known.iter().find(|(k, _)| *k == key) {
+            return plan.clone();
+        }
+        let plan = Self::probe(data_blocks, parity_blocks).map(Arc::new);
+        known.push((key, plan.clone()));
+        plan
+    }
+
+    fn probe(d: usize, p: usize) -> Option<Self> {
+        if d < 2 || p == 0 {
+            return None;
+        }
+        let mut parities = Vec::with_capacity(p);
+        for parity_index in 0..p {
+            let factors = factors(d, p, parity_index)?;
+            if !model_holds(d, p, parity_index, &factors) {
+                return None;
+            }
+            let coefficients: Vec<Factor> = std::iter::once(Factor::Zero).chain(factors).collect();
+            parities.push(Evaluation::new(&coefficients));
+        }
+        Some(Self { data_blocks: d, parities })
+    }
+
+    /// Multiplies per chunk of the whole encode (all parity blocks).
+    pub fn multiplies(&self) -> usize {
+        self.parities.iter().map(|evaluation| evaluation.terms.len()).sum()
+    }
+
+    /// Writes parity block j into `parity[j]` (each the shard's length,
+    /// whole chunks; what they held is overwritten) from the D `data`
+    /// blocks (each at most the shard's length; a shorter one counts as
+    /// zero-padded, as the library's caller pads it). Returns the CRC32C
+    /// of every data block (its own length) and then of every parity block.
+    pub fn encode(&self, data: &[&[u8]], parity: &mut [&mut [u8]]) -> Vec<u32> {
+        assert_eq!(data.len(), self.data_blocks, "one slice per data block");
+        assert_eq!(parity.len(), self.parities.len(), "one buffer per parity block");
+        let shard = parity.first().map_or(0, |block| block.len());
+        assert!(parity.iter().all(|block| block.len() == shard), "parity blocks of one length");
+        assert!(data.iter().all(|block| block.len() <= shard), "data blocks within the shard");
+        let mut crcs = vec![0u32; data.len() + parity.len()];
+        let mut at = 0;
+        while at < shard {
+            let end = (at + ENCODE_WINDOW_BYTES).min(shard);
+            let window: Vec<&[u8]> =
+                data.iter().map(|block| block.get(at..end.min(block.len())).unwrap_or_default()).collect();
+            for (crc, bytes) in crcs.iter_mut().zip(&window) {
+                *crc = wire::crc::crc32c_append(*crc, bytes);
+            }
+            for ((evaluation, block), crc) in self.parities.iter().zip(parity.iter_mut()).zip(&mut crcs[data.len()..]) {
+                let out = &mut block[at..end];
+                combine(out, evaluation, &window, 0);
+                *crc = wire::crc::crc32c_append(*crc, out);
+            }
+            at = end;
+        }
+        crcs
+    }
+}
+
 /// `c_ji` for parity shard `parity_index`, by encoding the unit symbol
 /// at position 0 of each data shard alone: `P_j = c_ji · 1`.
 fn factors(d: usize, p: usize, parity_index: usize) -> Option<Vec<Factor>> {
@@ -786,6 +877,54 @@ mod tests {
             Multiplier::new(Factor::Zero).apply_with(path, &mut product);
             assert!(product.as_flattened().iter().all(|&byte| byte == 0), "{path:?}");
         }
+    }
+
+    /// The own encode gives `reed_solomon_simd::encode`'s parity, byte for
+    /// byte, for every D+P a block span allows (D ≥ 2, P ≥ 1, D+P ≤ 16),
+    /// over random shard lengths (one chunk to several windows) with a
+    /// short last data block, and the CRC32C of every block.
+    #[test]
+    fn the_own_encode_is_the_librarys_for_every_code() {
+        use wire::limits::SPAN_BLOCKS_MAX;
+        let mut state = 0x853c_49e6_748f_ea9b_u64;
+        let mut next = move |bound: usize| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % bound
+        };
+        for d in 2..SPAN_BLOCKS_MAX {
+            for p in 1..=SPAN_BLOCKS_MAX - d {
+                let encoding = ParityEncoding::plan(d, p).unwrap_or_else(|| panic!("{d}+{p} has a plan"));
+                for round in 0..3 {
+                    let chunks = match round {
+                        0 => 1,
+                        1 => 1 + next(PASS_CHUNKS),
+                        _ => ENCODE_WINDOW_BYTES / CHUNK_BYTES + 1 + next(4 * PASS_CHUNKS),
+                    };
+                    let shard = chunks * CHUNK_BYTES;
+                    let short = shard - next(CHUNK_BYTES.min(shard - 1) + 1).min(shard - 1);
+                    let seed = (d * 100 + p * 10 + round) as u64;
+                    let mut data: Vec<Vec<u8>> = (0..d).map(|i| test_bytes(shard, seed * 31 + i as u64)).collect();
+                    data[d - 1][short..].fill(0);
+                    let expected = reed_solomon_simd::encode(d, p, &data).expect("library encode");
+                    let lengths: Vec<usize> = (0..d).map(|i| if i == d - 1 { short } else { shard }).collect();
+                    let blocks: Vec<&[u8]> = data.iter().zip(&lengths).map(|(block, &len)| &block[..len]).collect();
+                    let mut parity: Vec<Vec<u8>> = (0..p).map(|j| vec![0xa5 ^ j as u8; shard]).collect();
+                    let crcs = {
+                        let mut outs: Vec<&mut [u8]> = parity.iter_mut().map(|block| &mut block[..]).collect();
+                        encoding.encode(&blocks, &mut outs)
+                    };
+                    assert_eq!(parity, expected, "{d}+{p}, {shard}-byte shards, last data block {short}");
+                    let want: Vec<u32> = blocks
+                        .iter()
+                        .copied()
+                        .chain(parity.iter().map(|block| &block[..]))
+                        .map(wire::crc::crc32c)
+                        .collect();
+                    assert_eq!(crcs, want, "{d}+{p} CRCs");
+                }
+            }
+        }
+        assert!(ParityEncoding::plan(1, 1).is_none() && ParityEncoding::plan(4, 0).is_none());
     }
 
     /// The reference engine's encode (the probes') is the library's

@@ -9,8 +9,10 @@
 //! certified (only the last span may be dirty), so spans are written one at
 //! a time, but the next spans are read from the input and encoded (CRCs,
 //! Reed–Solomon) while the current one's blocks are on the wire. At most
-//! [`SPANS_AHEAD`] encoded spans wait, so memory stays bounded by a few
-//! spans whatever the input size.
+//! [`spans_ahead`] encoded spans wait (2, or 1 for spans over 32 MiB), so
+//! the write's buffers hold at most [`WRITE_BUFFER_BYTES`] of span data
+//! (plus parity) whatever the input size, or 3 spans when one is larger
+//! than a third of it.
 //!
 //! Buffers: a span is read straight into a page-aligned (2 MiB-aligned
 //! for large spans) buffer, and its parity blocks are encoded into aligned
@@ -61,8 +63,24 @@ use crate::error::{ClientError, Result};
 use crate::plan::{BufferPool, EncodedSpan, SpanPayload, WritePolicy, encode_span_pooled};
 use crate::read::span_buffer;
 
-/// Encoded spans waiting while the current one is written.
+/// Encoded spans waiting while the current one is written, at most.
 pub const SPANS_AHEAD: usize = 2;
+/// Bytes of span data a write holds in its buffers, at most, as long as
+/// that allows one span waiting: the span being written, the spans
+/// waiting ([`spans_ahead`]) and the one being read and encoded, each with
+/// its parity blocks, so the write's memory is `(spans_ahead + 2) × span
+/// × (D+P)/D`: 96 MiB for RS 4+2 with 16 MiB spans (2 waiting), 192 MiB
+/// with 32 MiB spans (2 waiting), 288 MiB with 64 MiB spans (1 waiting).
+pub const WRITE_BUFFER_BYTES: u64 = 128 << 20;
+
+/// Encoded spans of `span_size` bytes that may wait while one is written:
+/// [`SPANS_AHEAD`], fewer when the write's buffers would hold more than
+/// [`WRITE_BUFFER_BYTES`] of span data, never none (the next span is then
+/// ready when the current one is certified).
+pub fn spans_ahead(span_size: u32) -> usize {
+    let spans = WRITE_BUFFER_BYTES / u64::from(span_size.max(1));
+    (spans.saturating_sub(2) as usize).clamp(1, SPANS_AHEAD)
+}
 /// Attempts of one block write before the span is given up.
 pub const BLOCK_WRITE_ATTEMPTS: u32 = 3;
 /// Retries of an add_eden_span refused for lack of block services.
@@ -120,7 +138,7 @@ struct WriteBuffers {
 
 impl WriteBuffers {
     fn new(policy: WritePolicy) -> Self {
-        let spans = SPANS_AHEAD + 2;
+        let spans = spans_ahead(policy.span_size_bytes) + 2;
         Self {
             spans: BufferPool::new(spans, span_buffer),
             parity: BufferPool::new(spans * policy.parity.parity_blocks(), span_buffer),
@@ -263,7 +281,7 @@ pub async fn write_file(
     failed: &FailedServices,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<WriteOutcome> {
-    let (sender, receiver) = mpsc::channel(SPANS_AHEAD);
+    let (sender, receiver) = mpsc::channel(spans_ahead(policy.span_size_bytes));
     // A pipe or a device cannot be read at offsets: read it as a stream.
     let regular = file.metadata().is_ok_and(|metadata| metadata.is_file());
     let producer = if regular {
@@ -289,7 +307,7 @@ pub async fn write_path<R: AsyncRead + Unpin + Send + 'static>(
     failed: &FailedServices,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<WriteOutcome> {
-    let (sender, receiver) = mpsc::channel(SPANS_AHEAD);
+    let (sender, receiver) = mpsc::channel(spans_ahead(policy.span_size_bytes));
     let producer = tokio::spawn(encode_input(input, policy, sender));
     let result = write_spans(client, parent, name, receiver, failed, progress).await;
     producer.abort();
