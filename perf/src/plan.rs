@@ -42,8 +42,9 @@ pub struct Plan {
     pub file_bytes: usize,
     /// Healthy cats of that file (the median is reported).
     pub cat_repeats: usize,
-    /// `eggs put` runs, each right after a sequential write + fsync of the
-    /// same size, written twice in a row (the disk's rate swings by a third
+    /// `eggs put` runs, each right after a sequential write + fsync of
+    /// `sequential_write_bytes` or the put's block bytes (1.5 × the file),
+    /// whichever is larger, written twice in a row (the disk's rate swings by a third
     /// within minutes here, and a first write may meet page-cache memory
     /// the host took back); the target row is the median put against the
     /// median repeated write.
