@@ -157,8 +157,16 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between write probes while waiting for the shards to see block services.
 const PROBE_PAUSE: Duration = Duration::from_millis(500);
-/// Bytes per data block of a span in the default policy.
-const DEFAULT_BLOCK_BYTES: u32 = 4 << 20;
+/// Bytes per data block of a span in the default policy: 32 MiB spans
+/// for RS 4+2. Larger spans spread each span's fixed costs (add and
+/// certify, and per block an fsync, a rename and a folder fsync, and the
+/// wait for the slowest of D+P writes, one span in flight) over more
+/// bytes: with 4 MiB blocks (16 MiB spans) a put of 1 GiB read 553–645
+/// MiB/s, with 8 MiB 793–823, with 16 MiB 809–855 (session 19's lead,
+/// caches dropped first), and the cats of the file were no slower
+/// (`perf/results/2026-11-29-s19-dp20s.md`). 8 MiB, not 16: the same put
+/// with half the write's buffers (`client::write::WRITE_BUFFER_BYTES`).
+const DEFAULT_BLOCK_BYTES: u32 = 8 << 20;
 /// First pause before restarting a child that exited.
 pub const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// The pause doubles per failed restart up to this.

@@ -170,6 +170,30 @@ impl BufferPool {
         }
     }
 
+    /// A buffer of `size` bytes to be overwritten whole: a kept one holds
+    /// whatever it held before (no memset: a kept buffer keeps the length it
+    /// was shared with, all of it written then), a fresh or shorter one
+    /// zeros.
+    pub fn take_len(&self, size: usize) -> BytesMut {
+        let kept = self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        match kept {
+            Some(mut buffer) if buffer.len() >= size => {
+                buffer.truncate(size);
+                buffer
+            }
+            Some(mut buffer) if buffer.capacity() >= size => {
+                buffer.clear();
+                buffer.resize(size, 0);
+                buffer
+            }
+            _ => {
+                let mut buffer = (self.alloc)(size);
+                buffer.resize(size, 0);
+                buffer
+            }
+        }
+    }
+
     /// `buffer` as shared bytes that come back to the pool when dropped.
     pub fn share(&self, buffer: BytesMut) -> Bytes {
         Bytes::from_owner(Pooled { buffer, pool: self.clone() })
@@ -305,13 +329,7 @@ fn encode_parity_own(
             &span[range.start as usize..range.end as usize]
         })
         .collect();
-    let mut buffers: Vec<BytesMut> = (0..layout.parity.parity_blocks())
-        .map(|_| {
-            let mut buffer = pool.take(shard);
-            buffer.resize(shard, 0);
-            buffer
-        })
-        .collect();
+    let mut buffers: Vec<BytesMut> = (0..layout.parity.parity_blocks()).map(|_| pool.take_len(shard)).collect();
     let crcs = {
         let mut outs: Vec<&mut [u8]> = buffers.iter_mut().map(|buffer| &mut buffer[..]).collect();
         encoding.encode(&data, &mut outs)
