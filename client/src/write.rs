@@ -537,3 +537,24 @@ async fn write_blocks(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two spans wait up to 32 MiB spans, one beyond (the buffers then
+    /// hold three spans, the least that keeps the next span ready), and
+    /// the span data held stays within the bound while two can wait.
+    #[test]
+    fn the_spans_waiting_are_bounded_in_bytes() {
+        const MIB: u32 = 1 << 20;
+        for (span, waiting) in [(MIB, 2), (16 * MIB, 2), (32 * MIB, 2), (32 * MIB + 1, 1), (64 * MIB, 1), (u32::MAX, 1)]
+        {
+            assert_eq!(spans_ahead(span), waiting, "{span}-byte spans");
+        }
+        assert_eq!(spans_ahead(0), SPANS_AHEAD);
+        for span in [MIB, 8 * MIB, 32 * MIB] {
+            assert!((spans_ahead(span) as u64 + 2) * u64::from(span) <= WRITE_BUFFER_BYTES, "{span}");
+        }
+    }
+}
