@@ -165,7 +165,7 @@ const PROBE_PAUSE: Duration = Duration::from_millis(500);
 /// MiB/s, with 8 MiB 793–823, with 16 MiB 809–855 (session 19's lead,
 /// caches dropped first), and the cats of the file were no slower
 /// (`perf/results/2026-11-29-s19-dp20s.md`). 8 MiB, not 16: the same put
-/// with half the write's buffers (`client::write::WRITE_BUFFER_BYTES`).
+/// with 192 MiB of write buffers, not 288 (`client::write::WRITE_BUFFER_BYTES`).
 const DEFAULT_BLOCK_BYTES: u32 = 8 << 20;
 /// First pause before restarting a child that exited.
 pub const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
