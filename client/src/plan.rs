@@ -10,7 +10,7 @@
 //!   buffers instead of faulting in fresh memory for every span. The
 //!   parity is `erasure::ParityEncoding`'s (the library's code, computed
 //!   straight from the span's data blocks, every block's CRC taken in the
-//!   same pass: 0.5–0.8× the library's encode plus the CRC passes); the
+//!   same pass: 0.24–0.78× the library's encode plus the CRC passes); the
 //!   thread's Reed–Solomon encoder (reset per span) only encodes a code
 //!   the model does not hold for.
 //! - Reading: [`BlockChoice`] decides which blocks of a span to fetch first
