@@ -126,6 +126,21 @@
 //! 4 MiB buffered reads were clearly slower from the cache (each read
 //! allocates its buffer), so 1 MiB; write-behind depth made no difference
 //! visible through the noise, and 2 keeps a connection's memory at 3 MiB.
+//!
+//! Session 19 (`perf/results/2026-11-29-s19-dp20b.md`): `fallocate` plus a
+//! writeback started per chunk, against session 18's writes (delayed
+//! allocation, all writeback in the final `fdatasync`). `eggs put` of
+//! 1 GiB RS 4+2 on fresh local clusters, paired, 24 rounds per block size
+//! (load 1.6–9.4): 4 MiB blocks 1.06× (B won 17/24), 16 MiB blocks 1.22×
+//! (16/24); blockd CPU per put 0.82× and 0.85× (0.94 → 0.78 and 0.63 →
+//! 0.54 s/GiB); the first `eggs cat` after the put and later cats
+//! unchanged (1.00× and 1.05×, 1.08× and 0.97×, client CPU 0.99× and
+//! 1.00×). Per block (same binary, 4 puts each way): the `fdatasync`
+//! after the payload fell from 14–18 ms to 9–11 ms median (4 MiB) and
+//! from 41–60 ms to 18–33 ms (16 MiB). The delayed-allocation work was
+//! ~18 % of blockd's executor CPU before. Dropped: 256 KiB and 4 MiB
+//! chunks (no gain; 4 MiB serialises a block's receive and copy, 2.5–4.7×
+//! the CPU), and skipping the folder fsync (≤ 1.14×, and not durable).
 
 use std::cell::Cell;
 use std::io;
