@@ -15,9 +15,7 @@
 //!   them, copy them into the page cache with `pwrite(2)` on the
 //!   executor's thread (a copy, no disk wait; see `stage` for why not
 //!   io_uring), and start each chunk's writeback at once
-//!   (`sync_file_range(SYNC_FILE_RANGE_WRITE)` on a thread of the
-//!   executor's own, [`Writeback`]: the call does not wait for the disk
-//!   but can block while the kernel throttles writeback), so the disk
+//!   (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, no wait), so the disk
 //!   writes while the rest arrives. On a CRC match the file is
 //!   fdatasync'ed (it waits for the chunks in flight and writes the
 //!   extents' metadata), renamed into place with `RENAME_NOREPLACE` (an
@@ -308,8 +306,6 @@ struct Executor {
     /// most [`WRITE_BUFFERS_KEPT`]), so a write does not allocate and zero
     /// a `CHUNK_BYTES` buffer of its own.
     write_buffers: std::cell::RefCell<Vec<Vec<u8>>>,
-    /// Where each written chunk's writeback is started (see [`Writeback`]).
-    writeback: Writeback,
 }
 
 /// Where a connection is: waiting (idle between requests, or in the
@@ -510,7 +506,6 @@ pub async unsafe fn run(
         connections: std::cell::RefCell::new(ConnectionTable::default()),
         pipes: std::cell::RefCell::new(Vec::new()),
         write_buffers: std::cell::RefCell::new(Vec::new()),
-        writeback: Writeback::spawn(index),
     });
     raise_descriptor_limit();
     EXECUTORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -811,7 +806,7 @@ async fn answer_storage_failure(
 /// [`allocate`]). The chunks go through the page cache, so the block is
 /// cached for the reads that follow a put (session 18: O_DIRECT writes
 /// made the first cat 4× and cached cats 25 % slower), and each chunk's
-/// writeback is started as soon as it is copied (see [`Writeback`]),
+/// writeback is started as soon as it is copied (see [`start_writeback`]),
 /// so the disk writes while the next chunks arrive and the final
 /// `fdatasync` waits only for the tail. The copy into the page cache is a
 /// plain `pwrite(2)` on this thread: the same writes through glommio's
@@ -843,8 +838,7 @@ async fn stage(
     allocate(&plain, size).map_err(storage("allocating", temp))?;
     let mut buffer = executor.write_buffers.borrow_mut().pop().unwrap_or_default();
     buffer.resize((size.min(CHUNK_BYTES as u64)) as usize, 0);
-    let shared = Arc::new(plain.try_clone().map_err(storage("opening", temp))?);
-    let copied = copy_payload(executor, stream, &shared, &mut buffer, block_id, size, temp, received).await;
+    let copied = copy_payload(stream, &plain, &mut buffer, block_id, size, temp, received).await;
     {
         let mut kept = executor.write_buffers.borrow_mut();
         if kept.len() < WRITE_BUFFERS_KEPT {
@@ -866,11 +860,9 @@ const WRITE_BUFFERS_KEPT: usize = 8;
 
 /// Reads `size` payload bytes from `stream` through `buffer` into `file`'s
 /// page cache, chunk by chunk; returns their CRC32C.
-#[allow(clippy::too_many_arguments)]
 async fn copy_payload(
-    executor: &Executor,
     stream: &mut Stream,
-    file: &Arc<std::fs::File>,
+    file: &std::fs::File,
     buffer: &mut [u8],
     block_id: BlockId,
     size: u64,
@@ -886,8 +878,8 @@ async fn copy_payload(
         *received += length as u64;
         crc = crc32c_append(crc, chunk);
         // Into the page cache: a copy, on this thread (no disk wait).
-        std::os::unix::fs::FileExt::write_all_at(&**file, chunk, position).map_err(storage("writing", temp))?;
-        executor.writeback.queue(file, position, length);
+        std::os::unix::fs::FileExt::write_all_at(file, chunk, position).map_err(storage("writing", temp))?;
+        start_writeback(file, position, length);
         position += length as u64;
     }
     Ok(crc)
@@ -917,40 +909,6 @@ fn allocate(file: &std::fs::File, size: u64) -> io::Result<()> {
     match error.raw_os_error() {
         Some(libc::EOPNOTSUPP) => Ok(()),
         _ => Err(error),
-    }
-}
-
-/// A thread of each executor's own that starts the writeback of the chunks
-/// the executor copies into the page cache, in order. `sync_file_range`
-/// does not wait for the disk, but it does block while the block layer
-/// throttles writeback (`wbt`): on the executor's thread, in a 1 GiB put
-/// of 16 MiB blocks, its 1 536 calls took 1.08 s in all (median 0.05 ms,
-/// p99 14 ms, longest 20 ms), time in which the executor received
-/// nothing. A job holds its own descriptor (a `dup`), so a block that is
-/// refused, discarded or published meanwhile is never confused with
-/// another file.
-struct Writeback {
-    jobs: std::sync::mpsc::Sender<(Arc<std::fs::File>, u64, usize)>,
-}
-
-impl Writeback {
-    fn spawn(index: usize) -> Self {
-        let (jobs, queue) = std::sync::mpsc::channel::<(Arc<std::fs::File>, u64, usize)>();
-        let spawned = std::thread::Builder::new().name(format!("blockd-{index}-wb")).spawn(move || {
-            for (file, position, length) in queue {
-                start_writeback(&file, position, length);
-            }
-        });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "no writeback thread; chunks are written out by each block's fdatasync");
-        }
-        Writeback { jobs }
-    }
-
-    /// Queues the writeback of `length` bytes at `position` of `file`;
-    /// without the thread, the final `fdatasync` writes them.
-    fn queue(&self, file: &Arc<std::fs::File>, position: u64, length: usize) {
-        let _ = self.jobs.send((file.clone(), position, length));
     }
 }
 
