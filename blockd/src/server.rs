@@ -8,13 +8,21 @@
 //!   start, so that the port is known and printed first and a bind failure
 //!   is a clean exit; each executor adopts its descriptor with glommio's
 //!   `TcpListener::from_raw_fd`.
-//! - **Writes** stream the payload in [`CHUNK_BYTES`] chunks from the socket
-//!   into one reused buffer, CRC them, and copy them into the page cache
-//!   with `pwrite(2)` on the executor's thread (a copy, no disk wait; see
-//!   `stage` for why not io_uring). On a CRC match the file is
-//!   fdatasync'ed, renamed into place with `RENAME_NOREPLACE` (an existing
-//!   block is never overwritten), and its folder fsync'ed; only then is the
-//!   proof sent. Nothing is acknowledged before it is durable.
+//! - **Writes** give the temporary file its whole size first
+//!   (`fallocate(2)`: no per-page delayed allocation, one extent, a full
+//!   disk answered before the payload is copied), then stream the payload
+//!   in [`CHUNK_BYTES`] chunks from the socket into one reused buffer, CRC
+//!   them, copy them into the page cache with `pwrite(2)` on the
+//!   executor's thread (a copy, no disk wait; see `stage` for why not
+//!   io_uring), and start each chunk's writeback at once
+//!   (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, no wait), so the disk
+//!   writes while the rest arrives. On a CRC match the file is
+//!   fdatasync'ed (it waits for the chunks in flight and writes the
+//!   extents' metadata), renamed into place with `RENAME_NOREPLACE` (an
+//!   existing block is never overwritten), and its folder fsync'ed; only
+//!   then is the proof sent. Nothing is acknowledged before it is durable.
+//!   The block stays in the page cache, so a cat right after a put reads
+//!   it from memory.
 //! - **Fetch** opens the block file on the executor's thread when its path
 //!   is in the kernel's caches (`openat2(RESOLVE_CACHED)`, then `fstat`;
 //!   otherwise through glommio's io_uring), yields once to the
@@ -118,6 +126,22 @@
 //! 4 MiB buffered reads were clearly slower from the cache (each read
 //! allocates its buffer), so 1 MiB; write-behind depth made no difference
 //! visible through the noise, and 2 keeps a connection's memory at 3 MiB.
+//!
+//! Session 19 (`perf/results/2026-11-29-s19-dp20b.md`): `fallocate` plus a
+//! writeback started per chunk, against session 18's writes (delayed
+//! allocation, all writeback in the final `fdatasync`). `eggs put` of
+//! 1 GiB RS 4+2 on fresh local clusters, paired: in a quiet window (load
+//! 0.7–3.7, 8 rounds per block size) 4 MiB blocks 1.16× (711 → 833 MB/s,
+//! B won 8/8), 16 MiB blocks 1.29× (601 → 812 MB/s, 8/8); loaded (load
+//! 1.6–9.4, 24 rounds per size) 1.06× (17/24) and 1.22× (16/24); blockd
+//! CPU per put 0.82–0.85× (0.95 → 0.78 and 0.73 → 0.60 s/GiB, quiet); the first `eggs cat` after the put and later cats
+//! unchanged (1.00× and 1.05×, 1.08× and 0.97×, client CPU 0.99× and
+//! 1.00×). Per block (same binary, 4 puts each way): the `fdatasync`
+//! after the payload fell from 14–18 ms to 9–11 ms median (4 MiB) and
+//! from 41–60 ms to 18–33 ms (16 MiB). The delayed-allocation work was
+//! ~18 % of blockd's executor CPU before. Dropped: 256 KiB and 4 MiB
+//! chunks (no gain; 4 MiB serialises a block's receive and copy, 2.5–4.7×
+//! the CPU), and skipping the folder fsync (≤ 1.14×, and not durable).
 
 use std::cell::Cell;
 use std::io;
@@ -779,16 +803,19 @@ async fn answer_storage_failure(
 /// durable at its exact size. `received` counts the payload bytes read
 /// from the socket (all of them once this returns `Ok`).
 ///
-/// The chunks go through the page cache, and one `fdatasync` at the end
-/// writes them out: on this machine's disk that is 1.7–2× faster than
-/// O_DIRECT chunks, for 6 writers of 4 MiB blocks each syncing its file
-/// (see "Measurements" in the module docs). The copy into the page cache
-/// is a plain `pwrite(2)` on this thread: the same writes through glommio's
+/// The file is first given its whole size with `fallocate(2)` (see
+/// [`allocate`]). The chunks go through the page cache, so the block is
+/// cached for the reads that follow a put (session 18: O_DIRECT writes
+/// made the first cat 4× and cached cats 25 % slower), and each chunk's
+/// writeback is started as soon as it is copied (see [`start_writeback`]),
+/// so the disk writes while the next chunks arrive and the final
+/// `fdatasync` waits only for the tail. The copy into the page cache is a
+/// plain `pwrite(2)` on this thread: the same writes through glommio's
 /// buffered io_uring file took 5.3 blockd CPU seconds per `eggs put` of
 /// 1 GiB RS 4+2 (new 1 MiB `Vec` per chunk, copies on io-wq workers)
-/// against 4.0 for `pwrite` and 1.5 for O_DIRECT. `pwrite` may block the
-/// executor while the kernel throttles dirty pages; each block's
-/// `fdatasync` keeps few of them dirty.
+/// against 4.0 for `pwrite` and 1.5 for O_DIRECT. Few pages are ever
+/// dirty (each chunk is sent to the disk at once), so `pwrite` is seldom
+/// throttled.
 async fn stage(
     executor: &Executor,
     stream: &mut Stream,
@@ -809,6 +836,7 @@ async fn stage(
     // SAFETY: the descriptor stays open (owned by `file`) while this
     // borrowed handle lives; ManuallyDrop never closes it.
     let plain = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(file.as_raw_fd()) });
+    allocate(&plain, size).map_err(storage("allocating", temp))?;
     let mut buffer = executor.write_buffers.borrow_mut().pop().unwrap_or_default();
     buffer.resize((size.min(CHUNK_BYTES as u64)) as usize, 0);
     let copied = copy_payload(stream, &plain, &mut buffer, block_id, size, temp, received).await;
@@ -852,9 +880,59 @@ async fn copy_payload(
         crc = crc32c_append(crc, chunk);
         // Into the page cache: a copy, on this thread (no disk wait).
         std::os::unix::fs::FileExt::write_all_at(file, chunk, position).map_err(storage("writing", temp))?;
+        start_writeback(file, position, length);
         position += length as u64;
     }
     Ok(crc)
+}
+
+/// Gives a new block file its whole `size` up front (`fallocate(2)`, mode
+/// 0: the file's size becomes `size`, its extents unwritten until the
+/// chunks land), so the chunks' copies into the page cache do no
+/// delayed-allocation work per 4 KiB page (ext4's reservation, extent
+/// status and quota calls were ~18 % of blockd's CPU in a put), the block
+/// gets one contiguous extent however many blocks are written at once,
+/// and a full disk is answered before any payload is copied. A filesystem
+/// without `fallocate` (`EOPNOTSUPP`) just allocates as it writes.
+/// Durability is untouched: the `fdatasync` after the payload writes the
+/// extents' conversion to written with the data, as it writes delayed
+/// allocations.
+fn allocate(file: &std::fs::File, size: u64) -> io::Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    let length = libc::off_t::try_from(size).map_err(io::Error::other)?;
+    // SAFETY: a plain system call on a descriptor `file` keeps open.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, length) } == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => Ok(()),
+        _ => Err(error),
+    }
+}
+
+/// Starts the disk write of `length` bytes at `position`, just copied into
+/// `file`'s page cache (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: it
+/// queues the pages' writeback and returns without waiting for it), so a
+/// block's bytes reach the disk while its next chunks arrive instead of
+/// all at once in the final `fdatasync`. The pages stay in the page cache
+/// (they are clean once written). The call does not wait for the disk,
+/// but like `pwrite` it can block the executor while the block layer
+/// throttles writeback: in a 1 GiB put of 16 MiB blocks its 1 536 calls
+/// took 1.08 s in all across six services (median 0.05 ms, p99 14 ms,
+/// longest 20 ms). Moving them to a thread of each executor's own was a
+/// tie on the put (session 19), so they stay here. A failure here is not
+/// reported: the `fdatasync` that follows writes whatever is left and
+/// reports any I/O error, and it alone decides whether the block is
+/// durable.
+fn start_writeback(file: &std::fs::File, position: u64, length: usize) {
+    let (Ok(offset), Ok(length)) = (libc::off_t::try_from(position), libc::off_t::try_from(length)) else {
+        return;
+    };
+    // SAFETY: a plain system call on a descriptor `file` keeps open.
+    unsafe { libc::sync_file_range(file.as_raw_fd(), offset, length, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
 /// Moves a durable temporary file to its block's name, never replacing an
