@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 use client::Client;
 use client::client::EdenFile;
 use client::plan::WritePolicy;
-use client::write::{FailedServices, SPANS_AHEAD, encode_input, write_span};
+use client::write::{FailedServices, encode_input, spans_ahead, write_span};
 use fuser::{Errno, ReplyWrite};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
@@ -110,7 +110,7 @@ impl WriteHandle {
         let stream = ChunkStream { chunks: receiver, current: Vec::new(), position: 0 };
         let link_name = name.clone();
         let task = tokio::spawn(async move {
-            let (spans_sender, mut spans) = mpsc::channel(SPANS_AHEAD);
+            let (spans_sender, mut spans) = mpsc::channel(spans_ahead(policy.span_size_bytes));
             let producer = tokio::spawn(encode_input(stream, policy, spans_sender));
             let failed = FailedServices::new();
             let mut size = 0u64;
