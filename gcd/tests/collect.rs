@@ -46,7 +46,7 @@ impl Expected {
     }
 }
 
-/// Sizes above the inline threshold, below one span (16 MiB).
+/// Sizes above the inline threshold, below one span (32 MiB with the root policy).
 fn size_of_file(index: u64) -> usize {
     40_000 + (index as usize * 7919) % 150_000
 }
@@ -94,22 +94,27 @@ fn make_garbage(cluster: &Cluster) -> Expected {
     Expected { living, kept_dead_sizes: vec![50_000, 80_000] }
 }
 
+/// The span size of the killed put, given on its command line so that the
+/// test does not depend on the root policy's (RS 4+2 of the root policy:
+/// four 4 MiB data blocks).
+const VICTIM_SPAN_BYTES: u32 = 16 << 20;
+
 /// Starts `eggs put - /victim`, feeds it more than one span, waits until
 /// that span's blocks are on disk, and SIGKILLs it: an eden file with blocks.
 fn kill_a_put_mid_file(cluster: &Cluster) {
     // gcd may be erasing other garbage meanwhile: look for new files, not a count.
     let before = cluster.block_files();
     let mut put = Command::new(common::binary("eggs"))
-        .args(["--shuckle", &cluster.shuckle, "put", "-", "/victim"])
+        .args(["--shuckle", &cluster.shuckle, "put", "-", "/victim", "--span-size", &VICTIM_SPAN_BYTES.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("eggs put");
     let mut stdin = put.stdin.take().expect("stdin");
-    // 16 MiB is one span of the root policy (4 × 4 MiB); a little more
-    // makes the writer send it and wait for the rest.
-    stdin.write_all(&test_bytes(17 << 20, 999)).expect("feed put");
+    // One span and a little more makes the writer send the span and wait
+    // for the rest.
+    stdin.write_all(&test_bytes(VICTIM_SPAN_BYTES as usize + (1 << 20), 999)).expect("feed put");
     stdin.flush().expect("flush");
     wait_for(Duration::from_secs(60), "the killed put's first span on disk", || {
         let new = cluster.block_files().keys().filter(|path| !before.contains_key(*path)).count();
