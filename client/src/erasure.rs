@@ -405,16 +405,10 @@ impl SingleErasure {
     /// missing block's constant is zero, or the model does not give the
     /// library's parity (the caller decodes instead).
     pub fn plan(data_blocks: usize, parity_blocks: usize, parity_index: usize, missing: usize) -> Option<Arc<Self>> {
-        type Key = (usize, usize, usize, usize);
-        static KNOWN: Mutex<Vec<(Key, Option<Arc<SingleErasure>>)>> = Mutex::new(Vec::new());
-        let key = (data_blocks, parity_blocks, parity_index, missing);
-        let mut known = KNOWN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((_, plan)) = known.iter().find(|(k, _)| *k == key) {
-            return plan.clone();
-        }
-        let plan = Self::probe(data_blocks, parity_blocks, parity_index, missing).map(Arc::new);
-        known.push((key, plan.clone()));
-        plan
+        static KNOWN: Known<(usize, usize, usize, usize), SingleErasure> = Mutex::new(Vec::new());
+        kept(&KNOWN, (data_blocks, parity_blocks, parity_index, missing), || {
+            Self::probe(data_blocks, parity_blocks, parity_index, missing)
+        })
     }
 
     fn probe(d: usize, p: usize, parity_index: usize, missing: usize) -> Option<Self> {
@@ -493,16 +487,8 @@ impl ParityEncoding {
     /// encode D+P or the model does not give its parity (the caller
     /// encodes with the library).
     pub fn plan(data_blocks: usize, parity_blocks: usize) -> Option<Arc<Self>> {
-        type Known = Vec<((usize, usize), Option<Arc<ParityEncoding>>)>;
-        static KNOWN: Mutex<Known> = Mutex::new(Vec::new());
-        let key = (data_blocks, parity_blocks);
-        let mut known = KNOWN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((_, plan)) = known.iter().find(|(k, _)| *k == key) {
-            return plan.clone();
-        }
-        let plan = Self::probe(data_blocks, parity_blocks).map(Arc::new);
-        known.push((key, plan.clone()));
-        plan
+        static KNOWN: Known<(usize, usize), ParityEncoding> = Mutex::new(Vec::new());
+        kept(&KNOWN, (data_blocks, parity_blocks), || Self::probe(data_blocks, parity_blocks))
     }
 
     fn probe(d: usize, p: usize) -> Option<Self> {
@@ -538,23 +524,40 @@ impl ParityEncoding {
         assert!(parity.iter().all(|block| block.len() == shard), "parity blocks of one length");
         assert!(data.iter().all(|block| block.len() <= shard), "data blocks within the shard");
         let mut crcs = vec![0u32; data.len() + parity.len()];
+        let mut scratch = Vec::new();
+        let mut window: Vec<&[u8]> = Vec::with_capacity(data.len());
         let mut at = 0;
         while at < shard {
             let end = (at + ENCODE_WINDOW_BYTES).min(shard);
-            let window: Vec<&[u8]> =
-                data.iter().map(|block| block.get(at..end.min(block.len())).unwrap_or_default()).collect();
+            window.clear();
+            window.extend(data.iter().map(|block| block.get(at..end.min(block.len())).unwrap_or_default()));
             for (crc, bytes) in crcs.iter_mut().zip(&window) {
                 *crc = wire::crc::crc32c_append(*crc, bytes);
             }
             for ((evaluation, block), crc) in self.parities.iter().zip(parity.iter_mut()).zip(&mut crcs[data.len()..]) {
                 let out = &mut block[at..end];
-                combine(out, evaluation, &window, 0);
+                combine_in(out, evaluation, &window, 0, &mut scratch);
                 *crc = wire::crc::crc32c_append(*crc, out);
             }
             at = end;
         }
         crcs
     }
+}
+
+/// Plans made so far, per key (a code, or a code and its erasure),
+/// including the keys that have none: each is probed once per process.
+type Known<K, V> = Mutex<Vec<(K, Option<Arc<V>>)>>;
+
+/// `key`'s plan from `known`, probed (and kept) the first time it is asked for.
+fn kept<K: PartialEq, V>(known: &Known<K, V>, key: K, probe: impl FnOnce() -> Option<V>) -> Option<Arc<V>> {
+    let mut known = known.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, plan)) = known.iter().find(|(k, _)| *k == key) {
+        return plan.clone();
+    }
+    let plan = probe().map(Arc::new);
+    known.push((key, plan.clone()));
+    plan
 }
 
 /// `c_ji` for parity shard `parity_index`, by encoding the unit symbol
@@ -729,9 +732,25 @@ fn represent(rows: &[(GfElement, u32)], value: GfElement) -> Option<u32> {
 /// the sources of `b = 1` XORed into the output; the CRC32C of the first
 /// `crc_bytes` of the result, each piece's taken as it is made.
 fn combine(out: &mut [u8], evaluation: &Evaluation, sources: &[&[u8]], crc_bytes: usize) -> u32 {
+    combine_in(out, evaluation, sources, crc_bytes, &mut Vec::new())
+}
+
+/// [`combine`] with its per-term scratch pieces in `scratch`, grown as
+/// needed and overwritten (so a caller that combines many times, as
+/// [`ParityEncoding::encode`] does per window, allocates them once).
+fn combine_in(
+    out: &mut [u8],
+    evaluation: &Evaluation,
+    sources: &[&[u8]],
+    crc_bytes: usize,
+    scratch: &mut Vec<[u8; CHUNK_BYTES]>,
+) -> u32 {
     assert!(out.len().is_multiple_of(CHUNK_BYTES), "a shard is whole chunks");
     let terms = evaluation.terms.len();
-    let mut scratch = vec![[0u8; CHUNK_BYTES]; PASS_CHUNKS * terms];
+    if scratch.len() < PASS_CHUNKS * terms {
+        scratch.resize(PASS_CHUNKS * terms, [0u8; CHUNK_BYTES]);
+    }
+    let scratch = &mut scratch[..PASS_CHUNKS * terms];
     let mut crc = 0u32;
     let mut at = 0;
     while at < out.len() {

@@ -160,8 +160,7 @@ impl BufferPool {
 
     /// An empty buffer with room for `size` bytes: a kept one if any fits.
     pub fn take(&self, size: usize) -> BytesMut {
-        let kept = self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
-        match kept {
+        match self.pop() {
             Some(mut buffer) if buffer.capacity() >= size => {
                 buffer.clear();
                 buffer
@@ -170,28 +169,28 @@ impl BufferPool {
         }
     }
 
+    fn pop(&self) -> Option<BytesMut> {
+        self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop()
+    }
+
     /// A buffer of `size` bytes to be overwritten whole: a kept one holds
     /// whatever it held before (no memset: a kept buffer keeps the length it
     /// was shared with, all of it written then), a fresh or shorter one
     /// zeros.
     pub fn take_len(&self, size: usize) -> BytesMut {
-        let kept = self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
-        match kept {
+        let mut buffer = match self.pop() {
             Some(mut buffer) if buffer.len() >= size => {
                 buffer.truncate(size);
-                buffer
+                return buffer;
             }
             Some(mut buffer) if buffer.capacity() >= size => {
                 buffer.clear();
-                buffer.resize(size, 0);
                 buffer
             }
-            _ => {
-                let mut buffer = (self.alloc)(size);
-                buffer.resize(size, 0);
-                buffer
-            }
-        }
+            _ => (self.alloc)(size),
+        };
+        buffer.resize(size, 0);
+        buffer
     }
 
     /// `buffer` as shared bytes that come back to the pool when dropped.
